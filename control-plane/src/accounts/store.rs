@@ -1,0 +1,110 @@
+//! SQL for accounts and tokens (cf_prod).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use tollgate_protocol::AccountId;
+use uuid::Uuid;
+
+use super::Account;
+
+const ACCOUNT_COLUMNS: &str =
+    "id, email, name, standing, gateway_customer_id, default_payment_method_id, created_at";
+
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_account(
+    conn: &mut PgConnection,
+    id: AccountId,
+    email: &str,
+    name: &str,
+    gateway: &str,
+    gateway_customer_id: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Account> {
+    sqlx::query_as(sqlf!(
+        "INSERT INTO accounts (id, email, name, standing, gateway, gateway_customer_id, created_at)
+         VALUES ($1, $2, $3, 'active', $4, $5, $6) RETURNING {ACCOUNT_COLUMNS}"
+    ))
+    .bind(id.0)
+    .bind(email)
+    .bind(name)
+    .bind(gateway)
+    .bind(gateway_customer_id)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn get_account(conn: &mut PgConnection, id: AccountId) -> sqlx::Result<Option<Account>> {
+    sqlx::query_as(sqlf!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"))
+        .bind(id.0)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn insert_token(
+    conn: &mut PgConnection,
+    token_id: Uuid,
+    account: AccountId,
+    token_hash: &[u8],
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO api_tokens (id, account_id, token_hash, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(token_id)
+        .bind(account.0)
+        .bind(token_hash)
+        .bind(now)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// The account a live token belongs to.
+pub async fn account_for_token(conn: &mut PgConnection, token_hash: &[u8]) -> sqlx::Result<Option<AccountId>> {
+    let row: Option<(Uuid,)> =
+        sqlx::query_as("SELECT account_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
+            .bind(token_hash)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|(id,)| AccountId(id)))
+}
+
+pub async fn set_default_payment_method(
+    conn: &mut PgConnection,
+    account: AccountId,
+    payment_method: Uuid,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE accounts SET default_payment_method_id = $2 WHERE id = $1")
+        .bind(account.0)
+        .bind(payment_method)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::token_hash;
+    use sqlx::PgPool;
+
+    #[sqlx::test(migrations = "../migrations/cf")]
+    async fn accounts_and_tokens_round_trip(pool: PgPool) -> sqlx::Result<()> {
+        let mut conn = pool.acquire().await?;
+        let id = AccountId::new_v7();
+        let now = Utc::now();
+        let a = insert_account(&mut conn, id, "a@example.com", "Ada", "simulated", "cus_1", now).await?;
+        assert_eq!((a.account_id(), a.status.as_str(), a.stripe_customer_id.as_str()), (id, "active", "cus_1"));
+        let tid = Uuid::now_v7();
+        insert_token(&mut conn, tid, id, &token_hash("tg_x"), now).await?;
+        assert_eq!(account_for_token(&mut conn, &token_hash("tg_x")).await?, Some(id));
+        assert_eq!(account_for_token(&mut conn, &token_hash("tg_y")).await?, None);
+        assert!(get_account(&mut conn, AccountId::new_v7()).await?.is_none());
+        let dup = insert_account(&mut conn, AccountId::new_v7(), "b@example.com", "B", "simulated", "cus_1", now).await;
+        let err = dup.expect_err("customer ids are unique per gateway");
+        assert_eq!(
+            err.as_database_error().and_then(|e| e.constraint()),
+            Some("accounts_gateway_customer_unique")
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,115 @@
+//! Control-plane configuration. Every key, its unit and default:
+//!
+//! | env var | meaning | default |
+//! |---|---|---|
+//! | `TOLLGATE_CP_LISTEN_ADDR` | HTTP listen address | `127.0.0.1:7700` |
+//! | `TOLLGATE_CF_DATABASE_URL` | cf_prod PostgreSQL URL | `postgres://postgres@127.0.0.1:5432/tollgate_cf` |
+//! | `TOLLGATE_BILLING_DATABASE_URL` | billing_prod PostgreSQL URL | `postgres://postgres@127.0.0.1:5432/tollgate_billing` |
+//! | `TOLLGATE_DB_POOL_SIZE` | connections per database pool | `16` |
+//! | `TOLLGATE_REDIS_URL` | Redis (change stream, L2 facts) | `redis://127.0.0.1:6379` |
+//! | `TOLLGATE_EDGE_TOKEN` | shared secret edges present on `/internal/v1` | required |
+//! | `TOLLGATE_TOKEN_SECRET` | HMAC key that derives Dashboard API tokens | required |
+//! | `TOLLGATE_STRIPE_SECRET_KEY` | Stripe secret key; unset ⇒ simulated payments | unset |
+//! | `TOLLGATE_STRIPE_API_BASE` | Stripe API base URL (localstripe in tests) | Stripe's |
+//! | `TOLLGATE_DEV_MODE` | enables `/dev/v1` (advanceable clock, 3-D Secure simulator) | `false` |
+//! | `TOLLGATE_SEED_DEMO` | seeds the demo catalog at start | `false` |
+//! | `TOLLGATE_RELAY_POLL_MS` | outbox relay fallback poll interval, ms (NOTIFY wakes it sooner) | `500` |
+//! | `TOLLGATE_CHECKOUT_EXPIRY_SECS` | unauthenticated checkouts expire after, s | `82800` (23 h) |
+//!
+//! Values come from defaults < the TOML file named by `TOLLGATE_CONFIG` < the environment.
+
+use std::net::SocketAddr;
+
+use secrecy::SecretString;
+use tollgate_settings::{ConfigErrors, Reader, Source};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub cf_database_url: String,
+    pub billing_database_url: String,
+    pub db_pool_size: u32,
+    pub redis_url: String,
+    pub edge_token: SecretString,
+    pub token_secret: SecretString,
+    pub stripe_secret_key: Option<SecretString>,
+    pub stripe_api_base: Option<String>,
+    pub dev_mode: bool,
+    pub seed_demo: bool,
+    pub relay_poll_ms: u64,
+    pub checkout_expiry_secs: i64,
+}
+
+pub const DB_POOL_SIZE_MAX: u32 = 256;
+
+impl Config {
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigErrors> {
+        let mut r = Reader::new(source);
+        let default_addr = SocketAddr::from(([127, 0, 0, 1], 7700));
+        let cfg = Self {
+            listen_addr: r.parse("cp_listen_addr", default_addr),
+            cf_database_url: r.string("cf_database_url", "postgres://postgres@127.0.0.1:5432/tollgate_cf"),
+            billing_database_url: r
+                .string("billing_database_url", "postgres://postgres@127.0.0.1:5432/tollgate_billing"),
+            db_pool_size: r.parse("db_pool_size", 16),
+            redis_url: r.string("redis_url", "redis://127.0.0.1:6379"),
+            edge_token: r.required_secret("edge_token"),
+            token_secret: r.required_secret("token_secret"),
+            stripe_secret_key: r.optional_secret("stripe_secret_key"),
+            stripe_api_base: r.optional("stripe_api_base"),
+            dev_mode: r.parse("dev_mode", false),
+            seed_demo: r.parse("seed_demo", false),
+            relay_poll_ms: r.parse("relay_poll_ms", 500),
+            checkout_expiry_secs: r.parse("checkout_expiry_secs", 23 * 3600),
+        };
+        if cfg.db_pool_size == 0 || cfg.db_pool_size > DB_POOL_SIZE_MAX {
+            r.error(format!("TOLLGATE_DB_POOL_SIZE must be 1..={DB_POOL_SIZE_MAX}"));
+        }
+        if cfg.relay_poll_ms == 0 {
+            r.error("TOLLGATE_RELAY_POLL_MS must be positive");
+        }
+        if cfg.checkout_expiry_secs <= 0 {
+            r.error("TOLLGATE_CHECKOUT_EXPIRY_SECS must be positive");
+        }
+        for (key, url) in [("CF_DATABASE_URL", &cfg.cf_database_url), ("BILLING_DATABASE_URL", &cfg.billing_database_url)] {
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                r.error(format!("TOLLGATE_{key} must be a postgres:// URL"));
+            }
+        }
+        if !cfg.redis_url.starts_with("redis://") {
+            r.error("TOLLGATE_REDIS_URL must be a redis:// URL");
+        }
+        r.finish()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_settings::MapSource;
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let src = MapSource::from_pairs([
+            ("cp_listen_addr", "nope"),
+            ("db_pool_size", "0"),
+            ("redis_url", "http://x"),
+            ("edge_token", "e"),
+        ]);
+        let errors = Config::from_source(&src).expect_err("invalid").0;
+        let text = errors.join("\n");
+        for needle in ["TOLLGATE_CP_LISTEN_ADDR", "TOLLGATE_TOKEN_SECRET is required", "TOLLGATE_DB_POOL_SIZE", "TOLLGATE_REDIS_URL"] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_secrets() {
+        let src = MapSource::from_pairs([("edge_token", "e"), ("token_secret", "t")]);
+        let cfg = Config::from_source(&src).expect("valid");
+        assert_eq!(cfg.listen_addr.port(), 7700);
+        assert_eq!(cfg.checkout_expiry_secs, 82_800);
+        assert!(cfg.stripe_secret_key.is_none() && !cfg.dev_mode);
+    }
+}

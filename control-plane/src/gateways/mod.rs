@@ -1,0 +1,167 @@
+//! Payment gateways: the one trait accounts and checkout declare, and its implementations.
+//!
+//! * [`simulated::SimulatedGateway`] — in-process model of Stripe's test payment methods; the
+//!   default when no Stripe key is configured.
+//! * [`stripe::StripeGateway`] — `async-stripe` against the real Stripe API or `localstripe`.
+//!
+//! Every call that can move money or create a provider object takes an idempotency key derived
+//! from our own record (checkout id, payment-method id, account id), so a retry never charges
+//! or creates twice.
+
+pub mod simulated;
+#[cfg(any())]
+pub mod stripe;
+
+use async_trait::async_trait;
+
+/// Money as the gateway sees it: integer minor units and a lower-case ISO-4217 code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayAmount<'a> {
+    pub amount_minor: i64,
+    /// ISO-4217, upper-case as we store it (`USD`); implementations convert as they need.
+    pub currency: &'a str,
+}
+
+/// A provider-side customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerRef {
+    pub id: String,
+}
+
+/// Card details safe to store and show (never a number).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CardSummary {
+    pub brand: Option<String>,
+    pub last4: Option<String>,
+    pub exp_month: Option<i32>,
+    pub exp_year: Option<i32>,
+}
+
+/// Why a provider refused a payment or a set-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decline {
+    /// Stripe's error `code`, e.g. `card_declined`, `authentication_required`.
+    pub code: String,
+    /// Stripe's `decline_code`, e.g. `generic_decline`, `insufficient_funds`.
+    pub decline_code: Option<String>,
+    pub message: String,
+}
+
+/// The state of a SetupIntent that attaches a payment method to a customer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetupStatus {
+    Succeeded,
+    /// The customer must authenticate (3-D Secure); `client_secret` goes to the browser.
+    RequiresAction { client_secret: String },
+    /// Still waiting on something other than the customer (e.g. processing).
+    Pending,
+    Failed(Decline),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupOutcome {
+    pub setup_intent_id: String,
+    /// The provider's payment-method id (`pm_…`) once attached.
+    pub payment_method_id: String,
+    pub card: CardSummary,
+    pub status: SetupStatus,
+}
+
+/// The state of a PaymentIntent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentStatus {
+    Succeeded,
+    RequiresAction { client_secret: String },
+    Processing,
+    Canceled,
+    Failed(Decline),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentOutcome {
+    pub payment_intent_id: String,
+    pub status: PaymentStatus,
+}
+
+/// Whether the customer is present to authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    OnSession,
+    OffSession,
+}
+
+pub struct PaymentRequest<'a> {
+    pub customer: &'a str,
+    pub payment_method: &'a str,
+    pub amount: GatewayAmount<'a>,
+    pub presence: Presence,
+    pub idempotency_key: &'a str,
+    pub description: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRef {
+    pub id: String,
+    pub amount_minor: i64,
+}
+
+/// Transport or provider failures that are not a customer's decline.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The provider could not be reached or answered 5xx/429; retrying with the same
+    /// idempotency key is safe and may succeed.
+    #[error("payment provider unavailable: {0}")]
+    Unavailable(String),
+    /// The provider says the object does not exist (e.g. an unknown payment method id).
+    /// Retrying does not help.
+    #[error("not found at the payment provider: {0}")]
+    NotFound(String),
+    /// The provider refused the request as malformed (a bug on our side or bad client input,
+    /// e.g. a payment-method id that is not a `pm_…`). Retrying does not help.
+    #[error("payment provider rejected the request: {0}")]
+    Invalid(String),
+}
+
+/// What accounts and checkout need from a payment provider.
+#[async_trait]
+pub trait PaymentGateway: Send + Sync + 'static {
+    /// Short name for logs and stored references (`stripe`, `simulated`).
+    fn name(&self) -> &'static str;
+
+    /// Creates the provider customer every other process refers to.
+    async fn create_customer(
+        &self,
+        email: &str,
+        name: &str,
+        idempotency_key: &str,
+    ) -> Result<CustomerRef, GatewayError>;
+
+    /// Attaches a client-side payment method (`pm_…`) to the customer through a confirmed
+    /// SetupIntent for future off-session use.
+    async fn setup_payment_method(
+        &self,
+        customer: &str,
+        payment_method: &str,
+        idempotency_key: &str,
+    ) -> Result<SetupOutcome, GatewayError>;
+
+    /// Reads a SetupIntent's current state (after the customer authenticated).
+    async fn retrieve_setup(&self, setup_intent_id: &str) -> Result<SetupOutcome, GatewayError>;
+
+    /// Creates and confirms a PaymentIntent.
+    async fn create_payment(&self, req: PaymentRequest<'_>) -> Result<PaymentOutcome, GatewayError>;
+
+    /// Reads a PaymentIntent's current state.
+    async fn retrieve_payment(&self, payment_intent_id: &str) -> Result<PaymentOutcome, GatewayError>;
+
+    /// Cancels a PaymentIntent that was never completed (e.g. an expired checkout).
+    async fn cancel_payment(&self, payment_intent_id: &str) -> Result<PaymentOutcome, GatewayError>;
+
+    /// Refunds (part of) a succeeded payment.
+    async fn refund(
+        &self,
+        payment_intent_id: &str,
+        amount_minor: i64,
+        idempotency_key: &str,
+    ) -> Result<RefundRef, GatewayError>;
+}

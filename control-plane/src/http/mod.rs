@@ -1,0 +1,8 @@
+//! HTTP plumbing shared by every router: problem responses, extractors, idempotency keys.
+
+pub mod extract;
+pub mod idempotency;
+pub mod problem;
+
+pub use extract::{Json, Path, Query};
+pub use problem::{ApiError, ApiResult};

@@ -1,0 +1,42 @@
+//! Shared application state handed to every router and worker.
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::clock::Clock;
+use crate::gateways::PaymentGateway;
+use crate::gateways::simulated::SimulatedGateway;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    /// cf_prod: accounts, subscriptions, catalog, facts, outbox.
+    pub cf: PgPool,
+    /// billing_prod: schedules (and later invoices, usage, ledger).
+    pub billing: PgPool,
+    /// Reconnects by itself; the relay retries publishing while Redis is away.
+    pub redis: redis::aio::ConnectionManager,
+    pub gateway: Arc<dyn PaymentGateway>,
+    /// Present only with the simulated gateway in development mode: completes 3-D Secure.
+    pub simulator: Option<Arc<SimulatedGateway>>,
+    pub clock: Arc<dyn Clock>,
+    pub edge_token: SecretString,
+    pub token_secret: SecretString,
+    pub dev_mode: bool,
+    pub checkout_expiry_secs: i64,
+    pub metrics: Metrics,
+    /// Wakes the outbox relay (besides PostgreSQL NOTIFY) after in-process writes.
+    pub outbox_wake: Notify,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
