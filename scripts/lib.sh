@@ -374,7 +374,9 @@ tg_ensure_postgres() {
 
 # Stop the private cluster (only ever the one in .tollgate/pg).
 tg_stop_postgres() {
-  local data="$TG_PG_DIR/data" bindir
+  local data bindir
+  # Real path: .tollgate/pg may be a symlink the postgres user cannot follow.
+  data="$(readlink -f "$TG_PG_DIR" 2>/dev/null || printf '%s' "$TG_PG_DIR")/data"
   if [[ -s "$data/PG_VERSION" ]]; then
     bindir="$(tg__pg_bindir)"
     if [[ -n "$bindir" ]] && tg__pg_run "$bindir/pg_ctl" -D "$data" status >/dev/null 2>&1; then

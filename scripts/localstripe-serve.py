@@ -39,10 +39,12 @@ This table adds the others Tollgate uses; like Stripe, each use clones a new `pm
 
     pm_card_visa                    4242424242424242  succeeds
     pm_card_mastercard              5555555555554444  succeeds (brand mastercard)
-    pm_card_threeDSecure2Required   4000000000003220  3DS on set-up and every payment;
-                                                      off-session payment -> authentication_required
+    pm_card_threeDSecure2Required   4000000000003220  3DS on set-up and on every on-session
+                                                      payment; off-session payments decline
+                                                      with authentication_required
     pm_card_authenticationRequired  4000002760003184  same behaviour as above
-    pm_card_chargeDeclined          4000000000000002  declined (generic_decline) on set-up and charge
+    pm_card_chargeDeclined          4000000000000002  declined (generic_decline) on set-up
+                                                      and on every charge
     pm_card_visa_chargeDeclined     4000000000000002  (upstream alias, kept)
     pm_card_chargeCustomerFail      4000000000000341  attaches fine, every charge declines
                                                       (card_declined / generic_decline)
@@ -82,6 +84,8 @@ PaymentIntents
 * A declined charge answers 402 with `type: card_error` (upstream: `invalid_request_error`),
   `decline_code`, `charge`, `payment_intent` (the whole object) and `payment_method`.
 * `last_payment_error` has Stripe's full shape (`type` is required by async-stripe).
+* Canceling an intent that is no longer cancelable answers 400 with Stripe's code
+  `payment_intent_unexpected_state` (upstream: a bare "Bad request").
 * 3-D Secure completion is upstream's:
       POST /v1/payment_intents/{id}/_authenticate?success=true|false   (form: client_secret=…)
   `success=true` charges the card; `success=false` leaves `requires_payment_method` with
@@ -460,7 +464,8 @@ def patch_payment_intents():
             except UserError:
                 pm = None
             number = card_number(pm)
-            decline = CHARGE_DECLINES.get(number) or ATTACH_DECLINES.get(number) or GENERIC_DECLINE
+            decline = (CHARGE_DECLINES.get(number) or ATTACH_DECLINES.get(number)
+                       or GENERIC_DECLINE)
             return card_error(decline, pm, charge=charge.id)
         return None
 
@@ -470,7 +475,19 @@ def patch_payment_intents():
             R.Invoice._api_retrieve(self.invoice)._on_payment_failure_now()
         raise_card_error(self.last_payment_error, payment_intent=self._export())
 
+    original_cancel = PaymentIntent._api_cancel.__func__
+
+    def _api_cancel(cls, id, **kwargs):
+        obj = cls._api_retrieve(id)
+        if obj.status not in ('requires_payment_method', 'requires_capture',
+                              'requires_confirmation', 'requires_action'):
+            raise UserError(400, 'You cannot cancel this PaymentIntent because it has a '
+                                 'status of %s.' % obj.status,
+                            {'code': 'payment_intent_unexpected_state'})
+        return original_cancel(cls, id, **kwargs)
+
     PaymentIntent._api_create = classmethod(_api_create)
+    PaymentIntent._api_cancel = classmethod(_api_cancel)
     PaymentIntent._confirm = _confirm
     PaymentIntent._report_failure = _report_failure
     PaymentIntent.last_payment_error = property(last_payment_error)
@@ -639,6 +656,7 @@ def build_app():
     overrides = {
         ('POST', '/v1/setup_intents/{id}/confirm'): R.SetupIntent._api_confirm,
         ('POST', '/v1/setup_intents/{id}/_authenticate'): R.SetupIntent._api_authenticate,
+        ('POST', '/v1/payment_intents/{id}/cancel'): R.PaymentIntent._api_cancel,
     }
     for (method, url), func in overrides.items():
         app.router.add_route(method, url, S.api_extra(func, url))

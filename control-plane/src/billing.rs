@@ -50,7 +50,11 @@ pub async fn apply_schedule_event(
     ev: &ScheduleEvent,
     now: DateTime<Utc>,
 ) -> anyhow::Result<bool> {
-    anyhow::ensure!(ev.amount_minor >= 0, "negative schedule amount {}", ev.amount_minor);
+    anyhow::ensure!(
+        ev.amount_minor >= 0,
+        "negative schedule amount {}",
+        ev.amount_minor
+    );
     let fresh = sqlx::query(
         "INSERT INTO inbox (event_id, topic, processed_at) VALUES ($1, 'billing.schedule', $2)
          ON CONFLICT (event_id) DO NOTHING",
@@ -102,7 +106,10 @@ pub struct Schedule {
     pub source_seq: i64,
 }
 
-pub async fn get_schedule(conn: &mut PgConnection, subscription: Uuid) -> sqlx::Result<Option<Schedule>> {
+pub async fn get_schedule(
+    conn: &mut PgConnection,
+    subscription: Uuid,
+) -> sqlx::Result<Option<Schedule>> {
     sqlx::query_as(
         "SELECT subscription_id, plan_key, amount_minor, currency, next_bill_at, status, source_seq
          FROM billing_schedules WHERE subscription_id = $1",
@@ -138,12 +145,20 @@ mod tests {
         let (e1, e2) = (Uuid::now_v7(), Uuid::now_v7());
         let now = Utc::now();
         assert!(apply_schedule_event(&mut conn, e1, &event(sub, "active", 1), now).await?);
-        assert!(!apply_schedule_event(&mut conn, e1, &event(sub, "active", 1), now).await?, "redelivery is a no-op");
+        assert!(
+            !apply_schedule_event(&mut conn, e1, &event(sub, "active", 1), now).await?,
+            "redelivery is a no-op"
+        );
         assert!(apply_schedule_event(&mut conn, e2, &event(sub, "canceled", 2), now).await?);
         // An older revision delivered late does not resurrect the schedule.
-        assert!(!apply_schedule_event(&mut conn, Uuid::now_v7(), &event(sub, "active", 1), now).await?);
+        assert!(
+            !apply_schedule_event(&mut conn, Uuid::now_v7(), &event(sub, "active", 1), now).await?
+        );
         let s = get_schedule(&mut conn, sub).await?.expect("schedule");
-        assert_eq!((s.status.as_str(), s.source_seq, s.next_bill_at), ("canceled", 2, None));
+        assert_eq!(
+            (s.status.as_str(), s.source_seq, s.next_bill_at),
+            ("canceled", 2, None)
+        );
         Ok(())
     }
 }

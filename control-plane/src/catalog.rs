@@ -9,13 +9,23 @@ use tollgate_rules::{Catalog, Feature, FeatureKind, Grant, Interval, Plan};
 /// Replaces the catalog with `catalog` in one transaction (plans and features no longer
 /// listed are kept if subscriptions still refer to them; their grants are cleared).
 pub async fn seed(pool: &PgPool, catalog: &Catalog) -> anyhow::Result<()> {
-    catalog
-        .validate()
-        .map_err(|errs| anyhow::anyhow!("invalid catalog: {}", errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
+    catalog.validate().map_err(|errs| {
+        anyhow::anyhow!(
+            "invalid catalog: {}",
+            errs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
     let mut tx = pool.begin().await?;
     // Positions are unique; move existing ones out of the way first.
-    sqlx::query("UPDATE features SET position = -position - 1").execute(&mut *tx).await?;
-    sqlx::query("UPDATE plans SET position = -position - 1").execute(&mut *tx).await?;
+    sqlx::query("UPDATE features SET position = -position - 1")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE plans SET position = -position - 1")
+        .execute(&mut *tx)
+        .await?;
     for (i, f) in catalog.features.iter().enumerate() {
         sqlx::query(
             "INSERT INTO features (key, kind, period, position) VALUES ($1, $2, $3, $4)
@@ -42,7 +52,10 @@ pub async fn seed(pool: &PgPool, catalog: &Catalog) -> anyhow::Result<()> {
         .bind(i32::try_from(i)?)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM plan_features WHERE plan_key = $1").bind(&p.key).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM plan_features WHERE plan_key = $1")
+            .bind(&p.key)
+            .execute(&mut *tx)
+            .await?;
         for g in &p.grants {
             sqlx::query("INSERT INTO plan_features (plan_key, feature_key, limit_value) VALUES ($1, $2, $3)")
                 .bind(&p.key)
@@ -58,10 +71,11 @@ pub async fn seed(pool: &PgPool, catalog: &Catalog) -> anyhow::Result<()> {
 
 /// Loads the catalog the control plane sells from (plans and features still in it, in order).
 pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
-    let features: Vec<(String, String, Option<String>)> =
-        sqlx::query_as("SELECT key, kind, period FROM features WHERE position >= 0 ORDER BY position")
-            .fetch_all(&mut *conn)
-            .await?;
+    let features: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT key, kind, period FROM features WHERE position >= 0 ORDER BY position",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     let plans: Vec<(String, String, i64, String, String)> = sqlx::query_as(
         "SELECT key, name, price_minor, currency, interval FROM plans WHERE position >= 0 ORDER BY position",
     )
@@ -76,20 +90,32 @@ pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
     let features = features
         .into_iter()
         .map(|(key, kind, period)| {
-            let kind = FeatureKind::parse(&kind).ok_or_else(|| anyhow::anyhow!("feature kind {kind}"))?;
+            let kind =
+                FeatureKind::parse(&kind).ok_or_else(|| anyhow::anyhow!("feature kind {kind}"))?;
             Ok(Feature { key, kind, period })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let plans = plans
         .into_iter()
         .map(|(key, name, price_minor, currency, interval)| {
-            let interval = Interval::parse(&interval).ok_or_else(|| anyhow::anyhow!("interval {interval}"))?;
+            let interval =
+                Interval::parse(&interval).ok_or_else(|| anyhow::anyhow!("interval {interval}"))?;
             let grants = grants
                 .iter()
                 .filter(|(p, _, _)| *p == key)
-                .map(|(_, feature, limit)| Grant { feature: feature.clone(), limit: *limit })
+                .map(|(_, feature, limit)| Grant {
+                    feature: feature.clone(),
+                    limit: *limit,
+                })
                 .collect();
-            Ok(Plan { key, name, price_minor, currency, interval, grants })
+            Ok(Plan {
+                key,
+                name,
+                price_minor,
+                currency,
+                interval,
+                grants,
+            })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Catalog { features, plans })
@@ -107,8 +133,14 @@ mod tests {
         let mut conn = pool.acquire().await?;
         assert_eq!(load(&mut conn).await?, demo);
         let mut bad = demo.clone();
-        bad.plans[0].grants.push(Grant { feature: "nope".into(), limit: None });
-        assert!(seed(&pool, &bad).await.is_err(), "an invalid catalog is refused");
+        bad.plans[0].grants.push(Grant {
+            feature: "nope".into(),
+            limit: None,
+        });
+        assert!(
+            seed(&pool, &bad).await.is_err(),
+            "an invalid catalog is refused"
+        );
         assert_eq!(load(&mut conn).await?, demo, "and nothing was written");
         Ok(())
     }
@@ -119,6 +151,10 @@ pub async fn list_plans(
     axum::extract::State(state): axum::extract::State<crate::state::AppState>,
 ) -> crate::http::ApiResult<axum::Json<serde_json::Value>> {
     let mut conn = state.cf.acquire().await?;
-    let catalog = load(&mut conn).await.map_err(crate::http::ApiError::internal)?;
-    Ok(axum::Json(serde_json::json!({ "data": catalog.plans, "features": catalog.features })))
+    let catalog = load(&mut conn)
+        .await
+        .map_err(crate::http::ApiError::internal)?;
+    Ok(axum::Json(
+        serde_json::json!({ "data": catalog.plans, "features": catalog.features }),
+    ))
 }

@@ -42,7 +42,8 @@ impl Clock for OffsetClock {
     }
 
     fn advance(&self, by: TimeDelta) -> Option<DateTime<Utc>> {
-        self.offset_ms.fetch_add(by.num_milliseconds(), Ordering::SeqCst);
+        self.offset_ms
+            .fetch_add(by.num_milliseconds(), Ordering::SeqCst);
         Some(self.now())
     }
 }
@@ -55,7 +56,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn at(t: DateTime<Utc>) -> Self {
-        Self { now_ms: AtomicI64::new(t.timestamp_millis()) }
+        Self {
+            now_ms: AtomicI64::new(t.timestamp_millis()),
+        }
     }
 }
 
@@ -66,7 +69,8 @@ impl Clock for ManualClock {
     }
 
     fn advance(&self, by: TimeDelta) -> Option<DateTime<Utc>> {
-        self.now_ms.fetch_add(by.num_milliseconds(), Ordering::SeqCst);
+        self.now_ms
+            .fetch_add(by.num_milliseconds(), Ordering::SeqCst);
         Some(self.now())
     }
 }

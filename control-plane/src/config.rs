@@ -48,9 +48,14 @@ impl Config {
         let default_addr = SocketAddr::from(([127, 0, 0, 1], 7700));
         let cfg = Self {
             listen_addr: r.parse("cp_listen_addr", default_addr),
-            cf_database_url: r.string("cf_database_url", "postgres://postgres@127.0.0.1:5432/tollgate_cf"),
-            billing_database_url: r
-                .string("billing_database_url", "postgres://postgres@127.0.0.1:5432/tollgate_billing"),
+            cf_database_url: r.string(
+                "cf_database_url",
+                "postgres://postgres@127.0.0.1:5432/tollgate_cf",
+            ),
+            billing_database_url: r.string(
+                "billing_database_url",
+                "postgres://postgres@127.0.0.1:5432/tollgate_billing",
+            ),
             db_pool_size: r.parse("db_pool_size", 16),
             redis_url: r.string("redis_url", "redis://127.0.0.1:6379"),
             edge_token: r.required_secret("edge_token"),
@@ -63,7 +68,9 @@ impl Config {
             checkout_expiry_secs: r.parse("checkout_expiry_secs", 23 * 3600),
         };
         if cfg.db_pool_size == 0 || cfg.db_pool_size > DB_POOL_SIZE_MAX {
-            r.error(format!("TOLLGATE_DB_POOL_SIZE must be 1..={DB_POOL_SIZE_MAX}"));
+            r.error(format!(
+                "TOLLGATE_DB_POOL_SIZE must be 1..={DB_POOL_SIZE_MAX}"
+            ));
         }
         if cfg.relay_poll_ms == 0 {
             r.error("TOLLGATE_RELAY_POLL_MS must be positive");
@@ -71,7 +78,10 @@ impl Config {
         if cfg.checkout_expiry_secs <= 0 {
             r.error("TOLLGATE_CHECKOUT_EXPIRY_SECS must be positive");
         }
-        for (key, url) in [("CF_DATABASE_URL", &cfg.cf_database_url), ("BILLING_DATABASE_URL", &cfg.billing_database_url)] {
+        for (key, url) in [
+            ("CF_DATABASE_URL", &cfg.cf_database_url),
+            ("BILLING_DATABASE_URL", &cfg.billing_database_url),
+        ] {
             if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
                 r.error(format!("TOLLGATE_{key} must be a postgres:// URL"));
             }
@@ -99,7 +109,12 @@ mod tests {
         ]);
         let errors = Config::from_source(&src).expect_err("invalid").0;
         let text = errors.join("\n");
-        for needle in ["TOLLGATE_CP_LISTEN_ADDR", "TOLLGATE_TOKEN_SECRET is required", "TOLLGATE_DB_POOL_SIZE", "TOLLGATE_REDIS_URL"] {
+        for needle in [
+            "TOLLGATE_CP_LISTEN_ADDR",
+            "TOLLGATE_TOKEN_SECRET is required",
+            "TOLLGATE_DB_POOL_SIZE",
+            "TOLLGATE_REDIS_URL",
+        ] {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }
     }

@@ -25,15 +25,25 @@ pub struct Advance {
     pub seconds: i64,
 }
 
-pub async fn advance(State(state): State<AppState>, Json(body): Json<Advance>) -> ApiResult<axum::Json<Value>> {
+pub async fn advance(
+    State(state): State<AppState>,
+    Json(body): Json<Advance>,
+) -> ApiResult<axum::Json<Value>> {
     if body.seconds <= 0 || body.seconds > ADVANCE_MAX_SECS {
-        return Err(ApiError::unprocessable("invalid_advance", format!("seconds must be 1..={ADVANCE_MAX_SECS}")));
+        return Err(ApiError::unprocessable(
+            "invalid_advance",
+            format!("seconds must be 1..={ADVANCE_MAX_SECS}"),
+        ));
     }
     let now = state
         .clock
         .advance(TimeDelta::seconds(body.seconds))
-        .ok_or_else(|| ApiError::conflict("clock_not_advanceable", "this clock is the wall clock"))?;
-    let changed = subscriptions::run_maintenance(&state).await.map_err(ApiError::internal)?;
+        .ok_or_else(|| {
+            ApiError::conflict("clock_not_advanceable", "this clock is the wall clock")
+        })?;
+    let changed = subscriptions::run_maintenance(&state)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(axum::Json(json!({ "now": now, "transitions": changed })))
 }
 
@@ -59,8 +69,13 @@ pub async fn authenticate(
         return Err(ApiError::not_found("simulator"));
     };
     match sim.authenticate(&id, matches!(body.outcome, AuthOutcome::Succeed)) {
-        Ok(()) => Ok(axum::Json(json!({ "intent": id, "authenticated": matches!(body.outcome, AuthOutcome::Succeed) }))),
+        Ok(()) => Ok(axum::Json(
+            json!({ "intent": id, "authenticated": matches!(body.outcome, AuthOutcome::Succeed) }),
+        )),
         Err(GatewayError::NotFound(_)) => Err(ApiError::not_found("intent")),
-        Err(e) => Err(ApiError::conflict("not_awaiting_authentication", e.to_string())),
+        Err(e) => Err(ApiError::conflict(
+            "not_awaiting_authentication",
+            e.to_string(),
+        )),
     }
 }

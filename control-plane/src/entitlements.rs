@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
 use tollgate_protocol::{
-    AccountFacts, AccountId, AccountStanding, ChangeEvent, SubscriptionFacts, SubscriptionStatus, redis_keys,
+    AccountFacts, AccountId, AccountStanding, ChangeEvent, SubscriptionFacts, SubscriptionStatus,
+    redis_keys,
 };
 use uuid::Uuid;
 
@@ -26,12 +27,18 @@ pub struct AccountEvent {
 }
 
 /// Locks the account and computes its facts from current state; `version` is left at 0.
-pub async fn compute_facts(conn: &mut PgConnection, account: AccountId) -> anyhow::Result<Option<AccountFacts>> {
-    let row: Option<(String,)> = sqlx::query_as("SELECT standing FROM accounts WHERE id = $1 FOR UPDATE")
-        .bind(account.0)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some((standing,)) = row else { return Ok(None) };
+pub async fn compute_facts(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> anyhow::Result<Option<AccountFacts>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT standing FROM accounts WHERE id = $1 FOR UPDATE")
+            .bind(account.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((standing,)) = row else {
+        return Ok(None);
+    };
     let standing = match standing.as_str() {
         "banned" => AccountStanding::Banned,
         _ => AccountStanding::Active,
@@ -52,15 +59,24 @@ pub async fn compute_facts(conn: &mut PgConnection, account: AccountId) -> anyho
             current_period_end_ms: end.timestamp_millis(),
         }),
     };
-    Ok(Some(AccountFacts { account_id: account, version: 0, standing, subscription }))
+    Ok(Some(AccountFacts {
+        account_id: account,
+        version: 0,
+        standing,
+        subscription,
+    }))
 }
 
 /// Stored facts of an account.
-pub async fn stored_facts(conn: &mut PgConnection, account: AccountId) -> sqlx::Result<Option<AccountFacts>> {
-    let row: Option<(Value,)> = sqlx::query_as("SELECT facts FROM entitlement_facts WHERE account_id = $1")
-        .bind(account.0)
-        .fetch_optional(conn)
-        .await?;
+pub async fn stored_facts(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> sqlx::Result<Option<AccountFacts>> {
+    let row: Option<(Value,)> =
+        sqlx::query_as("SELECT facts FROM entitlement_facts WHERE account_id = $1")
+            .bind(account.0)
+            .fetch_optional(conn)
+            .await?;
     row.map(|(v,)| serde_json::from_value(v).map_err(|e| sqlx::Error::Decode(Box::new(e))))
         .transpose()
 }
@@ -71,7 +87,9 @@ pub async fn recompute(
     account: AccountId,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Option<(AccountFacts, bool)>> {
-    let Some(mut fresh) = compute_facts(conn, account).await? else { return Ok(None) };
+    let Some(mut fresh) = compute_facts(conn, account).await? else {
+        return Ok(None);
+    };
     let current = stored_facts(conn, account).await?;
     if let Some(cur) = &current {
         fresh.version = cur.version;
@@ -121,16 +139,25 @@ redis.call('SET', KEYS[1], ARGV[2])
 return 1
 ";
 
-pub async fn handle_publish(state: &AppState, conn: &mut PgConnection, payload: &Value) -> anyhow::Result<()> {
+pub async fn handle_publish(
+    state: &AppState,
+    conn: &mut PgConnection,
+    payload: &Value,
+) -> anyhow::Result<()> {
     let ev: AccountEvent = serde_json::from_value(payload.clone())?;
-    let Some(facts) = stored_facts(conn, ev.account_id).await? else { return Ok(()) };
+    let Some(facts) = stored_facts(conn, ev.account_id).await? else {
+        return Ok(());
+    };
     publish(state, &facts).await
 }
 
 /// Publishes facts to the change stream and the L2 copy.
 pub async fn publish(state: &AppState, facts: &AccountFacts) -> anyhow::Result<()> {
     let facts_json = serde_json::to_string(facts)?;
-    let event = ChangeEvent { facts: facts.clone(), committed_at_ms: chrono::Utc::now().timestamp_millis() };
+    let event = ChangeEvent {
+        facts: facts.clone(),
+        committed_at_ms: chrono::Utc::now().timestamp_millis(),
+    };
     let event_json = serde_json::to_string(&event)?;
     let mut redis = state.redis.clone();
     let _: i64 = redis::Script::new(SET_IF_NEWER)
@@ -141,15 +168,32 @@ pub async fn publish(state: &AppState, facts: &AccountFacts) -> anyhow::Result<(
         .await?;
     let opts = redis::streams::StreamMaxlen::Approx(redis_keys::CHANGE_STREAM_MAXLEN);
     let _: String = redis
-        .xadd_maxlen(redis_keys::CHANGE_STREAM, opts, "*", &[(redis_keys::CHANGE_FIELD, event_json)])
+        .xadd_maxlen(
+            redis_keys::CHANGE_STREAM,
+            opts,
+            "*",
+            &[(redis_keys::CHANGE_FIELD, event_json)],
+        )
         .await?;
     state.metrics.facts_published.inc();
     Ok(())
 }
 
 /// Enqueues a recompute for an account in the caller's transaction.
-pub async fn request_recompute(conn: &mut PgConnection, account: AccountId, now: DateTime<Utc>) -> sqlx::Result<Uuid> {
-    outbox::enqueue(conn, outbox::TOPIC_RECOMPUTE, &AccountEvent { account_id: account }, now).await
+pub async fn request_recompute(
+    conn: &mut PgConnection,
+    account: AccountId,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Uuid> {
+    outbox::enqueue(
+        conn,
+        outbox::TOPIC_RECOMPUTE,
+        &AccountEvent {
+            account_id: account,
+        },
+        now,
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -163,19 +207,35 @@ mod tests {
         let mut conn = pool.acquire().await?;
         let now = Utc::now();
         let id = AccountId::new_v7();
-        insert_account(&mut conn, id, "a@example.com", "A", "simulated", "cus_a", now).await?;
+        insert_account(
+            &mut conn,
+            id,
+            "a@example.com",
+            "A",
+            "simulated",
+            "cus_a",
+            now,
+        )
+        .await?;
         let (f1, changed) = recompute(&mut conn, id, now).await?.expect("exists");
         assert!(changed);
         assert_eq!((f1.version, f1.subscription.is_none()), (1, true));
         let (f2, changed) = recompute(&mut conn, id, now).await?.expect("exists");
         assert!(!changed, "same facts, same version");
         assert_eq!(f2.version, 1);
-        sqlx::query("UPDATE accounts SET standing = 'banned' WHERE id = $1").bind(id.0).execute(&mut *conn).await?;
+        sqlx::query("UPDATE accounts SET standing = 'banned' WHERE id = $1")
+            .bind(id.0)
+            .execute(&mut *conn)
+            .await?;
         let (f3, changed) = recompute(&mut conn, id, now).await?.expect("exists");
         assert!(changed);
         assert_eq!((f3.version, f3.standing), (2, AccountStanding::Banned));
         assert_eq!(stored_facts(&mut conn, id).await?, Some(f3));
-        assert!(recompute(&mut conn, AccountId::new_v7(), now).await?.is_none());
+        assert!(
+            recompute(&mut conn, AccountId::new_v7(), now)
+                .await?
+                .is_none()
+        );
         Ok(())
     }
 }

@@ -22,17 +22,31 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl FromRequestParts<AppState> for EdgeAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let presented = parts
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthorized("missing_credentials", "send Authorization: Bearer <edge token>"))?;
-        if constant_time_eq(presented.as_bytes(), state.edge_token.expose_secret().as_bytes()) {
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing_credentials",
+                    "send Authorization: Bearer <edge token>",
+                )
+            })?;
+        if constant_time_eq(
+            presented.as_bytes(),
+            state.edge_token.expose_secret().as_bytes(),
+        ) {
             Ok(Self)
         } else {
-            Err(ApiError::unauthorized("invalid_token", "the edge token is not valid"))
+            Err(ApiError::unauthorized(
+                "invalid_token",
+                "the edge token is not valid",
+            ))
         }
     }
 }
@@ -47,13 +61,22 @@ pub async fn facts(
     entitlements::stored_facts(&mut conn, id)
         .await?
         .map(axum::Json)
-        .ok_or_else(|| ApiError::new(axum::http::StatusCode::NOT_FOUND, "unknown_account", "no such account"))
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "unknown_account",
+                "no such account",
+            )
+        })
 }
 
 /// `GET /internal/v1/catalog`
 pub async fn catalog(State(state): State<AppState>, _: EdgeAuth) -> ApiResult<axum::Json<Catalog>> {
     let mut conn = state.cf.acquire().await?;
-    catalog::load(&mut conn).await.map(axum::Json).map_err(ApiError::internal)
+    catalog::load(&mut conn)
+        .await
+        .map(axum::Json)
+        .map_err(ApiError::internal)
 }
 
 #[cfg(test)]

@@ -57,11 +57,23 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/plans", get(catalog::list_plans))
         .route("/v1/accounts", post(accounts::http::create_account))
         .route("/v1/account", get(accounts::http::get_account))
-        .route("/v1/payment-methods", post(accounts::payment_methods::add).get(accounts::payment_methods::list_handler))
-        .route("/v1/payment-methods/{id}/confirm", post(accounts::payment_methods::confirm))
+        .route(
+            "/v1/payment-methods",
+            post(accounts::payment_methods::add).get(accounts::payment_methods::list_handler),
+        )
+        .route(
+            "/v1/payment-methods/{id}/confirm",
+            post(accounts::payment_methods::confirm),
+        )
         .route("/v1/checkout", post(subscriptions::checkout))
-        .route("/v1/checkout/{id}", get(subscriptions::get_checkout_handler))
-        .route("/v1/checkout/{id}/confirm", post(subscriptions::confirm_checkout))
+        .route(
+            "/v1/checkout/{id}",
+            get(subscriptions::get_checkout_handler),
+        )
+        .route(
+            "/v1/checkout/{id}/confirm",
+            post(subscriptions::confirm_checkout),
+        )
         .route("/v1/subscriptions", get(subscriptions::list))
         .route("/v1/subscriptions/{id}/cancel", post(subscriptions::cancel));
     let internal = Router::new()
@@ -78,14 +90,23 @@ pub fn app(state: AppState) -> Router {
             .route("/dev/v1/clock", get(dev::clock))
             .route("/dev/v1/clock/advance", post(dev::advance));
         if state.simulator.is_some() {
-            dev = dev.route("/dev/v1/simulator/intents/{id}/authenticate", post(dev::authenticate));
+            dev = dev.route(
+                "/dev/v1/simulator/intents/{id}/authenticate",
+                post(dev::authenticate),
+            );
         }
         router = router.merge(dev);
     }
     router
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
+        })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
         })
         .layer(DefaultBodyLimit::max(http::extract::BODY_BYTES_MAX))
         .with_state(state)
@@ -97,17 +118,33 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let cf = sqlx::query("SELECT 1").execute(&state.cf).await.is_ok();
-    let billing = sqlx::query("SELECT 1").execute(&state.billing).await.is_ok();
+    let billing = sqlx::query("SELECT 1")
+        .execute(&state.billing)
+        .await
+        .is_ok();
     let mut redis = state.redis.clone();
-    let redis_ok = redis::cmd("PING").query_async::<String>(&mut redis).await.is_ok();
+    let redis_ok = redis::cmd("PING")
+        .query_async::<String>(&mut redis)
+        .await
+        .is_ok();
     let ready = cf && billing && redis_ok;
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({ "ready": ready, "cf": cf, "billing": billing, "redis": redis_ok })))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({ "ready": ready, "cf": cf, "billing": billing, "redis": redis_ok })),
+    )
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
@@ -151,7 +188,10 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
 }
 
 /// Connects to Redis, retrying for up to `wait` (Redis may start after us).
-pub async fn connect_redis(url: &str, wait: Duration) -> anyhow::Result<redis::aio::ConnectionManager> {
+pub async fn connect_redis(
+    url: &str,
+    wait: Duration,
+) -> anyhow::Result<redis::aio::ConnectionManager> {
     let client = redis::Client::open(url).context("redis url")?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -176,18 +216,46 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let options = PgPoolOptions::new()
         .max_connections(config.db_pool_size)
         .acquire_timeout(Duration::from_secs(STARTUP_WAIT_SECS));
-    let cf = options.clone().connect(&config.cf_database_url).await.context("connect cf database")?;
-    let billing = options.connect(&config.billing_database_url).await.context("connect billing database")?;
+    let cf = options
+        .clone()
+        .connect(&config.cf_database_url)
+        .await
+        .context("connect cf database")?;
+    let billing = options
+        .connect(&config.billing_database_url)
+        .await
+        .context("connect billing database")?;
     CF_MIGRATOR.run(&cf).await.context("migrate cf database")?;
-    BILLING_MIGRATOR.run(&billing).await.context("migrate billing database")?;
+    BILLING_MIGRATOR
+        .run(&billing)
+        .await
+        .context("migrate billing database")?;
     if config.seed_demo {
-        catalog::seed(&cf, &tollgate_rules::Catalog::demo()).await.context("seed demo catalog")?;
+        catalog::seed(&cf, &tollgate_rules::Catalog::demo())
+            .await
+            .context("seed demo catalog")?;
         tracing::info!("demo catalog seeded");
     }
     let redis = connect_redis(&config.redis_url, Duration::from_secs(STARTUP_WAIT_SECS)).await?;
-    let clock: Arc<dyn Clock> = if config.dev_mode { Arc::new(OffsetClock::default()) } else { Arc::new(SystemClock) };
-    let state = build_state(&config, Deps { cf, billing, redis, clock })?;
-    tracing::info!(gateway = state.gateway.name(), dev_mode = config.dev_mode, "control plane starting");
+    let clock: Arc<dyn Clock> = if config.dev_mode {
+        Arc::new(OffsetClock::default())
+    } else {
+        Arc::new(SystemClock)
+    };
+    let state = build_state(
+        &config,
+        Deps {
+            cf,
+            billing,
+            redis,
+            clock,
+        },
+    )?;
+    tracing::info!(
+        gateway = state.gateway.name(),
+        dev_mode = config.dev_mode,
+        "control plane starting"
+    );
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let relay = tokio::spawn(outbox::run_relay(
@@ -197,7 +265,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let maintenance = tokio::spawn(run_maintenance_loop(state.clone(), shutdown_rx.clone()));
 
-    let listener = tokio::net::TcpListener::bind(config.listen_addr).await.context("bind")?;
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .context("bind")?;
     tracing::info!(addr = %config.listen_addr, "listening");
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown_signal())

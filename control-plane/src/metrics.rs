@@ -42,14 +42,36 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tollgate_cp");
         let outbox_processed = Family::<TopicLabels, Counter>::default();
-        registry.register("outbox_processed", "Outbox events applied", outbox_processed.clone());
+        registry.register(
+            "outbox_processed",
+            "Outbox events applied",
+            outbox_processed.clone(),
+        );
         let outbox_failures = Family::<TopicLabels, Counter>::default();
-        registry.register("outbox_failures", "Outbox event attempts that failed and will be retried", outbox_failures.clone());
+        registry.register(
+            "outbox_failures",
+            "Outbox event attempts that failed and will be retried",
+            outbox_failures.clone(),
+        );
         let checkouts = Family::<CheckoutLabels, Counter>::default();
-        registry.register("checkouts", "Checkout attempts by outcome", checkouts.clone());
+        registry.register(
+            "checkouts",
+            "Checkout attempts by outcome",
+            checkouts.clone(),
+        );
         let facts_published = Counter::default();
-        registry.register("facts_published", "Account facts published to the change stream", facts_published.clone());
-        Self { registry, outbox_processed, outbox_failures, checkouts, facts_published }
+        registry.register(
+            "facts_published",
+            "Account facts published to the change stream",
+            facts_published.clone(),
+        );
+        Self {
+            registry,
+            outbox_processed,
+            outbox_failures,
+            checkouts,
+            facts_published,
+        }
     }
 
     pub fn render(&self) -> String {

@@ -57,7 +57,10 @@ pub async fn enqueue(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut *conn)
+        .await?;
     Ok(id)
 }
 
@@ -96,17 +99,21 @@ pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
         let result = apply(state, &mut sp, row.id, &row.topic, &row.payload, now).await;
         match result {
             Ok(()) => {
-                sqlx::query("UPDATE outbox SET processed_at = $2, attempts = attempts + 1 WHERE id = $1")
-                    .bind(row.id)
-                    .bind(now)
-                    .execute(&mut *sp)
-                    .await?;
+                sqlx::query(
+                    "UPDATE outbox SET processed_at = $2, attempts = attempts + 1 WHERE id = $1",
+                )
+                .bind(row.id)
+                .bind(now)
+                .execute(&mut *sp)
+                .await?;
                 sp.commit().await?;
                 state.metrics.outbox_processed.get_or_create(&labels).inc();
             }
             Err(err) => {
                 sp.rollback().await?;
-                let delay = 1_i64.checked_shl(row.attempts.clamp(0, 16) as u32).unwrap_or(RETRY_DELAY_SECS_MAX);
+                let delay = 1_i64
+                    .checked_shl(row.attempts.clamp(0, 16) as u32)
+                    .unwrap_or(RETRY_DELAY_SECS_MAX);
                 let delay = delay.min(RETRY_DELAY_SECS_MAX);
                 tracing::warn!(outbox_id = %row.id, topic = %row.topic, attempts = row.attempts + 1, error = %err, "outbox event failed; will retry");
                 sqlx::query(
@@ -136,14 +143,20 @@ async fn apply(
     match topic {
         TOPIC_RECOMPUTE => entitlements::handle_recompute(state, conn, payload, now).await,
         TOPIC_PUBLISH => entitlements::handle_publish(state, conn, payload).await,
-        TOPIC_BILLING_SCHEDULE => billing::handle_schedule_event(state, event_id, payload, now).await,
+        TOPIC_BILLING_SCHEDULE => {
+            billing::handle_schedule_event(state, event_id, payload, now).await
+        }
         other => anyhow::bail!("unknown outbox topic {other}"),
     }
 }
 
 /// The relay loop: drains due rows, then waits for a NOTIFY, an in-process wake-up, or the
 /// poll interval (which also picks up rows whose backoff ended).
-pub async fn run_relay(state: AppState, poll: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn run_relay(
+    state: AppState,
+    poll: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let mut listener = match PgListener::connect_with(&state.cf).await {
         Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
             Ok(()) => Some(l),

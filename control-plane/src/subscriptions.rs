@@ -50,7 +50,8 @@ pub struct Subscription {
     pub created_at: DateTime<Utc>,
 }
 
-const SUB_COLUMNS: &str = "id, plan_key AS plan, status, amount_minor, currency, current_period_start,
+const SUB_COLUMNS: &str =
+    "id, plan_key AS plan, status, amount_minor, currency, current_period_start,
     current_period_end, cancel_at_period_end, canceled_at, revision, account_id, created_at";
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -70,7 +71,8 @@ pub struct Checkout {
     pub created_at: DateTime<Utc>,
 }
 
-const CHECKOUT_COLUMNS: &str = "id, plan_key AS plan, status, amount_minor, currency, payment_method_id,
+const CHECKOUT_COLUMNS: &str =
+    "id, plan_key AS plan, status, amount_minor, currency, payment_method_id,
     client_secret, decline_code, subscription_id, expires_at, payment_intent_id, created_at";
 
 /// End of the period that starts at `start`.
@@ -82,7 +84,10 @@ pub fn period_end(start: DateTime<Utc>, interval: Interval) -> Option<DateTime<U
     start.checked_add_months(Months::new(months))
 }
 
-pub async fn live_subscription(conn: &mut PgConnection, account: AccountId) -> sqlx::Result<Option<Subscription>> {
+pub async fn live_subscription(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> sqlx::Result<Option<Subscription>> {
     sqlx::query_as(sqlf!(
         "SELECT {SUB_COLUMNS} FROM subscriptions WHERE account_id = $1 AND status IN ('trialing', 'active', 'past_due')"
     ))
@@ -101,21 +106,39 @@ fn schedule_event(sub: &Subscription, interval: Interval) -> ScheduleEvent {
         currency: sub.currency.clone(),
         interval: interval.as_str().to_owned(),
         next_bill_at: renews.then_some(sub.current_period_end),
-        status: if sub.status == "canceled" { "canceled" } else { "active" }.to_owned(),
+        status: if sub.status == "canceled" {
+            "canceled"
+        } else {
+            "active"
+        }
+        .to_owned(),
         revision: sub.revision,
     }
 }
 
 /// Announces a subscription change to entitlements and billing (same transaction).
-async fn announce(conn: &mut PgConnection, sub: &Subscription, now: DateTime<Utc>) -> anyhow::Result<()> {
+async fn announce(
+    conn: &mut PgConnection,
+    sub: &Subscription,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
     let interval = plan_interval(conn, &sub.plan).await?;
     entitlements::request_recompute(conn, AccountId(sub.account_id), now).await?;
-    outbox::enqueue(conn, outbox::TOPIC_BILLING_SCHEDULE, &schedule_event(sub, interval), now).await?;
+    outbox::enqueue(
+        conn,
+        outbox::TOPIC_BILLING_SCHEDULE,
+        &schedule_event(sub, interval),
+        now,
+    )
+    .await?;
     Ok(())
 }
 
 async fn plan_interval(conn: &mut PgConnection, plan: &str) -> anyhow::Result<Interval> {
-    let (interval,): (String,) = sqlx::query_as("SELECT interval FROM plans WHERE key = $1").bind(plan).fetch_one(conn).await?;
+    let (interval,): (String,) = sqlx::query_as("SELECT interval FROM plans WHERE key = $1")
+        .bind(plan)
+        .fetch_one(conn)
+        .await?;
     Interval::parse(&interval).ok_or_else(|| anyhow::anyhow!("plan {plan} has interval {interval}"))
 }
 
@@ -125,7 +148,8 @@ async fn create_subscription(
     plan: &Plan,
     now: DateTime<Utc>,
 ) -> Result<Subscription, ApiError> {
-    let end = period_end(now, plan.interval).ok_or_else(|| ApiError::internal("period end overflows"))?;
+    let end =
+        period_end(now, plan.interval).ok_or_else(|| ApiError::internal("period end overflows"))?;
     let sub: Subscription = sqlx::query_as(sqlf!(
         "INSERT INTO subscriptions (id, account_id, plan_key, status, amount_minor, currency, current_period_start,
              current_period_end, cancel_at_period_end, revision, created_at)
@@ -144,12 +168,17 @@ async fn create_subscription(
         Some("subscriptions_one_live_per_account") => subscription_exists(),
         _ => ApiError::from(e),
     })?;
-    announce(conn, &sub, now).await.map_err(ApiError::internal)?;
+    announce(conn, &sub, now)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(sub)
 }
 
 fn subscription_exists() -> ApiError {
-    ApiError::conflict("subscription_exists", "the account already has a live subscription; cancel it first")
+    ApiError::conflict(
+        "subscription_exists",
+        "the account already has a live subscription; cancel it first",
+    )
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -190,10 +219,9 @@ pub async fn checkout(
     }
     let now = state.clock.now();
     let catalog = catalog::load(&mut tx).await.map_err(ApiError::internal)?;
-    let plan = catalog
-        .plan(&body.plan)
-        .cloned()
-        .ok_or_else(|| ApiError::unprocessable("unknown_plan", format!("there is no plan `{}`", body.plan)))?;
+    let plan = catalog.plan(&body.plan).cloned().ok_or_else(|| {
+        ApiError::unprocessable("unknown_plan", format!("there is no plan `{}`", body.plan))
+    })?;
     // Serialise purchases per account.
     let acct = sqlx::query_as::<_, crate::accounts::Account>(
         "SELECT id, email, name, standing, gateway_customer_id, default_payment_method_id, created_at
@@ -204,38 +232,77 @@ pub async fn checkout(
     .await?
     .ok_or_else(|| ApiError::not_found("account"))?;
     if acct.status == "banned" {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "account_banned", "this account cannot buy plans"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "account_banned",
+            "this account cannot buy plans",
+        ));
     }
     if live_subscription(&mut tx, account).await?.is_some() {
         return Err(subscription_exists());
     }
-    let open: Option<(Uuid,)> =
-        sqlx::query_as("SELECT id FROM checkouts WHERE account_id = $1 AND status = 'requires_action'")
-            .bind(account.0)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let open: Option<(Uuid,)> = sqlx::query_as(
+        "SELECT id FROM checkouts WHERE account_id = $1 AND status = 'requires_action'",
+    )
+    .bind(account.0)
+    .fetch_optional(&mut *tx)
+    .await?;
     if let Some((open,)) = open {
-        return Err(ApiError::conflict("checkout_in_progress", "another checkout is waiting for authentication")
-            .with("checkout_id", open.to_string()));
+        return Err(ApiError::conflict(
+            "checkout_in_progress",
+            "another checkout is waiting for authentication",
+        )
+        .with("checkout_id", open.to_string()));
     }
 
     let checkout_id = Uuid::now_v7();
     let expires_at = now + TimeDelta::seconds(state.checkout_expiry_secs);
     let (status, resp) = if plan.price_minor == 0 {
         let sub = create_subscription(&mut tx, account, &plan, now).await?;
-        insert_checkout(&mut tx, checkout_id, account, &plan, None, None, None, "succeeded", None, Some(sub.id), expires_at, now).await?;
-        state.metrics.checkouts.get_or_create(&CheckoutLabels { outcome: CheckoutOutcome::Succeeded }).inc();
-        (StatusCode::CREATED, json!({ "checkout": { "id": checkout_id, "status": "succeeded" }, "subscription": sub }))
+        insert_checkout(
+            &mut tx,
+            checkout_id,
+            account,
+            &plan,
+            None,
+            None,
+            None,
+            "succeeded",
+            None,
+            Some(sub.id),
+            expires_at,
+            now,
+        )
+        .await?;
+        state
+            .metrics
+            .checkouts
+            .get_or_create(&CheckoutLabels {
+                outcome: CheckoutOutcome::Succeeded,
+            })
+            .inc();
+        (
+            StatusCode::CREATED,
+            json!({ "checkout": { "id": checkout_id, "status": "succeeded" }, "subscription": sub }),
+        )
     } else {
         let pm_id = body
             .payment_method
             .or(acct.default_payment_method_id)
-            .ok_or_else(|| ApiError::unprocessable("payment_method_required", "this plan needs a payment method"))?;
+            .ok_or_else(|| {
+                ApiError::unprocessable(
+                    "payment_method_required",
+                    "this plan needs a payment method",
+                )
+            })?;
         let pm = payment_methods::get(&mut tx, account, pm_id, false)
             .await?
             .ok_or_else(|| ApiError::not_found("payment method"))?;
         if pm.status != "ready" {
-            return Err(ApiError::conflict("payment_method_not_ready", "finish setting up this payment method first"));
+            return Err(ApiError::conflict(
+                "payment_method_not_ready",
+                "finish setting up this payment method first",
+            ));
         }
         let provider_key = format!("tollgate-checkout-{account}-{}", key.0);
         let description = format!("Tollgate {} plan, first period", plan.key);
@@ -244,7 +311,10 @@ pub async fn checkout(
             .create_payment(PaymentRequest {
                 customer: &acct.stripe_customer_id,
                 payment_method: &pm.gateway_pm_id,
-                amount: GatewayAmount { amount_minor: plan.price_minor, currency: &plan.currency },
+                amount: GatewayAmount {
+                    amount_minor: plan.price_minor,
+                    currency: &plan.currency,
+                },
                 presence: Presence::OnSession,
                 idempotency_key: &provider_key,
                 description: &description,
@@ -255,13 +325,56 @@ pub async fn checkout(
         match outcome.status {
             PaymentStatus::Succeeded => {
                 let sub = create_subscription(&mut tx, account, &plan, now).await?;
-                let c = insert_checkout(&mut tx, checkout_id, account, &plan, Some(pm.id), pi, None, "succeeded", None, Some(sub.id), expires_at, now).await?;
-                state.metrics.checkouts.get_or_create(&CheckoutLabels { outcome: CheckoutOutcome::Succeeded }).inc();
-                (StatusCode::CREATED, json!({ "checkout": c, "subscription": sub }))
+                let c = insert_checkout(
+                    &mut tx,
+                    checkout_id,
+                    account,
+                    &plan,
+                    Some(pm.id),
+                    pi,
+                    None,
+                    "succeeded",
+                    None,
+                    Some(sub.id),
+                    expires_at,
+                    now,
+                )
+                .await?;
+                state
+                    .metrics
+                    .checkouts
+                    .get_or_create(&CheckoutLabels {
+                        outcome: CheckoutOutcome::Succeeded,
+                    })
+                    .inc();
+                (
+                    StatusCode::CREATED,
+                    json!({ "checkout": c, "subscription": sub }),
+                )
             }
             PaymentStatus::RequiresAction { client_secret } => {
-                let c = insert_checkout(&mut tx, checkout_id, account, &plan, Some(pm.id), pi, Some(&client_secret), "requires_action", None, None, expires_at, now).await?;
-                state.metrics.checkouts.get_or_create(&CheckoutLabels { outcome: CheckoutOutcome::RequiresAction }).inc();
+                let c = insert_checkout(
+                    &mut tx,
+                    checkout_id,
+                    account,
+                    &plan,
+                    Some(pm.id),
+                    pi,
+                    Some(&client_secret),
+                    "requires_action",
+                    None,
+                    None,
+                    expires_at,
+                    now,
+                )
+                .await?;
+                state
+                    .metrics
+                    .checkouts
+                    .get_or_create(&CheckoutLabels {
+                        outcome: CheckoutOutcome::RequiresAction,
+                    })
+                    .inc();
                 (
                     StatusCode::ACCEPTED,
                     json!({ "checkout": c, "status": "requires_action", "client_secret": client_secret,
@@ -269,12 +382,49 @@ pub async fn checkout(
                 )
             }
             PaymentStatus::Processing => {
-                let c = insert_checkout(&mut tx, checkout_id, account, &plan, Some(pm.id), pi, None, "requires_action", None, None, expires_at, now).await?;
-                (StatusCode::ACCEPTED, json!({ "checkout": c, "status": "processing" }))
+                let c = insert_checkout(
+                    &mut tx,
+                    checkout_id,
+                    account,
+                    &plan,
+                    Some(pm.id),
+                    pi,
+                    None,
+                    "requires_action",
+                    None,
+                    None,
+                    expires_at,
+                    now,
+                )
+                .await?;
+                (
+                    StatusCode::ACCEPTED,
+                    json!({ "checkout": c, "status": "processing" }),
+                )
             }
             PaymentStatus::Failed(d) => {
-                insert_checkout(&mut tx, checkout_id, account, &plan, Some(pm.id), pi, None, "failed", d.decline_code.as_deref().or(Some(&d.code)), None, expires_at, now).await?;
-                state.metrics.checkouts.get_or_create(&CheckoutLabels { outcome: CheckoutOutcome::Declined }).inc();
+                insert_checkout(
+                    &mut tx,
+                    checkout_id,
+                    account,
+                    &plan,
+                    Some(pm.id),
+                    pi,
+                    None,
+                    "failed",
+                    d.decline_code.as_deref().or(Some(&d.code)),
+                    None,
+                    expires_at,
+                    now,
+                )
+                .await?;
+                state
+                    .metrics
+                    .checkouts
+                    .get_or_create(&CheckoutLabels {
+                        outcome: CheckoutOutcome::Declined,
+                    })
+                    .inc();
                 problem_response(&decline_error(&d).with("checkout_id", checkout_id.to_string()))
             }
             PaymentStatus::Canceled => {
@@ -331,13 +481,20 @@ async fn insert_checkout(
     })
 }
 
-async fn get_checkout(conn: &mut PgConnection, account: AccountId, id: Uuid, lock: bool) -> sqlx::Result<Option<Checkout>> {
+async fn get_checkout(
+    conn: &mut PgConnection,
+    account: AccountId,
+    id: Uuid,
+    lock: bool,
+) -> sqlx::Result<Option<Checkout>> {
     let lock = if lock { " FOR UPDATE" } else { "" };
-    sqlx::query_as(sqlf!("SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE id = $1 AND account_id = $2{lock}"))
-        .bind(id)
-        .bind(account.0)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as(sqlf!(
+        "SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE id = $1 AND account_id = $2{lock}"
+    ))
+    .bind(id)
+    .bind(account.0)
+    .fetch_optional(conn)
+    .await
 }
 
 async fn set_checkout_status(
@@ -364,7 +521,11 @@ async fn set_checkout_status(
 }
 
 fn checkout_expired() -> ApiError {
-    ApiError::new(StatusCode::GONE, "checkout_expired", "the checkout expired before it was authenticated; start a new one")
+    ApiError::new(
+        StatusCode::GONE,
+        "checkout_expired",
+        "the checkout expired before it was authenticated; start a new one",
+    )
 }
 
 /// `GET /v1/checkout/{id}`
@@ -374,7 +535,10 @@ pub async fn get_checkout_handler(
     Path(id): Path<Uuid>,
 ) -> ApiResult<axum::Json<Checkout>> {
     let mut conn = state.cf.acquire().await?;
-    get_checkout(&mut conn, account, id, false).await?.map(axum::Json).ok_or_else(|| ApiError::not_found("checkout"))
+    get_checkout(&mut conn, account, id, false)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::not_found("checkout"))
 }
 
 /// `POST /v1/checkout/{id}/confirm` — after the customer completed 3-D Secure.
@@ -384,21 +548,34 @@ pub async fn confirm_checkout(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Response> {
     let mut tx = state.cf.begin().await?;
-    let c = get_checkout(&mut tx, account, id, true).await?.ok_or_else(|| ApiError::not_found("checkout"))?;
+    let c = get_checkout(&mut tx, account, id, true)
+        .await?
+        .ok_or_else(|| ApiError::not_found("checkout"))?;
     let now = state.clock.now();
     match c.status.as_str() {
         "succeeded" => {
             let sub = match c.subscription_id {
-                Some(s) => sqlx::query_as::<_, Subscription>(sqlf!("SELECT {SUB_COLUMNS} FROM subscriptions WHERE id = $1"))
+                Some(s) => {
+                    sqlx::query_as::<_, Subscription>(sqlf!(
+                        "SELECT {SUB_COLUMNS} FROM subscriptions WHERE id = $1"
+                    ))
                     .bind(s)
                     .fetch_optional(&mut *tx)
-                    .await?,
+                    .await?
+                }
                 None => None,
             };
-            return Ok(render(StatusCode::OK, json!({ "checkout": c, "subscription": sub })));
+            return Ok(render(
+                StatusCode::OK,
+                json!({ "checkout": c, "subscription": sub }),
+            ));
         }
         "failed" => {
-            let mut e = ApiError::new(StatusCode::PAYMENT_REQUIRED, "card_declined", "the payment was declined");
+            let mut e = ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "card_declined",
+                "the payment was declined",
+            );
             if let Some(code) = &c.decline_code {
                 e = e.with("decline_code", code.clone());
             }
@@ -415,29 +592,62 @@ pub async fn confirm_checkout(
     let Some(pi) = c.payment_intent_id.clone() else {
         return Err(ApiError::internal("open checkout without payment intent"));
     };
-    let outcome = state.gateway.retrieve_payment(&pi).await.map_err(gateway_error)?;
+    let outcome = state
+        .gateway
+        .retrieve_payment(&pi)
+        .await
+        .map_err(gateway_error)?;
     match outcome.status {
         PaymentStatus::Succeeded => {
             let catalog = catalog::load(&mut tx).await.map_err(ApiError::internal)?;
-            let plan = catalog.plan(&c.plan).cloned().ok_or_else(|| ApiError::internal("checkout plan left the catalog"))?;
+            let plan = catalog
+                .plan(&c.plan)
+                .cloned()
+                .ok_or_else(|| ApiError::internal("checkout plan left the catalog"))?;
             let sub = create_subscription(&mut tx, account, &plan, now).await?;
             set_checkout_status(&mut tx, c.id, "succeeded", None, Some(sub.id), now).await?;
             let c = get_checkout(&mut tx, account, id, false).await?;
             tx.commit().await?;
             state.outbox_wake.notify_one();
-            state.metrics.checkouts.get_or_create(&CheckoutLabels { outcome: CheckoutOutcome::Succeeded }).inc();
-            Ok(render(StatusCode::OK, json!({ "checkout": c, "subscription": sub })))
+            state
+                .metrics
+                .checkouts
+                .get_or_create(&CheckoutLabels {
+                    outcome: CheckoutOutcome::Succeeded,
+                })
+                .inc();
+            Ok(render(
+                StatusCode::OK,
+                json!({ "checkout": c, "subscription": sub }),
+            ))
         }
         PaymentStatus::RequiresAction { client_secret } => Err(ApiError::conflict(
             "authentication_required",
             "the customer has not completed authentication yet",
         )
         .with("client_secret", client_secret)),
-        PaymentStatus::Processing => Err(ApiError::conflict("payment_processing", "the provider is still processing")),
+        PaymentStatus::Processing => Err(ApiError::conflict(
+            "payment_processing",
+            "the provider is still processing",
+        )),
         PaymentStatus::Failed(d) => {
-            set_checkout_status(&mut tx, c.id, "failed", d.decline_code.as_deref().or(Some(&d.code)), None, now).await?;
+            set_checkout_status(
+                &mut tx,
+                c.id,
+                "failed",
+                d.decline_code.as_deref().or(Some(&d.code)),
+                None,
+                now,
+            )
+            .await?;
             tx.commit().await?;
-            state.metrics.checkouts.get_or_create(&CheckoutLabels { outcome: CheckoutOutcome::Declined }).inc();
+            state
+                .metrics
+                .checkouts
+                .get_or_create(&CheckoutLabels {
+                    outcome: CheckoutOutcome::Declined,
+                })
+                .inc();
             Err(decline_error(&d))
         }
         PaymentStatus::Canceled => {
@@ -450,25 +660,40 @@ pub async fn confirm_checkout(
 
 /// Cancels the provider payment (best effort: an already-canceled one is fine) and marks the
 /// checkout expired.
-async fn expire(state: &AppState, conn: &mut PgConnection, c: &Checkout, now: DateTime<Utc>) -> Result<(), ApiError> {
+async fn expire(
+    state: &AppState,
+    conn: &mut PgConnection,
+    c: &Checkout,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
     if let Some(pi) = &c.payment_intent_id {
         if let Err(e) = state.gateway.cancel_payment(pi).await {
             tracing::warn!(checkout_id = %c.id, error = %e, "could not cancel the expired checkout's payment");
         }
     }
     set_checkout_status(conn, c.id, "expired", None, None, now).await?;
-    state.metrics.checkouts.get_or_create(&CheckoutLabels { outcome: CheckoutOutcome::Expired }).inc();
+    state
+        .metrics
+        .checkouts
+        .get_or_create(&CheckoutLabels {
+            outcome: CheckoutOutcome::Expired,
+        })
+        .inc();
     Ok(())
 }
 
 /// `GET /v1/subscriptions`
-pub async fn list(State(state): State<AppState>, Authed(account): Authed) -> ApiResult<axum::Json<Value>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Authed(account): Authed,
+) -> ApiResult<axum::Json<Value>> {
     let mut conn = state.cf.acquire().await?;
-    let subs: Vec<Subscription> =
-        sqlx::query_as(sqlf!("SELECT {SUB_COLUMNS} FROM subscriptions WHERE account_id = $1 ORDER BY created_at DESC"))
-            .bind(account.0)
-            .fetch_all(&mut *conn)
-            .await?;
+    let subs: Vec<Subscription> = sqlx::query_as(sqlf!(
+        "SELECT {SUB_COLUMNS} FROM subscriptions WHERE account_id = $1 ORDER BY created_at DESC"
+    ))
+    .bind(account.0)
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(axum::Json(json!({ "data": subs })))
 }
 
@@ -486,15 +711,19 @@ pub async fn cancel(
     Json(body): Json<CancelRequest>,
 ) -> ApiResult<axum::Json<Subscription>> {
     let mut tx = state.cf.begin().await?;
-    let sub: Subscription =
-        sqlx::query_as(sqlf!("SELECT {SUB_COLUMNS} FROM subscriptions WHERE id = $1 AND account_id = $2 FOR UPDATE"))
-            .bind(id)
-            .bind(account.0)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| ApiError::not_found("subscription"))?;
+    let sub: Subscription = sqlx::query_as(sqlf!(
+        "SELECT {SUB_COLUMNS} FROM subscriptions WHERE id = $1 AND account_id = $2 FOR UPDATE"
+    ))
+    .bind(id)
+    .bind(account.0)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("subscription"))?;
     if sub.status == "canceled" {
-        return Err(ApiError::conflict("subscription_canceled", "this subscription is already canceled"));
+        return Err(ApiError::conflict(
+            "subscription_canceled",
+            "this subscription is already canceled",
+        ));
     }
     let now = state.clock.now();
     let sub: Subscription = if body.at_period_end {
@@ -514,7 +743,9 @@ pub async fn cancel(
         .fetch_one(&mut *tx)
         .await?
     };
-    announce(&mut tx, &sub, now).await.map_err(ApiError::internal)?;
+    announce(&mut tx, &sub, now)
+        .await
+        .map_err(ApiError::internal)?;
     tx.commit().await?;
     state.outbox_wake.notify_one();
     tracing::info!(account_id = %account, subscription_id = %id, at_period_end = body.at_period_end, "subscription cancel");
@@ -550,7 +781,9 @@ pub async fn run_maintenance(state: &AppState) -> anyhow::Result<usize> {
     .fetch_all(&mut *tx)
     .await?;
     for c in &expiring {
-        expire(state, &mut tx, c, now).await.map_err(|e| anyhow::anyhow!("expire checkout: {}", e.detail))?;
+        expire(state, &mut tx, c, now)
+            .await
+            .map_err(|e| anyhow::anyhow!("expire checkout: {}", e.detail))?;
     }
     changed += expiring.len();
     tx.commit().await?;

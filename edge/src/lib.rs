@@ -1,1 +1,298 @@
+//! Tollgate's edge sidecar: answers product services' entitlement checks from memory.
+//!
+//! Check path: moka cache of account → materialised decisions. A miss reads the Redis L2
+//! copy, then the control plane's internal API. The Redis change stream keeps cached accounts
+//! current (see [`stream`]). Decisions come from `tollgate_rules::evaluate` over the catalog
+//! the control plane serves.
 
+pub mod cache;
+pub mod config;
+pub mod metrics;
+pub mod state;
+pub mod stream;
+pub mod upstream;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tollgate_protocol::{AccountId, Reason};
+
+use crate::config::Config;
+use crate::metrics::{CheckLabels, CheckResult};
+use crate::state::EdgeState;
+use crate::upstream::Upstream;
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// An RFC 9457 problem with a stable `code`.
+fn problem(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Response {
+    let body = json!({
+        "type": format!("https://tollgate.dev/problems/{code}"),
+        "title": status.canonical_reason().unwrap_or("error"),
+        "status": status.as_u16(),
+        "code": code,
+        "detail": detail.into(),
+    });
+    let mut resp = (status, axum::Json(body)).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp
+}
+
+pub fn app(state: EdgeState) -> Router {
+    Router::new()
+        .route("/v1/check", get(check))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, "route_not_found", "no such route") })
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CheckQuery {
+    pub account: Option<String>,
+    pub feature: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CheckResponse {
+    pub allowed: bool,
+    pub feature: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    pub reason: Reason,
+    /// Facts version the answer came from (0 for an unknown account).
+    pub version: i64,
+    pub stale: bool,
+}
+
+/// `GET /v1/check?account=ID&feature=KEY`
+async fn check(
+    State(state): State<EdgeState>,
+    query: Result<Query<CheckQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "expected ?account=ID&feature=KEY",
+        );
+    };
+    let (Some(account), Some(feature)) = (q.account, q.feature) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "both account and feature are required",
+        );
+    };
+    let Ok(account) = account.parse::<AccountId>() else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_account_id",
+            "account must be a UUID",
+        );
+    };
+    let Some(view) = state.catalog.load_full() else {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "no catalog loaded yet",
+        );
+    };
+    let Some(index) = view.feature_index(&feature) else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "unknown_feature",
+            format!("no feature `{feature}`"),
+        );
+    };
+    let entry = match state.entry(account, &view).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(account_id = %account, error = %e, "fill failed");
+            state
+                .metrics
+                .checks
+                .get_or_create(&CheckLabels {
+                    result: CheckResult::Unavailable,
+                })
+                .inc();
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_unavailable",
+                "account not cached and the control plane is unreachable",
+            );
+        }
+    };
+    let stale = state.is_stale();
+    let resp = match entry.decisions.get(index) {
+        Some(d) => CheckResponse {
+            allowed: d.allowed,
+            feature,
+            limit: d.limit,
+            reason: d.reason,
+            version: entry.version(),
+            stale,
+        },
+        None => CheckResponse {
+            allowed: false,
+            feature,
+            limit: None,
+            reason: Reason::UnknownAccount,
+            version: 0,
+            stale,
+        },
+    };
+    let result = if resp.allowed {
+        CheckResult::Allowed
+    } else {
+        CheckResult::Denied
+    };
+    state
+        .metrics
+        .checks
+        .get_or_create(&CheckLabels { result })
+        .inc();
+    axum::Json(resp).into_response()
+}
+
+async fn readyz(State(state): State<EdgeState>) -> Response {
+    let catalog = state.catalog.load().is_some();
+    let body = json!({ "ready": catalog, "catalog": catalog, "stale": state.is_stale(), "edge_id": state.edge_id });
+    let status = if catalog {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics_handler(State(state): State<EdgeState>) -> Response {
+    state
+        .metrics
+        .cached_accounts
+        .set(i64::try_from(state.cache.entry_count()).unwrap_or(i64::MAX));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// How long start-up waits for Redis before running without it (answers are then stale).
+pub const REDIS_STARTUP_WAIT_MS: u64 = 5_000;
+/// Catalog refresh interval once loaded.
+pub const CATALOG_REFRESH_MS: u64 = 10_000;
+/// Catalog retry delay bounds while it cannot be loaded.
+pub const CATALOG_RETRY_MS_MIN: u64 = 100;
+pub const CATALOG_RETRY_MS_MAX: u64 = 5_000;
+
+async fn connect_redis(url: &str) -> Option<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url).ok()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(REDIS_STARTUP_WAIT_MS);
+    loop {
+        match redis::aio::ConnectionManager::new(client.clone()).await {
+            Ok(c) => return Some(c),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "redis not reachable yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "running without redis: answers are stale until restart");
+                return None;
+            }
+        }
+    }
+}
+
+async fn catalog_loop(state: EdgeState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut delay = CATALOG_RETRY_MS_MIN;
+    loop {
+        let wait = match state.upstream.catalog().await {
+            Ok(c) => {
+                state.install_catalog(c);
+                delay = CATALOG_RETRY_MS_MIN;
+                CATALOG_REFRESH_MS
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_ms = delay, "catalog fetch failed");
+                let d = delay;
+                delay = (delay * 2).min(CATALOG_RETRY_MS_MAX);
+                d
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Runs the edge until SIGTERM / Ctrl-C.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let redis = connect_redis(&config.redis_url).await;
+    let upstream = Upstream::new(
+        &config.control_plane_url,
+        config.edge_token.clone(),
+        Duration::from_millis(config.upstream_timeout_ms),
+        redis.clone(),
+    )?;
+    let state = EdgeState::new(
+        config.edge_id.clone(),
+        config.cache_entries_max,
+        upstream,
+        redis,
+        config.freshness_budget_ms,
+        config.negative_ttl_ms,
+    );
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let catalog = tokio::spawn(catalog_loop(state.clone(), shutdown_rx.clone()));
+    let follower = tokio::spawn(stream::follow(state.clone(), shutdown_rx.clone()));
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .context("bind")?;
+    tracing::info!(addr = %config.listen_addr, edge_id = %config.edge_id, "edge listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serve")?;
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::join!(catalog, follower);
+    tracing::info!("edge stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

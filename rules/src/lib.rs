@@ -194,7 +194,9 @@ impl Catalog {
                 errors.push(CatalogError::DuplicatePlan(p.key.clone()));
             }
             if p.price_minor < 0 || p.grants.iter().any(|g| g.limit.is_some_and(|l| l < 0)) {
-                errors.push(CatalogError::Negative { plan: p.key.clone() });
+                errors.push(CatalogError::Negative {
+                    plan: p.key.clone(),
+                });
             }
             if p.currency.len() != 3 || !p.currency.bytes().all(|b| b.is_ascii_uppercase()) {
                 errors.push(CatalogError::BadCurrency {
@@ -214,17 +216,20 @@ impl Catalog {
                             feature: g.feature.clone(),
                         })
                     }
-                    Some(FeatureKind::Limit | FeatureKind::Metered) if g.limit.is_none() => {
-                        errors.push(CatalogError::MissingLimit {
+                    Some(FeatureKind::Limit | FeatureKind::Metered) if g.limit.is_none() => errors
+                        .push(CatalogError::MissingLimit {
                             plan: p.key.clone(),
                             feature: g.feature.clone(),
-                        })
-                    }
+                        }),
                     Some(_) => {}
                 }
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     pub fn plan(&self, key: &str) -> Option<&Plan> {
@@ -253,7 +258,11 @@ pub fn evaluate(catalog: &Catalog, facts: &AccountFacts) -> Vec<Decision> {
         .iter()
         .map(|feature| {
             if facts.standing == AccountStanding::Banned {
-                return Decision { allowed: false, limit: None, reason: Reason::DeniedBanned };
+                return Decision {
+                    allowed: false,
+                    limit: None,
+                    reason: Reason::DeniedBanned,
+                };
             }
             let Some(plan) = plan else {
                 return Decision {
@@ -313,21 +322,91 @@ mod tests {
         use AccountStanding::{Active, Banned};
         use SubscriptionStatus::{Active as SubActive, Canceled, PastDue, Trialing};
         let cases: &[(AccountFacts, &str, bool, Option<i64>, Reason)] = &[
-            (facts(Active, Some(("pro", SubActive))), "sso", true, None, Reason::GrantedByPlan),
-            (facts(Active, Some(("pro", SubActive))), "seats", true, Some(10), Reason::GrantedByPlan),
-            (facts(Active, Some(("pro", Trialing))), "exports", true, None, Reason::GrantedByPlan),
-            (facts(Active, Some(("pro", PastDue))), "sso", true, None, Reason::GrantedByPlan),
-            (facts(Active, Some(("free", SubActive))), "sso", false, None, Reason::DeniedNotInPlan),
-            (facts(Active, Some(("free", SubActive))), "api_calls", true, Some(1_000), Reason::GrantedByPlan),
-            (facts(Active, Some(("enterprise", SubActive))), "api_calls", true, Some(5_000_000), Reason::GrantedByPlan),
-            (facts(Active, Some(("pro", Canceled))), "sso", false, None, Reason::DeniedNoSubscription),
-            (facts(Active, None), "seats", false, None, Reason::DeniedNoSubscription),
-            (facts(Active, Some(("gone", SubActive))), "sso", false, None, Reason::DeniedNoSubscription),
-            (facts(Banned, Some(("enterprise", SubActive))), "sso", false, None, Reason::DeniedBanned),
+            (
+                facts(Active, Some(("pro", SubActive))),
+                "sso",
+                true,
+                None,
+                Reason::GrantedByPlan,
+            ),
+            (
+                facts(Active, Some(("pro", SubActive))),
+                "seats",
+                true,
+                Some(10),
+                Reason::GrantedByPlan,
+            ),
+            (
+                facts(Active, Some(("pro", Trialing))),
+                "exports",
+                true,
+                None,
+                Reason::GrantedByPlan,
+            ),
+            (
+                facts(Active, Some(("pro", PastDue))),
+                "sso",
+                true,
+                None,
+                Reason::GrantedByPlan,
+            ),
+            (
+                facts(Active, Some(("free", SubActive))),
+                "sso",
+                false,
+                None,
+                Reason::DeniedNotInPlan,
+            ),
+            (
+                facts(Active, Some(("free", SubActive))),
+                "api_calls",
+                true,
+                Some(1_000),
+                Reason::GrantedByPlan,
+            ),
+            (
+                facts(Active, Some(("enterprise", SubActive))),
+                "api_calls",
+                true,
+                Some(5_000_000),
+                Reason::GrantedByPlan,
+            ),
+            (
+                facts(Active, Some(("pro", Canceled))),
+                "sso",
+                false,
+                None,
+                Reason::DeniedNoSubscription,
+            ),
+            (
+                facts(Active, None),
+                "seats",
+                false,
+                None,
+                Reason::DeniedNoSubscription,
+            ),
+            (
+                facts(Active, Some(("gone", SubActive))),
+                "sso",
+                false,
+                None,
+                Reason::DeniedNoSubscription,
+            ),
+            (
+                facts(Banned, Some(("enterprise", SubActive))),
+                "sso",
+                false,
+                None,
+                Reason::DeniedBanned,
+            ),
         ];
         for (f, feature, allowed, limit, reason) in cases {
             let d = decide(f, feature);
-            assert_eq!((d.allowed, d.limit, d.reason), (*allowed, *limit, *reason), "{feature} for {f:?}");
+            assert_eq!(
+                (d.allowed, d.limit, d.reason),
+                (*allowed, *limit, *reason),
+                "{feature} for {f:?}"
+            );
         }
     }
 
@@ -335,12 +414,18 @@ mod tests {
     fn validation_reports_every_problem_at_once() {
         let mut c = Catalog::demo();
         c.features.push(c.features[0].clone());
-        c.plans[0].grants.push(Grant { feature: "nope".into(), limit: None });
+        c.plans[0].grants.push(Grant {
+            feature: "nope".into(),
+            limit: None,
+        });
         c.plans[1].grants[0].limit = Some(3);
         c.plans[2].currency = "usd".into();
         let errors = c.validate().expect_err("invalid");
         assert_eq!(errors.len(), 4, "{errors:?}");
         assert!(errors.contains(&CatalogError::DuplicateFeature("sso".into())));
-        assert!(errors.contains(&CatalogError::LimitOnBool { plan: "pro".into(), feature: "sso".into() }));
+        assert!(errors.contains(&CatalogError::LimitOnBool {
+            plan: "pro".into(),
+            feature: "sso".into()
+        }));
     }
 }

@@ -38,7 +38,12 @@ pub struct MapSource(pub HashMap<String, String>);
 
 impl MapSource {
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self(pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
     }
 
     /// Parses a TOML document of top-level scalar keys.
@@ -51,7 +56,12 @@ impl MapSource {
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
                 toml::Value::Float(f) => f.to_string(),
-                other => return Err(format!("config file: key `{k}` must be a scalar, got {}", other.type_str())),
+                other => {
+                    return Err(format!(
+                        "config file: key `{k}` must be a scalar, got {}",
+                        other.type_str()
+                    ));
+                }
             };
             map.insert(k, value);
         }
@@ -73,8 +83,8 @@ impl Layered {
     pub fn from_process() -> Result<Self, String> {
         let mut layers: Vec<Box<dyn Source>> = Vec::new();
         if let Ok(path) = std::env::var(CONFIG_FILE_ENV) {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("config file {path}: {e}"))?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("config file {path}: {e}"))?;
             layers.push(Box::new(MapSource::from_toml(&text)?));
         }
         layers.push(Box::new(EnvSource));
@@ -96,7 +106,10 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub fn new(source: &'a dyn Source) -> Self {
-        Self { source, errors: Vec::new() }
+        Self {
+            source,
+            errors: Vec::new(),
+        }
     }
 
     /// A value parsed with `FromStr`, or `default` when absent.
@@ -110,7 +123,11 @@ impl<'a> Reader<'a> {
             Some(raw) => match raw.trim().parse() {
                 Ok(v) => v,
                 Err(e) => {
-                    self.errors.push(format!("{}{}: {e} (got {raw:?})", ENV_PREFIX, key.to_ascii_uppercase()));
+                    self.errors.push(format!(
+                        "{}{}: {e} (got {raw:?})",
+                        ENV_PREFIX,
+                        key.to_ascii_uppercase()
+                    ));
                     default
                 }
             },
@@ -132,7 +149,11 @@ impl<'a> Reader<'a> {
         match self.optional(key) {
             Some(v) => SecretString::from(v),
             None => {
-                self.errors.push(format!("{}{} is required", ENV_PREFIX, key.to_ascii_uppercase()));
+                self.errors.push(format!(
+                    "{}{} is required",
+                    ENV_PREFIX,
+                    key.to_ascii_uppercase()
+                ));
                 SecretString::from(String::new())
             }
         }
@@ -149,7 +170,11 @@ impl<'a> Reader<'a> {
 
     /// All problems at once, or nothing.
     pub fn finish(self) -> Result<(), ConfigErrors> {
-        if self.errors.is_empty() { Ok(()) } else { Err(ConfigErrors(self.errors)) }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
     }
 }
 
@@ -176,7 +201,8 @@ mod tests {
 
     #[test]
     fn later_layers_win_and_all_errors_are_reported() {
-        let file = MapSource::from_toml("listen_addr = \"127.0.0.1:1\"\nworkers = 3\n").expect("toml");
+        let file =
+            MapSource::from_toml("listen_addr = \"127.0.0.1:1\"\nworkers = 3\n").expect("toml");
         let env = MapSource::from_pairs([("workers", "x"), ("budget_ms", "-")]);
         let layered = Layered(vec![Box::new(file), Box::new(env)]);
         let mut r = Reader::new(&layered);
@@ -188,7 +214,10 @@ mod tests {
         let errors = r.finish().expect_err("three problems").0;
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].starts_with("TOLLGATE_WORKERS"), "{errors:?}");
-        assert!(errors[2].contains("TOLLGATE_EDGE_TOKEN is required"), "{errors:?}");
+        assert!(
+            errors[2].contains("TOLLGATE_EDGE_TOKEN is required"),
+            "{errors:?}"
+        );
     }
 
     #[test]

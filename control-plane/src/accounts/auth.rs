@@ -1,8 +1,8 @@
 //! Bearer-token authentication for the Dashboard: a token sees exactly one account.
 
 use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 use tollgate_protocol::AccountId;
 
 use super::{store, token_hash};
@@ -19,9 +19,15 @@ const TOKEN_BYTES_MAX: usize = 256;
 impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let Some(value) = parts.headers.get(AUTHORIZATION) else {
-            return Err(ApiError::unauthorized("missing_credentials", "send Authorization: Bearer <api token>"));
+            return Err(ApiError::unauthorized(
+                "missing_credentials",
+                "send Authorization: Bearer <api token>",
+            ));
         };
         let token = value
             .to_str()
@@ -33,7 +39,10 @@ impl FromRequestParts<AppState> for Authed {
         let mut conn = state.cf.acquire().await?;
         match store::account_for_token(&mut conn, &token_hash(token)).await? {
             Some(id) => Ok(Self(id)),
-            None => Err(ApiError::unauthorized("invalid_token", "the API token is not valid")),
+            None => Err(ApiError::unauthorized(
+                "invalid_token",
+                "the API token is not valid",
+            )),
         }
     }
 }

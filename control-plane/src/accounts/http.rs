@@ -41,25 +41,49 @@ pub async fn create_account(
     }
     let now = state.clock.now();
     // Derived from the client's key, so a retry after a crash reuses the same customer.
-    let provider_key = format!("tollgate-signup-{}", hex::encode(Sha256::digest(key.0.as_bytes())));
+    let provider_key = format!(
+        "tollgate-signup-{}",
+        hex::encode(Sha256::digest(key.0.as_bytes()))
+    );
     let customer = state
         .gateway
         .create_customer(&input.email, &input.name, &provider_key)
         .await
         .map_err(gateway_error)?;
     let id = AccountId::new_v7();
-    let account =
-        store::insert_account(&mut tx, id, &input.email, &input.name, state.gateway.name(), &customer.id, now).await?;
+    let account = store::insert_account(
+        &mut tx,
+        id,
+        &input.email,
+        &input.name,
+        state.gateway.name(),
+        &customer.id,
+        now,
+    )
+    .await?;
     let token_id = Uuid::now_v7();
     let token = derive_token(&state.token_secret, token_id);
     store::insert_token(&mut tx, token_id, id, &token_hash(&token), now).await?;
     entitlements::request_recompute(&mut tx, id, now).await?;
     let stored = json!({ "account": account, "token_id": token_id });
-    idempotency::finish(&mut tx, SIGNUP_SCOPE, &key, &hash, StatusCode::CREATED, &stored, now).await?;
+    idempotency::finish(
+        &mut tx,
+        SIGNUP_SCOPE,
+        &key,
+        &hash,
+        StatusCode::CREATED,
+        &stored,
+        now,
+    )
+    .await?;
     tx.commit().await?;
     state.outbox_wake.notify_one();
     tracing::info!(account_id = %id, "account created");
-    Ok((StatusCode::CREATED, axum::Json(signup_body(&account, &token))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(signup_body(&account, &token)),
+    )
+        .into_response())
 }
 
 fn signup_body(account: &Account, token: &str) -> Value {
@@ -68,18 +92,32 @@ fn signup_body(account: &Account, token: &str) -> Value {
 
 /// The stored sign-up response holds the token id, never the token: derive it again.
 fn replay_signup(state: &AppState, stored: idempotency::Stored) -> Response {
-    let token_id = stored.body.get("token_id").and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok());
+    let token_id = stored
+        .body
+        .get("token_id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok());
     let (Some(token_id), Some(account)) = (token_id, stored.body.get("account")) else {
         return idempotency::replay(stored);
     };
-    let body = json!({ "account": account, "api_token": derive_token(&state.token_secret, token_id) });
-    idempotency::replay(idempotency::Stored { status: stored.status, body })
+    let body =
+        json!({ "account": account, "api_token": derive_token(&state.token_secret, token_id) });
+    idempotency::replay(idempotency::Stored {
+        status: stored.status,
+        body,
+    })
 }
 
 /// `GET /v1/account`
-pub async fn get_account(State(state): State<AppState>, Authed(id): Authed) -> ApiResult<axum::Json<Account>> {
+pub async fn get_account(
+    State(state): State<AppState>,
+    Authed(id): Authed,
+) -> ApiResult<axum::Json<Account>> {
     let mut conn = state.cf.acquire().await?;
-    store::get_account(&mut conn, id).await?.map(axum::Json).ok_or_else(|| ApiError::not_found("account"))
+    store::get_account(&mut conn, id)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::not_found("account"))
 }
 
 /// Maps provider failures that are not declines.
@@ -92,7 +130,10 @@ pub fn gateway_error(err: GatewayError) -> ApiError {
         ),
         GatewayError::Invalid(e) => {
             tracing::warn!(error = %e, "payment provider rejected a request");
-            ApiError::unprocessable("payment_provider_rejected", "the payment provider rejected the request")
+            ApiError::unprocessable(
+                "payment_provider_rejected",
+                "the payment provider rejected the request",
+            )
         }
     }
 }

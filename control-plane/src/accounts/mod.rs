@@ -59,13 +59,18 @@ pub fn validate_new_account(email: &str, name: &str) -> Result<NewAccount, Vec<S
         && !email.chars().any(char::is_whitespace)
         && at.is_some_and(|i| i > 0 && i + 1 < email.len() && !email[i + 1..].contains('@'));
     if !email_ok {
-        errors.push(format!("email must be an address like name@example.com of at most {EMAIL_BYTES_MAX} bytes"));
+        errors.push(format!(
+            "email must be an address like name@example.com of at most {EMAIL_BYTES_MAX} bytes"
+        ));
     }
     if name.is_empty() || name.len() > NAME_BYTES_MAX {
         errors.push(format!("name must be 1-{NAME_BYTES_MAX} bytes"));
     }
     if errors.is_empty() {
-        Ok(NewAccount { email: email.to_owned(), name: name.to_owned() })
+        Ok(NewAccount {
+            email: email.to_owned(),
+            name: name.to_owned(),
+        })
     } else {
         Err(errors)
     }
@@ -100,7 +105,11 @@ mod tests {
             ("a b@c.d", " ", 2),
             ("a@b@c", "x", 1),
         ] {
-            assert_eq!(validate_new_account(email, name).expect_err(email).len(), n, "{email:?} {name:?}");
+            assert_eq!(
+                validate_new_account(email, name).expect_err(email).len(),
+                n,
+                "{email:?} {name:?}"
+            );
         }
     }
 

@@ -51,7 +51,11 @@ pub struct PaymentMethod {
 /// Refuses anything that is not a provider payment-method id; card numbers get their own code.
 pub fn validate_pm_id(pm: &str) -> Result<(), ApiError> {
     let digits = pm.chars().filter(char::is_ascii_digit).count();
-    if digits >= 12 && pm.chars().all(|c| c.is_ascii_digit() || c == ' ' || c == '-') {
+    if digits >= 12
+        && pm
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ' ' || c == '-')
+    {
         return Err(ApiError::unprocessable(
             "raw_card_number_refused",
             "card numbers are never accepted; tokenize the card client-side and send its pm_… id",
@@ -63,20 +67,28 @@ pub fn validate_pm_id(pm: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::unprocessable("invalid_payment_method", "payment_method must be a pm_… id"))
+        Err(ApiError::unprocessable(
+            "invalid_payment_method",
+            "payment_method must be a pm_… id",
+        ))
     }
 }
 
 pub fn decline_error(d: &Decline) -> ApiError {
-    let mut e = ApiError::new(StatusCode::PAYMENT_REQUIRED, "card_declined", d.message.clone())
-        .with("provider_code", d.code.clone());
+    let mut e = ApiError::new(
+        StatusCode::PAYMENT_REQUIRED,
+        "card_declined",
+        d.message.clone(),
+    )
+    .with("provider_code", d.code.clone());
     if let Some(code) = &d.decline_code {
         e = e.with("decline_code", code.clone());
     }
     e
 }
 
-const PM_COLUMNS: &str = "id, status, brand, last4, exp_month, exp_year, gateway_pm_id, setup_intent_id,
+const PM_COLUMNS: &str =
+    "id, status, brand, last4, exp_month, exp_year, gateway_pm_id, setup_intent_id,
     client_secret, make_default, created_at";
 
 async fn insert(
@@ -112,13 +124,20 @@ async fn insert(
 }
 
 /// One payment method of one account (None for other accounts' ids).
-pub async fn get(conn: &mut PgConnection, account: AccountId, id: Uuid, lock: bool) -> sqlx::Result<Option<PaymentMethod>> {
+pub async fn get(
+    conn: &mut PgConnection,
+    account: AccountId,
+    id: Uuid,
+    lock: bool,
+) -> sqlx::Result<Option<PaymentMethod>> {
     let lock = if lock { " FOR UPDATE" } else { "" };
-    sqlx::query_as(sqlf!("SELECT {PM_COLUMNS} FROM payment_methods WHERE id = $1 AND account_id = $2{lock}"))
-        .bind(id)
-        .bind(account.0)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as(sqlf!(
+        "SELECT {PM_COLUMNS} FROM payment_methods WHERE id = $1 AND account_id = $2{lock}"
+    ))
+    .bind(id)
+    .bind(account.0)
+    .fetch_optional(conn)
+    .await
 }
 
 pub async fn list(conn: &mut PgConnection, account: AccountId) -> sqlx::Result<Vec<PaymentMethod>> {
@@ -130,7 +149,12 @@ pub async fn list(conn: &mut PgConnection, account: AccountId) -> sqlx::Result<V
     .await
 }
 
-async fn mark_ready(conn: &mut PgConnection, pm: &PaymentMethod, account: AccountId, now: DateTime<Utc>) -> sqlx::Result<()> {
+async fn mark_ready(
+    conn: &mut PgConnection,
+    pm: &PaymentMethod,
+    account: AccountId,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
     sqlx::query("UPDATE payment_methods SET status = 'ready', client_secret = NULL, updated_at = $2 WHERE id = $1")
         .bind(pm.id)
         .bind(now)
@@ -140,8 +164,15 @@ async fn mark_ready(conn: &mut PgConnection, pm: &PaymentMethod, account: Accoun
 }
 
 /// The first ready method becomes the default; later ones only when asked.
-async fn set_default_if_wanted(conn: &mut PgConnection, account: AccountId, pm: Uuid, wanted: bool) -> sqlx::Result<()> {
-    let Some(acct) = store::get_account(conn, account).await? else { return Ok(()) };
+async fn set_default_if_wanted(
+    conn: &mut PgConnection,
+    account: AccountId,
+    pm: Uuid,
+    wanted: bool,
+) -> sqlx::Result<()> {
+    let Some(acct) = store::get_account(conn, account).await? else {
+        return Ok(());
+    };
     if wanted || acct.default_payment_method_id.is_none() {
         store::set_default_payment_method(conn, account, pm).await?;
     }
@@ -172,28 +203,72 @@ pub async fn add(
         return Ok(idempotency::replay(stored));
     }
     let now = state.clock.now();
-    let acct = store::get_account(&mut tx, account).await?.ok_or_else(|| ApiError::not_found("account"))?;
+    let acct = store::get_account(&mut tx, account)
+        .await?
+        .ok_or_else(|| ApiError::not_found("account"))?;
     let provider_key = format!("tollgate-pm-{account}-{}", key.0);
     let outcome = state
         .gateway
-        .setup_payment_method(&acct.stripe_customer_id, &body.payment_method, &provider_key)
+        .setup_payment_method(
+            &acct.stripe_customer_id,
+            &body.payment_method,
+            &provider_key,
+        )
         .await
         .map_err(gateway_error)?;
     let gw = state.gateway.name();
     let (status, resp) = match &outcome.status {
         SetupStatus::Succeeded => {
-            let pm = insert(&mut tx, account, gw, &outcome, "ready", None, body.make_default, now).await?;
+            let pm = insert(
+                &mut tx,
+                account,
+                gw,
+                &outcome,
+                "ready",
+                None,
+                body.make_default,
+                now,
+            )
+            .await?;
             set_default_if_wanted(&mut tx, account, pm.id, body.make_default).await?;
-            (StatusCode::CREATED, json!({ "payment_method": pm, "status": "ready" }))
+            (
+                StatusCode::CREATED,
+                json!({ "payment_method": pm, "status": "ready" }),
+            )
         }
         SetupStatus::RequiresAction { client_secret } => {
-            let pm = insert(&mut tx, account, gw, &outcome, "requires_action", Some(client_secret), body.make_default, now)
-                .await?;
-            (StatusCode::ACCEPTED, requires_action_body(&pm, client_secret))
+            let pm = insert(
+                &mut tx,
+                account,
+                gw,
+                &outcome,
+                "requires_action",
+                Some(client_secret),
+                body.make_default,
+                now,
+            )
+            .await?;
+            (
+                StatusCode::ACCEPTED,
+                requires_action_body(&pm, client_secret),
+            )
         }
         SetupStatus::Pending => {
-            let pm = insert(&mut tx, account, gw, &outcome, "requires_action", None, body.make_default, now).await?;
-            (StatusCode::ACCEPTED, json!({ "payment_method": pm, "status": "processing" }))
+            let pm = insert(
+                &mut tx,
+                account,
+                gw,
+                &outcome,
+                "requires_action",
+                None,
+                body.make_default,
+                now,
+            )
+            .await?;
+            (
+                StatusCode::ACCEPTED,
+                json!({ "payment_method": pm, "status": "processing" }),
+            )
         }
         SetupStatus::Failed(d) => {
             let err = decline_error(d);
@@ -220,27 +295,53 @@ pub async fn confirm(
     Path(id): Path<Uuid>,
 ) -> ApiResult<Response> {
     let mut tx = state.cf.begin().await?;
-    let pm = get(&mut tx, account, id, true).await?.ok_or_else(|| ApiError::not_found("payment method"))?;
+    let pm = get(&mut tx, account, id, true)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment method"))?;
     match pm.status.as_str() {
-        "ready" => return Ok((StatusCode::OK, axum::Json(json!({ "payment_method": pm, "status": "ready" }))).into_response()),
-        "failed" => return Err(ApiError::conflict("payment_method_failed", "this payment method failed to set up; add it again")),
+        "ready" => {
+            return Ok((
+                StatusCode::OK,
+                axum::Json(json!({ "payment_method": pm, "status": "ready" })),
+            )
+                .into_response());
+        }
+        "failed" => {
+            return Err(ApiError::conflict(
+                "payment_method_failed",
+                "this payment method failed to set up; add it again",
+            ));
+        }
         _ => {}
     }
     let now = state.clock.now();
-    let outcome = state.gateway.retrieve_setup(&pm.setup_intent_id).await.map_err(gateway_error)?;
+    let outcome = state
+        .gateway
+        .retrieve_setup(&pm.setup_intent_id)
+        .await
+        .map_err(gateway_error)?;
     match outcome.status {
         SetupStatus::Succeeded => {
             mark_ready(&mut tx, &pm, account, now).await?;
-            let pm = get(&mut tx, account, id, false).await?.ok_or_else(|| ApiError::not_found("payment method"))?;
+            let pm = get(&mut tx, account, id, false)
+                .await?
+                .ok_or_else(|| ApiError::not_found("payment method"))?;
             tx.commit().await?;
-            Ok((StatusCode::OK, axum::Json(json!({ "payment_method": pm, "status": "ready" }))).into_response())
+            Ok((
+                StatusCode::OK,
+                axum::Json(json!({ "payment_method": pm, "status": "ready" })),
+            )
+                .into_response())
         }
         SetupStatus::RequiresAction { client_secret } => Err(ApiError::conflict(
             "authentication_required",
             "the customer has not completed authentication yet",
         )
         .with("client_secret", client_secret)),
-        SetupStatus::Pending => Err(ApiError::conflict("setup_processing", "the provider is still processing")),
+        SetupStatus::Pending => Err(ApiError::conflict(
+            "setup_processing",
+            "the provider is still processing",
+        )),
         SetupStatus::Failed(d) => {
             sqlx::query("UPDATE payment_methods SET status = 'failed', client_secret = NULL, updated_at = $2 WHERE id = $1")
                 .bind(pm.id)
@@ -254,11 +355,18 @@ pub async fn confirm(
 }
 
 /// `GET /v1/payment-methods`
-pub async fn list_handler(State(state): State<AppState>, Authed(account): Authed) -> ApiResult<axum::Json<Value>> {
+pub async fn list_handler(
+    State(state): State<AppState>,
+    Authed(account): Authed,
+) -> ApiResult<axum::Json<Value>> {
     let mut conn = state.cf.acquire().await?;
-    let acct = store::get_account(&mut conn, account).await?.ok_or_else(|| ApiError::not_found("account"))?;
+    let acct = store::get_account(&mut conn, account)
+        .await?
+        .ok_or_else(|| ApiError::not_found("account"))?;
     let items = list(&mut conn, account).await?;
-    Ok(axum::Json(json!({ "data": items, "default_payment_method_id": acct.default_payment_method_id })))
+    Ok(axum::Json(
+        json!({ "data": items, "default_payment_method_id": acct.default_payment_method_id }),
+    ))
 }
 
 #[cfg(test)]
@@ -268,9 +376,21 @@ mod tests {
     #[test]
     fn only_pm_ids_are_accepted() {
         assert!(validate_pm_id("pm_card_visa").is_ok());
-        assert_eq!(validate_pm_id("4242 4242 4242 4242").expect_err("pan").code, "raw_card_number_refused");
-        assert_eq!(validate_pm_id("4242424242424242").expect_err("pan").code, "raw_card_number_refused");
-        assert_eq!(validate_pm_id("card_123").expect_err("other").code, "invalid_payment_method");
-        assert_eq!(validate_pm_id("pm_x;drop").expect_err("chars").code, "invalid_payment_method");
+        assert_eq!(
+            validate_pm_id("4242 4242 4242 4242").expect_err("pan").code,
+            "raw_card_number_refused"
+        );
+        assert_eq!(
+            validate_pm_id("4242424242424242").expect_err("pan").code,
+            "raw_card_number_refused"
+        );
+        assert_eq!(
+            validate_pm_id("card_123").expect_err("other").code,
+            "invalid_payment_method"
+        );
+        assert_eq!(
+            validate_pm_id("pm_x;drop").expect_err("chars").code,
+            "invalid_payment_method"
+        );
     }
 }

@@ -35,10 +35,12 @@ pub async fn insert_account(
 }
 
 pub async fn get_account(conn: &mut PgConnection, id: AccountId) -> sqlx::Result<Option<Account>> {
-    sqlx::query_as(sqlf!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"))
-        .bind(id.0)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as(sqlf!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"
+    ))
+    .bind(id.0)
+    .fetch_optional(conn)
+    .await
 }
 
 pub async fn insert_token(
@@ -48,23 +50,29 @@ pub async fn insert_token(
     token_hash: &[u8],
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO api_tokens (id, account_id, token_hash, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(token_id)
-        .bind(account.0)
-        .bind(token_hash)
-        .bind(now)
-        .execute(conn)
-        .await
-        .map(drop)
+    sqlx::query(
+        "INSERT INTO api_tokens (id, account_id, token_hash, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(token_id)
+    .bind(account.0)
+    .bind(token_hash)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// The account a live token belongs to.
-pub async fn account_for_token(conn: &mut PgConnection, token_hash: &[u8]) -> sqlx::Result<Option<AccountId>> {
-    let row: Option<(Uuid,)> =
-        sqlx::query_as("SELECT account_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
-            .bind(token_hash)
-            .fetch_optional(conn)
-            .await?;
+pub async fn account_for_token(
+    conn: &mut PgConnection,
+    token_hash: &[u8],
+) -> sqlx::Result<Option<AccountId>> {
+    let row: Option<(Uuid,)> = sqlx::query_as(
+        "SELECT account_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(token_hash)
+    .fetch_optional(conn)
+    .await?;
     Ok(row.map(|(id,)| AccountId(id)))
 }
 
@@ -92,14 +100,45 @@ mod tests {
         let mut conn = pool.acquire().await?;
         let id = AccountId::new_v7();
         let now = Utc::now();
-        let a = insert_account(&mut conn, id, "a@example.com", "Ada", "simulated", "cus_1", now).await?;
-        assert_eq!((a.account_id(), a.status.as_str(), a.stripe_customer_id.as_str()), (id, "active", "cus_1"));
+        let a = insert_account(
+            &mut conn,
+            id,
+            "a@example.com",
+            "Ada",
+            "simulated",
+            "cus_1",
+            now,
+        )
+        .await?;
+        assert_eq!(
+            (
+                a.account_id(),
+                a.status.as_str(),
+                a.stripe_customer_id.as_str()
+            ),
+            (id, "active", "cus_1")
+        );
         let tid = Uuid::now_v7();
         insert_token(&mut conn, tid, id, &token_hash("tg_x"), now).await?;
-        assert_eq!(account_for_token(&mut conn, &token_hash("tg_x")).await?, Some(id));
-        assert_eq!(account_for_token(&mut conn, &token_hash("tg_y")).await?, None);
+        assert_eq!(
+            account_for_token(&mut conn, &token_hash("tg_x")).await?,
+            Some(id)
+        );
+        assert_eq!(
+            account_for_token(&mut conn, &token_hash("tg_y")).await?,
+            None
+        );
         assert!(get_account(&mut conn, AccountId::new_v7()).await?.is_none());
-        let dup = insert_account(&mut conn, AccountId::new_v7(), "b@example.com", "B", "simulated", "cus_1", now).await;
+        let dup = insert_account(
+            &mut conn,
+            AccountId::new_v7(),
+            "b@example.com",
+            "B",
+            "simulated",
+            "cus_1",
+            now,
+        )
+        .await;
         let err = dup.expect_err("customer ids are unique per gateway");
         assert_eq!(
             err.as_database_error().and_then(|e| e.constraint()),

@@ -52,7 +52,9 @@ pub struct Decline {
 pub enum SetupStatus {
     Succeeded,
     /// The customer must authenticate (3-D Secure); `client_secret` goes to the browser.
-    RequiresAction { client_secret: String },
+    RequiresAction {
+        client_secret: String,
+    },
     /// Still waiting on something other than the customer (e.g. processing).
     Pending,
     Failed(Decline),
@@ -149,13 +151,18 @@ pub trait PaymentGateway: Send + Sync + 'static {
     async fn retrieve_setup(&self, setup_intent_id: &str) -> Result<SetupOutcome, GatewayError>;
 
     /// Creates and confirms a PaymentIntent.
-    async fn create_payment(&self, req: PaymentRequest<'_>) -> Result<PaymentOutcome, GatewayError>;
+    async fn create_payment(&self, req: PaymentRequest<'_>)
+    -> Result<PaymentOutcome, GatewayError>;
 
     /// Reads a PaymentIntent's current state.
-    async fn retrieve_payment(&self, payment_intent_id: &str) -> Result<PaymentOutcome, GatewayError>;
+    async fn retrieve_payment(
+        &self,
+        payment_intent_id: &str,
+    ) -> Result<PaymentOutcome, GatewayError>;
 
     /// Cancels a PaymentIntent that was never completed (e.g. an expired checkout).
-    async fn cancel_payment(&self, payment_intent_id: &str) -> Result<PaymentOutcome, GatewayError>;
+    async fn cancel_payment(&self, payment_intent_id: &str)
+    -> Result<PaymentOutcome, GatewayError>;
 
     /// Refunds (part of) a succeeded payment.
     async fn refund(

@@ -59,7 +59,11 @@ fn decline(code: &str, decline_code: Option<&str>, message: &str) -> Decline {
 }
 
 fn card_declined(decline_code: &str) -> Decline {
-    decline("card_declined", Some(decline_code), "Your card was declined.")
+    decline(
+        "card_declined",
+        Some(decline_code),
+        "Your card was declined.",
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -141,16 +145,28 @@ impl SimulatedGateway {
         };
         if let Some(setup) = st.setups.get_mut(intent_id) {
             if !matches!(setup.status, SetupStatus::RequiresAction { .. }) {
-                return Err(GatewayError::Invalid(format!("{intent_id} is not awaiting authentication")));
+                return Err(GatewayError::Invalid(format!(
+                    "{intent_id} is not awaiting authentication"
+                )));
             }
-            setup.status = if succeed { SetupStatus::Succeeded } else { SetupStatus::Failed(failed()) };
+            setup.status = if succeed {
+                SetupStatus::Succeeded
+            } else {
+                SetupStatus::Failed(failed())
+            };
             return Ok(());
         }
         if let Some(pi) = st.payments.get_mut(intent_id) {
             if !matches!(pi.status, PaymentStatus::RequiresAction { .. }) {
-                return Err(GatewayError::Invalid(format!("{intent_id} is not awaiting authentication")));
+                return Err(GatewayError::Invalid(format!(
+                    "{intent_id} is not awaiting authentication"
+                )));
             }
-            pi.status = if succeed { PaymentStatus::Succeeded } else { PaymentStatus::Failed(failed()) };
+            pi.status = if succeed {
+                PaymentStatus::Succeeded
+            } else {
+                PaymentStatus::Failed(failed())
+            };
             return Ok(());
         }
         Err(GatewayError::NotFound(intent_id.to_owned()))
@@ -175,9 +191,13 @@ impl PaymentGateway for SimulatedGateway {
             return Ok(c);
         }
         let id = st.id("cus");
-        st.customers.insert(id.clone(), (email.to_owned(), name.to_owned()));
+        st.customers
+            .insert(id.clone(), (email.to_owned(), name.to_owned()));
         let c = CustomerRef { id };
-        st.idempotency.insert(idempotency_key.to_owned(), (fingerprint, Remembered::Customer(c.clone())));
+        st.idempotency.insert(
+            idempotency_key.to_owned(),
+            (fingerprint, Remembered::Customer(c.clone())),
+        );
         Ok(c)
     }
 
@@ -196,7 +216,9 @@ impl PaymentGateway for SimulatedGateway {
             return Err(GatewayError::NotFound(format!("customer {customer}")));
         }
         let Some((behaviour, brand, last4)) = test_card(payment_method) else {
-            return Err(GatewayError::NotFound(format!("payment method {payment_method}")));
+            return Err(GatewayError::NotFound(format!(
+                "payment method {payment_method}"
+            )));
         };
         let card = CardSummary {
             brand: Some(brand.to_owned()),
@@ -208,18 +230,29 @@ impl PaymentGateway for SimulatedGateway {
         let setup_id = st.id("seti");
         st.payment_methods.insert(
             pm_id.clone(),
-            SimPaymentMethod { behaviour, customer: customer.to_owned() },
+            SimPaymentMethod {
+                behaviour,
+                customer: customer.to_owned(),
+            },
         );
         let status = match behaviour {
             Behaviour::Succeeds | Behaviour::ChargeFails => SetupStatus::Succeeded,
-            Behaviour::ThreeDSecure => {
-                SetupStatus::RequiresAction { client_secret: format!("{setup_id}_secret_sim") }
-            }
+            Behaviour::ThreeDSecure => SetupStatus::RequiresAction {
+                client_secret: format!("{setup_id}_secret_sim"),
+            },
             Behaviour::Declines(code) => SetupStatus::Failed(card_declined(code)),
         };
-        let outcome = SetupOutcome { setup_intent_id: setup_id.clone(), payment_method_id: pm_id, card, status };
+        let outcome = SetupOutcome {
+            setup_intent_id: setup_id.clone(),
+            payment_method_id: pm_id,
+            card,
+            status,
+        };
         st.setups.insert(setup_id, outcome.clone());
-        st.idempotency.insert(idempotency_key.to_owned(), (fingerprint, Remembered::Setup(outcome.clone())));
+        st.idempotency.insert(
+            idempotency_key.to_owned(),
+            (fingerprint, Remembered::Setup(outcome.clone())),
+        );
         Ok(outcome)
     }
 
@@ -231,11 +264,18 @@ impl PaymentGateway for SimulatedGateway {
             .ok_or_else(|| GatewayError::NotFound(setup_intent_id.to_owned()))
     }
 
-    async fn create_payment(&self, req: PaymentRequest<'_>) -> Result<PaymentOutcome, GatewayError> {
+    async fn create_payment(
+        &self,
+        req: PaymentRequest<'_>,
+    ) -> Result<PaymentOutcome, GatewayError> {
         let mut st = self.lock()?;
         let fingerprint = format!(
             "payment\0{}\0{}\0{}\0{}\0{:?}",
-            req.customer, req.payment_method, req.amount.amount_minor, req.amount.currency, req.presence
+            req.customer,
+            req.payment_method,
+            req.amount.amount_minor,
+            req.amount.currency,
+            req.presence
         );
         if let Some(Remembered::Payment(p)) = st.remembered(req.idempotency_key, &fingerprint)? {
             return Ok(p);
@@ -244,17 +284,22 @@ impl PaymentGateway for SimulatedGateway {
             return Err(GatewayError::Invalid("amount must be positive".into()));
         }
         let Some(pm) = st.payment_methods.get(req.payment_method).cloned() else {
-            return Err(GatewayError::NotFound(format!("payment method {}", req.payment_method)));
+            return Err(GatewayError::NotFound(format!(
+                "payment method {}",
+                req.payment_method
+            )));
         };
         if pm.customer != req.customer {
-            return Err(GatewayError::Invalid("payment method belongs to another customer".into()));
+            return Err(GatewayError::Invalid(
+                "payment method belongs to another customer".into(),
+            ));
         }
         let id = st.id("pi");
         let status = match (pm.behaviour, req.presence) {
             (Behaviour::Succeeds, _) => PaymentStatus::Succeeded,
-            (Behaviour::ThreeDSecure, Presence::OnSession) => {
-                PaymentStatus::RequiresAction { client_secret: format!("{id}_secret_sim") }
-            }
+            (Behaviour::ThreeDSecure, Presence::OnSession) => PaymentStatus::RequiresAction {
+                client_secret: format!("{id}_secret_sim"),
+            },
             (Behaviour::ThreeDSecure, Presence::OffSession) => PaymentStatus::Failed(decline(
                 "authentication_required",
                 Some("authentication_required"),
@@ -265,34 +310,57 @@ impl PaymentGateway for SimulatedGateway {
         };
         st.payments.insert(
             id.clone(),
-            SimIntent { status: status.clone(), amount_minor: req.amount.amount_minor, refunded_minor: 0 },
+            SimIntent {
+                status: status.clone(),
+                amount_minor: req.amount.amount_minor,
+                refunded_minor: 0,
+            },
         );
-        let outcome = PaymentOutcome { payment_intent_id: id, status };
-        st.idempotency
-            .insert(req.idempotency_key.to_owned(), (fingerprint, Remembered::Payment(outcome.clone())));
+        let outcome = PaymentOutcome {
+            payment_intent_id: id,
+            status,
+        };
+        st.idempotency.insert(
+            req.idempotency_key.to_owned(),
+            (fingerprint, Remembered::Payment(outcome.clone())),
+        );
         Ok(outcome)
     }
 
-    async fn retrieve_payment(&self, payment_intent_id: &str) -> Result<PaymentOutcome, GatewayError> {
+    async fn retrieve_payment(
+        &self,
+        payment_intent_id: &str,
+    ) -> Result<PaymentOutcome, GatewayError> {
         let st = self.lock()?;
         let pi = st
             .payments
             .get(payment_intent_id)
             .ok_or_else(|| GatewayError::NotFound(payment_intent_id.to_owned()))?;
-        Ok(PaymentOutcome { payment_intent_id: payment_intent_id.to_owned(), status: pi.status.clone() })
+        Ok(PaymentOutcome {
+            payment_intent_id: payment_intent_id.to_owned(),
+            status: pi.status.clone(),
+        })
     }
 
-    async fn cancel_payment(&self, payment_intent_id: &str) -> Result<PaymentOutcome, GatewayError> {
+    async fn cancel_payment(
+        &self,
+        payment_intent_id: &str,
+    ) -> Result<PaymentOutcome, GatewayError> {
         let mut st = self.lock()?;
         let pi = st
             .payments
             .get_mut(payment_intent_id)
             .ok_or_else(|| GatewayError::NotFound(payment_intent_id.to_owned()))?;
         if matches!(pi.status, PaymentStatus::Succeeded) {
-            return Err(GatewayError::Invalid("a succeeded payment cannot be canceled".into()));
+            return Err(GatewayError::Invalid(
+                "a succeeded payment cannot be canceled".into(),
+            ));
         }
         pi.status = PaymentStatus::Canceled;
-        Ok(PaymentOutcome { payment_intent_id: payment_intent_id.to_owned(), status: PaymentStatus::Canceled })
+        Ok(PaymentOutcome {
+            payment_intent_id: payment_intent_id.to_owned(),
+            status: PaymentStatus::Canceled,
+        })
     }
 
     async fn refund(
@@ -311,7 +379,9 @@ impl PaymentGateway for SimulatedGateway {
             .get_mut(payment_intent_id)
             .ok_or_else(|| GatewayError::NotFound(payment_intent_id.to_owned()))?;
         if !matches!(pi.status, PaymentStatus::Succeeded) {
-            return Err(GatewayError::Invalid("only a succeeded payment can be refunded".into()));
+            return Err(GatewayError::Invalid(
+                "only a succeeded payment can be refunded".into(),
+            ));
         }
         let remaining = pi.amount_minor - pi.refunded_minor;
         if amount_minor <= 0 || amount_minor > remaining {
@@ -320,8 +390,14 @@ impl PaymentGateway for SimulatedGateway {
             )));
         }
         pi.refunded_minor += amount_minor;
-        let r = RefundRef { id: st.id("re"), amount_minor };
-        st.idempotency.insert(idempotency_key.to_owned(), (fingerprint, Remembered::Refund(r.clone())));
+        let r = RefundRef {
+            id: st.id("re"),
+            amount_minor,
+        };
+        st.idempotency.insert(
+            idempotency_key.to_owned(),
+            (fingerprint, Remembered::Refund(r.clone())),
+        );
         Ok(r)
     }
 }
@@ -331,11 +407,19 @@ mod tests {
     use super::super::GatewayAmount;
     use super::*;
 
-    fn pay<'a>(customer: &'a str, pm: &'a str, presence: Presence, key: &'a str) -> PaymentRequest<'a> {
+    fn pay<'a>(
+        customer: &'a str,
+        pm: &'a str,
+        presence: Presence,
+        key: &'a str,
+    ) -> PaymentRequest<'a> {
         PaymentRequest {
             customer,
             payment_method: pm,
-            amount: GatewayAmount { amount_minor: 2900, currency: "USD" },
+            amount: GatewayAmount {
+                amount_minor: 2900,
+                currency: "USD",
+            },
             presence,
             idempotency_key: key,
             description: "test",
@@ -345,15 +429,32 @@ mod tests {
     #[tokio::test]
     async fn test_cards_behave_like_stripe_test_mode() {
         let g = SimulatedGateway::new();
-        let cus = g.create_customer("a@example.com", "A", "c1").await.expect("customer").id;
+        let cus = g
+            .create_customer("a@example.com", "A", "c1")
+            .await
+            .expect("customer")
+            .id;
         let cases = [
             ("pm_card_visa", "succeeded", "succeeded", "succeeded"),
-            ("pm_card_threeDSecure2Required", "requires_action", "requires_action", "authentication_required"),
-            ("pm_card_chargeCustomerFail", "succeeded", "generic_decline", "generic_decline"),
+            (
+                "pm_card_threeDSecure2Required",
+                "requires_action",
+                "requires_action",
+                "authentication_required",
+            ),
+            (
+                "pm_card_chargeCustomerFail",
+                "succeeded",
+                "generic_decline",
+                "generic_decline",
+            ),
             ("pm_card_chargeDeclined", "generic_decline", "-", "-"),
         ];
         for (i, (card, setup, on, off)) in cases.into_iter().enumerate() {
-            let s = g.setup_payment_method(&cus, card, &format!("s{i}")).await.expect("setup");
+            let s = g
+                .setup_payment_method(&cus, card, &format!("s{i}"))
+                .await
+                .expect("setup");
             let label = |st: &PaymentStatus| match st {
                 PaymentStatus::Succeeded => "succeeded".to_owned(),
                 PaymentStatus::RequiresAction { .. } => "requires_action".to_owned(),
@@ -370,9 +471,25 @@ mod tests {
             if on == "-" {
                 continue;
             }
-            let p = g.create_payment(pay(&cus, &s.payment_method_id, Presence::OnSession, &format!("on{i}"))).await.expect("on");
+            let p = g
+                .create_payment(pay(
+                    &cus,
+                    &s.payment_method_id,
+                    Presence::OnSession,
+                    &format!("on{i}"),
+                ))
+                .await
+                .expect("on");
             assert_eq!(label(&p.status), on, "{card} on-session");
-            let p = g.create_payment(pay(&cus, &s.payment_method_id, Presence::OffSession, &format!("off{i}"))).await.expect("off");
+            let p = g
+                .create_payment(pay(
+                    &cus,
+                    &s.payment_method_id,
+                    Presence::OffSession,
+                    &format!("off{i}"),
+                ))
+                .await
+                .expect("off");
             assert_eq!(label(&p.status), off, "{card} off-session");
         }
     }
@@ -380,27 +497,74 @@ mod tests {
     #[tokio::test]
     async fn idempotency_keys_replay_and_refuse_different_parameters() {
         let g = SimulatedGateway::new();
-        let cus = g.create_customer("a@example.com", "A", "c1").await.expect("customer").id;
-        let again = g.create_customer("a@example.com", "A", "c1").await.expect("replay").id;
+        let cus = g
+            .create_customer("a@example.com", "A", "c1")
+            .await
+            .expect("customer")
+            .id;
+        let again = g
+            .create_customer("a@example.com", "A", "c1")
+            .await
+            .expect("replay")
+            .id;
         assert_eq!(cus, again);
-        assert!(matches!(g.create_customer("b@example.com", "B", "c1").await, Err(GatewayError::Invalid(_))));
-        let pm = g.setup_payment_method(&cus, "pm_card_visa", "s").await.expect("setup").payment_method_id;
-        let a = g.create_payment(pay(&cus, &pm, Presence::OnSession, "k")).await.expect("pay");
-        let b = g.create_payment(pay(&cus, &pm, Presence::OnSession, "k")).await.expect("replay");
-        assert_eq!(a.payment_intent_id, b.payment_intent_id, "one charge for one key");
+        assert!(matches!(
+            g.create_customer("b@example.com", "B", "c1").await,
+            Err(GatewayError::Invalid(_))
+        ));
+        let pm = g
+            .setup_payment_method(&cus, "pm_card_visa", "s")
+            .await
+            .expect("setup")
+            .payment_method_id;
+        let a = g
+            .create_payment(pay(&cus, &pm, Presence::OnSession, "k"))
+            .await
+            .expect("pay");
+        let b = g
+            .create_payment(pay(&cus, &pm, Presence::OnSession, "k"))
+            .await
+            .expect("replay");
+        assert_eq!(
+            a.payment_intent_id, b.payment_intent_id,
+            "one charge for one key"
+        );
     }
 
     #[tokio::test]
     async fn three_d_secure_completes_through_authenticate() {
         let g = SimulatedGateway::new();
-        let cus = g.create_customer("a@example.com", "A", "c").await.expect("customer").id;
-        let s = g.setup_payment_method(&cus, "pm_card_threeDSecure2Required", "s").await.expect("setup");
-        g.authenticate(&s.setup_intent_id, true).expect("auth setup");
-        assert_eq!(g.retrieve_setup(&s.setup_intent_id).await.expect("get").status, SetupStatus::Succeeded);
-        let p = g.create_payment(pay(&cus, &s.payment_method_id, Presence::OnSession, "p")).await.expect("pay");
-        g.authenticate(&p.payment_intent_id, false).expect("fail auth");
+        let cus = g
+            .create_customer("a@example.com", "A", "c")
+            .await
+            .expect("customer")
+            .id;
+        let s = g
+            .setup_payment_method(&cus, "pm_card_threeDSecure2Required", "s")
+            .await
+            .expect("setup");
+        g.authenticate(&s.setup_intent_id, true)
+            .expect("auth setup");
+        assert_eq!(
+            g.retrieve_setup(&s.setup_intent_id)
+                .await
+                .expect("get")
+                .status,
+            SetupStatus::Succeeded
+        );
+        let p = g
+            .create_payment(pay(&cus, &s.payment_method_id, Presence::OnSession, "p"))
+            .await
+            .expect("pay");
+        g.authenticate(&p.payment_intent_id, false)
+            .expect("fail auth");
         let after = g.retrieve_payment(&p.payment_intent_id).await.expect("get");
-        assert!(matches!(after.status, PaymentStatus::Failed(ref d) if d.code == "payment_intent_authentication_failure"));
-        assert!(g.authenticate(&p.payment_intent_id, true).is_err(), "only a waiting intent can be authenticated");
+        assert!(
+            matches!(after.status, PaymentStatus::Failed(ref d) if d.code == "payment_intent_authentication_failure")
+        );
+        assert!(
+            g.authenticate(&p.payment_intent_id, true).is_err(),
+            "only a waiting intent can be authenticated"
+        );
     }
 }

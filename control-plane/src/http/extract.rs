@@ -54,7 +54,9 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
 
 /// serde's messages are good but prefixed by axum's own; keep serde's part.
 fn body_text(text: &str) -> String {
-    text.split_once(": ").map_or(text, |(_, rest)| rest).to_owned()
+    text.split_once(": ")
+        .map_or(text, |(_, rest)| rest)
+        .to_owned()
 }
 
 /// `axum::extract::Query` with problem+json rejections (`invalid_query`).

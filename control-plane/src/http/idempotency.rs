@@ -73,7 +73,7 @@ pub async fn begin(
     key: &IdempotencyKey,
     request_hash: &[u8],
 ) -> Result<Option<Stored>, ApiError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(0) || $2, 0))")
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
         .bind(scope)
         .bind(&key.0)
         .execute(&mut *conn)
@@ -139,6 +139,7 @@ pub fn replay(stored: Stored) -> axum::response::Response {
             HeaderValue::from_static(super::problem::PROBLEM_JSON),
         );
     }
-    resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
     resp
 }

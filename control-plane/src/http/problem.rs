@@ -22,7 +22,12 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into(), extra: Map::new() }
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            extra: Map::new(),
+        }
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -45,7 +50,11 @@ impl ApiError {
     /// The same answer for "does not exist" and "not yours": ids of other accounts must not be
     /// distinguishable from unknown ids.
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}"),
+        )
     }
 
     pub fn unauthorized(code: &'static str, detail: impl Into<String>) -> Self {
@@ -55,18 +64,32 @@ impl ApiError {
     /// An internal failure: logged here with its detail, answered without it.
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
 
     pub fn unavailable(code: &'static str, err: impl std::fmt::Display) -> Self {
         tracing::warn!(error = %err, code, "dependency unavailable");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, "a dependency is unavailable; retry with the same Idempotency-Key")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            "a dependency is unavailable; retry with the same Idempotency-Key",
+        )
     }
 
     pub fn body(&self) -> Value {
         let mut body = Map::new();
-        body.insert("type".into(), json!(format!("https://tollgate.dev/problems/{}", self.code)));
-        body.insert("title".into(), json!(self.status.canonical_reason().unwrap_or("error")));
+        body.insert(
+            "type".into(),
+            json!(format!("https://tollgate.dev/problems/{}", self.code)),
+        );
+        body.insert(
+            "title".into(),
+            json!(self.status.canonical_reason().unwrap_or("error")),
+        );
         body.insert("status".into(), json!(self.status.as_u16()));
         body.insert("code".into(), json!(self.code));
         body.insert("detail".into(), json!(self.detail));

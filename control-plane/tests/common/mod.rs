@@ -1,0 +1,308 @@
+//! Test harness: fresh cf and billing databases on the real PostgreSQL (`DATABASE_URL`), the
+//! real Redis (`TOLLGATE_TEST_REDIS_URL`), a manual clock, and the real router driven with
+//! `oneshot`.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use chrono::{TimeZone, Utc};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tollgate_control_plane::clock::ManualClock;
+use tollgate_control_plane::config::Config;
+use tollgate_control_plane::state::AppState;
+use tollgate_control_plane::{BILLING_MIGRATOR, CF_MIGRATOR, Deps, app, build_state, catalog};
+use tollgate_settings::MapSource;
+use tower::ServiceExt;
+
+pub fn server_url() -> String {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    // Strip the database name: we create our own.
+    match url.rfind('/') {
+        Some(i) if url[..i].contains("://") && url[..i].matches('/').count() >= 2 => {
+            url[..i].to_owned()
+        }
+        _ => url,
+    }
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A fresh pair of databases, dropped by [`TestDbs::drop_all`].
+pub struct TestDbs {
+    pub cf: PgPool,
+    pub billing: PgPool,
+    pub names: Vec<String>,
+}
+
+impl TestDbs {
+    pub async fn create() -> TestDbs {
+        let server = server_url();
+        let mut admin = PgConnection::connect(&format!("{server}/postgres"))
+            .await
+            .expect("connect to postgres");
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let names = vec![
+            format!("tg_test_cf_{tag}"),
+            format!("tg_test_billing_{tag}"),
+        ];
+        for n in &names {
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {n}")))
+                .execute(&mut admin)
+                .await
+                .expect("create db");
+        }
+        let options = PgPoolOptions::new().max_connections(8);
+        let cf = options
+            .clone()
+            .connect(&format!("{server}/{}", names[0]))
+            .await
+            .expect("cf pool");
+        let billing = options
+            .connect(&format!("{server}/{}", names[1]))
+            .await
+            .expect("billing pool");
+        CF_MIGRATOR.run(&cf).await.expect("migrate cf");
+        BILLING_MIGRATOR
+            .run(&billing)
+            .await
+            .expect("migrate billing");
+        TestDbs { cf, billing, names }
+    }
+
+    pub async fn drop_all(self) {
+        self.cf.close().await;
+        self.billing.close().await;
+        let server = server_url();
+        if let Ok(mut admin) = PgConnection::connect(&format!("{server}/postgres")).await {
+            for n in &self.names {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {n} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await;
+            }
+        }
+    }
+}
+
+pub struct Harness {
+    pub state: AppState,
+    pub clock: Arc<ManualClock>,
+    dbs: Option<TestDbs>,
+}
+
+impl Harness {
+    /// Simulated payments, dev mode, demo catalog.
+    pub async fn new() -> Harness {
+        Self::with_config(&[]).await
+    }
+
+    pub async fn with_config(extra: &[(&str, &str)]) -> Harness {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("warn")
+            .try_init();
+        let dbs = TestDbs::create().await;
+        let mut pairs = vec![
+            ("edge_token", "test-edge-token"),
+            ("token_secret", "test-token-secret"),
+            ("dev_mode", "true"),
+        ];
+        pairs.extend_from_slice(extra);
+        let config = Config::from_source(&MapSource::from_pairs(pairs)).expect("config");
+        catalog::seed(&dbs.cf, &tollgate_rules::Catalog::demo())
+            .await
+            .expect("seed");
+        let redis =
+            tollgate_control_plane::connect_redis(&redis_url(), std::time::Duration::from_secs(5))
+                .await
+                .expect("redis");
+        let clock = Arc::new(ManualClock::at(
+            Utc.with_ymd_and_hms(2026, 1, 15, 12, 0, 0)
+                .single()
+                .expect("time"),
+        ));
+        let state = build_state(
+            &config,
+            Deps {
+                cf: dbs.cf.clone(),
+                billing: dbs.billing.clone(),
+                redis,
+                clock: clock.clone(),
+            },
+        )
+        .expect("state");
+        Harness {
+            state,
+            clock,
+            dbs: Some(dbs),
+        }
+    }
+
+    pub async fn finish(mut self) {
+        if let Some(dbs) = self.dbs.take() {
+            dbs.drop_all().await;
+        }
+    }
+
+    /// Sends a request through the real router.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> Resp {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_owned())),
+            None => req.body(Body::empty()),
+        }
+        .expect("request");
+        let resp = app(self.state.clone())
+            .oneshot(req)
+            .await
+            .expect("infallible");
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let replayed = resp.headers().contains_key("idempotent-replayed");
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Resp {
+            status,
+            content_type,
+            json,
+            replayed,
+        }
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: &str,
+    ) -> Resp {
+        self.call(Method::POST, path, token, key, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        self.call(Method::GET, path, token, None, None).await
+    }
+
+    /// Signs up and returns (account id, token).
+    pub async fn sign_up(&self, email: &str) -> (String, String) {
+        let r = self
+            .post(
+                "/v1/accounts",
+                None,
+                Some(&format!("signup-{email}")),
+                &format!(r#"{{"email":"{email}","name":"Test"}}"#),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+        (r.str("/account/id"), r.str("/api_token"))
+    }
+
+    /// Adds a payment method that needs no authentication; returns its id.
+    pub async fn add_card(&self, token: &str, pm: &str) -> String {
+        let r = self
+            .post(
+                "/v1/payment-methods",
+                Some(token),
+                Some(&format!("pm-{pm}")),
+                &format!(r#"{{"payment_method":"{pm}"}}"#),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+        r.str("/payment_method/id")
+    }
+
+    /// Completes a simulated 3-D Secure challenge.
+    pub async fn authenticate(&self, intent: &str, succeed: bool) {
+        let outcome = if succeed { "succeed" } else { "fail" };
+        let r = self
+            .post(
+                &format!("/dev/v1/simulator/intents/{intent}/authenticate"),
+                None,
+                None,
+                &format!(r#"{{"outcome":"{outcome}"}}"#),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    }
+
+    /// Runs the outbox relay until nothing is due.
+    pub async fn drain_outbox(&self) {
+        for _ in 0..100 {
+            if tollgate_control_plane::outbox::relay_once(&self.state)
+                .await
+                .expect("relay")
+                == 0
+            {
+                return;
+            }
+        }
+        panic!("outbox did not drain");
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        let (n,): (i64,) = sqlx::query_as(sql)
+            .fetch_one(&self.state.cf)
+            .await
+            .expect("count");
+        n
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub json: Value,
+    pub replayed: bool,
+}
+
+impl Resp {
+    pub fn str(&self, pointer: &str) -> String {
+        self.json
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no string at {pointer} in {}", self.json))
+            .to_owned()
+    }
+
+    /// Asserts an RFC 9457 problem with this status and code.
+    pub fn assert_problem(&self, status: StatusCode, code: &str) {
+        assert_eq!(self.status, status, "{}", self.json);
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "{}",
+            self.json
+        );
+        assert_eq!(self.json["code"], code, "{}", self.json);
+        assert_eq!(self.json["status"], status.as_u16(), "{}", self.json);
+    }
+}

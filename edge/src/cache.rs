@@ -1,0 +1,243 @@
+//! The account cache: account → materialised decisions, answered without an await.
+//!
+//! Entries keep the facts they were evaluated from and the catalog generation, so a new
+//! catalog (later: a new rule bundle) re-materialises an entry lazily from its facts on the
+//! next check, without refetching.
+//!
+//! Fill races: a fetch from L2 / the control plane may return facts older than a change event
+//! that arrives while it is in flight. The stream follower therefore also records events for
+//! accounts with a fetch in flight ([`AccountCache::begin_fill`]), and a fill inserts the
+//! newest of both — under the same lock the follower uses, so no event falls between.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use moka::sync::Cache;
+use tollgate_protocol::{AccountFacts, AccountId, Decision};
+use tollgate_rules::{Catalog, evaluate};
+
+/// A catalog plus its lookup index and generation number.
+#[derive(Debug)]
+pub struct CatalogView {
+    pub catalog: Catalog,
+    pub generation: u64,
+    index: HashMap<String, usize>,
+}
+
+impl CatalogView {
+    pub fn new(catalog: Catalog, generation: u64) -> Self {
+        let index = catalog
+            .features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.key.clone(), i))
+            .collect();
+        Self {
+            catalog,
+            generation,
+            index,
+        }
+    }
+
+    pub fn feature_index(&self, key: &str) -> Option<usize> {
+        self.index.get(key).copied()
+    }
+}
+
+/// One cached account.
+#[derive(Debug)]
+pub struct Entry {
+    /// `None`: the control plane says the account does not exist.
+    pub facts: Option<AccountFacts>,
+    pub decisions: Vec<Decision>,
+    pub catalog_generation: u64,
+    pub filled_at: Instant,
+}
+
+impl Entry {
+    pub fn version(&self) -> i64 {
+        self.facts.as_ref().map_or(0, |f| f.version)
+    }
+
+    pub fn materialise(facts: Option<AccountFacts>, view: &CatalogView) -> Self {
+        let decisions = facts
+            .as_ref()
+            .map(|f| evaluate(&view.catalog, f))
+            .unwrap_or_default();
+        Self {
+            facts,
+            decisions,
+            catalog_generation: view.generation,
+            filled_at: Instant::now(),
+        }
+    }
+}
+
+pub struct AccountCache {
+    entries: Cache<AccountId, Arc<Entry>>,
+    /// Accounts with a fill in flight → the newest facts the stream delivered meanwhile.
+    in_flight: Mutex<HashMap<AccountId, Option<AccountFacts>>>,
+}
+
+fn newer(a: Option<AccountFacts>, b: Option<AccountFacts>) -> Option<AccountFacts> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.version > a.version { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+impl AccountCache {
+    pub fn new(entries_max: u64) -> Self {
+        Self {
+            entries: Cache::new(entries_max),
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, account: &AccountId) -> Option<Arc<Entry>> {
+        self.entries.get(account)
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, Option<AccountFacts>>> {
+        // A panic while holding this lock leaves only a map of hints behind; keep going.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks a fill as started.
+    pub fn begin_fill(&self, account: AccountId) {
+        self.lock().entry(account).or_insert(None);
+    }
+
+    /// Completes a fill with what was fetched (`None` facts: unknown account), keeping whatever
+    /// is newer among the fetch, events seen meanwhile and the current entry.
+    pub fn finish_fill(
+        &self,
+        account: AccountId,
+        fetched: Option<AccountFacts>,
+        view: &CatalogView,
+    ) -> Arc<Entry> {
+        let mut in_flight = self.lock();
+        let seen = in_flight.remove(&account).flatten();
+        let current = self.entries.get(&account).and_then(|e| e.facts.clone());
+        let best = newer(newer(fetched, seen), current);
+        let entry = Arc::new(Entry::materialise(best, view));
+        self.entries.insert(account, entry.clone());
+        entry
+    }
+
+    /// Abandons a failed fill.
+    pub fn abort_fill(&self, account: AccountId) {
+        self.lock().remove(&account);
+    }
+
+    /// Applies facts from the change stream: updates a cached account if newer, records them
+    /// for a fill in flight, ignores accounts this edge does not hold.
+    pub fn apply(&self, facts: AccountFacts, view: &CatalogView) -> bool {
+        let mut in_flight = self.lock();
+        let account = facts.account_id;
+        if let Some(slot) = in_flight.get_mut(&account) {
+            *slot = newer(slot.take(), Some(facts.clone()));
+        }
+        match self.entries.get(&account) {
+            Some(e) if e.version() >= facts.version => false,
+            Some(_) => {
+                self.entries
+                    .insert(account, Arc::new(Entry::materialise(Some(facts), view)));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Re-evaluates an entry from an older catalog generation.
+    pub fn rematerialise(
+        &self,
+        account: AccountId,
+        entry: &Entry,
+        view: &CatalogView,
+    ) -> Arc<Entry> {
+        let _guard = self.lock();
+        let fresh = Arc::new(Entry::materialise(entry.facts.clone(), view));
+        self.entries.insert(account, fresh.clone());
+        fresh
+    }
+
+    pub fn invalidate(&self, account: &AccountId) {
+        self.entries.invalidate(account);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_protocol::{AccountStanding, SubscriptionFacts, SubscriptionStatus};
+
+    fn facts(id: AccountId, version: i64, plan: Option<&str>) -> AccountFacts {
+        AccountFacts {
+            account_id: id,
+            version,
+            standing: AccountStanding::Active,
+            subscription: plan.map(|p| SubscriptionFacts {
+                plan: p.into(),
+                status: SubscriptionStatus::Active,
+                current_period_end_ms: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn an_event_during_a_fill_wins_over_the_older_fetch() {
+        let view = CatalogView::new(Catalog::demo(), 1);
+        let cache = AccountCache::new(100);
+        let id = AccountId::new_v7();
+        cache.begin_fill(id);
+        // The stream delivers v3 while the fetch (which read v2) is in flight.
+        assert!(
+            !cache.apply(facts(id, 3, Some("pro")), &view),
+            "not cached yet"
+        );
+        let entry = cache.finish_fill(id, Some(facts(id, 2, None)), &view);
+        assert_eq!(entry.version(), 3);
+        let sso = view.feature_index("sso").expect("sso");
+        assert!(entry.decisions[sso].allowed);
+    }
+
+    #[test]
+    fn stream_updates_only_move_forward_and_skip_unknown_accounts() {
+        let view = CatalogView::new(Catalog::demo(), 1);
+        let cache = AccountCache::new(100);
+        let id = AccountId::new_v7();
+        assert!(!cache.apply(facts(id, 1, Some("pro")), &view));
+        assert!(
+            cache.get(&id).is_none(),
+            "accounts the edge does not hold stay out"
+        );
+        cache.begin_fill(id);
+        cache.finish_fill(id, Some(facts(id, 5, Some("pro"))), &view);
+        assert!(!cache.apply(facts(id, 4, None), &view), "older is ignored");
+        assert!(cache.apply(facts(id, 6, None), &view));
+        let e = cache.get(&id).expect("cached");
+        assert_eq!(e.version(), 6);
+        assert!(!e.decisions[view.feature_index("sso").expect("sso")].allowed);
+    }
+
+    #[test]
+    fn unknown_accounts_have_version_zero_and_no_decisions() {
+        let view = CatalogView::new(Catalog::demo(), 1);
+        let cache = AccountCache::new(10);
+        let id = AccountId::new_v7();
+        cache.begin_fill(id);
+        let e = cache.finish_fill(id, None, &view);
+        assert_eq!((e.version(), e.decisions.len()), (0, 0));
+        // The account is created later: its first event replaces the negative entry.
+        assert!(cache.apply(facts(id, 1, None), &view));
+    }
+}

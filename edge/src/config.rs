@@ -1,0 +1,93 @@
+//! Edge configuration. Every key, its unit and default:
+//!
+//! | env var | meaning | default |
+//! |---|---|---|
+//! | `TOLLGATE_EDGE_LISTEN_ADDR` | HTTP listen address | `127.0.0.1:7701` |
+//! | `TOLLGATE_EDGE_ID` | this edge's id (fleet status, canary selection) | `edge-1` |
+//! | `TOLLGATE_CONTROL_PLANE_URL` | control plane base URL | `http://127.0.0.1:7700` |
+//! | `TOLLGATE_EDGE_TOKEN` | token presented to the control plane's internal API | required |
+//! | `TOLLGATE_REDIS_URL` | Redis (change stream, L2 facts) | `redis://127.0.0.1:6379` |
+//! | `TOLLGATE_EDGE_DATA_DIR` | local state directory | `.tollgate/edge` |
+//! | `TOLLGATE_EDGE_CACHE_ENTRIES_MAX` | cached accounts at most | `1000000` |
+//! | `TOLLGATE_EDGE_FRESHNESS_BUDGET_MS` | answers are `stale` when the change stream has been silent-by-failure longer, ms | `5000` |
+//! | `TOLLGATE_EDGE_UPSTREAM_TIMEOUT_MS` | timeout of one control-plane request, ms | `2000` |
+//! | `TOLLGATE_EDGE_NEGATIVE_TTL_MS` | how long "unknown account" is trusted, ms | `5000` |
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use tollgate_settings::{ConfigErrors, Reader, Source};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub edge_id: String,
+    pub control_plane_url: String,
+    pub edge_token: SecretString,
+    pub redis_url: String,
+    pub data_dir: PathBuf,
+    pub cache_entries_max: u64,
+    pub freshness_budget_ms: u64,
+    pub upstream_timeout_ms: u64,
+    pub negative_ttl_ms: u64,
+}
+
+impl Config {
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigErrors> {
+        let mut r = Reader::new(source);
+        let cfg = Self {
+            listen_addr: r.parse("edge_listen_addr", SocketAddr::from(([127, 0, 0, 1], 7701))),
+            edge_id: r.string("edge_id", "edge-1"),
+            control_plane_url: r.string("control_plane_url", "http://127.0.0.1:7700"),
+            edge_token: r.required_secret("edge_token"),
+            redis_url: r.string("redis_url", "redis://127.0.0.1:6379"),
+            data_dir: PathBuf::from(r.string("edge_data_dir", ".tollgate/edge")),
+            cache_entries_max: r.parse("edge_cache_entries_max", 1_000_000),
+            freshness_budget_ms: r.parse("edge_freshness_budget_ms", 5_000),
+            upstream_timeout_ms: r.parse("edge_upstream_timeout_ms", 2_000),
+            negative_ttl_ms: r.parse("edge_negative_ttl_ms", 5_000),
+        };
+        if cfg.edge_id.is_empty() || cfg.edge_id.len() > 128 {
+            r.error("TOLLGATE_EDGE_ID must be 1-128 characters");
+        }
+        if !cfg.control_plane_url.starts_with("http://")
+            && !cfg.control_plane_url.starts_with("https://")
+        {
+            r.error("TOLLGATE_CONTROL_PLANE_URL must be an http(s) URL");
+        }
+        if !cfg.redis_url.starts_with("redis://") {
+            r.error("TOLLGATE_REDIS_URL must be a redis:// URL");
+        }
+        if cfg.cache_entries_max == 0 {
+            r.error("TOLLGATE_EDGE_CACHE_ENTRIES_MAX must be positive");
+        }
+        if cfg.upstream_timeout_ms == 0 {
+            r.error("TOLLGATE_EDGE_UPSTREAM_TIMEOUT_MS must be positive");
+        }
+        r.finish()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_settings::MapSource;
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let src = MapSource::from_pairs([
+            ("control_plane_url", "ftp://x"),
+            ("edge_cache_entries_max", "0"),
+        ]);
+        let text = Config::from_source(&src).expect_err("invalid").0.join("\n");
+        for needle in [
+            "TOLLGATE_EDGE_TOKEN is required",
+            "TOLLGATE_CONTROL_PLANE_URL",
+            "TOLLGATE_EDGE_CACHE_ENTRIES_MAX",
+        ] {
+            assert!(text.contains(needle), "missing {needle}: {text}");
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Prometheus metrics under the `tollgate_edge` prefix; labels are closed enums.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum FillSourceLabel {
+    Redis,
+    ControlPlane,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FillLabels {
+    pub source: FillSourceLabel,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CheckResult {
+    Allowed,
+    Denied,
+    Unavailable,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub result: CheckResult,
+}
+
+pub struct EdgeMetrics {
+    registry: Registry,
+    pub checks: Family<CheckLabels, Counter>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub fills: Family<FillLabels, Counter>,
+    pub changes_applied: Counter,
+    pub propagation_ms: Histogram,
+    pub cached_accounts: Gauge,
+}
+
+impl EdgeMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tollgate_edge");
+        let checks = Family::<CheckLabels, Counter>::default();
+        registry.register("checks", "Entitlement checks answered", checks.clone());
+        let cache_hits = Counter::default();
+        registry.register(
+            "cache_hits",
+            "Checks answered from the cache",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "cache_misses",
+            "Checks that had to fill the cache",
+            cache_misses.clone(),
+        );
+        let fills = Family::<FillLabels, Counter>::default();
+        registry.register("fills", "Cache fills by source", fills.clone());
+        let changes_applied = Counter::default();
+        registry.register(
+            "changes_applied",
+            "Change-stream events that updated a cached account",
+            changes_applied.clone(),
+        );
+        let propagation_ms = Histogram::new([
+            1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0,
+        ]);
+        registry.register(
+            "propagation_milliseconds",
+            "Control-plane commit to edge apply, ms",
+            propagation_ms.clone(),
+        );
+        let cached_accounts = Gauge::default();
+        registry.register(
+            "cached_accounts",
+            "Accounts in the cache",
+            cached_accounts.clone(),
+        );
+        Self {
+            registry,
+            checks,
+            cache_hits,
+            cache_misses,
+            fills,
+            changes_applied,
+            propagation_ms,
+            cached_accounts,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for EdgeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,132 @@
+//! The edge's shared state.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use arc_swap::ArcSwapOption;
+use tollgate_protocol::{AccountId, ChangeEvent};
+use tollgate_rules::Catalog;
+
+use crate::cache::{AccountCache, CatalogView, Entry};
+use crate::metrics::{EdgeMetrics, FillLabels, FillSourceLabel};
+use crate::upstream::{FillSource, Upstream, UpstreamError};
+
+#[derive(Clone)]
+pub struct EdgeState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub edge_id: String,
+    pub cache: AccountCache,
+    pub catalog: ArcSwapOption<CatalogView>,
+    catalog_generation: AtomicU64,
+    pub upstream: Upstream,
+    pub redis: Option<redis::aio::ConnectionManager>,
+    /// Last successful change-stream read (unix ms); answers are stale past the budget.
+    pub stream_ok_at_ms: AtomicI64,
+    pub freshness_budget_ms: i64,
+    pub negative_ttl_ms: u64,
+    pub metrics: EdgeMetrics,
+}
+
+impl std::ops::Deref for EdgeState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl EdgeState {
+    pub fn new(
+        edge_id: String,
+        cache_entries_max: u64,
+        upstream: Upstream,
+        redis: Option<redis::aio::ConnectionManager>,
+        freshness_budget_ms: u64,
+        negative_ttl_ms: u64,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            edge_id,
+            cache: AccountCache::new(cache_entries_max),
+            catalog: ArcSwapOption::empty(),
+            catalog_generation: AtomicU64::new(0),
+            upstream,
+            redis,
+            stream_ok_at_ms: AtomicI64::new(0),
+            freshness_budget_ms: i64::try_from(freshness_budget_ms).unwrap_or(i64::MAX),
+            negative_ttl_ms,
+            metrics: EdgeMetrics::new(),
+        }))
+    }
+
+    /// Installs a catalog if it differs from the current one; entries re-materialise lazily.
+    pub fn install_catalog(&self, catalog: Catalog) -> bool {
+        if self
+            .catalog
+            .load()
+            .as_ref()
+            .is_some_and(|v| v.catalog == catalog)
+        {
+            return false;
+        }
+        let generation = self.catalog_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.catalog
+            .store(Some(Arc::new(CatalogView::new(catalog, generation))));
+        tracing::info!(generation, "catalog installed");
+        true
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.redis.is_none()
+            || crate::now_ms() - self.stream_ok_at_ms.load(Ordering::Relaxed)
+                > self.freshness_budget_ms
+    }
+
+    pub fn apply_change(&self, ev: ChangeEvent) {
+        let Some(view) = self.catalog.load_full() else {
+            return;
+        };
+        let lag_ms = crate::now_ms() - ev.committed_at_ms;
+        if self.cache.apply(ev.facts, &view) {
+            self.metrics.changes_applied.inc();
+            self.metrics.propagation_ms.observe(lag_ms.max(0) as f64);
+        }
+    }
+
+    /// The cached entry for an account, filling it on a miss.
+    pub async fn entry(
+        &self,
+        account: AccountId,
+        view: &Arc<CatalogView>,
+    ) -> Result<Arc<Entry>, UpstreamError> {
+        if let Some(e) = self.cache.get(&account) {
+            let expired_negative = e.facts.is_none()
+                && e.filled_at.elapsed().as_millis() > u128::from(self.negative_ttl_ms);
+            if !expired_negative {
+                self.metrics.cache_hits.inc();
+                if e.catalog_generation != view.generation {
+                    return Ok(self.cache.rematerialise(account, &e, view));
+                }
+                return Ok(e);
+            }
+        }
+        self.metrics.cache_misses.inc();
+        self.cache.begin_fill(account);
+        match self.upstream.facts(account).await {
+            Ok((facts, source)) => {
+                let label = match source {
+                    FillSource::Redis => FillSourceLabel::Redis,
+                    FillSource::ControlPlane => FillSourceLabel::ControlPlane,
+                };
+                self.metrics
+                    .fills
+                    .get_or_create(&FillLabels { source: label })
+                    .inc();
+                Ok(self.cache.finish_fill(account, facts, view))
+            }
+            Err(e) => {
+                self.cache.abort_fill(account);
+                Err(e)
+            }
+        }
+    }
+}
