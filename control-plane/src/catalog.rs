@@ -121,6 +121,19 @@ pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
     Ok(Catalog { features, plans })
 }
 
+/// `GET /v1/plans` — public: what can be bought.
+pub async fn list_plans(
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+) -> crate::http::ApiResult<axum::Json<serde_json::Value>> {
+    let mut conn = state.cf.acquire().await?;
+    let catalog = load(&mut conn)
+        .await
+        .map_err(crate::http::ApiError::internal)?;
+    Ok(axum::Json(
+        serde_json::json!({ "data": catalog.plans, "features": catalog.features }),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,17 +157,4 @@ mod tests {
         assert_eq!(load(&mut conn).await?, demo, "and nothing was written");
         Ok(())
     }
-}
-
-/// `GET /v1/plans` — public: what can be bought.
-pub async fn list_plans(
-    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
-) -> crate::http::ApiResult<axum::Json<serde_json::Value>> {
-    let mut conn = state.cf.acquire().await?;
-    let catalog = load(&mut conn)
-        .await
-        .map_err(crate::http::ApiError::internal)?;
-    Ok(axum::Json(
-        serde_json::json!({ "data": catalog.plans, "features": catalog.features }),
-    ))
 }

@@ -119,11 +119,9 @@ pub async fn handle_recompute(
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
     let ev: AccountEvent = serde_json::from_value(payload.clone())?;
-    if let Some((facts, changed)) = recompute(conn, ev.account_id, now).await? {
-        if changed {
-            tracing::debug!(account_id = %ev.account_id, version = facts.version, "facts changed");
-            outbox::enqueue(conn, outbox::TOPIC_PUBLISH, &ev, now).await?;
-        }
+    if let Some((facts, true)) = recompute(conn, ev.account_id, now).await? {
+        tracing::debug!(account_id = %ev.account_id, version = facts.version, "facts changed");
+        outbox::enqueue(conn, outbox::TOPIC_PUBLISH, &ev, now).await?;
     }
     Ok(())
 }

@@ -666,10 +666,10 @@ async fn expire(
     c: &Checkout,
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
-    if let Some(pi) = &c.payment_intent_id {
-        if let Err(e) = state.gateway.cancel_payment(pi).await {
-            tracing::warn!(checkout_id = %c.id, error = %e, "could not cancel the expired checkout's payment");
-        }
+    if let Some(pi) = &c.payment_intent_id
+        && let Err(e) = state.gateway.cancel_payment(pi).await
+    {
+        tracing::warn!(checkout_id = %c.id, error = %e, "could not cancel the expired checkout's payment");
     }
     set_checkout_status(conn, c.id, "expired", None, None, now).await?;
     state

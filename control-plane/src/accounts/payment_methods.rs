@@ -91,6 +91,7 @@ const PM_COLUMNS: &str =
     "id, status, brand, last4, exp_month, exp_year, gateway_pm_id, setup_intent_id,
     client_secret, make_default, created_at";
 
+#[allow(clippy::too_many_arguments)]
 async fn insert(
     conn: &mut PgConnection,
     account: AccountId,

@@ -1,0 +1,297 @@
+//! Harness for end-to-end tests: real binaries (`target/debug/tollgate-*`, built by
+//! `scripts/test` before the tests run), fresh databases on the real PostgreSQL, the real Redis.
+//!
+//! Processes are killed when their [`Proc`] drops, databases dropped by [`Stack::shutdown`].
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+pub const EDGE_TOKEN: &str = "e2e-edge-token";
+
+pub fn pg_server_url() -> String {
+    let url = std::env::var("TOLLGATE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    url.trim_end_matches('/').to_owned()
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Where cargo put the binaries.
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug").join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it first (`cargo build --workspace --bins`, as scripts/test does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free loopback port (bound and released; the child binds it right after).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process killed on drop; its log goes to a file under the target dir.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, binary: &str, env: &[(&str, String)]) -> anyhow::Result<Proc> {
+        let log_dir = std::env::temp_dir().join("tollgate-e2e-logs");
+        std::fs::create_dir_all(&log_dir)?;
+        let log = log_dir.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(bin(binary)?);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().with_context(|| format!("spawn {binary}"))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it yields `Some`, or fails after `deadline`.
+pub async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(2);
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// A control plane and an edge on fresh databases.
+pub struct Stack {
+    pub cp_url: String,
+    pub edge_url: String,
+    pub http: reqwest::Client,
+    pub cp: Proc,
+    pub edge: Proc,
+    dbs: Vec<String>,
+}
+
+impl Stack {
+    /// Starts both binaries; `cp_env` adds control-plane settings (e.g. Stripe).
+    pub async fn start(cp_env: &[(&str, String)]) -> anyhow::Result<Stack> {
+        let server = pg_server_url();
+        let mut admin = PgConnection::connect(&format!("{server}/postgres"))
+            .await
+            .context("postgres")?;
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let dbs = vec![format!("tg_e2e_cf_{tag}"), format!("tg_e2e_billing_{tag}")];
+        for db in &dbs {
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                .execute(&mut admin)
+                .await?;
+        }
+        let cp_port = free_port()?;
+        let edge_port = free_port()?;
+        let cp_url = format!("http://127.0.0.1:{cp_port}");
+        let edge_url = format!("http://127.0.0.1:{edge_port}");
+        let mut env = vec![
+            ("TOLLGATE_CP_LISTEN_ADDR", format!("127.0.0.1:{cp_port}")),
+            ("TOLLGATE_CF_DATABASE_URL", format!("{server}/{}", dbs[0])),
+            (
+                "TOLLGATE_BILLING_DATABASE_URL",
+                format!("{server}/{}", dbs[1]),
+            ),
+            ("TOLLGATE_REDIS_URL", redis_url()),
+            ("TOLLGATE_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
+            ("TOLLGATE_TOKEN_SECRET", format!("e2e-secret-{tag}")),
+            ("TOLLGATE_DEV_MODE", "true".to_owned()),
+            ("TOLLGATE_SEED_DEMO", "true".to_owned()),
+            ("TOLLGATE_RELAY_POLL_MS", "200".to_owned()),
+        ];
+        env.extend(cp_env.iter().cloned());
+        let cp = Proc::spawn("control-plane", "tollgate-control-plane", &env)?;
+        let edge_dir = std::env::temp_dir().join(format!("tollgate-e2e-edge-{tag}"));
+        let edge = Proc::spawn(
+            "edge",
+            "tollgate-edge",
+            &[
+                (
+                    "TOLLGATE_EDGE_LISTEN_ADDR",
+                    format!("127.0.0.1:{edge_port}"),
+                ),
+                ("TOLLGATE_EDGE_ID", "e2e-edge".to_owned()),
+                ("TOLLGATE_CONTROL_PLANE_URL", cp_url.clone()),
+                ("TOLLGATE_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
+                ("TOLLGATE_REDIS_URL", redis_url()),
+                ("TOLLGATE_EDGE_DATA_DIR", edge_dir.display().to_string()),
+            ],
+        )?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let mut stack = Stack {
+            cp_url,
+            edge_url,
+            http,
+            cp,
+            edge,
+            dbs,
+        };
+        for (url, name) in [
+            (stack.cp_url.clone(), "control plane"),
+            (stack.edge_url.clone(), "edge"),
+        ] {
+            let ready = format!("{url}/readyz");
+            let http = stack.http.clone();
+            let res = poll(&format!("{name} ready"), Duration::from_secs(60), || {
+                let http = http.clone();
+                let ready = ready.clone();
+                async move {
+                    let r = http.get(&ready).send().await.ok()?;
+                    r.status().is_success().then_some(())
+                }
+            })
+            .await;
+            if let Err(e) = res {
+                let logs = format!(
+                    "{}\n--- edge ---\n{}",
+                    stack.cp.log_tail(),
+                    stack.edge.log_tail()
+                );
+                stack.drop_dbs().await;
+                bail!("{e}\n--- control plane ---\n{logs}");
+            }
+        }
+        Ok(stack)
+    }
+
+    async fn drop_dbs(&mut self) {
+        if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", pg_server_url())).await
+        {
+            for db in self.dbs.drain(..) {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await;
+            }
+        }
+    }
+
+    /// Stops the processes and drops the databases.
+    pub async fn shutdown(mut self) {
+        let _ = self.edge.child.kill();
+        let _ = self.cp.child.kill();
+        let _ = self.edge.child.wait();
+        let _ = self.cp.child.wait();
+        self.drop_dbs().await;
+    }
+
+    /// A JSON request to the control plane; returns (status, body).
+    pub async fn cp(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.cp_url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    /// `GET /v1/check` on the edge.
+    pub async fn check(&self, account: &str, feature: &str) -> anyhow::Result<Value> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/check", self.edge_url))
+            .query(&[("account", account), ("feature", feature)])
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "check answered {}",
+            resp.status()
+        );
+        Ok(resp.json().await?)
+    }
+
+    /// Polls the edge until `feature` is allowed / denied for `account`; returns how long it took.
+    pub async fn await_check(
+        &self,
+        account: &str,
+        feature: &str,
+        allowed: bool,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        poll(
+            &format!("{feature} allowed={allowed}"),
+            Duration::from_secs(10),
+            || async {
+                let v = self.check(account, feature).await.ok()?;
+                (v["allowed"].as_bool() == Some(allowed)).then_some(())
+            },
+        )
+        .await?;
+        Ok(start.elapsed())
+    }
+}
