@@ -9,17 +9,10 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 
-# Only what the build needs (keeps target/, .tollgate/, .venv/ and .git/ out of
-# the build). Keep this list in sync with [workspace] members in Cargo.toml;
+# The whole workspace (every member must be present for cargo to load it);
+# .dockerignore keeps target/, .tollgate/, .venv/ and .git/ out of the context.
 # migrations/ is embedded into the control plane by sqlx::migrate!.
-COPY Cargo.toml Cargo.lock ./
-COPY protocol protocol
-COPY rules rules
-COPY settings settings
-COPY control-plane control-plane
-COPY edge edge
-COPY bench bench
-COPY migrations migrations
+COPY . .
 
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \

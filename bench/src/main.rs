@@ -1,1 +1,278 @@
-fn main() {}
+//! `tollgate-bench edge-check`: the edge's cached entitlement check over HTTP against a bare
+//! axum handler returning a JSON body of the same shape, both served by this process with the
+//! same build profile and the same one-worker runtime, loaded by the same `wrk` with the same
+//! request paths, in one run. Writes a Markdown table.
+//!
+//! ```text
+//! cargo run --release -p tollgate-bench -- edge-check [--secs 10] [--out bench/results/edge-check.md]
+//! ```
+//!
+//! Pinning: the servers' runtime runs on CPU 1 and wrk on CPU 0 when `taskset` exists, as in
+//! `../shared/BASELINES.md`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::extract::Query;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use tollgate_edge::state::EdgeState;
+use tollgate_edge::upstream::Upstream;
+use tollgate_protocol::{
+    AccountFacts, AccountId, AccountStanding, Reason, SubscriptionFacts, SubscriptionStatus,
+};
+use tollgate_rules::Catalog;
+
+/// Accounts pre-filled in the edge cache and cycled through by wrk.
+const ACCOUNTS: usize = 10_000;
+const CONNECTIONS: [u32; 2] = [1, 64];
+
+#[derive(Deserialize)]
+struct BareQuery {
+    account: String,
+    feature: String,
+}
+
+#[derive(Serialize)]
+struct BareResponse {
+    allowed: bool,
+    feature: String,
+    limit: Option<i64>,
+    reason: Reason,
+    version: i64,
+    stale: bool,
+}
+
+/// The baseline: parse the same query, serialise a body of the same shape.
+async fn bare(Query(q): Query<BareQuery>) -> axum::Json<BareResponse> {
+    axum::Json(BareResponse {
+        allowed: !q.account.is_empty(),
+        feature: q.feature,
+        limit: Some(10),
+        reason: Reason::GrantedByPlan,
+        version: 3,
+        stale: false,
+    })
+}
+
+fn edge_state(accounts: &[AccountId]) -> anyhow::Result<EdgeState> {
+    // The upstream is never reached: every account is cached before the run.
+    let upstream = Upstream::new(
+        "http://127.0.0.1:9",
+        secrecy::SecretString::from("x".to_owned()),
+        Duration::from_millis(100),
+        None,
+    )?;
+    let state = EdgeState::new(
+        "bench".into(),
+        2 * ACCOUNTS as u64,
+        upstream,
+        None,
+        5_000,
+        5_000,
+    );
+    state.install_catalog(Catalog::demo());
+    let view = state.catalog.load_full().context("catalog")?;
+    for (i, id) in accounts.iter().enumerate() {
+        let facts = AccountFacts {
+            account_id: *id,
+            version: 3,
+            standing: AccountStanding::Active,
+            subscription: Some(SubscriptionFacts {
+                plan: if i % 2 == 0 { "pro" } else { "free" }.into(),
+                status: SubscriptionStatus::Active,
+                current_period_end_ms: 0,
+            }),
+        };
+        state.cache.begin_fill(*id);
+        state.cache.finish_fill(*id, Some(facts), &view);
+    }
+    Ok(state)
+}
+
+async fn serve(router: Router) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok(addr)
+}
+
+#[derive(Debug, Default, Clone)]
+struct WrkResult {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn parse_latency_us(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, mult) = if let Some(v) = s.strip_suffix("us") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1_000.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1_000_000.0)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|n| n * mult)
+}
+
+fn parse_wrk(out: &str) -> anyhow::Result<WrkResult> {
+    let mut r = WrkResult::default();
+    for line in out.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            r.rps = v.trim().parse().context("rps")?;
+        } else if let Some(v) = t.strip_prefix("50%") {
+            r.p50_us = parse_latency_us(v).context("p50")?;
+        } else if let Some(v) = t.strip_prefix("99%") {
+            r.p99_us = parse_latency_us(v).context("p99")?;
+        }
+    }
+    if r.rps == 0.0 {
+        bail!("could not parse wrk output:\n{out}");
+    }
+    if out.contains("Non-2xx") {
+        bail!("wrk saw non-2xx responses:\n{out}");
+    }
+    Ok(r)
+}
+
+fn run_wrk(
+    addr: SocketAddr,
+    connections: u32,
+    secs: u32,
+    paths_file: &str,
+) -> anyhow::Result<WrkResult> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/wrk/paths.lua");
+    let pinned = Command::new("taskset").arg("--version").output().is_ok();
+    let mut cmd = if pinned {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0", "wrk"]);
+        c
+    } else {
+        Command::new("wrk")
+    };
+    cmd.args([
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{secs}s"),
+        "--latency",
+        "-s",
+        script,
+    ])
+    .arg(format!("http://{addr}"))
+    .env("WRK_PATHS", paths_file);
+    let out = cmd.output().context("run wrk (apt-get install wrk)")?;
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn pin_self_to_cpu1() {
+    let pid = std::process::id().to_string();
+    let _ = Command::new("taskset")
+        .args(["-a", "-p", "-c", "1", &pid])
+        .output();
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("edge-check") {
+        bail!("usage: tollgate-bench edge-check [--secs N] [--out FILE]");
+    }
+    let mut secs = 10u32;
+    let mut out_path = String::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/results/edge-check.md"
+    ));
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--secs" => secs = it.next().context("--secs N")?.parse()?,
+            "--out" => out_path = it.next().context("--out FILE")?.clone(),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    pin_self_to_cpu1();
+    let accounts: Vec<AccountId> = (0..ACCOUNTS)
+        .map(|_| AccountId(uuid::Uuid::now_v7()))
+        .collect();
+    let features = ["sso", "seats", "api_calls", "exports"];
+    let paths_file = std::env::temp_dir().join("tollgate-bench-paths.txt");
+    let mut paths = String::new();
+    for (i, a) in accounts.iter().enumerate() {
+        let _ = writeln!(
+            paths,
+            "/v1/check?account={a}&feature={}",
+            features[i % features.len()]
+        );
+    }
+    std::fs::write(&paths_file, paths)?;
+    let paths_file = paths_file.display().to_string();
+
+    let (bare_addr, edge_addr) = runtime.block_on(async {
+        let bare_addr = serve(Router::new().route("/v1/check", get(bare))).await?;
+        let edge_addr = serve(tollgate_edge::app(edge_state(&accounts)?)).await?;
+        anyhow::Ok((bare_addr, edge_addr))
+    })?;
+
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "| connections | bare axum req/s | edge check req/s | ratio | bare p50 / p99 (µs) | edge p50 / p99 (µs) |"
+    );
+    let _ = writeln!(table, "|---:|---:|---:|---:|---:|---:|");
+    for c in CONNECTIONS {
+        // Warm both, then measure alternately.
+        run_wrk(bare_addr, c, 1, &paths_file)?;
+        run_wrk(edge_addr, c, 1, &paths_file)?;
+        let b = run_wrk(bare_addr, c, secs, &paths_file)?;
+        let e = run_wrk(edge_addr, c, secs, &paths_file)?;
+        let _ = writeln!(
+            table,
+            "| {c} | {:.0} | {:.0} | {:.2} | {:.0} / {:.0} | {:.0} / {:.0} |",
+            b.rps,
+            e.rps,
+            e.rps / b.rps,
+            b.p50_us,
+            b.p99_us,
+            e.p50_us,
+            e.p99_us
+        );
+        eprintln!("c={c}: bare {:.0} req/s, edge {:.0} req/s", b.rps, e.rps);
+    }
+    let report = format!(
+        "# Edge check vs bare axum handler\n\nCommand: `cargo run --release -p tollgate-bench -- edge-check --secs {secs}`\n\n\
+         Both servers in one process on a one-worker tokio runtime pinned to CPU 1; `wrk -t1` pinned to CPU 0; \
+         {ACCOUNTS} cached accounts cycled through, features mixed. Release profile for both.\n\n{table}"
+    );
+    std::fs::write(&out_path, &report)?;
+    println!("{report}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_output_is_parsed() {
+        let out = "  Latency Distribution\n     50%  512.00us\n     75%  1.00ms\n     90%  1.50ms\n     99%    2.10ms\n  1000 requests in 1.00s\nRequests/sec:  98765.43\n";
+        let r = parse_wrk(out).expect("parse");
+        assert_eq!((r.rps, r.p50_us, r.p99_us), (98765.43, 512.0, 2100.0));
+        assert!(parse_wrk("Requests/sec: 5\nNon-2xx or 3xx responses: 3\n").is_err());
+    }
+}

@@ -162,9 +162,12 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
     let (gateway, simulator): (Arc<dyn PaymentGateway>, Option<Arc<SimulatedGateway>>) =
         match &config.stripe_secret_key {
             Some(key) => {
-                // TEMP-STRIPE
-                let _ = key.expose_secret();
-                anyhow::bail!("stripe gateway not built yet");
+                let g = gateways::stripe::StripeGateway::new(
+                    key.expose_secret(),
+                    config.stripe_api_base.as_deref(),
+                )
+                .context("stripe gateway")?;
+                (Arc::new(g), None)
             }
             None => {
                 let sim = Arc::new(SimulatedGateway::new());

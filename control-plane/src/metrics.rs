@@ -9,7 +9,9 @@ use prometheus_client::registry::Registry;
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum Topic {
     EntitlementsRecompute,
+    EntitlementsPublish,
     BillingSchedule,
+    Unknown,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -90,8 +90,10 @@ pub async fn relay_once(state: &AppState) -> anyhow::Result<usize> {
     let n = rows.len();
     for row in rows {
         let topic = match row.topic.as_str() {
-            TOPIC_RECOMPUTE | TOPIC_PUBLISH => Topic::EntitlementsRecompute,
-            _ => Topic::BillingSchedule,
+            TOPIC_RECOMPUTE => Topic::EntitlementsRecompute,
+            TOPIC_PUBLISH => Topic::EntitlementsPublish,
+            TOPIC_BILLING_SCHEDULE => Topic::BillingSchedule,
+            _ => Topic::Unknown,
         };
         let labels = TopicLabels { topic };
         // Each row runs under a savepoint so one failure does not undo the others.

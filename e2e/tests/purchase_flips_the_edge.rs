@@ -7,19 +7,58 @@ use reqwest::Method;
 use serde_json::json;
 use tollgate_e2e::Stack;
 
-async fn authenticate_simulated(stack: &Stack, intent: &str) -> anyhow::Result<()> {
-    let (status, body) = stack
-        .cp(
-            Method::POST,
-            &format!("/dev/v1/simulator/intents/{intent}/authenticate"),
-            None,
-            None,
-            Some(json!({ "outcome": "succeed" })),
-        )
-        .await?;
-    anyhow::ensure!(status == 200, "authenticate {intent}: {status} {body}");
-    Ok(())
+/// Who completes the customer's 3-D Secure challenge.
+enum Payments {
+    /// The in-process simulator, through the control plane's dev route.
+    Simulated,
+    /// localstripe at this base URL, through its `_authenticate` endpoints.
+    Localstripe(String),
 }
+
+impl Payments {
+    async fn authenticate(&self, stack: &Stack, client_secret: &str) -> anyhow::Result<()> {
+        let intent = intent_of(client_secret);
+        match self {
+            Payments::Simulated => {
+                let (status, body) = stack
+                    .cp(
+                        Method::POST,
+                        &format!("/dev/v1/simulator/intents/{intent}/authenticate"),
+                        None,
+                        None,
+                        Some(json!({ "outcome": "succeed" })),
+                    )
+                    .await?;
+                anyhow::ensure!(status == 200, "authenticate {intent}: {status} {body}");
+            }
+            Payments::Localstripe(base) => {
+                let kind = if intent.starts_with("seti_") {
+                    "setup_intents"
+                } else {
+                    "payment_intents"
+                };
+                let resp = stack
+                    .http
+                    .post(format!(
+                        "{base}/v1/{kind}/{intent}/_authenticate?success=true"
+                    ))
+                    .bearer_auth(LOCALSTRIPE_KEY)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(format!("client_secret={client_secret}"))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    resp.status().is_success(),
+                    "localstripe authenticate {intent}: {}",
+                    resp.status()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+const LOCALSTRIPE_KEY: &str = "sk_test_tollgate_e2e";
 
 /// The intent id is the client secret's prefix, as with Stripe (`pi_…_secret_…`).
 fn intent_of(client_secret: &str) -> &str {
@@ -31,8 +70,24 @@ fn intent_of(client_secret: &str) -> &str {
 
 #[tokio::test]
 async fn three_d_secure_purchase_flips_the_edge_and_cancel_flips_it_back() -> anyhow::Result<()> {
-    let stack = Stack::start(&[]).await?;
-    let result = walk(&stack).await;
+    run(&[], Payments::Simulated).await
+}
+
+#[tokio::test]
+async fn the_same_purchase_through_the_stripe_adapter_against_localstripe() -> anyhow::Result<()> {
+    let base = std::env::var("TOLLGATE_TEST_STRIPE_API_BASE").map_err(|_| {
+        anyhow::anyhow!("TOLLGATE_TEST_STRIPE_API_BASE must point at localstripe: run scripts/test")
+    })?;
+    let env = [
+        ("TOLLGATE_STRIPE_SECRET_KEY", LOCALSTRIPE_KEY.to_owned()),
+        ("TOLLGATE_STRIPE_API_BASE", base.clone()),
+    ];
+    run(&env, Payments::Localstripe(base)).await
+}
+
+async fn run(cp_env: &[(&str, String)], payments: Payments) -> anyhow::Result<()> {
+    let stack = Stack::start(cp_env).await?;
+    let result = walk(&stack, &payments).await;
     if result.is_err() {
         eprintln!(
             "--- control plane ---\n{}\n--- edge ---\n{}",
@@ -44,13 +99,15 @@ async fn three_d_secure_purchase_flips_the_edge_and_cancel_flips_it_back() -> an
     result
 }
 
-async fn walk(stack: &Stack) -> anyhow::Result<()> {
+async fn walk(stack: &Stack, payments: &Payments) -> anyhow::Result<()> {
+    // localstripe keeps its state (and idempotency keys) across runs: keys are unique per run.
+    let run = uuid::Uuid::new_v4().simple().to_string();
     let (status, signup) = stack
         .cp(
             Method::POST,
             "/v1/accounts",
             None,
-            Some("e2e-signup"),
+            Some(&format!("e2e-signup-{run}")),
             Some(json!({"email": "e2e@example.com", "name": "E2E"})),
         )
         .await?;
@@ -81,16 +138,14 @@ async fn walk(stack: &Stack) -> anyhow::Result<()> {
             Method::POST,
             "/v1/payment-methods",
             Some(&token),
-            Some("e2e-pm"),
+            Some(&format!("e2e-pm-{run}")),
             Some(json!({"payment_method": "pm_card_threeDSecure2Required"})),
         )
         .await?;
     assert_eq!(status, 202, "{pm}");
-    authenticate_simulated(
-        stack,
-        intent_of(pm["client_secret"].as_str().expect("secret")),
-    )
-    .await?;
+    payments
+        .authenticate(stack, pm["client_secret"].as_str().expect("secret"))
+        .await?;
     let pm_id = pm["payment_method"]["id"].as_str().expect("pm id");
     let (status, body) = stack
         .cp(
@@ -108,18 +163,16 @@ async fn walk(stack: &Stack) -> anyhow::Result<()> {
             Method::POST,
             "/v1/checkout",
             Some(&token),
-            Some("e2e-checkout"),
+            Some(&format!("e2e-checkout-{run}")),
             Some(json!({"plan": "pro"})),
         )
         .await?;
     assert_eq!(status, 202, "{checkout}");
     assert_eq!(checkout["status"], "requires_action");
     let checkout_id = checkout["checkout"]["id"].as_str().expect("checkout id");
-    authenticate_simulated(
-        stack,
-        intent_of(checkout["client_secret"].as_str().expect("secret")),
-    )
-    .await?;
+    payments
+        .authenticate(stack, checkout["client_secret"].as_str().expect("secret"))
+        .await?;
     let (status, confirmed) = stack
         .cp(
             Method::POST,

@@ -157,17 +157,17 @@ impl AccountCache {
         }
     }
 
-    /// Re-evaluates an entry from an older catalog generation.
-    pub fn rematerialise(
-        &self,
-        account: AccountId,
-        entry: &Entry,
-        view: &CatalogView,
-    ) -> Arc<Entry> {
+    /// Re-evaluates an account's entry for a newer catalog generation. Reads the entry under
+    /// the lock the stream follower takes, so a concurrent newer event is never overwritten.
+    pub fn rematerialise(&self, account: AccountId, view: &CatalogView) -> Option<Arc<Entry>> {
         let _guard = self.lock();
-        let fresh = Arc::new(Entry::materialise(entry.facts.clone(), view));
+        let current = self.entries.get(&account)?;
+        if current.catalog_generation == view.generation {
+            return Some(current);
+        }
+        let fresh = Arc::new(Entry::materialise(current.facts.clone(), view));
         self.entries.insert(account, fresh.clone());
-        fresh
+        Some(fresh)
     }
 
     pub fn invalidate(&self, account: &AccountId) {

@@ -104,7 +104,7 @@ impl EdgeState {
             if !expired_negative {
                 self.metrics.cache_hits.inc();
                 if e.catalog_generation != view.generation {
-                    return Ok(self.cache.rematerialise(account, &e, view));
+                    return Ok(self.cache.rematerialise(account, view).unwrap_or(e));
                 }
                 return Ok(e);
             }

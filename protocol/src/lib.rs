@@ -110,7 +110,8 @@ pub struct AccountFacts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeEvent {
     pub facts: AccountFacts,
-    /// When the control plane committed the change (unix ms, wall clock), for lag metrics.
+    /// When the control plane published the change, after its commit (unix ms, wall clock),
+    /// for propagation metrics.
     pub committed_at_ms: i64,
 }
 

@@ -21,6 +21,12 @@ pub const CONFIG_FILE_ENV: &str = "TOLLGATE_CONFIG";
 /// Somewhere configuration values come from. Keys are lower-case without the prefix.
 pub trait Source {
     fn get(&self, key: &str) -> Option<String>;
+
+    /// Keys this source holds that must each be known to the reader (a config file's keys, so
+    /// a typo is an error). Open-ended sources such as the environment list none.
+    fn declared_keys(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The process environment (`TOLLGATE_<KEY>`).
@@ -32,7 +38,8 @@ impl Source for EnvSource {
     }
 }
 
-/// A fixed map, for tests and for parsed files.
+/// A fixed map, for tests and for parsed files. Every key in it must be read: an unknown key
+/// (a typo in a config file) is an error.
 #[derive(Debug, Default, Clone)]
 pub struct MapSource(pub HashMap<String, String>);
 
@@ -73,6 +80,10 @@ impl Source for MapSource {
     fn get(&self, key: &str) -> Option<String> {
         self.0.get(key).cloned()
     }
+
+    fn declared_keys(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
 }
 
 /// Sources in increasing precedence.
@@ -96,12 +107,17 @@ impl Source for Layered {
     fn get(&self, key: &str) -> Option<String> {
         self.0.iter().rev().find_map(|s| s.get(key))
     }
+
+    fn declared_keys(&self) -> Vec<String> {
+        self.0.iter().flat_map(|s| s.declared_keys()).collect()
+    }
 }
 
 /// Reads typed values and remembers every error.
 pub struct Reader<'a> {
     source: &'a dyn Source,
     errors: Vec<String>,
+    read: Vec<String>,
 }
 
 impl<'a> Reader<'a> {
@@ -109,7 +125,13 @@ impl<'a> Reader<'a> {
         Self {
             source,
             errors: Vec::new(),
+            read: Vec::new(),
         }
+    }
+
+    fn get(&mut self, key: &str) -> Option<String> {
+        self.read.push(key.to_owned());
+        self.source.get(key)
     }
 
     /// A value parsed with `FromStr`, or `default` when absent.
@@ -118,7 +140,7 @@ impl<'a> Reader<'a> {
         T: FromStr,
         T::Err: Display,
     {
-        match self.source.get(key) {
+        match self.get(key) {
             None => default,
             Some(raw) => match raw.trim().parse() {
                 Ok(v) => v,
@@ -136,12 +158,12 @@ impl<'a> Reader<'a> {
 
     /// A string, or `default` when absent.
     pub fn string(&mut self, key: &str, default: &str) -> String {
-        self.source.get(key).unwrap_or_else(|| default.to_owned())
+        self.get(key).unwrap_or_else(|| default.to_owned())
     }
 
     /// An optional string; empty counts as absent.
     pub fn optional(&mut self, key: &str) -> Option<String> {
-        self.source.get(key).filter(|s| !s.trim().is_empty())
+        self.get(key).filter(|s| !s.trim().is_empty())
     }
 
     /// A secret that must be present and non-empty.
@@ -169,7 +191,17 @@ impl<'a> Reader<'a> {
     }
 
     /// All problems at once, or nothing.
-    pub fn finish(self) -> Result<(), ConfigErrors> {
+    pub fn finish(mut self) -> Result<(), ConfigErrors> {
+        let mut unknown: Vec<String> = self
+            .source
+            .declared_keys()
+            .into_iter()
+            .filter(|k| !self.read.contains(k))
+            .collect();
+        unknown.sort();
+        for k in unknown {
+            self.errors.push(format!("config file: unknown key `{k}`"));
+        }
         if self.errors.is_empty() {
             Ok(())
         } else {
@@ -217,6 +249,19 @@ mod tests {
         assert!(
             errors[2].contains("TOLLGATE_EDGE_TOKEN is required"),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let file = MapSource::from_toml("listen_addr = \"x\"\nlisten_adr = \"y\"\n").expect("toml");
+        let layered = Layered(vec![Box::new(file), Box::new(EnvSource)]);
+        let mut r = Reader::new(&layered);
+        let _ = r.string("listen_addr", "");
+        let errors = r.finish().expect_err("typo").0;
+        assert_eq!(
+            errors,
+            vec!["config file: unknown key `listen_adr`".to_owned()]
         );
     }
 

@@ -9,7 +9,6 @@
 //! or creates twice.
 
 pub mod simulated;
-#[cfg(any())]
 pub mod stripe;
 
 use async_trait::async_trait;

@@ -89,6 +89,8 @@ enum Remembered {
 
 #[derive(Debug, Default)]
 struct State {
+    /// Random per process, so ids never repeat across restarts of a development stack.
+    run: String,
     next_id: u64,
     customers: HashMap<String, (String, String)>,
     payment_methods: HashMap<String, SimPaymentMethod>,
@@ -101,7 +103,7 @@ struct State {
 impl State {
     fn id(&mut self, prefix: &str) -> String {
         self.next_id += 1;
-        format!("{prefix}_sim{:010}", self.next_id)
+        format!("{prefix}_sim{}{:06}", self.run, self.next_id)
     }
 
     fn remembered(&self, key: &str, fingerprint: &str) -> Result<Option<Remembered>, GatewayError> {
@@ -116,14 +118,26 @@ impl State {
 }
 
 /// The in-process provider. Cheap to share behind an `Arc`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SimulatedGateway {
     state: Mutex<State>,
 }
 
+impl Default for SimulatedGateway {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl SimulatedGateway {
     pub fn new() -> Self {
-        Self::default()
+        let run = format!("{:08x}", rand::random::<u32>());
+        Self {
+            state: Mutex::new(State {
+                run,
+                ..State::default()
+            }),
+        }
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, GatewayError> {

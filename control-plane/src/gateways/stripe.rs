@@ -207,12 +207,14 @@ impl PaymentGateway for StripeGateway {
                 req.amount.amount_minor
             )));
         }
-        let currency: Currency = req
-            .amount
-            .currency
-            .to_ascii_lowercase()
-            .parse()
-            .map_err(|_| GatewayError::Invalid(format!("currency {}", req.amount.currency)))?;
+        let code = req.amount.currency;
+        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(GatewayError::Invalid(format!(
+                "currency {code:?} is not an ISO-4217 code"
+            )));
+        }
+        // Infallible: a code async-stripe does not know becomes `Currency::Unknown`.
+        let Ok(currency) = code.to_ascii_lowercase().parse::<Currency>();
         let off_session = matches!(req.presence, Presence::OffSession);
         let mut create = CreatePaymentIntent::new(req.amount.amount_minor, currency)
             .customer(req.customer)
@@ -440,8 +442,9 @@ fn setup_status(intent: &SetupIntent) -> Result<SetupStatus, GatewayError> {
             decline_code: None,
             message: "the SetupIntent was canceled".into(),
         }),
-        SetupIntentStatus::Unknown(other) => {
-            tracing::warn!(status = %other, id = %intent.id, "unknown SetupIntent status");
+        // `Unknown(_)` and statuses added after this version (the enum is non-exhaustive).
+        other => {
+            tracing::warn!(status = other.as_str(), id = %intent.id, "unknown SetupIntent status");
             SetupStatus::Pending
         }
     })
@@ -464,8 +467,9 @@ fn payment_outcome(intent: PaymentIntent) -> Result<PaymentOutcome, GatewayError
         PaymentIntentStatus::Processing
         | PaymentIntentStatus::RequiresCapture
         | PaymentIntentStatus::RequiresConfirmation => PaymentStatus::Processing,
-        PaymentIntentStatus::Unknown(other) => {
-            tracing::warn!(status = %other, id = %intent.id, "unknown PaymentIntent status");
+        // `Unknown(_)` and statuses added after this version (the enum is non-exhaustive).
+        other => {
+            tracing::warn!(status = other.as_str(), id = %intent.id, "unknown PaymentIntent status");
             PaymentStatus::Processing
         }
     };

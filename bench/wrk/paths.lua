@@ -1,0 +1,11 @@
+-- Cycles through the request paths listed (one per line) in the file named by WRK_PATHS.
+local paths = {}
+local file = os.getenv("WRK_PATHS")
+for line in io.lines(file) do
+  paths[#paths + 1] = line
+end
+local i = 0
+request = function()
+  i = (i % #paths) + 1
+  return wrk.format("GET", paths[i])
+end

@@ -1,0 +1,311 @@
+//! The Stripe adapter (async-stripe) against real localstripe, started by `scripts/test`
+//! (`scripts/localstripe-serve.py`) at `TOLLGATE_TEST_STRIPE_API_BASE`: every trait method,
+//! 3-D Secure on set-up and payment, declines, idempotent replays and error mapping.
+use tollgate_control_plane::gateways::stripe::StripeGateway;
+use tollgate_control_plane::gateways::*;
+
+fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{tag}-{nanos}")
+}
+
+async fn authenticate(base: &str, path: &str, secret: &str) {
+    // minimal HTTP/1.1 POST over tokio, to avoid another HTTP client dependency
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hostport = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = tokio::net::TcpStream::connect(hostport)
+        .await
+        .expect("connect");
+    let body = format!("client_secret={secret}");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Bearer sk_test_123\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    assert!(
+        out.starts_with("HTTP/1.1 200"),
+        "authenticate failed: {out}"
+    );
+}
+
+#[tokio::test]
+async fn stripe_adapter_handles_every_flow_against_localstripe() {
+    let base = std::env::var("TOLLGATE_TEST_STRIPE_API_BASE").expect(
+        "TOLLGATE_TEST_STRIPE_API_BASE must point at localstripe: run the suite with scripts/test",
+    );
+    let gw = StripeGateway::new("sk_test_123", Some(&base)).expect("gateway");
+    assert_eq!(gw.name(), "stripe");
+
+    // customer + idempotent replay
+    let key = unique("acct");
+    let cus = gw
+        .create_customer("a@example.com", "Alice", &key)
+        .await
+        .expect("customer");
+    let again = gw
+        .create_customer("a@example.com", "Alice", &key)
+        .await
+        .expect("customer 2");
+    assert_eq!(cus, again, "idempotent replay returns the same customer");
+    println!("customer {}", cus.id);
+
+    // set-up: visa
+    let visa = gw
+        .setup_payment_method(&cus.id, "pm_card_visa", &unique("pm"))
+        .await
+        .expect("setup visa");
+    println!("setup visa {visa:?}");
+    assert_eq!(visa.status, SetupStatus::Succeeded);
+    assert!(visa.payment_method_id.starts_with("pm_") && visa.payment_method_id != "pm_card_visa");
+    assert_eq!(visa.card.last4.as_deref(), Some("4242"));
+    assert_eq!(visa.card.brand.as_deref(), Some("visa"));
+    assert_eq!(visa.card.exp_month, Some(12));
+
+    let mc = gw
+        .setup_payment_method(&cus.id, "pm_card_mastercard", &unique("pm"))
+        .await
+        .expect("setup mc");
+    assert_eq!(mc.status, SetupStatus::Succeeded);
+    assert_eq!(mc.card.brand.as_deref(), Some("mastercard"));
+
+    // set-up: 3DS -> requires_action -> authenticate -> succeeded
+    let tds = gw
+        .setup_payment_method(&cus.id, "pm_card_threeDSecure2Required", &unique("pm"))
+        .await
+        .expect("setup 3ds");
+    println!("setup 3ds {tds:?}");
+    let SetupStatus::RequiresAction { client_secret } = &tds.status else {
+        panic!("{tds:?}")
+    };
+    assert_eq!(tds.card.last4.as_deref(), Some("3220"));
+    authenticate(
+        &base,
+        &format!(
+            "/v1/setup_intents/{}/_authenticate?success=true",
+            tds.setup_intent_id
+        ),
+        client_secret,
+    )
+    .await;
+    let tds_done = gw
+        .retrieve_setup(&tds.setup_intent_id)
+        .await
+        .expect("retrieve setup");
+    println!("setup 3ds after auth {tds_done:?}");
+    assert_eq!(tds_done.status, SetupStatus::Succeeded);
+    assert_eq!(tds_done.payment_method_id, tds.payment_method_id);
+
+    // set-up: declined
+    let declined = gw
+        .setup_payment_method(&cus.id, "pm_card_chargeDeclined", &unique("pm"))
+        .await
+        .expect("setup declined");
+    println!("setup declined {declined:?}");
+    let SetupStatus::Failed(d) = &declined.status else {
+        panic!("{declined:?}")
+    };
+    assert_eq!(d.code, "card_declined");
+    assert_eq!(d.decline_code.as_deref(), Some("generic_decline"));
+    assert!(declined.setup_intent_id.starts_with("seti_"));
+    assert_eq!(declined.card.last4.as_deref(), Some("0002"));
+    let declined_again = gw
+        .retrieve_setup(&declined.setup_intent_id)
+        .await
+        .expect("retrieve declined");
+    assert!(
+        matches!(declined_again.status, SetupStatus::Failed(_)),
+        "{declined_again:?}"
+    );
+
+    let amount = GatewayAmount {
+        amount_minor: 2000,
+        currency: "USD",
+    };
+    let pay = |pm: &'static str, presence, key: String| {
+        let gw = gw.clone();
+        let cus = cus.id.clone();
+        async move {
+            gw.create_payment(PaymentRequest {
+                customer: &cus,
+                payment_method: pm,
+                amount,
+                presence,
+                idempotency_key: &key,
+                description: "Tollgate test",
+            })
+            .await
+        }
+    };
+    let visa_pm: &'static str = Box::leak(visa.payment_method_id.clone().into_boxed_str());
+    let tds_pm: &'static str = Box::leak(tds.payment_method_id.clone().into_boxed_str());
+
+    // off-session visa -> succeeded, replay -> same id
+    let key = unique("co");
+    let p = pay(visa_pm, Presence::OffSession, key.clone())
+        .await
+        .expect("pay visa");
+    println!("pay visa {p:?}");
+    assert_eq!(p.status, PaymentStatus::Succeeded);
+    let p2 = pay(visa_pm, Presence::OffSession, key)
+        .await
+        .expect("pay visa replay");
+    assert_eq!(p, p2);
+    assert_eq!(
+        gw.retrieve_payment(&p.payment_intent_id)
+            .await
+            .expect("retrieve"),
+        p
+    );
+
+    // refund (twice with the same key -> same refund)
+    let rkey = unique("refund");
+    let r = gw
+        .refund(&p.payment_intent_id, 500, &rkey)
+        .await
+        .expect("refund");
+    let r2 = gw
+        .refund(&p.payment_intent_id, 500, &rkey)
+        .await
+        .expect("refund replay");
+    println!("refund {r:?}");
+    assert_eq!(r, r2);
+    assert_eq!(r.amount_minor, 500);
+
+    // on-session 3DS -> requires_action -> authenticate -> succeeded
+    let p = pay(tds_pm, Presence::OnSession, unique("co"))
+        .await
+        .expect("pay 3ds");
+    println!("pay 3ds {p:?}");
+    let PaymentStatus::RequiresAction { client_secret } = &p.status else {
+        panic!("{p:?}")
+    };
+    authenticate(
+        &base,
+        &format!(
+            "/v1/payment_intents/{}/_authenticate?success=true",
+            p.payment_intent_id
+        ),
+        client_secret,
+    )
+    .await;
+    let done = gw
+        .retrieve_payment(&p.payment_intent_id)
+        .await
+        .expect("retrieve 3ds");
+    assert_eq!(done.status, PaymentStatus::Succeeded);
+    // cancel after success -> current state, not an error
+    assert_eq!(
+        gw.cancel_payment(&p.payment_intent_id)
+            .await
+            .expect("cancel succeeded")
+            .status,
+        PaymentStatus::Succeeded
+    );
+
+    // off-session 3DS -> authentication_required decline
+    let p = pay(tds_pm, Presence::OffSession, unique("co"))
+        .await
+        .expect("pay 3ds off");
+    println!("pay 3ds off-session {p:?}");
+    let PaymentStatus::Failed(d) = &p.status else {
+        panic!("{p:?}")
+    };
+    assert_eq!(d.code, "authentication_required");
+    assert!(p.payment_intent_id.starts_with("pi_"));
+
+    // declined charge (402) -> Ok(Failed) with the PI id
+    let p = pay("pm_card_chargeDeclined", Presence::OnSession, unique("co"))
+        .await
+        .expect("pay declined");
+    println!("pay declined {p:?}");
+    let PaymentStatus::Failed(d) = &p.status else {
+        panic!("{p:?}")
+    };
+    assert_eq!(d.code, "card_declined");
+    assert_eq!(d.decline_code.as_deref(), Some("generic_decline"));
+    assert!(p.payment_intent_id.starts_with("pi_"));
+    let again = gw
+        .retrieve_payment(&p.payment_intent_id)
+        .await
+        .expect("retrieve declined");
+    assert!(
+        matches!(again.status, PaymentStatus::Failed(_)),
+        "{again:?}"
+    );
+
+    // attaches fine, charge declines
+    let cf = gw
+        .setup_payment_method(&cus.id, "pm_card_chargeCustomerFail", &unique("pm"))
+        .await
+        .expect("setup cf");
+    assert_eq!(cf.status, SetupStatus::Succeeded);
+    let cf_pm: &'static str = Box::leak(cf.payment_method_id.clone().into_boxed_str());
+    let p = pay(cf_pm, Presence::OffSession, unique("co"))
+        .await
+        .expect("pay cf");
+    assert!(matches!(p.status, PaymentStatus::Failed(_)), "{p:?}");
+
+    // cancel a requires_action intent
+    let p = pay(tds_pm, Presence::OnSession, unique("co"))
+        .await
+        .expect("pay 3ds 2");
+    let c = gw
+        .cancel_payment(&p.payment_intent_id)
+        .await
+        .expect("cancel");
+    assert_eq!(c.status, PaymentStatus::Canceled);
+
+    // errors
+    let e = gw
+        .retrieve_payment("pi_doesnotexist")
+        .await
+        .expect_err("404");
+    assert!(matches!(e, GatewayError::NotFound(_)), "{e:?}");
+    let e = gw.retrieve_setup("seti/../x").await.expect_err("bad id");
+    assert!(matches!(e, GatewayError::Invalid(_)), "{e:?}");
+    let e = gw
+        .setup_payment_method(&cus.id, "pm_nope", &unique("pm"))
+        .await
+        .expect_err("unknown pm");
+    assert!(matches!(e, GatewayError::NotFound(_)), "{e:?}");
+    let e = gw
+        .create_customer("x@example.com", "X", &cus.id.replace("cus_", ""))
+        .await;
+    assert!(e.is_ok());
+
+    // idempotency key reused with different parameters -> Invalid
+    let key = unique("acct");
+    gw.create_customer("b@example.com", "Bob", &key)
+        .await
+        .expect("bob");
+    let e = gw
+        .create_customer("c@example.com", "Carol", &key)
+        .await
+        .expect_err("reuse");
+    assert!(matches!(e, GatewayError::Invalid(_)), "{e:?}");
+
+    // unreachable -> Unavailable
+    let dead = StripeGateway::new("sk_test_123", Some("http://127.0.0.1:9")).expect("gw");
+    let e = dead
+        .create_customer("a@example.com", "A", "k")
+        .await
+        .expect_err("down");
+    assert!(matches!(e, GatewayError::Unavailable(_)), "{e:?}");
+    println!("unavailable: {e}");
+
+    assert!(matches!(
+        StripeGateway::new("", None),
+        Err(GatewayError::Invalid(_))
+    ));
+    assert!(matches!(
+        StripeGateway::new("sk", Some("ftp://x")),
+        Err(GatewayError::Invalid(_))
+    ));
+}
