@@ -12,11 +12,12 @@ pub mod state;
 pub mod stream;
 pub mod upstream;
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,7 +26,6 @@ use serde_json::json;
 use tollgate_protocol::{AccountId, Reason};
 
 use crate::config::Config;
-use crate::metrics::{CheckLabels, CheckResult};
 use crate::state::EdgeState;
 use crate::upstream::Upstream;
 
@@ -72,16 +72,11 @@ pub fn app(state: EdgeState) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
-pub struct CheckQuery {
-    pub account: Option<String>,
-    pub feature: Option<String>,
-}
-
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CheckResponse {
+pub struct CheckResponse<'a> {
     pub allowed: bool,
-    pub feature: String,
+    #[serde(borrow)]
+    pub feature: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
     pub reason: Reason,
@@ -90,23 +85,27 @@ pub struct CheckResponse {
     pub stale: bool,
 }
 
-/// `GET /v1/check?account=ID&feature=KEY`
-async fn check(
-    State(state): State<EdgeState>,
-    query: Result<Query<CheckQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Query(q)) = query else {
+/// `account` and `feature` from a query string, borrowed when not percent-encoded.
+fn check_params(raw: Option<&str>) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
+    let (mut account, mut feature) = (None, None);
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "account" => account = Some(v),
+            "feature" => feature = Some(v),
+            _ => {}
+        }
+    }
+    (account, feature)
+}
+
+/// `GET /v1/check?account=ID&feature=KEY` — the hot path: no allocation on a cache hit
+/// beyond the response body.
+async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Response {
+    let (Some(account), Some(feature)) = check_params(raw.as_deref()) else {
         return problem(
             StatusCode::BAD_REQUEST,
             "invalid_query",
             "expected ?account=ID&feature=KEY",
-        );
-    };
-    let (Some(account), Some(feature)) = (q.account, q.feature) else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "both account and feature are required",
         );
     };
     let Ok(account) = account.parse::<AccountId>() else {
@@ -116,7 +115,9 @@ async fn check(
             "account must be a UUID",
         );
     };
-    let Some(view) = state.catalog.load_full() else {
+    // A guard, not a clone of the Arc: no reference-count traffic on the hot path.
+    let guard = state.catalog.load();
+    let Some(view) = guard.as_ref() else {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
@@ -130,17 +131,11 @@ async fn check(
             format!("no feature `{feature}`"),
         );
     };
-    let entry = match state.entry(account, &view).await {
+    let entry = match state.entry(account, view).await {
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(account_id = %account, error = %e, "fill failed");
-            state
-                .metrics
-                .checks
-                .get_or_create(&CheckLabels {
-                    result: CheckResult::Unavailable,
-                })
-                .inc();
+            state.metrics.checks_unavailable.inc();
             return problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_unavailable",
@@ -167,16 +162,11 @@ async fn check(
             stale,
         },
     };
-    let result = if resp.allowed {
-        CheckResult::Allowed
+    if resp.allowed {
+        state.metrics.checks_allowed.inc();
     } else {
-        CheckResult::Denied
-    };
-    state
-        .metrics
-        .checks
-        .get_or_create(&CheckLabels { result })
-        .inc();
+        state.metrics.checks_denied.inc();
+    }
     axum::Json(resp).into_response()
 }
 
@@ -274,7 +264,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let catalog = tokio::spawn(catalog_loop(state.clone(), shutdown_rx.clone()));
-    let follower = tokio::spawn(stream::follow(state.clone(), shutdown_rx.clone()));
+    let follower = match redis::Client::open(config.redis_url.as_str()) {
+        Ok(client) => tokio::spawn(stream::follow(state.clone(), client, shutdown_rx.clone())),
+        Err(e) => {
+            tracing::error!(error = %e, "invalid redis url: no change stream");
+            tokio::spawn(async {})
+        }
+    };
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .context("bind")?;

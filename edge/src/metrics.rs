@@ -32,7 +32,11 @@ pub struct CheckLabels {
 
 pub struct EdgeMetrics {
     registry: Registry,
-    pub checks: Family<CheckLabels, Counter>,
+    /// The three children of the `checks` family, resolved once: the hot path does no label
+    /// lookup.
+    pub checks_allowed: Counter,
+    pub checks_denied: Counter,
+    pub checks_unavailable: Counter,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub fills: Family<FillLabels, Counter>,
@@ -80,9 +84,12 @@ impl EdgeMetrics {
             "Accounts in the cache",
             cached_accounts.clone(),
         );
+        let child = |result| checks.get_or_create(&CheckLabels { result }).clone();
         Self {
             registry,
-            checks,
+            checks_allowed: child(CheckResult::Allowed),
+            checks_denied: child(CheckResult::Denied),
+            checks_unavailable: child(CheckResult::Unavailable),
             cache_hits,
             cache_misses,
             fills,

@@ -75,10 +75,10 @@ impl EdgeState {
         true
     }
 
+    /// Answers are stale when the change stream has not been read successfully within the
+    /// freshness budget (Redis down, or never reached).
     pub fn is_stale(&self) -> bool {
-        self.redis.is_none()
-            || crate::now_ms() - self.stream_ok_at_ms.load(Ordering::Relaxed)
-                > self.freshness_budget_ms
+        crate::now_ms() - self.stream_ok_at_ms.load(Ordering::Relaxed) > self.freshness_budget_ms
     }
 
     pub fn apply_change(&self, ev: ChangeEvent) {

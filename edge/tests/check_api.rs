@@ -1,0 +1,276 @@
+//! The edge's check API through its real router, against a stub control plane on loopback
+//! (for the fill path) and the real Redis (for the change stream).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{Method, Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tollgate_edge::state::EdgeState;
+use tollgate_edge::upstream::Upstream;
+use tollgate_protocol::{
+    AccountFacts, AccountId, AccountStanding, ChangeEvent, SubscriptionFacts, SubscriptionStatus,
+    redis_keys,
+};
+use tollgate_rules::Catalog;
+use tower::ServiceExt;
+
+type Store = Arc<Mutex<HashMap<AccountId, AccountFacts>>>;
+type Hits = Arc<Mutex<u32>>;
+
+async fn stub_facts(
+    State((store, hits)): State<(Store, Hits)>,
+    Path(id): Path<AccountId>,
+) -> axum::response::Response {
+    *hits.lock().expect("hits") += 1;
+    match store.lock().expect("store").get(&id) {
+        Some(f) => axum::Json(f.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// A control plane that serves the demo catalog and whatever facts the test put in `store`,
+/// counting fact requests.
+async fn stub_control_plane(store: Store, hits: Hits) -> String {
+    let app = Router::new()
+        .route("/internal/v1/accounts/{id}/facts", get(stub_facts))
+        .route(
+            "/internal/v1/catalog",
+            get(|| async { axum::Json(Catalog::demo()) }),
+        )
+        .with_state((store, hits));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+fn facts(id: AccountId, version: i64, plan: Option<&str>) -> AccountFacts {
+    AccountFacts {
+        account_id: id,
+        version,
+        standing: AccountStanding::Active,
+        subscription: plan.map(|p| SubscriptionFacts {
+            plan: p.into(),
+            status: SubscriptionStatus::Active,
+            current_period_end_ms: 0,
+        }),
+    }
+}
+
+async fn edge(redis: Option<redis::aio::ConnectionManager>) -> (EdgeState, Store, Hits) {
+    let store: Store = Arc::default();
+    let hits: Hits = Arc::default();
+    let base = stub_control_plane(store.clone(), hits.clone()).await;
+    let token = || secrecy::SecretString::from("t".to_owned());
+    let upstream =
+        Upstream::new(&base, token(), Duration::from_secs(2), redis.clone()).expect("upstream");
+    let catalog = upstream.catalog().await.expect("catalog over HTTP");
+    let state = EdgeState::new("test-edge".into(), 1000, upstream, redis, 5_000, 60_000);
+    state.install_catalog(catalog);
+    (state, store, hits)
+}
+
+async fn call(state: &EdgeState, method: Method, uri: &str) -> (StatusCode, String, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .expect("req");
+    let resp = tollgate_edge::app(state.clone())
+        .oneshot(req)
+        .await
+        .expect("infallible");
+    let status = resp.status();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        ct,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn checks_answer_from_the_plan_and_errors_are_problem_json() {
+    let (state, store, hits) = edge(None).await;
+    let pro = AccountId::new_v7();
+    store
+        .lock()
+        .expect("store")
+        .insert(pro, facts(pro, 4, Some("pro")));
+
+    let (s, _, v) = call(
+        &state,
+        Method::GET,
+        &format!("/v1/check?account={pro}&feature=seats"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (
+            v["allowed"].as_bool(),
+            v["limit"].as_i64(),
+            v["reason"].as_str()
+        ),
+        (Some(true), Some(10), Some("granted_by_plan"))
+    );
+    assert_eq!(
+        (v["version"].as_i64(), v["stale"].as_bool()),
+        (Some(4), Some(true)),
+        "no Redis: answers say stale"
+    );
+    let (_, _, v) = call(
+        &state,
+        Method::GET,
+        &format!("/v1/check?account={pro}&feature=sso"),
+    )
+    .await;
+    assert_eq!(v["allowed"], true);
+    assert_eq!(
+        *hits.lock().expect("hits"),
+        1,
+        "the second check is a cache hit"
+    );
+
+    let stranger = AccountId::new_v7();
+    let (s, _, v) = call(
+        &state,
+        Method::GET,
+        &format!("/v1/check?account={stranger}&feature=sso"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (
+            v["allowed"].as_bool(),
+            v["reason"].as_str(),
+            v["version"].as_i64()
+        ),
+        (Some(false), Some("unknown_account"), Some(0))
+    );
+    assert!(v.get("limit").is_none());
+
+    for (uri, status, code) in [
+        (
+            format!("/v1/check?account={pro}&feature=teleport"),
+            StatusCode::NOT_FOUND,
+            "unknown_feature",
+        ),
+        (
+            "/v1/check?account=nope&feature=sso".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "invalid_account_id",
+        ),
+        (
+            "/v1/check?feature=sso".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "/v2/check".to_owned(),
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+        ),
+    ] {
+        let (s, ct, v) = call(&state, Method::GET, &uri).await;
+        assert_eq!(
+            (s, ct.as_str(), v["code"].as_str()),
+            (status, "application/problem+json", Some(code)),
+            "{uri}"
+        );
+    }
+    let (s, ct, v) = call(&state, Method::POST, "/v1/check").await;
+    assert_eq!(
+        (s, ct.as_str(), v["code"].as_str()),
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "application/problem+json",
+            Some("method_not_allowed")
+        )
+    );
+}
+
+#[tokio::test]
+async fn the_change_stream_updates_a_cached_account() {
+    let url = std::env::var("TOLLGATE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let client = redis::Client::open(url).expect("url");
+    let redis = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .expect("redis");
+    let (state, store, _) = edge(Some(redis.clone())).await;
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn(tollgate_edge::stream::follow(
+        state.clone(),
+        client,
+        stop_rx,
+    ));
+
+    let id = AccountId::new_v7();
+    store
+        .lock()
+        .expect("store")
+        .insert(id, facts(id, 1, Some("pro")));
+    let uri = format!("/v1/check?account={id}&feature=sso");
+    // Wait until the follower has read the stream once (answers stop being stale).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, v) = call(&state, Method::GET, &uri).await;
+        if v["stale"] == false {
+            assert_eq!(v["allowed"], true);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "follower never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The control plane publishes v2 without a subscription.
+    let ev = ChangeEvent {
+        facts: facts(id, 2, None),
+        committed_at_ms: tollgate_edge::now_ms(),
+    };
+    let mut conn = redis.clone();
+    let _: String = redis::cmd("XADD")
+        .arg(redis_keys::CHANGE_STREAM)
+        .arg("*")
+        .arg(redis_keys::CHANGE_FIELD)
+        .arg(serde_json::to_string(&ev).expect("json"))
+        .query_async(&mut conn)
+        .await
+        .expect("xadd");
+    loop {
+        let (_, _, v) = call(&state, Method::GET, &uri).await;
+        if v["allowed"] == false {
+            assert_eq!(
+                (v["reason"].as_str(), v["version"].as_i64()),
+                (Some("denied_no_subscription"), Some(2))
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream event never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    follower.abort();
+}
