@@ -4,7 +4,7 @@
 //! request paths, in one run. Writes a Markdown table.
 //!
 //! ```text
-//! cargo run --release -p tollgate-bench -- edge-check [--secs 10] [--out bench/results/edge-check.md]
+//! cargo run --release -p tollgate-bench -- edge-check [--secs 5] [--out bench/results/edge-check.md]
 //! ```
 //!
 //! Pinning: the servers' runtime runs on CPU 1 and wrk on CPU 0 when `taskset` exists, as in
@@ -30,6 +30,21 @@ use tollgate_rules::Catalog;
 /// Accounts pre-filled in the edge cache and cycled through by wrk.
 const ACCOUNTS: usize = 10_000;
 const CONNECTIONS: [u32; 2] = [1, 64];
+/// Alternating measurement rounds per connection count.
+const ROUNDS: usize = 3;
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The run with the median throughput (its latencies come with it).
+fn median_run(runs: &[WrkResult]) -> WrkResult {
+    let mut v = runs.to_vec();
+    v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    v[v.len() / 2].clone()
+}
 
 #[derive(Deserialize)]
 struct BareQuery {
@@ -108,6 +123,7 @@ struct WrkResult {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+    p999_us: f64,
 }
 
 fn parse_latency_us(s: &str) -> Option<f64> {
@@ -134,6 +150,8 @@ fn parse_wrk(out: &str) -> anyhow::Result<WrkResult> {
             r.p50_us = parse_latency_us(v).context("p50")?;
         } else if let Some(v) = t.strip_prefix("99%") {
             r.p99_us = parse_latency_us(v).context("p99")?;
+        } else if let Some(v) = t.strip_prefix("P999_US:") {
+            r.p999_us = v.trim().parse().context("p99.9")?;
         }
     }
     if r.rps == 0.0 {
@@ -189,7 +207,7 @@ fn main() -> anyhow::Result<()> {
     if args.first().map(String::as_str) != Some("edge-check") {
         bail!("usage: tollgate-bench edge-check [--secs N] [--out FILE]");
     }
-    let mut secs = 10u32;
+    let mut secs = 5u32;
     let mut out_path = String::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/results/edge-check.md"
@@ -232,32 +250,43 @@ fn main() -> anyhow::Result<()> {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| connections | bare axum req/s | edge check req/s | ratio | bare p50 / p99 (µs) | edge p50 / p99 (µs) |"
+        "| connections | bare axum req/s (median) | edge check req/s (median) | ratio, median (per round) | bare p50 / p99 / p99.9 (µs) | edge p50 / p99 / p99.9 (µs) |"
     );
     let _ = writeln!(table, "|---:|---:|---:|---:|---:|---:|");
     for c in CONNECTIONS {
-        // Warm both, then measure alternately.
+        // Warm both, then alternate bare/edge ROUNDS times and report medians, so drift on
+        // this shared VM hits both sides alike.
         run_wrk(bare_addr, c, 1, &paths_file)?;
         run_wrk(edge_addr, c, 1, &paths_file)?;
-        let b = run_wrk(bare_addr, c, secs, &paths_file)?;
-        let e = run_wrk(edge_addr, c, secs, &paths_file)?;
+        let mut bare_runs = Vec::new();
+        let mut edge_runs = Vec::new();
+        for _ in 0..ROUNDS {
+            bare_runs.push(run_wrk(bare_addr, c, secs, &paths_file)?);
+            edge_runs.push(run_wrk(edge_addr, c, secs, &paths_file)?);
+        }
+        let ratios: Vec<f64> = bare_runs.iter().zip(&edge_runs).map(|(b, e)| e.rps / b.rps).collect();
+        let (b, e) = (median_run(&bare_runs), median_run(&edge_runs));
         let _ = writeln!(
             table,
-            "| {c} | {:.0} | {:.0} | {:.2} | {:.0} / {:.0} | {:.0} / {:.0} |",
+            "| {c} | {:.0} | {:.0} | {:.2} ({}) | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
             b.rps,
             e.rps,
-            e.rps / b.rps,
+            median(&ratios),
+            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", "),
             b.p50_us,
             b.p99_us,
+            b.p999_us,
             e.p50_us,
-            e.p99_us
+            e.p99_us,
+            e.p999_us
         );
-        eprintln!("c={c}: bare {:.0} req/s, edge {:.0} req/s", b.rps, e.rps);
+        eprintln!("c={c}: bare {:.0} req/s, edge {:.0} req/s, ratios {ratios:?}", b.rps, e.rps);
     }
     let report = format!(
         "# Edge check vs bare axum handler\n\nCommand: `cargo run --release -p tollgate-bench -- edge-check --secs {secs}`\n\n\
          Both servers in one process on a one-worker tokio runtime pinned to CPU 1; `wrk -t1` pinned to CPU 0; \
-         {ACCOUNTS} cached accounts cycled through, features mixed. Release profile for both.\n\n{table}"
+         {ACCOUNTS} cached accounts cycled through, features mixed. Release profile for both. \
+         {ROUNDS} alternating rounds of {secs} s per side and connection count; medians reported.\n\n{table}"
     );
     std::fs::write(&out_path, &report)?;
     println!("{report}");
@@ -270,9 +299,9 @@ mod tests {
 
     #[test]
     fn wrk_output_is_parsed() {
-        let out = "  Latency Distribution\n     50%  512.00us\n     75%  1.00ms\n     90%  1.50ms\n     99%    2.10ms\n  1000 requests in 1.00s\nRequests/sec:  98765.43\n";
+        let out = "  Latency Distribution\n     50%  512.00us\n     75%  1.00ms\n     90%  1.50ms\n     99%    2.10ms\n  1000 requests in 1.00s\nRequests/sec:  98765.43\nP999_US: 4100\n";
         let r = parse_wrk(out).expect("parse");
-        assert_eq!((r.rps, r.p50_us, r.p99_us), (98765.43, 512.0, 2100.0));
+        assert_eq!((r.rps, r.p50_us, r.p99_us, r.p999_us), (98765.43, 512.0, 2100.0, 4100.0));
         assert!(parse_wrk("Requests/sec: 5\nNon-2xx or 3xx responses: 3\n").is_err());
     }
 }
