@@ -411,6 +411,17 @@ tg_ensure_databases() {
   export TOLLGATE_BILLING_DATABASE_URL="$TOLLGATE_PG_URL/$TOLLGATE_BILLING_DB"
 }
 
+# tg_drop_test_databases: drops databases left behind by test runs that panicked
+# before cleaning up (tg_test_* from router tests, tg_e2e_* from end-to-end tests).
+tg_drop_test_databases() {
+  [[ -n "$TG_PG_READY" ]] || tg_ensure_postgres
+  local db
+  while IFS= read -r db; do
+    [[ -n "$db" ]] || continue
+    tg__pg_psql -c "drop database if exists \"$db\" with (force)" >/dev/null 2>&1 || true
+  done < <(tg__pg_psql -c "select datname from pg_database where datname ~ '^tg_(test|e2e)_'")
+}
+
 # ---- Redis --------------------------------------------------------------------
 tg__redis_answers() {
   local out

@@ -264,7 +264,11 @@ fn main() -> anyhow::Result<()> {
             bare_runs.push(run_wrk(bare_addr, c, secs, &paths_file)?);
             edge_runs.push(run_wrk(edge_addr, c, secs, &paths_file)?);
         }
-        let ratios: Vec<f64> = bare_runs.iter().zip(&edge_runs).map(|(b, e)| e.rps / b.rps).collect();
+        let ratios: Vec<f64> = bare_runs
+            .iter()
+            .zip(&edge_runs)
+            .map(|(b, e)| e.rps / b.rps)
+            .collect();
         let (b, e) = (median_run(&bare_runs), median_run(&edge_runs));
         let _ = writeln!(
             table,
@@ -272,7 +276,11 @@ fn main() -> anyhow::Result<()> {
             b.rps,
             e.rps,
             median(&ratios),
-            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", "),
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             b.p50_us,
             b.p99_us,
             b.p999_us,
@@ -280,7 +288,10 @@ fn main() -> anyhow::Result<()> {
             e.p99_us,
             e.p999_us
         );
-        eprintln!("c={c}: bare {:.0} req/s, edge {:.0} req/s, ratios {ratios:?}", b.rps, e.rps);
+        eprintln!(
+            "c={c}: bare {:.0} req/s, edge {:.0} req/s, ratios {ratios:?}",
+            b.rps, e.rps
+        );
     }
     let report = format!(
         "# Edge check vs bare axum handler\n\nCommand: `cargo run --release -p tollgate-bench -- edge-check --secs {secs}`\n\n\
@@ -301,7 +312,10 @@ mod tests {
     fn wrk_output_is_parsed() {
         let out = "  Latency Distribution\n     50%  512.00us\n     75%  1.00ms\n     90%  1.50ms\n     99%    2.10ms\n  1000 requests in 1.00s\nRequests/sec:  98765.43\nP999_US: 4100\n";
         let r = parse_wrk(out).expect("parse");
-        assert_eq!((r.rps, r.p50_us, r.p99_us, r.p999_us), (98765.43, 512.0, 2100.0, 4100.0));
+        assert_eq!(
+            (r.rps, r.p50_us, r.p99_us, r.p999_us),
+            (98765.43, 512.0, 2100.0, 4100.0)
+        );
         assert!(parse_wrk("Requests/sec: 5\nNon-2xx or 3xx responses: 3\n").is_err());
     }
 }

@@ -629,3 +629,79 @@ async fn raw_card_numbers_are_never_accepted() {
     assert_eq!(h.count("SELECT count(*) FROM payment_methods").await, 0);
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_failed_3ds_challenge_declines_the_checkout_and_frees_the_account_to_retry() {
+    let h = Harness::new().await;
+    let (_, token) = h.sign_up("failauth@example.com").await;
+    let r = h
+        .post(
+            "/v1/payment-methods",
+            Some(&token),
+            Some("p"),
+            r#"{"payment_method":"pm_card_threeDSecure2Required"}"#,
+        )
+        .await;
+    let pm = r.str("/payment_method/id");
+    let seti: (String,) = sqlx::query_as("SELECT setup_intent_id FROM payment_methods")
+        .fetch_one(&h.state.cf)
+        .await
+        .expect("seti");
+    h.authenticate(&seti.0, true).await;
+    h.post(
+        &format!("/v1/payment-methods/{pm}/confirm"),
+        Some(&token),
+        None,
+        "",
+    )
+    .await;
+
+    let checkout = h
+        .post("/v1/checkout", Some(&token), Some("c"), r#"{"plan":"pro"}"#)
+        .await
+        .str("/checkout/id");
+    let pi: (String,) = sqlx::query_as("SELECT payment_intent_id FROM checkouts")
+        .fetch_one(&h.state.cf)
+        .await
+        .expect("pi");
+    h.authenticate(&pi.0, false).await;
+    let r = h
+        .post(
+            &format!("/v1/checkout/{checkout}/confirm"),
+            Some(&token),
+            None,
+            "",
+        )
+        .await;
+    r.assert_problem(StatusCode::PAYMENT_REQUIRED, "card_declined");
+    assert_eq!(
+        r.json["provider_code"],
+        "payment_intent_authentication_failure"
+    );
+    assert_eq!(
+        h.get(&format!("/v1/checkout/{checkout}"), Some(&token))
+            .await
+            .json["status"],
+        "failed"
+    );
+    assert_eq!(h.count("SELECT count(*) FROM subscriptions").await, 0);
+    // Confirming again answers the same decline; a new checkout may start.
+    h.post(
+        &format!("/v1/checkout/{checkout}/confirm"),
+        Some(&token),
+        None,
+        "",
+    )
+    .await
+    .assert_problem(StatusCode::PAYMENT_REQUIRED, "card_declined");
+    let again = h
+        .post(
+            "/v1/checkout",
+            Some(&token),
+            Some("c2"),
+            r#"{"plan":"pro"}"#,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.json);
+    h.finish().await;
+}

@@ -374,6 +374,80 @@ pub async fn list_handler(
 mod tests {
     use super::*;
 
+    use crate::accounts::store::insert_account;
+    use crate::gateways::CardSummary;
+    use sqlx::PgPool;
+
+    #[sqlx::test(migrations = "../migrations/cf")]
+    async fn payment_methods_are_scoped_to_their_account(pool: PgPool) -> sqlx::Result<()> {
+        let mut conn = pool.acquire().await?;
+        let now = Utc::now();
+        let (a, b) = (AccountId::new_v7(), AccountId::new_v7());
+        insert_account(
+            &mut conn,
+            a,
+            "a@example.com",
+            "A",
+            "simulated",
+            "cus_a",
+            now,
+        )
+        .await?;
+        insert_account(
+            &mut conn,
+            b,
+            "b@example.com",
+            "B",
+            "simulated",
+            "cus_b",
+            now,
+        )
+        .await?;
+        let outcome = SetupOutcome {
+            setup_intent_id: "seti_1".into(),
+            payment_method_id: "pm_1".into(),
+            card: CardSummary {
+                brand: Some("visa".into()),
+                last4: Some("4242".into()),
+                exp_month: Some(1),
+                exp_year: Some(2030),
+            },
+            status: SetupStatus::Succeeded,
+        };
+        let pm = insert(
+            &mut conn,
+            a,
+            "simulated",
+            &outcome,
+            "ready",
+            None,
+            false,
+            now,
+        )
+        .await?;
+        assert_eq!(
+            (pm.last4.as_deref(), pm.status.as_str()),
+            (Some("4242"), "ready")
+        );
+        assert!(get(&mut conn, a, pm.id, false).await?.is_some());
+        assert!(
+            get(&mut conn, b, pm.id, true).await?.is_none(),
+            "another account's method is invisible"
+        );
+        assert_eq!(list(&mut conn, a).await?.len(), 1);
+        assert!(list(&mut conn, b).await?.is_empty());
+        set_default_if_wanted(&mut conn, a, pm.id, false).await?;
+        let acct = crate::accounts::store::get_account(&mut conn, a)
+            .await?
+            .expect("account");
+        assert_eq!(
+            acct.default_payment_method_id,
+            Some(pm.id),
+            "the first method becomes the default"
+        );
+        Ok(())
+    }
+
     #[test]
     fn only_pm_ids_are_accepted() {
         assert!(validate_pm_id("pm_card_visa").is_ok());

@@ -1,0 +1,404 @@
+//! The lowered form of a rule program: what the compiler emits WebAssembly from and what the
+//! reference interpreter ([`crate::interp`]) runs. Every name is resolved to an index, every
+//! expression is typed, nothing refers back to source text except spans for messages.
+//!
+//! # Semantics (shared by the interpreter and the WebAssembly module)
+//!
+//! For one account's [`FactVector`], for every feature in declaration order:
+//! 1. **Base**: if the account's subscription grants (trialing, active, past due) and names a
+//!    plan, the plan's grant decides: allowed with the grant's limit (`granted_by_plan`), else
+//!    denied (`denied_not_in_plan`). Without such a subscription: denied
+//!    (`denied_no_subscription`).
+//! 2. **Add-ons**: each add-on with quantity `q > 0` applies its effects: `Grant` allows the
+//!    feature (`granted_by_addon`, keeping any limit); `AddLimit(n)` allows it and adds `n × q`
+//!    to its limit (saturating; an absent limit becomes `n × q`).
+//! 3. **Rules**, in source order: every rule whose condition holds applies its action to the
+//!    decisions so far (later rules see earlier rules' effects through `limit(f)`/`allowed(f)`).
+//! 4. **Overrides** from the facts (support's per-account overrides) replace the decision:
+//!    `deny`, `grant` (optionally with a limit). Reason `override`.
+//!
+//! Arithmetic is on `i64` and saturates; comparisons are signed. A limit of [`NO_LIMIT`] means
+//! "no numeric limit".
+
+use serde::{Deserialize, Serialize};
+
+/// Limit value meaning "none" (bool features, or unlimited grants).
+pub const NO_LIMIT: i64 = i64::MIN;
+
+/// Index into [`Program::features`].
+pub type FeatureIdx = u32;
+/// Index into [`Program::plans`].
+pub type PlanIdx = u32;
+/// Index into [`Program::addons`].
+pub type AddonIdx = u32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureKind {
+    Bool,
+    Limit,
+    Metered,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feature {
+    pub key: String,
+    pub kind: FeatureKind,
+    /// Quota period of a metered feature (`day`, `month`, `year`).
+    pub period: Option<String>,
+    /// What an account the edge has never seen gets while the control plane is unreachable.
+    pub fail_open: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interval {
+    Month,
+    Year,
+}
+
+/// One price tier: up to `up_to` units (None = the rest) at `unit_minor` per unit plus
+/// `flat_minor` once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tier {
+    pub up_to: Option<i64>,
+    pub unit_minor: i64,
+    pub flat_minor: i64,
+}
+
+/// How a meter's usage is priced at period close.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "model")]
+pub enum Pricing {
+    /// `unit_minor` per unit beyond `included` (the plan's quota).
+    PerUnit { unit_minor: i64 },
+    /// Each tier prices the units that fall in it.
+    Graduated { tiers: Vec<Tier> },
+    /// The tier the total falls in prices every unit.
+    Volume { tiers: Vec<Tier> },
+    /// `package_minor` per started block of `size` units.
+    Package { size: i64, package_minor: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meter {
+    pub feature: FeatureIdx,
+    pub pricing: Pricing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub feature: FeatureIdx,
+    /// [`NO_LIMIT`] for bool features.
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub key: String,
+    pub name: String,
+    pub price_minor: i64,
+    /// ISO-4217, upper-case.
+    pub currency: String,
+    pub interval: Interval,
+    pub trial_days: u32,
+    pub grants: Vec<Grant>,
+    pub meters: Vec<Meter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddonEffect {
+    Grant,
+    AddLimit(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Addon {
+    pub key: String,
+    pub name: String,
+    pub price_minor: i64,
+    pub currency: String,
+    pub interval: Interval,
+    pub effects: Vec<(FeatureIdx, AddonEffect)>,
+}
+
+/// A value read from the account's facts. Each is one `i64` slot of the [`FactVector`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fact {
+    /// 1 when banned.
+    Banned,
+    /// [`SubStatus`] code.
+    Status,
+    /// Plan index, or -1 without a granting subscription.
+    Plan,
+    /// Dunning escalation level, 0 when none.
+    DunningLevel,
+    /// Days the oldest unpaid invoice is past due, 0 when none.
+    DaysPastDue,
+    /// 1 while in a trial.
+    InTrial,
+    /// Days since the Unix epoch (the time, at day resolution).
+    Today,
+    /// Quantity of an add-on.
+    AddonQty(AddonIdx),
+    /// Current-period usage of a metered feature.
+    Usage(FeatureIdx),
+    /// Support override of a feature: [`OVERRIDE_NONE`], [`OVERRIDE_DENY`] or [`OVERRIDE_GRANT`].
+    OverrideMode(FeatureIdx),
+    /// Limit that a granting override sets ([`NO_LIMIT`] for none).
+    OverrideLimit(FeatureIdx),
+}
+
+pub const OVERRIDE_NONE: i64 = 0;
+pub const OVERRIDE_DENY: i64 = 1;
+pub const OVERRIDE_GRANT: i64 = 2;
+
+/// Subscription status codes in [`Fact::Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubStatus {
+    None = 0,
+    Trialing = 1,
+    Active = 2,
+    PastDue = 3,
+    Canceled = 4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArithOp {
+    Add,
+    Sub,
+    Mul,
+}
+
+/// A typed integer expression.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntExpr {
+    Const(i64),
+    Fact(Fact),
+    /// The feature's limit in the decisions so far ([`NO_LIMIT`] when none).
+    LimitOf(FeatureIdx),
+    Arith(ArithOp, Box<IntExpr>, Box<IntExpr>),
+}
+
+/// A typed boolean expression.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoolExpr {
+    Const(bool),
+    Cmp(CmpOp, IntExpr, IntExpr),
+    /// Whether the feature is allowed in the decisions so far.
+    AllowedOf(FeatureIdx),
+    And(Box<BoolExpr>, Box<BoolExpr>),
+    Or(Box<BoolExpr>, Box<BoolExpr>),
+    Not(Box<BoolExpr>),
+}
+
+/// Which features an action touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    All,
+    AllMetered,
+    Feature(FeatureIdx),
+}
+
+/// Decision reason codes; the numbers are the WebAssembly module's encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    GrantedByPlan = 0,
+    DeniedNotInPlan = 1,
+    DeniedNoSubscription = 2,
+    DeniedBanned = 3,
+    GrantedByAddon = 4,
+    GrantedByRule = 5,
+    DeniedByRule = 6,
+    DeniedPastDue = 7,
+    CappedByRule = 8,
+    Override = 9,
+}
+
+impl ReasonCode {
+    pub const ALL: [ReasonCode; 10] = [
+        Self::GrantedByPlan,
+        Self::DeniedNotInPlan,
+        Self::DeniedNoSubscription,
+        Self::DeniedBanned,
+        Self::GrantedByAddon,
+        Self::GrantedByRule,
+        Self::DeniedByRule,
+        Self::DeniedPastDue,
+        Self::CappedByRule,
+        Self::Override,
+    ];
+
+    pub fn from_code(code: i64) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| *r as i64 == code)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Deny the targets.
+    Deny { target: Target, reason: ReasonCode },
+    /// Allow the targets, optionally setting their limit.
+    Grant {
+        target: Target,
+        limit: Option<IntExpr>,
+        reason: ReasonCode,
+    },
+    /// Set the limit of the targets that are allowed (denied ones stay denied).
+    SetLimit {
+        target: Target,
+        value: IntExpr,
+        reason: ReasonCode,
+    },
+    /// Metered targets: limit := min(limit, current usage) — "read-only".
+    CapAtUsage { target: Target, reason: ReasonCode },
+}
+
+/// Byte range in the source, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub name: String,
+    pub when: BoolExpr,
+    pub action: Action,
+    pub span: Span,
+}
+
+/// What a test expects of one feature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expectation {
+    pub feature: FeatureIdx,
+    pub allowed: Option<bool>,
+    /// `Some(NO_LIMIT)` expects no limit.
+    pub limit: Option<i64>,
+    pub reason: Option<ReasonCode>,
+}
+
+/// A `test` block: facts given, decisions expected. Runs at compile time and on every edge
+/// before a bundle is swapped in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestCase {
+    pub name: String,
+    /// Facts, overrides included.
+    pub given: FactVector,
+    pub expect: Vec<Expectation>,
+    pub span: Span,
+}
+
+/// A checked, resolved program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Program {
+    pub features: Vec<Feature>,
+    pub plans: Vec<Plan>,
+    pub addons: Vec<Addon>,
+    pub rules: Vec<Rule>,
+    pub tests: Vec<TestCase>,
+}
+
+/// How many add-ons and features a program has: all the fact layout depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub addons: usize,
+    pub features: usize,
+}
+
+impl Program {
+    pub fn shape(&self) -> Shape {
+        Shape {
+            addons: self.addons.len(),
+            features: self.features.len(),
+        }
+    }
+}
+
+pub const FIXED_SLOTS: usize = 7;
+
+impl Fact {
+    /// Slot of this fact in the [`FactVector`] of a program of this shape.
+    pub fn slot(self, shape: Shape) -> usize {
+        let usage = FIXED_SLOTS + shape.addons;
+        let overrides = usage + shape.features;
+        match self {
+            Fact::Banned => 0,
+            Fact::Status => 1,
+            Fact::Plan => 2,
+            Fact::DunningLevel => 3,
+            Fact::DaysPastDue => 4,
+            Fact::InTrial => 5,
+            Fact::Today => 6,
+            Fact::AddonQty(a) => FIXED_SLOTS + a as usize,
+            Fact::Usage(f) => usage + f as usize,
+            Fact::OverrideMode(f) => overrides + 2 * f as usize,
+            Fact::OverrideLimit(f) => overrides + 2 * f as usize + 1,
+        }
+    }
+}
+
+/// The facts of one account as the module sees them: a fixed layout of `i64` slots.
+///
+/// Layout (index → meaning): `0` banned, `1` status, `2` plan, `3` dunning level,
+/// `4` days past due, `5` in trial, `6` today, then one slot per add-on (quantity), then one
+/// slot per feature (usage), then two per feature (override mode, override limit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FactVector(pub Vec<i64>);
+
+impl FactVector {
+    pub fn len_for(shape: Shape) -> usize {
+        FIXED_SLOTS + shape.addons + 3 * shape.features
+    }
+
+    /// An active account without a subscription, no usage, no overrides.
+    pub fn empty(shape: Shape) -> Self {
+        let mut v = Self(vec![0; Self::len_for(shape)]);
+        v.set(Fact::Plan, shape, -1);
+        for f in 0..shape.features {
+            v.set(Fact::OverrideLimit(f as FeatureIdx), shape, NO_LIMIT);
+        }
+        v
+    }
+
+    pub fn get(&self, fact: Fact, shape: Shape) -> i64 {
+        self.0.get(fact.slot(shape)).copied().unwrap_or(0)
+    }
+
+    pub fn set(&mut self, fact: Fact, shape: Shape, value: i64) {
+        let slot = fact.slot(shape);
+        if slot < self.0.len() {
+            self.0[slot] = value;
+        }
+    }
+}
+
+/// One feature's decision as the module and the interpreter produce it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawDecision {
+    pub allowed: bool,
+    /// [`NO_LIMIT`] for none.
+    pub limit: i64,
+    pub reason: ReasonCode,
+}
