@@ -11,7 +11,8 @@
 //!    (`denied_no_subscription`).
 //! 2. **Add-ons**: each add-on with quantity `q > 0` applies its effects: `Grant` allows the
 //!    feature (`granted_by_addon`, keeping any limit); `AddLimit(n)` allows it and adds `n × q`
-//!    to its limit (saturating; an absent limit becomes `n × q`).
+//!    to its limit (saturating; an absent limit becomes `n × q`), keeping the reason of a
+//!    feature that was already allowed and giving `granted_by_addon` to one that was not.
 //! 3. **Rules**, in source order: every rule whose condition holds applies its action to the
 //!    decisions so far (later rules see earlier rules' effects through `limit(f)`/`allowed(f)`).
 //! 4. **Overrides** from the facts (support's per-account overrides) replace the decision:

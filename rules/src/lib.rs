@@ -6,7 +6,11 @@
 //! drift. The rules issue replaces the body of [`evaluate`] with a WebAssembly module compiled
 //! from the rule language; its callers do not change.
 
+#[cfg(feature = "host")]
+pub mod host;
+pub mod interp;
 pub mod ir;
+pub mod wasm;
 
 use std::collections::HashMap;
 
