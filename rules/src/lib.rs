@@ -7,6 +7,7 @@
 //! from the rule language; its callers do not change.
 
 pub mod ir;
+pub mod lang;
 
 use std::collections::HashMap;
 
