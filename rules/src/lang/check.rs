@@ -65,6 +65,9 @@ pub(crate) struct Checked {
     pub tests: Vec<ir::TestCase>,
 }
 
+/// A checked price: amount in minor units, currency, interval.
+type Price = (i64, String, ir::Interval);
+
 /// A typed expression during elaboration.
 #[derive(Debug, Clone)]
 enum Val {
@@ -280,10 +283,9 @@ impl Checker<'_> {
                         .plans
                         .get(&p.key.text)
                         .is_some_and(|s| s.span == p.key.span)
+                        && let Some(plan) = self.plan(p)
                     {
-                        if let Some(plan) = self.plan(p) {
-                            self.out.plans.push(plan);
-                        }
+                        self.out.plans.push(plan);
                     }
                 }
                 ast::Item::Addon(a) => {
@@ -291,10 +293,9 @@ impl Checker<'_> {
                         .addons
                         .get(&a.key.text)
                         .is_some_and(|s| s.span == a.key.span)
+                        && let Some(addon) = self.addon(a)
                     {
-                        if let Some(addon) = self.addon(a) {
-                            self.out.addons.push(addon);
-                        }
+                        self.out.addons.push(addon);
                     }
                 }
                 ast::Item::Rule(r) => {
@@ -428,7 +429,7 @@ impl Checker<'_> {
         Some(v)
     }
 
-    fn money(&mut self, m: &ast::Money) -> Option<(i64, String, ir::Interval)> {
+    fn money(&mut self, m: &ast::Money) -> Option<Price> {
         let amount = self.at_least(m.amount, 0, codes::INVALID_MONEY, "a price");
         let cur = &m.currency.text;
         let currency_ok = cur.len() == 3 && cur.bytes().all(|b| b.is_ascii_uppercase());
@@ -552,7 +553,7 @@ impl Checker<'_> {
 
     fn plan(&mut self, p: &ast::PlanDecl) -> Option<ir::Plan> {
         let mut ok = true;
-        let mut price: Option<(Span, Option<(i64, String, ir::Interval)>)> = None;
+        let mut price: Option<(Span, Option<Price>)> = None;
         let mut trial: Option<(Span, Option<u32>)> = None;
         let mut grants: Vec<(ir::Grant, Span)> = Vec::new();
         let mut meters: Vec<(ir::Meter, Span)> = Vec::new();
@@ -739,7 +740,7 @@ impl Checker<'_> {
 
     fn addon(&mut self, a: &ast::AddonDecl) -> Option<ir::Addon> {
         let mut ok = true;
-        let mut price: Option<(Span, Option<(i64, String, ir::Interval)>)> = None;
+        let mut price: Option<(Span, Option<Price>)> = None;
         let mut effects: Vec<((FeatureIdx, AddonEffect), Span)> = Vec::new();
         for clause in &a.clauses {
             let (feature, span) = match clause {
@@ -1503,6 +1504,10 @@ impl Checker<'_> {
 
     /// Warns about features nothing can ever allow (only a support override could).
     fn never_granted(&mut self, file: &ast::File) {
+        // After an error, parts are missing and the warning would be noise.
+        if self.diags.has_errors() {
+            return;
+        }
         let mut granted = vec![false; self.out.features.len()];
         let mut mark = |i: FeatureIdx| {
             if let Some(g) = granted.get_mut(i as usize) {

@@ -379,6 +379,10 @@ impl Parser<'_> {
             let feature = self.ident("a feature name")?;
             let amount = match self.eat(&Tok::Assign) {
                 Some(_) => Some(self.amount("a limit or `unlimited`")?),
+                // `grant seats 10`: say what is missing rather than "expected a clause".
+                None if matches!(self.peek(), Tok::Int(_) | Tok::BadInt) => {
+                    return Err(self.fail("`=`"));
+                }
                 None => None,
             };
             return Ok(PlanClause::Grant {
@@ -893,5 +897,190 @@ impl Parser<'_> {
             span,
             depth: 1,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::SourceFile;
+    use super::super::lexer::lex;
+    use super::*;
+
+    fn parse_text(text: &str) -> (File, Vec<(&'static str, String)>) {
+        let mut d = Diags::default();
+        let tokens = lex(text, &mut d);
+        let file = parse(&tokens, &mut d);
+        let src = SourceFile {
+            name: "t.tg".into(),
+            text: text.into(),
+        };
+        let diags = d
+            .finish(&src, 100)
+            .into_iter()
+            .map(|d| (d.code, format!("{}:{}", d.line, d.column)))
+            .collect();
+        (file, diags)
+    }
+
+    /// The condition of the only rule, printed with explicit parentheses.
+    fn when(text: &str) -> String {
+        fn show(e: &Expr) -> String {
+            match &e.kind {
+                ExprKind::Int(v) => v.map_or("?".into(), |v| v.to_string()),
+                ExprKind::Bool(b) => b.to_string(),
+                ExprKind::Name(n) => n.clone(),
+                ExprKind::Call { func, arg } => format!("{}({})", func.text, arg.text),
+                ExprKind::Unary(UnOp::Not, x) => format!("(not {})", show(x)),
+                ExprKind::Unary(UnOp::Neg, x) => format!("(- {})", show(x)),
+                ExprKind::Binary(op, a, b) => {
+                    let op = format!("{op:?}").to_lowercase();
+                    format!("({} {op} {})", show(a), show(b))
+                }
+            }
+        }
+        let (file, diags) = parse_text(&format!("rule \"r\" when {text} => deny all"));
+        assert!(diags.is_empty(), "{text}: {diags:?}");
+        match file.items.as_slice() {
+            [Item::Rule(r)] => show(&r.when),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn precedence_and_associativity() {
+        let cases = [
+            ("a or b and not c", "(a or (b and (not c)))"),
+            ("not a == 1", "(not (a eq 1))"),
+            ("1 + 2 * 3 - 4 > 5", "(((1 add (2 mul 3)) sub 4) gt 5)"),
+            ("(a or b) and c", "((a or b) and c)"),
+            ("-5 < - days_past_due", "(-5 lt (- days_past_due))"),
+            ("- -5 == 5", "(5 eq 5)"),
+            (
+                "usage(api_calls) >= limit(api_calls)",
+                "(usage(api_calls) ge limit(api_calls))",
+            ),
+            ("override(sso) == deny", "(override(sso) eq deny)"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(when(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn words_are_keywords_only_where_they_stand() {
+        // A plan called `deny`, a feature called `plan`, an add-on called `rule`.
+        let (file, diags) = parse_text(
+            "feature plan: bool\nplan deny \"D\" { price 0 USD per month grant plan }\n\
+             addon rule \"R\" { price 1 USD per month plan + 1 }\n\
+             rule \"x\" when plan == deny => grant plan reason granted_by_rule",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(file.items.len(), 4);
+    }
+
+    #[test]
+    fn errors_in_several_items_are_all_reported() {
+        let (file, diags) = parse_text(
+            "feature a bool\nfeature b: limit\nrule \"x\" when => deny all\n\
+             plan p \"P\" {\n  price 1 USD per week\n  grant b = 1\n}\nfeature c: bool",
+        );
+        assert_eq!(
+            diags,
+            vec![
+                ("syntax", "1:11".into()),
+                ("syntax", "3:15".into()),
+                ("syntax", "5:19".into()),
+            ]
+        );
+        // `a` is remembered as broken; `b`, the plan (its good clause) and `c` parsed.
+        let kinds: Vec<String> = file
+            .items
+            .iter()
+            .map(|i| match i {
+                Item::Feature(f) => format!("feature {}", f.key.text),
+                Item::Plan(p) => format!("plan {} {}", p.key.text, p.clauses.len()),
+                Item::Broken { key, .. } => format!("broken {}", key.text),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["broken a", "feature b", "plan p 1", "feature c"]);
+    }
+
+    #[test]
+    fn an_unclosed_block_ends_at_the_next_item() {
+        let (file, diags) =
+            parse_text("plan p \"P\" {\n  price 1 USD per month\nfeature c: bool\n");
+        assert_eq!(diags, vec![("syntax", "3:1".into())]);
+        assert_eq!(file.items.len(), 2);
+    }
+
+    #[test]
+    fn nesting_is_capped_exactly_at_the_limit() {
+        let n = MAX_NESTING as usize;
+        let ok = format!("{}banned{}", "(".repeat(n), ")".repeat(n));
+        assert_eq!(when(&ok), "banned");
+        let deep = format!(
+            "rule \"r\" when {}banned{} => deny all",
+            "(".repeat(n + 1),
+            ")".repeat(n + 1)
+        );
+        let (_, diags) = parse_text(&deep);
+        assert_eq!(
+            diags.iter().map(|d| d.0).collect::<Vec<_>>(),
+            ["nesting_too_deep"]
+        );
+        let long = MAX_EXPR_DEPTH as usize - 1;
+        let chain = format!(
+            "rule \"r\" when 1{} > 0 => deny all",
+            " + 1".repeat(long - 1)
+        );
+        assert!(parse_text(&chain).1.is_empty());
+        let too_long = format!("rule \"r\" when 1{} > 0 => deny all", " + 1".repeat(long));
+        assert_eq!(
+            parse_text(&too_long)
+                .1
+                .iter()
+                .map(|d| d.0)
+                .collect::<Vec<_>>(),
+            ["nesting_too_deep"]
+        );
+    }
+
+    #[test]
+    fn empty_and_comment_only_sources_have_no_items() {
+        for text in ["", "\n\n", "# only a comment", "// x\n# y\n"] {
+            let (file, diags) = parse_text(text);
+            assert!(file.items.is_empty() && diags.is_empty(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn test_blocks_take_lists_over_several_lines() {
+        let (file, diags) = parse_text(
+            "test \"t\" {\n given plan = pro,\n   banned,\n   override(sso) = grant limit unlimited\n \
+             expect sso allowed limit none reason override,\n   seats denied\n}",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let [Item::Test(t)] = file.items.as_slice() else {
+            panic!("{:?}", file.items)
+        };
+        assert_eq!((t.givens.len(), t.expects.len()), (3, 2));
+        assert_eq!(t.givens[1].value, GivenValue::Flag);
+        assert!(matches!(
+            t.givens[2].value,
+            GivenValue::Grant(Some(Amount::Unlimited(_)), _)
+        ));
+        assert!(matches!(t.expects[0].limit, Some(Amount::Unlimited(_))));
+    }
+
+    #[test]
+    fn every_prefix_of_the_demo_parses_without_panicking() {
+        let demo = include_str!("../../examples/demo.tg");
+        for (i, _) in demo.char_indices() {
+            let _ = super::super::compile_source(&SourceFile {
+                name: "prefix.tg".into(),
+                text: demo[..i].into(),
+            });
+        }
     }
 }
