@@ -258,3 +258,251 @@ fn oversized_input_is_refused() {
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].code, "input_too_large");
 }
+
+fn compile_ok(text: &str) -> ir::Program {
+    let file = SourceFile {
+        name: "t.tg".into(),
+        text: text.into(),
+    };
+    match compile_source(&file) {
+        Ok((program, _)) => program,
+        Err(errors) => panic!("{}", render_all(&file, &errors)),
+    }
+}
+
+const SMALL: &str = "
+feature sso: bool
+feature seats: limit
+feature api_calls: metered per day fail_open
+plan basic \"Basic\" { price 100 EUR per year grant seats = unlimited grant api_calls = 10 }
+plan pro \"Pro\" { price 200 EUR per year trial 30 days grant sso grant seats = 5 grant api_calls = 10 }
+addon more \"More\" { price 5 EUR per year api_calls + 100 grant sso }
+";
+
+#[test]
+fn test_blocks_lower_to_full_fact_vectors() {
+    let program = compile_ok(&format!(
+        "{SMALL}
+test \"t\" {{
+    given plan = pro, usage(api_calls) = 7, addon(more) = 3, dunning_level = 2,
+        days_past_due = 9, in_trial = true, today = 20_000, banned = false,
+        override(sso) = deny, override(seats) = grant limit 4
+    expect sso denied reason override, seats limit 4, api_calls allowed limit unlimited
+}}
+test \"explicit status wins\" {{
+    given status = past_due, plan = basic
+    expect seats limit none
+}}"
+    ));
+    let shape = program.shape();
+    let [t, u] = program.tests.as_slice() else {
+        panic!("{:?}", program.tests)
+    };
+    let get = |t: &ir::TestCase, f| t.given.get(f, shape);
+    use ir::Fact::*;
+    assert_eq!(get(t, Plan), 1);
+    assert_eq!(
+        get(t, Status),
+        ir::SubStatus::Active as i64,
+        "plan implies active"
+    );
+    assert_eq!(get(t, Usage(2)), 7);
+    assert_eq!(get(t, AddonQty(0)), 3);
+    assert_eq!(get(t, DunningLevel), 2);
+    assert_eq!(get(t, DaysPastDue), 9);
+    assert_eq!(get(t, InTrial), 1);
+    assert_eq!(get(t, Today), 20_000);
+    assert_eq!(get(t, Banned), 0);
+    assert_eq!(get(t, OverrideMode(0)), ir::OVERRIDE_DENY);
+    assert_eq!(get(t, OverrideMode(1)), ir::OVERRIDE_GRANT);
+    assert_eq!(get(t, OverrideLimit(1)), 4);
+    assert_eq!(get(t, OverrideMode(2)), ir::OVERRIDE_NONE);
+    assert_eq!(get(t, OverrideLimit(2)), NO_LIMIT);
+    assert_eq!(
+        t.expect,
+        vec![
+            ir::Expectation {
+                feature: 0,
+                allowed: Some(false),
+                limit: None,
+                reason: Some(ir::ReasonCode::Override)
+            },
+            ir::Expectation {
+                feature: 1,
+                allowed: None,
+                limit: Some(4),
+                reason: None
+            },
+            ir::Expectation {
+                feature: 2,
+                allowed: Some(true),
+                limit: Some(NO_LIMIT),
+                reason: None
+            },
+        ]
+    );
+    assert_eq!(get(u, Status), ir::SubStatus::PastDue as i64);
+    assert_eq!(get(u, Plan), 0);
+    assert_eq!(u.expect[0].limit, Some(NO_LIMIT));
+    // Everything not given is as in an empty vector.
+    let mut expected = ir::FactVector::empty(shape);
+    expected.set(Status, shape, ir::SubStatus::PastDue as i64);
+    expected.set(Plan, shape, 0);
+    assert_eq!(u.given, expected);
+}
+
+#[test]
+fn declarations_lower_with_their_options() {
+    let program = compile_ok(SMALL);
+    assert_eq!(
+        program.features[2],
+        ir::Feature {
+            key: "api_calls".into(),
+            kind: ir::FeatureKind::Metered,
+            period: Some("day".into()),
+            fail_open: true
+        }
+    );
+    assert!(!program.features[0].fail_open);
+    let pro = &program.plans[1];
+    assert_eq!(
+        (
+            pro.price_minor,
+            pro.currency.as_str(),
+            pro.interval,
+            pro.trial_days
+        ),
+        (200, "EUR", ir::Interval::Year, 30)
+    );
+    assert_eq!(program.plans[0].grants[0].limit, NO_LIMIT);
+    assert_eq!(
+        program.addons[0].effects,
+        vec![
+            (2, ir::AddonEffect::AddLimit(100)),
+            (0, ir::AddonEffect::Grant)
+        ]
+    );
+}
+
+#[test]
+fn rule_actions_and_conditions_lower_as_written() {
+    use ir::{Action, ArithOp, BoolExpr, CmpOp, Fact, IntExpr, ReasonCode, Target};
+    let program = compile_ok(&format!(
+        "{SMALL}
+rule \"a\" when plan == pro and addon(more) > 0 => grant seats = limit(seats) + 2 * addon(more)
+rule \"b\" when not allowed(sso) or override(sso) == grant => limit api_calls = unlimited
+rule \"c\" when usage(api_calls) >= 2 + 3 => cap api_calls at usage reason granted_by_rule
+rule \"d\" when in_trial => deny metered
+rule \"e\" when status != canceled => grant sso"
+    ));
+    let r: Vec<(&BoolExpr, &Action)> = program.rules.iter().map(|r| (&r.when, &r.action)).collect();
+    let fact = |f| IntExpr::Fact(f);
+    let c = IntExpr::Const;
+    assert_eq!(
+        r[0],
+        (
+            &BoolExpr::And(
+                Box::new(BoolExpr::Cmp(CmpOp::Eq, fact(Fact::Plan), c(1))),
+                Box::new(BoolExpr::Cmp(CmpOp::Gt, fact(Fact::AddonQty(0)), c(0))),
+            ),
+            &Action::Grant {
+                target: Target::Feature(1),
+                limit: Some(IntExpr::Arith(
+                    ArithOp::Add,
+                    Box::new(IntExpr::LimitOf(1)),
+                    Box::new(IntExpr::Arith(
+                        ArithOp::Mul,
+                        Box::new(c(2)),
+                        Box::new(fact(Fact::AddonQty(0)))
+                    )),
+                )),
+                reason: ReasonCode::GrantedByRule,
+            }
+        )
+    );
+    assert_eq!(
+        r[1],
+        (
+            &BoolExpr::Or(
+                Box::new(BoolExpr::Not(Box::new(BoolExpr::AllowedOf(0)))),
+                Box::new(BoolExpr::Cmp(
+                    CmpOp::Eq,
+                    fact(Fact::OverrideMode(0)),
+                    c(ir::OVERRIDE_GRANT)
+                )),
+            ),
+            &Action::SetLimit {
+                target: Target::Feature(2),
+                value: c(NO_LIMIT),
+                reason: ReasonCode::CappedByRule,
+            }
+        )
+    );
+    // Constants are folded.
+    assert_eq!(
+        r[2],
+        (
+            &BoolExpr::Cmp(CmpOp::Ge, fact(Fact::Usage(2)), c(5)),
+            &Action::CapAtUsage {
+                target: Target::Feature(2),
+                reason: ReasonCode::GrantedByRule,
+            }
+        )
+    );
+    assert_eq!(
+        r[3].1,
+        &Action::Deny {
+            target: Target::AllMetered,
+            reason: ReasonCode::DeniedByRule
+        }
+    );
+    assert_eq!(
+        r[4].0,
+        &BoolExpr::Cmp(
+            CmpOp::Ne,
+            fact(Fact::Status),
+            c(ir::SubStatus::Canceled as i64)
+        )
+    );
+}
+
+#[test]
+fn expressions_at_the_depth_limit_compile() {
+    // As high and as nested as the parser allows: the checker, the folding and the analysis
+    // recurse over it on a test thread's stack.
+    let max = tollgate_rules::lang::MAX_EXPR_DEPTH as usize;
+    let nest = tollgate_rules::lang::MAX_NESTING as usize;
+    let chain = vec!["days_past_due > 1"; max - 2].join(" and ");
+    let sum = format!("today{}", " + 1".repeat(max - 2));
+    let parens = format!("{}banned{}", "(".repeat(nest), ")".repeat(nest));
+    let text = format!(
+        "{SMALL}
+rule \"chain\" when {chain} or {parens} => deny all
+rule \"sum\" when {sum} > 0 => deny all"
+    );
+    let program = compile_ok(&text);
+    assert_eq!(program.rules.len(), 2);
+}
+
+#[test]
+fn the_example_in_the_module_doc_compiles() {
+    let doc = include_str!("../src/lang/mod.rs");
+    let example: Vec<&str> = doc
+        .lines()
+        .skip_while(|l| !l.starts_with("//! # An example"))
+        .skip_while(|l| *l != "//! ```text")
+        .skip(1)
+        .take_while(|l| *l != "//! ```")
+        .map(|l| l.strip_prefix("//!").unwrap_or(l).trim_start_matches(' '))
+        .collect();
+    assert!(example.len() > 10, "example not found");
+    let program = compile_ok(&example.join("\n"));
+    assert_eq!(
+        (
+            program.features.len(),
+            program.rules.len(),
+            program.tests.len()
+        ),
+        (4, 3, 1)
+    );
+}

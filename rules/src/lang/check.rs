@@ -1170,10 +1170,8 @@ impl Checker<'_> {
     }
 
     fn action(&mut self, r: &ast::RuleDecl) -> Option<Action> {
-        let reason = match &r.reason {
-            Some(name) => Some((self.reason(name)?, name.span)),
-            None => None,
-        };
+        // Resolved now, checked against the action below, so both are reported.
+        let reason = r.reason.as_ref().map(|name| (self.reason(name), name.span));
         let (action, default, is_deny) = match &r.action {
             ast::ActionDecl::Deny(t) => {
                 let target = match t {
@@ -1221,7 +1219,8 @@ impl Checker<'_> {
             ),
         };
         let reason = match reason {
-            Some((code, span)) => {
+            Some((None, _)) => return None,
+            Some((Some(code), span)) => {
                 let denies = reason_name(code).starts_with("denied_");
                 if denies != is_deny {
                     let message = if is_deny {

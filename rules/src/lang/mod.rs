@@ -11,6 +11,7 @@
 //! ```text
 //! # Features: what can be granted.
 //! feature sso: bool
+//! feature exports: bool
 //! feature seats: limit
 //! feature api_calls: metered per month fail_open
 //!
@@ -18,6 +19,7 @@
 //!     price 2900 USD per month
 //!     trial 14 days
 //!     grant sso
+//!     grant exports
 //!     grant seats = 10
 //!     grant api_calls = 100_000
 //!     meter api_calls graduated {
@@ -38,7 +40,7 @@
 //!
 //! test "pro with two extra seat packs" {
 //!     given plan = pro, addon(extra_seats) = 2
-//!     expect seats allowed limit 20 reason granted_by_addon, sso allowed
+//!     expect seats allowed limit 20, sso allowed reason granted_by_plan
 //! }
 //! ```
 //!
