@@ -506,3 +506,52 @@ fn the_example_in_the_module_doc_compiles() {
         (4, 3, 1)
     );
 }
+
+/// Sources near the size limit built to hit every per-item check many times: each must
+/// compile (or fail) in linear-ish time, with the diagnostics capped.
+#[test]
+fn large_sources_stay_fast_and_capped() {
+    let max = tollgate_rules::lang::MAX_SOURCE_BYTES;
+    let mut many_features = String::new();
+    let mut plan = String::from("plan p \"P\" {\n price 1 USD per month\n");
+    let mut i = 0;
+    while many_features.len() + plan.len() < max - 64 {
+        many_features.push_str(&format!("feature f{i}: bool\n"));
+        plan.push_str(&format!(" grant f{i}\n grant f{i}\n grant g{i}\n"));
+        i += 1;
+    }
+    plan.push('}');
+    let duplicates_and_unknowns = format!("{many_features}{plan}");
+    let mut bad_chars = String::new();
+    while bad_chars.len() < max - 8 {
+        bad_chars.push_str("@ x ( ");
+    }
+    let one_long_line = format!("rule \"r\" when {} => deny all", "1 + ".repeat(max / 5));
+    for (name, text, last_code) in [
+        (
+            "duplicates_and_unknowns",
+            duplicates_and_unknowns,
+            "too_many_errors",
+        ),
+        ("bad_chars_on_one_line", bad_chars, "too_many_errors"),
+        ("one_long_expression", one_long_line, "nesting_too_deep"),
+    ] {
+        assert!(text.len() <= max, "{name} is {} bytes", text.len());
+        let started = std::time::Instant::now();
+        let file = SourceFile {
+            name: name.into(),
+            text,
+        };
+        let errors = compile_source(&file).expect_err(name);
+        let rendered = render_all(&file, &errors);
+        assert!(
+            errors.len() <= tollgate_rules::lang::MAX_DIAGNOSTICS + 1,
+            "{name}"
+        );
+        assert_eq!(errors.last().map(|d| d.code), Some(last_code), "{name}");
+        assert!(!rendered.is_empty());
+        let took = started.elapsed();
+        assert!(took.as_secs() < 10, "{name} took {took:?}");
+        eprintln!("{name}: {took:?}");
+    }
+}

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use super::ast::{self, Amount, BinOp, ExprKind, GivenTarget, GivenValue, Name, UnOp};
-use super::diag::{Diags, codes, line_col};
+use super::diag::{Diags, codes};
 use super::fold;
 use crate::ir::{
     self, Action, AddonEffect, AddonIdx, ArithOp, BoolExpr, CmpOp, Expectation, Fact, FactVector,
@@ -128,8 +128,18 @@ fn distance(a: &str, b: &str) -> Option<usize> {
     prev.last().copied()
 }
 
+/// Most names a suggestion is searched among; past it there is none (keeps a huge source from
+/// costing names × names distance computations).
+const MAX_SUGGESTION_CANDIDATES: usize = 1_000;
+
 /// "did you mean `x`?" for the closest candidate within a third of the name's length.
-fn suggestion<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
+fn suggestion<'a>(
+    name: &str,
+    candidates: impl ExactSizeIterator<Item = &'a str>,
+) -> Option<String> {
+    if candidates.len() > MAX_SUGGESTION_CANDIDATES {
+        return None;
+    }
     let limit = (name.len() / 3).max(1);
     candidates
         .filter_map(|c| distance(name, c).map(|d| (d, c)))
@@ -140,17 +150,15 @@ fn suggestion<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Opti
 
 pub(crate) struct Checker<'a> {
     diags: &'a mut Diags,
-    text: &'a str,
     features: HashMap<String, FeatureSym>,
     plans: HashMap<String, Sym<PlanIdx>>,
     addons: HashMap<String, Sym<AddonIdx>>,
     out: Checked,
 }
 
-pub(crate) fn check(file: &ast::File, text: &str, diags: &mut Diags) -> Checked {
+pub(crate) fn check(file: &ast::File, diags: &mut Diags) -> Checked {
     let mut c = Checker {
         diags,
-        text,
         features: HashMap::new(),
         plans: HashMap::new(),
         addons: HashMap::new(),
@@ -163,13 +171,8 @@ pub(crate) fn check(file: &ast::File, text: &str, diags: &mut Diags) -> Checked 
 
 impl Checker<'_> {
     fn duplicate(&mut self, what: &str, name: &str, span: Span, first: Span) {
-        let (line, col) = line_col(self.text, first.start);
-        self.diags.error_with_note(
-            codes::DUPLICATE_DEFINITION,
-            span,
-            format!("{what} `{name}` is defined twice"),
-            format!("first defined at {line}:{col}"),
-        );
+        self.diags
+            .duplicate(span, format!("{what} `{name}` is defined twice"), first);
     }
 
     /// Pass 1: every feature, plan and add-on name, so later items may be used before they
@@ -555,8 +558,11 @@ impl Checker<'_> {
         let mut ok = true;
         let mut price: Option<(Span, Option<Price>)> = None;
         let mut trial: Option<(Span, Option<u32>)> = None;
-        let mut grants: Vec<(ir::Grant, Span)> = Vec::new();
+        let mut grants: Vec<ir::Grant> = Vec::new();
         let mut meters: Vec<(ir::Meter, Span)> = Vec::new();
+        // Where each feature was first granted / metered: duplicates in O(1), however long.
+        let mut granted_at: HashMap<FeatureIdx, Span> = HashMap::new();
+        let mut metered_at: HashMap<FeatureIdx, Span> = HashMap::new();
         for clause in &p.clauses {
             match clause {
                 ast::PlanClause::Price(m) => {
@@ -594,20 +600,18 @@ impl Checker<'_> {
                         ok = false;
                         continue;
                     };
-                    if let Some((_, first)) = grants.iter().find(|(g, _)| g.feature == idx) {
+                    if let Some(first) = granted_at.get(&idx) {
                         let first = *first;
                         self.duplicate("grant of", &feature.text, *span, first);
                         ok = false;
                         continue;
                     }
+                    granted_at.insert(idx, *span);
                     match self.grant_limit(feature, kind, amount.as_ref()) {
-                        Some(limit) => grants.push((
-                            ir::Grant {
-                                feature: idx,
-                                limit,
-                            },
-                            *span,
-                        )),
+                        Some(limit) => grants.push(ir::Grant {
+                            feature: idx,
+                            limit,
+                        }),
                         None => ok = false,
                     }
                 }
@@ -632,12 +636,13 @@ impl Checker<'_> {
                         ok = false;
                         continue;
                     }
-                    if let Some((_, first)) = meters.iter().find(|(m, _)| m.feature == idx) {
+                    if let Some(first) = metered_at.get(&idx) {
                         let first = *first;
                         self.duplicate("meter of", &feature.text, *span, first);
                         ok = false;
                         continue;
                     }
+                    metered_at.insert(idx, *span);
                     match self.pricing(pricing, *span) {
                         Some(pricing) => meters.push((
                             ir::Meter {
@@ -652,7 +657,7 @@ impl Checker<'_> {
             }
         }
         for (m, span) in &meters {
-            if !grants.iter().any(|(g, _)| g.feature == m.feature) {
+            if !granted_at.contains_key(&m.feature) {
                 let key = self
                     .out
                     .features
@@ -695,7 +700,7 @@ impl Checker<'_> {
             currency,
             interval,
             trial_days: trial_days?,
-            grants: grants.into_iter().map(|(g, _)| g).collect(),
+            grants,
             meters: meters.into_iter().map(|(m, _)| m).collect(),
         })
     }
@@ -741,7 +746,8 @@ impl Checker<'_> {
     fn addon(&mut self, a: &ast::AddonDecl) -> Option<ir::Addon> {
         let mut ok = true;
         let mut price: Option<(Span, Option<Price>)> = None;
-        let mut effects: Vec<((FeatureIdx, AddonEffect), Span)> = Vec::new();
+        let mut effects: Vec<(FeatureIdx, AddonEffect)> = Vec::new();
+        let mut effect_at: HashMap<FeatureIdx, Span> = HashMap::new();
         for clause in &a.clauses {
             let (feature, span) = match clause {
                 ast::AddonClause::Price(m) => {
@@ -761,12 +767,13 @@ impl Checker<'_> {
                 ok = false;
                 continue;
             };
-            if let Some((_, first)) = effects.iter().find(|((f, _), _)| *f == idx) {
+            if let Some(first) = effect_at.get(&idx) {
                 let first = *first;
                 self.duplicate("effect on", &feature.text, span, first);
                 ok = false;
                 continue;
             }
+            effect_at.insert(idx, span);
             let effect = match clause {
                 ast::AddonClause::AddLimit { amount, .. } => {
                     if kind == FeatureKind::Bool {
@@ -786,7 +793,7 @@ impl Checker<'_> {
                 _ => Some(AddonEffect::Grant),
             };
             match effect {
-                Some(e) => effects.push(((idx, e), span)),
+                Some(e) => effects.push((idx, e)),
                 None => ok = false,
             }
         }
@@ -809,7 +816,7 @@ impl Checker<'_> {
             price_minor,
             currency,
             interval,
-            effects: effects.into_iter().map(|(e, _)| e).collect(),
+            effects,
         })
     }
 
@@ -1271,7 +1278,7 @@ impl Checker<'_> {
         let shape = self.shape();
         let mut given = FactVector::empty(shape);
         let mut ok = true;
-        let mut seen: Vec<(String, Span)> = Vec::new();
+        let mut seen: HashMap<String, Span> = HashMap::new();
         let mut status_given = false;
         let mut plan_given = false;
         for g in &t.givens {
@@ -1281,13 +1288,13 @@ impl Checker<'_> {
                 GivenTarget::Addon(n) => format!("addon({})", n.text),
                 GivenTarget::Override(n) => format!("override({})", n.text),
             };
-            if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+            if let Some(first) = seen.get(&key) {
                 let first = *first;
                 self.duplicate("given fact", &key, g.span, first);
                 ok = false;
                 continue;
             }
-            seen.push((key, g.span));
+            seen.insert(key, g.span);
             match &g.target {
                 GivenTarget::Fact(n) if n.text == "status" => status_given = true,
                 GivenTarget::Fact(n) if n.text == "plan" => plan_given = true,
@@ -1305,17 +1312,19 @@ impl Checker<'_> {
         if plan_given && !status_given {
             given.set(Fact::Status, shape, SubStatus::Active as i64);
         }
-        let mut expect: Vec<(Expectation, Span)> = Vec::new();
+        let mut expect: Vec<Expectation> = Vec::new();
+        let mut expected_at: HashMap<FeatureIdx, Span> = HashMap::new();
         for e in &t.expects {
             match self.expectation(e) {
                 Some(x) => {
-                    if let Some((_, first)) = expect.iter().find(|(y, _)| y.feature == x.feature) {
+                    if let Some(first) = expected_at.get(&x.feature) {
                         let first = *first;
                         self.duplicate("expectation for", &e.feature.text, e.span, first);
                         ok = false;
                         continue;
                     }
-                    expect.push((x, e.span));
+                    expected_at.insert(x.feature, e.span);
+                    expect.push(x);
                 }
                 None => ok = false,
             }
@@ -1335,7 +1344,7 @@ impl Checker<'_> {
         ok.then(|| ir::TestCase {
             name: t.name.value.clone(),
             given,
-            expect: expect.into_iter().map(|(e, _)| e).collect(),
+            expect,
             span: t.span,
         })
     }

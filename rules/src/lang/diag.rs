@@ -146,22 +146,42 @@ fn clamp_to_boundary(text: &str, at: usize) -> usize {
 }
 
 /// 1-based (line, column) of byte offset `at`, the column counted in characters.
+#[cfg(test)]
 pub(crate) fn line_col(text: &str, at: u32) -> (u32, u32) {
-    let at = clamp_to_boundary(text, at as usize);
-    let before = &text[..at];
-    let line = before.bytes().filter(|b| *b == b'\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    (
-        u32::try_from(line).unwrap_or(u32::MAX),
-        u32::try_from(column).unwrap_or(u32::MAX),
-    )
+    LineIndex::new(text).line_col(text, at)
+}
+
+/// Start offsets of the lines of a text: positions in O(log lines + line length), so
+/// positioning many diagnostics in a large source stays linear.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Self { starts }
+    }
+
+    fn line_col(&self, text: &str, at: u32) -> (u32, u32) {
+        let at = clamp_to_boundary(text, at as usize);
+        let line = self.starts.partition_point(|s| *s <= at).max(1);
+        let start = self.starts.get(line - 1).copied().unwrap_or(0).min(at);
+        let column = text.get(start..at).map_or(0, |t| t.chars().count()) + 1;
+        (
+            u32::try_from(line).unwrap_or(u32::MAX),
+            u32::try_from(column).unwrap_or(u32::MAX),
+        )
+    }
 }
 
 /// Where passes put their findings; positions are filled in by [`Diags::finish`].
 #[derive(Debug, Default)]
 pub(crate) struct Diags {
-    list: Vec<Diagnostic>,
+    /// Each diagnostic with, for duplicates, the span of the first definition (its position
+    /// becomes the note in [`Diags::finish`]).
+    list: Vec<(Diagnostic, Option<Span>)>,
 }
 
 impl Diags {
@@ -185,6 +205,20 @@ impl Diags {
         );
     }
 
+    /// A duplicate definition; the note will say where the first one is.
+    pub fn duplicate(&mut self, span: Span, message: impl Into<String>, first: Span) {
+        self.push(
+            Severity::Error,
+            codes::DUPLICATE_DEFINITION,
+            span,
+            message.into(),
+            None,
+        );
+        if let Some(last) = self.list.last_mut() {
+            last.1 = Some(first);
+        }
+    }
+
     pub fn warning(&mut self, code: &'static str, span: Span, message: impl Into<String>) {
         self.push(Severity::Warning, code, span, message.into(), None);
     }
@@ -197,42 +231,53 @@ impl Diags {
         message: String,
         note: Option<String>,
     ) {
-        self.list.push(Diagnostic {
-            severity,
-            code,
-            message,
-            file: String::new(),
-            line: 0,
-            column: 0,
-            span,
-            note,
-        });
+        self.list.push((
+            Diagnostic {
+                severity,
+                code,
+                message,
+                file: String::new(),
+                line: 0,
+                column: 0,
+                span,
+                note,
+            },
+            None,
+        ));
     }
 
     pub fn has_errors(&self) -> bool {
-        self.list.iter().any(|d| d.severity == Severity::Error)
+        self.list.iter().any(|(d, _)| d.severity == Severity::Error)
     }
 
     /// Sorted by position, capped at `max`, with file name, lines and columns filled in.
     pub fn finish(mut self, file: &SourceFile, max: usize) -> Vec<Diagnostic> {
-        self.list.sort_by_key(|d| (d.span.start, d.span.end));
+        self.list.sort_by_key(|(d, _)| (d.span.start, d.span.end));
         let total = self.list.len();
         self.list.truncate(max);
         if total > max {
-            let span = self.list.last().map(|d| d.span).unwrap_or_default();
+            let span = self.list.last().map(|(d, _)| d.span).unwrap_or_default();
             self.error(
                 codes::TOO_MANY_ERRORS,
                 span,
                 format!("{} more problems not shown", total - max),
             );
         }
-        for d in &mut self.list {
-            let (line, column) = line_col(&file.text, d.span.start);
-            d.file.clone_from(&file.name);
-            d.line = line;
-            d.column = column;
-        }
+        let index = LineIndex::new(&file.text);
         self.list
+            .into_iter()
+            .map(|(mut d, first)| {
+                let (line, column) = index.line_col(&file.text, d.span.start);
+                d.file.clone_from(&file.name);
+                d.line = line;
+                d.column = column;
+                if let Some(first) = first {
+                    let (line, column) = index.line_col(&file.text, first.start);
+                    d.note = Some(format!("first defined at {line}:{column}"));
+                }
+                d
+            })
+            .collect()
     }
 }
 

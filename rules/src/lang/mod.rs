@@ -185,7 +185,7 @@ pub fn compile_source(
     }
     let tokens = lexer::lex(&file.text, &mut diags);
     let ast = parser::parse(&tokens, &mut diags);
-    let checked = check::check(&ast, &file.text, &mut diags);
+    let checked = check::check(&ast, &mut diags);
     if diags.has_errors() {
         return Err(diags.finish(file, MAX_DIAGNOSTICS));
     }
