@@ -10,6 +10,7 @@
 pub mod host;
 pub mod interp;
 pub mod ir;
+pub mod lang;
 pub mod wasm;
 
 use std::collections::HashMap;

@@ -1,0 +1,203 @@
+//! The entitlement rule language: source text → checked [`ir::Program`].
+//!
+//! [`compile_source`] lexes ([`lexer`]), parses ([`parser`], into [`ast`]), resolves names,
+//! checks types and meaning while elaborating into typed IR ([`check`], with constant folding
+//! and the "can this rule ever fire?" analysis in [`fold`]), and assembles the program
+//! ([`lower`]). It reports every problem it finds at once, each as a [`Diagnostic`] with a
+//! stable code ([`diag::codes`]) and a precise span; it never panics, whatever the input.
+//!
+//! # An example
+//!
+//! ```text
+//! # Features: what can be granted.
+//! feature sso: bool
+//! feature exports: bool
+//! feature seats: limit
+//! feature api_calls: metered per month fail_open
+//!
+//! plan pro "Pro" {
+//!     price 2900 USD per month
+//!     trial 14 days
+//!     grant sso
+//!     grant exports
+//!     grant seats = 10
+//!     grant api_calls = 100_000
+//!     meter api_calls graduated {
+//!         up to 1_000 at 0
+//!         then at 1 flat 500
+//!     }
+//! }
+//!
+//! addon extra_seats "Extra seats" {
+//!     price 500 USD per month
+//!     seats + 5              // per unit of quantity
+//! }
+//!
+//! rule "banned" when banned => deny all reason denied_banned
+//! rule "late exports" when status == past_due and days_past_due > 7
+//!     => deny exports reason denied_past_due
+//! rule "read-only" when dunning_level >= 3 => cap metered at usage
+//!
+//! test "pro with two extra seat packs" {
+//!     given plan = pro, addon(extra_seats) = 2
+//!     expect seats allowed limit 20, sso allowed reason granted_by_plan
+//! }
+//! ```
+//!
+//! # Grammar
+//!
+//! Newlines are whitespace, except that after a syntax error the parser resumes at a line
+//! that starts a clause or an item. Comments run from `#` or `//` to the end of the line.
+//! No word is reserved: `plan`, `deny`, `all` ... mean what their position says.
+//!
+//! ```text
+//! file      = item*
+//! item      = feature | plan | addon | rule | test
+//!
+//! feature   = "feature" IDENT ":" kind ["fail_open"]
+//! kind      = "bool" | "limit" | "metered" "per" ("day" | "month" | "year")
+//!
+//! plan      = "plan" IDENT STRING "{" plan_item* "}"
+//! plan_item = price
+//!           | "trial" INT ("days" | "day")
+//!           | "grant" IDENT ["=" (INT | "unlimited")]     # limit/metered need "= ..."
+//!           | "meter" IDENT pricing                         # metered features only
+//! price     = "price" ["-"] INT CURRENCY "per" ("month" | "year")   # minor units
+//! pricing   = "per_unit" INT
+//!           | ("graduated" | "volume") "{" tier+ "}"
+//!           | "package" INT "for" INT                       # size, price per package
+//! tier      = ("up" "to" INT | "then") "at" INT ["flat" INT]   # "then" last, bounds ascend
+//!
+//! addon     = "addon" IDENT STRING "{" addon_item* "}"
+//! addon_item= price | "grant" IDENT | IDENT "+" INT         # "+ n": n per unit of quantity
+//!
+//! rule      = "rule" STRING "when" expr "=>" action ["reason" REASON]
+//! action    = "deny" target
+//!           | "grant" IDENT ["=" value]
+//!           | "limit" target "=" value                      # target: metered or a feature
+//!           | "cap" target "at" "usage"                     # target: metered or a feature
+//! target    = "all" | "metered" | IDENT
+//! value     = "unlimited" | expr
+//!
+//! expr      = and ("or" and)*
+//! and       = not ("and" not)*
+//! not       = "not" not | cmp
+//! cmp       = sum [("==" | "!=" | "<" | "<=" | ">" | ">=") sum]   # no chaining
+//! sum       = product (("+" | "-") product)*
+//! product   = unary ("*" unary)*
+//! unary     = "-" unary | atom
+//! atom      = INT | "true" | "false" | "(" expr ")"
+//!           | FACT | IDENT                                  # IDENT: see below
+//!           | ("usage" | "limit" | "allowed" | "override") "(" IDENT ")"
+//!           | "addon" "(" IDENT ")"
+//! FACT      = "banned" | "in_trial"                         # conditions
+//!           | "dunning_level" | "days_past_due" | "today"   # integers (today: days since epoch)
+//!           | "status" | "plan"                             # compared with == / != only
+//!
+//! test      = "test" STRING "{" ("given" given ("," given)* | "expect" expect ("," expect)*)* "}"
+//! given     = fact ["=" gvalue]                             # no "=": a flag set to true
+//! fact      = FACT | ("usage" | "addon" | "override") "(" IDENT ")"
+//! gvalue    = ["-"] INT | "true" | "false" | IDENT          # status, plan key, deny, none
+//!           | "grant" ["limit" (INT | "unlimited")]         # overrides
+//! expect    = IDENT check+
+//! check     = "allowed" | "denied" | "limit" (INT | "unlimited" | "none") | "reason" REASON
+//!
+//! INT       = [0-9][0-9_]*          IDENT = [A-Za-z_][A-Za-z0-9_]*
+//! STRING    = '"' ... '"' on one line, escapes \" and \\
+//! CURRENCY  = three upper-case letters (ISO 4217)
+//! REASON    = granted_by_plan | denied_not_in_plan | denied_no_subscription | denied_banned
+//!           | granted_by_addon | granted_by_rule | denied_by_rule | denied_past_due
+//!           | capped_by_rule | override
+//! ```
+//!
+//! # Meaning
+//!
+//! * Types: `banned`, `in_trial`, `allowed(f)`, comparisons and `and`/`or`/`not` are
+//!   conditions; `dunning_level`, `days_past_due`, `today`, `usage(f)` (metered `f`),
+//!   `addon(a)` (quantity), `limit(f)` (limit/metered `f`, [`ir::NO_LIMIT`] when none) and
+//!   integer arithmetic are integers. `status`, `plan` and `override(f)` compare only with
+//!   `==`/`!=` against a status (`trialing`, `active`, `past_due`, `canceled`, `none`), a plan
+//!   key, or an override mode (`none`, `deny`, `grant`) respectively.
+//! * Default reasons: `deny` → `denied_by_rule`, `grant` → `granted_by_rule`, `limit` and
+//!   `cap` → `capped_by_rule`. A `deny` must use a `denied_*` reason, the others must not.
+//! * A rule whose condition can never hold is an error (`rule_never_fires`): constant false
+//!   after folding, or comparisons of one fact that contradict each other or its range.
+//! * Tests start from [`ir::FactVector::empty`] (no subscription, no usage, no overrides);
+//!   `given plan = X` without `status` means `status = active`. An expectation checks only
+//!   what it names. Tests are lowered to [`ir::TestCase`]s, not run here.
+//! * Features, plans and add-ons may be used before they are declared; their order of
+//!   declaration is their index in the program.
+//!
+//! # Limits
+//!
+//! Sources over [`MAX_SOURCE_BYTES`] are refused; expressions nest at most [`MAX_NESTING`]
+//! parentheses/`not`/minus deep and [`MAX_EXPR_DEPTH`] operators high; at most
+//! [`MAX_DIAGNOSTICS`] diagnostics are returned.
+
+mod ast;
+mod check;
+pub mod diag;
+mod fold;
+mod lexer;
+mod lower;
+mod parser;
+
+pub use diag::{Diagnostic, Severity};
+
+use crate::ir::{self, Span};
+use diag::{Diags, codes};
+
+/// Largest source accepted, in bytes.
+pub const MAX_SOURCE_BYTES: usize = 1 << 20;
+/// Deepest nesting of parentheses, `not` and unary minus in one expression.
+pub const MAX_NESTING: u32 = 64;
+/// Highest expression tree (a chain of 200 `and`s is 200 high), which bounds every pass that
+/// recurses over expressions after the parser.
+pub const MAX_EXPR_DEPTH: u32 = 256;
+/// Most diagnostics returned from one compilation; the rest are counted in one more.
+pub const MAX_DIAGNOSTICS: usize = 100;
+
+/// A source file: its name (for messages) and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: String,
+}
+
+/// Parses, checks and lowers one source file.
+///
+/// `Ok` carries the program and its warnings; `Err` carries every diagnostic found (warnings
+/// included), in source order, at least one of them an error.
+pub fn compile_source(
+    file: &SourceFile,
+) -> Result<(ir::Program, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let mut diags = Diags::default();
+    if file.text.len() > MAX_SOURCE_BYTES {
+        diags.error(
+            codes::INPUT_TOO_LARGE,
+            Span { start: 0, end: 0 },
+            format!(
+                "source is {} bytes; the limit is {MAX_SOURCE_BYTES}",
+                file.text.len()
+            ),
+        );
+        return Err(diags.finish(file, MAX_DIAGNOSTICS));
+    }
+    let tokens = lexer::lex(&file.text, &mut diags);
+    let ast = parser::parse(&tokens, &mut diags);
+    let checked = check::check(&ast, &mut diags);
+    if diags.has_errors() {
+        return Err(diags.finish(file, MAX_DIAGNOSTICS));
+    }
+    match lower::lower(checked) {
+        Ok(program) => Ok((program, diags.finish(file, MAX_DIAGNOSTICS))),
+        Err(message) => {
+            diags.error(
+                codes::INTERNAL_ERROR,
+                Span { start: 0, end: 0 },
+                format!("compiler bug: {message}"),
+            );
+            Err(diags.finish(file, MAX_DIAGNOSTICS))
+        }
+    }
+}
