@@ -581,7 +581,7 @@ tg_write_env() {
       TOLLGATE_CF_DATABASE_URL TOLLGATE_BILLING_DATABASE_URL TOLLGATE_REDIS_URL \
       TOLLGATE_LOCALSTRIPE_PORT TOLLGATE_TEST_STRIPE_API_BASE \
       TOLLGATE_CP_PORT TOLLGATE_EDGE_PORT TOLLGATE_CP_URL TOLLGATE_EDGE_URL \
-      TOLLGATE_EDGE_TOKEN; do
+      TOLLGATE_EDGE_TOKEN TOLLGATE_ADMIN_TOKEN TOLLGATE_ACTOR; do
       [[ -n "${!v:-}" ]] || continue
       # The private-cluster port only matters when that cluster is in use.
       [[ "$v" != TOLLGATE_PG_PORT || "$TOLLGATE_PG_URL" == *":$TOLLGATE_PG_PORT" ]] || continue

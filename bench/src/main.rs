@@ -25,7 +25,9 @@ use tollgate_edge::upstream::Upstream;
 use tollgate_protocol::{
     AccountFacts, AccountId, AccountStanding, Reason, SubscriptionFacts, SubscriptionStatus,
 };
-use tollgate_rules::Catalog;
+use tollgate_rules::host::RulesEngine;
+use tollgate_rules::lang::{SourceFile, compile_source};
+use tollgate_rules::wasm;
 
 /// Accounts pre-filled in the edge cache and cycled through by wrk.
 const ACCOUNTS: usize = 10_000;
@@ -59,6 +61,7 @@ struct BareResponse {
     limit: Option<i64>,
     reason: Reason,
     version: i64,
+    bundle_version: u64,
     stale: bool,
 }
 
@@ -70,6 +73,7 @@ async fn bare(Query(q): Query<BareQuery>) -> axum::Json<BareResponse> {
         limit: Some(10),
         reason: Reason::GrantedByPlan,
         version: 3,
+        bundle_version: 1,
         stale: false,
     })
 }
@@ -90,8 +94,14 @@ fn edge_state(accounts: &[AccountId]) -> anyhow::Result<EdgeState> {
         5_000,
         5_000,
     );
-    state.install_catalog(Catalog::demo());
-    let view = state.catalog.load_full().context("catalog")?;
+    let text = include_str!("../../rules/examples/demo.tg").to_owned();
+    let program = compile_source(&SourceFile { name: "demo.tg".into(), text })
+        .map_err(|d| anyhow::anyhow!("demo.tg: {} diagnostics", d.len()))?
+        .0;
+    let module = wasm::emit(&program)?;
+    let loaded = RulesEngine::new()?.load(&module, program.shape())?;
+    state.install_rules(1, program, Some(loaded));
+    let view = state.rules.load_full().context("rules")?;
     for (i, id) in accounts.iter().enumerate() {
         let facts = AccountFacts {
             account_id: *id,
@@ -102,6 +112,7 @@ fn edge_state(accounts: &[AccountId]) -> anyhow::Result<EdgeState> {
                 status: SubscriptionStatus::Active,
                 current_period_end_ms: 0,
             }),
+            ..AccountFacts::new(*id, 0)
         };
         state.cache.begin_fill(*id);
         state.cache.finish_fill(*id, Some(facts), &view);
@@ -202,10 +213,89 @@ fn pin_self_to_cpu1() {
         .output();
 }
 
+/// Accounts materialised per measurement pass.
+const MATERIALISE_ACCOUNTS: usize = 20_000;
+
+/// `materialise`: accounts' decisions computed through the compiled WebAssembly module (fresh
+/// store per account, and one instance reused across a batch) against the reference
+/// interpreter, for the same demo rules and the same facts, in one run.
+fn materialise(out_path: &str) -> anyhow::Result<()> {
+    use std::time::Instant;
+    use tollgate_protocol::FeatureOverride;
+    use tollgate_rules::{facts::fact_vector, interp};
+    let text = include_str!("../../rules/examples/demo.tg").to_owned();
+    let program = compile_source(&SourceFile { name: "demo.tg".into(), text })
+        .map_err(|d| anyhow::anyhow!("demo.tg: {} diagnostics", d.len()))?
+        .0;
+    let module = wasm::emit(&program)?;
+    let loaded = RulesEngine::new()?.load(&module, program.shape())?;
+    let plans = ["free", "pro", "enterprise"];
+    let statuses = [SubscriptionStatus::Active, SubscriptionStatus::PastDue, SubscriptionStatus::Trialing];
+    let vectors: Vec<_> = (0..MATERIALISE_ACCOUNTS)
+        .map(|i| {
+            let mut f = AccountFacts::new(AccountId(uuid::Uuid::now_v7()), 1);
+            f.subscription = Some(SubscriptionFacts {
+                plan: plans[i % 3].into(),
+                status: statuses[i % 3],
+                current_period_end_ms: 0,
+            });
+            f.days_past_due = (i % 11) as i64;
+            f.dunning_level = (i % 5) as i64;
+            if i % 7 == 0 {
+                f.overrides.insert("sso".into(), FeatureOverride::Grant { limit: None });
+            }
+            fact_vector(&program, &f, 1_700_000_000_000)
+        })
+        .collect();
+    let rate = |secs: f64| MATERIALISE_ACCOUNTS as f64 / secs;
+    let mut rows = Vec::new();
+    for _round in 0..3 {
+        let t = Instant::now();
+        let mut checksum = 0i64;
+        for v in &vectors {
+            checksum += interp::evaluate(&program, v).iter().map(|d| d.limit.max(0) % 7).sum::<i64>();
+        }
+        let interp_rate = rate(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let batch = loaded.evaluate_batch(&vectors)?;
+        let batch_rate = rate(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut wasm_sum = 0i64;
+        for v in &vectors {
+            wasm_sum += loaded.evaluate(v)?.iter().map(|d| d.limit.max(0) % 7).sum::<i64>();
+        }
+        let single_rate = rate(t.elapsed().as_secs_f64());
+        let batch_sum: i64 = batch.iter().flatten().map(|d| d.limit.max(0) % 7).sum();
+        anyhow::ensure!(checksum == wasm_sum && checksum == batch_sum, "engines disagree");
+        rows.push((interp_rate, batch_rate, single_rate));
+    }
+    rows.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let (i, b, s1) = rows[rows.len() / 2];
+    let report = format!(
+        "# Materialising decisions: WebAssembly vs the reference interpreter\n\n\
+         Command: `cargo run --release -p tollgate-bench -- materialise`\n\n\
+         {MATERIALISE_ACCOUNTS} accounts (mixed plans, statuses, dunning levels, overrides), the demo rules \
+         (`rules/examples/demo.tg`: 4 features, 3 plans, 1 add-on, 3 rules), same facts for every engine, \
+         one thread, release profile, median of 3 rounds. Every round checks all engines decided alike.\n\n\
+         | engine | accounts/s | vs interpreter |\n|---|---:|---:|\n\
+         | reference interpreter (native Rust) | {i:.0} | 1.00 |\n\
+         | WebAssembly, one instance per batch (refuelled per account) | {b:.0} | {:.2} |\n\
+         | WebAssembly, fresh `Store` + instance per account | {s1:.0} | {:.2} |\n",
+        b / i,
+        s1 / i
+    );
+    std::fs::write(out_path, &report)?;
+    println!("{report}");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("materialise") {
+        return materialise(concat!(env!("CARGO_MANIFEST_DIR"), "/results/materialise.md"));
+    }
     if args.first().map(String::as_str) != Some("edge-check") {
-        bail!("usage: tollgate-bench edge-check [--secs N] [--out FILE]");
+        bail!("usage: tollgate-bench edge-check [--secs N] [--out FILE] | tollgate-bench materialise");
     }
     let mut secs = 5u32;
     let mut out_path = String::from(concat!(

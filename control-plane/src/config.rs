@@ -9,6 +9,8 @@
 //! | `TOLLGATE_REDIS_URL` | Redis (change stream, L2 facts) | `redis://127.0.0.1:6379` |
 //! | `TOLLGATE_EDGE_TOKEN` | shared secret edges present on `/internal/v1` | required |
 //! | `TOLLGATE_TOKEN_SECRET` | HMAC key that derives Dashboard API tokens | required |
+//! | `TOLLGATE_ADMIN_TOKEN` | token platform engineers present on `/admin/v1` | required |
+//! | `TOLLGATE_TRUSTED_KEYS` | rule-bundle signing keys trusted, `key_id:hex,key_id:hex` | none (uploads refused) |
 //! | `TOLLGATE_STRIPE_SECRET_KEY` | Stripe secret key; unset ⇒ simulated payments | unset |
 //! | `TOLLGATE_STRIPE_API_BASE` | Stripe API base URL (localstripe in tests) | Stripe's |
 //! | `TOLLGATE_DEV_MODE` | enables `/dev/v1` (advanceable clock, 3-D Secure simulator) | `false` |
@@ -32,6 +34,8 @@ pub struct Config {
     pub redis_url: String,
     pub edge_token: SecretString,
     pub token_secret: SecretString,
+    pub admin_token: SecretString,
+    pub trusted_keys: tollgate_rules::bundle::TrustedKeys,
     pub stripe_secret_key: Option<SecretString>,
     pub stripe_api_base: Option<String>,
     pub dev_mode: bool,
@@ -60,6 +64,14 @@ impl Config {
             redis_url: r.string("redis_url", "redis://127.0.0.1:6379"),
             edge_token: r.required_secret("edge_token"),
             token_secret: r.required_secret("token_secret"),
+            admin_token: r.required_secret("admin_token"),
+            trusted_keys: match r.optional("trusted_keys") {
+                None => tollgate_rules::bundle::TrustedKeys::new(Vec::new()),
+                Some(list) => tollgate_rules::bundle::TrustedKeys::parse_list(&list).unwrap_or_else(|e| {
+                    r.error(format!("TOLLGATE_TRUSTED_KEYS: {e}"));
+                    tollgate_rules::bundle::TrustedKeys::new(Vec::new())
+                }),
+            },
             stripe_secret_key: r.optional_secret("stripe_secret_key"),
             stripe_api_base: r.optional("stripe_api_base"),
             dev_mode: r.parse("dev_mode", false),
@@ -121,7 +133,7 @@ mod tests {
 
     #[test]
     fn defaults_fill_everything_but_secrets() {
-        let src = MapSource::from_pairs([("edge_token", "e"), ("token_secret", "t")]);
+        let src = MapSource::from_pairs([("edge_token", "e"), ("token_secret", "t"), ("admin_token", "a")]);
         let cfg = Config::from_source(&src).expect("valid");
         assert_eq!(cfg.listen_addr.port(), 7700);
         assert_eq!(cfg.checkout_expiry_secs, 82_800);

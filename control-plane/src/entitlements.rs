@@ -64,6 +64,7 @@ pub async fn compute_facts(
         version: 0,
         standing,
         subscription,
+        ..AccountFacts::new(account, 0)
     }))
 }
 

@@ -6,16 +6,15 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use secrecy::ExposeSecret;
 use tollgate_protocol::{AccountFacts, AccountId};
-use tollgate_rules::Catalog;
 
 use crate::http::{ApiError, ApiResult, Path};
 use crate::state::AppState;
-use crate::{catalog, entitlements};
+use crate::entitlements;
 
 /// Proof that the caller presented the edge token.
 pub struct EdgeAuth;
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -68,15 +67,6 @@ pub async fn facts(
                 "no such account",
             )
         })
-}
-
-/// `GET /internal/v1/catalog`
-pub async fn catalog(State(state): State<AppState>, _: EdgeAuth) -> ApiResult<axum::Json<Catalog>> {
-    let mut conn = state.cf.acquire().await?;
-    catalog::load(&mut conn)
-        .await
-        .map(axum::Json)
-        .map_err(ApiError::internal)
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod http;
 pub mod internal;
 pub mod metrics;
 pub mod outbox;
+pub mod rollout;
 pub mod state;
 pub mod subscriptions;
 
@@ -78,10 +79,24 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/subscriptions/{id}/cancel", post(subscriptions::cancel));
     let internal = Router::new()
         .route("/internal/v1/accounts/{id}/facts", get(internal::facts))
-        .route("/internal/v1/catalog", get(internal::catalog));
+        .route("/internal/v1/bundle", get(rollout::bundle_for_edge))
+        .route("/internal/v1/edges/{edge_id}/status", post(rollout::edge_status));
+    let admin = Router::new()
+        .route(
+            "/admin/v1/bundles",
+            post(rollout::upload)
+                .layer(DefaultBodyLimit::max(tollgate_rules::bundle::BUNDLE_BYTES_MAX))
+                .get(rollout::list),
+        )
+        .route("/admin/v1/bundles/{version}/activate", post(rollout::activate))
+        .route("/admin/v1/bundles/{version}/promote", post(rollout::promote))
+        .route("/admin/v1/rollback", post(rollout::rollback))
+        .route("/admin/v1/edges", get(rollout::edges))
+        .route("/admin/v1/audit", get(rollout::audit_log));
     let mut router = Router::new()
         .merge(dashboard)
         .merge(internal)
+        .merge(admin)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler));
@@ -183,6 +198,9 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
         clock: deps.clock,
         edge_token: config.edge_token.clone(),
         token_secret: config.token_secret.clone(),
+        admin_token: config.admin_token.clone(),
+        trusted_keys: config.trusted_keys.clone(),
+        rules_engine: tollgate_rules::host::RulesEngine::new().context("wasmtime engine")?,
         dev_mode: config.dev_mode,
         checkout_expiry_secs: config.checkout_expiry_secs,
         metrics: Metrics::new(),

@@ -27,6 +27,11 @@ pub struct Inner {
     pub clock: Arc<dyn Clock>,
     pub edge_token: SecretString,
     pub token_secret: SecretString,
+    pub admin_token: SecretString,
+    /// Keys rule bundles must be signed with.
+    pub trusted_keys: tollgate_rules::bundle::TrustedKeys,
+    /// Loads and self-tests uploaded bundles.
+    pub rules_engine: tollgate_rules::host::RulesEngine,
     pub dev_mode: bool,
     pub checkout_expiry_secs: i64,
     pub metrics: Metrics,

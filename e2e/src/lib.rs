@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
+use tollgate_rules::bundle::{self, SigningKey};
+use tollgate_rules::compiler;
+use tollgate_rules::lang::SourceFile;
 
 pub const EDGE_TOKEN: &str = "e2e-edge-token";
 
@@ -113,125 +116,191 @@ where
     }
 }
 
-/// A control plane and an edge on fresh databases.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+pub const KEY_ID: &str = "e2e";
+
+/// The demo rules shipped in the repository.
+pub fn demo_source() -> String {
+    include_str!("../../rules/examples/demo.tg").to_owned()
+}
+
+/// Compiles `source` and signs it as bundle `version` with `key`.
+pub fn signed_bundle(source: &str, version: u64, key: &SigningKey) -> anyhow::Result<Vec<u8>> {
+    let file = SourceFile { name: "rules.tg".into(), text: source.to_owned() };
+    let compiled = compiler::compile(&file).map_err(|d| {
+        anyhow::anyhow!("{}", d.iter().map(|d| d.render(&file)).collect::<Vec<_>>().join("\n"))
+    })?;
+    let unsigned = bundle::build(&compiled, source, version, 0)?;
+    Ok(unsigned.sign(key))
+}
+
+/// `key_id:hex` of a key, the form TOLLGATE_TRUSTED_KEYS takes.
+pub fn trusted_entry(key: &SigningKey) -> String {
+    let file = key.public().to_file_string();
+    let parts: Vec<&str> = file.split_whitespace().collect();
+    format!("{}:{}", parts.get(1).copied().unwrap_or_default(), parts.get(2).copied().unwrap_or_default())
+}
+
+/// A control plane and its edges on fresh databases.
 pub struct Stack {
     pub cp_url: String,
-    pub edge_url: String,
     pub http: reqwest::Client,
     pub cp: Proc,
-    pub edge: Proc,
+    pub edges: Vec<Edge>,
+    pub key: SigningKey,
+    tag: String,
     dbs: Vec<String>,
 }
 
+/// One running edge.
+pub struct Edge {
+    pub id: String,
+    pub url: String,
+    pub proc: Proc,
+}
+
 impl Stack {
-    /// Starts both binaries; `cp_env` adds control-plane settings (e.g. Stripe).
-    pub async fn start(cp_env: &[(&str, String)]) -> anyhow::Result<Stack> {
+    /// Starts the control plane (with `cp_env` added, e.g. Stripe), deploys and promotes the
+    /// demo rules as bundle 1, then starts one edge per id.
+    pub async fn start(cp_env: &[(&str, String)], edge_ids: &[&str]) -> anyhow::Result<Stack> {
         let server = pg_server_url();
-        let mut admin = PgConnection::connect(&format!("{server}/postgres"))
-            .await
-            .context("postgres")?;
+        let mut admin = PgConnection::connect(&format!("{server}/postgres")).await.context("postgres")?;
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let dbs = vec![format!("tg_e2e_cf_{tag}"), format!("tg_e2e_billing_{tag}")];
         for db in &dbs {
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-                .execute(&mut admin)
-                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut admin).await?;
         }
+        let key = SigningKey::generate(KEY_ID);
         let cp_port = free_port()?;
-        let edge_port = free_port()?;
         let cp_url = format!("http://127.0.0.1:{cp_port}");
-        let edge_url = format!("http://127.0.0.1:{edge_port}");
         let mut env = vec![
             ("TOLLGATE_CP_LISTEN_ADDR", format!("127.0.0.1:{cp_port}")),
             ("TOLLGATE_CF_DATABASE_URL", format!("{server}/{}", dbs[0])),
-            (
-                "TOLLGATE_BILLING_DATABASE_URL",
-                format!("{server}/{}", dbs[1]),
-            ),
+            ("TOLLGATE_BILLING_DATABASE_URL", format!("{server}/{}", dbs[1])),
             ("TOLLGATE_REDIS_URL", redis_url()),
             ("TOLLGATE_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
+            ("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("TOLLGATE_TRUSTED_KEYS", trusted_entry(&key)),
             ("TOLLGATE_TOKEN_SECRET", format!("e2e-secret-{tag}")),
             ("TOLLGATE_DEV_MODE", "true".to_owned()),
-            ("TOLLGATE_SEED_DEMO", "true".to_owned()),
             ("TOLLGATE_RELAY_POLL_MS", "200".to_owned()),
         ];
         env.extend(cp_env.iter().cloned());
         let cp = Proc::spawn("control-plane", "tollgate-control-plane", &env)?;
-        let edge_dir = std::env::temp_dir().join(format!("tollgate-e2e-edge-{tag}"));
-        let edge = Proc::spawn(
-            "edge",
-            "tollgate-edge",
-            &[
-                (
-                    "TOLLGATE_EDGE_LISTEN_ADDR",
-                    format!("127.0.0.1:{edge_port}"),
-                ),
-                ("TOLLGATE_EDGE_ID", "e2e-edge".to_owned()),
-                ("TOLLGATE_CONTROL_PLANE_URL", cp_url.clone()),
-                ("TOLLGATE_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
-                ("TOLLGATE_REDIS_URL", redis_url()),
-                ("TOLLGATE_EDGE_DATA_DIR", edge_dir.display().to_string()),
-            ],
-        )?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
-        let mut stack = Stack {
-            cp_url,
-            edge_url,
-            http,
-            cp,
-            edge,
-            dbs,
-        };
-        for (url, name) in [
-            (stack.cp_url.clone(), "control plane"),
-            (stack.edge_url.clone(), "edge"),
-        ] {
-            let ready = format!("{url}/readyz");
-            let http = stack.http.clone();
-            let res = poll(&format!("{name} ready"), Duration::from_secs(60), || {
-                let http = http.clone();
-                let ready = ready.clone();
-                async move {
-                    let r = http.get(&ready).send().await.ok()?;
-                    r.status().is_success().then_some(())
-                }
-            })
-            .await;
-            if let Err(e) = res {
-                let logs = format!(
-                    "{}\n--- edge ---\n{}",
-                    stack.cp.log_tail(),
-                    stack.edge.log_tail()
-                );
-                stack.drop_dbs().await;
-                bail!("{e}\n--- control plane ---\n{logs}");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let mut stack = Stack { cp_url, http, cp, edges: Vec::new(), key, tag, dbs };
+        let setup = async {
+            stack.await_ready(&stack.cp_url.clone(), "control plane").await?;
+            let bytes = signed_bundle(&demo_source(), 1, &stack.key)?;
+            let (status, body) = stack.admin(reqwest::Method::POST, "/admin/v1/bundles", Some(bytes)).await?;
+            anyhow::ensure!(status == 201, "upload: {status} {body}");
+            let (status, body) = stack.admin(reqwest::Method::POST, "/admin/v1/bundles/1/promote", None).await?;
+            anyhow::ensure!(status == 200, "promote: {status} {body}");
+            for id in edge_ids {
+                stack.start_edge(id).await?;
             }
+            Ok(())
+        };
+        if let Err(e) = setup.await {
+            let logs = stack.logs();
+            stack.drop_dbs().await;
+            bail!("{e}\n{logs}");
         }
         Ok(stack)
     }
 
+    /// Every process's recent log lines, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = format!("--- control plane ---\n{}", self.cp.log_tail());
+        for e in &self.edges {
+            out.push_str(&format!("\n--- edge {} ---\n{}", e.id, e.proc.log_tail()));
+        }
+        out
+    }
+
+    async fn await_ready(&self, url: &str, name: &str) -> anyhow::Result<()> {
+        let ready = format!("{url}/readyz");
+        poll(&format!("{name} ready"), Duration::from_secs(60), || async {
+            let r = self.http.get(&ready).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await
+    }
+
+    /// Starts another edge and waits until it has a bundle.
+    pub async fn start_edge(&mut self, id: &str) -> anyhow::Result<()> {
+        let port = free_port()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let dir = std::env::temp_dir().join(format!("tollgate-e2e-{}-{id}", self.tag));
+        let proc = Proc::spawn(
+            &format!("edge-{id}"),
+            "tollgate-edge",
+            &[
+                ("TOLLGATE_EDGE_LISTEN_ADDR", format!("127.0.0.1:{port}")),
+                ("TOLLGATE_EDGE_ID", id.to_owned()),
+                ("TOLLGATE_CONTROL_PLANE_URL", self.cp_url.clone()),
+                ("TOLLGATE_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
+                ("TOLLGATE_TRUSTED_KEYS", trusted_entry(&self.key)),
+                ("TOLLGATE_EDGE_BUNDLE_POLL_MS", "200".to_owned()),
+                ("TOLLGATE_REDIS_URL", redis_url()),
+                ("TOLLGATE_EDGE_DATA_DIR", dir.display().to_string()),
+            ],
+        )?;
+        self.edges.push(Edge { id: id.to_owned(), url: url.clone(), proc });
+        self.await_ready(&url, &format!("edge {id}")).await
+    }
+
+    /// The first edge's URL.
+    pub fn edge_url(&self) -> &str {
+        self.edges.first().map_or("", |e| e.url.as_str())
+    }
+
     async fn drop_dbs(&mut self) {
-        if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", pg_server_url())).await
-        {
+        if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", pg_server_url())).await {
             for db in self.dbs.drain(..) {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-                )))
-                .execute(&mut admin)
-                .await;
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
+                    .execute(&mut admin)
+                    .await;
             }
         }
     }
 
     /// Stops the processes and drops the databases.
     pub async fn shutdown(mut self) {
-        let _ = self.edge.child.kill();
+        self.edges.clear();
         let _ = self.cp.child.kill();
-        let _ = self.edge.child.wait();
         let _ = self.cp.child.wait();
         self.drop_dbs().await;
+    }
+
+    /// An admin API call (raw bundle bytes or nothing as the body); returns (status, body).
+    pub async fn admin(&self, method: reqwest::Method, path: &str, bundle: Option<Vec<u8>>) -> anyhow::Result<(u16, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.cp_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("Tollgate-Actor", "e2e");
+        req = match bundle {
+            Some(b) => req.header("content-type", "application/octet-stream").body(b),
+            None => req.json(&serde_json::json!({})),
+        };
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// An admin API call with a JSON body.
+    pub async fn admin_json(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.cp_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("Tollgate-Actor", "e2e")
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
     /// A JSON request to the control plane; returns (status, body).
@@ -259,39 +328,36 @@ impl Stack {
         Ok((status, body))
     }
 
-    /// `GET /v1/check` on the edge.
-    pub async fn check(&self, account: &str, feature: &str) -> anyhow::Result<Value> {
+    /// `GET /v1/check` on an edge.
+    pub async fn check_on(&self, edge_url: &str, account: &str, feature: &str) -> anyhow::Result<Value> {
         let resp = self
             .http
-            .get(format!("{}/v1/check", self.edge_url))
+            .get(format!("{edge_url}/v1/check"))
             .query(&[("account", account), ("feature", feature)])
             .send()
             .await?;
-        anyhow::ensure!(
-            resp.status().is_success(),
-            "check answered {}",
-            resp.status()
-        );
+        anyhow::ensure!(resp.status().is_success(), "check answered {}", resp.status());
         Ok(resp.json().await?)
     }
 
-    /// Polls the edge until `feature` is allowed / denied for `account`; returns how long it took.
-    pub async fn await_check(
-        &self,
-        account: &str,
-        feature: &str,
-        allowed: bool,
-    ) -> anyhow::Result<Duration> {
+    /// `GET /v1/check` on the first edge.
+    pub async fn check(&self, account: &str, feature: &str) -> anyhow::Result<Value> {
+        self.check_on(self.edge_url(), account, feature).await
+    }
+
+    /// Polls an edge until `feature` is allowed / denied for `account`; returns how long it took.
+    pub async fn await_check_on(&self, edge_url: &str, account: &str, feature: &str, allowed: bool) -> anyhow::Result<Duration> {
         let start = Instant::now();
-        poll(
-            &format!("{feature} allowed={allowed}"),
-            Duration::from_secs(10),
-            || async {
-                let v = self.check(account, feature).await.ok()?;
-                (v["allowed"].as_bool() == Some(allowed)).then_some(())
-            },
-        )
+        poll(&format!("{feature} allowed={allowed} on {edge_url}"), Duration::from_secs(20), || async {
+            let v = self.check_on(edge_url, account, feature).await.ok()?;
+            (v["allowed"].as_bool() == Some(allowed)).then_some(())
+        })
         .await?;
         Ok(start.elapsed())
+    }
+
+    /// Polls the first edge.
+    pub async fn await_check(&self, account: &str, feature: &str, allowed: bool) -> anyhow::Result<Duration> {
+        self.await_check_on(self.edge_url(), account, feature, allowed).await
     }
 }

@@ -86,14 +86,10 @@ async fn the_same_purchase_through_the_stripe_adapter_against_localstripe() -> a
 }
 
 async fn run(cp_env: &[(&str, String)], payments: Payments) -> anyhow::Result<()> {
-    let stack = Stack::start(cp_env).await?;
+    let stack = Stack::start(cp_env, &["e2e-edge"]).await?;
     let result = walk(&stack, &payments).await;
     if result.is_err() {
-        eprintln!(
-            "--- control plane ---\n{}\n--- edge ---\n{}",
-            stack.cp.log_tail(),
-            stack.edge.log_tail()
-        );
+        eprintln!("{}", stack.logs());
     }
     stack.shutdown().await;
     result

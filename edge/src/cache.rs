@@ -1,8 +1,8 @@
 //! The account cache: account → materialised decisions, answered without an await.
 //!
-//! Entries keep the facts they were evaluated from and the catalog generation, so a new
-//! catalog (later: a new rule bundle) re-materialises an entry lazily from its facts on the
-//! next check, without refetching.
+//! Entries keep the facts they were evaluated from and the rules generation, so a new rule
+//! bundle re-materialises an entry lazily from its facts on the next check, without
+//! refetching and without stalling other checks.
 //!
 //! Fill races: a fetch from L2 / the control plane may return facts older than a change event
 //! that arrives while it is in flight. The stream follower therefore also records events for
@@ -16,33 +16,46 @@ use std::time::Instant;
 
 use moka::sync::Cache;
 use tollgate_protocol::{AccountFacts, AccountId, Decision};
-use tollgate_rules::{Catalog, evaluate};
+use tollgate_rules::facts::{decision, fact_vector};
+use tollgate_rules::host::LoadedRules;
+use tollgate_rules::interp;
+use tollgate_rules::ir::Program;
 
-/// A catalog plus its lookup index and generation number.
-#[derive(Debug)]
-pub struct CatalogView {
-    pub catalog: Catalog,
+/// The rule bundle in force: its program, its loaded WebAssembly module, a feature index and a
+/// generation number that changes with every install.
+pub struct RulesView {
+    pub bundle_version: u64,
+    pub program: Program,
+    /// The verified module; `None` evaluates with the reference interpreter (tests only).
+    pub rules: Option<LoadedRules>,
     pub generation: u64,
     index: HashMap<String, usize>,
 }
 
-impl CatalogView {
-    pub fn new(catalog: Catalog, generation: u64) -> Self {
-        let index = catalog
-            .features
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.key.clone(), i))
-            .collect();
-        Self {
-            catalog,
-            generation,
-            index,
-        }
+impl RulesView {
+    pub fn new(bundle_version: u64, program: Program, rules: Option<LoadedRules>, generation: u64) -> Self {
+        let index = program.features.iter().enumerate().map(|(i, f)| (f.key.clone(), i)).collect();
+        Self { bundle_version, program, rules, generation, index }
     }
 
     pub fn feature_index(&self, key: &str) -> Option<usize> {
         self.index.get(key).copied()
+    }
+
+    /// Materialises every feature's decision for one account through the module. The module
+    /// passed its embedded tests before install; should it still fail at run time, the
+    /// reference interpreter (same semantics, proven equal by property tests) answers and the
+    /// failure is logged.
+    pub fn decide(&self, facts: &AccountFacts) -> Vec<Decision> {
+        let vector = fact_vector(&self.program, facts, crate::now_ms());
+        let raw = match &self.rules {
+            Some(rules) => rules.evaluate(&vector).unwrap_or_else(|e| {
+                tracing::error!(account_id = %facts.account_id, error = %e, "rule module failed; interpreter answers");
+                interp::evaluate(&self.program, &vector)
+            }),
+            None => interp::evaluate(&self.program, &vector),
+        };
+        raw.into_iter().map(decision).collect()
     }
 }
 
@@ -52,7 +65,7 @@ pub struct Entry {
     /// `None`: the control plane says the account does not exist.
     pub facts: Option<AccountFacts>,
     pub decisions: Vec<Decision>,
-    pub catalog_generation: u64,
+    pub generation: u64,
     pub filled_at: Instant,
 }
 
@@ -61,17 +74,9 @@ impl Entry {
         self.facts.as_ref().map_or(0, |f| f.version)
     }
 
-    pub fn materialise(facts: Option<AccountFacts>, view: &CatalogView) -> Self {
-        let decisions = facts
-            .as_ref()
-            .map(|f| evaluate(&view.catalog, f))
-            .unwrap_or_default();
-        Self {
-            facts,
-            decisions,
-            catalog_generation: view.generation,
-            filled_at: Instant::now(),
-        }
+    pub fn materialise(facts: Option<AccountFacts>, view: &RulesView) -> Self {
+        let decisions = facts.as_ref().map(|f| view.decide(f)).unwrap_or_default();
+        Self { facts, decisions, generation: view.generation, filled_at: Instant::now() }
     }
 }
 
@@ -122,7 +127,7 @@ impl AccountCache {
         &self,
         account: AccountId,
         fetched: Option<AccountFacts>,
-        view: &CatalogView,
+        view: &RulesView,
     ) -> Arc<Entry> {
         let mut in_flight = self.lock();
         let seen = in_flight.remove(&account).flatten();
@@ -140,7 +145,7 @@ impl AccountCache {
 
     /// Applies facts from the change stream: updates a cached account if newer, records them
     /// for a fill in flight, ignores accounts this edge does not hold.
-    pub fn apply(&self, facts: AccountFacts, view: &CatalogView) -> bool {
+    pub fn apply(&self, facts: AccountFacts, view: &RulesView) -> bool {
         let mut in_flight = self.lock();
         let account = facts.account_id;
         if let Some(slot) = in_flight.get_mut(&account) {
@@ -159,10 +164,10 @@ impl AccountCache {
 
     /// Re-evaluates an account's entry for a newer catalog generation. Reads the entry under
     /// the lock the stream follower takes, so a concurrent newer event is never overwritten.
-    pub fn rematerialise(&self, account: AccountId, view: &CatalogView) -> Option<Arc<Entry>> {
+    pub fn rematerialise(&self, account: AccountId, view: &RulesView) -> Option<Arc<Entry>> {
         let _guard = self.lock();
         let current = self.entries.get(&account)?;
-        if current.catalog_generation == view.generation {
+        if current.generation == view.generation {
             return Some(current);
         }
         let fresh = Arc::new(Entry::materialise(current.facts.clone(), view));
@@ -179,6 +184,13 @@ impl AccountCache {
 mod tests {
     use super::*;
     use tollgate_protocol::{AccountStanding, SubscriptionFacts, SubscriptionStatus};
+    use tollgate_rules::lang::{SourceFile, compile_source};
+
+    fn demo_view() -> RulesView {
+        let text = include_str!("../../rules/examples/demo.tg").to_owned();
+        let program = compile_source(&SourceFile { name: "demo.tg".into(), text }).expect("demo").0;
+        RulesView::new(1, program, None, 1)
+    }
 
     fn facts(id: AccountId, version: i64, plan: Option<&str>) -> AccountFacts {
         AccountFacts {
@@ -190,12 +202,13 @@ mod tests {
                 status: SubscriptionStatus::Active,
                 current_period_end_ms: 0,
             }),
+            ..AccountFacts::new(id, 0)
         }
     }
 
     #[test]
     fn an_event_during_a_fill_wins_over_the_older_fetch() {
-        let view = CatalogView::new(Catalog::demo(), 1);
+        let view = demo_view();
         let cache = AccountCache::new(100);
         let id = AccountId::new_v7();
         cache.begin_fill(id);
@@ -212,7 +225,7 @@ mod tests {
 
     #[test]
     fn stream_updates_only_move_forward_and_skip_unknown_accounts() {
-        let view = CatalogView::new(Catalog::demo(), 1);
+        let view = demo_view();
         let cache = AccountCache::new(100);
         let id = AccountId::new_v7();
         assert!(!cache.apply(facts(id, 1, Some("pro")), &view));
@@ -231,7 +244,7 @@ mod tests {
 
     #[test]
     fn unknown_accounts_have_version_zero_and_no_decisions() {
-        let view = CatalogView::new(Catalog::demo(), 1);
+        let view = demo_view();
         let cache = AccountCache::new(10);
         let id = AccountId::new_v7();
         cache.begin_fill(id);

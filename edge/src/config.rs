@@ -12,6 +12,8 @@
 //! | `TOLLGATE_EDGE_FRESHNESS_BUDGET_MS` | answers are `stale` when the change stream has been silent-by-failure longer, ms | `5000` |
 //! | `TOLLGATE_EDGE_UPSTREAM_TIMEOUT_MS` | timeout of one control-plane request, ms | `2000` |
 //! | `TOLLGATE_EDGE_NEGATIVE_TTL_MS` | how long "unknown account" is trusted, ms | `5000` |
+//! | `TOLLGATE_TRUSTED_KEYS` | rule-bundle signing keys trusted, `key_id:hex,key_id:hex` | required |
+//! | `TOLLGATE_EDGE_BUNDLE_POLL_MS` | how often the edge asks for its bundle (ETag), ms | `2000` |
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +33,8 @@ pub struct Config {
     pub freshness_budget_ms: u64,
     pub upstream_timeout_ms: u64,
     pub negative_ttl_ms: u64,
+    pub trusted_keys: tollgate_rules::bundle::TrustedKeys,
+    pub bundle_poll_ms: u64,
 }
 
 impl Config {
@@ -47,9 +51,24 @@ impl Config {
             freshness_budget_ms: r.parse("edge_freshness_budget_ms", 5_000),
             upstream_timeout_ms: r.parse("edge_upstream_timeout_ms", 2_000),
             negative_ttl_ms: r.parse("edge_negative_ttl_ms", 5_000),
+            trusted_keys: match r.optional("trusted_keys") {
+                None => {
+                    r.error("TOLLGATE_TRUSTED_KEYS is required (the keys rule bundles are signed with)");
+                    tollgate_rules::bundle::TrustedKeys::new(Vec::new())
+                }
+                Some(list) => tollgate_rules::bundle::TrustedKeys::parse_list(&list).unwrap_or_else(|e| {
+                    r.error(format!("TOLLGATE_TRUSTED_KEYS: {e}"));
+                    tollgate_rules::bundle::TrustedKeys::new(Vec::new())
+                }),
+            },
+            bundle_poll_ms: r.parse("edge_bundle_poll_ms", 2_000),
         };
-        if cfg.edge_id.is_empty() || cfg.edge_id.len() > 128 {
-            r.error("TOLLGATE_EDGE_ID must be 1-128 characters");
+        let id_ok = cfg.edge_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if cfg.edge_id.is_empty() || cfg.edge_id.len() > 128 || !id_ok {
+            r.error("TOLLGATE_EDGE_ID must be 1-128 characters of A-Z a-z 0-9 - _ .");
+        }
+        if cfg.bundle_poll_ms == 0 {
+            r.error("TOLLGATE_EDGE_BUNDLE_POLL_MS must be positive");
         }
         if !cfg.control_plane_url.starts_with("http://")
             && !cfg.control_plane_url.starts_with("https://")
@@ -84,6 +103,7 @@ mod tests {
         let text = Config::from_source(&src).expect_err("invalid").0.join("\n");
         for needle in [
             "TOLLGATE_EDGE_TOKEN is required",
+            "TOLLGATE_TRUSTED_KEYS is required",
             "TOLLGATE_CONTROL_PLANE_URL",
             "TOLLGATE_EDGE_CACHE_ENTRIES_MAX",
         ] {

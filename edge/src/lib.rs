@@ -2,9 +2,10 @@
 //!
 //! Check path: moka cache of account → materialised decisions. A miss reads the Redis L2
 //! copy, then the control plane's internal API. The Redis change stream keeps cached accounts
-//! current (see [`stream`]). Decisions come from `tollgate_rules::evaluate` over the catalog
-//! the control plane serves.
+//! current (see [`stream`]). Decisions are materialised when facts or the rule bundle change,
+//! by the bundle's WebAssembly module (see [`bundles`]); the check path never enters it.
 
+pub mod bundles;
 pub mod cache;
 pub mod config;
 pub mod metrics;
@@ -82,6 +83,8 @@ pub struct CheckResponse<'a> {
     pub reason: Reason,
     /// Facts version the answer came from (0 for an unknown account).
     pub version: i64,
+    /// Rule bundle the decision came from.
+    pub bundle_version: u64,
     pub stale: bool,
 }
 
@@ -116,12 +119,12 @@ async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Respo
         );
     };
     // A guard, not a clone of the Arc: no reference-count traffic on the hot path.
-    let guard = state.catalog.load();
+    let guard = state.rules.load();
     let Some(view) = guard.as_ref() else {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            "no catalog loaded yet",
+            "no rule bundle loaded yet",
         );
     };
     let Some(index) = view.feature_index(&feature) else {
@@ -134,13 +137,20 @@ async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Respo
     let entry = match state.entry(account, view).await {
         Ok(e) => e,
         Err(e) => {
-            tracing::warn!(account_id = %account, error = %e, "fill failed");
+            // Never seen and the control plane is unreachable: the feature's policy decides.
+            tracing::warn!(account_id = %account, error = %e, "fill failed; fail-open/closed policy answers");
             state.metrics.checks_unavailable.inc();
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream_unavailable",
-                "account not cached and the control plane is unreachable",
-            );
+            let fail_open = view.program.features.get(index).is_some_and(|f| f.fail_open);
+            return axum::Json(CheckResponse {
+                allowed: fail_open,
+                feature,
+                limit: None,
+                reason: Reason::Fallback,
+                version: 0,
+                bundle_version: view.bundle_version,
+                stale: true,
+            })
+            .into_response();
         }
     };
     let stale = state.is_stale();
@@ -151,6 +161,7 @@ async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Respo
             limit: d.limit,
             reason: d.reason,
             version: entry.version(),
+            bundle_version: view.bundle_version,
             stale,
         },
         None => CheckResponse {
@@ -159,6 +170,7 @@ async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Respo
             limit: None,
             reason: Reason::UnknownAccount,
             version: 0,
+            bundle_version: view.bundle_version,
             stale,
         },
     };
@@ -171,13 +183,9 @@ async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Respo
 }
 
 async fn readyz(State(state): State<EdgeState>) -> Response {
-    let catalog = state.catalog.load().is_some();
-    let body = json!({ "ready": catalog, "catalog": catalog, "stale": state.is_stale(), "edge_id": state.edge_id });
-    let status = if catalog {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let bundle = state.bundle_version();
+    let body = json!({ "ready": bundle.is_some(), "bundle_version": bundle, "stale": state.is_stale(), "edge_id": state.edge_id });
+    let status = if bundle.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
 }
 
@@ -198,12 +206,6 @@ async fn metrics_handler(State(state): State<EdgeState>) -> Response {
 
 /// How long start-up waits for Redis before running without it (answers are then stale).
 pub const REDIS_STARTUP_WAIT_MS: u64 = 5_000;
-/// Catalog refresh interval once loaded.
-pub const CATALOG_REFRESH_MS: u64 = 10_000;
-/// Catalog retry delay bounds while it cannot be loaded.
-pub const CATALOG_RETRY_MS_MIN: u64 = 100;
-pub const CATALOG_RETRY_MS_MAX: u64 = 5_000;
-
 async fn connect_redis(url: &str) -> Option<redis::aio::ConnectionManager> {
     let client = redis::Client::open(url).ok()?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(REDIS_STARTUP_WAIT_MS);
@@ -218,29 +220,6 @@ async fn connect_redis(url: &str) -> Option<redis::aio::ConnectionManager> {
                 tracing::error!(error = %e, "running without redis: answers are stale until restart");
                 return None;
             }
-        }
-    }
-}
-
-async fn catalog_loop(state: EdgeState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut delay = CATALOG_RETRY_MS_MIN;
-    loop {
-        let wait = match state.upstream.catalog().await {
-            Ok(c) => {
-                state.install_catalog(c);
-                delay = CATALOG_RETRY_MS_MIN;
-                CATALOG_REFRESH_MS
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_ms = delay, "catalog fetch failed");
-                let d = delay;
-                delay = (delay * 2).min(CATALOG_RETRY_MS_MAX);
-                d
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-            _ = shutdown.changed() => return,
         }
     }
 }
@@ -262,8 +241,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.freshness_budget_ms,
         config.negative_ttl_ms,
     );
+    let engine = tollgate_rules::host::RulesEngine::new().context("wasmtime engine")?;
+    // The last good bundle answers at once, even with the control plane down.
+    bundles::load_persisted(&state, &engine, &config.trusted_keys, &config.data_dir);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let catalog = tokio::spawn(catalog_loop(state.clone(), shutdown_rx.clone()));
+    let bundle_task = tokio::spawn(bundles::follow(
+        state.clone(),
+        engine,
+        config.trusted_keys.clone(),
+        config.data_dir.clone(),
+        Duration::from_millis(config.bundle_poll_ms),
+        shutdown_rx.clone(),
+    ));
     let follower = match redis::Client::open(config.redis_url.as_str()) {
         Ok(client) => tokio::spawn(stream::follow(state.clone(), client, shutdown_rx.clone())),
         Err(e) => {
@@ -280,7 +269,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("serve")?;
     let _ = shutdown_tx.send(true);
-    let _ = tokio::join!(catalog, follower);
+    let _ = tokio::join!(bundle_task, follower);
     tracing::info!("edge stopped");
     Ok(())
 }

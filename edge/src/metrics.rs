@@ -43,6 +43,8 @@ pub struct EdgeMetrics {
     pub changes_applied: Counter,
     pub propagation_ms: Histogram,
     pub cached_accounts: Gauge,
+    pub bundle_installs: Counter,
+    pub bundle_failures: Counter,
 }
 
 impl EdgeMetrics {
@@ -78,6 +80,10 @@ impl EdgeMetrics {
             "Control-plane commit to edge apply, ms",
             propagation_ms.clone(),
         );
+        let bundle_installs = Counter::default();
+        registry.register("bundle_installs", "Rule bundles verified, tested and swapped in", bundle_installs.clone());
+        let bundle_failures = Counter::default();
+        registry.register("bundle_failures", "Rule bundles refused (signature, module or tests)", bundle_failures.clone());
         let cached_accounts = Gauge::default();
         registry.register(
             "cached_accounts",
@@ -96,6 +102,8 @@ impl EdgeMetrics {
             changes_applied,
             propagation_ms,
             cached_accounts,
+            bundle_installs,
+            bundle_failures,
         }
     }
 

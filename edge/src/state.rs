@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
 use tollgate_protocol::{AccountId, ChangeEvent};
-use tollgate_rules::Catalog;
+use tollgate_rules::host::LoadedRules;
+use tollgate_rules::ir::Program;
 
-use crate::cache::{AccountCache, CatalogView, Entry};
+use crate::cache::{AccountCache, Entry, RulesView};
 use crate::metrics::{EdgeMetrics, FillLabels, FillSourceLabel};
 use crate::upstream::{FillSource, Upstream, UpstreamError};
 
@@ -17,8 +18,9 @@ pub struct EdgeState(pub Arc<Inner>);
 pub struct Inner {
     pub edge_id: String,
     pub cache: AccountCache,
-    pub catalog: ArcSwapOption<CatalogView>,
-    catalog_generation: AtomicU64,
+    /// The rule bundle in force; `None` until the first one is installed (not ready).
+    pub rules: ArcSwapOption<RulesView>,
+    rules_generation: AtomicU64,
     pub upstream: Upstream,
     pub redis: Option<redis::aio::ConnectionManager>,
     /// Last successful change-stream read (unix ms); answers are stale past the budget.
@@ -47,8 +49,8 @@ impl EdgeState {
         Self(Arc::new(Inner {
             edge_id,
             cache: AccountCache::new(cache_entries_max),
-            catalog: ArcSwapOption::empty(),
-            catalog_generation: AtomicU64::new(0),
+            rules: ArcSwapOption::empty(),
+            rules_generation: AtomicU64::new(0),
             upstream,
             redis,
             stream_ok_at_ms: AtomicI64::new(0),
@@ -58,21 +60,16 @@ impl EdgeState {
         }))
     }
 
-    /// Installs a catalog if it differs from the current one; entries re-materialise lazily.
-    pub fn install_catalog(&self, catalog: Catalog) -> bool {
-        if self
-            .catalog
-            .load()
-            .as_ref()
-            .is_some_and(|v| v.catalog == catalog)
-        {
-            return false;
-        }
-        let generation = self.catalog_generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.catalog
-            .store(Some(Arc::new(CatalogView::new(catalog, generation))));
-        tracing::info!(generation, "catalog installed");
-        true
+    /// Swaps in a verified, self-tested bundle atomically; cached entries re-materialise
+    /// lazily on their next check.
+    pub fn install_rules(&self, bundle_version: u64, program: Program, rules: Option<LoadedRules>) {
+        let generation = self.rules_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.rules.store(Some(Arc::new(RulesView::new(bundle_version, program, rules, generation))));
+        tracing::info!(bundle_version, generation, "rule bundle installed");
+    }
+
+    pub fn bundle_version(&self) -> Option<u64> {
+        self.rules.load().as_ref().map(|v| v.bundle_version)
     }
 
     /// Answers are stale when the change stream has not been read successfully within the
@@ -82,7 +79,7 @@ impl EdgeState {
     }
 
     pub fn apply_change(&self, ev: ChangeEvent) {
-        let Some(view) = self.catalog.load_full() else {
+        let Some(view) = self.rules.load_full() else {
             return;
         };
         let lag_ms = crate::now_ms() - ev.committed_at_ms;
@@ -96,14 +93,14 @@ impl EdgeState {
     pub async fn entry(
         &self,
         account: AccountId,
-        view: &Arc<CatalogView>,
+        view: &Arc<RulesView>,
     ) -> Result<Arc<Entry>, UpstreamError> {
         if let Some(e) = self.cache.get(&account) {
             let expired_negative = e.facts.is_none()
                 && e.filled_at.elapsed().as_millis() > u128::from(self.negative_ttl_ms);
             if !expired_negative {
                 self.metrics.cache_hits.inc();
-                if e.catalog_generation != view.generation {
+                if e.generation != view.generation {
                     return Ok(self.cache.rematerialise(account, view).unwrap_or(e));
                 }
                 return Ok(e);

@@ -19,7 +19,9 @@ use tollgate_protocol::{
     AccountFacts, AccountId, AccountStanding, ChangeEvent, SubscriptionFacts, SubscriptionStatus,
     redis_keys,
 };
-use tollgate_rules::Catalog;
+use tollgate_rules::host::RulesEngine;
+use tollgate_rules::lang::{SourceFile, compile_source};
+use tollgate_rules::wasm;
 use tower::ServiceExt;
 
 type Store = Arc<Mutex<HashMap<AccountId, AccountFacts>>>;
@@ -36,15 +38,10 @@ async fn stub_facts(
     }
 }
 
-/// A control plane that serves the demo catalog and whatever facts the test put in `store`,
-/// counting fact requests.
+/// A control plane that serves whatever facts the test put in `store`, counting requests.
 async fn stub_control_plane(store: Store, hits: Hits) -> String {
     let app = Router::new()
         .route("/internal/v1/accounts/{id}/facts", get(stub_facts))
-        .route(
-            "/internal/v1/catalog",
-            get(|| async { axum::Json(Catalog::demo()) }),
-        )
         .with_state((store, hits));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -66,6 +63,7 @@ fn facts(id: AccountId, version: i64, plan: Option<&str>) -> AccountFacts {
             status: SubscriptionStatus::Active,
             current_period_end_ms: 0,
         }),
+        ..AccountFacts::new(id, 0)
     }
 }
 
@@ -76,9 +74,13 @@ async fn edge(redis: Option<redis::aio::ConnectionManager>) -> (EdgeState, Store
     let token = || secrecy::SecretString::from("t".to_owned());
     let upstream =
         Upstream::new(&base, token(), Duration::from_secs(2), redis.clone()).expect("upstream");
-    let catalog = upstream.catalog().await.expect("catalog over HTTP");
     let state = EdgeState::new("test-edge".into(), 1000, upstream, redis, 5_000, 60_000);
-    state.install_catalog(catalog);
+    // The demo rules compiled to WebAssembly and loaded under wasmtime, as a bundle would be.
+    let text = include_str!("../../rules/examples/demo.tg").to_owned();
+    let program = compile_source(&SourceFile { name: "demo.tg".into(), text }).expect("demo").0;
+    let module = wasm::emit(&program).expect("emit");
+    let loaded = RulesEngine::new().expect("engine").load(&module, program.shape()).expect("load");
+    state.install_rules(7, program, Some(loaded));
     (state, store, hits)
 }
 

@@ -11,6 +11,7 @@
 //! Encoding is JSON on every channel (HTTP bodies and Redis stream fields); it is small, and
 //! both sides are Rust, but JSON keeps the stream readable with `redis-cli` during incidents.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -94,8 +95,16 @@ pub struct SubscriptionFacts {
     pub current_period_end_ms: i64,
 }
 
+/// A support agent's per-account override of one feature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum FeatureOverride {
+    Deny,
+    Grant { limit: Option<i64> },
+}
+
 /// Everything that decides an account's entitlements. Computed and versioned by the control
-/// plane; edges evaluate it against the rules to materialise decisions.
+/// plane; edges evaluate it against the active rule bundle to materialise decisions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountFacts {
     pub account_id: AccountId,
@@ -104,6 +113,34 @@ pub struct AccountFacts {
     pub standing: AccountStanding,
     /// The subscription that currently grants features, if any.
     pub subscription: Option<SubscriptionFacts>,
+    /// Dunning escalation level (0: none).
+    #[serde(default)]
+    pub dunning_level: i64,
+    /// Days the oldest unpaid invoice is past due (0: none).
+    #[serde(default)]
+    pub days_past_due: i64,
+    /// Add-on key → quantity.
+    #[serde(default)]
+    pub addons: BTreeMap<String, i64>,
+    /// Feature key → support override.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, FeatureOverride>,
+}
+
+impl AccountFacts {
+    /// An active account without subscription, dunning, add-ons or overrides.
+    pub fn new(account_id: AccountId, version: i64) -> Self {
+        Self {
+            account_id,
+            version,
+            standing: AccountStanding::Active,
+            subscription: None,
+            dunning_level: 0,
+            days_past_due: 0,
+            addons: BTreeMap::new(),
+            overrides: BTreeMap::new(),
+        }
+    }
 }
 
 /// One entry of the change stream.
@@ -124,7 +161,16 @@ pub enum Reason {
     DeniedNotInPlan,
     DeniedNoSubscription,
     DeniedBanned,
+    GrantedByAddon,
+    GrantedByRule,
+    DeniedByRule,
+    DeniedPastDue,
+    CappedByRule,
+    Override,
     UnknownAccount,
+    /// The edge could not reach the control plane for an account it never saw; the feature's
+    /// fail-open / fail-closed policy decided.
+    Fallback,
 }
 
 impl Reason {
@@ -134,7 +180,14 @@ impl Reason {
             Self::DeniedNotInPlan => "denied_not_in_plan",
             Self::DeniedNoSubscription => "denied_no_subscription",
             Self::DeniedBanned => "denied_banned",
+            Self::GrantedByAddon => "granted_by_addon",
+            Self::GrantedByRule => "granted_by_rule",
+            Self::DeniedByRule => "denied_by_rule",
+            Self::DeniedPastDue => "denied_past_due",
+            Self::CappedByRule => "capped_by_rule",
+            Self::Override => "override",
             Self::UnknownAccount => "unknown_account",
+            Self::Fallback => "fallback",
         }
     }
 }
@@ -164,14 +217,32 @@ pub mod redis_keys {
     }
 }
 
+/// Which edges run a canary bundle: deterministic by edge id, so the same edges stay canaries
+/// while the share grows, and the control plane, tests and tools agree.
+pub mod canary {
+    /// 64-bit FNV-1a: stable across processes and releases (unlike `DefaultHasher`).
+    pub fn fnv1a(s: &str) -> u64 {
+        s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    }
+
+    /// Whether `edge_id` is in a canary of `percent` (0-100) of the fleet.
+    pub fn in_canary(edge_id: &str, percent: i32) -> bool {
+        percent > 0 && (fnv1a(edge_id) % 100) < u64::try_from(percent).unwrap_or(0)
+    }
+}
+
 /// Paths of the control plane's internal API used by edges.
 pub mod internal_api {
     /// `GET` → [`super::AccountFacts`] (404 when the account does not exist).
     pub fn facts_path(account: &super::AccountId) -> String {
         format!("/internal/v1/accounts/{account}/facts")
     }
-    /// `GET` → the active catalog (`tollgate_rules::Catalog`).
-    pub const CATALOG_PATH: &str = "/internal/v1/catalog";
+    /// `GET ?edge_id=…` → the signed rule bundle meant for this edge (`ETag` / `If-None-Match`).
+    pub const BUNDLE_PATH: &str = "/internal/v1/bundle";
+    /// `POST` `{bundle_version, last_error}` → 204: the edge reports what it runs.
+    pub fn edge_status_path(edge_id: &str) -> String {
+        format!("/internal/v1/edges/{edge_id}/status")
+    }
     /// Header carrying the edge token.
     pub const EDGE_TOKEN_HEADER: &str = "authorization";
 }
@@ -192,6 +263,10 @@ mod tests {
                     status: SubscriptionStatus::PastDue,
                     current_period_end_ms: 1_700_000_000_000,
                 }),
+                dunning_level: 0,
+                days_past_due: 0,
+                addons: BTreeMap::new(),
+                overrides: BTreeMap::from([("sso".to_owned(), FeatureOverride::Grant { limit: None })]),
             },
             committed_at_ms: 1,
         };

@@ -8,6 +8,7 @@
 
 #[cfg(feature = "host")]
 pub mod host;
+pub mod facts;
 pub mod interp;
 pub mod ir;
 pub mod lang;
@@ -117,8 +118,6 @@ pub enum CatalogError {
     UnknownFeature { plan: String, feature: String },
     #[error("plan `{plan}` gives bool feature `{feature}` a limit")]
     LimitOnBool { plan: String, feature: String },
-    #[error("plan `{plan}` grants `{feature}` without the limit its kind needs")]
-    MissingLimit { plan: String, feature: String },
     #[error("plan `{plan}` has a negative price or limit")]
     Negative { plan: String },
     #[error("plan `{plan}` has currency `{currency}`, not a three-letter upper-case code")]
@@ -223,11 +222,6 @@ impl Catalog {
                             feature: g.feature.clone(),
                         })
                     }
-                    Some(FeatureKind::Limit | FeatureKind::Metered) if g.limit.is_none() => errors
-                        .push(CatalogError::MissingLimit {
-                            plan: p.key.clone(),
-                            feature: g.feature.clone(),
-                        }),
                     Some(_) => {}
                 }
             }
@@ -310,6 +304,7 @@ mod tests {
                 status,
                 current_period_end_ms: 0,
             }),
+            ..AccountFacts::new(AccountId(Uuid::nil()), 0)
         }
     }
 

@@ -96,6 +96,8 @@ impl TestDbs {
 pub struct Harness {
     pub state: AppState,
     pub clock: Arc<ManualClock>,
+    /// The key the harness's control plane trusts for rule bundles.
+    pub key: tollgate_rules::bundle::SigningKey,
     dbs: Option<TestDbs>,
 }
 
@@ -111,9 +113,15 @@ impl Harness {
             .with_env_filter("warn")
             .try_init();
         let dbs = TestDbs::create().await;
+        let key = tollgate_rules::bundle::SigningKey::generate("test");
+        let public = key.public().to_file_string();
+        let words: Vec<&str> = public.split_whitespace().collect();
+        let trusted = format!("{}:{}", words[1], words[2]);
         let mut pairs = vec![
             ("edge_token", "test-edge-token"),
             ("token_secret", "test-token-secret"),
+            ("admin_token", "test-admin-token"),
+            ("trusted_keys", trusted.as_str()),
             ("dev_mode", "true"),
         ];
         pairs.extend_from_slice(extra);
@@ -140,17 +148,52 @@ impl Harness {
             },
         )
         .expect("state");
-        Harness {
-            state,
-            clock,
-            dbs: Some(dbs),
-        }
+        Harness { state, clock, key, dbs: Some(dbs) }
     }
 
     pub async fn finish(mut self) {
         if let Some(dbs) = self.dbs.take() {
             dbs.drop_all().await;
         }
+    }
+
+    /// Sends raw bytes (a bundle) with the admin token.
+    pub async fn admin_upload(&self, bytes: Vec<u8>) -> Resp {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/admin/v1/bundles")
+            .header("authorization", "Bearer test-admin-token")
+            .header("tollgate-actor", "tester")
+            .header("content-type", "application/octet-stream")
+            .body(Body::from(bytes))
+            .expect("request");
+        self.send(req).await
+    }
+
+    /// A JSON admin call (`{}` when no body is given).
+    pub async fn admin(&self, method: Method, path: &str, body: Option<&str>) -> Resp {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", "Bearer test-admin-token")
+            .header("tollgate-actor", "tester")
+            .header("content-type", "application/json")
+            .body(Body::from(body.unwrap_or("{}").to_owned()))
+            .expect("request");
+        self.send(req).await
+    }
+
+    /// Sends a request through the real router.
+    pub async fn send(&self, req: Request<Body>) -> Resp {
+        let resp = app(self.state.clone()).oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let content_type = header("content-type").unwrap_or_default();
+        let etag = header("etag");
+        let replayed = resp.headers().contains_key("idempotent-replayed");
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Resp { status, content_type, json, replayed, etag, bytes: bytes.to_vec() }
     }
 
     /// Sends a request through the real router.
@@ -176,26 +219,7 @@ impl Harness {
             None => req.body(Body::empty()),
         }
         .expect("request");
-        let resp = app(self.state.clone())
-            .oneshot(req)
-            .await
-            .expect("infallible");
-        let status = resp.status();
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let replayed = resp.headers().contains_key("idempotent-replayed");
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Resp {
-            status,
-            content_type,
-            json,
-            replayed,
-        }
+        self.send(req).await
     }
 
     pub async fn post(
@@ -283,6 +307,8 @@ pub struct Resp {
     pub content_type: String,
     pub json: Value,
     pub replayed: bool,
+    pub etag: Option<String>,
+    pub bytes: Vec<u8>,
 }
 
 impl Resp {

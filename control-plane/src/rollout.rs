@@ -1,0 +1,503 @@
+//! Rule bundles: upload (verified and self-tested), canary activation, promotion, rollback,
+//! the audit of every action, the bundle each edge should run, and fleet status.
+//!
+//! Canary selection is deterministic by edge id (`tollgate_protocol::canary`): an edge is in
+//! the canary when `fnv1a(edge_id) % 100 < canary_percent`, so the same edges stay canaries as
+//! the share grows.
+//! The stable bundle's plan catalog is what checkout sells: promoting or rolling back re-seeds
+//! the catalog tables from that bundle in the same transaction.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use tollgate_rules::bundle::{self, Manifest, VerifiedBundle};
+use tollgate_rules::ir;
+use tollgate_protocol::canary::in_canary;
+use uuid::Uuid;
+
+use crate::http::{ApiError, ApiResult, Json, Path};
+use crate::internal::{EdgeAuth, constant_time_eq};
+use crate::state::AppState;
+
+pub const ACTOR_HEADER: &str = "tollgate-actor";
+pub const ACTOR_BYTES_MAX: usize = 128;
+
+/// An authenticated platform engineer (admin token) and the name they act under.
+pub struct Admin {
+    pub actor: String,
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::unauthorized("missing_credentials", "send Authorization: Bearer <admin token>"))?;
+        if !constant_time_eq(presented.as_bytes(), state.admin_token.expose_secret().as_bytes()) {
+            return Err(ApiError::unauthorized("invalid_token", "the admin token is not valid"));
+        }
+        let actor = parts
+            .headers
+            .get(ACTOR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && a.len() <= ACTOR_BYTES_MAX)
+            .ok_or_else(|| {
+                ApiError::bad_request("actor_required", "send Tollgate-Actor: <your name> (1-128 characters)")
+            })?;
+        Ok(Self { actor: actor.to_owned() })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Rollout {
+    pub stable_version: Option<i64>,
+    pub canary_version: Option<i64>,
+    pub canary_percent: i32,
+    pub updated_at: DateTime<Utc>,
+    pub updated_by: String,
+}
+
+async fn rollout(conn: &mut PgConnection, lock: bool) -> sqlx::Result<Option<Rollout>> {
+    let sql = if lock {
+        "SELECT stable_version, canary_version, canary_percent, updated_at, updated_by FROM rule_rollout WHERE id = 1 FOR UPDATE"
+    } else {
+        "SELECT stable_version, canary_version, canary_percent, updated_at, updated_by FROM rule_rollout WHERE id = 1"
+    };
+    sqlx::query_as(sql).fetch_optional(conn).await
+}
+
+async fn set_rollout(
+    conn: &mut PgConnection,
+    stable: Option<i64>,
+    canary: Option<(i64, i32)>,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO rule_rollout (id, stable_version, canary_version, canary_percent, updated_at, updated_by)
+         VALUES (1, $1, $2, $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET stable_version = EXCLUDED.stable_version,
+             canary_version = EXCLUDED.canary_version, canary_percent = EXCLUDED.canary_percent,
+             updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by",
+    )
+    .bind(stable)
+    .bind(canary.map(|c| c.0))
+    .bind(canary.map_or(0, |c| c.1))
+    .bind(now)
+    .bind(actor)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+async fn audit(
+    conn: &mut PgConnection,
+    action: &str,
+    version: i64,
+    previous_stable: Option<i64>,
+    detail: Value,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO rule_audit (id, action, version, previous_stable, detail, actor, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(action)
+    .bind(version)
+    .bind(previous_stable)
+    .bind(detail)
+    .bind(actor)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Verifies, loads under wasmtime and self-tests a bundle.
+pub fn verify_and_test(state: &AppState, bytes: &[u8]) -> Result<VerifiedBundle, ApiError> {
+    let verified = bundle::verify(bytes, &state.trusted_keys)
+        .map_err(|e| ApiError::unprocessable("bundle_invalid", e.to_string()))?;
+    let loaded = state
+        .rules_engine
+        .load(&verified.module, verified.program.shape())
+        .map_err(|e| ApiError::unprocessable("bundle_module_refused", e.to_string()))?;
+    tollgate_rules::compiler::run_tests(&verified.program, &loaded).map_err(|failures| {
+        ApiError::unprocessable("bundle_tests_failed", failures.join("; ")).with("failures", failures)
+    })?;
+    Ok(verified)
+}
+
+fn version_i64(v: u64) -> Result<i64, ApiError> {
+    i64::try_from(v).map_err(|_| ApiError::unprocessable("bundle_invalid", "bundle version out of range"))
+}
+
+/// `POST /admin/v1/bundles` — body: the signed bundle file.
+pub async fn upload(State(state): State<AppState>, admin: Admin, body: Bytes) -> ApiResult<Response> {
+    let verified = verify_and_test(&state, &body)?;
+    let version = version_i64(verified.manifest.bundle_version)?;
+    let now = state.clock.now();
+    let mut tx = state.cf.begin().await?;
+    let existing: Option<(String,)> = sqlx::query_as("SELECT sha256 FROM rule_bundles WHERE version = $1")
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let summary = bundle_summary(&verified.manifest, &verified.sha256, &verified.key_id);
+    match existing {
+        Some((sha,)) if sha == verified.sha256 => return Ok((StatusCode::OK, axum::Json(summary)).into_response()),
+        Some(_) => {
+            return Err(ApiError::conflict(
+                "bundle_version_exists",
+                format!("version {version} was uploaded with different content; compile with a new --version"),
+            ));
+        }
+        None => {}
+    }
+    let manifest = serde_json::to_value(&verified.manifest).map_err(ApiError::internal)?;
+    sqlx::query(
+        "INSERT INTO rule_bundles (version, sha256, source_hash, compiler_version, key_id, manifest, bytes, uploaded_at, uploaded_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(version)
+    .bind(&verified.sha256)
+    .bind(&verified.manifest.source_hash)
+    .bind(&verified.manifest.compiler_version)
+    .bind(&verified.key_id)
+    .bind(&manifest)
+    .bind(body.as_ref())
+    .bind(now)
+    .bind(&admin.actor)
+    .execute(&mut *tx)
+    .await?;
+    audit(&mut tx, "upload", version, None, json!({ "sha256": verified.sha256 }), &admin.actor, now).await?;
+    tx.commit().await?;
+    tracing::info!(version, actor = %admin.actor, "rule bundle uploaded");
+    Ok((StatusCode::CREATED, axum::Json(summary)).into_response())
+}
+
+fn bundle_summary(m: &Manifest, sha256: &str, key_id: &str) -> Value {
+    json!({
+        "version": m.bundle_version,
+        "sha256": sha256,
+        "source_hash": m.source_hash,
+        "compiler_version": m.compiler_version,
+        "key_id": key_id,
+        "features": m.features.iter().map(|f| &f.key).collect::<Vec<_>>(),
+        "plans": m.plans.iter().map(|p| json!({ "key": p.key, "price_minor": p.price_minor, "currency": p.currency })).collect::<Vec<_>>(),
+        "tests": m.tests.len(),
+    })
+}
+
+/// `GET /admin/v1/bundles`
+pub async fn list(State(state): State<AppState>, _: Admin) -> ApiResult<axum::Json<Value>> {
+    let mut conn = state.cf.acquire().await?;
+    let rows: Vec<(i64, String, String, String, DateTime<Utc>, String)> = sqlx::query_as(
+        "SELECT version, sha256, source_hash, key_id, uploaded_at, uploaded_by FROM rule_bundles ORDER BY version",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let rollout = rollout(&mut conn, false).await?;
+    let data: Vec<Value> = rows
+        .into_iter()
+        .map(|(version, sha256, source_hash, key_id, at, by)| {
+            let role = match &rollout {
+                Some(r) if r.stable_version == Some(version) => "stable",
+                Some(r) if r.canary_version == Some(version) => "canary",
+                _ => "inactive",
+            };
+            json!({ "version": version, "sha256": sha256, "source_hash": source_hash, "key_id": key_id,
+                    "uploaded_at": at, "uploaded_by": by, "role": role })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "data": data, "rollout": rollout })))
+}
+
+async fn load_manifest(conn: &mut PgConnection, version: i64) -> Result<Manifest, ApiError> {
+    let row: Option<(Value,)> = sqlx::query_as("SELECT manifest FROM rule_bundles WHERE version = $1")
+        .bind(version)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (manifest,) = row.ok_or_else(|| ApiError::not_found("bundle"))?;
+    serde_json::from_value(manifest).map_err(ApiError::internal)
+}
+
+/// The legacy catalog tables from a bundle's manifest (what checkout sells).
+fn catalog_of(m: &Manifest) -> tollgate_rules::Catalog {
+    use tollgate_rules::{Catalog, Feature, FeatureKind, Grant, Interval, Plan};
+    let kind = |k: ir::FeatureKind| match k {
+        ir::FeatureKind::Bool => FeatureKind::Bool,
+        ir::FeatureKind::Limit => FeatureKind::Limit,
+        ir::FeatureKind::Metered => FeatureKind::Metered,
+    };
+    Catalog {
+        features: m
+            .features
+            .iter()
+            .map(|f| Feature { key: f.key.clone(), kind: kind(f.kind), period: f.period.clone() })
+            .collect(),
+        plans: m
+            .plans
+            .iter()
+            .map(|p| Plan {
+                key: p.key.clone(),
+                name: p.name.clone(),
+                price_minor: p.price_minor,
+                currency: p.currency.clone(),
+                interval: match p.interval {
+                    ir::Interval::Month => Interval::Month,
+                    ir::Interval::Year => Interval::Year,
+                },
+                grants: p
+                    .grants
+                    .iter()
+                    .filter_map(|g| {
+                        let f = m.features.get(g.feature as usize)?;
+                        Some(Grant { feature: f.key.clone(), limit: (g.limit != ir::NO_LIMIT).then_some(g.limit) })
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+async fn make_stable(
+    state: &AppState,
+    conn: &mut PgConnection,
+    version: i64,
+    action: &str,
+    actor: &str,
+) -> ApiResult<Value> {
+    let now = state.clock.now();
+    let current = rollout(conn, true).await?;
+    let manifest = load_manifest(conn, version).await?;
+    let previous = current.as_ref().and_then(|r| r.stable_version);
+    set_rollout(conn, Some(version), None, actor, now).await?;
+    crate::catalog::seed_in(conn, &catalog_of(&manifest)).await.map_err(ApiError::internal)?;
+    audit(conn, action, version, previous, json!({}), actor, now).await?;
+    tracing::info!(version, action, actor, "rule bundle made stable");
+    Ok(json!({ "stable_version": version, "previous_stable": previous, "canary_version": null, "canary_percent": 0 }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateRequest {
+    pub canary_percent: i32,
+}
+
+/// `POST /admin/v1/bundles/{version}/activate {canary_percent}`
+pub async fn activate(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(version): Path<i64>,
+    Json(body): Json<ActivateRequest>,
+) -> ApiResult<axum::Json<Value>> {
+    if !(0..=100).contains(&body.canary_percent) {
+        return Err(ApiError::unprocessable("invalid_canary_percent", "canary_percent must be 0-100"));
+    }
+    let mut tx = state.cf.begin().await?;
+    load_manifest(&mut tx, version).await?;
+    let current = rollout(&mut tx, true).await?;
+    let stable = current.as_ref().and_then(|r| r.stable_version);
+    // With no stable bundle yet, or at 100 %, activation is a promotion.
+    let out = if stable.is_none() || body.canary_percent == 100 {
+        make_stable(&state, &mut tx, version, "promote", &admin.actor).await?
+    } else if body.canary_percent == 0 || stable == Some(version) {
+        let now = state.clock.now();
+        set_rollout(&mut tx, stable, None, &admin.actor, now).await?;
+        audit(&mut tx, "activate", version, stable, json!({ "canary_percent": 0 }), &admin.actor, now).await?;
+        json!({ "stable_version": stable, "canary_version": null, "canary_percent": 0 })
+    } else {
+        let now = state.clock.now();
+        set_rollout(&mut tx, stable, Some((version, body.canary_percent)), &admin.actor, now).await?;
+        audit(&mut tx, "activate", version, stable, json!({ "canary_percent": body.canary_percent }), &admin.actor, now)
+            .await?;
+        json!({ "stable_version": stable, "canary_version": version, "canary_percent": body.canary_percent })
+    };
+    tx.commit().await?;
+    Ok(axum::Json(out))
+}
+
+/// `POST /admin/v1/bundles/{version}/promote`
+pub async fn promote(State(state): State<AppState>, admin: Admin, Path(version): Path<i64>) -> ApiResult<axum::Json<Value>> {
+    let mut tx = state.cf.begin().await?;
+    let out = make_stable(&state, &mut tx, version, "promote", &admin.actor).await?;
+    tx.commit().await?;
+    Ok(axum::Json(out))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    #[serde(default)]
+    pub to_version: Option<i64>,
+}
+
+/// `POST /admin/v1/rollback {to_version?}` — without a target: the stable bundle before the
+/// current one.
+pub async fn rollback(
+    State(state): State<AppState>,
+    admin: Admin,
+    Json(body): Json<RollbackRequest>,
+) -> ApiResult<axum::Json<Value>> {
+    let mut tx = state.cf.begin().await?;
+    let current = rollout(&mut tx, true).await?;
+    let stable = current.as_ref().and_then(|r| r.stable_version);
+    let target = match body.to_version {
+        Some(v) => v,
+        None => {
+            let prev: Option<(Option<i64>,)> = sqlx::query_as(
+                "SELECT previous_stable FROM rule_audit WHERE action IN ('promote', 'rollback') AND version = $1
+                 ORDER BY at DESC, id DESC LIMIT 1",
+            )
+            .bind(stable)
+            .fetch_optional(&mut *tx)
+            .await?;
+            prev.and_then(|(p,)| p).ok_or_else(|| {
+                ApiError::conflict("nothing_to_roll_back_to", "there is no earlier stable bundle; name one with to_version")
+            })?
+        }
+    };
+    let out = make_stable(&state, &mut tx, target, "rollback", &admin.actor).await?;
+    tx.commit().await?;
+    Ok(axum::Json(out))
+}
+
+/// `GET /admin/v1/edges`
+pub async fn edges(State(state): State<AppState>, _: Admin) -> ApiResult<axum::Json<Value>> {
+    let mut conn = state.cf.acquire().await?;
+    let rows: Vec<(String, Option<i64>, Option<String>, DateTime<Utc>)> =
+        sqlx::query_as("SELECT edge_id, bundle_version, last_error, last_seen FROM edges ORDER BY edge_id")
+            .fetch_all(&mut *conn)
+            .await?;
+    let rollout = rollout(&mut conn, false).await?;
+    let data: Vec<Value> = rows
+        .into_iter()
+        .map(|(edge_id, v, err, seen)| {
+            let assigned = rollout.as_ref().and_then(|r| assigned_version(r, &edge_id));
+            json!({ "edge_id": edge_id, "bundle_version": v, "assigned_version": assigned,
+                    "converged": v.is_some() && v == assigned, "last_error": err, "last_seen": seen })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "data": data })))
+}
+
+/// `GET /admin/v1/audit`
+pub async fn audit_log(State(state): State<AppState>, _: Admin) -> ApiResult<axum::Json<Value>> {
+    let rows: Vec<(String, i64, Option<i64>, Value, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT action, version, previous_stable, detail, actor, at FROM rule_audit ORDER BY at, id",
+    )
+    .fetch_all(&state.cf)
+    .await?;
+    let data: Vec<Value> = rows
+        .into_iter()
+        .map(|(action, version, prev, detail, actor, at)| {
+            json!({ "action": action, "version": version, "previous_stable": prev, "detail": detail, "actor": actor, "at": at })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "data": data })))
+}
+
+fn assigned_version(r: &Rollout, edge_id: &str) -> Option<i64> {
+    match r.canary_version {
+        Some(c) if in_canary(edge_id, r.canary_percent) => Some(c),
+        _ => r.stable_version,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BundleQuery {
+    pub edge_id: String,
+}
+
+/// `GET /internal/v1/bundle?edge_id=…` — the bundle meant for this edge (ETag / 304).
+pub async fn bundle_for_edge(
+    State(state): State<AppState>,
+    _: EdgeAuth,
+    headers: HeaderMap,
+    Query(q): Query<BundleQuery>,
+) -> ApiResult<Response> {
+    let mut conn = state.cf.acquire().await?;
+    let rollout = rollout(&mut conn, false).await?;
+    let Some(version) = rollout.as_ref().and_then(|r| assigned_version(r, &q.edge_id)) else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_active_bundle", "no rule bundle is active yet"));
+    };
+    let etag = format!("\"v{version}\"");
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let (bytes,): (Vec<u8>,) = sqlx::query_as("SELECT bytes FROM rule_bundles WHERE version = $1")
+        .bind(version)
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut resp = (StatusCode::OK, bytes).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeStatus {
+    pub bundle_version: Option<i64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// `POST /internal/v1/edges/{edge_id}/status`
+pub async fn edge_status(
+    State(state): State<AppState>,
+    _: EdgeAuth,
+    Path(edge_id): Path<String>,
+    Json(body): Json<EdgeStatus>,
+) -> ApiResult<StatusCode> {
+    if edge_id.is_empty() || edge_id.len() > 128 {
+        return Err(ApiError::unprocessable("invalid_edge_id", "edge ids are 1-128 characters"));
+    }
+    let error = body.last_error.map(|e| e.chars().take(1000).collect::<String>());
+    sqlx::query(
+        "INSERT INTO edges (edge_id, bundle_version, last_error, last_seen) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (edge_id) DO UPDATE SET bundle_version = EXCLUDED.bundle_version,
+             last_error = EXCLUDED.last_error, last_seen = EXCLUDED.last_seen",
+    )
+    .bind(&edge_id)
+    .bind(body.bundle_version)
+    .bind(error)
+    .bind(state.clock.now())
+    .execute(&state.cf)
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canary_membership_is_deterministic_and_grows_monotonically() {
+        let edges: Vec<String> = (0..1000).map(|i| format!("edge-{i}")).collect();
+        let count = |p| edges.iter().filter(|e| in_canary(e, p)).count();
+        assert_eq!(count(0), 0);
+        assert_eq!(count(100), 1000);
+        let half = count(50);
+        assert!((400..600).contains(&half), "{half}");
+        for e in &edges {
+            assert!(!in_canary(e, 10) || in_canary(e, 50), "a 10 % canary edge stays in at 50 %");
+        }
+        assert_eq!(tollgate_protocol::canary::fnv1a("edge-1"), tollgate_protocol::canary::fnv1a("edge-1"));
+    }
+}

@@ -1,0 +1,139 @@
+//! Rule bundles at the edge: fetch the one meant for this edge (ETag / 304), verify its
+//! signature against the trusted keys, compile it under wasmtime, run its embedded tests, and
+//! only then swap it in. Any failure keeps the previous bundle serving, is reported to the
+//! control plane, and is retried with backoff.
+//!
+//! The last good bundle is kept on disk (`<data_dir>/bundle.tgb`, written to a temporary file,
+//! fsynced, then renamed), so a restart without the control plane still answers.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tollgate_rules::bundle::{self, TrustedKeys};
+use tollgate_rules::compiler;
+use tollgate_rules::host::RulesEngine;
+
+use crate::state::EdgeState;
+
+pub const BUNDLE_FILE: &str = "bundle.tgb";
+/// Backoff bounds after a failed fetch or a refused bundle.
+pub const RETRY_MS_MIN: u64 = 200;
+pub const RETRY_MS_MAX: u64 = 30_000;
+
+/// Why a bundle was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("bundle refused: {0}")]
+    Verify(#[from] bundle::BundleError),
+    #[error("module refused: {0}")]
+    Module(#[from] tollgate_rules::host::HostError),
+    #[error("embedded tests failed: {0}")]
+    Tests(String),
+    #[error("could not persist the bundle: {0}")]
+    Persist(#[from] std::io::Error),
+}
+
+/// Verifies, compiles, self-tests and installs a bundle; returns its version.
+pub fn install(state: &EdgeState, engine: &RulesEngine, trusted: &TrustedKeys, bytes: &[u8]) -> Result<u64, InstallError> {
+    let verified = bundle::verify(bytes, trusted)?;
+    let loaded = engine.load(&verified.module, verified.program.shape())?;
+    compiler::run_tests(&verified.program, &loaded).map_err(|failures| InstallError::Tests(failures.join("; ")))?;
+    let version = verified.manifest.bundle_version;
+    state.install_rules(version, verified.program, Some(loaded));
+    Ok(version)
+}
+
+/// Writes `bytes` to `dir/bundle.tgb` durably (temp file, fsync, rename, fsync dir).
+pub fn persist(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{BUNDLE_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(BUNDLE_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Installs the bundle saved by an earlier run, if any (and still valid).
+pub fn load_persisted(state: &EdgeState, engine: &RulesEngine, trusted: &TrustedKeys, dir: &Path) -> Option<u64> {
+    let path: PathBuf = dir.join(BUNDLE_FILE);
+    let bytes = std::fs::read(&path).ok()?;
+    match install(state, engine, trusted, &bytes) {
+        Ok(v) => {
+            tracing::info!(bundle_version = v, path = %path.display(), "last good bundle restored from disk");
+            Some(v)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "saved bundle refused; waiting for the control plane");
+            None
+        }
+    }
+}
+
+/// Polls the control plane for this edge's bundle forever.
+pub async fn follow(
+    state: EdgeState,
+    engine: RulesEngine,
+    trusted: TrustedKeys,
+    data_dir: PathBuf,
+    poll: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut etag: Option<String> = state.bundle_version().map(|v| format!("\"v{v}\""));
+    let mut last_error: Option<String> = None;
+    let mut retry_ms = RETRY_MS_MIN;
+    loop {
+        let wait = match state.upstream.bundle(&state.edge_id, etag.as_deref()).await {
+            Ok(None) => {
+                retry_ms = RETRY_MS_MIN;
+                poll
+            }
+            Ok(Some((bytes, tag))) => {
+                // Verification and compilation are CPU work: keep them off the async workers.
+                let (st, eng, tr) = (state.clone(), engine.clone(), trusted.clone());
+                let dir = data_dir.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let v = install(&st, &eng, &tr, &bytes)?;
+                    persist(&dir, &bytes)?;
+                    Ok::<u64, InstallError>(v)
+                })
+                .await;
+                match result {
+                    Ok(Ok(v)) => {
+                        etag = tag;
+                        last_error = None;
+                        retry_ms = RETRY_MS_MIN;
+                        state.metrics.bundle_installs.inc();
+                        tracing::info!(bundle_version = v, "bundle active");
+                        poll
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "bundle refused; the previous bundle keeps serving");
+                        state.metrics.bundle_failures.inc();
+                        last_error = Some(e.to_string());
+                        retry_ms = (retry_ms * 2).min(RETRY_MS_MAX);
+                        Duration::from_millis(retry_ms)
+                    }
+                    Err(e) => {
+                        last_error = Some(format!("install task failed: {e}"));
+                        Duration::from_millis(retry_ms)
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_ms, "bundle fetch failed");
+                retry_ms = (retry_ms * 2).min(RETRY_MS_MAX);
+                Duration::from_millis(retry_ms)
+            }
+        };
+        if let Err(e) = state.upstream.report_status(&state.edge_id, state.bundle_version(), last_error.as_deref()).await {
+            tracing::debug!(error = %e, "status report failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
