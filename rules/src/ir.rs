@@ -68,8 +68,11 @@ pub struct Tier {
 }
 
 /// How a meter's usage is priced at period close.
+///
+/// Externally tagged (not `tag = "model"`): bundles store programs with `postcard`, which
+/// cannot decode internally tagged enums.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "model")]
+#[serde(rename_all = "snake_case")]
 pub enum Pricing {
     /// `unit_minor` per unit beyond `included` (the plan's quota).
     PerUnit { unit_minor: i64 },
