@@ -68,8 +68,11 @@ pub struct Tier {
 }
 
 /// How a meter's usage is priced at period close.
+///
+/// Externally tagged (not `tag = "model"`): bundles store programs with `postcard`, which
+/// cannot decode internally tagged enums.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "model")]
+#[serde(rename_all = "snake_case")]
 pub enum Pricing {
     /// `unit_minor` per unit beyond `included` (the plan's quota).
     PerUnit { unit_minor: i64 },
@@ -251,6 +254,22 @@ impl ReasonCode {
 
     pub fn from_code(code: i64) -> Option<Self> {
         Self::ALL.into_iter().find(|r| *r as i64 == code)
+    }
+
+    /// The name the rule language and messages use (`granted_by_plan`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GrantedByPlan => "granted_by_plan",
+            Self::DeniedNotInPlan => "denied_not_in_plan",
+            Self::DeniedNoSubscription => "denied_no_subscription",
+            Self::DeniedBanned => "denied_banned",
+            Self::GrantedByAddon => "granted_by_addon",
+            Self::GrantedByRule => "granted_by_rule",
+            Self::DeniedByRule => "denied_by_rule",
+            Self::DeniedPastDue => "denied_past_due",
+            Self::CappedByRule => "capped_by_rule",
+            Self::Override => "override",
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 //! drift. The rules issue replaces the body of [`evaluate`] with a WebAssembly module compiled
 //! from the rule language; its callers do not change.
 
+pub mod bundle;
+pub mod compiler;
 #[cfg(feature = "host")]
 pub mod host;
 pub mod facts;

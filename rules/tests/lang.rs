@@ -103,8 +103,8 @@ fn demo_rules_and_tests_are_all_there() {
     assert!(program.tests.iter().all(|t| t.given.0.len() == len));
 }
 
-/// Every `tests/diagnostics/*.tg` fails to compile; its rendered diagnostics are the golden
-/// file next to it (`.txt`). Each file exercises one class of error.
+/// Every `tests/diagnostics/*.tg` fails to compile (or its tests fail); its rendered
+/// diagnostics are the golden file next to it (`.txt`). Each file exercises one class of error.
 #[test]
 fn broken_sources_render_golden_diagnostics() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/diagnostics");
@@ -125,10 +125,14 @@ fn broken_sources_render_golden_diagnostics() {
             name: name.clone(),
             text: std::fs::read_to_string(&path).expect("read"),
         };
-        let diags = match compile_source(&file) {
-            Ok((_, warnings)) => {
-                assert!(!warnings.is_empty(), "{name} compiled without a diagnostic");
-                warnings
+        // Through the whole driver, so failing `test` blocks are golden too.
+        let diags = match tollgate_rules::compiler::compile(&file) {
+            Ok(compiled) => {
+                assert!(
+                    !compiled.warnings.is_empty(),
+                    "{name} compiled without a diagnostic"
+                );
+                compiled.warnings
             }
             Err(diags) => {
                 assert!(diags.iter().any(|d| d.severity == Severity::Error));

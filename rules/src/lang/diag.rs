@@ -72,8 +72,13 @@ pub mod codes {
     pub const RESERVED_NAME: &str = "reserved_name";
     /// A test that expects nothing and so cannot fail.
     pub const EMPTY_TEST: &str = "empty_test";
-    /// A bug in the compiler: the checked program broke an invariant of the IR.
+    /// A bug in the compiler: the checked program broke an invariant of the IR, or the
+    /// WebAssembly module and the reference interpreter disagree.
     pub const INTERNAL_ERROR: &str = "internal_error";
+    /// A `test` block whose expectation the compiled rules do not meet.
+    pub const TEST_FAILED: &str = "test_failed";
+    /// A program larger than a WebAssembly module supports (see [`crate::wasm::FEATURES_MAX`]).
+    pub const PROGRAM_TOO_LARGE: &str = "program_too_large";
     /// Warning: a plan meters a feature it does not grant.
     pub const METER_NOT_GRANTED: &str = "meter_not_granted";
     /// Warning: no plan, add-on or rule ever grants the feature.
@@ -99,6 +104,28 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// A diagnostic found after [`super::compile_source`] (by the compiler driver running tests,
+    /// for example), positioned in `file` at `span`.
+    pub fn at(
+        file: &SourceFile,
+        severity: Severity,
+        code: &'static str,
+        span: Span,
+        message: impl Into<String>,
+    ) -> Self {
+        let (line, column) = LineIndex::new(&file.text).line_col(&file.text, span.start);
+        Self {
+            severity,
+            code,
+            message: message.into(),
+            file: file.name.clone(),
+            line,
+            column,
+            span,
+            note: None,
+        }
+    }
+
     /// `file:line:col: error[code]: message`, the source line, a caret line under the span,
     /// and the note if any. Spans across lines are underlined to the end of their first line.
     pub fn render(&self, source: &SourceFile) -> String {

@@ -1,0 +1,654 @@
+//! Signed rule bundles: what the control plane stores and pushes and what every edge loads.
+//!
+//! A bundle carries one compiled rule program in two forms — the WebAssembly module the edges
+//! run and the lowered [`ir::Program`] (catalog, rules, tests) everything else reads — plus a
+//! [`Manifest`] that describes them. As with OPA bundles, **the signature covers a manifest
+//! that lists every part's length and SHA-256**: verifying one ed25519 signature over the
+//! manifest bytes, then each part against the manifest, authenticates the whole file, and a
+//! part that is missing, altered, duplicated or not listed is refused. Nothing in a bundle is
+//! used before [`verify`] has passed.
+//!
+//! # File layout
+//!
+//! ```text
+//! signed:    b"TGBUNDLE" ‖ format (u32 LE) ‖ postcard(SignedEnvelope)
+//! unsigned:  b"TGUNSIGN" ‖ format (u32 LE) ‖ postcard(UnsignedEnvelope)
+//!
+//! SignedEnvelope   { manifest_bytes: Vec<u8>, key_id: String, signature: Vec<u8> (64),
+//!                    parts: Vec<(String, Vec<u8>)> }
+//! UnsignedEnvelope { manifest_bytes: Vec<u8>, parts: Vec<(String, Vec<u8>)> }
+//! manifest_bytes   = postcard(Manifest); the signature is ed25519 over exactly these bytes
+//! parts            = "module.wasm" (the module), "program.postcard" (postcard(ir::Program))
+//! ```
+//!
+//! `tollgate-rules compile` writes the unsigned form; `tollgate-rules sign` (holding the
+//! secret key, off the control plane) turns it into the signed form without touching the
+//! manifest or the parts. The envelope is re-encoded, never the manifest, so the signed bytes
+//! are exactly the bytes the compiler produced.
+//!
+//! # What [`verify`] checks, in order (each failure its own [`BundleError`])
+//!
+//! 1. The file is at most [`BUNDLE_BYTES_MAX`] bytes (`TooLarge`).
+//! 2. The magic and the format version ([`FORMAT_VERSION`]), and the envelope decodes with no
+//!    trailing bytes (`Malformed`, `UnsupportedFormat`).
+//! 3. The signing key id is one of the trusted keys (`UnknownKey`).
+//! 4. The signature is valid over the manifest bytes (`BadSignature`, strict verification).
+//! 5. The manifest decodes, has this format, and lists each required part once
+//!    (`Malformed`, `DuplicatePart`, `MissingPart`).
+//! 6. No part appears twice in the file (`DuplicatePart`), every listed part is present
+//!    (`MissingPart`) with the listed length and hash (`PartMismatch`), and no part is
+//!    unlisted (`UnlistedPart`).
+//! 7. The program decodes and matches the manifest: features, plans, add-ons, tests and rule
+//!    names are equal (`Malformed`, `ProgramMismatch`).
+//!
+//! The module is not compiled here: the host ([`crate::host`]) validates it against the
+//! program's shape when it is loaded, and [`crate::compiler::run_tests`] runs the embedded
+//! tests before the bundle is activated.
+//!
+//! # Keys
+//!
+//! ed25519. Key files are one line of text: `tollgate-ed25519-secret <key_id> <hex>` (written
+//! with mode 0600 by the CLI) and `tollgate-ed25519 <key_id> <hex>`. Verifiers hold a set of
+//! [`TrustedKeys`] by key id, so keys rotate by trusting the new key, re-signing, then
+//! dropping the old one. Key ids are 1–64 characters of `A-Z a-z 0-9 . _ -`.
+//!
+//! # Limits
+//!
+//! [`BUNDLE_BYTES_MAX`] for the whole file; decoding is bounded by the input (postcard reads
+//! lengths from the input and never allocates past what is there).
+
+use std::collections::{BTreeMap, HashSet};
+
+use ed25519_dalek::Signer;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::compiler::{COMPILER_VERSION, Compiled};
+use crate::ir;
+
+/// Largest bundle file accepted or built.
+pub const BUNDLE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Version of this layout, in the file header and the manifest.
+pub const FORMAT_VERSION: u32 = 1;
+/// Magic of a signed bundle file.
+pub const SIGNED_MAGIC: &[u8; 8] = b"TGBUNDLE";
+/// Magic of an unsigned bundle file (`tollgate-rules compile` output).
+pub const UNSIGNED_MAGIC: &[u8; 8] = b"TGUNSIGN";
+/// Name of the WebAssembly module part.
+pub const MODULE_PART: &str = "module.wasm";
+/// Name of the lowered program part (postcard of [`ir::Program`]).
+pub const PROGRAM_PART: &str = "program.postcard";
+/// Longest key id.
+pub const KEY_ID_CHARS_MAX: usize = 64;
+
+const HEADER_BYTES: usize = 12;
+const SECRET_PREFIX: &str = "tollgate-ed25519-secret";
+const PUBLIC_PREFIX: &str = "tollgate-ed25519";
+
+/// One part of a bundle as the manifest lists it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PartEntry {
+    pub name: String,
+    /// Lower-case hex SHA-256 of the part's bytes.
+    pub sha256: String,
+    pub len: u64,
+}
+
+/// What a bundle holds; the signed object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    /// Monotonic version chosen at compile time (default: Unix seconds).
+    pub bundle_version: u64,
+    /// Lower-case hex SHA-256 of the source text.
+    pub source_hash: String,
+    pub compiler_version: String,
+    pub created_at_ms: i64,
+    pub features: Vec<ir::Feature>,
+    pub plans: Vec<ir::Plan>,
+    pub addons: Vec<ir::Addon>,
+    pub tests: Vec<ir::TestCase>,
+    pub rule_names: Vec<String>,
+    /// Exactly [`MODULE_PART`] and [`PROGRAM_PART`].
+    pub parts: Vec<PartEntry>,
+}
+
+/// Why a bundle was refused or could not be made. None is helped by retrying with the same
+/// bytes; every one means the file is not to be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// The file is larger than [`BUNDLE_BYTES_MAX`].
+    #[error("bundle is {len} bytes, more than the {max} allowed")]
+    TooLarge { len: usize, max: usize },
+    /// Not a bundle, truncated, or bytes that do not decode.
+    #[error("malformed bundle: {0}")]
+    Malformed(String),
+    /// A bundle of another format version.
+    #[error("bundle format {0} is not supported (this build reads format {FORMAT_VERSION})")]
+    UnsupportedFormat(u32),
+    /// Signed by a key id that is not trusted (never seen, or rotated out).
+    #[error("bundle is signed by key `{0}`, which is not trusted")]
+    UnknownKey(String),
+    /// The signature does not verify over the manifest: tampered, or signed by another key
+    /// that reused the id.
+    #[error("bundle signature does not verify")]
+    BadSignature,
+    /// The manifest lists a part that is not in the file, or a required part is not listed.
+    #[error("bundle part `{0}` is missing")]
+    MissingPart(String),
+    /// The file has a part the manifest does not list.
+    #[error("bundle part `{0}` is not listed in the manifest")]
+    UnlistedPart(String),
+    /// A part name appears twice (in the file or in the manifest).
+    #[error("bundle part `{0}` appears more than once")]
+    DuplicatePart(String),
+    /// A part whose length or SHA-256 differs from the manifest's.
+    #[error("bundle part `{0}` does not match the manifest's length and hash")]
+    PartMismatch(String),
+    /// The program part describes another catalog, other tests or other rules than the
+    /// manifest.
+    #[error("the program in the bundle does not match its manifest")]
+    ProgramMismatch,
+    /// A key file or key list that does not parse.
+    #[error("bad key: {0}")]
+    Key(String),
+    /// The bundle could not be encoded (building only).
+    #[error("cannot encode bundle: {0}")]
+    Encode(String),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+/// Whether `id` can name a key: 1–[`KEY_ID_CHARS_MAX`] of `A-Z a-z 0-9 . _ -`.
+pub fn is_valid_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= KEY_ID_CHARS_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_key_id(id: &str) -> Result<(), BundleError> {
+    if is_valid_key_id(id) {
+        Ok(())
+    } else {
+        Err(BundleError::Key(format!(
+            "key id `{id}` is not 1-{KEY_ID_CHARS_MAX} characters of A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+fn key_bytes(hex_text: &str) -> Result<[u8; 32], BundleError> {
+    let bytes = hex::decode(hex_text.trim())
+        .map_err(|e| BundleError::Key(format!("key is not hex: {e}")))?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| BundleError::Key(format!("key is {} bytes, not 32", bytes.len())))
+}
+
+/// Splits `<prefix> <key_id> <hex>` (one line, surrounding whitespace ignored).
+fn key_line<'a>(s: &'a str, prefix: &str) -> Result<(&'a str, &'a str), BundleError> {
+    let mut words = s.split_whitespace();
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some(p), Some(id), Some(hex), None) if p == prefix => {
+            check_key_id(id)?;
+            Ok((id, hex))
+        }
+        _ => Err(BundleError::Key(format!(
+            "expected one line `{prefix} <key_id> <hex>`"
+        ))),
+    }
+}
+
+/// A secret signing key. Its `Debug` does not show the secret.
+pub struct SigningKey {
+    pub key_id: String,
+    secret: ed25519_dalek::SigningKey,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// A fresh key from the operating system's random source. The key id should satisfy
+    /// [`is_valid_key_id`]; a key with another id cannot be read back from its file.
+    pub fn generate(key_id: &str) -> Self {
+        Self {
+            key_id: key_id.into(),
+            secret: ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng),
+        }
+    }
+
+    /// `tollgate-ed25519-secret <key_id> <hex>` and a newline.
+    pub fn to_file_string(&self) -> String {
+        format!(
+            "{SECRET_PREFIX} {} {}\n",
+            self.key_id,
+            hex::encode(self.secret.to_bytes())
+        )
+    }
+
+    pub fn from_file_string(s: &str) -> Result<Self, BundleError> {
+        let (id, hex) = key_line(s, SECRET_PREFIX)?;
+        Ok(Self {
+            key_id: id.into(),
+            secret: ed25519_dalek::SigningKey::from_bytes(&key_bytes(hex)?),
+        })
+    }
+
+    pub fn public(&self) -> PublicKey {
+        PublicKey {
+            key_id: self.key_id.clone(),
+            key: self.secret.verifying_key(),
+        }
+    }
+}
+
+/// A public key that verifies bundles signed by the [`SigningKey`] of the same id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey {
+    pub key_id: String,
+    key: ed25519_dalek::VerifyingKey,
+}
+
+impl PublicKey {
+    /// `tollgate-ed25519 <key_id> <hex>` and a newline.
+    pub fn to_file_string(&self) -> String {
+        format!("{PUBLIC_PREFIX} {} {}\n", self.key_id, self.hex())
+    }
+
+    pub fn from_file_string(s: &str) -> Result<Self, BundleError> {
+        let (id, hex) = key_line(s, PUBLIC_PREFIX)?;
+        Self::from_parts(id, hex)
+    }
+
+    /// The key as lower-case hex (the form [`TrustedKeys::parse_list`] reads).
+    pub fn hex(&self) -> String {
+        hex::encode(self.key.as_bytes())
+    }
+
+    fn from_parts(id: &str, hex: &str) -> Result<Self, BundleError> {
+        check_key_id(id)?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&key_bytes(hex)?)
+            .map_err(|_| BundleError::Key(format!("key `{id}` is not a valid ed25519 key")))?;
+        Ok(Self {
+            key_id: id.into(),
+            key,
+        })
+    }
+}
+
+/// The keys a verifier accepts, by key id.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedKeys(BTreeMap<String, PublicKey>);
+
+impl TrustedKeys {
+    /// A later key with the same id replaces an earlier one.
+    pub fn new(keys: Vec<PublicKey>) -> Self {
+        Self(keys.into_iter().map(|k| (k.key_id.clone(), k)).collect())
+    }
+
+    /// Reads `id1:hex,id2:hex` (the environment and config form); whitespace around entries
+    /// is ignored, an empty string is no keys, a key id given twice is an error.
+    pub fn parse_list(s: &str) -> Result<Self, BundleError> {
+        let mut keys = BTreeMap::new();
+        for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (id, hex) = entry
+                .split_once(':')
+                .ok_or_else(|| BundleError::Key(format!("`{entry}` is not `key_id:hex`")))?;
+            let key = PublicKey::from_parts(id.trim(), hex.trim())?;
+            if keys.insert(key.key_id.clone(), key).is_some() {
+                return Err(BundleError::Key(format!(
+                    "key id `{}` given twice",
+                    id.trim()
+                )));
+            }
+        }
+        Ok(Self(keys))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, key_id: &str) -> Option<&PublicKey> {
+        self.0.get(key_id)
+    }
+
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building
+
+/// A bundle before signing: its manifest and its parts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnsignedBundle {
+    pub manifest: Manifest,
+    pub parts: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignedEnvelope {
+    manifest_bytes: Vec<u8>,
+    key_id: String,
+    signature: Vec<u8>,
+    parts: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct UnsignedEnvelope {
+    manifest_bytes: Vec<u8>,
+    parts: Vec<(String, Vec<u8>)>,
+}
+
+/// Lower-case hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn entry(name: &str, bytes: &[u8]) -> PartEntry {
+    PartEntry {
+        name: name.into(),
+        sha256: sha256_hex(bytes),
+        len: bytes.len() as u64,
+    }
+}
+
+/// Makes the unsigned bundle of a compiled program.
+pub fn build(
+    compiled: &Compiled,
+    source_text: &str,
+    bundle_version: u64,
+    created_at_ms: i64,
+) -> Result<UnsignedBundle, BundleError> {
+    let program = &compiled.program;
+    let program_bytes =
+        postcard::to_allocvec(program).map_err(|e| BundleError::Encode(e.to_string()))?;
+    let manifest = Manifest {
+        format: FORMAT_VERSION,
+        bundle_version,
+        source_hash: sha256_hex(source_text.as_bytes()),
+        compiler_version: COMPILER_VERSION.into(),
+        created_at_ms,
+        features: program.features.clone(),
+        plans: program.plans.clone(),
+        addons: program.addons.clone(),
+        tests: program.tests.clone(),
+        rule_names: program.rules.iter().map(|r| r.name.clone()).collect(),
+        parts: vec![
+            entry(MODULE_PART, &compiled.module),
+            entry(PROGRAM_PART, &program_bytes),
+        ],
+    };
+    // Check the manifest encodes now, so encode() and sign() cannot meet an error later.
+    let manifest_len = postcard::to_allocvec(&manifest)
+        .map_err(|e| BundleError::Encode(e.to_string()))?
+        .len();
+    let bundle = UnsignedBundle {
+        manifest,
+        parts: vec![
+            (MODULE_PART.into(), compiled.module.clone()),
+            (PROGRAM_PART.into(), program_bytes),
+        ],
+    };
+    // Header, signature, key id and framing are well under 1 KiB.
+    let len = manifest_len + bundle.parts.iter().map(|(_, b)| b.len()).sum::<usize>() + 1024;
+    if len > BUNDLE_BYTES_MAX {
+        return Err(BundleError::TooLarge {
+            len,
+            max: BUNDLE_BYTES_MAX,
+        });
+    }
+    Ok(bundle)
+}
+
+fn header(magic: &[u8; 8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out
+}
+
+/// postcard of a value made only of integers, strings, vectors, options and derive-serialized
+/// structs and enums into a growable vector: it cannot fail. Should it ever, the bytes are
+/// left empty, which no reader accepts (fail closed rather than panic).
+fn encode_infallible<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+impl UnsignedBundle {
+    fn manifest_bytes(&self) -> Vec<u8> {
+        encode_infallible(&self.manifest)
+    }
+
+    /// The unsigned bundle file (`TGUNSIGN` form).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = header(UNSIGNED_MAGIC);
+        out.extend(encode_infallible(&UnsignedEnvelope {
+            manifest_bytes: self.manifest_bytes(),
+            parts: self.parts.clone(),
+        }));
+        out
+    }
+
+    /// Reads an unsigned bundle file. The parts are returned as they are: [`verify`] (after
+    /// signing) or [`inspect`] check them against the manifest.
+    pub fn decode(b: &[u8]) -> Result<Self, BundleError> {
+        let body = body(b, UNSIGNED_MAGIC)?;
+        let env: UnsignedEnvelope = decode_exact(body, "envelope")?;
+        Ok(Self {
+            manifest: decode_exact(&env.manifest_bytes, "manifest")?,
+            parts: env.parts,
+        })
+    }
+
+    /// The signed bundle file: the manifest bytes signed by `key`.
+    pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
+        let manifest_bytes = self.manifest_bytes();
+        let signature = key.secret.sign(&manifest_bytes).to_bytes().to_vec();
+        let mut out = header(SIGNED_MAGIC);
+        out.extend(encode_infallible(&SignedEnvelope {
+            manifest_bytes,
+            key_id: key.key_id.clone(),
+            signature,
+            parts: self.parts.clone(),
+        }));
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading and verifying
+
+/// A bundle whose signature, parts and program all checked out.
+#[derive(Clone, Debug)]
+pub struct VerifiedBundle {
+    pub manifest: Manifest,
+    pub program: ir::Program,
+    pub module: Vec<u8>,
+    pub key_id: String,
+    /// Lower-case hex SHA-256 of the whole file.
+    pub sha256: String,
+}
+
+/// A bundle read for display or comparison: parts and program checked against the manifest,
+/// the signature (if any) **not** verified.
+#[derive(Clone, Debug)]
+pub struct InspectedBundle {
+    pub manifest: Manifest,
+    pub program: ir::Program,
+    pub module: Vec<u8>,
+    /// The key id a signed bundle names; `None` for an unsigned bundle.
+    pub key_id: Option<String>,
+    pub sha256: String,
+}
+
+fn check_size(bytes: &[u8]) -> Result<(), BundleError> {
+    if bytes.len() > BUNDLE_BYTES_MAX {
+        return Err(BundleError::TooLarge {
+            len: bytes.len(),
+            max: BUNDLE_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// The bytes after the header, once magic and format are right.
+fn body<'a>(bytes: &'a [u8], magic: &[u8; 8]) -> Result<&'a [u8], BundleError> {
+    check_size(bytes)?;
+    if bytes.len() < HEADER_BYTES {
+        return Err(BundleError::Malformed(format!(
+            "{} bytes is too short for a bundle header",
+            bytes.len()
+        )));
+    }
+    let (head, rest) = bytes.split_at(HEADER_BYTES);
+    if &head[..8] != magic {
+        let what = if &head[..8] == SIGNED_MAGIC {
+            "a signed bundle"
+        } else if &head[..8] == UNSIGNED_MAGIC {
+            "an unsigned bundle (sign it first)"
+        } else {
+            "not a bundle"
+        };
+        return Err(BundleError::Malformed(format!(
+            "wrong magic: {what}, expected `{}`",
+            String::from_utf8_lossy(magic)
+        )));
+    }
+    let mut format = [0u8; 4];
+    format.copy_from_slice(&head[8..]);
+    let format = u32::from_le_bytes(format);
+    if format != FORMAT_VERSION {
+        return Err(BundleError::UnsupportedFormat(format));
+    }
+    Ok(rest)
+}
+
+/// Decodes all of `bytes` as one `T`: trailing bytes are refused.
+fn decode_exact<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, BundleError> {
+    let (value, rest) = postcard::take_from_bytes(bytes)
+        .map_err(|e| BundleError::Malformed(format!("{what} does not decode: {e}")))?;
+    if !rest.is_empty() {
+        return Err(BundleError::Malformed(format!(
+            "{} bytes after the {what}",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// Verifies a signed bundle file against the trusted keys; see the module doc for the checks.
+pub fn verify(bytes: &[u8], trusted: &TrustedKeys) -> Result<VerifiedBundle, BundleError> {
+    let env: SignedEnvelope = decode_exact(body(bytes, SIGNED_MAGIC)?, "envelope")?;
+    let key = trusted
+        .get(&env.key_id)
+        .ok_or_else(|| BundleError::UnknownKey(env.key_id.clone()))?;
+    let signature = ed25519_dalek::Signature::from_slice(&env.signature)
+        .map_err(|_| BundleError::BadSignature)?;
+    key.key
+        .verify_strict(&env.manifest_bytes, &signature)
+        .map_err(|_| BundleError::BadSignature)?;
+    let (manifest, program, module) = check_contents(&env.manifest_bytes, env.parts)?;
+    Ok(VerifiedBundle {
+        manifest,
+        program,
+        module,
+        key_id: env.key_id,
+        sha256: sha256_hex(bytes),
+    })
+}
+
+/// Reads a signed or unsigned bundle without verifying a signature, checking everything else
+/// [`verify`] checks. For display and comparison (`inspect`, `diff`), never for serving.
+pub fn inspect(bytes: &[u8]) -> Result<InspectedBundle, BundleError> {
+    check_size(bytes)?;
+    let (manifest_bytes, parts, key_id) = if bytes.starts_with(UNSIGNED_MAGIC) {
+        let env: UnsignedEnvelope = decode_exact(body(bytes, UNSIGNED_MAGIC)?, "envelope")?;
+        (env.manifest_bytes, env.parts, None)
+    } else {
+        let env: SignedEnvelope = decode_exact(body(bytes, SIGNED_MAGIC)?, "envelope")?;
+        (env.manifest_bytes, env.parts, Some(env.key_id))
+    };
+    let (manifest, program, module) = check_contents(&manifest_bytes, parts)?;
+    Ok(InspectedBundle {
+        manifest,
+        program,
+        module,
+        key_id,
+        sha256: sha256_hex(bytes),
+    })
+}
+
+/// Steps 5–7 of the module doc: manifest, parts, program.
+fn check_contents(
+    manifest_bytes: &[u8],
+    parts: Vec<(String, Vec<u8>)>,
+) -> Result<(Manifest, ir::Program, Vec<u8>), BundleError> {
+    let manifest: Manifest = decode_exact(manifest_bytes, "manifest")?;
+    if manifest.format != FORMAT_VERSION {
+        return Err(BundleError::UnsupportedFormat(manifest.format));
+    }
+    let mut listed = HashSet::new();
+    for e in &manifest.parts {
+        if !listed.insert(e.name.as_str()) {
+            return Err(BundleError::DuplicatePart(e.name.clone()));
+        }
+    }
+    for required in [MODULE_PART, PROGRAM_PART] {
+        if !listed.contains(required) {
+            return Err(BundleError::MissingPart(required.into()));
+        }
+    }
+    let mut present = HashSet::new();
+    for (name, _) in &parts {
+        if !present.insert(name.as_str()) {
+            return Err(BundleError::DuplicatePart(name.clone()));
+        }
+    }
+    let mut module = None;
+    let mut program_bytes = None;
+    for e in &manifest.parts {
+        let (_, bytes) = parts
+            .iter()
+            .find(|(name, _)| *name == e.name)
+            .ok_or_else(|| BundleError::MissingPart(e.name.clone()))?;
+        if bytes.len() as u64 != e.len || sha256_hex(bytes) != e.sha256 {
+            return Err(BundleError::PartMismatch(e.name.clone()));
+        }
+        match e.name.as_str() {
+            MODULE_PART => module = Some(bytes),
+            PROGRAM_PART => program_bytes = Some(bytes),
+            _ => {}
+        }
+    }
+    if let Some((name, _)) = parts
+        .iter()
+        .find(|(name, _)| !listed.contains(name.as_str()))
+    {
+        return Err(BundleError::UnlistedPart(name.clone()));
+    }
+    let (Some(module), Some(program_bytes)) = (module, program_bytes) else {
+        return Err(BundleError::MissingPart(MODULE_PART.into()));
+    };
+    let program: ir::Program = decode_exact(program_bytes, "program")?;
+    let rule_names: Vec<&str> = program.rules.iter().map(|r| r.name.as_str()).collect();
+    if program.features != manifest.features
+        || program.plans != manifest.plans
+        || program.addons != manifest.addons
+        || program.tests != manifest.tests
+        || rule_names != manifest.rule_names
+    {
+        return Err(BundleError::ProgramMismatch);
+    }
+    let module = module.clone();
+    Ok((manifest, program, module))
+}
