@@ -1,0 +1,536 @@
+//! The `tollgate-rules` binary end to end: the offline commands on the demo and on broken or
+//! altered sources, and the online commands against a stub control plane on loopback.
+#![cfg(feature = "cli")]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+const DEMO: &str = include_str!("../examples/demo.tg");
+
+/// A fresh scratch directory per test, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-rules-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate-rules"));
+    for a in args {
+        cmd.arg(a.as_ref());
+    }
+    for var in [
+        "TOLLGATE_CONTROL_PLANE_URL",
+        "TOLLGATE_ADMIN_TOKEN",
+        "TOLLGATE_ACTOR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("USER", "tester");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("runs");
+    Run {
+        code: status.code().expect("exited"),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+macro_rules! args {
+    ($($a:expr),* $(,)?) => { &[$(&$a as &dyn AsRef<std::ffi::OsStr>),*] };
+}
+
+fn assert_code(r: &Run, code: i32) {
+    assert_eq!(
+        r.code, code,
+        "exit code\n--- stdout\n{}\n--- stderr\n{}",
+        r.stdout, r.stderr
+    );
+}
+
+/// The demo with `exports` taken from `pro`, and its tests adjusted so it still compiles.
+fn demo_without_pro_exports() -> String {
+    let edits = [
+        ("    grant exports\n", ""),
+        (
+            "expect sso allowed reason granted_by_plan, exports allowed,",
+            "expect sso allowed reason granted_by_plan,",
+        ),
+        (
+            "expect exports allowed reason granted_by_plan",
+            "expect exports denied reason denied_not_in_plan",
+        ),
+        (
+            "expect exports denied reason denied_past_due, sso allowed",
+            "expect exports denied, sso allowed",
+        ),
+    ];
+    let mut text = DEMO.to_string();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from}");
+        text = text.replacen(from, to, 1);
+    }
+    text
+}
+
+#[test]
+fn check_accepts_the_demo_and_shows_carets_for_a_broken_file() {
+    let s = Scratch::new("check");
+    let demo = s.write("demo.tg", DEMO);
+    let r = run(args!["check", demo]);
+    assert_code(&r, 0);
+    assert!(
+        r.stdout
+            .contains("ok: 4 features, 3 plans, 1 add-on, 3 rules, 10 tests; 0 warnings"),
+        "{}",
+        r.stdout
+    );
+
+    let broken = s.write(
+        "broken.tg",
+        "feature sso: bool\nplan pro \"Pro\" {\n    price 100 USD per month\n    grant sos\n}\n",
+    );
+    let r = run(args!["check", broken]);
+    assert_code(&r, 1);
+    assert!(r.stderr.contains("error[unknown_feature]"), "{}", r.stderr);
+    assert!(r.stderr.contains("4 |     grant sos\n"), "{}", r.stderr);
+    assert!(r.stderr.contains("  |           ^^^\n"), "{}", r.stderr);
+    assert!(r.stderr.contains("1 error, 0 warnings"), "{}", r.stderr);
+}
+
+#[test]
+fn test_reports_each_test_and_fails_on_a_failing_one() {
+    let s = Scratch::new("test");
+    let demo = s.write("demo.tg", DEMO);
+    let r = run(args!["test", demo]);
+    assert_code(&r, 0);
+    assert!(r.stdout.contains("test \"free\" ... ok"), "{}", r.stdout);
+    assert!(r.stdout.contains("10 of 10 tests passed"), "{}", r.stdout);
+
+    let failing = s.write(
+        "failing.tg",
+        &DEMO.replace(
+            "expect seats allowed limit 20",
+            "expect seats allowed limit 25",
+        ),
+    );
+    let r = run(args!["test", failing]);
+    assert_code(&r, 1);
+    assert!(
+        r.stdout
+            .contains("test \"extra seats add five per pack\" ... FAILED"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("expected seats limit 25, got 20 (granted_by_plan)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("9 of 10 tests passed, 1 failed"),
+        "{}",
+        r.stderr
+    );
+    // compile refuses it too.
+    let r = run(args!["compile", failing, "-o", s.path("x.bundle")]);
+    assert_code(&r, 1);
+    assert!(r.stderr.contains("error[test_failed]"), "{}", r.stderr);
+    assert!(!s.path("x.bundle").exists());
+}
+
+#[test]
+fn compile_keygen_sign_inspect_and_diff() {
+    let s = Scratch::new("flow");
+    let demo = s.write("demo.tg", DEMO);
+    let variant = s.write("variant.tg", &demo_without_pro_exports());
+    let (old_u, new_u) = (s.path("old.unsigned"), s.path("new.unsigned"));
+    let r = run(args!["compile", demo, "-o", old_u, "--version", "5"]);
+    assert_code(&r, 0);
+    assert!(r.stdout.contains("version 5"), "{}", r.stdout);
+    assert_code(
+        &run(args!["compile", variant, "-o", new_u, "--version", "6"]),
+        0,
+    );
+
+    let keys = s.path("keys");
+    let r = run(args!["keygen", "--key-id", "ops-1", "-o", keys]);
+    assert_code(&r, 0);
+    let (secret, public) = (keys.join("ops-1.key"), keys.join("ops-1.pub"));
+    assert!(public.exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret)
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // An existing key is never overwritten.
+    assert_code(&run(args!["keygen", "--key-id", "ops-1", "-o", keys]), 2);
+
+    let signed = s.path("old.bundle");
+    let r = run(args!["sign", old_u, "--key", secret, "-o", signed]);
+    assert_code(&r, 0);
+    assert!(r.stdout.contains("signed by `ops-1`"), "{}", r.stdout);
+
+    let r = run(args!["inspect", signed, "--trusted-key", public]);
+    assert_code(&r, 0);
+    for expected in [
+        "version    5",
+        "pro                      \"Pro\": 2900 USD per month, trial 14 days",
+        "grants: sso, exports, seats = 10, api_calls = 100000",
+        "extra_seats",
+        "\"late exports\"",
+        "\"support override beats the plan\"",
+        "module.wasm",
+        "program.postcard",
+        "signature  verified (key `ops-1`)",
+    ] {
+        assert!(r.stdout.contains(expected), "{expected}\n{}", r.stdout);
+    }
+    // Without keys the signature is named but not checked; with another key it fails.
+    let r = run(args!["inspect", signed]);
+    assert_code(&r, 0);
+    assert!(r.stdout.contains("not checked"), "{}", r.stdout);
+    assert_code(&run(args!["keygen", "--key-id", "other", "-o", keys]), 0);
+    let r = run(args![
+        "inspect",
+        signed,
+        "--trusted-key",
+        keys.join("other.pub")
+    ]);
+    assert_code(&r, 1);
+    assert!(r.stdout.contains("NOT VERIFIED"), "{}", r.stdout);
+    // A tampered file is refused.
+    let mut bytes = std::fs::read(&signed).expect("read");
+    let last = bytes.len() - 20;
+    bytes[last] ^= 1;
+    let tampered = s.path("tampered.bundle");
+    std::fs::write(&tampered, &bytes).expect("write");
+    let r = run(args!["inspect", tampered, "--trusted-key", public]);
+    assert_code(&r, 1);
+    assert!(r.stderr.contains("does not match"), "{}", r.stderr);
+
+    let r = run(args!["diff", signed, new_u]);
+    assert_code(&r, 0);
+    assert!(r.stdout.contains("version 5 -> 6"), "{}", r.stdout);
+    assert!(r.stdout.contains("pro: exports removed"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(
+            "test \"pro\" (old): exports: allowed (granted_by_plan) -> denied (denied_not_in_plan)"
+        ),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains("sso:"),
+        "only exports changes\n{}",
+        r.stdout
+    );
+    let r = run(args!["diff", signed, signed]);
+    assert_code(&r, 0);
+    assert!(r.stdout.contains("no differences"), "{}", r.stdout);
+}
+
+#[test]
+fn usage_errors_exit_2_and_every_command_has_help() {
+    assert_code(&run(args![]), 2);
+    assert_code(&run(args!["frobnicate"]), 2);
+    let r = run(args!["activate", "5", "--canary", "101"]);
+    assert_code(&r, 2);
+    assert!(r.stderr.contains("0..=100"), "{}", r.stderr);
+    assert_code(&run(args!["check", "/nonexistent/x.tg"]), 2);
+    let s = Scratch::new("usage");
+    assert_code(
+        &run(args!["keygen", "--key-id", "no spaces", "-o", s.path("k")]),
+        2,
+    );
+    // Online commands need a token.
+    let r = run(args!["status"]);
+    assert_code(&r, 2);
+    assert!(r.stderr.contains("TOLLGATE_ADMIN_TOKEN"), "{}", r.stderr);
+    for cmd in [
+        "check", "test", "compile", "keygen", "sign", "inspect", "diff", "deploy", "activate",
+        "promote", "rollback", "status",
+    ] {
+        let r = run(args![cmd, "--help"]);
+        assert_code(&r, 0);
+        assert!(
+            r.stdout.contains("Usage: tollgate-rules"),
+            "{cmd}: {}",
+            r.stdout
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Online commands against a stub control plane.
+
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    authorization: String,
+    actor: String,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+async fn stub(
+    axum::extract::State(log): axum::extract::State<Log>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    log.lock().expect("log").push(Seen {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        authorization: header("authorization"),
+        actor: header("tollgate-actor"),
+        content_type: header("content-type"),
+        body: body.to_vec(),
+    });
+    let json = |status: StatusCode, v: serde_json::Value| {
+        let content_type = if status.is_success() {
+            "application/json"
+        } else {
+            "application/problem+json"
+        };
+        (status, [("content-type", content_type)], v.to_string()).into_response()
+    };
+    match (method.as_str(), uri.path()) {
+        ("POST", "/admin/v1/bundles") => json(
+            StatusCode::CREATED,
+            serde_json::json!({"version": 5, "key_id": "ops-1", "sha256": "abc"}),
+        ),
+        ("POST", "/admin/v1/bundles/5/activate") => json(
+            StatusCode::OK,
+            serde_json::json!({"version": 5, "canary_percent": 10}),
+        ),
+        ("POST", "/admin/v1/bundles/9/activate") => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({"type": "about:blank", "status": 422,
+                "code": "bundle_tests_failed", "detail": "test `pro` failed"}),
+        ),
+        ("POST", "/admin/v1/bundles/5/promote") => json(
+            StatusCode::OK,
+            serde_json::json!({"version": 5, "canary_percent": 100}),
+        ),
+        ("POST", "/admin/v1/bundles/7/promote") => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"code": "unavailable", "detail": "try again"}),
+        ),
+        ("POST", "/admin/v1/rollback") => {
+            json(StatusCode::OK, serde_json::json!({"active_version": 4}))
+        }
+        ("GET", "/admin/v1/bundles") => json(
+            StatusCode::OK,
+            serde_json::json!({"bundles": [
+                {"version": 5, "state": "canary", "canary_percent": 10},
+                {"version": 4, "state": "active", "canary_percent": 100},
+            ]}),
+        ),
+        ("GET", "/admin/v1/edges") => json(
+            StatusCode::OK,
+            serde_json::json!([{"edge_id": "edge-a", "bundle_version": 4, "healthy": true}]),
+        ),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"code": "not_found", "detail": "no such route"}),
+        ),
+    }
+}
+
+/// Serves the stub on a loopback port for the life of the test process.
+fn start_stub() -> (String, Log) {
+    let log: Log = Arc::default();
+    let app = axum::Router::new()
+        .fallback(stub)
+        .with_state(Arc::clone(&log));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(listener.local_addr().expect("addr")).expect("send");
+            axum::serve(listener, app).await.expect("serve");
+        });
+    });
+    let addr = rx.recv().expect("address");
+    (format!("http://{addr}"), log)
+}
+
+#[test]
+fn online_commands_send_the_right_requests_and_map_problems_to_exit_codes() {
+    let (server, log) = start_stub();
+    let s = Scratch::new("online");
+    let demo = s.write("demo.tg", DEMO);
+    let unsigned = s.path("demo.unsigned");
+    let signed = s.path("demo.bundle");
+    let keys = s.path("keys");
+    assert_code(
+        &run(args!["compile", demo, "-o", unsigned, "--version", "5"]),
+        0,
+    );
+    assert_code(&run(args!["keygen", "--key-id", "ops-1", "-o", keys]), 0);
+    assert_code(
+        &run(args![
+            "sign",
+            unsigned,
+            "--key",
+            keys.join("ops-1.key"),
+            "-o",
+            signed
+        ]),
+        0,
+    );
+    let remote = |extra: &[&str]| -> Run {
+        let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = Vec::new();
+        for e in extra {
+            a.push(e);
+        }
+        let tail: [&dyn AsRef<std::ffi::OsStr>; 6] = [
+            &"--server",
+            &server,
+            &"--token",
+            &"s3cret",
+            &"--actor",
+            &"alice",
+        ];
+        a.extend(tail);
+        run(&a)
+    };
+
+    let r = remote(&["deploy", signed.to_str().expect("utf-8")]);
+    assert_code(&r, 0);
+    assert!(r.stdout.contains("sha256"), "{}", r.stdout);
+    // An unsigned bundle is not uploaded.
+    assert_code(&remote(&["deploy", unsigned.to_str().expect("utf-8")]), 1);
+
+    assert_code(&remote(&["activate", "5", "--canary", "10"]), 0);
+    let r = remote(&["activate", "9", "--canary", "10"]);
+    assert_code(&r, 1);
+    assert!(
+        r.stderr
+            .contains("error: bundle_tests_failed: test `pro` failed"),
+        "{}",
+        r.stderr
+    );
+    assert_code(&remote(&["promote", "5"]), 0);
+    let r = remote(&["promote", "7"]);
+    assert_code(&r, 3);
+    assert!(
+        r.stderr.contains("error: unavailable: try again"),
+        "{}",
+        r.stderr
+    );
+    assert_code(&remote(&["rollback"]), 0);
+    assert_code(&remote(&["rollback", "--to", "4"]), 0);
+    let r = remote(&["status"]);
+    assert_code(&r, 0);
+    assert!(
+        r.stdout.contains("version  canary_percent  state"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("edge_id  bundle_version  healthy"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("edge-a"), "{}", r.stdout);
+
+    let seen = log.lock().expect("log").clone();
+    let requests: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|s| (s.method.as_str(), s.path.as_str()))
+        .collect();
+    assert_eq!(
+        requests,
+        [
+            ("POST", "/admin/v1/bundles"),
+            ("POST", "/admin/v1/bundles/5/activate"),
+            ("POST", "/admin/v1/bundles/9/activate"),
+            ("POST", "/admin/v1/bundles/5/promote"),
+            ("POST", "/admin/v1/bundles/7/promote"),
+            ("POST", "/admin/v1/rollback"),
+            ("POST", "/admin/v1/rollback"),
+            ("GET", "/admin/v1/bundles"),
+            ("GET", "/admin/v1/edges"),
+        ]
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.authorization == "Bearer s3cret" && s.actor == "alice")
+    );
+    assert_eq!(seen[0].content_type, "application/octet-stream");
+    assert_eq!(seen[0].body, std::fs::read(&signed).expect("read"));
+    let body = |i: usize| -> serde_json::Value {
+        serde_json::from_slice(&seen[i].body).expect("json body")
+    };
+    assert_eq!(body(1), serde_json::json!({"canary_percent": 10}));
+    assert_eq!(body(5), serde_json::json!({}));
+    assert_eq!(body(6), serde_json::json!({"to_version": 4}));
+
+    // Nobody listening: a network error.
+    let r = run(args![
+        "status",
+        "--server",
+        "http://127.0.0.1:1",
+        "--token",
+        "t"
+    ]);
+    assert_code(&r, 3);
+}
