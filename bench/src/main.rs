@@ -95,9 +95,12 @@ fn edge_state(accounts: &[AccountId]) -> anyhow::Result<EdgeState> {
         5_000,
     );
     let text = include_str!("../../rules/examples/demo.tg").to_owned();
-    let program = compile_source(&SourceFile { name: "demo.tg".into(), text })
-        .map_err(|d| anyhow::anyhow!("demo.tg: {} diagnostics", d.len()))?
-        .0;
+    let program = compile_source(&SourceFile {
+        name: "demo.tg".into(),
+        text,
+    })
+    .map_err(|d| anyhow::anyhow!("demo.tg: {} diagnostics", d.len()))?
+    .0;
     let module = wasm::emit(&program)?;
     let loaded = RulesEngine::new()?.load(&module, program.shape())?;
     state.install_rules(1, program, Some(loaded));
@@ -224,13 +227,20 @@ fn materialise(out_path: &str) -> anyhow::Result<()> {
     use tollgate_protocol::FeatureOverride;
     use tollgate_rules::{facts::fact_vector, interp};
     let text = include_str!("../../rules/examples/demo.tg").to_owned();
-    let program = compile_source(&SourceFile { name: "demo.tg".into(), text })
-        .map_err(|d| anyhow::anyhow!("demo.tg: {} diagnostics", d.len()))?
-        .0;
+    let program = compile_source(&SourceFile {
+        name: "demo.tg".into(),
+        text,
+    })
+    .map_err(|d| anyhow::anyhow!("demo.tg: {} diagnostics", d.len()))?
+    .0;
     let module = wasm::emit(&program)?;
     let loaded = RulesEngine::new()?.load(&module, program.shape())?;
     let plans = ["free", "pro", "enterprise"];
-    let statuses = [SubscriptionStatus::Active, SubscriptionStatus::PastDue, SubscriptionStatus::Trialing];
+    let statuses = [
+        SubscriptionStatus::Active,
+        SubscriptionStatus::PastDue,
+        SubscriptionStatus::Trialing,
+    ];
     let vectors: Vec<_> = (0..MATERIALISE_ACCOUNTS)
         .map(|i| {
             let mut f = AccountFacts::new(AccountId(uuid::Uuid::now_v7()), 1);
@@ -242,7 +252,8 @@ fn materialise(out_path: &str) -> anyhow::Result<()> {
             f.days_past_due = (i % 11) as i64;
             f.dunning_level = (i % 5) as i64;
             if i % 7 == 0 {
-                f.overrides.insert("sso".into(), FeatureOverride::Grant { limit: None });
+                f.overrides
+                    .insert("sso".into(), FeatureOverride::Grant { limit: None });
             }
             fact_vector(&program, &f, 1_700_000_000_000)
         })
@@ -253,7 +264,10 @@ fn materialise(out_path: &str) -> anyhow::Result<()> {
         let t = Instant::now();
         let mut checksum = 0i64;
         for v in &vectors {
-            checksum += interp::evaluate(&program, v).iter().map(|d| d.limit.max(0) % 7).sum::<i64>();
+            checksum += interp::evaluate(&program, v)
+                .iter()
+                .map(|d| d.limit.max(0) % 7)
+                .sum::<i64>();
         }
         let interp_rate = rate(t.elapsed().as_secs_f64());
         let t = Instant::now();
@@ -262,11 +276,18 @@ fn materialise(out_path: &str) -> anyhow::Result<()> {
         let t = Instant::now();
         let mut wasm_sum = 0i64;
         for v in &vectors {
-            wasm_sum += loaded.evaluate(v)?.iter().map(|d| d.limit.max(0) % 7).sum::<i64>();
+            wasm_sum += loaded
+                .evaluate(v)?
+                .iter()
+                .map(|d| d.limit.max(0) % 7)
+                .sum::<i64>();
         }
         let single_rate = rate(t.elapsed().as_secs_f64());
         let batch_sum: i64 = batch.iter().flatten().map(|d| d.limit.max(0) % 7).sum();
-        anyhow::ensure!(checksum == wasm_sum && checksum == batch_sum, "engines disagree");
+        anyhow::ensure!(
+            checksum == wasm_sum && checksum == batch_sum,
+            "engines disagree"
+        );
         rows.push((interp_rate, batch_rate, single_rate));
     }
     rows.sort_by(|a, b| a.1.total_cmp(&b.1));
@@ -292,10 +313,15 @@ fn materialise(out_path: &str) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("materialise") {
-        return materialise(concat!(env!("CARGO_MANIFEST_DIR"), "/results/materialise.md"));
+        return materialise(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/results/materialise.md"
+        ));
     }
     if args.first().map(String::as_str) != Some("edge-check") {
-        bail!("usage: tollgate-bench edge-check [--secs N] [--out FILE] | tollgate-bench materialise");
+        bail!(
+            "usage: tollgate-bench edge-check [--secs N] [--out FILE] | tollgate-bench materialise"
+        );
     }
     let mut secs = 5u32;
     let mut out_path = String::from(concat!(

@@ -27,7 +27,13 @@ pub async fn seed(pool: &PgPool, catalog: &Catalog) -> anyhow::Result<()> {
 /// [`seed`] inside the caller's transaction (promotion of a rule bundle).
 pub async fn seed_in(tx: &mut PgConnection, catalog: &Catalog) -> anyhow::Result<()> {
     catalog.validate().map_err(|errs| {
-        anyhow::anyhow!("invalid catalog: {}", errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        anyhow::anyhow!(
+            "invalid catalog: {}",
+            errs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
     })?;
     // Positions are unique; move existing ones out of the way first.
     sqlx::query("UPDATE features SET position = -position - 1")
@@ -75,7 +81,7 @@ pub async fn seed_in(tx: &mut PgConnection, catalog: &Catalog) -> anyhow::Result
                 .await?;
         }
     }
-    
+
     Ok(())
 }
 

@@ -67,10 +67,11 @@ impl Config {
             admin_token: r.required_secret("admin_token"),
             trusted_keys: match r.optional("trusted_keys") {
                 None => tollgate_rules::bundle::TrustedKeys::new(Vec::new()),
-                Some(list) => tollgate_rules::bundle::TrustedKeys::parse_list(&list).unwrap_or_else(|e| {
-                    r.error(format!("TOLLGATE_TRUSTED_KEYS: {e}"));
-                    tollgate_rules::bundle::TrustedKeys::new(Vec::new())
-                }),
+                Some(list) => tollgate_rules::bundle::TrustedKeys::parse_list(&list)
+                    .unwrap_or_else(|e| {
+                        r.error(format!("TOLLGATE_TRUSTED_KEYS: {e}"));
+                        tollgate_rules::bundle::TrustedKeys::new(Vec::new())
+                    }),
             },
             stripe_secret_key: r.optional_secret("stripe_secret_key"),
             stripe_api_base: r.optional("stripe_api_base"),
@@ -133,7 +134,11 @@ mod tests {
 
     #[test]
     fn defaults_fill_everything_but_secrets() {
-        let src = MapSource::from_pairs([("edge_token", "e"), ("token_secret", "t"), ("admin_token", "a")]);
+        let src = MapSource::from_pairs([
+            ("edge_token", "e"),
+            ("token_secret", "t"),
+            ("admin_token", "a"),
+        ]);
         let cfg = Config::from_source(&src).expect("valid");
         assert_eq!(cfg.listen_addr.port(), 7700);
         assert_eq!(cfg.checkout_expiry_secs, 82_800);

@@ -7,9 +7,9 @@ use axum::http::request::Parts;
 use secrecy::ExposeSecret;
 use tollgate_protocol::{AccountFacts, AccountId};
 
+use crate::entitlements;
 use crate::http::{ApiError, ApiResult, Path};
 use crate::state::AppState;
-use crate::entitlements;
 
 /// Proof that the caller presented the edge token.
 pub struct EdgeAuth;

@@ -80,16 +80,27 @@ pub fn app(state: AppState) -> Router {
     let internal = Router::new()
         .route("/internal/v1/accounts/{id}/facts", get(internal::facts))
         .route("/internal/v1/bundle", get(rollout::bundle_for_edge))
-        .route("/internal/v1/edges/{edge_id}/status", post(rollout::edge_status));
+        .route(
+            "/internal/v1/edges/{edge_id}/status",
+            post(rollout::edge_status),
+        );
     let admin = Router::new()
         .route(
             "/admin/v1/bundles",
             post(rollout::upload)
-                .layer(DefaultBodyLimit::max(tollgate_rules::bundle::BUNDLE_BYTES_MAX))
+                .layer(DefaultBodyLimit::max(
+                    tollgate_rules::bundle::BUNDLE_BYTES_MAX,
+                ))
                 .get(rollout::list),
         )
-        .route("/admin/v1/bundles/{version}/activate", post(rollout::activate))
-        .route("/admin/v1/bundles/{version}/promote", post(rollout::promote))
+        .route(
+            "/admin/v1/bundles/{version}/activate",
+            post(rollout::activate),
+        )
+        .route(
+            "/admin/v1/bundles/{version}/promote",
+            post(rollout::promote),
+        )
         .route("/admin/v1/rollback", post(rollout::rollback))
         .route("/admin/v1/edges", get(rollout::edges))
         .route("/admin/v1/audit", get(rollout::audit_log));

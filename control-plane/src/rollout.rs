@@ -17,9 +17,9 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
+use tollgate_protocol::canary::in_canary;
 use tollgate_rules::bundle::{self, Manifest, VerifiedBundle};
 use tollgate_rules::ir;
-use tollgate_protocol::canary::in_canary;
 use uuid::Uuid;
 
 use crate::http::{ApiError, ApiResult, Json, Path};
@@ -37,15 +37,29 @@ pub struct Admin {
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let presented = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthorized("missing_credentials", "send Authorization: Bearer <admin token>"))?;
-        if !constant_time_eq(presented.as_bytes(), state.admin_token.expose_secret().as_bytes()) {
-            return Err(ApiError::unauthorized("invalid_token", "the admin token is not valid"));
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing_credentials",
+                    "send Authorization: Bearer <admin token>",
+                )
+            })?;
+        if !constant_time_eq(
+            presented.as_bytes(),
+            state.admin_token.expose_secret().as_bytes(),
+        ) {
+            return Err(ApiError::unauthorized(
+                "invalid_token",
+                "the admin token is not valid",
+            ));
         }
         let actor = parts
             .headers
@@ -54,9 +68,14 @@ impl FromRequestParts<AppState> for Admin {
             .map(str::trim)
             .filter(|a| !a.is_empty() && a.len() <= ACTOR_BYTES_MAX)
             .ok_or_else(|| {
-                ApiError::bad_request("actor_required", "send Tollgate-Actor: <your name> (1-128 characters)")
+                ApiError::bad_request(
+                    "actor_required",
+                    "send Tollgate-Actor: <your name> (1-128 characters)",
+                )
             })?;
-        Ok(Self { actor: actor.to_owned() })
+        Ok(Self {
+            actor: actor.to_owned(),
+        })
     }
 }
 
@@ -135,32 +154,43 @@ pub fn verify_and_test(state: &AppState, bytes: &[u8]) -> Result<VerifiedBundle,
         .load(&verified.module, verified.program.shape())
         .map_err(|e| ApiError::unprocessable("bundle_module_refused", e.to_string()))?;
     tollgate_rules::compiler::run_tests(&verified.program, &loaded).map_err(|failures| {
-        ApiError::unprocessable("bundle_tests_failed", failures.join("; ")).with("failures", failures)
+        ApiError::unprocessable("bundle_tests_failed", failures.join("; "))
+            .with("failures", failures)
     })?;
     Ok(verified)
 }
 
 fn version_i64(v: u64) -> Result<i64, ApiError> {
-    i64::try_from(v).map_err(|_| ApiError::unprocessable("bundle_invalid", "bundle version out of range"))
+    i64::try_from(v)
+        .map_err(|_| ApiError::unprocessable("bundle_invalid", "bundle version out of range"))
 }
 
 /// `POST /admin/v1/bundles` — body: the signed bundle file.
-pub async fn upload(State(state): State<AppState>, admin: Admin, body: Bytes) -> ApiResult<Response> {
+pub async fn upload(
+    State(state): State<AppState>,
+    admin: Admin,
+    body: Bytes,
+) -> ApiResult<Response> {
     let verified = verify_and_test(&state, &body)?;
     let version = version_i64(verified.manifest.bundle_version)?;
     let now = state.clock.now();
     let mut tx = state.cf.begin().await?;
-    let existing: Option<(String,)> = sqlx::query_as("SELECT sha256 FROM rule_bundles WHERE version = $1")
-        .bind(version)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let existing: Option<(String,)> =
+        sqlx::query_as("SELECT sha256 FROM rule_bundles WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
     let summary = bundle_summary(&verified.manifest, &verified.sha256, &verified.key_id);
     match existing {
-        Some((sha,)) if sha == verified.sha256 => return Ok((StatusCode::OK, axum::Json(summary)).into_response()),
+        Some((sha,)) if sha == verified.sha256 => {
+            return Ok((StatusCode::OK, axum::Json(summary)).into_response());
+        }
         Some(_) => {
             return Err(ApiError::conflict(
                 "bundle_version_exists",
-                format!("version {version} was uploaded with different content; compile with a new --version"),
+                format!(
+                    "version {version} was uploaded with different content; compile with a new --version"
+                ),
             ));
         }
         None => {}
@@ -181,7 +211,16 @@ pub async fn upload(State(state): State<AppState>, admin: Admin, body: Bytes) ->
     .bind(&admin.actor)
     .execute(&mut *tx)
     .await?;
-    audit(&mut tx, "upload", version, None, json!({ "sha256": verified.sha256 }), &admin.actor, now).await?;
+    audit(
+        &mut tx,
+        "upload",
+        version,
+        None,
+        json!({ "sha256": verified.sha256 }),
+        &admin.actor,
+        now,
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(version, actor = %admin.actor, "rule bundle uploaded");
     Ok((StatusCode::CREATED, axum::Json(summary)).into_response())
@@ -225,10 +264,11 @@ pub async fn list(State(state): State<AppState>, _: Admin) -> ApiResult<axum::Js
 }
 
 async fn load_manifest(conn: &mut PgConnection, version: i64) -> Result<Manifest, ApiError> {
-    let row: Option<(Value,)> = sqlx::query_as("SELECT manifest FROM rule_bundles WHERE version = $1")
-        .bind(version)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row: Option<(Value,)> =
+        sqlx::query_as("SELECT manifest FROM rule_bundles WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&mut *conn)
+            .await?;
     let (manifest,) = row.ok_or_else(|| ApiError::not_found("bundle"))?;
     serde_json::from_value(manifest).map_err(ApiError::internal)
 }
@@ -245,7 +285,11 @@ fn catalog_of(m: &Manifest) -> tollgate_rules::Catalog {
         features: m
             .features
             .iter()
-            .map(|f| Feature { key: f.key.clone(), kind: kind(f.kind), period: f.period.clone() })
+            .map(|f| Feature {
+                key: f.key.clone(),
+                kind: kind(f.kind),
+                period: f.period.clone(),
+            })
             .collect(),
         plans: m
             .plans
@@ -264,7 +308,10 @@ fn catalog_of(m: &Manifest) -> tollgate_rules::Catalog {
                     .iter()
                     .filter_map(|g| {
                         let f = m.features.get(g.feature as usize)?;
-                        Some(Grant { feature: f.key.clone(), limit: (g.limit != ir::NO_LIMIT).then_some(g.limit) })
+                        Some(Grant {
+                            feature: f.key.clone(),
+                            limit: (g.limit != ir::NO_LIMIT).then_some(g.limit),
+                        })
                     })
                     .collect(),
             })
@@ -284,10 +331,14 @@ async fn make_stable(
     let manifest = load_manifest(conn, version).await?;
     let previous = current.as_ref().and_then(|r| r.stable_version);
     set_rollout(conn, Some(version), None, actor, now).await?;
-    crate::catalog::seed_in(conn, &catalog_of(&manifest)).await.map_err(ApiError::internal)?;
+    crate::catalog::seed_in(conn, &catalog_of(&manifest))
+        .await
+        .map_err(ApiError::internal)?;
     audit(conn, action, version, previous, json!({}), actor, now).await?;
     tracing::info!(version, action, actor, "rule bundle made stable");
-    Ok(json!({ "stable_version": version, "previous_stable": previous, "canary_version": null, "canary_percent": 0 }))
+    Ok(
+        json!({ "stable_version": version, "previous_stable": previous, "canary_version": null, "canary_percent": 0 }),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,7 +355,10 @@ pub async fn activate(
     Json(body): Json<ActivateRequest>,
 ) -> ApiResult<axum::Json<Value>> {
     if !(0..=100).contains(&body.canary_percent) {
-        return Err(ApiError::unprocessable("invalid_canary_percent", "canary_percent must be 0-100"));
+        return Err(ApiError::unprocessable(
+            "invalid_canary_percent",
+            "canary_percent must be 0-100",
+        ));
     }
     let mut tx = state.cf.begin().await?;
     load_manifest(&mut tx, version).await?;
@@ -316,13 +370,37 @@ pub async fn activate(
     } else if body.canary_percent == 0 || stable == Some(version) {
         let now = state.clock.now();
         set_rollout(&mut tx, stable, None, &admin.actor, now).await?;
-        audit(&mut tx, "activate", version, stable, json!({ "canary_percent": 0 }), &admin.actor, now).await?;
+        audit(
+            &mut tx,
+            "activate",
+            version,
+            stable,
+            json!({ "canary_percent": 0 }),
+            &admin.actor,
+            now,
+        )
+        .await?;
         json!({ "stable_version": stable, "canary_version": null, "canary_percent": 0 })
     } else {
         let now = state.clock.now();
-        set_rollout(&mut tx, stable, Some((version, body.canary_percent)), &admin.actor, now).await?;
-        audit(&mut tx, "activate", version, stable, json!({ "canary_percent": body.canary_percent }), &admin.actor, now)
-            .await?;
+        set_rollout(
+            &mut tx,
+            stable,
+            Some((version, body.canary_percent)),
+            &admin.actor,
+            now,
+        )
+        .await?;
+        audit(
+            &mut tx,
+            "activate",
+            version,
+            stable,
+            json!({ "canary_percent": body.canary_percent }),
+            &admin.actor,
+            now,
+        )
+        .await?;
         json!({ "stable_version": stable, "canary_version": version, "canary_percent": body.canary_percent })
     };
     tx.commit().await?;
@@ -330,7 +408,11 @@ pub async fn activate(
 }
 
 /// `POST /admin/v1/bundles/{version}/promote`
-pub async fn promote(State(state): State<AppState>, admin: Admin, Path(version): Path<i64>) -> ApiResult<axum::Json<Value>> {
+pub async fn promote(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(version): Path<i64>,
+) -> ApiResult<axum::Json<Value>> {
     let mut tx = state.cf.begin().await?;
     let out = make_stable(&state, &mut tx, version, "promote", &admin.actor).await?;
     tx.commit().await?;
@@ -365,7 +447,10 @@ pub async fn rollback(
             .fetch_optional(&mut *tx)
             .await?;
             prev.and_then(|(p,)| p).ok_or_else(|| {
-                ApiError::conflict("nothing_to_roll_back_to", "there is no earlier stable bundle; name one with to_version")
+                ApiError::conflict(
+                    "nothing_to_roll_back_to",
+                    "there is no earlier stable bundle; name one with to_version",
+                )
             })?
         }
     };
@@ -374,13 +459,19 @@ pub async fn rollback(
     Ok(axum::Json(out))
 }
 
+/// edge id, bundle version, last error, last seen
+type EdgeRow = (String, Option<i64>, Option<String>, DateTime<Utc>);
+/// action, version, previous stable, detail, actor, at
+type AuditRow = (String, i64, Option<i64>, Value, String, DateTime<Utc>);
+
 /// `GET /admin/v1/edges`
 pub async fn edges(State(state): State<AppState>, _: Admin) -> ApiResult<axum::Json<Value>> {
     let mut conn = state.cf.acquire().await?;
-    let rows: Vec<(String, Option<i64>, Option<String>, DateTime<Utc>)> =
-        sqlx::query_as("SELECT edge_id, bundle_version, last_error, last_seen FROM edges ORDER BY edge_id")
-            .fetch_all(&mut *conn)
-            .await?;
+    let rows: Vec<EdgeRow> = sqlx::query_as(
+        "SELECT edge_id, bundle_version, last_error, last_seen FROM edges ORDER BY edge_id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     let rollout = rollout(&mut conn, false).await?;
     let data: Vec<Value> = rows
         .into_iter()
@@ -395,7 +486,7 @@ pub async fn edges(State(state): State<AppState>, _: Admin) -> ApiResult<axum::J
 
 /// `GET /admin/v1/audit`
 pub async fn audit_log(State(state): State<AppState>, _: Admin) -> ApiResult<axum::Json<Value>> {
-    let rows: Vec<(String, i64, Option<i64>, Value, String, DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<AuditRow> = sqlx::query_as(
         "SELECT action, version, previous_stable, detail, actor, at FROM rule_audit ORDER BY at, id",
     )
     .fetch_all(&state.cf)
@@ -430,11 +521,22 @@ pub async fn bundle_for_edge(
 ) -> ApiResult<Response> {
     let mut conn = state.cf.acquire().await?;
     let rollout = rollout(&mut conn, false).await?;
-    let Some(version) = rollout.as_ref().and_then(|r| assigned_version(r, &q.edge_id)) else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_active_bundle", "no rule bundle is active yet"));
+    let Some(version) = rollout
+        .as_ref()
+        .and_then(|r| assigned_version(r, &q.edge_id))
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_active_bundle",
+            "no rule bundle is active yet",
+        ));
     };
     let etag = format!("\"v{version}\"");
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     let (bytes,): (Vec<u8>,) = sqlx::query_as("SELECT bytes FROM rule_bundles WHERE version = $1")
@@ -443,7 +545,10 @@ pub async fn bundle_for_edge(
         .await?;
     let mut resp = (StatusCode::OK, bytes).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
@@ -466,9 +571,14 @@ pub async fn edge_status(
     Json(body): Json<EdgeStatus>,
 ) -> ApiResult<StatusCode> {
     if edge_id.is_empty() || edge_id.len() > 128 {
-        return Err(ApiError::unprocessable("invalid_edge_id", "edge ids are 1-128 characters"));
+        return Err(ApiError::unprocessable(
+            "invalid_edge_id",
+            "edge ids are 1-128 characters",
+        ));
     }
-    let error = body.last_error.map(|e| e.chars().take(1000).collect::<String>());
+    let error = body
+        .last_error
+        .map(|e| e.chars().take(1000).collect::<String>());
     sqlx::query(
         "INSERT INTO edges (edge_id, bundle_version, last_error, last_seen) VALUES ($1, $2, $3, $4)
          ON CONFLICT (edge_id) DO UPDATE SET bundle_version = EXCLUDED.bundle_version,
@@ -496,8 +606,14 @@ mod tests {
         let half = count(50);
         assert!((400..600).contains(&half), "{half}");
         for e in &edges {
-            assert!(!in_canary(e, 10) || in_canary(e, 50), "a 10 % canary edge stays in at 50 %");
+            assert!(
+                !in_canary(e, 10) || in_canary(e, 50),
+                "a 10 % canary edge stays in at 50 %"
+            );
         }
-        assert_eq!(tollgate_protocol::canary::fnv1a("edge-1"), tollgate_protocol::canary::fnv1a("edge-1"));
+        assert_eq!(
+            tollgate_protocol::canary::fnv1a("edge-1"),
+            tollgate_protocol::canary::fnv1a("edge-1")
+        );
     }
 }

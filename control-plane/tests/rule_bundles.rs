@@ -16,9 +16,14 @@ fn demo() -> String {
 }
 
 fn signed(source: &str, version: u64, key: &SigningKey) -> Vec<u8> {
-    let file = SourceFile { name: "rules.tg".into(), text: source.to_owned() };
+    let file = SourceFile {
+        name: "rules.tg".into(),
+        text: source.to_owned(),
+    };
     let compiled = compiler::compile(&file).unwrap_or_else(|d| panic!("{}", d[0].render(&file)));
-    bundle::build(&compiled, source, version, 0).expect("build").sign(key)
+    bundle::build(&compiled, source, version, 0)
+        .expect("build")
+        .sign(key)
 }
 
 /// demo.tg without the enterprise plan (and its test).
@@ -30,8 +35,15 @@ fn without_enterprise() -> String {
     let t = src.find("test \"enterprise\"").expect("test");
     let te = t + src[t..].find("\n}\n").expect("end") + 3;
     let src = format!("{}{}", &src[..t], &src[te..]);
-    let b = src.find("test \"banned accounts get nothing\"").expect("banned test");
-    src[..b].to_owned() + &src[b..].replacen("given plan = enterprise, banned", "given plan = pro, banned", 1)
+    let b = src
+        .find("test \"banned accounts get nothing\"")
+        .expect("banned test");
+    src[..b].to_owned()
+        + &src[b..].replacen(
+            "given plan = enterprise, banned",
+            "given plan = pro, banned",
+            1,
+        )
 }
 
 async fn bundle_for(h: &Harness, edge: &str, etag: Option<&str>) -> common::Resp {
@@ -50,20 +62,35 @@ async fn uploads_are_verified_self_tested_and_immutable_per_version() {
     let v1 = signed(&demo(), 1, &h.key);
     let r = h.admin_upload(v1.clone()).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
-    assert_eq!((r.json["version"].as_u64(), r.json["tests"].as_u64()), (Some(1), Some(10)));
-    assert_eq!(h.admin_upload(v1).await.status, StatusCode::OK, "the same bundle again is a no-op");
+    assert_eq!(
+        (r.json["version"].as_u64(), r.json["tests"].as_u64()),
+        (Some(1), Some(10))
+    );
+    assert_eq!(
+        h.admin_upload(v1).await.status,
+        StatusCode::OK,
+        "the same bundle again is a no-op"
+    );
     let other = signed(&without_enterprise(), 1, &h.key);
-    h.admin_upload(other).await.assert_problem(StatusCode::CONFLICT, "bundle_version_exists");
+    h.admin_upload(other)
+        .await
+        .assert_problem(StatusCode::CONFLICT, "bundle_version_exists");
 
     // Signed by a key the control plane does not trust.
     let stranger = SigningKey::generate("stranger");
-    h.admin_upload(signed(&demo(), 2, &stranger)).await.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "bundle_invalid");
+    h.admin_upload(signed(&demo(), 2, &stranger))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "bundle_invalid");
     // Tampered after signing.
     let mut tampered = signed(&demo(), 3, &h.key);
     let n = tampered.len();
     tampered[n - 10] ^= 0x55;
-    h.admin_upload(tampered).await.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "bundle_invalid");
-    h.admin_upload(b"not a bundle".to_vec()).await.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "bundle_invalid");
+    h.admin_upload(tampered)
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "bundle_invalid");
+    h.admin_upload(b"not a bundle".to_vec())
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "bundle_invalid");
 
     // Auth: the admin token and an actor name are both required.
     let req = Request::builder()
@@ -72,45 +99,106 @@ async fn uploads_are_verified_self_tested_and_immutable_per_version() {
         .header("authorization", "Bearer test-admin-token")
         .body(Body::from(vec![1u8]))
         .expect("req");
-    h.send(req).await.assert_problem(StatusCode::BAD_REQUEST, "actor_required");
-    h.get("/admin/v1/bundles", Some("test-edge-token")).await.assert_problem(StatusCode::UNAUTHORIZED, "invalid_token");
+    h.send(req)
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "actor_required");
+    h.get("/admin/v1/bundles", Some("test-edge-token"))
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED, "invalid_token");
     let list = h.admin(Method::GET, "/admin/v1/bundles", None).await;
-    assert_eq!(list.json["data"].as_array().map(Vec::len), Some(1), "{}", list.json);
+    assert_eq!(
+        list.json["data"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        list.json
+    );
     h.finish().await;
 }
 
 #[tokio::test]
 async fn edges_get_their_bundle_with_etags_and_canaries_by_edge_id() {
     let h = Harness::new().await;
-    bundle_for(&h, "edge-1", None).await.assert_problem(StatusCode::NOT_FOUND, "no_active_bundle");
+    bundle_for(&h, "edge-1", None)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "no_active_bundle");
     h.admin_upload(signed(&demo(), 1, &h.key)).await;
-    h.admin_upload(signed(&without_enterprise(), 2, &h.key)).await;
-    let r = h.admin(Method::POST, "/admin/v1/bundles/1/activate", Some(r#"{"canary_percent":30}"#)).await;
-    assert_eq!((r.status, r.json["stable_version"].as_i64()), (StatusCode::OK, Some(1)), "first activation promotes: {}", r.json);
+    h.admin_upload(signed(&without_enterprise(), 2, &h.key))
+        .await;
+    let r = h
+        .admin(
+            Method::POST,
+            "/admin/v1/bundles/1/activate",
+            Some(r#"{"canary_percent":30}"#),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["stable_version"].as_i64()),
+        (StatusCode::OK, Some(1)),
+        "first activation promotes: {}",
+        r.json
+    );
 
     let first = bundle_for(&h, "edge-1", None).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.etag.as_deref(), Some("\"v1\""));
-    assert!(bundle::verify(&first.bytes, &tollgate_rules::bundle::TrustedKeys::new(vec![h.key.public()])).is_ok());
-    assert_eq!(bundle_for(&h, "edge-1", Some("\"v1\"")).await.status, StatusCode::NOT_MODIFIED);
+    assert!(
+        bundle::verify(
+            &first.bytes,
+            &tollgate_rules::bundle::TrustedKeys::new(vec![h.key.public()])
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        bundle_for(&h, "edge-1", Some("\"v1\"")).await.status,
+        StatusCode::NOT_MODIFIED
+    );
 
-    let r = h.admin(Method::POST, "/admin/v1/bundles/2/activate", Some(r#"{"canary_percent":30}"#)).await;
-    assert_eq!((r.json["canary_version"].as_i64(), r.json["canary_percent"].as_i64()), (Some(2), Some(30)), "{}", r.json);
+    let r = h
+        .admin(
+            Method::POST,
+            "/admin/v1/bundles/2/activate",
+            Some(r#"{"canary_percent":30}"#),
+        )
+        .await;
+    assert_eq!(
+        (
+            r.json["canary_version"].as_i64(),
+            r.json["canary_percent"].as_i64()
+        ),
+        (Some(2), Some(30)),
+        "{}",
+        r.json
+    );
     let mut versions = std::collections::BTreeMap::new();
     for i in 0..200 {
         let id = format!("edge-{i}");
         let r = bundle_for(&h, &id, None).await;
-        let expected = if tollgate_protocol::canary::in_canary(&id, 30) { "\"v2\"" } else { "\"v1\"" };
+        let expected = if tollgate_protocol::canary::in_canary(&id, 30) {
+            "\"v2\""
+        } else {
+            "\"v1\""
+        };
         assert_eq!(r.etag.as_deref(), Some(expected), "{id}");
         *versions.entry(expected).or_insert(0) += 1;
     }
-    assert!(versions.len() == 2, "both versions are served: {versions:?}");
-    h.admin(Method::POST, "/admin/v1/bundles/9/activate", Some(r#"{"canary_percent":30}"#))
-        .await
-        .assert_problem(StatusCode::NOT_FOUND, "not_found");
-    h.admin(Method::POST, "/admin/v1/bundles/2/activate", Some(r#"{"canary_percent":101}"#))
-        .await
-        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_canary_percent");
+    assert!(
+        versions.len() == 2,
+        "both versions are served: {versions:?}"
+    );
+    h.admin(
+        Method::POST,
+        "/admin/v1/bundles/9/activate",
+        Some(r#"{"canary_percent":30}"#),
+    )
+    .await
+    .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    h.admin(
+        Method::POST,
+        "/admin/v1/bundles/2/activate",
+        Some(r#"{"canary_percent":101}"#),
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_canary_percent");
 
     // Edges report what they run; the fleet view says who has converged.
     let status = Request::builder()
@@ -130,30 +218,82 @@ async fn edges_get_their_bundle_with_etags_and_canaries_by_edge_id() {
 #[tokio::test]
 async fn promotion_sets_what_checkout_sells_and_rollback_restores_it() {
     let h = Harness::new().await;
-    h.admin(Method::POST, "/admin/v1/rollback", None).await.assert_problem(StatusCode::CONFLICT, "nothing_to_roll_back_to");
+    h.admin(Method::POST, "/admin/v1/rollback", None)
+        .await
+        .assert_problem(StatusCode::CONFLICT, "nothing_to_roll_back_to");
     h.admin_upload(signed(&demo(), 1, &h.key)).await;
-    h.admin_upload(signed(&without_enterprise(), 2, &h.key)).await;
-    assert_eq!(h.admin(Method::POST, "/admin/v1/bundles/1/promote", None).await.status, StatusCode::OK);
-    let r = h.admin(Method::POST, "/admin/v1/bundles/2/promote", None).await;
-    assert_eq!((r.json["stable_version"].as_i64(), r.json["previous_stable"].as_i64()), (Some(2), Some(1)));
+    h.admin_upload(signed(&without_enterprise(), 2, &h.key))
+        .await;
+    assert_eq!(
+        h.admin(Method::POST, "/admin/v1/bundles/1/promote", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = h
+        .admin(Method::POST, "/admin/v1/bundles/2/promote", None)
+        .await;
+    assert_eq!(
+        (
+            r.json["stable_version"].as_i64(),
+            r.json["previous_stable"].as_i64()
+        ),
+        (Some(2), Some(1))
+    );
 
     let (_, token) = h.sign_up("buyer@example.com").await;
     h.add_card(&token, "pm_card_visa").await;
-    h.post("/v1/checkout", Some(&token), Some("e"), r#"{"plan":"enterprise"}"#)
-        .await
-        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "unknown_plan");
+    h.post(
+        "/v1/checkout",
+        Some(&token),
+        Some("e"),
+        r#"{"plan":"enterprise"}"#,
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "unknown_plan");
     let plans = h.get("/v1/plans", None).await;
-    let keys: Vec<&str> = plans.json["data"].as_array().expect("plans").iter().filter_map(|p| p["key"].as_str()).collect();
+    let keys: Vec<&str> = plans.json["data"]
+        .as_array()
+        .expect("plans")
+        .iter()
+        .filter_map(|p| p["key"].as_str())
+        .collect();
     assert_eq!(keys, ["free", "pro"]);
 
     let r = h.admin(Method::POST, "/admin/v1/rollback", None).await;
     assert_eq!(r.json["stable_version"].as_i64(), Some(1), "{}", r.json);
-    let r = h.post("/v1/checkout", Some(&token), Some("e2"), r#"{"plan":"enterprise"}"#).await;
-    assert_eq!(r.status, StatusCode::CREATED, "enterprise is for sale again: {}", r.json);
+    let r = h
+        .post(
+            "/v1/checkout",
+            Some(&token),
+            Some("e2"),
+            r#"{"plan":"enterprise"}"#,
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "enterprise is for sale again: {}",
+        r.json
+    );
 
     let audit = h.admin(Method::GET, "/admin/v1/audit", None).await;
-    let actions: Vec<&str> = audit.json["data"].as_array().expect("audit").iter().filter_map(|a| a["action"].as_str()).collect();
-    assert_eq!(actions, ["upload", "upload", "promote", "promote", "rollback"]);
-    assert!(audit.json["data"].as_array().expect("audit").iter().all(|a| a["actor"] == "tester" && a["at"].is_string()));
+    let actions: Vec<&str> = audit.json["data"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        ["upload", "upload", "promote", "promote", "rollback"]
+    );
+    assert!(
+        audit.json["data"]
+            .as_array()
+            .expect("audit")
+            .iter()
+            .all(|a| a["actor"] == "tester" && a["at"].is_string())
+    );
     h.finish().await;
 }

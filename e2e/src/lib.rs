@@ -126,9 +126,18 @@ pub fn demo_source() -> String {
 
 /// Compiles `source` and signs it as bundle `version` with `key`.
 pub fn signed_bundle(source: &str, version: u64, key: &SigningKey) -> anyhow::Result<Vec<u8>> {
-    let file = SourceFile { name: "rules.tg".into(), text: source.to_owned() };
+    let file = SourceFile {
+        name: "rules.tg".into(),
+        text: source.to_owned(),
+    };
     let compiled = compiler::compile(&file).map_err(|d| {
-        anyhow::anyhow!("{}", d.iter().map(|d| d.render(&file)).collect::<Vec<_>>().join("\n"))
+        anyhow::anyhow!(
+            "{}",
+            d.iter()
+                .map(|d| d.render(&file))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
     })?;
     let unsigned = bundle::build(&compiled, source, version, 0)?;
     Ok(unsigned.sign(key))
@@ -138,7 +147,11 @@ pub fn signed_bundle(source: &str, version: u64, key: &SigningKey) -> anyhow::Re
 pub fn trusted_entry(key: &SigningKey) -> String {
     let file = key.public().to_file_string();
     let parts: Vec<&str> = file.split_whitespace().collect();
-    format!("{}:{}", parts.get(1).copied().unwrap_or_default(), parts.get(2).copied().unwrap_or_default())
+    format!(
+        "{}:{}",
+        parts.get(1).copied().unwrap_or_default(),
+        parts.get(2).copied().unwrap_or_default()
+    )
 }
 
 /// A control plane and its edges on fresh databases.
@@ -164,11 +177,15 @@ impl Stack {
     /// demo rules as bundle 1, then starts one edge per id.
     pub async fn start(cp_env: &[(&str, String)], edge_ids: &[&str]) -> anyhow::Result<Stack> {
         let server = pg_server_url();
-        let mut admin = PgConnection::connect(&format!("{server}/postgres")).await.context("postgres")?;
+        let mut admin = PgConnection::connect(&format!("{server}/postgres"))
+            .await
+            .context("postgres")?;
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let dbs = vec![format!("tg_e2e_cf_{tag}"), format!("tg_e2e_billing_{tag}")];
         for db in &dbs {
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut admin).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                .execute(&mut admin)
+                .await?;
         }
         let key = SigningKey::generate(KEY_ID);
         let cp_port = free_port()?;
@@ -176,7 +193,10 @@ impl Stack {
         let mut env = vec![
             ("TOLLGATE_CP_LISTEN_ADDR", format!("127.0.0.1:{cp_port}")),
             ("TOLLGATE_CF_DATABASE_URL", format!("{server}/{}", dbs[0])),
-            ("TOLLGATE_BILLING_DATABASE_URL", format!("{server}/{}", dbs[1])),
+            (
+                "TOLLGATE_BILLING_DATABASE_URL",
+                format!("{server}/{}", dbs[1]),
+            ),
             ("TOLLGATE_REDIS_URL", redis_url()),
             ("TOLLGATE_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
             ("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
@@ -187,14 +207,30 @@ impl Stack {
         ];
         env.extend(cp_env.iter().cloned());
         let cp = Proc::spawn("control-plane", "tollgate-control-plane", &env)?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        let mut stack = Stack { cp_url, http, cp, edges: Vec::new(), key, tag, dbs };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let mut stack = Stack {
+            cp_url,
+            http,
+            cp,
+            edges: Vec::new(),
+            key,
+            tag,
+            dbs,
+        };
         let setup = async {
-            stack.await_ready(&stack.cp_url.clone(), "control plane").await?;
+            stack
+                .await_ready(&stack.cp_url.clone(), "control plane")
+                .await?;
             let bytes = signed_bundle(&demo_source(), 1, &stack.key)?;
-            let (status, body) = stack.admin(reqwest::Method::POST, "/admin/v1/bundles", Some(bytes)).await?;
+            let (status, body) = stack
+                .admin(reqwest::Method::POST, "/admin/v1/bundles", Some(bytes))
+                .await?;
             anyhow::ensure!(status == 201, "upload: {status} {body}");
-            let (status, body) = stack.admin(reqwest::Method::POST, "/admin/v1/bundles/1/promote", None).await?;
+            let (status, body) = stack
+                .admin(reqwest::Method::POST, "/admin/v1/bundles/1/promote", None)
+                .await?;
             anyhow::ensure!(status == 200, "promote: {status} {body}");
             for id in edge_ids {
                 stack.start_edge(id).await?;
@@ -220,10 +256,14 @@ impl Stack {
 
     async fn await_ready(&self, url: &str, name: &str) -> anyhow::Result<()> {
         let ready = format!("{url}/readyz");
-        poll(&format!("{name} ready"), Duration::from_secs(60), || async {
-            let r = self.http.get(&ready).send().await.ok()?;
-            r.status().is_success().then_some(())
-        })
+        poll(
+            &format!("{name} ready"),
+            Duration::from_secs(60),
+            || async {
+                let r = self.http.get(&ready).send().await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
         .await
     }
 
@@ -246,7 +286,11 @@ impl Stack {
                 ("TOLLGATE_EDGE_DATA_DIR", dir.display().to_string()),
             ],
         )?;
-        self.edges.push(Edge { id: id.to_owned(), url: url.clone(), proc });
+        self.edges.push(Edge {
+            id: id.to_owned(),
+            url: url.clone(),
+            proc,
+        });
         self.await_ready(&url, &format!("edge {id}")).await
     }
 
@@ -256,11 +300,14 @@ impl Stack {
     }
 
     async fn drop_dbs(&mut self) {
-        if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", pg_server_url())).await {
+        if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", pg_server_url())).await
+        {
             for db in self.dbs.drain(..) {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
-                    .execute(&mut admin)
-                    .await;
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await;
             }
         }
     }
@@ -274,14 +321,21 @@ impl Stack {
     }
 
     /// An admin API call (raw bundle bytes or nothing as the body); returns (status, body).
-    pub async fn admin(&self, method: reqwest::Method, path: &str, bundle: Option<Vec<u8>>) -> anyhow::Result<(u16, Value)> {
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bundle: Option<Vec<u8>>,
+    ) -> anyhow::Result<(u16, Value)> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.cp_url))
             .bearer_auth(ADMIN_TOKEN)
             .header("Tollgate-Actor", "e2e");
         req = match bundle {
-            Some(b) => req.header("content-type", "application/octet-stream").body(b),
+            Some(b) => req
+                .header("content-type", "application/octet-stream")
+                .body(b),
             None => req.json(&serde_json::json!({})),
         };
         let resp = req.send().await?;
@@ -329,14 +383,23 @@ impl Stack {
     }
 
     /// `GET /v1/check` on an edge.
-    pub async fn check_on(&self, edge_url: &str, account: &str, feature: &str) -> anyhow::Result<Value> {
+    pub async fn check_on(
+        &self,
+        edge_url: &str,
+        account: &str,
+        feature: &str,
+    ) -> anyhow::Result<Value> {
         let resp = self
             .http
             .get(format!("{edge_url}/v1/check"))
             .query(&[("account", account), ("feature", feature)])
             .send()
             .await?;
-        anyhow::ensure!(resp.status().is_success(), "check answered {}", resp.status());
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "check answered {}",
+            resp.status()
+        );
         Ok(resp.json().await?)
     }
 
@@ -346,18 +409,34 @@ impl Stack {
     }
 
     /// Polls an edge until `feature` is allowed / denied for `account`; returns how long it took.
-    pub async fn await_check_on(&self, edge_url: &str, account: &str, feature: &str, allowed: bool) -> anyhow::Result<Duration> {
+    pub async fn await_check_on(
+        &self,
+        edge_url: &str,
+        account: &str,
+        feature: &str,
+        allowed: bool,
+    ) -> anyhow::Result<Duration> {
         let start = Instant::now();
-        poll(&format!("{feature} allowed={allowed} on {edge_url}"), Duration::from_secs(20), || async {
-            let v = self.check_on(edge_url, account, feature).await.ok()?;
-            (v["allowed"].as_bool() == Some(allowed)).then_some(())
-        })
+        poll(
+            &format!("{feature} allowed={allowed} on {edge_url}"),
+            Duration::from_secs(20),
+            || async {
+                let v = self.check_on(edge_url, account, feature).await.ok()?;
+                (v["allowed"].as_bool() == Some(allowed)).then_some(())
+            },
+        )
         .await?;
         Ok(start.elapsed())
     }
 
     /// Polls the first edge.
-    pub async fn await_check(&self, account: &str, feature: &str, allowed: bool) -> anyhow::Result<Duration> {
-        self.await_check_on(self.edge_url(), account, feature, allowed).await
+    pub async fn await_check(
+        &self,
+        account: &str,
+        feature: &str,
+        allowed: bool,
+    ) -> anyhow::Result<Duration> {
+        self.await_check_on(self.edge_url(), account, feature, allowed)
+            .await
     }
 }

@@ -34,10 +34,16 @@ pub enum InstallError {
 }
 
 /// Verifies, compiles, self-tests and installs a bundle; returns its version.
-pub fn install(state: &EdgeState, engine: &RulesEngine, trusted: &TrustedKeys, bytes: &[u8]) -> Result<u64, InstallError> {
+pub fn install(
+    state: &EdgeState,
+    engine: &RulesEngine,
+    trusted: &TrustedKeys,
+    bytes: &[u8],
+) -> Result<u64, InstallError> {
     let verified = bundle::verify(bytes, trusted)?;
     let loaded = engine.load(&verified.module, verified.program.shape())?;
-    compiler::run_tests(&verified.program, &loaded).map_err(|failures| InstallError::Tests(failures.join("; ")))?;
+    compiler::run_tests(&verified.program, &loaded)
+        .map_err(|failures| InstallError::Tests(failures.join("; ")))?;
     let version = verified.manifest.bundle_version;
     state.install_rules(version, verified.program, Some(loaded));
     Ok(version)
@@ -57,7 +63,12 @@ pub fn persist(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Installs the bundle saved by an earlier run, if any (and still valid).
-pub fn load_persisted(state: &EdgeState, engine: &RulesEngine, trusted: &TrustedKeys, dir: &Path) -> Option<u64> {
+pub fn load_persisted(
+    state: &EdgeState,
+    engine: &RulesEngine,
+    trusted: &TrustedKeys,
+    dir: &Path,
+) -> Option<u64> {
     let path: PathBuf = dir.join(BUNDLE_FILE);
     let bytes = std::fs::read(&path).ok()?;
     match install(state, engine, trusted, &bytes) {
@@ -128,7 +139,15 @@ pub async fn follow(
                 Duration::from_millis(retry_ms)
             }
         };
-        if let Err(e) = state.upstream.report_status(&state.edge_id, state.bundle_version(), last_error.as_deref()).await {
+        if let Err(e) = state
+            .upstream
+            .report_status(
+                &state.edge_id,
+                state.bundle_version(),
+                last_error.as_deref(),
+            )
+            .await
+        {
             tracing::debug!(error = %e, "status report failed");
         }
         tokio::select! {

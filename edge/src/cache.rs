@@ -33,9 +33,25 @@ pub struct RulesView {
 }
 
 impl RulesView {
-    pub fn new(bundle_version: u64, program: Program, rules: Option<LoadedRules>, generation: u64) -> Self {
-        let index = program.features.iter().enumerate().map(|(i, f)| (f.key.clone(), i)).collect();
-        Self { bundle_version, program, rules, generation, index }
+    pub fn new(
+        bundle_version: u64,
+        program: Program,
+        rules: Option<LoadedRules>,
+        generation: u64,
+    ) -> Self {
+        let index = program
+            .features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.key.clone(), i))
+            .collect();
+        Self {
+            bundle_version,
+            program,
+            rules,
+            generation,
+            index,
+        }
     }
 
     pub fn feature_index(&self, key: &str) -> Option<usize> {
@@ -76,7 +92,12 @@ impl Entry {
 
     pub fn materialise(facts: Option<AccountFacts>, view: &RulesView) -> Self {
         let decisions = facts.as_ref().map(|f| view.decide(f)).unwrap_or_default();
-        Self { facts, decisions, generation: view.generation, filled_at: Instant::now() }
+        Self {
+            facts,
+            decisions,
+            generation: view.generation,
+            filled_at: Instant::now(),
+        }
     }
 }
 
@@ -188,7 +209,12 @@ mod tests {
 
     fn demo_view() -> RulesView {
         let text = include_str!("../../rules/examples/demo.tg").to_owned();
-        let program = compile_source(&SourceFile { name: "demo.tg".into(), text }).expect("demo").0;
+        let program = compile_source(&SourceFile {
+            name: "demo.tg".into(),
+            text,
+        })
+        .expect("demo")
+        .0;
         RulesView::new(1, program, None, 1)
     }
 

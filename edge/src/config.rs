@@ -53,17 +53,23 @@ impl Config {
             negative_ttl_ms: r.parse("edge_negative_ttl_ms", 5_000),
             trusted_keys: match r.optional("trusted_keys") {
                 None => {
-                    r.error("TOLLGATE_TRUSTED_KEYS is required (the keys rule bundles are signed with)");
+                    r.error(
+                        "TOLLGATE_TRUSTED_KEYS is required (the keys rule bundles are signed with)",
+                    );
                     tollgate_rules::bundle::TrustedKeys::new(Vec::new())
                 }
-                Some(list) => tollgate_rules::bundle::TrustedKeys::parse_list(&list).unwrap_or_else(|e| {
-                    r.error(format!("TOLLGATE_TRUSTED_KEYS: {e}"));
-                    tollgate_rules::bundle::TrustedKeys::new(Vec::new())
-                }),
+                Some(list) => tollgate_rules::bundle::TrustedKeys::parse_list(&list)
+                    .unwrap_or_else(|e| {
+                        r.error(format!("TOLLGATE_TRUSTED_KEYS: {e}"));
+                        tollgate_rules::bundle::TrustedKeys::new(Vec::new())
+                    }),
             },
             bundle_poll_ms: r.parse("edge_bundle_poll_ms", 2_000),
         };
-        let id_ok = cfg.edge_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        let id_ok = cfg
+            .edge_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         if cfg.edge_id.is_empty() || cfg.edge_id.len() > 128 || !id_ok {
             r.error("TOLLGATE_EDGE_ID must be 1-128 characters of A-Z a-z 0-9 - _ .");
         }

@@ -140,7 +140,11 @@ async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Respo
             // Never seen and the control plane is unreachable: the feature's policy decides.
             tracing::warn!(account_id = %account, error = %e, "fill failed; fail-open/closed policy answers");
             state.metrics.checks_unavailable.inc();
-            let fail_open = view.program.features.get(index).is_some_and(|f| f.fail_open);
+            let fail_open = view
+                .program
+                .features
+                .get(index)
+                .is_some_and(|f| f.fail_open);
             return axum::Json(CheckResponse {
                 allowed: fail_open,
                 feature,
@@ -185,7 +189,11 @@ async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Respo
 async fn readyz(State(state): State<EdgeState>) -> Response {
     let bundle = state.bundle_version();
     let body = json!({ "ready": bundle.is_some(), "bundle_version": bundle, "stale": state.is_stale(), "edge_id": state.edge_id });
-    let status = if bundle.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if bundle.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body)).into_response()
 }
 

@@ -81,9 +81,17 @@ impl EdgeMetrics {
             propagation_ms.clone(),
         );
         let bundle_installs = Counter::default();
-        registry.register("bundle_installs", "Rule bundles verified, tested and swapped in", bundle_installs.clone());
+        registry.register(
+            "bundle_installs",
+            "Rule bundles verified, tested and swapped in",
+            bundle_installs.clone(),
+        );
         let bundle_failures = Counter::default();
-        registry.register("bundle_failures", "Rule bundles refused (signature, module or tests)", bundle_failures.clone());
+        registry.register(
+            "bundle_failures",
+            "Rule bundles refused (signature, module or tests)",
+            bundle_failures.clone(),
+        );
         let cached_accounts = Gauge::default();
         registry.register(
             "cached_accounts",

@@ -64,7 +64,12 @@ impl EdgeState {
     /// lazily on their next check.
     pub fn install_rules(&self, bundle_version: u64, program: Program, rules: Option<LoadedRules>) {
         let generation = self.rules_generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.rules.store(Some(Arc::new(RulesView::new(bundle_version, program, rules, generation))));
+        self.rules.store(Some(Arc::new(RulesView::new(
+            bundle_version,
+            program,
+            rules,
+            generation,
+        ))));
         tracing::info!(bundle_version, generation, "rule bundle installed");
     }
 

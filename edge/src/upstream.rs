@@ -94,13 +94,24 @@ impl Upstream {
 
     /// The bundle meant for this edge: `Ok(None)` when `etag` is still current (304) or no
     /// bundle is active yet.
-    pub async fn bundle(&self, edge_id: &str, etag: Option<&str>) -> Result<Option<(Vec<u8>, Option<String>)>, UpstreamError> {
+    pub async fn bundle(
+        &self,
+        edge_id: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>, UpstreamError> {
         let url = format!("{}{}", self.base, internal_api::BUNDLE_PATH);
-        let mut req = self.http.get(url).query(&[("edge_id", edge_id)]).bearer_auth(self.token.expose_secret());
+        let mut req = self
+            .http
+            .get(url)
+            .query(&[("edge_id", edge_id)])
+            .bearer_auth(self.token.expose_secret());
         if let Some(tag) = etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, tag);
         }
-        let resp = req.send().await.map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
         match resp.status() {
             reqwest::StatusCode::NOT_MODIFIED | reqwest::StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {
@@ -109,7 +120,10 @@ impl Upstream {
                     .get(reqwest::header::ETAG)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                let bytes = resp.bytes().await.map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
+                let bytes = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
                 Ok(Some((bytes.to_vec(), tag)))
             }
             s => Err(UpstreamError::Unavailable(format!("bundle: status {s}"))),
@@ -118,9 +132,15 @@ impl Upstream {
 
     /// Tells the control plane which bundle this edge runs and whether the last activation
     /// failed.
-    pub async fn report_status(&self, edge_id: &str, bundle_version: Option<u64>, last_error: Option<&str>) -> Result<(), UpstreamError> {
+    pub async fn report_status(
+        &self,
+        edge_id: &str,
+        bundle_version: Option<u64>,
+        last_error: Option<&str>,
+    ) -> Result<(), UpstreamError> {
         let url = format!("{}{}", self.base, internal_api::edge_status_path(edge_id));
-        let body = serde_json::json!({ "bundle_version": bundle_version, "last_error": last_error });
+        let body =
+            serde_json::json!({ "bundle_version": bundle_version, "last_error": last_error });
         let resp = self
             .http
             .post(url)
@@ -132,7 +152,10 @@ impl Upstream {
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(UpstreamError::Protocol(format!("status report: {}", resp.status())))
+            Err(UpstreamError::Protocol(format!(
+                "status report: {}",
+                resp.status()
+            )))
         }
     }
 }

@@ -77,9 +77,17 @@ async fn edge(redis: Option<redis::aio::ConnectionManager>) -> (EdgeState, Store
     let state = EdgeState::new("test-edge".into(), 1000, upstream, redis, 5_000, 60_000);
     // The demo rules compiled to WebAssembly and loaded under wasmtime, as a bundle would be.
     let text = include_str!("../../rules/examples/demo.tg").to_owned();
-    let program = compile_source(&SourceFile { name: "demo.tg".into(), text }).expect("demo").0;
+    let program = compile_source(&SourceFile {
+        name: "demo.tg".into(),
+        text,
+    })
+    .expect("demo")
+    .0;
     let module = wasm::emit(&program).expect("emit");
-    let loaded = RulesEngine::new().expect("engine").load(&module, program.shape()).expect("load");
+    let loaded = RulesEngine::new()
+        .expect("engine")
+        .load(&module, program.shape())
+        .expect("load");
     state.install_rules(7, program, Some(loaded));
     (state, store, hits)
 }

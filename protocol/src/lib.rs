@@ -222,7 +222,9 @@ pub mod redis_keys {
 pub mod canary {
     /// 64-bit FNV-1a: stable across processes and releases (unlike `DefaultHasher`).
     pub fn fnv1a(s: &str) -> u64 {
-        s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+        s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
     }
 
     /// Whether `edge_id` is in a canary of `percent` (0-100) of the fleet.
@@ -266,7 +268,10 @@ mod tests {
                 dunning_level: 0,
                 days_past_due: 0,
                 addons: BTreeMap::new(),
-                overrides: BTreeMap::from([("sso".to_owned(), FeatureOverride::Grant { limit: None })]),
+                overrides: BTreeMap::from([(
+                    "sso".to_owned(),
+                    FeatureOverride::Grant { limit: None },
+                )]),
             },
             committed_at_ms: 1,
         };

@@ -4,9 +4,14 @@
 //! Names are resolved against the program: a plan, add-on or feature the program does not
 //! know is ignored (an account on a plan a new bundle removed has no granting plan).
 
-use tollgate_protocol::{AccountFacts, AccountStanding, Decision, FeatureOverride, Reason, SubscriptionStatus};
+use tollgate_protocol::{
+    AccountFacts, AccountStanding, Decision, FeatureOverride, Reason, SubscriptionStatus,
+};
 
-use crate::ir::{Fact, FactVector, NO_LIMIT, OVERRIDE_DENY, OVERRIDE_GRANT, Program, RawDecision, ReasonCode, SubStatus};
+use crate::ir::{
+    Fact, FactVector, NO_LIMIT, OVERRIDE_DENY, OVERRIDE_GRANT, Program, RawDecision, ReasonCode,
+    SubStatus,
+};
 
 const MS_PER_DAY: i64 = 86_400_000;
 
@@ -14,7 +19,11 @@ const MS_PER_DAY: i64 = 86_400_000;
 pub fn fact_vector(program: &Program, facts: &AccountFacts, now_ms: i64) -> FactVector {
     let shape = program.shape();
     let mut v = FactVector::empty(shape);
-    v.set(Fact::Banned, shape, i64::from(facts.standing == AccountStanding::Banned));
+    v.set(
+        Fact::Banned,
+        shape,
+        i64::from(facts.standing == AccountStanding::Banned),
+    );
     if let Some(sub) = &facts.subscription {
         let status = match sub.status {
             SubscriptionStatus::Trialing => SubStatus::Trialing,
@@ -23,7 +32,11 @@ pub fn fact_vector(program: &Program, facts: &AccountFacts, now_ms: i64) -> Fact
             SubscriptionStatus::Canceled => SubStatus::Canceled,
         };
         v.set(Fact::Status, shape, status as i64);
-        v.set(Fact::InTrial, shape, i64::from(sub.status == SubscriptionStatus::Trialing));
+        v.set(
+            Fact::InTrial,
+            shape,
+            i64::from(sub.status == SubscriptionStatus::Trialing),
+        );
         if let Some(p) = program.plans.iter().position(|p| p.key == sub.plan) {
             v.set(Fact::Plan, shape, p as i64);
         }
@@ -84,12 +97,21 @@ mod tests {
 
     fn demo() -> Program {
         let text = include_str!("../examples/demo.tg").to_owned();
-        compile_source(&SourceFile { name: "demo.tg".into(), text }).expect("demo compiles").0
+        compile_source(&SourceFile {
+            name: "demo.tg".into(),
+            text,
+        })
+        .expect("demo compiles")
+        .0
     }
 
     fn decide(program: &Program, facts: &AccountFacts, feature: &str) -> Decision {
         let v = fact_vector(program, facts, 1_700_000_000_000);
-        let i = program.features.iter().position(|f| f.key == feature).expect("feature");
+        let i = program
+            .features
+            .iter()
+            .position(|f| f.key == feature)
+            .expect("feature");
         decision(interp::evaluate(program, &v)[i])
     }
 
@@ -103,10 +125,17 @@ mod tests {
             current_period_end_ms: 0,
         });
         let d = decide(&program, &facts, "seats");
-        assert_eq!((d.allowed, d.limit, d.reason), (true, Some(10), Reason::GrantedByPlan));
+        assert_eq!(
+            (d.allowed, d.limit, d.reason),
+            (true, Some(10), Reason::GrantedByPlan)
+        );
         assert_eq!(decide(&program, &facts, "sso").limit, None);
         facts.addons = BTreeMap::from([("extra_seats".to_owned(), 2)]);
-        assert_eq!(decide(&program, &facts, "seats").limit, Some(20), "two add-on units of +5");
+        assert_eq!(
+            decide(&program, &facts, "seats").limit,
+            Some(20),
+            "two add-on units of +5"
+        );
         facts.overrides = BTreeMap::from([("sso".to_owned(), FeatureOverride::Deny)]);
         assert_eq!(decide(&program, &facts, "sso").reason, Reason::Override);
         facts.standing = AccountStanding::Banned;
@@ -114,7 +143,14 @@ mod tests {
         assert_eq!((d.allowed, d.reason), (false, Reason::DeniedBanned));
         // A plan the program does not know grants nothing.
         let mut gone = AccountFacts::new(AccountId(Uuid::nil()), 1);
-        gone.subscription = Some(SubscriptionFacts { plan: "legacy".into(), status: SubscriptionStatus::Active, current_period_end_ms: 0 });
-        assert_eq!(decide(&program, &gone, "seats").reason, Reason::DeniedNoSubscription);
+        gone.subscription = Some(SubscriptionFacts {
+            plan: "legacy".into(),
+            status: SubscriptionStatus::Active,
+            current_period_end_ms: 0,
+        });
+        assert_eq!(
+            decide(&program, &gone, "seats").reason,
+            Reason::DeniedNoSubscription
+        );
     }
 }

@@ -8,9 +8,9 @@
 
 pub mod bundle;
 pub mod compiler;
+pub mod facts;
 #[cfg(feature = "host")]
 pub mod host;
-pub mod facts;
 pub mod interp;
 pub mod ir;
 pub mod lang;

@@ -148,7 +148,12 @@ impl Harness {
             },
         )
         .expect("state");
-        Harness { state, clock, key, dbs: Some(dbs) }
+        Harness {
+            state,
+            clock,
+            key,
+            dbs: Some(dbs),
+        }
     }
 
     pub async fn finish(mut self) {
@@ -185,15 +190,30 @@ impl Harness {
 
     /// Sends a request through the real router.
     pub async fn send(&self, req: Request<Body>) -> Resp {
-        let resp = app(self.state.clone()).oneshot(req).await.expect("infallible");
+        let resp = app(self.state.clone())
+            .oneshot(req)
+            .await
+            .expect("infallible");
         let status = resp.status();
-        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         let content_type = header("content-type").unwrap_or_default();
         let etag = header("etag");
         let replayed = resp.headers().contains_key("idempotent-replayed");
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Resp { status, content_type, json, replayed, etag, bytes: bytes.to_vec() }
+        Resp {
+            status,
+            content_type,
+            json,
+            replayed,
+            etag,
+            bytes: bytes.to_vec(),
+        }
     }
 
     /// Sends a request through the real router.
