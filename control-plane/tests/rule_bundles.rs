@@ -297,3 +297,44 @@ async fn promotion_sets_what_checkout_sells_and_rollback_restores_it() {
     );
     h.finish().await;
 }
+
+#[tokio::test]
+async fn correctly_signed_bundles_with_hostile_modules_are_contained_and_refused() {
+    use tollgate_rules::testkit::{Hostile, hostile_module, with_module};
+    let h = Harness::new().await;
+    h.admin_upload(signed(&demo(), 1, &h.key)).await;
+    h.admin(Method::POST, "/admin/v1/bundles/1/promote", None)
+        .await;
+    let file = SourceFile {
+        name: "rules.tg".into(),
+        text: demo(),
+    };
+    let compiled = compiler::compile(&file).expect("demo compiles");
+    let shape = compiled.program.shape();
+    for (i, (kind, code)) in [
+        (Hostile::EndlessLoop, "bundle_tests_failed"),
+        (Hostile::GrowMemory, "bundle_tests_failed"),
+        (Hostile::Trap, "bundle_tests_failed"),
+        (Hostile::Garbage, "bundle_tests_failed"),
+        (Hostile::Imports, "bundle_module_refused"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let version = 10 + i as u64;
+        let unsigned = bundle::build(&compiled, &demo(), version, 0).expect("build");
+        let hostile = with_module(unsigned, hostile_module(kind, shape)).sign(&h.key);
+        let started = std::time::Instant::now();
+        let r = h.admin_upload(hostile).await;
+        r.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, code);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{kind:?} was contained quickly"
+        );
+    }
+    // Nothing was stored and the stable bundle is unchanged.
+    let list = h.admin(Method::GET, "/admin/v1/bundles", None).await;
+    assert_eq!(list.json["data"].as_array().map(Vec::len), Some(1));
+    assert_eq!(list.json["rollout"]["stable_version"], 1);
+    h.finish().await;
+}

@@ -84,6 +84,12 @@ impl Proc {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

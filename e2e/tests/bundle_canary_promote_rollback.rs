@@ -222,3 +222,38 @@ async fn walk(stack: &Stack, canary_id: &str, stable_id: &str) -> anyhow::Result
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn an_edge_restarted_without_a_control_plane_answers_from_its_saved_bundle()
+-> anyhow::Result<()> {
+    let mut stack = Stack::start(&[], &["offline-edge"]).await?;
+    let result = async {
+        let v = stack
+            .check(&uuid::Uuid::now_v7().to_string(), "sso")
+            .await?;
+        anyhow::ensure!(v["bundle_version"] == 1, "{v}");
+        // Control plane gone; the edge crashes and comes back.
+        stack.cp.kill();
+        let mut old = stack.edges.pop().expect("edge");
+        old.proc.kill();
+        stack.start_edge("offline-edge").await?;
+        let v = stack
+            .check(&uuid::Uuid::now_v7().to_string(), "sso")
+            .await?;
+        // Ready from disk; an account it never saw gets the feature's fail-closed policy.
+        anyhow::ensure!(
+            v["bundle_version"] == 1
+                && v["allowed"] == false
+                && v["reason"] == "fallback"
+                && v["stale"] == true,
+            "{v}"
+        );
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("{}", stack.logs());
+    }
+    stack.shutdown().await;
+    result
+}

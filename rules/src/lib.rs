@@ -14,6 +14,7 @@ pub mod host;
 pub mod interp;
 pub mod ir;
 pub mod lang;
+pub mod testkit;
 pub mod wasm;
 
 use std::collections::HashMap;

@@ -1,0 +1,109 @@
+//! The edge installs only verified, self-tested bundles; a refused one leaves the previous
+//! bundle serving; the last good bundle survives a restart on disk.
+
+use std::time::Duration;
+
+use tollgate_edge::bundles::{self, InstallError};
+use tollgate_edge::state::EdgeState;
+use tollgate_edge::upstream::Upstream;
+use tollgate_rules::bundle::{self, SigningKey, TrustedKeys};
+use tollgate_rules::compiler;
+use tollgate_rules::host::RulesEngine;
+use tollgate_rules::lang::SourceFile;
+use tollgate_rules::testkit::{Hostile, hostile_module, with_module};
+
+fn demo() -> String {
+    include_str!("../../rules/examples/demo.tg").to_owned()
+}
+
+fn state() -> EdgeState {
+    // No control plane is needed: these tests drive installation directly.
+    let upstream = Upstream::new(
+        "http://127.0.0.1:9",
+        secrecy::SecretString::from("t".to_owned()),
+        Duration::from_millis(100),
+        None,
+    )
+    .expect("upstream");
+    EdgeState::new("edge-test".into(), 100, upstream, None, 5_000, 5_000)
+}
+
+fn unsigned(version: u64) -> (bundle::UnsignedBundle, tollgate_rules::ir::Shape) {
+    let file = SourceFile {
+        name: "demo.tg".into(),
+        text: demo(),
+    };
+    let compiled = compiler::compile(&file).expect("compiles");
+    let shape = compiled.program.shape();
+    (
+        bundle::build(&compiled, &demo(), version, 0).expect("build"),
+        shape,
+    )
+}
+
+#[test]
+fn refused_bundles_leave_the_previous_one_serving() {
+    let key = SigningKey::generate("edge-test");
+    let trusted = TrustedKeys::new(vec![key.public()]);
+    let engine = RulesEngine::new().expect("engine");
+    let state = state();
+    let (good, shape) = unsigned(1);
+    assert_eq!(
+        bundles::install(&state, &engine, &trusted, &good.sign(&key)).expect("installs"),
+        1
+    );
+
+    let stranger = SigningKey::generate("stranger");
+    let (other, _) = unsigned(2);
+    assert!(matches!(
+        bundles::install(&state, &engine, &trusted, &other.sign(&stranger)),
+        Err(InstallError::Verify(_))
+    ));
+    for kind in [Hostile::EndlessLoop, Hostile::GrowMemory, Hostile::Trap] {
+        let (b, _) = unsigned(3);
+        let hostile = with_module(b, hostile_module(kind, shape)).sign(&key);
+        let err = bundles::install(&state, &engine, &trusted, &hostile).expect_err("refused");
+        assert!(matches!(err, InstallError::Tests(_)), "{kind:?}: {err}");
+    }
+    let (b, _) = unsigned(4);
+    let imports = with_module(b, hostile_module(Hostile::Imports, shape)).sign(&key);
+    assert!(matches!(
+        bundles::install(&state, &engine, &trusted, &imports),
+        Err(InstallError::Module(_))
+    ));
+    assert_eq!(
+        state.bundle_version(),
+        Some(1),
+        "the good bundle still serves"
+    );
+}
+
+#[test]
+fn the_last_good_bundle_is_restored_from_disk_after_a_restart() {
+    let key = SigningKey::generate("edge-test");
+    let trusted = TrustedKeys::new(vec![key.public()]);
+    let engine = RulesEngine::new().expect("engine");
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-edge-test-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let (good, _) = unsigned(5);
+    let bytes = good.sign(&key);
+    bundles::persist(&dir, &bytes).expect("persist");
+
+    let restarted = state();
+    assert_eq!(
+        bundles::load_persisted(&restarted, &engine, &trusted, &dir),
+        Some(5)
+    );
+    assert_eq!(restarted.bundle_version(), Some(5));
+    // A key rotation that drops the signer makes the saved bundle untrusted: not restored.
+    let rotated = TrustedKeys::new(vec![SigningKey::generate("new").public()]);
+    let fresh = state();
+    assert_eq!(
+        bundles::load_persisted(&fresh, &engine, &rotated, &dir),
+        None
+    );
+    assert_eq!(fresh.bundle_version(), None);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,141 @@
+//! Hand-crafted hostile modules and bundles for tests of every host that loads rules (this
+//! crate, the edge, the control plane). Each module honours the export contract of
+//! [`crate::wasm`] for a given [`Shape`], so it passes the load-time checks and misbehaves only
+//! when evaluated — exactly what a host must contain.
+
+use wasm_encoder::{
+    BlockType, CodeSection, EntityType, ExportKind, ExportSection, Function, FunctionSection,
+    ImportSection, Instruction as I, MemArg, MemorySection, MemoryType, Module, TypeSection,
+    ValType,
+};
+
+use crate::bundle::{MODULE_PART, UnsignedBundle, sha256_hex};
+use crate::ir::{FactVector, Shape};
+use crate::wasm::{ABI_VERSION, decisions_offset};
+
+/// How a module misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hostile {
+    /// `evaluate` loops forever.
+    EndlessLoop,
+    /// `evaluate` grows memory 1 MiB at a time, forever.
+    GrowMemory,
+    /// `evaluate` executes `unreachable`.
+    Trap,
+    /// `evaluate` writes an `allowed` value that is neither 0 nor 1.
+    Garbage,
+    /// The module imports a host function (refused at load).
+    Imports,
+}
+
+/// A module for `shape` whose `evaluate` behaves as `kind`.
+pub fn hostile_module(kind: Hostile, shape: Shape) -> Vec<u8> {
+    let body: Vec<I<'static>> = match kind {
+        Hostile::EndlessLoop => vec![
+            I::Loop(BlockType::Empty),
+            I::Br(0),
+            I::End,
+            I::I32Const(0),
+            I::End,
+        ],
+        Hostile::GrowMemory => vec![
+            I::Loop(BlockType::Empty),
+            I::I32Const(16),
+            I::MemoryGrow(0),
+            I::Drop,
+            I::Br(0),
+            I::End,
+            I::I32Const(0),
+            I::End,
+        ],
+        Hostile::Trap => vec![I::Unreachable, I::End],
+        Hostile::Garbage => vec![
+            I::I32Const(0),
+            I::I64Const(7),
+            I::I64Store(MemArg {
+                offset: decisions_offset(shape),
+                align: 3,
+                memory_index: 0,
+            }),
+            I::I32Const(0),
+            I::End,
+        ],
+        Hostile::Imports => vec![I::I32Const(0), I::End],
+    };
+    let import = kind == Hostile::Imports;
+    let mut types = TypeSection::new();
+    types.ty().function([], [ValType::I32]);
+    let mut imports = ImportSection::new();
+    if import {
+        imports.import("env", "now", EntityType::Function(0));
+    }
+    let base = u32::from(import);
+    let mut functions = FunctionSection::new();
+    for _ in 0..4 {
+        functions.function(0);
+    }
+    let pages = crate::wasm::memory_pages(shape);
+    let mut memories = MemorySection::new();
+    let maximum = if kind == Hostile::GrowMemory {
+        None
+    } else {
+        Some(pages)
+    };
+    memories.memory(MemoryType {
+        minimum: pages,
+        maximum,
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
+    let mut exports = ExportSection::new();
+    exports.export("memory", ExportKind::Memory, 0);
+    exports.export("evaluate", ExportKind::Func, base);
+    exports.export("abi_version", ExportKind::Func, base + 1);
+    exports.export("facts_len", ExportKind::Func, base + 2);
+    exports.export("features_len", ExportKind::Func, base + 3);
+    let mut code = CodeSection::new();
+    let mut evaluate = Function::new([]);
+    for i in &body {
+        evaluate.instruction(i);
+    }
+    code.function(&evaluate);
+    let len = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    for v in [
+        ABI_VERSION,
+        len(FactVector::len_for(shape)),
+        len(shape.features),
+    ] {
+        let mut f = Function::new([]);
+        f.instruction(&I::I32Const(v));
+        f.instruction(&I::End);
+        code.function(&f);
+    }
+    let mut m = Module::new();
+    m.section(&types);
+    if import {
+        m.section(&imports);
+    }
+    m.section(&functions);
+    m.section(&memories);
+    m.section(&exports);
+    m.section(&code);
+    m.finish()
+}
+
+/// `bundle` with its module part replaced (and the manifest's hash and length updated), ready
+/// to be signed with a trusted key: a correctly signed bundle carrying a hostile module.
+pub fn with_module(mut bundle: UnsignedBundle, module: Vec<u8>) -> UnsignedBundle {
+    for entry in &mut bundle.manifest.parts {
+        if entry.name == MODULE_PART {
+            entry.sha256 = sha256_hex(&module);
+            entry.len = module.len() as u64;
+        }
+    }
+    for (name, bytes) in &mut bundle.parts {
+        if name == MODULE_PART {
+            *bytes = module.clone();
+        }
+    }
+    bundle
+}
