@@ -1,7 +1,9 @@
 //! The plan catalog in cf_prod: what can be bought, at what price, granting what.
 //!
-//! Seeded from a [`tollgate_rules::Catalog`] (the demo catalog today, the active rule bundle
-//! once rules compile to WebAssembly) so billing and entitlements read one source.
+//! Seeded from the stable rule bundle's manifest when it is promoted or rolled back to (and
+//! from [`tollgate_rules::Catalog::demo`] by `TOLLGATE_SEED_DEMO` and tests), so billing and
+//! entitlements read one source. Plans a newer bundle drops are hidden (negative position), not
+//! deleted: subscriptions may still refer to them, but they can no longer be bought.
 
 use sqlx::{PgConnection, PgPool};
 use tollgate_rules::{Catalog, Feature, FeatureKind, Grant, Interval, Plan};

@@ -4,7 +4,7 @@
 //! Facts are recomputed by the outbox relay (never inline in a Dashboard request), stored in
 //! `entitlement_facts` with a version that grows by one whenever they change, and published to
 //! the Redis change stream plus an L2 copy. Decisions are *not* computed here: edges evaluate
-//! the facts with `tollgate_rules::evaluate` (later: the compiled WebAssembly module).
+//! the facts with the stable (or canary) rule bundle's WebAssembly module.
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;

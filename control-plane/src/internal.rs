@@ -1,4 +1,5 @@
-//! The internal API edges use: account facts and the catalog. Authenticated with the edge
+//! The internal API edges use: account facts (bundles and fleet status live in `rollout`).
+//! Authenticated with the edge
 //! token (constant-time comparison).
 
 use axum::extract::{FromRequestParts, State};

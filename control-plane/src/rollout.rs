@@ -8,7 +8,7 @@
 //! the catalog tables from that bundle in the same transaction.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -161,17 +161,31 @@ pub fn verify_and_test(state: &AppState, bytes: &[u8]) -> Result<VerifiedBundle,
 }
 
 fn version_i64(v: u64) -> Result<i64, ApiError> {
-    i64::try_from(v)
-        .map_err(|_| ApiError::unprocessable("bundle_invalid", "bundle version out of range"))
+    i64::try_from(v).ok().filter(|v| *v > 0).ok_or_else(|| {
+        ApiError::unprocessable("bundle_invalid", "bundle versions are 1..=i64::MAX")
+    })
 }
 
 /// `POST /admin/v1/bundles` — body: the signed bundle file.
 pub async fn upload(
     State(state): State<AppState>,
     admin: Admin,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Response> {
-    let verified = verify_and_test(&state, &body)?;
+    let body = body.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("bundles are limited to {} bytes", bundle::BUNDLE_BYTES_MAX),
+        )
+    })?;
+    // Verifying, compiling and self-testing is CPU work (and may meet a hostile module):
+    // keep it off the async workers.
+    let st = state.clone();
+    let bytes = body.clone();
+    let verified = tokio::task::spawn_blocking(move || verify_and_test(&st, &bytes))
+        .await
+        .map_err(ApiError::internal)??;
     let version = version_i64(verified.manifest.bundle_version)?;
     let now = state.clock.now();
     let mut tx = state.cf.begin().await?;
@@ -517,7 +531,7 @@ pub async fn bundle_for_edge(
     State(state): State<AppState>,
     _: EdgeAuth,
     headers: HeaderMap,
-    Query(q): Query<BundleQuery>,
+    crate::http::Query(q): crate::http::Query<BundleQuery>,
 ) -> ApiResult<Response> {
     let mut conn = state.cf.acquire().await?;
     let rollout = rollout(&mut conn, false).await?;

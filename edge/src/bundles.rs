@@ -33,20 +33,45 @@ pub enum InstallError {
     Persist(#[from] std::io::Error),
 }
 
-/// Verifies, compiles, self-tests and installs a bundle; returns its version.
+/// A bundle that verified, compiled and passed its embedded tests, not yet serving.
+pub struct Prepared {
+    pub version: u64,
+    program: tollgate_rules::ir::Program,
+    loaded: tollgate_rules::host::LoadedRules,
+}
+
+/// Verifies the signature, compiles the module under wasmtime and runs the embedded tests.
+pub fn prepare(
+    engine: &RulesEngine,
+    trusted: &TrustedKeys,
+    bytes: &[u8],
+) -> Result<Prepared, InstallError> {
+    let verified = bundle::verify(bytes, trusted)?;
+    let loaded = engine.load(&verified.module, verified.program.shape())?;
+    compiler::run_tests(&verified.program, &loaded)
+        .map_err(|failures| InstallError::Tests(failures.join("; ")))?;
+    Ok(Prepared {
+        version: verified.manifest.bundle_version,
+        program: verified.program,
+        loaded,
+    })
+}
+
+/// Swaps a prepared bundle in (atomically) and re-materialises cached accounts in the
+/// background.
+pub fn activate(state: &EdgeState, prepared: Prepared) -> u64 {
+    state.install_rules(prepared.version, prepared.program, Some(prepared.loaded));
+    prepared.version
+}
+
+/// [`prepare`] then [`activate`]; returns the version now serving.
 pub fn install(
     state: &EdgeState,
     engine: &RulesEngine,
     trusted: &TrustedKeys,
     bytes: &[u8],
 ) -> Result<u64, InstallError> {
-    let verified = bundle::verify(bytes, trusted)?;
-    let loaded = engine.load(&verified.module, verified.program.shape())?;
-    compiler::run_tests(&verified.program, &loaded)
-        .map_err(|failures| InstallError::Tests(failures.join("; ")))?;
-    let version = verified.manifest.bundle_version;
-    state.install_rules(version, verified.program, Some(loaded));
-    Ok(version)
+    Ok(activate(state, prepare(engine, trusted, bytes)?))
 }
 
 /// Writes `bytes` to `dir/bundle.tgb` durably (temp file, fsync, rename, fsync dir).
@@ -105,9 +130,12 @@ pub async fn follow(
                 // Verification and compilation are CPU work: keep them off the async workers.
                 let (st, eng, tr) = (state.clone(), engine.clone(), trusted.clone());
                 let dir = data_dir.clone();
+                // Saved before it serves: what serves is always what a restart would restore.
                 let result = tokio::task::spawn_blocking(move || {
-                    let v = install(&st, &eng, &tr, &bytes)?;
+                    let prepared = prepare(&eng, &tr, &bytes)?;
                     persist(&dir, &bytes)?;
+                    let v = activate(&st, prepared);
+                    st.rematerialise_all();
                     Ok::<u64, InstallError>(v)
                 })
                 .await;

@@ -82,6 +82,8 @@ pub struct Entry {
     pub facts: Option<AccountFacts>,
     pub decisions: Vec<Decision>,
     pub generation: u64,
+    /// The rule bundle the decisions came from.
+    pub bundle_version: u64,
     pub filled_at: Instant,
 }
 
@@ -96,6 +98,7 @@ impl Entry {
             facts,
             decisions,
             generation: view.generation,
+            bundle_version: view.bundle_version,
             filled_at: Instant::now(),
         }
     }
@@ -194,6 +197,11 @@ impl AccountCache {
         let fresh = Arc::new(Entry::materialise(current.facts.clone(), view));
         self.entries.insert(account, fresh.clone());
         Some(fresh)
+    }
+
+    /// The accounts currently cached.
+    pub fn accounts(&self) -> Vec<AccountId> {
+        self.entries.iter().map(|(k, _)| *k).collect()
     }
 
     pub fn invalidate(&self, account: &AccountId) {

@@ -165,7 +165,7 @@ async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Respo
             limit: d.limit,
             reason: d.reason,
             version: entry.version(),
-            bundle_version: view.bundle_version,
+            bundle_version: entry.bundle_version,
             stale,
         },
         None => CheckResponse {
@@ -174,7 +174,7 @@ async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Respo
             limit: None,
             reason: Reason::UnknownAccount,
             version: 0,
-            bundle_version: view.bundle_version,
+            bundle_version: entry.bundle_version,
             stale,
         },
     };

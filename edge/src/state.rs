@@ -73,6 +73,26 @@ impl EdgeState {
         tracing::info!(bundle_version, generation, "rule bundle installed");
     }
 
+    /// Re-evaluates every cached account under the current bundle (run off the request path
+    /// after a swap; checks keep answering from the previous decisions until their account is
+    /// done).
+    pub fn rematerialise_all(&self) {
+        let Some(view) = self.rules.load_full() else {
+            return;
+        };
+        let mut done = 0u64;
+        for account in self.cache.accounts() {
+            if self.cache.rematerialise(account, &view).is_some() {
+                done += 1;
+            }
+        }
+        tracing::info!(
+            bundle_version = view.bundle_version,
+            accounts = done,
+            "cache re-materialised"
+        );
+    }
+
     pub fn bundle_version(&self) -> Option<u64> {
         self.rules.load().as_ref().map(|v| v.bundle_version)
     }
@@ -105,9 +125,8 @@ impl EdgeState {
                 && e.filled_at.elapsed().as_millis() > u128::from(self.negative_ttl_ms);
             if !expired_negative {
                 self.metrics.cache_hits.inc();
-                if e.generation != view.generation {
-                    return Ok(self.cache.rematerialise(account, view).unwrap_or(e));
-                }
+                // An entry from an older bundle keeps answering until the background pass
+                // re-materialises it: a cache hit never enters WebAssembly.
                 return Ok(e);
             }
         }

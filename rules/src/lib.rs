@@ -1,10 +1,11 @@
-//! Plan-to-feature rules.
+//! Plan-to-feature rules: the language ([`lang`]), its lowered form ([`ir`]), the reference
+//! interpreter ([`interp`]), the WebAssembly code generator ([`wasm`]) and host ([`host`]), the
+//! compiler driver ([`compiler`]), signed bundles ([`bundle`]), the mapping from wire facts to
+//! the module's fact vector ([`facts`]) and the `tollgate-rules` CLI.
 //!
-//! Today this crate holds the plan catalog and [`evaluate`], the single function that turns an
-//! account's [`AccountFacts`] into a [`Decision`] for every feature. The control plane bills
-//! from the same [`Catalog`] the edges grant from, so what is sold and what is granted cannot
-//! drift. The rules issue replaces the body of [`evaluate`] with a WebAssembly module compiled
-//! from the rule language; its callers do not change.
+//! [`Catalog`] is the flat plan catalog the control plane's tables hold: it is seeded from the
+//! stable bundle's manifest on promotion (and from [`Catalog::demo`] in tests), so what is sold
+//! and what is granted come from one source.
 
 pub mod bundle;
 pub mod compiler;
@@ -20,7 +21,6 @@ pub mod wasm;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use tollgate_protocol::{AccountFacts, AccountStanding, Decision, Reason};
 
 /// The kind of a feature, which decides what a decision carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,173 +246,13 @@ impl Catalog {
     }
 }
 
-/// Decides every feature of the catalog for one account, in [`Catalog::features`] order.
-///
-/// Order of rules: a banned account is denied everything; without a subscription that grants
-/// (trialing, active, past due) nothing is granted; otherwise the plan's grants decide.
-/// A subscription naming a plan the catalog does not know grants nothing.
-pub fn evaluate(catalog: &Catalog, facts: &AccountFacts) -> Vec<Decision> {
-    let plan = facts
-        .subscription
-        .as_ref()
-        .filter(|s| s.status.grants())
-        .and_then(|s| catalog.plan(&s.plan));
-    catalog
-        .features
-        .iter()
-        .map(|feature| {
-            if facts.standing == AccountStanding::Banned {
-                return Decision {
-                    allowed: false,
-                    limit: None,
-                    reason: Reason::DeniedBanned,
-                };
-            }
-            let Some(plan) = plan else {
-                return Decision {
-                    allowed: false,
-                    limit: None,
-                    reason: Reason::DeniedNoSubscription,
-                };
-            };
-            match plan.grants.iter().find(|g| g.feature == feature.key) {
-                Some(grant) => Decision {
-                    allowed: true,
-                    limit: grant.limit,
-                    reason: Reason::GrantedByPlan,
-                },
-                None => Decision {
-                    allowed: false,
-                    limit: None,
-                    reason: Reason::DeniedNotInPlan,
-                },
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_protocol::{AccountId, SubscriptionFacts, SubscriptionStatus};
-    use uuid::Uuid;
-
-    fn facts(standing: AccountStanding, sub: Option<(&str, SubscriptionStatus)>) -> AccountFacts {
-        AccountFacts {
-            account_id: AccountId(Uuid::nil()),
-            version: 1,
-            standing,
-            subscription: sub.map(|(plan, status)| SubscriptionFacts {
-                plan: plan.into(),
-                status,
-                current_period_end_ms: 0,
-            }),
-            ..AccountFacts::new(AccountId(Uuid::nil()), 0)
-        }
-    }
-
-    fn decide(f: &AccountFacts, feature: &str) -> Decision {
-        let catalog = Catalog::demo();
-        let i = catalog.feature_index(feature).expect("feature exists");
-        evaluate(&catalog, f).swap_remove(i)
-    }
 
     #[test]
     fn demo_catalog_is_valid() {
         assert_eq!(Catalog::demo().validate(), Ok(()));
-    }
-
-    #[test]
-    fn decisions_follow_standing_subscription_and_plan() {
-        use AccountStanding::{Active, Banned};
-        use SubscriptionStatus::{Active as SubActive, Canceled, PastDue, Trialing};
-        let cases: &[(AccountFacts, &str, bool, Option<i64>, Reason)] = &[
-            (
-                facts(Active, Some(("pro", SubActive))),
-                "sso",
-                true,
-                None,
-                Reason::GrantedByPlan,
-            ),
-            (
-                facts(Active, Some(("pro", SubActive))),
-                "seats",
-                true,
-                Some(10),
-                Reason::GrantedByPlan,
-            ),
-            (
-                facts(Active, Some(("pro", Trialing))),
-                "exports",
-                true,
-                None,
-                Reason::GrantedByPlan,
-            ),
-            (
-                facts(Active, Some(("pro", PastDue))),
-                "sso",
-                true,
-                None,
-                Reason::GrantedByPlan,
-            ),
-            (
-                facts(Active, Some(("free", SubActive))),
-                "sso",
-                false,
-                None,
-                Reason::DeniedNotInPlan,
-            ),
-            (
-                facts(Active, Some(("free", SubActive))),
-                "api_calls",
-                true,
-                Some(1_000),
-                Reason::GrantedByPlan,
-            ),
-            (
-                facts(Active, Some(("enterprise", SubActive))),
-                "api_calls",
-                true,
-                Some(5_000_000),
-                Reason::GrantedByPlan,
-            ),
-            (
-                facts(Active, Some(("pro", Canceled))),
-                "sso",
-                false,
-                None,
-                Reason::DeniedNoSubscription,
-            ),
-            (
-                facts(Active, None),
-                "seats",
-                false,
-                None,
-                Reason::DeniedNoSubscription,
-            ),
-            (
-                facts(Active, Some(("gone", SubActive))),
-                "sso",
-                false,
-                None,
-                Reason::DeniedNoSubscription,
-            ),
-            (
-                facts(Banned, Some(("enterprise", SubActive))),
-                "sso",
-                false,
-                None,
-                Reason::DeniedBanned,
-            ),
-        ];
-        for (f, feature, allowed, limit, reason) in cases {
-            let d = decide(f, feature);
-            assert_eq!(
-                (d.allowed, d.limit, d.reason),
-                (*allowed, *limit, *reason),
-                "{feature} for {f:?}"
-            );
-        }
     }
 
     #[test]

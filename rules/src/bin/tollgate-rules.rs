@@ -105,11 +105,11 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Activate a deployed bundle for a percentage of accounts (a canary).
+    /// Activate a deployed bundle for a share of the edge fleet (a canary, chosen by edge id).
     Activate {
         /// The bundle version.
         version: u64,
-        /// Percentage of accounts that get the new rules (0-100).
+        /// Percentage of edges that run the new rules (0-100), chosen deterministically by edge id.
         #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
         canary: u8,
         #[command(flatten)]
