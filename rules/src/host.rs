@@ -13,8 +13,8 @@
 //! bytes is never used.
 
 use wasmtime::{
-    Config, Engine, Instance, InstancePre, Linker, Memory, Module, Store, StoreLimits,
-    StoreLimitsBuilder, Trap, TypedFunc,
+    Config, Engine, Instance, InstanceAllocationStrategy, InstancePre, Linker, Memory, Module,
+    PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc,
 };
 
 use crate::ir::{FactVector, RawDecision, ReasonCode, Shape};
@@ -25,6 +25,9 @@ use crate::wasm::{ABI_VERSION, DECISION_BYTES, FACTS_OFFSET, PAGE_BYTES, decisio
 pub const FUEL_PER_EVALUATION: u64 = 10_000_000;
 /// Linear memory a module may have at most.
 pub const MEMORY_BYTES_MAX: usize = 16 * PAGE_BYTES as usize;
+/// Instances (hence stores evaluating at once) the pool holds; evaluation is synchronous and
+/// short, so this bounds concurrency, not throughput.
+pub const POOL_INSTANCES: u32 = 256;
 /// Module bytes accepted at most.
 pub const MODULE_BYTES_MAX: usize = 8 * 1024 * 1024;
 
@@ -72,6 +75,21 @@ impl RulesEngine {
     pub fn new() -> Result<Self, HostError> {
         let mut config = Config::new();
         config.consume_fuel(true);
+        // Instances come from a pre-reserved pool: creating a `Store` and an instance per
+        // evaluation is then a few microseconds instead of an mmap/munmap of a fresh linear
+        // memory. Each slot's memory is capped at MEMORY_BYTES_MAX, with a small reservation
+        // and guard (bounds checks are explicit), so the pool costs little address space.
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(POOL_INSTANCES)
+            .total_memories(POOL_INSTANCES)
+            .total_tables(POOL_INSTANCES)
+            .max_memory_size(MEMORY_BYTES_MAX)
+            // Reset a slot's (small) memory with memset rather than a madvise syscall.
+            .linear_memory_keep_resident(MEMORY_BYTES_MAX)
+            .table_keep_resident(PAGE_BYTES as usize);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config.memory_reservation(MEMORY_BYTES_MAX as u64);
+        config.memory_guard_size(PAGE_BYTES);
         let engine = Engine::new(&config).map_err(|e| HostError::Compile(format!("{e:#}")))?;
         Ok(Self { engine })
     }
