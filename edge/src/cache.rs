@@ -104,10 +104,27 @@ impl Entry {
     }
 }
 
+/// A fill in flight: the newest facts the stream delivered meanwhile, and the channel its
+/// waiters watch (dropping the sender, when the fill ends, wakes them all).
+struct InFlight {
+    newest: Option<AccountFacts>,
+    _done: tokio::sync::watch::Sender<()>,
+    waiters: tokio::sync::watch::Receiver<()>,
+}
+
+/// What a caller that missed should do.
+pub enum Fill {
+    /// Fetch the facts, then [`AccountCache::finish_fill`] or [`AccountCache::abort_fill`].
+    Leader,
+    /// Another request is fetching this account: wait for it (`changed()` returns when the
+    /// fill ends), then read the cache.
+    Wait(tokio::sync::watch::Receiver<()>),
+}
+
 pub struct AccountCache {
     entries: Cache<AccountId, Arc<Entry>>,
-    /// Accounts with a fill in flight → the newest facts the stream delivered meanwhile.
-    in_flight: Mutex<HashMap<AccountId, Option<AccountFacts>>>,
+    /// Accounts with a fill in flight. Concurrent misses for one account share one fetch.
+    in_flight: Mutex<HashMap<AccountId, InFlight>>,
 }
 
 fn newer(a: Option<AccountFacts>, b: Option<AccountFacts>) -> Option<AccountFacts> {
@@ -133,16 +150,29 @@ impl AccountCache {
         self.entries.entry_count()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, Option<AccountFacts>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, InFlight>> {
         // A panic while holding this lock leaves only a map of hints behind; keep going.
         self.in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Marks a fill as started.
-    pub fn begin_fill(&self, account: AccountId) {
-        self.lock().entry(account).or_insert(None);
+    /// Starts a fill, or joins the one in flight for this account.
+    pub fn begin_fill(&self, account: AccountId) -> Fill {
+        let mut in_flight = self.lock();
+        if let Some(f) = in_flight.get(&account) {
+            return Fill::Wait(f.waiters.clone());
+        }
+        let (done, waiters) = tokio::sync::watch::channel(());
+        in_flight.insert(
+            account,
+            InFlight {
+                newest: None,
+                _done: done,
+                waiters,
+            },
+        );
+        Fill::Leader
     }
 
     /// Completes a fill with what was fetched (`None` facts: unknown account), keeping whatever
@@ -154,11 +184,13 @@ impl AccountCache {
         view: &RulesView,
     ) -> Arc<Entry> {
         let mut in_flight = self.lock();
-        let seen = in_flight.remove(&account).flatten();
+        let seen = in_flight.get_mut(&account).and_then(|f| f.newest.take());
         let current = self.entries.get(&account).and_then(|e| e.facts.clone());
         let best = newer(newer(fetched, seen), current);
         let entry = Arc::new(Entry::materialise(best, view));
         self.entries.insert(account, entry.clone());
+        // Only now end the fill: dropping it wakes the waiters, who read the cache.
+        in_flight.remove(&account);
         entry
     }
 
@@ -172,8 +204,8 @@ impl AccountCache {
     pub fn apply(&self, facts: AccountFacts, view: &RulesView) -> bool {
         let mut in_flight = self.lock();
         let account = facts.account_id;
-        if let Some(slot) = in_flight.get_mut(&account) {
-            *slot = newer(slot.take(), Some(facts.clone()));
+        if let Some(f) = in_flight.get_mut(&account) {
+            f.newest = newer(f.newest.take(), Some(facts.clone()));
         }
         match self.entries.get(&account) {
             Some(e) if e.version() >= facts.version => false,

@@ -14,6 +14,7 @@ pub mod stream;
 pub mod upstream;
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -55,7 +56,9 @@ fn problem(status: StatusCode, code: &'static str, detail: impl Into<String>) ->
 
 pub fn app(state: EdgeState) -> Router {
     Router::new()
-        .route("/v1/check", get(check))
+        .route("/v1/check", get(check).post(check_batch))
+        .route("/v1/accounts/{id}/entitlements", get(entitlements))
+        .route("/v1/status", get(status))
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({ "status": "ok" })) }),
@@ -101,8 +104,76 @@ fn check_params(raw: Option<&str>) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>
     (account, feature)
 }
 
-/// `GET /v1/check?account=ID&feature=KEY` — the hot path: no allocation on a cache hit
-/// beyond the response body.
+/// Decides one (account, feature) under the bundle in force; the shared core of every check
+/// endpoint. Errors are (status, code, detail).
+async fn decide<'a>(
+    state: &EdgeState,
+    view: &Arc<cache::RulesView>,
+    account: AccountId,
+    feature: Cow<'a, str>,
+) -> Result<CheckResponse<'a>, (StatusCode, &'static str, String)> {
+    let Some(index) = view.feature_index(&feature) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "unknown_feature",
+            format!("no feature `{feature}`"),
+        ));
+    };
+    let resp = match state.entry(account, view).await {
+        Ok(entry) => {
+            let stale = state.is_stale();
+            match entry.decisions.get(index) {
+                Some(d) => CheckResponse {
+                    allowed: d.allowed,
+                    feature,
+                    limit: d.limit,
+                    reason: d.reason,
+                    version: entry.version(),
+                    bundle_version: entry.bundle_version,
+                    stale,
+                },
+                None => CheckResponse {
+                    allowed: false,
+                    feature,
+                    limit: None,
+                    reason: Reason::UnknownAccount,
+                    version: 0,
+                    bundle_version: entry.bundle_version,
+                    stale,
+                },
+            }
+        }
+        Err(e) => {
+            // Never seen and the control plane is unreachable: the feature's policy decides.
+            tracing::warn!(account_id = %account, error = %e, "fill failed; fail-open/closed policy answers");
+            state.metrics.checks_unavailable.inc();
+            let fail_open = view
+                .program
+                .features
+                .get(index)
+                .is_some_and(|f| f.fail_open);
+            CheckResponse {
+                allowed: fail_open,
+                feature,
+                limit: None,
+                reason: Reason::Fallback,
+                version: 0,
+                bundle_version: view.bundle_version,
+                stale: true,
+            }
+        }
+    };
+    if resp.allowed {
+        state.metrics.checks_allowed.inc();
+    } else {
+        state.metrics.checks_denied.inc();
+        state.record_denial(account, &resp);
+    }
+    Ok(resp)
+}
+
+/// `GET /v1/check?account=ID&feature=KEY` — the hot path: on a cache hit, no allocation
+/// beyond the response body and no WebAssembly.
 async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Response {
     let (Some(account), Some(feature)) = check_params(raw.as_deref()) else {
         return problem(
@@ -127,63 +198,131 @@ async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Respo
             "no rule bundle loaded yet",
         );
     };
-    let Some(index) = view.feature_index(&feature) else {
+    match decide(&state, view, account, feature).await {
+        Ok(resp) => axum::Json(resp).into_response(),
+        Err((status, code, detail)) => problem(status, code, detail),
+    }
+}
+
+/// Checks in one `POST /v1/check` at most.
+pub const BATCH_CHECKS_MAX: usize = 256;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchItem {
+    pub account: String,
+    pub feature: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub checks: Vec<BatchItem>,
+}
+
+/// `POST /v1/check {"checks":[{account, feature}, …]}` → `{"results":[…]}` in request order;
+/// an item that cannot be decided carries `{"error": {code, detail}}` instead.
+async fn check_batch(State(state): State<EdgeState>, body: axum::body::Bytes) -> Response {
+    let req: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()),
+    };
+    if req.checks.len() > BATCH_CHECKS_MAX {
         return problem(
-            StatusCode::NOT_FOUND,
-            "unknown_feature",
-            format!("no feature `{feature}`"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "batch_too_large",
+            format!("at most {BATCH_CHECKS_MAX} checks per request"),
+        );
+    }
+    let Some(view) = state.rules.load_full() else {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "no rule bundle loaded yet",
         );
     };
-    let entry = match state.entry(account, view).await {
-        Ok(e) => e,
-        Err(e) => {
-            // Never seen and the control plane is unreachable: the feature's policy decides.
-            tracing::warn!(account_id = %account, error = %e, "fill failed; fail-open/closed policy answers");
-            state.metrics.checks_unavailable.inc();
-            let fail_open = view
-                .program
-                .features
-                .get(index)
-                .is_some_and(|f| f.fail_open);
-            return axum::Json(CheckResponse {
-                allowed: fail_open,
-                feature,
-                limit: None,
-                reason: Reason::Fallback,
-                version: 0,
-                bundle_version: view.bundle_version,
-                stale: true,
-            })
-            .into_response();
-        }
-    };
-    let stale = state.is_stale();
-    let resp = match entry.decisions.get(index) {
-        Some(d) => CheckResponse {
-            allowed: d.allowed,
-            feature,
-            limit: d.limit,
-            reason: d.reason,
-            version: entry.version(),
-            bundle_version: entry.bundle_version,
-            stale,
-        },
-        None => CheckResponse {
-            allowed: false,
-            feature,
-            limit: None,
-            reason: Reason::UnknownAccount,
-            version: 0,
-            bundle_version: entry.bundle_version,
-            stale,
-        },
-    };
-    if resp.allowed {
-        state.metrics.checks_allowed.inc();
-    } else {
-        state.metrics.checks_denied.inc();
+    let mut results = Vec::with_capacity(req.checks.len());
+    for item in &req.checks {
+        let value = match item.account.parse::<AccountId>() {
+            Err(_) => json!({ "account": item.account, "feature": item.feature,
+                              "error": { "code": "invalid_account_id", "detail": "account must be a UUID" } }),
+            Ok(account) => {
+                match decide(&state, &view, account, Cow::Borrowed(item.feature.as_str())).await {
+                    Ok(resp) => json!({ "account": item.account, "result": resp }),
+                    Err((_, code, detail)) => {
+                        json!({ "account": item.account, "feature": item.feature, "error": { "code": code, "detail": detail } })
+                    }
+                }
+            }
+        };
+        results.push(value);
     }
-    axum::Json(resp).into_response()
+    axum::Json(json!({ "results": results })).into_response()
+}
+
+/// `GET /v1/accounts/{id}/entitlements` — every feature of the bundle for one account.
+async fn entitlements(
+    State(state): State<EdgeState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let Ok(account) = id.parse::<AccountId>() else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid_account_id",
+            "account must be a UUID",
+        );
+    };
+    let Some(view) = state.rules.load_full() else {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "no rule bundle loaded yet",
+        );
+    };
+    let (entry, stale) = match state.entry(account, &view).await {
+        Ok(e) => (Some(e), state.is_stale()),
+        Err(_) => (None, true),
+    };
+    let features: Vec<serde_json::Value> = view
+        .program
+        .features
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let kind = match f.kind {
+                tollgate_rules::ir::FeatureKind::Bool => "bool",
+                tollgate_rules::ir::FeatureKind::Limit => "limit",
+                tollgate_rules::ir::FeatureKind::Metered => "metered",
+            };
+            match entry.as_ref().and_then(|e| e.decisions.get(i)) {
+                Some(d) => json!({ "feature": f.key, "kind": kind, "allowed": d.allowed, "limit": d.limit, "reason": d.reason }),
+                None if entry.as_ref().is_some_and(|e| e.facts.is_none()) => {
+                    json!({ "feature": f.key, "kind": kind, "allowed": false, "limit": null, "reason": Reason::UnknownAccount })
+                }
+                None => json!({ "feature": f.key, "kind": kind, "allowed": f.fail_open, "limit": null, "reason": Reason::Fallback }),
+            }
+        })
+        .collect();
+    axum::Json(json!({
+        "account": account,
+        "version": entry.as_ref().map_or(0, |e| e.version()),
+        "bundle_version": entry.as_ref().map_or(view.bundle_version, |e| e.bundle_version),
+        "stale": stale,
+        "features": features,
+    }))
+    .into_response()
+}
+
+/// `GET /v1/status` — what this edge runs and its recent denials (for "why was A denied F").
+async fn status(State(state): State<EdgeState>) -> Response {
+    axum::Json(json!({
+        "edge_id": state.edge_id,
+        "bundle_version": state.bundle_version(),
+        "stale": state.is_stale(),
+        "cached_accounts": state.cache.entry_count(),
+        "recent_denials": state.recent_denials(),
+    }))
+    .into_response()
 }
 
 async fn readyz(State(state): State<EdgeState>) -> Response {

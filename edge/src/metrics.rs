@@ -39,6 +39,7 @@ pub struct EdgeMetrics {
     pub checks_unavailable: Counter,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    pub coalesced_misses: Counter,
     pub fills: Family<FillLabels, Counter>,
     pub changes_applied: Counter,
     pub propagation_ms: Histogram,
@@ -63,6 +64,12 @@ impl EdgeMetrics {
             "cache_misses",
             "Checks that had to fill the cache",
             cache_misses.clone(),
+        );
+        let coalesced_misses = Counter::default();
+        registry.register(
+            "coalesced_misses",
+            "Misses that waited for another request's fill of the same account",
+            coalesced_misses.clone(),
         );
         let fills = Family::<FillLabels, Counter>::default();
         registry.register("fills", "Cache fills by source", fills.clone());
@@ -106,6 +113,7 @@ impl EdgeMetrics {
             checks_unavailable: child(CheckResult::Unavailable),
             cache_hits,
             cache_misses,
+            coalesced_misses,
             fills,
             changes_applied,
             propagation_ms,

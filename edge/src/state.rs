@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use tollgate_protocol::{AccountId, ChangeEvent};
 use tollgate_rules::host::LoadedRules;
 use tollgate_rules::ir::Program;
 
-use crate::cache::{AccountCache, Entry, RulesView};
+use crate::cache::{AccountCache, Entry, Fill, RulesView};
 use crate::metrics::{EdgeMetrics, FillLabels, FillSourceLabel};
 use crate::upstream::{FillSource, Upstream, UpstreamError};
 
@@ -28,6 +29,45 @@ pub struct Inner {
     pub freshness_budget_ms: i64,
     pub negative_ttl_ms: u64,
     pub metrics: EdgeMetrics,
+    denials: std::sync::Mutex<std::collections::VecDeque<Denial>>,
+}
+
+/// Recent denials kept for support ("why was account A denied F at 14:02").
+pub const DENIALS_MAX: usize = 1_024;
+
+/// One denial, as the status API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Denial {
+    pub at_ms: i64,
+    pub account: AccountId,
+    pub feature: String,
+    pub reason: tollgate_protocol::Reason,
+    pub version: i64,
+    pub bundle_version: u64,
+    pub stale: bool,
+}
+
+/// Longest a request waits for another request's fill of the same account.
+pub const COALESCED_WAIT_MS_MAX: u64 = 10_000;
+
+struct FillGuard<'a> {
+    cache: &'a AccountCache,
+    account: AccountId,
+    armed: bool,
+}
+
+impl FillGuard<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for FillGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.cache.abort_fill(self.account);
+        }
+    }
 }
 
 impl std::ops::Deref for EdgeState {
@@ -57,6 +97,7 @@ impl EdgeState {
             freshness_budget_ms: i64::try_from(freshness_budget_ms).unwrap_or(i64::MAX),
             negative_ttl_ms,
             metrics: EdgeMetrics::new(),
+            denials: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(DENIALS_MAX)),
         }))
     }
 
@@ -91,6 +132,45 @@ impl EdgeState {
             accounts = done,
             "cache re-materialised"
         );
+    }
+
+    /// Remembers a denial in the bounded ring and logs it as a structured event.
+    pub fn record_denial(&self, account: AccountId, resp: &crate::CheckResponse<'_>) {
+        tracing::debug!(
+            target: "tollgate_edge::denials",
+            account_id = %account,
+            feature = %resp.feature,
+            reason = resp.reason.as_str(),
+            version = resp.version,
+            bundle_version = resp.bundle_version,
+            "denied"
+        );
+        let denial = Denial {
+            at_ms: crate::now_ms(),
+            account,
+            feature: resp.feature.to_string(),
+            reason: resp.reason,
+            version: resp.version,
+            bundle_version: resp.bundle_version,
+            stale: resp.stale,
+        };
+        let mut ring = self
+            .denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ring.len() == DENIALS_MAX {
+            ring.pop_front();
+        }
+        ring.push_back(denial);
+    }
+
+    /// Recent denials, newest first.
+    pub fn recent_denials(&self) -> Vec<Denial> {
+        let ring = self
+            .denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ring.iter().rev().cloned().collect()
     }
 
     pub fn bundle_version(&self) -> Option<u64> {
@@ -131,8 +211,26 @@ impl EdgeState {
             }
         }
         self.metrics.cache_misses.inc();
-        self.cache.begin_fill(account);
-        match self.upstream.facts(account).await {
+        if let Fill::Wait(mut done) = self.cache.begin_fill(account) {
+            // Coalesced: one fetch per cold account, however many requests miss at once.
+            self.metrics.coalesced_misses.inc();
+            let _ =
+                tokio::time::timeout(Duration::from_millis(COALESCED_WAIT_MS_MAX), done.changed())
+                    .await;
+            return self.cache.get(&account).ok_or_else(|| {
+                UpstreamError::Unavailable("the fill this request waited for failed".into())
+            });
+        }
+        // If this request is dropped mid-fetch, the guard ends the fill so waiters wake and the
+        // next miss fetches again.
+        let guard = FillGuard {
+            cache: &self.cache,
+            account,
+            armed: true,
+        };
+        let fetched = self.upstream.facts(account).await;
+        guard.disarm();
+        match fetched {
             Ok((facts, source)) => {
                 let label = match source {
                     FillSource::Redis => FillSourceLabel::Redis,

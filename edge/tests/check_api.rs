@@ -25,6 +25,10 @@ use tollgate_rules::wasm;
 use tower::ServiceExt;
 
 type Store = Arc<Mutex<HashMap<AccountId, AccountFacts>>>;
+
+/// Latency the stub control plane adds to each facts request (simulated network/database
+/// time, so concurrent misses overlap; no test result depends on its length).
+static STUB_LATENCY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 type Hits = Arc<Mutex<u32>>;
 
 async fn stub_facts(
@@ -32,6 +36,10 @@ async fn stub_facts(
     Path(id): Path<AccountId>,
 ) -> axum::response::Response {
     *hits.lock().expect("hits") += 1;
+    let latency = STUB_LATENCY_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
     match store.lock().expect("store").get(&id) {
         Some(f) => axum::Json(f.clone()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -206,7 +214,7 @@ async fn checks_answer_from_the_plan_and_errors_are_problem_json() {
             "{uri}"
         );
     }
-    let (s, ct, v) = call(&state, Method::POST, "/v1/check").await;
+    let (s, ct, v) = call(&state, Method::DELETE, "/v1/check").await;
     assert_eq!(
         (s, ct.as_str(), v["code"].as_str()),
         (
@@ -283,4 +291,114 @@ async fn the_change_stream_updates_a_cached_account() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     follower.abort();
+}
+
+async fn post_json(state: &EdgeState, uri: &str, body: &str) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .expect("req");
+    let resp = tollgate_edge::app(state.clone())
+        .oneshot(req)
+        .await
+        .expect("infallible");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_for_a_cold_account_share_one_upstream_fetch() {
+    let (state, store, hits) = edge(None).await;
+    let id = AccountId::new_v7();
+    store
+        .lock()
+        .expect("store")
+        .insert(id, facts(id, 3, Some("enterprise")));
+    STUB_LATENCY_MS.store(150, std::sync::atomic::Ordering::Relaxed);
+    let uri = format!("/v1/check?account={id}&feature=seats");
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let (state, uri) = (state.clone(), uri.clone());
+            tokio::spawn(async move { call(&state, Method::GET, &uri).await })
+        })
+        .collect();
+    for c in calls {
+        let (s, _, v) = c.await.expect("task");
+        assert_eq!((s, v["limit"].as_i64()), (StatusCode::OK, Some(100)), "{v}");
+    }
+    STUB_LATENCY_MS.store(0, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        *hits.lock().expect("hits"),
+        1,
+        "32 concurrent misses, one fetch"
+    );
+}
+
+#[tokio::test]
+async fn batch_checks_entitlements_and_recent_denials() {
+    let (state, store, _) = edge(None).await;
+    let pro = AccountId::new_v7();
+    store
+        .lock()
+        .expect("store")
+        .insert(pro, facts(pro, 2, Some("pro")));
+    let body = format!(
+        r#"{{"checks":[{{"account":"{pro}","feature":"sso"}},{{"account":"{pro}","feature":"nope"}},{{"account":"x","feature":"sso"}},{{"account":"{pro}","feature":"seats"}}]}}"#
+    );
+    let (s, v) = post_json(&state, "/v1/check", &body).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let r = v["results"].as_array().expect("results");
+    assert_eq!(r.len(), 4);
+    assert_eq!(r[0]["result"]["allowed"], true);
+    assert_eq!(r[1]["error"]["code"], "unknown_feature");
+    assert_eq!(r[2]["error"]["code"], "invalid_account_id");
+    assert_eq!(r[3]["result"]["limit"], 10);
+    let (s, v) = post_json(&state, "/v1/check", r#"{"checks":"no"}"#).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body"))
+    );
+
+    let (s, _, v) = call(
+        &state,
+        Method::GET,
+        &format!("/v1/accounts/{pro}/entitlements"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let features = v["features"].as_array().expect("features");
+    let keys: Vec<&str> = features
+        .iter()
+        .filter_map(|f| f["feature"].as_str())
+        .collect();
+    assert_eq!(keys, ["sso", "exports", "seats", "api_calls"]);
+    assert_eq!(features[3]["limit"], 100_000);
+    assert_eq!(
+        (v["version"].as_i64(), v["bundle_version"].as_i64()),
+        (Some(2), Some(7))
+    );
+
+    // A denial is remembered with its reason, newest first.
+    let free = AccountId::new_v7();
+    store
+        .lock()
+        .expect("store")
+        .insert(free, facts(free, 1, Some("free")));
+    call(
+        &state,
+        Method::GET,
+        &format!("/v1/check?account={free}&feature=exports"),
+    )
+    .await;
+    let (_, _, v) = call(&state, Method::GET, "/v1/status").await;
+    let newest = &v["recent_denials"][0];
+    assert_eq!(newest["account"], free.to_string());
+    assert_eq!(
+        (newest["feature"].as_str(), newest["reason"].as_str()),
+        (Some("exports"), Some("denied_not_in_plan"))
+    );
+    assert_eq!(v["bundle_version"], 7);
 }
