@@ -40,6 +40,8 @@ pub struct EdgeMetrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub coalesced_misses: Counter,
+    pub stream_gaps: Counter,
+    pub revalidated_accounts: Counter,
     pub fills: Family<FillLabels, Counter>,
     pub changes_applied: Counter,
     pub propagation_ms: Histogram,
@@ -64,6 +66,18 @@ impl EdgeMetrics {
             "cache_misses",
             "Checks that had to fill the cache",
             cache_misses.clone(),
+        );
+        let stream_gaps = Counter::default();
+        registry.register(
+            "stream_gaps",
+            "Change-stream gaps detected (trimmed past, flushed)",
+            stream_gaps.clone(),
+        );
+        let revalidated_accounts = Counter::default();
+        registry.register(
+            "revalidated_accounts",
+            "Cached accounts updated by a revalidation after a gap",
+            revalidated_accounts.clone(),
         );
         let coalesced_misses = Counter::default();
         registry.register(
@@ -114,6 +128,8 @@ impl EdgeMetrics {
             cache_hits,
             cache_misses,
             coalesced_misses,
+            stream_gaps,
+            revalidated_accounts,
             fills,
             changes_applied,
             propagation_ms,

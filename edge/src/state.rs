@@ -134,6 +134,28 @@ impl EdgeState {
         );
     }
 
+    /// Refetches every cached account (L2, then the control plane) and applies what is newer.
+    /// Used after a change-stream gap, when events may have been lost.
+    pub async fn revalidate_all(&self) {
+        let Some(view) = self.rules.load_full() else {
+            return;
+        };
+        let (mut refreshed, mut failed) = (0u64, 0u64);
+        for account in self.cache.accounts() {
+            match self.upstream.facts(account).await {
+                Ok((Some(facts), _)) => {
+                    if self.cache.apply(facts, &view) {
+                        refreshed += 1;
+                    }
+                }
+                Ok((None, _)) => {}
+                Err(_) => failed += 1,
+            }
+        }
+        self.metrics.revalidated_accounts.inc_by(refreshed);
+        tracing::info!(refreshed, failed, "revalidation after a stream gap done");
+    }
+
     /// Remembers a denial in the bounded ring and logs it as a structured event.
     pub fn record_denial(&self, account: AccountId, resp: &crate::CheckResponse<'_>) {
         tracing::debug!(

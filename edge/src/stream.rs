@@ -1,7 +1,9 @@
 //! Follows the Redis change stream and applies each event to the cache.
 //!
 //! Starts from the stream's newest id at boot (the cache is empty then, so nothing older
-//! matters) and resumes from the last id it applied after any error or reconnect.
+//! matters) and resumes from the last id it applied after any error or reconnect. When the
+//! stream no longer holds that id (trimmed past it, Redis flushed or replaced), the edge
+//! cannot know what it missed and revalidates every cached account instead of trusting it.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -31,6 +33,72 @@ async fn connect(client: &redis::Client) -> redis::RedisResult<redis::aio::Multi
         .await
 }
 
+/// What `XINFO STREAM` tells about trimming and recreation.
+struct StreamInfo {
+    entries_added: Option<u64>,
+    max_deleted_id: Option<String>,
+}
+
+/// `XINFO STREAM` of the change stream; `None` when the key does not exist.
+async fn stream_info(
+    redis: &mut redis::aio::MultiplexedConnection,
+) -> redis::RedisResult<Option<StreamInfo>> {
+    let reply: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(redis_keys::CHANGE_STREAM)
+        .query_async(redis)
+        .await;
+    let value = match reply {
+        Ok(v) => v,
+        Err(e) if e.to_string().to_ascii_lowercase().contains("no such key") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let pairs: Vec<(redis::Value, redis::Value)> = match value {
+        redis::Value::Map(m) => m,
+        redis::Value::Array(items) => {
+            let mut it = items.into_iter();
+            let mut out = Vec::new();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                out.push((k, v));
+            }
+            out
+        }
+        _ => Vec::new(),
+    };
+    let text = |v: &redis::Value| -> Option<String> {
+        match v {
+            redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+            redis::Value::SimpleString(s) => Some(s.clone()),
+            redis::Value::Int(i) => Some(i.to_string()),
+            _ => None,
+        }
+    };
+    let mut info = StreamInfo {
+        entries_added: None,
+        max_deleted_id: None,
+    };
+    for (k, v) in &pairs {
+        match text(k).as_deref() {
+            Some("entries-added") => info.entries_added = text(v).and_then(|s| s.parse().ok()),
+            Some("max-deleted-entry-id") => info.max_deleted_id = text(v).filter(|s| s != "0-0"),
+            _ => {}
+        }
+    }
+    Ok(Some(info))
+}
+
+/// Whether stream id `a` (`ms-seq`) is strictly after `b`; unparsable ids compare as a gap.
+pub fn stream_id_after(a: &str, b: &str) -> bool {
+    let parse = |s: &str| {
+        let (ms, seq) = s.split_once('-')?;
+        Some((ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?))
+    };
+    match (parse(a), parse(b)) {
+        (Some(a), Some(b)) => a > b,
+        _ => true,
+    }
+}
+
 /// How much longer than the XREAD block a reply may take before the connection is presumed dead.
 pub const RESPONSE_MARGIN_MS: u64 = 2_000;
 
@@ -41,6 +109,8 @@ pub async fn follow(
 ) {
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let mut last_id: Option<String> = None;
+    let mut in_gap = false;
+    let mut entries_added: Option<u64> = None;
     let mut retry_ms = RETRY_DELAY_MS_MIN;
     loop {
         if *shutdown.borrow() {
@@ -72,6 +142,33 @@ pub async fn follow(
                     id
                 }
             };
+            // Gap check (XINFO STREAM, Redis ≥ 7): the stream is gone (flushed), was
+            // recreated (its `entries-added` counter went backwards), or trimmed entries this
+            // edge never read (`max-deleted-entry-id` past the last one applied). Changes may be
+            // lost, so every cached account is revalidated instead of trusted.
+            if from != "0-0" {
+                let gap = match stream_info(redis).await? {
+                    None => true,
+                    Some(info) => {
+                        let recreated = matches!((info.entries_added, entries_added), (Some(now), Some(before)) if now < before);
+                        let trimmed_past = info
+                            .max_deleted_id
+                            .as_deref()
+                            .is_some_and(|d| stream_id_after(d, &from));
+                        if info.entries_added.is_some() {
+                            entries_added = info.entries_added;
+                        }
+                        recreated || trimmed_past
+                    }
+                };
+                if gap && !in_gap {
+                    tracing::warn!(last_applied = %from, "change stream gap: revalidating every cached account");
+                    state.metrics.stream_gaps.inc();
+                    let st = state.clone();
+                    tokio::spawn(async move { st.revalidate_all().await });
+                }
+                in_gap = gap;
+            }
             let opts = StreamReadOptions::default()
                 .block(BLOCK_MS)
                 .count(READ_COUNT_MAX);
@@ -113,5 +210,20 @@ pub async fn follow(
             }
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stream_ids_compare_by_milliseconds_then_sequence() {
+        assert!(super::stream_id_after("2-0", "1-9"));
+        assert!(super::stream_id_after("1-10", "1-9"));
+        assert!(!super::stream_id_after("1-9", "1-9"));
+        assert!(!super::stream_id_after("1-0", "2-0"));
+        assert!(
+            super::stream_id_after("x", "1-0"),
+            "unreadable ids are treated as a gap"
+        );
     }
 }

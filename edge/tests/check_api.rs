@@ -402,3 +402,80 @@ async fn batch_checks_entitlements_and_recent_denials() {
     );
     assert_eq!(v["bundle_version"], 7);
 }
+
+#[tokio::test]
+async fn a_stream_gap_makes_the_edge_revalidate_what_it_holds() {
+    let url = std::env::var("TOLLGATE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let client = redis::Client::open(url).expect("url");
+    let redis = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .expect("redis");
+    let mut conn = redis.clone();
+    // Make sure the stream exists, so the follower starts from a real id.
+    let noise = ChangeEvent {
+        facts: facts(AccountId::new_v7(), 1, None),
+        committed_at_ms: tollgate_edge::now_ms(),
+    };
+    let xadd = |ev: &ChangeEvent| {
+        redis::cmd("XADD")
+            .arg(redis_keys::CHANGE_STREAM)
+            .arg("*")
+            .arg(redis_keys::CHANGE_FIELD)
+            .arg(serde_json::to_string(ev).expect("json"))
+            .to_owned()
+    };
+    let _: String = xadd(&noise).query_async(&mut conn).await.expect("xadd");
+    let (state, store, _) = edge(Some(redis.clone())).await;
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn(tollgate_edge::stream::follow(
+        state.clone(),
+        client,
+        stop_rx,
+    ));
+
+    let id = AccountId::new_v7();
+    store
+        .lock()
+        .expect("store")
+        .insert(id, facts(id, 1, Some("pro")));
+    let uri = format!("/v1/check?account={id}&feature=sso");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, _, v) = call(&state, Method::GET, &uri).await;
+        if v["stale"] == false {
+            assert_eq!(v["allowed"], true);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "follower never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The account changes while its event is lost: Redis is flushed (the stream deleted), and
+    // the control plane then publishes something else, recreating the stream.
+    store.lock().expect("store").insert(id, facts(id, 2, None));
+    let _: i64 = redis::cmd("DEL")
+        .arg(redis_keys::CHANGE_STREAM)
+        .query_async(&mut conn)
+        .await
+        .expect("del");
+    let _: String = xadd(&noise).query_async(&mut conn).await.expect("xadd");
+    loop {
+        let (_, _, v) = call(&state, Method::GET, &uri).await;
+        if v["allowed"] == false {
+            assert_eq!(
+                (v["reason"].as_str(), v["version"].as_i64()),
+                (Some("denied_no_subscription"), Some(2))
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gap was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    follower.abort();
+}
