@@ -4,7 +4,9 @@
 //! control plane, and is retried with backoff.
 //!
 //! The last good bundle is kept on disk (`<data_dir>/bundle.tgb`, written to a temporary file,
-//! fsynced, then renamed), so a restart without the control plane still answers.
+//! fsynced, then renamed), and so are the facts of the cached accounts
+//! (`<data_dir>/facts.jsonl`, every few seconds and at shutdown), so a restart with the control
+//! plane and Redis both down still answers — with `stale: true` until the stream is back.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -181,6 +183,85 @@ pub async fn follow(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// File holding the facts of the accounts this edge had cached (JSON lines).
+pub const FACTS_FILE: &str = "facts.jsonl";
+
+/// Writes the facts of every cached account (not unknown ones) durably: temp file, fsync,
+/// rename. Returns how many accounts were written.
+pub fn persist_facts(state: &EdgeState, dir: &Path) -> std::io::Result<usize> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{FACTS_FILE}.tmp"));
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    let mut n = 0;
+    for account in state.cache.accounts() {
+        if let Some(facts) = state.cache.get(&account).and_then(|e| e.facts.clone()) {
+            serde_json::to_writer(&mut out, &facts)?;
+            out.write_all(b"\n")?;
+            n += 1;
+        }
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(FACTS_FILE))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(n)
+}
+
+/// Refills the cache from the saved facts (after the bundle is installed), so a restart with
+/// the control plane and Redis both down still answers — marked stale until the change stream
+/// is read again. Unreadable lines are counted and skipped. Returns (restored, skipped).
+pub fn restore_facts(state: &EdgeState, dir: &Path) -> (usize, usize) {
+    let Some(view) = state.rules.load_full() else {
+        return (0, 0);
+    };
+    let Ok(text) = std::fs::read_to_string(dir.join(FACTS_FILE)) else {
+        return (0, 0);
+    };
+    let (mut restored, mut skipped) = (0, 0);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<tollgate_protocol::AccountFacts>(line) {
+            Ok(facts) => {
+                let account = facts.account_id;
+                if let crate::cache::Fill::Leader = state.cache.begin_fill(account) {
+                    state.cache.finish_fill(account, Some(facts), &view);
+                    restored += 1;
+                }
+            }
+            Err(_) => skipped += 1,
+        }
+    }
+    tracing::info!(restored, skipped, "cached facts restored from disk");
+    (restored, skipped)
+}
+
+/// How often the edge saves its cached facts.
+pub const FACTS_SNAPSHOT_MS: u64 = 5_000;
+
+/// Saves the cached facts every [`FACTS_SNAPSHOT_MS`] and once more at shutdown.
+pub async fn snapshot_facts(
+    state: EdgeState,
+    dir: PathBuf,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(FACTS_SNAPSHOT_MS)) => false,
+            _ = shutdown.changed() => true,
+        };
+        let (st, d) = (state.clone(), dir.clone());
+        match tokio::task::spawn_blocking(move || persist_facts(&st, &d)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not save cached facts"),
+            Err(e) => tracing::warn!(error = %e, "facts snapshot task failed"),
+        }
+        if stop {
+            return;
         }
     }
 }

@@ -391,6 +391,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let engine = tollgate_rules::host::RulesEngine::new().context("wasmtime engine")?;
     // The last good bundle answers at once, even with the control plane down.
     bundles::load_persisted(&state, &engine, &config.trusted_keys, &config.data_dir);
+    bundles::restore_facts(&state, &config.data_dir);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let bundle_task = tokio::spawn(bundles::follow(
         state.clone(),
@@ -398,6 +399,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.trusted_keys.clone(),
         config.data_dir.clone(),
         Duration::from_millis(config.bundle_poll_ms),
+        shutdown_rx.clone(),
+    ));
+    let snapshots = tokio::spawn(bundles::snapshot_facts(
+        state.clone(),
+        config.data_dir.clone(),
         shutdown_rx.clone(),
     ));
     let follower = match redis::Client::open(config.redis_url.as_str()) {
@@ -416,7 +422,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("serve")?;
     let _ = shutdown_tx.send(true);
-    let _ = tokio::join!(bundle_task, follower);
+    let _ = tokio::join!(bundle_task, follower, snapshots);
     tracing::info!("edge stopped");
     Ok(())
 }

@@ -107,3 +107,57 @@ fn the_last_good_bundle_is_restored_from_disk_after_a_restart() {
     assert_eq!(fresh.bundle_version(), None);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn cached_facts_survive_a_restart_with_everything_behind_the_edge_down() {
+    use tollgate_protocol::{AccountFacts, AccountId, SubscriptionFacts, SubscriptionStatus};
+    let key = SigningKey::generate("edge-test");
+    let trusted = TrustedKeys::new(vec![key.public()]);
+    let engine = RulesEngine::new().expect("engine");
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-edge-facts-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let (good, _) = unsigned(6);
+    let bytes = good.sign(&key);
+    bundles::persist(&dir, &bytes).expect("persist bundle");
+
+    // A running edge holding one pro account.
+    let before = state();
+    bundles::install(&before, &engine, &trusted, &bytes).expect("install");
+    let id = AccountId::new_v7();
+    let mut facts = AccountFacts::new(id, 4);
+    facts.subscription = Some(SubscriptionFacts {
+        plan: "pro".into(),
+        status: SubscriptionStatus::Active,
+        current_period_end_ms: 0,
+    });
+    let view = before.rules.load_full().expect("rules");
+    before.cache.begin_fill(id);
+    before.cache.finish_fill(id, Some(facts), &view);
+    assert_eq!(bundles::persist_facts(&before, &dir).expect("snapshot"), 1);
+
+    // Restart: no control plane (the upstream is a closed port), no Redis.
+    let after = state();
+    assert_eq!(
+        bundles::load_persisted(&after, &engine, &trusted, &dir),
+        Some(6)
+    );
+    assert_eq!(bundles::restore_facts(&after, &dir), (1, 0));
+    let entry = after.cache.get(&id).expect("restored");
+    let seats = after
+        .rules
+        .load_full()
+        .expect("rules")
+        .feature_index("seats")
+        .expect("seats");
+    assert_eq!(
+        (entry.version(), entry.decisions[seats].limit),
+        (4, Some(10))
+    );
+    assert!(
+        after.is_stale(),
+        "answers from disk are stale until the change stream is read"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
