@@ -524,6 +524,26 @@ sys.exit(m.version("localstripe") != sys.argv[1])' "$TG_LOCALSTRIPE_VERSION" 2>/
     >>"$TG_LOG_DIR/pip.log" 2>&1 || { tg_log_tail "$TG_LOG_DIR/pip.log"; tg_die "pip install localstripe failed"; }
 }
 
+# tg_ensure_openfeature: the OpenFeature Python SDK and its OFREP provider in .venv, the real
+# client the edge's OFREP endpoints are tested with. Exports TOLLGATE_TEST_PYTHON.
+TG_OPENFEATURE_SDK_VERSION="0.10.0"
+TG_OFREP_PROVIDER_VERSION="0.3.0"
+tg_ensure_openfeature() {
+  tg_ensure_venv
+  local py="$TG_VENV/bin/python"
+  export TOLLGATE_TEST_PYTHON="$py"
+  if "$py" -c 'import sys, importlib.metadata as m
+sys.exit(m.version("openfeature-sdk") != sys.argv[1] or m.version("openfeature-provider-ofrep") != sys.argv[2])' \
+    "$TG_OPENFEATURE_SDK_VERSION" "$TG_OFREP_PROVIDER_VERSION" 2>/dev/null; then
+    return 0
+  fi
+  tg_state_dirs
+  tg_log "installing openfeature-sdk and openfeature-provider-ofrep into .venv (log: .tollgate/log/pip.log)"
+  "$py" -m pip install --disable-pip-version-check -q "openfeature-sdk==$TG_OPENFEATURE_SDK_VERSION" \
+    "openfeature-provider-ofrep==$TG_OFREP_PROVIDER_VERSION" >>"$TG_LOG_DIR/pip.log" 2>&1 ||
+    { tg_log_tail "$TG_LOG_DIR/pip.log"; tg_die "pip install openfeature failed"; }
+}
+
 tg_ensure_localstripe() {
   local port=$TOLLGATE_LOCALSTRIPE_PORT
   local base="http://127.0.0.1:$port"

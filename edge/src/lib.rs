@@ -9,6 +9,7 @@ pub mod bundles;
 pub mod cache;
 pub mod config;
 pub mod metrics;
+pub mod ofrep;
 pub mod state;
 pub mod stream;
 pub mod upstream;
@@ -60,6 +61,14 @@ pub fn app(state: EdgeState) -> Router {
         .route("/v1/accounts/{id}/entitlements", get(entitlements))
         .route("/v1/status", get(status))
         .route(
+            "/ofrep/v1/evaluate/flags/{key}",
+            axum::routing::post(ofrep::evaluate_flag),
+        )
+        .route(
+            "/ofrep/v1/evaluate/flags",
+            axum::routing::post(ofrep::evaluate_all),
+        )
+        .route(
             "/healthz",
             get(|| async { axum::Json(json!({ "status": "ok" })) }),
         )
@@ -106,7 +115,7 @@ fn check_params(raw: Option<&str>) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>
 
 /// Decides one (account, feature) under the bundle in force; the shared core of every check
 /// endpoint. Errors are (status, code, detail).
-async fn decide<'a>(
+pub(crate) async fn decide<'a>(
     state: &EdgeState,
     view: &Arc<cache::RulesView>,
     account: AccountId,

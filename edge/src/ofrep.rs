@@ -1,0 +1,183 @@
+//! The OpenFeature Remote Evaluation Protocol (OFREP), so any OpenFeature SDK with an OFREP
+//! provider can use the sidecar.
+//!
+//! * `POST /ofrep/v1/evaluate/flags/{key}` `{"context": {"targetingKey": "<account id>", …}}`
+//! * `POST /ofrep/v1/evaluate/flags` (bulk): every feature, with an `ETag` derived from the
+//!   account's facts version and the bundle version; `If-None-Match` with it → 304.
+//!
+//! Mapping: the targeting key is the account id; bool features are boolean flags (`value` =
+//! allowed); limit and metered features are integer flags (`value` = the limit when allowed,
+//! 0 when denied, -1 for "unlimited"). `variant` is `granted` / `denied`; `reason` is
+//! `TARGETING_MATCH` for a decision from the account's facts, `STALE` when the edge is past its
+//! freshness budget, `DEFAULT` for an unknown account or the fail-open/closed fallback; Tollgate's
+//! own reason code, facts version and bundle version travel in `metadata`. Errors use OFREP's
+//! codes: `PARSE_ERROR`, `TARGETING_KEY_MISSING`, `INVALID_CONTEXT` (400), `FLAG_NOT_FOUND`
+//! (404), `GENERAL` (503 while no bundle is loaded).
+
+use std::borrow::Cow;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tollgate_protocol::{AccountId, Reason};
+use tollgate_rules::ir::FeatureKind;
+
+use crate::CheckResponse;
+use crate::cache::RulesView;
+use crate::state::EdgeState;
+
+fn error(
+    status: StatusCode,
+    key: Option<&str>,
+    code: &str,
+    details: impl Into<String>,
+) -> Response {
+    let mut body = json!({ "errorCode": code, "errorDetails": details.into() });
+    if let Some(k) = key {
+        body["key"] = json!(k);
+    }
+    (status, axum::Json(body)).into_response()
+}
+
+/// The account named by the request's evaluation context, or an OFREP error code and detail
+/// (always a 400).
+fn targeting(body: &Bytes) -> Result<AccountId, (&'static str, String)> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ("PARSE_ERROR", format!("request body: {e}")))?;
+    let Some(context) = value.get("context").and_then(Value::as_object) else {
+        return Err((
+            "INVALID_CONTEXT",
+            "the body needs a `context` object".to_owned(),
+        ));
+    };
+    let Some(targeting_key) = context.get("targetingKey") else {
+        return Err((
+            "TARGETING_KEY_MISSING",
+            "context.targetingKey (the account id) is required".to_owned(),
+        ));
+    };
+    targeting_key
+        .as_str()
+        .and_then(|s| s.parse::<AccountId>().ok())
+        .ok_or_else(|| {
+            (
+                "INVALID_CONTEXT",
+                "context.targetingKey must be an account id (UUID)".to_owned(),
+            )
+        })
+}
+
+fn evaluation(view: &RulesView, key: &str, kind: FeatureKind, r: &CheckResponse<'_>) -> Value {
+    let value = match kind {
+        FeatureKind::Bool => json!(r.allowed),
+        FeatureKind::Limit | FeatureKind::Metered => {
+            json!(if r.allowed { r.limit.unwrap_or(-1) } else { 0 })
+        }
+    };
+    let reason = match r.reason {
+        Reason::UnknownAccount | Reason::Fallback => "DEFAULT",
+        _ if r.stale => "STALE",
+        _ => "TARGETING_MATCH",
+    };
+    json!({
+        "key": key,
+        "value": value,
+        "variant": if r.allowed { "granted" } else { "denied" },
+        "reason": reason,
+        "metadata": {
+            "tollgate_reason": r.reason.as_str(),
+            "facts_version": r.version,
+            "bundle_version": r.bundle_version,
+            "stale": r.stale,
+            "rules_generation": view.generation,
+        },
+    })
+}
+
+/// `POST /ofrep/v1/evaluate/flags/{key}`
+pub async fn evaluate_flag(
+    State(state): State<EdgeState>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Response {
+    let account = match targeting(&body) {
+        Ok(a) => a,
+        Err((code, detail)) => return error(StatusCode::BAD_REQUEST, Some(&key), code, detail),
+    };
+    let Some(view) = state.rules.load_full() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(&key),
+            "GENERAL",
+            "no rule bundle loaded yet",
+        );
+    };
+    let Some(index) = view.feature_index(&key) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            Some(&key),
+            "FLAG_NOT_FOUND",
+            format!("no feature `{key}`"),
+        );
+    };
+    let kind = view.program.features[index].kind;
+    match crate::decide(&state, &view, account, Cow::Borrowed(key.as_str())).await {
+        Ok(r) => axum::Json(evaluation(&view, &key, kind, &r)).into_response(),
+        Err((_, _, detail)) => error(StatusCode::NOT_FOUND, Some(&key), "FLAG_NOT_FOUND", detail),
+    }
+}
+
+/// `POST /ofrep/v1/evaluate/flags` — every feature for one account.
+pub async fn evaluate_all(
+    State(state): State<EdgeState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let account = match targeting(&body) {
+        Ok(a) => a,
+        Err((code, detail)) => return error(StatusCode::BAD_REQUEST, None, code, detail),
+    };
+    let Some(view) = state.rules.load_full() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            "GENERAL",
+            "no rule bundle loaded yet",
+        );
+    };
+    let mut flags = Vec::with_capacity(view.program.features.len());
+    let mut facts_version = 0;
+    let mut stale = false;
+    for f in &view.program.features {
+        match crate::decide(&state, &view, account, Cow::Borrowed(f.key.as_str())).await {
+            Ok(r) => {
+                facts_version = r.version;
+                stale |= r.stale;
+                flags.push(evaluation(&view, &f.key, f.kind, &r));
+            }
+            Err((_, _, detail)) => {
+                flags.push(json!({ "key": f.key, "errorCode": "GENERAL", "errorDetails": detail }))
+            }
+        }
+    }
+    // Same account, same facts version, same bundle ⇒ same answers.
+    let etag = format!(
+        "\"{account}-{facts_version}-{}{}\"",
+        view.bundle_version,
+        if stale { "-s" } else { "" }
+    );
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    let mut resp = axum::Json(json!({ "flags": flags })).into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
