@@ -102,6 +102,72 @@ impl Drop for Proc {
     }
 }
 
+/// A private `redis-server` on a loopback port, killed on drop: for tests that stop and restart
+/// Redis without disturbing the shared one.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> anyhow::Result<PrivateRedis> {
+        let mut r = PrivateRedis {
+            port: free_port()?,
+            child: None,
+        };
+        r.restart()?;
+        Ok(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on the same port, empty (no persistence, like a replaced node).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn redis-server")?;
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Polls `f` until it yields `Some`, or fails after `deadline`.
 pub async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> anyhow::Result<T>
 where
@@ -167,6 +233,7 @@ pub struct Stack {
     pub cp: Proc,
     pub edges: Vec<Edge>,
     pub key: SigningKey,
+    pub redis_url: String,
     tag: String,
     dbs: Vec<String>,
 }
@@ -182,6 +249,15 @@ impl Stack {
     /// Starts the control plane (with `cp_env` added, e.g. Stripe), deploys and promotes the
     /// demo rules as bundle 1, then starts one edge per id.
     pub async fn start(cp_env: &[(&str, String)], edge_ids: &[&str]) -> anyhow::Result<Stack> {
+        Self::start_with_redis(cp_env, edge_ids, redis_url()).await
+    }
+
+    /// [`Stack::start`] against a given Redis.
+    pub async fn start_with_redis(
+        cp_env: &[(&str, String)],
+        edge_ids: &[&str],
+        redis: String,
+    ) -> anyhow::Result<Stack> {
         let server = pg_server_url();
         let mut admin = PgConnection::connect(&format!("{server}/postgres"))
             .await
@@ -203,7 +279,7 @@ impl Stack {
                 "TOLLGATE_BILLING_DATABASE_URL",
                 format!("{server}/{}", dbs[1]),
             ),
-            ("TOLLGATE_REDIS_URL", redis_url()),
+            ("TOLLGATE_REDIS_URL", redis.clone()),
             ("TOLLGATE_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
             ("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
             ("TOLLGATE_TRUSTED_KEYS", trusted_entry(&key)),
@@ -222,6 +298,7 @@ impl Stack {
             cp,
             edges: Vec::new(),
             key,
+            redis_url: redis,
             tag,
             dbs,
         };
@@ -288,7 +365,8 @@ impl Stack {
                 ("TOLLGATE_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
                 ("TOLLGATE_TRUSTED_KEYS", trusted_entry(&self.key)),
                 ("TOLLGATE_EDGE_BUNDLE_POLL_MS", "200".to_owned()),
-                ("TOLLGATE_REDIS_URL", redis_url()),
+                ("TOLLGATE_EDGE_FRESHNESS_BUDGET_MS", "1000".to_owned()),
+                ("TOLLGATE_REDIS_URL", self.redis_url.clone()),
                 ("TOLLGATE_EDGE_DATA_DIR", dir.display().to_string()),
             ],
         )?;

@@ -380,6 +380,22 @@ async fn connect_redis(url: &str) -> Option<redis::aio::ConnectionManager> {
     }
 }
 
+/// How often cached accounts are refetched from the control plane while the change stream is
+/// unavailable (Redis down): freshness degrades to this interval instead of stopping.
+pub const STALE_POLL_MS: u64 = 2_000;
+
+async fn poll_while_stale(state: EdgeState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(STALE_POLL_MS)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if state.is_stale() {
+            state.revalidate_all().await;
+        }
+    }
+}
+
 /// Runs the edge until SIGTERM / Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let redis = connect_redis(&config.redis_url).await;
@@ -415,6 +431,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.data_dir.clone(),
         shutdown_rx.clone(),
     ));
+    let poller = tokio::spawn(poll_while_stale(state.clone(), shutdown_rx.clone()));
     let follower = match redis::Client::open(config.redis_url.as_str()) {
         Ok(client) => tokio::spawn(stream::follow(state.clone(), client, shutdown_rx.clone())),
         Err(e) => {
@@ -431,7 +448,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("serve")?;
     let _ = shutdown_tx.send(true);
-    let _ = tokio::join!(bundle_task, follower, snapshots);
+    let _ = tokio::join!(bundle_task, follower, snapshots, poller);
     tracing::info!("edge stopped");
     Ok(())
 }

@@ -135,7 +135,8 @@ impl EdgeState {
     }
 
     /// Refetches every cached account (L2, then the control plane) and applies what is newer.
-    /// Used after a change-stream gap, when events may have been lost.
+    /// Used after a change-stream gap, when events may have been lost, and periodically while
+    /// the stream is unavailable.
     pub async fn revalidate_all(&self) {
         let Some(view) = self.rules.load_full() else {
             return;
@@ -153,7 +154,7 @@ impl EdgeState {
             }
         }
         self.metrics.revalidated_accounts.inc_by(refreshed);
-        tracing::info!(refreshed, failed, "revalidation after a stream gap done");
+        tracing::info!(refreshed, failed, "revalidation done");
     }
 
     /// Remembers a denial in the bounded ring and logs it as a structured event.
