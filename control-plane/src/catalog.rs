@@ -11,22 +11,14 @@ use tollgate_rules::{Catalog, Feature, FeatureKind, Grant, Interval, Plan};
 /// Replaces the catalog with `catalog` in one transaction (plans and features no longer
 /// listed are kept if subscriptions still refer to them; their grants are cleared).
 pub async fn seed(pool: &PgPool, catalog: &Catalog) -> anyhow::Result<()> {
-    catalog.validate().map_err(|errs| {
-        anyhow::anyhow!(
-            "invalid catalog: {}",
-            errs.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    })?;
     let mut tx = pool.begin().await?;
     seed_in(&mut tx, catalog).await?;
     tx.commit().await?;
     Ok(())
 }
 
-/// [`seed`] inside the caller's transaction (promotion of a rule bundle).
+/// [`seed`] inside the caller's transaction (promotion of a rule bundle). Validates first:
+/// an invalid catalog writes nothing.
 pub async fn seed_in(tx: &mut PgConnection, catalog: &Catalog) -> anyhow::Result<()> {
     catalog.validate().map_err(|errs| {
         anyhow::anyhow!(

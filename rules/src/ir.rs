@@ -257,19 +257,9 @@ impl ReasonCode {
     }
 
     /// The name the rule language and messages use (`granted_by_plan`).
+    /// The wire name, as edges answer it (one list of strings: `tollgate_protocol::Reason`).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::GrantedByPlan => "granted_by_plan",
-            Self::DeniedNotInPlan => "denied_not_in_plan",
-            Self::DeniedNoSubscription => "denied_no_subscription",
-            Self::DeniedBanned => "denied_banned",
-            Self::GrantedByAddon => "granted_by_addon",
-            Self::GrantedByRule => "granted_by_rule",
-            Self::DeniedByRule => "denied_by_rule",
-            Self::DeniedPastDue => "denied_past_due",
-            Self::CappedByRule => "capped_by_rule",
-            Self::Override => "override",
-        }
+        crate::facts::reason(self).as_str()
     }
 }
 

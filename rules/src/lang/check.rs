@@ -17,19 +17,11 @@ use crate::ir::{
     PlanIdx, ReasonCode, Shape, Span, SubStatus, Target,
 };
 
-/// Reason codes as written in the language.
-pub const REASONS: [(&str, ReasonCode); 10] = [
-    ("granted_by_plan", ReasonCode::GrantedByPlan),
-    ("denied_not_in_plan", ReasonCode::DeniedNotInPlan),
-    ("denied_no_subscription", ReasonCode::DeniedNoSubscription),
-    ("denied_banned", ReasonCode::DeniedBanned),
-    ("granted_by_addon", ReasonCode::GrantedByAddon),
-    ("granted_by_rule", ReasonCode::GrantedByRule),
-    ("denied_by_rule", ReasonCode::DeniedByRule),
-    ("denied_past_due", ReasonCode::DeniedPastDue),
-    ("capped_by_rule", ReasonCode::CappedByRule),
-    ("override", ReasonCode::Override),
-];
+/// Reason codes are written in the language exactly as edges answer them
+/// ([`ReasonCode::as_str`]).
+fn reason_names() -> impl ExactSizeIterator<Item = &'static str> {
+    ReasonCode::ALL.iter().map(|r| r.as_str())
+}
 
 const STATUSES: [(&str, SubStatus); 5] = [
     ("none", SubStatus::None),
@@ -100,13 +92,6 @@ fn kind_name(kind: FeatureKind) -> &'static str {
         FeatureKind::Limit => "limit",
         FeatureKind::Metered => "metered",
     }
-}
-
-fn reason_name(r: ReasonCode) -> &'static str {
-    REASONS
-        .iter()
-        .find(|(_, code)| *code == r)
-        .map_or("?", |(n, _)| n)
 }
 
 /// Levenshtein distance, or `None` for names too long to bother.
@@ -373,14 +358,15 @@ impl Checker<'_> {
     }
 
     fn reason(&mut self, name: &Name) -> Option<ReasonCode> {
-        match REASONS.iter().find(|(n, _)| *n == name.text) {
-            Some((_, r)) => Some(*r),
+        match ReasonCode::ALL.iter().find(|r| r.as_str() == name.text) {
+            Some(r) => Some(*r),
             None => {
-                let hint =
-                    suggestion(&name.text, REASONS.iter().map(|(n, _)| *n)).unwrap_or_else(|| {
-                        let all: Vec<&str> = REASONS.iter().map(|(n, _)| *n).collect();
-                        format!("reasons are {}", all.join(", "))
-                    });
+                let hint = suggestion(&name.text, reason_names()).unwrap_or_else(|| {
+                    format!(
+                        "reasons are {}",
+                        reason_names().collect::<Vec<_>>().join(", ")
+                    )
+                });
                 self.diags.error_with_note(
                     codes::UNKNOWN_REASON,
                     name.span,
@@ -1228,17 +1214,17 @@ impl Checker<'_> {
         let reason = match reason {
             Some((None, _)) => return None,
             Some((Some(code), span)) => {
-                let denies = reason_name(code).starts_with("denied_");
+                let denies = code.as_str().starts_with("denied_");
                 if denies != is_deny {
                     let message = if is_deny {
                         format!(
                             "a `deny` needs a `denied_*` reason, not `{}`",
-                            reason_name(code)
+                            code.as_str()
                         )
                     } else {
                         format!(
                             "this action leaves features allowed; `{}` says they are denied",
-                            reason_name(code)
+                            code.as_str()
                         )
                     };
                     self.diags.error(codes::REASON_MISMATCH, span, message);
