@@ -26,8 +26,6 @@ use tollgate_protocol::{
     AccountFacts, AccountId, AccountStanding, Reason, SubscriptionFacts, SubscriptionStatus,
 };
 use tollgate_rules::host::RulesEngine;
-use tollgate_rules::lang::{SourceFile, compile_source};
-use tollgate_rules::wasm;
 
 /// Accounts pre-filled in the edge cache and cycled through by wrk.
 const ACCOUNTS: usize = 10_000;
@@ -87,15 +85,8 @@ fn edge_state(accounts: &[AccountId], capacity: u64) -> anyhow::Result<EdgeState
         None,
     )?;
     let state = EdgeState::new("bench".into(), capacity, upstream, None, 5_000, 5_000);
-    let text = include_str!("../../rules/examples/demo.tg").to_owned();
-    let program = compile_source(&SourceFile {
-        name: "demo.tg".into(),
-        text,
-    })
-    .map_err(|d| anyhow::anyhow!("demo.tg: {} diagnostics", d.len()))?
-    .0;
-    let module = wasm::emit(&program)?;
-    let loaded = RulesEngine::new()?.load(&module, program.shape())?;
+    let program = tollgate_rules::demo_program();
+    let loaded = RulesEngine::new()?.load_program(&program)?;
     state.install_rules(1, program, Some(loaded));
     let view = state.rules.load_full().context("rules")?;
     for (i, id) in accounts.iter().enumerate() {
@@ -219,15 +210,8 @@ fn materialise(out_path: &str) -> anyhow::Result<()> {
     use std::time::Instant;
     use tollgate_protocol::FeatureOverride;
     use tollgate_rules::{facts::fact_vector, interp};
-    let text = include_str!("../../rules/examples/demo.tg").to_owned();
-    let program = compile_source(&SourceFile {
-        name: "demo.tg".into(),
-        text,
-    })
-    .map_err(|d| anyhow::anyhow!("demo.tg: {} diagnostics", d.len()))?
-    .0;
-    let module = wasm::emit(&program)?;
-    let loaded = RulesEngine::new()?.load(&module, program.shape())?;
+    let program = tollgate_rules::demo_program();
+    let loaded = RulesEngine::new()?.load_program(&program)?;
     let plans = ["free", "pro", "enterprise"];
     let statuses = [
         SubscriptionStatus::Active,

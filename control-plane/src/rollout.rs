@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tollgate_protocol::canary::in_canary;
 use tollgate_rules::bundle::{self, Manifest, VerifiedBundle};
-use tollgate_rules::ir;
 use uuid::Uuid;
 
 use crate::http::{ApiError, ApiResult, Json, Path};
@@ -287,52 +286,6 @@ async fn load_manifest(conn: &mut PgConnection, version: i64) -> Result<Manifest
     serde_json::from_value(manifest).map_err(ApiError::internal)
 }
 
-/// The legacy catalog tables from a bundle's manifest (what checkout sells).
-fn catalog_of(m: &Manifest) -> tollgate_rules::Catalog {
-    use tollgate_rules::{Catalog, Feature, FeatureKind, Grant, Interval, Plan};
-    let kind = |k: ir::FeatureKind| match k {
-        ir::FeatureKind::Bool => FeatureKind::Bool,
-        ir::FeatureKind::Limit => FeatureKind::Limit,
-        ir::FeatureKind::Metered => FeatureKind::Metered,
-    };
-    Catalog {
-        features: m
-            .features
-            .iter()
-            .map(|f| Feature {
-                key: f.key.clone(),
-                kind: kind(f.kind),
-                period: f.period.clone(),
-            })
-            .collect(),
-        plans: m
-            .plans
-            .iter()
-            .map(|p| Plan {
-                key: p.key.clone(),
-                name: p.name.clone(),
-                price_minor: p.price_minor,
-                currency: p.currency.clone(),
-                interval: match p.interval {
-                    ir::Interval::Month => Interval::Month,
-                    ir::Interval::Year => Interval::Year,
-                },
-                grants: p
-                    .grants
-                    .iter()
-                    .filter_map(|g| {
-                        let f = m.features.get(g.feature as usize)?;
-                        Some(Grant {
-                            feature: f.key.clone(),
-                            limit: (g.limit != ir::NO_LIMIT).then_some(g.limit),
-                        })
-                    })
-                    .collect(),
-            })
-            .collect(),
-    }
-}
-
 async fn make_stable(
     state: &AppState,
     conn: &mut PgConnection,
@@ -345,9 +298,12 @@ async fn make_stable(
     let manifest = load_manifest(conn, version).await?;
     let previous = current.as_ref().and_then(|r| r.stable_version);
     set_rollout(conn, Some(version), None, actor, now).await?;
-    crate::catalog::seed_in(conn, &catalog_of(&manifest))
-        .await
-        .map_err(ApiError::internal)?;
+    crate::catalog::seed_in(
+        conn,
+        &tollgate_rules::Catalog::from_parts(&manifest.features, &manifest.plans),
+    )
+    .await
+    .map_err(ApiError::internal)?;
     audit(conn, action, version, previous, json!({}), actor, now).await?;
     tracing::info!(version, action, actor, "rule bundle made stable");
     Ok(

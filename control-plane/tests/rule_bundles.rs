@@ -12,7 +12,7 @@ use tollgate_rules::compiler;
 use tollgate_rules::lang::SourceFile;
 
 fn demo() -> String {
-    include_str!("../../rules/examples/demo.tg").to_owned()
+    tollgate_rules::DEMO_SOURCE.to_owned()
 }
 
 fn signed(source: &str, version: u64, key: &SigningKey) -> Vec<u8> {

@@ -193,7 +193,7 @@ pub const KEY_ID: &str = "e2e";
 
 /// The demo rules shipped in the repository.
 pub fn demo_source() -> String {
-    include_str!("../../rules/examples/demo.tg").to_owned()
+    tollgate_rules::DEMO_SOURCE.to_owned()
 }
 
 /// Compiles `source` and signs it as bundle `version` with `key`.

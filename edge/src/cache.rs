@@ -245,16 +245,9 @@ impl AccountCache {
 mod tests {
     use super::*;
     use tollgate_protocol::{AccountStanding, SubscriptionFacts, SubscriptionStatus};
-    use tollgate_rules::lang::{SourceFile, compile_source};
 
     fn demo_view() -> RulesView {
-        let text = include_str!("../../rules/examples/demo.tg").to_owned();
-        let program = compile_source(&SourceFile {
-            name: "demo.tg".into(),
-            text,
-        })
-        .expect("demo")
-        .0;
+        let program = tollgate_rules::demo_program();
         RulesView::new(1, program, None, 1)
     }
 

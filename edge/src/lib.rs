@@ -298,11 +298,7 @@ async fn entitlements(
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let kind = match f.kind {
-                tollgate_rules::ir::FeatureKind::Bool => "bool",
-                tollgate_rules::ir::FeatureKind::Limit => "limit",
-                tollgate_rules::ir::FeatureKind::Metered => "metered",
-            };
+            let kind = f.kind.as_str();
             match entry.as_ref().and_then(|e| e.decisions.get(i)) {
                 Some(d) => json!({ "feature": f.key, "kind": kind, "allowed": d.allowed, "limit": d.limit, "reason": d.reason }),
                 None if entry.as_ref().is_some_and(|e| e.facts.is_none()) => {

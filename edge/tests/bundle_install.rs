@@ -13,7 +13,7 @@ use tollgate_rules::lang::SourceFile;
 use tollgate_rules::testkit::{Hostile, hostile_module, with_module};
 
 fn demo() -> String {
-    include_str!("../../rules/examples/demo.tg").to_owned()
+    tollgate_rules::DEMO_SOURCE.to_owned()
 }
 
 fn state() -> EdgeState {

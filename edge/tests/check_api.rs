@@ -20,8 +20,6 @@ use tollgate_protocol::{
     redis_keys,
 };
 use tollgate_rules::host::RulesEngine;
-use tollgate_rules::lang::{SourceFile, compile_source};
-use tollgate_rules::wasm;
 use tower::ServiceExt;
 
 type Store = Arc<Mutex<HashMap<AccountId, AccountFacts>>>;
@@ -84,17 +82,10 @@ async fn edge(redis: Option<redis::aio::ConnectionManager>) -> (EdgeState, Store
         Upstream::new(&base, token(), Duration::from_secs(2), redis.clone()).expect("upstream");
     let state = EdgeState::new("test-edge".into(), 1000, upstream, redis, 5_000, 60_000);
     // The demo rules compiled to WebAssembly and loaded under wasmtime, as a bundle would be.
-    let text = include_str!("../../rules/examples/demo.tg").to_owned();
-    let program = compile_source(&SourceFile {
-        name: "demo.tg".into(),
-        text,
-    })
-    .expect("demo")
-    .0;
-    let module = wasm::emit(&program).expect("emit");
+    let program = tollgate_rules::demo_program();
     let loaded = RulesEngine::new()
         .expect("engine")
-        .load(&module, program.shape())
+        .load_program(&program)
         .expect("load");
     state.install_rules(7, program, Some(loaded));
     (state, store, hits)

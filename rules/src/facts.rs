@@ -90,19 +90,12 @@ pub fn decision(raw: RawDecision) -> Decision {
 mod tests {
     use super::*;
     use crate::interp;
-    use crate::lang::{SourceFile, compile_source};
     use std::collections::BTreeMap;
     use tollgate_protocol::{AccountId, SubscriptionFacts};
     use uuid::Uuid;
 
     fn demo() -> Program {
-        let text = include_str!("../examples/demo.tg").to_owned();
-        compile_source(&SourceFile {
-            name: "demo.tg".into(),
-            text,
-        })
-        .expect("demo compiles")
-        .0
+        crate::demo_program()
     }
 
     fn decide(program: &Program, facts: &AccountFacts, feature: &str) -> Decision {

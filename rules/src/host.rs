@@ -94,6 +94,12 @@ impl RulesEngine {
         Ok(Self { engine })
     }
 
+    /// Emits a program's module and loads it (what a bundle carries, without the bundle).
+    pub fn load_program(&self, program: &crate::ir::Program) -> Result<LoadedRules, HostError> {
+        let module = crate::wasm::emit(program).map_err(|e| HostError::Contract(e.to_string()))?;
+        self.load(&module, program.shape())
+    }
+
     /// Validates, compiles and checks a module for a program of `shape`.
     pub fn load(&self, bytes: &[u8], shape: Shape) -> Result<LoadedRules, HostError> {
         if bytes.len() > MODULE_BYTES_MAX {

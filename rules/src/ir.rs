@@ -41,6 +41,23 @@ pub enum FeatureKind {
     Metered,
 }
 
+impl FeatureKind {
+    /// The name the language, the catalog tables and the APIs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bool => "bool",
+            Self::Limit => "limit",
+            Self::Metered => "metered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Bool, Self::Limit, Self::Metered]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Feature {
     pub key: String,
@@ -56,6 +73,21 @@ pub struct Feature {
 pub enum Interval {
     Month,
     Year,
+}
+
+impl Interval {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Month => "month",
+            Self::Year => "year",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Month, Self::Year]
+            .into_iter()
+            .find(|i| i.as_str() == s)
+    }
 }
 
 /// One price tier: up to `up_to` units (None = the rest) at `unit_minor` per unit plus

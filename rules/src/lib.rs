@@ -22,33 +22,25 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The kind of a feature, which decides what a decision carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FeatureKind {
-    /// On or off.
-    Bool,
-    /// A numeric limit (e.g. seats).
-    Limit,
-    /// A metered quota per period (e.g. API calls per month).
-    Metered,
-}
+pub use ir::{FeatureKind, Interval};
 
-impl FeatureKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Bool => "bool",
-            Self::Limit => "limit",
-            Self::Metered => "metered",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "bool" => Self::Bool,
-            "limit" => Self::Limit,
-            "metered" => Self::Metered,
-            _ => return None,
-        })
+/// The demo rules (`rules/examples/demo.tg`): the catalog the start command deploys and tests
+/// use, in the rule language — the one source of the demo's features, plans and rules.
+pub const DEMO_SOURCE: &str = include_str!("../examples/demo.tg");
+
+/// [`DEMO_SOURCE`] compiled. It is a constant of this crate, compiled by its own tests, so a
+/// failure here is a build defect, not an input error.
+pub fn demo_program() -> ir::Program {
+    let file = lang::SourceFile {
+        name: "demo.tg".into(),
+        text: DEMO_SOURCE.to_owned(),
+    };
+    match lang::compile_source(&file) {
+        Ok((program, _)) => program,
+        Err(diags) => panic!(
+            "rules/examples/demo.tg does not compile: {}",
+            diags[0].render(&file)
+        ),
     }
 }
 
@@ -58,30 +50,6 @@ pub struct Feature {
     pub kind: FeatureKind,
     /// For metered features: the quota period (`month`).
     pub period: Option<String>,
-}
-
-/// Billing interval of a plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Interval {
-    Month,
-    Year,
-}
-
-impl Interval {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Month => "month",
-            Self::Year => "year",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "month" => Self::Month,
-            "year" => Self::Year,
-            _ => return None,
-        })
-    }
 }
 
 /// A plan's grant of one feature: bool features carry no value, limits and quotas do.
@@ -128,64 +96,47 @@ pub enum CatalogError {
 }
 
 impl Catalog {
-    /// The demo catalog the start command and tests seed: `sso`, `exports`, `seats`,
-    /// `api_calls`; plans `free`, `pro`, `enterprise` in USD per month.
-    pub fn demo() -> Self {
-        let feature = |key: &str, kind, period: Option<&str>| Feature {
-            key: key.into(),
-            kind,
-            period: period.map(Into::into),
-        };
-        let grant = |feature: &str, limit: Option<i64>| Grant {
-            feature: feature.into(),
-            limit,
-        };
-        let plan = |key: &str, name: &str, price_minor, grants| Plan {
-            key: key.into(),
-            name: name.into(),
-            price_minor,
-            currency: "USD".into(),
-            interval: Interval::Month,
-            grants,
-        };
+    /// The catalog part of a compiled program (a bundle's manifest carries the same
+    /// features and plans): what the control plane's tables sell.
+    pub fn from_parts(features: &[ir::Feature], plans: &[ir::Plan]) -> Self {
         Self {
-            features: vec![
-                feature("sso", FeatureKind::Bool, None),
-                feature("exports", FeatureKind::Bool, None),
-                feature("seats", FeatureKind::Limit, None),
-                feature("api_calls", FeatureKind::Metered, Some("month")),
-            ],
-            plans: vec![
-                plan(
-                    "free",
-                    "Free",
-                    0,
-                    vec![grant("seats", Some(1)), grant("api_calls", Some(1_000))],
-                ),
-                plan(
-                    "pro",
-                    "Pro",
-                    2_900,
-                    vec![
-                        grant("sso", None),
-                        grant("exports", None),
-                        grant("seats", Some(10)),
-                        grant("api_calls", Some(100_000)),
-                    ],
-                ),
-                plan(
-                    "enterprise",
-                    "Enterprise",
-                    19_900,
-                    vec![
-                        grant("sso", None),
-                        grant("exports", None),
-                        grant("seats", Some(100)),
-                        grant("api_calls", Some(5_000_000)),
-                    ],
-                ),
-            ],
+            features: features
+                .iter()
+                .map(|f| Feature {
+                    key: f.key.clone(),
+                    kind: f.kind,
+                    period: f.period.clone(),
+                })
+                .collect(),
+            plans: plans
+                .iter()
+                .map(|p| Plan {
+                    key: p.key.clone(),
+                    name: p.name.clone(),
+                    price_minor: p.price_minor,
+                    currency: p.currency.clone(),
+                    interval: p.interval,
+                    grants: p
+                        .grants
+                        .iter()
+                        .filter_map(|g| {
+                            let f = features.get(g.feature as usize)?;
+                            Some(Grant {
+                                feature: f.key.clone(),
+                                limit: (g.limit != ir::NO_LIMIT).then_some(g.limit),
+                            })
+                        })
+                        .collect(),
+                })
+                .collect(),
         }
+    }
+
+    /// The demo catalog ([`DEMO_SOURCE`]): `sso`, `exports`, `seats`, `api_calls`; plans
+    /// `free`, `pro`, `enterprise` in USD per month.
+    pub fn demo() -> Self {
+        let program = demo_program();
+        Self::from_parts(&program.features, &program.plans)
     }
 
     /// Checks the catalog is self-consistent; reports every problem at once.

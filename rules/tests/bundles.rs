@@ -9,7 +9,7 @@ use tollgate_rules::compiler::{self, COMPILER_VERSION, Compiled};
 use tollgate_rules::host::RulesEngine;
 use tollgate_rules::lang::SourceFile;
 
-const DEMO: &str = include_str!("../examples/demo.tg");
+const DEMO: &str = tollgate_rules::DEMO_SOURCE;
 const CREATED_AT_MS: i64 = 1_700_000_000_000;
 
 fn compiled() -> Compiled {

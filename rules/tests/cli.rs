@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
-const DEMO: &str = include_str!("../examples/demo.tg");
+const DEMO: &str = tollgate_rules::DEMO_SOURCE;
 
 /// A fresh scratch directory per test, removed at the end.
 struct Scratch(PathBuf);

@@ -1,4 +1,4 @@
-//! The rule language end to end: the demo catalog compiles to the legacy catalog's plans, the
+//! The rule language end to end: the demo catalog compiles to the specified catalog, the
 //! lowered program and the rendered diagnostics of broken sources are golden files
 //! (`UPDATE_EXPECT=1 cargo test -p tollgate-rules` rewrites them for review), and no input
 //! makes the compiler panic.
@@ -11,7 +11,7 @@ use tollgate_rules::ir::{self, NO_LIMIT};
 use tollgate_rules::lang::{Diagnostic, Severity, SourceFile, compile_source};
 use tollgate_rules::{Catalog, FeatureKind, Interval};
 
-const DEMO: &str = include_str!("../examples/demo.tg");
+const DEMO: &str = tollgate_rules::DEMO_SOURCE;
 
 fn demo() -> SourceFile {
     SourceFile {
@@ -39,52 +39,90 @@ fn compile_demo() -> ir::Program {
     }
 }
 
+/// The demo catalog the running-system issue specifies, written out: demo.tg must compile to
+/// exactly this (and `Catalog::demo()`, which the control plane seeds, is derived from it).
 #[test]
-fn demo_catalog_compiles_to_the_legacy_demo_catalog() {
-    let program = compile_demo();
-    let legacy = Catalog::demo();
-    let features: Vec<(String, FeatureKind, Option<String>)> = program
+fn demo_catalog_compiles_to_the_specified_catalog() {
+    compile_demo();
+    let catalog = Catalog::demo();
+    let features: Vec<(&str, FeatureKind, Option<&str>)> = catalog
         .features
         .iter()
-        .map(|f| {
-            let kind = match f.kind {
-                ir::FeatureKind::Bool => FeatureKind::Bool,
-                ir::FeatureKind::Limit => FeatureKind::Limit,
-                ir::FeatureKind::Metered => FeatureKind::Metered,
-            };
-            (f.key.clone(), kind, f.period.clone())
-        })
+        .map(|f| (f.key.as_str(), f.kind, f.period.as_deref()))
         .collect();
-    let legacy_features: Vec<(String, FeatureKind, Option<String>)> = legacy
-        .features
-        .iter()
-        .map(|f| (f.key.clone(), f.kind, f.period.clone()))
-        .collect();
-    assert_eq!(features, legacy_features);
-
-    let plans: Vec<tollgate_rules::Plan> = program
+    assert_eq!(
+        features,
+        [
+            ("sso", FeatureKind::Bool, None),
+            ("exports", FeatureKind::Bool, None),
+            ("seats", FeatureKind::Limit, None),
+            ("api_calls", FeatureKind::Metered, Some("month")),
+        ]
+    );
+    type PlanRow<'a> = (
+        &'a str,
+        &'a str,
+        i64,
+        &'a str,
+        Interval,
+        Vec<(&'a str, Option<i64>)>,
+    );
+    let plans: Vec<PlanRow<'_>> = catalog
         .plans
         .iter()
-        .map(|p| tollgate_rules::Plan {
-            key: p.key.clone(),
-            name: p.name.clone(),
-            price_minor: p.price_minor,
-            currency: p.currency.clone(),
-            interval: match p.interval {
-                ir::Interval::Month => Interval::Month,
-                ir::Interval::Year => Interval::Year,
-            },
-            grants: p
+        .map(|p| {
+            let grants = p
                 .grants
                 .iter()
-                .map(|g| tollgate_rules::Grant {
-                    feature: program.features[g.feature as usize].key.clone(),
-                    limit: (g.limit != NO_LIMIT).then_some(g.limit),
-                })
-                .collect(),
+                .map(|g| (g.feature.as_str(), g.limit))
+                .collect();
+            (
+                p.key.as_str(),
+                p.name.as_str(),
+                p.price_minor,
+                p.currency.as_str(),
+                p.interval,
+                grants,
+            )
         })
         .collect();
-    assert_eq!(plans, legacy.plans);
+    let pro_like = |seats, calls| {
+        vec![
+            ("sso", None),
+            ("exports", None),
+            ("seats", Some(seats)),
+            ("api_calls", Some(calls)),
+        ]
+    };
+    assert_eq!(
+        plans,
+        [
+            (
+                "free",
+                "Free",
+                0,
+                "USD",
+                Interval::Month,
+                vec![("seats", Some(1)), ("api_calls", Some(1_000))]
+            ),
+            (
+                "pro",
+                "Pro",
+                2_900,
+                "USD",
+                Interval::Month,
+                pro_like(10, 100_000)
+            ),
+            (
+                "enterprise",
+                "Enterprise",
+                19_900,
+                "USD",
+                Interval::Month,
+                pro_like(100, 5_000_000)
+            ),
+        ]
+    );
 }
 
 #[test]

@@ -526,17 +526,9 @@ fn utc(ms: i64) -> String {
     )
 }
 
-fn interval(i: ir::Interval) -> &'static str {
-    match i {
-        ir::Interval::Month => "month",
-        ir::Interval::Year => "year",
-    }
-}
-
 fn kind(f: &ir::Feature) -> String {
     let mut s = match f.kind {
-        ir::FeatureKind::Bool => "bool".to_string(),
-        ir::FeatureKind::Limit => "limit".to_string(),
+        k @ (ir::FeatureKind::Bool | ir::FeatureKind::Limit) => k.as_str().to_string(),
         ir::FeatureKind::Metered => {
             format!("metered per {}", f.period.as_deref().unwrap_or("?"))
         }
@@ -548,7 +540,7 @@ fn kind(f: &ir::Feature) -> String {
 }
 
 fn price(minor: i64, currency: &str, i: ir::Interval) -> String {
-    format!("{minor} {currency} per {}", interval(i))
+    format!("{minor} {currency} per {}", i.as_str())
 }
 
 fn feature_key(program: &Program, idx: u32) -> &str {

@@ -86,14 +86,6 @@ impl Val {
     }
 }
 
-fn kind_name(kind: FeatureKind) -> &'static str {
-    match kind {
-        FeatureKind::Bool => "bool",
-        FeatureKind::Limit => "limit",
-        FeatureKind::Metered => "metered",
-    }
-}
-
 /// Levenshtein distance, or `None` for names too long to bother.
 fn distance(a: &str, b: &str) -> Option<usize> {
     const MAX_LEN: usize = 64;
@@ -616,7 +608,7 @@ impl Checker<'_> {
                             format!(
                                 "`{}` is a {} feature; only metered features have meters",
                                 feature.text,
-                                kind_name(kind)
+                                kind.as_str()
                             ),
                         );
                         ok = false;
@@ -718,7 +710,7 @@ impl Checker<'_> {
                     format!(
                         "`{}` is a {} feature; its grant needs a limit",
                         feature.text,
-                        kind_name(kind)
+                        kind.as_str()
                     ),
                     format!("write `grant {} = <n>` or `= unlimited`", feature.text),
                 );
@@ -857,7 +849,7 @@ impl Checker<'_> {
                         format!(
                             "`{}` is a {} feature; only metered features have usage",
                             arg.text,
-                            kind_name(kind)
+                            kind.as_str()
                         ),
                     );
                     return None;
@@ -1152,7 +1144,7 @@ impl Checker<'_> {
                         format!(
                             "`{verb}` needs {needs}; `{}` is a {} feature",
                             f.text,
-                            kind_name(kind)
+                            kind.as_str()
                         ),
                     );
                     return None;
@@ -1413,7 +1405,7 @@ impl Checker<'_> {
                         format!(
                             "`{}` is a {} feature; only metered features have usage",
                             f.text,
-                            kind_name(kind)
+                            kind.as_str()
                         ),
                     );
                     return None;
