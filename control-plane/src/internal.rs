@@ -1,11 +1,8 @@
 //! The internal API edges use: account facts (bundles and fleet status live in `rollout`).
-//! Authenticated with the edge
-//! token (constant-time comparison).
+//! Authenticated with the edge token (`http::auth::require_secret`).
 
 use axum::extract::{FromRequestParts, State};
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use secrecy::ExposeSecret;
 use tollgate_protocol::{AccountFacts, AccountId};
 
 use crate::entitlements;
@@ -15,10 +12,6 @@ use crate::state::AppState;
 /// Proof that the caller presented the edge token.
 pub struct EdgeAuth;
 
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl FromRequestParts<AppState> for EdgeAuth {
     type Rejection = ApiError;
 
@@ -26,28 +19,8 @@ impl FromRequestParts<AppState> for EdgeAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let presented = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "missing_credentials",
-                    "send Authorization: Bearer <edge token>",
-                )
-            })?;
-        if constant_time_eq(
-            presented.as_bytes(),
-            state.edge_token.expose_secret().as_bytes(),
-        ) {
-            Ok(Self)
-        } else {
-            Err(ApiError::unauthorized(
-                "invalid_token",
-                "the edge token is not valid",
-            ))
-        }
+        crate::http::auth::require_secret(parts, &state.edge_token, "edge token")?;
+        Ok(Self)
     }
 }
 
@@ -68,14 +41,4 @@ pub async fn facts(
                 "no such account",
             )
         })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn constant_time_eq_compares_content_and_length() {
-        assert!(super::constant_time_eq(b"abc", b"abc"));
-        assert!(!super::constant_time_eq(b"abc", b"abd"));
-        assert!(!super::constant_time_eq(b"abc", b"abcd"));
-    }
 }

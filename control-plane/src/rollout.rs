@@ -13,7 +13,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
@@ -22,7 +21,7 @@ use tollgate_rules::bundle::{self, Manifest, VerifiedBundle};
 use uuid::Uuid;
 
 use crate::http::{ApiError, ApiResult, Json, Path};
-use crate::internal::{EdgeAuth, constant_time_eq};
+use crate::internal::EdgeAuth;
 use crate::state::AppState;
 
 pub const ACTOR_HEADER: &str = "tollgate-actor";
@@ -40,26 +39,7 @@ impl FromRequestParts<AppState> for Admin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "missing_credentials",
-                    "send Authorization: Bearer <admin token>",
-                )
-            })?;
-        if !constant_time_eq(
-            presented.as_bytes(),
-            state.admin_token.expose_secret().as_bytes(),
-        ) {
-            return Err(ApiError::unauthorized(
-                "invalid_token",
-                "the admin token is not valid",
-            ));
-        }
+        crate::http::auth::require_secret(parts, &state.admin_token, "admin token")?;
         let actor = parts
             .headers
             .get(ACTOR_HEADER)

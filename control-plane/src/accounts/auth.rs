@@ -1,7 +1,6 @@
 //! Bearer-token authentication for the Dashboard: a token sees exactly one account.
 
 use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use tollgate_protocol::AccountId;
 
@@ -13,9 +12,6 @@ use crate::state::AppState;
 #[derive(Debug, Clone, Copy)]
 pub struct Authed(pub AccountId);
 
-/// Longest token we bother hashing.
-const TOKEN_BYTES_MAX: usize = 256;
-
 impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
@@ -23,19 +19,7 @@ impl FromRequestParts<AppState> for Authed {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(value) = parts.headers.get(AUTHORIZATION) else {
-            return Err(ApiError::unauthorized(
-                "missing_credentials",
-                "send Authorization: Bearer <api token>",
-            ));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= TOKEN_BYTES_MAX)
-            .ok_or_else(|| ApiError::unauthorized("invalid_token", "the API token is malformed"))?;
+        let token = crate::http::auth::bearer(parts, "api token")?;
         let mut conn = state.cf.acquire().await?;
         match store::account_for_token(&mut conn, &token_hash(token)).await? {
             Some(id) => Ok(Self(id)),

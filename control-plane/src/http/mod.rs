@@ -1,5 +1,6 @@
 //! HTTP plumbing shared by every router: problem responses, extractors, idempotency keys.
 
+pub mod auth;
 pub mod extract;
 pub mod idempotency;
 pub mod problem;
