@@ -226,6 +226,13 @@ pub fn trusted_entry(key: &SigningKey) -> String {
     )
 }
 
+/// A signed-up customer of a test stack.
+#[derive(Debug, Clone)]
+pub struct Customer {
+    pub account: String,
+    pub token: String,
+}
+
 /// A control plane and its edges on fresh databases.
 pub struct Stack {
     pub cp_url: String,
@@ -326,6 +333,94 @@ impl Stack {
             bail!("{e}\n{logs}");
         }
         Ok(stack)
+    }
+
+    /// Ends a test: on failure prints every process's recent log lines, then stops the
+    /// processes and drops the databases, and hands the result back.
+    pub async fn finish<T>(self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        if result.is_err() {
+            eprintln!("{}", self.logs());
+        }
+        self.shutdown().await;
+        result
+    }
+
+    /// Signs up a customer (a fresh idempotency key per call).
+    pub async fn sign_up(&self, email: &str) -> anyhow::Result<Customer> {
+        let key = format!("signup-{}", uuid::Uuid::new_v4().simple());
+        let body = serde_json::json!({ "email": email, "name": "E2E" });
+        let (status, signup) = self
+            .cp(
+                reqwest::Method::POST,
+                "/v1/accounts",
+                None,
+                Some(&key),
+                Some(body),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "sign-up: {status} {signup}");
+        let field = |v: &Value| v.as_str().map(str::to_owned).context("sign-up answer");
+        Ok(Customer {
+            account: field(&signup["account"]["id"])?,
+            token: field(&signup["api_token"])?,
+        })
+    }
+
+    /// Buys `plan` with a card that needs no authentication (added on first use); returns the
+    /// subscription id.
+    pub async fn buy(&self, customer: &Customer, plan: &str) -> anyhow::Result<String> {
+        let key = |what: &str| format!("{what}-{}", uuid::Uuid::new_v4().simple());
+        let token = Some(customer.token.as_str());
+        let (_, methods) = self
+            .cp(
+                reqwest::Method::GET,
+                "/v1/payment-methods",
+                token,
+                None,
+                None,
+            )
+            .await?;
+        if methods["data"].as_array().is_none_or(Vec::is_empty) {
+            let card = serde_json::json!({ "payment_method": "pm_card_visa" });
+            let (status, body) = self
+                .cp(
+                    reqwest::Method::POST,
+                    "/v1/payment-methods",
+                    token,
+                    Some(&key("pm")),
+                    Some(card),
+                )
+                .await?;
+            anyhow::ensure!(status == 201, "add card: {status} {body}");
+        }
+        let (status, body) = self
+            .cp(
+                reqwest::Method::POST,
+                "/v1/checkout",
+                token,
+                Some(&key("buy")),
+                Some(serde_json::json!({ "plan": plan })),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "checkout {plan}: {status} {body}");
+        body["subscription"]["id"]
+            .as_str()
+            .map(str::to_owned)
+            .context("subscription id")
+    }
+
+    /// A new customer on `plan`, already granted on the first edge.
+    pub async fn customer_on(
+        &self,
+        email: &str,
+        plan: &str,
+        granted_feature: &str,
+    ) -> anyhow::Result<Customer> {
+        let customer = self.sign_up(email).await?;
+        self.buy(&customer, plan).await?;
+        self.await_check(&customer.account, granted_feature, true)
+            .await?;
+        Ok(customer)
     }
 
     /// Every process's recent log lines, for failure messages.

@@ -66,11 +66,7 @@ async fn canary_then_promote_then_rollback_converges_every_edge() -> anyhow::Res
     let (canary, stable) = edge_ids();
     let stack = Stack::start(&[], &[canary.as_str(), stable.as_str()]).await?;
     let result = walk(&stack, &canary, &stable).await;
-    if result.is_err() {
-        eprintln!("{}", stack.logs());
-    }
-    stack.shutdown().await;
-    result
+    stack.finish(result).await
 }
 
 async fn walk(stack: &Stack, canary_id: &str, stable_id: &str) -> anyhow::Result<()> {
@@ -85,41 +81,9 @@ async fn walk(stack: &Stack, canary_id: &str, stable_id: &str) -> anyhow::Result
     let (canary, stable) = (url(canary_id), url(stable_id));
 
     // A pro customer.
-    let (status, signup) = stack
-        .cp(
-            Method::POST,
-            "/v1/accounts",
-            None,
-            Some("rollout-signup"),
-            Some(json!({"email": "r@example.com", "name": "R"})),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "{signup}");
-    let account = signup["account"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let token = signup["api_token"].as_str().unwrap_or_default().to_owned();
-    let (status, body) = stack
-        .cp(
-            Method::POST,
-            "/v1/payment-methods",
-            Some(&token),
-            Some("rollout-pm"),
-            Some(json!({"payment_method": "pm_card_visa"})),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "{body}");
-    let (status, body) = stack
-        .cp(
-            Method::POST,
-            "/v1/checkout",
-            Some(&token),
-            Some("rollout-buy"),
-            Some(json!({"plan": "pro"})),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "{body}");
+    let customer = stack.sign_up("r@example.com").await?;
+    stack.buy(&customer, "pro").await?;
+    let account = customer.account;
     for edge in [&canary, &stable] {
         stack
             .await_check_on(edge, &account, "exports", true)
@@ -251,9 +215,5 @@ async fn an_edge_restarted_without_a_control_plane_answers_from_its_saved_bundle
         Ok(())
     }
     .await;
-    if result.is_err() {
-        eprintln!("{}", stack.logs());
-    }
-    stack.shutdown().await;
-    result
+    stack.finish(result).await
 }

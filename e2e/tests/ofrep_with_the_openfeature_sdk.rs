@@ -4,7 +4,6 @@
 
 use std::process::Command;
 
-use reqwest::Method;
 use serde_json::{Value, json};
 use tollgate_e2e::Stack;
 
@@ -17,51 +16,14 @@ fn python() -> String {
 async fn an_openfeature_sdk_evaluates_features_through_ofrep() -> anyhow::Result<()> {
     let stack = Stack::start(&[], &["ofrep-edge"]).await?;
     let result = walk(&stack).await;
-    if result.is_err() {
-        eprintln!("{}", stack.logs());
-    }
-    stack.shutdown().await;
-    result
+    stack.finish(result).await
 }
 
 async fn walk(stack: &Stack) -> anyhow::Result<()> {
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let (status, signup) = stack
-        .cp(
-            Method::POST,
-            "/v1/accounts",
-            None,
-            Some(&format!("ofrep-{run}")),
-            Some(json!({"email": "o@example.com", "name": "O"})),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "{signup}");
-    let account = signup["account"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let token = signup["api_token"].as_str().unwrap_or_default().to_owned();
-    let (status, body) = stack
-        .cp(
-            Method::POST,
-            "/v1/payment-methods",
-            Some(&token),
-            Some(&format!("pm-{run}")),
-            Some(json!({"payment_method": "pm_card_visa"})),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "{body}");
-    let (status, body) = stack
-        .cp(
-            Method::POST,
-            "/v1/checkout",
-            Some(&token),
-            Some(&format!("buy-{run}")),
-            Some(json!({"plan": "pro"})),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "{body}");
-    stack.await_check(&account, "sso", true).await?;
+    let account = stack
+        .customer_on("o@example.com", "pro", "sso")
+        .await?
+        .account;
 
     let out = Command::new(python())
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ofrep_sdk.py"))

@@ -88,28 +88,14 @@ async fn the_same_purchase_through_the_stripe_adapter_against_localstripe() -> a
 async fn run(cp_env: &[(&str, String)], payments: Payments) -> anyhow::Result<()> {
     let stack = Stack::start(cp_env, &["e2e-edge"]).await?;
     let result = walk(&stack, &payments).await;
-    if result.is_err() {
-        eprintln!("{}", stack.logs());
-    }
-    stack.shutdown().await;
-    result
+    stack.finish(result).await
 }
 
 async fn walk(stack: &Stack, payments: &Payments) -> anyhow::Result<()> {
     // localstripe keeps its state (and idempotency keys) across runs: keys are unique per run.
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let (status, signup) = stack
-        .cp(
-            Method::POST,
-            "/v1/accounts",
-            None,
-            Some(&format!("e2e-signup-{run}")),
-            Some(json!({"email": "e2e@example.com", "name": "E2E"})),
-        )
-        .await?;
-    assert_eq!(status, 201, "{signup}");
-    let account = signup["account"]["id"].as_str().expect("id").to_owned();
-    let token = signup["api_token"].as_str().expect("token").to_owned();
+    let customer = stack.sign_up("e2e@example.com").await?;
+    let (account, token) = (customer.account, customer.token);
 
     // Unknown to the edge until sign-up propagates; then known but without a plan.
     stack.await_check(&account, "sso", false).await?;

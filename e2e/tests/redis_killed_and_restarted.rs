@@ -11,71 +11,31 @@ async fn redis_killed_and_restarted_mid_run_loses_no_change() -> anyhow::Result<
     let mut redis = PrivateRedis::start()?;
     let stack = Stack::start_with_redis(&[], &["redis-edge"], redis.url()).await?;
     let result = walk(&stack, &mut redis).await;
-    if result.is_err() {
-        eprintln!("{}", stack.logs());
-    }
-    stack.shutdown().await;
-    result
+    stack.finish(result).await
 }
 
 async fn walk(stack: &Stack, redis: &mut PrivateRedis) -> anyhow::Result<()> {
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let (status, signup) = stack
-        .cp(
-            Method::POST,
-            "/v1/accounts",
-            None,
-            Some(&format!("rk-{run}")),
-            Some(json!({"email": "k@example.com", "name": "K"})),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "{signup}");
-    let account = signup["account"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let token = signup["api_token"].as_str().unwrap_or_default().to_owned();
-    let (status, body) = stack
-        .cp(
-            Method::POST,
-            "/v1/payment-methods",
-            Some(&token),
-            Some(&format!("pm-{run}")),
-            Some(json!({"payment_method": "pm_card_visa"})),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "{body}");
-    let (status, body) = stack
-        .cp(
-            Method::POST,
-            "/v1/checkout",
-            Some(&token),
-            Some(&format!("b1-{run}")),
-            Some(json!({"plan": "pro"})),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "{body}");
-    let sub = body["subscription"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    stack.await_check(&account, "sso", true).await?;
+    let customer = stack.sign_up("k@example.com").await?;
+    let sub = stack.buy(&customer, "pro").await?;
+    let account = customer.account.as_str();
+    stack.await_check(account, "sso", true).await?;
 
     // Redis dies. A change happens meanwhile.
     redis.kill();
+    let cancel = json!({"at_period_end": false});
     let (status, body) = stack
         .cp(
             Method::POST,
             &format!("/v1/subscriptions/{sub}/cancel"),
-            Some(&token),
+            Some(&customer.token),
             None,
-            Some(json!({"at_period_end": false})),
+            Some(cancel),
         )
         .await?;
     anyhow::ensure!(status == 200, "{body}");
     // The edge degrades to polling the control plane: the change still arrives, marked stale.
-    stack.await_check(&account, "sso", false).await?;
-    let v = stack.check(&account, "sso").await?;
+    stack.await_check(account, "sso", false).await?;
+    let v = stack.check(account, "sso").await?;
     anyhow::ensure!(
         v["stale"] == true && v["reason"] == "denied_no_subscription",
         "{v}"
@@ -83,22 +43,13 @@ async fn walk(stack: &Stack, redis: &mut PrivateRedis) -> anyhow::Result<()> {
 
     // Redis comes back empty; another change goes through the stream again.
     redis.restart()?;
-    let (status, body) = stack
-        .cp(
-            Method::POST,
-            "/v1/checkout",
-            Some(&token),
-            Some(&format!("b2-{run}")),
-            Some(json!({"plan": "enterprise"})),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "{body}");
-    stack.await_check(&account, "seats", true).await?;
+    stack.buy(&customer, "enterprise").await?;
+    stack.await_check(account, "seats", true).await?;
     tollgate_e2e::poll(
         "fresh again",
         std::time::Duration::from_secs(20),
         || async {
-            let v = stack.check(&account, "seats").await.ok()?;
+            let v = stack.check(account, "seats").await.ok()?;
             (v["stale"] == false && v["limit"] == 100).then_some(())
         },
     )

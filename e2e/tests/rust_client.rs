@@ -1,7 +1,5 @@
 //! The Rust client product services use, against a real edge.
 
-use reqwest::Method;
-use serde_json::json;
 use tollgate_client::{BatchItem, ClientError, EdgeClient};
 use tollgate_e2e::Stack;
 use tollgate_protocol::{AccountId, Reason};
@@ -10,50 +8,12 @@ use tollgate_protocol::{AccountId, Reason};
 async fn the_rust_client_checks_one_and_many_and_reports_refusals() -> anyhow::Result<()> {
     let stack = Stack::start(&[], &["client-edge"]).await?;
     let result = walk(&stack).await;
-    if result.is_err() {
-        eprintln!("{}", stack.logs());
-    }
-    stack.shutdown().await;
-    result
+    stack.finish(result).await
 }
 
 async fn walk(stack: &Stack) -> anyhow::Result<()> {
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let (status, signup) = stack
-        .cp(
-            Method::POST,
-            "/v1/accounts",
-            None,
-            Some(&format!("cl-{run}")),
-            Some(json!({"email": "c@example.com", "name": "C"})),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "{signup}");
-    let account: AccountId = signup["account"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .parse()?;
-    let token = signup["api_token"].as_str().unwrap_or_default().to_owned();
-    stack
-        .cp(
-            Method::POST,
-            "/v1/payment-methods",
-            Some(&token),
-            Some(&format!("pm-{run}")),
-            Some(json!({"payment_method": "pm_card_visa"})),
-        )
-        .await?;
-    let (status, body) = stack
-        .cp(
-            Method::POST,
-            "/v1/checkout",
-            Some(&token),
-            Some(&format!("b-{run}")),
-            Some(json!({"plan": "pro"})),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "{body}");
-    stack.await_check(&account.to_string(), "sso", true).await?;
+    let customer = stack.customer_on("c@example.com", "pro", "sso").await?;
+    let account: AccountId = customer.account.parse()?;
 
     let edge = EdgeClient::new(stack.edge_url())?;
     let sso = edge.check(account, "sso").await?;
