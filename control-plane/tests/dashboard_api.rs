@@ -376,27 +376,8 @@ async fn unauthenticated_checkout_expires_after_23_hours_on_the_clock() {
     let h = Harness::new().await;
     let (_, token) = h.sign_up("slow@example.com").await;
     // Set up a card that needs 3-D Secure on every on-session payment.
-    let r = h
-        .post(
-            "/v1/payment-methods",
-            Some(&token),
-            Some("p"),
-            r#"{"payment_method":"pm_card_authenticationRequired"}"#,
-        )
+    h.add_3ds_card(&token, "pm_card_authenticationRequired")
         .await;
-    let pm = r.str("/payment_method/id");
-    let seti: (String,) = sqlx::query_as("SELECT setup_intent_id FROM payment_methods")
-        .fetch_one(&h.state.cf)
-        .await
-        .expect("seti");
-    h.authenticate(&seti.0, true).await;
-    h.post(
-        &format!("/v1/payment-methods/{pm}/confirm"),
-        Some(&token),
-        None,
-        "",
-    )
-    .await;
 
     let r = h
         .post("/v1/checkout", Some(&token), Some("c"), r#"{"plan":"pro"}"#)
@@ -634,27 +615,8 @@ async fn raw_card_numbers_are_never_accepted() {
 async fn a_failed_3ds_challenge_declines_the_checkout_and_frees_the_account_to_retry() {
     let h = Harness::new().await;
     let (_, token) = h.sign_up("failauth@example.com").await;
-    let r = h
-        .post(
-            "/v1/payment-methods",
-            Some(&token),
-            Some("p"),
-            r#"{"payment_method":"pm_card_threeDSecure2Required"}"#,
-        )
+    h.add_3ds_card(&token, "pm_card_threeDSecure2Required")
         .await;
-    let pm = r.str("/payment_method/id");
-    let seti: (String,) = sqlx::query_as("SELECT setup_intent_id FROM payment_methods")
-        .fetch_one(&h.state.cf)
-        .await
-        .expect("seti");
-    h.authenticate(&seti.0, true).await;
-    h.post(
-        &format!("/v1/payment-methods/{pm}/confirm"),
-        Some(&token),
-        None,
-        "",
-    )
-    .await;
 
     let checkout = h
         .post("/v1/checkout", Some(&token), Some("c"), r#"{"plan":"pro"}"#)

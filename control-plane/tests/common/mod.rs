@@ -284,6 +284,38 @@ impl Harness {
         r.str("/payment_method/id")
     }
 
+    /// Adds a card that asks for 3-D Secure on set-up, completes the challenge and confirms it;
+    /// returns its id (ready to pay with, and to be challenged again on-session).
+    pub async fn add_3ds_card(&self, token: &str, pm: &str) -> String {
+        let r = self
+            .post(
+                "/v1/payment-methods",
+                Some(token),
+                Some(&format!("3ds-{pm}")),
+                &format!(r#"{{"payment_method":"{pm}"}}"#),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.json);
+        let intent = r
+            .str("/client_secret")
+            .split("_secret_")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        self.authenticate(&intent, true).await;
+        let id = r.str("/payment_method/id");
+        let ok = self
+            .post(
+                &format!("/v1/payment-methods/{id}/confirm"),
+                Some(token),
+                None,
+                "",
+            )
+            .await;
+        assert_eq!(ok.json["status"], "ready", "{:?}", ok.json);
+        id
+    }
+
     /// Completes a simulated 3-D Secure challenge.
     pub async fn authenticate(&self, intent: &str, succeed: bool) {
         let outcome = if succeed { "succeed" } else { "fail" };
