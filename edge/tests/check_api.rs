@@ -216,74 +216,6 @@ async fn checks_answer_from_the_plan_and_errors_are_problem_json() {
     );
 }
 
-#[tokio::test]
-async fn the_change_stream_updates_a_cached_account() {
-    let url = std::env::var("TOLLGATE_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let client = redis::Client::open(url).expect("url");
-    let redis = redis::aio::ConnectionManager::new(client.clone())
-        .await
-        .expect("redis");
-    let (state, store, _) = edge(Some(redis.clone())).await;
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let follower = tokio::spawn(tollgate_edge::stream::follow(
-        state.clone(),
-        client,
-        stop_rx,
-    ));
-
-    let id = AccountId::new_v7();
-    store
-        .lock()
-        .expect("store")
-        .insert(id, facts(id, 1, Some("pro")));
-    let uri = format!("/v1/check?account={id}&feature=sso");
-    // Wait until the follower has read the stream once (answers stop being stale).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, _, v) = call(&state, Method::GET, &uri).await;
-        if v["stale"] == false {
-            assert_eq!(v["allowed"], true);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "follower never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // The control plane publishes v2 without a subscription.
-    let ev = ChangeEvent {
-        facts: facts(id, 2, None),
-        committed_at_ms: tollgate_edge::now_ms(),
-    };
-    let mut conn = redis.clone();
-    let _: String = redis::cmd("XADD")
-        .arg(redis_keys::CHANGE_STREAM)
-        .arg("*")
-        .arg(redis_keys::CHANGE_FIELD)
-        .arg(serde_json::to_string(&ev).expect("json"))
-        .query_async(&mut conn)
-        .await
-        .expect("xadd");
-    loop {
-        let (_, _, v) = call(&state, Method::GET, &uri).await;
-        if v["allowed"] == false {
-            assert_eq!(
-                (v["reason"].as_str(), v["version"].as_i64()),
-                (Some("denied_no_subscription"), Some(2))
-            );
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stream event never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    follower.abort();
-}
-
 async fn post_json(state: &EdgeState, uri: &str, body: &str) -> (StatusCode, Value) {
     let req = Request::builder()
         .method(Method::POST)
@@ -394,79 +326,127 @@ async fn batch_checks_entitlements_and_recent_denials() {
     assert_eq!(v["bundle_version"], 7);
 }
 
-#[tokio::test]
-async fn a_stream_gap_makes_the_edge_revalidate_what_it_holds() {
-    let url = std::env::var("TOLLGATE_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let client = redis::Client::open(url).expect("url");
-    let redis = redis::aio::ConnectionManager::new(client.clone())
-        .await
-        .expect("redis");
-    let mut conn = redis.clone();
-    // Make sure the stream exists, so the follower starts from a real id.
-    let noise = ChangeEvent {
-        facts: facts(AccountId::new_v7(), 1, None),
-        committed_at_ms: tollgate_edge::now_ms(),
-    };
-    let xadd = |ev: &ChangeEvent| {
-        redis::cmd("XADD")
+/// An edge with the demo rules following the real Redis change stream, and one cached pro
+/// account (facts v1) whose answers are already fresh.
+struct Following {
+    state: EdgeState,
+    store: Store,
+    redis: redis::aio::ConnectionManager,
+    follower: tokio::task::JoinHandle<()>,
+    account: AccountId,
+    uri: String,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+const STREAM_DEADLINE: Duration = Duration::from_secs(15);
+
+impl Following {
+    async fn start() -> Following {
+        let url = std::env::var("TOLLGATE_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let client = redis::Client::open(url).expect("url");
+        let redis = redis::aio::ConnectionManager::new(client.clone())
+            .await
+            .expect("redis");
+        // Make sure the stream exists, so the follower starts from a real id.
+        Self::publish_to(&redis, &facts(AccountId::new_v7(), 1, None)).await;
+        let (state, store, _) = edge(Some(redis.clone())).await;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let follower = tokio::spawn(tollgate_edge::stream::follow(
+            state.clone(),
+            client,
+            stop_rx,
+        ));
+        let account = AccountId::new_v7();
+        store
+            .lock()
+            .expect("store")
+            .insert(account, facts(account, 1, Some("pro")));
+        let uri = format!("/v1/check?account={account}&feature=sso");
+        let f = Following {
+            state,
+            store,
+            redis,
+            follower,
+            account,
+            uri,
+            _stop: stop,
+        };
+        // The follower has read the stream once when answers stop being stale.
+        let v = f
+            .until(|v| v["stale"] == false, "follower never connected")
+            .await;
+        assert_eq!(v["allowed"], true);
+        f
+    }
+
+    async fn publish_to(redis: &redis::aio::ConnectionManager, facts: &AccountFacts) {
+        let ev = ChangeEvent {
+            facts: facts.clone(),
+            committed_at_ms: tollgate_edge::now_ms(),
+        };
+        let mut conn = redis.clone();
+        let _: String = redis::cmd("XADD")
             .arg(redis_keys::CHANGE_STREAM)
             .arg("*")
             .arg(redis_keys::CHANGE_FIELD)
-            .arg(serde_json::to_string(ev).expect("json"))
-            .to_owned()
-    };
-    let _: String = xadd(&noise).query_async(&mut conn).await.expect("xadd");
-    let (state, store, _) = edge(Some(redis.clone())).await;
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let follower = tokio::spawn(tollgate_edge::stream::follow(
-        state.clone(),
-        client,
-        stop_rx,
-    ));
-
-    let id = AccountId::new_v7();
-    store
-        .lock()
-        .expect("store")
-        .insert(id, facts(id, 1, Some("pro")));
-    let uri = format!("/v1/check?account={id}&feature=sso");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, _, v) = call(&state, Method::GET, &uri).await;
-        if v["stale"] == false {
-            assert_eq!(v["allowed"], true);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "follower never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+            .arg(serde_json::to_string(&ev).expect("json"))
+            .query_async(&mut conn)
+            .await
+            .expect("xadd");
     }
+
+    /// Polls the account's `sso` check until `done` holds; returns that answer.
+    async fn until(&self, done: impl Fn(&Value) -> bool, what: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + STREAM_DEADLINE;
+        loop {
+            let (_, _, v) = call(&self.state, Method::GET, &self.uri).await;
+            if done(&v) {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_change_stream_updates_a_cached_account() {
+    let f = Following::start().await;
+    // The control plane publishes v2 without a subscription.
+    Following::publish_to(&f.redis, &facts(f.account, 2, None)).await;
+    let v = f
+        .until(|v| v["allowed"] == false, "stream event never applied")
+        .await;
+    assert_eq!(
+        (v["reason"].as_str(), v["version"].as_i64()),
+        (Some("denied_no_subscription"), Some(2))
+    );
+    f.follower.abort();
+}
+
+#[tokio::test]
+async fn a_stream_gap_makes_the_edge_revalidate_what_it_holds() {
+    let f = Following::start().await;
     // The account changes while its event is lost: Redis is flushed (the stream deleted), and
     // the control plane then publishes something else, recreating the stream.
-    store.lock().expect("store").insert(id, facts(id, 2, None));
+    f.store
+        .lock()
+        .expect("store")
+        .insert(f.account, facts(f.account, 2, None));
+    let mut conn = f.redis.clone();
     let _: i64 = redis::cmd("DEL")
         .arg(redis_keys::CHANGE_STREAM)
         .query_async(&mut conn)
         .await
         .expect("del");
-    let _: String = xadd(&noise).query_async(&mut conn).await.expect("xadd");
-    loop {
-        let (_, _, v) = call(&state, Method::GET, &uri).await;
-        if v["allowed"] == false {
-            assert_eq!(
-                (v["reason"].as_str(), v["version"].as_i64()),
-                (Some("denied_no_subscription"), Some(2))
-            );
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the gap was never noticed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    follower.abort();
+    Following::publish_to(&f.redis, &facts(AccountId::new_v7(), 1, None)).await;
+    let v = f
+        .until(|v| v["allowed"] == false, "the gap was never noticed")
+        .await;
+    assert_eq!(
+        (v["reason"].as_str(), v["version"].as_i64()),
+        (Some("denied_no_subscription"), Some(2))
+    );
+    f.follower.abort();
 }
