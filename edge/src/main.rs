@@ -2,7 +2,6 @@
 //! `tollgate_edge::config`.
 
 use tollgate_edge::config::Config;
-use tollgate_settings::Layered;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -12,13 +11,6 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let source = Layered::from_process().map_err(anyhow::Error::msg)?;
-    let config = match Config::from_source(&source) {
-        Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
-            std::process::exit(2);
-        }
-    };
+    let config = tollgate_settings::load_or_exit(Config::from_source);
     tollgate_edge::run(config).await
 }
