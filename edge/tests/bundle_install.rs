@@ -161,3 +161,53 @@ fn cached_facts_survive_a_restart_with_everything_behind_the_edge_down() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_crash_mid_write_leaves_the_edge_with_what_it_can_trust() {
+    let key = SigningKey::generate("edge-test");
+    let trusted = TrustedKeys::new(vec![key.public()]);
+    let engine = RulesEngine::new().expect("engine");
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-edge-torn-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let (good, _) = unsigned(7);
+    let bytes = good.sign(&key);
+
+    // A crash while saving a new bundle leaves the temporary file behind: the saved one counts.
+    bundles::persist(&dir, &bytes).expect("persist");
+    std::fs::write(
+        dir.join(format!("{}.tmp", bundles::BUNDLE_FILE)),
+        &bytes[..bytes.len() / 2],
+    )
+    .expect("tmp");
+    let st = state();
+    assert_eq!(
+        bundles::load_persisted(&st, &engine, &trusted, &dir),
+        Some(7)
+    );
+
+    // A torn facts file (the last line cut mid-record) restores every whole line and counts the rest.
+    let id = tollgate_protocol::AccountId::new_v7();
+    let whole = serde_json::to_string(&tollgate_protocol::AccountFacts::new(id, 3)).expect("json");
+    std::fs::write(
+        dir.join(bundles::FACTS_FILE),
+        format!("{whole}\n{}", &whole[..whole.len() / 2]),
+    )
+    .expect("facts");
+    assert_eq!(bundles::restore_facts(&st, &dir), (1, 1));
+    assert_eq!(st.cache.get(&id).expect("restored").version(), 3);
+
+    // A bundle file damaged on disk is refused, not served: the edge waits for the control plane.
+    let mut damaged = bytes.clone();
+    let n = damaged.len();
+    damaged[n - 3] ^= 0xFF;
+    std::fs::write(dir.join(bundles::BUNDLE_FILE), &damaged).expect("damage");
+    let fresh = state();
+    assert_eq!(
+        bundles::load_persisted(&fresh, &engine, &trusted, &dir),
+        None
+    );
+    assert_eq!(fresh.bundle_version(), None);
+    let _ = std::fs::remove_dir_all(&dir);
+}

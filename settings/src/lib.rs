@@ -116,7 +116,9 @@ impl Source for Layered {
 /// Start-up of a binary: reads its config from the process (file named by `TOLLGATE_CONFIG`,
 /// then the environment) with `parse`; on any problem prints them all and exits with status 2.
 pub fn load_or_exit<T>(parse: impl FnOnce(&dyn Source) -> Result<T, ConfigErrors>) -> T {
-    let result = Layered::from_process().map_err(|e| ConfigErrors(vec![e])).and_then(|s| parse(&s));
+    let result = Layered::from_process()
+        .map_err(|e| ConfigErrors(vec![e]))
+        .and_then(|s| parse(&s));
     match result {
         Ok(config) => config,
         Err(errors) => {
