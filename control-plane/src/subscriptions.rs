@@ -792,8 +792,3 @@ pub async fn run_maintenance(state: &AppState) -> anyhow::Result<usize> {
     }
     Ok(changed)
 }
-
-/// Looks up the account's current live subscription id (for tests and the panel).
-pub async fn current(conn: &mut PgConnection, account: AccountId) -> sqlx::Result<Option<Uuid>> {
-    Ok(live_subscription(conn, account).await?.map(|s| s.id))
-}

@@ -235,10 +235,6 @@ impl AccountCache {
     pub fn accounts(&self) -> Vec<AccountId> {
         self.entries.iter().map(|(k, _)| *k).collect()
     }
-
-    pub fn invalidate(&self, account: &AccountId) {
-        self.entries.invalidate(account);
-    }
 }
 
 #[cfg(test)]

@@ -319,10 +319,6 @@ impl TrustedKeys {
     pub fn get(&self, key_id: &str) -> Option<&PublicKey> {
         self.0.get(key_id)
     }
-
-    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

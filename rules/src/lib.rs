@@ -190,11 +190,6 @@ impl Catalog {
     pub fn plan(&self, key: &str) -> Option<&Plan> {
         self.plans.iter().find(|p| p.key == key)
     }
-
-    /// Position of a feature in [`Catalog::features`], the index of its decision.
-    pub fn feature_index(&self, key: &str) -> Option<usize> {
-        self.features.iter().position(|f| f.key == key)
-    }
 }
 
 #[cfg(test)]
