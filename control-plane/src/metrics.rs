@@ -76,6 +76,13 @@ impl Metrics {
         }
     }
 
+    /// Counts one checkout attempt's outcome.
+    pub fn checkout(&self, outcome: CheckoutOutcome) {
+        self.checkouts
+            .get_or_create(&CheckoutLabels { outcome })
+            .inc();
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Encoding into a String cannot fail.

@@ -28,7 +28,7 @@ use crate::billing::ScheduleEvent;
 use crate::gateways::{GatewayAmount, PaymentRequest, PaymentStatus, Presence};
 use crate::http::idempotency::{self, IdempotencyKey};
 use crate::http::{ApiError, ApiResult, Json, Path};
-use crate::metrics::{CheckoutLabels, CheckoutOutcome};
+use crate::metrics::CheckoutOutcome;
 use crate::state::AppState;
 use crate::{catalog, entitlements, outbox};
 
@@ -256,34 +256,33 @@ pub async fn checkout(
     }
 
     let checkout_id = Uuid::now_v7();
-    let expires_at = now + TimeDelta::seconds(state.checkout_expiry_secs);
+    let new = NewCheckout {
+        id: checkout_id,
+        account,
+        plan: &plan,
+        payment_method: None,
+        payment_intent: None,
+        client_secret: None,
+        status: "succeeded",
+        decline_code: None,
+        subscription: None,
+        expires_at: now + TimeDelta::seconds(state.checkout_expiry_secs),
+        now,
+    };
     let (status, resp) = if plan.price_minor == 0 {
         let sub = create_subscription(&mut tx, account, &plan, now).await?;
-        insert_checkout(
+        let c = insert_checkout(
             &mut tx,
-            checkout_id,
-            account,
-            &plan,
-            None,
-            None,
-            None,
-            "succeeded",
-            None,
-            Some(sub.id),
-            expires_at,
-            now,
+            &NewCheckout {
+                subscription: Some(sub.id),
+                ..new
+            },
         )
         .await?;
-        state
-            .metrics
-            .checkouts
-            .get_or_create(&CheckoutLabels {
-                outcome: CheckoutOutcome::Succeeded,
-            })
-            .inc();
+        state.metrics.checkout(CheckoutOutcome::Succeeded);
         (
             StatusCode::CREATED,
-            json!({ "checkout": { "id": checkout_id, "status": "succeeded" }, "subscription": sub }),
+            json!({ "checkout": c, "subscription": sub }),
         )
     } else {
         let pm_id = body
@@ -322,59 +321,36 @@ pub async fn checkout(
             .await
             .map_err(gateway_error)?;
         let pi = Some(outcome.payment_intent_id.as_str()).filter(|s| !s.is_empty());
+        let new = NewCheckout {
+            payment_method: Some(pm.id),
+            payment_intent: pi,
+            ..new
+        };
         match outcome.status {
             PaymentStatus::Succeeded => {
                 let sub = create_subscription(&mut tx, account, &plan, now).await?;
                 let c = insert_checkout(
                     &mut tx,
-                    checkout_id,
-                    account,
-                    &plan,
-                    Some(pm.id),
-                    pi,
-                    None,
-                    "succeeded",
-                    None,
-                    Some(sub.id),
-                    expires_at,
-                    now,
+                    &NewCheckout {
+                        subscription: Some(sub.id),
+                        ..new
+                    },
                 )
                 .await?;
-                state
-                    .metrics
-                    .checkouts
-                    .get_or_create(&CheckoutLabels {
-                        outcome: CheckoutOutcome::Succeeded,
-                    })
-                    .inc();
+                state.metrics.checkout(CheckoutOutcome::Succeeded);
                 (
                     StatusCode::CREATED,
                     json!({ "checkout": c, "subscription": sub }),
                 )
             }
             PaymentStatus::RequiresAction { client_secret } => {
-                let c = insert_checkout(
-                    &mut tx,
-                    checkout_id,
-                    account,
-                    &plan,
-                    Some(pm.id),
-                    pi,
-                    Some(&client_secret),
-                    "requires_action",
-                    None,
-                    None,
-                    expires_at,
-                    now,
-                )
-                .await?;
-                state
-                    .metrics
-                    .checkouts
-                    .get_or_create(&CheckoutLabels {
-                        outcome: CheckoutOutcome::RequiresAction,
-                    })
-                    .inc();
+                let waiting = NewCheckout {
+                    client_secret: Some(&client_secret),
+                    status: "requires_action",
+                    ..new
+                };
+                let c = insert_checkout(&mut tx, &waiting).await?;
+                state.metrics.checkout(CheckoutOutcome::RequiresAction);
                 (
                     StatusCode::ACCEPTED,
                     json!({ "checkout": c, "status": "requires_action", "client_secret": client_secret,
@@ -384,17 +360,10 @@ pub async fn checkout(
             PaymentStatus::Processing => {
                 let c = insert_checkout(
                     &mut tx,
-                    checkout_id,
-                    account,
-                    &plan,
-                    Some(pm.id),
-                    pi,
-                    None,
-                    "requires_action",
-                    None,
-                    None,
-                    expires_at,
-                    now,
+                    &NewCheckout {
+                        status: "requires_action",
+                        ..new
+                    },
                 )
                 .await?;
                 (
@@ -403,28 +372,17 @@ pub async fn checkout(
                 )
             }
             PaymentStatus::Failed(d) => {
+                let decline_code = d.decline_code.as_deref().or(Some(&d.code));
                 insert_checkout(
                     &mut tx,
-                    checkout_id,
-                    account,
-                    &plan,
-                    Some(pm.id),
-                    pi,
-                    None,
-                    "failed",
-                    d.decline_code.as_deref().or(Some(&d.code)),
-                    None,
-                    expires_at,
-                    now,
+                    &NewCheckout {
+                        status: "failed",
+                        decline_code,
+                        ..new
+                    },
                 )
                 .await?;
-                state
-                    .metrics
-                    .checkouts
-                    .get_or_create(&CheckoutLabels {
-                        outcome: CheckoutOutcome::Declined,
-                    })
-                    .inc();
+                state.metrics.checkout(CheckoutOutcome::Declined);
                 problem_response(&decline_error(&d).with("checkout_id", checkout_id.to_string()))
             }
             PaymentStatus::Canceled => {
@@ -438,39 +396,44 @@ pub async fn checkout(
     Ok(render(status, resp))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn insert_checkout(
-    conn: &mut PgConnection,
+/// A checkout row about to be written.
+#[derive(Clone, Copy)]
+struct NewCheckout<'a> {
     id: Uuid,
     account: AccountId,
-    plan: &Plan,
+    plan: &'a Plan,
     payment_method: Option<Uuid>,
-    payment_intent: Option<&str>,
-    client_secret: Option<&str>,
-    status: &str,
-    decline_code: Option<&str>,
+    payment_intent: Option<&'a str>,
+    client_secret: Option<&'a str>,
+    status: &'a str,
+    decline_code: Option<&'a str>,
     subscription: Option<Uuid>,
     expires_at: DateTime<Utc>,
     now: DateTime<Utc>,
+}
+
+async fn insert_checkout(
+    conn: &mut PgConnection,
+    c: &NewCheckout<'_>,
 ) -> Result<Checkout, ApiError> {
     sqlx::query_as(sqlf!(
         "INSERT INTO checkouts (id, account_id, plan_key, payment_method_id, amount_minor, currency, payment_intent_id,
              client_secret, status, decline_code, subscription_id, expires_at, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) RETURNING {CHECKOUT_COLUMNS}"
     ))
-    .bind(id)
-    .bind(account.0)
-    .bind(&plan.key)
-    .bind(payment_method)
-    .bind(plan.price_minor)
-    .bind(&plan.currency)
-    .bind(payment_intent)
-    .bind(client_secret)
-    .bind(status)
-    .bind(decline_code)
-    .bind(subscription)
-    .bind(expires_at)
-    .bind(now)
+    .bind(c.id)
+    .bind(c.account.0)
+    .bind(&c.plan.key)
+    .bind(c.payment_method)
+    .bind(c.plan.price_minor)
+    .bind(&c.plan.currency)
+    .bind(c.payment_intent)
+    .bind(c.client_secret)
+    .bind(c.status)
+    .bind(c.decline_code)
+    .bind(c.subscription)
+    .bind(c.expires_at)
+    .bind(c.now)
     .fetch_one(conn)
     .await
     .map_err(|e| match e.as_database_error().and_then(|d| d.constraint()) {
@@ -609,13 +572,7 @@ pub async fn confirm_checkout(
             let c = get_checkout(&mut tx, account, id, false).await?;
             tx.commit().await?;
             state.outbox_wake.notify_one();
-            state
-                .metrics
-                .checkouts
-                .get_or_create(&CheckoutLabels {
-                    outcome: CheckoutOutcome::Succeeded,
-                })
-                .inc();
+            state.metrics.checkout(CheckoutOutcome::Succeeded);
             Ok(render(
                 StatusCode::OK,
                 json!({ "checkout": c, "subscription": sub }),
@@ -641,13 +598,7 @@ pub async fn confirm_checkout(
             )
             .await?;
             tx.commit().await?;
-            state
-                .metrics
-                .checkouts
-                .get_or_create(&CheckoutLabels {
-                    outcome: CheckoutOutcome::Declined,
-                })
-                .inc();
+            state.metrics.checkout(CheckoutOutcome::Declined);
             Err(decline_error(&d))
         }
         PaymentStatus::Canceled => {
@@ -672,13 +623,7 @@ async fn expire(
         tracing::warn!(checkout_id = %c.id, error = %e, "could not cancel the expired checkout's payment");
     }
     set_checkout_status(conn, c.id, "expired", None, None, now).await?;
-    state
-        .metrics
-        .checkouts
-        .get_or_create(&CheckoutLabels {
-            outcome: CheckoutOutcome::Expired,
-        })
-        .inc();
+    state.metrics.checkout(CheckoutOutcome::Expired);
     Ok(())
 }
 
