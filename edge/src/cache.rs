@@ -1,13 +1,15 @@
 //! The account cache: account → materialised decisions, answered without an await.
 //!
-//! Entries keep the facts they were evaluated from and the rules generation, so a new rule
-//! bundle re-materialises an entry lazily from its facts on the next check, without
-//! refetching and without stalling other checks.
+//! Entries keep the facts they were evaluated from and the rules generation, so after a bundle
+//! swap a background pass re-materialises them from their facts, without refetching; checks
+//! keep answering from the previous decisions meanwhile.
 //!
 //! Fill races: a fetch from L2 / the control plane may return facts older than a change event
 //! that arrives while it is in flight. The stream follower therefore also records events for
 //! accounts with a fetch in flight ([`AccountCache::begin_fill`]), and a fill inserts the
-//! newest of both — under the same lock the follower uses, so no event falls between.
+//! newest of both. The lock that orders them is held only to read and to publish: the
+//! WebAssembly evaluation runs outside it, and publishing re-checks that nothing newer landed
+//! in between (if something did, the loser evaluates again or steps aside).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -183,15 +185,34 @@ impl AccountCache {
         fetched: Option<AccountFacts>,
         view: &RulesView,
     ) -> Arc<Entry> {
-        let mut in_flight = self.lock();
-        let seen = in_flight.get_mut(&account).and_then(|f| f.newest.take());
-        let current = self.entries.get(&account).and_then(|e| e.facts.clone());
-        let best = newer(newer(fetched, seen), current);
-        let entry = Arc::new(Entry::materialise(best, view));
-        self.entries.insert(account, entry.clone());
-        // Only now end the fill: dropping it wakes the waiters, who read the cache.
-        in_flight.remove(&account);
-        entry
+        let mut best = fetched;
+        loop {
+            // Pick the newest facts under the lock ...
+            let candidate = {
+                let in_flight = self.lock();
+                let seen = in_flight.get(&account).and_then(|f| f.newest.clone());
+                let current = self.entries.get(&account).and_then(|e| e.facts.clone());
+                newer(newer(best.take(), seen), current)
+            };
+            // ... evaluate them outside it (WebAssembly: the follower and other fills go on) ...
+            let entry = Arc::new(Entry::materialise(candidate.clone(), view));
+            // ... and publish unless something newer arrived meanwhile (then go again).
+            let mut in_flight = self.lock();
+            let seen = in_flight
+                .get(&account)
+                .and_then(|f| f.newest.as_ref())
+                .map(|f| f.version);
+            let current = self.entries.get(&account).map(|e| e.version());
+            if seen.is_none_or(|v| v <= entry.version())
+                && current.is_none_or(|v| v <= entry.version())
+            {
+                self.entries.insert(account, entry.clone());
+                // Only now end the fill: dropping it wakes the waiters, who read the cache.
+                in_flight.remove(&account);
+                return entry;
+            }
+            best = candidate;
+        }
     }
 
     /// Abandons a failed fill.
@@ -200,35 +221,49 @@ impl AccountCache {
     }
 
     /// Applies facts from the change stream: updates a cached account if newer, records them
-    /// for a fill in flight, ignores accounts this edge does not hold.
+    /// for a fill in flight, ignores accounts this edge does not hold. The module runs outside
+    /// the lock; the insert re-checks that nothing newer landed meanwhile.
     pub fn apply(&self, facts: AccountFacts, view: &RulesView) -> bool {
-        let mut in_flight = self.lock();
         let account = facts.account_id;
-        if let Some(f) = in_flight.get_mut(&account) {
-            f.newest = newer(f.newest.take(), Some(facts.clone()));
+        let version = facts.version;
+        {
+            let mut in_flight = self.lock();
+            if let Some(f) = in_flight.get_mut(&account) {
+                f.newest = newer(f.newest.take(), Some(facts.clone()));
+            }
+            match self.entries.get(&account) {
+                Some(e) if e.version() < version => {}
+                _ => return false,
+            }
         }
+        let entry = Arc::new(Entry::materialise(Some(facts), view));
+        let _guard = self.lock();
         match self.entries.get(&account) {
-            Some(e) if e.version() >= facts.version => false,
-            Some(_) => {
-                self.entries
-                    .insert(account, Arc::new(Entry::materialise(Some(facts), view)));
+            Some(e) if e.version() < version => {
+                self.entries.insert(account, entry);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
-    /// Re-evaluates an account's entry for a newer catalog generation. Reads the entry under
-    /// the lock the stream follower takes, so a concurrent newer event is never overwritten.
+    /// Re-evaluates an account's entry for a newer rules generation, outside the lock; the
+    /// result replaces the entry only if nobody replaced it meanwhile (a newer event or fill is
+    /// already evaluated under the new rules).
     pub fn rematerialise(&self, account: AccountId, view: &RulesView) -> Option<Arc<Entry>> {
-        let _guard = self.lock();
         let current = self.entries.get(&account)?;
         if current.generation == view.generation {
             return Some(current);
         }
         let fresh = Arc::new(Entry::materialise(current.facts.clone(), view));
-        self.entries.insert(account, fresh.clone());
-        Some(fresh)
+        let _guard = self.lock();
+        match self.entries.get(&account) {
+            Some(now) if Arc::ptr_eq(&now, &current) => {
+                self.entries.insert(account, fresh.clone());
+                Some(fresh)
+            }
+            other => other,
+        }
     }
 
     /// The accounts currently cached.
