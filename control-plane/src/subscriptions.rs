@@ -270,16 +270,7 @@ pub async fn checkout(
         now,
     };
     let (status, resp) = if plan.price_minor == 0 {
-        let sub = create_subscription(&mut tx, account, &plan, now).await?;
-        let c = insert_checkout(
-            &mut tx,
-            &NewCheckout {
-                subscription: Some(sub.id),
-                ..new
-            },
-        )
-        .await?;
-        state.metrics.checkout(CheckoutOutcome::Succeeded);
+        let (sub, c) = complete(&mut tx, &state, new).await?;
         (
             StatusCode::CREATED,
             json!({ "checkout": c, "subscription": sub }),
@@ -328,16 +319,7 @@ pub async fn checkout(
         };
         match outcome.status {
             PaymentStatus::Succeeded => {
-                let sub = create_subscription(&mut tx, account, &plan, now).await?;
-                let c = insert_checkout(
-                    &mut tx,
-                    &NewCheckout {
-                        subscription: Some(sub.id),
-                        ..new
-                    },
-                )
-                .await?;
-                state.metrics.checkout(CheckoutOutcome::Succeeded);
+                let (sub, c) = complete(&mut tx, &state, new).await?;
                 (
                     StatusCode::CREATED,
                     json!({ "checkout": c, "subscription": sub }),
@@ -394,6 +376,26 @@ pub async fn checkout(
     tx.commit().await?;
     state.outbox_wake.notify_one();
     Ok(render(status, resp))
+}
+
+/// The first period is paid (or free): the subscription and the checkout row, in the
+/// caller's transaction.
+async fn complete(
+    conn: &mut PgConnection,
+    state: &AppState,
+    checkout: NewCheckout<'_>,
+) -> Result<(Subscription, Checkout), ApiError> {
+    let sub = create_subscription(conn, checkout.account, checkout.plan, checkout.now).await?;
+    let c = insert_checkout(
+        conn,
+        &NewCheckout {
+            subscription: Some(sub.id),
+            ..checkout
+        },
+    )
+    .await?;
+    state.metrics.checkout(CheckoutOutcome::Succeeded);
+    Ok((sub, c))
 }
 
 /// A checkout row about to be written.
