@@ -10,21 +10,19 @@
 //! Pinning: the servers' runtime runs on CPU 1 and wrk on CPU 0 when `taskset` exists, as in
 //! `../shared/BASELINES.md`.
 
+mod propagation;
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
 use axum::extract::Query;
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
-use tollgate_edge::state::EdgeState;
-use tollgate_edge::upstream::Upstream;
-use tollgate_protocol::{
-    AccountFacts, AccountId, AccountStanding, Reason, SubscriptionFacts, SubscriptionStatus,
-};
+use tollgate_bench::{edge_state, pro_facts};
+use tollgate_protocol::{AccountFacts, AccountId, Reason, SubscriptionFacts, SubscriptionStatus};
 use tollgate_rules::host::RulesEngine;
 
 /// Accounts pre-filled in the edge cache and cycled through by wrk.
@@ -74,37 +72,6 @@ async fn bare(Query(q): Query<BareQuery>) -> axum::Json<BareResponse> {
         bundle_version: 1,
         stale: false,
     })
-}
-
-fn edge_state(accounts: &[AccountId], capacity: u64) -> anyhow::Result<EdgeState> {
-    // The upstream is never reached: every account is cached before the run.
-    let upstream = Upstream::new(
-        "http://127.0.0.1:9",
-        secrecy::SecretString::from("x".to_owned()),
-        Duration::from_millis(100),
-        None,
-    )?;
-    let state = EdgeState::new("bench".into(), capacity, upstream, None, 5_000, 5_000);
-    let program = tollgate_rules::demo_program();
-    let loaded = RulesEngine::new()?.load_program(&program)?;
-    state.install_rules(1, program, Some(loaded));
-    let view = state.rules.load_full().context("rules")?;
-    for (i, id) in accounts.iter().enumerate() {
-        let facts = AccountFacts {
-            account_id: *id,
-            version: 3,
-            standing: AccountStanding::Active,
-            subscription: Some(SubscriptionFacts {
-                plan: if i % 2 == 0 { "pro" } else { "free" }.into(),
-                status: SubscriptionStatus::Active,
-                current_period_end_ms: 0,
-            }),
-            ..AccountFacts::new(*id, 0)
-        };
-        state.cache.begin_fill(*id);
-        state.cache.finish_fill(*id, Some(facts), &view);
-    }
-    Ok(state)
 }
 
 async fn serve(router: Router) -> anyhow::Result<SocketAddr> {
@@ -294,16 +261,6 @@ fn rss_bytes() -> anyhow::Result<u64> {
     Ok(pages * 4096)
 }
 
-fn pro_facts(id: AccountId) -> AccountFacts {
-    let mut f = AccountFacts::new(id, 3);
-    f.subscription = Some(SubscriptionFacts {
-        plan: "pro".into(),
-        status: SubscriptionStatus::Active,
-        current_period_end_ms: 0,
-    });
-    f
-}
-
 /// `cache`: (1) the in-process cost of a cached check (cache lookup, decision, response
 /// struct) against a raw `moka::sync` get over the same keys, same run; (2) resident bytes per
 /// cached account at 100k and 1M accounts.
@@ -366,6 +323,8 @@ fn cache_bench(out_path: &str) -> anyhow::Result<()> {
                             allowed: d.allowed,
                             feature: std::borrow::Cow::Borrowed("seats"),
                             limit: d.limit,
+                            usage: None,
+                            remaining: None,
                             reason: d.reason,
                             version: e.version(),
                             bundle_version: e.bundle_version,
@@ -405,6 +364,12 @@ fn main() -> anyhow::Result<()> {
     if args.first().map(String::as_str) == Some("cache") {
         return cache_bench(concat!(env!("CARGO_MANIFEST_DIR"), "/results/cache.md"));
     }
+    if args.first().map(String::as_str) == Some("propagation") {
+        return propagation::run(
+            &args[1..],
+            concat!(env!("CARGO_MANIFEST_DIR"), "/results/propagation.md"),
+        );
+    }
     if args.first().map(String::as_str) == Some("materialise") {
         return materialise(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -413,7 +378,7 @@ fn main() -> anyhow::Result<()> {
     }
     if args.first().map(String::as_str) != Some("edge-check") {
         bail!(
-            "usage: tollgate-bench edge-check [--secs N] [--out FILE] | tollgate-bench materialise"
+            "usage: tollgate-bench edge-check [--secs N] [--out FILE] | materialise | cache | propagation [--changes N]"
         );
     }
     let mut secs = 5u32;

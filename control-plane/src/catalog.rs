@@ -5,7 +5,10 @@
 //! entitlements read one source. Plans a newer bundle drops are hidden (negative position), not
 //! deleted: subscriptions may still refer to them, but they can no longer be bought.
 
+use std::collections::HashMap;
+
 use sqlx::{PgConnection, PgPool};
+use tollgate_protocol::usage::{Aggregation, MeterPeriod, MeterSpec};
 use tollgate_rules::{Catalog, Feature, FeatureKind, Grant, Interval, Plan};
 
 /// Replaces the catalog with `catalog` in one transaction (plans and features no longer
@@ -38,13 +41,15 @@ pub async fn seed_in(tx: &mut PgConnection, catalog: &Catalog) -> anyhow::Result
         .await?;
     for (i, f) in catalog.features.iter().enumerate() {
         sqlx::query(
-            "INSERT INTO features (key, kind, period, position) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (key) DO UPDATE SET kind = EXCLUDED.kind, period = EXCLUDED.period, position = EXCLUDED.position",
+            "INSERT INTO features (key, kind, period, position, meter) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (key) DO UPDATE SET kind = EXCLUDED.kind, period = EXCLUDED.period,
+                 position = EXCLUDED.position, meter = EXCLUDED.meter",
         )
         .bind(&f.key)
         .bind(f.kind.as_str())
         .bind(&f.period)
         .bind(i32::try_from(i)?)
+        .bind(f.meter.as_ref().map(sqlx::types::Json))
         .execute(&mut *tx)
         .await?;
     }
@@ -81,8 +86,14 @@ pub async fn seed_in(tx: &mut PgConnection, catalog: &Catalog) -> anyhow::Result
 
 /// Loads the catalog the control plane sells from (plans and features still in it, in order).
 pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
-    let features: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT key, kind, period FROM features WHERE position >= 0 ORDER BY position",
+    type Row = (
+        String,
+        String,
+        Option<String>,
+        Option<sqlx::types::Json<MeterSpec>>,
+    );
+    let features: Vec<Row> = sqlx::query_as(
+        "SELECT key, kind, period, meter FROM features WHERE position >= 0 ORDER BY position",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -99,10 +110,15 @@ pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
     .await?;
     let features = features
         .into_iter()
-        .map(|(key, kind, period)| {
+        .map(|(key, kind, period, meter)| {
             let kind =
                 FeatureKind::parse(&kind).ok_or_else(|| anyhow::anyhow!("feature kind {kind}"))?;
-            Ok(Feature { key, kind, period })
+            Ok(Feature {
+                key,
+                kind,
+                period,
+                meter: meter.map(|m| m.0),
+            })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let plans = plans
@@ -129,6 +145,36 @@ pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Catalog { features, plans })
+}
+
+/// The meters of the catalog in force (the promoted bundle's metered features), by key. A
+/// metered feature seeded before meters were declared sums per its period (a month when
+/// none), with the default lease.
+pub async fn meters(conn: &mut PgConnection) -> anyhow::Result<HashMap<String, MeterSpec>> {
+    type Row = (String, Option<String>, Option<sqlx::types::Json<MeterSpec>>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT key, period, meter FROM features WHERE position >= 0 AND kind = 'metered'",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, period, meter)| {
+            let spec = meter.map_or_else(
+                || MeterSpec {
+                    aggregation: Aggregation::Sum,
+                    period: period
+                        .as_deref()
+                        .and_then(MeterPeriod::parse)
+                        .unwrap_or(MeterPeriod::Month),
+                    soft: false,
+                    lease: tollgate_rules::ir::DEFAULT_LEASE,
+                },
+                |m| m.0,
+            );
+            (key, spec)
+        })
+        .collect())
 }
 
 /// `GET /v1/plans` — public: what can be bought.

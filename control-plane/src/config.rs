@@ -17,6 +17,7 @@
 //! | `TOLLGATE_SEED_DEMO` | seeds the demo catalog at start | `false` |
 //! | `TOLLGATE_RELAY_POLL_MS` | outbox relay fallback poll interval, ms (NOTIFY wakes it sooner) | `500` |
 //! | `TOLLGATE_CHECKOUT_EXPIRY_SECS` | unauthenticated checkouts expire after, s | `82800` (23 h) |
+//! | `TOLLGATE_USAGE_GRACE_MS` | usage events arriving up to this long after their period ended still count toward it; later ones count toward the current period (late), ms, at most 7 days | `3600000` (1 h) |
 //!
 //! Values come from defaults < the TOML file named by `TOLLGATE_CONFIG` < the environment.
 
@@ -42,9 +43,12 @@ pub struct Config {
     pub seed_demo: bool,
     pub relay_poll_ms: u64,
     pub checkout_expiry_secs: i64,
+    pub usage_grace_ms: i64,
 }
 
 pub const DB_POOL_SIZE_MAX: u32 = 256;
+/// Upper bound of `TOLLGATE_USAGE_GRACE_MS`: a week (invoicing waits for the grace window).
+pub const USAGE_GRACE_MS_MAX: i64 = 7 * 24 * 3600 * 1000;
 
 impl Config {
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigErrors> {
@@ -79,6 +83,7 @@ impl Config {
             seed_demo: r.parse("seed_demo", false),
             relay_poll_ms: r.parse("relay_poll_ms", 500),
             checkout_expiry_secs: r.parse("checkout_expiry_secs", 23 * 3600),
+            usage_grace_ms: r.parse("usage_grace_ms", crate::usage::GRACE_MS_DEFAULT),
         };
         if cfg.db_pool_size == 0 || cfg.db_pool_size > DB_POOL_SIZE_MAX {
             r.error(format!(
@@ -90,6 +95,11 @@ impl Config {
         }
         if cfg.checkout_expiry_secs <= 0 {
             r.error("TOLLGATE_CHECKOUT_EXPIRY_SECS must be positive");
+        }
+        if !(0..=USAGE_GRACE_MS_MAX).contains(&cfg.usage_grace_ms) {
+            r.error(format!(
+                "TOLLGATE_USAGE_GRACE_MS must be 0..={USAGE_GRACE_MS_MAX}"
+            ));
         }
         for (key, url) in [
             ("CF_DATABASE_URL", &cfg.cf_database_url),
@@ -119,6 +129,7 @@ mod tests {
             ("db_pool_size", "0"),
             ("redis_url", "http://x"),
             ("edge_token", "e"),
+            ("usage_grace_ms", "-1"),
         ]);
         let errors = Config::from_source(&src).expect_err("invalid").0;
         let text = errors.join("\n");
@@ -127,6 +138,7 @@ mod tests {
             "TOLLGATE_TOKEN_SECRET is required",
             "TOLLGATE_DB_POOL_SIZE",
             "TOLLGATE_REDIS_URL",
+            "TOLLGATE_USAGE_GRACE_MS",
         ] {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }
@@ -142,6 +154,7 @@ mod tests {
         let cfg = Config::from_source(&src).expect("valid");
         assert_eq!(cfg.listen_addr.port(), 7700);
         assert_eq!(cfg.checkout_expiry_secs, 82_800);
+        assert_eq!(cfg.usage_grace_ms, 3_600_000);
         assert!(cfg.stripe_secret_key.is_none() && !cfg.dev_mode);
     }
 }

@@ -25,6 +25,7 @@ pub mod outbox;
 pub mod rollout;
 pub mod state;
 pub mod subscriptions;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,13 +77,22 @@ pub fn app(state: AppState) -> Router {
             post(subscriptions::confirm_checkout),
         )
         .route("/v1/subscriptions", get(subscriptions::list))
-        .route("/v1/subscriptions/{id}/cancel", post(subscriptions::cancel));
+        .route("/v1/subscriptions/{id}/cancel", post(subscriptions::cancel))
+        .route("/v1/usage", get(usage::account_usage));
     let internal = Router::new()
         .route("/internal/v1/accounts/{id}/facts", get(internal::facts))
         .route("/internal/v1/bundle", get(rollout::bundle_for_edge))
         .route(
             "/internal/v1/edges/{edge_id}/status",
             post(rollout::edge_status),
+        )
+        .route(
+            tollgate_protocol::internal_api::USAGE_PATH,
+            post(usage::ingest_batch).layer(DefaultBodyLimit::max(usage::BODY_BYTES_MAX)),
+        )
+        .route(
+            "/internal/v1/accounts/{id}/usage",
+            get(usage::internal_account_usage),
         );
     let admin = Router::new()
         .route(
@@ -214,6 +224,7 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
         rules_engine: tollgate_rules::host::RulesEngine::new().context("wasmtime engine")?,
         dev_mode: config.dev_mode,
         checkout_expiry_secs: config.checkout_expiry_secs,
+        usage_grace: chrono::TimeDelta::milliseconds(config.usage_grace_ms),
         metrics: Metrics::new(),
         outbox_wake: Notify::new(),
     })))
@@ -262,6 +273,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .run(&billing)
         .await
         .context("migrate billing database")?;
+    let clock: Arc<dyn Clock> = if config.dev_mode {
+        Arc::new(OffsetClock::default())
+    } else {
+        Arc::new(SystemClock)
+    };
+    let created = usage::ensure_partitions(&billing, clock.now())
+        .await
+        .context("create usage partitions")?;
+    tracing::info!(created, "usage partitions ensured");
     if config.seed_demo {
         catalog::seed(&cf, &tollgate_rules::Catalog::demo())
             .await
@@ -269,11 +289,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("demo catalog seeded");
     }
     let redis = connect_redis(&config.redis_url, Duration::from_secs(STARTUP_WAIT_SECS)).await?;
-    let clock: Arc<dyn Clock> = if config.dev_mode {
-        Arc::new(OffsetClock::default())
-    } else {
-        Arc::new(SystemClock)
-    };
     let state = build_state(
         &config,
         Deps {

@@ -4,7 +4,8 @@
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum Topic {
@@ -38,6 +39,61 @@ pub struct Metrics {
     pub outbox_failures: Family<TopicLabels, Counter>,
     pub checkouts: Family<CheckoutLabels, Counter>,
     pub facts_published: Counter,
+    pub usage: UsageMetrics,
+}
+
+/// Usage ingest (`usage::ingest` through `POST /internal/v1/usage`). `late` and `unmetered`
+/// are subsets of `accepted`; `accepted + duplicates` is every event received.
+pub struct UsageMetrics {
+    pub accepted: Counter,
+    pub duplicates: Counter,
+    pub late: Counter,
+    pub unmetered: Counter,
+    pub ingest_duration: Histogram,
+}
+
+impl UsageMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let accepted = Counter::default();
+        registry.register(
+            "usage_events_accepted",
+            "Usage events stored for the first time",
+            accepted.clone(),
+        );
+        let duplicates = Counter::default();
+        registry.register(
+            "usage_events_duplicates",
+            "Usage events whose id was already stored (retries, repeats within a batch)",
+            duplicates.clone(),
+        );
+        let late = Counter::default();
+        registry.register(
+            "usage_events_late",
+            "Usage events that arrived after their period's grace window and were counted in the current period",
+            late.clone(),
+        );
+        let unmetered = Counter::default();
+        registry.register(
+            "usage_events_unmetered",
+            "Usage events stored without an aggregate (meter not in the catalog, or unique_count property missing)",
+            unmetered.clone(),
+        );
+        // 1 ms .. ~8 s.
+        let ingest_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register_with_unit(
+            "usage_ingest_duration",
+            "Time to store one usage batch: catalog read and the ingest statement (refused batches are not counted)",
+            Unit::Seconds,
+            ingest_duration.clone(),
+        );
+        Self {
+            accepted,
+            duplicates,
+            late,
+            unmetered,
+            ingest_duration,
+        }
+    }
 }
 
 impl Metrics {
@@ -67,12 +123,14 @@ impl Metrics {
             "Account facts published to the change stream",
             facts_published.clone(),
         );
+        let usage = UsageMetrics::register(&mut registry);
         Self {
             registry,
             outbox_processed,
             outbox_failures,
             checkouts,
             facts_published,
+            usage,
         }
     }
 

@@ -34,6 +34,8 @@ pub struct Inner {
     pub rules_engine: tollgate_rules::host::RulesEngine,
     pub dev_mode: bool,
     pub checkout_expiry_secs: i64,
+    /// How long after a period ends its usage events still count toward it.
+    pub usage_grace: chrono::TimeDelta,
     pub metrics: Metrics,
     /// Wakes the outbox relay (besides PostgreSQL NOTIFY) after in-process writes.
     pub outbox_wake: Notify,

@@ -27,12 +27,17 @@ pub fn redis_url() -> String {
     std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// Where cargo put the binaries.
+/// Where cargo put the binaries: `TOLLGATE_BIN_DIR` when set (the benchmarks point it at
+/// `target/release`), else the dev profile's directory.
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("debug").join(name);
+    let dir = match std::env::var("TOLLGATE_BIN_DIR") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+            .join("debug"),
+    };
+    let path = dir.join(name);
     if !path.exists() {
         bail!(
             "{} is missing: build it first (`cargo build --workspace --bins`, as scripts/test does)",
@@ -238,6 +243,8 @@ pub struct Stack {
     pub cp_url: String,
     pub http: reqwest::Client,
     pub cp: Proc,
+    /// The control plane's environment, to restart it as it was.
+    cp_env: Vec<(&'static str, String)>,
     pub edges: Vec<Edge>,
     pub key: SigningKey,
     pub redis_url: String,
@@ -255,13 +262,16 @@ pub struct Edge {
 impl Stack {
     /// Starts the control plane (with `cp_env` added, e.g. Stripe), deploys and promotes the
     /// demo rules as bundle 1, then starts one edge per id.
-    pub async fn start(cp_env: &[(&str, String)], edge_ids: &[&str]) -> anyhow::Result<Stack> {
+    pub async fn start(
+        cp_env: &[(&'static str, String)],
+        edge_ids: &[&str],
+    ) -> anyhow::Result<Stack> {
         Self::start_with_redis(cp_env, edge_ids, redis_url()).await
     }
 
     /// [`Stack::start`] against a given Redis.
     pub async fn start_with_redis(
-        cp_env: &[(&str, String)],
+        cp_env: &[(&'static str, String)],
         edge_ids: &[&str],
         redis: String,
     ) -> anyhow::Result<Stack> {
@@ -303,6 +313,7 @@ impl Stack {
             cp_url,
             http,
             cp,
+            cp_env: env,
             edges: Vec::new(),
             key,
             redis_url: redis,
@@ -449,8 +460,47 @@ impl Stack {
     pub async fn start_edge(&mut self, id: &str) -> anyhow::Result<()> {
         let port = free_port()?;
         let url = format!("http://127.0.0.1:{port}");
+        let proc = self.spawn_edge(id, port)?;
+        self.edges.push(Edge {
+            id: id.to_owned(),
+            url: url.clone(),
+            proc,
+        });
+        self.await_ready(&url, &format!("edge {id}")).await
+    }
+
+    /// SIGKILLs edge `i` (a crash) and starts it again on the same port and data directory;
+    /// returns once it is ready.
+    pub async fn crash_and_restart_edge(&mut self, i: usize) -> anyhow::Result<()> {
+        self.edges[i].proc.kill();
+        let id = self.edges[i].id.clone();
+        let port: u16 = self.edges[i]
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("edge port")?;
+        self.edges[i].proc = self.spawn_edge(&id, port)?;
+        let url = self.edges[i].url.clone();
+        self.await_ready(&url, &format!("edge {id}")).await
+    }
+
+    /// SIGKILLs the control plane and starts it again as it was; returns once it is ready.
+    pub async fn crash_and_restart_cp(&mut self) -> anyhow::Result<()> {
+        self.cp.kill();
+        self.cp = Proc::spawn("control-plane", "tollgate-control-plane", &self.cp_env)?;
+        let url = self.cp_url.clone();
+        self.await_ready(&url, "control plane").await
+    }
+
+    /// The billing_prod database of this stack.
+    pub fn billing_db_url(&self) -> String {
+        format!("{}/{}", pg_server_url(), self.dbs[1])
+    }
+
+    fn spawn_edge(&self, id: &str, port: u16) -> anyhow::Result<Proc> {
         let dir = std::env::temp_dir().join(format!("tollgate-e2e-{}-{id}", self.tag));
-        let proc = Proc::spawn(
+        Proc::spawn(
             &format!("edge-{id}"),
             "tollgate-edge",
             &[
@@ -464,13 +514,7 @@ impl Stack {
                 ("TOLLGATE_REDIS_URL", self.redis_url.clone()),
                 ("TOLLGATE_EDGE_DATA_DIR", dir.display().to_string()),
             ],
-        )?;
-        self.edges.push(Edge {
-            id: id.to_owned(),
-            url: url.clone(),
-            proc,
-        });
-        self.await_ready(&url, &format!("edge {id}")).await
+        )
     }
 
     /// The first edge's URL.

@@ -85,7 +85,7 @@ async fn the_same_purchase_through_the_stripe_adapter_against_localstripe() -> a
     run(&env, Payments::Localstripe(base)).await
 }
 
-async fn run(cp_env: &[(&str, String)], payments: Payments) -> anyhow::Result<()> {
+async fn run(cp_env: &[(&'static str, String)], payments: Payments) -> anyhow::Result<()> {
     let stack = Stack::start(cp_env, &["e2e-edge"]).await?;
     let result = walk(&stack, &payments).await;
     stack.finish(result).await

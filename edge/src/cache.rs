@@ -90,6 +90,20 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An estimate of the memory this entry holds: the struct, its decisions, the facts' heap
+    /// parts, plus [`ENTRY_OVERHEAD_BYTES`] for the cache's own bookkeeping.
+    pub fn estimated_bytes(&self) -> u64 {
+        let facts = self.facts.as_ref().map_or(0, |f| {
+            let plan = f.subscription.as_ref().map_or(0, |s| s.plan.capacity());
+            // A BTreeMap node per entry, roughly: key, value and the tree's own links.
+            let addons: usize = f.addons.keys().map(|k| k.capacity() + 48).sum();
+            let overrides: usize = f.overrides.keys().map(|k| k.capacity() + 64).sum();
+            std::mem::size_of::<AccountFacts>() + plan + addons + overrides
+        });
+        let decisions = self.decisions.capacity() * std::mem::size_of::<Decision>();
+        (std::mem::size_of::<Self>() + facts + decisions) as u64 + ENTRY_OVERHEAD_BYTES
+    }
+
     pub fn version(&self) -> i64 {
         self.facts.as_ref().map_or(0, |f| f.version)
     }
@@ -123,6 +137,18 @@ pub enum Fill {
     Wait(tokio::sync::watch::Receiver<()>),
 }
 
+/// How much the cache may hold: both bounds apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    pub entries_max: u64,
+    /// Estimated heap bytes of cached entries (see [`Entry::estimated_bytes`]).
+    pub bytes_max: u64,
+}
+
+/// Bookkeeping the estimate adds per entry for moka's own node, its key and the `Arc`
+/// (measured: the `cache` bench's resident bytes per account minus the entry's own estimate).
+pub const ENTRY_OVERHEAD_BYTES: u64 = 320;
+
 pub struct AccountCache {
     entries: Cache<AccountId, Arc<Entry>>,
     /// Accounts with a fill in flight. Concurrent misses for one account share one fetch.
@@ -137,9 +163,19 @@ fn newer(a: Option<AccountFacts>, b: Option<AccountFacts>) -> Option<AccountFact
 }
 
 impl AccountCache {
-    pub fn new(entries_max: u64) -> Self {
+    /// Both bounds through one moka weight: an entry weighs its estimated bytes, but never less
+    /// than `bytes_max / entries_max`, and the capacity is `bytes_max`. So the total weight
+    /// stays under `bytes_max` (the byte bound) and at most `entries_max` entries fit (each
+    /// weighs at least a `1 / entries_max` share).
+    pub fn new(limits: CacheLimits) -> Self {
+        let floor = (limits.bytes_max / limits.entries_max.max(1)).max(1);
         Self {
-            entries: Cache::new(entries_max),
+            entries: Cache::builder()
+                .max_capacity(limits.bytes_max)
+                .weigher(move |_, e: &Arc<Entry>| {
+                    u32::try_from(e.estimated_bytes().max(floor)).unwrap_or(u32::MAX)
+                })
+                .build(),
             in_flight: Mutex::new(HashMap::new()),
         }
     }
@@ -150,6 +186,16 @@ impl AccountCache {
 
     pub fn entry_count(&self) -> u64 {
         self.entries.entry_count()
+    }
+
+    /// The weighted size: estimated bytes, each entry counted at least at its floor share.
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
+    /// Applies pending inserts and evictions now (moka does this lazily; tests and metrics).
+    pub fn run_pending_tasks(&self) {
+        self.entries.run_pending_tasks();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, InFlight>> {
@@ -277,6 +323,63 @@ mod tests {
     use super::*;
     use tollgate_protocol::{AccountStanding, SubscriptionFacts, SubscriptionStatus};
 
+    fn limits(entries_max: u64) -> CacheLimits {
+        CacheLimits {
+            entries_max,
+            bytes_max: entries_max * 4096,
+        }
+    }
+
+    fn fill(cache: &AccountCache, view: &RulesView, facts: AccountFacts) {
+        cache.begin_fill(facts.account_id);
+        cache.finish_fill(facts.account_id, Some(facts), view);
+    }
+
+    #[test]
+    fn the_cache_holds_at_most_entries_max_accounts() {
+        let view = demo_view();
+        let cache = AccountCache::new(CacheLimits {
+            entries_max: 100,
+            bytes_max: 1 << 30,
+        });
+        for v in 1..=1_000 {
+            fill(&cache, &view, facts(AccountId::new_v7(), v, Some("pro")));
+        }
+        cache.run_pending_tasks();
+        let n = cache.entry_count();
+        assert!((1..=100).contains(&n), "{n} entries cached");
+    }
+
+    #[test]
+    fn the_cache_holds_at_most_bytes_max_of_entries() {
+        let view = demo_view();
+        let one = Entry::materialise(Some(facts(AccountId::new_v7(), 1, Some("pro"))), &view);
+        let each = one.estimated_bytes();
+        assert!(each > ENTRY_OVERHEAD_BYTES, "{each}");
+        // Room for 50 such entries by bytes, 10,000 by count: bytes bind.
+        let bytes_max = each * 50;
+        let cache = AccountCache::new(CacheLimits {
+            entries_max: 10_000,
+            bytes_max,
+        });
+        for v in 1..=1_000 {
+            let mut f = facts(AccountId::new_v7(), v, Some("pro"));
+            // Bigger accounts weigh more: add-ons make their facts larger.
+            if v % 2 == 0 {
+                f.addons.insert(format!("addon-with-a-long-name-{v}"), 1);
+            }
+            fill(&cache, &view, f);
+        }
+        cache.run_pending_tasks();
+        assert!(
+            cache.weighted_size() <= bytes_max,
+            "{} > {bytes_max}",
+            cache.weighted_size()
+        );
+        let n = cache.entry_count();
+        assert!((1..=50).contains(&n), "{n} entries cached");
+    }
+
     fn demo_view() -> RulesView {
         let program = tollgate_rules::demo_program();
         RulesView::new(1, program, None, 1)
@@ -299,7 +402,7 @@ mod tests {
     #[test]
     fn an_event_during_a_fill_wins_over_the_older_fetch() {
         let view = demo_view();
-        let cache = AccountCache::new(100);
+        let cache = AccountCache::new(limits(100));
         let id = AccountId::new_v7();
         cache.begin_fill(id);
         // The stream delivers v3 while the fetch (which read v2) is in flight.
@@ -316,7 +419,7 @@ mod tests {
     #[test]
     fn stream_updates_only_move_forward_and_skip_unknown_accounts() {
         let view = demo_view();
-        let cache = AccountCache::new(100);
+        let cache = AccountCache::new(limits(100));
         let id = AccountId::new_v7();
         assert!(!cache.apply(facts(id, 1, Some("pro")), &view));
         assert!(
@@ -335,7 +438,7 @@ mod tests {
     #[test]
     fn unknown_accounts_have_version_zero_and_no_decisions() {
         let view = demo_view();
-        let cache = AccountCache::new(10);
+        let cache = AccountCache::new(limits(10));
         let id = AccountId::new_v7();
         cache.begin_fill(id);
         let e = cache.finish_fill(id, None, &view);

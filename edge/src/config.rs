@@ -9,11 +9,14 @@
 //! | `TOLLGATE_REDIS_URL` | Redis (change stream, L2 facts) | `redis://127.0.0.1:6379` |
 //! | `TOLLGATE_EDGE_DATA_DIR` | local state directory | `.tollgate/edge` |
 //! | `TOLLGATE_EDGE_CACHE_ENTRIES_MAX` | cached accounts at most | `1000000` |
+//! | `TOLLGATE_EDGE_CACHE_BYTES_MAX` | estimated bytes the cache may hold at most | `1073741824` (1 GiB) |
 //! | `TOLLGATE_EDGE_FRESHNESS_BUDGET_MS` | answers are `stale` when the change stream has been silent-by-failure longer, ms | `5000` |
 //! | `TOLLGATE_EDGE_UPSTREAM_TIMEOUT_MS` | timeout of one control-plane request, ms | `2000` |
 //! | `TOLLGATE_EDGE_NEGATIVE_TTL_MS` | how long "unknown account" is trusted, ms | `5000` |
 //! | `TOLLGATE_TRUSTED_KEYS` | rule-bundle signing keys trusted, `key_id:hex,key_id:hex` | required |
 //! | `TOLLGATE_EDGE_BUNDLE_POLL_MS` | how often the edge asks for its bundle (ETag), ms | `2000` |
+//! | `TOLLGATE_EDGE_USAGE_BUFFER_BYTES_MAX` | usage bytes stored but not yet acknowledged by the control plane, at most; past it `POST /v1/usage` answers 503 | `268435456` (256 MiB) |
+//! | `TOLLGATE_EDGE_USAGE_FLUSH_MS` | longest pause between usage flushes when little usage arrives, ms | `250` |
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,11 +33,14 @@ pub struct Config {
     pub redis_url: String,
     pub data_dir: PathBuf,
     pub cache_entries_max: u64,
+    pub cache_bytes_max: u64,
     pub freshness_budget_ms: u64,
     pub upstream_timeout_ms: u64,
     pub negative_ttl_ms: u64,
     pub trusted_keys: tollgate_rules::bundle::TrustedKeys,
     pub bundle_poll_ms: u64,
+    pub usage_buffer_bytes_max: u64,
+    pub usage_flush_ms: u64,
 }
 
 impl Config {
@@ -48,6 +54,7 @@ impl Config {
             redis_url: r.string("redis_url", "redis://127.0.0.1:6379"),
             data_dir: PathBuf::from(r.string("edge_data_dir", ".tollgate/edge")),
             cache_entries_max: r.parse("edge_cache_entries_max", 1_000_000),
+            cache_bytes_max: r.parse("edge_cache_bytes_max", 1 << 30),
             freshness_budget_ms: r.parse("edge_freshness_budget_ms", 5_000),
             upstream_timeout_ms: r.parse("edge_upstream_timeout_ms", 2_000),
             negative_ttl_ms: r.parse("edge_negative_ttl_ms", 5_000),
@@ -65,7 +72,15 @@ impl Config {
                     }),
             },
             bundle_poll_ms: r.parse("edge_bundle_poll_ms", 2_000),
+            usage_buffer_bytes_max: r.parse("edge_usage_buffer_bytes_max", 256 << 20),
+            usage_flush_ms: r.parse("edge_usage_flush_ms", 250),
         };
+        if cfg.usage_buffer_bytes_max < 4096 {
+            r.error("TOLLGATE_EDGE_USAGE_BUFFER_BYTES_MAX must be at least 4096");
+        }
+        if cfg.usage_flush_ms == 0 {
+            r.error("TOLLGATE_EDGE_USAGE_FLUSH_MS must be positive");
+        }
         let id_ok = cfg
             .edge_id
             .bytes()
@@ -86,6 +101,9 @@ impl Config {
         }
         if cfg.cache_entries_max == 0 {
             r.error("TOLLGATE_EDGE_CACHE_ENTRIES_MAX must be positive");
+        }
+        if cfg.cache_bytes_max < 1 << 20 {
+            r.error("TOLLGATE_EDGE_CACHE_BYTES_MAX must be at least 1 MiB (1048576)");
         }
         if cfg.upstream_timeout_ms == 0 {
             r.error("TOLLGATE_EDGE_UPSTREAM_TIMEOUT_MS must be positive");

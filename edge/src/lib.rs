@@ -13,6 +13,9 @@ pub mod ofrep;
 pub mod state;
 pub mod stream;
 pub mod upstream;
+pub mod usage;
+pub mod usage_api;
+pub mod usage_log;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -28,9 +31,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tollgate_protocol::{AccountId, Reason};
 
+use crate::cache::CacheLimits;
 use crate::config::Config;
 use crate::state::EdgeState;
-use crate::upstream::Upstream;
+use crate::upstream::{L2, Upstream};
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -58,6 +62,7 @@ fn problem(status: StatusCode, code: &'static str, detail: impl Into<String>) ->
 pub fn app(state: EdgeState) -> Router {
     Router::new()
         .route("/v1/check", get(check).post(check_batch))
+        .route("/v1/usage", axum::routing::post(usage_api::post_usage))
         .route("/v1/accounts/{id}/entitlements", get(entitlements))
         .route("/v1/status", get(status))
         .route(
@@ -92,6 +97,13 @@ pub struct CheckResponse<'a> {
     pub feature: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
+    /// Metered features: current-period usage (the control plane's aggregate plus this
+    /// edge's unacknowledged events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<i64>,
+    /// Metered features: `limit - usage` (negative past a `soft` quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<i64>,
     pub reason: Reason,
     /// Facts version the answer came from (0 for an unknown account).
     pub version: i64,
@@ -100,17 +112,25 @@ pub struct CheckResponse<'a> {
     pub stale: bool,
 }
 
-/// `account` and `feature` from a query string, borrowed when not percent-encoded.
-fn check_params(raw: Option<&str>) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
-    let (mut account, mut feature) = (None, None);
+/// `account`, `feature` and `quantity` from a query string, borrowed when not
+/// percent-encoded.
+type CheckParams<'a> = (
+    Option<Cow<'a, str>>,
+    Option<Cow<'a, str>>,
+    Option<Cow<'a, str>>,
+);
+
+fn check_params(raw: Option<&str>) -> CheckParams<'_> {
+    let (mut account, mut feature, mut quantity) = (None, None, None);
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
             "account" => account = Some(v),
             "feature" => feature = Some(v),
+            "quantity" => quantity = Some(v),
             _ => {}
         }
     }
-    (account, feature)
+    (account, feature, quantity)
 }
 
 /// Decides one (account, feature) under the bundle in force; the shared core of every check
@@ -120,6 +140,7 @@ pub(crate) async fn decide<'a>(
     view: &Arc<cache::RulesView>,
     account: AccountId,
     feature: Cow<'a, str>,
+    quantity: i64,
 ) -> Result<CheckResponse<'a>, (StatusCode, &'static str, String)> {
     let Some(index) = view.feature_index(&feature) else {
         return Err((
@@ -128,7 +149,7 @@ pub(crate) async fn decide<'a>(
             format!("no feature `{feature}`"),
         ));
     };
-    let resp = match state.entry(account, view).await {
+    let mut resp = match state.entry(account, view).await {
         Ok(entry) => {
             let stale = state.is_stale();
             match entry.decisions.get(index) {
@@ -136,6 +157,8 @@ pub(crate) async fn decide<'a>(
                     allowed: d.allowed,
                     feature,
                     limit: d.limit,
+                    usage: None,
+                    remaining: None,
                     reason: d.reason,
                     version: entry.version(),
                     bundle_version: entry.bundle_version,
@@ -145,6 +168,8 @@ pub(crate) async fn decide<'a>(
                     allowed: false,
                     feature,
                     limit: None,
+                    usage: None,
+                    remaining: None,
                     reason: Reason::UnknownAccount,
                     version: 0,
                     bundle_version: entry.bundle_version,
@@ -165,6 +190,8 @@ pub(crate) async fn decide<'a>(
                 allowed: fail_open,
                 feature,
                 limit: None,
+                usage: None,
+                remaining: None,
                 reason: Reason::Fallback,
                 version: 0,
                 bundle_version: view.bundle_version,
@@ -172,6 +199,21 @@ pub(crate) async fn decide<'a>(
             }
         }
     };
+    // Metered: the counter comparison. Only for a granted quota; a denial stays what it was.
+    if let (true, Some(limit), Some(spec)) = (
+        resp.allowed,
+        resp.limit,
+        view.program.features[index].meter.as_ref(),
+    ) {
+        let (used, unavailable) = state.usage_of(account, &resp.feature, spec).await;
+        resp.usage = Some(used);
+        resp.remaining = Some(limit.saturating_sub(used));
+        resp.stale |= unavailable;
+        if used.saturating_add(quantity) > limit && !spec.soft {
+            resp.allowed = false;
+            resp.reason = Reason::DeniedQuotaExceeded;
+        }
+    }
     if resp.allowed {
         state.metrics.checks_allowed.inc();
     } else {
@@ -184,12 +226,23 @@ pub(crate) async fn decide<'a>(
 /// `GET /v1/check?account=ID&feature=KEY` — the hot path: on a cache hit, no allocation
 /// beyond the response body and no WebAssembly.
 async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Response {
-    let (Some(account), Some(feature)) = check_params(raw.as_deref()) else {
+    let (Some(account), Some(feature), quantity) = check_params(raw.as_deref()) else {
         return problem(
             StatusCode::BAD_REQUEST,
             "invalid_query",
-            "expected ?account=ID&feature=KEY",
+            "expected ?account=ID&feature=KEY[&quantity=N]",
         );
+    };
+    let quantity = match quantity.map(|q| q.parse::<i64>()) {
+        None => 1,
+        Some(Ok(q)) if q >= 0 => q,
+        Some(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid_quantity",
+                "quantity must be a whole number, 0 or more",
+            );
+        }
     };
     let Ok(account) = account.parse::<AccountId>() else {
         return problem(
@@ -207,7 +260,7 @@ async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Respo
             "no rule bundle loaded yet",
         );
     };
-    match decide(&state, view, account, feature).await {
+    match decide(&state, view, account, feature, quantity).await {
         Ok(resp) => axum::Json(resp).into_response(),
         Err((status, code, detail)) => problem(status, code, detail),
     }
@@ -221,6 +274,13 @@ pub const BATCH_CHECKS_MAX: usize = 256;
 pub struct BatchItem {
     pub account: String,
     pub feature: String,
+    /// Units the caller is about to use of a metered feature (default 1).
+    #[serde(default = "one")]
+    pub quantity: i64,
+}
+
+fn one() -> i64 {
+    1
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,7 +316,8 @@ async fn check_batch(State(state): State<EdgeState>, body: axum::body::Bytes) ->
             Err(_) => json!({ "account": item.account, "feature": item.feature,
                               "error": { "code": "invalid_account_id", "detail": "account must be a UUID" } }),
             Ok(account) => {
-                match decide(&state, &view, account, Cow::Borrowed(item.feature.as_str())).await {
+                let feature = Cow::Borrowed(item.feature.as_str());
+                match decide(&state, &view, account, feature, item.quantity.max(0)).await {
                     Ok(resp) => json!({ "account": item.account, "result": resp }),
                     Err((_, code, detail)) => {
                         json!({ "account": item.account, "feature": item.feature, "error": { "code": code, "detail": detail } })
@@ -292,22 +353,33 @@ async fn entitlements(
         Ok(e) => (Some(e), state.is_stale()),
         Err(_) => (None, true),
     };
-    let features: Vec<serde_json::Value> = view
-        .program
-        .features
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let kind = f.kind.as_str();
-            match entry.as_ref().and_then(|e| e.decisions.get(i)) {
-                Some(d) => json!({ "feature": f.key, "kind": kind, "allowed": d.allowed, "limit": d.limit, "reason": d.reason }),
-                None if entry.as_ref().is_some_and(|e| e.facts.is_none()) => {
-                    json!({ "feature": f.key, "kind": kind, "allowed": false, "limit": null, "reason": Reason::UnknownAccount })
+    let mut features: Vec<serde_json::Value> = Vec::with_capacity(view.program.features.len());
+    let mut stale = stale;
+    for (i, f) in view.program.features.iter().enumerate() {
+        let kind = f.kind.as_str();
+        features.push(match entry.as_ref().and_then(|e| e.decisions.get(i)) {
+            Some(d) => {
+                let mut v = json!({ "feature": f.key, "kind": kind, "allowed": d.allowed, "limit": d.limit, "reason": d.reason });
+                if let (Some(spec), Some(limit)) = (f.meter.as_ref(), d.limit) {
+                    let (used, unavailable) = state.usage_of(account, &f.key, spec).await;
+                    stale |= unavailable;
+                    v["usage"] = json!(used);
+                    v["remaining"] = json!(limit.saturating_sub(used));
+                    v["aggregation"] = json!(spec.aggregation.as_str());
+                    v["soft"] = json!(spec.soft);
+                    if d.allowed && used >= limit && !spec.soft {
+                        v["allowed"] = json!(false);
+                        v["reason"] = json!(Reason::DeniedQuotaExceeded);
+                    }
                 }
-                None => json!({ "feature": f.key, "kind": kind, "allowed": f.fail_open, "limit": null, "reason": Reason::Fallback }),
+                v
             }
-        })
-        .collect();
+            None if entry.as_ref().is_some_and(|e| e.facts.is_none()) => {
+                json!({ "feature": f.key, "kind": kind, "allowed": false, "limit": null, "reason": Reason::UnknownAccount })
+            }
+            None => json!({ "feature": f.key, "kind": kind, "allowed": f.fail_open, "limit": null, "reason": Reason::Fallback }),
+        });
+    }
     axum::Json(json!({
         "account": account,
         "version": entry.as_ref().map_or(0, |e| e.version()),
@@ -346,6 +418,10 @@ async fn metrics_handler(State(state): State<EdgeState>) -> Response {
         .metrics
         .cached_accounts
         .set(i64::try_from(state.cache.entry_count()).unwrap_or(i64::MAX));
+    state
+        .metrics
+        .cached_bytes
+        .set(i64::try_from(state.cache.weighted_size()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,
@@ -354,26 +430,6 @@ async fn metrics_handler(State(state): State<EdgeState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-/// How long start-up waits for Redis before running without it (answers are then stale).
-pub const REDIS_STARTUP_WAIT_MS: u64 = 5_000;
-async fn connect_redis(url: &str) -> Option<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url).ok()?;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(REDIS_STARTUP_WAIT_MS);
-    loop {
-        match redis::aio::ConnectionManager::new(client.clone()).await {
-            Ok(c) => return Some(c),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "redis not reachable yet");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "running without redis: answers are stale until restart");
-                return None;
-            }
-        }
-    }
 }
 
 /// How often cached accounts are refetched from the control plane while the change stream is
@@ -394,18 +450,23 @@ async fn poll_while_stale(state: EdgeState, mut shutdown: tokio::sync::watch::Re
 
 /// Runs the edge until SIGTERM / Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let redis = connect_redis(&config.redis_url).await;
+    let redis = redis::Client::open(config.redis_url.as_str()).context("redis url")?;
+    // L2 connects in the background: a Redis that is down at boot only sends misses to the
+    // control plane until it answers.
+    let l2 = L2::default();
     let upstream = Upstream::new(
         &config.control_plane_url,
         config.edge_token.clone(),
         Duration::from_millis(config.upstream_timeout_ms),
-        redis.clone(),
+        l2.clone(),
     )?;
     let state = EdgeState::new(
         config.edge_id.clone(),
-        config.cache_entries_max,
+        CacheLimits {
+            entries_max: config.cache_entries_max,
+            bytes_max: config.cache_bytes_max,
+        },
         upstream,
-        redis,
         config.freshness_budget_ms,
         config.negative_ttl_ms,
     );
@@ -413,7 +474,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The last good bundle answers at once, even with the control plane down.
     bundles::load_persisted(&state, &engine, &config.trusted_keys, &config.data_dir);
     bundles::restore_facts(&state, &config.data_dir);
+    // Usage recovered from disk is flushed as soon as the control plane answers.
+    let usage = usage::Usage::open(
+        &config.data_dir.join("usage"),
+        config.usage_buffer_bytes_max,
+        state.meters_fn(),
+        state.metrics.usage.clone(),
+    )
+    .context("usage log")?;
+    let _ = state.usage.set(usage.clone());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let flusher = tokio::spawn(usage::flush_loop(
+        state.clone(),
+        usage,
+        Duration::from_millis(config.usage_flush_ms),
+        shutdown_rx.clone(),
+    ));
+    let l2_task = tokio::spawn({
+        let (client, shutdown) = (redis.clone(), shutdown_rx.clone());
+        async move { l2.connect(client, shutdown).await }
+    });
     let bundle_task = tokio::spawn(bundles::follow(
         state.clone(),
         engine,
@@ -428,13 +508,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     let poller = tokio::spawn(poll_while_stale(state.clone(), shutdown_rx.clone()));
-    let follower = match redis::Client::open(config.redis_url.as_str()) {
-        Ok(client) => tokio::spawn(stream::follow(state.clone(), client, shutdown_rx.clone())),
-        Err(e) => {
-            tracing::error!(error = %e, "invalid redis url: no change stream");
-            tokio::spawn(async {})
-        }
-    };
+    let follower = tokio::spawn(stream::follow(state.clone(), redis, shutdown_rx.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .context("bind")?;
@@ -444,7 +518,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("serve")?;
     let _ = shutdown_tx.send(true);
-    let _ = tokio::join!(bundle_task, follower, snapshots, poller);
+    let _ = tokio::join!(bundle_task, follower, snapshots, poller, l2_task, flusher);
     tracing::info!("edge stopped");
     Ok(())
 }

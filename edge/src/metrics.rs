@@ -46,8 +46,11 @@ pub struct EdgeMetrics {
     pub changes_applied: Counter,
     pub propagation_ms: Histogram,
     pub cached_accounts: Gauge,
+    pub cached_bytes: Gauge,
+    pub stream_lag_ms: Gauge,
     pub bundle_installs: Counter,
     pub bundle_failures: Counter,
+    pub usage: crate::usage::UsageMetrics,
 }
 
 impl EdgeMetrics {
@@ -119,6 +122,63 @@ impl EdgeMetrics {
             "Accounts in the cache",
             cached_accounts.clone(),
         );
+        let cached_bytes = Gauge::default();
+        registry.register(
+            "cached_bytes",
+            "Estimated bytes held by the cache (each entry at least its share of the entry bound)",
+            cached_bytes.clone(),
+        );
+        let stream_lag_ms = Gauge::default();
+        registry.register(
+            "stream_lag_milliseconds",
+            "Age of the newest change event read from the stream when it was read (commit to read), ms",
+            stream_lag_ms.clone(),
+        );
+        let usage = crate::usage::UsageMetrics::default();
+        for (name, help, counter) in [
+            (
+                "usage_events_accepted",
+                "Usage events stored durably (answered 202)",
+                &usage.events_accepted,
+            ),
+            (
+                "usage_events_invalid",
+                "Usage events refused as invalid",
+                &usage.events_invalid,
+            ),
+            (
+                "usage_events_refused_full",
+                "Usage events refused because the buffer was full",
+                &usage.events_refused_full,
+            ),
+            (
+                "usage_events_flushed",
+                "Usage events acknowledged by the control plane",
+                &usage.events_flushed,
+            ),
+            (
+                "usage_flush_failures",
+                "Usage flushes that failed (retried with backoff)",
+                &usage.flush_failures,
+            ),
+            (
+                "usage_commit_groups",
+                "Group commits (one fsync each)",
+                &usage.commit_groups,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "usage_pending_events",
+            "Usage events stored but not yet acknowledged by the control plane",
+            usage.pending_events.clone(),
+        );
+        registry.register(
+            "usage_pending_bytes",
+            "Bytes of usage events stored but not yet acknowledged",
+            usage.pending_bytes.clone(),
+        );
         let child = |result| checks.get_or_create(&CheckLabels { result }).clone();
         Self {
             registry,
@@ -134,8 +194,11 @@ impl EdgeMetrics {
             changes_applied,
             propagation_ms,
             cached_accounts,
+            cached_bytes,
+            stream_lag_ms,
             bundle_installs,
             bundle_failures,
+            usage,
         }
     }
 

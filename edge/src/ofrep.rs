@@ -123,7 +123,7 @@ pub async fn evaluate_flag(
         );
     };
     let kind = view.program.features[index].kind;
-    match crate::decide(&state, &view, account, Cow::Borrowed(key.as_str())).await {
+    match crate::decide(&state, &view, account, Cow::Borrowed(key.as_str()), 1).await {
         Ok(r) => axum::Json(evaluation(&view, &key, kind, &r)).into_response(),
         Err((_, _, detail)) => error(StatusCode::NOT_FOUND, Some(&key), "FLAG_NOT_FOUND", detail),
     }
@@ -151,7 +151,7 @@ pub async fn evaluate_all(
     let mut facts_version = 0;
     let mut stale = false;
     for f in &view.program.features {
-        match crate::decide(&state, &view, account, Cow::Borrowed(f.key.as_str())).await {
+        match crate::decide(&state, &view, account, Cow::Borrowed(f.key.as_str()), 1).await {
             Ok(r) => {
                 facts_version = r.version;
                 stale |= r.stale;

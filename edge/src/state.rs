@@ -9,7 +9,7 @@ use tollgate_protocol::{AccountId, ChangeEvent};
 use tollgate_rules::host::LoadedRules;
 use tollgate_rules::ir::Program;
 
-use crate::cache::{AccountCache, Entry, Fill, RulesView};
+use crate::cache::{AccountCache, CacheLimits, Entry, Fill, RulesView};
 use crate::metrics::{EdgeMetrics, FillLabels, FillSourceLabel};
 use crate::upstream::{FillSource, Upstream, UpstreamError};
 
@@ -23,13 +23,14 @@ pub struct Inner {
     pub rules: ArcSwapOption<RulesView>,
     rules_generation: AtomicU64,
     pub upstream: Upstream,
-    pub redis: Option<redis::aio::ConnectionManager>,
     /// Last successful change-stream read (unix ms); answers are stale past the budget.
     pub stream_ok_at_ms: AtomicI64,
     pub freshness_budget_ms: i64,
     pub negative_ttl_ms: u64,
     pub metrics: EdgeMetrics,
     denials: std::sync::Mutex<std::collections::VecDeque<Denial>>,
+    /// The usage store, once attached (`POST /v1/usage` answers 503 without one).
+    pub usage: std::sync::OnceLock<Arc<crate::usage::Usage>>,
 }
 
 /// Recent denials kept for support ("why was account A denied F at 14:02").
@@ -80,24 +81,23 @@ impl std::ops::Deref for EdgeState {
 impl EdgeState {
     pub fn new(
         edge_id: String,
-        cache_entries_max: u64,
+        cache_limits: CacheLimits,
         upstream: Upstream,
-        redis: Option<redis::aio::ConnectionManager>,
         freshness_budget_ms: u64,
         negative_ttl_ms: u64,
     ) -> Self {
         Self(Arc::new(Inner {
             edge_id,
-            cache: AccountCache::new(cache_entries_max),
+            cache: AccountCache::new(cache_limits),
             rules: ArcSwapOption::empty(),
             rules_generation: AtomicU64::new(0),
             upstream,
-            redis,
             stream_ok_at_ms: AtomicI64::new(0),
             freshness_budget_ms: i64::try_from(freshness_budget_ms).unwrap_or(i64::MAX),
             negative_ttl_ms,
             metrics: EdgeMetrics::new(),
             denials: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(DENIALS_MAX)),
+            usage: std::sync::OnceLock::new(),
         }))
     }
 
@@ -196,6 +196,73 @@ impl EdgeState {
         ring.iter().rev().cloned().collect()
     }
 
+    /// The meter of a metered feature of the bundle in force.
+    pub fn meter(&self, key: &str) -> Option<tollgate_protocol::usage::MeterSpec> {
+        let view = self.rules.load();
+        let view = view.as_ref()?;
+        let i = view.feature_index(key)?;
+        view.program.features[i].meter.clone()
+    }
+
+    /// [`Self::meter`] as a function for the usage store, holding the state weakly (the store
+    /// is part of the state: a strong reference would keep both alive forever).
+    pub fn meters_fn(
+        &self,
+    ) -> impl Fn(&str) -> Option<tollgate_protocol::usage::MeterSpec> + Send + 'static {
+        let weak = Arc::downgrade(&self.0);
+        move |key| weak.upgrade().and_then(|inner| EdgeState(inner).meter(key))
+    }
+
+    /// Start (unix ms) of the period of `meter` holding `ts_ms`; 0 for an unknown meter.
+    pub fn meter_period_start(&self, meter: &str, ts_ms: i64) -> i64 {
+        self.meter(meter).map_or(0, |m| m.period.bounds(ts_ms).0)
+    }
+
+    /// Current-period usage of a metered feature: the control plane's aggregate (fetched when
+    /// missing or old) plus, for additive aggregations, this edge's unacknowledged events.
+    /// `Err` when the aggregate could not be fetched (the caller answers `stale`).
+    pub async fn usage_of(
+        &self,
+        account: AccountId,
+        meter: &str,
+        spec: &tollgate_protocol::usage::MeterSpec,
+    ) -> (i64, bool) {
+        let now = crate::now_ms();
+        let (start, _) = spec.period.bounds(now);
+        let Some(usage) = self.usage.get() else {
+            return (0, false);
+        };
+        let local = usage.pending(account, meter, start);
+        let aggregate = match usage.fresh_aggregate(account, meter, now) {
+            Some(a) => Some(a),
+            None => match self.upstream.account_usage(account).await {
+                Ok(all) => {
+                    usage.remember(all.aggregates);
+                    // Remembered even when older than the TTL allows: take it from the answer.
+                    usage.fresh_aggregate(account, meter, now)
+                }
+                Err(e) => {
+                    tracing::debug!(account_id = %account, error = %e, "usage aggregate unavailable");
+                    let local = match spec.aggregation {
+                        tollgate_protocol::usage::Aggregation::Sum => local.quantity,
+                        tollgate_protocol::usage::Aggregation::Count => local.events,
+                        _ => 0,
+                    };
+                    return (local, true);
+                }
+            },
+        };
+        let remote = aggregate
+            .filter(|a| a.period_start_ms == start)
+            .map_or(0, |a| a.value);
+        let value = match spec.aggregation {
+            tollgate_protocol::usage::Aggregation::Sum => remote + local.quantity,
+            tollgate_protocol::usage::Aggregation::Count => remote + local.events,
+            _ => remote,
+        };
+        (value, false)
+    }
+
     pub fn bundle_version(&self) -> Option<u64> {
         self.rules.load().as_ref().map(|v| v.bundle_version)
     }
@@ -211,6 +278,7 @@ impl EdgeState {
             return;
         };
         let lag_ms = crate::now_ms() - ev.committed_at_ms;
+        self.metrics.stream_lag_ms.set(lag_ms.max(0));
         if self.cache.apply(ev.facts, &view) {
             self.metrics.changes_applied.inc();
             self.metrics.propagation_ms.observe(lag_ms.max(0) as f64);

@@ -109,7 +109,9 @@ pub async fn follow(
 ) {
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let mut last_id: Option<String> = None;
-    let mut in_gap = false;
+    // The stream state of the last gap acted on: a gap that persists (stream still missing,
+    // nothing newer to read past the trim point) is acted on once, and every new one again.
+    let mut last_gap: Option<(Option<u64>, Option<String>)> = None;
     let mut entries_added: Option<u64> = None;
     let mut retry_ms = RETRY_DELAY_MS_MIN;
     loop {
@@ -147,7 +149,11 @@ pub async fn follow(
             // edge never read (`max-deleted-entry-id` past the last one applied). Changes may be
             // lost, so every cached account is revalidated instead of trusted.
             if from != "0-0" {
-                let gap = match stream_info(redis).await? {
+                let info = stream_info(redis).await?;
+                let marker = info.as_ref().map_or((None, None), |i| {
+                    (i.entries_added, i.max_deleted_id.clone())
+                });
+                let gap = match info {
                     None => true,
                     Some(info) => {
                         let recreated = matches!((info.entries_added, entries_added), (Some(now), Some(before)) if now < before);
@@ -161,13 +167,15 @@ pub async fn follow(
                         recreated || trimmed_past
                     }
                 };
-                if gap && !in_gap {
+                if !gap {
+                    last_gap = None;
+                } else if last_gap.as_ref() != Some(&marker) {
                     tracing::warn!(last_applied = %from, "change stream gap: revalidating every cached account");
                     state.metrics.stream_gaps.inc();
                     let st = state.clone();
                     tokio::spawn(async move { st.revalidate_all().await });
+                    last_gap = Some(marker);
                 }
-                in_gap = gap;
             }
             let opts = StreamReadOptions::default()
                 .block(BLOCK_MS)

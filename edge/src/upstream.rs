@@ -1,8 +1,10 @@
 //! Where facts come from on a miss: Redis L2 first, then the control plane's internal API.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use tollgate_protocol::usage::{AccountUsage, UsageAck, UsageBatch};
 use tollgate_protocol::{AccountFacts, AccountId, internal_api, redis_keys};
 
 /// A fetch that could not be answered by either source.
@@ -24,11 +26,59 @@ pub enum FillSource {
     ControlPlane,
 }
 
+/// The Redis L2 connection, present once Redis has been reached: at start, or later by
+/// [`L2::connect`] retrying in the background when Redis was down at boot.
+#[derive(Clone, Default)]
+pub struct L2(Arc<OnceLock<redis::aio::ConnectionManager>>);
+
+/// Longest pause between two attempts to reach Redis for the L2 connection.
+pub const L2_RETRY_MS_MAX: u64 = 5_000;
+
+impl L2 {
+    /// An L2 that is already connected.
+    pub fn connected(conn: redis::aio::ConnectionManager) -> Self {
+        let l2 = Self::default();
+        let _ = l2.0.set(conn);
+        l2
+    }
+
+    pub fn get(&self) -> Option<redis::aio::ConnectionManager> {
+        self.0.get().cloned()
+    }
+
+    /// Connects, retrying with capped exponential backoff until Redis answers or `shutdown`
+    /// fires. The connection manager reconnects by itself afterwards.
+    pub async fn connect(
+        &self,
+        client: redis::Client,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match redis::aio::ConnectionManager::new(client.clone()).await {
+                Ok(conn) => {
+                    let _ = self.0.set(conn);
+                    tracing::info!("redis L2 connected");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_ms = pause.as_millis() as u64, "redis L2 not reachable; misses go to the control plane")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => return,
+            }
+            pause = (pause * 2).min(Duration::from_millis(L2_RETRY_MS_MAX));
+        }
+    }
+}
+
 pub struct Upstream {
     http: reqwest::Client,
     base: String,
     token: SecretString,
-    redis: Option<redis::aio::ConnectionManager>,
+    l2: L2,
 }
 
 impl Upstream {
@@ -36,7 +86,7 @@ impl Upstream {
         base: &str,
         token: SecretString,
         timeout: Duration,
-        redis: Option<redis::aio::ConnectionManager>,
+        l2: L2,
     ) -> Result<Self, UpstreamError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -47,7 +97,7 @@ impl Upstream {
             http,
             base: base.trim_end_matches('/').to_owned(),
             token,
-            redis,
+            l2,
         })
     }
 
@@ -83,13 +133,63 @@ impl Upstream {
 
     /// The L2 copy; any Redis problem is a miss.
     async fn l2(&self, account: AccountId) -> Option<AccountFacts> {
-        let mut redis = self.redis.clone()?;
+        let mut redis = self.l2.get()?;
         let raw: Option<String> = redis::cmd("GET")
             .arg(redis_keys::facts(&account))
             .query_async(&mut redis)
             .await
             .ok()?;
         serde_json::from_str(&raw?).ok()
+    }
+
+    /// Sends a batch of usage events; `Ok` only when the control plane acknowledged all of
+    /// them (stored now or before).
+    pub async fn flush_usage(&self, batch: &UsageBatch) -> Result<UsageAck, UpstreamError> {
+        let url = format!("{}{}", self.base, internal_api::USAGE_PATH);
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(self.token.expose_secret())
+            .header("idempotency-key", batch.batch_id.to_string())
+            .json(batch)
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp
+                .json()
+                .await
+                .map_err(|e| UpstreamError::Protocol(e.to_string()));
+        }
+        let body = resp.text().await.unwrap_or_default();
+        if status.is_server_error() {
+            Err(UpstreamError::Unavailable(format!(
+                "usage: {status} {body}"
+            )))
+        } else {
+            Err(UpstreamError::Protocol(format!("usage: {status} {body}")))
+        }
+    }
+
+    /// An account's current-period aggregates.
+    pub async fn account_usage(&self, account: AccountId) -> Result<AccountUsage, UpstreamError> {
+        let url = format!("{}{}", self.base, internal_api::usage_path(&account));
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(self.token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
+        match resp.status() {
+            s if s.is_success() => resp
+                .json()
+                .await
+                .map_err(|e| UpstreamError::Protocol(e.to_string())),
+            s if s.is_server_error() => Err(UpstreamError::Unavailable(format!("usage: {s}"))),
+            s => Err(UpstreamError::Protocol(format!("usage: {s}"))),
+        }
     }
 
     /// The bundle meant for this edge: `Ok(None)` when `etag` is still current (304) or no

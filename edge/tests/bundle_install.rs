@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use tollgate_edge::bundles::{self, InstallError};
+use tollgate_edge::cache::CacheLimits;
 use tollgate_edge::state::EdgeState;
-use tollgate_edge::upstream::Upstream;
+use tollgate_edge::upstream::{L2, Upstream};
 use tollgate_rules::bundle::{self, SigningKey, TrustedKeys};
 use tollgate_rules::compiler;
 use tollgate_rules::host::RulesEngine;
@@ -22,10 +23,14 @@ fn state() -> EdgeState {
         "http://127.0.0.1:9",
         secrecy::SecretString::from("t".to_owned()),
         Duration::from_millis(100),
-        None,
+        L2::default(),
     )
     .expect("upstream");
-    EdgeState::new("edge-test".into(), 100, upstream, None, 5_000, 5_000)
+    let limits = CacheLimits {
+        entries_max: 100,
+        bytes_max: 1 << 20,
+    };
+    EdgeState::new("edge-test".into(), limits, upstream, 5_000, 5_000)
 }
 
 fn unsigned(version: u64) -> (bundle::UnsignedBundle, tollgate_rules::ir::Shape) {

@@ -13,8 +13,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use http_body_util::BodyExt;
 use serde_json::Value;
+use tollgate_edge::cache::CacheLimits;
 use tollgate_edge::state::EdgeState;
-use tollgate_edge::upstream::Upstream;
+use tollgate_edge::upstream::{L2, Upstream};
 use tollgate_protocol::{
     AccountFacts, AccountId, AccountStanding, ChangeEvent, SubscriptionFacts, SubscriptionStatus,
     redis_keys,
@@ -78,9 +79,13 @@ async fn edge(redis: Option<redis::aio::ConnectionManager>) -> (EdgeState, Store
     let hits: Hits = Arc::default();
     let base = stub_control_plane(store.clone(), hits.clone()).await;
     let token = || secrecy::SecretString::from("t".to_owned());
-    let upstream =
-        Upstream::new(&base, token(), Duration::from_secs(2), redis.clone()).expect("upstream");
-    let state = EdgeState::new("test-edge".into(), 1000, upstream, redis, 5_000, 60_000);
+    let l2 = redis.map(L2::connected).unwrap_or_default();
+    let upstream = Upstream::new(&base, token(), Duration::from_secs(2), l2).expect("upstream");
+    let limits = CacheLimits {
+        entries_max: 1000,
+        bytes_max: 1 << 24,
+    };
+    let state = EdgeState::new("test-edge".into(), limits, upstream, 5_000, 60_000);
     // The demo rules compiled to WebAssembly and loaded under wasmtime, as a bundle would be.
     let program = tollgate_rules::demo_program();
     let loaded = RulesEngine::new()
@@ -449,4 +454,119 @@ async fn a_stream_gap_makes_the_edge_revalidate_what_it_holds() {
         (Some("denied_no_subscription"), Some(2))
     );
     f.follower.abort();
+}
+
+/// A private `redis-server` on a free loopback port, killed on drop.
+struct LateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl LateRedis {
+    fn port() -> LateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        LateRedis { port, child: None }
+    }
+
+    fn start(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+    }
+}
+
+impl Drop for LateRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn misses_read_the_l2_once_a_redis_that_was_down_at_boot_comes_up() {
+    let mut redis = LateRedis::port();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    // The edge boots while nothing listens on the Redis port.
+    let store: Store = Arc::default();
+    let hits: Hits = Arc::default();
+    let base = stub_control_plane(store.clone(), hits.clone()).await;
+    let l2 = L2::default();
+    let token = secrecy::SecretString::from("t".to_owned());
+    let upstream = Upstream::new(&base, token, Duration::from_secs(2), l2.clone()).expect("up");
+    let limits = CacheLimits {
+        entries_max: 100,
+        bytes_max: 1 << 20,
+    };
+    let state = EdgeState::new("late-redis".into(), limits, upstream, 5_000, 60_000);
+    let program = tollgate_rules::demo_program();
+    state.install_rules(1, program, None);
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let client = redis::Client::open(url).expect("url");
+    let connector = tokio::spawn({
+        let l2 = l2.clone();
+        async move { l2.connect(client.clone(), stop_rx).await }
+    });
+
+    // Meanwhile misses go to the control plane.
+    let early = AccountId::new_v7();
+    store
+        .lock()
+        .expect("store")
+        .insert(early, facts(early, 1, Some("pro")));
+    let (s, _, v) = call(
+        &state,
+        Method::GET,
+        &format!("/v1/check?account={early}&feature=sso"),
+    )
+    .await;
+    assert_eq!((s, v["allowed"].as_bool()), (StatusCode::OK, Some(true)));
+    assert_eq!(*hits.lock().expect("hits"), 1);
+
+    // Redis comes up; the connector gets through without a restart.
+    redis.start();
+    tokio::time::timeout(Duration::from_secs(30), connector)
+        .await
+        .expect("the connector reached redis")
+        .expect("join");
+    let mut conn = l2.get().expect("connected");
+
+    // An account only the L2 holds (the control plane would say 404) is answered from it.
+    let late = AccountId::new_v7();
+    let _: () = redis::cmd("SET")
+        .arg(redis_keys::facts(&late))
+        .arg(serde_json::to_string(&facts(late, 3, Some("pro"))).expect("json"))
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    let (s, _, v) = call(
+        &state,
+        Method::GET,
+        &format!("/v1/check?account={late}&feature=sso"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (v["allowed"].as_bool(), v["version"].as_i64()),
+        (Some(true), Some(3)),
+        "{v}"
+    );
+    assert_eq!(
+        *hits.lock().expect("hits"),
+        1,
+        "the control plane was not asked"
+    );
+    let metrics = state.metrics.render();
+    assert!(
+        metrics.contains("tollgate_edge_fills_total{source=\"Redis\"} 1"),
+        "{metrics}"
+    );
 }

@@ -171,6 +171,8 @@ pub enum Reason {
     /// The edge could not reach the control plane for an account it never saw; the feature's
     /// fail-open / fail-closed policy decided.
     Fallback,
+    /// A metered feature's usage plus the requested quantity would pass its quota.
+    DeniedQuotaExceeded,
 }
 
 impl Reason {
@@ -188,6 +190,7 @@ impl Reason {
             Self::Override => "override",
             Self::UnknownAccount => "unknown_account",
             Self::Fallback => "fallback",
+            Self::DeniedQuotaExceeded => "denied_quota_exceeded",
         }
     }
 }
@@ -247,11 +250,234 @@ pub mod internal_api {
     }
     /// Header carrying the edge token.
     pub const EDGE_TOKEN_HEADER: &str = "authorization";
+    /// `POST` [`super::usage::UsageBatch`] (header `Idempotency-Key` = the batch id) →
+    /// [`super::usage::UsageAck`].
+    pub const USAGE_PATH: &str = "/internal/v1/usage";
+    /// `GET` → [`super::usage::AccountUsage`]: the account's current-period aggregates.
+    pub fn usage_path(account: &super::AccountId) -> String {
+        format!("/internal/v1/accounts/{account}/usage")
+    }
+}
+
+/// Metered usage: the events edges buffer and flush, and the aggregates the control plane
+/// keeps per account, meter and period.
+pub mod usage {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::AccountId;
+
+    /// How a meter's events become one number per account and period.
+    #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Aggregation {
+        /// Sum of quantities.
+        Sum,
+        /// Number of events.
+        Count,
+        /// Largest quantity.
+        Max,
+        /// Number of distinct values of one event property.
+        UniqueCount { property: String },
+        /// Quantity of the event with the latest timestamp.
+        Latest,
+    }
+
+    impl Aggregation {
+        pub fn as_str(&self) -> &'static str {
+            match self {
+                Self::Sum => "sum",
+                Self::Count => "count",
+                Self::Max => "max",
+                Self::UniqueCount { .. } => "unique_count",
+                Self::Latest => "latest",
+            }
+        }
+
+        /// Whether the edge may add its not-yet-flushed events to the last aggregate it
+        /// received (true for sum and count; max, latest and unique counts are not additive).
+        pub fn additive(&self) -> bool {
+            matches!(self, Self::Sum | Self::Count)
+        }
+    }
+
+    /// The calendar period (UTC) a meter's aggregate and quota cover.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum MeterPeriod {
+        Day,
+        Month,
+        Year,
+    }
+
+    impl MeterPeriod {
+        pub fn as_str(self) -> &'static str {
+            match self {
+                Self::Day => "day",
+                Self::Month => "month",
+                Self::Year => "year",
+            }
+        }
+
+        pub fn parse(s: &str) -> Option<Self> {
+            [Self::Day, Self::Month, Self::Year]
+                .into_iter()
+                .find(|p| p.as_str() == s)
+        }
+
+        /// The UTC calendar period holding `at_ms` (unix ms), as `[start, end)` unix ms.
+        pub fn bounds(self, at_ms: i64) -> (i64, i64) {
+            const DAY_MS: i64 = 86_400_000;
+            let day = at_ms.div_euclid(DAY_MS);
+            let (y, m, _) = civil_from_days(day);
+            let (start, end) = match self {
+                Self::Day => (day, day + 1),
+                Self::Month => {
+                    let next = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                    (days_from_civil(y, m, 1), days_from_civil(next.0, next.1, 1))
+                }
+                Self::Year => (days_from_civil(y, 1, 1), days_from_civil(y + 1, 1, 1)),
+            };
+            (start * DAY_MS, end * DAY_MS)
+        }
+    }
+
+    /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+    fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
+    }
+
+    /// The date of a day number since 1970-01-01.
+    fn civil_from_days(z: i64) -> (i64, i64, i64) {
+        let z = z + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        (y, m, d)
+    }
+
+    /// A metered feature's meter, as declared in the rules catalog.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MeterSpec {
+        pub aggregation: Aggregation,
+        pub period: MeterPeriod,
+        /// Over the quota is allowed (and billed as overage) instead of denied.
+        pub soft: bool,
+        /// Units an edge leases from the account's remaining quota at a time.
+        pub lease: i64,
+    }
+
+    /// One usage event as edges store and flush it. `properties` hold scalar values as text.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct UsageEvent {
+        /// Unique per event: the caller's id, `ce:{source}:{id}` for CloudEvents, or a UUIDv7
+        /// the edge assigned. The control plane stores each id once.
+        pub id: String,
+        pub account: AccountId,
+        pub meter: String,
+        pub quantity: i64,
+        /// When the usage happened, unix milliseconds.
+        pub timestamp_ms: i64,
+        #[serde(default)]
+        pub properties: BTreeMap<String, String>,
+    }
+
+    /// Events an edge flushes in one request; `batch_id` is also its `Idempotency-Key`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct UsageBatch {
+        pub batch_id: uuid::Uuid,
+        pub edge_id: String,
+        pub events: Vec<UsageEvent>,
+    }
+
+    /// One account's aggregate of one meter over one period.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MeterAggregate {
+        pub account: AccountId,
+        pub meter: String,
+        pub period_start_ms: i64,
+        pub period_end_ms: i64,
+        pub value: i64,
+        /// Events counted (every aggregation).
+        pub events: i64,
+    }
+
+    /// The control plane's answer to a [`UsageBatch`]. Every event of the batch is durably
+    /// recorded (or was already) once this is sent: the edge may delete the batch.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct UsageAck {
+        pub batch_id: uuid::Uuid,
+        /// Events stored by this request.
+        pub accepted: u64,
+        /// Events whose id was already stored (a retry, or a caller reusing an id).
+        pub duplicates: u64,
+        /// Ids of events that arrived after their period's grace window and were counted in
+        /// the current period instead.
+        pub late: Vec<String>,
+        /// Ids of events whose meter the control plane's catalog does not declare (bundle
+        /// skew): stored all the same, counted in no aggregate.
+        pub unmetered: Vec<String>,
+        /// The aggregates the batch touched, after it.
+        pub aggregates: Vec<MeterAggregate>,
+    }
+
+    /// An account's current-period aggregates, one per meter of the catalog.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct AccountUsage {
+        pub account: AccountId,
+        pub aggregates: Vec<MeterAggregate>,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meter_periods_are_utc_calendar_periods() {
+        use usage::MeterPeriod;
+        // 2024-02-29T13:00:00Z, a leap day.
+        let at = 1_709_211_600_000;
+        let day = 86_400_000;
+        assert_eq!(
+            MeterPeriod::Day.bounds(at),
+            (1_709_164_800_000, 1_709_164_800_000 + day)
+        );
+        // 2024-02-01 .. 2024-03-01
+        assert_eq!(
+            MeterPeriod::Month.bounds(at),
+            (1_706_745_600_000, 1_709_251_200_000)
+        );
+        // 2024-01-01 .. 2025-01-01
+        assert_eq!(
+            MeterPeriod::Year.bounds(at),
+            (1_704_067_200_000, 1_735_689_600_000)
+        );
+        // December rolls into the next year; the end is exclusive.
+        let dec = 1_735_689_599_999; // 2024-12-31T23:59:59.999Z
+        assert_eq!(
+            MeterPeriod::Month.bounds(dec),
+            (1_733_011_200_000, 1_735_689_600_000)
+        );
+        assert_eq!(
+            MeterPeriod::Month.bounds(1_735_689_600_000).0,
+            1_735_689_600_000
+        );
+        // Before 1970 too.
+        assert_eq!(MeterPeriod::Month.bounds(-1), (-2_678_400_000, 0));
+    }
 
     #[test]
     fn change_event_round_trips_through_json() {

@@ -66,7 +66,12 @@ pub struct Feature {
     pub period: Option<String>,
     /// What an account the edge has never seen gets while the control plane is unreachable.
     pub fail_open: bool,
+    /// How a metered feature's usage events aggregate, its period, overage and lease size.
+    pub meter: Option<tollgate_protocol::usage::MeterSpec>,
 }
+
+/// Units an edge leases at a time when the feature does not say (`lease N`).
+pub const DEFAULT_LEASE: i64 = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -50,6 +50,8 @@ pub struct Feature {
     pub kind: FeatureKind,
     /// For metered features: the quota period (`month`).
     pub period: Option<String>,
+    /// For metered features: aggregation, period, overage and lease size.
+    pub meter: Option<tollgate_protocol::usage::MeterSpec>,
 }
 
 /// A plan's grant of one feature: bool features carry no value, limits and quotas do.
@@ -106,6 +108,7 @@ impl Catalog {
                     key: f.key.clone(),
                     kind: f.kind,
                     period: f.period.clone(),
+                    meter: f.meter.clone(),
                 })
                 .collect(),
             plans: plans

@@ -61,6 +61,7 @@ fn traps_and_garbage_are_reported_and_the_engine_keeps_serving() {
             kind: FeatureKind::Bool,
             period: None,
             fail_open: false,
+            meter: None,
         }],
         plans: vec![],
         addons: vec![],

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use expect_test::expect_file;
 use proptest::prelude::*;
+use tollgate_protocol::usage::{Aggregation, MeterPeriod, MeterSpec};
 use tollgate_rules::ir::{self, NO_LIMIT};
 use tollgate_rules::lang::{Diagnostic, Severity, SourceFile, compile_source};
 use tollgate_rules::{Catalog, FeatureKind, Interval};
@@ -394,6 +395,59 @@ test \"explicit status wins\" {{
 }
 
 #[test]
+fn meters_declare_their_aggregation_overage_and_lease() {
+    let program = compile_ok(
+        "feature users: metered per month unique_count(user_id) soft lease 50\n\
+         feature storage: metered per year max\n\
+         feature last: metered per day latest\n\
+         feature calls: metered per month count\n\
+         plan p \"P\" { price 0 USD per month grant users = 10 grant storage = 5 grant last = 1 grant calls = 9 }\n",
+    );
+    let meters: Vec<_> = program
+        .features
+        .iter()
+        .map(|f| f.meter.clone().expect("metered"))
+        .collect();
+    assert_eq!(
+        meters[0],
+        MeterSpec {
+            aggregation: Aggregation::UniqueCount {
+                property: "user_id".into()
+            },
+            period: MeterPeriod::Month,
+            soft: true,
+            lease: 50,
+        }
+    );
+    assert_eq!(
+        (
+            meters[1].aggregation.clone(),
+            meters[1].period,
+            meters[1].soft
+        ),
+        (Aggregation::Max, MeterPeriod::Year, false)
+    );
+    assert_eq!(meters[2].aggregation, Aggregation::Latest);
+    assert_eq!(meters[3].aggregation, Aggregation::Count);
+    // The catalog the control plane seeds carries the same meters.
+    let catalog = Catalog::from_parts(&program.features, &program.plans);
+    assert_eq!(catalog.features[0].meter, Some(meters[0].clone()));
+
+    let file = SourceFile {
+        name: "t.tg".into(),
+        text: "feature calls: metered per month lease 0\nfeature x: metered per month unique_count()\n"
+            .into(),
+    };
+    let errors = compile_source(&file).expect_err("invalid meters");
+    let text = render_all(&file, &errors);
+    assert!(
+        text.contains("a lease size must not be less than 1"),
+        "{text}"
+    );
+    assert!(text.contains("expected an event property name"), "{text}");
+}
+
+#[test]
 fn declarations_lower_with_their_options() {
     let program = compile_ok(SMALL);
     assert_eq!(
@@ -402,7 +456,13 @@ fn declarations_lower_with_their_options() {
             key: "api_calls".into(),
             kind: ir::FeatureKind::Metered,
             period: Some("day".into()),
-            fail_open: true
+            fail_open: true,
+            meter: Some(MeterSpec {
+                aggregation: Aggregation::Sum,
+                period: MeterPeriod::Day,
+                soft: false,
+                lease: ir::DEFAULT_LEASE,
+            }),
         }
     );
     assert!(!program.features[0].fail_open);

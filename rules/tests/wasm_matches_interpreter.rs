@@ -124,6 +124,7 @@ fn gen_program(seed: u64) -> Program {
             kind: kinds[r.below(3) as usize],
             period: None,
             fail_open: false,
+            meter: None,
         })
         .collect();
     let plans = (0..r.below(4))
@@ -299,6 +300,7 @@ fn saturating_arithmetic_matches_rust() {
                     kind: FeatureKind::Limit,
                     period: None,
                     fail_open: false,
+                    meter: None,
                 }],
                 plans: vec![],
                 addons: vec![],

@@ -54,8 +54,28 @@ pub enum BrokenKind {
 pub enum KindDecl {
     Bool,
     Limit,
-    /// `metered per <period>`; the period is `day`, `month` or `year`.
-    Metered(Name),
+    /// `metered per <period> [aggregation] [soft] [lease N]`.
+    Metered(MeteredDecl),
+}
+
+/// A metered feature's meter: period (`day`, `month`, `year`), how events aggregate (`sum`
+/// when not given), whether overage is allowed (`soft`), and the lease size for edges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeteredDecl {
+    pub period: Name,
+    pub aggregation: Option<AggregationDecl>,
+    pub soft: bool,
+    pub lease: Option<Lit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AggregationDecl {
+    Sum,
+    Count,
+    Max,
+    Latest,
+    /// `unique_count(property)`.
+    UniqueCount(Name),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

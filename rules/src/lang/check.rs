@@ -12,10 +12,11 @@ use super::ast::{self, Amount, BinOp, ExprKind, GivenTarget, GivenValue, Name, U
 use super::diag::{Diags, codes};
 use super::fold;
 use crate::ir::{
-    self, Action, AddonEffect, AddonIdx, ArithOp, BoolExpr, CmpOp, Expectation, Fact, FactVector,
-    FeatureIdx, FeatureKind, IntExpr, NO_LIMIT, OVERRIDE_DENY, OVERRIDE_GRANT, OVERRIDE_NONE,
-    PlanIdx, ReasonCode, Shape, Span, SubStatus, Target,
+    self, Action, AddonEffect, AddonIdx, ArithOp, BoolExpr, CmpOp, DEFAULT_LEASE, Expectation,
+    Fact, FactVector, FeatureIdx, FeatureKind, IntExpr, NO_LIMIT, OVERRIDE_DENY, OVERRIDE_GRANT,
+    OVERRIDE_NONE, PlanIdx, ReasonCode, Shape, Span, SubStatus, Target,
 };
+use tollgate_protocol::usage::{Aggregation, MeterPeriod, MeterSpec};
 
 /// Reason codes are written in the language exactly as edges answer them
 /// ([`ReasonCode::as_str`]).
@@ -176,10 +177,13 @@ impl Checker<'_> {
                             ),
                         );
                     }
-                    let (kind, period) = match &f.kind {
-                        ast::KindDecl::Bool => (FeatureKind::Bool, None),
-                        ast::KindDecl::Limit => (FeatureKind::Limit, None),
-                        ast::KindDecl::Metered(p) => (FeatureKind::Metered, Some(p.text.clone())),
+                    let (kind, period, meter) = match &f.kind {
+                        ast::KindDecl::Bool => (FeatureKind::Bool, None, None),
+                        ast::KindDecl::Limit => (FeatureKind::Limit, None, None),
+                        ast::KindDecl::Metered(m) => {
+                            let meter = self.meter_spec(m);
+                            (FeatureKind::Metered, Some(m.period.text.clone()), meter)
+                        }
                     };
                     let index = FeatureIdx::try_from(self.out.features.len()).ok();
                     self.features.insert(
@@ -194,6 +198,7 @@ impl Checker<'_> {
                         kind,
                         period,
                         fail_open: f.fail_open,
+                        meter,
                     });
                 }
                 ast::Item::Plan(p) => {
@@ -392,6 +397,30 @@ impl Checker<'_> {
     // ---- numbers and money --------------------------------------------------------------
 
     /// A literal that must be at least `min`; `None` when overflowed or out of range.
+    /// The meter of a metered feature; `None` after reporting an error.
+    fn meter_spec(&mut self, m: &ast::MeteredDecl) -> Option<MeterSpec> {
+        let period = MeterPeriod::parse(&m.period.text)?;
+        let aggregation = match &m.aggregation {
+            None | Some(ast::AggregationDecl::Sum) => Aggregation::Sum,
+            Some(ast::AggregationDecl::Count) => Aggregation::Count,
+            Some(ast::AggregationDecl::Max) => Aggregation::Max,
+            Some(ast::AggregationDecl::Latest) => Aggregation::Latest,
+            Some(ast::AggregationDecl::UniqueCount(p)) => Aggregation::UniqueCount {
+                property: p.text.clone(),
+            },
+        };
+        let lease = match m.lease {
+            Some(lit) => self.at_least(lit, 1, codes::INVALID_VALUE, "a lease size")?,
+            None => DEFAULT_LEASE,
+        };
+        Some(MeterSpec {
+            aggregation,
+            period,
+            soft: m.soft,
+            lease,
+        })
+    }
+
     fn at_least(&mut self, lit: ast::Lit, min: i64, code: &'static str, what: &str) -> Option<i64> {
         let v = lit.value?;
         if v < min {

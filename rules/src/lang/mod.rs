@@ -55,7 +55,9 @@
 //! item      = feature | plan | addon | rule | test
 //!
 //! feature   = "feature" IDENT ":" kind ["fail_open"]
-//! kind      = "bool" | "limit" | "metered" "per" ("day" | "month" | "year")
+//! kind      = "bool" | "limit" | "metered" "per" ("day" | "month" | "year") meter_opt*
+//! meter_opt = "sum" | "count" | "max" | "latest" | "unique_count" "(" IDENT ")"
+//!           | "soft" | "lease" INT                       # aggregation defaults to sum
 //!
 //! plan      = "plan" IDENT STRING "{" plan_item* "}"
 //! plan_item = price

@@ -313,7 +313,48 @@ impl Parser<'_> {
                 if !self.at_any_word(&["day", "month", "year"]) {
                     return Err(self.fail("`day`, `month` or `year`"));
                 }
-                KindDecl::Metered(self.ident("a period")?)
+                let period = self.ident("a period")?;
+                let mut decl = MeteredDecl {
+                    period,
+                    aggregation: None,
+                    soft: false,
+                    lease: None,
+                };
+                loop {
+                    let aggregation = match self.peek() {
+                        Tok::Ident(w) if w == "sum" => Some(AggregationDecl::Sum),
+                        Tok::Ident(w) if w == "count" => Some(AggregationDecl::Count),
+                        Tok::Ident(w) if w == "max" => Some(AggregationDecl::Max),
+                        Tok::Ident(w) if w == "latest" => Some(AggregationDecl::Latest),
+                        Tok::Ident(w) if w == "unique_count" => {
+                            self.bump();
+                            self.expect(&Tok::LParen)?;
+                            let property = self.ident("an event property name")?;
+                            self.expect(&Tok::RParen)?;
+                            decl.aggregation = Some(AggregationDecl::UniqueCount(property));
+                            continue;
+                        }
+                        Tok::Ident(w) if w == "soft" => {
+                            self.bump();
+                            decl.soft = true;
+                            continue;
+                        }
+                        Tok::Ident(w) if w == "lease" => {
+                            self.bump();
+                            decl.lease = Some(self.lit("a lease size")?);
+                            continue;
+                        }
+                        _ => None,
+                    };
+                    match aggregation {
+                        Some(a) => {
+                            self.bump();
+                            decl.aggregation = Some(a);
+                        }
+                        None => break,
+                    }
+                }
+                KindDecl::Metered(decl)
             }
             _ => return Err(self.fail("`bool`, `limit` or `metered`")),
         };

@@ -1,0 +1,60 @@
+//! Fixtures shared by the `tollgate-bench` harnesses and the criterion benches.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tollgate_edge::cache::CacheLimits;
+use tollgate_edge::state::EdgeState;
+use tollgate_edge::upstream::{L2, Upstream};
+use tollgate_protocol::{
+    AccountFacts, AccountId, AccountStanding, SubscriptionFacts, SubscriptionStatus,
+};
+use tollgate_rules::host::RulesEngine;
+
+/// An edge state with the demo bundle (WebAssembly) installed and `accounts` cached, half on
+/// `pro` and half on `free`. Its upstream is never reached.
+pub fn edge_state(accounts: &[AccountId], capacity: u64) -> anyhow::Result<EdgeState> {
+    // The upstream is never reached: every account is cached before the run.
+    let upstream = Upstream::new(
+        "http://127.0.0.1:9",
+        secrecy::SecretString::from("x".to_owned()),
+        Duration::from_millis(100),
+        L2::default(),
+    )?;
+    let limits = CacheLimits {
+        entries_max: capacity,
+        bytes_max: capacity.saturating_mul(4096),
+    };
+    let state = EdgeState::new("bench".into(), limits, upstream, 5_000, 5_000);
+    let program = tollgate_rules::demo_program();
+    let loaded = RulesEngine::new()?.load_program(&program)?;
+    state.install_rules(1, program, Some(loaded));
+    let view = state.rules.load_full().context("rules")?;
+    for (i, id) in accounts.iter().enumerate() {
+        let facts = AccountFacts {
+            account_id: *id,
+            version: 3,
+            standing: AccountStanding::Active,
+            subscription: Some(SubscriptionFacts {
+                plan: if i % 2 == 0 { "pro" } else { "free" }.into(),
+                status: SubscriptionStatus::Active,
+                current_period_end_ms: 0,
+            }),
+            ..AccountFacts::new(*id, 0)
+        };
+        state.cache.begin_fill(*id);
+        state.cache.finish_fill(*id, Some(facts), &view);
+    }
+    Ok(state)
+}
+
+/// Facts of an account on `pro`.
+pub fn pro_facts(id: AccountId) -> AccountFacts {
+    let mut f = AccountFacts::new(id, 3);
+    f.subscription = Some(SubscriptionFacts {
+        plan: "pro".into(),
+        status: SubscriptionStatus::Active,
+        current_period_end_ms: 0,
+    });
+    f
+}

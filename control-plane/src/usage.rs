@@ -1,0 +1,1312 @@
+//! Usage metering in billing_prod: edges flush batches of [`UsageEvent`]s; every event id is
+//! stored once, every event is kept, and one aggregate per (account, meter, period) is kept
+//! current in the same statement.
+//!
+//! # Ingest
+//!
+//! [`ingest`] is one SQL statement per batch (a single statement is atomic in PostgreSQL, so a
+//! batch is stored entirely or not at all, and a retry after any failure is safe):
+//!
+//! 1. Rust validates the batch (limits below; a violation refuses the whole batch, since edges
+//!    validate the same rules before accepting an event), drops repeats of an id within the
+//!    batch (the first occurrence wins), assigns every event its period and binds one array per
+//!    column.
+//! 2. `usage_event_ids` admits each id once (`ON CONFLICT DO NOTHING RETURNING`): the primary
+//!    key, not a read-then-write, decides between concurrent deliveries. Only the ids it
+//!    returns (fresh) go further.
+//! 3. Fresh events are appended to `usage_events` (partitioned by month of occurrence).
+//! 4. For `unique_count` meters, each (account, meter, period, value) is inserted into
+//!    `usage_unique_values` once; the rows actually inserted are the increment.
+//! 5. `usage_aggregates` is upserted per (account, meter, period) with the fresh events only:
+//!    `sum` adds quantities, `count` adds events, `max` keeps the greatest, `latest` keeps the
+//!    quantity of the newest event (ties: greater event id, so arrival order never matters),
+//!    `unique_count` adds the new distinct values; `events` always adds the fresh events.
+//! 6. The statement returns the fresh ids and every aggregate the batch names: the upserted
+//!    rows, plus (for keys only duplicates touched) the stored rows as of the statement.
+//!
+//! An aggregate is therefore a function of the stored events alone (their `period_start`
+//! records where each was counted): it can be rebuilt from `usage_events`.
+//!
+//! # Periods and the grace window
+//!
+//! Periods are UTC calendar days, months or years ([`period_of`]). An event counts toward the
+//! period containing its timestamp, unless that period ended more than the grace window
+//! (`TOLLGATE_USAGE_GRACE_MS`, default 1 h) before the control plane's clock: then it counts
+//! toward the period containing *now*, is stored with `late = true` and listed in
+//! [`UsageAck::late`]. Future timestamps count toward their own period (edges refuse clock
+//! skew). Invoicing a period must wait until its grace window has passed.
+//!
+//! # Unmetered events
+//!
+//! An event whose meter the catalog does not declare (bundle skew between edge and control
+//! plane), or of a `unique_count` meter without its property (or with a value longer than
+//! [`UNIQUE_VALUE_BYTES_MAX`]), is stored with `period_start = NULL`, counted in no aggregate
+//! and listed in [`UsageAck::unmetered`].
+//!
+//! # Limits
+//!
+//! | what | limit |
+//! |---|---|
+//! | events per batch | [`BATCH_EVENTS_MAX`] (else `413 batch_too_large`) |
+//! | request body | [`BODY_BYTES_MAX`] |
+//! | event id | 1..=[`EVENT_ID_BYTES_MAX`] bytes, no NUL |
+//! | meter key | 1..=[`METER_BYTES_MAX`] bytes, no NUL |
+//! | edge id | 1..=[`EDGE_ID_BYTES_MAX`] bytes, no NUL |
+//! | timestamp | 1970-01-01 ..= 9999-12-31 (UTC) |
+//! | quantity | `>= 0` |
+//! | property keys and values | no NUL (PostgreSQL text and jsonb cannot hold it) |
+//!
+//! # Partitions and retention
+//!
+//! `usage_events` has monthly partitions `usage_events_YYYY_MM` plus a default partition.
+//! Start-up calls [`ensure_partitions`] (SQL `usage_ensure_partitions`) for the previous, the
+//! current and the next three months; a partition created later adopts the rows the default
+//! partition holds for its month. Retention: raw event partitions older than
+//! [`RETENTION_MONTHS`] may be detached and archived once their periods are invoiced;
+//! `usage_event_ids` rows received before that horizon may be deleted; aggregates and unique
+//! values are kept.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Months, TimeDelta, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use tollgate_protocol::AccountId;
+use tollgate_protocol::usage::{
+    AccountUsage, Aggregation, MeterAggregate, MeterPeriod, MeterSpec, UsageAck, UsageBatch,
+    UsageEvent,
+};
+use uuid::Uuid;
+
+use crate::accounts::auth::Authed;
+use crate::http::idempotency::IdempotencyKey;
+use crate::http::{ApiError, ApiResult, Json, Path};
+use crate::internal::EdgeAuth;
+use crate::state::AppState;
+
+/// Most events one batch may carry.
+pub const BATCH_EVENTS_MAX: usize = 10_000;
+/// Largest `POST /internal/v1/usage` body: about 1.6 KiB per event of a full batch.
+pub const BODY_BYTES_MAX: usize = 16 << 20;
+/// Longest event id (`ce:{source}:{id}` ids can be long; the primary key must stay small).
+pub const EVENT_ID_BYTES_MAX: usize = 512;
+/// Longest meter key.
+pub const METER_BYTES_MAX: usize = 128;
+/// Longest edge id.
+pub const EDGE_ID_BYTES_MAX: usize = 128;
+/// Longest property value a `unique_count` meter counts (it is part of a primary key).
+pub const UNIQUE_VALUE_BYTES_MAX: usize = 1024;
+/// 9999-12-31T23:59:59.999Z: the last timestamp accepted.
+pub const TIMESTAMP_MS_MAX: i64 = 253_402_300_799_999;
+/// Default grace window (`TOLLGATE_USAGE_GRACE_MS`): one hour.
+pub const GRACE_MS_DEFAULT: i64 = 3_600_000;
+/// Raw events and event ids older than this many months may be archived / deleted.
+pub const RETENTION_MONTHS: u32 = 13;
+/// Monthly partitions ensured at start-up: this many before the current month...
+pub const PARTITION_MONTHS_BEHIND: u32 = 1;
+/// ...and this many after it.
+pub const PARTITION_MONTHS_AHEAD: u32 = 3;
+
+/// Why a batch was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// More than [`BATCH_EVENTS_MAX`] events. Nothing was stored; the edge must split the batch.
+    #[error("a batch carries at most {BATCH_EVENTS_MAX} events, this one {events}")]
+    TooLarge { events: usize },
+    /// The batch's edge id breaks the limits. Nothing was stored; retrying does not help.
+    #[error("edge_id must be 1-{EDGE_ID_BYTES_MAX} bytes without NUL")]
+    InvalidEdgeId,
+    /// An event breaks a rule edges check before accepting it (see the module's limits).
+    /// Nothing was stored; retrying the same batch does not help.
+    #[error("event {index}: {reason}")]
+    InvalidEvent { index: usize, reason: &'static str },
+    /// The database failed. Nothing was stored (one atomic statement): retrying the same
+    /// batch is safe.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// The UTC calendar period of kind `period` containing `at`, as `[start, end)`.
+pub fn period_of(period: MeterPeriod, at: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    // One calendar for edges and control plane: the protocol's.
+    let (start, end) = period.bounds(at.timestamp_millis());
+    let at_ms = |ms: i64| DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    (at_ms(start), at_ms(end))
+}
+
+/// Where one event is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Placement {
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    late: bool,
+}
+
+/// The event's own period, or the one containing `now` when its own ended more than `grace`
+/// before `now`.
+fn place(
+    period: MeterPeriod,
+    occurred_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    grace: TimeDelta,
+) -> Placement {
+    let (start, end) = period_of(period, occurred_at);
+    if now - end > grace {
+        let (start, end) = period_of(period, now);
+        Placement {
+            start,
+            end,
+            late: true,
+        }
+    } else {
+        Placement {
+            start,
+            end,
+            late: false,
+        }
+    }
+}
+
+fn bounded_text(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && !s.contains('\0')
+}
+
+fn validate(batch: &UsageBatch) -> Result<(), IngestError> {
+    if batch.events.len() > BATCH_EVENTS_MAX {
+        return Err(IngestError::TooLarge {
+            events: batch.events.len(),
+        });
+    }
+    if !bounded_text(&batch.edge_id, EDGE_ID_BYTES_MAX) {
+        return Err(IngestError::InvalidEdgeId);
+    }
+    for (index, e) in batch.events.iter().enumerate() {
+        let reason = if !bounded_text(&e.id, EVENT_ID_BYTES_MAX) {
+            Some("id must be 1-512 bytes without NUL")
+        } else if !bounded_text(&e.meter, METER_BYTES_MAX) {
+            Some("meter must be 1-128 bytes without NUL")
+        } else if e.quantity < 0 {
+            Some("quantity must not be negative")
+        } else if !(0..=TIMESTAMP_MS_MAX).contains(&e.timestamp_ms) {
+            Some("timestamp_ms must lie in 1970..=9999")
+        } else if e
+            .properties
+            .iter()
+            .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            Some("properties must not contain NUL")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(IngestError::InvalidEvent { index, reason });
+        }
+    }
+    Ok(())
+}
+
+/// One array per column of the ingest statement.
+#[derive(Default)]
+struct Columns {
+    ids: Vec<String>,
+    accounts: Vec<Uuid>,
+    meters: Vec<String>,
+    quantities: Vec<i64>,
+    occurred_at: Vec<DateTime<Utc>>,
+    period_starts: Vec<Option<DateTime<Utc>>>,
+    period_ends: Vec<Option<DateTime<Utc>>>,
+    properties: Vec<serde_json::Value>,
+    late: Vec<bool>,
+    aggregations: Vec<Option<&'static str>>,
+    unique_values: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn push(&mut self, e: &UsageEvent, occurred_at: DateTime<Utc>, counted: Option<Counted>) {
+        self.ids.push(e.id.clone());
+        self.accounts.push(e.account.0);
+        self.meters.push(e.meter.clone());
+        self.quantities.push(e.quantity);
+        self.occurred_at.push(occurred_at);
+        self.properties.push(serde_json::Value::Object(
+            e.properties
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        ));
+        self.period_starts
+            .push(counted.as_ref().map(|c| c.at.start));
+        self.period_ends.push(counted.as_ref().map(|c| c.at.end));
+        self.late.push(counted.as_ref().is_some_and(|c| c.at.late));
+        self.aggregations
+            .push(counted.as_ref().map(|c| c.aggregation));
+        self.unique_values
+            .push(counted.and_then(|c| c.unique_value));
+    }
+}
+
+/// How a metered event is counted.
+struct Counted {
+    at: Placement,
+    aggregation: &'static str,
+    unique_value: Option<String>,
+}
+
+/// `None`: unmetered (meter not declared, or a unique_count property missing or too long).
+fn counted(
+    spec: Option<&MeterSpec>,
+    e: &UsageEvent,
+    occurred_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    grace: TimeDelta,
+) -> Option<Counted> {
+    let spec = spec?;
+    let unique_value = match &spec.aggregation {
+        Aggregation::UniqueCount { property } => {
+            let value = e.properties.get(property)?;
+            if value.len() > UNIQUE_VALUE_BYTES_MAX {
+                return None;
+            }
+            Some(value.clone())
+        }
+        _ => None,
+    };
+    Some(Counted {
+        at: place(spec.period, occurred_at, now, grace),
+        aggregation: spec.aggregation.as_str(),
+        unique_value,
+    })
+}
+
+/// The ingest statement (see the module doc). Binds: $1 ids, $2 accounts, $3 meters,
+/// $4 quantities, $5 occurred_at, $6 period starts, $7 period ends, $8 properties, $9 late
+/// flags, $10 aggregation names, $11 unique values, $12 received_at, $13 edge id, $14 batch id.
+/// Every insert is ordered by its key so concurrent batches take row locks in one order.
+const INGEST_SQL: &str = r#"
+WITH input AS (
+    SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::timestamptz[],
+                         $6::timestamptz[], $7::timestamptz[], $8::jsonb[], $9::bool[],
+                         $10::text[], $11::text[])
+        AS t(event_id, account_id, meter, quantity, occurred_at, period_start, period_end,
+             properties, late, aggregation, unique_value)
+),
+fresh_ids AS (
+    INSERT INTO usage_event_ids (event_id, received_at)
+    SELECT event_id, $12 FROM input ORDER BY event_id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+),
+fresh AS (
+    SELECT input.* FROM input JOIN fresh_ids USING (event_id)
+),
+stored AS (
+    INSERT INTO usage_events (event_id, account_id, meter, quantity, occurred_at, period_start,
+                              properties, edge_id, batch_id, received_at, late)
+    SELECT event_id, account_id, meter, quantity, occurred_at, period_start,
+           properties, $13, $14, $12, late
+    FROM fresh
+),
+new_unique AS (
+    INSERT INTO usage_unique_values (account_id, meter, period_start, value)
+    SELECT DISTINCT account_id, meter, period_start, unique_value FROM fresh
+    WHERE aggregation = 'unique_count' AND period_start IS NOT NULL AND unique_value IS NOT NULL
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT DO NOTHING
+    RETURNING account_id, meter, period_start
+),
+new_unique_counts AS (
+    SELECT account_id, meter, period_start, count(*) AS n
+    FROM new_unique GROUP BY account_id, meter, period_start
+),
+increments AS (
+    SELECT account_id, meter, period_start, period_end, aggregation,
+           count(*) AS events,
+           sum(quantity)::bigint AS total,
+           max(quantity) AS greatest,
+           (array_agg(quantity ORDER BY occurred_at DESC, event_id DESC))[1] AS latest_quantity,
+           max(occurred_at) AS latest_at,
+           (array_agg(event_id ORDER BY occurred_at DESC, event_id DESC))[1] AS latest_event_id
+    FROM fresh
+    WHERE period_start IS NOT NULL
+    GROUP BY account_id, meter, period_start, period_end, aggregation
+),
+upserted AS (
+    INSERT INTO usage_aggregates AS a (account_id, meter, period_start, period_end, aggregation,
+                                       value, events, latest_at, latest_event_id, updated_at)
+    SELECT i.account_id, i.meter, i.period_start, i.period_end, i.aggregation,
+           CASE i.aggregation
+               WHEN 'sum' THEN i.total
+               WHEN 'count' THEN i.events
+               WHEN 'max' THEN i.greatest
+               WHEN 'latest' THEN i.latest_quantity
+               WHEN 'unique_count' THEN coalesce(u.n, 0)
+           END,
+           i.events,
+           CASE WHEN i.aggregation = 'latest' THEN i.latest_at END,
+           CASE WHEN i.aggregation = 'latest' THEN i.latest_event_id END,
+           $12
+    FROM increments i
+    LEFT JOIN new_unique_counts u USING (account_id, meter, period_start)
+    ORDER BY i.account_id, i.meter, i.period_start
+    ON CONFLICT (account_id, meter, period_start) DO UPDATE SET
+        value = CASE EXCLUDED.aggregation
+            WHEN 'max' THEN greatest(a.value, EXCLUDED.value)
+            WHEN 'latest' THEN
+                CASE WHEN a.latest_at IS NULL
+                       OR (EXCLUDED.latest_at, EXCLUDED.latest_event_id) > (a.latest_at, a.latest_event_id)
+                     THEN EXCLUDED.value ELSE a.value END
+            ELSE a.value + EXCLUDED.value
+        END,
+        latest_at = CASE
+            WHEN EXCLUDED.aggregation <> 'latest' THEN NULL
+            WHEN a.latest_at IS NULL
+              OR (EXCLUDED.latest_at, EXCLUDED.latest_event_id) > (a.latest_at, a.latest_event_id)
+            THEN EXCLUDED.latest_at ELSE a.latest_at END,
+        latest_event_id = CASE
+            WHEN EXCLUDED.aggregation <> 'latest' THEN NULL
+            WHEN a.latest_at IS NULL
+              OR (EXCLUDED.latest_at, EXCLUDED.latest_event_id) > (a.latest_at, a.latest_event_id)
+            THEN EXCLUDED.latest_event_id ELSE a.latest_event_id END,
+        events = a.events + EXCLUDED.events,
+        aggregation = EXCLUDED.aggregation,
+        updated_at = EXCLUDED.updated_at
+    RETURNING account_id, meter, period_start, period_end, value, events
+),
+touched AS (
+    SELECT DISTINCT account_id, meter, period_start FROM input WHERE period_start IS NOT NULL
+),
+result AS (
+    SELECT account_id, meter, period_start, period_end, value, events FROM upserted
+    UNION ALL
+    SELECT a.account_id, a.meter, a.period_start, a.period_end, a.value, a.events
+    FROM usage_aggregates a JOIN touched t USING (account_id, meter, period_start)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM upserted u
+        WHERE (u.account_id, u.meter, u.period_start) = (t.account_id, t.meter, t.period_start))
+)
+SELECT ARRAY(SELECT event_id FROM fresh_ids) AS fresh,
+       coalesce(array_agg(account_id ORDER BY account_id, meter, period_start), '{}') AS accounts,
+       coalesce(array_agg(meter ORDER BY account_id, meter, period_start), '{}') AS meters,
+       coalesce(array_agg(period_start ORDER BY account_id, meter, period_start), '{}') AS starts,
+       coalesce(array_agg(period_end ORDER BY account_id, meter, period_start), '{}') AS ends,
+       coalesce(array_agg(value ORDER BY account_id, meter, period_start), '{}') AS values,
+       coalesce(array_agg(events ORDER BY account_id, meter, period_start), '{}') AS events
+FROM result
+"#;
+
+type IngestRow = (
+    Vec<String>,
+    Vec<Uuid>,
+    Vec<String>,
+    Vec<DateTime<Utc>>,
+    Vec<DateTime<Utc>>,
+    Vec<i64>,
+    Vec<i64>,
+);
+
+/// Stores a batch: each event id once, every fresh event, and the aggregates it changes — in
+/// one statement (one round trip, atomic). See the module doc.
+///
+/// `aggregates` of the ack are every aggregate a metered event of the batch names, after the
+/// statement. For a duplicate the key is computed as if it arrived now (the same key unless a
+/// retry crossed the end of its grace window).
+#[tracing::instrument(skip_all, fields(batch_id = %batch.batch_id, edge_id = %batch.edge_id, events = batch.events.len()))]
+pub async fn ingest(
+    pool: &PgPool,
+    meters: &HashMap<String, MeterSpec>,
+    batch: &UsageBatch,
+    now: DateTime<Utc>,
+    grace: TimeDelta,
+) -> Result<UsageAck, IngestError> {
+    validate(batch)?;
+    let mut seen = HashSet::with_capacity(batch.events.len());
+    let mut cols = Columns::default();
+    for (index, e) in batch.events.iter().enumerate() {
+        if !seen.insert(e.id.as_str()) {
+            continue;
+        }
+        let occurred_at =
+            DateTime::from_timestamp_millis(e.timestamp_ms).ok_or(IngestError::InvalidEvent {
+                index,
+                reason: "timestamp_ms must lie in 1970..=9999",
+            })?;
+        let c = counted(meters.get(&e.meter), e, occurred_at, now, grace);
+        cols.push(e, occurred_at, c);
+    }
+    if cols.ids.is_empty() {
+        return Ok(UsageAck {
+            batch_id: batch.batch_id,
+            accepted: 0,
+            duplicates: 0,
+            late: Vec::new(),
+            unmetered: Vec::new(),
+            aggregates: Vec::new(),
+        });
+    }
+
+    let (fresh, accounts, meter_keys, starts, ends, values, events): IngestRow =
+        sqlx::query_as(INGEST_SQL)
+            .bind(&cols.ids)
+            .bind(&cols.accounts)
+            .bind(&cols.meters)
+            .bind(&cols.quantities)
+            .bind(&cols.occurred_at)
+            .bind(&cols.period_starts)
+            .bind(&cols.period_ends)
+            .bind(&cols.properties)
+            .bind(&cols.late)
+            .bind(&cols.aggregations)
+            .bind(&cols.unique_values)
+            .bind(now)
+            .bind(&batch.edge_id)
+            .bind(batch.batch_id)
+            .fetch_one(pool)
+            .await?;
+
+    let fresh: HashSet<&str> = fresh.iter().map(String::as_str).collect();
+    assert!(
+        fresh.iter().all(|id| seen.contains(id)),
+        "the ingest statement stored ids the batch does not hold"
+    );
+    let accepted = fresh.len();
+    // Reported in batch order, fresh events only.
+    let (mut late, mut unmetered) = (Vec::new(), Vec::new());
+    for (i, id) in cols.ids.iter().enumerate() {
+        if !fresh.contains(id.as_str()) {
+            continue;
+        }
+        if cols.late[i] {
+            late.push(id.clone());
+        } else if cols.aggregations[i].is_none() {
+            unmetered.push(id.clone());
+        }
+    }
+    let aggregates = accounts
+        .into_iter()
+        .zip(meter_keys)
+        .zip(starts.into_iter().zip(ends))
+        .zip(values.into_iter().zip(events))
+        .map(
+            |(((account, meter), (start, end)), (value, events))| MeterAggregate {
+                account: AccountId(account),
+                meter,
+                period_start_ms: start.timestamp_millis(),
+                period_end_ms: end.timestamp_millis(),
+                value,
+                events,
+            },
+        )
+        .collect();
+    Ok(UsageAck {
+        batch_id: batch.batch_id,
+        accepted: to_u64(accepted),
+        duplicates: to_u64(batch.events.len() - accepted),
+        late,
+        unmetered,
+        aggregates,
+    })
+}
+
+fn to_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// The account's aggregate of every catalog meter for the period containing `now` (value 0 and
+/// events 0 for meters without events yet), ordered by meter key.
+#[tracing::instrument(skip_all, fields(account = %account))]
+pub async fn current(
+    pool: &PgPool,
+    meters: &HashMap<String, MeterSpec>,
+    account: AccountId,
+    now: DateTime<Utc>,
+) -> Result<Vec<MeterAggregate>, sqlx::Error> {
+    let mut keys: Vec<(&String, DateTime<Utc>, DateTime<Utc>)> = meters
+        .iter()
+        .map(|(meter, spec)| {
+            let (start, end) = period_of(spec.period, now);
+            (meter, start, end)
+        })
+        .collect();
+    keys.sort_by(|a, b| a.0.cmp(b.0));
+    let names: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    let starts: Vec<DateTime<Utc>> = keys.iter().map(|k| k.1).collect();
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT a.meter, a.value, a.events
+         FROM UNNEST($2::text[], $3::timestamptz[]) AS k(meter, period_start)
+         JOIN usage_aggregates a
+           ON a.account_id = $1 AND a.meter = k.meter AND a.period_start = k.period_start",
+    )
+    .bind(account.0)
+    .bind(&names)
+    .bind(&starts)
+    .fetch_all(pool)
+    .await?;
+    let stored: HashMap<String, (i64, i64)> = rows
+        .into_iter()
+        .map(|(meter, value, events)| (meter, (value, events)))
+        .collect();
+    Ok(keys
+        .into_iter()
+        .map(|(meter, start, end)| {
+            let (value, events) = stored.get(meter).copied().unwrap_or((0, 0));
+            MeterAggregate {
+                account,
+                meter: meter.clone(),
+                period_start_ms: start.timestamp_millis(),
+                period_end_ms: end.timestamp_millis(),
+                value,
+                events,
+            }
+        })
+        .collect())
+}
+
+/// Creates the monthly `usage_events` partitions from [`PARTITION_MONTHS_BEHIND`] months
+/// before the month of `now` to [`PARTITION_MONTHS_AHEAD`] after it (existing ones are kept);
+/// returns how many it created. Called at start-up.
+pub async fn ensure_partitions(pool: &PgPool, now: DateTime<Utc>) -> Result<i32, sqlx::Error> {
+    let from = now
+        .checked_sub_months(Months::new(PARTITION_MONTHS_BEHIND))
+        .unwrap_or(now);
+    let months =
+        i32::try_from(PARTITION_MONTHS_BEHIND + 1 + PARTITION_MONTHS_AHEAD).unwrap_or(i32::MAX);
+    let (created,): (i32,) = sqlx::query_as("SELECT usage_ensure_partitions($1, $2)")
+        .bind(from)
+        .bind(months)
+        .fetch_one(pool)
+        .await?;
+    Ok(created)
+}
+
+async fn meters_of(state: &AppState) -> ApiResult<HashMap<String, MeterSpec>> {
+    let mut conn = state.cf.acquire().await?;
+    crate::catalog::meters(&mut conn)
+        .await
+        .map_err(ApiError::internal)
+}
+
+impl From<IngestError> for ApiError {
+    fn from(err: IngestError) -> Self {
+        match err {
+            IngestError::TooLarge { .. } => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "batch_too_large",
+                err.to_string(),
+            ),
+            IngestError::InvalidEdgeId => {
+                Self::unprocessable("invalid_usage_batch", err.to_string())
+            }
+            IngestError::InvalidEvent { index, .. } => {
+                Self::unprocessable("invalid_usage_event", err.to_string()).with("index", index)
+            }
+            IngestError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// `POST /internal/v1/usage` — a [`UsageBatch`] from an edge; `Idempotency-Key` must be its
+/// `batch_id`. Answers the [`UsageAck`]; the edge may delete the batch once it has it.
+pub async fn ingest_batch(
+    State(state): State<AppState>,
+    _: EdgeAuth,
+    key: IdempotencyKey,
+    Json(batch): Json<UsageBatch>,
+) -> ApiResult<axum::Json<UsageAck>> {
+    if Uuid::parse_str(&key.0).ok() != Some(batch.batch_id) {
+        return Err(ApiError::unprocessable(
+            "idempotency_key_mismatch",
+            "Idempotency-Key must be the batch_id",
+        ));
+    }
+    let started = Instant::now();
+    let meters = meters_of(&state).await?;
+    let result = ingest(
+        &state.billing,
+        &meters,
+        &batch,
+        state.clock.now(),
+        state.usage_grace,
+    )
+    .await;
+    let m = &state.metrics.usage;
+    // Refused batches never reach the database: they would only blur the latency.
+    if matches!(result, Ok(_) | Err(IngestError::Database(_))) {
+        m.ingest_duration.observe(started.elapsed().as_secs_f64());
+    }
+    let ack = result?;
+    m.accepted.inc_by(ack.accepted);
+    m.duplicates.inc_by(ack.duplicates);
+    m.late.inc_by(to_u64(ack.late.len()));
+    m.unmetered.inc_by(to_u64(ack.unmetered.len()));
+    tracing::debug!(
+        batch_id = %batch.batch_id,
+        edge_id = %batch.edge_id,
+        accepted = ack.accepted,
+        duplicates = ack.duplicates,
+        late = ack.late.len(),
+        unmetered = ack.unmetered.len(),
+        "usage batch stored"
+    );
+    Ok(axum::Json(ack))
+}
+
+/// `GET /internal/v1/accounts/{id}/usage` — the account's current-period aggregates (404 for
+/// an unknown account, like its facts).
+pub async fn internal_account_usage(
+    State(state): State<AppState>,
+    _: EdgeAuth,
+    Path(id): Path<AccountId>,
+) -> ApiResult<axum::Json<AccountUsage>> {
+    {
+        let mut conn = state.cf.acquire().await?;
+        if crate::accounts::store::get_account(&mut conn, id)
+            .await?
+            .is_none()
+        {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_account",
+                "no such account",
+            ));
+        }
+    }
+    let meters = meters_of(&state).await?;
+    let aggregates = current(&state.billing, &meters, id, state.clock.now()).await?;
+    Ok(axum::Json(AccountUsage {
+        account: id,
+        aggregates,
+    }))
+}
+
+/// `GET /v1/usage` body.
+#[derive(Debug, Serialize)]
+pub struct DashboardUsage {
+    pub account: AccountId,
+    pub meters: Vec<DashboardMeter>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DashboardMeter {
+    pub meter: String,
+    pub aggregation: &'static str,
+    pub period: DashboardPeriod,
+    pub value: i64,
+    pub events: i64,
+}
+
+/// `[start, end)`, RFC 3339.
+#[derive(Debug, Serialize)]
+pub struct DashboardPeriod {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// `GET /v1/usage` — the caller's usage of every meter in the current period.
+pub async fn account_usage(
+    State(state): State<AppState>,
+    Authed(account): Authed,
+) -> ApiResult<axum::Json<DashboardUsage>> {
+    let meters = meters_of(&state).await?;
+    let aggregates = current(&state.billing, &meters, account, state.clock.now()).await?;
+    // `current` answers exactly the meters it was given.
+    let meters = aggregates
+        .into_iter()
+        .filter_map(|a| {
+            let aggregation = meters.get(&a.meter)?.aggregation.as_str();
+            Some(DashboardMeter {
+                aggregation,
+                period: DashboardPeriod {
+                    start: from_ms(a.period_start_ms),
+                    end: from_ms(a.period_end_ms),
+                },
+                meter: a.meter,
+                value: a.value,
+                events: a.events,
+            })
+        })
+        .collect();
+    Ok(axum::Json(DashboardUsage { account, meters }))
+}
+
+fn from_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn t(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .single()
+            .expect("valid time")
+    }
+
+    fn spec(aggregation: Aggregation, period: MeterPeriod) -> MeterSpec {
+        MeterSpec {
+            aggregation,
+            period,
+            soft: false,
+            lease: 1000,
+        }
+    }
+
+    fn meters() -> HashMap<String, MeterSpec> {
+        HashMap::from([
+            ("calls".into(), spec(Aggregation::Sum, MeterPeriod::Month)),
+            ("jobs".into(), spec(Aggregation::Count, MeterPeriod::Month)),
+            ("peak".into(), spec(Aggregation::Max, MeterPeriod::Month)),
+            (
+                "seats".into(),
+                spec(Aggregation::Latest, MeterPeriod::Month),
+            ),
+            (
+                "users".into(),
+                spec(
+                    Aggregation::UniqueCount {
+                        property: "user".into(),
+                    },
+                    MeterPeriod::Month,
+                ),
+            ),
+            ("daily".into(), spec(Aggregation::Sum, MeterPeriod::Day)),
+        ])
+    }
+
+    fn ev(
+        id: &str,
+        account: AccountId,
+        meter: &str,
+        quantity: i64,
+        at: DateTime<Utc>,
+    ) -> UsageEvent {
+        UsageEvent {
+            id: id.into(),
+            account,
+            meter: meter.into(),
+            quantity,
+            timestamp_ms: at.timestamp_millis(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    fn with_prop(mut e: UsageEvent, key: &str, value: &str) -> UsageEvent {
+        e.properties.insert(key.into(), value.into());
+        e
+    }
+
+    fn batch(events: Vec<UsageEvent>) -> UsageBatch {
+        UsageBatch {
+            batch_id: Uuid::now_v7(),
+            edge_id: "edge-1".into(),
+            events,
+        }
+    }
+
+    const HOUR: TimeDelta = TimeDelta::hours(1);
+
+    /// Mid-January 2026: the clock of most tests.
+    fn now() -> DateTime<Utc> {
+        t(2026, 1, 15, 12, 0)
+    }
+
+    async fn aggregate(pool: &PgPool, account: AccountId, meter: &str) -> Option<(i64, i64)> {
+        sqlx::query_as(
+            "SELECT value, events FROM usage_aggregates WHERE account_id = $1 AND meter = $2",
+        )
+        .bind(account.0)
+        .bind(meter)
+        .fetch_optional(pool)
+        .await
+        .expect("aggregate")
+    }
+
+    async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+        let (n,): (i64,) = sqlx::query_as(sql).fetch_one(pool).await.expect("count");
+        n
+    }
+
+    #[test]
+    fn periods_are_utc_calendar_days_months_and_years() {
+        let cases = [
+            (
+                MeterPeriod::Day,
+                t(2026, 1, 15, 12, 0),
+                t(2026, 1, 15, 0, 0),
+                t(2026, 1, 16, 0, 0),
+            ),
+            (
+                MeterPeriod::Day,
+                t(2025, 12, 31, 23, 59),
+                t(2025, 12, 31, 0, 0),
+                t(2026, 1, 1, 0, 0),
+            ),
+            (
+                MeterPeriod::Day,
+                t(2024, 2, 28, 0, 0),
+                t(2024, 2, 28, 0, 0),
+                t(2024, 2, 29, 0, 0),
+            ),
+            (
+                MeterPeriod::Month,
+                t(2026, 1, 15, 12, 0),
+                t(2026, 1, 1, 0, 0),
+                t(2026, 2, 1, 0, 0),
+            ),
+            (
+                MeterPeriod::Month,
+                t(2025, 12, 31, 23, 59),
+                t(2025, 12, 1, 0, 0),
+                t(2026, 1, 1, 0, 0),
+            ),
+            (
+                MeterPeriod::Month,
+                t(2024, 2, 29, 8, 0),
+                t(2024, 2, 1, 0, 0),
+                t(2024, 3, 1, 0, 0),
+            ),
+            (
+                MeterPeriod::Month,
+                t(2026, 3, 1, 0, 0),
+                t(2026, 3, 1, 0, 0),
+                t(2026, 4, 1, 0, 0),
+            ),
+            (
+                MeterPeriod::Year,
+                t(2026, 7, 4, 1, 2),
+                t(2026, 1, 1, 0, 0),
+                t(2027, 1, 1, 0, 0),
+            ),
+            (
+                MeterPeriod::Year,
+                t(2026, 12, 31, 23, 59),
+                t(2026, 1, 1, 0, 0),
+                t(2027, 1, 1, 0, 0),
+            ),
+        ];
+        for (period, at, start, end) in cases {
+            assert_eq!(period_of(period, at), (start, end), "{period:?} of {at}");
+        }
+        let last = DateTime::from_timestamp_millis(TIMESTAMP_MS_MAX).expect("max");
+        assert_eq!(period_of(MeterPeriod::Year, last).1, t(10_000, 1, 1, 0, 0));
+    }
+
+    #[test]
+    fn events_after_the_grace_window_count_toward_the_current_period() {
+        let jan_end = t(2026, 2, 1, 0, 0);
+        let at = t(2026, 1, 31, 23, 0);
+        let cases = [
+            // (now, late)
+            (jan_end + TimeDelta::minutes(30), false),
+            (jan_end + HOUR, false),
+            (jan_end + HOUR + TimeDelta::milliseconds(1), true),
+            (jan_end + HOUR * 2, true),
+        ];
+        for (now, late) in cases {
+            let p = place(MeterPeriod::Month, at, now, HOUR);
+            assert_eq!(p.late, late, "now {now}");
+            let expected = if late {
+                (jan_end, t(2026, 3, 1, 0, 0))
+            } else {
+                (t(2026, 1, 1, 0, 0), jan_end)
+            };
+            assert_eq!((p.start, p.end), expected, "now {now}");
+        }
+        // The future is the edge's business: its own period.
+        let future = place(MeterPeriod::Day, t(2026, 1, 20, 0, 0), now(), HOUR);
+        assert_eq!((future.start, future.late), (t(2026, 1, 20, 0, 0), false));
+    }
+
+    #[test]
+    fn batches_breaking_the_limits_are_refused_whole() {
+        let a = AccountId::new_v7();
+        let good = ev("e", a, "calls", 1, now());
+        let too_long = "x".repeat(EVENT_ID_BYTES_MAX + 1);
+        let cases: Vec<(UsageEvent, &str)> = vec![
+            (ev("", a, "calls", 1, now()), "id"),
+            (ev(&too_long, a, "calls", 1, now()), "id"),
+            (ev("e\0", a, "calls", 1, now()), "id"),
+            (ev("e", a, "", 1, now()), "meter"),
+            (ev("e", a, "calls", -1, now()), "quantity"),
+            (
+                UsageEvent {
+                    timestamp_ms: -1,
+                    ..good.clone()
+                },
+                "timestamp_ms",
+            ),
+            (
+                UsageEvent {
+                    timestamp_ms: TIMESTAMP_MS_MAX + 1,
+                    ..good.clone()
+                },
+                "timestamp_ms",
+            ),
+            (with_prop(good.clone(), "k", "v\0"), "NUL"),
+        ];
+        for (bad, needle) in cases {
+            let err = validate(&batch(vec![good.clone(), bad])).expect_err("invalid");
+            match &err {
+                IngestError::InvalidEvent { index: 1, reason } => {
+                    assert!(reason.contains(needle), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut b = batch(vec![good.clone()]);
+        b.edge_id = String::new();
+        assert!(matches!(validate(&b), Err(IngestError::InvalidEdgeId)));
+        let big = batch(vec![good; BATCH_EVENTS_MAX + 1]);
+        assert!(matches!(
+            validate(&big),
+            Err(IngestError::TooLarge { events: 10_001 })
+        ));
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn the_same_batch_twice_is_stored_and_counted_once(pool: PgPool) {
+        let a = AccountId::new_v7();
+        let b = batch(vec![
+            ev("e1", a, "calls", 3, now()),
+            ev("e2", a, "calls", 4, now()),
+            ev("e3", a, "jobs", 9, now()),
+        ]);
+        let first = ingest(&pool, &meters(), &b, now(), HOUR)
+            .await
+            .expect("first");
+        assert_eq!((first.accepted, first.duplicates), (3, 0));
+        let again = ingest(&pool, &meters(), &b, now() + HOUR, HOUR)
+            .await
+            .expect("retry");
+        assert_eq!((again.accepted, again.duplicates), (0, 3));
+        assert_eq!(
+            again.aggregates, first.aggregates,
+            "a retry reports the same aggregates and changes none"
+        );
+        assert_eq!(aggregate(&pool, a, "calls").await, Some((7, 2)));
+        assert_eq!(aggregate(&pool, a, "jobs").await, Some((1, 1)));
+        assert_eq!(count(&pool, "SELECT count(*) FROM usage_events").await, 3);
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM usage_event_ids").await,
+            3
+        );
+
+        // A new batch repeating one old id stores only the new event.
+        let mixed = batch(vec![
+            ev("e1", a, "calls", 3, now()),
+            ev("e4", a, "calls", 10, now()),
+        ]);
+        let ack = ingest(&pool, &meters(), &mixed, now(), HOUR)
+            .await
+            .expect("mixed");
+        assert_eq!((ack.accepted, ack.duplicates), (1, 1));
+        assert_eq!(aggregate(&pool, a, "calls").await, Some((17, 3)));
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn an_id_repeated_within_a_batch_counts_once_and_the_first_wins(pool: PgPool) {
+        let a = AccountId::new_v7();
+        let b = batch(vec![
+            ev("dup", a, "calls", 5, now()),
+            ev("dup", a, "calls", 50, now()),
+            ev("other", a, "calls", 1, now()),
+        ]);
+        let ack = ingest(&pool, &meters(), &b, now(), HOUR)
+            .await
+            .expect("ingest");
+        assert_eq!((ack.accepted, ack.duplicates), (2, 1));
+        assert_eq!(aggregate(&pool, a, "calls").await, Some((6, 2)));
+        let (q,): (i64,) =
+            sqlx::query_as("SELECT quantity FROM usage_events WHERE event_id = 'dup'")
+                .fetch_one(&pool)
+                .await
+                .expect("row");
+        assert_eq!(q, 5);
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn concurrent_deliveries_of_one_batch_count_once(pool: PgPool) {
+        let a = AccountId::new_v7();
+        let events = (0..200)
+            .map(|i| ev(&format!("c{i}"), a, "calls", 1, now()))
+            .collect();
+        let b = batch(events);
+        let m = meters();
+        let (x, y) = tokio::join!(
+            ingest(&pool, &m, &b, now(), HOUR),
+            ingest(&pool, &m, &b, now(), HOUR)
+        );
+        let (x, y) = (x.expect("x"), y.expect("y"));
+        assert_eq!(x.accepted + y.accepted, 200, "{x:?} {y:?}");
+        assert_eq!(x.duplicates + y.duplicates, 200);
+        assert_eq!(aggregate(&pool, a, "calls").await, Some((200, 200)));
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn each_aggregation_combines_batches_by_its_rule(pool: PgPool) {
+        let a = AccountId::new_v7();
+        let m = meters();
+        let at = |h: u32| t(2026, 1, 10, h, 0);
+        let first = batch(vec![
+            ev("s1", a, "calls", 3, at(1)),
+            ev("s2", a, "calls", 4, at(2)),
+            ev("c1", a, "jobs", 100, at(1)),
+            ev("m1", a, "peak", 7, at(1)),
+            ev("m2", a, "peak", 2, at(2)),
+            // Latest: the newest timestamp wins, not the last in the batch.
+            ev("l1", a, "seats", 12, at(9)),
+            ev("l2", a, "seats", 30, at(3)),
+            with_prop(ev("u1", a, "users", 1, at(1)), "user", "ada"),
+            with_prop(ev("u2", a, "users", 1, at(2)), "user", "bob"),
+            with_prop(ev("u3", a, "users", 1, at(3)), "user", "ada"),
+        ]);
+        let ack = ingest(&pool, &m, &first, now(), HOUR).await.expect("first");
+        assert_eq!(ack.accepted, 10);
+        let values = |ack: &UsageAck| -> BTreeMap<String, (i64, i64)> {
+            ack.aggregates
+                .iter()
+                .map(|g| (g.meter.clone(), (g.value, g.events)))
+                .collect()
+        };
+        assert_eq!(
+            values(&ack),
+            BTreeMap::from([
+                ("calls".into(), (7, 2)),
+                ("jobs".into(), (1, 1)),
+                ("peak".into(), (7, 2)),
+                ("seats".into(), (12, 2)),
+                ("users".into(), (2, 3)),
+            ])
+        );
+        let second = batch(vec![
+            ev("s3", a, "calls", 10, at(3)),
+            ev("c2", a, "jobs", 0, at(3)),
+            ev("c3", a, "jobs", 5, at(3)),
+            ev("m3", a, "peak", 6, at(3)),
+            // Older than the stored latest: ignored for the value, counted as an event.
+            ev("l3", a, "seats", 99, at(5)),
+            with_prop(ev("u4", a, "users", 1, at(4)), "user", "bob"),
+            with_prop(ev("u5", a, "users", 1, at(4)), "user", "cy"),
+        ]);
+        let ack = ingest(&pool, &m, &second, now(), HOUR)
+            .await
+            .expect("second");
+        assert_eq!(
+            values(&ack),
+            BTreeMap::from([
+                ("calls".into(), (17, 3)),
+                ("jobs".into(), (3, 3)),
+                ("peak".into(), (7, 3)),
+                ("seats".into(), (12, 3)),
+                ("users".into(), (3, 5)),
+            ])
+        );
+        let newer = batch(vec![
+            ev("l4", a, "seats", 4, at(10)),
+            ev("m4", a, "peak", 8, at(10)),
+        ]);
+        ingest(&pool, &m, &newer, now(), HOUR).await.expect("newer");
+        assert_eq!(aggregate(&pool, a, "seats").await, Some((4, 4)));
+        assert_eq!(aggregate(&pool, a, "peak").await, Some((8, 4)));
+
+        // Another account's and another period's events are their own aggregates.
+        let b = AccountId::new_v7();
+        let other = batch(vec![
+            with_prop(ev("u6", b, "users", 1, at(4)), "user", "ada"),
+            with_prop(ev("u7", a, "users", 1, t(2026, 2, 1, 0, 0)), "user", "ada"),
+        ]);
+        ingest(&pool, &m, &other, t(2026, 2, 1, 0, 0), HOUR)
+            .await
+            .expect("other");
+        assert_eq!(aggregate(&pool, b, "users").await, Some((1, 1)));
+        let (jan, feb): (i64, i64) = sqlx::query_as(
+            "SELECT sum(value) FILTER (WHERE period_start = '2026-01-01T00:00:00Z')::bigint,
+                    sum(value) FILTER (WHERE period_start = '2026-02-01T00:00:00Z')::bigint
+             FROM usage_aggregates WHERE account_id = $1 AND meter = 'users'",
+        )
+        .bind(a.0)
+        .fetch_one(&pool)
+        .await
+        .expect("periods");
+        assert_eq!((jan, feb), (3, 1));
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn the_grace_window_decides_which_period_an_event_counts_toward(pool: PgPool) {
+        let a = AccountId::new_v7();
+        let m = meters();
+        let jan_end = t(2026, 2, 1, 0, 0);
+        let in_grace = batch(vec![ev("g1", a, "calls", 5, t(2026, 1, 31, 23, 0))]);
+        let ack = ingest(&pool, &m, &in_grace, jan_end + TimeDelta::minutes(30), HOUR)
+            .await
+            .expect("in grace");
+        assert!(ack.late.is_empty());
+        assert_eq!(
+            ack.aggregates[0].period_start_ms,
+            t(2026, 1, 1, 0, 0).timestamp_millis()
+        );
+
+        let too_late = batch(vec![
+            ev("g2", a, "calls", 7, t(2026, 1, 31, 23, 30)),
+            ev("g3", a, "calls", 1, jan_end + HOUR),
+        ]);
+        let ack = ingest(&pool, &m, &too_late, jan_end + HOUR * 2, HOUR)
+            .await
+            .expect("late");
+        assert_eq!(ack.late, vec!["g2".to_owned()]);
+        assert_eq!(ack.aggregates.len(), 1, "{ack:?}");
+        let feb = &ack.aggregates[0];
+        assert_eq!(
+            (feb.period_start_ms, feb.value, feb.events),
+            (jan_end.timestamp_millis(), 8, 2)
+        );
+        let rows: Vec<(String, bool, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT event_id, late, period_start FROM usage_events ORDER BY event_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("rows");
+        assert_eq!(
+            rows,
+            vec![
+                ("g1".into(), false, t(2026, 1, 1, 0, 0)),
+                ("g2".into(), true, jan_end),
+                ("g3".into(), false, jan_end),
+            ]
+        );
+        // January keeps only the event within grace.
+        let (jan,): (i64,) = sqlx::query_as(
+            "SELECT value FROM usage_aggregates WHERE account_id = $1 AND period_start = '2026-01-01T00:00:00Z'",
+        )
+        .bind(a.0)
+        .fetch_one(&pool)
+        .await
+        .expect("january");
+        assert_eq!(jan, 5);
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn unmetered_events_are_stored_listed_and_never_aggregated(pool: PgPool) {
+        let a = AccountId::new_v7();
+        let b = batch(vec![
+            ev("x1", a, "not_in_catalog", 5, now()),
+            ev("x2", a, "users", 1, now()),
+            with_prop(
+                ev("x3", a, "users", 1, now()),
+                "user",
+                &"v".repeat(UNIQUE_VALUE_BYTES_MAX + 1),
+            ),
+            ev("x4", a, "calls", 2, now()),
+        ]);
+        let ack = ingest(&pool, &meters(), &b, now(), HOUR)
+            .await
+            .expect("ingest");
+        assert_eq!(ack.accepted, 4);
+        assert_eq!(ack.unmetered, vec!["x1", "x2", "x3"]);
+        assert_eq!(ack.aggregates.len(), 1);
+        assert_eq!(
+            count(
+                &pool,
+                "SELECT count(*) FROM usage_events WHERE period_start IS NULL"
+            )
+            .await,
+            3
+        );
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM usage_aggregates").await,
+            1
+        );
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM usage_unique_values").await,
+            0
+        );
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn events_land_in_their_monthly_partition_or_the_default_one(pool: PgPool) {
+        assert_eq!(ensure_partitions(&pool, now()).await.expect("ensure"), 5);
+        assert_eq!(
+            ensure_partitions(&pool, now()).await.expect("again"),
+            0,
+            "idempotent"
+        );
+        let a = AccountId::new_v7();
+        let b = batch(vec![
+            ev("p1", a, "calls", 1, t(2026, 1, 1, 0, 0)),
+            ev("p2", a, "calls", 1, t(2025, 12, 31, 23, 59)),
+            ev("p3", a, "calls", 1, t(2026, 4, 30, 23, 59)),
+            ev("p4", a, "calls", 1, t(2030, 6, 1, 0, 0)),
+            ev("p5", a, "calls", 1, t(2020, 6, 1, 0, 0)),
+        ]);
+        ingest(&pool, &meters(), &b, now(), HOUR)
+            .await
+            .expect("ingest");
+        let partitions = || async {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT event_id, tableoid::regclass::text FROM usage_events ORDER BY event_id",
+            )
+            .fetch_all(&pool)
+            .await
+            .expect("rows");
+            rows
+        };
+        let expect = |p4: &str| {
+            vec![
+                ("p1".to_owned(), "usage_events_2026_01".to_owned()),
+                ("p2".into(), "usage_events_2025_12".into()),
+                ("p3".into(), "usage_events_2026_04".into()),
+                ("p4".into(), p4.to_owned()),
+                ("p5".into(), "usage_events_default".into()),
+            ]
+        };
+        assert_eq!(partitions().await, expect("usage_events_default"));
+        // A partition created later adopts its rows from the default partition.
+        assert_eq!(
+            ensure_partitions(&pool, t(2030, 6, 15, 0, 0))
+                .await
+                .expect("2030"),
+            5
+        );
+        assert_eq!(partitions().await, expect("usage_events_2030_06"));
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn current_usage_lists_every_meter_of_the_period_containing_now(pool: PgPool) {
+        let a = AccountId::new_v7();
+        let m = meters();
+        let b = batch(vec![
+            ev("k1", a, "calls", 3, now()),
+            ev("k2", a, "calls", 3, t(2025, 12, 20, 0, 0)),
+            ev("k3", a, "daily", 2, now()),
+            ev("k4", a, "daily", 2, now() - TimeDelta::days(1)),
+        ]);
+        ingest(&pool, &m, &b, now(), TimeDelta::days(60))
+            .await
+            .expect("ingest");
+        let usage = current(&pool, &m, a, now()).await.expect("current");
+        let got: Vec<(&str, i64, i64, i64)> = usage
+            .iter()
+            .map(|g| (g.meter.as_str(), g.period_start_ms, g.value, g.events))
+            .collect();
+        let jan = t(2026, 1, 1, 0, 0).timestamp_millis();
+        assert_eq!(
+            got,
+            vec![
+                ("calls", jan, 3, 1),
+                ("daily", t(2026, 1, 15, 0, 0).timestamp_millis(), 2, 1),
+                ("jobs", jan, 0, 0),
+                ("peak", jan, 0, 0),
+                ("seats", jan, 0, 0),
+                ("users", jan, 0, 0),
+            ]
+        );
+        assert!(usage.iter().all(|g| g.account == a));
+    }
+}

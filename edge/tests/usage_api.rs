@@ -1,0 +1,627 @@
+//! `POST /v1/usage` through the edge's real router, with the real durable log on disk, a real
+//! flusher and a stub control plane on loopback that records what it is sent.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tollgate_edge::cache::CacheLimits;
+use tollgate_edge::state::EdgeState;
+use tollgate_edge::upstream::{L2, Upstream};
+use tollgate_edge::usage::Usage;
+use tollgate_protocol::usage::{
+    AccountUsage, MeterAggregate, MeterPeriod, UsageAck, UsageBatch, UsageEvent,
+};
+use tollgate_protocol::{AccountFacts, AccountId, SubscriptionFacts, SubscriptionStatus};
+use tower::ServiceExt;
+
+/// What the stub control plane holds and how it behaves.
+#[derive(Default)]
+struct Cp {
+    facts: Mutex<HashMap<AccountId, AccountFacts>>,
+    /// Batches received, with their `Idempotency-Key`.
+    batches: Mutex<Vec<(String, UsageBatch)>>,
+    /// Stored events by id (deduplicated, as the real control plane does).
+    stored: Mutex<HashMap<String, UsageEvent>>,
+    /// Usage already counted by other edges, per account.
+    elsewhere: Mutex<HashMap<AccountId, i64>>,
+    /// Answer 503 to this many usage posts first.
+    fail_next: AtomicU32,
+}
+
+impl Cp {
+    fn aggregate(&self, account: AccountId) -> MeterAggregate {
+        let now = tollgate_edge::now_ms();
+        let (start, end) = MeterPeriod::Month.bounds(now);
+        let stored = self.stored.lock().expect("stored");
+        let mine = stored
+            .values()
+            .filter(|e| e.account == account && e.meter == "api_calls");
+        let (events, sum) = mine.fold((0, 0), |(n, s), e| (n + 1, s + e.quantity));
+        let elsewhere = self
+            .elsewhere
+            .lock()
+            .expect("elsewhere")
+            .get(&account)
+            .copied();
+        MeterAggregate {
+            account,
+            meter: "api_calls".into(),
+            period_start_ms: start,
+            period_end_ms: end,
+            value: sum + elsewhere.unwrap_or(0),
+            events,
+        }
+    }
+}
+
+async fn stub_usage(
+    State(cp): State<Arc<Cp>>,
+    headers: HeaderMap,
+    axum::Json(batch): axum::Json<UsageBatch>,
+) -> axum::response::Response {
+    if cp
+        .fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let (mut accepted, mut duplicates) = (0, 0);
+    {
+        let mut stored = cp.stored.lock().expect("stored");
+        for e in &batch.events {
+            if stored.insert(e.id.clone(), e.clone()).is_none() {
+                accepted += 1;
+            } else {
+                duplicates += 1;
+            }
+        }
+    }
+    let mut accounts: Vec<AccountId> = batch.events.iter().map(|e| e.account).collect();
+    accounts.dedup();
+    let ack = UsageAck {
+        batch_id: batch.batch_id,
+        accepted,
+        duplicates,
+        late: vec![],
+        unmetered: vec![],
+        aggregates: accounts.iter().map(|a| cp.aggregate(*a)).collect(),
+    };
+    cp.batches.lock().expect("batches").push((key, batch));
+    axum::Json(ack).into_response()
+}
+
+async fn stub_account_usage(
+    State(cp): State<Arc<Cp>>,
+    Path(id): Path<AccountId>,
+) -> axum::Json<AccountUsage> {
+    axum::Json(AccountUsage {
+        account: id,
+        aggregates: vec![cp.aggregate(id)],
+    })
+}
+
+async fn stub_facts(
+    State(cp): State<Arc<Cp>>,
+    Path(id): Path<AccountId>,
+) -> axum::response::Response {
+    match cp.facts.lock().expect("facts").get(&id) {
+        Some(f) => axum::Json(f.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+struct Edge {
+    state: EdgeState,
+    cp: Arc<Cp>,
+    dir: std::path::PathBuf,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-usage-{name}-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+/// An edge with the demo rules, a usage log under `dir` (buffer bound `buffer`), and its
+/// flusher running against a fresh stub control plane.
+async fn edge(dir: std::path::PathBuf, buffer: u64, cp: Arc<Cp>) -> Edge {
+    let app = Router::new()
+        .route("/internal/v1/usage", post(stub_usage))
+        .route("/internal/v1/accounts/{id}/usage", get(stub_account_usage))
+        .route("/internal/v1/accounts/{id}/facts", get(stub_facts))
+        .with_state(cp.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let token = secrecy::SecretString::from("t".to_owned());
+    let upstream = Upstream::new(&base, token, Duration::from_secs(2), L2::default()).expect("up");
+    let limits = CacheLimits {
+        entries_max: 100,
+        bytes_max: 1 << 20,
+    };
+    let state = EdgeState::new("usage-edge".into(), limits, upstream, 5_000, 60_000);
+    state.install_rules(1, tollgate_rules::demo_program(), None);
+    // A restarted edge may find the previous one's writer still closing the log: retry.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        match Usage::open(&dir, buffer, state.meters_fn(), state.metrics.usage.clone()) {
+            Ok(u) => break u,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "usage log: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let _ = state.usage.set(usage.clone());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(tollgate_edge::usage::flush_loop(
+        state.clone(),
+        usage,
+        Duration::from_millis(20),
+        stop_rx,
+    ));
+    Edge {
+        state,
+        cp,
+        dir,
+        _stop: stop,
+    }
+}
+
+async fn call(
+    state: &EdgeState,
+    method: Method,
+    uri: &str,
+    ct: Option<&str>,
+    body: Value,
+) -> (StatusCode, HeaderMap, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(ct) = ct {
+        req = req.header("content-type", ct);
+    }
+    let body = if body.is_null() {
+        Body::empty()
+    } else {
+        Body::from(body.to_string())
+    };
+    let resp = tollgate_edge::app(state.clone())
+        .oneshot(req.body(body).expect("req"))
+        .await
+        .expect("infallible");
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn post_usage(e: &Edge, ct: &str, body: Value) -> (StatusCode, HeaderMap, Value) {
+    call(&e.state, Method::POST, "/v1/usage", Some(ct), body).await
+}
+
+/// Polls until the stub holds `n` events.
+async fn until_stored(cp: &Cp, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let have = cp.stored.lock().expect("stored").len();
+        if have >= n {
+            assert_eq!(have, n, "more events than were accepted");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{have} of {n} events arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn pro(cp: &Cp, account: AccountId) {
+    let facts = AccountFacts {
+        subscription: Some(SubscriptionFacts {
+            plan: "pro".into(),
+            status: SubscriptionStatus::Active,
+            current_period_end_ms: 0,
+        }),
+        ..AccountFacts::new(account, 1)
+    };
+    cp.facts.lock().expect("facts").insert(account, facts);
+}
+
+#[tokio::test]
+async fn valid_events_are_kept_and_invalid_ones_refused_one_by_one() {
+    let e = edge(temp_dir("mixed"), 1 << 20, Arc::default()).await;
+    let account = AccountId::new_v7();
+    let now = tollgate_edge::now_ms();
+    let (s, _, v) = post_usage(
+        &e,
+        "application/json",
+        json!([
+            {"id": "evt-1", "account": account.to_string(), "meter": "api_calls", "quantity": 3},
+            {"account": account.to_string(), "meter": "nope", "quantity": 1},
+            {"account": account.to_string(), "meter": "api_calls", "quantity": -1},
+            {"account": account.to_string(), "meter": "api_calls", "quantity": 1.5},
+            {"meter": "api_calls", "quantity": 1},
+            {"account": account.to_string(), "meter": "api_calls", "quantity": 1, "timestamp": now + 3_600_000},
+            {"account": account.to_string(), "meter": "api_calls", "quantity": 2, "timestamp": "2999-01-01T00:00:00Z"},
+            {"account": account.to_string(), "meter": "api_calls", "quantity": 2, "properties": {"region": "eu", "n": 3}},
+            {"account": account.to_string(), "meter": "sso", "quantity": 1},
+            {"account": account.to_string(), "meter": "api_calls", "quantity": 1, "color": "red"},
+        ]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let accepted: Vec<i64> = v["accepted"]
+        .as_array()
+        .expect("accepted")
+        .iter()
+        .map(|a| a["index"].as_i64().expect("i"))
+        .collect();
+    assert_eq!(accepted, vec![0, 7]);
+    assert_eq!(v["accepted"][0]["id"], "evt-1");
+    let generated = v["accepted"][1]["id"].as_str().expect("id");
+    assert_eq!(
+        generated
+            .parse::<uuid::Uuid>()
+            .expect("uuid")
+            .get_version_num(),
+        7
+    );
+    let codes: Vec<(i64, &str)> = v["rejected"]
+        .as_array()
+        .expect("rejected")
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_i64().expect("i"),
+                r["code"].as_str().expect("code"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            (1, "unknown_meter"),
+            (2, "invalid_quantity"),
+            (3, "invalid_quantity"),
+            (4, "missing_account"),
+            (5, "timestamp_in_future"),
+            (6, "timestamp_in_future"),
+            (8, "unknown_meter"),
+            (9, "unknown_field"),
+        ]
+    );
+    // Only the accepted ones reach the control plane, with their properties as text.
+    until_stored(&e.cp, 2).await;
+    let stored = e.cp.stored.lock().expect("stored").clone();
+    assert_eq!(stored["evt-1"].quantity, 3);
+    let props = &stored[generated].properties;
+    assert_eq!((props["region"].as_str(), props["n"].as_str()), ("eu", "3"));
+
+    // Nothing valid: 422 problem+json with the reasons.
+    let (s, h, v) = post_usage(
+        &e,
+        "application/json",
+        json!({"account": "x", "meter": "api_calls", "quantity": 1}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(h["content-type"], "application/problem+json");
+    assert_eq!(
+        (v["code"].as_str(), v["rejected"][0]["code"].as_str()),
+        (Some("invalid_usage"), Some("invalid_account_id"))
+    );
+    // Unreadable bodies and unsupported types are refused whole.
+    let (s, _, v) = post_usage(&e, "text/plain", json!({})).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some("unsupported_media_type")
+        )
+    );
+    let (s, _, v) = post_usage(&e, "application/json", json!([])).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("empty_batch"))
+    );
+    let many: Vec<Value> = (0..1_001)
+        .map(|_| json!({"account": account.to_string(), "meter": "api_calls", "quantity": 1}))
+        .collect();
+    let (s, _, v) = post_usage(&e, "application/json", Value::Array(many)).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_many_events"))
+    );
+    let huge = json!({"account": account.to_string(), "meter": "api_calls", "quantity": 1, "id": "x".repeat(2 << 20)});
+    let (s, _, v) = post_usage(&e, "application/json", huge).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large"))
+    );
+    assert_eq!(
+        e.cp.stored.lock().expect("stored").len(),
+        2,
+        "nothing refused was stored"
+    );
+}
+
+#[tokio::test]
+async fn cloudevents_single_and_batch_are_accepted() {
+    let e = edge(temp_dir("ce"), 1 << 20, Arc::default()).await;
+    let account = AccountId::new_v7().to_string();
+    let ce = |id: &str| {
+        json!({
+            "specversion": "1.0", "id": id, "source": "/svc/search", "type": "dev.tollgate.usage",
+            "subject": account, "time": "2026-11-21T10:00:00Z",
+            "datacontenttype": "application/json",
+            "data": {"meter": "api_calls", "quantity": 4}
+        })
+    };
+    let (s, _, v) = post_usage(&e, "application/cloudevents+json", ce("a1")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["accepted"][0]["id"], "ce:/svc/search:a1");
+    let mut bad = ce("a3");
+    bad["specversion"] = json!("0.3");
+    let (s, _, v) = post_usage(
+        &e,
+        "application/cloudevents-batch+json",
+        json!([ce("a2"), bad]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["rejected"][0]["code"], "invalid_cloudevent");
+    let (s, _, v) = post_usage(&e, "application/cloudevents+json", json!([ce("a4")])).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body"))
+    );
+    until_stored(&e.cp, 2).await;
+    let stored = e.cp.stored.lock().expect("stored").clone();
+    let a2 = &stored["ce:/svc/search:a2"];
+    assert_eq!((a2.quantity, a2.timestamp_ms), (4, 1_795_255_200_000));
+}
+
+#[tokio::test]
+async fn the_flusher_retries_with_the_same_key_until_the_control_plane_acknowledges() {
+    let cp = Arc::new(Cp::default());
+    cp.fail_next.store(3, Ordering::SeqCst);
+    let e = edge(temp_dir("retry"), 1 << 20, cp).await;
+    let account = AccountId::new_v7().to_string();
+    for i in 0..5 {
+        let body =
+            json!({"id": format!("r{i}"), "account": account, "meter": "api_calls", "quantity": 1});
+        let (s, _, v) = post_usage(&e, "application/json", body).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    }
+    until_stored(&e.cp, 5).await;
+    let batches = e.cp.batches.lock().expect("batches").clone();
+    for (key, batch) in &batches {
+        assert_eq!(
+            key,
+            &batch.batch_id.to_string(),
+            "the idempotency key is the batch id"
+        );
+    }
+    assert!(
+        e.state
+            .metrics
+            .render()
+            .contains("tollgate_edge_usage_flush_failures_total 3")
+    );
+    // Acknowledged usage is gone from the edge's buffer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while e.state.usage.get().expect("usage").pending_events() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acked events still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_buffer_refuses_usage_with_retry_after_and_never_drops_it() {
+    let cp = Arc::new(Cp::default());
+    // The control plane is down: nothing drains.
+    cp.fail_next.store(u32::MAX, Ordering::SeqCst);
+    let e = edge(temp_dir("full"), 4096, cp).await;
+    let account = AccountId::new_v7().to_string();
+    let mut accepted = 0;
+    let refused = loop {
+        let body = json!({"id": format!("f{accepted}"), "account": account, "meter": "api_calls", "quantity": 1});
+        let (s, h, v) = post_usage(&e, "application/json", body).await;
+        if s == StatusCode::ACCEPTED {
+            accepted += 1;
+            assert!(accepted < 1_000, "the bound never applied");
+            continue;
+        }
+        break (s, h, v);
+    };
+    let (s, h, v) = refused;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("usage_buffer_full"))
+    );
+    assert_eq!(h["retry-after"], "5");
+    assert!(
+        e.state
+            .metrics
+            .render()
+            .contains("tollgate_edge_usage_events_refused_full_total 1")
+    );
+    // The control plane comes back: everything accepted arrives, and new usage is taken again.
+    e.cp.fail_next.store(0, Ordering::SeqCst);
+    until_stored(&e.cp, accepted).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = json!({"id": "after", "account": account, "meter": "api_calls", "quantity": 1});
+        let (s, _, _) = post_usage(&e, "application/json", body).await;
+        if s == StatusCode::ACCEPTED {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still full after the flush"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    until_stored(&e.cp, accepted + 1).await;
+    assert!(
+        !e.cp
+            .stored
+            .lock()
+            .expect("stored")
+            .contains_key(&format!("f{accepted}")),
+        "the refused event was not stored"
+    );
+}
+
+#[tokio::test]
+async fn metered_checks_add_unflushed_local_usage_to_the_last_aggregate() {
+    let cp = Arc::new(Cp::default());
+    let account = AccountId::new_v7();
+    pro(&cp, account);
+    // Other edges already reported 99,990 of pro's 100,000 api_calls this month.
+    cp.elsewhere
+        .lock()
+        .expect("elsewhere")
+        .insert(account, 99_990);
+    cp.fail_next.store(u32::MAX, Ordering::SeqCst);
+    let e = edge(temp_dir("quota"), 1 << 20, cp).await;
+    let check = |q: i64| format!("/v1/check?account={account}&feature=api_calls&quantity={q}");
+    let (s, _, v) = call(&e.state, Method::GET, &check(10), None, Value::Null).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (
+            v["allowed"].as_bool(),
+            v["usage"].as_i64(),
+            v["remaining"].as_i64()
+        ),
+        (Some(true), Some(99_990), Some(10)),
+        "{v}"
+    );
+    // This edge records 8 more; the control plane has not seen them (it is down).
+    let body = json!({"account": account.to_string(), "meter": "api_calls", "quantity": 8});
+    assert_eq!(
+        post_usage(&e, "application/json", body).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (_, _, v) = call(&e.state, Method::GET, &check(3), None, Value::Null).await;
+    assert_eq!(
+        (
+            v["allowed"].as_bool(),
+            v["reason"].as_str(),
+            v["usage"].as_i64(),
+            v["remaining"].as_i64()
+        ),
+        (
+            Some(false),
+            Some("denied_quota_exceeded"),
+            Some(99_998),
+            Some(2)
+        ),
+        "{v}"
+    );
+    let (_, _, v) = call(&e.state, Method::GET, &check(2), None, Value::Null).await;
+    assert_eq!(v["allowed"], true, "{v}");
+    let (s, _, v) = call(
+        &e.state,
+        Method::GET,
+        &format!("/v1/check?account={account}&feature=api_calls&quantity=-1"),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_quantity"))
+    );
+    // The entitlements view says the same.
+    let (_, _, v) = call(
+        &e.state,
+        Method::GET,
+        &format!("/v1/accounts/{account}/entitlements"),
+        None,
+        Value::Null,
+    )
+    .await;
+    let api = v["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .find(|f| f["feature"] == "api_calls")
+        .expect("api_calls")
+        .clone();
+    assert_eq!(
+        (
+            api["usage"].as_i64(),
+            api["remaining"].as_i64(),
+            api["aggregation"].as_str()
+        ),
+        (Some(99_998), Some(2), Some("sum"))
+    );
+    // Once flushed, the control plane's aggregate holds them and the local count is gone:
+    // the usage is the same, counted once.
+    e.cp.fail_next.store(0, Ordering::SeqCst);
+    until_stored(&e.cp, 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while e.state.usage.get().expect("usage").pending_events() > 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, _, v) = call(&e.state, Method::GET, &check(2), None, Value::Null).await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["usage"].as_i64()),
+        (Some(true), Some(99_998)),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn usage_stored_before_a_restart_is_flushed_after_it() {
+    let cp = Arc::new(Cp::default());
+    cp.fail_next.store(u32::MAX, Ordering::SeqCst);
+    let dir = temp_dir("restart");
+    let account = AccountId::new_v7().to_string();
+    {
+        let e = edge(dir.clone(), 1 << 20, cp.clone()).await;
+        for i in 0..3 {
+            let body = json!({"id": format!("k{i}"), "account": account, "meter": "api_calls", "quantity": 2});
+            assert_eq!(
+                post_usage(&e, "application/json", body).await.0,
+                StatusCode::ACCEPTED
+            );
+        }
+        assert_eq!(e.dir, dir);
+        // The edge goes away without flushing (its flusher stops with it).
+    }
+    // A new edge on the same directory, with a control plane that is up.
+    let e = edge(dir.clone(), 1 << 20, Arc::new(Cp::default())).await;
+    until_stored(&e.cp, 3).await;
+    let stored = e.cp.stored.lock().expect("stored").clone();
+    assert_eq!(stored.values().map(|ev| ev.quantity).sum::<i64>(), 6);
+}
