@@ -90,6 +90,8 @@ pub fn app(state: AppState) -> Router {
             tollgate_protocol::internal_api::USAGE_PATH,
             post(usage::ingest_batch).layer(DefaultBodyLimit::max(usage::BODY_BYTES_MAX)),
         )
+        .route("/internal/v1/leases", post(usage::lease_handler))
+        .route("/internal/v1/leases/release", post(usage::release_handler))
         .route(
             "/internal/v1/accounts/{id}/usage",
             get(usage::internal_account_usage),

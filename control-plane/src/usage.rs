@@ -76,8 +76,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tollgate_protocol::AccountId;
 use tollgate_protocol::usage::{
-    AccountUsage, Aggregation, MeterAggregate, MeterPeriod, MeterSpec, UsageAck, UsageBatch,
-    UsageEvent,
+    AccountUsage, Aggregation, LeaseGrant, LeaseRelease, LeaseRequest, MeterAggregate, MeterPeriod,
+    MeterSpec, UsageAck, UsageBatch, UsageEvent,
 };
 use uuid::Uuid;
 
@@ -735,6 +735,144 @@ fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// Largest lease one request may ask for.
+pub const LEASE_WANT_MAX: i64 = 1 << 40;
+
+/// Grants up to `want` units of the quota `limit` to `edge_id`: the counter of units leased
+/// out (seeded with the period's aggregate on first use) never passes `limit`. One
+/// transaction; the counter row's lock orders concurrent edges.
+pub async fn lease(
+    pool: &PgPool,
+    req: &LeaseRequest,
+    now: DateTime<Utc>,
+) -> Result<LeaseGrant, sqlx::Error> {
+    let start = from_ms(req.period_start_ms);
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO usage_lease_counters (account_id, meter, period_start, leased, updated_at)
+         SELECT $1, $2, $3, COALESCE((SELECT value FROM usage_aggregates
+                                      WHERE account_id = $1 AND meter = $2 AND period_start = $3), 0), $4
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(req.account.0)
+    .bind(&req.meter)
+    .bind(start)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let (leased, granted): (i64, i64) = sqlx::query_as(
+        "UPDATE usage_lease_counters c
+            SET leased = o.leased + LEAST($4, GREATEST($5 - o.leased, 0)), updated_at = $6
+           FROM (SELECT leased FROM usage_lease_counters
+                  WHERE account_id = $1 AND meter = $2 AND period_start = $3 FOR UPDATE) o
+          WHERE c.account_id = $1 AND c.meter = $2 AND c.period_start = $3
+      RETURNING c.leased, c.leased - o.leased",
+    )
+    .bind(req.account.0)
+    .bind(&req.meter)
+    .bind(start)
+    .bind(req.want)
+    .bind(req.limit)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO usage_leases (account_id, meter, period_start, edge_id, granted, returned, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 0, $6)
+         ON CONFLICT (account_id, meter, period_start, edge_id)
+         DO UPDATE SET granted = usage_leases.granted + EXCLUDED.granted, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(req.account.0)
+    .bind(&req.meter)
+    .bind(start)
+    .bind(&req.edge_id)
+    .bind(granted)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(LeaseGrant { granted, leased })
+}
+
+/// Takes back units an edge did not use, never more than it was granted and has not
+/// returned yet.
+pub async fn release(
+    pool: &PgPool,
+    rel: &LeaseRelease,
+    now: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    let start = from_ms(rel.period_start_ms);
+    let mut tx = pool.begin().await?;
+    let taken: Option<(i64,)> = sqlx::query_as(
+        "UPDATE usage_leases l
+            SET returned = l.returned + LEAST($5, l.granted - l.returned), updated_at = $6
+           FROM (SELECT returned FROM usage_leases
+                  WHERE account_id = $1 AND meter = $2 AND period_start = $3 AND edge_id = $4
+                  FOR UPDATE) o
+          WHERE l.account_id = $1 AND l.meter = $2 AND l.period_start = $3 AND l.edge_id = $4
+      RETURNING l.returned - o.returned",
+    )
+    .bind(rel.account.0)
+    .bind(&rel.meter)
+    .bind(start)
+    .bind(&rel.edge_id)
+    .bind(rel.units)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let taken = taken.map_or(0, |t| t.0);
+    sqlx::query(
+        "UPDATE usage_lease_counters SET leased = GREATEST(leased - $4, 0), updated_at = $5
+          WHERE account_id = $1 AND meter = $2 AND period_start = $3",
+    )
+    .bind(rel.account.0)
+    .bind(&rel.meter)
+    .bind(start)
+    .bind(taken)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(taken)
+}
+
+fn lease_problem(detail: &str) -> ApiError {
+    ApiError::unprocessable("invalid_lease", detail.to_owned())
+}
+
+/// `POST /internal/v1/leases` — an edge asks for a slice of an account's quota.
+pub async fn lease_handler(
+    State(state): State<AppState>,
+    _: EdgeAuth,
+    Json(req): Json<LeaseRequest>,
+) -> ApiResult<axum::Json<LeaseGrant>> {
+    if !(1..=LEASE_WANT_MAX).contains(&req.want) || req.limit < 0 {
+        return Err(lease_problem("want must be 1..2^40 and limit not negative"));
+    }
+    if !bounded_text(&req.meter, 128) || !bounded_text(&req.edge_id, 128) {
+        return Err(lease_problem("meter and edge_id must be 1-128 characters"));
+    }
+    let grant = lease(&state.billing, &req, state.clock.now()).await?;
+    tracing::debug!(account_id = %req.account, meter = %req.meter, edge_id = %req.edge_id,
+        want = req.want, granted = grant.granted, leased = grant.leased, "quota lease");
+    Ok(axum::Json(grant))
+}
+
+/// `POST /internal/v1/leases/release` — an edge gives back what it did not use.
+pub async fn release_handler(
+    State(state): State<AppState>,
+    _: EdgeAuth,
+    Json(rel): Json<LeaseRelease>,
+) -> ApiResult<StatusCode> {
+    if rel.units < 0 || !bounded_text(&rel.meter, 128) || !bounded_text(&rel.edge_id, 128) {
+        return Err(lease_problem(
+            "units must not be negative; meter and edge_id 1-128 characters",
+        ));
+    }
+    release(&state.billing, &rel, state.clock.now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -1308,5 +1446,93 @@ mod tests {
             ]
         );
         assert!(usage.iter().all(|g| g.account == a));
+    }
+
+    fn lease_req(account: AccountId, edge: &str, want: i64, limit: i64) -> LeaseRequest {
+        LeaseRequest {
+            account,
+            meter: "calls".into(),
+            edge_id: edge.into(),
+            period_start_ms: MeterPeriod::Month.bounds(now().timestamp_millis()).0,
+            want,
+            limit,
+        }
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn leases_start_from_the_aggregate_and_never_pass_the_quota(pool: PgPool) {
+        let a = AccountId::new_v7();
+        // 40 units were already reported this period.
+        ingest(
+            &pool,
+            &meters(),
+            &batch(vec![ev("u1", a, "calls", 40, now())]),
+            now(),
+            HOUR,
+        )
+        .await
+        .expect("ingest");
+        let g = lease(&pool, &lease_req(a, "e1", 30, 100), now())
+            .await
+            .expect("lease");
+        assert_eq!((g.granted, g.leased), (30, 70));
+        let g = lease(&pool, &lease_req(a, "e2", 50, 100), now())
+            .await
+            .expect("lease");
+        assert_eq!(
+            (g.granted, g.leased),
+            (30, 100),
+            "only what is left of the quota"
+        );
+        let g = lease(&pool, &lease_req(a, "e3", 10, 100), now())
+            .await
+            .expect("lease");
+        assert_eq!((g.granted, g.leased), (0, 100));
+        // e1 gives back 20 it did not use (and cannot give back more than it holds).
+        let taken = release(
+            &pool,
+            &LeaseRelease {
+                account: a,
+                meter: "calls".into(),
+                edge_id: "e1".into(),
+                period_start_ms: lease_req(a, "e1", 1, 1).period_start_ms,
+                units: 500,
+            },
+            now(),
+        )
+        .await
+        .expect("release");
+        assert_eq!(taken, 30, "capped at what e1 holds");
+        let g = lease(&pool, &lease_req(a, "e3", 10, 100), now())
+            .await
+            .expect("lease");
+        assert_eq!((g.granted, g.leased), (10, 80));
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn concurrent_leases_from_many_edges_sum_to_at_most_the_quota(pool: PgPool) {
+        let a = AccountId::new_v7();
+        let mut tasks = Vec::new();
+        for i in 0..12 {
+            let pool = pool.clone();
+            tasks.push(tokio::spawn(async move {
+                let edge = format!("e{}", i % 3);
+                let mut got = 0;
+                for _ in 0..5 {
+                    got += lease(&pool, &lease_req(a, &edge, 7, 200), now())
+                        .await
+                        .expect("lease")
+                        .granted;
+                }
+                got
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("join");
+        }
+        assert_eq!(total, 200, "12 × 5 × 7 = 420 asked, 200 to give");
+        let held: i64 = count(&pool, "SELECT sum(granted)::bigint FROM usage_leases").await;
+        assert_eq!(held, 200);
     }
 }

@@ -209,9 +209,21 @@ pub(crate) async fn decide<'a>(
         resp.usage = Some(used);
         resp.remaining = Some(limit.saturating_sub(used));
         resp.stale |= unavailable;
-        if used.saturating_add(quantity) > limit && !spec.soft {
-            resp.allowed = false;
-            resp.reason = Reason::DeniedQuotaExceeded;
+        if !spec.soft {
+            // Sum meters: the edge's lease of the quota decides (bounded overspend across
+            // edges); otherwise, or without the control plane, the usage just read.
+            let leased = if spec.aggregation == tollgate_protocol::usage::Aggregation::Sum {
+                state
+                    .lease_allows(account, &resp.feature, spec, limit, quantity)
+                    .await
+            } else {
+                None
+            };
+            let fits = leased.unwrap_or_else(|| used.saturating_add(quantity) <= limit);
+            if !fits {
+                resp.allowed = false;
+                resp.reason = Reason::DeniedQuotaExceeded;
+            }
         }
     }
     if resp.allowed {

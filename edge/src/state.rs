@@ -263,6 +263,54 @@ impl EdgeState {
         (value, false)
     }
 
+    /// Whether `quantity` more units of a `sum` meter fit the account's quota, served from this
+    /// edge's lease and renewing it (asking for the shortfall plus the meter's lease size) when
+    /// it runs short. `None` when there is no usage store or the control plane could not be
+    /// asked: the caller compares the last aggregate instead.
+    pub async fn lease_allows(
+        &self,
+        account: AccountId,
+        meter: &str,
+        spec: &tollgate_protocol::usage::MeterSpec,
+        limit: i64,
+        quantity: i64,
+    ) -> Option<bool> {
+        let usage = self.usage.get()?;
+        let (start, _) = spec.period.bounds(crate::now_ms());
+        let lease = usage.lease(account, meter, start);
+        let remaining = lease.map_or_else(
+            || -usage.pending(account, meter, start).quantity,
+            |l| l.remaining(),
+        );
+        if lease.is_some() && remaining >= quantity {
+            return Some(true);
+        }
+        let recently_exhausted = lease.and_then(|l| l.exhausted_at).is_some_and(|t| {
+            t.elapsed() < Duration::from_millis(crate::usage::EXHAUSTED_RECHECK_MS)
+        });
+        if recently_exhausted {
+            return Some(false);
+        }
+        let req = tollgate_protocol::usage::LeaseRequest {
+            account,
+            meter: meter.to_owned(),
+            edge_id: self.edge_id.clone(),
+            period_start_ms: start,
+            want: quantity.saturating_sub(remaining).max(0) + spec.lease,
+            limit,
+        };
+        match self.upstream.lease(&req).await {
+            Ok(grant) => {
+                let l = usage.add_grant(account, meter, start, grant.granted);
+                Some(l.remaining() >= quantity)
+            }
+            Err(e) => {
+                tracing::warn!(account_id = %account, meter, error = %e, "quota lease unavailable; comparing the last aggregate");
+                None
+            }
+        }
+    }
+
     pub fn bundle_version(&self) -> Option<u64> {
         self.rules.load().as_ref().map(|v| v.bundle_version)
     }

@@ -4,7 +4,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use tollgate_protocol::usage::{AccountUsage, UsageAck, UsageBatch};
+use tollgate_protocol::usage::{
+    AccountUsage, LeaseGrant, LeaseRelease, LeaseRequest, UsageAck, UsageBatch,
+};
 use tollgate_protocol::{AccountFacts, AccountId, internal_api, redis_keys};
 
 /// A fetch that could not be answered by either source.
@@ -169,6 +171,48 @@ impl Upstream {
             )))
         } else {
             Err(UpstreamError::Protocol(format!("usage: {status} {body}")))
+        }
+    }
+
+    /// Asks for a slice of an account's quota.
+    pub async fn lease(&self, req: &LeaseRequest) -> Result<LeaseGrant, UpstreamError> {
+        let url = format!("{}{}", self.base, internal_api::LEASE_PATH);
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(self.token.expose_secret())
+            .json(req)
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
+        match resp.status() {
+            s if s.is_success() => resp
+                .json()
+                .await
+                .map_err(|e| UpstreamError::Protocol(e.to_string())),
+            s if s.is_server_error() => Err(UpstreamError::Unavailable(format!("lease: {s}"))),
+            s => Err(UpstreamError::Protocol(format!("lease: {s}"))),
+        }
+    }
+
+    /// Gives back units of a lease this edge did not use.
+    pub async fn release(&self, rel: &LeaseRelease) -> Result<(), UpstreamError> {
+        let url = format!("{}{}", self.base, internal_api::LEASE_RELEASE_PATH);
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(self.token.expose_secret())
+            .json(rel)
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(UpstreamError::Unavailable(format!(
+                "release: {}",
+                resp.status()
+            )))
         }
     }
 

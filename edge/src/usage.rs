@@ -84,6 +84,26 @@ impl Pending {
     }
 }
 
+/// A slice of an account's quota this edge holds for one meter and period: it may let
+/// `granted` units be used here; `used` counts the usage stored here since the lease began.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub granted: i64,
+    pub used: i64,
+    /// When the control plane last had nothing left to grant: checks deny without asking
+    /// again for [`EXHAUSTED_RECHECK_MS`].
+    pub exhausted_at: Option<Instant>,
+}
+
+/// How long an exhausted quota is trusted before the control plane is asked again, ms.
+pub const EXHAUSTED_RECHECK_MS: u64 = 1_000;
+
+impl Lease {
+    pub fn remaining(&self) -> i64 {
+        self.granted - self.used
+    }
+}
+
 struct Aggregate {
     value: MeterAggregate,
     fetched: Instant,
@@ -95,6 +115,8 @@ pub struct Usage {
     writer: mpsc::Sender<AppendRequest>,
     pending: Arc<Mutex<HashMap<PendingKey, Pending>>>,
     aggregates: Mutex<HashMap<(AccountId, String), Aggregate>>,
+    /// Quota leases by (account, meter, period start); usage stored here counts against them.
+    leases: Arc<Mutex<HashMap<PendingKey, Lease>>>,
     /// Wakes the flusher when new events were committed.
     pub committed: Arc<tokio::sync::Notify>,
     pub metrics: UsageMetrics,
@@ -147,6 +169,7 @@ impl Usage {
             "usage log recovered"
         );
         let pending: Arc<Mutex<HashMap<PendingKey, Pending>>> = Arc::default();
+        let leases: Arc<Mutex<HashMap<PendingKey, Lease>>> = Arc::default();
         let period_start =
             move |meter: &str, ts: i64| meters(meter).map_or(0, |m| m.period.bounds(ts).0);
         for r in log.unacked(usize::MAX, usize::MAX) {
@@ -166,6 +189,7 @@ impl Usage {
             writer,
             pending: pending.clone(),
             aggregates: Mutex::default(),
+            leases: leases.clone(),
             committed: committed.clone(),
             metrics: metrics.clone(),
             max_pending_bytes,
@@ -173,7 +197,12 @@ impl Usage {
         std::thread::Builder::new()
             .name("usage-writer".into())
             .spawn(move || {
-                write_groups(&rx, &log, &pending, &committed, &metrics, &period_start);
+                let counters = Counters {
+                    pending: &pending,
+                    leases: &leases,
+                    period_start: &period_start,
+                };
+                write_groups(&rx, &log, &counters, &committed, &metrics);
             })
             .map_err(LogError::Io)?;
         Ok(usage)
@@ -239,6 +268,61 @@ impl Usage {
                         fetched: Instant::now(),
                     },
                 );
+            }
+        }
+    }
+
+    /// The lease held for a key, if any.
+    pub fn lease(&self, account: AccountId, meter: &str, period_start: i64) -> Option<Lease> {
+        lock(&self.leases)
+            .get(&(account, meter.to_owned(), period_start))
+            .copied()
+    }
+
+    /// Adds a grant to a lease, creating it (its `used` starting at this edge's pending usage
+    /// of the key, which no lease covered yet) when new. Returns the lease after.
+    pub fn add_grant(
+        &self,
+        account: AccountId,
+        meter: &str,
+        period_start: i64,
+        granted: i64,
+    ) -> Lease {
+        let key = (account, meter.to_owned(), period_start);
+        let pending = self.pending(account, meter, period_start).quantity;
+        let mut leases = lock(&self.leases);
+        let l = leases.entry(key).or_insert(Lease {
+            granted: 0,
+            used: pending,
+            exhausted_at: None,
+        });
+        l.granted += granted;
+        l.exhausted_at = (granted == 0).then(Instant::now);
+        *l
+    }
+
+    /// Every lease's unused units, removing the leases: what a stopping edge gives back.
+    pub fn take_unused(&self) -> Vec<(AccountId, String, i64, i64)> {
+        lock(&self.leases)
+            .drain()
+            .filter(|(_, l)| l.remaining() > 0)
+            .map(|((a, m, start), l)| (a, m, start, l.remaining()))
+            .collect()
+    }
+
+    /// Gives every unused lease back to the control plane (best effort: a lease not given
+    /// back only leaves its units unused until the period ends).
+    pub async fn release_unused(&self, upstream: &crate::upstream::Upstream, edge_id: &str) {
+        for (account, meter, period_start_ms, units) in self.take_unused() {
+            let rel = tollgate_protocol::usage::LeaseRelease {
+                account,
+                meter,
+                edge_id: edge_id.to_owned(),
+                period_start_ms,
+                units,
+            };
+            if let Err(e) = upstream.release(&rel).await {
+                tracing::warn!(account_id = %account, units, error = %e, "lease not given back");
             }
         }
     }
@@ -336,14 +420,35 @@ pub fn batch_id(edge_id: &str, first: u64, upto: u64) -> uuid::Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
+/// What committed events update: the pending counts and the leases they use.
+struct Counters<'a> {
+    pending: &'a Mutex<HashMap<PendingKey, Pending>>,
+    leases: &'a Mutex<HashMap<PendingKey, Lease>>,
+    period_start: &'a dyn Fn(&str, i64) -> i64,
+}
+
+impl Counters<'_> {
+    fn committed(&self, events: &[(AccountId, String, i64, i64)]) {
+        let mut pending = lock(self.pending);
+        let mut leases = lock(self.leases);
+        for (account, meter, quantity, ts) in events {
+            let key = (*account, meter.clone(), (self.period_start)(meter, *ts));
+            let p = pending.entry(key.clone()).or_default();
+            p.add(*quantity);
+            if let Some(l) = leases.get_mut(&key) {
+                l.used += *quantity;
+            }
+        }
+    }
+}
+
 /// The writer thread: one fsync per group of queued requests.
 fn write_groups(
     rx: &mpsc::Receiver<AppendRequest>,
     log: &Mutex<UsageLog>,
-    pending: &Mutex<HashMap<PendingKey, Pending>>,
+    counters: &Counters<'_>,
     committed: &tokio::sync::Notify,
     metrics: &UsageMetrics,
-    period_start: &dyn Fn(&str, i64) -> i64,
 ) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
@@ -388,14 +493,7 @@ fn write_groups(
         for (req, result) in group.into_iter().zip(results) {
             let result = match (&synced, result) {
                 (Ok(()), Ok(seqs)) => {
-                    let mut pending = lock(pending);
-                    for (account, meter, quantity, ts) in &req.events {
-                        let start = period_start(meter, *ts);
-                        pending
-                            .entry((*account, meter.clone(), start))
-                            .or_default()
-                            .add(*quantity);
-                    }
+                    counters.committed(&req.events);
                     Ok(seqs)
                 }
                 (Err(e), Ok(_)) => Err(e.clone()),
@@ -430,7 +528,7 @@ pub async fn flush_loop(
                 tokio::select! {
                     _ = usage.committed.notified() => {}
                     _ = tokio::time::sleep(interval) => {}
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.changed() => break,
                 }
             }
             Err(e) => {
@@ -440,10 +538,11 @@ pub async fn flush_loop(
                 tracing::warn!(error = %e, retry_ms = wait, pending = usage.pending_events(), "usage flush failed");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.changed() => break,
                 }
                 backoff = (backoff * 2).min(BACKOFF_MS_MAX);
             }
         }
     }
+    usage.release_unused(&state.upstream, &state.edge_id).await;
 }

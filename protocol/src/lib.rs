@@ -253,6 +253,10 @@ pub mod internal_api {
     /// `POST` [`super::usage::UsageBatch`] (header `Idempotency-Key` = the batch id) →
     /// [`super::usage::UsageAck`].
     pub const USAGE_PATH: &str = "/internal/v1/usage";
+    /// `POST` [`super::usage::LeaseRequest`] → [`super::usage::LeaseGrant`].
+    pub const LEASE_PATH: &str = "/internal/v1/leases";
+    /// `POST` [`super::usage::LeaseRelease`] → 204: an edge gives back units it did not use.
+    pub const LEASE_RELEASE_PATH: &str = "/internal/v1/leases/release";
     /// `GET` → [`super::usage::AccountUsage`]: the account's current-period aggregates.
     pub fn usage_path(account: &super::AccountId) -> String {
         format!("/internal/v1/accounts/{account}/usage")
@@ -431,6 +435,36 @@ pub mod usage {
         pub unmetered: Vec<String>,
         /// The aggregates the batch touched, after it.
         pub aggregates: Vec<MeterAggregate>,
+    }
+
+    /// An edge asks for `want` more units of an account's quota for one meter and period.
+    /// `limit` is the quota the rules give the account (the edge materialised it).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct LeaseRequest {
+        pub account: AccountId,
+        pub meter: String,
+        pub edge_id: String,
+        pub period_start_ms: i64,
+        pub want: i64,
+        pub limit: i64,
+    }
+
+    /// What the control plane granted (0 when the quota is spent) and how much of the quota
+    /// is leased out in all, to every edge, after it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct LeaseGrant {
+        pub granted: i64,
+        pub leased: i64,
+    }
+
+    /// Units of a lease an edge did not use and gives back.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct LeaseRelease {
+        pub account: AccountId,
+        pub meter: String,
+        pub edge_id: String,
+        pub period_start_ms: i64,
+        pub units: i64,
     }
 
     /// An account's current-period aggregates, one per meter of the catalog.
