@@ -11,6 +11,7 @@
 //! `../shared/BASELINES.md`.
 
 mod propagation;
+mod usage;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -364,6 +365,13 @@ fn main() -> anyhow::Result<()> {
     if args.first().map(String::as_str) == Some("cache") {
         return cache_bench(concat!(env!("CARGO_MANIFEST_DIR"), "/results/cache.md"));
     }
+    let results = concat!(env!("CARGO_MANIFEST_DIR"), "/results");
+    if args.first().map(String::as_str) == Some("usage-edge") {
+        return usage::edge(&args[1..], &format!("{results}/usage-edge.md"));
+    }
+    if args.first().map(String::as_str) == Some("usage-ingest") {
+        return usage::ingest(&args[1..], &format!("{results}/usage-ingest.md"));
+    }
     if args.first().map(String::as_str) == Some("propagation") {
         return propagation::run(
             &args[1..],
@@ -378,7 +386,7 @@ fn main() -> anyhow::Result<()> {
     }
     if args.first().map(String::as_str) != Some("edge-check") {
         bail!(
-            "usage: tollgate-bench edge-check [--secs N] [--out FILE] | materialise | cache | propagation [--changes N]"
+            "usage: tollgate-bench edge-check [--secs N] [--out FILE] | materialise | cache | propagation [--changes N] | usage-edge [--secs N] | usage-ingest [--batches N]"
         );
     }
     let mut secs = 5u32;

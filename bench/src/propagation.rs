@@ -205,7 +205,7 @@ pub fn run(args: &[String], out_path: &str) -> anyhow::Result<()> {
          \"response\" starts when the control plane's answer arrived (the change was committed before it \
          answered: a lower bound); \"request\" starts before the request was sent (an upper bound).\n\n\
          The edge's own `tollgate_edge_propagation_milliseconds` histogram (commit time carried in the \
-         change event → applied to the cache), cumulative, for the same run (it also counts sign-ups):\n\n\
+         change event → applied to the cache), cumulative, for the same run (events that updated a cached account):\n\n\
          | bucket | events |\n|---|---:|\n{hist}",
         row("response (commit) → edge answer", &lower),
         row("request sent → edge answer", &upper),

@@ -329,7 +329,12 @@ async fn check_batch(State(state): State<EdgeState>, body: axum::body::Bytes) ->
                               "error": { "code": "invalid_account_id", "detail": "account must be a UUID" } }),
             Ok(account) => {
                 let feature = Cow::Borrowed(item.feature.as_str());
-                match decide(&state, &view, account, feature, item.quantity.max(0)).await {
+                if item.quantity < 0 {
+                    results.push(json!({ "account": item.account, "feature": item.feature,
+                        "error": { "code": "invalid_quantity", "detail": "quantity must be a whole number, 0 or more" } }));
+                    continue;
+                }
+                match decide(&state, &view, account, feature, item.quantity).await {
                     Ok(resp) => json!({ "account": item.account, "result": resp }),
                     Err((_, code, detail)) => {
                         json!({ "account": item.account, "feature": item.feature, "error": { "code": code, "detail": detail } })

@@ -242,25 +242,14 @@ impl EdgeState {
                     usage.fresh_aggregate(account, meter, now)
                 }
                 Err(e) => {
-                    tracing::debug!(account_id = %account, error = %e, "usage aggregate unavailable");
-                    let local = match spec.aggregation {
-                        tollgate_protocol::usage::Aggregation::Sum => local.quantity,
-                        tollgate_protocol::usage::Aggregation::Count => local.events,
-                        _ => 0,
-                    };
-                    return (local, true);
+                    // The last aggregate however old (stale), plus what this edge added since.
+                    tracing::debug!(account_id = %account, error = %e, "usage aggregate unavailable; using the last one");
+                    let last = usage.last_aggregate(account, meter, now).map(|(a, _)| a);
+                    return (combine(spec, last, start, local), true);
                 }
             },
         };
-        let remote = aggregate
-            .filter(|a| a.period_start_ms == start)
-            .map_or(0, |a| a.value);
-        let value = match spec.aggregation {
-            tollgate_protocol::usage::Aggregation::Sum => remote + local.quantity,
-            tollgate_protocol::usage::Aggregation::Count => remote + local.events,
-            _ => remote,
-        };
-        (value, false)
+        (combine(spec, aggregate, start, local), false)
     }
 
     /// Whether `quantity` more units of a `sum` meter fit the account's quota, served from this
@@ -386,5 +375,23 @@ impl EdgeState {
                 Err(e)
             }
         }
+    }
+}
+
+/// The usage a check sees: the control plane's aggregate of the current period plus, for
+/// additive aggregations, this edge's unacknowledged events.
+fn combine(
+    spec: &tollgate_protocol::usage::MeterSpec,
+    aggregate: Option<tollgate_protocol::usage::MeterAggregate>,
+    period_start: i64,
+    local: crate::usage::Pending,
+) -> i64 {
+    let remote = aggregate
+        .filter(|a| a.period_start_ms == period_start)
+        .map_or(0, |a| a.value);
+    match spec.aggregation {
+        tollgate_protocol::usage::Aggregation::Sum => remote + local.quantity,
+        tollgate_protocol::usage::Aggregation::Count => remote + local.events,
+        _ => remote,
     }
 }

@@ -243,11 +243,23 @@ impl Usage {
         meter: &str,
         now_ms: i64,
     ) -> Option<MeterAggregate> {
+        self.last_aggregate(account, meter, now_ms)
+            .filter(|(_, age)| *age < Duration::from_millis(AGGREGATE_TTL_MS))
+            .map(|(a, _)| a)
+    }
+
+    /// The last aggregate for the period holding `now_ms`, however old, with its age: what a
+    /// check uses while the control plane cannot be asked.
+    pub fn last_aggregate(
+        &self,
+        account: AccountId,
+        meter: &str,
+        now_ms: i64,
+    ) -> Option<(MeterAggregate, Duration)> {
         let aggregates = lock(&self.aggregates);
         let a = aggregates.get(&(account, meter.to_owned()))?;
         let current = a.value.period_start_ms <= now_ms && now_ms < a.value.period_end_ms;
-        (current && a.fetched.elapsed() < Duration::from_millis(AGGREGATE_TTL_MS))
-            .then(|| a.value.clone())
+        current.then(|| (a.value.clone(), a.fetched.elapsed()))
     }
 
     /// Remembers aggregates the control plane sent (a newer period or a larger event count

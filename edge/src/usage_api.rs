@@ -423,7 +423,7 @@ pub async fn post_usage(
         Err(e) => {
             return problem(
                 StatusCode::BAD_REQUEST,
-                "invalid_json",
+                "malformed_json",
                 e.to_string(),
                 json!({}),
             );
