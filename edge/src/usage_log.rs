@@ -80,6 +80,17 @@
 //! * Every kept segment and the directory are then fsynced, so what recovery found is durable
 //!   before any of it is shipped; the next seq is the largest of (last record's seq + 1, the ack
 //!   floor, the last segment's name).
+//!
+//! # Why a log of our own, not `redb` or `fjall`
+//!
+//! The buffer's access pattern is a queue: append at the tail, read and delete at the head,
+//! nothing else. A log does exactly that with one `fdatasync` per group commit and no write
+//! amplification; an embedded B-tree (`redb`) commits copy-on-write pages with more than one
+//! sync, and an LSM (`fjall`) adds its own journal, memtables and compaction for keys we never
+//! look up. Owning the format also lets the crash rules above be stated exactly and tested
+//! against a model (the proptest below cuts unsynced bytes and tears tails the way power loss
+//! does). The cost is this module: checksummed, length-prefixed records, torn-tail recovery,
+//! corruption counted and never skipped silently.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};

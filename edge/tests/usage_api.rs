@@ -625,3 +625,89 @@ async fn usage_stored_before_a_restart_is_flushed_after_it() {
     let stored = e.cp.stored.lock().expect("stored").clone();
     assert_eq!(stored.values().map(|ev| ev.quantity).sum::<i64>(), 6);
 }
+
+#[tokio::test]
+async fn a_soft_meter_allows_overage_and_a_hard_one_denies_it() {
+    let cp = Arc::new(Cp::default());
+    let account = AccountId::new_v7();
+    pro(&cp, account);
+    // The control plane keeps failing flushes: the usage stays this edge's own.
+    cp.fail_next.store(u32::MAX, Ordering::SeqCst);
+    let e = edge(temp_dir("soft"), 1 << 20, cp).await;
+    // The same quota, once hard and once soft.
+    let source = "feature hard: metered per month sum\n\
+                  feature soft_calls: metered per month sum soft\n\
+                  plan pro \"Pro\" { price 0 USD per month grant hard = 5 grant soft_calls = 5 }\n";
+    let file = tollgate_rules::lang::SourceFile {
+        name: "soft.tg".into(),
+        text: source.into(),
+    };
+    let (program, _) = tollgate_rules::lang::compile_source(&file).expect("compiles");
+    e.state.install_rules(2, program, None);
+    let body = json!([
+        {"account": account.to_string(), "meter": "hard", "quantity": 5},
+        {"account": account.to_string(), "meter": "soft_calls", "quantity": 5},
+    ]);
+    let (s, _, v) = post_usage(&e, "application/json", body).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let check = |f: &str| format!("/v1/check?account={account}&feature={f}&quantity=1");
+    let (_, _, hard) = call(&e.state, Method::GET, &check("hard"), None, Value::Null).await;
+    assert_eq!(
+        (hard["allowed"].as_bool(), hard["reason"].as_str()),
+        (Some(false), Some("denied_quota_exceeded")),
+        "{hard}"
+    );
+    let (_, _, soft) = call(
+        &e.state,
+        Method::GET,
+        &check("soft_calls"),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (
+            soft["allowed"].as_bool(),
+            soft["usage"].as_i64(),
+            soft["remaining"].as_i64()
+        ),
+        (Some(true), Some(5), Some(0)),
+        "over the quota, billed as overage: {soft}"
+    );
+}
+
+#[tokio::test]
+async fn evicting_an_account_from_the_cache_keeps_its_unflushed_usage() {
+    let cp = Arc::new(Cp::default());
+    cp.fail_next.store(u32::MAX, Ordering::SeqCst);
+    let e = edge(temp_dir("evict"), 1 << 20, cp.clone()).await;
+    let account = AccountId::new_v7();
+    pro(&cp, account);
+    let body = json!({"account": account.to_string(), "meter": "api_calls", "quantity": 42});
+    assert_eq!(
+        post_usage(&e, "application/json", body).await.0,
+        StatusCode::ACCEPTED
+    );
+    let uri = format!("/v1/check?account={account}&feature=api_calls");
+    let (_, _, v) = call(&e.state, Method::GET, &uri, None, Value::Null).await;
+    assert_eq!(v["usage"], 42, "{v}");
+    // Fill the 100-entry cache with other accounts until this one is evicted.
+    for _ in 0..300 {
+        let other = AccountId::new_v7();
+        pro(&cp, other);
+        call(
+            &e.state,
+            Method::GET,
+            &format!("/v1/check?account={other}&feature=sso"),
+            None,
+            Value::Null,
+        )
+        .await;
+    }
+    e.state.cache.run_pending_tasks();
+    assert!(e.state.cache.get(&account).is_none(), "still cached");
+    // Refilled on the next check: the usage stored here is still counted (and still queued).
+    let (_, _, v) = call(&e.state, Method::GET, &uri, None, Value::Null).await;
+    assert_eq!(v["usage"], 42, "{v}");
+    assert_eq!(e.state.usage.get().expect("usage").pending_events(), 1);
+}
