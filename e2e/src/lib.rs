@@ -116,12 +116,17 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub fn start() -> anyhow::Result<PrivateRedis> {
-        let mut r = PrivateRedis {
-            port: free_port()?,
-            child: None,
-        };
+        let mut r = Self::not_started()?;
         r.restart()?;
         Ok(r)
+    }
+
+    /// A free port nothing listens on yet: Redis "down" until [`Self::restart`].
+    pub fn not_started() -> anyhow::Result<PrivateRedis> {
+        Ok(PrivateRedis {
+            port: free_port()?,
+            child: None,
+        })
     }
 
     pub fn url(&self) -> String {

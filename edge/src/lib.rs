@@ -43,14 +43,31 @@ pub fn now_ms() -> i64 {
 }
 
 /// An RFC 9457 problem with a stable `code`.
-fn problem(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Response {
-    let body = json!({
+pub(crate) fn problem(
+    status: StatusCode,
+    code: &'static str,
+    detail: impl Into<String>,
+) -> Response {
+    problem_with(status, code, detail, serde_json::Map::new())
+}
+
+/// [`problem`] with extension members (RFC 9457 §3.2), e.g. per-item results.
+pub(crate) fn problem_with(
+    status: StatusCode,
+    code: &'static str,
+    detail: impl Into<String>,
+    extensions: serde_json::Map<String, serde_json::Value>,
+) -> Response {
+    let mut body = json!({
         "type": format!("https://tollgate.dev/problems/{code}"),
         "title": status.canonical_reason().unwrap_or("error"),
         "status": status.as_u16(),
         "code": code,
         "detail": detail.into(),
     });
+    if let serde_json::Value::Object(b) = &mut body {
+        b.extend(extensions);
+    }
     let mut resp = (status, axum::Json(body)).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

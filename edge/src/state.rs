@@ -208,14 +208,9 @@ impl EdgeState {
     /// is part of the state: a strong reference would keep both alive forever).
     pub fn meters_fn(
         &self,
-    ) -> impl Fn(&str) -> Option<tollgate_protocol::usage::MeterSpec> + Send + 'static {
+    ) -> impl Fn(&str) -> Option<tollgate_protocol::usage::MeterSpec> + Send + Sync + 'static {
         let weak = Arc::downgrade(&self.0);
         move |key| weak.upgrade().and_then(|inner| EdgeState(inner).meter(key))
-    }
-
-    /// Start (unix ms) of the period of `meter` holding `ts_ms`; 0 for an unknown meter.
-    pub fn meter_period_start(&self, meter: &str, ts_ms: i64) -> i64 {
-        self.meter(meter).map_or(0, |m| m.period.bounds(ts_ms).0)
     }
 
     /// Current-period usage of a metered feature: the control plane's aggregate (fetched when

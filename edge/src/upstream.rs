@@ -103,6 +103,51 @@ impl Upstream {
         })
     }
 
+    /// An authenticated request to the control plane's internal API.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.token.expose_secret())
+    }
+
+    /// Sends; a transport failure is `Unavailable`.
+    async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, UpstreamError> {
+        req.send()
+            .await
+            .map_err(|e| UpstreamError::Unavailable(e.to_string()))
+    }
+
+    /// A success answer as it is; any other is the error its status means: a server error
+    /// is `Unavailable` (retrying may help), anything else `Protocol`.
+    async fn success(
+        resp: reqwest::Response,
+        what: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        let detail = format!("{what}: {status} {body}");
+        Err(if status.is_server_error() {
+            UpstreamError::Unavailable(detail)
+        } else {
+            UpstreamError::Protocol(detail)
+        })
+    }
+
+    /// A success answer's JSON body.
+    async fn json<T: serde::de::DeserializeOwned>(
+        resp: reqwest::Response,
+        what: &str,
+    ) -> Result<T, UpstreamError> {
+        Self::success(resp, what)
+            .await?
+            .json()
+            .await
+            .map_err(|e| UpstreamError::Protocol(format!("{what}: {e}")))
+    }
+
     /// Facts of one account: `Ok(None)` when the account does not exist.
     pub async fn facts(
         &self,
@@ -111,26 +156,13 @@ impl Upstream {
         if let Some(facts) = self.l2(account).await {
             return Ok((Some(facts), FillSource::Redis));
         }
-        let url = format!("{}{}", self.base, internal_api::facts_path(&account));
-        let resp = self
-            .http
-            .get(url)
-            .bearer_auth(self.token.expose_secret())
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
-        match resp.status() {
-            s if s.is_success() => {
-                let facts = resp
-                    .json()
-                    .await
-                    .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-                Ok((Some(facts), FillSource::ControlPlane))
-            }
-            reqwest::StatusCode::NOT_FOUND => Ok((None, FillSource::ControlPlane)),
-            s if s.is_server_error() => Err(UpstreamError::Unavailable(format!("status {s}"))),
-            s => Err(UpstreamError::Protocol(format!("status {s}"))),
+        let req = self.request(reqwest::Method::GET, &internal_api::facts_path(&account));
+        let resp = Self::send(req).await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok((None, FillSource::ControlPlane));
         }
+        let facts = Self::json(resp, "facts").await?;
+        Ok((Some(facts), FillSource::ControlPlane))
     }
 
     /// The L2 copy; any Redis problem is a miss.
@@ -147,93 +179,34 @@ impl Upstream {
     /// Sends a batch of usage events; `Ok` only when the control plane acknowledged all of
     /// them (stored now or before).
     pub async fn flush_usage(&self, batch: &UsageBatch) -> Result<UsageAck, UpstreamError> {
-        let url = format!("{}{}", self.base, internal_api::USAGE_PATH);
-        let resp = self
-            .http
-            .post(url)
-            .bearer_auth(self.token.expose_secret())
+        let req = self
+            .request(reqwest::Method::POST, internal_api::USAGE_PATH)
             .header("idempotency-key", batch.batch_id.to_string())
-            .json(batch)
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
-        let status = resp.status();
-        if status.is_success() {
-            return resp
-                .json()
-                .await
-                .map_err(|e| UpstreamError::Protocol(e.to_string()));
-        }
-        let body = resp.text().await.unwrap_or_default();
-        if status.is_server_error() {
-            Err(UpstreamError::Unavailable(format!(
-                "usage: {status} {body}"
-            )))
-        } else {
-            Err(UpstreamError::Protocol(format!("usage: {status} {body}")))
-        }
+            .json(batch);
+        Self::json(Self::send(req).await?, "usage").await
     }
 
     /// Asks for a slice of an account's quota.
     pub async fn lease(&self, req: &LeaseRequest) -> Result<LeaseGrant, UpstreamError> {
-        let url = format!("{}{}", self.base, internal_api::LEASE_PATH);
-        let resp = self
-            .http
-            .post(url)
-            .bearer_auth(self.token.expose_secret())
-            .json(req)
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
-        match resp.status() {
-            s if s.is_success() => resp
-                .json()
-                .await
-                .map_err(|e| UpstreamError::Protocol(e.to_string())),
-            s if s.is_server_error() => Err(UpstreamError::Unavailable(format!("lease: {s}"))),
-            s => Err(UpstreamError::Protocol(format!("lease: {s}"))),
-        }
+        let req = self
+            .request(reqwest::Method::POST, internal_api::LEASE_PATH)
+            .json(req);
+        Self::json(Self::send(req).await?, "lease").await
     }
 
     /// Gives back units of a lease this edge did not use.
     pub async fn release(&self, rel: &LeaseRelease) -> Result<(), UpstreamError> {
-        let url = format!("{}{}", self.base, internal_api::LEASE_RELEASE_PATH);
-        let resp = self
-            .http
-            .post(url)
-            .bearer_auth(self.token.expose_secret())
-            .json(rel)
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(UpstreamError::Unavailable(format!(
-                "release: {}",
-                resp.status()
-            )))
-        }
+        let req = self
+            .request(reqwest::Method::POST, internal_api::LEASE_RELEASE_PATH)
+            .json(rel);
+        Self::success(Self::send(req).await?, "release").await?;
+        Ok(())
     }
 
     /// An account's current-period aggregates.
     pub async fn account_usage(&self, account: AccountId) -> Result<AccountUsage, UpstreamError> {
-        let url = format!("{}{}", self.base, internal_api::usage_path(&account));
-        let resp = self
-            .http
-            .get(url)
-            .bearer_auth(self.token.expose_secret())
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
-        match resp.status() {
-            s if s.is_success() => resp
-                .json()
-                .await
-                .map_err(|e| UpstreamError::Protocol(e.to_string())),
-            s if s.is_server_error() => Err(UpstreamError::Unavailable(format!("usage: {s}"))),
-            s => Err(UpstreamError::Protocol(format!("usage: {s}"))),
-        }
+        let req = self.request(reqwest::Method::GET, &internal_api::usage_path(&account));
+        Self::json(Self::send(req).await?, "usage").await
     }
 
     /// The bundle meant for this edge: `Ok(None)` when `etag` is still current (304) or no
@@ -243,35 +216,30 @@ impl Upstream {
         edge_id: &str,
         etag: Option<&str>,
     ) -> Result<Option<(Vec<u8>, Option<String>)>, UpstreamError> {
-        let url = format!("{}{}", self.base, internal_api::BUNDLE_PATH);
         let mut req = self
-            .http
-            .get(url)
-            .query(&[("edge_id", edge_id)])
-            .bearer_auth(self.token.expose_secret());
+            .request(reqwest::Method::GET, internal_api::BUNDLE_PATH)
+            .query(&[("edge_id", edge_id)]);
         if let Some(tag) = etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, tag);
         }
-        let resp = req
-            .send()
+        let resp = Self::send(req).await?;
+        if matches!(
+            resp.status(),
+            reqwest::StatusCode::NOT_MODIFIED | reqwest::StatusCode::NOT_FOUND
+        ) {
+            return Ok(None);
+        }
+        let resp = Self::success(resp, "bundle").await?;
+        let tag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = resp
+            .bytes()
             .await
             .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
-        match resp.status() {
-            reqwest::StatusCode::NOT_MODIFIED | reqwest::StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => {
-                let tag = resp
-                    .headers()
-                    .get(reqwest::header::ETAG)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let bytes = resp
-                    .bytes()
-                    .await
-                    .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
-                Ok(Some((bytes.to_vec(), tag)))
-            }
-            s => Err(UpstreamError::Unavailable(format!("bundle: status {s}"))),
-        }
+        Ok(Some((bytes.to_vec(), tag)))
     }
 
     /// Tells the control plane which bundle this edge runs and whether the last activation
@@ -282,24 +250,15 @@ impl Upstream {
         bundle_version: Option<u64>,
         last_error: Option<&str>,
     ) -> Result<(), UpstreamError> {
-        let url = format!("{}{}", self.base, internal_api::edge_status_path(edge_id));
         let body =
             serde_json::json!({ "bundle_version": bundle_version, "last_error": last_error });
-        let resp = self
-            .http
-            .post(url)
-            .bearer_auth(self.token.expose_secret())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(UpstreamError::Protocol(format!(
-                "status report: {}",
-                resp.status()
-            )))
-        }
+        let req = self
+            .request(
+                reqwest::Method::POST,
+                &internal_api::edge_status_path(edge_id),
+            )
+            .json(&body);
+        Self::success(Self::send(req).await?, "status report").await?;
+        Ok(())
     }
 }

@@ -113,10 +113,8 @@ struct Aggregate {
 pub struct Usage {
     log: Arc<Mutex<UsageLog>>,
     writer: mpsc::Sender<AppendRequest>,
-    pending: Arc<Mutex<HashMap<PendingKey, Pending>>>,
+    counters: Arc<Counters>,
     aggregates: Mutex<HashMap<(AccountId, String), Aggregate>>,
-    /// Quota leases by (account, meter, period start); usage stored here counts against them.
-    leases: Arc<Mutex<HashMap<PendingKey, Lease>>>,
     /// Wakes the flusher when new events were committed.
     pub committed: Arc<tokio::sync::Notify>,
     pub metrics: UsageMetrics,
@@ -146,13 +144,19 @@ fn counted(e: &UsageEvent) -> (AccountId, String, i64, i64) {
     (e.account, e.meter.clone(), e.quantity, e.timestamp_ms)
 }
 
+fn set_gauges(metrics: &UsageMetrics, log: &UsageLog) {
+    let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    metrics.pending_events.set(gauge(log.pending_records()));
+    metrics.pending_bytes.set(gauge(log.pending_bytes()));
+}
+
 impl Usage {
     /// Opens (recovering) the log under `dir` and starts the writer thread. `meters` gives the
     /// period of each meter, to key pending counters by period.
     pub fn open(
         dir: &Path,
         max_pending_bytes: u64,
-        meters: impl Fn(&str) -> Option<MeterSpec> + Send + 'static,
+        meters: impl Fn(&str) -> Option<MeterSpec> + Send + Sync + 'static,
         metrics: UsageMetrics,
     ) -> Result<Arc<Self>, LogError> {
         let (log, report) = UsageLog::open(
@@ -168,42 +172,33 @@ impl Usage {
             corrupt_records = report.corrupt_records,
             "usage log recovered"
         );
-        let pending: Arc<Mutex<HashMap<PendingKey, Pending>>> = Arc::default();
-        let leases: Arc<Mutex<HashMap<PendingKey, Lease>>> = Arc::default();
-        let period_start =
-            move |meter: &str, ts: i64| meters(meter).map_or(0, |m| m.period.bounds(ts).0);
-        for r in log.unacked(usize::MAX, usize::MAX) {
-            if let Ok(e) = postcard::from_bytes::<UsageEvent>(&r.payload) {
-                let start = period_start(&e.meter, e.timestamp_ms);
-                lock(&pending)
-                    .entry((e.account, e.meter, start))
-                    .or_default()
-                    .add(e.quantity);
-            }
-        }
+        let counters = Arc::new(Counters {
+            pending: Mutex::default(),
+            leases: Mutex::default(),
+            meters: Box::new(meters),
+        });
+        let recovered: Vec<_> = log
+            .unacked(usize::MAX, usize::MAX)
+            .iter()
+            .filter_map(|r| postcard::from_bytes::<UsageEvent>(&r.payload).ok())
+            .map(|e| counted(&e))
+            .collect();
+        counters.committed(&recovered);
         let log = Arc::new(Mutex::new(log));
         let (writer, rx) = mpsc::channel::<AppendRequest>();
         let committed = Arc::new(tokio::sync::Notify::new());
         let usage = Arc::new(Self {
             log: log.clone(),
             writer,
-            pending: pending.clone(),
+            counters: counters.clone(),
             aggregates: Mutex::default(),
-            leases: leases.clone(),
             committed: committed.clone(),
             metrics: metrics.clone(),
             max_pending_bytes,
         });
         std::thread::Builder::new()
             .name("usage-writer".into())
-            .spawn(move || {
-                let counters = Counters {
-                    pending: &pending,
-                    leases: &leases,
-                    period_start: &period_start,
-                };
-                write_groups(&rx, &log, &counters, &committed, &metrics);
-            })
+            .spawn(move || write_groups(&rx, &log, &counters, &committed, &metrics))
             .map_err(LogError::Io)?;
         Ok(usage)
     }
@@ -229,7 +224,7 @@ impl Usage {
 
     /// Un-acknowledged usage of this edge for `meter` in the period starting at `period_start`.
     pub fn pending(&self, account: AccountId, meter: &str, period_start: i64) -> Pending {
-        lock(&self.pending)
+        lock(&self.counters.pending)
             .get(&(account, meter.to_owned(), period_start))
             .copied()
             .unwrap_or_default()
@@ -286,7 +281,7 @@ impl Usage {
 
     /// The lease held for a key, if any.
     pub fn lease(&self, account: AccountId, meter: &str, period_start: i64) -> Option<Lease> {
-        lock(&self.leases)
+        lock(&self.counters.leases)
             .get(&(account, meter.to_owned(), period_start))
             .copied()
     }
@@ -302,7 +297,7 @@ impl Usage {
     ) -> Lease {
         let key = (account, meter.to_owned(), period_start);
         let pending = self.pending(account, meter, period_start).quantity;
-        let mut leases = lock(&self.leases);
+        let mut leases = lock(&self.counters.leases);
         let l = leases.entry(key).or_insert(Lease {
             granted: 0,
             used: pending,
@@ -315,7 +310,7 @@ impl Usage {
 
     /// Every lease's unused units, removing the leases: what a stopping edge gives back.
     pub fn take_unused(&self) -> Vec<(AccountId, String, i64, i64)> {
-        lock(&self.leases)
+        lock(&self.counters.leases)
             .drain()
             .filter(|(_, l)| l.remaining() > 0)
             .map(|((a, m, start), l)| (a, m, start, l.remaining()))
@@ -350,7 +345,6 @@ impl Usage {
         &self,
         upstream: &crate::upstream::Upstream,
         edge_id: &str,
-        periods: &(dyn Fn(&str, i64) -> i64 + Sync),
     ) -> Result<usize, crate::upstream::UpstreamError> {
         let records = lock(&self.log).unacked(FLUSH_EVENTS_MAX, FLUSH_BYTES_MAX);
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
@@ -371,29 +365,16 @@ impl Usage {
             events,
         };
         let ack: UsageAck = upstream.flush_usage(&batch).await?;
-        lock(&self.log)
-            .ack(upto)
+        // The ack cursor is written and fsynced: off the async workers.
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || lock(&log).ack(upto))
+            .await
+            .map_err(|e| crate::upstream::UpstreamError::Unavailable(e.to_string()))?
             .map_err(|e| crate::upstream::UpstreamError::Unavailable(e.to_string()))?;
         // The aggregates first, then the pending counts: a check in between counts these events
         // twice (denies early), never not at all.
         self.remember(ack.aggregates);
-        {
-            let mut pending = lock(&self.pending);
-            for e in &batch.events {
-                let key = (
-                    e.account,
-                    e.meter.clone(),
-                    periods(&e.meter, e.timestamp_ms),
-                );
-                if let Some(p) = pending.get_mut(&key) {
-                    p.quantity -= e.quantity;
-                    p.events -= 1;
-                    if p.events <= 0 {
-                        pending.remove(&key);
-                    }
-                }
-            }
-        }
+        self.counters.acked(&batch.events);
         self.metrics
             .events_flushed
             .inc_by(batch.events.len() as u64);
@@ -404,18 +385,8 @@ impl Usage {
                 "the control plane counted some usage in another period or in no meter"
             );
         }
-        self.refresh_gauges();
+        set_gauges(&self.metrics, &lock(&self.log));
         Ok(batch.events.len())
-    }
-
-    fn refresh_gauges(&self) {
-        let log = lock(&self.log);
-        self.metrics
-            .pending_events
-            .set(i64::try_from(log.pending_records()).unwrap_or(i64::MAX));
-        self.metrics
-            .pending_bytes
-            .set(i64::try_from(log.pending_bytes()).unwrap_or(i64::MAX));
     }
 }
 
@@ -432,23 +403,48 @@ pub fn batch_id(edge_id: &str, first: u64, upto: u64) -> uuid::Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-/// What committed events update: the pending counts and the leases they use.
-struct Counters<'a> {
-    pending: &'a Mutex<HashMap<PendingKey, Pending>>,
-    leases: &'a Mutex<HashMap<PendingKey, Lease>>,
-    period_start: &'a dyn Fn(&str, i64) -> i64,
+/// The counts stored usage keeps, by (account, meter, period start): what is not yet
+/// acknowledged, and the leases it uses.
+struct Counters {
+    pending: Mutex<HashMap<PendingKey, Pending>>,
+    leases: Mutex<HashMap<PendingKey, Lease>>,
+    /// The meters of the bundle in force (for their periods).
+    meters: Box<MetersFn>,
 }
 
-impl Counters<'_> {
+/// The meter a key names, in the bundle in force.
+type MetersFn = dyn Fn(&str) -> Option<MeterSpec> + Send + Sync;
+
+impl Counters {
+    fn key(&self, account: AccountId, meter: &str, ts: i64) -> PendingKey {
+        let start = (self.meters)(meter).map_or(0, |m| m.period.bounds(ts).0);
+        (account, meter.to_owned(), start)
+    }
+
+    /// Events stored durably (or recovered from the log at start).
     fn committed(&self, events: &[(AccountId, String, i64, i64)]) {
-        let mut pending = lock(self.pending);
-        let mut leases = lock(self.leases);
+        let mut pending = lock(&self.pending);
+        let mut leases = lock(&self.leases);
         for (account, meter, quantity, ts) in events {
-            let key = (*account, meter.clone(), (self.period_start)(meter, *ts));
-            let p = pending.entry(key.clone()).or_default();
-            p.add(*quantity);
+            let key = self.key(*account, meter, *ts);
             if let Some(l) = leases.get_mut(&key) {
                 l.used += *quantity;
+            }
+            pending.entry(key).or_default().add(*quantity);
+        }
+    }
+
+    /// Events the control plane acknowledged: no longer this edge's alone.
+    fn acked(&self, events: &[UsageEvent]) {
+        let mut pending = lock(&self.pending);
+        for e in events {
+            let key = self.key(e.account, &e.meter, e.timestamp_ms);
+            if let Some(p) = pending.get_mut(&key) {
+                p.quantity -= e.quantity;
+                p.events -= 1;
+                if p.events <= 0 {
+                    pending.remove(&key);
+                }
             }
         }
     }
@@ -458,7 +454,7 @@ impl Counters<'_> {
 fn write_groups(
     rx: &mpsc::Receiver<AppendRequest>,
     log: &Mutex<UsageLog>,
-    counters: &Counters<'_>,
+    counters: &Counters,
     committed: &tokio::sync::Notify,
     metrics: &UsageMetrics,
 ) {
@@ -494,12 +490,7 @@ fn write_groups(
         } else {
             Ok(())
         };
-        metrics
-            .pending_events
-            .set(i64::try_from(log.pending_records()).unwrap_or(i64::MAX));
-        metrics
-            .pending_bytes
-            .set(i64::try_from(log.pending_bytes()).unwrap_or(i64::MAX));
+        set_gauges(metrics, &log);
         drop(log);
         metrics.commit_groups.inc();
         for (req, result) in group.into_iter().zip(results) {
@@ -526,11 +517,7 @@ pub async fn flush_loop(
 ) {
     let mut backoff = BACKOFF_MS_MIN;
     loop {
-        let periods = |meter: &str, ts: i64| state.meter_period_start(meter, ts);
-        match usage
-            .flush_once(&state.upstream, &state.edge_id, &periods)
-            .await
-        {
+        match usage.flush_once(&state.upstream, &state.edge_id).await {
             Ok(n) if n > 0 => {
                 backoff = BACKOFF_MS_MIN;
                 continue;

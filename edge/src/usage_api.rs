@@ -354,116 +354,75 @@ fn event(
     })
 }
 
-fn problem(
-    status: StatusCode,
-    code: &'static str,
-    detail: impl Into<String>,
-    extra: Value,
-) -> Response {
-    let mut body = json!({
-        "type": format!("https://tollgate.dev/problems/{code}"),
-        "title": status.canonical_reason().unwrap_or("error"),
-        "status": status.as_u16(),
-        "code": code,
-        "detail": detail.into(),
-    });
-    if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
-        b.extend(e);
-    }
-    let mut resp = (status, axum::Json(body)).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    resp
-}
-
 pub async fn post_usage(
     State(state): State<EdgeState>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
     let Some(usage) = state.usage.get().cloned() else {
-        return problem(
+        return crate::problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "usage_disabled",
             "this edge has no usage store",
-            json!({}),
         );
     };
     if state.bundle_version().is_none() {
-        return problem(
+        return crate::problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
             "no rule bundle loaded yet: meters unknown",
-            json!({}),
         );
     }
     let format = match format_of(&headers) {
         Ok(f) => f,
         Err(detail) => {
-            return problem(
+            return crate::problem(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 detail,
-                json!({}),
             );
         }
     };
     let Ok(bytes) = axum::body::to_bytes(body, USAGE_BODY_BYTES_MAX).await else {
-        return problem(
+        return crate::problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("a usage request is at most {USAGE_BODY_BYTES_MAX} bytes"),
-            json!({}),
         );
     };
     let parsed: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                e.to_string(),
-                json!({}),
-            );
+            return crate::problem(StatusCode::BAD_REQUEST, "malformed_json", e.to_string());
         }
     };
     let items = match (format, parsed) {
         (Format::CloudEventBatch, Value::Array(items)) => items,
         (Format::CloudEventBatch, _) => {
-            return problem(
+            return crate::problem(
                 StatusCode::BAD_REQUEST,
                 "invalid_body",
                 "a CloudEvents batch is a JSON array",
-                json!({}),
             );
         }
         (Format::CloudEvent, Value::Array(_)) => {
-            return problem(
+            return crate::problem(
                 StatusCode::BAD_REQUEST,
                 "invalid_body",
                 "application/cloudevents+json carries one event; use application/cloudevents-batch+json for an array",
-                json!({}),
             );
         }
         (_, Value::Array(items)) => items,
         (_, one) => vec![one],
     };
     if items.is_empty() {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "empty_batch",
-            "no events",
-            json!({}),
-        );
+        return crate::problem(StatusCode::UNPROCESSABLE_ENTITY, "empty_batch", "no events");
     }
     if items.len() > USAGE_EVENTS_MAX {
-        return problem(
+        return crate::problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_events",
             format!("at most {USAGE_EVENTS_MAX} events per request"),
-            json!({}),
         );
     }
     let now = crate::now_ms();
@@ -485,11 +444,14 @@ pub async fn post_usage(
         .events_invalid
         .inc_by(rejected.len() as u64);
     if valid.is_empty() {
-        return problem(
+        let mut results = serde_json::Map::new();
+        results.insert("accepted".into(), json!([]));
+        results.insert("rejected".into(), json!(rejected));
+        return crate::problem_with(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_usage",
             "no event in the request is valid",
-            json!({ "accepted": [], "rejected": rejected }),
+            results,
         );
     }
     match usage.store(&valid).await {
@@ -525,13 +487,12 @@ pub async fn post_usage(
                 refused = valid.len(),
                 "usage buffer full: refusing usage"
             );
-            let mut resp = problem(
+            let mut resp = crate::problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "usage_buffer_full",
                 format!(
                     "the usage buffer is full ({pending_bytes} of {max_pending_bytes} bytes wait for the control plane); nothing of this request was stored"
                 ),
-                json!({}),
             );
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(FULL_RETRY_AFTER_S));
@@ -539,11 +500,10 @@ pub async fn post_usage(
         }
         Err(StoreError::Failed(e)) => {
             tracing::error!(error = %e, "usage store failed");
-            let mut resp = problem(
+            let mut resp = crate::problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "usage_store_failed",
                 "the usage log could not store the events; retry with the same event ids",
-                json!({}),
             );
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(1u64));

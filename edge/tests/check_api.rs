@@ -456,45 +456,10 @@ async fn a_stream_gap_makes_the_edge_revalidate_what_it_holds() {
     f.follower.abort();
 }
 
-/// A private `redis-server` on a free loopback port, killed on drop.
-struct LateRedis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl LateRedis {
-    fn port() -> LateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        LateRedis { port, child: None }
-    }
-
-    fn start(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        self.child = Some(child);
-    }
-}
-
-impl Drop for LateRedis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[tokio::test]
 async fn misses_read_the_l2_once_a_redis_that_was_down_at_boot_comes_up() {
-    let mut redis = LateRedis::port();
-    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let mut redis = tollgate_e2e::PrivateRedis::not_started().expect("port");
+    let url = redis.url();
     // The edge boots while nothing listens on the Redis port.
     let store: Store = Arc::default();
     let hits: Hits = Arc::default();
@@ -532,7 +497,7 @@ async fn misses_read_the_l2_once_a_redis_that_was_down_at_boot_comes_up() {
     assert_eq!(*hits.lock().expect("hits"), 1);
 
     // Redis comes up; the connector gets through without a restart.
-    redis.start();
+    redis.restart().expect("redis-server");
     tokio::time::timeout(Duration::from_secs(30), connector)
         .await
         .expect("the connector reached redis")
