@@ -660,7 +660,8 @@ pub async fn internal_account_usage(
     _: EdgeAuth,
     Path(id): Path<AccountId>,
 ) -> ApiResult<axum::Json<AccountUsage>> {
-    {
+    // One cf connection for both reads.
+    let meters = {
         let mut conn = state.cf.acquire().await?;
         if crate::accounts::store::get_account(&mut conn, id)
             .await?
@@ -672,8 +673,10 @@ pub async fn internal_account_usage(
                 "no such account",
             ));
         }
-    }
-    let meters = meters_of(&state).await?;
+        crate::catalog::meters(&mut conn)
+            .await
+            .map_err(ApiError::internal)?
+    };
     let aggregates = current(&state.billing, &meters, id, state.clock.now()).await?;
     Ok(axum::Json(AccountUsage {
         account: id,

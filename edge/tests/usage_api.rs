@@ -19,7 +19,8 @@ use tollgate_edge::state::EdgeState;
 use tollgate_edge::upstream::{L2, Upstream};
 use tollgate_edge::usage::Usage;
 use tollgate_protocol::usage::{
-    AccountUsage, MeterAggregate, MeterPeriod, UsageAck, UsageBatch, UsageEvent,
+    AccountUsage, LeaseGrant, LeaseRelease, LeaseRequest, MeterAggregate, MeterPeriod, UsageAck,
+    UsageBatch, UsageEvent,
 };
 use tollgate_protocol::{AccountFacts, AccountId, SubscriptionFacts, SubscriptionStatus};
 use tower::ServiceExt;
@@ -36,6 +37,9 @@ struct Cp {
     elsewhere: Mutex<HashMap<AccountId, i64>>,
     /// Answer 503 to this many usage posts first.
     fail_next: AtomicU32,
+    /// Lease requests received with what each was granted, and units given back.
+    leases: Mutex<Vec<(LeaseRequest, i64)>>,
+    released: Mutex<Vec<LeaseRelease>>,
 }
 
 impl Cp {
@@ -116,6 +120,31 @@ async fn stub_account_usage(
     })
 }
 
+/// As the control plane does: the units leased out start at the aggregate, and a grant never
+/// takes them past the quota.
+async fn stub_lease(
+    State(cp): State<Arc<Cp>>,
+    axum::Json(req): axum::Json<LeaseRequest>,
+) -> axum::Json<LeaseGrant> {
+    let seed = cp.aggregate(req.account).value;
+    let mut leases = cp.leases.lock().expect("leases");
+    let leased = seed + leases.iter().map(|(_, g)| g).sum::<i64>();
+    let granted = req.want.min(req.limit - leased).max(0);
+    leases.push((req, granted));
+    axum::Json(LeaseGrant {
+        granted,
+        leased: leased + granted,
+    })
+}
+
+async fn stub_release(
+    State(cp): State<Arc<Cp>>,
+    axum::Json(rel): axum::Json<LeaseRelease>,
+) -> StatusCode {
+    cp.released.lock().expect("released").push(rel);
+    StatusCode::NO_CONTENT
+}
+
 async fn stub_facts(
     State(cp): State<Arc<Cp>>,
     Path(id): Path<AccountId>,
@@ -146,6 +175,8 @@ async fn edge(dir: std::path::PathBuf, buffer: u64, cp: Arc<Cp>) -> Edge {
         .route("/internal/v1/usage", post(stub_usage))
         .route("/internal/v1/accounts/{id}/usage", get(stub_account_usage))
         .route("/internal/v1/accounts/{id}/facts", get(stub_facts))
+        .route("/internal/v1/leases", post(stub_lease))
+        .route("/internal/v1/leases/release", post(stub_release))
         .with_state(cp.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -710,4 +741,73 @@ async fn evicting_an_account_from_the_cache_keeps_its_unflushed_usage() {
     let (_, _, v) = call(&e.state, Method::GET, &uri, None, Value::Null).await;
     assert_eq!(v["usage"], 42, "{v}");
     assert_eq!(e.state.usage.get().expect("usage").pending_events(), 1);
+}
+
+#[tokio::test]
+async fn checks_are_served_from_a_lease_and_unused_units_go_back_at_shutdown() {
+    let cp = Arc::new(Cp::default());
+    let account = AccountId::new_v7();
+    pro(&cp, account);
+    cp.elsewhere
+        .lock()
+        .expect("elsewhere")
+        .insert(account, 99_800);
+    let e = edge(temp_dir("lease"), 1 << 20, cp.clone()).await;
+    let check = |q: i64| format!("/v1/check?account={account}&feature=api_calls&quantity={q}");
+    // The first check leases its quantity plus the meter's lease size (100 in the demo rules).
+    let (_, _, v) = call(&e.state, Method::GET, &check(1), None, Value::Null).await;
+    assert_eq!(v["allowed"], true, "{v}");
+    let asked: Vec<(i64, i64, i64)> = cp
+        .leases
+        .lock()
+        .expect("leases")
+        .iter()
+        .map(|(r, g)| (r.want, r.limit, *g))
+        .collect();
+    assert_eq!(asked, vec![(101, 100_000, 101)]);
+    // 30 units are used here; further checks up to the lease need no round trip.
+    let body = json!({"account": account.to_string(), "meter": "api_calls", "quantity": 30});
+    assert_eq!(
+        post_usage(&e, "application/json", body).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (_, _, v) = call(&e.state, Method::GET, &check(71), None, Value::Null).await;
+    assert_eq!(v["allowed"], true, "{v}");
+    assert_eq!(
+        cp.leases.lock().expect("leases").len(),
+        1,
+        "served from the lease"
+    );
+    // Past the lease: the edge asks for the shortfall plus a lease, and gets what is left of
+    // the quota (100,000 − 99,800 − 101 = 99).
+    let (_, _, v) = call(&e.state, Method::GET, &check(80), None, Value::Null).await;
+    assert_eq!(v["allowed"], true, "{v}");
+    let asked: Vec<(i64, i64)> = cp
+        .leases
+        .lock()
+        .expect("leases")
+        .iter()
+        .map(|(r, g)| (r.want, *g))
+        .collect();
+    assert_eq!(asked, vec![(101, 101), (109, 99)]);
+    // The edge stops: the 200 − 30 units it did not use go back.
+    let Edge { state, _stop, .. } = e;
+    drop(_stop);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let released: Vec<i64> = cp
+            .released
+            .lock()
+            .expect("released")
+            .iter()
+            .map(|r| r.units)
+            .collect();
+        if !released.is_empty() {
+            assert_eq!(released, vec![170]);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing given back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(state);
 }
