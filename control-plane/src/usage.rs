@@ -133,8 +133,7 @@ pub enum IngestError {
 pub fn period_of(period: MeterPeriod, at: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
     // One calendar for edges and control plane: the protocol's.
     let (start, end) = period.bounds(at.timestamp_millis());
-    let at_ms = |ms: i64| DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC);
-    (at_ms(start), at_ms(end))
+    (from_ms(start), from_ms(end))
 }
 
 /// Where one event is counted.

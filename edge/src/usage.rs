@@ -177,9 +177,9 @@ impl Usage {
             leases: Mutex::default(),
             meters: Box::new(meters),
         });
+        // Replayed from the log's memory, not copied: it may hold up to the buffer bound.
         let recovered: Vec<_> = log
-            .unacked(usize::MAX, usize::MAX)
-            .iter()
+            .synced()
             .filter_map(|r| postcard::from_bytes::<UsageEvent>(&r.payload).ok())
             .map(|e| counted(&e))
             .collect();

@@ -493,8 +493,8 @@ impl UsageLog {
     pub fn unacked(&self, max: usize, max_bytes: usize) -> Vec<Record> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for record in &self.pending {
-            if out.len() >= max || record.seq >= self.synced_seq {
+        for record in self.synced() {
+            if out.len() >= max {
                 break;
             }
             let with = bytes.saturating_add(record.payload.len());
@@ -505,6 +505,14 @@ impl UsageLog {
             out.push(record.clone());
         }
         out
+    }
+
+    /// Every synced, un-acked record, oldest first, without copying (what recovery replays
+    /// into counters).
+    pub fn synced(&self) -> impl Iterator<Item = &Record> {
+        self.pending
+            .iter()
+            .take_while(|record| record.seq < self.synced_seq)
     }
 
     /// Everything with a seq below `upto` is acknowledged: persists the ack cursor durably,

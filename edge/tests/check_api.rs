@@ -74,12 +74,11 @@ fn facts(id: AccountId, version: i64, plan: Option<&str>) -> AccountFacts {
     }
 }
 
-async fn edge(redis: Option<redis::aio::ConnectionManager>) -> (EdgeState, Store, Hits) {
+async fn edge(l2: L2) -> (EdgeState, Store, Hits) {
     let store: Store = Arc::default();
     let hits: Hits = Arc::default();
     let base = stub_control_plane(store.clone(), hits.clone()).await;
     let token = || secrecy::SecretString::from("t".to_owned());
-    let l2 = redis.map(L2::connected).unwrap_or_default();
     let upstream = Upstream::new(&base, token(), Duration::from_secs(2), l2).expect("upstream");
     let limits = CacheLimits {
         entries_max: 1000,
@@ -123,7 +122,7 @@ async fn call(state: &EdgeState, method: Method, uri: &str) -> (StatusCode, Stri
 
 #[tokio::test]
 async fn checks_answer_from_the_plan_and_errors_are_problem_json() {
-    let (state, store, hits) = edge(None).await;
+    let (state, store, hits) = edge(L2::default()).await;
     let pro = AccountId::new_v7();
     store
         .lock()
@@ -239,7 +238,7 @@ async fn post_json(state: &EdgeState, uri: &str, body: &str) -> (StatusCode, Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_for_a_cold_account_share_one_upstream_fetch() {
-    let (state, store, hits) = edge(None).await;
+    let (state, store, hits) = edge(L2::default()).await;
     let id = AccountId::new_v7();
     store
         .lock()
@@ -267,7 +266,7 @@ async fn concurrent_misses_for_a_cold_account_share_one_upstream_fetch() {
 
 #[tokio::test]
 async fn batch_checks_entitlements_and_recent_denials() {
-    let (state, store, _) = edge(None).await;
+    let (state, store, _) = edge(L2::default()).await;
     let pro = AccountId::new_v7();
     store
         .lock()
@@ -355,7 +354,7 @@ impl Following {
             .expect("redis");
         // Make sure the stream exists, so the follower starts from a real id.
         Self::publish_to(&redis, &facts(AccountId::new_v7(), 1, None)).await;
-        let (state, store, _) = edge(Some(redis.clone())).await;
+        let (state, store, _) = edge(L2::connected(redis.clone())).await;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let follower = tokio::spawn(tollgate_edge::stream::follow(
             state.clone(),
@@ -461,19 +460,8 @@ async fn misses_read_the_l2_once_a_redis_that_was_down_at_boot_comes_up() {
     let mut redis = tollgate_e2e::PrivateRedis::not_started().expect("port");
     let url = redis.url();
     // The edge boots while nothing listens on the Redis port.
-    let store: Store = Arc::default();
-    let hits: Hits = Arc::default();
-    let base = stub_control_plane(store.clone(), hits.clone()).await;
     let l2 = L2::default();
-    let token = secrecy::SecretString::from("t".to_owned());
-    let upstream = Upstream::new(&base, token, Duration::from_secs(2), l2.clone()).expect("up");
-    let limits = CacheLimits {
-        entries_max: 100,
-        bytes_max: 1 << 20,
-    };
-    let state = EdgeState::new("late-redis".into(), limits, upstream, 5_000, 60_000);
-    let program = tollgate_rules::demo_program();
-    state.install_rules(1, program, None);
+    let (state, store, hits) = edge(l2.clone()).await;
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let client = redis::Client::open(url).expect("url");
     let connector = tokio::spawn({
