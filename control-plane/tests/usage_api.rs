@@ -190,3 +190,45 @@ async fn edges_and_customers_read_the_current_period() {
         .assert_problem(StatusCode::NOT_FOUND, "not_found");
     h.finish().await;
 }
+
+#[tokio::test]
+async fn edges_lease_quota_through_the_internal_api_and_give_it_back() {
+    let h = Harness::new().await;
+    let (account, _) = h.sign_up("lease@example.com").await;
+    let start = tollgate_protocol::usage::MeterPeriod::Month
+        .bounds(NOW_MS)
+        .0;
+    let lease = |want: i64| {
+        json!({"account": account, "meter": "api_calls", "edge_id": "edge-1",
+               "period_start_ms": start, "want": want, "limit": 150})
+        .to_string()
+    };
+    let path = tollgate_protocol::internal_api::LEASE_PATH;
+    h.post(path, None, None, &lease(10))
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED, "missing_credentials");
+    h.post(path, Some(EDGE), None, &lease(0))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_lease");
+    let r = h.post(path, Some(EDGE), None, &lease(100)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        (r.json["granted"].as_i64(), r.json["leased"].as_i64()),
+        (Some(100), Some(100))
+    );
+    let r = h.post(path, Some(EDGE), None, &lease(100)).await;
+    assert_eq!(r.json["granted"], 50, "only what is left of the 150");
+    let release = |units: i64| {
+        json!({"account": account, "meter": "api_calls", "edge_id": "edge-1",
+               "period_start_ms": start, "units": units})
+        .to_string()
+    };
+    let release_path = tollgate_protocol::internal_api::LEASE_RELEASE_PATH;
+    h.post(release_path, Some(EDGE), None, &release(-1))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_lease");
+    let r = h.post(release_path, Some(EDGE), None, &release(30)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = h.post(path, Some(EDGE), None, &lease(100)).await;
+    assert_eq!(r.json["granted"], 30, "what edge-1 gave back");
+}
