@@ -442,6 +442,7 @@ pub async fn ingest(
             duplicates: 0,
             late: Vec::new(),
             unmetered: Vec::new(),
+            rejected: Vec::new(),
             aggregates: Vec::new(),
         });
     }
@@ -505,6 +506,7 @@ pub async fn ingest(
         duplicates: to_u64(batch.events.len() - accepted),
         late,
         unmetered,
+        rejected: Vec::new(),
         aggregates,
     })
 }

@@ -104,6 +104,7 @@ async fn stub_usage(
         duplicates,
         late: vec![],
         unmetered: vec![],
+        rejected: vec![],
         aggregates: accounts.iter().map(|a| cp.aggregate(*a)).collect(),
     };
     cp.batches.lock().expect("batches").push((key, batch));

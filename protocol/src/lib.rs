@@ -418,23 +418,207 @@ pub mod usage {
         pub events: i64,
     }
 
+    /// One event of a [`UsageBatch`] the control plane did not store, and why. The edge moves
+    /// it to its dead-letter file (replayable once the cause is gone: the meter deployed, the
+    /// account created), never back into the flow.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RejectedEvent {
+        /// Position in the batch.
+        pub index: u32,
+        pub id: String,
+        /// Stable machine code (an [`EventError::code`] or `unknown_account`, `unknown_meter`,
+        /// `missing_property`, `id_reused`).
+        pub code: String,
+        pub detail: String,
+    }
+
     /// The control plane's answer to a [`UsageBatch`]. Every event of the batch is durably
-    /// recorded (or was already) once this is sent: the edge may delete the batch.
+    /// recorded (or was already), or listed in `rejected`, once this is sent: the edge may
+    /// delete the batch.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct UsageAck {
         pub batch_id: uuid::Uuid,
         /// Events stored by this request.
         pub accepted: u64,
-        /// Events whose id was already stored (a retry, or a caller reusing an id).
+        /// Events whose (account, id) was already stored with the same contents (a retry).
         pub duplicates: u64,
         /// Ids of events that arrived after their period's grace window and were counted in
         /// the current period instead.
         pub late: Vec<String>,
-        /// Ids of events whose meter the control plane's catalog does not declare (bundle
-        /// skew): stored all the same, counted in no aggregate.
+        /// Transitional: ids stored under no meter (removed with the per-event rejections).
+        #[serde(default)]
         pub unmetered: Vec<String>,
+        /// Events refused one by one (never the whole batch): not stored, not counted.
+        #[serde(default)]
+        pub rejected: Vec<RejectedEvent>,
         /// The aggregates the batch touched, after it.
         pub aggregates: Vec<MeterAggregate>,
+    }
+
+    /// The bounds every usage event keeps, checked by the same code in the rule compiler
+    /// (meter keys), the edge (`POST /v1/usage`, the usage log at start-up) and the control
+    /// plane (ingest): what one side accepts, the other never refuses for these reasons.
+    ///
+    /// | what | bound |
+    /// |---|---|
+    /// | quantity | `0..=`[`QUANTITY_MAX`] (2^40, about 1.1 × 10^12) |
+    /// | meter / feature key | 1..=[`KEY_BYTES_MAX`] bytes of `A-Z a-z 0-9 _ . -` |
+    /// | event id | 1..=[`EVENT_ID_BYTES_MAX`] bytes, no NUL or control characters |
+    /// | properties | at most [`PROPERTIES_MAX`]; keys 1..=[`KEY_BYTES_MAX`] bytes, values at most [`PROPERTY_VALUE_BYTES_MAX`], no NUL |
+    /// | timestamp | `0..=`[`TIMESTAMP_MS_MAX`] (1970-01-01 ..= 9999-12-31 UTC) |
+    ///
+    /// With quantities bounded by 2^40, 2^23 events at the bound still sum below `i64::MAX`;
+    /// counters add with saturation all the same, so no sum can overflow.
+    pub mod limits {
+        /// Largest quantity of one event (and of one check): 2^40.
+        pub const QUANTITY_MAX: i64 = 1 << 40;
+        /// Longest meter, feature, plan or add-on key, bytes.
+        pub const KEY_BYTES_MAX: usize = 128;
+        /// Longest event id, bytes (CloudEvents ids include their source).
+        pub const EVENT_ID_BYTES_MAX: usize = 512;
+        /// Most properties on one event.
+        pub const PROPERTIES_MAX: usize = 64;
+        /// Longest property value, bytes (a `unique_count` value is part of a primary key).
+        pub const PROPERTY_VALUE_BYTES_MAX: usize = 1024;
+        /// 9999-12-31T23:59:59.999Z: the last timestamp an event may carry.
+        pub const TIMESTAMP_MS_MAX: i64 = 253_402_300_799_999;
+        /// Longest edge id, bytes.
+        pub const EDGE_ID_BYTES_MAX: usize = 128;
+    }
+
+    /// Why an event breaks [`limits`]. Each has a stable [`code`](Self::code).
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum EventError {
+        #[error(
+            "id must be 1-{} bytes without NUL or control characters",
+            limits::EVENT_ID_BYTES_MAX
+        )]
+        InvalidId,
+        #[error("an id must not start with `ce:` (reserved for CloudEvents)")]
+        ReservedId,
+        #[error("meter: {0}")]
+        InvalidMeter(KeyError),
+        #[error("quantity must be a whole number from 0 to {}", limits::QUANTITY_MAX)]
+        InvalidQuantity,
+        #[error("timestamp must lie in 1970-01-01 ..= 9999-12-31 (UTC)")]
+        InvalidTimestamp,
+        #[error("{0}")]
+        InvalidProperties(String),
+    }
+
+    impl EventError {
+        pub fn code(&self) -> &'static str {
+            match self {
+                Self::InvalidId | Self::ReservedId => "invalid_id",
+                Self::InvalidMeter(_) => "invalid_meter",
+                Self::InvalidQuantity => "invalid_quantity",
+                Self::InvalidTimestamp => "invalid_timestamp",
+                Self::InvalidProperties(_) => "invalid_properties",
+            }
+        }
+    }
+
+    /// Why a key (meter, feature, plan, add-on) is not one.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum KeyError {
+        #[error("a key must not be empty")]
+        Empty,
+        #[error("a key is at most {max} bytes, this one {0}", max = limits::KEY_BYTES_MAX)]
+        TooLong(usize),
+        #[error("a key is made of A-Z a-z 0-9 _ . - only")]
+        BadCharacter,
+    }
+
+    /// Whether `key` may name a meter, feature, plan or add-on everywhere it travels (URLs,
+    /// PostgreSQL text, metric-free logs): 1..=[`limits::KEY_BYTES_MAX`] bytes of
+    /// `A-Z a-z 0-9 _ . -`.
+    pub fn validate_key(key: &str) -> Result<(), KeyError> {
+        if key.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if key.len() > limits::KEY_BYTES_MAX {
+            return Err(KeyError::TooLong(key.len()));
+        }
+        if !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return Err(KeyError::BadCharacter);
+        }
+        Ok(())
+    }
+
+    /// Whether a quantity (of an event, or asked for by a check) is within bounds.
+    pub fn quantity_ok(quantity: i64) -> bool {
+        (0..=limits::QUANTITY_MAX).contains(&quantity)
+    }
+
+    /// Whether `text` is free of NUL and other control characters.
+    fn printable(text: &str) -> bool {
+        !text.chars().any(char::is_control)
+    }
+
+    /// A caller's own event id, as stored: refused when empty, too long, with control
+    /// characters, or starting with `ce:` (the CloudEvents namespace, see [`cloudevent_id`]).
+    pub fn validate_plain_id(id: &str) -> Result<(), EventError> {
+        validate_id(id)?;
+        if id.starts_with("ce:") {
+            return Err(EventError::ReservedId);
+        }
+        Ok(())
+    }
+
+    fn validate_id(id: &str) -> Result<(), EventError> {
+        if id.is_empty() || id.len() > limits::EVENT_ID_BYTES_MAX || !printable(id) {
+            return Err(EventError::InvalidId);
+        }
+        Ok(())
+    }
+
+    /// The stored id of a CloudEvent: `ce:{len(source)}:{source}:{id}`. CloudEvents ids are
+    /// unique per source; the length prefix makes the pair unambiguous (`/svc` + `X:7` and
+    /// `/svc:X` + `7` are two events), and plain ids cannot start with `ce:`.
+    pub fn cloudevent_id(source: &str, id: &str) -> String {
+        format!("ce:{}:{source}:{id}", source.len())
+    }
+
+    /// Every bound of [`limits`] on one event. The edge checks it before accepting an event
+    /// and again when it reads the event back from its log; the control plane before storing.
+    pub fn validate_event(e: &UsageEvent) -> Result<(), EventError> {
+        validate_id(&e.id)?;
+        validate_key(&e.meter).map_err(EventError::InvalidMeter)?;
+        if !quantity_ok(e.quantity) {
+            return Err(EventError::InvalidQuantity);
+        }
+        if !(0..=limits::TIMESTAMP_MS_MAX).contains(&e.timestamp_ms) {
+            return Err(EventError::InvalidTimestamp);
+        }
+        validate_properties(&e.properties)
+    }
+
+    /// The bounds on an event's properties.
+    pub fn validate_properties(p: &BTreeMap<String, String>) -> Result<(), EventError> {
+        if p.len() > limits::PROPERTIES_MAX {
+            return Err(EventError::InvalidProperties(format!(
+                "at most {} properties",
+                limits::PROPERTIES_MAX
+            )));
+        }
+        for (k, v) in p {
+            if k.is_empty() || k.len() > limits::KEY_BYTES_MAX || !printable(k) {
+                return Err(EventError::InvalidProperties(format!(
+                    "property names are 1-{} bytes without control characters",
+                    limits::KEY_BYTES_MAX
+                )));
+            }
+            if v.len() > limits::PROPERTY_VALUE_BYTES_MAX || v.contains('\0') {
+                return Err(EventError::InvalidProperties(format!(
+                    "property `{k}`: values are at most {} bytes without NUL",
+                    limits::PROPERTY_VALUE_BYTES_MAX
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// An edge asks for `want` more units of an account's quota for one meter and period.
@@ -511,6 +695,66 @@ mod tests {
         );
         // Before 1970 too.
         assert_eq!(MeterPeriod::Month.bounds(-1), (-2_678_400_000, 0));
+    }
+
+    #[test]
+    fn the_shared_event_bounds_hold_at_their_edges() {
+        use usage::*;
+        let ok = UsageEvent {
+            id: "e-1".into(),
+            account: AccountId(Uuid::nil()),
+            meter: "api_calls".into(),
+            quantity: limits::QUANTITY_MAX,
+            timestamp_ms: limits::TIMESTAMP_MS_MAX,
+            properties: BTreeMap::from([("region".into(), "eu-west-1 ✓".into())]),
+        };
+        assert_eq!(validate_event(&ok), Ok(()));
+        let bad = |f: &dyn Fn(&mut UsageEvent)| {
+            let mut e = ok.clone();
+            f(&mut e);
+            validate_event(&e).map_err(|e| e.code())
+        };
+        assert_eq!(
+            bad(&|e| e.quantity = limits::QUANTITY_MAX + 1),
+            Err("invalid_quantity")
+        );
+        assert_eq!(bad(&|e| e.quantity = i64::MAX), Err("invalid_quantity"));
+        assert_eq!(bad(&|e| e.quantity = -1), Err("invalid_quantity"));
+        assert_eq!(bad(&|e| e.meter = "m".repeat(129)), Err("invalid_meter"));
+        assert_eq!(bad(&|e| e.meter = "m".repeat(128)), Ok(()));
+        assert_eq!(bad(&|e| e.meter = "api calls".into()), Err("invalid_meter"));
+        assert_eq!(bad(&|e| e.meter = String::new()), Err("invalid_meter"));
+        assert_eq!(bad(&|e| e.id = "a\0b".into()), Err("invalid_id"));
+        assert_eq!(bad(&|e| e.id = "x".repeat(513)), Err("invalid_id"));
+        assert_eq!(bad(&|e| e.timestamp_ms = -1), Err("invalid_timestamp"));
+        assert_eq!(
+            bad(&|e| e.timestamp_ms = i64::MAX),
+            Err("invalid_timestamp")
+        );
+        assert_eq!(
+            bad(&|e| {
+                e.properties.insert("k".into(), "v\0".into());
+            }),
+            Err("invalid_properties")
+        );
+        assert_eq!(
+            bad(&|e| e.properties = (0..65).map(|i| (format!("k{i}"), String::new())).collect()),
+            Err("invalid_properties")
+        );
+        // Sums of bounded quantities cannot overflow for any realistic buffer.
+        assert!(limits::QUANTITY_MAX.checked_mul(1 << 22).is_some());
+    }
+
+    #[test]
+    fn cloudevent_ids_are_unambiguous_and_plain_ids_cannot_imitate_them() {
+        use usage::*;
+        assert_ne!(cloudevent_id("/svc", "X:7"), cloudevent_id("/svc:X", "7"));
+        assert_eq!(cloudevent_id("/search", "req-1"), "ce:7:/search:req-1");
+        assert_eq!(
+            validate_plain_id("ce:/svc:X:7").map_err(|e| e.code()),
+            Err("invalid_id")
+        );
+        assert_eq!(validate_plain_id("order-1"), Ok(()));
     }
 
     #[test]
