@@ -258,6 +258,7 @@ async fn ingest_run(url: &str, batches: usize) -> anyhow::Result<(f64, f64, usiz
         tollgate_control_plane::usage::ingest(
             &pool,
             &meters,
+            &|_| true,
             batch,
             now,
             chrono::TimeDelta::hours(1),

@@ -147,10 +147,37 @@ pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
     Ok(Catalog { features, plans })
 }
 
-/// The meters of the catalog in force (the promoted bundle's metered features), by key. A
-/// metered feature seeded before meters were declared sums per its period (a month when
-/// none), with the default lease.
+/// The meters usage is counted under, by key: the stable catalog's metered features, plus
+/// those only the canary bundle declares (edges running the canary accept their usage; it is
+/// counted under the canary's spec instead of dropped). Where both declare a meter, the
+/// stable one's spec wins. A metered feature seeded before meters were declared sums per its
+/// period (a month when none), with the default lease.
 pub async fn meters(conn: &mut PgConnection) -> anyhow::Result<HashMap<String, MeterSpec>> {
+    let mut meters = stable_meters(conn).await?;
+    /// The part of a manifest's feature this needs (the rest may change shape freely).
+    #[derive(serde::Deserialize)]
+    struct ManifestFeature {
+        key: String,
+        #[serde(default)]
+        meter: Option<MeterSpec>,
+    }
+    let canary: Option<(sqlx::types::Json<Vec<ManifestFeature>>,)> = sqlx::query_as(
+        "SELECT b.manifest->'features' FROM rule_rollout r
+           JOIN rule_bundles b ON b.version = r.canary_version
+          WHERE r.id = 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    for f in canary.map(|(f,)| f.0).unwrap_or_default() {
+        if let Some(spec) = f.meter {
+            meters.entry(f.key).or_insert(spec);
+        }
+    }
+    Ok(meters)
+}
+
+/// The stable catalog's meters.
+async fn stable_meters(conn: &mut PgConnection) -> anyhow::Result<HashMap<String, MeterSpec>> {
     type Row = (String, Option<String>, Option<sqlx::types::Json<MeterSpec>>);
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT key, period, meter FROM features WHERE position >= 0 AND kind = 'metered'",

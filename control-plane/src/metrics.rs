@@ -42,13 +42,13 @@ pub struct Metrics {
     pub usage: UsageMetrics,
 }
 
-/// Usage ingest (`usage::ingest` through `POST /internal/v1/usage`). `late` and `unmetered`
-/// are subsets of `accepted`; `accepted + duplicates` is every event received.
+/// Usage ingest (`usage::ingest` through `POST /internal/v1/usage`). `late` is a subset of
+/// `accepted`; `accepted + duplicates + rejected` is every event received.
 pub struct UsageMetrics {
     pub accepted: Counter,
     pub duplicates: Counter,
     pub late: Counter,
-    pub unmetered: Counter,
+    pub rejected: Counter,
     pub ingest_duration: Histogram,
 }
 
@@ -72,11 +72,11 @@ impl UsageMetrics {
             "Usage events that arrived after their period's grace window and were counted in the current period",
             late.clone(),
         );
-        let unmetered = Counter::default();
+        let rejected = Counter::default();
         registry.register(
-            "usage_events_unmetered",
-            "Usage events stored without an aggregate (meter not in the catalog, or unique_count property missing)",
-            unmetered.clone(),
+            "usage_events_rejected",
+            "Usage events refused one by one (unknown account or meter, bounds, reused ids): not stored, dead-lettered by the edge",
+            rejected.clone(),
         );
         // 1 ms .. ~8 s.
         let ingest_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
@@ -90,7 +90,7 @@ impl UsageMetrics {
             accepted,
             duplicates,
             late,
-            unmetered,
+            rejected,
             ingest_duration,
         }
     }

@@ -7,13 +7,22 @@
 //! [`ingest`] is one SQL statement per batch (a single statement is atomic in PostgreSQL, so a
 //! batch is stored entirely or not at all, and a retry after any failure is safe):
 //!
-//! 1. Rust validates the batch (limits below; a violation refuses the whole batch, since edges
-//!    validate the same rules before accepting an event), drops repeats of an id within the
-//!    batch (the first occurrence wins), assigns every event its period and binds one array per
-//!    column.
-//! 2. `usage_event_ids` admits each id once (`ON CONFLICT DO NOTHING RETURNING`): the primary
-//!    key, not a read-then-write, decides between concurrent deliveries. Only the ids it
-//!    returns (fresh) go further.
+//! 1. Rust refuses events one by one, never the batch (a refused event is listed in
+//!    [`UsageAck::rejected`] with a stable code, and the edge moves it to its dead-letter
+//!    file): the bounds every side shares ([`tollgate_protocol::usage::validate_event`]: the
+//!    same function the edge ran before accepting it), an account that does not exist
+//!    (`unknown_account`), a meter no bundle in force declares (`unknown_meter`), a
+//!    `unique_count` event without its property (`missing_property`), an (account, id) the
+//!    batch holds twice with different contents (`conflicting_duplicate`, every occurrence).
+//!    Identical repeats within the batch count once. It then assigns every event its period
+//!    and binds one array per column. Only the batch's own shape (size, edge id) refuses the
+//!    whole batch: that is an edge bug, not an event's content.
+//! 2. `usage_event_ids` admits each (account, event id) once (`ON CONFLICT DO NOTHING
+//!    RETURNING`): the primary key, not a read-then-write, decides between concurrent
+//!    deliveries. Ids are per account: X's `order-1` and Y's `order-1` are two events. Each
+//!    id keeps the SHA-256 of its content (meter, quantity, properties; [`content_sha256`]),
+//!    and an id stored before with another content is refused (`id_reused`), not counted as
+//!    a duplicate. Only the ids it returns (fresh) go further.
 //! 3. Fresh events are appended to `usage_events` (partitioned by month of occurrence).
 //! 4. For `unique_count` meters, each (account, meter, period, value) is inserted into
 //!    `usage_unique_values` once; the rows actually inserted are the increment.
@@ -21,8 +30,11 @@
 //!    `sum` adds quantities, `count` adds events, `max` keeps the greatest, `latest` keeps the
 //!    quantity of the newest event (ties: greater event id, so arrival order never matters),
 //!    `unique_count` adds the new distinct values; `events` always adds the fresh events.
-//! 6. The statement returns the fresh ids and every aggregate the batch names: the upserted
-//!    rows, plus (for keys only duplicates touched) the stored rows as of the statement.
+//!    Sums are taken in `numeric` and saturate at `i64::MAX`: no content can fail the
+//!    statement (quantities are at most 2^40 anyway).
+//! 6. The statement returns the fresh and the reused ids and every aggregate the batch names:
+//!    the upserted rows, plus (for keys only duplicates touched) the stored rows as of the
+//!    statement.
 //!
 //! An aggregate is therefore a function of the stored events alone (their `period_start`
 //! records where each was counted): it can be rebuilt from `usage_events`.
@@ -36,25 +48,22 @@
 //! [`UsageAck::late`]. Future timestamps count toward their own period (edges refuse clock
 //! skew). Invoicing a period must wait until its grace window has passed.
 //!
-//! # Unmetered events
+//! # Meters in force
 //!
-//! An event whose meter the catalog does not declare (bundle skew between edge and control
-//! plane), or of a `unique_count` meter without its property (or with a value longer than
-//! [`UNIQUE_VALUE_BYTES_MAX`]), is stored with `period_start = NULL`, counted in no aggregate
-//! and listed in [`UsageAck::unmetered`].
+//! The meters are those of the stable bundle and, for meters only it declares, of the canary
+//! bundle ([`crate::catalog::meters`]): usage an edge running the canary accepts is counted
+//! under the canary's spec, never dropped. A meter that neither declares is refused
+//! (`unknown_meter`) and waits in the edge's dead-letter file until it is deployed and the
+//! operator replays it.
 //!
 //! # Limits
 //!
 //! | what | limit |
 //! |---|---|
-//! | events per batch | [`BATCH_EVENTS_MAX`] (else `413 batch_too_large`) |
+//! | events per batch | [`BATCH_EVENTS_MAX`] (else `413 batch_too_large`, the whole batch) |
 //! | request body | [`BODY_BYTES_MAX`] |
-//! | event id | 1..=[`EVENT_ID_BYTES_MAX`] bytes, no NUL |
-//! | meter key | 1..=[`METER_BYTES_MAX`] bytes, no NUL |
-//! | edge id | 1..=[`EDGE_ID_BYTES_MAX`] bytes, no NUL |
-//! | timestamp | 1970-01-01 ..= 9999-12-31 (UTC) |
-//! | quantity | `>= 0` |
-//! | property keys and values | no NUL (PostgreSQL text and jsonb cannot hold it) |
+//! | edge id | 1..=[`EDGE_ID_BYTES_MAX`] bytes, no NUL (else `422`, the whole batch) |
+//! | each event | [`tollgate_protocol::usage::limits`] (else that event is rejected) |
 //!
 //! # Partitions and retention
 //!
@@ -77,7 +86,7 @@ use sqlx::PgPool;
 use tollgate_protocol::AccountId;
 use tollgate_protocol::usage::{
     AccountUsage, Aggregation, LeaseGrant, LeaseRelease, LeaseRequest, MeterAggregate, MeterPeriod,
-    MeterSpec, UsageAck, UsageBatch, UsageEvent,
+    MeterSpec, RejectedEvent, UsageAck, UsageBatch, UsageEvent,
 };
 use uuid::Uuid;
 
@@ -91,16 +100,8 @@ use crate::state::AppState;
 pub const BATCH_EVENTS_MAX: usize = 10_000;
 /// Largest `POST /internal/v1/usage` body: about 1.6 KiB per event of a full batch.
 pub const BODY_BYTES_MAX: usize = 16 << 20;
-/// Longest event id (`ce:{source}:{id}` ids can be long; the primary key must stay small).
-pub const EVENT_ID_BYTES_MAX: usize = 512;
-/// Longest meter key.
-pub const METER_BYTES_MAX: usize = 128;
 /// Longest edge id.
-pub const EDGE_ID_BYTES_MAX: usize = 128;
-/// Longest property value a `unique_count` meter counts (it is part of a primary key).
-pub const UNIQUE_VALUE_BYTES_MAX: usize = 1024;
-/// 9999-12-31T23:59:59.999Z: the last timestamp accepted.
-pub const TIMESTAMP_MS_MAX: i64 = 253_402_300_799_999;
+pub const EDGE_ID_BYTES_MAX: usize = tollgate_protocol::usage::limits::EDGE_ID_BYTES_MAX;
 /// Default grace window (`TOLLGATE_USAGE_GRACE_MS`): one hour.
 pub const GRACE_MS_DEFAULT: i64 = 3_600_000;
 /// Raw events and event ids older than this many months may be archived / deleted.
@@ -119,10 +120,6 @@ pub enum IngestError {
     /// The batch's edge id breaks the limits. Nothing was stored; retrying does not help.
     #[error("edge_id must be 1-{EDGE_ID_BYTES_MAX} bytes without NUL")]
     InvalidEdgeId,
-    /// An event breaks a rule edges check before accepting it (see the module's limits).
-    /// Nothing was stored; retrying the same batch does not help.
-    #[error("event {index}: {reason}")]
-    InvalidEvent { index: usize, reason: &'static str },
     /// The database failed. Nothing was stored (one atomic statement): retrying the same
     /// batch is safe.
     #[error("database: {0}")]
@@ -173,6 +170,8 @@ fn bounded_text(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && !s.contains('\0')
 }
 
+/// Batch-level checks: the only reasons a whole batch is refused (an edge bug, never an
+/// event's content).
 fn validate(batch: &UsageBatch) -> Result<(), IngestError> {
     if batch.events.len() > BATCH_EVENTS_MAX {
         return Err(IngestError::TooLarge {
@@ -182,29 +181,26 @@ fn validate(batch: &UsageBatch) -> Result<(), IngestError> {
     if !bounded_text(&batch.edge_id, EDGE_ID_BYTES_MAX) {
         return Err(IngestError::InvalidEdgeId);
     }
-    for (index, e) in batch.events.iter().enumerate() {
-        let reason = if !bounded_text(&e.id, EVENT_ID_BYTES_MAX) {
-            Some("id must be 1-512 bytes without NUL")
-        } else if !bounded_text(&e.meter, METER_BYTES_MAX) {
-            Some("meter must be 1-128 bytes without NUL")
-        } else if e.quantity < 0 {
-            Some("quantity must not be negative")
-        } else if !(0..=TIMESTAMP_MS_MAX).contains(&e.timestamp_ms) {
-            Some("timestamp_ms must lie in 1970..=9999")
-        } else if e
-            .properties
-            .iter()
-            .any(|(k, v)| k.contains('\0') || v.contains('\0'))
-        {
-            Some("properties must not contain NUL")
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            return Err(IngestError::InvalidEvent { index, reason });
-        }
-    }
     Ok(())
+}
+
+/// What an event says, for "same id, other content": meter, quantity and properties. Not the
+/// timestamp: an edge fills it in when the caller leaves it out, so an honest retry of one
+/// event can carry another.
+pub fn content_sha256(e: &UsageEvent) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update(u64::try_from(b.len()).unwrap_or(u64::MAX).to_le_bytes());
+        h.update(b);
+    };
+    field(e.meter.as_bytes());
+    field(&e.quantity.to_le_bytes());
+    for (k, v) in &e.properties {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    h.finalize().into()
 }
 
 /// One array per column of the ingest statement.
@@ -215,65 +211,101 @@ struct Columns {
     meters: Vec<String>,
     quantities: Vec<i64>,
     occurred_at: Vec<DateTime<Utc>>,
-    period_starts: Vec<Option<DateTime<Utc>>>,
-    period_ends: Vec<Option<DateTime<Utc>>>,
+    period_starts: Vec<DateTime<Utc>>,
+    period_ends: Vec<DateTime<Utc>>,
     properties: Vec<serde_json::Value>,
     late: Vec<bool>,
-    aggregations: Vec<Option<&'static str>>,
+    aggregations: Vec<&'static str>,
     unique_values: Vec<Option<String>>,
+    hashes: Vec<Vec<u8>>,
+    /// Index in the batch of each row.
+    index: Vec<usize>,
 }
 
 impl Columns {
-    fn push(&mut self, e: &UsageEvent, occurred_at: DateTime<Utc>, counted: Option<Counted>) {
+    fn push(&mut self, index: usize, e: &UsageEvent, c: Counted, hash: [u8; 32]) {
+        self.index.push(index);
         self.ids.push(e.id.clone());
         self.accounts.push(e.account.0);
         self.meters.push(e.meter.clone());
         self.quantities.push(e.quantity);
-        self.occurred_at.push(occurred_at);
+        self.occurred_at.push(c.occurred_at);
         self.properties.push(serde_json::Value::Object(
             e.properties
                 .iter()
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect(),
         ));
-        self.period_starts
-            .push(counted.as_ref().map(|c| c.at.start));
-        self.period_ends.push(counted.as_ref().map(|c| c.at.end));
-        self.late.push(counted.as_ref().is_some_and(|c| c.at.late));
-        self.aggregations
-            .push(counted.as_ref().map(|c| c.aggregation));
-        self.unique_values
-            .push(counted.and_then(|c| c.unique_value));
+        self.period_starts.push(c.at.start);
+        self.period_ends.push(c.at.end);
+        self.late.push(c.at.late);
+        self.aggregations.push(c.aggregation);
+        self.unique_values.push(c.unique_value);
+        self.hashes.push(hash.to_vec());
     }
 }
 
-/// How a metered event is counted.
+/// How an event is counted.
 struct Counted {
+    occurred_at: DateTime<Utc>,
     at: Placement,
     aggregation: &'static str,
     unique_value: Option<String>,
 }
 
-/// `None`: unmetered (meter not declared, or a unique_count property missing or too long).
+/// Why one event of a batch is not stored (the batch goes on without it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    code: &'static str,
+    detail: String,
+}
+
+fn refusal(code: &'static str, detail: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        detail: detail.into(),
+    }
+}
+
+/// Where an event counts, or why it cannot be stored.
 fn counted(
-    spec: Option<&MeterSpec>,
+    meters: &HashMap<String, MeterSpec>,
+    account_exists: &(dyn Fn(AccountId) -> bool + Sync),
     e: &UsageEvent,
-    occurred_at: DateTime<Utc>,
     now: DateTime<Utc>,
     grace: TimeDelta,
-) -> Option<Counted> {
-    let spec = spec?;
+) -> Result<Counted, Refusal> {
+    tollgate_protocol::usage::validate_event(e)
+        .map_err(|err| refusal(err.code(), err.to_string()))?;
+    if !account_exists(e.account) {
+        return Err(refusal(
+            "unknown_account",
+            format!("no account {}", e.account),
+        ));
+    }
+    let Some(spec) = meters.get(&e.meter) else {
+        return Err(refusal(
+            "unknown_meter",
+            format!("no bundle in force (stable or canary) meters `{}`", e.meter),
+        ));
+    };
+    let occurred_at = from_ms(e.timestamp_ms);
     let unique_value = match &spec.aggregation {
-        Aggregation::UniqueCount { property } => {
-            let value = e.properties.get(property)?;
-            if value.len() > UNIQUE_VALUE_BYTES_MAX {
-                return None;
-            }
-            Some(value.clone())
-        }
+        Aggregation::UniqueCount { property } => Some(
+            e.properties
+                .get(property)
+                .ok_or_else(|| {
+                    refusal(
+                        "missing_property",
+                        format!("meter `{}` counts distinct `{property}`", e.meter),
+                    )
+                })?
+                .clone(),
+        ),
         _ => None,
     };
-    Some(Counted {
+    Ok(Counted {
+        occurred_at,
         at: place(spec.period, occurred_at, now, grace),
         aggregation: spec.aggregation.as_str(),
         unique_value,
@@ -282,24 +314,33 @@ fn counted(
 
 /// The ingest statement (see the module doc). Binds: $1 ids, $2 accounts, $3 meters,
 /// $4 quantities, $5 occurred_at, $6 period starts, $7 period ends, $8 properties, $9 late
-/// flags, $10 aggregation names, $11 unique values, $12 received_at, $13 edge id, $14 batch id.
-/// Every insert is ordered by its key so concurrent batches take row locks in one order.
+/// flags, $10 aggregation names, $11 unique values, $12 received_at, $13 edge id, $14 batch id,
+/// $15 content hashes.
+/// Every insert is ordered by its key so concurrent batches take row locks in one order. Sums
+/// saturate at `i64::MAX` (in `numeric`) instead of failing the statement.
 const INGEST_SQL: &str = r#"
 WITH input AS (
     SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::timestamptz[],
                          $6::timestamptz[], $7::timestamptz[], $8::jsonb[], $9::bool[],
-                         $10::text[], $11::text[])
+                         $10::text[], $11::text[], $15::bytea[])
         AS t(event_id, account_id, meter, quantity, occurred_at, period_start, period_end,
-             properties, late, aggregation, unique_value)
+             properties, late, aggregation, unique_value, content_sha256)
 ),
 fresh_ids AS (
-    INSERT INTO usage_event_ids (event_id, received_at)
-    SELECT event_id, $12 FROM input ORDER BY event_id
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
+    INSERT INTO usage_event_ids (account_id, event_id, received_at, content_sha256)
+    SELECT account_id, event_id, $12, content_sha256 FROM input ORDER BY account_id, event_id
+    ON CONFLICT (account_id, event_id) DO NOTHING
+    RETURNING account_id, event_id
+),
+-- Stored before this statement with another content (the statement's snapshot does not see
+-- the rows fresh_ids inserts).
+reused AS (
+    SELECT i.account_id, i.event_id FROM input i
+    JOIN usage_event_ids u USING (account_id, event_id)
+    WHERE u.content_sha256 IS NOT NULL AND u.content_sha256 <> i.content_sha256
 ),
 fresh AS (
-    SELECT input.* FROM input JOIN fresh_ids USING (event_id)
+    SELECT input.* FROM input JOIN fresh_ids USING (account_id, event_id)
 ),
 stored AS (
     INSERT INTO usage_events (event_id, account_id, meter, quantity, occurred_at, period_start,
@@ -311,7 +352,7 @@ stored AS (
 new_unique AS (
     INSERT INTO usage_unique_values (account_id, meter, period_start, value)
     SELECT DISTINCT account_id, meter, period_start, unique_value FROM fresh
-    WHERE aggregation = 'unique_count' AND period_start IS NOT NULL AND unique_value IS NOT NULL
+    WHERE aggregation = 'unique_count' AND unique_value IS NOT NULL
     ORDER BY 1, 2, 3, 4
     ON CONFLICT DO NOTHING
     RETURNING account_id, meter, period_start
@@ -323,13 +364,12 @@ new_unique_counts AS (
 increments AS (
     SELECT account_id, meter, period_start, period_end, aggregation,
            count(*) AS events,
-           sum(quantity)::bigint AS total,
+           LEAST(sum(quantity), 9223372036854775807)::bigint AS total,
            max(quantity) AS greatest,
            (array_agg(quantity ORDER BY occurred_at DESC, event_id DESC))[1] AS latest_quantity,
            max(occurred_at) AS latest_at,
            (array_agg(event_id ORDER BY occurred_at DESC, event_id DESC))[1] AS latest_event_id
     FROM fresh
-    WHERE period_start IS NOT NULL
     GROUP BY account_id, meter, period_start, period_end, aggregation
 ),
 upserted AS (
@@ -357,7 +397,7 @@ upserted AS (
                 CASE WHEN a.latest_at IS NULL
                        OR (EXCLUDED.latest_at, EXCLUDED.latest_event_id) > (a.latest_at, a.latest_event_id)
                      THEN EXCLUDED.value ELSE a.value END
-            ELSE a.value + EXCLUDED.value
+            ELSE LEAST(a.value::numeric + EXCLUDED.value, 9223372036854775807)::bigint
         END,
         latest_at = CASE
             WHEN EXCLUDED.aggregation <> 'latest' THEN NULL
@@ -369,13 +409,13 @@ upserted AS (
             WHEN a.latest_at IS NULL
               OR (EXCLUDED.latest_at, EXCLUDED.latest_event_id) > (a.latest_at, a.latest_event_id)
             THEN EXCLUDED.latest_event_id ELSE a.latest_event_id END,
-        events = a.events + EXCLUDED.events,
+        events = LEAST(a.events::numeric + EXCLUDED.events, 9223372036854775807)::bigint,
         aggregation = EXCLUDED.aggregation,
         updated_at = EXCLUDED.updated_at
     RETURNING account_id, meter, period_start, period_end, value, events
 ),
 touched AS (
-    SELECT DISTINCT account_id, meter, period_start FROM input WHERE period_start IS NOT NULL
+    SELECT DISTINCT account_id, meter, period_start FROM input
 ),
 result AS (
     SELECT account_id, meter, period_start, period_end, value, events FROM upserted
@@ -386,7 +426,10 @@ result AS (
         SELECT 1 FROM upserted u
         WHERE (u.account_id, u.meter, u.period_start) = (t.account_id, t.meter, t.period_start))
 )
-SELECT ARRAY(SELECT event_id FROM fresh_ids) AS fresh,
+SELECT ARRAY(SELECT account_id FROM fresh_ids) AS fresh_accounts,
+       ARRAY(SELECT event_id FROM fresh_ids) AS fresh_ids,
+       ARRAY(SELECT account_id FROM reused) AS reused_accounts,
+       ARRAY(SELECT event_id FROM reused) AS reused_ids,
        coalesce(array_agg(account_id ORDER BY account_id, meter, period_start), '{}') AS accounts,
        coalesce(array_agg(meter ORDER BY account_id, meter, period_start), '{}') AS meters,
        coalesce(array_agg(period_start ORDER BY account_id, meter, period_start), '{}') AS starts,
@@ -396,59 +439,99 @@ SELECT ARRAY(SELECT event_id FROM fresh_ids) AS fresh,
 FROM result
 "#;
 
-type IngestRow = (
-    Vec<String>,
-    Vec<Uuid>,
-    Vec<String>,
-    Vec<DateTime<Utc>>,
-    Vec<DateTime<Utc>>,
-    Vec<i64>,
-    Vec<i64>,
-);
+#[derive(sqlx::FromRow)]
+struct IngestRow {
+    fresh_accounts: Vec<Uuid>,
+    fresh_ids: Vec<String>,
+    reused_accounts: Vec<Uuid>,
+    reused_ids: Vec<String>,
+    accounts: Vec<Uuid>,
+    meters: Vec<String>,
+    starts: Vec<DateTime<Utc>>,
+    ends: Vec<DateTime<Utc>>,
+    values: Vec<i64>,
+    events: Vec<i64>,
+}
 
-/// Stores a batch: each event id once, every fresh event, and the aggregates it changes — in
-/// one statement (one round trip, atomic). See the module doc.
+/// Stores a batch: each (account, event id) once, every fresh event, and the aggregates it
+/// changes — in one statement (one round trip, atomic). See the module doc.
 ///
-/// `aggregates` of the ack are every aggregate a metered event of the batch names, after the
-/// statement. For a duplicate the key is computed as if it arrived now (the same key unless a
-/// retry crossed the end of its grace window).
+/// Events are refused one by one, never the batch: one that breaks the shared bounds
+/// ([`tollgate_protocol::usage::validate_event`]), names an account that does not exist
+/// (`account_exists`) or a meter no bundle in force declares, lacks its `unique_count`
+/// property, repeats an id of the batch with other content (every such occurrence), or reuses
+/// an id stored before with other content, is listed in [`UsageAck::rejected`] and neither
+/// stored nor counted.
+///
+/// `aggregates` of the ack are every aggregate an event of the batch that was not refused
+/// names, after the statement. For a duplicate the key is computed as if it arrived now (the
+/// same key unless a retry crossed the end of its grace window).
 #[tracing::instrument(skip_all, fields(batch_id = %batch.batch_id, edge_id = %batch.edge_id, events = batch.events.len()))]
 pub async fn ingest(
     pool: &PgPool,
     meters: &HashMap<String, MeterSpec>,
+    account_exists: &(dyn Fn(AccountId) -> bool + Sync),
     batch: &UsageBatch,
     now: DateTime<Utc>,
     grace: TimeDelta,
 ) -> Result<UsageAck, IngestError> {
     validate(batch)?;
-    let mut seen = HashSet::with_capacity(batch.events.len());
+    let mut rejected: Vec<RejectedEvent> = Vec::new();
+    let reject = |rejected: &mut Vec<RejectedEvent>, index: usize, e: &UsageEvent, r: Refusal| {
+        rejected.push(RejectedEvent {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            id: e.id.clone(),
+            code: r.code.to_owned(),
+            detail: r.detail,
+        });
+    };
+    // First occurrence of each (account, id) and its content; ids seen with two contents.
+    let mut first: HashMap<(AccountId, &str), (usize, [u8; 32])> = HashMap::new();
+    let mut conflicting: HashSet<(AccountId, &str)> = HashSet::new();
+    for (index, e) in batch.events.iter().enumerate() {
+        let hash = content_sha256(e);
+        match first.get(&(e.account, e.id.as_str())) {
+            Some((_, h)) if *h != hash => {
+                conflicting.insert((e.account, e.id.as_str()));
+            }
+            Some(_) => {}
+            None => {
+                first.insert((e.account, e.id.as_str()), (index, hash));
+            }
+        }
+    }
     let mut cols = Columns::default();
     for (index, e) in batch.events.iter().enumerate() {
-        if !seen.insert(e.id.as_str()) {
+        let key = (e.account, e.id.as_str());
+        if conflicting.contains(&key) {
+            let r = refusal(
+                "conflicting_duplicate",
+                "the batch holds this id twice with different contents",
+            );
+            reject(&mut rejected, index, e, r);
             continue;
         }
-        let occurred_at =
-            DateTime::from_timestamp_millis(e.timestamp_ms).ok_or(IngestError::InvalidEvent {
-                index,
-                reason: "timestamp_ms must lie in 1970..=9999",
-            })?;
-        let c = counted(meters.get(&e.meter), e, occurred_at, now, grace);
-        cols.push(e, occurred_at, c);
+        let Some((first_index, hash)) = first.get(&key).copied() else {
+            continue;
+        };
+        if first_index != index {
+            continue; // a repeat of an earlier event of the batch: counted once
+        }
+        match counted(meters, account_exists, e, now, grace) {
+            Ok(c) => cols.push(index, e, c, hash),
+            Err(r) => reject(&mut rejected, index, e, r),
+        }
     }
-    if cols.ids.is_empty() {
-        return Ok(UsageAck {
-            batch_id: batch.batch_id,
-            accepted: 0,
-            duplicates: 0,
-            late: Vec::new(),
-            unmetered: Vec::new(),
-            rejected: Vec::new(),
-            aggregates: Vec::new(),
-        });
-    }
-
-    let (fresh, accounts, meter_keys, starts, ends, values, events): IngestRow =
-        sqlx::query_as(INGEST_SQL)
+    let mut ack = UsageAck {
+        batch_id: batch.batch_id,
+        accepted: 0,
+        duplicates: 0,
+        late: Vec::new(),
+        rejected: Vec::new(),
+        aggregates: Vec::new(),
+    };
+    if !cols.ids.is_empty() {
+        let row: IngestRow = sqlx::query_as(INGEST_SQL)
             .bind(&cols.ids)
             .bind(&cols.accounts)
             .bind(&cols.meters)
@@ -463,52 +546,59 @@ pub async fn ingest(
             .bind(now)
             .bind(&batch.edge_id)
             .bind(batch.batch_id)
+            .bind(&cols.hashes)
             .fetch_one(pool)
             .await?;
-
-    let fresh: HashSet<&str> = fresh.iter().map(String::as_str).collect();
-    assert!(
-        fresh.iter().all(|id| seen.contains(id)),
-        "the ingest statement stored ids the batch does not hold"
-    );
-    let accepted = fresh.len();
-    // Reported in batch order, fresh events only.
-    let (mut late, mut unmetered) = (Vec::new(), Vec::new());
-    for (i, id) in cols.ids.iter().enumerate() {
-        if !fresh.contains(id.as_str()) {
-            continue;
+        let pairs = |accounts: Vec<Uuid>, ids: Vec<String>| -> HashSet<(Uuid, String)> {
+            accounts.into_iter().zip(ids).collect()
+        };
+        let fresh = pairs(row.fresh_accounts, row.fresh_ids);
+        let reused = pairs(row.reused_accounts, row.reused_ids);
+        for (i, id) in cols.ids.iter().enumerate() {
+            let key = (cols.accounts[i], id.clone());
+            if fresh.contains(&key) {
+                ack.accepted += 1;
+                if cols.late[i] {
+                    ack.late.push(id.clone());
+                }
+            } else if reused.contains(&key) {
+                let e = &batch.events[cols.index[i]];
+                let r = refusal(
+                    "id_reused",
+                    "this id was stored before with another meter, quantity or properties",
+                );
+                reject(&mut rejected, cols.index[i], e, r);
+            }
         }
-        if cols.late[i] {
-            late.push(id.clone());
-        } else if cols.aggregations[i].is_none() {
-            unmetered.push(id.clone());
-        }
+        assert!(
+            fresh
+                .iter()
+                .all(|(a, id)| first.contains_key(&(AccountId(*a), id.as_str()))),
+            "the ingest statement stored ids the batch does not hold"
+        );
+        ack.aggregates = row
+            .accounts
+            .into_iter()
+            .zip(row.meters)
+            .zip(row.starts.into_iter().zip(row.ends))
+            .zip(row.values.into_iter().zip(row.events))
+            .map(
+                |(((account, meter), (start, end)), (value, events))| MeterAggregate {
+                    account: AccountId(account),
+                    meter,
+                    period_start_ms: start.timestamp_millis(),
+                    period_end_ms: end.timestamp_millis(),
+                    value,
+                    events,
+                },
+            )
+            .collect();
     }
-    let aggregates = accounts
-        .into_iter()
-        .zip(meter_keys)
-        .zip(starts.into_iter().zip(ends))
-        .zip(values.into_iter().zip(events))
-        .map(
-            |(((account, meter), (start, end)), (value, events))| MeterAggregate {
-                account: AccountId(account),
-                meter,
-                period_start_ms: start.timestamp_millis(),
-                period_end_ms: end.timestamp_millis(),
-                value,
-                events,
-            },
-        )
-        .collect();
-    Ok(UsageAck {
-        batch_id: batch.batch_id,
-        accepted: to_u64(accepted),
-        duplicates: to_u64(batch.events.len() - accepted),
-        late,
-        unmetered,
-        rejected: Vec::new(),
-        aggregates,
-    })
+    rejected.sort_by_key(|r| r.index);
+    ack.duplicates =
+        to_u64(batch.events.len().saturating_sub(rejected.len())).saturating_sub(ack.accepted);
+    ack.rejected = rejected;
+    Ok(ack)
 }
 
 fn to_u64(n: usize) -> u64 {
@@ -600,9 +690,6 @@ impl From<IngestError> for ApiError {
             IngestError::InvalidEdgeId => {
                 Self::unprocessable("invalid_usage_batch", err.to_string())
             }
-            IngestError::InvalidEvent { index, .. } => {
-                Self::unprocessable("invalid_usage_event", err.to_string()).with("index", index)
-            }
             IngestError::Database(e) => e.into(),
         }
     }
@@ -623,10 +710,24 @@ pub async fn ingest_batch(
         ));
     }
     let started = Instant::now();
-    let meters = meters_of(&state).await?;
+    // Meters and the batch's accounts over one cf connection.
+    let (meters, accounts) = {
+        let mut conn = state.cf.acquire().await?;
+        let meters = crate::catalog::meters(&mut conn)
+            .await
+            .map_err(ApiError::internal)?;
+        let mut ids: Vec<AccountId> = batch.events.iter().map(|e| e.account).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        (
+            meters,
+            crate::accounts::store::existing(&mut conn, &ids).await?,
+        )
+    };
     let result = ingest(
         &state.billing,
         &meters,
+        &|a| accounts.contains(&a),
         &batch,
         state.clock.now(),
         state.usage_grace,
@@ -641,14 +742,23 @@ pub async fn ingest_batch(
     m.accepted.inc_by(ack.accepted);
     m.duplicates.inc_by(ack.duplicates);
     m.late.inc_by(to_u64(ack.late.len()));
-    m.unmetered.inc_by(to_u64(ack.unmetered.len()));
+    m.rejected.inc_by(to_u64(ack.rejected.len()));
+    if !ack.rejected.is_empty() {
+        tracing::warn!(
+            batch_id = %batch.batch_id,
+            edge_id = %batch.edge_id,
+            rejected = ack.rejected.len(),
+            first_code = %ack.rejected[0].code,
+            "usage events refused"
+        );
+    }
     tracing::debug!(
         batch_id = %batch.batch_id,
         edge_id = %batch.edge_id,
         accepted = ack.accepted,
         duplicates = ack.duplicates,
         late = ack.late.len(),
-        unmetered = ack.unmetered.len(),
+        rejected = ack.rejected.len(),
         "usage batch stored"
     );
     Ok(axum::Json(ack))
@@ -1036,7 +1146,9 @@ mod tests {
         for (period, at, start, end) in cases {
             assert_eq!(period_of(period, at), (start, end), "{period:?} of {at}");
         }
-        let last = DateTime::from_timestamp_millis(TIMESTAMP_MS_MAX).expect("max");
+        let last =
+            DateTime::from_timestamp_millis(tollgate_protocol::usage::limits::TIMESTAMP_MS_MAX)
+                .expect("max");
         assert_eq!(period_of(MeterPeriod::Year, last).1, t(10_000, 1, 1, 0, 0));
     }
 
@@ -1067,49 +1179,196 @@ mod tests {
     }
 
     #[test]
-    fn batches_breaking_the_limits_are_refused_whole() {
+    fn only_the_batch_shape_refuses_a_whole_batch() {
         let a = AccountId::new_v7();
         let good = ev("e", a, "calls", 1, now());
-        let too_long = "x".repeat(EVENT_ID_BYTES_MAX + 1);
-        let cases: Vec<(UsageEvent, &str)> = vec![
-            (ev("", a, "calls", 1, now()), "id"),
-            (ev(&too_long, a, "calls", 1, now()), "id"),
-            (ev("e\0", a, "calls", 1, now()), "id"),
-            (ev("e", a, "", 1, now()), "meter"),
-            (ev("e", a, "calls", -1, now()), "quantity"),
-            (
-                UsageEvent {
-                    timestamp_ms: -1,
-                    ..good.clone()
-                },
-                "timestamp_ms",
-            ),
-            (
-                UsageEvent {
-                    timestamp_ms: TIMESTAMP_MS_MAX + 1,
-                    ..good.clone()
-                },
-                "timestamp_ms",
-            ),
-            (with_prop(good.clone(), "k", "v\0"), "NUL"),
-        ];
-        for (bad, needle) in cases {
-            let err = validate(&batch(vec![good.clone(), bad])).expect_err("invalid");
-            match &err {
-                IngestError::InvalidEvent { index: 1, reason } => {
-                    assert!(reason.contains(needle), "{reason}");
-                }
-                other => panic!("{other:?}"),
-            }
-        }
         let mut b = batch(vec![good.clone()]);
         b.edge_id = String::new();
         assert!(matches!(validate(&b), Err(IngestError::InvalidEdgeId)));
-        let big = batch(vec![good; BATCH_EVENTS_MAX + 1]);
+        let big = batch(vec![good.clone(); BATCH_EVENTS_MAX + 1]);
         assert!(matches!(
             validate(&big),
             Err(IngestError::TooLarge { events: 10_001 })
         ));
+        // Bad events do not make a bad batch.
+        let mut poisoned = batch(vec![good.clone(), ev("e2", a, "calls", i64::MAX, now())]);
+        poisoned
+            .events
+            .push(ev("e3", a, &"m".repeat(129), 1, now()));
+        assert!(validate(&poisoned).is_ok());
+    }
+
+    fn codes(ack: &UsageAck) -> Vec<(u32, &str, &str)> {
+        ack.rejected
+            .iter()
+            .map(|r| (r.index, r.id.as_str(), r.code.as_str()))
+            .collect()
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn bad_events_are_rejected_one_by_one_and_the_rest_of_the_batch_is_counted(pool: PgPool) {
+        let a = AccountId::new_v7();
+        let stranger = AccountId::new_v7();
+        let good = ev("ok-1", a, "calls", 5, now());
+        let b = batch(vec![
+            ev("huge", a, "calls", i64::MAX, now()),
+            good.clone(),
+            ev("long", a, &"m".repeat(129), 1, now()),
+            ev("ghost", stranger, "calls", 1, now()),
+            ev("nometer", a, "not_in_catalog", 1, now()),
+            ev("nouser", a, "users", 1, now()),
+            with_prop(ev("prop", a, "calls", 1, now()), "k", "v\0"),
+            UsageEvent {
+                timestamp_ms: -1,
+                ..ev("old", a, "calls", 1, now())
+            },
+            ev("", a, "calls", 1, now()),
+            ev("ok-2", a, "calls", 7, now()),
+        ]);
+        let ack = ingest(&pool, &meters(), &|acct| acct == a, &b, now(), HOUR)
+            .await
+            .expect("a poisoned batch is stored, minus its poison");
+        assert_eq!(
+            codes(&ack),
+            vec![
+                (0, "huge", "invalid_quantity"),
+                (2, "long", "invalid_meter"),
+                (3, "ghost", "unknown_account"),
+                (4, "nometer", "unknown_meter"),
+                (5, "nouser", "missing_property"),
+                (6, "prop", "invalid_properties"),
+                (7, "old", "invalid_timestamp"),
+                (8, "", "invalid_id"),
+            ]
+        );
+        assert_eq!((ack.accepted, ack.duplicates), (2, 0));
+        assert_eq!(aggregate(&pool, a, "calls").await, Some((12, 2)));
+        assert_eq!(count(&pool, "SELECT count(*) FROM usage_events").await, 2);
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM usage_aggregates").await,
+            1,
+            "nothing of a rejected event is kept, not even an aggregate row"
+        );
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn sums_saturate_instead_of_failing_the_statement(pool: PgPool) {
+        let a = AccountId::new_v7();
+        let max = tollgate_protocol::usage::limits::QUANTITY_MAX;
+        sqlx::query(
+            "INSERT INTO usage_aggregates (account_id, meter, period_start, period_end, aggregation, value, events, updated_at)
+             VALUES ($1, 'calls', '2026-01-01T00:00:00Z', '2026-02-01T00:00:00Z', 'sum', $2, 1, now())",
+        )
+        .bind(a.0)
+        .bind(i64::MAX - 10)
+        .execute(&pool)
+        .await
+        .expect("seed");
+        let b = batch(
+            (0..3)
+                .map(|i| ev(&format!("b{i}"), a, "calls", max, now()))
+                .collect(),
+        );
+        let ack = ingest(&pool, &meters(), &|_| true, &b, now(), HOUR)
+            .await
+            .expect("no bigint out of range");
+        assert_eq!(ack.accepted, 3);
+        assert_eq!(aggregate(&pool, a, "calls").await, Some((i64::MAX, 4)));
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn event_ids_are_per_account(pool: PgPool) {
+        let (x, y) = (AccountId::new_v7(), AccountId::new_v7());
+        let b = batch(vec![
+            ev("order-1", x, "calls", 5, now()),
+            ev("order-1", y, "calls", 7, now()),
+        ]);
+        let ack = ingest(&pool, &meters(), &|_| true, &b, now(), HOUR)
+            .await
+            .expect("ingest");
+        assert_eq!((ack.accepted, ack.duplicates), (2, 0));
+        assert_eq!(aggregate(&pool, x, "calls").await, Some((5, 1)));
+        assert_eq!(aggregate(&pool, y, "calls").await, Some((7, 1)));
+        // Y's order-1 again, later and from another batch: a duplicate of Y's, not of X's.
+        let again = batch(vec![ev("order-1", y, "calls", 7, now())]);
+        let ack = ingest(&pool, &meters(), &|_| true, &again, now(), HOUR)
+            .await
+            .expect("again");
+        assert_eq!((ack.accepted, ack.duplicates), (0, 1));
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn an_id_with_two_contents_is_refused_not_resolved(pool: PgPool) {
+        let a = AccountId::new_v7();
+        // In one batch: both occurrences are refused.
+        let b = batch(vec![
+            ev("dup", a, "calls", 5, now()),
+            ev("dup", a, "calls", 50, now()),
+            ev("other", a, "calls", 1, now()),
+        ]);
+        let ack = ingest(&pool, &meters(), &|_| true, &b, now(), HOUR)
+            .await
+            .expect("ingest");
+        assert_eq!(
+            codes(&ack),
+            vec![
+                (0, "dup", "conflicting_duplicate"),
+                (1, "dup", "conflicting_duplicate")
+            ]
+        );
+        assert_eq!((ack.accepted, ack.duplicates), (1, 0));
+        assert_eq!(aggregate(&pool, a, "calls").await, Some((1, 1)));
+        // Across batches, a day later: the stored one stays, the other is refused.
+        let later = batch(vec![
+            ev("other", a, "calls", 99, now()),
+            // The same content with another timestamp is an honest retry.
+            ev("other", a, "calls", 1, now() + HOUR),
+        ]);
+        let ack = ingest(
+            &pool,
+            &meters(),
+            &|_| true,
+            &later,
+            now() + HOUR * 24,
+            HOUR * 48,
+        )
+        .await
+        .expect("later");
+        assert_eq!(
+            codes(&ack),
+            vec![
+                (0, "other", "conflicting_duplicate"),
+                (1, "other", "conflicting_duplicate")
+            ]
+        );
+        let retry = batch(vec![ev("other", a, "calls", 1, now() + HOUR)]);
+        let ack = ingest(
+            &pool,
+            &meters(),
+            &|_| true,
+            &retry,
+            now() + HOUR * 24,
+            HOUR * 48,
+        )
+        .await
+        .expect("retry");
+        assert_eq!(
+            (ack.accepted, ack.duplicates, ack.rejected.len()),
+            (0, 1, 0)
+        );
+        let reused = batch(vec![ev("other", a, "calls", 99, now())]);
+        let ack = ingest(
+            &pool,
+            &meters(),
+            &|_| true,
+            &reused,
+            now() + HOUR * 24,
+            HOUR * 48,
+        )
+        .await
+        .expect("reused");
+        assert_eq!(codes(&ack), vec![(0, "other", "id_reused")]);
+        assert_eq!(aggregate(&pool, a, "calls").await, Some((1, 1)));
     }
 
     #[sqlx::test(migrations = "../migrations/billing")]
@@ -1120,11 +1379,11 @@ mod tests {
             ev("e2", a, "calls", 4, now()),
             ev("e3", a, "jobs", 9, now()),
         ]);
-        let first = ingest(&pool, &meters(), &b, now(), HOUR)
+        let first = ingest(&pool, &meters(), &|_| true, &b, now(), HOUR)
             .await
             .expect("first");
         assert_eq!((first.accepted, first.duplicates), (3, 0));
-        let again = ingest(&pool, &meters(), &b, now() + HOUR, HOUR)
+        let again = ingest(&pool, &meters(), &|_| true, &b, now() + HOUR, HOUR)
             .await
             .expect("retry");
         assert_eq!((again.accepted, again.duplicates), (0, 3));
@@ -1145,7 +1404,7 @@ mod tests {
             ev("e1", a, "calls", 3, now()),
             ev("e4", a, "calls", 10, now()),
         ]);
-        let ack = ingest(&pool, &meters(), &mixed, now(), HOUR)
+        let ack = ingest(&pool, &meters(), &|_| true, &mixed, now(), HOUR)
             .await
             .expect("mixed");
         assert_eq!((ack.accepted, ack.duplicates), (1, 1));
@@ -1153,24 +1412,18 @@ mod tests {
     }
 
     #[sqlx::test(migrations = "../migrations/billing")]
-    async fn an_id_repeated_within_a_batch_counts_once_and_the_first_wins(pool: PgPool) {
+    async fn an_identical_repeat_within_a_batch_counts_once(pool: PgPool) {
         let a = AccountId::new_v7();
         let b = batch(vec![
             ev("dup", a, "calls", 5, now()),
-            ev("dup", a, "calls", 50, now()),
+            ev("dup", a, "calls", 5, now()),
             ev("other", a, "calls", 1, now()),
         ]);
-        let ack = ingest(&pool, &meters(), &b, now(), HOUR)
+        let ack = ingest(&pool, &meters(), &|_| true, &b, now(), HOUR)
             .await
             .expect("ingest");
         assert_eq!((ack.accepted, ack.duplicates), (2, 1));
         assert_eq!(aggregate(&pool, a, "calls").await, Some((6, 2)));
-        let (q,): (i64,) =
-            sqlx::query_as("SELECT quantity FROM usage_events WHERE event_id = 'dup'")
-                .fetch_one(&pool)
-                .await
-                .expect("row");
-        assert_eq!(q, 5);
     }
 
     #[sqlx::test(migrations = "../migrations/billing")]
@@ -1182,8 +1435,8 @@ mod tests {
         let b = batch(events);
         let m = meters();
         let (x, y) = tokio::join!(
-            ingest(&pool, &m, &b, now(), HOUR),
-            ingest(&pool, &m, &b, now(), HOUR)
+            ingest(&pool, &m, &|_| true, &b, now(), HOUR),
+            ingest(&pool, &m, &|_| true, &b, now(), HOUR)
         );
         let (x, y) = (x.expect("x"), y.expect("y"));
         assert_eq!(x.accepted + y.accepted, 200, "{x:?} {y:?}");
@@ -1209,7 +1462,9 @@ mod tests {
             with_prop(ev("u2", a, "users", 1, at(2)), "user", "bob"),
             with_prop(ev("u3", a, "users", 1, at(3)), "user", "ada"),
         ]);
-        let ack = ingest(&pool, &m, &first, now(), HOUR).await.expect("first");
+        let ack = ingest(&pool, &m, &|_| true, &first, now(), HOUR)
+            .await
+            .expect("first");
         assert_eq!(ack.accepted, 10);
         let values = |ack: &UsageAck| -> BTreeMap<String, (i64, i64)> {
             ack.aggregates
@@ -1237,7 +1492,7 @@ mod tests {
             with_prop(ev("u4", a, "users", 1, at(4)), "user", "bob"),
             with_prop(ev("u5", a, "users", 1, at(4)), "user", "cy"),
         ]);
-        let ack = ingest(&pool, &m, &second, now(), HOUR)
+        let ack = ingest(&pool, &m, &|_| true, &second, now(), HOUR)
             .await
             .expect("second");
         assert_eq!(
@@ -1254,7 +1509,9 @@ mod tests {
             ev("l4", a, "seats", 4, at(10)),
             ev("m4", a, "peak", 8, at(10)),
         ]);
-        ingest(&pool, &m, &newer, now(), HOUR).await.expect("newer");
+        ingest(&pool, &m, &|_| true, &newer, now(), HOUR)
+            .await
+            .expect("newer");
         assert_eq!(aggregate(&pool, a, "seats").await, Some((4, 4)));
         assert_eq!(aggregate(&pool, a, "peak").await, Some((8, 4)));
 
@@ -1264,7 +1521,7 @@ mod tests {
             with_prop(ev("u6", b, "users", 1, at(4)), "user", "ada"),
             with_prop(ev("u7", a, "users", 1, t(2026, 2, 1, 0, 0)), "user", "ada"),
         ]);
-        ingest(&pool, &m, &other, t(2026, 2, 1, 0, 0), HOUR)
+        ingest(&pool, &m, &|_| true, &other, t(2026, 2, 1, 0, 0), HOUR)
             .await
             .expect("other");
         assert_eq!(aggregate(&pool, b, "users").await, Some((1, 1)));
@@ -1286,9 +1543,16 @@ mod tests {
         let m = meters();
         let jan_end = t(2026, 2, 1, 0, 0);
         let in_grace = batch(vec![ev("g1", a, "calls", 5, t(2026, 1, 31, 23, 0))]);
-        let ack = ingest(&pool, &m, &in_grace, jan_end + TimeDelta::minutes(30), HOUR)
-            .await
-            .expect("in grace");
+        let ack = ingest(
+            &pool,
+            &m,
+            &|_| true,
+            &in_grace,
+            jan_end + TimeDelta::minutes(30),
+            HOUR,
+        )
+        .await
+        .expect("in grace");
         assert!(ack.late.is_empty());
         assert_eq!(
             ack.aggregates[0].period_start_ms,
@@ -1299,7 +1563,7 @@ mod tests {
             ev("g2", a, "calls", 7, t(2026, 1, 31, 23, 30)),
             ev("g3", a, "calls", 1, jan_end + HOUR),
         ]);
-        let ack = ingest(&pool, &m, &too_late, jan_end + HOUR * 2, HOUR)
+        let ack = ingest(&pool, &m, &|_| true, &too_late, jan_end + HOUR * 2, HOUR)
             .await
             .expect("late");
         assert_eq!(ack.late, vec!["g2".to_owned()]);
@@ -1335,43 +1599,6 @@ mod tests {
     }
 
     #[sqlx::test(migrations = "../migrations/billing")]
-    async fn unmetered_events_are_stored_listed_and_never_aggregated(pool: PgPool) {
-        let a = AccountId::new_v7();
-        let b = batch(vec![
-            ev("x1", a, "not_in_catalog", 5, now()),
-            ev("x2", a, "users", 1, now()),
-            with_prop(
-                ev("x3", a, "users", 1, now()),
-                "user",
-                &"v".repeat(UNIQUE_VALUE_BYTES_MAX + 1),
-            ),
-            ev("x4", a, "calls", 2, now()),
-        ]);
-        let ack = ingest(&pool, &meters(), &b, now(), HOUR)
-            .await
-            .expect("ingest");
-        assert_eq!(ack.accepted, 4);
-        assert_eq!(ack.unmetered, vec!["x1", "x2", "x3"]);
-        assert_eq!(ack.aggregates.len(), 1);
-        assert_eq!(
-            count(
-                &pool,
-                "SELECT count(*) FROM usage_events WHERE period_start IS NULL"
-            )
-            .await,
-            3
-        );
-        assert_eq!(
-            count(&pool, "SELECT count(*) FROM usage_aggregates").await,
-            1
-        );
-        assert_eq!(
-            count(&pool, "SELECT count(*) FROM usage_unique_values").await,
-            0
-        );
-    }
-
-    #[sqlx::test(migrations = "../migrations/billing")]
     async fn events_land_in_their_monthly_partition_or_the_default_one(pool: PgPool) {
         assert_eq!(ensure_partitions(&pool, now()).await.expect("ensure"), 5);
         assert_eq!(
@@ -1387,7 +1614,7 @@ mod tests {
             ev("p4", a, "calls", 1, t(2030, 6, 1, 0, 0)),
             ev("p5", a, "calls", 1, t(2020, 6, 1, 0, 0)),
         ]);
-        ingest(&pool, &meters(), &b, now(), HOUR)
+        ingest(&pool, &meters(), &|_| true, &b, now(), HOUR)
             .await
             .expect("ingest");
         let partitions = || async {
@@ -1429,7 +1656,7 @@ mod tests {
             ev("k3", a, "daily", 2, now()),
             ev("k4", a, "daily", 2, now() - TimeDelta::days(1)),
         ]);
-        ingest(&pool, &m, &b, now(), TimeDelta::days(60))
+        ingest(&pool, &m, &|_| true, &b, now(), TimeDelta::days(60))
             .await
             .expect("ingest");
         let usage = current(&pool, &m, a, now()).await.expect("current");
@@ -1470,6 +1697,7 @@ mod tests {
         ingest(
             &pool,
             &meters(),
+            &|_| true,
             &batch(vec![ev("u1", a, "calls", 40, now())]),
             now(),
             HOUR,

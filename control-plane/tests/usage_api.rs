@@ -58,14 +58,24 @@ async fn edges_post_batches_with_the_edge_token_and_the_batch_id_as_key() {
     h.post(path, Some(EDGE), Some(BATCH_ID), "{\"batch_id\":")
         .await
         .assert_problem(StatusCode::BAD_REQUEST, "malformed_json");
-    h.post(
-        path,
-        Some(EDGE),
-        Some(BATCH_ID),
-        &batch(BATCH_ID, &account, &[("neg", -1)]),
-    )
-    .await
-    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_usage_event");
+    // Poison is refused event by event, never as a batch: the ack lists each with its code.
+    let poison = "0190f2a4-0000-7000-8000-000000000003";
+    let mut bad: Value = serde_json::from_str(&batch(
+        poison,
+        &account,
+        &[("neg", -1), ("huge", i64::MAX), ("stranger", 1)],
+    ))
+    .expect("json");
+    bad["events"][2]["account"] = json!(uuid::Uuid::now_v7());
+    let r = h.post(path, Some(EDGE), Some(poison), &bad.to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let ack: UsageAck = serde_json::from_value(r.json.clone()).expect("ack");
+    let codes: Vec<&str> = ack.rejected.iter().map(|r| r.code.as_str()).collect();
+    assert_eq!(
+        codes,
+        ["invalid_quantity", "invalid_quantity", "unknown_account"]
+    );
+    assert_eq!(ack.accepted, 0);
     let events: Vec<(String, i64)> = (0..10_001).map(|i| (format!("big{i}"), 1)).collect();
     let events: Vec<(&str, i64)> = events.iter().map(|(e, q)| (e.as_str(), *q)).collect();
     h.post(
@@ -100,7 +110,8 @@ async fn edges_post_batches_with_the_edge_token_and_the_batch_id_as_key() {
     for line in [
         "tollgate_cp_usage_events_accepted_total 2",
         "tollgate_cp_usage_events_duplicates_total 4",
-        "tollgate_cp_usage_ingest_duration_seconds_count 2",
+        "tollgate_cp_usage_events_rejected_total 3",
+        "tollgate_cp_usage_ingest_duration_seconds_count 3",
     ] {
         assert!(text.contains(line), "{line} missing from\n{text}");
     }

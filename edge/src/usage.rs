@@ -378,10 +378,10 @@ impl Usage {
         self.metrics
             .events_flushed
             .inc_by(batch.events.len() as u64);
-        if !ack.late.is_empty() || !ack.unmetered.is_empty() {
+        if !ack.late.is_empty() || !ack.rejected.is_empty() {
             tracing::warn!(
                 late = ack.late.len(),
-                unmetered = ack.unmetered.len(),
+                rejected = ack.rejected.len(),
                 "the control plane counted some usage in another period or in no meter"
             );
         }

@@ -103,7 +103,6 @@ async fn stub_usage(
         accepted,
         duplicates,
         late: vec![],
-        unmetered: vec![],
         rejected: vec![],
         aggregates: accounts.iter().map(|a| cp.aggregate(*a)).collect(),
     };

@@ -445,9 +445,6 @@ pub mod usage {
         /// Ids of events that arrived after their period's grace window and were counted in
         /// the current period instead.
         pub late: Vec<String>,
-        /// Transitional: ids stored under no meter (removed with the per-event rejections).
-        #[serde(default)]
-        pub unmetered: Vec<String>,
         /// Events refused one by one (never the whole batch): not stored, not counted.
         #[serde(default)]
         pub rejected: Vec<RejectedEvent>,

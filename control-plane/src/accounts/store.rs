@@ -43,6 +43,19 @@ pub async fn get_account(conn: &mut PgConnection, id: AccountId) -> sqlx::Result
     .await
 }
 
+/// Which of `ids` name an account (one query, for a whole usage batch).
+pub async fn existing(
+    conn: &mut PgConnection,
+    ids: &[AccountId],
+) -> sqlx::Result<std::collections::HashSet<AccountId>> {
+    let ids: Vec<Uuid> = ids.iter().map(|a| a.0).collect();
+    let rows: Vec<(Uuid,)> = sqlx::query_as("SELECT id FROM accounts WHERE id = ANY($1)")
+        .bind(&ids)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(|(id,)| AccountId(id)).collect())
+}
+
 pub async fn insert_token(
     conn: &mut PgConnection,
     token_id: Uuid,
