@@ -21,14 +21,15 @@ pub fn edge_state(accounts: &[AccountId], capacity: u64) -> anyhow::Result<EdgeS
         Duration::from_millis(100),
         L2::default(),
     )?;
-    let limits = CacheLimits {
+    let mut opts = tollgate_edge::state::EdgeOptions::new("bench");
+    opts.cache_limits = CacheLimits {
         entries_max: capacity,
         bytes_max: capacity.saturating_mul(4096),
     };
-    let state = EdgeState::new("bench".into(), limits, upstream, 5_000, 5_000);
+    let state = EdgeState::new(opts, upstream);
     let program = tollgate_rules::demo_program();
     let loaded = RulesEngine::new()?.load_program(&program)?;
-    state.install_rules(1, program, Some(loaded));
+    state.install_rules(1, program, loaded);
     let view = state.rules.load_full().context("rules")?;
     for (i, id) in accounts.iter().enumerate() {
         let facts = AccountFacts {

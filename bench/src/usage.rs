@@ -124,8 +124,7 @@ async fn edge_run(account: &str, batch: usize, secs: u64) -> anyhow::Result<(f64
     let dir = scratch("edge")?;
     let state = tollgate_bench::edge_state(&[], 16)?;
     let usage = tollgate_edge::usage::Usage::open(
-        &dir,
-        8 << 30,
+        &tollgate_edge::usage::UsageOptions::in_data_dir(&dir, 8 << 30, 64 << 20),
         state.meters_fn(),
         state.metrics.usage.clone(),
     )?;

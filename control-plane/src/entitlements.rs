@@ -82,6 +82,22 @@ pub async fn stored_facts(
         .transpose()
 }
 
+/// Stored facts of several accounts (those that have some), one query.
+pub async fn stored_facts_many(
+    conn: &mut PgConnection,
+    accounts: &[AccountId],
+) -> sqlx::Result<Vec<AccountFacts>> {
+    let ids: Vec<Uuid> = accounts.iter().map(|a| a.0).collect();
+    let rows: Vec<(Value,)> =
+        sqlx::query_as("SELECT facts FROM entitlement_facts WHERE account_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(conn)
+            .await?;
+    rows.into_iter()
+        .map(|(v,)| serde_json::from_value(v).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+        .collect()
+}
+
 /// Recomputes and, when changed, stores the next version. Returns the current facts.
 pub async fn recompute(
     conn: &mut PgConnection,
@@ -160,7 +176,7 @@ pub async fn publish(state: &AppState, facts: &AccountFacts) -> anyhow::Result<(
     let event_json = serde_json::to_string(&event)?;
     let mut redis = state.redis.clone();
     let _: i64 = redis::Script::new(SET_IF_NEWER)
-        .key(redis_keys::facts(&facts.account_id))
+        .key(state.redis_keys.facts(&facts.account_id))
         .arg(facts.version)
         .arg(&facts_json)
         .invoke_async(&mut redis)
@@ -168,7 +184,7 @@ pub async fn publish(state: &AppState, facts: &AccountFacts) -> anyhow::Result<(
     let opts = redis::streams::StreamMaxlen::Approx(redis_keys::CHANGE_STREAM_MAXLEN);
     let _: String = redis
         .xadd_maxlen(
-            redis_keys::CHANGE_STREAM,
+            state.redis_keys.stream(),
             opts,
             "*",
             &[(redis_keys::CHANGE_FIELD, event_json)],

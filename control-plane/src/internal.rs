@@ -42,3 +42,25 @@ pub async fn facts(
             )
         })
 }
+
+/// `POST /internal/v1/facts {"accounts": [...]}` — the facts of up to
+/// [`tollgate_protocol::FACTS_BATCH_MAX`] accounts in one query; unknown accounts are absent.
+pub async fn facts_batch(
+    State(state): State<AppState>,
+    _: EdgeAuth,
+    crate::http::Json(req): crate::http::Json<tollgate_protocol::FactsRequest>,
+) -> ApiResult<axum::Json<tollgate_protocol::FactsBatch>> {
+    if req.accounts.len() > tollgate_protocol::FACTS_BATCH_MAX {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "at most {} accounts per request",
+                tollgate_protocol::FACTS_BATCH_MAX
+            ),
+        ));
+    }
+    let mut conn = state.cf.acquire().await?;
+    let facts = entitlements::stored_facts_many(&mut conn, &req.accounts).await?;
+    Ok(axum::Json(tollgate_protocol::FactsBatch { facts }))
+}

@@ -81,6 +81,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/usage", get(usage::account_usage));
     let internal = Router::new()
         .route("/internal/v1/accounts/{id}/facts", get(internal::facts))
+        .route(
+            tollgate_protocol::internal_api::FACTS_BATCH_PATH,
+            post(internal::facts_batch),
+        )
         .route("/internal/v1/bundle", get(rollout::bundle_for_edge))
         .route(
             "/internal/v1/edges/{edge_id}/status",
@@ -227,6 +231,7 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
         dev_mode: config.dev_mode,
         checkout_expiry_secs: config.checkout_expiry_secs,
         usage_grace: chrono::TimeDelta::milliseconds(config.usage_grace_ms),
+        redis_keys: tollgate_protocol::redis_keys::Keys::new(&config.redis_key_prefix),
         metrics: Metrics::new(),
         outbox_wake: Notify::new(),
     })))

@@ -21,6 +21,8 @@ pub struct Inner {
     pub billing: PgPool,
     /// Reconnects by itself; the relay retries publishing while Redis is away.
     pub redis: redis::aio::ConnectionManager,
+    /// The change stream's and L2's key names (`TOLLGATE_REDIS_KEY_PREFIX`).
+    pub redis_keys: tollgate_protocol::redis_keys::Keys,
     pub gateway: Arc<dyn PaymentGateway>,
     /// Present only with the simulated gateway in development mode: completes 3-D Secure.
     pub simulator: Option<Arc<SimulatedGateway>>,

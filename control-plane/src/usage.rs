@@ -849,12 +849,25 @@ fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// Largest lease one request may ask for.
-pub const LEASE_WANT_MAX: i64 = 1 << 40;
+/// Largest lease one request may ask for: `need` and `extra` are each at most a quantity.
+pub const LEASE_WANT_MAX: i64 = tollgate_protocol::usage::limits::QUANTITY_MAX;
 
-/// Grants up to `want` units of the quota `limit` to `edge_id`: the counter of units leased
-/// out (seeded with the period's aggregate on first use) never passes `limit`. One
-/// transaction; the counter row's lock orders concurrent edges.
+/// What a lease request gets from a counter at `leased` of quota `limit`: `need` when it fits
+/// (all or nothing: a check that would be denied reserves nothing), plus as much of `extra`
+/// as fits after it.
+pub fn grant_for(leased: i64, limit: i64, need: i64, extra: i64) -> i64 {
+    let room = i128::from(limit) - i128::from(leased);
+    let need = i128::from(need);
+    if need > room {
+        return 0;
+    }
+    let granted = need + i128::from(extra).min(room - need).max(0);
+    i64::try_from(granted).unwrap_or(0)
+}
+
+/// Grants what [`grant_for`] allows to `edge_id`: the counter of units leased out (seeded
+/// with the period's aggregate on first use) never passes `limit`. One transaction; the
+/// counter row's lock orders concurrent edges.
 pub async fn lease(
     pool: &PgPool,
     req: &LeaseRequest,
@@ -874,21 +887,31 @@ pub async fn lease(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    let (leased, granted): (i64, i64) = sqlx::query_as(
-        "UPDATE usage_lease_counters c
-            SET leased = o.leased + LEAST($4, GREATEST($5 - o.leased, 0)), updated_at = $6
-           FROM (SELECT leased FROM usage_lease_counters
-                  WHERE account_id = $1 AND meter = $2 AND period_start = $3 FOR UPDATE) o
-          WHERE c.account_id = $1 AND c.meter = $2 AND c.period_start = $3
-      RETURNING c.leased, c.leased - o.leased",
+    let (leased,): (i64,) = sqlx::query_as(
+        "SELECT leased FROM usage_lease_counters
+          WHERE account_id = $1 AND meter = $2 AND period_start = $3 FOR UPDATE",
     )
     .bind(req.account.0)
     .bind(&req.meter)
     .bind(start)
-    .bind(req.want)
-    .bind(req.limit)
-    .bind(now)
     .fetch_one(&mut *tx)
+    .await?;
+    let granted = grant_for(leased, req.limit, req.need, req.extra);
+    if granted == 0 {
+        tx.rollback().await?;
+        return Ok(LeaseGrant { granted, leased });
+    }
+    let leased = leased.saturating_add(granted);
+    sqlx::query(
+        "UPDATE usage_lease_counters SET leased = $4, updated_at = $5
+          WHERE account_id = $1 AND meter = $2 AND period_start = $3",
+    )
+    .bind(req.account.0)
+    .bind(&req.meter)
+    .bind(start)
+    .bind(leased)
+    .bind(now)
+    .execute(&mut *tx)
     .await?;
     sqlx::query(
         "INSERT INTO usage_leases (account_id, meter, period_start, edge_id, granted, returned, updated_at)
@@ -960,15 +983,22 @@ pub async fn lease_handler(
     _: EdgeAuth,
     Json(req): Json<LeaseRequest>,
 ) -> ApiResult<axum::Json<LeaseGrant>> {
-    if !(1..=LEASE_WANT_MAX).contains(&req.want) || req.limit < 0 {
-        return Err(lease_problem("want must be 1..2^40 and limit not negative"));
+    if !(1..=LEASE_WANT_MAX).contains(&req.need)
+        || !(0..=LEASE_WANT_MAX).contains(&req.extra)
+        || req.limit < 0
+    {
+        return Err(lease_problem(
+            "need must be 1..=2^40, extra 0..=2^40, limit not negative",
+        ));
     }
-    if !bounded_text(&req.meter, 128) || !bounded_text(&req.edge_id, 128) {
+    if tollgate_protocol::usage::validate_key(&req.meter).is_err()
+        || !bounded_text(&req.edge_id, EDGE_ID_BYTES_MAX)
+    {
         return Err(lease_problem("meter and edge_id must be 1-128 characters"));
     }
     let grant = lease(&state.billing, &req, state.clock.now()).await?;
     tracing::debug!(account_id = %req.account, meter = %req.meter, edge_id = %req.edge_id,
-        want = req.want, granted = grant.granted, leased = grant.leased, "quota lease");
+        need = req.need, extra = req.extra, granted = grant.granted, leased = grant.leased, "quota lease");
     Ok(axum::Json(grant))
 }
 
@@ -1679,14 +1709,41 @@ mod tests {
         assert!(usage.iter().all(|g| g.account == a));
     }
 
-    fn lease_req(account: AccountId, edge: &str, want: i64, limit: i64) -> LeaseRequest {
+    fn lease_req(
+        account: AccountId,
+        edge: &str,
+        need: i64,
+        extra: i64,
+        limit: i64,
+    ) -> LeaseRequest {
         LeaseRequest {
             account,
             meter: "calls".into(),
             edge_id: edge.into(),
             period_start_ms: MeterPeriod::Month.bounds(now().timestamp_millis()).0,
-            want,
+            need,
+            extra,
             limit,
+        }
+    }
+
+    #[test]
+    fn a_lease_grants_the_need_all_or_nothing_plus_what_fits_of_the_extra() {
+        for (leased, limit, need, extra, granted) in [
+            (0, 1_000, 1, 100, 101),
+            (0, 1_000, 1_001, 100, 0), // a check that will be denied takes nothing
+            (950, 1_000, 40, 100, 50),
+            (950, 1_000, 50, 100, 50),
+            (950, 1_000, 51, 0, 0),
+            (1_100, 1_000, 1, 100, 0), // already past a lowered quota
+            (0, i64::MAX, 1 << 40, 1 << 40, 1 << 41),
+            (i64::MAX - 1, i64::MAX, 1, 1 << 40, 1),
+        ] {
+            assert_eq!(
+                grant_for(leased, limit, need, extra),
+                granted,
+                "{leased} {limit} {need} {extra}"
+            );
         }
     }
 
@@ -1704,30 +1761,38 @@ mod tests {
         )
         .await
         .expect("ingest");
-        let g = lease(&pool, &lease_req(a, "e1", 30, 100), now())
+        let g = lease(&pool, &lease_req(a, "e1", 30, 0, 100), now())
             .await
             .expect("lease");
         assert_eq!((g.granted, g.leased), (30, 70));
-        let g = lease(&pool, &lease_req(a, "e2", 50, 100), now())
+        let g = lease(&pool, &lease_req(a, "e2", 50, 0, 100), now())
+            .await
+            .expect("lease");
+        assert_eq!(
+            (g.granted, g.leased),
+            (0, 70),
+            "a need that does not fit takes nothing"
+        );
+        let g = lease(&pool, &lease_req(a, "e2", 10, 100, 100), now())
             .await
             .expect("lease");
         assert_eq!(
             (g.granted, g.leased),
             (30, 100),
-            "only what is left of the quota"
+            "the need, then only what is left of the quota"
         );
-        let g = lease(&pool, &lease_req(a, "e3", 10, 100), now())
+        let g = lease(&pool, &lease_req(a, "e3", 10, 0, 100), now())
             .await
             .expect("lease");
         assert_eq!((g.granted, g.leased), (0, 100));
-        // e1 gives back 20 it did not use (and cannot give back more than it holds).
+        // e1 gives back what it did not use (and cannot give back more than it holds).
         let taken = release(
             &pool,
             &LeaseRelease {
                 account: a,
                 meter: "calls".into(),
                 edge_id: "e1".into(),
-                period_start_ms: lease_req(a, "e1", 1, 1).period_start_ms,
+                period_start_ms: lease_req(a, "e1", 1, 0, 1).period_start_ms,
                 units: 500,
             },
             now(),
@@ -1735,7 +1800,7 @@ mod tests {
         .await
         .expect("release");
         assert_eq!(taken, 30, "capped at what e1 holds");
-        let g = lease(&pool, &lease_req(a, "e3", 10, 100), now())
+        let g = lease(&pool, &lease_req(a, "e3", 10, 0, 100), now())
             .await
             .expect("lease");
         assert_eq!((g.granted, g.leased), (10, 80));
@@ -1751,7 +1816,7 @@ mod tests {
                 let edge = format!("e{}", i % 3);
                 let mut got = 0;
                 for _ in 0..5 {
-                    got += lease(&pool, &lease_req(a, &edge, 7, 200), now())
+                    got += lease(&pool, &lease_req(a, &edge, 7, 0, 200), now())
                         .await
                         .expect("lease")
                         .granted;
@@ -1763,8 +1828,11 @@ mod tests {
         for t in tasks {
             total += t.await.expect("join");
         }
-        assert_eq!(total, 200, "12 × 5 × 7 = 420 asked, 200 to give");
+        assert_eq!(
+            total, 196,
+            "12 × 5 × 7 = 420 asked of 200: 28 needs of 7 fit, none passes the quota"
+        );
         let held: i64 = count(&pool, "SELECT sum(granted)::bigint FROM usage_leases").await;
-        assert_eq!(held, 200);
+        assert_eq!(held, 196);
     }
 }

@@ -309,7 +309,11 @@ async fn three_d_secure_purchase_activates_pro_and_publishes_facts_and_schedule(
     );
     let mut redis = h.state.redis.clone();
     let l2: String = redis::cmd("GET")
-        .arg(format!("tollgate:facts:{account}"))
+        .arg(
+            h.state
+                .redis_keys
+                .facts(&account.parse().expect("account id")),
+        )
         .query_async(&mut redis)
         .await
         .expect("l2");

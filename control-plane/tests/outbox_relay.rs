@@ -82,7 +82,11 @@ async fn facts_are_published_to_the_stream_and_l2_only_after_they_change() {
     let mut redis = h.state.redis.clone();
     h.drain_outbox().await;
     let l2: String = redis::cmd("GET")
-        .arg(format!("tollgate:facts:{account}"))
+        .arg(
+            h.state
+                .redis_keys
+                .facts(&account.parse().expect("account id")),
+        )
         .query_async(&mut redis)
         .await
         .expect("l2 written");
@@ -90,7 +94,7 @@ async fn facts_are_published_to_the_stream_and_l2_only_after_they_change() {
     assert_eq!(facts["version"], 1);
     // The stream holds an event for this account.
     let entries: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg("tollgate:changes")
+        .arg(h.state.redis_keys.stream())
         .arg("+")
         .arg("-")
         .arg("COUNT")

@@ -67,7 +67,9 @@ async fn edges_post_batches_with_the_edge_token_and_the_batch_id_as_key() {
     ))
     .expect("json");
     bad["events"][2]["account"] = json!(uuid::Uuid::now_v7());
-    let r = h.post(path, Some(EDGE), Some(poison), &bad.to_string()).await;
+    let r = h
+        .post(path, Some(EDGE), Some(poison), &bad.to_string())
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
     let ack: UsageAck = serde_json::from_value(r.json.clone()).expect("ack");
     let codes: Vec<&str> = ack.rejected.iter().map(|r| r.code.as_str()).collect();
@@ -209,25 +211,39 @@ async fn edges_lease_quota_through_the_internal_api_and_give_it_back() {
     let start = tollgate_protocol::usage::MeterPeriod::Month
         .bounds(NOW_MS)
         .0;
-    let lease = |want: i64| {
+    let lease = |need: i64, extra: i64| {
         json!({"account": account, "meter": "api_calls", "edge_id": "edge-1",
-               "period_start_ms": start, "want": want, "limit": 150})
+               "period_start_ms": start, "need": need, "extra": extra, "limit": 150})
         .to_string()
     };
     let path = tollgate_protocol::internal_api::LEASE_PATH;
-    h.post(path, None, None, &lease(10))
+    h.post(path, None, None, &lease(10, 0))
         .await
         .assert_problem(StatusCode::UNAUTHORIZED, "missing_credentials");
-    h.post(path, Some(EDGE), None, &lease(0))
-        .await
-        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_lease");
-    let r = h.post(path, Some(EDGE), None, &lease(100)).await;
+    for bad in [
+        lease(0, 0),
+        lease(1, -1),
+        lease(i64::MAX, 0),
+        lease(1, i64::MAX),
+    ] {
+        h.post(path, Some(EDGE), None, &bad)
+            .await
+            .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_lease");
+    }
+    let r = h.post(path, Some(EDGE), None, &lease(151, 100)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        (r.json["granted"].as_i64(), r.json["leased"].as_i64()),
+        (Some(0), Some(0)),
+        "a need past the quota takes nothing"
+    );
+    let r = h.post(path, Some(EDGE), None, &lease(100, 0)).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
         (r.json["granted"].as_i64(), r.json["leased"].as_i64()),
         (Some(100), Some(100))
     );
-    let r = h.post(path, Some(EDGE), None, &lease(100)).await;
+    let r = h.post(path, Some(EDGE), None, &lease(1, 100)).await;
     assert_eq!(r.json["granted"], 50, "only what is left of the 150");
     let release = |units: i64| {
         json!({"account": account, "meter": "api_calls", "edge_id": "edge-1",
@@ -240,6 +256,6 @@ async fn edges_lease_quota_through_the_internal_api_and_give_it_back() {
         .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_lease");
     let r = h.post(release_path, Some(EDGE), None, &release(30)).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = h.post(path, Some(EDGE), None, &lease(100)).await;
+    let r = h.post(path, Some(EDGE), None, &lease(30, 100)).await;
     assert_eq!(r.json["granted"], 30, "what edge-1 gave back");
 }

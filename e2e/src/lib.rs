@@ -302,6 +302,8 @@ impl Stack {
                 format!("{server}/{}", dbs[1]),
             ),
             ("TOLLGATE_REDIS_URL", redis.clone()),
+            // A stream and L2 keys of this stack's own: stacks and tests share one Redis.
+            ("TOLLGATE_REDIS_KEY_PREFIX", format!("tg-e2e-{tag}")),
             ("TOLLGATE_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
             ("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
             ("TOLLGATE_TRUSTED_KEYS", trusted_entry(&key)),
@@ -515,8 +517,11 @@ impl Stack {
                 ("TOLLGATE_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
                 ("TOLLGATE_TRUSTED_KEYS", trusted_entry(&self.key)),
                 ("TOLLGATE_EDGE_BUNDLE_POLL_MS", "200".to_owned()),
-                ("TOLLGATE_EDGE_FRESHNESS_BUDGET_MS", "1000".to_owned()),
+                // The shortest budget allowed: the stream's block time plus its response
+                // margin, so an idle follower never turns answers stale.
+                ("TOLLGATE_EDGE_FRESHNESS_BUDGET_MS", "3000".to_owned()),
                 ("TOLLGATE_REDIS_URL", self.redis_url.clone()),
+                ("TOLLGATE_REDIS_KEY_PREFIX", format!("tg-e2e-{}", self.tag)),
                 ("TOLLGATE_EDGE_DATA_DIR", dir.display().to_string()),
             ],
         )

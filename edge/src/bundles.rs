@@ -5,8 +5,11 @@
 //!
 //! The last good bundle is kept on disk (`<data_dir>/bundle.tgb`, written to a temporary file,
 //! fsynced, then renamed), and so are the facts of the cached accounts
-//! (`<data_dir>/facts.jsonl`, every few seconds and at shutdown), so a restart with the control
-//! plane and Redis both down still answers — with `stale: true` until the stream is back.
+//! (`<data_dir>/facts.jsonl`, every few seconds and at shutdown, with the change-stream position
+//! they are current to), so a restart with the control plane and Redis both down still answers
+//! — with `stale: true` until the follower has read every change made since that position
+//! (see [`crate::stream`]), so a grant revoked while the edge was down is never answered as
+//! fresh.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,7 +65,7 @@ pub fn prepare(
 /// Swaps a prepared bundle in (atomically) and re-materialises cached accounts in the
 /// background.
 pub fn activate(state: &EdgeState, prepared: Prepared) -> u64 {
-    state.install_rules(prepared.version, prepared.program, Some(prepared.loaded));
+    state.install_rules(prepared.version, prepared.program, prepared.loaded);
     prepared.version
 }
 
@@ -190,13 +193,36 @@ pub async fn follow(
 /// File holding the facts of the accounts this edge had cached (JSON lines).
 pub const FACTS_FILE: &str = "facts.jsonl";
 
+/// The first line of the facts file: which change-stream position the facts are current to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactsHeader {
+    pub format: u32,
+    /// The last change-stream id applied before the facts were read (`None`: the follower
+    /// had read nothing; a restore then revalidates instead of resuming).
+    pub stream_id: Option<String>,
+    pub saved_at_ms: i64,
+}
+
+/// The facts file format that carries a [`FactsHeader`].
+pub const FACTS_FORMAT: u32 = 2;
+
 /// Writes the facts of every cached account (not unknown ones) durably: temp file, fsync,
-/// rename. Returns how many accounts were written.
+/// rename. The header's stream position is read *before* the facts: every change after it
+/// is replayed at restore (facts only move forward, so replaying one already in is harmless),
+/// none before it is missed. Returns how many accounts were written.
 pub fn persist_facts(state: &EdgeState, dir: &Path) -> std::io::Result<usize> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
+    let header = FactsHeader {
+        format: FACTS_FORMAT,
+        stream_id: state.stream_position(),
+        saved_at_ms: crate::now_ms(),
+    };
     let tmp = dir.join(format!("{FACTS_FILE}.tmp"));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    serde_json::to_writer(&mut out, &header)?;
+    out.write_all(b"\n")?;
     let mut n = 0;
     for account in state.cache.accounts() {
         if let Some(facts) = state.cache.get(&account).and_then(|e| e.facts.clone()) {
@@ -213,31 +239,49 @@ pub fn persist_facts(state: &EdgeState, dir: &Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// What a restore found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub accounts: usize,
+    /// Unreadable lines, counted and skipped.
+    pub skipped: usize,
+    /// The stream position the facts are current to (the follower resumes there).
+    pub stream_id: Option<String>,
+}
+
 /// Refills the cache from the saved facts (after the bundle is installed), so a restart with
-/// the control plane and Redis both down still answers — marked stale until the change stream
-/// is read again. Unreadable lines are counted and skipped. Returns (restored, skipped).
-pub fn restore_facts(state: &EdgeState, dir: &Path) -> (usize, usize) {
+/// the control plane and Redis both down still answers. Restored entries answer `stale: true`
+/// until the follower has caught up from the saved position (or the account is refetched); a
+/// file without a position (an older edge's) leaves the follower nothing to resume from, so
+/// every restored account is revalidated once the control plane answers.
+pub fn restore_facts(state: &EdgeState, dir: &Path) -> Restored {
+    let mut out = Restored::default();
     let Some(view) = state.rules.load_full() else {
-        return (0, 0);
+        return out;
     };
     let Ok(text) = std::fs::read_to_string(dir.join(FACTS_FILE)) else {
-        return (0, 0);
+        return out;
     };
-    let (mut restored, mut skipped) = (0, 0);
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty()).peekable();
+    if let Some(first) = lines.peek()
+        && let Ok(header) = serde_json::from_str::<FactsHeader>(first)
+    {
+        lines.next();
+        out.stream_id = header.stream_id.filter(|_| header.format == FACTS_FORMAT);
+    }
+    for line in lines {
         match serde_json::from_str::<tollgate_protocol::AccountFacts>(line) {
             Ok(facts) => {
-                let account = facts.account_id;
-                if let crate::cache::Fill::Leader = state.cache.begin_fill(account) {
-                    state.cache.finish_fill(account, Some(facts), &view);
-                    restored += 1;
+                if state.cache.restore(facts, &view) {
+                    out.accounts += 1;
                 }
             }
-            Err(_) => skipped += 1,
+            Err(_) => out.skipped += 1,
         }
     }
-    tracing::info!(restored, skipped, "cached facts restored from disk");
-    (restored, skipped)
+    state.set_stream_position(out.stream_id.clone());
+    tracing::info!(restored = out.accounts, skipped = out.skipped, stream_id = ?out.stream_id, "cached facts restored from disk");
+    out
 }
 
 /// How often the edge saves its cached facts.

@@ -28,19 +28,15 @@ use tollgate_rules::ir::Program;
 pub struct RulesView {
     pub bundle_version: u64,
     pub program: Program,
-    /// The verified module; `None` evaluates with the reference interpreter (tests only).
-    pub rules: Option<LoadedRules>,
+    /// The verified module: every decision comes from it (the interpreter answers only when
+    /// it fails at run time, logged and counted).
+    pub rules: LoadedRules,
     pub generation: u64,
     index: HashMap<String, usize>,
 }
 
 impl RulesView {
-    pub fn new(
-        bundle_version: u64,
-        program: Program,
-        rules: Option<LoadedRules>,
-        generation: u64,
-    ) -> Self {
+    pub fn new(bundle_version: u64, program: Program, rules: LoadedRules, generation: u64) -> Self {
         let index = program
             .features
             .iter()
@@ -66,13 +62,10 @@ impl RulesView {
     /// failure is logged.
     pub fn decide(&self, facts: &AccountFacts) -> Vec<Decision> {
         let vector = fact_vector(&self.program, facts, crate::now_ms());
-        let raw = match &self.rules {
-            Some(rules) => rules.evaluate(&vector).unwrap_or_else(|e| {
-                tracing::error!(account_id = %facts.account_id, error = %e, "rule module failed; interpreter answers");
-                interp::evaluate(&self.program, &vector)
-            }),
-            None => interp::evaluate(&self.program, &vector),
-        };
+        let raw = self.rules.evaluate(&vector).unwrap_or_else(|e| {
+            tracing::error!(account_id = %facts.account_id, error = %e, "rule module failed; interpreter answers");
+            interp::evaluate(&self.program, &vector)
+        });
         raw.into_iter().map(decision).collect()
     }
 }
@@ -87,6 +80,10 @@ pub struct Entry {
     /// The rule bundle the decisions came from.
     pub bundle_version: u64,
     pub filled_at: Instant,
+    /// Restored from the facts snapshot at start and not confirmed since: its answers are
+    /// stale until the follower catches up from the snapshot's stream position, or the
+    /// account is refetched or changes.
+    pub restored: bool,
 }
 
 impl Entry {
@@ -116,6 +113,7 @@ impl Entry {
             generation: view.generation,
             bundle_version: view.bundle_version,
             filled_at: Instant::now(),
+            restored: false,
         }
     }
 }
@@ -293,6 +291,48 @@ impl AccountCache {
         }
     }
 
+    /// Caches facts restored from the snapshot, marked [`Entry::restored`], unless the account
+    /// is cached or being filled already.
+    pub fn restore(&self, facts: AccountFacts, view: &RulesView) -> bool {
+        let account = facts.account_id;
+        if !matches!(self.begin_fill(account), Fill::Leader) {
+            return false;
+        }
+        if self.entries.contains_key(&account) {
+            self.abort_fill(account);
+            return false;
+        }
+        let entry = Arc::new(Entry {
+            restored: true,
+            ..Entry::materialise(Some(facts), view)
+        });
+        let mut in_flight = self.lock();
+        self.entries.insert(account, entry);
+        in_flight.remove(&account);
+        true
+    }
+
+    /// Applies facts refetched from the control plane (a revalidation): like [`Self::apply`],
+    /// and also replaces a restored entry of the same version, which is current now.
+    pub fn refresh(&self, facts: AccountFacts, view: &RulesView) -> bool {
+        let account = facts.account_id;
+        let confirms =
+            |e: &Entry| e.version() < facts.version || (e.restored && e.version() == facts.version);
+        match self.entries.get(&account) {
+            Some(e) if confirms(&e) => {}
+            _ => return false,
+        }
+        let entry = Arc::new(Entry::materialise(Some(facts.clone()), view));
+        let _guard = self.lock();
+        match self.entries.get(&account) {
+            Some(e) if confirms(&e) => {
+                self.entries.insert(account, entry);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Re-evaluates an account's entry for a newer rules generation, outside the lock; the
     /// result replaces the entry only if nobody replaced it meanwhile (a newer event or fill is
     /// already evaluated under the new rules).
@@ -301,7 +341,10 @@ impl AccountCache {
         if current.generation == view.generation {
             return Some(current);
         }
-        let fresh = Arc::new(Entry::materialise(current.facts.clone(), view));
+        let fresh = Arc::new(Entry {
+            restored: current.restored,
+            ..Entry::materialise(current.facts.clone(), view)
+        });
         let _guard = self.lock();
         match self.entries.get(&account) {
             Some(now) if Arc::ptr_eq(&now, &current) => {
@@ -382,7 +425,11 @@ mod tests {
 
     fn demo_view() -> RulesView {
         let program = tollgate_rules::demo_program();
-        RulesView::new(1, program, None, 1)
+        let rules = tollgate_rules::host::RulesEngine::new()
+            .expect("engine")
+            .load_program(&program)
+            .expect("the demo compiles and loads");
+        RulesView::new(1, program, rules, 1)
     }
 
     fn facts(id: AccountId, version: i64, plan: Option<&str>) -> AccountFacts {

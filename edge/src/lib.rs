@@ -5,9 +5,11 @@
 //! current (see [`stream`]). Decisions are materialised when facts or the rule bundle change,
 //! by the bundle's WebAssembly module (see [`bundles`]); the check path never enters it.
 
+pub mod auth;
 pub mod bundles;
 pub mod cache;
 pub mod config;
+pub mod dead_letter;
 pub mod metrics;
 pub mod ofrep;
 pub mod state;
@@ -77,19 +79,32 @@ pub(crate) fn problem_with(
 }
 
 pub fn app(state: EdgeState) -> Router {
-    Router::new()
+    use axum::middleware::from_fn_with_state;
+    use axum::routing::post;
+    // What product services call: a service token when any is configured.
+    let service = Router::new()
         .route("/v1/check", get(check).post(check_batch))
-        .route("/v1/usage", axum::routing::post(usage_api::post_usage))
+        .route("/v1/usage", post(usage_api::post_usage))
         .route("/v1/accounts/{id}/entitlements", get(entitlements))
+        .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
+        .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
+        .route_layer(from_fn_with_state(state.clone(), auth::service));
+    // What operators call: an operator token, always.
+    let operator = Router::new()
+        .route("/v1/dead-letter", get(usage_api::dead_letters))
+        .route(
+            "/v1/dead-letter/replay",
+            post(usage_api::replay_dead_letters),
+        )
+        .route(
+            "/v1/dead-letter/discard",
+            post(usage_api::discard_dead_letters),
+        )
+        .route_layer(from_fn_with_state(state.clone(), auth::operator));
+    Router::new()
+        .merge(service)
+        .merge(operator)
         .route("/v1/status", get(status))
-        .route(
-            "/ofrep/v1/evaluate/flags/{key}",
-            axum::routing::post(ofrep::evaluate_flag),
-        )
-        .route(
-            "/ofrep/v1/evaluate/flags",
-            axum::routing::post(ofrep::evaluate_all),
-        )
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({ "status": "ok" })) }),
@@ -168,7 +183,7 @@ pub(crate) async fn decide<'a>(
     };
     let mut resp = match state.entry(account, view).await {
         Ok(entry) => {
-            let stale = state.is_stale();
+            let stale = state.entry_stale(&entry);
             match entry.decisions.get(index) {
                 Some(d) => CheckResponse {
                     allowed: d.allowed,
@@ -216,6 +231,15 @@ pub(crate) async fn decide<'a>(
             }
         }
     };
+    // A limit feature: the quantity asked for must fit the limit (11 seats on a limit of 10
+    // is denied). An unlimited grant (no limit) fits any.
+    if let (true, Some(limit), tollgate_rules::ir::FeatureKind::Limit) =
+        (resp.allowed, resp.limit, view.program.features[index].kind)
+        && quantity > limit
+    {
+        resp.allowed = false;
+        resp.reason = Reason::DeniedQuotaExceeded;
+    }
     // Metered: the counter comparison. Only for a granted quota; a denial stays what it was.
     if let (true, Some(limit), Some(spec)) = (
         resp.allowed,
@@ -264,13 +288,9 @@ async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Respo
     };
     let quantity = match quantity.map(|q| q.parse::<i64>()) {
         None => 1,
-        Some(Ok(q)) if q >= 0 => q,
+        Some(Ok(q)) if tollgate_protocol::usage::quantity_ok(q) => q,
         Some(_) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "invalid_quantity",
-                "quantity must be a whole number, 0 or more",
-            );
+            return problem(StatusCode::BAD_REQUEST, "invalid_quantity", QUANTITY_RULE);
         }
     };
     let Ok(account) = account.parse::<AccountId>() else {
@@ -295,6 +315,9 @@ async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Respo
     }
 }
 
+/// What a check's `quantity` must be.
+pub const QUANTITY_RULE: &str = "quantity must be a whole number from 0 to 1099511627776 (2^40)";
+
 /// Checks in one `POST /v1/check` at most.
 pub const BATCH_CHECKS_MAX: usize = 256;
 
@@ -303,13 +326,10 @@ pub const BATCH_CHECKS_MAX: usize = 256;
 pub struct BatchItem {
     pub account: String,
     pub feature: String,
-    /// Units the caller is about to use of a metered feature (default 1).
-    #[serde(default = "one")]
-    pub quantity: i64,
-}
-
-fn one() -> i64 {
-    1
+    /// Units the caller is about to use of a metered or limit feature (default 1). Checked per
+    /// item: a bad one refuses that item, not the batch.
+    #[serde(default)]
+    pub quantity: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,8 +338,20 @@ pub struct BatchRequest {
     pub checks: Vec<BatchItem>,
 }
 
-/// `POST /v1/check {"checks":[{account, feature}, …]}` → `{"results":[…]}` in request order;
-/// an item that cannot be decided carries `{"error": {code, detail}}` instead.
+/// An item's quantity, or why it is not one.
+fn item_quantity(v: Option<&serde_json::Value>) -> Option<i64> {
+    match v {
+        None => Some(1),
+        Some(v) => v
+            .as_i64()
+            .filter(|q| tollgate_protocol::usage::quantity_ok(*q)),
+    }
+}
+
+/// `POST /v1/check {"checks":[{account, feature, quantity?}, …]}` → `{"results":[…]}` in
+/// request order; an item that cannot be decided carries `{"error": {code, detail}}` instead.
+/// The accounts the edge does not hold are fetched together first (one L2 `MGET`, one
+/// control-plane request per 256), not one after another.
 async fn check_batch(State(state): State<EdgeState>, body: axum::body::Bytes) -> Response {
     let req: BatchRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -339,27 +371,33 @@ async fn check_batch(State(state): State<EdgeState>, body: axum::body::Bytes) ->
             "no rule bundle loaded yet",
         );
     };
+    let accounts: Vec<AccountId> = req
+        .checks
+        .iter()
+        .filter_map(|i| i.account.parse().ok())
+        .collect();
+    state.fill_many(&accounts, &view).await;
     let mut results = Vec::with_capacity(req.checks.len());
     for item in &req.checks {
-        let value = match item.account.parse::<AccountId>() {
-            Err(_) => json!({ "account": item.account, "feature": item.feature,
-                              "error": { "code": "invalid_account_id", "detail": "account must be a UUID" } }),
-            Ok(account) => {
-                let feature = Cow::Borrowed(item.feature.as_str());
-                if item.quantity < 0 {
-                    results.push(json!({ "account": item.account, "feature": item.feature,
-                        "error": { "code": "invalid_quantity", "detail": "quantity must be a whole number, 0 or more" } }));
-                    continue;
-                }
-                match decide(&state, &view, account, feature, item.quantity).await {
-                    Ok(resp) => json!({ "account": item.account, "result": resp }),
-                    Err((_, code, detail)) => {
-                        json!({ "account": item.account, "feature": item.feature, "error": { "code": code, "detail": detail } })
-                    }
-                }
-            }
+        let error = |code: &str, detail: &str| {
+            json!({ "account": item.account, "feature": item.feature,
+                    "error": { "code": code, "detail": detail } })
         };
-        results.push(value);
+        let Ok(account) = item.account.parse::<AccountId>() else {
+            results.push(error("invalid_account_id", "account must be a UUID"));
+            continue;
+        };
+        let Some(quantity) = item_quantity(item.quantity.as_ref()) else {
+            results.push(error("invalid_quantity", QUANTITY_RULE));
+            continue;
+        };
+        let feature = Cow::Borrowed(item.feature.as_str());
+        results.push(
+            match decide(&state, &view, account, feature, quantity).await {
+                Ok(resp) => json!({ "account": item.account, "result": resp }),
+                Err((_, code, detail)) => error(code, &detail),
+            },
+        );
     }
     axum::Json(json!({ "results": results })).into_response()
 }
@@ -424,22 +462,38 @@ async fn entitlements(
     .into_response()
 }
 
-/// `GET /v1/status` — what this edge runs and its recent denials (for "why was A denied F").
-async fn status(State(state): State<EdgeState>) -> Response {
-    axum::Json(json!({
+/// `GET /v1/status` — what this edge runs, its usage buffer and dead letters, and (to callers
+/// with a service or operator token only: they name accounts) its recent denials.
+async fn status(State(state): State<EdgeState>, headers: axum::http::HeaderMap) -> Response {
+    let caller = state.tokens.caller(&headers);
+    let mut body = json!({
         "edge_id": state.edge_id,
         "bundle_version": state.bundle_version(),
         "stale": state.is_stale(),
+        "restored_unconfirmed": state.restored_waiting(),
+        "stream_position": state.stream_position(),
         "cached_accounts": state.cache.entry_count(),
-        "recent_denials": state.recent_denials(),
-    }))
-    .into_response()
+        "usage": state.usage.get().map(|u| u.status()),
+    });
+    if caller == auth::Caller::Anonymous {
+        body["recent_denials"] = json!(null);
+        body["recent_denials_hidden"] =
+            json!("account ids are shown to callers with a service or operator token");
+    } else {
+        body["recent_denials"] = json!(state.recent_denials());
+    }
+    axum::Json(body).into_response()
 }
 
+/// `GET /readyz` — ready once a bundle is installed and the usage log works (after a failed
+/// fsync it refuses usage until the edge restarts: take it out of rotation, restart it).
 async fn readyz(State(state): State<EdgeState>) -> Response {
     let bundle = state.bundle_version();
-    let body = json!({ "ready": bundle.is_some(), "bundle_version": bundle, "stale": state.is_stale(), "edge_id": state.edge_id });
-    let status = if bundle.is_some() {
+    let usage_failed = state.usage.get().is_some_and(|u| u.store_failed());
+    let ready = bundle.is_some() && !usage_failed;
+    let body = json!({ "ready": ready, "bundle_version": bundle, "usage_store_failed": usage_failed,
+                       "stale": state.is_stale(), "edge_id": state.edge_id });
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -456,6 +510,9 @@ async fn metrics_handler(State(state): State<EdgeState>) -> Response {
         .metrics
         .cached_bytes
         .set(i64::try_from(state.cache.weighted_size()).unwrap_or(i64::MAX));
+    if let Some(usage) = state.usage.get() {
+        usage.refresh_gauges();
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -476,7 +533,7 @@ async fn poll_while_stale(state: EdgeState, mut shutdown: tokio::sync::watch::Re
             _ = tokio::time::sleep(Duration::from_millis(STALE_POLL_MS)) => {}
             _ = shutdown.changed() => return,
         }
-        if state.is_stale() {
+        if state.is_stale() || state.restored_waiting() {
             state.revalidate_all().await;
         }
     }
@@ -493,25 +550,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.edge_token.clone(),
         Duration::from_millis(config.upstream_timeout_ms),
         l2.clone(),
-    )?;
+    )?
+    .with_fill_limits(config.fill_limits)
+    .with_redis_keys(tollgate_protocol::redis_keys::Keys::new(
+        &config.redis_key_prefix,
+    ));
     let state = EdgeState::new(
-        config.edge_id.clone(),
-        CacheLimits {
-            entries_max: config.cache_entries_max,
-            bytes_max: config.cache_bytes_max,
+        state::EdgeOptions {
+            edge_id: config.edge_id.clone(),
+            cache_limits: CacheLimits {
+                entries_max: config.cache_entries_max,
+                bytes_max: config.cache_bytes_max,
+            },
+            freshness_budget_ms: config.freshness_budget_ms,
+            negative_ttl_ms: config.negative_ttl_ms,
+            tokens: config.tokens.clone(),
         },
         upstream,
-        config.freshness_budget_ms,
-        config.negative_ttl_ms,
     );
     let engine = tollgate_rules::host::RulesEngine::new().context("wasmtime engine")?;
     // The last good bundle answers at once, even with the control plane down.
     bundles::load_persisted(&state, &engine, &config.trusted_keys, &config.data_dir);
-    bundles::restore_facts(&state, &config.data_dir);
+    // Restored facts answer stale until the follower has read every change since they were
+    // saved (it resumes at their stream position), or they are refetched.
+    let restored = bundles::restore_facts(&state, &config.data_dir);
+    state.set_restored(restored.accounts as u64);
     // Usage recovered from disk is flushed as soon as the control plane answers.
     let usage = usage::Usage::open(
-        &config.data_dir.join("usage"),
-        config.usage_buffer_bytes_max,
+        &usage::UsageOptions::in_data_dir(
+            &config.data_dir,
+            config.usage_buffer_bytes_max,
+            config.usage_dead_letter_bytes_max,
+        ),
         state.meters_fn(),
         state.metrics.usage.clone(),
     )

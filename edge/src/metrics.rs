@@ -40,6 +40,7 @@ pub struct EdgeMetrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub coalesced_misses: Counter,
+    pub fills_throttled: Counter,
     pub stream_gaps: Counter,
     pub revalidated_accounts: Counter,
     pub fills: Family<FillLabels, Counter>,
@@ -69,6 +70,12 @@ impl EdgeMetrics {
             "cache_misses",
             "Checks that had to fill the cache",
             cache_misses.clone(),
+        );
+        let fills_throttled = Counter::default();
+        registry.register(
+            "fills_throttled",
+            "Misses answered from the fallback policy because this edge's bound on control-plane fills (concurrency or rate) was reached",
+            fills_throttled.clone(),
         );
         let stream_gaps = Counter::default();
         registry.register(
@@ -166,19 +173,48 @@ impl EdgeMetrics {
                 "Group commits (one fsync each)",
                 &usage.commit_groups,
             ),
+            (
+                "usage_flush_refusals",
+                "Usage batches the control plane refused as a whole (narrowed down, then dead-lettered)",
+                &usage.flush_refusals,
+            ),
+            (
+                "usage_dead_lettered_events",
+                "Usage events moved to the dead-letter file (rejected by the control plane, or unusable records)",
+                &usage.dead_lettered,
+            ),
+            (
+                "usage_dead_letter_dropped_events",
+                "Usage events that should have been dead-lettered but did not fit its byte bound",
+                &usage.dead_letter_dropped,
+            ),
         ] {
             registry.register(name, help, counter.clone());
         }
-        registry.register(
-            "usage_pending_events",
-            "Usage events stored but not yet acknowledged by the control plane",
-            usage.pending_events.clone(),
-        );
-        registry.register(
-            "usage_pending_bytes",
-            "Bytes of usage events stored but not yet acknowledged",
-            usage.pending_bytes.clone(),
-        );
+        for (name, help, gauge) in [
+            (
+                "usage_pending_events",
+                "Usage events stored but not yet acknowledged by the control plane",
+                &usage.pending_events,
+            ),
+            (
+                "usage_pending_bytes",
+                "Bytes of usage events stored but not yet acknowledged",
+                &usage.pending_bytes,
+            ),
+            (
+                "usage_dead_letter_events",
+                "Usage events in the dead-letter file, waiting for an operator to replay or discard them",
+                &usage.dead_letter_events,
+            ),
+            (
+                "usage_store_failed",
+                "1 when the usage log failed (a write or fsync) and refuses usage until the edge restarts",
+                &usage.store_failed,
+            ),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
         let child = |result| checks.get_or_create(&CheckLabels { result }).clone();
         Self {
             registry,
@@ -188,6 +224,7 @@ impl EdgeMetrics {
             cache_hits,
             cache_misses,
             coalesced_misses,
+            fills_throttled,
             stream_gaps,
             revalidated_accounts,
             fills,

@@ -1,7 +1,7 @@
 //! The edge's shared state.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -31,6 +31,46 @@ pub struct Inner {
     denials: std::sync::Mutex<std::collections::VecDeque<Denial>>,
     /// The usage store, once attached (`POST /v1/usage` answers 503 without one).
     pub usage: std::sync::OnceLock<Arc<crate::usage::Usage>>,
+    /// Who may call which routes.
+    pub tokens: crate::auth::Tokens,
+    /// The last change-stream id applied (saved with the facts snapshot, resumed from).
+    stream_position: std::sync::Mutex<Option<String>>,
+    /// Restored entries are current: the follower caught up from the snapshot's position.
+    restored_confirmed: AtomicBool,
+    /// Restored entries not confirmed by a refetch yet (counted by each revalidation).
+    restored_left: AtomicU64,
+    /// Fills skip the Redis L2 copy until then (unix ms): after a change-stream gap, L2 may
+    /// be older than the control plane.
+    l2_distrusted_until_ms: AtomicI64,
+}
+
+/// How an edge is set up, beside its upstream.
+#[derive(Debug, Clone)]
+pub struct EdgeOptions {
+    pub edge_id: String,
+    pub cache_limits: CacheLimits,
+    /// Answers are stale when the change stream has not been read for longer, ms.
+    pub freshness_budget_ms: u64,
+    /// How long "unknown account" is trusted, ms.
+    pub negative_ttl_ms: u64,
+    pub tokens: crate::auth::Tokens,
+}
+
+impl EdgeOptions {
+    /// Defaults for an edge named `edge_id`: 1,000 accounts / 16 MiB, 5 s freshness budget and
+    /// negative TTL, no tokens.
+    pub fn new(edge_id: &str) -> Self {
+        Self {
+            edge_id: edge_id.to_owned(),
+            cache_limits: CacheLimits {
+                entries_max: 1_000,
+                bytes_max: 1 << 24,
+            },
+            freshness_budget_ms: 5_000,
+            negative_ttl_ms: 5_000,
+            tokens: crate::auth::Tokens::default(),
+        }
+    }
 }
 
 /// Recent denials kept for support ("why was account A denied F at 14:02").
@@ -79,31 +119,85 @@ impl std::ops::Deref for EdgeState {
 }
 
 impl EdgeState {
-    pub fn new(
-        edge_id: String,
-        cache_limits: CacheLimits,
-        upstream: Upstream,
-        freshness_budget_ms: u64,
-        negative_ttl_ms: u64,
-    ) -> Self {
+    pub fn new(opts: EdgeOptions, upstream: Upstream) -> Self {
         Self(Arc::new(Inner {
-            edge_id,
-            cache: AccountCache::new(cache_limits),
+            edge_id: opts.edge_id,
+            cache: AccountCache::new(opts.cache_limits),
             rules: ArcSwapOption::empty(),
             rules_generation: AtomicU64::new(0),
             upstream,
             stream_ok_at_ms: AtomicI64::new(0),
-            freshness_budget_ms: i64::try_from(freshness_budget_ms).unwrap_or(i64::MAX),
-            negative_ttl_ms,
+            freshness_budget_ms: i64::try_from(opts.freshness_budget_ms).unwrap_or(i64::MAX),
+            negative_ttl_ms: opts.negative_ttl_ms,
             metrics: EdgeMetrics::new(),
             denials: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(DENIALS_MAX)),
             usage: std::sync::OnceLock::new(),
+            tokens: opts.tokens,
+            stream_position: std::sync::Mutex::new(None),
+            restored_confirmed: AtomicBool::new(false),
+            restored_left: AtomicU64::new(0),
+            l2_distrusted_until_ms: AtomicI64::new(0),
         }))
+    }
+
+    /// The last change-stream id applied, if any.
+    pub fn stream_position(&self) -> Option<String> {
+        self.stream_position
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records the last change-stream id applied (the follower, and a restore).
+    pub fn set_stream_position(&self, id: Option<String>) {
+        *self
+            .stream_position
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = id;
+    }
+
+    /// Whether restored entries are known to be current.
+    pub fn restored_confirmed(&self) -> bool {
+        self.restored_confirmed.load(Ordering::Acquire)
+    }
+
+    /// Every restored entry is current (the follower caught up from the snapshot's position).
+    pub fn confirm_restored(&self) {
+        self.restored_confirmed.store(true, Ordering::Release);
+        self.restored_left.store(0, Ordering::Relaxed);
+    }
+
+    /// Notes how many entries were restored (and wait for confirmation).
+    pub fn set_restored(&self, n: u64) {
+        self.restored_left.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether restored entries are still waiting to be confirmed (the stale poller then
+    /// revalidates, even with the stream healthy).
+    pub fn restored_waiting(&self) -> bool {
+        !self.restored_confirmed() && self.restored_left.load(Ordering::Relaxed) > 0
+    }
+
+    /// Fills skip L2 for the next `ms`.
+    pub fn distrust_l2_for(&self, ms: i64) {
+        self.l2_distrusted_until_ms
+            .fetch_max(crate::now_ms().saturating_add(ms), Ordering::Relaxed);
+    }
+
+    /// Whether fills may read the L2 copy now.
+    pub fn l2_trusted(&self) -> bool {
+        crate::now_ms() >= self.l2_distrusted_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Whether an answer from this entry is stale: the change stream is silent past the
+    /// budget, or the entry was restored and not confirmed since.
+    pub fn entry_stale(&self, entry: &Entry) -> bool {
+        self.is_stale() || (entry.restored && !self.restored_confirmed())
     }
 
     /// Swaps in a verified, self-tested bundle atomically; cached entries re-materialise
     /// lazily on their next check.
-    pub fn install_rules(&self, bundle_version: u64, program: Program, rules: Option<LoadedRules>) {
+    pub fn install_rules(&self, bundle_version: u64, program: Program, rules: LoadedRules) {
         let generation = self.rules_generation.fetch_add(1, Ordering::SeqCst) + 1;
         self.rules.store(Some(Arc::new(RulesView::new(
             bundle_version,
@@ -134,26 +228,42 @@ impl EdgeState {
         );
     }
 
-    /// Refetches every cached account (L2, then the control plane) and applies what is newer.
-    /// Used after a change-stream gap, when events may have been lost, and periodically while
-    /// the stream is unavailable.
+    /// Refetches every cached account from the control plane (never L2: revalidation follows
+    /// a change-stream gap, when L2 may have lost writes too, or a Redis outage) in batches of
+    /// [`tollgate_protocol::FACTS_BATCH_MAX`], and applies what is newer (or confirms a
+    /// restored entry). Used after a gap, when events may have been lost, and periodically
+    /// while the stream is unavailable.
     pub async fn revalidate_all(&self) {
         let Some(view) = self.rules.load_full() else {
             return;
         };
         let (mut refreshed, mut failed) = (0u64, 0u64);
-        for account in self.cache.accounts() {
-            match self.upstream.facts(account).await {
-                Ok((Some(facts), _)) => {
-                    if self.cache.apply(facts, &view) {
-                        refreshed += 1;
+        let accounts = self.cache.accounts();
+        for chunk in accounts.chunks(tollgate_protocol::FACTS_BATCH_MAX) {
+            match self.upstream.facts_many(chunk, false).await {
+                Ok(found) => {
+                    for (_, facts, _) in found {
+                        if let Some(facts) = facts
+                            && self.cache.refresh(facts, &view)
+                        {
+                            refreshed += 1;
+                        }
                     }
                 }
-                Ok((None, _)) => {}
-                Err(_) => failed += 1,
+                Err(e) => {
+                    tracing::debug!(error = %e, "revalidation batch failed");
+                    failed += chunk.len() as u64;
+                }
             }
         }
         self.metrics.revalidated_accounts.inc_by(refreshed);
+        if !self.restored_confirmed() {
+            let left = accounts
+                .iter()
+                .filter(|a| self.cache.get(a).is_some_and(|e| e.restored))
+                .count();
+            self.restored_left.store(left as u64, Ordering::Relaxed);
+        }
         tracing::info!(refreshed, failed, "revalidation done");
     }
 
@@ -248,9 +358,13 @@ impl EdgeState {
     }
 
     /// Whether `quantity` more units of a `sum` meter fit the account's quota, served from this
-    /// edge's lease and renewing it (asking for the shortfall plus the meter's lease size) when
-    /// it runs short. `None` when there is no usage store or the control plane could not be
-    /// asked: the caller compares the last aggregate instead.
+    /// edge's lease and renewing it when it runs short. A renewal asks for what this check
+    /// needs, all or nothing, plus the meter's lease size: a check that would be denied takes
+    /// nothing from the quota, and a lease never holds more than the lease size beyond what
+    /// allowed checks needed. A lease granted under another quota (the account's facts or the
+    /// bundle changed) is given back first. `None` when there is no usage store, no room for
+    /// another lease, or the control plane could not be asked: the caller compares the last
+    /// aggregate instead.
     pub async fn lease_allows(
         &self,
         account: AccountId,
@@ -259,33 +373,64 @@ impl EdgeState {
         limit: i64,
         quantity: i64,
     ) -> Option<bool> {
+        if quantity > limit {
+            // No lease can fit it: denied without asking, nothing reserved.
+            return Some(false);
+        }
+        if quantity == 0 {
+            // Asks only whether the quota is not passed yet: the usage read answers that.
+            return None;
+        }
         let usage = self.usage.get()?;
         let (start, _) = spec.period.bounds(crate::now_ms());
-        let lease = usage.lease(account, meter, start);
+        let (lease, stale_units) = usage.lease_under(account, meter, start, limit);
+        if let Some(units) = stale_units.filter(|u| *u > 0) {
+            let rel = tollgate_protocol::usage::LeaseRelease {
+                account,
+                meter: meter.to_owned(),
+                edge_id: self.edge_id.clone(),
+                period_start_ms: start,
+                units,
+            };
+            if let Err(e) = self.upstream.release(&rel).await {
+                tracing::warn!(account_id = %account, meter, units, error = %e, "lease of an old quota not given back");
+            }
+        }
         let remaining = lease.map_or_else(
-            || -usage.pending(account, meter, start).quantity,
+            || {
+                usage
+                    .pending(account, meter, start)
+                    .quantity
+                    .saturating_neg()
+            },
             |l| l.remaining(),
         );
         if lease.is_some() && remaining >= quantity {
             return Some(true);
         }
-        let recently_exhausted = lease.and_then(|l| l.exhausted_at).is_some_and(|t| {
-            t.elapsed() < Duration::from_millis(crate::usage::EXHAUSTED_RECHECK_MS)
+        let need = quantity.saturating_sub(remaining).max(1);
+        let recently_refused = lease.and_then(|l| l.exhausted).is_some_and(|(t, refused)| {
+            need >= refused
+                && t.elapsed() < Duration::from_millis(crate::usage::EXHAUSTED_RECHECK_MS)
         });
-        if recently_exhausted {
+        if recently_refused {
             return Some(false);
+        }
+        if !usage.lease_room(account, meter, start) {
+            return None;
         }
         let req = tollgate_protocol::usage::LeaseRequest {
             account,
             meter: meter.to_owned(),
             edge_id: self.edge_id.clone(),
             period_start_ms: start,
-            want: quantity.saturating_sub(remaining).max(0) + spec.lease,
+            need,
+            extra: spec.lease,
             limit,
         };
         match self.upstream.lease(&req).await {
             Ok(grant) => {
-                let l = usage.add_grant(account, meter, start, grant.granted);
+                let l = usage.add_grant((account, meter, start), limit, need, grant.granted);
                 Some(l.remaining() >= quantity)
             }
             Err(e) => {
@@ -317,6 +462,67 @@ impl EdgeState {
         }
     }
 
+    /// Fills, together, the accounts of `accounts` the cache does not hold (one L2 `MGET`, one
+    /// control-plane request per [`tollgate_protocol::FACTS_BATCH_MAX`]); accounts another
+    /// request is filling are waited for. Failures are left for the per-account path (it
+    /// answers from the fallback policy).
+    pub async fn fill_many(&self, accounts: &[AccountId], view: &Arc<RulesView>) {
+        let mut leaders = Vec::new();
+        let mut waiters = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for a in accounts {
+            if !seen.insert(*a)
+                || self
+                    .cache
+                    .get(a)
+                    .is_some_and(|e| !self.expired_negative(&e))
+            {
+                continue;
+            }
+            match self.cache.begin_fill(*a) {
+                Fill::Leader => leaders.push(*a),
+                Fill::Wait(rx) => waiters.push(rx),
+            }
+        }
+        if !leaders.is_empty() {
+            self.metrics.cache_misses.inc_by(leaders.len() as u64);
+            match self.upstream.facts_many(&leaders, self.l2_trusted()).await {
+                Ok(found) => {
+                    for (account, facts, source) in found {
+                        let label = match source {
+                            FillSource::Redis => FillSourceLabel::Redis,
+                            FillSource::ControlPlane => FillSourceLabel::ControlPlane,
+                        };
+                        self.metrics
+                            .fills
+                            .get_or_create(&FillLabels { source: label })
+                            .inc();
+                        self.cache.finish_fill(account, facts, view);
+                    }
+                }
+                Err(e) => {
+                    if matches!(e, UpstreamError::Throttled) {
+                        self.metrics.fills_throttled.inc();
+                    }
+                    tracing::debug!(error = %e, accounts = leaders.len(), "batch fill failed");
+                    for a in &leaders {
+                        self.cache.abort_fill(*a);
+                    }
+                }
+            }
+        }
+        for mut rx in waiters {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(COALESCED_WAIT_MS_MAX), rx.changed())
+                    .await;
+        }
+    }
+
+    /// Whether a cached "unknown account" entry is past its TTL.
+    fn expired_negative(&self, e: &Entry) -> bool {
+        e.facts.is_none() && e.filled_at.elapsed().as_millis() > u128::from(self.negative_ttl_ms)
+    }
+
     /// The cached entry for an account, filling it on a miss.
     pub async fn entry(
         &self,
@@ -324,9 +530,7 @@ impl EdgeState {
         view: &Arc<RulesView>,
     ) -> Result<Arc<Entry>, UpstreamError> {
         if let Some(e) = self.cache.get(&account) {
-            let expired_negative = e.facts.is_none()
-                && e.filled_at.elapsed().as_millis() > u128::from(self.negative_ttl_ms);
-            if !expired_negative {
+            if !self.expired_negative(&e) {
                 self.metrics.cache_hits.inc();
                 // An entry from an older bundle keeps answering until the background pass
                 // re-materialises it: a cache hit never enters WebAssembly.
@@ -351,7 +555,7 @@ impl EdgeState {
             account,
             armed: true,
         };
-        let fetched = self.upstream.facts(account).await;
+        let fetched = self.upstream.facts(account, self.l2_trusted()).await;
         guard.disarm();
         match fetched {
             Ok((facts, source)) => {
@@ -366,6 +570,9 @@ impl EdgeState {
                 Ok(self.cache.finish_fill(account, facts, view))
             }
             Err(e) => {
+                if matches!(e, UpstreamError::Throttled) {
+                    self.metrics.fills_throttled.inc();
+                }
                 self.cache.abort_fill(account);
                 Err(e)
             }

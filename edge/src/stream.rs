@@ -1,9 +1,19 @@
 //! Follows the Redis change stream and applies each event to the cache.
 //!
-//! Starts from the stream's newest id at boot (the cache is empty then, so nothing older
-//! matters) and resumes from the last id it applied after any error or reconnect. When the
-//! stream no longer holds that id (trimmed past it, Redis flushed or replaced), the edge
-//! cannot know what it missed and revalidates every cached account instead of trusting it.
+//! Where it starts: at the position saved with the facts snapshot when the edge restored one
+//! (every change made while the edge was down is then read and applied), else at the stream's
+//! newest id (the cache is empty, so nothing older matters). It resumes from the last id it
+//! applied after any error or reconnect.
+//!
+//! Gaps: when the stream no longer holds what follows that id — trimmed past it, Redis flushed,
+//! recreated, or restored from a snapshot older than what the edge already read — the edge
+//! cannot know what it missed. It revalidates every cached account from the control plane, and
+//! stops trusting the Redis L2 copy for [`L2_DISTRUST_MS`] (a Redis that lost writes holds old
+//! facts there too, until the control plane repairs it).
+//!
+//! Restored facts answer `stale: true` until they are known to be current: the follower read
+//! from the saved position up to the stream's end with no gap (then every change since the
+//! snapshot was applied), or the account was refetched.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -33,58 +43,26 @@ async fn connect(client: &redis::Client) -> redis::RedisResult<redis::aio::Multi
         .await
 }
 
-/// What `XINFO STREAM` tells about trimming and recreation.
-struct StreamInfo {
-    entries_added: Option<u64>,
-    max_deleted_id: Option<String>,
-}
+/// How long the L2 copy is not used for fills after a gap, ms: long enough for the control
+/// plane to notice Redis lost writes and republish what changed (it checks every second).
+pub const L2_DISTRUST_MS: i64 = 30_000;
 
-/// `XINFO STREAM` of the change stream; `None` when the key does not exist.
-async fn stream_info(
+/// The id of the first entry at or after `id`, if any (`XRANGE key id + COUNT 1`): `Some(id)`
+/// itself when the stream still holds the last entry this edge applied.
+async fn first_at_or_after(
     redis: &mut redis::aio::MultiplexedConnection,
-) -> redis::RedisResult<Option<StreamInfo>> {
-    let reply: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(redis_keys::CHANGE_STREAM)
+    stream_key: &str,
+    id: &str,
+) -> redis::RedisResult<Option<String>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream_key)
+        .arg(id)
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
         .query_async(redis)
-        .await;
-    let value = match reply {
-        Ok(v) => v,
-        Err(e) if e.to_string().to_ascii_lowercase().contains("no such key") => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let pairs: Vec<(redis::Value, redis::Value)> = match value {
-        redis::Value::Map(m) => m,
-        redis::Value::Array(items) => {
-            let mut it = items.into_iter();
-            let mut out = Vec::new();
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                out.push((k, v));
-            }
-            out
-        }
-        _ => Vec::new(),
-    };
-    let text = |v: &redis::Value| -> Option<String> {
-        match v {
-            redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-            redis::Value::SimpleString(s) => Some(s.clone()),
-            redis::Value::Int(i) => Some(i.to_string()),
-            _ => None,
-        }
-    };
-    let mut info = StreamInfo {
-        entries_added: None,
-        max_deleted_id: None,
-    };
-    for (k, v) in &pairs {
-        match text(k).as_deref() {
-            Some("entries-added") => info.entries_added = text(v).and_then(|s| s.parse().ok()),
-            Some("max-deleted-entry-id") => info.max_deleted_id = text(v).filter(|s| s != "0-0"),
-            _ => {}
-        }
-    }
-    Ok(Some(info))
+        .await?;
+    Ok(reply.ids.into_iter().next().map(|e| e.id))
 }
 
 /// Whether stream id `a` (`ms-seq`) is strictly after `b`; unparsable ids compare as a gap.
@@ -107,12 +85,17 @@ pub async fn follow(
     client: redis::Client,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let stream_key = state.upstream.keys().stream();
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
-    let mut last_id: Option<String> = None;
-    // The stream state of the last gap acted on: a gap that persists (stream still missing,
-    // nothing newer to read past the trim point) is acted on once, and every new one again.
-    let mut last_gap: Option<(Option<u64>, Option<String>)> = None;
-    let mut entries_added: Option<u64> = None;
+    // Resume where the restored snapshot stopped, when there is one.
+    let mut last_id: Option<String> = state.stream_position();
+    // Restored entries become current once the follower has read from their position to the
+    // stream's end without a gap.
+    let mut confirming = last_id.is_some() && !state.restored_confirmed();
+    // The stream state of the last gap acted on (the first id after the last one applied): a
+    // gap that persists (stream still missing, nothing newer to read) is acted on once, and
+    // every new one again.
+    let mut last_gap: Option<Option<String>> = None;
     let mut retry_ms = RETRY_DELAY_MS_MIN;
     loop {
         if *shutdown.borrow() {
@@ -129,7 +112,7 @@ pub async fn follow(
                 Some(id) => id.clone(),
                 None => {
                     let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-                        .arg(redis_keys::CHANGE_STREAM)
+                        .arg(&stream_key)
                         .arg("+")
                         .arg("-")
                         .arg("COUNT")
@@ -144,54 +127,40 @@ pub async fn follow(
                     id
                 }
             };
-            // Gap check (XINFO STREAM, Redis ≥ 7): the stream is gone (flushed), was
-            // recreated (its `entries-added` counter went backwards), or trimmed entries this
-            // edge never read (`max-deleted-entry-id` past the last one applied). Changes may be
-            // lost, so every cached account is revalidated instead of trusted.
-            if from != "0-0" {
-                let info = stream_info(redis).await?;
-                let marker = info.as_ref().map_or((None, None), |i| {
-                    (i.entries_added, i.max_deleted_id.clone())
-                });
-                let gap = match info {
-                    None => true,
-                    Some(info) => {
-                        let recreated = matches!((info.entries_added, entries_added), (Some(now), Some(before)) if now < before);
-                        let trimmed_past = info
-                            .max_deleted_id
-                            .as_deref()
-                            .is_some_and(|d| stream_id_after(d, &from));
-                        if info.entries_added.is_some() {
-                            entries_added = info.entries_added;
-                        }
-                        recreated || trimmed_past
-                    }
-                };
-                if !gap {
-                    last_gap = None;
-                } else if last_gap.as_ref() != Some(&marker) {
-                    tracing::warn!(last_applied = %from, "change stream gap: revalidating every cached account");
-                    state.metrics.stream_gaps.inc();
-                    let st = state.clone();
-                    tokio::spawn(async move { st.revalidate_all().await });
-                    last_gap = Some(marker);
-                }
-            }
             let opts = StreamReadOptions::default()
                 .block(BLOCK_MS)
                 .count(READ_COUNT_MAX);
             let reply: Option<StreamReadReply> = redis::AsyncCommands::xread_options(
                 redis,
-                &[redis_keys::CHANGE_STREAM],
+                &[stream_key.as_str()],
                 &[from.as_str()],
                 &opts,
             )
             .await?;
-            state
-                .stream_ok_at_ms
-                .store(crate::now_ms(), Ordering::Relaxed);
+            // Gap check, after the read: the last entry applied must still be in the stream
+            // (then what the read returned follows it without a hole, since trimming only cuts
+            // the oldest entries). It is not when the stream was flushed, recreated, trimmed
+            // past it, or restored from a snapshot older than it: changes may be lost, so every
+            // cached account is revalidated instead of trusted.
+            if from != "0-0" {
+                let found = first_at_or_after(redis, &stream_key, &from).await?;
+                if found.as_deref() == Some(from.as_str()) {
+                    last_gap = None;
+                } else if last_gap.as_ref() != Some(&found) {
+                    tracing::warn!(last_applied = %from, next = ?found, "change stream gap: revalidating every cached account");
+                    state.metrics.stream_gaps.inc();
+                    state.distrust_l2_for(L2_DISTRUST_MS);
+                    // What was restored cannot be confirmed by reading on: only refetches can.
+                    confirming = false;
+                    let st = state.clone();
+                    tokio::spawn(async move { st.revalidate_all().await });
+                    last_gap = Some(found);
+                }
+            }
+            let mut read = 0usize;
             for key in reply.into_iter().flat_map(|r| r.keys) {
                 for entry in key.ids {
+                    read += 1;
                     if let Some(raw) = entry.get::<String>(redis_keys::CHANGE_FIELD) {
                         match serde_json::from_str::<ChangeEvent>(&raw) {
                             Ok(ev) => state.apply_change(ev),
@@ -203,6 +172,18 @@ pub async fn follow(
                     last_id = Some(entry.id);
                 }
             }
+            if read > 0 {
+                state.set_stream_position(last_id.clone());
+            }
+            // Fewer than a full read: this edge has applied everything up to the stream's end.
+            if confirming && read < READ_COUNT_MAX {
+                confirming = false;
+                state.confirm_restored();
+                tracing::info!(position = ?last_id, "caught up from the saved stream position: restored facts are current");
+            }
+            state
+                .stream_ok_at_ms
+                .store(crate::now_ms(), Ordering::Relaxed);
             Ok::<(), redis::RedisError>(())
         };
         tokio::select! {

@@ -16,9 +16,86 @@ pub enum UpstreamError {
     /// Retrying later may help.
     #[error("control plane unavailable: {0}")]
     Unavailable(String),
-    /// The control plane answered something we cannot read (version skew or a bug).
+    /// The control plane answered something we cannot read (version skew or a bug), or a
+    /// client error that may pass (authentication, conflict, rate limit). Retrying later may
+    /// help.
     #[error("control plane answered unexpectedly: {0}")]
     Protocol(String),
+    /// The control plane refused the request's content (400, 413, 422): the same request will
+    /// be refused again.
+    #[error("control plane refused the request: {status} {detail}")]
+    Refused { status: u16, detail: String },
+    /// This edge's own bound on control-plane fills (concurrency or rate) was reached: the
+    /// caller answers from its fallback policy instead of queueing behind the others.
+    #[error("too many control-plane fills at once")]
+    Throttled,
+}
+
+/// Bounds on the fills an edge sends to the control plane: misses for ids it has never seen
+/// cost one request each, so a client asking for random ids must not turn into a flood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FillLimits {
+    /// Fill requests in flight at most; more wait up to [`FILL_WAIT_MS_MAX`] for a slot.
+    pub concurrent_max: usize,
+    /// Fill requests per second at most (a token bucket holding one second's worth).
+    pub per_second_max: u32,
+}
+
+impl Default for FillLimits {
+    fn default() -> Self {
+        Self {
+            concurrent_max: 32,
+            per_second_max: 500,
+        }
+    }
+}
+
+/// Longest a fill waits for a free slot before the check answers from its fallback policy, ms.
+pub const FILL_WAIT_MS_MAX: u64 = 250;
+
+/// The fill limiter: a semaphore for concurrency, a token bucket for the rate.
+struct FillLimiter {
+    slots: Arc<tokio::sync::Semaphore>,
+    bucket: std::sync::Mutex<(f64, std::time::Instant)>,
+    limits: FillLimits,
+}
+
+impl FillLimiter {
+    fn new(limits: FillLimits) -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.concurrent_max.max(1))),
+            bucket: std::sync::Mutex::new((
+                f64::from(limits.per_second_max),
+                std::time::Instant::now(),
+            )),
+            limits,
+        }
+    }
+
+    /// A slot for one control-plane fill request, or `Throttled`.
+    async fn acquire(&self) -> Result<tokio::sync::OwnedSemaphorePermit, UpstreamError> {
+        {
+            let mut b = self
+                .bucket
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let rate = f64::from(self.limits.per_second_max);
+            let now = std::time::Instant::now();
+            b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(rate);
+            b.1 = now;
+            if b.0 < 1.0 {
+                return Err(UpstreamError::Throttled);
+            }
+            b.0 -= 1.0;
+        }
+        tokio::time::timeout(
+            Duration::from_millis(FILL_WAIT_MS_MAX),
+            self.slots.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| UpstreamError::Throttled)?
+        .map_err(|_| UpstreamError::Throttled)
+    }
 }
 
 /// Which source answered a fill.
@@ -81,6 +158,8 @@ pub struct Upstream {
     base: String,
     token: SecretString,
     l2: L2,
+    fills: FillLimiter,
+    keys: redis_keys::Keys,
 }
 
 impl Upstream {
@@ -100,7 +179,28 @@ impl Upstream {
             base: base.trim_end_matches('/').to_owned(),
             token,
             l2,
+            fills: FillLimiter::new(FillLimits::default()),
+            keys: redis_keys::Keys::default(),
         })
+    }
+
+    /// The same upstream reading Redis keys under another prefix.
+    #[must_use]
+    pub fn with_redis_keys(mut self, keys: redis_keys::Keys) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// The Redis key names this edge reads (L2 and the change stream).
+    pub fn keys(&self) -> &redis_keys::Keys {
+        &self.keys
+    }
+
+    /// The same upstream with other fill bounds.
+    #[must_use]
+    pub fn with_fill_limits(mut self, limits: FillLimits) -> Self {
+        self.fills = FillLimiter::new(limits);
+        self
     }
 
     /// An authenticated request to the control plane's internal API.
@@ -118,7 +218,8 @@ impl Upstream {
     }
 
     /// A success answer as it is; any other is the error its status means: a server error
-    /// is `Unavailable` (retrying may help), anything else `Protocol`.
+    /// is `Unavailable` (retrying may help), a refusal of the content (400, 413, 422)
+    /// `Refused`, anything else `Protocol`.
     async fn success(
         resp: reqwest::Response,
         what: &str,
@@ -128,11 +229,13 @@ impl Upstream {
             return Ok(resp);
         }
         let body = resp.text().await.unwrap_or_default();
-        let detail = format!("{what}: {status} {body}");
-        Err(if status.is_server_error() {
-            UpstreamError::Unavailable(detail)
-        } else {
-            UpstreamError::Protocol(detail)
+        Err(match status.as_u16() {
+            500.. => UpstreamError::Unavailable(format!("{what}: {status} {body}")),
+            400 | 413 | 422 => UpstreamError::Refused {
+                status: status.as_u16(),
+                detail: format!("{what}: {body}"),
+            },
+            _ => UpstreamError::Protocol(format!("{what}: {status} {body}")),
         })
     }
 
@@ -148,14 +251,17 @@ impl Upstream {
             .map_err(|e| UpstreamError::Protocol(format!("{what}: {e}")))
     }
 
-    /// Facts of one account: `Ok(None)` when the account does not exist.
+    /// Facts of one account: `Ok(None)` when the account does not exist. Reads L2 first unless
+    /// `use_l2` is false (L2 may be older than the control plane after Redis lost writes).
     pub async fn facts(
         &self,
         account: AccountId,
+        use_l2: bool,
     ) -> Result<(Option<AccountFacts>, FillSource), UpstreamError> {
-        if let Some(facts) = self.l2(account).await {
+        if use_l2 && let Some(facts) = self.l2(account).await {
             return Ok((Some(facts), FillSource::Redis));
         }
+        let _slot = self.fills.acquire().await?;
         let req = self.request(reqwest::Method::GET, &internal_api::facts_path(&account));
         let resp = Self::send(req).await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
@@ -165,15 +271,76 @@ impl Upstream {
         Ok((Some(facts), FillSource::ControlPlane))
     }
 
+    /// Facts of several accounts: one L2 `MGET` (unless `use_l2` is false), then one
+    /// control-plane request per [`tollgate_protocol::FACTS_BATCH_MAX`] accounts L2 did not
+    /// hold. `None`: the account does not exist.
+    pub async fn facts_many(
+        &self,
+        accounts: &[AccountId],
+        use_l2: bool,
+    ) -> Result<Vec<(AccountId, Option<AccountFacts>, FillSource)>, UpstreamError> {
+        let mut out = Vec::with_capacity(accounts.len());
+        let mut missing = Vec::new();
+        let cached = if use_l2 {
+            self.l2_many(accounts).await
+        } else {
+            vec![None; accounts.len()]
+        };
+        for (account, facts) in accounts.iter().zip(cached) {
+            match facts {
+                Some(f) => out.push((*account, Some(f), FillSource::Redis)),
+                None => missing.push(*account),
+            }
+        }
+        for chunk in missing.chunks(tollgate_protocol::FACTS_BATCH_MAX) {
+            let _slot = self.fills.acquire().await?;
+            let req = self
+                .request(reqwest::Method::POST, internal_api::FACTS_BATCH_PATH)
+                .json(&tollgate_protocol::FactsRequest {
+                    accounts: chunk.to_vec(),
+                });
+            let batch: tollgate_protocol::FactsBatch =
+                Self::json(Self::send(req).await?, "facts").await?;
+            let mut found: std::collections::HashMap<AccountId, AccountFacts> =
+                batch.facts.into_iter().map(|f| (f.account_id, f)).collect();
+            for account in chunk {
+                out.push((*account, found.remove(account), FillSource::ControlPlane));
+            }
+        }
+        Ok(out)
+    }
+
     /// The L2 copy; any Redis problem is a miss.
     async fn l2(&self, account: AccountId) -> Option<AccountFacts> {
         let mut redis = self.l2.get()?;
         let raw: Option<String> = redis::cmd("GET")
-            .arg(redis_keys::facts(&account))
+            .arg(self.keys.facts(&account))
             .query_async(&mut redis)
             .await
             .ok()?;
         serde_json::from_str(&raw?).ok()
+    }
+
+    /// L2 copies of several accounts in one `MGET`; any Redis problem is a miss for all.
+    async fn l2_many(&self, accounts: &[AccountId]) -> Vec<Option<AccountFacts>> {
+        let none = || vec![None; accounts.len()];
+        let Some(mut redis) = self.l2.get() else {
+            return none();
+        };
+        if accounts.is_empty() {
+            return Vec::new();
+        }
+        let mut cmd = redis::cmd("MGET");
+        for a in accounts {
+            cmd.arg(self.keys.facts(a));
+        }
+        match cmd.query_async::<Vec<Option<String>>>(&mut redis).await {
+            Ok(raw) if raw.len() == accounts.len() => raw
+                .into_iter()
+                .map(|r| r.and_then(|r| serde_json::from_str(&r).ok()))
+                .collect(),
+            _ => none(),
+        }
     }
 
     /// Sends a batch of usage events; `Ok` only when the control plane acknowledged all of

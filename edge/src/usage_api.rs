@@ -9,14 +9,21 @@
 //! A Tollgate event: `{id?, account, meter, quantity, timestamp?, properties?}` — `timestamp`
 //! RFC 3339 or unix milliseconds (now when absent), `properties` an object of scalars. A
 //! CloudEvent: `specversion` `"1.0"`, `id`, `source`, `type`, `subject` = account, `time?`, and
-//! `data` = `{meter, quantity, properties?}`; its stored id is `ce:{source}:{id}` (CloudEvents
-//! ids are unique per source). Events without an id get a UUIDv7.
+//! `data` = `{meter, quantity, properties?}`; its stored id is `ce:{len(source)}:{source}:{id}`
+//! ([`tollgate_protocol::usage::cloudevent_id`]: CloudEvents ids are unique per source, and the
+//! length prefix keeps every (source, id) pair distinct). A plain id may not start with `ce:`.
+//! Events without an id get a UUIDv7. Ids are per account: two accounts may use the same id.
 //!
-//! Each event is validated on its own; the valid ones are stored (fsynced) and the answer lists
-//! which were accepted and which refused, with a code per refusal. `202` when at least one was
-//! stored, `422` when none was valid. The whole request is refused (problem+json) when the body
-//! is too large or unreadable, holds more than [`USAGE_EVENTS_MAX`] events, or the buffer is
-//! full (`503` + `Retry-After`).
+//! Each event is validated on its own, by the bounds every side shares
+//! ([`tollgate_protocol::usage::validate_event`]: quantity `0..=2^40`, key, id, property and
+//! timestamp bounds) and against the bundle's meters; an account the edge knows does not exist
+//! is refused (`unknown_account`). Two events of one request with the same id and different
+//! contents are both refused (`conflicting_duplicate`); identical ones are stored once. The
+//! valid ones are stored (fsynced) and the answer lists which were accepted and which refused,
+//! with a code per refusal. `202` when at least one was stored, `422` when none was valid. The
+//! whole request is refused (problem+json) when the body is too large or unreadable, holds
+//! more than [`USAGE_EVENTS_MAX`] events, or nothing of it could be stored (`503` +
+//! `Retry-After`: the buffer is full, or the log failed).
 
 use std::collections::BTreeMap;
 
@@ -25,7 +32,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tollgate_protocol::AccountId;
-use tollgate_protocol::usage::{Aggregation, UsageEvent};
+use tollgate_protocol::usage::{Aggregation, UsageEvent, cloudevent_id, limits, validate_event};
 
 use crate::state::EdgeState;
 use crate::usage::{FULL_RETRY_AFTER_S, StoreError};
@@ -38,10 +45,6 @@ pub const USAGE_EVENTS_MAX: usize = 1_000;
 pub const TIMESTAMP_SKEW_MS: i64 = 5 * 60_000;
 /// How old a timestamp may be, ms (older usage is refused: its period is long invoiced).
 pub const TIMESTAMP_AGE_MS_MAX: i64 = 35 * 86_400_000;
-/// Longest event id, bytes (the control plane's bound).
-pub const EVENT_ID_BYTES_MAX: usize = 512;
-/// Most properties on one event.
-pub const PROPERTIES_MAX: usize = 64;
 
 /// One refused event: its index in the request, a stable code and a sentence.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -109,8 +112,8 @@ fn properties(v: Option<&Value>) -> Result<BTreeMap<String, String>, String> {
     let Value::Object(map) = v else {
         return Err("properties must be an object".into());
     };
-    if map.len() > PROPERTIES_MAX {
-        return Err(format!("at most {PROPERTIES_MAX} properties"));
+    if map.len() > limits::PROPERTIES_MAX {
+        return Err(format!("at most {} properties", limits::PROPERTIES_MAX));
     }
     map.iter()
         .map(|(k, v)| {
@@ -205,7 +208,7 @@ fn cloudevent_fields(
         ));
     };
     Ok(Fields {
-        id: Some(format!("ce:{source}:{id}")),
+        id: Some(cloudevent_id(source, id)),
         account: obj.get("subject"),
         meter: data.get("meter"),
         quantity: data.get("quantity"),
@@ -273,20 +276,9 @@ fn event(
     };
     let quantity = match fields.quantity {
         Some(Value::Number(n)) => match n.as_i64() {
-            Some(q) if q >= 0 => q,
-            Some(_) => {
-                return Err(refuse(
-                    index,
-                    "invalid_quantity",
-                    "quantity must not be negative",
-                ));
-            }
-            None => {
-                return Err(refuse(
-                    index,
-                    "invalid_quantity",
-                    "quantity must be a whole number",
-                ));
+            Some(q) if tollgate_protocol::usage::quantity_ok(q) => q,
+            _ => {
+                return Err(refuse(index, "invalid_quantity", crate::QUANTITY_RULE));
             }
         },
         None | Some(Value::Null) => {
@@ -334,24 +326,83 @@ fn event(
         ));
     }
     let id = match fields.id {
-        Some(id) if id.is_empty() || id.len() > EVENT_ID_BYTES_MAX || id.contains('\0') => {
-            return Err(refuse(
-                index,
-                "invalid_id",
-                format!("id must be 1-{EVENT_ID_BYTES_MAX} bytes without NUL"),
-            ));
+        Some(id) => {
+            let checked = if format == Format::Tollgate {
+                tollgate_protocol::usage::validate_plain_id(&id)
+            } else {
+                Ok(())
+            };
+            checked.map_err(|e| refuse(index, e.code(), e.to_string()))?;
+            id
         }
-        Some(id) => id,
         None => uuid::Uuid::now_v7().to_string(),
     };
-    Ok(UsageEvent {
+    let event = UsageEvent {
         id,
         account,
         meter: meter.to_owned(),
         quantity,
         timestamp_ms,
         properties,
-    })
+    };
+    // The one validation every side runs: what passes here, the control plane never refuses
+    // for its shape.
+    validate_event(&event).map_err(|e| refuse(index, e.code(), e.to_string()))?;
+    if state.cache.get(&account).is_some_and(|e| e.facts.is_none()) {
+        return Err(refuse(
+            index,
+            "unknown_account",
+            format!("the control plane says account {account} does not exist"),
+        ));
+    }
+    Ok(event)
+}
+
+/// Same (account, id) twice in one request: identical events are stored once, different ones
+/// are all refused. Returns the events to store with their request indices, and the indices
+/// (with ids) of identical repeats, which answer as accepted.
+fn dedupe(
+    valid: Vec<(usize, UsageEvent)>,
+    rejected: &mut Vec<Refusal>,
+) -> (Vec<(usize, UsageEvent)>, Vec<(usize, String)>) {
+    use std::collections::HashMap;
+    let mut by_key: HashMap<(AccountId, String), Vec<usize>> = HashMap::new();
+    for (pos, (_, e)) in valid.iter().enumerate() {
+        by_key
+            .entry((e.account, e.id.clone()))
+            .or_default()
+            .push(pos);
+    }
+    let same = |a: &UsageEvent, b: &UsageEvent| {
+        a.meter == b.meter && a.quantity == b.quantity && a.properties == b.properties
+    };
+    let mut keep = vec![true; valid.len()];
+    let mut repeats = Vec::new();
+    for positions in by_key.values().filter(|p| p.len() > 1) {
+        let first = &valid[positions[0]].1;
+        if positions.iter().all(|p| same(first, &valid[*p].1)) {
+            for p in &positions[1..] {
+                keep[*p] = false;
+                repeats.push((valid[*p].0, valid[*p].1.id.clone()));
+            }
+        } else {
+            for p in positions {
+                keep[*p] = false;
+                rejected.push(refuse(
+                    valid[*p].0,
+                    "conflicting_duplicate",
+                    "this request holds the id twice with different contents",
+                ));
+            }
+        }
+    }
+    rejected.sort_by_key(|r| r.index);
+    let store = valid
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(v, k)| k.then_some(v))
+        .collect();
+    (store, repeats)
 }
 
 pub async fn post_usage(
@@ -427,17 +478,14 @@ pub async fn post_usage(
     }
     let now = crate::now_ms();
     let mut valid = Vec::with_capacity(items.len());
-    let mut indices = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
     for (i, raw) in items.iter().enumerate() {
         match event(&state, format, i, raw, now) {
-            Ok(e) => {
-                valid.push(e);
-                indices.push(i);
-            }
+            Ok(e) => valid.push((i, e)),
             Err(r) => rejected.push(r),
         }
     }
+    let (valid, repeats) = dedupe(valid, &mut rejected);
     state
         .metrics
         .usage
@@ -454,6 +502,8 @@ pub async fn post_usage(
             results,
         );
     }
+    // Identical repeats answer as accepted too (their first occurrence was stored).
+    let (indices, valid): (Vec<usize>, Vec<UsageEvent>) = valid.into_iter().unzip();
     match usage.store(&valid).await {
         Ok(_) => {
             state
@@ -461,10 +511,16 @@ pub async fn post_usage(
                 .usage
                 .events_accepted
                 .inc_by(valid.len() as u64);
-            let accepted: Vec<Value> = indices
+            let mut accepted: Vec<(usize, &str)> = indices
                 .iter()
                 .zip(&valid)
-                .map(|(i, e)| json!({ "index": i, "id": e.id }))
+                .map(|(i, e)| (*i, e.id.as_str()))
+                .chain(repeats.iter().map(|(i, id)| (*i, id.as_str())))
+                .collect();
+            accepted.sort_unstable();
+            let accepted: Vec<Value> = accepted
+                .into_iter()
+                .map(|(i, id)| json!({ "index": i, "id": id }))
                 .collect();
             (
                 StatusCode::ACCEPTED,
@@ -503,11 +559,104 @@ pub async fn post_usage(
             let mut resp = crate::problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "usage_store_failed",
-                "the usage log could not store the events; retry with the same event ids",
+                "the usage log could not store the events (nothing of this request was stored); retry with the same event ids",
             );
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             resp
+        }
+    }
+}
+
+/// `GET /v1/dead-letter?limit=N` (operator) — the dead-lettered usage, oldest first (at most
+/// `limit`, default 100, at most 1,000), and how many there are.
+pub async fn dead_letters(
+    State(state): State<EdgeState>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Response {
+    let Some(usage) = state.usage.get().cloned() else {
+        return crate::problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "usage_disabled",
+            "this edge has no usage store",
+        );
+    };
+    let limit = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "limit")
+        .map(|(_, v)| v.parse::<usize>());
+    let limit = match limit {
+        None => 100,
+        Some(Ok(n)) if (1..=1_000).contains(&n) => n,
+        Some(_) => {
+            return crate::problem(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "limit must be 1-1000",
+            );
+        }
+    };
+    let listed = tokio::task::spawn_blocking(move || usage.dead_letters(limit)).await;
+    match listed {
+        Ok(Ok((total, entries))) => {
+            axum::Json(json!({ "total": total, "entries": entries })).into_response()
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "dead-letter file unreadable");
+            crate::problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "dead_letter_unreadable",
+                "the dead-letter file could not be read",
+            )
+        }
+        Err(_) => crate::problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "dead_letter_unreadable",
+            "the dead-letter file could not be read",
+        ),
+    }
+}
+
+/// `POST /v1/dead-letter/replay` (operator) — stores every dead-lettered event that passes the
+/// bounds again (same ids: the control plane counts each once) and removes it from the file.
+pub async fn replay_dead_letters(State(state): State<EdgeState>) -> Response {
+    let Some(usage) = state.usage.get().cloned() else {
+        return crate::problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "usage_disabled",
+            "this edge has no usage store",
+        );
+    };
+    match usage.replay_dead_letters().await {
+        Ok(report) => axum::Json(json!(report)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "dead-letter replay failed");
+            crate::problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replay_failed",
+                e.to_string(),
+            )
+        }
+    }
+}
+
+/// `POST /v1/dead-letter/discard` (operator) — removes every dead-lettered entry.
+pub async fn discard_dead_letters(State(state): State<EdgeState>) -> Response {
+    let Some(usage) = state.usage.get().cloned() else {
+        return crate::problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "usage_disabled",
+            "this edge has no usage store",
+        );
+    };
+    match usage.discard_dead_letters().await {
+        Ok(n) => axum::Json(json!({ "discarded": n })).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "dead-letter discard failed");
+            crate::problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "discard_failed",
+                "the dead-letter file could not be rewritten",
+            )
         }
     }
 }

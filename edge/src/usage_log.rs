@@ -123,12 +123,17 @@ pub struct LogOptions {
     /// Bound on the payload bytes of un-acked records (held on disk and in memory). Default
     /// 256 MiB.
     pub max_pending_bytes: u64,
+    /// Fault injection: after this many successful syncs, every sync fails with `EIO`, as on a
+    /// dying disk (what a real failed `fdatasync` leaves behind cannot be produced on demand).
+    /// `None` (the default) in production.
+    pub fail_syncs_after: Option<u64>,
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
         Self {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
+            fail_syncs_after: None,
             max_pending_bytes: MAX_PENDING_BYTES_DEFAULT,
         }
     }
@@ -226,6 +231,8 @@ pub struct UsageLog {
     /// A segment file was created since the last directory fsync.
     dir_dirty: bool,
     failed: bool,
+    /// Syncs that succeeded (for [`LogOptions::fail_syncs_after`]).
+    syncs: u64,
     /// Reused encoding buffer: one `write_all` per append.
     write_buf: Vec<u8>,
 }
@@ -368,6 +375,7 @@ impl UsageLog {
             acked_seq,
             dir_dirty: false,
             failed: false,
+            syncs: 0,
             write_buf: Vec::new(),
         };
         Ok((log, report))
@@ -470,8 +478,13 @@ impl UsageLog {
         if self.synced_seq == self.next_seq && !self.dir_dirty {
             return Ok(());
         }
+        let injected = self.opts.fail_syncs_after.is_some_and(|n| self.syncs >= n);
         if let Some(active) = &self.active
-            && let Err(e) = active.file.sync_data()
+            && let Err(e) = if injected {
+                Err(io::Error::from_raw_os_error(5))
+            } else {
+                active.file.sync_data()
+            }
         {
             self.fail("fdatasync of the active segment", &e);
             return Err(e.into());
@@ -484,6 +497,7 @@ impl UsageLog {
             self.dir_dirty = false;
         }
         self.synced_seq = self.next_seq;
+        self.syncs += 1;
         Ok(())
     }
 
@@ -1331,6 +1345,7 @@ mod tests {
     const MODEL_OPTIONS: LogOptions = LogOptions {
         segment_bytes: 600,
         max_pending_bytes: 3000,
+        fail_syncs_after: None,
     };
 
     #[derive(Debug, Default)]

@@ -26,11 +26,12 @@ fn state() -> EdgeState {
         L2::default(),
     )
     .expect("upstream");
-    let limits = CacheLimits {
+    let mut opts = tollgate_edge::state::EdgeOptions::new("edge-test");
+    opts.cache_limits = CacheLimits {
         entries_max: 100,
         bytes_max: 1 << 20,
     };
-    EdgeState::new("edge-test".into(), limits, upstream, 5_000, 5_000)
+    EdgeState::new(opts, upstream)
 }
 
 fn unsigned(version: u64) -> (bundle::UnsignedBundle, tollgate_rules::ir::Shape) {
@@ -140,6 +141,7 @@ fn cached_facts_survive_a_restart_with_everything_behind_the_edge_down() {
     let view = before.rules.load_full().expect("rules");
     before.cache.begin_fill(id);
     before.cache.finish_fill(id, Some(facts), &view);
+    before.set_stream_position(Some("1700000000000-3".into()));
     assert_eq!(bundles::persist_facts(&before, &dir).expect("snapshot"), 1);
 
     // Restart: no control plane (the upstream is a closed port), no Redis.
@@ -148,8 +150,19 @@ fn cached_facts_survive_a_restart_with_everything_behind_the_edge_down() {
         bundles::load_persisted(&after, &engine, &trusted, &dir),
         Some(6)
     );
-    assert_eq!(bundles::restore_facts(&after, &dir), (1, 0));
+    let restored = bundles::restore_facts(&after, &dir);
+    assert_eq!(
+        (
+            restored.accounts,
+            restored.skipped,
+            restored.stream_id.as_deref()
+        ),
+        (1, 0, Some("1700000000000-3")),
+        "the follower resumes where the snapshot was current"
+    );
+    assert_eq!(after.stream_position().as_deref(), Some("1700000000000-3"));
     let entry = after.cache.get(&id).expect("restored");
+    assert!(entry.restored && after.entry_stale(&entry));
     let seats = after
         .rules
         .load_full()
@@ -200,7 +213,12 @@ fn a_crash_mid_write_leaves_the_edge_with_what_it_can_trust() {
         format!("{whole}\n{}", &whole[..whole.len() / 2]),
     )
     .expect("facts");
-    assert_eq!(bundles::restore_facts(&st, &dir), (1, 1));
+    let restored = bundles::restore_facts(&st, &dir);
+    assert_eq!(
+        (restored.accounts, restored.skipped, restored.stream_id),
+        (1, 1, None),
+        "an older edge's file (no header) restores without a position"
+    );
     assert_eq!(st.cache.get(&id).expect("restored").version(), 3);
 
     // A bundle file damaged on disk is refused, not served: the edge waits for the control plane.

@@ -14,7 +14,7 @@ use axum::routing::get;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tollgate_edge::cache::CacheLimits;
-use tollgate_edge::state::EdgeState;
+use tollgate_edge::state::{EdgeOptions, EdgeState};
 use tollgate_edge::upstream::{L2, Upstream};
 use tollgate_protocol::{
     AccountFacts, AccountId, AccountStanding, ChangeEvent, SubscriptionFacts, SubscriptionStatus,
@@ -45,10 +45,27 @@ async fn stub_facts(
     }
 }
 
+/// The batch facts route: one hit per request, however many accounts.
+async fn stub_facts_batch(
+    State((store, hits)): State<(Store, Hits)>,
+    axum::Json(req): axum::Json<tollgate_protocol::FactsRequest>,
+) -> axum::Json<tollgate_protocol::FactsBatch> {
+    *hits.lock().expect("hits") += 1;
+    let store = store.lock().expect("store");
+    axum::Json(tollgate_protocol::FactsBatch {
+        facts: req
+            .accounts
+            .iter()
+            .filter_map(|a| store.get(a).cloned())
+            .collect(),
+    })
+}
+
 /// A control plane that serves whatever facts the test put in `store`, counting requests.
 async fn stub_control_plane(store: Store, hits: Hits) -> String {
     let app = Router::new()
         .route("/internal/v1/accounts/{id}/facts", get(stub_facts))
+        .route("/internal/v1/facts", axum::routing::post(stub_facts_batch))
         .with_state((store, hits));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -75,30 +92,58 @@ fn facts(id: AccountId, version: i64, plan: Option<&str>) -> AccountFacts {
 }
 
 async fn edge(l2: L2) -> (EdgeState, Store, Hits) {
+    edge_with(
+        l2,
+        redis_keys::Keys::default(),
+        tollgate_edge::auth::Tokens::default(),
+    )
+    .await
+}
+
+/// Redis keys of this test's own: tests share one Redis and must not read (or delete) each
+/// other's change streams.
+fn own_keys() -> redis_keys::Keys {
+    redis_keys::Keys::new(&format!("tg-edge-test-{}", uuid::Uuid::now_v7().simple()))
+}
+
+async fn edge_with(
+    l2: L2,
+    keys: redis_keys::Keys,
+    tokens: tollgate_edge::auth::Tokens,
+) -> (EdgeState, Store, Hits) {
     let store: Store = Arc::default();
     let hits: Hits = Arc::default();
     let base = stub_control_plane(store.clone(), hits.clone()).await;
     let token = || secrecy::SecretString::from("t".to_owned());
-    let upstream = Upstream::new(&base, token(), Duration::from_secs(2), l2).expect("upstream");
-    let limits = CacheLimits {
+    let upstream = Upstream::new(&base, token(), Duration::from_secs(2), l2)
+        .expect("upstream")
+        .with_redis_keys(keys);
+    let mut opts = EdgeOptions::new("test-edge");
+    opts.cache_limits = CacheLimits {
         entries_max: 1000,
         bytes_max: 1 << 24,
     };
-    let state = EdgeState::new("test-edge".into(), limits, upstream, 5_000, 60_000);
+    opts.negative_ttl_ms = 60_000;
+    opts.tokens = tokens;
+    let state = EdgeState::new(opts, upstream);
     // The demo rules compiled to WebAssembly and loaded under wasmtime, as a bundle would be.
     let program = tollgate_rules::demo_program();
     let loaded = RulesEngine::new()
         .expect("engine")
         .load_program(&program)
         .expect("load");
-    state.install_rules(7, program, Some(loaded));
+    state.install_rules(7, program, loaded);
     (state, store, hits)
 }
+
+/// The service token the tests' edges accept when they require one (ignored when they do not).
+const SERVICE_TOKEN: &str = "service-token-0000001";
 
 async fn call(state: &EdgeState, method: Method, uri: &str) -> (StatusCode, String, Value) {
     let req = Request::builder()
         .method(method)
         .uri(uri)
+        .header("authorization", format!("Bearer {SERVICE_TOKEN}"))
         .body(Body::empty())
         .expect("req");
     let resp = tollgate_edge::app(state.clone())
@@ -225,6 +270,7 @@ async fn post_json(state: &EdgeState, uri: &str, body: &str) -> (StatusCode, Val
         .method(Method::POST)
         .uri(uri)
         .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {SERVICE_TOKEN}"))
         .body(Body::from(body.to_owned()))
         .expect("req");
     let resp = tollgate_edge::app(state.clone())
@@ -266,7 +312,15 @@ async fn concurrent_misses_for_a_cold_account_share_one_upstream_fetch() {
 
 #[tokio::test]
 async fn batch_checks_entitlements_and_recent_denials() {
-    let (state, store, _) = edge(L2::default()).await;
+    let (state, store, _) = edge_with(
+        L2::default(),
+        redis_keys::Keys::default(),
+        tollgate_edge::auth::Tokens {
+            service: vec![SERVICE_TOKEN.into()],
+            operator: vec![],
+        },
+    )
+    .await;
     let pro = AccountId::new_v7();
     store
         .lock()
@@ -320,6 +374,32 @@ async fn batch_checks_entitlements_and_recent_denials() {
         &format!("/v1/check?account={free}&feature=exports"),
     )
     .await;
+    // Anonymous callers see no account ids, and cannot check at all.
+    let anonymous = |uri: &str| {
+        let req = Request::builder()
+            .uri(uri)
+            .body(Body::empty())
+            .expect("req");
+        let app = tollgate_edge::app(state.clone());
+        async move {
+            let resp = app.oneshot(req).await.expect("infallible");
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).expect("json"),
+            )
+        }
+    };
+    let (_, v) = anonymous("/v1/status").await;
+    assert!(v["recent_denials"].is_null(), "{v}");
+    assert!(!v.to_string().contains(&free.to_string()), "{v}");
+    let (s, v) = anonymous(&format!("/v1/check?account={free}&feature=sso")).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("missing_credentials"))
+    );
+    // A caller with the token sees the denials.
     let (_, _, v) = call(&state, Method::GET, "/v1/status").await;
     let newest = &v["recent_denials"][0];
     assert_eq!(newest["account"], free.to_string());
@@ -352,9 +432,15 @@ impl Following {
         let redis = redis::aio::ConnectionManager::new(client.clone())
             .await
             .expect("redis");
+        let keys = own_keys();
         // Make sure the stream exists, so the follower starts from a real id.
-        Self::publish_to(&redis, &facts(AccountId::new_v7(), 1, None)).await;
-        let (state, store, _) = edge(L2::connected(redis.clone())).await;
+        Self::publish_to(&redis, &keys, &facts(AccountId::new_v7(), 1, None)).await;
+        let (state, store, _) = edge_with(
+            L2::connected(redis.clone()),
+            keys.clone(),
+            tollgate_edge::auth::Tokens::default(),
+        )
+        .await;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let follower = tokio::spawn(tollgate_edge::stream::follow(
             state.clone(),
@@ -384,20 +470,28 @@ impl Following {
         f
     }
 
-    async fn publish_to(redis: &redis::aio::ConnectionManager, facts: &AccountFacts) {
+    async fn publish_to(
+        redis: &redis::aio::ConnectionManager,
+        keys: &redis_keys::Keys,
+        facts: &AccountFacts,
+    ) {
         let ev = ChangeEvent {
             facts: facts.clone(),
             committed_at_ms: tollgate_edge::now_ms(),
         };
         let mut conn = redis.clone();
         let _: String = redis::cmd("XADD")
-            .arg(redis_keys::CHANGE_STREAM)
+            .arg(keys.stream())
             .arg("*")
             .arg(redis_keys::CHANGE_FIELD)
             .arg(serde_json::to_string(&ev).expect("json"))
             .query_async(&mut conn)
             .await
             .expect("xadd");
+    }
+
+    fn keys(&self) -> &redis_keys::Keys {
+        self.state.upstream.keys()
     }
 
     /// Polls the account's `sso` check until `done` holds; returns that answer.
@@ -418,7 +512,7 @@ impl Following {
 async fn the_change_stream_updates_a_cached_account() {
     let f = Following::start().await;
     // The control plane publishes v2 without a subscription.
-    Following::publish_to(&f.redis, &facts(f.account, 2, None)).await;
+    Following::publish_to(&f.redis, f.keys(), &facts(f.account, 2, None)).await;
     let v = f
         .until(|v| v["allowed"] == false, "stream event never applied")
         .await;
@@ -440,11 +534,11 @@ async fn a_stream_gap_makes_the_edge_revalidate_what_it_holds() {
         .insert(f.account, facts(f.account, 2, None));
     let mut conn = f.redis.clone();
     let _: i64 = redis::cmd("DEL")
-        .arg(redis_keys::CHANGE_STREAM)
+        .arg(f.keys().stream())
         .query_async(&mut conn)
         .await
         .expect("del");
-    Following::publish_to(&f.redis, &facts(AccountId::new_v7(), 1, None)).await;
+    Following::publish_to(&f.redis, f.keys(), &facts(AccountId::new_v7(), 1, None)).await;
     let v = f
         .until(|v| v["allowed"] == false, "the gap was never noticed")
         .await;
@@ -495,7 +589,7 @@ async fn misses_read_the_l2_once_a_redis_that_was_down_at_boot_comes_up() {
     // An account only the L2 holds (the control plane would say 404) is answered from it.
     let late = AccountId::new_v7();
     let _: () = redis::cmd("SET")
-        .arg(redis_keys::facts(&late))
+        .arg(state.upstream.keys().facts(&late))
         .arg(serde_json::to_string(&facts(late, 3, Some("pro"))).expect("json"))
         .query_async(&mut conn)
         .await

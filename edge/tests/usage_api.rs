@@ -1,7 +1,7 @@
 //! `POST /v1/usage` through the edge's real router, with the real durable log on disk, a real
 //! flusher and a stub control plane on loopback that records what it is sent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,12 +15,12 @@ use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tollgate_edge::cache::CacheLimits;
-use tollgate_edge::state::EdgeState;
+use tollgate_edge::state::{EdgeOptions, EdgeState};
 use tollgate_edge::upstream::{L2, Upstream};
-use tollgate_edge::usage::Usage;
+use tollgate_edge::usage::{Usage, UsageOptions};
 use tollgate_protocol::usage::{
-    AccountUsage, LeaseGrant, LeaseRelease, LeaseRequest, MeterAggregate, MeterPeriod, UsageAck,
-    UsageBatch, UsageEvent,
+    AccountUsage, LeaseGrant, LeaseRelease, LeaseRequest, MeterAggregate, MeterPeriod,
+    RejectedEvent, UsageAck, UsageBatch, UsageEvent,
 };
 use tollgate_protocol::{AccountFacts, AccountId, SubscriptionFacts, SubscriptionStatus};
 use tower::ServiceExt;
@@ -29,8 +29,14 @@ use tower::ServiceExt;
 #[derive(Default)]
 struct Cp {
     facts: Mutex<HashMap<AccountId, AccountFacts>>,
-    /// Batches received, with their `Idempotency-Key`.
+    /// Batches acknowledged, with their `Idempotency-Key`.
     batches: Mutex<Vec<(String, UsageBatch)>>,
+    /// Every usage post's (`Idempotency-Key`, batch id, event ids), answered or failed.
+    attempts: Mutex<Vec<(String, String, Vec<String>)>>,
+    /// Accounts the control plane does not know: their events are rejected one by one.
+    unknown: Mutex<HashSet<AccountId>>,
+    /// A batch holding an event whose id contains this is refused whole (422).
+    refuse_batches_with: Mutex<Option<String>>,
     /// Stored events by id (deduplicated, as the real control plane does).
     stored: Mutex<HashMap<String, UsageEvent>>,
     /// Usage already counted by other edges, per account.
@@ -73,6 +79,16 @@ async fn stub_usage(
     headers: HeaderMap,
     axum::Json(batch): axum::Json<UsageBatch>,
 ) -> axum::response::Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let ids = batch.events.iter().map(|e| e.id.clone()).collect();
+    cp.attempts
+        .lock()
+        .expect("attempts")
+        .push((key.clone(), batch.batch_id.to_string(), ids));
     if cp
         .fail_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -80,16 +96,28 @@ async fn stub_usage(
     {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let (mut accepted, mut duplicates) = (0, 0);
+    if let Some(needle) = cp.refuse_batches_with.lock().expect("refuse").clone()
+        && batch.events.iter().any(|e| e.id.contains(&needle))
     {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({"code": "invalid_usage_batch", "detail": "poisoned"})),
+        )
+            .into_response();
+    }
+    let (mut accepted, mut duplicates, mut rejected) = (0, 0, Vec::new());
+    {
+        let unknown = cp.unknown.lock().expect("unknown");
         let mut stored = cp.stored.lock().expect("stored");
-        for e in &batch.events {
-            if stored.insert(e.id.clone(), e.clone()).is_none() {
+        for (i, e) in batch.events.iter().enumerate() {
+            if unknown.contains(&e.account) {
+                rejected.push(RejectedEvent {
+                    index: u32::try_from(i).expect("index"),
+                    id: e.id.clone(),
+                    code: "unknown_account".into(),
+                    detail: "no such account".into(),
+                });
+            } else if stored.insert(e.id.clone(), e.clone()).is_none() {
                 accepted += 1;
             } else {
                 duplicates += 1;
@@ -103,7 +131,7 @@ async fn stub_usage(
         accepted,
         duplicates,
         late: vec![],
-        rejected: vec![],
+        rejected,
         aggregates: accounts.iter().map(|a| cp.aggregate(*a)).collect(),
     };
     cp.batches.lock().expect("batches").push((key, batch));
@@ -128,8 +156,20 @@ async fn stub_lease(
 ) -> axum::Json<LeaseGrant> {
     let seed = cp.aggregate(req.account).value;
     let mut leases = cp.leases.lock().expect("leases");
-    let leased = seed + leases.iter().map(|(_, g)| g).sum::<i64>();
-    let granted = req.want.min(req.limit - leased).max(0);
+    let leased = seed + leases.iter().map(|(_, g)| g).sum::<i64>()
+        - cp.released
+            .lock()
+            .expect("released")
+            .iter()
+            .map(|r| r.units)
+            .sum::<i64>();
+    // All of the need or nothing, then what fits of the extra.
+    let room = req.limit - leased;
+    let granted = if req.need > room {
+        0
+    } else {
+        req.need + req.extra.min(room - req.need)
+    };
     leases.push((req, granted));
     axum::Json(LeaseGrant {
         granted,
@@ -168,9 +208,46 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// How a test edge is set up beyond the defaults.
+#[derive(Default, Clone)]
+struct Setup {
+    /// The usage buffer bound (default 1 MiB).
+    buffer: Option<u64>,
+    fail_syncs_after: Option<u64>,
+    tokens: tollgate_edge::auth::Tokens,
+}
+
+/// The demo rules compiled to WebAssembly and loaded under wasmtime, as a bundle would be.
+fn install(state: &EdgeState, version: u64, program: tollgate_rules::ir::Program) {
+    let loaded = tollgate_rules::host::RulesEngine::new()
+        .expect("engine")
+        .load_program(&program)
+        .expect("load");
+    state.install_rules(version, program, loaded);
+}
+
 /// An edge with the demo rules, a usage log under `dir` (buffer bound `buffer`), and its
 /// flusher running against a fresh stub control plane.
 async fn edge(dir: std::path::PathBuf, buffer: u64, cp: Arc<Cp>) -> Edge {
+    edge_with(
+        dir,
+        cp,
+        Setup {
+            buffer: Some(buffer),
+            ..Setup::default()
+        },
+    )
+    .await
+}
+
+fn usage_options(dir: &std::path::Path, setup: &Setup) -> UsageOptions {
+    UsageOptions {
+        fail_syncs_after: setup.fail_syncs_after,
+        ..UsageOptions::in_data_dir(dir, setup.buffer.unwrap_or(1 << 20), 1 << 20)
+    }
+}
+
+async fn edge_with(dir: std::path::PathBuf, cp: Arc<Cp>, setup: Setup) -> Edge {
     let app = Router::new()
         .route("/internal/v1/usage", post(stub_usage))
         .route("/internal/v1/accounts/{id}/usage", get(stub_account_usage))
@@ -187,16 +264,23 @@ async fn edge(dir: std::path::PathBuf, buffer: u64, cp: Arc<Cp>) -> Edge {
     });
     let token = secrecy::SecretString::from("t".to_owned());
     let upstream = Upstream::new(&base, token, Duration::from_secs(2), L2::default()).expect("up");
-    let limits = CacheLimits {
+    let mut opts = EdgeOptions::new("usage-edge");
+    opts.cache_limits = CacheLimits {
         entries_max: 100,
         bytes_max: 1 << 20,
     };
-    let state = EdgeState::new("usage-edge".into(), limits, upstream, 5_000, 60_000);
-    state.install_rules(1, tollgate_rules::demo_program(), None);
+    opts.negative_ttl_ms = 60_000;
+    opts.tokens = setup.tokens.clone();
+    let state = EdgeState::new(opts, upstream);
+    install(&state, 1, tollgate_rules::demo_program());
     // A restarted edge may find the previous one's writer still closing the log: retry.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let usage = loop {
-        match Usage::open(&dir, buffer, state.meters_fn(), state.metrics.usage.clone()) {
+        match Usage::open(
+            &usage_options(&dir, &setup),
+            state.meters_fn(),
+            state.metrics.usage.clone(),
+        ) {
             Ok(u) => break u,
             Err(e) => {
                 assert!(tokio::time::Instant::now() < deadline, "usage log: {e}");
@@ -414,7 +498,7 @@ async fn cloudevents_single_and_batch_are_accepted() {
     };
     let (s, _, v) = post_usage(&e, "application/cloudevents+json", ce("a1")).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    assert_eq!(v["accepted"][0]["id"], "ce:/svc/search:a1");
+    assert_eq!(v["accepted"][0]["id"], "ce:11:/svc/search:a1");
     let mut bad = ce("a3");
     bad["specversion"] = json!("0.3");
     let (s, _, v) = post_usage(
@@ -432,7 +516,7 @@ async fn cloudevents_single_and_batch_are_accepted() {
     );
     until_stored(&e.cp, 2).await;
     let stored = e.cp.stored.lock().expect("stored").clone();
-    let a2 = &stored["ce:/svc/search:a2"];
+    let a2 = &stored["ce:11:/svc/search:a2"];
     assert_eq!((a2.quantity, a2.timestamp_ms), (4, 1_795_255_200_000));
 }
 
@@ -449,14 +533,23 @@ async fn the_flusher_retries_with_the_same_key_until_the_control_plane_acknowled
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     }
     until_stored(&e.cp, 5).await;
-    let batches = e.cp.batches.lock().expect("batches").clone();
-    for (key, batch) in &batches {
-        assert_eq!(
-            key,
-            &batch.batch_id.to_string(),
-            "the idempotency key is the batch id"
-        );
+    // Every attempt, the three failed ones included, carried the batch id as its key, and a
+    // retry of the same events the same key.
+    let attempts = e.cp.attempts.lock().expect("attempts").clone();
+    assert!(attempts.len() >= 4, "{attempts:?}");
+    let mut key_of: HashMap<Vec<String>, String> = HashMap::new();
+    let mut retried = false;
+    for (key, batch_id, ids) in &attempts {
+        assert_eq!(key, batch_id, "the idempotency key is the batch id");
+        if let Some(before) = key_of.insert(ids.clone(), key.clone()) {
+            assert_eq!(&before, key, "a retry of {ids:?} changed its key");
+            retried = true;
+        }
     }
+    assert!(
+        retried,
+        "some batch was sent again after a failure: {attempts:?}"
+    );
     assert!(
         e.state
             .metrics
@@ -674,7 +767,7 @@ async fn a_soft_meter_allows_overage_and_a_hard_one_denies_it() {
         text: source.into(),
     };
     let (program, _) = tollgate_rules::lang::compile_source(&file).expect("compiles");
-    e.state.install_rules(2, program, None);
+    install(&e.state, 2, program);
     let body = json!([
         {"account": account.to_string(), "meter": "hard", "quantity": 5},
         {"account": account.to_string(), "meter": "soft_calls", "quantity": 5},
@@ -757,14 +850,14 @@ async fn checks_are_served_from_a_lease_and_unused_units_go_back_at_shutdown() {
     // The first check leases its quantity plus the meter's lease size (100 in the demo rules).
     let (_, _, v) = call(&e.state, Method::GET, &check(1), None, Value::Null).await;
     assert_eq!(v["allowed"], true, "{v}");
-    let asked: Vec<(i64, i64, i64)> = cp
+    let asked: Vec<(i64, i64, i64, i64)> = cp
         .leases
         .lock()
         .expect("leases")
         .iter()
-        .map(|(r, g)| (r.want, r.limit, *g))
+        .map(|(r, g)| (r.need, r.extra, r.limit, *g))
         .collect();
-    assert_eq!(asked, vec![(101, 100_000, 101)]);
+    assert_eq!(asked, vec![(1, 100, 100_000, 101)]);
     // 30 units are used here; further checks up to the lease need no round trip.
     let body = json!({"account": account.to_string(), "meter": "api_calls", "quantity": 30});
     assert_eq!(
@@ -778,8 +871,8 @@ async fn checks_are_served_from_a_lease_and_unused_units_go_back_at_shutdown() {
         1,
         "served from the lease"
     );
-    // Past the lease: the edge asks for the shortfall plus a lease, and gets what is left of
-    // the quota (100,000 − 99,800 − 101 = 99).
+    // Past the lease: the edge asks for the shortfall (80 − 71 = 9) plus a lease, and gets the
+    // shortfall and what is left of the quota after it (100,000 − 99,800 − 101 − 9 = 90).
     let (_, _, v) = call(&e.state, Method::GET, &check(80), None, Value::Null).await;
     assert_eq!(v["allowed"], true, "{v}");
     let asked: Vec<(i64, i64)> = cp
@@ -787,9 +880,9 @@ async fn checks_are_served_from_a_lease_and_unused_units_go_back_at_shutdown() {
         .lock()
         .expect("leases")
         .iter()
-        .map(|(r, g)| (r.want, *g))
+        .map(|(r, g)| (r.need, *g))
         .collect();
-    assert_eq!(asked, vec![(101, 101), (109, 99)]);
+    assert_eq!(asked, vec![(1, 101), (9, 99)]);
     // The edge stops: the 200 − 30 units it did not use go back.
     let Edge { state, _stop, .. } = e;
     drop(_stop);

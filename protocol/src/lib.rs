@@ -152,6 +152,22 @@ pub struct ChangeEvent {
     pub committed_at_ms: i64,
 }
 
+/// Most accounts one [`FactsRequest`] may name.
+pub const FACTS_BATCH_MAX: usize = 256;
+
+/// An edge asks for the facts of several accounts at once (a batch check, a revalidation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactsRequest {
+    pub accounts: Vec<AccountId>,
+}
+
+/// The facts of the accounts of a [`FactsRequest`] that exist, in no particular order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FactsBatch {
+    pub facts: Vec<AccountFacts>,
+}
+
 /// Why a feature was allowed or denied. Stable strings: product services and support rely on
 /// them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -204,19 +220,54 @@ pub struct Decision {
     pub reason: Reason,
 }
 
-/// Redis key names shared by the control plane (writer) and edges (readers).
+/// Redis key names shared by the control plane (writer) and edges (readers), under one
+/// prefix (`TOLLGATE_REDIS_KEY_PREFIX`, default `tollgate`), so several deployments (or tests)
+/// can share one Redis without reading each other's streams.
 pub mod redis_keys {
-    /// The change stream every edge follows.
-    pub const CHANGE_STREAM: &str = "tollgate:changes";
+    /// The prefix when none is configured.
+    pub const DEFAULT_PREFIX: &str = "tollgate";
     /// Field of a stream entry holding a JSON [`super::ChangeEvent`].
     pub const CHANGE_FIELD: &str = "event";
     /// Upper bound on stream length (approximate trim); edges that fall further behind than
     /// this revalidate.
     pub const CHANGE_STREAM_MAXLEN: usize = 100_000;
 
-    /// L2 copy of one account's facts (JSON [`super::AccountFacts`]).
-    pub fn facts(account: &super::AccountId) -> String {
-        format!("tollgate:facts:{account}")
+    /// The key names of one deployment.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Keys {
+        prefix: String,
+    }
+
+    impl Default for Keys {
+        fn default() -> Self {
+            Self::new(DEFAULT_PREFIX)
+        }
+    }
+
+    impl Keys {
+        pub fn new(prefix: &str) -> Self {
+            Self {
+                prefix: prefix.to_owned(),
+            }
+        }
+
+        /// Whether `prefix` is usable: 1-64 characters of `A-Z a-z 0-9 _ . -`.
+        pub fn valid_prefix(prefix: &str) -> bool {
+            (1..=64).contains(&prefix.len())
+                && prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        }
+
+        /// The change stream every edge follows.
+        pub fn stream(&self) -> String {
+            format!("{}:changes", self.prefix)
+        }
+
+        /// L2 copy of one account's facts (JSON [`super::AccountFacts`]).
+        pub fn facts(&self, account: &super::AccountId) -> String {
+            format!("{}:facts:{account}", self.prefix)
+        }
     }
 }
 
@@ -242,6 +293,9 @@ pub mod internal_api {
     pub fn facts_path(account: &super::AccountId) -> String {
         format!("/internal/v1/accounts/{account}/facts")
     }
+    /// `POST` [`super::FactsRequest`] → [`super::FactsBatch`]: the facts of up to
+    /// [`super::FACTS_BATCH_MAX`] accounts in one round trip (unknown accounts are absent).
+    pub const FACTS_BATCH_PATH: &str = "/internal/v1/facts";
     /// `GET ?edge_id=…` → the signed rule bundle meant for this edge (`ETag` / `If-None-Match`).
     pub const BUNDLE_PATH: &str = "/internal/v1/bundle";
     /// `POST` `{bundle_version, last_error}` → 204: the edge reports what it runs.
@@ -618,19 +672,23 @@ pub mod usage {
         Ok(())
     }
 
-    /// An edge asks for `want` more units of an account's quota for one meter and period.
-    /// `limit` is the quota the rules give the account (the edge materialised it).
+    /// An edge asks for units of an account's quota for one meter and period: `need` units a
+    /// check is about to allow (all or nothing: a check that would be denied takes nothing),
+    /// plus up to `extra` (the meter's lease size) for the checks after it. `limit` is the
+    /// quota the rules give the account (the edge materialised it).
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct LeaseRequest {
         pub account: AccountId,
         pub meter: String,
         pub edge_id: String,
         pub period_start_ms: i64,
-        pub want: i64,
+        pub need: i64,
+        pub extra: i64,
         pub limit: i64,
     }
 
-    /// What the control plane granted (0 when the quota is spent) and how much of the quota
+    /// What the control plane granted: 0 when `need` does not fit the quota (nothing is
+    /// reserved then), else `need` plus as much of `extra` as fits; and how much of the quota
     /// is leased out in all, to every edge, after it.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct LeaseGrant {

@@ -117,7 +117,10 @@ impl Harness {
         let public = key.public().to_file_string();
         let words: Vec<&str> = public.split_whitespace().collect();
         let trusted = format!("{}:{}", words[1], words[2]);
+        // A stream and L2 keys of its own: tests share one Redis.
+        let prefix = format!("tg-test-{}", uuid::Uuid::now_v7().simple());
         let mut pairs = vec![
+            ("redis_key_prefix", prefix.as_str()),
             ("edge_token", "test-edge-token"),
             ("token_secret", "test-token-secret"),
             ("admin_token", "test-admin-token"),
