@@ -5,6 +5,19 @@
 //! `entitlement_facts` with a version that grows by one whenever they change, and published to
 //! the Redis change stream plus an L2 copy. Decisions are *not* computed here: edges evaluate
 //! the facts with the stable (or canary) rule bundle's WebAssembly module.
+//!
+//! # A Redis that lost writes
+//!
+//! Redis holds nothing authoritative, but edges fill from its L2 copies. Restored from an
+//! older snapshot (or failed over to a lagging replica), it would hand out facts older than
+//! `entitlement_facts`, and its stream would no longer hold what edges read. Edges notice the
+//! stream part themselves (the last entry they applied is gone) and revalidate from the control
+//! plane, skipping L2 meanwhile. For L2 the control plane records, per account, the stream id
+//! its facts were last published under; the maintenance worker compares the newest of those
+//! with the stream's newest id every second ([`repair_redis_if_behind`]). When Redis is behind,
+//! exactly the accounts published after its newest entry are published again through the
+//! outbox: their L2 copies are set back to the current versions and the stream carries them to
+//! every edge.
 
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
@@ -154,6 +167,7 @@ redis.call('SET', KEYS[1], ARGV[2])
 return 1
 ";
 
+/// Publishes an account's current facts and records the stream id they went out under.
 pub async fn handle_publish(
     state: &AppState,
     conn: &mut PgConnection,
@@ -163,11 +177,119 @@ pub async fn handle_publish(
     let Some(facts) = stored_facts(conn, ev.account_id).await? else {
         return Ok(());
     };
-    publish(state, &facts).await
+    if let Some(id) = publish(state, &facts).await? {
+        record_published(conn, ev.account_id, id).await?;
+    }
+    Ok(())
 }
 
-/// Publishes facts to the change stream and the L2 copy.
-pub async fn publish(state: &AppState, facts: &AccountFacts) -> anyhow::Result<()> {
+/// A change-stream id, `ms-seq`, ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamId {
+    pub ms: i64,
+    pub seq: i64,
+}
+
+impl StreamId {
+    pub fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(Self {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+/// Records the stream id an account's facts were just published under, in the relay's
+/// transaction (never moving it back).
+pub async fn record_published(
+    conn: &mut PgConnection,
+    account: AccountId,
+    id: StreamId,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE entitlement_facts SET published_stream_ms = $2, published_stream_seq = $3
+          WHERE account_id = $1
+            AND (published_stream_ms IS NULL
+                 OR (published_stream_ms, published_stream_seq) < ($2, $3))",
+    )
+    .bind(account.0)
+    .bind(id.ms)
+    .bind(id.seq)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// When Redis holds less than was published (see the module doc), republishes through the
+/// outbox every account published after its stream's newest entry (unless a publish of it is
+/// already queued). Returns how many accounts were queued (0: Redis is whole).
+pub async fn repair_redis_if_behind(state: &AppState) -> anyhow::Result<u64> {
+    let mut redis = state.redis.clone();
+    let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(state.redis_keys.stream())
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut redis)
+        .await?;
+    let in_redis = newest
+        .ids
+        .first()
+        .and_then(|e| StreamId::parse(&e.id))
+        .unwrap_or(StreamId { ms: 0, seq: 0 });
+    let published: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT published_stream_ms, published_stream_seq FROM entitlement_facts
+          WHERE published_stream_ms IS NOT NULL
+          ORDER BY published_stream_ms DESC, published_stream_seq DESC LIMIT 1",
+    )
+    .fetch_optional(&state.cf)
+    .await?;
+    let Some((ms, seq)) = published else {
+        return Ok(0);
+    };
+    if in_redis >= (StreamId { ms, seq }) {
+        return Ok(0);
+    }
+    let now = state.clock.now();
+    let mut tx = state.cf.begin().await?;
+    let queued = sqlx::query(
+        "INSERT INTO outbox (id, topic, payload, created_at, available_at)
+         SELECT gen_random_uuid(), $1, jsonb_build_object('account_id', f.account_id), $2, $2
+           FROM entitlement_facts f
+          WHERE (f.published_stream_ms, f.published_stream_seq) > ($3, $4)
+            AND NOT EXISTS (
+                SELECT 1 FROM outbox o
+                 WHERE o.processed_at IS NULL AND o.topic = $1
+                   AND o.payload->>'account_id' = f.account_id::text)",
+    )
+    .bind(outbox::TOPIC_PUBLISH)
+    .bind(now)
+    .bind(in_redis.ms)
+    .bind(in_redis.seq)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(outbox::NOTIFY_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    if queued > 0 {
+        state.metrics.redis_repairs.inc();
+        tracing::warn!(
+            redis_newest = ?in_redis,
+            published_newest = ?StreamId { ms, seq },
+            republished = queued,
+            "Redis holds less than was published (restored from an older snapshot?): republishing what it lost"
+        );
+    }
+    Ok(queued)
+}
+
+/// Publishes facts to the change stream and the L2 copy; returns the stream entry's id.
+pub async fn publish(state: &AppState, facts: &AccountFacts) -> anyhow::Result<Option<StreamId>> {
     let facts_json = serde_json::to_string(facts)?;
     let event = ChangeEvent {
         facts: facts.clone(),
@@ -182,7 +304,7 @@ pub async fn publish(state: &AppState, facts: &AccountFacts) -> anyhow::Result<(
         .invoke_async(&mut redis)
         .await?;
     let opts = redis::streams::StreamMaxlen::Approx(redis_keys::CHANGE_STREAM_MAXLEN);
-    let _: String = redis
+    let id: String = redis
         .xadd_maxlen(
             state.redis_keys.stream(),
             opts,
@@ -191,7 +313,7 @@ pub async fn publish(state: &AppState, facts: &AccountFacts) -> anyhow::Result<(
         )
         .await?;
     state.metrics.facts_published.inc();
-    Ok(())
+    Ok(StreamId::parse(&id))
 }
 
 /// Enqueues a recompute for an account in the caller's transaction.

@@ -338,6 +338,9 @@ async fn run_maintenance_loop(state: AppState, mut shutdown: tokio::sync::watch:
         if let Err(e) = subscriptions::run_maintenance(&state).await {
             tracing::warn!(error = %format!("{e:#}"), "maintenance pass failed");
         }
+        if let Err(e) = entitlements::repair_redis_if_behind(&state).await {
+            tracing::debug!(error = %format!("{e:#}"), "Redis publish check failed");
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(MAINTENANCE_INTERVAL_MS)) => {}
             _ = shutdown.changed() => return,

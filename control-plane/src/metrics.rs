@@ -39,6 +39,8 @@ pub struct Metrics {
     pub outbox_failures: Family<TopicLabels, Counter>,
     pub checkouts: Family<CheckoutLabels, Counter>,
     pub facts_published: Counter,
+    /// Times Redis was found holding less than was published (and repaired).
+    pub redis_repairs: Counter,
     pub usage: UsageMetrics,
 }
 
@@ -123,6 +125,12 @@ impl Metrics {
             "Account facts published to the change stream",
             facts_published.clone(),
         );
+        let redis_repairs = Counter::default();
+        registry.register(
+            "redis_repairs",
+            "Times Redis held less than was published (a restore from an older snapshot) and what changed since was republished",
+            redis_repairs.clone(),
+        );
         let usage = UsageMetrics::register(&mut registry);
         Self {
             registry,
@@ -130,6 +138,7 @@ impl Metrics {
             outbox_failures,
             checkouts,
             facts_published,
+            redis_repairs,
             usage,
         }
     }

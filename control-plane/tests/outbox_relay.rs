@@ -125,3 +125,82 @@ async fn facts_are_published_to_the_stream_and_l2_only_after_they_change() {
     assert_eq!(published.0, 1);
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_redis_restored_from_an_older_snapshot_is_repaired_with_what_changed_since() {
+    let h = Harness::new().await;
+    let (account, _) = h.sign_up("restore@example.com").await;
+    let id: tollgate_protocol::AccountId = account.parse().expect("id");
+    h.drain_outbox().await;
+    let mut redis = h.state.redis.clone();
+    let l2_key = h.state.redis_keys.facts(&id);
+    let v1: String = redis::cmd("GET")
+        .arg(&l2_key)
+        .query_async(&mut redis)
+        .await
+        .expect("v1");
+    // The account changes (v2) and is published.
+    sqlx::query("UPDATE accounts SET standing = 'banned' WHERE id = $1")
+        .bind(id.0)
+        .execute(&h.state.cf)
+        .await
+        .expect("ban");
+    let mut conn = h.state.cf.acquire().await.expect("conn");
+    tollgate_control_plane::entitlements::request_recompute(&mut conn, id, h.clock.now())
+        .await
+        .expect("enqueue");
+    drop(conn);
+    h.drain_outbox().await;
+    assert_eq!(
+        tollgate_control_plane::entitlements::repair_redis_if_behind(&h.state)
+            .await
+            .expect("check"),
+        0,
+        "Redis holds everything published: nothing to repair"
+    );
+    // Redis comes back from a snapshot taken before v2: the stream is older, L2 holds v1.
+    let _: i64 = redis::cmd("DEL")
+        .arg(h.state.redis_keys.stream())
+        .query_async(&mut redis)
+        .await
+        .expect("del");
+    let old_id = format!("{}-0", chrono::Utc::now().timestamp_millis() - 10_000);
+    let _: String = redis::cmd("XADD")
+        .arg(h.state.redis_keys.stream())
+        .arg(&old_id)
+        .arg("event")
+        .arg("{}")
+        .query_async(&mut redis)
+        .await
+        .expect("old entry");
+    let _: () = redis::cmd("SET")
+        .arg(&l2_key)
+        .arg(&v1)
+        .query_async(&mut redis)
+        .await
+        .expect("old l2");
+    let queued = tollgate_control_plane::entitlements::repair_redis_if_behind(&h.state)
+        .await
+        .expect("repair");
+    assert!(queued >= 1, "the changed account is republished: {queued}");
+    h.drain_outbox().await;
+    let l2: String = redis::cmd("GET")
+        .arg(&l2_key)
+        .query_async(&mut redis)
+        .await
+        .expect("l2");
+    let facts: serde_json::Value = serde_json::from_str(&l2).expect("json");
+    assert_eq!(
+        (facts["version"].as_i64(), facts["standing"].as_str()),
+        (Some(2), Some("banned")),
+        "L2 holds the current facts again"
+    );
+    assert_eq!(
+        tollgate_control_plane::entitlements::repair_redis_if_behind(&h.state)
+            .await
+            .expect("again"),
+        0,
+        "repaired once"
+    );
+    h.finish().await;
+}
