@@ -178,7 +178,7 @@ pub async fn run_relay(
         }
         match relay_once(&state).await {
             Ok(n) if n > 0 => continue,
-            Ok(()) => {}
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "outbox relay pass failed"),
         }
         let notified = async {
