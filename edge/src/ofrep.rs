@@ -2,8 +2,10 @@
 //! provider can use the sidecar.
 //!
 //! * `POST /ofrep/v1/evaluate/flags/{key}` `{"context": {"targetingKey": "<account id>", …}}`
-//! * `POST /ofrep/v1/evaluate/flags` (bulk): every feature, with an `ETag` derived from the
-//!   account's facts version and the bundle version; `If-None-Match` with it → 304.
+//! * `POST /ofrep/v1/evaluate/flags` (bulk): every feature, with an `ETag` that is a hash of
+//!   the answer itself (so it changes with anything the answer says: facts, bundle, quota
+//!   usage, staleness); `If-None-Match` with a matching tag → 304. `If-None-Match` follows
+//!   RFC 9110 §13.1.2: a list of tags, weak comparison (`W/"x"` matches `"x"`), `*` matches any.
 //!
 //! Mapping: the targeting key is the account id; bool features are boolean flags (`value` =
 //! allowed); limit and metered features are integer flags (`value` = the limit when allowed,
@@ -81,7 +83,7 @@ fn evaluation(view: &RulesView, key: &str, kind: FeatureKind, r: &CheckResponse<
         _ if r.stale => "STALE",
         _ => "TARGETING_MATCH",
     };
-    json!({
+    let mut out = json!({
         "key": key,
         "value": value,
         "variant": if r.allowed { "granted" } else { "denied" },
@@ -93,7 +95,15 @@ fn evaluation(view: &RulesView, key: &str, kind: FeatureKind, r: &CheckResponse<
             "stale": r.stale,
             "rules_generation": view.generation,
         },
-    })
+    });
+    // OFREP metadata values are strings, numbers or booleans: present only when known.
+    if let Some(usage) = r.usage {
+        out["metadata"]["usage"] = json!(usage);
+    }
+    if let Some(remaining) = r.remaining {
+        out["metadata"]["remaining"] = json!(remaining);
+    }
+    out
 }
 
 /// `POST /ofrep/v1/evaluate/flags/{key}`
@@ -148,13 +158,9 @@ pub async fn evaluate_all(
         );
     };
     let mut flags = Vec::with_capacity(view.program.features.len());
-    let mut facts_version = 0;
-    let mut stale = false;
     for f in &view.program.features {
         match crate::decide(&state, &view, account, Cow::Borrowed(f.key.as_str()), 1).await {
             Ok(r) => {
-                facts_version = r.version;
-                stale |= r.stale;
                 flags.push(evaluation(&view, &f.key, f.kind, &r));
             }
             Err((_, _, detail)) => {
@@ -162,22 +168,54 @@ pub async fn evaluate_all(
             }
         }
     }
-    // Same account, same facts version, same bundle ⇒ same answers.
+    let body = json!({ "flags": flags });
+    // The tag is the answer's own hash: whatever changes the answer (a quota used up, a new
+    // bundle, stale facts) changes the tag.
     let etag = format!(
-        "\"{account}-{facts_version}-{}{}\"",
-        view.bundle_version,
-        if stale { "-s" } else { "" }
+        "\"{:016x}\"",
+        tollgate_protocol::canary::fnv1a(&body.to_string())
     );
     if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        == Some(etag.as_str())
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| if_none_match_hits(v, &etag))
     {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
-    let mut resp = axum::Json(json!({ "flags": flags })).into_response();
+    let mut resp = axum::Json(body).into_response();
     if let Ok(v) = HeaderValue::from_str(&etag) {
         resp.headers_mut().insert(header::ETAG, v);
     }
     resp
+}
+
+/// Whether an `If-None-Match` value matches `etag` under weak comparison (RFC 9110 §8.8.3.2):
+/// `*`, or any listed tag with the same opaque part, `W/` or not.
+pub fn if_none_match_hits(value: &str, etag: &str) -> bool {
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    let ours = opaque(etag);
+    value.trim() == "*" || value.split(',').any(|t| opaque(t) == ours)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::if_none_match_hits;
+
+    #[test]
+    fn if_none_match_takes_lists_weak_tags_and_star() {
+        let tag = "\"abc\"";
+        for (value, hit) in [
+            ("\"abc\"", true),
+            ("W/\"abc\"", true),
+            ("\"x\", W/\"abc\"", true),
+            (" \"x\" ,\"abc\" ", true),
+            ("*", true),
+            ("\"abcd\"", false),
+            ("\"x\", \"y\"", false),
+            ("", false),
+        ] {
+            assert_eq!(if_none_match_hits(value, tag), hit, "{value}");
+        }
+    }
 }

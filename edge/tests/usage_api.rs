@@ -904,3 +904,678 @@ async fn checks_are_served_from_a_lease_and_unused_units_go_back_at_shutdown() {
     }
     drop(state);
 }
+
+const OPERATOR: &str = "operator-token-000001";
+
+fn with_operator() -> Setup {
+    Setup {
+        tokens: tollgate_edge::auth::Tokens {
+            service: vec![],
+            operator: vec![OPERATOR.into()],
+        },
+        ..Setup::default()
+    }
+}
+
+/// An operator call to the dead-letter API.
+async fn operator(e: &Edge, method: Method, uri: &str) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {OPERATOR}"))
+        .body(Body::empty())
+        .expect("req");
+    let resp = tollgate_edge::app(e.state.clone())
+        .oneshot(req)
+        .await
+        .expect("infallible");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Polls until the dead-letter file holds `n` entries; returns them.
+async fn until_dead_lettered(e: &Edge, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, v) = operator(e, Method::GET, "/v1/dead-letter").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let entries = v["entries"].as_array().cloned().unwrap_or_default();
+        if entries.len() >= n {
+            assert_eq!(entries.len(), n, "{v}");
+            return entries;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} dead-lettered: {v}",
+            entries.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn metric(e: &Edge, name: &str) -> i64 {
+    if let Some(u) = e.state.usage.get() {
+        u.refresh_gauges();
+    }
+    let text = e.state.metrics.render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+}
+
+#[tokio::test]
+async fn one_request_with_huge_quantities_never_stops_metering() {
+    let e = edge(temp_dir("huge"), 1 << 20, Arc::default()).await;
+    let account = AccountId::new_v7().to_string();
+    let huge = |id: &str, q: i64| json!({"id": id, "account": account, "meter": "api_calls", "quantity": q});
+    let (s, _, v) = post_usage(
+        &e,
+        "application/json",
+        json!([
+            huge("h1", i64::MAX),
+            huge("h2", i64::MAX),
+            huge("h3", (1 << 40) + 1)
+        ]),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_usage")),
+        "{v}"
+    );
+    let codes: Vec<&str> = v["rejected"]
+        .as_array()
+        .expect("rejected")
+        .iter()
+        .map(|r| r["code"].as_str().expect("code"))
+        .collect();
+    assert_eq!(codes, ["invalid_quantity"; 3]);
+    // The edge keeps taking usage, for every account, up to the bound.
+    for i in 0..3 {
+        let (s, _, v) = post_usage(&e, "application/json", huge(&format!("ok{i}"), 1 << 40)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    }
+    until_stored(&e.cp, 3).await;
+    // And a restart on the same log comes up.
+    let dir = e.dir.clone();
+    drop(e);
+    let again = edge(dir, 1 << 20, Arc::default()).await;
+    let (s, _, v) = post_usage(&again, "application/json", huge("after", 5)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+}
+
+#[tokio::test]
+async fn records_breaking_the_bounds_are_dead_lettered_and_never_stop_the_edge() {
+    // An older edge wrote these before the bounds existed: the log holds them, fsynced.
+    let dir = temp_dir("poisoned-log");
+    let account = AccountId::new_v7();
+    let event = |id: &str, meter: &str, quantity: i64| UsageEvent {
+        id: id.into(),
+        account,
+        meter: meter.into(),
+        quantity,
+        timestamp_ms: tollgate_edge::now_ms(),
+        properties: std::collections::BTreeMap::new(),
+    };
+    {
+        let (mut log, _) = tollgate_edge::usage_log::UsageLog::open(
+            &dir.join("usage"),
+            tollgate_edge::usage_log::LogOptions::default(),
+        )
+        .expect("log");
+        let payloads: Vec<Vec<u8>> = vec![
+            postcard::to_allocvec(&event("good-1", "api_calls", 2)).expect("enc"),
+            postcard::to_allocvec(&event("huge-1", "api_calls", i64::MAX)).expect("enc"),
+            postcard::to_allocvec(&event("huge-2", "api_calls", i64::MAX)).expect("enc"),
+            postcard::to_allocvec(&event("long", &"m".repeat(200), 1)).expect("enc"),
+            b"\xff\xfe not a usage event".to_vec(),
+            postcard::to_allocvec(&event("good-2", "api_calls", 3)).expect("enc"),
+        ];
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        log.append(&refs).expect("append");
+        log.sync().expect("sync");
+    }
+    let e = edge_with(dir, Arc::default(), with_operator()).await;
+    until_stored(&e.cp, 2).await;
+    let entries = until_dead_lettered(&e, 4).await;
+    let codes: Vec<&str> = entries
+        .iter()
+        .map(|d| d["code"].as_str().expect("code"))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "invalid_quantity",
+            "invalid_quantity",
+            "invalid_meter",
+            "undecodable_record"
+        ]
+    );
+    assert!(
+        entries[3]["payload_hex"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("fffe"))
+    );
+    // What the flusher could not ship is out of the log: nothing is pending, truthfully.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&e, "tollgate_edge_usage_pending_events") != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pending never reached 0"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metric(&e, "tollgate_edge_usage_dead_letter_events"), 4);
+    // Usage goes on, and a check of the account sees the good events only.
+    let (s, _, v) = post_usage(
+        &e,
+        "application/json",
+        json!({"id": "good-3", "account": account.to_string(), "meter": "api_calls", "quantity": 1}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    until_stored(&e.cp, 3).await;
+}
+
+#[tokio::test]
+async fn events_the_control_plane_rejects_are_dead_lettered_then_replayed_or_discarded() {
+    let cp = Arc::new(Cp::default());
+    let (stranger, known) = (AccountId::new_v7(), AccountId::new_v7());
+    cp.unknown.lock().expect("unknown").insert(stranger);
+    let e = edge_with(temp_dir("rejected"), cp.clone(), with_operator()).await;
+    let ev = |id: &str, a: AccountId| json!({"id": id, "account": a.to_string(), "meter": "api_calls", "quantity": 4});
+    let (s, _, v) = post_usage(
+        &e,
+        "application/json",
+        json!([
+            ev("s1", stranger),
+            ev("k1", known),
+            ev("s2", stranger),
+            ev("k2", known)
+        ]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    // The known account's usage flows; the stranger's is set aside, not retried forever.
+    until_stored(&cp, 2).await;
+    let entries = until_dead_lettered(&e, 2).await;
+    for d in &entries {
+        assert_eq!(d["code"], "unknown_account");
+        assert_eq!(d["event"]["account"], stranger.to_string());
+    }
+    // The dead-letter API is an operator's: no token, no entries.
+    let (s, _, v) = call(&e.state, Method::GET, "/v1/dead-letter", None, Value::Null).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("missing_credentials"))
+    );
+    let (_, v) = operator(&e, Method::GET, "/v1/status").await;
+    assert_eq!(v["usage"]["dead_letter"]["events"], 2, "{v}");
+    // The account is created after all: replaying stores its usage, once.
+    cp.unknown.lock().expect("unknown").clear();
+    let (s, v) = operator(&e, Method::POST, "/v1/dead-letter/replay").await;
+    assert_eq!(
+        (s, v["replayed"].as_i64(), v["kept"].as_i64()),
+        (StatusCode::OK, Some(2), Some(0)),
+        "{v}"
+    );
+    until_stored(&cp, 4).await;
+    assert_eq!(until_dead_lettered(&e, 0).await.len(), 0);
+    // Discarding is the other way out.
+    cp.unknown.lock().expect("unknown").insert(stranger);
+    post_usage(&e, "application/json", ev("s3", stranger)).await;
+    until_dead_lettered(&e, 1).await;
+    let (s, v) = operator(&e, Method::POST, "/v1/dead-letter/discard").await;
+    assert_eq!(
+        (s, v["discarded"].as_i64()),
+        (StatusCode::OK, Some(1)),
+        "{v}"
+    );
+    assert_eq!(until_dead_lettered(&e, 0).await.len(), 0);
+    assert_eq!(cp.stored.lock().expect("stored").len(), 4);
+}
+
+#[tokio::test]
+async fn a_batch_refused_whole_is_narrowed_to_its_poison_and_the_rest_flows() {
+    let cp = Arc::new(Cp::default());
+    *cp.refuse_batches_with.lock().expect("refuse") = Some("poison".into());
+    // Nothing flushes until all 20 are stored, so they go out as one batch.
+    cp.fail_next.store(u32::MAX, Ordering::SeqCst);
+    let e = edge_with(temp_dir("narrow"), cp.clone(), with_operator()).await;
+    let account = AccountId::new_v7().to_string();
+    let events: Vec<Value> = (0..20)
+        .map(|i| {
+            let id = if i == 13 {
+                "poison-13".to_owned()
+            } else {
+                format!("n{i}")
+            };
+            json!({"id": id, "account": account, "meter": "api_calls", "quantity": 1})
+        })
+        .collect();
+    let (s, _, v) = post_usage(&e, "application/json", Value::Array(events)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    cp.fail_next.store(0, Ordering::SeqCst);
+    until_stored(&cp, 19).await;
+    let entries = until_dead_lettered(&e, 1).await;
+    assert_eq!(
+        (
+            entries[0]["code"].as_str(),
+            entries[0]["event"]["id"].as_str()
+        ),
+        (Some("batch_refused"), Some("poison-13"))
+    );
+    assert!(metric(&e, "tollgate_edge_usage_flush_refusals_total") >= 3);
+    // And what comes after flows at full batch size again.
+    let (s, _, _) = post_usage(
+        &e,
+        "application/json",
+        json!({"id": "after", "account": account, "meter": "api_calls", "quantity": 1}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    until_stored(&cp, 20).await;
+}
+
+#[tokio::test]
+async fn pending_metrics_tell_the_truth_while_the_control_plane_is_away_and_after_a_restart() {
+    let cp = Arc::new(Cp::default());
+    cp.fail_next.store(u32::MAX, Ordering::SeqCst);
+    let dir = temp_dir("pending");
+    let account = AccountId::new_v7().to_string();
+    {
+        let e = edge(dir.clone(), 1 << 20, cp.clone()).await;
+        for i in 0..3 {
+            let body = json!({"id": format!("p{i}"), "account": account, "meter": "api_calls", "quantity": 1});
+            assert_eq!(
+                post_usage(&e, "application/json", body).await.0,
+                StatusCode::ACCEPTED
+            );
+        }
+        assert_eq!(metric(&e, "tollgate_edge_usage_pending_events"), 3);
+    }
+    let e = edge(dir, 1 << 20, cp.clone()).await;
+    assert_eq!(
+        metric(&e, "tollgate_edge_usage_pending_events"),
+        3,
+        "recovered events are pending before anything is flushed"
+    );
+    cp.fail_next.store(0, Ordering::SeqCst);
+    until_stored(&cp, 3).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&e, "tollgate_edge_usage_pending_events") != 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_fsync_refuses_usage_with_nothing_stored_and_makes_the_edge_unready() {
+    let e = edge_with(
+        temp_dir("fsync"),
+        Arc::default(),
+        Setup {
+            fail_syncs_after: Some(1),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let account = AccountId::new_v7().to_string();
+    let body =
+        |id: &str| json!({"id": id, "account": account, "meter": "api_calls", "quantity": 1});
+    assert_eq!(
+        post_usage(&e, "application/json", body("f1")).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (s, _, _) = call(&e.state, Method::GET, "/readyz", None, Value::Null).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, h, v) = post_usage(&e, "application/json", body("f2")).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("usage_store_failed")),
+        "{v}"
+    );
+    assert_eq!(h["retry-after"], "1");
+    let (s, _, v) = call(&e.state, Method::GET, "/readyz", None, Value::Null).await;
+    assert_eq!(
+        (s, v["usage_store_failed"].as_bool()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some(true)),
+        "{v}"
+    );
+    assert_eq!(metric(&e, "tollgate_edge_usage_store_failed"), 1);
+    until_stored(&e.cp, 1).await;
+    assert!(!e.cp.stored.lock().expect("stored").contains_key("f2"));
+}
+
+#[tokio::test]
+async fn the_same_id_twice_in_one_request_is_refused_unless_identical() {
+    let e = edge(temp_dir("dups"), 1 << 20, Arc::default()).await;
+    let account = AccountId::new_v7().to_string();
+    let ev = |id: &str, q: i64| json!({"id": id, "account": account, "meter": "api_calls", "quantity": q});
+    let (s, _, v) = post_usage(
+        &e,
+        "application/json",
+        json!([
+            ev("a", 1),
+            ev("a", 2),
+            ev("b", 5),
+            ev("b", 5),
+            ev("ce:/svc:X:7", 1)
+        ]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let accepted: Vec<(i64, &str)> = v["accepted"]
+        .as_array()
+        .expect("accepted")
+        .iter()
+        .map(|a| {
+            (
+                a["index"].as_i64().expect("i"),
+                a["id"].as_str().expect("id"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        accepted,
+        [(2, "b"), (3, "b")],
+        "identical repeats are one event"
+    );
+    let rejected: Vec<(i64, &str)> = v["rejected"]
+        .as_array()
+        .expect("rejected")
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_i64().expect("i"),
+                r["code"].as_str().expect("code"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            (0, "conflicting_duplicate"),
+            (1, "conflicting_duplicate"),
+            (4, "invalid_id")
+        ]
+    );
+    until_stored(&e.cp, 1).await;
+    assert_eq!(e.cp.stored.lock().expect("stored")["b"].quantity, 5);
+}
+
+#[tokio::test]
+async fn usage_for_an_account_the_control_plane_says_does_not_exist_is_refused() {
+    let e = edge(temp_dir("ghost"), 1 << 20, Arc::default()).await;
+    let ghost = AccountId::new_v7();
+    // A check learns the account does not exist (404 from the control plane).
+    let (_, _, v) = call(
+        &e.state,
+        Method::GET,
+        &format!("/v1/check?account={ghost}&feature=sso"),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(v["reason"], "unknown_account", "{v}");
+    let (s, _, v) = post_usage(
+        &e,
+        "application/json",
+        json!({"account": ghost.to_string(), "meter": "api_calls", "quantity": 1}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["rejected"][0]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_account")),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn a_denied_check_takes_nothing_from_the_quota() {
+    let cp = Arc::new(Cp::default());
+    let account = AccountId::new_v7();
+    pro(&cp, account);
+    cp.elsewhere
+        .lock()
+        .expect("elsewhere")
+        .insert(account, 99_950);
+    let e = edge(temp_dir("denied-lease"), 1 << 20, cp.clone()).await;
+    let check = |q: i64| format!("/v1/check?account={account}&feature=api_calls&quantity={q}");
+    // More than the whole quota: denied without asking for anything.
+    let (_, _, v) = call(&e.state, Method::GET, &check(100_001), None, Value::Null).await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("denied_quota_exceeded")),
+        "{v}"
+    );
+    assert!(
+        cp.leases.lock().expect("leases").is_empty(),
+        "no lease asked for"
+    );
+    // More than is left (50): denied, and the control plane granted nothing.
+    let (_, _, v) = call(&e.state, Method::GET, &check(100), None, Value::Null).await;
+    assert_eq!(v["allowed"], false, "{v}");
+    let granted: Vec<i64> = cp
+        .leases
+        .lock()
+        .expect("leases")
+        .iter()
+        .map(|(_, g)| *g)
+        .collect();
+    assert_eq!(granted, [0]);
+    // So what is left is still there for a check that fits (on this edge or any other).
+    let (_, _, v) = call(&e.state, Method::GET, &check(40), None, Value::Null).await;
+    assert_eq!(v["allowed"], true, "{v}");
+    let last = cp
+        .leases
+        .lock()
+        .expect("leases")
+        .last()
+        .map(|(r, g)| (r.need, *g));
+    assert_eq!(last, Some((40, 50)), "the need, then the rest of the quota");
+}
+
+#[tokio::test]
+async fn a_lease_of_a_quota_that_was_lowered_is_given_back_and_not_used() {
+    let cp = Arc::new(Cp::default());
+    let account = AccountId::new_v7();
+    pro(&cp, account);
+    let e = edge(temp_dir("downgrade"), 1 << 20, cp.clone()).await;
+    let check = |q: i64| format!("/v1/check?account={account}&feature=api_calls&quantity={q}");
+    let (_, _, v) = call(&e.state, Method::GET, &check(1), None, Value::Null).await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["limit"].as_i64()),
+        (Some(true), Some(100_000)),
+        "{v}"
+    );
+    // 1,000 units used here, from the pro lease (renewed as it runs short; 100 units of it
+    // are left unused at the end).
+    for _ in 0..10 {
+        let (_, _, v) = call(&e.state, Method::GET, &check(100), None, Value::Null).await;
+        assert_eq!(v["allowed"], true, "{v}");
+        let body = json!({"account": account.to_string(), "meter": "api_calls", "quantity": 100});
+        assert_eq!(
+            post_usage(&e, "application/json", body).await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    // Downgrade to free (1,000 api_calls): the change reaches the edge.
+    let mut free = AccountFacts::new(account, 2);
+    free.subscription = Some(SubscriptionFacts {
+        plan: "free".into(),
+        status: SubscriptionStatus::Active,
+        current_period_end_ms: 0,
+    });
+    let view = e.state.rules.load_full().expect("rules");
+    assert!(e.state.cache.apply(free, &view));
+    // Already past the new quota: denied, the old lease's unused units given back.
+    let (_, _, v) = call(&e.state, Method::GET, &check(1), None, Value::Null).await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["limit"].as_i64()),
+        (Some(false), Some(1_000)),
+        "{v}"
+    );
+    let released: Vec<i64> = cp
+        .released
+        .lock()
+        .expect("released")
+        .iter()
+        .map(|r| r.units)
+        .collect();
+    assert_eq!(released, [100], "the old lease's unused units");
+    let limits: Vec<i64> = cp
+        .leases
+        .lock()
+        .expect("leases")
+        .iter()
+        .map(|(r, _)| r.limit)
+        .collect();
+    assert!(
+        limits.iter().all(|l| *l == 100_000 || *l == 1_000),
+        "{limits:?}"
+    );
+}
+
+#[tokio::test]
+async fn quantities_past_the_bound_are_refused_before_any_lease() {
+    let cp = Arc::new(Cp::default());
+    let account = AccountId::new_v7();
+    pro(&cp, account);
+    let e = edge(temp_dir("bounds"), 1 << 20, cp.clone()).await;
+    for q in [i64::MAX, i64::MAX - 99, (1 << 40) + 1, -1] {
+        let uri = format!("/v1/check?account={account}&feature=api_calls&quantity={q}");
+        let (s, _, v) = call(&e.state, Method::GET, &uri, None, Value::Null).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_quantity")),
+            "{q}: {v}"
+        );
+    }
+    let (s, _, v) = call(
+        &e.state,
+        Method::POST,
+        "/v1/check",
+        Some("application/json"),
+        json!({"checks": [
+            {"account": account.to_string(), "feature": "api_calls", "quantity": i64::MAX},
+            {"account": account.to_string(), "feature": "api_calls", "quantity": 1e300},
+            {"account": account.to_string(), "feature": "api_calls", "quantity": 3},
+        ]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["results"][0]["error"]["code"], "invalid_quantity", "{v}");
+    assert_eq!(v["results"][1]["error"]["code"], "invalid_quantity", "{v}");
+    assert_eq!(v["results"][2]["result"]["allowed"], true, "{v}");
+    let needs: Vec<i64> = cp
+        .leases
+        .lock()
+        .expect("leases")
+        .iter()
+        .map(|(r, _)| r.need)
+        .collect();
+    assert_eq!(needs, [3], "only the valid check asked for quota");
+}
+
+#[tokio::test]
+async fn a_limit_feature_compares_the_quantity_with_its_limit() {
+    let cp = Arc::new(Cp::default());
+    let account = AccountId::new_v7();
+    pro(&cp, account);
+    let e = edge(temp_dir("seats"), 1 << 20, cp).await;
+    let seats = |q: i64| format!("/v1/check?account={account}&feature=seats&quantity={q}");
+    let (_, _, v) = call(&e.state, Method::GET, &seats(10), None, Value::Null).await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["limit"].as_i64()),
+        (Some(true), Some(10)),
+        "{v}"
+    );
+    let (_, _, v) = call(&e.state, Method::GET, &seats(11), None, Value::Null).await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("denied_quota_exceeded")),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn the_ofrep_bulk_etag_changes_when_the_quota_is_used_up() {
+    let cp = Arc::new(Cp::default());
+    let account = AccountId::new_v7();
+    pro(&cp, account);
+    cp.elsewhere
+        .lock()
+        .expect("elsewhere")
+        .insert(account, 99_999);
+    let e = edge(temp_dir("etag"), 1 << 20, cp.clone()).await;
+    let bulk = |tag: Option<&str>| {
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri("/ofrep/v1/evaluate/flags")
+            .header("content-type", "application/json");
+        if let Some(t) = tag {
+            req = req.header("if-none-match", t);
+        }
+        let req = req
+            .body(Body::from(
+                json!({"context": {"targetingKey": account.to_string()}}).to_string(),
+            ))
+            .expect("req");
+        let app = tollgate_edge::app(e.state.clone());
+        async move {
+            let resp = app.oneshot(req).await.expect("infallible");
+            let status = resp.status();
+            let tag = resp
+                .headers()
+                .get("etag")
+                .map(|v| v.to_str().expect("tag").to_owned());
+            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+            (
+                status,
+                tag,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, tag, v) = bulk(None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let tag = tag.expect("etag");
+    let api = |v: &Value| {
+        v["flags"]
+            .as_array()
+            .expect("flags")
+            .iter()
+            .find(|f| f["key"] == "api_calls")
+            .cloned()
+            .expect("api_calls")
+    };
+    assert_eq!(api(&v)["variant"], "granted");
+    // Unchanged: 304 for the tag, its weak form, a list holding it, and `*`.
+    for m in [
+        tag.clone(),
+        format!("W/{tag}"),
+        format!("\"nope\", {tag}"),
+        "*".to_owned(),
+    ] {
+        assert_eq!(bulk(Some(&m)).await.0, StatusCode::NOT_MODIFIED, "{m}");
+    }
+    // The last unit is used: the answer changes, and so does its tag.
+    let body = json!({"account": account.to_string(), "meter": "api_calls", "quantity": 1});
+    assert_eq!(
+        post_usage(&e, "application/json", body).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (s, new_tag, v) = bulk(Some(&tag)).await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "a client holding the old tag gets the new answer"
+    );
+    assert_eq!(api(&v)["variant"], "denied", "{v}");
+    assert_ne!(new_tag.as_deref(), Some(tag.as_str()));
+}
