@@ -216,7 +216,11 @@ pub fn persist_facts(state: &EdgeState, dir: &Path) -> std::io::Result<usize> {
     std::fs::create_dir_all(dir)?;
     let header = FactsHeader {
         format: FACTS_FORMAT,
-        stream_id: state.stream_position(),
+        // Restored entries not confirmed yet are not current to any position: without one, the
+        // next start revalidates instead of resuming.
+        stream_id: state
+            .stream_position()
+            .filter(|_| !state.restored_waiting()),
         saved_at_ms: crate::now_ms(),
     };
     let tmp = dir.join(format!("{FACTS_FILE}.tmp"));

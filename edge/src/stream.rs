@@ -124,6 +124,9 @@ pub async fn follow(
                         .first()
                         .map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
                     last_id = Some(id.clone());
+                    // What is cached from now on is current to this position: fills fetch the
+                    // current facts, and every later change is read from here.
+                    state.set_stream_position(Some(id.clone()));
                     id
                 }
             };

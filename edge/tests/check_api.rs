@@ -617,3 +617,202 @@ async fn misses_read_the_l2_once_a_redis_that_was_down_at_boot_comes_up() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_batch_of_unknown_accounts_is_fetched_in_one_request() {
+    let (state, store, hits) = edge(L2::default()).await;
+    let accounts: Vec<AccountId> = (0..256).map(|_| AccountId::new_v7()).collect();
+    for a in accounts.iter().step_by(2) {
+        store
+            .lock()
+            .expect("store")
+            .insert(*a, facts(*a, 1, Some("pro")));
+    }
+    let checks: Vec<Value> = accounts
+        .iter()
+        .map(|a| serde_json::json!({"account": a.to_string(), "feature": "sso"}))
+        .collect();
+    let body = serde_json::json!({ "checks": checks }).to_string();
+    let (s, v) = post_json(&state, "/v1/check", &body).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let results = v["results"].as_array().expect("results");
+    for (i, r) in results.iter().enumerate() {
+        let expected = if i % 2 == 0 {
+            "granted_by_plan"
+        } else {
+            "unknown_account"
+        };
+        assert_eq!(r["result"]["reason"], expected, "{r}");
+    }
+    assert_eq!(
+        *hits.lock().expect("hits"),
+        1,
+        "256 unknown accounts, one control-plane request"
+    );
+}
+
+#[tokio::test]
+async fn fills_past_the_rate_bound_answer_the_fallback_instead_of_flooding_the_control_plane() {
+    let store: Store = Arc::default();
+    let hits: Hits = Arc::default();
+    let base = stub_control_plane(store.clone(), hits.clone()).await;
+    let upstream = Upstream::new(
+        &base,
+        secrecy::SecretString::from("t".to_owned()),
+        Duration::from_secs(2),
+        L2::default(),
+    )
+    .expect("upstream")
+    .with_fill_limits(tollgate_edge::upstream::FillLimits {
+        concurrent_max: 4,
+        per_second_max: 10,
+    });
+    let state = EdgeState::new(EdgeOptions::new("throttled"), upstream);
+    let program = tollgate_rules::demo_program();
+    let loaded = RulesEngine::new()
+        .expect("engine")
+        .load_program(&program)
+        .expect("load");
+    state.install_rules(1, program, loaded);
+    // A client asks for 200 ids the edge has never seen, as fast as it can.
+    let mut fallbacks = 0;
+    for _ in 0..200 {
+        let (s, _, v) = call(
+            &state,
+            Method::GET,
+            &format!("/v1/check?account={}&feature=sso", AccountId::new_v7()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        if v["reason"] == "fallback" {
+            assert_eq!(
+                (v["allowed"].as_bool(), v["stale"].as_bool()),
+                (Some(false), Some(true))
+            );
+            fallbacks += 1;
+        }
+    }
+    let asked = *hits.lock().expect("hits");
+    assert!(
+        asked <= 20,
+        "{asked} control-plane fills for a bound of 10/s"
+    );
+    assert!(
+        fallbacks >= 150,
+        "{fallbacks} answered from the fallback policy"
+    );
+    assert!(
+        state
+            .metrics
+            .render()
+            .contains(&format!("tollgate_edge_fills_throttled_total {fallbacks}")),
+        "{}",
+        state.metrics.render()
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_edge_never_answers_a_grant_revoked_while_it_was_down_as_fresh() {
+    let f = Following::start().await;
+    let dir = std::env::temp_dir().join(format!("tollgate-edge-resume-{}", uuid::Uuid::now_v7()));
+    // The running edge saves its facts (pro, v1) with its stream position, then stops.
+    tollgate_edge::bundles::persist_facts(&f.state, &dir).expect("snapshot");
+    f.follower.abort();
+    // While it is down, the subscription is cancelled: v2 goes out on the stream (and the
+    // control plane would answer v2 too, but it is not asked: the stream tells).
+    Following::publish_to(&f.redis, f.keys(), &facts(f.account, 2, None)).await;
+    // A new edge starts from the saved facts, with the same stream.
+    let (after, _, _) = edge_with(
+        L2::default(),
+        f.keys().clone(),
+        tollgate_edge::auth::Tokens::default(),
+    )
+    .await;
+    let restored = tollgate_edge::bundles::restore_facts(&after, &dir);
+    assert_eq!(restored.accounts, 1);
+    after.stream_ok_at_ms.store(
+        tollgate_edge::now_ms(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let (_, _, v) = call(&after, Method::GET, &f.uri).await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["stale"].as_bool()),
+        (Some(true), Some(true)),
+        "restored and not yet confirmed: stale, even with the stream readable: {v}"
+    );
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let url = std::env::var("TOLLGATE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let follower = tokio::spawn(tollgate_edge::stream::follow(
+        after.clone(),
+        redis::Client::open(url).expect("url"),
+        stop_rx,
+    ));
+    let deadline = tokio::time::Instant::now() + STREAM_DEADLINE;
+    loop {
+        let (_, _, v) = call(&after, Method::GET, &f.uri).await;
+        assert!(
+            !(v["allowed"] == true && v["stale"] == false),
+            "a revoked grant answered as fresh: {v}"
+        );
+        if v["allowed"] == false && v["stale"] == false {
+            assert_eq!(v["version"], 2);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never caught up: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    follower.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn after_a_stream_gap_fills_skip_the_l2_copy() {
+    let f = Following::start().await;
+    // Redis lost writes: the stream is gone, and an L2 copy is older than the control plane.
+    let mut conn = f.redis.clone();
+    let _: i64 = redis::cmd("DEL")
+        .arg(f.keys().stream())
+        .query_async(&mut conn)
+        .await
+        .expect("del");
+    let deadline = tokio::time::Instant::now() + STREAM_DEADLINE;
+    while f
+        .state
+        .metrics
+        .render()
+        .contains("tollgate_edge_stream_gaps_total 0")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gap was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let other = AccountId::new_v7();
+    f.store
+        .lock()
+        .expect("store")
+        .insert(other, facts(other, 5, None));
+    let _: () = redis::cmd("SET")
+        .arg(f.keys().facts(&other))
+        .arg(serde_json::to_string(&facts(other, 1, Some("pro"))).expect("json"))
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    let (_, _, v) = call(
+        &f.state,
+        Method::GET,
+        &format!("/v1/check?account={other}&feature=sso"),
+    )
+    .await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["version"].as_i64()),
+        (Some(false), Some(5)),
+        "the control plane's facts, not the L2 copy: {v}"
+    );
+    f.follower.abort();
+}
