@@ -119,7 +119,63 @@ pub fn app(state: EdgeState) -> Router {
                 "method not allowed on this route",
             )
         })
+        // Last, so that it wraps every route and both fallbacks.
+        .layer(axum::middleware::from_fn(bounded_body))
         .with_state(state)
+}
+
+/// Largest request body any route takes (the usage API's), bytes.
+pub const REQUEST_BODY_BYTES_MAX: usize = usage_api::USAGE_BODY_BYTES_MAX;
+/// Bodies past [`REQUEST_BODY_BYTES_MAX`] are still read (and dropped) up to this many bytes,
+/// so their `413` reaches the client on a connection that stays usable; past it the
+/// connection is closed after the answer (an HTTP/1.1 server cannot answer early otherwise).
+pub const DRAIN_BYTES_MAX: usize = 32 << 20;
+
+/// Every request's body, bounded: at most [`REQUEST_BODY_BYTES_MAX`] reach a handler; a larger
+/// one is answered `413 body_too_large` after being drained. Requests without a body (the
+/// check hot path) pass untouched.
+async fn bounded_body(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use http_body_util::BodyExt;
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if !has_body {
+        return next.run(req).await;
+    }
+    let (parts, mut body) = req.into_parts();
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                "the request body could not be read",
+            );
+        };
+        if let Some(data) = frame.data_ref() {
+            total = total.saturating_add(data.len());
+            if total <= REQUEST_BODY_BYTES_MAX {
+                kept.extend_from_slice(data);
+            } else if total > DRAIN_BYTES_MAX {
+                break;
+            }
+        }
+    }
+    if total > REQUEST_BODY_BYTES_MAX {
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("a request body is at most {REQUEST_BODY_BYTES_MAX} bytes"),
+        );
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(kept),
+    ))
+    .await
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
