@@ -68,8 +68,11 @@ use crate::ir;
 
 /// Largest bundle file accepted or built.
 pub const BUNDLE_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Version of this layout, in the file header and the manifest.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of this layout, in the file header and the manifest. Version 2: limits are
+/// [`ir::Limit`] values (none, finite, unlimited) in the manifest and the program, and the
+/// module follows ABI 2; a version-1 bundle (one `i64` for both "none" and "unlimited") is
+/// refused as `UnsupportedFormat(1)` rather than misread.
+pub const FORMAT_VERSION: u32 = 2;
 /// Magic of a signed bundle file.
 pub const SIGNED_MAGIC: &[u8; 8] = b"TGBUNDLE";
 /// Magic of an unsigned bundle file (`tollgate-rules compile` output).

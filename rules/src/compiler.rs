@@ -13,7 +13,7 @@
 //! its own tests say never serves.
 
 use crate::interp;
-use crate::ir::{self, NO_LIMIT, RawDecision, TestCase};
+use crate::ir::{self, Limit, RawDecision, TestCase};
 use crate::lang::{self, Diagnostic, Severity, SourceFile, diag::codes};
 use crate::wasm;
 
@@ -194,7 +194,7 @@ pub fn check_test(
             continue;
         };
         let allowed = e.allowed.filter(|a| *a != d.allowed);
-        let limit = e.limit.filter(|l| *l != d.limit);
+        let limit = e.limit.filter(|l| !limit_holds(*l, d));
         let reason = e.reason.filter(|r| *r != d.reason);
         if allowed.is_none() && limit.is_none() && reason.is_none() {
             continue;
@@ -233,25 +233,35 @@ pub fn check_test(
     failures
 }
 
+/// Whether a decision meets an expected limit: `limit unlimited` only an allowed decision
+/// that is unlimited, `limit none` only one without a limit, `limit n` only that number.
+fn limit_holds(expected: Limit, d: &RawDecision) -> bool {
+    match expected {
+        Limit::Unlimited => d.allowed && d.limit == Limit::Unlimited,
+        Limit::None => d.limit == Limit::None,
+        Limit::Finite(n) => d.limit == Limit::Finite(n),
+    }
+}
+
 fn allowed_word(allowed: bool) -> &'static str {
     if allowed { "allowed" } else { "denied" }
 }
 
-/// A limit as the language writes it: a number, or `none`.
-pub fn limit_text(limit: i64) -> String {
-    if limit == NO_LIMIT {
-        "none".into()
-    } else {
-        limit.to_string()
+/// A limit as the language writes it: a number, `unlimited` or `none`.
+pub fn limit_text(limit: Limit) -> String {
+    match limit {
+        Limit::None => "none".into(),
+        Limit::Finite(n) => n.to_string(),
+        Limit::Unlimited => "unlimited".into(),
     }
 }
 
-/// One decision in words: "allowed limit 10 (granted_by_plan)", "denied (denied_banned)".
+/// One decision in words: "allowed limit 10 (granted_by_plan)", "allowed limit unlimited
+/// (granted_by_plan)", "denied (denied_banned)".
 pub fn describe(d: &RawDecision) -> String {
-    let limit = if d.limit == NO_LIMIT {
-        String::new()
-    } else {
-        format!(" limit {}", d.limit)
+    let limit = match d.limit {
+        Limit::None => String::new(),
+        other => format!(" limit {}", limit_text(other)),
     };
     format!("{}{limit} ({})", allowed_word(d.allowed), d.reason.as_str())
 }
@@ -342,7 +352,7 @@ test \"wrong\" {
         assert_eq!(run_tests(&compiled.program, &rules), Ok(2));
         // The same module against a program whose tests expect otherwise.
         let mut program = compiled.program.clone();
-        program.tests[0].expect[1].limit = Some(6);
+        program.tests[0].expect[1].limit = Some(Limit::Finite(6));
         let failures = run_tests(&program, &rules).expect_err("fails");
         assert_eq!(
             failures,

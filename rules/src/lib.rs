@@ -58,6 +58,9 @@ pub struct Feature {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub feature: String,
+    /// The number granted; `None` for a bool feature and for an unlimited grant of a limit or
+    /// metered feature (the feature's kind tells them apart: the language requires a limit
+    /// feature's grant to say `= n` or `= unlimited`).
     pub limit: Option<i64>,
 }
 
@@ -126,7 +129,7 @@ impl Catalog {
                             let f = features.get(g.feature as usize)?;
                             Some(Grant {
                                 feature: f.key.clone(),
-                                limit: (g.limit != ir::NO_LIMIT).then_some(g.limit),
+                                limit: g.limit.finite(),
                             })
                         })
                         .collect(),

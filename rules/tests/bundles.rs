@@ -280,10 +280,17 @@ fn wrong_magic_or_format_is_refused() {
         Err(BundleError::Malformed(m)) if m.contains("unsigned")
     ));
     let mut future = signed.clone();
-    future[8..12].copy_from_slice(&2u32.to_le_bytes());
+    future[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
     assert!(matches!(
         bundle::verify(&future, &trusting(&[&key])),
-        Err(BundleError::UnsupportedFormat(2))
+        Err(BundleError::UnsupportedFormat(v)) if v == FORMAT_VERSION + 1
+    ));
+    // A bundle of the format before limits were typed is refused, not misread.
+    let mut old = signed.clone();
+    old[8..12].copy_from_slice(&1u32.to_le_bytes());
+    assert!(matches!(
+        bundle::verify(&old, &trusting(&[&key])),
+        Err(BundleError::UnsupportedFormat(1))
     ));
     assert!(UnsignedBundle::decode(&signed).is_err());
 }

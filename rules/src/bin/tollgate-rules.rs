@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use tollgate_rules::bundle::{self, InspectedBundle, PublicKey, SigningKey, TrustedKeys};
 use tollgate_rules::compiler::{self, describe};
 use tollgate_rules::interp;
-use tollgate_rules::ir::{self, Fact, FactVector, NO_LIMIT, Program};
+use tollgate_rules::ir::{self, Fact, FactVector, Limit, Program};
 use tollgate_rules::lang::{self, Diagnostic, Severity, SourceFile};
 
 /// Key files are one short line.
@@ -556,12 +556,11 @@ fn grant_text(program: &Program, g: &ir::Grant) -> String {
         .features
         .get(g.feature as usize)
         .is_some_and(|f| f.kind == ir::FeatureKind::Bool);
-    if bool_feature {
-        key.to_string()
-    } else if g.limit == NO_LIMIT {
-        format!("{key} = unlimited")
-    } else {
-        format!("{key} = {}", g.limit)
+    match g.limit {
+        _ if bool_feature => key.to_string(),
+        Limit::None => key.to_string(),
+        Limit::Unlimited => format!("{key} = unlimited"),
+        Limit::Finite(n) => format!("{key} = {n}"),
     }
 }
 
@@ -942,10 +941,10 @@ fn translate(facts: &FactVector, from: &Program, to: &Program) -> FactVector {
             for (src, dst) in [
                 (Fact::Usage(i), Fact::Usage(j)),
                 (Fact::OverrideMode(i), Fact::OverrideMode(j)),
-                (Fact::OverrideLimit(i), Fact::OverrideLimit(j)),
             ] {
                 out.set(dst, ts, facts.get(src, fs));
             }
+            out.set_override_limit(j, ts, facts.override_limit(i, fs));
         }
     }
     out

@@ -8,12 +8,14 @@
 
 use std::collections::HashMap;
 
-use super::ast::{self, Amount, BinOp, ExprKind, GivenTarget, GivenValue, Name, UnOp};
+use super::ast::{
+    self, Amount, BinOp, ExpectedLimit, ExprKind, GivenTarget, GivenValue, Name, UnOp,
+};
 use super::diag::{Diags, codes};
 use super::fold;
 use crate::ir::{
     self, Action, AddonEffect, AddonIdx, ArithOp, BoolExpr, CmpOp, DEFAULT_LEASE, Expectation,
-    Fact, FactVector, FeatureIdx, FeatureKind, IntExpr, NO_LIMIT, OVERRIDE_DENY, OVERRIDE_GRANT,
+    Fact, FactVector, FeatureIdx, FeatureKind, IntExpr, Limit, OVERRIDE_DENY, OVERRIDE_GRANT,
     OVERRIDE_NONE, PlanIdx, ReasonCode, Shape, Span, SubStatus, Target,
 };
 use tollgate_protocol::usage::{Aggregation, MeterPeriod, MeterSpec};
@@ -718,9 +720,9 @@ impl Checker<'_> {
         feature: &Name,
         kind: FeatureKind,
         amount: Option<&Amount>,
-    ) -> Option<i64> {
+    ) -> Option<Limit> {
         match (kind, amount) {
-            (FeatureKind::Bool, None) => Some(NO_LIMIT),
+            (FeatureKind::Bool, None) => Some(Limit::None),
             (FeatureKind::Bool, Some(a)) => {
                 let span = match a {
                     Amount::Int(l) => l.span,
@@ -745,8 +747,10 @@ impl Checker<'_> {
                 );
                 None
             }
-            (_, Some(Amount::Unlimited(_))) => Some(NO_LIMIT),
-            (_, Some(Amount::Int(lit))) => self.at_least(*lit, 0, codes::INVALID_VALUE, "a limit"),
+            (_, Some(Amount::Unlimited(_))) => Some(Limit::Unlimited),
+            (_, Some(Amount::Int(lit))) => self
+                .at_least(*lit, 0, codes::INVALID_VALUE, "a limit")
+                .map(Limit::Finite),
         }
     }
 
@@ -1129,13 +1133,13 @@ impl Checker<'_> {
                 (0, i64::MAX)
             }
             Fact::OverrideMode(_) => (OVERRIDE_NONE, OVERRIDE_GRANT),
-            Fact::Today | Fact::OverrideLimit(_) => (i64::MIN, i64::MAX),
+            Fact::Today => (i64::MIN, i64::MAX),
         }
     }
 
     fn value(&mut self, v: &ast::ValueDecl) -> Option<IntExpr> {
         match v {
-            ast::ValueDecl::Unlimited(_) => Some(IntExpr::Const(NO_LIMIT)),
+            ast::ValueDecl::Unlimited(_) => Some(IntExpr::Unlimited),
             ast::ValueDecl::Expr(e) => {
                 let x = self.elab(e);
                 self.want_int(x, e.span).map(fold::fold_int)
@@ -1308,9 +1312,14 @@ impl Checker<'_> {
                 _ => {}
             }
             match self.given(g) {
-                Some(slots) => {
-                    for (fact, v) in slots {
-                        given.set(fact, shape, v);
+                Some(settings) => {
+                    for setting in settings {
+                        match setting {
+                            GivenSlot::Fact(fact, v) => given.set(fact, shape, v),
+                            GivenSlot::OverrideLimit(f, limit) => {
+                                given.set_override_limit(f, shape, limit);
+                            }
+                        }
                     }
                 }
                 None => ok = false,
@@ -1366,8 +1375,8 @@ impl Checker<'_> {
         }
     }
 
-    /// The fact slots one `given` sets.
-    fn given(&mut self, g: &ast::Given) -> Option<Vec<(Fact, i64)>> {
+    /// What one `given` sets.
+    fn given(&mut self, g: &ast::Given) -> Option<Vec<GivenSlot>> {
         match &g.target {
             GivenTarget::Fact(n) => {
                 let fact_and_value = match n.text.as_str() {
@@ -1424,7 +1433,7 @@ impl Checker<'_> {
                         return None;
                     }
                 };
-                Some(vec![fact_and_value])
+                Some(vec![GivenSlot::Fact(fact_and_value.0, fact_and_value.1)])
             }
             GivenTarget::Usage(f) => {
                 let (idx, kind) = self.feature(f)?;
@@ -1440,19 +1449,19 @@ impl Checker<'_> {
                     return None;
                 }
                 let v = self.int_given(g, "a usage", 0)?;
-                Some(vec![(Fact::Usage(idx), v)])
+                Some(vec![GivenSlot::Fact(Fact::Usage(idx), v)])
             }
             GivenTarget::Addon(a) => {
                 let idx = self.addon_index(a)?;
                 let v = self.int_given(g, "an add-on quantity", 0)?;
-                Some(vec![(Fact::AddonQty(idx), v)])
+                Some(vec![GivenSlot::Fact(Fact::AddonQty(idx), v)])
             }
             GivenTarget::Override(f) => {
                 let (idx, kind) = self.feature(f)?;
                 let (mode, limit) = match &g.value {
-                    GivenValue::Word(w) if w.text == "deny" => (OVERRIDE_DENY, NO_LIMIT),
-                    GivenValue::Word(w) if w.text == "none" => (OVERRIDE_NONE, NO_LIMIT),
-                    GivenValue::Grant(None, _) => (OVERRIDE_GRANT, NO_LIMIT),
+                    GivenValue::Word(w) if w.text == "deny" => (OVERRIDE_DENY, Limit::None),
+                    GivenValue::Word(w) if w.text == "none" => (OVERRIDE_NONE, Limit::None),
+                    GivenValue::Grant(None, _) => (OVERRIDE_GRANT, Limit::None),
                     GivenValue::Grant(Some(amount), span) => {
                         if kind == FeatureKind::Bool {
                             self.type_mismatch(
@@ -1462,10 +1471,13 @@ impl Checker<'_> {
                             return None;
                         }
                         let limit = match amount {
-                            Amount::Unlimited(_) => NO_LIMIT,
-                            Amount::Int(lit) => {
-                                self.at_least(*lit, 0, codes::INVALID_VALUE, "a limit")?
-                            }
+                            Amount::Unlimited(_) => Limit::Unlimited,
+                            Amount::Int(lit) => Limit::Finite(self.at_least(
+                                *lit,
+                                0,
+                                codes::INVALID_VALUE,
+                                "a limit",
+                            )?),
                         };
                         (OVERRIDE_GRANT, limit)
                     }
@@ -1478,8 +1490,8 @@ impl Checker<'_> {
                     }
                 };
                 Some(vec![
-                    (Fact::OverrideMode(idx), mode),
-                    (Fact::OverrideLimit(idx), limit),
+                    GivenSlot::Fact(Fact::OverrideMode(idx), mode),
+                    GivenSlot::OverrideLimit(idx, limit),
                 ])
             }
         }
@@ -1494,20 +1506,21 @@ impl Checker<'_> {
         let (idx, kind) = feature?;
         let limit = match e.limit {
             None => None,
-            Some(Amount::Unlimited(_)) => Some(NO_LIMIT),
-            Some(Amount::Int(lit)) => {
-                if kind == FeatureKind::Bool {
-                    self.type_mismatch(
-                        lit.span,
-                        format!(
-                            "`{}` is a bool feature; it never has a limit",
-                            e.feature.text
-                        ),
-                    );
-                    return None;
-                }
-                Some(lit.value?)
+            Some(ExpectedLimit::None(_)) => Some(Limit::None),
+            Some(ExpectedLimit::Unlimited(span) | ExpectedLimit::Int(ast::Lit { span, .. }))
+                if kind == FeatureKind::Bool =>
+            {
+                self.type_mismatch(
+                    span,
+                    format!(
+                        "`{}` is a bool feature; it never has a limit",
+                        e.feature.text
+                    ),
+                );
+                return None;
             }
+            Some(ExpectedLimit::Unlimited(_)) => Some(Limit::Unlimited),
+            Some(ExpectedLimit::Int(lit)) => Some(Limit::Finite(lit.value?)),
         };
         Some(Expectation {
             feature: idx,
@@ -1565,6 +1578,12 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// What a test's `given` sets in its fact vector.
+enum GivenSlot {
+    Fact(Fact, i64),
+    OverrideLimit(FeatureIdx, Limit),
 }
 
 /// A 0/1 fact as a condition.

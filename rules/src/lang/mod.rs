@@ -116,17 +116,21 @@
 //!
 //! * Types: `banned`, `in_trial`, `allowed(f)`, comparisons and `and`/`or`/`not` are
 //!   conditions; `dunning_level`, `days_past_due`, `today`, `usage(f)` (metered `f`),
-//!   `addon(a)` (quantity), `limit(f)` (limit/metered `f`, [`ir::NO_LIMIT`] when none) and
-//!   integer arithmetic are integers. `status`, `plan` and `override(f)` compare only with
-//!   `==`/`!=` against a status (`trialing`, `active`, `past_due`, `canceled`, `none`), a plan
-//!   key, or an override mode (`none`, `deny`, `grant`) respectively.
+//!   `addon(a)` (quantity), `limit(f)` (limit/metered `f`) and integer arithmetic are
+//!   integers. Integers are extended with +∞: `limit(f)` of an unlimited `f` is +∞, of an `f`
+//!   without a limit 0; `unlimited + n` is unlimited (the table is in [`crate::ir`]).
+//!   `status`, `plan` and `override(f)` compare only with `==`/`!=` against a status
+//!   (`trialing`, `active`, `past_due`, `canceled`, `none`), a plan key, or an override mode
+//!   (`none`, `deny`, `grant`) respectively.
 //! * Default reasons: `deny` → `denied_by_rule`, `grant` → `granted_by_rule`, `limit` and
 //!   `cap` → `capped_by_rule`. A `deny` must use a `denied_*` reason, the others must not.
 //! * A rule whose condition can never hold is an error (`rule_never_fires`): constant false
 //!   after folding, or comparisons of one fact that contradict each other or its range.
 //! * Tests start from [`ir::FactVector::empty`] (no subscription, no usage, no overrides);
 //!   `given plan = X` without `status` means `status = active`. An expectation checks only
-//!   what it names. Tests are lowered to [`ir::TestCase`]s, not run here.
+//!   what it names; `limit unlimited`, `limit none` and `limit n` are three different
+//!   expectations (`limit unlimited` holds only for an allowed, unlimited feature; a denied
+//!   one has no limit). Tests are lowered to [`ir::TestCase`]s, not run here.
 //! * Features, plans and add-ons may be used before they are declared; their order of
 //!   declaration is their index in the program.
 //!
