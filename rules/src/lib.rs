@@ -7,6 +7,7 @@
 //! stable bundle's manifest on promotion (and from [`Catalog::demo`] in tests), so what is sold
 //! and what is granted come from one source.
 
+pub mod bounds;
 pub mod bundle;
 pub mod compiler;
 pub mod facts;

@@ -77,20 +77,20 @@ pub enum EmitError {
     },
 }
 
-/// Whether a program fits a module ([`FEATURES_MAX`], [`ADDONS_MAX`], [`PLANS_MAX`]): the one
-/// size check, run by [`emit`] and by the compiler before it (so `check` and `compile` refuse
-/// the same programs).
-pub fn check_size(program: &Program) -> Result<(), EmitError> {
-    for (what, count, max) in [
+/// Every way a program is too large for a module ([`FEATURES_MAX`], [`ADDONS_MAX`],
+/// [`PLANS_MAX`]): the one size check, run by [`emit`] and by
+/// [`crate::compiler::check`] (so `tollgate-rules check` and `compile` refuse the same
+/// programs).
+pub fn size_errors(program: &Program) -> Vec<EmitError> {
+    [
         ("features", program.features.len(), FEATURES_MAX),
         ("add-ons", program.addons.len(), ADDONS_MAX),
         ("plans", program.plans.len(), PLANS_MAX),
-    ] {
-        if count > max {
-            return Err(EmitError::TooLarge { what, count, max });
-        }
-    }
-    Ok(())
+    ]
+    .into_iter()
+    .filter(|(_, count, max)| count > max)
+    .map(|(what, count, max)| EmitError::TooLarge { what, count, max })
+    .collect()
 }
 
 // Function indices: the helpers, then the exports.
@@ -807,7 +807,9 @@ fn const_i32(v: i32) -> Function {
 
 /// Emits the module's bytes.
 pub fn emit(program: &Program) -> Result<Vec<u8>, EmitError> {
-    check_size(program)?;
+    if let Some(e) = size_errors(program).into_iter().next() {
+        return Err(e);
+    }
     let shape = program.shape();
     let ext = [ValType::I64, ValType::I32, ValType::I64, ValType::I32];
     let mut types = TypeSection::new();

@@ -138,7 +138,10 @@
 //!
 //! Sources over [`MAX_SOURCE_BYTES`] are refused; expressions nest at most [`MAX_NESTING`]
 //! parentheses/`not`/minus deep and [`MAX_EXPR_DEPTH`] operators high; at most
-//! [`MAX_DIAGNOSTICS`] diagnostics are returned.
+//! [`MAX_DIAGNOSTICS`] diagnostics are returned. Keys, names, prices, trials and meter
+//! pricing keep the bounds of [`crate::bounds`] (checked here by the same function bundle
+//! verification uses); what a program needs to ship beyond the language (a module's size,
+//! features, plans and tests) is [`crate::compiler::check`]'s.
 
 mod ast;
 mod check;
@@ -150,6 +153,7 @@ mod parser;
 
 pub use diag::{Diagnostic, Severity};
 
+use crate::bounds::{self, Problem};
 use crate::ir::{self, Span};
 use diag::{Diags, codes};
 
@@ -192,6 +196,27 @@ pub fn compile_source(
     let tokens = lexer::lex(&file.text, &mut diags);
     let ast = parser::parse(&tokens, &mut diags);
     let checked = check::check(&ast, &mut diags);
+    // The same bounds bundle verification applies to a manifest.
+    if let Err(issues) = bounds::validate(
+        &checked.features,
+        &checked.plans,
+        &checked.addons,
+        checked.rules.iter().map(|r| r.name.as_str()),
+        checked.tests.iter().map(|t| t.name.as_str()),
+    ) {
+        for issue in issues {
+            let code = match issue.problem {
+                Problem::Key(_) | Problem::Property(_) => codes::INVALID_KEY,
+                Problem::NameEmpty | Problem::NameTooLong(_) | Problem::NameControl(_) => {
+                    codes::INVALID_NAME
+                }
+                Problem::Price(_) | Problem::MeterPrice { .. } => codes::INVALID_MONEY,
+                Problem::Currency(_) => codes::INVALID_CURRENCY,
+                Problem::Trial(_) | Problem::MeterUnits { .. } => codes::INVALID_VALUE,
+            };
+            diags.error(code, checked.spans.span(issue.site), issue.to_string());
+        }
+    }
     if diags.has_errors() {
         return Err(diags.finish(file, MAX_DIAGNOSTICS));
     }
