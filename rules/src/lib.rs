@@ -1,7 +1,8 @@
 //! Plan-to-feature rules: the language ([`lang`]), its lowered form ([`ir`]), the reference
 //! interpreter ([`interp`]), the WebAssembly code generator ([`wasm`]) and host ([`host`]), the
-//! compiler driver ([`compiler`]), signed bundles ([`bundle`]), the mapping from wire facts to
-//! the module's fact vector ([`facts`]) and the `tollgate-rules` CLI.
+//! compiler driver ([`compiler`]), the catalog bounds the compiler and bundle verification share
+//! ([`bounds`]), signed bundles ([`bundle`]), the mapping from wire facts to the module's fact
+//! vector ([`facts`]) and the `tollgate-rules` CLI.
 //!
 //! [`Catalog`] is the flat plan catalog the control plane's tables hold: it is seeded from the
 //! stable bundle's manifest on promotion (and from [`Catalog::demo`] in tests), so what is sold
