@@ -211,7 +211,7 @@ fn materialise(out_path: &str) -> anyhow::Result<()> {
         for v in &vectors {
             checksum += interp::evaluate(&program, v)
                 .iter()
-                .map(|d| d.limit.max(0) % 7)
+                .map(|d| d.limit.finite().unwrap_or(0).max(0) % 7)
                 .sum::<i64>();
         }
         let interp_rate = rate(t.elapsed().as_secs_f64());
@@ -224,11 +224,15 @@ fn materialise(out_path: &str) -> anyhow::Result<()> {
             wasm_sum += loaded
                 .evaluate(v)?
                 .iter()
-                .map(|d| d.limit.max(0) % 7)
+                .map(|d| d.limit.finite().unwrap_or(0).max(0) % 7)
                 .sum::<i64>();
         }
         let single_rate = rate(t.elapsed().as_secs_f64());
-        let batch_sum: i64 = batch.iter().flatten().map(|d| d.limit.max(0) % 7).sum();
+        let batch_sum: i64 = batch
+            .iter()
+            .flatten()
+            .map(|d| d.limit.finite().unwrap_or(0).max(0) % 7)
+            .sum();
         anyhow::ensure!(
             checksum == wasm_sum && checksum == batch_sum,
             "engines disagree"

@@ -599,6 +599,12 @@ pub mod usage {
         Ok(())
     }
 
+    /// Whether `name` may name an event property (and so a `unique_count` meter's property):
+    /// 1..=[`limits::KEY_BYTES_MAX`] bytes without control characters.
+    pub fn property_name_ok(name: &str) -> bool {
+        !name.is_empty() && name.len() <= limits::KEY_BYTES_MAX && printable(name)
+    }
+
     /// Whether a quantity (of an event, or asked for by a check) is within bounds.
     pub fn quantity_ok(quantity: i64) -> bool {
         (0..=limits::QUANTITY_MAX).contains(&quantity)
@@ -656,7 +662,7 @@ pub mod usage {
             )));
         }
         for (k, v) in p {
-            if k.is_empty() || k.len() > limits::KEY_BYTES_MAX || !printable(k) {
+            if !property_name_ok(k) {
                 return Err(EventError::InvalidProperties(format!(
                     "property names are 1-{} bytes without control characters",
                     limits::KEY_BYTES_MAX

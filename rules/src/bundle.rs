@@ -40,6 +40,13 @@
 //!    unlisted (`UnlistedPart`).
 //! 7. The program decodes and matches the manifest: features, plans, add-ons, tests and rule
 //!    names are equal (`Malformed`, `ProgramMismatch`).
+//! 8. The manifest is one the compiler could have made ([`check_manifest`], which
+//!    [`build`] runs too): its version is in [`BUNDLE_VERSION_MIN`]..=[`BUNDLE_VERSION_MAX`]
+//!    (`InvalidVersion`), its catalog and names keep the bounds of [`crate::bounds`]
+//!    (`Catalog`: keys, display names, prices, trials, meter pricing), and it has features,
+//!    plans and tests (`Incomplete`). So a bundle from an older compiler, or made by hand,
+//!    that the control plane could not store or an edge should not serve is refused here,
+//!    with a typed error, on the upload path and on every edge alike.
 //!
 //! The module is not compiled here: the host ([`crate::host`]) validates it against the
 //! program's shape when it is loaded, and [`crate::compiler::run_tests`] runs the embedded
@@ -63,13 +70,17 @@ use ed25519_dalek::Signer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::bounds::{self, CatalogIssue, Missing};
 use crate::compiler::{COMPILER_VERSION, Compiled};
 use crate::ir;
 
 /// Largest bundle file accepted or built.
 pub const BUNDLE_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Version of this layout, in the file header and the manifest.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of this layout, in the file header and the manifest. Version 2: limits are
+/// [`ir::Limit`] values (none, finite, unlimited) in the manifest and the program, and the
+/// module follows ABI 2; a version-1 bundle (one `i64` for both "none" and "unlimited") is
+/// refused as `UnsupportedFormat(1)` rather than misread.
+pub const FORMAT_VERSION: u32 = 2;
 /// Magic of a signed bundle file.
 pub const SIGNED_MAGIC: &[u8; 8] = b"TGBUNDLE";
 /// Magic of an unsigned bundle file (`tollgate-rules compile` output).
@@ -80,6 +91,12 @@ pub const MODULE_PART: &str = "module.wasm";
 pub const PROGRAM_PART: &str = "program.postcard";
 /// Longest key id.
 pub const KEY_ID_CHARS_MAX: usize = 64;
+/// Smallest bundle version.
+pub const BUNDLE_VERSION_MIN: u64 = 1;
+/// Largest bundle version: the control plane stores versions as PostgreSQL `bigint`.
+pub const BUNDLE_VERSION_MAX: u64 = i64::MAX as u64;
+/// Catalog issues named in a [`BundleError::Catalog`] message; the rest are counted.
+pub const CATALOG_ISSUES_SHOWN: usize = 10;
 
 const HEADER_BYTES: usize = 12;
 const SECRET_PREFIX: &str = "tollgate-ed25519-secret";
@@ -149,12 +166,66 @@ pub enum BundleError {
     /// manifest.
     #[error("the program in the bundle does not match its manifest")]
     ProgramMismatch,
+    /// A version outside [`BUNDLE_VERSION_MIN`]..=[`BUNDLE_VERSION_MAX`].
+    #[error(
+        "bundle version {0} is outside {BUNDLE_VERSION_MIN}..={BUNDLE_VERSION_MAX} \
+         (versions are stored as bigint)"
+    )]
+    InvalidVersion(u64),
+    /// Catalog entries or names outside the bounds of [`crate::bounds`] (a bundle made by an
+    /// older compiler, or by hand).
+    #[error("the bundle's catalog breaks its bounds: {0}")]
+    Catalog(CatalogIssues),
+    /// A bundle without features, plans or tests.
+    #[error("the bundle has {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    Incomplete(Vec<Missing>),
     /// A key file or key list that does not parse.
     #[error("bad key: {0}")]
     Key(String),
     /// The bundle could not be encoded (building only).
     #[error("cannot encode bundle: {0}")]
     Encode(String),
+}
+
+/// The issues of a [`BundleError::Catalog`]; its message names the first
+/// [`CATALOG_ISSUES_SHOWN`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogIssues(pub Vec<CatalogIssue>);
+
+impl std::fmt::Display for CatalogIssues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<String> = self
+            .0
+            .iter()
+            .take(CATALOG_ISSUES_SHOWN)
+            .map(ToString::to_string)
+            .collect();
+        f.write_str(&shown.join("; "))?;
+        match self.0.len().saturating_sub(CATALOG_ISSUES_SHOWN) {
+            0 => Ok(()),
+            more => write!(f, "; and {more} more"),
+        }
+    }
+}
+
+/// Step 8 of the module doc: what [`build`] refuses to make and [`verify`] refuses to read.
+pub fn check_manifest(m: &Manifest) -> Result<(), BundleError> {
+    if !(BUNDLE_VERSION_MIN..=BUNDLE_VERSION_MAX).contains(&m.bundle_version) {
+        return Err(BundleError::InvalidVersion(m.bundle_version));
+    }
+    bounds::validate(
+        &m.features,
+        &m.plans,
+        &m.addons,
+        m.rule_names.iter().map(String::as_str),
+        m.tests.iter().map(|t| t.name.as_str()),
+    )
+    .map_err(|issues| BundleError::Catalog(CatalogIssues(issues)))?;
+    let missing = bounds::missing_parts(m.features.len(), m.plans.len(), m.tests.len());
+    if !missing.is_empty() {
+        return Err(BundleError::Incomplete(missing));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,7 +429,9 @@ fn entry(name: &str, bytes: &[u8]) -> PartEntry {
     }
 }
 
-/// Makes the unsigned bundle of a compiled program.
+/// Makes the unsigned bundle of a compiled program. Refuses what [`verify`] would refuse in
+/// a manifest ([`check_manifest`]): a version outside
+/// [`BUNDLE_VERSION_MIN`]..=[`BUNDLE_VERSION_MAX`] (`InvalidVersion`), for one.
 pub fn build(
     compiled: &Compiled,
     source_text: &str,
@@ -384,6 +457,7 @@ pub fn build(
             entry(PROGRAM_PART, &program_bytes),
         ],
     };
+    check_manifest(&manifest)?;
     // Check the manifest encodes now, so encode() and sign() cannot meet an error later.
     let manifest_len = postcard::to_allocvec(&manifest)
         .map_err(|e| BundleError::Encode(e.to_string()))?
@@ -584,7 +658,7 @@ pub fn inspect(bytes: &[u8]) -> Result<InspectedBundle, BundleError> {
     })
 }
 
-/// Steps 5–7 of the module doc: manifest, parts, program.
+/// Steps 5–8 of the module doc: manifest, parts, program, bounds.
 fn check_contents(
     manifest_bytes: &[u8],
     parts: Vec<(String, Vec<u8>)>,
@@ -645,6 +719,7 @@ fn check_contents(
     {
         return Err(BundleError::ProgramMismatch);
     }
+    check_manifest(&manifest)?;
     let module = module.clone();
     Ok((manifest, program, module))
 }

@@ -1,7 +1,14 @@
 //! The compiler driver: source text → checked program → WebAssembly module → tests run.
 //!
-//! [`compile`] is what `tollgate-rules compile` and the control plane call. It runs the
-//! front end ([`lang::compile_source`]), emits the module ([`wasm::emit`]) and then runs every
+//! [`check`] is what `tollgate-rules check` runs and what [`compile`] starts with, so the two
+//! refuse exactly the same programs: the front end ([`lang::compile_source`], which also
+//! applies the catalog bounds of [`crate::bounds`]), then what a program needs to ship — it
+//! fits a module ([`wasm::size_errors`]: `program_too_large`) and has features, plans and
+//! test blocks (`no_features`, `no_plans`, `no_tests`; [`crate::bounds::missing_parts`],
+//! which bundle verification applies as well).
+//!
+//! [`compile`] is what `tollgate-rules compile` and the control plane call. It runs
+//! [`check`], emits the module ([`wasm::emit`]) and then runs every
 //! `test` block of the source twice: through the reference interpreter ([`interp::evaluate`])
 //! and, with the `host` feature, through the emitted module under wasmtime. A failing
 //! expectation is a `test_failed` error at the test's span; any disagreement between the
@@ -12,8 +19,9 @@
 //! the control plane do so before they activate a bundle, so a module that does not decide as
 //! its own tests say never serves.
 
+use crate::bounds::{self, Missing};
 use crate::interp;
-use crate::ir::{self, NO_LIMIT, RawDecision, TestCase};
+use crate::ir::{self, Limit, RawDecision, TestCase};
 use crate::lang::{self, Diagnostic, Severity, SourceFile, diag::codes};
 use crate::wasm;
 
@@ -36,17 +44,18 @@ pub struct Compiled {
 /// the front end's, or `program_too_large`, or one `test_failed` per failing expectation, or
 /// `internal_error` when the module and the interpreter disagree.
 pub fn compile(file: &SourceFile) -> Result<Compiled, Vec<Diagnostic>> {
-    let (program, warnings) = lang::compile_source(file)?;
+    let (program, warnings) = check(file)?;
     let module = match wasm::emit(&program) {
         Ok(module) => module,
+        // `check` refused every program `emit` refuses.
         Err(e) => {
             let mut diags = warnings;
             diags.push(Diagnostic::at(
                 file,
                 Severity::Error,
-                codes::PROGRAM_TOO_LARGE,
+                codes::INTERNAL_ERROR,
                 ir::Span::default(),
-                e.to_string(),
+                format!("the checked program cannot be emitted: {e} (a compiler bug)"),
             ));
             return Err(sorted(diags));
         }
@@ -99,6 +108,60 @@ pub fn compile(file: &SourceFile) -> Result<Compiled, Vec<Diagnostic>> {
             module,
             warnings,
         })
+    } else {
+        let mut diags = warnings;
+        diags.extend(errors);
+        Err(sorted(diags))
+    }
+}
+
+/// Checks `file` as [`compile`] does, without emitting or running anything: the front end,
+/// then the module's size limits and the parts a shipped program needs. `Ok` carries the
+/// program and its warnings; `Err` every diagnostic, warnings included.
+pub fn check(file: &SourceFile) -> Result<(ir::Program, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let (program, warnings) = lang::compile_source(file)?;
+    let at_start = |code, message: String, note: &str| {
+        let mut d = Diagnostic::at(file, Severity::Error, code, ir::Span::default(), message);
+        d.note = Some(note.to_owned());
+        d
+    };
+    let mut errors: Vec<Diagnostic> = wasm::size_errors(&program)
+        .into_iter()
+        .map(|e| {
+            at_start(
+                codes::PROGRAM_TOO_LARGE,
+                e.to_string(),
+                "split the catalog, or drop what no plan sells",
+            )
+        })
+        .collect();
+    for missing in bounds::missing_parts(
+        program.features.len(),
+        program.plans.len(),
+        program.tests.len(),
+    ) {
+        errors.push(match missing {
+            Missing::Features => at_start(
+                codes::NO_FEATURES,
+                "the program declares no features, so its bundle would grant nothing".into(),
+                "declare one: `feature <key>: bool | limit | metered per month`",
+            ),
+            Missing::Plans => at_start(
+                codes::NO_PLANS,
+                "the program declares no plans, so its bundle would sell nothing".into(),
+                "declare one: `plan <key> \"<name>\" { price <minor units> <CUR> per month ... }`",
+            ),
+            Missing::Tests => at_start(
+                codes::NO_TESTS,
+                "the program has no test blocks, so the control plane and the edges would \
+                 install it untested"
+                    .into(),
+                "add one: `test \"<name>\" { given plan = <key> expect <feature> allowed }`",
+            ),
+        });
+    }
+    if errors.is_empty() {
+        Ok((program, warnings))
     } else {
         let mut diags = warnings;
         diags.extend(errors);
@@ -194,7 +257,7 @@ pub fn check_test(
             continue;
         };
         let allowed = e.allowed.filter(|a| *a != d.allowed);
-        let limit = e.limit.filter(|l| *l != d.limit);
+        let limit = e.limit.filter(|l| !limit_holds(*l, d));
         let reason = e.reason.filter(|r| *r != d.reason);
         if allowed.is_none() && limit.is_none() && reason.is_none() {
             continue;
@@ -233,25 +296,35 @@ pub fn check_test(
     failures
 }
 
+/// Whether a decision meets an expected limit: `limit unlimited` only an allowed decision
+/// that is unlimited, `limit none` only one without a limit, `limit n` only that number.
+fn limit_holds(expected: Limit, d: &RawDecision) -> bool {
+    match expected {
+        Limit::Unlimited => d.allowed && d.limit == Limit::Unlimited,
+        Limit::None => d.limit == Limit::None,
+        Limit::Finite(n) => d.limit == Limit::Finite(n),
+    }
+}
+
 fn allowed_word(allowed: bool) -> &'static str {
     if allowed { "allowed" } else { "denied" }
 }
 
-/// A limit as the language writes it: a number, or `none`.
-pub fn limit_text(limit: i64) -> String {
-    if limit == NO_LIMIT {
-        "none".into()
-    } else {
-        limit.to_string()
+/// A limit as the language writes it: a number, `unlimited` or `none`.
+pub fn limit_text(limit: Limit) -> String {
+    match limit {
+        Limit::None => "none".into(),
+        Limit::Finite(n) => n.to_string(),
+        Limit::Unlimited => "unlimited".into(),
     }
 }
 
-/// One decision in words: "allowed limit 10 (granted_by_plan)", "denied (denied_banned)".
+/// One decision in words: "allowed limit 10 (granted_by_plan)", "allowed limit unlimited
+/// (granted_by_plan)", "denied (denied_banned)".
 pub fn describe(d: &RawDecision) -> String {
-    let limit = if d.limit == NO_LIMIT {
-        String::new()
-    } else {
-        format!(" limit {}", d.limit)
+    let limit = match d.limit {
+        Limit::None => String::new(),
+        other => format!(" limit {}", limit_text(other)),
     };
     format!("{}{limit} ({})", allowed_word(d.allowed), d.reason.as_str())
 }
@@ -342,7 +415,7 @@ test \"wrong\" {
         assert_eq!(run_tests(&compiled.program, &rules), Ok(2));
         // The same module against a program whose tests expect otherwise.
         let mut program = compiled.program.clone();
-        program.tests[0].expect[1].limit = Some(6);
+        program.tests[0].expect[1].limit = Some(Limit::Finite(6));
         let failures = run_tests(&program, &rules).expect_err("fails");
         assert_eq!(
             failures,

@@ -9,7 +9,7 @@ use tollgate_protocol::{
 };
 
 use crate::ir::{
-    Fact, FactVector, NO_LIMIT, OVERRIDE_DENY, OVERRIDE_GRANT, Program, RawDecision, ReasonCode,
+    Fact, FactVector, Limit, OVERRIDE_DENY, OVERRIDE_GRANT, Program, RawDecision, ReasonCode,
     SubStatus,
 };
 
@@ -55,7 +55,9 @@ pub fn fact_vector(program: &Program, facts: &AccountFacts, now_ms: i64) -> Fact
             Some(FeatureOverride::Deny) => v.set(Fact::OverrideMode(f), shape, OVERRIDE_DENY),
             Some(FeatureOverride::Grant { limit }) => {
                 v.set(Fact::OverrideMode(f), shape, OVERRIDE_GRANT);
-                v.set(Fact::OverrideLimit(f), shape, limit.unwrap_or(NO_LIMIT));
+                // The wire has no "unlimited": a grant without a number has no limit, which
+                // the edge serves as no quota.
+                v.set_override_limit(f, shape, limit.map_or(Limit::None, Limit::Finite));
             }
             None => {}
         }
@@ -78,10 +80,13 @@ pub fn reason(code: ReasonCode) -> Reason {
     }
 }
 
+/// The wire's decision. `limit` is the finite limit of an allowed decision; an unlimited
+/// one, like one without a limit, has `None`, which the edge serves as "no quota" for a
+/// metered feature. A denial never has a limit.
 pub fn decision(raw: RawDecision) -> Decision {
     Decision {
         allowed: raw.allowed,
-        limit: (raw.limit != NO_LIMIT).then_some(raw.limit),
+        limit: raw.limit.finite().filter(|_| raw.allowed),
         reason: reason(raw.reason),
     }
 }

@@ -17,7 +17,7 @@ use wasmtime::{
     PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc,
 };
 
-use crate::ir::{FactVector, RawDecision, ReasonCode, Shape};
+use crate::ir::{FactVector, Limit, RawDecision, ReasonCode, Shape};
 use crate::wasm::{ABI_VERSION, DECISION_BYTES, FACTS_OFFSET, PAGE_BYTES, decisions_offset};
 
 /// Fuel for one account's evaluation; generated modules use a few thousand units for the demo
@@ -249,11 +249,19 @@ impl LoadedRules {
                     1 => true,
                     other => return Err(HostError::BadOutput(format!("allowed = {other}"))),
                 };
-                let reason = ReasonCode::from_code(word(2))
-                    .ok_or_else(|| HostError::BadOutput(format!("reason = {}", word(2))))?;
+                let limit = Limit::from_slots(word(1), word(2)).ok_or_else(|| {
+                    HostError::BadOutput(format!("limit kind {}, value {}", word(1), word(2)))
+                })?;
+                if !allowed && limit != Limit::None {
+                    return Err(HostError::BadOutput(format!(
+                        "a denial with a limit ({limit:?})"
+                    )));
+                }
+                let reason = ReasonCode::from_code(word(3))
+                    .ok_or_else(|| HostError::BadOutput(format!("reason = {}", word(3))))?;
                 Ok(RawDecision {
                     allowed,
-                    limit: word(1),
+                    limit,
                     reason,
                 })
             })

@@ -3,9 +3,8 @@
 //! `test` blocks where no WebAssembly engine is at hand.
 
 use crate::ir::{
-    Action, AddonEffect, ArithOp, BoolExpr, CmpOp, Fact, FactVector, FeatureKind, IntExpr,
-    NO_LIMIT, OVERRIDE_DENY, OVERRIDE_GRANT, Program, RawDecision, ReasonCode, Shape, SubStatus,
-    Target,
+    Action, AddonEffect, BoolExpr, CmpOp, ExtInt, Fact, FactVector, FeatureKind, IntExpr, Limit,
+    OVERRIDE_DENY, OVERRIDE_GRANT, Program, RawDecision, ReasonCode, Shape, SubStatus, Target,
 };
 
 /// Whether a status code grants its plan's features.
@@ -15,12 +14,12 @@ pub fn status_grants(status: i64) -> bool {
         || status == SubStatus::PastDue as i64
 }
 
-/// `limit + n` where an absent limit counts as 0.
-fn add_limit(limit: i64, n: i64) -> i64 {
-    if limit == NO_LIMIT {
-        n
-    } else {
-        limit.saturating_add(n)
+/// `limit + n` of an add-on: an absent limit counts as 0, an unlimited one stays unlimited.
+fn add_limit(limit: Limit, n: i64) -> Limit {
+    match limit {
+        Limit::None => Limit::Finite(n),
+        Limit::Finite(l) => Limit::Finite(l.saturating_add(n)),
+        Limit::Unlimited => Limit::Unlimited,
     }
 }
 
@@ -70,7 +69,7 @@ pub fn evaluate(program: &Program, facts: &FactVector) -> Vec<RawDecision> {
                 }
                 AddonEffect::AddLimit(n) => {
                     let limit = add_limit(
-                        if d.allowed { d.limit } else { NO_LIMIT },
+                        if d.allowed { d.limit } else { Limit::None },
                         n.saturating_mul(qty),
                     );
                     let reason = if d.allowed {
@@ -97,16 +96,12 @@ pub fn evaluate(program: &Program, facts: &FactVector) -> Vec<RawDecision> {
         let f = f as u32;
         match fact(Fact::OverrideMode(f)) {
             OVERRIDE_DENY => {
-                *d = RawDecision {
-                    allowed: false,
-                    limit: NO_LIMIT,
-                    reason: ReasonCode::Override,
-                }
+                *d = denied(ReasonCode::Override);
             }
             OVERRIDE_GRANT => {
                 *d = RawDecision {
                     allowed: true,
-                    limit: fact(Fact::OverrideLimit(f)),
+                    limit: facts.override_limit(f, shape),
                     reason: ReasonCode::Override,
                 }
             }
@@ -116,10 +111,11 @@ pub fn evaluate(program: &Program, facts: &FactVector) -> Vec<RawDecision> {
     out
 }
 
+/// A denial: it carries no limit.
 fn denied(reason: ReasonCode) -> RawDecision {
     RawDecision {
         allowed: false,
-        limit: NO_LIMIT,
+        limit: Limit::None,
         reason,
     }
 }
@@ -158,7 +154,9 @@ fn apply(
             reason,
         } => {
             // The limit is evaluated once, against the decisions before this action.
-            let value = limit.as_ref().map(|e| eval_int(e, shape, facts, out));
+            let value = limit
+                .as_ref()
+                .map(|e| eval_int(e, shape, facts, out).to_limit());
             for i in targets(*target, program).collect::<Vec<_>>() {
                 let limit = value.unwrap_or(out[i].limit);
                 out[i] = RawDecision {
@@ -173,7 +171,7 @@ fn apply(
             value,
             reason,
         } => {
-            let v = eval_int(value, shape, facts, out);
+            let v = eval_int(value, shape, facts, out).to_limit();
             for i in targets(*target, program).collect::<Vec<_>>() {
                 if out[i].allowed {
                     out[i] = RawDecision {
@@ -190,14 +188,14 @@ fn apply(
                     continue;
                 }
                 let usage = facts.get(Fact::Usage(i as u32), shape);
-                let capped = if out[i].limit == NO_LIMIT {
-                    usage
-                } else {
-                    out[i].limit.min(usage)
+                // min(limit, usage), where unlimited (and no limit) is above every usage.
+                let capped = match out[i].limit {
+                    Limit::Finite(l) => l.min(usage),
+                    Limit::None | Limit::Unlimited => usage,
                 };
                 out[i] = RawDecision {
                     allowed: true,
-                    limit: capped,
+                    limit: Limit::Finite(capped),
                     reason: *reason,
                 };
             }
@@ -205,21 +203,21 @@ fn apply(
     }
 }
 
-pub fn eval_int(e: &IntExpr, shape: Shape, facts: &FactVector, out: &[RawDecision]) -> i64 {
+/// An integer expression in the extended integers of [`crate::ir`]'s module doc.
+pub fn eval_int(e: &IntExpr, shape: Shape, facts: &FactVector, out: &[RawDecision]) -> ExtInt {
     match e {
-        IntExpr::Const(v) => *v,
-        IntExpr::Fact(f) => facts.get(*f, shape),
-        IntExpr::LimitOf(f) => out.get(*f as usize).map_or(NO_LIMIT, |d| d.limit),
+        IntExpr::Const(v) => ExtInt::Finite(*v),
+        IntExpr::Unlimited => ExtInt::Infinite,
+        IntExpr::Fact(f) => ExtInt::Finite(facts.get(*f, shape)),
+        IntExpr::LimitOf(f) => {
+            ExtInt::of_limit(out.get(*f as usize).map_or(Limit::None, |d| d.limit))
+        }
         IntExpr::Arith(op, a, b) => {
             let (a, b) = (
                 eval_int(a, shape, facts, out),
                 eval_int(b, shape, facts, out),
             );
-            match op {
-                ArithOp::Add => a.saturating_add(b),
-                ArithOp::Sub => a.saturating_sub(b),
-                ArithOp::Mul => a.saturating_mul(b),
-            }
+            a.arith(*op, b)
         }
     }
 }

@@ -11,20 +11,170 @@
 //!    (`denied_no_subscription`).
 //! 2. **Add-ons**: each add-on with quantity `q > 0` applies its effects: `Grant` allows the
 //!    feature (`granted_by_addon`, keeping any limit); `AddLimit(n)` allows it and adds `n × q`
-//!    to its limit (saturating; an absent limit becomes `n × q`), keeping the reason of a
-//!    feature that was already allowed and giving `granted_by_addon` to one that was not.
+//!    to its limit, keeping the reason of a feature that was already allowed and giving
+//!    `granted_by_addon` to one that was not. A finite limit grows by `n × q` (saturating), no
+//!    limit becomes `n × q`, and an unlimited one stays unlimited.
 //! 3. **Rules**, in source order: every rule whose condition holds applies its action to the
 //!    decisions so far (later rules see earlier rules' effects through `limit(f)`/`allowed(f)`).
+//!    `cap … at usage` sets an allowed metered feature's limit to `min(limit, usage)`; an
+//!    unlimited limit, or none, becomes `usage`.
 //! 4. **Overrides** from the facts (support's per-account overrides) replace the decision:
-//!    `deny`, `grant` (optionally with a limit). Reason `override`.
+//!    `deny`, `grant` (with the override's [`Limit`]). Reason `override`.
 //!
-//! Arithmetic is on `i64` and saturates; comparisons are signed. A limit of [`NO_LIMIT`] means
-//! "no numeric limit".
+//! # Limits
+//!
+//! A decision's limit is a [`Limit`]: [`Limit::None`] (no numeric limit: bool features, and
+//! every denied decision — a denial carries no limit), [`Limit::Finite`] or
+//! [`Limit::Unlimited`]. The three are distinct values everywhere: in the IR, in the
+//! module's memory ([`Limit::to_slots`]: a kind slot and a value slot, so no `i64` is stolen
+//! as a sentinel), in test expectations and in the fact vector's override limits.
+//!
+//! # Integer expressions
+//!
+//! Integer expressions evaluate to an [`ExtInt`]: an `i64` or +∞. Facts and literals are
+//! finite; `unlimited` is +∞; `limit(f)` reads a finite limit as its value, an unlimited one as
+//! +∞, and **no limit (a denied feature, or one allowed without a number) as 0** — the same
+//! "absent counts as 0" rule add-ons use. Finite arithmetic saturates at the `i64` bounds, as
+//! Rust's `saturating_*`. With +∞ (there is no −∞; anything below every integer saturates to
+//! `i64::MIN`, as finite arithmetic does):
+//!
+//! | operation | result |
+//! |---|---|
+//! | `∞ + x`, `x + ∞` | `∞` (so `limit(f) + 1000` of an unlimited `f` stays unlimited) |
+//! | `∞ − x` (any `x`, `∞` included) | `∞` |
+//! | `n − ∞` | `i64::MIN` |
+//! | `∞ × ∞` | `∞` |
+//! | `∞ × n`, `n × ∞` | `∞` if `n > 0`, `0` if `n = 0`, `i64::MIN` if `n < 0` |
+//! | comparisons | `∞ = ∞`, and `∞` is greater than every integer |
+//!
+//! A value that becomes a limit (`grant f = v`, `limit f = v`) is [`Limit::Unlimited`] when
+//! +∞ and [`Limit::Finite`] otherwise (so `limit(g)` of a `g` without a limit gives 0).
 
 use serde::{Deserialize, Serialize};
 
-/// Limit value meaning "none" (bool features, or unlimited grants).
-pub const NO_LIMIT: i64 = i64::MIN;
+/// A feature's limit in a decision, a plan's grant, an override or an expectation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    /// No numeric limit: bool features, every denied decision, and a feature allowed without
+    /// a number (`grant f` on a feature that had none).
+    None,
+    /// At most this many. Rule arithmetic can make it negative: nothing is allowed then.
+    Finite(i64),
+    /// No upper bound (`= unlimited`).
+    Unlimited,
+}
+
+/// [`Limit::to_slots`] kind: no limit.
+pub const LIMIT_KIND_NONE: i64 = 0;
+/// [`Limit::to_slots`] kind: the value slot holds the limit.
+pub const LIMIT_KIND_FINITE: i64 = 1;
+/// [`Limit::to_slots`] kind: unlimited.
+pub const LIMIT_KIND_UNLIMITED: i64 = 2;
+
+impl Limit {
+    /// The two `i64` slots a limit takes in the module's memory and the fact vector:
+    /// `[kind, value]`, the value 0 unless the kind is [`LIMIT_KIND_FINITE`].
+    pub fn to_slots(self) -> [i64; 2] {
+        match self {
+            Self::None => [LIMIT_KIND_NONE, 0],
+            Self::Finite(n) => [LIMIT_KIND_FINITE, n],
+            Self::Unlimited => [LIMIT_KIND_UNLIMITED, 0],
+        }
+    }
+
+    /// The limit a module wrote: `None` unless the slots are exactly what
+    /// [`to_slots`](Self::to_slots) makes (an unknown kind, or a value next to a kind without
+    /// one, is a broken module).
+    pub fn from_slots(kind: i64, value: i64) -> Option<Self> {
+        match (kind, value) {
+            (LIMIT_KIND_NONE, 0) => Some(Self::None),
+            (LIMIT_KIND_FINITE, n) => Some(Self::Finite(n)),
+            (LIMIT_KIND_UNLIMITED, 0) => Some(Self::Unlimited),
+            _ => None,
+        }
+    }
+
+    /// The limit an override in the fact vector sets. Total, as the module reads it: a kind
+    /// other than finite or unlimited is no limit, and the value counts only for finite.
+    pub fn from_fact_slots(kind: i64, value: i64) -> Self {
+        match kind {
+            LIMIT_KIND_FINITE => Self::Finite(value),
+            LIMIT_KIND_UNLIMITED => Self::Unlimited,
+            _ => Self::None,
+        }
+    }
+
+    /// The finite value, if any.
+    pub fn finite(self) -> Option<i64> {
+        match self {
+            Self::Finite(n) => Some(n),
+            Self::None | Self::Unlimited => None,
+        }
+    }
+}
+
+/// The value of an integer expression: an `i64`, or +∞. Ordered as the integers with +∞
+/// above all of them; the arithmetic is the table in the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ExtInt {
+    Finite(i64),
+    Infinite,
+}
+
+impl ExtInt {
+    /// What `limit(f)` reads: none counts as 0, unlimited as +∞.
+    pub fn of_limit(limit: Limit) -> Self {
+        match limit {
+            Limit::None => Self::Finite(0),
+            Limit::Finite(n) => Self::Finite(n),
+            Limit::Unlimited => Self::Infinite,
+        }
+    }
+
+    /// The limit a value sets (`grant f = v`, `limit f = v`).
+    pub fn to_limit(self) -> Limit {
+        match self {
+            Self::Finite(n) => Limit::Finite(n),
+            Self::Infinite => Limit::Unlimited,
+        }
+    }
+
+    pub fn saturating_add(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::Finite(a), Self::Finite(b)) => Self::Finite(a.saturating_add(b)),
+            _ => Self::Infinite,
+        }
+    }
+
+    pub fn saturating_sub(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::Infinite, _) => Self::Infinite,
+            (Self::Finite(_), Self::Infinite) => Self::Finite(i64::MIN),
+            (Self::Finite(a), Self::Finite(b)) => Self::Finite(a.saturating_sub(b)),
+        }
+    }
+
+    pub fn saturating_mul(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::Finite(a), Self::Finite(b)) => Self::Finite(a.saturating_mul(b)),
+            (Self::Infinite, Self::Infinite) => Self::Infinite,
+            (Self::Infinite, Self::Finite(n)) | (Self::Finite(n), Self::Infinite) => match n {
+                1.. => Self::Infinite,
+                0 => Self::Finite(0),
+                _ => Self::Finite(i64::MIN),
+            },
+        }
+    }
+
+    pub fn arith(self, op: ArithOp, other: Self) -> Self {
+        match op {
+            ArithOp::Add => self.saturating_add(other),
+            ArithOp::Sub => self.saturating_sub(other),
+            ArithOp::Mul => self.saturating_mul(other),
+        }
+    }
+}
 
 /// Index into [`Program::features`].
 pub type FeatureIdx = u32;
@@ -130,8 +280,9 @@ pub struct Meter {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub feature: FeatureIdx,
-    /// [`NO_LIMIT`] for bool features.
-    pub limit: i64,
+    /// [`Limit::None`] for bool features; limit and metered features always have a number or
+    /// [`Limit::Unlimited`].
+    pub limit: Limit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,9 +338,9 @@ pub enum Fact {
     /// Current-period usage of a metered feature.
     Usage(FeatureIdx),
     /// Support override of a feature: [`OVERRIDE_NONE`], [`OVERRIDE_DENY`] or [`OVERRIDE_GRANT`].
+    /// The limit a granting override sets is no integer fact: it is a [`Limit`] in two slots,
+    /// read with [`FactVector::override_limit`].
     OverrideMode(FeatureIdx),
-    /// Limit that a granting override sets ([`NO_LIMIT`] for none).
-    OverrideLimit(FeatureIdx),
 }
 
 pub const OVERRIDE_NONE: i64 = 0;
@@ -231,8 +382,10 @@ pub enum ArithOp {
 #[serde(rename_all = "snake_case")]
 pub enum IntExpr {
     Const(i64),
+    /// +∞: the value `unlimited`.
+    Unlimited,
     Fact(Fact),
-    /// The feature's limit in the decisions so far ([`NO_LIMIT`] when none).
+    /// The feature's limit in the decisions so far, as [`ExtInt::of_limit`] reads it.
     LimitOf(FeatureIdx),
     Arith(ArithOp, Box<IntExpr>, Box<IntExpr>),
 }
@@ -341,8 +494,9 @@ pub struct Rule {
 pub struct Expectation {
     pub feature: FeatureIdx,
     pub allowed: Option<bool>,
-    /// `Some(NO_LIMIT)` expects no limit.
-    pub limit: Option<i64>,
+    /// `limit n`, `limit unlimited` (holds only for an allowed, unlimited decision) or
+    /// `limit none` (holds only for a decision without a limit).
+    pub limit: Option<Limit>,
     pub reason: Option<ReasonCode>,
 }
 
@@ -384,6 +538,8 @@ impl Program {
 }
 
 pub const FIXED_SLOTS: usize = 7;
+/// Slots per feature after the usage slots: override mode, override limit kind and value.
+pub const OVERRIDE_SLOTS: usize = 3;
 
 impl Fact {
     /// Slot of this fact in the [`FactVector`] of a program of this shape.
@@ -400,33 +556,54 @@ impl Fact {
             Fact::Today => 6,
             Fact::AddonQty(a) => FIXED_SLOTS + a as usize,
             Fact::Usage(f) => usage + f as usize,
-            Fact::OverrideMode(f) => overrides + 2 * f as usize,
-            Fact::OverrideLimit(f) => overrides + 2 * f as usize + 1,
+            Fact::OverrideMode(f) => overrides + OVERRIDE_SLOTS * f as usize,
         }
     }
+}
+
+/// The slots of feature `f`'s override limit, `[kind, value]` as [`Limit::to_slots`] lays
+/// them out, in the [`FactVector`] of a program of this shape.
+pub fn override_limit_slots(f: FeatureIdx, shape: Shape) -> [usize; 2] {
+    let mode = Fact::OverrideMode(f).slot(shape);
+    [mode + 1, mode + 2]
 }
 
 /// The facts of one account as the module sees them: a fixed layout of `i64` slots.
 ///
 /// Layout (index → meaning): `0` banned, `1` status, `2` plan, `3` dunning level,
 /// `4` days past due, `5` in trial, `6` today, then one slot per add-on (quantity), then one
-/// slot per feature (usage), then two per feature (override mode, override limit).
+/// slot per feature (usage), then three per feature: override mode, and the override's
+/// [`Limit`] as kind and value ([`Limit::to_slots`]; both zero is no limit).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FactVector(pub Vec<i64>);
 
 impl FactVector {
     pub fn len_for(shape: Shape) -> usize {
-        FIXED_SLOTS + shape.addons + 3 * shape.features
+        FIXED_SLOTS + shape.addons + (1 + OVERRIDE_SLOTS) * shape.features
     }
 
     /// An active account without a subscription, no usage, no overrides.
     pub fn empty(shape: Shape) -> Self {
         let mut v = Self(vec![0; Self::len_for(shape)]);
         v.set(Fact::Plan, shape, -1);
-        for f in 0..shape.features {
-            v.set(Fact::OverrideLimit(f as FeatureIdx), shape, NO_LIMIT);
-        }
         v
+    }
+
+    /// The limit a granting override of `f` sets ([`Limit::from_fact_slots`]).
+    pub fn override_limit(&self, f: FeatureIdx, shape: Shape) -> Limit {
+        let [kind, value] = override_limit_slots(f, shape).map(|s| self.0.get(s).copied());
+        Limit::from_fact_slots(kind.unwrap_or(0), value.unwrap_or(0))
+    }
+
+    pub fn set_override_limit(&mut self, f: FeatureIdx, shape: Shape, limit: Limit) {
+        for (slot, v) in override_limit_slots(f, shape)
+            .into_iter()
+            .zip(limit.to_slots())
+        {
+            if let Some(s) = self.0.get_mut(slot) {
+                *s = v;
+            }
+        }
     }
 
     pub fn get(&self, fact: Fact, shape: Shape) -> i64 {
@@ -445,7 +622,7 @@ impl FactVector {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RawDecision {
     pub allowed: bool,
-    /// [`NO_LIMIT`] for none.
-    pub limit: i64,
+    /// Always [`Limit::None`] when denied.
+    pub limit: Limit,
     pub reason: ReasonCode,
 }

@@ -1,12 +1,14 @@
 //! Plan-to-feature rules: the language ([`lang`]), its lowered form ([`ir`]), the reference
 //! interpreter ([`interp`]), the WebAssembly code generator ([`wasm`]) and host ([`host`]), the
-//! compiler driver ([`compiler`]), signed bundles ([`bundle`]), the mapping from wire facts to
-//! the module's fact vector ([`facts`]) and the `tollgate-rules` CLI.
+//! compiler driver ([`compiler`]), the catalog bounds the compiler and bundle verification share
+//! ([`bounds`]), signed bundles ([`bundle`]), the mapping from wire facts to the module's fact
+//! vector ([`facts`]) and the `tollgate-rules` CLI.
 //!
 //! [`Catalog`] is the flat plan catalog the control plane's tables hold: it is seeded from the
 //! stable bundle's manifest on promotion (and from [`Catalog::demo`] in tests), so what is sold
 //! and what is granted come from one source.
 
+pub mod bounds;
 pub mod bundle;
 pub mod compiler;
 pub mod facts;
@@ -58,6 +60,9 @@ pub struct Feature {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub feature: String,
+    /// The number granted; `None` for a bool feature and for an unlimited grant of a limit or
+    /// metered feature (the feature's kind tells them apart: the language requires a limit
+    /// feature's grant to say `= n` or `= unlimited`).
     pub limit: Option<i64>,
 }
 
@@ -126,7 +131,7 @@ impl Catalog {
                             let f = features.get(g.feature as usize)?;
                             Some(Grant {
                                 feature: f.key.clone(),
-                                limit: (g.limit != ir::NO_LIMIT).then_some(g.limit),
+                                limit: g.limit.finite(),
                             })
                         })
                         .collect(),

@@ -1,18 +1,35 @@
 //! Emits a WebAssembly module from a lowered [`Program`] with `wasm-encoder`.
 //!
-//! # Module contract (memory layout and calling convention)
+//! # Module contract (memory layout and calling convention), ABI version [`ABI_VERSION`]
 //!
 //! * **No imports** (no WASI, no host functions). One memory, exported as `memory`, sized to
 //!   fit the layout below, with a maximum equal to its minimum (the module cannot grow it).
 //! * **Facts** at byte offset [`FACTS_OFFSET`] (0): `FactVector::len_for(shape)` little-endian
-//!   `i64` slots in the order documented on [`crate::ir::FactVector`].
-//! * **Decisions** at [`decisions_offset`]: for each feature in declaration order three `i64`:
-//!   `allowed` (0/1), `limit` ([`NO_LIMIT`] = none), `reason` ([`ReasonCode`] number).
+//!   `i64` slots in the order documented on [`crate::ir::FactVector`] (an override's limit is
+//!   two slots, kind and value, as in decisions).
+//! * **Decisions** at [`decisions_offset`]: for each feature in declaration order
+//!   [`DECISION_BYTES`] = four little-endian `i64`:
+//!
+//!   | offset | slot | values |
+//!   |---|---|---|
+//!   | 0 | `allowed` | 0 or 1 |
+//!   | 8 | limit kind | [`LIMIT_KIND_NONE`] 0, [`LIMIT_KIND_FINITE`] 1, [`LIMIT_KIND_UNLIMITED`] 2 |
+//!   | 16 | limit value | the limit when the kind is finite, else 0 |
+//!   | 24 | `reason` | a [`ReasonCode`] number |
+//!
+//!   No limit, unlimited and every finite `i64` are distinct (no value doubles as a
+//!   sentinel). A denied decision has kind none. The host refuses any other combination
+//!   ([`crate::ir::Limit::from_slots`]).
 //! * Exports `evaluate: [] -> [i32]`: reads the facts, writes every decision, returns 0. Also
 //!   `abi_version: [] -> [i32]` returning [`ABI_VERSION`], `facts_len: [] -> [i32]` and
 //!   `features_len: [] -> [i32]`, so a host can check the module matches the manifest.
 //! * Pure: the same facts always give the same decisions. Integer arithmetic saturates like
 //!   Rust's `saturating_*` (three small internal functions), so no input traps.
+//!
+//! Integer expressions are the extended integers of [`crate::ir`]: each evaluates to two
+//! values on the WebAssembly stack, an `i64` and an `i32` flag for +∞ (the `i64` is 0 when the
+//! flag is set), and the arithmetic and comparison of pairs are four more internal functions
+//! with multiple results.
 //!
 //! The module is a direct transcription of [`crate::interp::evaluate`]; a property test runs
 //! both on random programs and random facts and requires equal decisions.
@@ -24,13 +41,16 @@ use wasm_encoder::{
 
 use crate::ir::{
     Action, AddonEffect, ArithOp, BoolExpr, CmpOp, Fact, FactVector, FeatureKind, IntExpr,
-    NO_LIMIT, OVERRIDE_DENY, OVERRIDE_GRANT, Program, ReasonCode, Shape, SubStatus, Target,
+    LIMIT_KIND_FINITE, LIMIT_KIND_NONE, LIMIT_KIND_UNLIMITED, Limit, OVERRIDE_DENY, OVERRIDE_GRANT,
+    Program, ReasonCode, Shape, SubStatus, Target, override_limit_slots,
 };
 
-pub const ABI_VERSION: i32 = 1;
+/// Version 2: decisions carry the limit as kind and value (version 1 had one slot in which
+/// `i64::MIN` meant both "no limit" and "unlimited").
+pub const ABI_VERSION: i32 = 2;
 pub const FACTS_OFFSET: u64 = 0;
-/// Bytes per decision: allowed, limit, reason.
-pub const DECISION_BYTES: u64 = 24;
+/// Bytes per decision: allowed, limit kind, limit value, reason.
+pub const DECISION_BYTES: u64 = 32;
 pub const PAGE_BYTES: u64 = 65_536;
 /// Upper bounds the compiler enforces so a module stays small.
 pub const FEATURES_MAX: usize = 1_024;
@@ -57,14 +77,40 @@ pub enum EmitError {
     },
 }
 
-// Function indices: the three helpers, then the exports.
+/// Every way a program is too large for a module ([`FEATURES_MAX`], [`ADDONS_MAX`],
+/// [`PLANS_MAX`]): the one size check, run by [`emit`] and by
+/// [`crate::compiler::check`] (so `tollgate-rules check` and `compile` refuse the same
+/// programs).
+pub fn size_errors(program: &Program) -> Vec<EmitError> {
+    [
+        ("features", program.features.len(), FEATURES_MAX),
+        ("add-ons", program.addons.len(), ADDONS_MAX),
+        ("plans", program.plans.len(), PLANS_MAX),
+    ]
+    .into_iter()
+    .filter(|(_, count, max)| count > max)
+    .map(|(what, count, max)| EmitError::TooLarge { what, count, max })
+    .collect()
+}
+
+// Function indices: the helpers, then the exports.
 const F_SAT_ADD: u32 = 0;
 const F_SAT_SUB: u32 = 1;
 const F_SAT_MUL: u32 = 2;
-const F_EVALUATE: u32 = 3;
-const F_ABI: u32 = 4;
-const F_FACTS_LEN: u32 = 5;
-const F_FEATURES_LEN: u32 = 6;
+const F_EXT_ADD: u32 = 3;
+const F_EXT_SUB: u32 = 4;
+const F_EXT_MUL: u32 = 5;
+const F_EXT_CMP: u32 = 6;
+const F_EVALUATE: u32 = 7;
+const F_ABI: u32 = 8;
+const F_FACTS_LEN: u32 = 9;
+const F_FEATURES_LEN: u32 = 10;
+
+// Types.
+const T_SAT: u32 = 0; // (i64, i64) -> i64
+const T_CONST: u32 = 1; // () -> i32
+const T_EXT: u32 = 2; // (i64, i32, i64, i32) -> (i64, i32)
+const T_EXT_CMP: u32 = 3; // (i64, i32, i64, i32) -> i32
 
 // Locals of `evaluate`.
 const L_PLAN: u32 = 0;
@@ -72,6 +118,9 @@ const L_GRANTS: u32 = 1; // i64 0/1: the subscription status grants
 const L_TMP: u32 = 2;
 const L_TMP2: u32 = 3;
 const L_QTY: u32 = 4;
+const L_INF: u32 = 5; // i32: the +∞ flag of the last value stored
+const I64_LOCALS: u32 = 5;
+const I32_LOCALS: u32 = 1;
 
 fn mem(offset: u64) -> MemArg {
     MemArg {
@@ -101,12 +150,16 @@ impl Emitter<'_> {
         self.out + DECISION_BYTES * feature as u64
     }
 
-    fn limit_addr(&self, feature: usize) -> u64 {
+    fn kind_addr(&self, feature: usize) -> u64 {
         self.allowed_addr(feature) + 8
     }
 
-    fn reason_addr(&self, feature: usize) -> u64 {
+    fn limit_addr(&self, feature: usize) -> u64 {
         self.allowed_addr(feature) + 16
+    }
+
+    fn reason_addr(&self, feature: usize) -> u64 {
+        self.allowed_addr(feature) + 24
     }
 
     /// Pushes the i64 at a constant address.
@@ -129,9 +182,34 @@ impl Emitter<'_> {
         self.ins(&I::I64Store(mem(addr)));
     }
 
-    fn decide_const(&mut self, feature: usize, allowed: bool, limit: i64, reason: ReasonCode) {
+    fn store_limit_const(&mut self, feature: usize, limit: Limit) {
+        let [kind, value] = limit.to_slots();
+        self.store_const(self.kind_addr(feature), kind);
+        self.store_const(self.limit_addr(feature), value);
+    }
+
+    /// Stores the value in `L_TMP` / `L_INF` (an extended integer) as the feature's limit:
+    /// unlimited when +∞, else finite.
+    fn store_limit_value(&mut self, feature: usize) {
+        self.ins(&I::I32Const(0));
+        self.ins(&I::I64Const(LIMIT_KIND_UNLIMITED));
+        self.ins(&I::I64Const(LIMIT_KIND_FINITE));
+        self.ins(&I::LocalGet(L_INF));
+        self.ins(&I::Select);
+        self.ins(&I::I64Store(mem(self.kind_addr(feature))));
+        // The value of +∞ is 0, as a non-finite kind's value slot must be.
+        self.store_local(self.limit_addr(feature), L_TMP);
+    }
+
+    /// Pops an extended integer into `L_TMP` (value) and `L_INF` (the +∞ flag).
+    fn pop_value(&mut self) {
+        self.ins(&I::LocalSet(L_INF));
+        self.ins(&I::LocalSet(L_TMP));
+    }
+
+    fn decide_const(&mut self, feature: usize, allowed: bool, limit: Limit, reason: ReasonCode) {
         self.store_const(self.allowed_addr(feature), i64::from(allowed));
-        self.store_const(self.limit_addr(feature), limit);
+        self.store_limit_const(feature, limit);
         self.store_const(self.reason_addr(feature), reason as i64);
     }
 
@@ -142,24 +220,42 @@ impl Emitter<'_> {
         self.ins(&I::I64Ne);
     }
 
+    /// Pushes an extended integer: the `i64` (0 for +∞), then the `i32` +∞ flag.
     fn int(&mut self, e: &IntExpr) {
         match e {
-            IntExpr::Const(v) => self.ins(&I::I64Const(*v)),
-            IntExpr::Fact(f) => self.load(self.fact_addr(*f)),
+            IntExpr::Const(v) => {
+                self.ins(&I::I64Const(*v));
+                self.ins(&I::I32Const(0));
+            }
+            IntExpr::Unlimited => {
+                self.ins(&I::I64Const(0));
+                self.ins(&I::I32Const(1));
+            }
+            IntExpr::Fact(f) => {
+                self.load(self.fact_addr(*f));
+                self.ins(&I::I32Const(0));
+            }
             IntExpr::LimitOf(f) => {
-                if (*f as usize) < self.shape.features {
-                    self.load(self.limit_addr(*f as usize));
+                let f = *f as usize;
+                if f < self.shape.features {
+                    // The value slot is 0 for no limit and for unlimited: no limit reads as
+                    // 0, unlimited as +∞.
+                    self.load(self.limit_addr(f));
+                    self.load(self.kind_addr(f));
+                    self.ins(&I::I64Const(LIMIT_KIND_UNLIMITED));
+                    self.ins(&I::I64Eq);
                 } else {
-                    self.ins(&I::I64Const(NO_LIMIT));
+                    self.ins(&I::I64Const(0));
+                    self.ins(&I::I32Const(0));
                 }
             }
             IntExpr::Arith(op, a, b) => {
                 self.int(a);
                 self.int(b);
                 let f = match op {
-                    ArithOp::Add => F_SAT_ADD,
-                    ArithOp::Sub => F_SAT_SUB,
-                    ArithOp::Mul => F_SAT_MUL,
+                    ArithOp::Add => F_EXT_ADD,
+                    ArithOp::Sub => F_EXT_SUB,
+                    ArithOp::Mul => F_EXT_MUL,
                 };
                 self.ins(&I::Call(f));
             }
@@ -173,13 +269,16 @@ impl Emitter<'_> {
             BoolExpr::Cmp(op, a, b) => {
                 self.int(a);
                 self.int(b);
+                // -1, 0 or 1, compared with 0.
+                self.ins(&I::Call(F_EXT_CMP));
+                self.ins(&I::I32Const(0));
                 self.ins(&match op {
-                    CmpOp::Eq => I::I64Eq,
-                    CmpOp::Ne => I::I64Ne,
-                    CmpOp::Lt => I::I64LtS,
-                    CmpOp::Le => I::I64LeS,
-                    CmpOp::Gt => I::I64GtS,
-                    CmpOp::Ge => I::I64GeS,
+                    CmpOp::Eq => I::I32Eq,
+                    CmpOp::Ne => I::I32Ne,
+                    CmpOp::Lt => I::I32LtS,
+                    CmpOp::Le => I::I32LeS,
+                    CmpOp::Gt => I::I32GtS,
+                    CmpOp::Ge => I::I32GeS,
                 });
             }
             BoolExpr::AllowedOf(f) => {
@@ -253,7 +352,7 @@ impl Emitter<'_> {
         self.ins(&I::LocalSet(L_TMP));
         for f in 0..self.shape.features {
             self.store_const(self.allowed_addr(f), 0);
-            self.store_const(self.limit_addr(f), NO_LIMIT);
+            self.store_limit_const(f, Limit::None);
             self.store_local(self.reason_addr(f), L_TMP);
         }
         let program = self.program;
@@ -275,6 +374,13 @@ impl Emitter<'_> {
             }
             self.ins(&I::End);
         }
+    }
+
+    /// Pushes an i32: whether local `local` (a limit kind) equals `kind`.
+    fn kind_is(&mut self, local: u32, kind: i64) {
+        self.ins(&I::LocalGet(local));
+        self.ins(&I::I64Const(kind));
+        self.ins(&I::I64Eq);
     }
 
     fn addons(&mut self) {
@@ -305,23 +411,31 @@ impl Emitter<'_> {
                         self.ins(&I::LocalGet(L_QTY));
                         self.ins(&I::Call(F_SAT_MUL));
                         self.ins(&I::LocalSet(L_TMP2));
-                        // tmp = allowed ? limit : NO_LIMIT
-                        self.load(self.limit_addr(f));
-                        self.ins(&I::I64Const(NO_LIMIT));
+                        // tmp = the limit kind so far: allowed ? kind : none
+                        self.load(self.kind_addr(f));
+                        self.ins(&I::I64Const(LIMIT_KIND_NONE));
                         self.allowed(f);
                         self.ins(&I::Select);
-                        self.ins(&I::LocalTee(L_TMP));
-                        // limit = tmp == NO_LIMIT ? tmp2 : sat_add(tmp, tmp2)
-                        self.ins(&I::I64Const(NO_LIMIT));
-                        self.ins(&I::I64Eq);
-                        self.ins(&I::If(BlockType::Result(ValType::I64)));
-                        self.ins(&I::LocalGet(L_TMP2));
-                        self.ins(&I::Else);
-                        self.ins(&I::LocalGet(L_TMP));
+                        self.ins(&I::LocalSet(L_TMP));
+                        // value = unlimited ? 0 : finite ? sat_add(value, tmp2) : tmp2
+                        self.ins(&I::I32Const(0)); // store address
+                        self.ins(&I::I64Const(0));
+                        self.load(self.limit_addr(f));
                         self.ins(&I::LocalGet(L_TMP2));
                         self.ins(&I::Call(F_SAT_ADD));
-                        self.ins(&I::End);
-                        self.ins(&I::LocalSet(L_TMP));
+                        self.ins(&I::LocalGet(L_TMP2));
+                        self.kind_is(L_TMP, LIMIT_KIND_FINITE);
+                        self.ins(&I::Select);
+                        self.kind_is(L_TMP, LIMIT_KIND_UNLIMITED);
+                        self.ins(&I::Select);
+                        self.ins(&I::I64Store(mem(self.limit_addr(f))));
+                        // kind = unlimited stays unlimited, anything else becomes finite
+                        self.ins(&I::I32Const(0));
+                        self.ins(&I::I64Const(LIMIT_KIND_UNLIMITED));
+                        self.ins(&I::I64Const(LIMIT_KIND_FINITE));
+                        self.kind_is(L_TMP, LIMIT_KIND_UNLIMITED);
+                        self.ins(&I::Select);
+                        self.ins(&I::I64Store(mem(self.kind_addr(f))));
                         // reason = allowed ? reason : granted_by_addon
                         self.allowed(f);
                         self.ins(&I::I32Eqz);
@@ -329,7 +443,6 @@ impl Emitter<'_> {
                         self.store_const(self.reason_addr(f), ReasonCode::GrantedByAddon as i64);
                         self.ins(&I::End);
                         self.store_const(self.allowed_addr(f), 1);
-                        self.store_local(self.limit_addr(f), L_TMP);
                     }
                 }
             }
@@ -341,7 +454,7 @@ impl Emitter<'_> {
         match action {
             Action::Deny { target, reason } => {
                 for f in self.targets(*target) {
-                    self.decide_const(f, false, NO_LIMIT, *reason);
+                    self.decide_const(f, false, Limit::None, *reason);
                 }
             }
             Action::Grant {
@@ -351,12 +464,12 @@ impl Emitter<'_> {
             } => {
                 if let Some(e) = limit {
                     self.int(e);
-                    self.ins(&I::LocalSet(L_TMP));
+                    self.pop_value();
                 }
                 for f in self.targets(*target) {
                     self.store_const(self.allowed_addr(f), 1);
                     if limit.is_some() {
-                        self.store_local(self.limit_addr(f), L_TMP);
+                        self.store_limit_value(f);
                     }
                     self.store_const(self.reason_addr(f), *reason as i64);
                 }
@@ -367,11 +480,11 @@ impl Emitter<'_> {
                 reason,
             } => {
                 self.int(value);
-                self.ins(&I::LocalSet(L_TMP));
+                self.pop_value();
                 for f in self.targets(*target) {
                     self.allowed(f);
                     self.ins(&I::If(BlockType::Empty));
-                    self.store_local(self.limit_addr(f), L_TMP);
+                    self.store_limit_value(f);
                     self.store_const(self.reason_addr(f), *reason as i64);
                     self.ins(&I::End);
                 }
@@ -385,24 +498,27 @@ impl Emitter<'_> {
                 for f in metered {
                     self.allowed(f);
                     self.ins(&I::If(BlockType::Empty));
-                    // tmp = usage; tmp2 = limit; limit = tmp2 == NO_LIMIT ? tmp : min(tmp2, tmp)
+                    // tmp = usage; tmp2 = limit value;
+                    // value = kind == finite ? min(tmp2, tmp) : tmp (unlimited and none are
+                    // above every usage)
                     self.load(self.fact_addr(Fact::Usage(f as u32)));
                     self.ins(&I::LocalSet(L_TMP));
                     self.load(self.limit_addr(f));
                     self.ins(&I::LocalSet(L_TMP2));
                     self.ins(&I::I32Const(0)); // store address
-                    self.ins(&I::LocalGet(L_TMP)); // usage, when there is no limit
                     self.ins(&I::LocalGet(L_TMP2)); // min(limit, usage) = limit < usage ? limit : usage
                     self.ins(&I::LocalGet(L_TMP));
                     self.ins(&I::LocalGet(L_TMP2));
                     self.ins(&I::LocalGet(L_TMP));
                     self.ins(&I::I64LtS);
                     self.ins(&I::Select);
-                    self.ins(&I::LocalGet(L_TMP2));
-                    self.ins(&I::I64Const(NO_LIMIT));
+                    self.ins(&I::LocalGet(L_TMP)); // usage, without a finite limit
+                    self.load(self.kind_addr(f));
+                    self.ins(&I::I64Const(LIMIT_KIND_FINITE));
                     self.ins(&I::I64Eq);
                     self.ins(&I::Select);
                     self.ins(&I::I64Store(mem(self.limit_addr(f))));
+                    self.store_const(self.kind_addr(f), LIMIT_KIND_FINITE);
                     self.store_const(self.reason_addr(f), *reason as i64);
                     self.ins(&I::End);
                 }
@@ -422,20 +538,41 @@ impl Emitter<'_> {
 
     fn overrides(&mut self) {
         for f in 0..self.shape.features {
+            let [kind_slot, value_slot] = override_limit_slots(f as u32, self.shape);
+            let (kind_at, value_at) = (
+                FACTS_OFFSET + 8 * kind_slot as u64,
+                FACTS_OFFSET + 8 * value_slot as u64,
+            );
             self.load(self.fact_addr(Fact::OverrideMode(f as u32)));
             self.ins(&I::LocalTee(L_TMP));
             self.ins(&I::I64Const(OVERRIDE_DENY));
             self.ins(&I::I64Eq);
             self.ins(&I::If(BlockType::Empty));
-            self.decide_const(f, false, NO_LIMIT, ReasonCode::Override);
+            self.decide_const(f, false, Limit::None, ReasonCode::Override);
             self.ins(&I::Else);
             self.ins(&I::LocalGet(L_TMP));
             self.ins(&I::I64Const(OVERRIDE_GRANT));
             self.ins(&I::I64Eq);
             self.ins(&I::If(BlockType::Empty));
             self.store_const(self.allowed_addr(f), 1);
+            // The override's limit, read as Limit::from_fact_slots does: kind finite or
+            // unlimited as given, anything else none; the value only when finite.
+            self.load(kind_at);
+            self.ins(&I::LocalSet(L_TMP2));
             self.ins(&I::I32Const(0));
-            self.load(self.fact_addr(Fact::OverrideLimit(f as u32)));
+            self.ins(&I::I64Const(LIMIT_KIND_FINITE));
+            self.ins(&I::I64Const(LIMIT_KIND_UNLIMITED));
+            self.ins(&I::I64Const(LIMIT_KIND_NONE));
+            self.kind_is(L_TMP2, LIMIT_KIND_UNLIMITED);
+            self.ins(&I::Select);
+            self.kind_is(L_TMP2, LIMIT_KIND_FINITE);
+            self.ins(&I::Select);
+            self.ins(&I::I64Store(mem(self.kind_addr(f))));
+            self.ins(&I::I32Const(0));
+            self.load(value_at);
+            self.ins(&I::I64Const(0));
+            self.kind_is(L_TMP2, LIMIT_KIND_FINITE);
+            self.ins(&I::Select);
             self.ins(&I::I64Store(mem(self.limit_addr(f))));
             self.store_const(self.reason_addr(f), ReasonCode::Override as i64);
             self.ins(&I::End);
@@ -546,6 +683,121 @@ fn sat_mul() -> Function {
     f
 }
 
+// The extended-integer helpers: parameters (a, a_inf, b, b_inf), an `i64` and its `i32` +∞
+// flag each, the `i64` 0 whenever the flag is set. They mirror `ir::ExtInt`.
+const P_A: u32 = 0;
+const P_A_INF: u32 = 1;
+const P_B: u32 = 2;
+const P_B_INF: u32 = 3;
+
+/// `a + b`: +∞ if either is, else `sat_add`.
+fn ext_add() -> Function {
+    let mut f = Function::new([]);
+    // value = (a_inf | b_inf) ? 0 : sat_add(a, b)
+    f.instruction(&I::I64Const(0));
+    f.instruction(&I::LocalGet(P_A));
+    f.instruction(&I::LocalGet(P_B));
+    f.instruction(&I::Call(F_SAT_ADD));
+    f.instruction(&I::LocalGet(P_A_INF));
+    f.instruction(&I::LocalGet(P_B_INF));
+    f.instruction(&I::I32Or);
+    f.instruction(&I::Select);
+    // inf = a_inf | b_inf
+    f.instruction(&I::LocalGet(P_A_INF));
+    f.instruction(&I::LocalGet(P_B_INF));
+    f.instruction(&I::I32Or);
+    f.instruction(&I::End);
+    f
+}
+
+/// `a − b`: +∞ when `a` is +∞, `i64::MIN` when only `b` is, else `sat_sub`.
+fn ext_sub() -> Function {
+    let mut f = Function::new([]);
+    // value = a_inf ? 0 : (b_inf ? MIN : sat_sub(a, b))
+    f.instruction(&I::I64Const(0));
+    f.instruction(&I::I64Const(i64::MIN));
+    f.instruction(&I::LocalGet(P_A));
+    f.instruction(&I::LocalGet(P_B));
+    f.instruction(&I::Call(F_SAT_SUB));
+    f.instruction(&I::LocalGet(P_B_INF));
+    f.instruction(&I::Select);
+    f.instruction(&I::LocalGet(P_A_INF));
+    f.instruction(&I::Select);
+    // inf = a_inf
+    f.instruction(&I::LocalGet(P_A_INF));
+    f.instruction(&I::End);
+    f
+}
+
+/// `a × b`: with a +∞ operand, +∞ if the other is +∞ or positive, 0 if it is 0, `i64::MIN`
+/// if it is negative; else `sat_mul`.
+fn ext_mul() -> Function {
+    const L_OTHER: u32 = 4; // i64: the operand that is not the +∞ one
+    const L_INF_OUT: u32 = 5; // i32
+    let mut f = Function::new([(1, ValType::I64), (1, ValType::I32)]);
+    // other = a_inf ? b : a
+    f.instruction(&I::LocalGet(P_B));
+    f.instruction(&I::LocalGet(P_A));
+    f.instruction(&I::LocalGet(P_A_INF));
+    f.instruction(&I::Select);
+    f.instruction(&I::LocalSet(L_OTHER));
+    // inf = (a_inf | b_inf) & ((a_inf & b_inf) | other > 0)
+    f.instruction(&I::LocalGet(P_A_INF));
+    f.instruction(&I::LocalGet(P_B_INF));
+    f.instruction(&I::I32Or);
+    f.instruction(&I::LocalGet(P_A_INF));
+    f.instruction(&I::LocalGet(P_B_INF));
+    f.instruction(&I::I32And);
+    f.instruction(&I::LocalGet(L_OTHER));
+    f.instruction(&I::I64Const(0));
+    f.instruction(&I::I64GtS);
+    f.instruction(&I::I32Or);
+    f.instruction(&I::I32And);
+    f.instruction(&I::LocalSet(L_INF_OUT));
+    // value = (a_inf | b_inf) ? ((!inf & other < 0) ? MIN : 0) : sat_mul(a, b)
+    f.instruction(&I::I64Const(i64::MIN));
+    f.instruction(&I::I64Const(0));
+    f.instruction(&I::LocalGet(L_INF_OUT));
+    f.instruction(&I::I32Eqz);
+    f.instruction(&I::LocalGet(L_OTHER));
+    f.instruction(&I::I64Const(0));
+    f.instruction(&I::I64LtS);
+    f.instruction(&I::I32And);
+    f.instruction(&I::Select);
+    f.instruction(&I::LocalGet(P_A));
+    f.instruction(&I::LocalGet(P_B));
+    f.instruction(&I::Call(F_SAT_MUL));
+    f.instruction(&I::LocalGet(P_A_INF));
+    f.instruction(&I::LocalGet(P_B_INF));
+    f.instruction(&I::I32Or);
+    f.instruction(&I::Select);
+    f.instruction(&I::LocalGet(L_INF_OUT));
+    f.instruction(&I::End);
+    f
+}
+
+/// `compare(a, b)` as an `i32`: -1, 0 or 1, with +∞ equal to itself and above every `i64`.
+fn ext_cmp() -> Function {
+    let mut f = Function::new([]);
+    // (a_inf | b_inf) ? a_inf - b_inf : (a > b) - (a < b)
+    f.instruction(&I::LocalGet(P_A_INF));
+    f.instruction(&I::LocalGet(P_B_INF));
+    f.instruction(&I::I32Sub);
+    f.instruction(&I::LocalGet(P_A));
+    f.instruction(&I::LocalGet(P_B));
+    f.instruction(&I::I64GtS);
+    f.instruction(&I::LocalGet(P_A));
+    f.instruction(&I::LocalGet(P_B));
+    f.instruction(&I::I64LtS);
+    f.instruction(&I::I32Sub);
+    f.instruction(&I::LocalGet(P_A_INF));
+    f.instruction(&I::LocalGet(P_B_INF));
+    f.instruction(&I::I32Or);
+    f.instruction(&I::Select);
+    f.instruction(&I::End);
+    f
+}
+
 fn const_i32(v: i32) -> Function {
     let mut f = Function::new([]);
     f.instruction(&I::I32Const(v));
@@ -555,23 +807,23 @@ fn const_i32(v: i32) -> Function {
 
 /// Emits the module's bytes.
 pub fn emit(program: &Program) -> Result<Vec<u8>, EmitError> {
-    let shape = program.shape();
-    for (what, count, max) in [
-        ("features", shape.features, FEATURES_MAX),
-        ("add-ons", shape.addons, ADDONS_MAX),
-        ("plans", program.plans.len(), PLANS_MAX),
-    ] {
-        if count > max {
-            return Err(EmitError::TooLarge { what, count, max });
-        }
+    if let Some(e) = size_errors(program).into_iter().next() {
+        return Err(e);
     }
+    let shape = program.shape();
+    let ext = [ValType::I64, ValType::I32, ValType::I64, ValType::I32];
     let mut types = TypeSection::new();
     types
         .ty()
-        .function([ValType::I64, ValType::I64], [ValType::I64]); // 0: binary i64 op
-    types.ty().function([], [ValType::I32]); // 1: () -> i32
+        .function([ValType::I64, ValType::I64], [ValType::I64]); // T_SAT
+    types.ty().function([], [ValType::I32]); // T_CONST
+    types.ty().function(ext, [ValType::I64, ValType::I32]); // T_EXT
+    types.ty().function(ext, [ValType::I32]); // T_EXT_CMP
     let mut functions = FunctionSection::new();
-    for ty in [0, 0, 0, 1, 1, 1, 1] {
+    // In function index order (F_*).
+    for ty in [
+        T_SAT, T_SAT, T_SAT, T_EXT, T_EXT, T_EXT, T_EXT_CMP, T_CONST, T_CONST, T_CONST, T_CONST,
+    ] {
         functions.function(ty);
     }
     let pages = memory_pages(shape);
@@ -594,7 +846,7 @@ pub fn emit(program: &Program) -> Result<Vec<u8>, EmitError> {
         program,
         shape,
         out: decisions_offset(shape),
-        f: Function::new([(5, ValType::I64)]),
+        f: Function::new([(I64_LOCALS, ValType::I64), (I32_LOCALS, ValType::I32)]),
     };
     e.base();
     e.addons();
@@ -607,6 +859,10 @@ pub fn emit(program: &Program) -> Result<Vec<u8>, EmitError> {
     code.function(&sat_add_sub(false));
     code.function(&sat_add_sub(true));
     code.function(&sat_mul());
+    code.function(&ext_add());
+    code.function(&ext_sub());
+    code.function(&ext_mul());
+    code.function(&ext_cmp());
     code.function(&e.f);
     code.function(&const_i32(ABI_VERSION));
     code.function(&const_i32(

@@ -1,6 +1,7 @@
 //! Signed bundles: the demo round-trips through build, encode, sign and verify, and every
 //! kind of tampering is refused with its own error.
 
+use tollgate_rules::bounds::{Missing, Site};
 use tollgate_rules::bundle::{
     self, BUNDLE_BYTES_MAX, BundleError, FORMAT_VERSION, MODULE_PART, PROGRAM_PART, PublicKey,
     SigningKey, TrustedKeys, UnsignedBundle,
@@ -280,10 +281,17 @@ fn wrong_magic_or_format_is_refused() {
         Err(BundleError::Malformed(m)) if m.contains("unsigned")
     ));
     let mut future = signed.clone();
-    future[8..12].copy_from_slice(&2u32.to_le_bytes());
+    future[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
     assert!(matches!(
         bundle::verify(&future, &trusting(&[&key])),
-        Err(BundleError::UnsupportedFormat(2))
+        Err(BundleError::UnsupportedFormat(v)) if v == FORMAT_VERSION + 1
+    ));
+    // A bundle of the format before limits were typed is refused, not misread.
+    let mut old = signed.clone();
+    old[8..12].copy_from_slice(&1u32.to_le_bytes());
+    assert!(matches!(
+        bundle::verify(&old, &trusting(&[&key])),
+        Err(BundleError::UnsupportedFormat(1))
     ));
     assert!(UnsignedBundle::decode(&signed).is_err());
 }
@@ -385,4 +393,98 @@ fn key_files_round_trip_and_bad_ones_are_refused() {
             "{bad:?}"
         );
     }
+}
+
+/// `u` with its program replaced by `program` and the manifest describing it, as an older
+/// compiler (or a hand) could have made it: the parts and hashes agree, so only the bounds
+/// of the manifest can refuse it.
+fn with_program(mut u: UnsignedBundle, program: &tollgate_rules::ir::Program) -> UnsignedBundle {
+    let bytes = postcard::to_allocvec(program).expect("encodes");
+    u.manifest.features = program.features.clone();
+    u.manifest.plans = program.plans.clone();
+    u.manifest.addons = program.addons.clone();
+    u.manifest.tests = program.tests.clone();
+    u.manifest.rule_names = program.rules.iter().map(|r| r.name.clone()).collect();
+    for e in &mut u.manifest.parts {
+        if e.name == PROGRAM_PART {
+            e.sha256 = bundle::sha256_hex(&bytes);
+            e.len = bytes.len() as u64;
+        }
+    }
+    for (name, part) in &mut u.parts {
+        if name == PROGRAM_PART {
+            part.clone_from(&bytes);
+        }
+    }
+    u
+}
+
+#[test]
+fn a_signed_bundle_whose_catalog_breaks_the_bounds_is_refused_with_a_typed_error() {
+    let key = SigningKey::generate("k1");
+    let mut program = compiled().program;
+    program.plans[1].name = "Pro\0".into();
+    program.features[3].key = "a".repeat(129);
+    program.plans[2].trial_days = 100_000 * 365;
+    let signed = with_program(unsigned(), &program).sign(&key);
+    let err = bundle::verify(&signed, &trusting(&[&key])).expect_err("refused");
+    let BundleError::Catalog(issues) = &err else {
+        panic!("{err:?}")
+    };
+    let sites: Vec<Site> = issues.0.iter().map(|i| i.site).collect();
+    assert_eq!(
+        sites,
+        [Site::FeatureKey(3), Site::PlanName(1), Site::PlanTrial(2)]
+    );
+    assert!(
+        err.to_string()
+            .contains("plan `pro`: the name contains a control character ('\\0')"),
+        "{err}"
+    );
+    // `inspect` (and so `sign`, which inspects first) refuses it too.
+    assert!(matches!(
+        bundle::inspect(&signed),
+        Err(BundleError::Catalog(_))
+    ));
+    // The message names a bounded number of issues, however many there are.
+    let mut many = compiled().program;
+    for p in &mut many.plans {
+        p.name = String::new();
+        p.price_minor = -1;
+        p.currency = "usd".into();
+        p.trial_days = u32::MAX;
+    }
+    let signed = with_program(unsigned(), &many).sign(&key);
+    let err = bundle::verify(&signed, &trusting(&[&key])).expect_err("refused");
+    assert!(err.to_string().ends_with("; and 2 more"), "{err}");
+}
+
+#[test]
+fn a_signed_bundle_without_tests_or_with_an_unstorable_version_is_refused() {
+    let key = SigningKey::generate("k1");
+    let mut program = compiled().program;
+    program.tests.clear();
+    let signed = with_program(unsigned(), &program).sign(&key);
+    assert!(matches!(
+        bundle::verify(&signed, &trusting(&[&key])),
+        Err(BundleError::Incomplete(missing)) if missing == [Missing::Tests]
+    ));
+    for version in [0, bundle::BUNDLE_VERSION_MAX + 1, u64::MAX] {
+        let mut u = unsigned();
+        u.manifest.bundle_version = version;
+        assert!(
+            matches!(
+                bundle::verify(&u.sign(&key), &trusting(&[&key])),
+                Err(BundleError::InvalidVersion(v)) if v == version
+            ),
+            "{version}"
+        );
+        assert!(matches!(
+            bundle::build(&compiled(), DEMO, version, CREATED_AT_MS),
+            Err(BundleError::InvalidVersion(v)) if v == version
+        ));
+    }
+    let top = bundle::build(&compiled(), DEMO, bundle::BUNDLE_VERSION_MAX, CREATED_AT_MS)
+        .expect("the largest version builds");
+    assert!(bundle::verify(&top.sign(&key), &trusting(&[&key])).is_ok());
 }

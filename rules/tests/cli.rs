@@ -534,3 +534,239 @@ fn online_commands_send_the_right_requests_and_map_problems_to_exit_codes() {
     ]);
     assert_code(&r, 3);
 }
+
+// ---------------------------------------------------------------------------------------------
+// What `check` refuses, `compile` refuses, and neither ships an empty or unstorable bundle.
+
+#[test]
+fn check_refuses_the_oversized_program_that_compile_refuses() {
+    let s = Scratch::new("oversized");
+    let mut text: String = (0..=tollgate_rules::wasm::FEATURES_MAX)
+        .map(|i| format!("feature f{i}: bool\n"))
+        .collect();
+    text.push_str("plan p \"P\" { price 1 USD per month grant f0 }\n");
+    text.push_str("test \"t\" { given plan = p expect f0 allowed }\n");
+    let src = s.write("big.tg", &text);
+    let check = run(args!["check", src]);
+    assert_code(&check, 1);
+    let compile = run(args!["compile", src, "-o", s.path("big.bundle")]);
+    assert_code(&compile, 1);
+    for r in [&check, &compile] {
+        assert!(
+            r.stderr.contains(
+                "error[program_too_large]: features: 1025 is more than the 1024 a module supports"
+            ),
+            "{}",
+            r.stderr
+        );
+    }
+    assert!(!check.stdout.contains("ok:"), "{}", check.stdout);
+    assert!(!s.path("big.bundle").exists());
+}
+
+#[test]
+fn an_empty_source_is_refused_with_a_code_for_each_missing_part() {
+    let s = Scratch::new("empty");
+    let src = s.write("empty.tg", "# nothing yet\n");
+    for r in [
+        run(args!["check", src]),
+        run(args!["compile", src, "-o", s.path("empty.bundle")]),
+    ] {
+        assert_code(&r, 1);
+        for code in ["error[no_features]", "error[no_plans]", "error[no_tests]"] {
+            assert!(r.stderr.contains(code), "{code}\n{}", r.stderr);
+        }
+    }
+    assert!(!s.path("empty.bundle").exists());
+    // Features and plans without a test block are not enough either.
+    let untested = s.write(
+        "untested.tg",
+        "feature sso: bool\nplan pro \"Pro\" { price 1 USD per month grant sso }\n",
+    );
+    let r = run(args!["check", untested]);
+    assert_code(&r, 1);
+    assert!(r.stderr.contains("error[no_tests]"), "{}", r.stderr);
+    assert!(!r.stderr.contains("error[no_plans]"), "{}", r.stderr);
+}
+
+#[test]
+fn control_characters_in_names_and_overlong_keys_are_refused_by_check_and_compile() {
+    let s = Scratch::new("names");
+    let key = "k".repeat(129);
+    let src = s.write(
+        "names.tg",
+        &format!(
+            "feature {key}: metered per month\n\
+             plan pro \"Pro\0\" {{ price 1 USD per month grant {key} = 5 }}\n\
+             addon more \"More\x1b[31m\" {{ price 1 USD per month {key} + 5 }}\n\
+             test \"t\" {{ given plan = pro expect {key} limit 5 }}\n"
+        ),
+    );
+    for r in [
+        run(args!["check", src]),
+        run(args!["compile", src, "-o", s.path("names.bundle")]),
+    ] {
+        assert_code(&r, 1);
+        for expected in [
+            "error[invalid_key]",
+            "a key is at most 128 bytes, this one 129",
+            "error[invalid_name]: plan `pro`: the name contains a control character ('\\0')",
+            "error[invalid_name]: add-on `more`: the name contains a control character ('\\u{1b}')",
+        ] {
+            assert!(r.stderr.contains(expected), "{expected}\n{}", r.stderr);
+        }
+    }
+    assert!(!s.path("names.bundle").exists());
+}
+
+#[test]
+fn versions_the_control_plane_cannot_store_are_usage_errors() {
+    let s = Scratch::new("versions");
+    let demo = s.write("demo.tg", DEMO);
+    let out = s.path("demo.bundle");
+    for bad in ["0", "9223372036854775808", "18446744073709551615"] {
+        let r = run(args!["compile", demo, "-o", out, "--version", bad]);
+        assert_code(&r, 2);
+        assert!(
+            r.stderr.contains("is not in 1..=9223372036854775807"),
+            "{bad}: {}",
+            r.stderr
+        );
+        assert!(!out.exists());
+        // The online commands take versions the same way.
+        assert_code(&run(args!["promote", bad, "--token", "t"]), 2);
+        assert_code(
+            &run(args!["activate", bad, "--canary", "5", "--token", "t"]),
+            2,
+        );
+        assert_code(&run(args!["rollback", "--to", bad, "--token", "t"]), 2);
+    }
+    let r = run(args![
+        "compile",
+        demo,
+        "-o",
+        out,
+        "--version",
+        "9223372036854775807"
+    ]);
+    assert_code(&r, 0);
+    let r = run(args!["inspect", out]);
+    assert!(
+        r.stdout.contains("version    9223372036854775807"),
+        "{}",
+        r.stdout
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A closed stdout (`tollgate-rules status | head`) ends the command quietly.
+
+/// Runs the CLI with a stdout whose reading end is closed before it starts, so its first
+/// write fails with EPIPE (as when `head` has exited).
+fn run_with_closed_stdout(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Run {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate-rules"));
+    for a in args {
+        cmd.arg(a.as_ref());
+    }
+    cmd.env("USER", "tester")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped());
+    let output = cmd.output().expect("runs");
+    Run {
+        code: output
+            .status
+            .code()
+            .expect("exited, not killed by a signal"),
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_every_printing_command_quietly_with_its_own_exit_code() {
+    let (server, _log) = start_stub();
+    let s = Scratch::new("closed-stdout");
+    let demo = s.write("demo.tg", DEMO);
+    let bundle = s.path("demo.bundle");
+    assert_code(
+        &run(args!["compile", demo, "-o", bundle, "--version", "5"]),
+        0,
+    );
+    let keys = s.path("keys");
+    let failing = s.write(
+        "failing.tg",
+        &DEMO.replace(
+            "expect seats allowed limit 20",
+            "expect seats allowed limit 25",
+        ),
+    );
+    let online = |cmd: &str| -> Vec<String> {
+        vec![
+            cmd.into(),
+            "--server".into(),
+            server.clone(),
+            "--token".into(),
+            "t".into(),
+        ]
+    };
+    let mut cases: Vec<(Vec<String>, i32)> = vec![
+        (vec!["check".into(), demo.display().to_string()], 0),
+        (vec!["test".into(), demo.display().to_string()], 0),
+        (vec!["test".into(), failing.display().to_string()], 1),
+        (vec!["inspect".into(), bundle.display().to_string()], 0),
+        (
+            vec![
+                "diff".into(),
+                bundle.display().to_string(),
+                bundle.display().to_string(),
+            ],
+            0,
+        ),
+        (
+            vec![
+                "compile".into(),
+                demo.display().to_string(),
+                "-o".into(),
+                s.path("again.bundle").display().to_string(),
+            ],
+            0,
+        ),
+        (
+            vec![
+                "keygen".into(),
+                "--key-id".into(),
+                "k1".into(),
+                "-o".into(),
+                keys.display().to_string(),
+            ],
+            0,
+        ),
+        (online("status"), 0),
+        (
+            [
+                vec!["promote".to_string(), "5".into()],
+                online("")[1..].to_vec(),
+            ]
+            .concat(),
+            0,
+        ),
+    ];
+    cases.push((vec!["--help".into()], 0));
+    for (args, code) in cases {
+        let a: Vec<&dyn AsRef<std::ffi::OsStr>> = args
+            .iter()
+            .map(|a| a as &dyn AsRef<std::ffi::OsStr>)
+            .collect();
+        let r = run_with_closed_stdout(&a);
+        assert!(!r.stderr.contains("panicked"), "{args:?}: {}", r.stderr);
+        assert_eq!(r.code, code, "{args:?}: {}", r.stderr);
+        if code == 0 {
+            assert_eq!(r.stderr, "", "{args:?}: quiet");
+        }
+    }
+    // The commands that write files still wrote them whole.
+    assert!(s.path("again.bundle").exists());
+    assert!(keys.join("k1.key").exists() && keys.join("k1.pub").exists());
+}

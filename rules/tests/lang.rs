@@ -8,7 +8,7 @@ use std::path::Path;
 use expect_test::expect_file;
 use proptest::prelude::*;
 use tollgate_protocol::usage::{Aggregation, MeterPeriod, MeterSpec};
-use tollgate_rules::ir::{self, NO_LIMIT};
+use tollgate_rules::ir::{self, Limit};
 use tollgate_rules::lang::{Diagnostic, Severity, SourceFile, compile_source};
 use tollgate_rules::{Catalog, FeatureKind, Interval};
 
@@ -358,9 +358,9 @@ test \"explicit status wins\" {{
     assert_eq!(get(t, Banned), 0);
     assert_eq!(get(t, OverrideMode(0)), ir::OVERRIDE_DENY);
     assert_eq!(get(t, OverrideMode(1)), ir::OVERRIDE_GRANT);
-    assert_eq!(get(t, OverrideLimit(1)), 4);
+    assert_eq!(t.given.override_limit(1, shape), Limit::Finite(4));
     assert_eq!(get(t, OverrideMode(2)), ir::OVERRIDE_NONE);
-    assert_eq!(get(t, OverrideLimit(2)), NO_LIMIT);
+    assert_eq!(t.given.override_limit(2, shape), Limit::None);
     assert_eq!(
         t.expect,
         vec![
@@ -373,20 +373,20 @@ test \"explicit status wins\" {{
             ir::Expectation {
                 feature: 1,
                 allowed: None,
-                limit: Some(4),
+                limit: Some(Limit::Finite(4)),
                 reason: None
             },
             ir::Expectation {
                 feature: 2,
                 allowed: Some(true),
-                limit: Some(NO_LIMIT),
+                limit: Some(Limit::Unlimited),
                 reason: None
             },
         ]
     );
     assert_eq!(get(u, Status), ir::SubStatus::PastDue as i64);
     assert_eq!(get(u, Plan), 0);
-    assert_eq!(u.expect[0].limit, Some(NO_LIMIT));
+    assert_eq!(u.expect[0].limit, Some(Limit::None));
     // Everything not given is as in an empty vector.
     let mut expected = ir::FactVector::empty(shape);
     expected.set(Status, shape, ir::SubStatus::PastDue as i64);
@@ -476,7 +476,7 @@ fn declarations_lower_with_their_options() {
         ),
         (200, "EUR", ir::Interval::Year, 30)
     );
-    assert_eq!(program.plans[0].grants[0].limit, NO_LIMIT);
+    assert_eq!(program.plans[0].grants[0].limit, Limit::Unlimited);
     assert_eq!(
         program.addons[0].effects,
         vec![
@@ -535,7 +535,7 @@ rule \"e\" when status != canceled => grant sso"
             ),
             &Action::SetLimit {
                 target: Target::Feature(2),
-                value: c(NO_LIMIT),
+                value: IntExpr::Unlimited,
                 reason: ReasonCode::CappedByRule,
             }
         )

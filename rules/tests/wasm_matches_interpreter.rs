@@ -1,6 +1,8 @@
 //! The compiled WebAssembly module and the reference interpreter agree on every decision, for
-//! random programs (features, plans, add-ons, ordered rules with nested expressions, every
-//! action) and random facts (including values that make arithmetic saturate).
+//! random programs (features, plans with finite, unlimited and no limits, add-ons, ordered
+//! rules with nested expressions over `limit(f)` and `unlimited`, every action) and random
+//! facts (including values that make arithmetic saturate, and override limits of every kind,
+//! malformed slots included).
 
 use proptest::prelude::*;
 use tollgate_rules::host::RulesEngine;
@@ -47,17 +49,17 @@ fn gen_fact(r: &mut Rng, features: u32, addons: u32) -> Fact {
         5 => Fact::InTrial,
         6 => Fact::Today,
         7 if addons > 0 => Fact::AddonQty(r.below(addons as u64) as u32),
-        8 => Fact::OverrideMode(r.below(features as u64) as u32),
-        9 => Fact::OverrideLimit(r.below(features as u64) as u32),
+        8 | 9 => Fact::OverrideMode(r.below(features as u64) as u32),
         _ => Fact::Usage(r.below(features as u64) as u32),
     }
 }
 
 fn gen_int(r: &mut Rng, depth: u32, features: u32, addons: u32) -> IntExpr {
-    match if depth == 0 { r.below(3) } else { r.below(4) } {
+    match if depth == 0 { r.below(4) } else { r.below(6) } {
         0 => IntExpr::Const(r.int()),
         1 => IntExpr::Fact(gen_fact(r, features, addons)),
         2 => IntExpr::LimitOf(r.below(features as u64) as u32),
+        3 => IntExpr::Unlimited,
         _ => {
             let op = [ArithOp::Add, ArithOp::Sub, ArithOp::Mul][r.below(3) as usize];
             IntExpr::Arith(
@@ -108,6 +110,15 @@ fn gen_target(r: &mut Rng, features: u32) -> Target {
     }
 }
 
+/// No limit, unlimited or a number, as plans grant them.
+fn gen_limit(r: &mut Rng) -> Limit {
+    match r.below(10) {
+        0..=2 => Limit::None,
+        3..=5 => Limit::Unlimited,
+        _ => Limit::Finite(r.int()),
+    }
+}
+
 fn gen_reason(r: &mut Rng) -> ReasonCode {
     ReasonCode::ALL[r.below(ReasonCode::ALL.len() as u64) as usize]
 }
@@ -139,7 +150,7 @@ fn gen_program(seed: u64) -> Program {
                 .filter_map(|f| {
                     r.chance(60).then(|| Grant {
                         feature: f,
-                        limit: if r.chance(30) { NO_LIMIT } else { r.int() },
+                        limit: gen_limit(&mut r),
                     })
                 })
                 .collect(),
@@ -249,11 +260,14 @@ fn gen_facts(program: &Program, seed: u64) -> FactVector {
             shape,
             if r.chance(80) { 0 } else { r.below(4) as i64 },
         );
-        v.set(
-            Fact::OverrideLimit(f),
-            shape,
-            if r.chance(50) { NO_LIMIT } else { r.int() },
-        );
+        if r.chance(90) {
+            v.set_override_limit(f, shape, gen_limit(&mut r));
+        } else {
+            // Slots no fact vector of ours holds: both engines read them the same way.
+            let [kind, value] = override_limit_slots(f, shape);
+            v.0[kind] = r.int();
+            v.0[value] = r.int();
+        }
     }
     v
 }
@@ -332,7 +346,125 @@ fn saturating_arithmetic_matches_rust() {
                 ArithOp::Sub => a.saturating_sub(b),
                 ArithOp::Mul => a.saturating_mul(b),
             };
-            assert_eq!(got, want, "{a} {op:?} {b}");
+            assert_eq!(got, Limit::Finite(want), "{a} {op:?} {b}");
         }
     }
+}
+
+/// `grant x = <a op b>` through the module, for one feature `x`.
+fn module_limit(engine: &RulesEngine, value: IntExpr) -> Limit {
+    let program = Program {
+        features: vec![Feature {
+            key: "x".into(),
+            kind: FeatureKind::Limit,
+            period: None,
+            fail_open: false,
+            meter: None,
+        }],
+        plans: vec![],
+        addons: vec![],
+        rules: vec![Rule {
+            name: "r".into(),
+            when: BoolExpr::Const(true),
+            action: Action::Grant {
+                target: Target::All,
+                limit: Some(value),
+                reason: ReasonCode::GrantedByRule,
+            },
+            span: Span::default(),
+        }],
+        tests: vec![],
+    };
+    let loaded = engine
+        .load(&wasm::emit(&program).expect("emit"), program.shape())
+        .expect("load");
+    let from_module = loaded
+        .evaluate(&FactVector::empty(program.shape()))
+        .expect("eval")[0]
+        .limit;
+    let from_interp = interp::evaluate(&program, &FactVector::empty(program.shape()))[0].limit;
+    assert_eq!(from_module, from_interp, "{program:?}");
+    from_module
+}
+
+/// The table of the extended integers in `ir`'s module doc, written out (not derived from
+/// the interpreter): unlimited absorbs additions, there is no negative infinity.
+#[test]
+fn unlimited_arithmetic_follows_the_documented_table() {
+    use IntExpr::{Const, Unlimited};
+    let engine = RulesEngine::new().expect("engine");
+    let arith = |op, a: IntExpr, b: IntExpr| IntExpr::Arith(op, Box::new(a), Box::new(b));
+    let cases = [
+        (
+            arith(ArithOp::Add, Unlimited, Const(1000)),
+            Limit::Unlimited,
+        ),
+        (arith(ArithOp::Add, Const(-5), Unlimited), Limit::Unlimited),
+        (
+            arith(ArithOp::Add, Const(i64::MIN), Unlimited),
+            Limit::Unlimited,
+        ),
+        (arith(ArithOp::Sub, Unlimited, Const(7)), Limit::Unlimited),
+        (arith(ArithOp::Sub, Unlimited, Unlimited), Limit::Unlimited),
+        (
+            arith(ArithOp::Sub, Const(7), Unlimited),
+            Limit::Finite(i64::MIN),
+        ),
+        (
+            arith(ArithOp::Sub, Const(0), Unlimited),
+            Limit::Finite(i64::MIN),
+        ),
+        (arith(ArithOp::Mul, Unlimited, Const(3)), Limit::Unlimited),
+        (arith(ArithOp::Mul, Const(0), Unlimited), Limit::Finite(0)),
+        (
+            arith(ArithOp::Mul, Unlimited, Const(-2)),
+            Limit::Finite(i64::MIN),
+        ),
+        (arith(ArithOp::Mul, Unlimited, Unlimited), Limit::Unlimited),
+        (Unlimited, Limit::Unlimited),
+        // A finite value that saturates is still a number, not unlimited.
+        (
+            arith(ArithOp::Add, Const(i64::MAX), Const(1)),
+            Limit::Finite(i64::MAX),
+        ),
+    ];
+    for (value, want) in cases {
+        assert_eq!(module_limit(&engine, value.clone()), want, "{value:?}");
+    }
+    // Comparisons: unlimited equals itself and is above every integer.
+    let cmp = |op, a: IntExpr, b: IntExpr| {
+        let program = Program {
+            features: vec![Feature {
+                key: "x".into(),
+                kind: FeatureKind::Bool,
+                period: None,
+                fail_open: false,
+                meter: None,
+            }],
+            plans: vec![],
+            addons: vec![],
+            rules: vec![Rule {
+                name: "r".into(),
+                when: BoolExpr::Cmp(op, a, b),
+                action: Action::Grant {
+                    target: Target::All,
+                    limit: None,
+                    reason: ReasonCode::GrantedByRule,
+                },
+                span: Span::default(),
+            }],
+            tests: vec![],
+        };
+        let loaded = engine.load_program(&program).expect("load");
+        let facts = FactVector::empty(program.shape());
+        let allowed = loaded.evaluate(&facts).expect("eval")[0].allowed;
+        assert_eq!(allowed, interp::evaluate(&program, &facts)[0].allowed);
+        allowed
+    };
+    assert!(cmp(CmpOp::Gt, Unlimited, Const(i64::MAX)));
+    assert!(cmp(CmpOp::Eq, Unlimited, Unlimited));
+    assert!(cmp(CmpOp::Ge, Unlimited, Unlimited));
+    assert!(!cmp(CmpOp::Lt, Unlimited, Unlimited));
+    assert!(cmp(CmpOp::Lt, Const(i64::MAX), Unlimited));
+    assert!(!cmp(CmpOp::Eq, Const(0), Unlimited));
 }

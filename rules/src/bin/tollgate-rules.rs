@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use tollgate_rules::bundle::{self, InspectedBundle, PublicKey, SigningKey, TrustedKeys};
 use tollgate_rules::compiler::{self, describe};
 use tollgate_rules::interp;
-use tollgate_rules::ir::{self, Fact, FactVector, NO_LIMIT, Program};
+use tollgate_rules::ir::{self, Fact, FactVector, Limit, Program};
 use tollgate_rules::lang::{self, Diagnostic, Severity, SourceFile};
 
 /// Key files are one short line.
@@ -26,6 +26,72 @@ const HTTP_CONNECT_TIMEOUT_SECS: u64 = 5;
 const RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Longest non-JSON error body echoed to the terminal.
 const ERROR_BODY_CHARS_MAX: usize = 500;
+
+/// What every command prints goes through here instead of `println!`, which panics when
+/// stdout is closed (`tollgate-rules status | head` exited 101 with "failed printing to
+/// stdout: Broken pipe"). Once stdout is closed (`EPIPE`), the rest of the output is dropped
+/// and the command runs to its end, so files it writes are written whole and its exit code
+/// is its own. Any other write error is reported once the command is done (exit 2 if it had
+/// succeeded).
+mod out {
+    use std::io::Write;
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Set at the first failed write: nothing more is written.
+    static CLOSED: AtomicBool = AtomicBool::new(false);
+    /// The first write error that is not a closed pipe.
+    static FAILED: OnceLock<String> = OnceLock::new();
+
+    /// One line to stdout.
+    pub fn line(args: std::fmt::Arguments<'_>) {
+        if CLOSED.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = stdout
+            .write_fmt(args)
+            .and_then(|()| stdout.write_all(b"\n"))
+        {
+            give_up(&e);
+        }
+    }
+
+    fn give_up(e: &std::io::Error) {
+        CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = FAILED.set(e.to_string());
+        }
+    }
+
+    /// Flushes stdout; the write error to report, if one other than a closed pipe happened.
+    pub fn finish() -> Option<String> {
+        if !CLOSED.load(Ordering::Relaxed)
+            && let Err(e) = std::io::stdout().lock().flush()
+        {
+            give_up(&e);
+        }
+        FAILED.get().cloned()
+    }
+}
+
+/// `println!` through [`out::line`].
+macro_rules! outln {
+    () => {
+        out::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        out::line(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that ignores a closed stderr instead of panicking.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(
@@ -59,8 +125,8 @@ enum Command {
         /// Where to write the unsigned bundle.
         #[arg(short, long)]
         output: PathBuf,
-        /// Bundle version [default: the current Unix time in seconds].
-        #[arg(long)]
+        /// Bundle version, 1 to 2^63-1 [default: the current Unix time in seconds].
+        #[arg(long, value_parser = version_parser())]
         version: Option<u64>,
     },
     /// Generate an ed25519 signing key: DIR/ID.key (mode 0600) and DIR/ID.pub.
@@ -108,6 +174,7 @@ enum Command {
     /// Activate a deployed bundle for a share of the edge fleet (a canary, chosen by edge id).
     Activate {
         /// The bundle version.
+        #[arg(value_parser = version_parser())]
         version: u64,
         /// Percentage of edges that run the new rules (0-100), chosen deterministically by edge id.
         #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
@@ -118,6 +185,7 @@ enum Command {
     /// Activate a bundle for every account.
     Promote {
         /// The bundle version.
+        #[arg(value_parser = version_parser())]
         version: u64,
         #[command(flatten)]
         remote: Remote,
@@ -125,7 +193,7 @@ enum Command {
     /// Go back to the previous bundle, or to a given version.
     Rollback {
         /// The version to return to [default: the one before the active bundle].
-        #[arg(long)]
+        #[arg(long, value_parser = version_parser())]
         to: Option<u64>,
         #[command(flatten)]
         remote: Remote,
@@ -135,6 +203,11 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+}
+
+/// Bundle versions as the control plane stores them: `bundle::BUNDLE_VERSION_MIN..=MAX`.
+fn version_parser() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(bundle::BUNDLE_VERSION_MIN..=bundle::BUNDLE_VERSION_MAX)
 }
 
 #[derive(Args)]
@@ -230,15 +303,23 @@ fn main() -> ExitCode {
         }),
         Command::Status { remote } => Client::new(&remote).and_then(|c| c.status()),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match result {
+        Ok(()) => 0,
         Err(failure) => {
             let (Failure::Failed(m) | Failure::Usage(m) | Failure::Server(m)) = &failure;
             if !m.is_empty() {
-                eprintln!("error: {m}");
+                errln!("error: {m}");
             }
-            ExitCode::from(failure.code())
+            failure.code()
         }
+    };
+    // A reader that went away is not the command's failure; an unwritable stdout is.
+    match out::finish() {
+        Some(e) if code == 0 => {
+            errln!("error: cannot write to stdout: {e}");
+            ExitCode::from(Failure::Usage(String::new()).code())
+        }
+        _ => ExitCode::from(code),
     }
 }
 
@@ -292,7 +373,7 @@ fn now() -> Duration {
 
 fn render_all(file: &SourceFile, diags: &[Diagnostic]) {
     for d in diags {
-        eprintln!("{}", d.render(file));
+        errln!("{}", d.render(file));
     }
 }
 
@@ -310,10 +391,11 @@ fn plural(n: usize, word: &str) -> String {
 
 fn check(path: &Path) -> Outcome {
     let file = read_source(path)?;
-    match lang::compile_source(&file) {
+    // The same checks as `compile`, short of running the tests.
+    match compiler::check(&file) {
         Ok((program, warnings)) => {
             render_all(&file, &warnings);
-            println!(
+            outln!(
                 "{}: ok: {}, {}, {}, {}, {}; {}",
                 file.name,
                 plural(program.features.len(), "feature"),
@@ -339,7 +421,7 @@ fn check(path: &Path) -> Outcome {
 
 fn test(path: &Path) -> Outcome {
     let file = read_source(path)?;
-    let program = match lang::compile_source(&file) {
+    let program = match compiler::check(&file) {
         Ok((program, _)) => program,
         Err(diags) => {
             render_all(&file, &diags);
@@ -357,18 +439,18 @@ fn test(path: &Path) -> Outcome {
     let (errors, warnings): (Vec<&Diagnostic>, Vec<&Diagnostic>) =
         diags.iter().partition(|d| d.severity == Severity::Error);
     for w in warnings {
-        eprintln!("{}", w.render(&file));
+        errln!("{}", w.render(&file));
     }
     let mut failed = 0;
     for t in &program.tests {
         let mine: Vec<&&Diagnostic> = errors.iter().filter(|d| d.span == t.span).collect();
         if mine.is_empty() {
-            println!("test {:?} ... ok", t.name);
+            outln!("test {:?} ... ok", t.name);
         } else {
             failed += 1;
-            println!("test {:?} ... FAILED", t.name);
+            outln!("test {:?} ... FAILED", t.name);
             for d in mine {
-                println!("    {}", d.message);
+                outln!("    {}", d.message);
             }
         }
     }
@@ -381,7 +463,7 @@ fn test(path: &Path) -> Outcome {
     render_all(&file, &other);
     let total = program.tests.len();
     if failed == 0 && other.is_empty() {
-        println!("{} of {total} tests passed", total);
+        outln!("{} of {total} tests passed", total);
         Ok(())
     } else {
         Err(Failure::Failed(format!(
@@ -417,7 +499,7 @@ fn compile(path: &Path, output: &Path, version: Option<u64>) -> Outcome {
         .map_err(|e| Failure::Failed(e.to_string()))?;
     let bytes = unsigned.encode();
     write(output, &bytes)?;
-    println!(
+    outln!(
         "wrote {} (version {version}, {} bytes, {} tests passed); sign it with `tollgate-rules sign`",
         output.display(),
         bytes.len(),
@@ -444,9 +526,9 @@ fn keygen(key_id: &str, dir: &Path) -> Outcome {
     write_new_secret(&secret_path, key.to_file_string().as_bytes())?;
     let public = key.public();
     write(&public_path, public.to_file_string().as_bytes())?;
-    println!("wrote {} (secret, mode 0600)", secret_path.display());
-    println!("wrote {}", public_path.display());
-    println!("trusted-key list entry: {}:{}", public.key_id, public.hex());
+    outln!("wrote {} (secret, mode 0600)", secret_path.display());
+    outln!("wrote {}", public_path.display());
+    outln!("trusted-key list entry: {}:{}", public.key_id, public.hex());
     Ok(())
 }
 
@@ -486,7 +568,7 @@ fn sign(unsigned_path: &Path, key_path: &Path, output: &Path) -> Outcome {
     let verified = bundle::verify(&signed, &TrustedKeys::new(vec![key.public()]))
         .map_err(|e| Failure::Failed(format!("the signed bundle does not verify: {e}")))?;
     write(output, &signed)?;
-    println!(
+    outln!(
         "wrote {} (version {}, signed by `{}`, sha256 {})",
         output.display(),
         verified.manifest.bundle_version,
@@ -556,12 +638,11 @@ fn grant_text(program: &Program, g: &ir::Grant) -> String {
         .features
         .get(g.feature as usize)
         .is_some_and(|f| f.kind == ir::FeatureKind::Bool);
-    if bool_feature {
-        key.to_string()
-    } else if g.limit == NO_LIMIT {
-        format!("{key} = unlimited")
-    } else {
-        format!("{key} = {}", g.limit)
+    match g.limit {
+        _ if bool_feature => key.to_string(),
+        Limit::None => key.to_string(),
+        Limit::Unlimited => format!("{key} = unlimited"),
+        Limit::Finite(n) => format!("{key} = {n}"),
     }
 }
 
@@ -607,44 +688,44 @@ fn inspect(path: &Path, trusted_key_files: &[PathBuf]) -> Outcome {
         bundle::inspect(&bytes).map_err(|e| Failure::Failed(format!("{}: {e}", path.display())))?;
     let m = &b.manifest;
     let p = &b.program;
-    println!("bundle     {} ({} bytes)", path.display(), bytes.len());
-    println!("sha256     {}", b.sha256);
-    println!("version    {}", m.bundle_version);
-    println!("format     {}", m.format);
-    println!("created    {}", utc(m.created_at_ms));
-    println!("compiler   {}", m.compiler_version);
-    println!("source     sha256 {}", m.source_hash);
-    println!("features   {}", m.features.len());
+    outln!("bundle     {} ({} bytes)", path.display(), bytes.len());
+    outln!("sha256     {}", b.sha256);
+    outln!("version    {}", m.bundle_version);
+    outln!("format     {}", m.format);
+    outln!("created    {}", utc(m.created_at_ms));
+    outln!("compiler   {}", m.compiler_version);
+    outln!("source     sha256 {}", m.source_hash);
+    outln!("features   {}", m.features.len());
     for f in &m.features {
-        println!("  {:<24} {}", f.key, kind(f));
+        outln!("  {:<24} {}", f.key, kind(f));
     }
-    println!("plans      {}", m.plans.len());
+    outln!("plans      {}", m.plans.len());
     for plan in &m.plans {
         let trial = if plan.trial_days > 0 {
             format!(", trial {} days", plan.trial_days)
         } else {
             String::new()
         };
-        println!(
+        outln!(
             "  {:<24} {:?}: {}{trial}",
             plan.key,
             plan.name,
             price(plan.price_minor, &plan.currency, plan.interval)
         );
         let grants: Vec<String> = plan.grants.iter().map(|g| grant_text(p, g)).collect();
-        println!("    grants: {}", or_none(&grants));
+        outln!("    grants: {}", or_none(&grants));
         for meter in &plan.meters {
-            println!(
+            outln!(
                 "    meter {}: {}",
                 feature_key(p, meter.feature),
                 pricing_text(&meter.pricing)
             );
         }
     }
-    println!("add-ons    {}", m.addons.len());
+    outln!("add-ons    {}", m.addons.len());
     for a in &m.addons {
         let effects: Vec<String> = a.effects.iter().map(|e| effect_text(p, e)).collect();
-        println!(
+        outln!(
             "  {:<24} {:?}: {}; {}",
             a.key,
             a.name,
@@ -652,23 +733,25 @@ fn inspect(path: &Path, trusted_key_files: &[PathBuf]) -> Outcome {
             or_none(&effects)
         );
     }
-    println!("rules      {}", m.rule_names.len());
+    outln!("rules      {}", m.rule_names.len());
     for r in &m.rule_names {
-        println!("  {r:?}");
+        outln!("  {r:?}");
     }
-    println!("tests      {}", m.tests.len());
+    outln!("tests      {}", m.tests.len());
     for t in &m.tests {
-        println!("  {:?}", t.name);
+        outln!("  {:?}", t.name);
     }
-    println!("parts      {}", m.parts.len());
+    outln!("parts      {}", m.parts.len());
     for part in &m.parts {
-        println!(
+        outln!(
             "  {:<24} {:>10} bytes  sha256 {}",
-            part.name, part.len, part.sha256
+            part.name,
+            part.len,
+            part.sha256
         );
     }
     let Some(key_id) = &b.key_id else {
-        println!("signature  none (unsigned bundle)");
+        outln!("signature  none (unsigned bundle)");
         return if trusted_key_files.is_empty() {
             Ok(())
         } else {
@@ -676,7 +759,7 @@ fn inspect(path: &Path, trusted_key_files: &[PathBuf]) -> Outcome {
         };
     };
     if trusted_key_files.is_empty() {
-        println!("signature  key `{key_id}`, not checked (pass --trusted-key FILE.pub)");
+        outln!("signature  key `{key_id}`, not checked (pass --trusted-key FILE.pub)");
         return Ok(());
     }
     let mut keys = Vec::new();
@@ -688,11 +771,11 @@ fn inspect(path: &Path, trusted_key_files: &[PathBuf]) -> Outcome {
     }
     match bundle::verify(&bytes, &TrustedKeys::new(keys)) {
         Ok(v) => {
-            println!("signature  verified (key `{}`)", v.key_id);
+            outln!("signature  verified (key `{}`)", v.key_id);
             Ok(())
         }
         Err(e) => {
-            println!("signature  NOT VERIFIED (key `{key_id}`): {e}");
+            outln!("signature  NOT VERIFIED (key `{key_id}`): {e}");
             Err(Failure::Failed(format!("{}: {e}", path.display())))
         }
     }
@@ -713,16 +796,17 @@ fn diff(old_path: &Path, new_path: &Path) -> Outcome {
     let old = load_inspected(old_path)?;
     let new = load_inspected(new_path)?;
     let (a, b) = (&old.program, &new.program);
-    println!(
+    outln!(
         "version {} -> {}",
-        old.manifest.bundle_version, new.manifest.bundle_version
+        old.manifest.bundle_version,
+        new.manifest.bundle_version
     );
     let mut changes = 0usize;
     let mut section = |title: &str, lines: Vec<String>| {
         if !lines.is_empty() {
-            println!("{title}:");
+            outln!("{title}:");
             for l in &lines {
-                println!("  {l}");
+                outln!("  {l}");
             }
             changes += lines.len();
         }
@@ -736,7 +820,7 @@ fn diff(old_path: &Path, new_path: &Path) -> Outcome {
         diff_decisions(a, b),
     );
     if changes == 0 {
-        println!("no differences");
+        outln!("no differences");
     }
     Ok(())
 }
@@ -942,10 +1026,10 @@ fn translate(facts: &FactVector, from: &Program, to: &Program) -> FactVector {
             for (src, dst) in [
                 (Fact::Usage(i), Fact::Usage(j)),
                 (Fact::OverrideMode(i), Fact::OverrideMode(j)),
-                (Fact::OverrideLimit(i), Fact::OverrideLimit(j)),
             ] {
                 out.set(dst, ts, facts.get(src, fs));
             }
+            out.set_override_limit(j, ts, facts.override_limit(i, fs));
         }
     }
     out
@@ -1129,10 +1213,10 @@ impl Client {
     fn status(&self) -> Outcome {
         let bundles = self.send(reqwest::Method::GET, "/admin/v1/bundles", Body::Empty)?;
         let edges = self.send(reqwest::Method::GET, "/admin/v1/edges", Body::Empty)?;
-        println!("bundles");
+        outln!("bundles");
         print_table(rows(&bundles, "bundles"));
-        println!();
-        println!("edges");
+        outln!();
+        outln!("edges");
         print_table(rows(&edges, "edges"));
         Ok(())
     }
@@ -1184,11 +1268,11 @@ fn print_object(v: &serde_json::Value) {
         serde_json::Value::Object(map) => {
             let width = map.keys().map(String::len).max().unwrap_or(0);
             for (k, v) in map {
-                println!("{k:<width$}  {}", scalar(v));
+                outln!("{k:<width$}  {}", scalar(v));
             }
         }
-        serde_json::Value::Null => println!("ok"),
-        other => println!("{other}"),
+        serde_json::Value::Null => outln!("ok"),
+        other => outln!("{other}"),
     }
 }
 
@@ -1210,7 +1294,7 @@ fn rows<'a>(v: &'a serde_json::Value, key: &str) -> &'a [serde_json::Value] {
 /// A table of the scalar fields of the rows: ids and versions first, then the rest in order.
 fn print_table(rows: &[serde_json::Value]) {
     if rows.is_empty() {
-        println!("  (none)");
+        outln!("  (none)");
         return;
     }
     let mut columns: Vec<&str> = Vec::new();
@@ -1252,7 +1336,7 @@ fn print_table(rows: &[serde_json::Value]) {
             .zip(&widths)
             .map(|(v, w)| format!("{v:<w$}"))
             .collect();
-        println!("  {}", padded.join("  ").trim_end());
+        outln!("  {}", padded.join("  ").trim_end());
     };
     line(columns.clone());
     for r in &cells {

@@ -102,6 +102,15 @@ pub enum Amount {
     Unlimited(Span),
 }
 
+/// What `expect f limit ...` names: a number, `unlimited`, or `none` (no limit) — three
+/// different expectations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedLimit {
+    Int(Lit),
+    Unlimited(Span),
+    None(Span),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tier {
     /// `None` for the open `then` tier.
@@ -278,8 +287,8 @@ pub struct Given {
 pub struct ExpectDecl {
     pub feature: Name,
     pub allowed: Option<(bool, Span)>,
-    /// `limit <n>`, `limit unlimited` / `limit none` (no limit).
-    pub limit: Option<Amount>,
+    /// `limit <n>`, `limit unlimited`, `limit none`.
+    pub limit: Option<ExpectedLimit>,
     pub reason: Option<Name>,
     pub span: Span,
 }

@@ -8,12 +8,15 @@
 
 use std::collections::HashMap;
 
-use super::ast::{self, Amount, BinOp, ExprKind, GivenTarget, GivenValue, Name, UnOp};
+use super::ast::{
+    self, Amount, BinOp, ExpectedLimit, ExprKind, GivenTarget, GivenValue, Name, UnOp,
+};
 use super::diag::{Diags, codes};
 use super::fold;
+use crate::bounds::{self, Site};
 use crate::ir::{
     self, Action, AddonEffect, AddonIdx, ArithOp, BoolExpr, CmpOp, DEFAULT_LEASE, Expectation,
-    Fact, FactVector, FeatureIdx, FeatureKind, IntExpr, NO_LIMIT, OVERRIDE_DENY, OVERRIDE_GRANT,
+    Fact, FactVector, FeatureIdx, FeatureKind, IntExpr, Limit, OVERRIDE_DENY, OVERRIDE_GRANT,
     OVERRIDE_NONE, PlanIdx, ReasonCode, Shape, Span, SubStatus, Target,
 };
 use tollgate_protocol::usage::{Aggregation, MeterPeriod, MeterSpec};
@@ -56,6 +59,96 @@ pub(crate) struct Checked {
     pub addons: Vec<ir::Addon>,
     pub rules: Vec<ir::Rule>,
     pub tests: Vec<ir::TestCase>,
+    /// Where each catalog value was written, entry for entry with `features`, `plans` and
+    /// `addons` (and the names of `rules` and `tests`): [`crate::bounds::validate`] names a
+    /// [`Site`], this gives its span.
+    pub spans: CatalogSpans,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct CatalogSpans {
+    features: Vec<FeatureSpans>,
+    plans: Vec<PlanSpans>,
+    addons: Vec<AddonSpans>,
+    rule_names: Vec<Span>,
+    test_names: Vec<Span>,
+}
+
+#[derive(Debug)]
+struct FeatureSpans {
+    key: Span,
+    /// The `unique_count` property, or the key.
+    property: Span,
+}
+
+#[derive(Debug)]
+struct PlanSpans {
+    key: Span,
+    name: Span,
+    price: Span,
+    currency: Span,
+    trial: Span,
+    /// Per meter, its values in [`crate::bounds::pricing_values`] order.
+    meters: Vec<Vec<Span>>,
+}
+
+#[derive(Debug)]
+struct AddonSpans {
+    key: Span,
+    name: Span,
+    price: Span,
+    currency: Span,
+}
+
+impl CatalogSpans {
+    /// The span of a site; the start of the file for one it does not know (never for
+    /// issues of the checked program, whose entries it records one for one).
+    pub fn span(&self, site: Site) -> Span {
+        let plan = |i: usize| self.plans.get(i);
+        let addon = |i: usize| self.addons.get(i);
+        match site {
+            Site::FeatureKey(i) => self.features.get(i).map(|f| f.key),
+            Site::FeatureProperty(i) => self.features.get(i).map(|f| f.property),
+            Site::PlanKey(i) => plan(i).map(|p| p.key),
+            Site::PlanName(i) => plan(i).map(|p| p.name),
+            Site::PlanPrice(i) => plan(i).map(|p| p.price),
+            Site::PlanCurrency(i) => plan(i).map(|p| p.currency),
+            Site::PlanTrial(i) => plan(i).map(|p| p.trial),
+            Site::PlanMeter {
+                plan: i,
+                meter,
+                value,
+            } => plan(i)
+                .and_then(|p| p.meters.get(meter))
+                .and_then(|m| m.get(value))
+                .copied(),
+            Site::AddonKey(i) => addon(i).map(|a| a.key),
+            Site::AddonName(i) => addon(i).map(|a| a.name),
+            Site::AddonPrice(i) => addon(i).map(|a| a.price),
+            Site::AddonCurrency(i) => addon(i).map(|a| a.currency),
+            Site::RuleName(i) => self.rule_names.get(i).copied(),
+            Site::TestName(i) => self.test_names.get(i).copied(),
+        }
+        .unwrap_or_default()
+    }
+}
+
+/// The spans of a pricing's values, in [`crate::bounds::pricing_values`] order (a flat fee
+/// not written is 0, at its tier).
+fn pricing_spans(p: &ast::PricingDecl) -> Vec<Span> {
+    match p {
+        ast::PricingDecl::PerUnit(lit) => vec![lit.span],
+        ast::PricingDecl::Package { size, price } => vec![size.span, price.span],
+        ast::PricingDecl::Graduated(tiers) | ast::PricingDecl::Volume(tiers) => tiers
+            .iter()
+            .flat_map(|t| {
+                t.up_to
+                    .map(|u| u.span)
+                    .into_iter()
+                    .chain([t.unit.span, t.flat.map_or(t.span, |f| f.span)])
+            })
+            .collect(),
+    }
 }
 
 /// A checked price: amount in minor units, currency, interval.
@@ -193,6 +286,17 @@ impl Checker<'_> {
                             span: f.key.span,
                         },
                     );
+                    let property = match &f.kind {
+                        ast::KindDecl::Metered(ast::MeteredDecl {
+                            aggregation: Some(ast::AggregationDecl::UniqueCount(p)),
+                            ..
+                        }) => p.span,
+                        _ => f.key.span,
+                    };
+                    self.out.spans.features.push(FeatureSpans {
+                        key: f.key.span,
+                        property,
+                    });
                     self.out.features.push(ir::Feature {
                         key: f.key.text.clone(),
                         kind,
@@ -268,9 +372,10 @@ impl Checker<'_> {
                         .plans
                         .get(&p.key.text)
                         .is_some_and(|s| s.span == p.key.span)
-                        && let Some(plan) = self.plan(p)
+                        && let Some((plan, spans)) = self.plan(p)
                     {
                         self.out.plans.push(plan);
+                        self.out.spans.plans.push(spans);
                     }
                 }
                 ast::Item::Addon(a) => {
@@ -278,9 +383,10 @@ impl Checker<'_> {
                         .addons
                         .get(&a.key.text)
                         .is_some_and(|s| s.span == a.key.span)
-                        && let Some(addon) = self.addon(a)
+                        && let Some((addon, spans)) = self.addon(a)
                     {
                         self.out.addons.push(addon);
+                        self.out.spans.addons.push(spans);
                     }
                 }
                 ast::Item::Rule(r) => {
@@ -292,6 +398,7 @@ impl Checker<'_> {
                     }
                     if let Some(rule) = self.rule(r) {
                         self.out.rules.push(rule);
+                        self.out.spans.rule_names.push(r.name.span);
                     }
                 }
                 ast::Item::Test(t) => {
@@ -303,6 +410,7 @@ impl Checker<'_> {
                     }
                     if let Some(test) = self.test(t) {
                         self.out.tests.push(test);
+                        self.out.spans.test_names.push(t.name.span);
                     }
                 }
                 ast::Item::Feature(_) | ast::Item::Broken { .. } => {}
@@ -439,21 +547,14 @@ impl Checker<'_> {
         Some(v)
     }
 
+    /// A price as written; its bounds (amount, currency) are [`bounds`]'s to check.
     fn money(&mut self, m: &ast::Money) -> Option<Price> {
-        let amount = self.at_least(m.amount, 0, codes::INVALID_MONEY, "a price");
-        let cur = &m.currency.text;
-        let currency_ok = cur.len() == 3 && cur.bytes().all(|b| b.is_ascii_uppercase());
-        if !currency_ok {
-            self.diags.error(
-                codes::INVALID_CURRENCY,
-                m.currency.span,
-                format!("currency `{cur}` is not an ISO-4217 code of three upper-case letters"),
-            );
-        }
-        Some((amount?, currency_ok.then(|| cur.clone())?, m.interval))
+        Some((m.amount.value?, m.currency.text.clone(), m.interval))
     }
 
-    fn tiers(&mut self, tiers: &[ast::Tier], at: Span) -> Option<Vec<ir::Tier>> {
+    /// The tiers and whether their structure is sound (an error was reported if not);
+    /// `None` when one of their numbers did not even parse.
+    fn tiers(&mut self, tiers: &[ast::Tier], at: Span) -> Option<(Vec<ir::Tier>, bool)> {
         if tiers.is_empty() {
             self.diags.error(
                 codes::INVALID_TIERS,
@@ -464,6 +565,7 @@ impl Checker<'_> {
         }
         let mut out = Vec::new();
         let mut ok = true;
+        let mut complete = true;
         let mut prev: Option<i64> = None;
         for (i, t) in tiers.iter().enumerate() {
             let last = i + 1 == tiers.len();
@@ -476,14 +578,6 @@ impl Checker<'_> {
                                 codes::TIERS_NOT_ASCENDING,
                                 lit.span,
                                 format!("tier bound {v} is not above the previous bound {p}"),
-                            );
-                            ok = false;
-                        }
-                        (Some(v), None) if v <= 0 => {
-                            self.diags.error(
-                                codes::TIERS_NOT_ASCENDING,
-                                lit.span,
-                                format!("the first tier bound must be above 0, found {v}"),
                             );
                             ok = false;
                         }
@@ -515,9 +609,10 @@ impl Checker<'_> {
                     None
                 }
             };
-            let unit = self.at_least(t.unit, 0, codes::INVALID_MONEY, "a unit price");
+            // Amounts are bounded by `bounds`.
+            let unit = t.unit.value;
             let flat = match t.flat {
-                Some(f) => self.at_least(f, 0, codes::INVALID_MONEY, "a flat fee"),
+                Some(f) => f.value,
                 None => Some(0),
             };
             match (up_to, unit, flat) {
@@ -531,42 +626,55 @@ impl Checker<'_> {
                     unit_minor: unit,
                     flat_minor: flat,
                 }),
-                _ => ok = false,
+                _ => complete = false,
             }
         }
-        ok.then_some(out)
+        complete.then_some((out, ok))
     }
 
-    fn pricing(&mut self, p: &ast::PricingDecl, at: Span) -> Option<ir::Pricing> {
+    /// The pricing and whether it is sound (an error was reported if not); `None` when one
+    /// of its numbers did not parse. Amounts and sizes are bounded by [`bounds`], the
+    /// structure of tiers is checked here.
+    fn pricing(&mut self, p: &ast::PricingDecl, at: Span) -> Option<(ir::Pricing, bool)> {
         Some(match p {
-            ast::PricingDecl::PerUnit(lit) => ir::Pricing::PerUnit {
-                unit_minor: self.at_least(*lit, 0, codes::INVALID_MONEY, "a unit price")?,
-            },
-            ast::PricingDecl::Graduated(t) => ir::Pricing::Graduated {
-                tiers: self.tiers(t, at)?,
-            },
-            ast::PricingDecl::Volume(t) => ir::Pricing::Volume {
-                tiers: self.tiers(t, at)?,
-            },
-            ast::PricingDecl::Package { size, price } => {
-                let size = self.at_least(*size, 1, codes::INVALID_VALUE, "a package size");
-                let price = self.at_least(*price, 0, codes::INVALID_MONEY, "a package price");
-                ir::Pricing::Package {
-                    size: size?,
-                    package_minor: price?,
-                }
+            ast::PricingDecl::PerUnit(lit) => (
+                ir::Pricing::PerUnit {
+                    unit_minor: lit.value?,
+                },
+                true,
+            ),
+            ast::PricingDecl::Graduated(t) => {
+                let (tiers, ok) = self.tiers(t, at)?;
+                (ir::Pricing::Graduated { tiers }, ok)
             }
+            ast::PricingDecl::Volume(t) => {
+                let (tiers, ok) = self.tiers(t, at)?;
+                (ir::Pricing::Volume { tiers }, ok)
+            }
+            ast::PricingDecl::Package { size, price } => (
+                ir::Pricing::Package {
+                    size: size.value?,
+                    package_minor: price.value?,
+                },
+                true,
+            ),
         })
     }
 
     // ---- plans and add-ons --------------------------------------------------------------
 
-    fn plan(&mut self, p: &ast::PlanDecl) -> Option<ir::Plan> {
+    /// The plan, with where its values were written. `Some` also for a plan with errors
+    /// (each already reported) when its price and trial are known, so that [`bounds`]
+    /// checks its values in the same run: after an error the program is never lowered.
+    fn plan(&mut self, p: &ast::PlanDecl) -> Option<(ir::Plan, PlanSpans)> {
         let mut ok = true;
         let mut price: Option<(Span, Option<Price>)> = None;
+        let mut money_spans = (p.key.span, p.key.span);
         let mut trial: Option<(Span, Option<u32>)> = None;
+        let mut trial_span = p.key.span;
         let mut grants: Vec<ir::Grant> = Vec::new();
         let mut meters: Vec<(ir::Meter, Span)> = Vec::new();
+        let mut meter_spans: Vec<Vec<Span>> = Vec::new();
         // Where each feature was first granted / metered: duplicates in O(1), however long.
         let mut granted_at: HashMap<FeatureIdx, Span> = HashMap::new();
         let mut metered_at: HashMap<FeatureIdx, Span> = HashMap::new();
@@ -579,6 +687,7 @@ impl Checker<'_> {
                         ok = false;
                         continue;
                     }
+                    money_spans = (m.amount.span, m.currency.span);
                     price = Some((m.span, self.money(m)));
                 }
                 ast::PlanClause::Trial { days, span } => {
@@ -588,12 +697,14 @@ impl Checker<'_> {
                         ok = false;
                         continue;
                     }
+                    trial_span = days.span;
                     let d = days.value.and_then(|d| u32::try_from(d).ok());
-                    if d.is_none() && days.value.is_some() {
+                    // Too long even for the program: the bound is `bounds`'s.
+                    if let (None, Some(problem)) = (d, days.value.and_then(bounds::trial_problem)) {
                         self.diags.error(
                             codes::INVALID_VALUE,
                             days.span,
-                            format!("a trial must be 0 to {} days", u32::MAX),
+                            format!("plan `{}`: {problem}", p.key.text),
                         );
                     }
                     trial = Some((*span, d));
@@ -651,13 +762,17 @@ impl Checker<'_> {
                     }
                     metered_at.insert(idx, *span);
                     match self.pricing(pricing, *span) {
-                        Some(pricing) => meters.push((
-                            ir::Meter {
-                                feature: idx,
-                                pricing,
-                            },
-                            *span,
-                        )),
+                        Some((priced, sound)) => {
+                            ok &= sound;
+                            meters.push((
+                                ir::Meter {
+                                    feature: idx,
+                                    pricing: priced,
+                                },
+                                *span,
+                            ));
+                            meter_spans.push(pricing_spans(pricing));
+                        }
                         None => ok = false,
                     }
                 }
@@ -693,23 +808,40 @@ impl Checker<'_> {
             }
         };
         let trial_days = match trial {
-            Some((_, d)) => d,
-            None => Some(0),
+            // Not a number of days at all (reported): the rest of the plan is still checked.
+            Some((_, None)) => {
+                ok = false;
+                0
+            }
+            Some((_, Some(d))) => d,
+            None => 0,
         };
         let (price_minor, currency, interval) = price?;
-        if !ok {
-            return None;
-        }
-        Some(ir::Plan {
-            key: p.key.text.clone(),
-            name: p.name.value.clone(),
-            price_minor,
-            currency,
-            interval,
-            trial_days: trial_days?,
-            grants,
-            meters: meters.into_iter().map(|(m, _)| m).collect(),
-        })
+        debug_assert!(
+            ok || self.diags.has_errors(),
+            "a broken plan without an error"
+        );
+        let spans = PlanSpans {
+            key: p.key.span,
+            name: p.name.span,
+            price: money_spans.0,
+            currency: money_spans.1,
+            trial: trial_span,
+            meters: meter_spans,
+        };
+        Some((
+            ir::Plan {
+                key: p.key.text.clone(),
+                name: p.name.value.clone(),
+                price_minor,
+                currency,
+                interval,
+                trial_days,
+                grants,
+                meters: meters.into_iter().map(|(m, _)| m).collect(),
+            },
+            spans,
+        ))
     }
 
     /// The limit a plan grants: none for bool features, required for the others.
@@ -718,9 +850,9 @@ impl Checker<'_> {
         feature: &Name,
         kind: FeatureKind,
         amount: Option<&Amount>,
-    ) -> Option<i64> {
+    ) -> Option<Limit> {
         match (kind, amount) {
-            (FeatureKind::Bool, None) => Some(NO_LIMIT),
+            (FeatureKind::Bool, None) => Some(Limit::None),
             (FeatureKind::Bool, Some(a)) => {
                 let span = match a {
                     Amount::Int(l) => l.span,
@@ -745,14 +877,19 @@ impl Checker<'_> {
                 );
                 None
             }
-            (_, Some(Amount::Unlimited(_))) => Some(NO_LIMIT),
-            (_, Some(Amount::Int(lit))) => self.at_least(*lit, 0, codes::INVALID_VALUE, "a limit"),
+            (_, Some(Amount::Unlimited(_))) => Some(Limit::Unlimited),
+            (_, Some(Amount::Int(lit))) => self
+                .at_least(*lit, 0, codes::INVALID_VALUE, "a limit")
+                .map(Limit::Finite),
         }
     }
 
-    fn addon(&mut self, a: &ast::AddonDecl) -> Option<ir::Addon> {
+    /// The add-on, with where its values were written; `Some` also with errors (already
+    /// reported), as for [`Self::plan`].
+    fn addon(&mut self, a: &ast::AddonDecl) -> Option<(ir::Addon, AddonSpans)> {
         let mut ok = true;
         let mut price: Option<(Span, Option<Price>)> = None;
+        let mut money_spans = (a.key.span, a.key.span);
         let mut effects: Vec<(FeatureIdx, AddonEffect)> = Vec::new();
         let mut effect_at: HashMap<FeatureIdx, Span> = HashMap::new();
         for clause in &a.clauses {
@@ -764,6 +901,7 @@ impl Checker<'_> {
                         ok = false;
                         continue;
                     }
+                    money_spans = (m.amount.span, m.currency.span);
                     price = Some((m.span, self.money(m)));
                     continue;
                 }
@@ -817,14 +955,25 @@ impl Checker<'_> {
             }
         };
         let (price_minor, currency, interval) = price?;
-        ok.then(|| ir::Addon {
+        let spans = AddonSpans {
+            key: a.key.span,
+            name: a.name.span,
+            price: money_spans.0,
+            currency: money_spans.1,
+        };
+        debug_assert!(
+            ok || self.diags.has_errors(),
+            "a broken add-on without an error"
+        );
+        let addon = ir::Addon {
             key: a.key.text.clone(),
             name: a.name.value.clone(),
             price_minor,
             currency,
             interval,
             effects,
-        })
+        };
+        Some((addon, spans))
     }
 
     // ---- expressions --------------------------------------------------------------------
@@ -1129,13 +1278,13 @@ impl Checker<'_> {
                 (0, i64::MAX)
             }
             Fact::OverrideMode(_) => (OVERRIDE_NONE, OVERRIDE_GRANT),
-            Fact::Today | Fact::OverrideLimit(_) => (i64::MIN, i64::MAX),
+            Fact::Today => (i64::MIN, i64::MAX),
         }
     }
 
     fn value(&mut self, v: &ast::ValueDecl) -> Option<IntExpr> {
         match v {
-            ast::ValueDecl::Unlimited(_) => Some(IntExpr::Const(NO_LIMIT)),
+            ast::ValueDecl::Unlimited(_) => Some(IntExpr::Unlimited),
             ast::ValueDecl::Expr(e) => {
                 let x = self.elab(e);
                 self.want_int(x, e.span).map(fold::fold_int)
@@ -1308,9 +1457,14 @@ impl Checker<'_> {
                 _ => {}
             }
             match self.given(g) {
-                Some(slots) => {
-                    for (fact, v) in slots {
-                        given.set(fact, shape, v);
+                Some(settings) => {
+                    for setting in settings {
+                        match setting {
+                            GivenSlot::Fact(fact, v) => given.set(fact, shape, v),
+                            GivenSlot::OverrideLimit(f, limit) => {
+                                given.set_override_limit(f, shape, limit);
+                            }
+                        }
                     }
                 }
                 None => ok = false,
@@ -1366,8 +1520,8 @@ impl Checker<'_> {
         }
     }
 
-    /// The fact slots one `given` sets.
-    fn given(&mut self, g: &ast::Given) -> Option<Vec<(Fact, i64)>> {
+    /// What one `given` sets.
+    fn given(&mut self, g: &ast::Given) -> Option<Vec<GivenSlot>> {
         match &g.target {
             GivenTarget::Fact(n) => {
                 let fact_and_value = match n.text.as_str() {
@@ -1424,7 +1578,7 @@ impl Checker<'_> {
                         return None;
                     }
                 };
-                Some(vec![fact_and_value])
+                Some(vec![GivenSlot::Fact(fact_and_value.0, fact_and_value.1)])
             }
             GivenTarget::Usage(f) => {
                 let (idx, kind) = self.feature(f)?;
@@ -1440,19 +1594,19 @@ impl Checker<'_> {
                     return None;
                 }
                 let v = self.int_given(g, "a usage", 0)?;
-                Some(vec![(Fact::Usage(idx), v)])
+                Some(vec![GivenSlot::Fact(Fact::Usage(idx), v)])
             }
             GivenTarget::Addon(a) => {
                 let idx = self.addon_index(a)?;
                 let v = self.int_given(g, "an add-on quantity", 0)?;
-                Some(vec![(Fact::AddonQty(idx), v)])
+                Some(vec![GivenSlot::Fact(Fact::AddonQty(idx), v)])
             }
             GivenTarget::Override(f) => {
                 let (idx, kind) = self.feature(f)?;
                 let (mode, limit) = match &g.value {
-                    GivenValue::Word(w) if w.text == "deny" => (OVERRIDE_DENY, NO_LIMIT),
-                    GivenValue::Word(w) if w.text == "none" => (OVERRIDE_NONE, NO_LIMIT),
-                    GivenValue::Grant(None, _) => (OVERRIDE_GRANT, NO_LIMIT),
+                    GivenValue::Word(w) if w.text == "deny" => (OVERRIDE_DENY, Limit::None),
+                    GivenValue::Word(w) if w.text == "none" => (OVERRIDE_NONE, Limit::None),
+                    GivenValue::Grant(None, _) => (OVERRIDE_GRANT, Limit::None),
                     GivenValue::Grant(Some(amount), span) => {
                         if kind == FeatureKind::Bool {
                             self.type_mismatch(
@@ -1462,10 +1616,13 @@ impl Checker<'_> {
                             return None;
                         }
                         let limit = match amount {
-                            Amount::Unlimited(_) => NO_LIMIT,
-                            Amount::Int(lit) => {
-                                self.at_least(*lit, 0, codes::INVALID_VALUE, "a limit")?
-                            }
+                            Amount::Unlimited(_) => Limit::Unlimited,
+                            Amount::Int(lit) => Limit::Finite(self.at_least(
+                                *lit,
+                                0,
+                                codes::INVALID_VALUE,
+                                "a limit",
+                            )?),
                         };
                         (OVERRIDE_GRANT, limit)
                     }
@@ -1478,8 +1635,8 @@ impl Checker<'_> {
                     }
                 };
                 Some(vec![
-                    (Fact::OverrideMode(idx), mode),
-                    (Fact::OverrideLimit(idx), limit),
+                    GivenSlot::Fact(Fact::OverrideMode(idx), mode),
+                    GivenSlot::OverrideLimit(idx, limit),
                 ])
             }
         }
@@ -1494,20 +1651,21 @@ impl Checker<'_> {
         let (idx, kind) = feature?;
         let limit = match e.limit {
             None => None,
-            Some(Amount::Unlimited(_)) => Some(NO_LIMIT),
-            Some(Amount::Int(lit)) => {
-                if kind == FeatureKind::Bool {
-                    self.type_mismatch(
-                        lit.span,
-                        format!(
-                            "`{}` is a bool feature; it never has a limit",
-                            e.feature.text
-                        ),
-                    );
-                    return None;
-                }
-                Some(lit.value?)
+            Some(ExpectedLimit::None(_)) => Some(Limit::None),
+            Some(ExpectedLimit::Unlimited(span) | ExpectedLimit::Int(ast::Lit { span, .. }))
+                if kind == FeatureKind::Bool =>
+            {
+                self.type_mismatch(
+                    span,
+                    format!(
+                        "`{}` is a bool feature; it never has a limit",
+                        e.feature.text
+                    ),
+                );
+                return None;
             }
+            Some(ExpectedLimit::Unlimited(_)) => Some(Limit::Unlimited),
+            Some(ExpectedLimit::Int(lit)) => Some(Limit::Finite(lit.value?)),
         };
         Some(Expectation {
             feature: idx,
@@ -1565,6 +1723,12 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// What a test's `given` sets in its fact vector.
+enum GivenSlot {
+    Fact(Fact, i64),
+    OverrideLimit(FeatureIdx, Limit),
 }
 
 /// A 0/1 fact as a condition.

@@ -56,15 +56,24 @@ pub mod codes {
     pub const MISSING_PRICE: &str = "missing_price";
     /// A rule whose condition can never hold.
     pub const RULE_NEVER_FIRES: &str = "rule_never_fires";
-    /// A negative amount of money.
+    /// An amount of money out of its bounds: negative, or above
+    /// [`crate::bounds::PRICE_MINOR_MAX`] (prices and meter prices).
     pub const INVALID_MONEY: &str = "invalid_money";
     /// A currency that is not three upper-case letters.
     pub const INVALID_CURRENCY: &str = "invalid_currency";
+    /// A feature, plan or add-on key outside the shared key bound
+    /// (`tollgate_protocol::usage::validate_key`), or a `unique_count` property that cannot
+    /// name an event property.
+    pub const INVALID_KEY: &str = "invalid_key";
+    /// A plan or add-on display name that is empty, longer than
+    /// [`crate::bounds::DISPLAY_NAME_BYTES_MAX`] or holds a control character.
+    pub const INVALID_NAME: &str = "invalid_name";
     /// Price tiers whose `up to` bounds do not strictly ascend.
     pub const TIERS_NOT_ASCENDING: &str = "tiers_not_ascending";
     /// Price tiers that are empty, or whose open `then` tier is missing or not last.
     pub const INVALID_TIERS: &str = "invalid_tiers";
-    /// A number out of its allowed range (negative limit, zero package size, ...).
+    /// A number out of its allowed range (negative limit, zero package size, a trial past
+    /// [`crate::bounds::TRIAL_DAYS_MAX`], ...).
     pub const INVALID_VALUE: &str = "invalid_value";
     /// A reason that contradicts its action (`deny ... reason granted_by_rule`).
     pub const REASON_MISMATCH: &str = "reason_mismatch";
@@ -79,6 +88,12 @@ pub mod codes {
     pub const TEST_FAILED: &str = "test_failed";
     /// A program larger than a WebAssembly module supports (see [`crate::wasm::FEATURES_MAX`]).
     pub const PROGRAM_TOO_LARGE: &str = "program_too_large";
+    /// A program without features: its bundle would grant nothing.
+    pub const NO_FEATURES: &str = "no_features";
+    /// A program without plans: its bundle would sell nothing.
+    pub const NO_PLANS: &str = "no_plans";
+    /// A program without test blocks: its bundle would pass every self-test untested.
+    pub const NO_TESTS: &str = "no_tests";
     /// Warning: a plan meters a feature it does not grant.
     pub const METER_NOT_GRANTED: &str = "meter_not_granted";
     /// Warning: no plan, add-on or rule ever grants the feature.

@@ -9,21 +9,35 @@
 //! disjunctive normal form, capped at [`MAX_DISJUNCTS`] terms, past which it gives up and says
 //! "may hold".
 
-use crate::ir::{ArithOp, BoolExpr, CmpOp, Fact, IntExpr};
+use crate::ir::{BoolExpr, CmpOp, ExtInt, Fact, IntExpr};
 
 /// Largest disjunctive normal form the analysis builds before giving up ("may hold").
 pub const MAX_DISJUNCTS: usize = 256;
 
+/// The value of a constant expression, in the extended integers the module computes in.
+fn constant(e: &IntExpr) -> Option<ExtInt> {
+    match e {
+        IntExpr::Const(v) => Some(ExtInt::Finite(*v)),
+        IntExpr::Unlimited => Some(ExtInt::Infinite),
+        _ => None,
+    }
+}
+
+fn from_constant(v: ExtInt) -> IntExpr {
+    match v {
+        ExtInt::Finite(v) => IntExpr::Const(v),
+        ExtInt::Infinite => IntExpr::Unlimited,
+    }
+}
+
+/// Folds constant operations with the evaluation's own arithmetic ([`ExtInt`]), so a
+/// folded program decides exactly as the unfolded one.
 pub fn fold_int(e: IntExpr) -> IntExpr {
     match e {
         IntExpr::Arith(op, a, b) => {
             let (a, b) = (fold_int(*a), fold_int(*b));
-            match (&a, &b) {
-                (IntExpr::Const(x), IntExpr::Const(y)) => IntExpr::Const(match op {
-                    ArithOp::Add => x.saturating_add(*y),
-                    ArithOp::Sub => x.saturating_sub(*y),
-                    ArithOp::Mul => x.saturating_mul(*y),
-                }),
+            match (constant(&a), constant(&b)) {
+                (Some(x), Some(y)) => from_constant(x.arith(op, y)),
                 _ => IntExpr::Arith(op, Box::new(a), Box::new(b)),
             }
         }
@@ -31,7 +45,7 @@ pub fn fold_int(e: IntExpr) -> IntExpr {
     }
 }
 
-pub fn cmp(op: CmpOp, x: i64, y: i64) -> bool {
+pub fn cmp<T: Ord>(op: CmpOp, x: T, y: T) -> bool {
     match op {
         CmpOp::Eq => x == y,
         CmpOp::Ne => x != y,
@@ -46,8 +60,8 @@ pub fn fold_bool(e: BoolExpr) -> BoolExpr {
     match e {
         BoolExpr::Cmp(op, a, b) => {
             let (a, b) = (fold_int(a), fold_int(b));
-            match (&a, &b) {
-                (IntExpr::Const(x), IntExpr::Const(y)) => BoolExpr::Const(cmp(op, *x, *y)),
+            match (constant(&a), constant(&b)) {
+                (Some(x), Some(y)) => BoolExpr::Const(cmp(op, x, y)),
                 _ => BoolExpr::Cmp(op, a, b),
             }
         }
@@ -183,6 +197,7 @@ fn meet(x: &Conj, y: &Conj) -> Option<Conj> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::ArithOp;
 
     fn domain(f: Fact) -> (i64, i64) {
         match f {
@@ -212,6 +227,13 @@ mod tests {
             Box::new(IntExpr::Const(2)),
         );
         assert_eq!(fold_int(big), IntExpr::Const(i64::MAX));
+        // Unlimited folds as evaluation computes it: it absorbs additions.
+        let more = IntExpr::Arith(
+            ArithOp::Add,
+            Box::new(IntExpr::Unlimited),
+            Box::new(IntExpr::Const(-5)),
+        );
+        assert_eq!(fold_int(more), IntExpr::Unlimited);
         let e = and(
             BoolExpr::Const(true),
             BoolExpr::Cmp(CmpOp::Lt, IntExpr::Const(3), IntExpr::Const(2)),

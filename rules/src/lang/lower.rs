@@ -24,7 +24,7 @@ fn verify(p: &Program) -> Result<(), String> {
     let feature_ok = |f: u32| (f as usize) < features;
     let fact_ok = |fact: Fact| match fact {
         Fact::AddonQty(a) => (a as usize) < p.addons.len(),
-        Fact::Usage(f) | Fact::OverrideMode(f) | Fact::OverrideLimit(f) => feature_ok(f),
+        Fact::Usage(f) | Fact::OverrideMode(f) => feature_ok(f),
         _ => true,
     };
     fn int_ok(
@@ -33,7 +33,7 @@ fn verify(p: &Program) -> Result<(), String> {
         feature_ok: &dyn Fn(u32) -> bool,
     ) -> bool {
         match e {
-            IntExpr::Const(_) => true,
+            IntExpr::Const(_) | IntExpr::Unlimited => true,
             IntExpr::Fact(f) => fact_ok(*f),
             IntExpr::LimitOf(f) => feature_ok(*f),
             IntExpr::Arith(_, a, b) => {

@@ -116,17 +116,21 @@
 //!
 //! * Types: `banned`, `in_trial`, `allowed(f)`, comparisons and `and`/`or`/`not` are
 //!   conditions; `dunning_level`, `days_past_due`, `today`, `usage(f)` (metered `f`),
-//!   `addon(a)` (quantity), `limit(f)` (limit/metered `f`, [`ir::NO_LIMIT`] when none) and
-//!   integer arithmetic are integers. `status`, `plan` and `override(f)` compare only with
-//!   `==`/`!=` against a status (`trialing`, `active`, `past_due`, `canceled`, `none`), a plan
-//!   key, or an override mode (`none`, `deny`, `grant`) respectively.
+//!   `addon(a)` (quantity), `limit(f)` (limit/metered `f`) and integer arithmetic are
+//!   integers. Integers are extended with +∞: `limit(f)` of an unlimited `f` is +∞, of an `f`
+//!   without a limit 0; `unlimited + n` is unlimited (the table is in [`crate::ir`]).
+//!   `status`, `plan` and `override(f)` compare only with `==`/`!=` against a status
+//!   (`trialing`, `active`, `past_due`, `canceled`, `none`), a plan key, or an override mode
+//!   (`none`, `deny`, `grant`) respectively.
 //! * Default reasons: `deny` → `denied_by_rule`, `grant` → `granted_by_rule`, `limit` and
 //!   `cap` → `capped_by_rule`. A `deny` must use a `denied_*` reason, the others must not.
 //! * A rule whose condition can never hold is an error (`rule_never_fires`): constant false
 //!   after folding, or comparisons of one fact that contradict each other or its range.
 //! * Tests start from [`ir::FactVector::empty`] (no subscription, no usage, no overrides);
 //!   `given plan = X` without `status` means `status = active`. An expectation checks only
-//!   what it names. Tests are lowered to [`ir::TestCase`]s, not run here.
+//!   what it names; `limit unlimited`, `limit none` and `limit n` are three different
+//!   expectations (`limit unlimited` holds only for an allowed, unlimited feature; a denied
+//!   one has no limit). Tests are lowered to [`ir::TestCase`]s, not run here.
 //! * Features, plans and add-ons may be used before they are declared; their order of
 //!   declaration is their index in the program.
 //!
@@ -134,7 +138,10 @@
 //!
 //! Sources over [`MAX_SOURCE_BYTES`] are refused; expressions nest at most [`MAX_NESTING`]
 //! parentheses/`not`/minus deep and [`MAX_EXPR_DEPTH`] operators high; at most
-//! [`MAX_DIAGNOSTICS`] diagnostics are returned.
+//! [`MAX_DIAGNOSTICS`] diagnostics are returned. Keys, names, prices, trials and meter
+//! pricing keep the bounds of [`crate::bounds`] (checked here by the same function bundle
+//! verification uses); what a program needs to ship beyond the language (a module's size,
+//! features, plans and tests) is [`crate::compiler::check`]'s.
 
 mod ast;
 mod check;
@@ -146,6 +153,7 @@ mod parser;
 
 pub use diag::{Diagnostic, Severity};
 
+use crate::bounds::{self, Problem};
 use crate::ir::{self, Span};
 use diag::{Diags, codes};
 
@@ -188,6 +196,27 @@ pub fn compile_source(
     let tokens = lexer::lex(&file.text, &mut diags);
     let ast = parser::parse(&tokens, &mut diags);
     let checked = check::check(&ast, &mut diags);
+    // The same bounds bundle verification applies to a manifest.
+    if let Err(issues) = bounds::validate(
+        &checked.features,
+        &checked.plans,
+        &checked.addons,
+        checked.rules.iter().map(|r| r.name.as_str()),
+        checked.tests.iter().map(|t| t.name.as_str()),
+    ) {
+        for issue in issues {
+            let code = match issue.problem {
+                Problem::Key(_) | Problem::Property(_) => codes::INVALID_KEY,
+                Problem::NameEmpty | Problem::NameTooLong(_) | Problem::NameControl(_) => {
+                    codes::INVALID_NAME
+                }
+                Problem::Price(_) | Problem::MeterPrice { .. } => codes::INVALID_MONEY,
+                Problem::Currency(_) => codes::INVALID_CURRENCY,
+                Problem::Trial(_) | Problem::MeterUnits { .. } => codes::INVALID_VALUE,
+            };
+            diags.error(code, checked.spans.span(issue.site), issue.to_string());
+        }
+    }
     if diags.has_errors() {
         return Err(diags.finish(file, MAX_DIAGNOSTICS));
     }

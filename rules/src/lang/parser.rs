@@ -714,8 +714,11 @@ impl Parser<'_> {
                 )
             } else if self.eat_word("limit").is_some() {
                 let amount = match self.eat_word("none") {
-                    Some(s) => Amount::Unlimited(s),
-                    None => self.amount("a limit, `unlimited` or `none`")?,
+                    Some(s) => ExpectedLimit::None(s),
+                    None => match self.amount("a limit, `unlimited` or `none`")? {
+                        Amount::Int(lit) => ExpectedLimit::Int(lit),
+                        Amount::Unlimited(s) => ExpectedLimit::Unlimited(s),
+                    },
                 };
                 (e.limit.replace(amount).is_some(), "`limit`")
             } else if self.eat_word("reason").is_some() {
@@ -1111,7 +1114,7 @@ mod tests {
             t.givens[2].value,
             GivenValue::Grant(Some(Amount::Unlimited(_)), _)
         ));
-        assert!(matches!(t.expects[0].limit, Some(Amount::Unlimited(_))));
+        assert!(matches!(t.expects[0].limit, Some(ExpectedLimit::None(_))));
     }
 
     #[test]
