@@ -259,3 +259,81 @@ async fn edges_lease_quota_through_the_internal_api_and_give_it_back() {
     let r = h.post(path, Some(EDGE), None, &lease(30, 100)).await;
     assert_eq!(r.json["granted"], 30, "what edge-1 gave back");
 }
+
+/// The demo rules with one more meter, `gpu_minutes`, that only this bundle declares.
+fn with_gpu_minutes() -> String {
+    tollgate_rules::DEMO_SOURCE.replacen(
+        "feature api_calls:",
+        "feature gpu_minutes: metered per month sum\nfeature api_calls:",
+        1,
+    )
+}
+
+fn signed(source: &str, version: u64, key: &tollgate_rules::bundle::SigningKey) -> Vec<u8> {
+    let file = tollgate_rules::lang::SourceFile {
+        name: "rules.tg".into(),
+        text: source.to_owned(),
+    };
+    let compiled = tollgate_rules::compiler::compile(&file)
+        .unwrap_or_else(|d| panic!("{}", d[0].render(&file)));
+    tollgate_rules::bundle::build(&compiled, source, version, 0)
+        .expect("build")
+        .sign(key)
+}
+
+#[tokio::test]
+async fn usage_of_a_meter_only_the_canary_declares_is_counted_and_an_unknown_one_refused() {
+    let h = Harness::new().await;
+    let (account, _) = h.sign_up("canary@example.com").await;
+    let r = h
+        .admin_upload(signed(tollgate_rules::DEMO_SOURCE, 1, &h.key))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    let r = h
+        .admin(Method::POST, "/admin/v1/bundles/1/promote", None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = h.admin_upload(signed(&with_gpu_minutes(), 2, &h.key)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    let r = h
+        .admin(
+            Method::POST,
+            "/admin/v1/bundles/2/activate",
+            Some(r#"{"canary_percent":50}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    // A canary edge accepted usage of the new meter (and an older edge something no bundle
+    // meters any more).
+    let id = "0190f2a4-0000-7000-8000-000000000009";
+    let mut body: Value =
+        serde_json::from_str(&batch(id, &account, &[("gpu-1", 7), ("gone-1", 1)])).expect("json");
+    body["events"][0]["meter"] = json!("gpu_minutes");
+    body["events"][1]["meter"] = json!("retired_meter");
+    let r = h
+        .post(
+            tollgate_protocol::internal_api::USAGE_PATH,
+            Some(EDGE),
+            Some(id),
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let ack: UsageAck = serde_json::from_value(r.json.clone()).expect("ack");
+    assert_eq!(ack.accepted, 1, "{}", r.json);
+    let gpu = ack
+        .aggregates
+        .iter()
+        .find(|a| a.meter == "gpu_minutes")
+        .expect("the canary's meter is aggregated");
+    assert_eq!((gpu.value, gpu.events), (7, 1));
+    assert_eq!(
+        ack.rejected
+            .iter()
+            .map(|r| (r.id.as_str(), r.code.as_str()))
+            .collect::<Vec<_>>(),
+        [("gone-1", "unknown_meter")],
+        "refused, for the edge to dead-letter: never stored uncounted"
+    );
+    h.finish().await;
+}

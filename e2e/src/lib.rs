@@ -199,6 +199,8 @@ where
 }
 
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+/// The edges' operator token (their dead-letter API).
+pub const OPERATOR_TOKEN: &str = "e2e-operator-token-0001";
 pub const KEY_ID: &str = "e2e";
 
 /// The demo rules shipped in the repository.
@@ -479,7 +481,27 @@ impl Stack {
     /// SIGKILLs edge `i` (a crash) and starts it again on the same port and data directory;
     /// returns once it is ready.
     pub async fn crash_and_restart_edge(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill_edge(i);
+        self.restart_edge(i).await
+    }
+
+    /// SIGKILLs edge `i` and leaves it down.
+    pub fn kill_edge(&mut self, i: usize) {
         self.edges[i].proc.kill();
+    }
+
+    /// The data directory of edge `i` (its saved bundle and facts, usage log, dead letters).
+    pub fn edge_data_dir(&self, i: usize) -> PathBuf {
+        self.data_dir(&self.edges[i].id)
+    }
+
+    fn data_dir(&self, id: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("tollgate-e2e-{}-{id}", self.tag))
+    }
+
+    /// Starts edge `i` again (after [`Stack::kill_edge`]) on its port and data directory;
+    /// returns once it is ready.
+    pub async fn restart_edge(&mut self, i: usize) -> anyhow::Result<()> {
         let id = self.edges[i].id.clone();
         let port: u16 = self.edges[i]
             .url
@@ -506,7 +528,7 @@ impl Stack {
     }
 
     fn spawn_edge(&self, id: &str, port: u16) -> anyhow::Result<Proc> {
-        let dir = std::env::temp_dir().join(format!("tollgate-e2e-{}-{id}", self.tag));
+        let dir = self.data_dir(id);
         Proc::spawn(
             &format!("edge-{id}"),
             "tollgate-edge",
@@ -515,6 +537,7 @@ impl Stack {
                 ("TOLLGATE_EDGE_ID", id.to_owned()),
                 ("TOLLGATE_CONTROL_PLANE_URL", self.cp_url.clone()),
                 ("TOLLGATE_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
+                ("TOLLGATE_EDGE_OPERATOR_TOKENS", OPERATOR_TOKEN.to_owned()),
                 ("TOLLGATE_TRUSTED_KEYS", trusted_entry(&self.key)),
                 ("TOLLGATE_EDGE_BUNDLE_POLL_MS", "200".to_owned()),
                 // The shortest budget allowed: the stream's block time plus its response

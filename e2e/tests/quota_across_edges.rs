@@ -110,3 +110,40 @@ async fn walk(stack: &Stack) -> anyhow::Result<()> {
     anyhow::ensure!(edges == 3, "{edges} edges held leases");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_denied_check_on_one_edge_leaves_the_quota_to_the_others() -> anyhow::Result<()> {
+    let stack = Stack::start(&[], &["d1", "d2"]).await?;
+    let result = async {
+        let customer = stack.sign_up("denied@example.com").await?;
+        stack.buy(&customer, "free").await?;
+        let check = |edge: &str, q: i64| {
+            let url = format!(
+                "{edge}/v1/check?account={}&feature=api_calls&quantity={q}",
+                customer.account
+            );
+            let http = stack.http.clone();
+            async move { http.get(url).send().await?.json::<Value>().await }
+        };
+        // Both edges know the plan (a check of 0 units reads the usage, leases nothing).
+        for e in &stack.edges {
+            tollgate_e2e::poll("the plan at the edge", Duration::from_secs(20), || async {
+                let v = check(&e.url, 0).await.ok()?;
+                (v["allowed"] == true).then_some(())
+            })
+            .await?;
+        }
+        // More than the whole quota on the first edge: denied, and it takes nothing.
+        let v = check(&stack.edges[0].url, QUOTA + 1).await?;
+        anyhow::ensure!(
+            v["allowed"] == false && v["reason"] == "denied_quota_exceeded",
+            "{v}"
+        );
+        // So all of it is still there on the second edge.
+        let v = check(&stack.edges[1].url, QUOTA).await?;
+        anyhow::ensure!(v["allowed"] == true && v["usage"] == 0, "{v}");
+        Ok(())
+    }
+    .await;
+    stack.finish(result).await
+}
