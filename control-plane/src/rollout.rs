@@ -235,22 +235,27 @@ fn bundle_summary(m: &Manifest, sha256: &str, key_id: &str) -> Value {
 /// `GET /admin/v1/bundles`
 pub async fn list(State(state): State<AppState>, _: Admin) -> ApiResult<axum::Json<Value>> {
     let mut conn = state.cf.acquire().await?;
-    let rows: Vec<(i64, String, String, String, DateTime<Utc>, String)> = sqlx::query_as(
-        "SELECT version, sha256, source_hash, key_id, uploaded_at, uploaded_by FROM rule_bundles ORDER BY version",
+    let rows: Vec<(i64, String, String, String, DateTime<Utc>, String, bool)> = sqlx::query_as(
+        "SELECT version, sha256, source_hash, key_id, uploaded_at, uploaded_by,
+                COALESCE((manifest->>'format')::bigint = $1, false)
+           FROM rule_bundles ORDER BY version",
     )
+    .bind(i64::from(tollgate_rules::bundle::FORMAT_VERSION))
     .fetch_all(&mut *conn)
     .await?;
     let rollout = rollout(&mut conn, false).await?;
     let data: Vec<Value> = rows
         .into_iter()
-        .map(|(version, sha256, source_hash, key_id, at, by)| {
+        .map(|(version, sha256, source_hash, key_id, at, by, readable)| {
             let role = match &rollout {
                 Some(r) if r.stable_version == Some(version) => "stable",
                 Some(r) if r.canary_version == Some(version) => "canary",
                 _ => "inactive",
             };
+            // `readable`: this build (and its edges) can load it; an older format must be
+            // rebuilt and uploaded again.
             json!({ "version": version, "sha256": sha256, "source_hash": source_hash, "key_id": key_id,
-                    "uploaded_at": at, "uploaded_by": by, "role": role })
+                    "uploaded_at": at, "uploaded_by": by, "role": role, "readable": readable })
         })
         .collect();
     Ok(axum::Json(json!({ "data": data, "rollout": rollout })))
@@ -263,7 +268,27 @@ async fn load_manifest(conn: &mut PgConnection, version: i64) -> Result<Manifest
             .fetch_optional(&mut *conn)
             .await?;
     let (manifest,) = row.ok_or_else(|| ApiError::not_found("bundle"))?;
-    serde_json::from_value(manifest).map_err(ApiError::internal)
+    let manifest: Manifest = serde_json::from_value(manifest).map_err(|e| {
+        tracing::warn!(version, error = %e, "stored bundle manifest unreadable by this build");
+        unreadable(version)
+    })?;
+    if manifest.format != tollgate_rules::bundle::FORMAT_VERSION {
+        return Err(unreadable(version));
+    }
+    Ok(manifest)
+}
+
+/// A stored bundle this build cannot read (made by an older compiler, another bundle format):
+/// it cannot be activated, promoted or rolled back to; it must be rebuilt and uploaded as a
+/// new version. Edges refuse it too.
+fn unreadable(version: i64) -> ApiError {
+    ApiError::conflict(
+        "bundle_format_unsupported",
+        format!(
+            "bundle {version} was built for another bundle format than this build reads ({}): rebuild it from its source and upload it as a new version",
+            tollgate_rules::bundle::FORMAT_VERSION
+        ),
+    )
 }
 
 async fn make_stable(

@@ -338,3 +338,46 @@ async fn correctly_signed_bundles_with_hostile_modules_are_contained_and_refused
     assert_eq!(list.json["rollout"]["stable_version"], 1);
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_stored_bundle_of_an_older_format_is_refused_with_a_conflict_not_a_500() {
+    let h = Harness::new().await;
+    h.admin_upload(signed(&demo(), 1, &h.key)).await;
+    h.admin_upload(signed(&without_enterprise(), 2, &h.key))
+        .await;
+    let r = h
+        .admin(Method::POST, "/admin/v1/bundles/2/promote", None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    // Version 1 was stored by an older build, in the bundle format before this one.
+    sqlx::query(
+        "UPDATE rule_bundles SET manifest = jsonb_set(manifest, '{format}', '1') WHERE version = 1",
+    )
+    .execute(&h.state.cf)
+    .await
+    .expect("age it");
+    let r = h.admin(Method::GET, "/admin/v1/bundles", None).await;
+    let readable: Vec<(i64, bool)> = r.json["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|b| {
+            (
+                b["version"].as_i64().expect("v"),
+                b["readable"].as_bool().expect("readable"),
+            )
+        })
+        .collect();
+    assert_eq!(readable, [(1, false), (2, true)]);
+    h.admin(Method::POST, "/admin/v1/bundles/1/promote", None)
+        .await
+        .assert_problem(StatusCode::CONFLICT, "bundle_format_unsupported");
+    h.admin(
+        Method::POST,
+        "/admin/v1/rollback",
+        Some(r#"{"to_version":1}"#),
+    )
+    .await
+    .assert_problem(StatusCode::CONFLICT, "bundle_format_unsupported");
+    h.finish().await;
+}
