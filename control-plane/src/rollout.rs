@@ -235,7 +235,9 @@ fn bundle_summary(m: &Manifest, sha256: &str, key_id: &str) -> Value {
 /// `GET /admin/v1/bundles`
 pub async fn list(State(state): State<AppState>, _: Admin) -> ApiResult<axum::Json<Value>> {
     let mut conn = state.cf.acquire().await?;
-    let rows: Vec<(i64, String, String, String, DateTime<Utc>, String, bool)> = sqlx::query_as(
+    /// version, sha256, source hash, key id, uploaded at, by, readable by this build.
+    type Row = (i64, String, String, String, DateTime<Utc>, String, bool);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT version, sha256, source_hash, key_id, uploaded_at, uploaded_by,
                 COALESCE((manifest->>'format')::bigint = $1, false)
            FROM rule_bundles ORDER BY version",

@@ -529,13 +529,13 @@ impl EdgeState {
         account: AccountId,
         view: &Arc<RulesView>,
     ) -> Result<Arc<Entry>, UpstreamError> {
-        if let Some(e) = self.cache.get(&account) {
-            if !self.expired_negative(&e) {
-                self.metrics.cache_hits.inc();
-                // An entry from an older bundle keeps answering until the background pass
-                // re-materialises it: a cache hit never enters WebAssembly.
-                return Ok(e);
-            }
+        if let Some(e) = self.cache.get(&account)
+            && !self.expired_negative(&e)
+        {
+            self.metrics.cache_hits.inc();
+            // An entry from an older bundle keeps answering until the background pass
+            // re-materialises it: a cache hit never enters WebAssembly.
+            return Ok(e);
         }
         self.metrics.cache_misses.inc();
         if let Fill::Wait(mut done) = self.cache.begin_fill(account) {

@@ -283,20 +283,20 @@ fn gauge(n: u64) -> i64 {
 }
 
 /// A log record's event, or why it cannot go to the control plane (as a dead-letter entry).
-fn decode(r: &Record) -> Result<UsageEvent, DeadEntry> {
+fn decode(r: &Record) -> Result<UsageEvent, Box<DeadEntry>> {
     match postcard::from_bytes::<UsageEvent>(&r.payload) {
         Ok(e) => match validate_event(&e) {
             Ok(()) => Ok(e),
             Err(err) => {
                 let mut d = DeadEntry::new(r.seq, err.code(), err.to_string());
                 d.event = Some(e);
-                Err(d)
+                Err(Box::new(d))
             }
         },
         Err(err) => {
             let mut d = DeadEntry::new(r.seq, "undecodable_record", err.to_string());
             d.payload_hex = Some(hex::encode(&r.payload));
-            Err(d)
+            Err(Box::new(d))
         }
     }
 }
@@ -721,7 +721,7 @@ impl Usage {
                 }
                 Err(d) => {
                     tracing::error!(seq = r.seq, code = %d.code, detail = %d.detail, "unusable usage record: dead-lettered");
-                    dead.push(d);
+                    dead.push(*d);
                 }
             }
         }

@@ -361,10 +361,10 @@ fn event(
 /// Same (account, id) twice in one request: identical events are stored once, different ones
 /// are all refused. Returns the events to store with their request indices, and the indices
 /// (with ids) of identical repeats, which answer as accepted.
-fn dedupe(
-    valid: Vec<(usize, UsageEvent)>,
-    rejected: &mut Vec<Refusal>,
-) -> (Vec<(usize, UsageEvent)>, Vec<(usize, String)>) {
+/// Events with their index in the request.
+type Indexed = Vec<(usize, UsageEvent)>;
+
+fn dedupe(valid: Indexed, rejected: &mut Vec<Refusal>) -> (Indexed, Vec<(usize, String)>) {
     use std::collections::HashMap;
     let mut by_key: HashMap<(AccountId, String), Vec<usize>> = HashMap::new();
     for (pos, (_, e)) in valid.iter().enumerate() {
