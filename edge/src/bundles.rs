@@ -10,6 +10,25 @@
 //! — with `stale: true` until the follower has read every change made since that position
 //! (see [`crate::stream`]), so a grant revoked while the edge was down is never answered as
 //! fresh.
+//!
+//! # Fetch → swap
+//!
+//! 1. At start, [`load_persisted`] installs `<data_dir>/bundle.tgb` if it still verifies
+//!    against the trusted keys and passes its tests (so the edge is ready with the control
+//!    plane down), then [`restore_facts`] refills the cache from `facts.jsonl`.
+//! 2. [`follow`] polls `GET /internal/v1/bundle?edge_id=…` every `TOLLGATE_EDGE_BUNDLE_POLL_MS`
+//!    with `If-None-Match: "v<running>"`; 304, and 404 (no bundle active yet), change nothing.
+//! 3. New bytes, on a blocking thread: [`prepare`] (verify → load under wasmtime → embedded
+//!    tests), [`persist`] (saved *before* it serves: what serves is what a restart restores),
+//!    [`activate`] (a new [`RulesView`](crate::cache::RulesView) with the next generation,
+//!    stored with one `ArcSwap`; checks in flight keep the view they loaded), then
+//!    [`rematerialise_all`](crate::state::EdgeState::rematerialise_all): every cached account's
+//!    decisions are evaluated again from its stored facts, without refetching. Until its turn,
+//!    a cache hit answers the entry's previous decisions: a hit never enters WebAssembly.
+//! 4. A failure at any step keeps the previous bundle serving, counts `bundle_failures`, and
+//!    backs off from [`RETRY_MS_MIN`] to [`RETRY_MS_MAX`]. Every poll ends with
+//!    `POST /internal/v1/edges/{id}/status` (the version running, the last error): the fleet
+//!    status the control plane shows.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -6,8 +6,9 @@
 //!   to the [`UsageLog`], `fdatasync`s once, then answers every request of the group. The
 //!   commit window is [`COMMIT_WINDOW`]: zero added delay — a group is what arrived while the
 //!   previous fsync ran, so the window is one fsync long under load and nothing waits when
-//!   idle. At most [`GROUP_EVENTS_MAX`] events share one fsync. A request is told its events
-//!   are stored only after that fsync, and told they failed only when none were stored.
+//!   idle. A group stops growing once it holds [`GROUP_EVENTS_MAX`] events (one fsync covers
+//!   at most that plus one request's). A request is told its events are stored only after
+//!   that fsync, and told they failed only when none were stored.
 //! * **Flusher.** Sends the oldest synced, un-acknowledged events in batches of at most
 //!   [`FLUSH_EVENTS_MAX`] with an idempotency key derived from the edge id and the batch's seq
 //!   range (a retry after a crash sends the same key); the control plane deduplicates by
@@ -31,6 +32,70 @@
 //!   un-acknowledged record); aggregates are a cache of at most [`AGGREGATES_MAX`]; leases at
 //!   most [`LEASES_MAX`], swept every [`SWEEP_MS`]: a lease idle for [`LEASE_IDLE_MS`] gives
 //!   its unused units back. Every counter adds with saturation: no event can make one panic.
+//!
+//! # Crashes
+//!
+//! One batch is in flight per edge. After the control plane's answer the flusher, in this
+//! order, fsyncs the dead letters, writes the log's ack cursor durably, remembers the
+//! aggregates the answer carried, and only then lowers the pending counters: a check in
+//! between counts those events twice (denies early), never zero times. A SIGKILL anywhere
+//! loses nothing acknowledged and counts nothing twice: an event answered `202` is on disk; an
+//! event sent but not acknowledged is sent again, and its (account, id) makes the second
+//! delivery a duplicate. At start, recovery truncates a torn tail, rebuilds the pending
+//! counters from the un-acknowledged records, and the flusher sends them as soon as the
+//! control plane answers.
+//!
+//! # Quota leases across edges
+//!
+//! A check of a feature the rules allow with a finite limit (`decide`, in the crate root): a
+//! `limit` feature denies `denied_quota_exceeded` when the quantity is above the limit; a
+//! metered one reads [`usage_of`](crate::state::EdgeState::usage_of) (the last aggregate,
+//! refetched through `GET /internal/v1/accounts/{id}/usage` when missing or older than
+//! [`AGGREGATE_TTL_MS`], plus this edge's unacknowledged usage for `sum` and `count`) into
+//! `usage` and `remaining`, then, unless the meter is `soft` (never denies; `remaining` may go
+//! negative):
+//!
+//! * **`sum`: leases** ([`lease_allows`](crate::state::EdgeState::lease_allows)). billing_prod
+//!   keeps one counter per (account, meter, period) of the units leased out to every edge,
+//!   minus those given back (seeded with the period's aggregate on first use), and grants
+//!   under its row lock: `need` if it fits the quota (all or nothing), plus as much of `extra`
+//!   (the meter's `lease N`, default 100) as still fits. The edge keeps a [`Lease`] per key;
+//!   `used` starts at its unacknowledged usage of the key and grows with every event of the
+//!   key it commits, checked or not. A check passes without a round trip while
+//!   `granted − used ≥ quantity`; otherwise it asks for the shortfall as `need`. A quantity
+//!   above the limit is denied without asking; quantity 0 compares the usage read. A grant of
+//!   0 denies, and checks needing as much or more deny without asking for
+//!   [`EXHAUSTED_RECHECK_MS`]. A lease granted under another quota (a plan change, a new
+//!   bundle) is given back before the new quota is used. Idle leases ([`LEASE_IDLE_MS`]) and,
+//!   at shutdown, all leases give their unused units back (best effort).
+//! * **`count`, `max`, `latest`, `unique_count`** have no lease: the check passes when
+//!   `usage + quantity ≤ limit`. So does a `sum` check that cannot lease (no room under
+//!   [`LEASES_MAX`], or the control plane unreachable).
+//!
+//! What this bounds:
+//!
+//! * **Overspend.** A check reserves nothing: what it allows counts against the lease once the
+//!   usage is stored, so checks in flight on one edge may pass against the same units. Over N
+//!   edges, checked usage stays within the quota + Σ (checks in flight × their quantity),
+//!   whatever the lease size, provided callers report what they checked
+//!   (`e2e/tests/quota_across_edges.rs`: 3 edges × 3 workers of quantity 1, at most quota + 9).
+//! * **Underspend.** Units leased to an edge that dies without giving them back stay counted
+//!   until the period ends: about one lease size per crash. A restarted edge's new lease counts
+//!   its recovered unacknowledged usage again (conservative).
+//! * **Usage without a check**, or after a denial, is stored and billed, never refused for the
+//!   quota. It uses up the reporting edge's lease if it holds one; otherwise it reaches the
+//!   counter only through the aggregate a later counter is seeded from.
+//! * **Control plane unreachable.** A lease that covers the check keeps answering. Beyond it,
+//!   the edge compares with the last aggregate it has for the period, however old (answers
+//!   are `stale: true` once it cannot be refetched), plus its own unacknowledged usage: the
+//!   overspend is what the other edges used since.
+//! * **Without leases** (`count`, `max`, `latest`, `unique_count`) the overspend is what the
+//!   other edges used since the last aggregate (at most [`AGGREGATE_TTL_MS`] old while the
+//!   control plane answers) plus the checks in flight; for `max`, `latest` and `unique_count`
+//!   also this edge's own unflushed usage (not additive).
+//!
+//! `GET /v1/accounts/{id}/entitlements` shows the same `usage` and, for a non-`soft` meter,
+//! `denied_quota_exceeded` once `usage ≥ limit`; it never asks for a lease.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;

@@ -6,7 +6,11 @@
 //! * [`ChangeEvent`] — one entry of the Redis change stream: new facts for one account plus the
 //!   commit time, so an edge can measure propagation.
 //! * [`Decision`] / [`Reason`] — what a check answers for one feature.
-//! * The Redis key names both sides agree on ([`redis_keys`]).
+//! * The Redis key names both sides agree on ([`redis_keys`]), the internal API's paths
+//!   ([`internal_api`]) and canary membership by edge id ([`canary`]).
+//! * [`usage`] — meters, usage events, the batches edges flush and their acknowledgements,
+//!   aggregates, quota leases, and the bounds every event keeps ([`usage::limits`]), checked
+//!   by one function on every side ([`usage::validate_event`]).
 //!
 //! Encoding is JSON on every channel (HTTP bodies and Redis stream fields); it is small, and
 //! both sides are Rust, but JSON keeps the stream readable with `redis-cli` during incidents.
