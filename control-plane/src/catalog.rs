@@ -2,8 +2,10 @@
 //!
 //! Seeded from the stable rule bundle's manifest when it is promoted or rolled back to (and
 //! from [`tollgate_rules::Catalog::demo`] by `TOLLGATE_SEED_DEMO` and tests), so billing and
-//! entitlements read one source. Plans a newer bundle drops are hidden (negative position), not
-//! deleted: subscriptions may still refer to them, but they can no longer be bought.
+//! entitlements read one source. The sold catalog is exactly the last seeded one: every seed
+//! first marks every plan unsold and every feature unlisted, then marks sold/listed exactly
+//! what the new catalog holds, in its order. Rows a newer bundle drops are kept (subscriptions
+//! and checkouts refer to them) but can no longer be bought.
 
 use std::collections::HashMap;
 
@@ -32,18 +34,19 @@ pub async fn seed_in(tx: &mut PgConnection, catalog: &Catalog) -> anyhow::Result
                 .join("; ")
         )
     })?;
-    // Positions are unique; move existing ones out of the way first.
-    sqlx::query("UPDATE features SET position = -position - 1")
+    // Nothing is sold or listed unless this catalog says so; positions are freed first (they
+    // are unique among what is sold).
+    sqlx::query("UPDATE features SET in_catalog = false, position = NULL")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE plans SET position = -position - 1")
+    sqlx::query("UPDATE plans SET sold = false, position = NULL")
         .execute(&mut *tx)
         .await?;
     for (i, f) in catalog.features.iter().enumerate() {
         sqlx::query(
-            "INSERT INTO features (key, kind, period, position, meter) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO features (key, kind, period, position, meter, in_catalog) VALUES ($1, $2, $3, $4, $5, true)
              ON CONFLICT (key) DO UPDATE SET kind = EXCLUDED.kind, period = EXCLUDED.period,
-                 position = EXCLUDED.position, meter = EXCLUDED.meter",
+                 position = EXCLUDED.position, meter = EXCLUDED.meter, in_catalog = true",
         )
         .bind(&f.key)
         .bind(f.kind.as_str())
@@ -55,9 +58,10 @@ pub async fn seed_in(tx: &mut PgConnection, catalog: &Catalog) -> anyhow::Result
     }
     for (i, p) in catalog.plans.iter().enumerate() {
         sqlx::query(
-            "INSERT INTO plans (key, name, price_minor, currency, interval, position) VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO plans (key, name, price_minor, currency, interval, position, sold) VALUES ($1, $2, $3, $4, $5, $6, true)
              ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name, price_minor = EXCLUDED.price_minor,
-                 currency = EXCLUDED.currency, interval = EXCLUDED.interval, position = EXCLUDED.position",
+                 currency = EXCLUDED.currency, interval = EXCLUDED.interval, position = EXCLUDED.position,
+                 sold = true",
         )
         .bind(&p.key)
         .bind(&p.name)
@@ -93,18 +97,19 @@ pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
         Option<sqlx::types::Json<MeterSpec>>,
     );
     let features: Vec<Row> = sqlx::query_as(
-        "SELECT key, kind, period, meter FROM features WHERE position >= 0 ORDER BY position",
+        "SELECT key, kind, period, meter FROM features WHERE in_catalog ORDER BY position",
     )
     .fetch_all(&mut *conn)
     .await?;
     let plans: Vec<(String, String, i64, String, String)> = sqlx::query_as(
-        "SELECT key, name, price_minor, currency, interval FROM plans WHERE position >= 0 ORDER BY position",
+        "SELECT key, name, price_minor, currency, interval FROM plans WHERE sold ORDER BY position",
     )
     .fetch_all(&mut *conn)
     .await?;
     let grants: Vec<(String, String, Option<i64>)> = sqlx::query_as(
         "SELECT pf.plan_key, pf.feature_key, pf.limit_value FROM plan_features pf
-         JOIN features f ON f.key = pf.feature_key ORDER BY f.position",
+         JOIN features f ON f.key = pf.feature_key JOIN plans p ON p.key = pf.plan_key
+         WHERE p.sold AND f.in_catalog ORDER BY f.position",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -180,7 +185,7 @@ pub async fn meters(conn: &mut PgConnection) -> anyhow::Result<HashMap<String, M
 async fn stable_meters(conn: &mut PgConnection) -> anyhow::Result<HashMap<String, MeterSpec>> {
     type Row = (String, Option<String>, Option<sqlx::types::Json<MeterSpec>>);
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT key, period, meter FROM features WHERE position >= 0 AND kind = 'metered'",
+        "SELECT key, period, meter FROM features WHERE in_catalog AND kind = 'metered'",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -238,6 +243,30 @@ mod tests {
             "an invalid catalog is refused"
         );
         assert_eq!(load(&mut conn).await?, demo, "and nothing was written");
+        Ok(())
+    }
+
+    #[sqlx::test(migrations = "../migrations/cf")]
+    async fn the_sold_catalog_is_exactly_the_last_seeded_one(pool: PgPool) -> anyhow::Result<()> {
+        let demo = Catalog::demo();
+        let mut without_enterprise = demo.clone();
+        without_enterprise.plans.retain(|p| p.key != "enterprise");
+        let mut with_new = without_enterprise.clone();
+        let mut team = with_new.plans[0].clone();
+        team.key = "team".into();
+        team.name = "Team".into();
+        with_new.plans.insert(0, team);
+        let mut conn = pool.acquire().await?;
+        seed(&pool, &demo).await?;
+        // Two seeds in a row without enterprise: it stays unsold (the old scheme un-hid it).
+        seed(&pool, &without_enterprise).await?;
+        seed(&pool, &without_enterprise).await?;
+        assert_eq!(load(&mut conn).await?, without_enterprise);
+        // A new plan right after a drop: no position clash.
+        seed(&pool, &with_new).await?;
+        assert_eq!(load(&mut conn).await?, with_new);
+        seed(&pool, &demo).await?;
+        assert_eq!(load(&mut conn).await?, demo, "and back");
         Ok(())
     }
 }

@@ -8,16 +8,16 @@
 //! | `TOLLGATE_DB_POOL_SIZE` | connections per database pool | `16` |
 //! | `TOLLGATE_REDIS_URL` | Redis (change stream, L2 facts) | `redis://127.0.0.1:6379` |
 //! | `TOLLGATE_REDIS_KEY_PREFIX` | prefix of the change stream and L2 keys (every edge's must match) | `tollgate` |
-//! | `TOLLGATE_EDGE_TOKEN` | shared secret edges present on `/internal/v1` | required |
-//! | `TOLLGATE_TOKEN_SECRET` | HMAC key that derives Dashboard API tokens | required |
-//! | `TOLLGATE_ADMIN_TOKEN` | token platform engineers present on `/admin/v1` | required |
+//! | `TOLLGATE_EDGE_TOKEN` | shared secret edges present on `/internal/v1`; at least 24 characters (8 in dev mode) | required |
+//! | `TOLLGATE_TOKEN_SECRET` | HMAC key that derives Dashboard API tokens; at least 32 characters (8 in dev mode) | required |
+//! | `TOLLGATE_ADMIN_TOKEN` | token platform engineers present on `/admin/v1`; at least 24 characters (8 in dev mode) | required |
 //! | `TOLLGATE_TRUSTED_KEYS` | rule-bundle signing keys trusted, `key_id:hex,key_id:hex` | none (uploads refused) |
-//! | `TOLLGATE_STRIPE_SECRET_KEY` | Stripe secret key; unset ⇒ simulated payments | unset |
+//! | `TOLLGATE_STRIPE_SECRET_KEY` | Stripe secret key; unset ⇒ simulated payments, which only dev mode allows | required outside dev mode |
 //! | `TOLLGATE_STRIPE_API_BASE` | Stripe API base URL (localstripe in tests) | Stripe's |
 //! | `TOLLGATE_DEV_MODE` | enables `/dev/v1` (advanceable clock, 3-D Secure simulator) | `false` |
 //! | `TOLLGATE_SEED_DEMO` | seeds the demo catalog at start | `false` |
 //! | `TOLLGATE_RELAY_POLL_MS` | outbox relay fallback poll interval, ms (NOTIFY wakes it sooner) | `500` |
-//! | `TOLLGATE_CHECKOUT_EXPIRY_SECS` | unauthenticated checkouts expire after, s | `82800` (23 h) |
+//! | `TOLLGATE_CHECKOUT_EXPIRY_SECS` | unauthenticated checkouts expire after, s; 60 ..= 604800 (7 days) | `82800` (23 h) |
 //! | `TOLLGATE_USAGE_GRACE_MS` | usage events arriving up to this long after their period ended still count toward it; later ones count toward the current period (late), ms, at most 7 days | `3600000` (1 h) |
 //!
 //! Values come from defaults < the TOML file named by `TOLLGATE_CONFIG` < the environment.
@@ -49,6 +49,15 @@ pub struct Config {
 }
 
 pub const DB_POOL_SIZE_MAX: u32 = 256;
+/// Bounds of `TOLLGATE_CHECKOUT_EXPIRY_SECS`: a minute to a week (a provider's authentication
+/// window is hours, and the expiry is added to timestamps).
+pub const CHECKOUT_EXPIRY_SECS_MIN: i64 = 60;
+pub const CHECKOUT_EXPIRY_SECS_MAX: i64 = 7 * 24 * 3600;
+/// Shortest shared secrets outside dev mode (guessable below), characters.
+pub const TOKEN_CHARS_MIN: usize = 24;
+pub const TOKEN_SECRET_CHARS_MIN: usize = 32;
+/// Shortest secrets in dev mode (local, throwaway stacks).
+pub const DEV_TOKEN_CHARS_MIN: usize = 8;
 /// Upper bound of `TOLLGATE_USAGE_GRACE_MS`: a week (invoicing waits for the grace window).
 pub const USAGE_GRACE_MS_MAX: i64 = 7 * 24 * 3600 * 1000;
 
@@ -99,8 +108,39 @@ impl Config {
         if cfg.relay_poll_ms == 0 {
             r.error("TOLLGATE_RELAY_POLL_MS must be positive");
         }
-        if cfg.checkout_expiry_secs <= 0 {
-            r.error("TOLLGATE_CHECKOUT_EXPIRY_SECS must be positive");
+        if !(CHECKOUT_EXPIRY_SECS_MIN..=CHECKOUT_EXPIRY_SECS_MAX)
+            .contains(&cfg.checkout_expiry_secs)
+        {
+            r.error(format!(
+                "TOLLGATE_CHECKOUT_EXPIRY_SECS must be {CHECKOUT_EXPIRY_SECS_MIN}..={CHECKOUT_EXPIRY_SECS_MAX}"
+            ));
+        }
+        // Production without a Stripe key would sell everything through the simulator.
+        if !cfg.dev_mode && cfg.stripe_secret_key.is_none() {
+            r.error(
+                "TOLLGATE_STRIPE_SECRET_KEY is required outside dev mode (simulated payments are for TOLLGATE_DEV_MODE=true only)",
+            );
+        }
+        for (env, secret, min) in [
+            ("TOLLGATE_EDGE_TOKEN", &cfg.edge_token, TOKEN_CHARS_MIN),
+            ("TOLLGATE_ADMIN_TOKEN", &cfg.admin_token, TOKEN_CHARS_MIN),
+            (
+                "TOLLGATE_TOKEN_SECRET",
+                &cfg.token_secret,
+                TOKEN_SECRET_CHARS_MIN,
+            ),
+        ] {
+            use secrecy::ExposeSecret;
+            let min = if cfg.dev_mode {
+                DEV_TOKEN_CHARS_MIN
+            } else {
+                min
+            };
+            // An absent required secret is already reported (and reads as empty here).
+            let len = secret.expose_secret().chars().count();
+            if len > 0 && len < min {
+                r.error(format!("{env} must be at least {min} characters"));
+            }
         }
         if !(0..=USAGE_GRACE_MS_MAX).contains(&cfg.usage_grace_ms) {
             r.error(format!(
@@ -154,16 +194,37 @@ mod tests {
     }
 
     #[test]
+    fn production_without_a_stripe_key_or_with_short_secrets_refuses_to_start() {
+        let src = MapSource::from_pairs([
+            ("edge_token", "short-edge-token"),
+            ("token_secret", &*"t".repeat(31).leak()),
+            ("admin_token", &*"a".repeat(24).leak()),
+            ("checkout_expiry_secs", "9223372036854775807"),
+        ]);
+        let text = Config::from_source(&src).expect_err("refused").0.join("\n");
+        for needle in [
+            "TOLLGATE_STRIPE_SECRET_KEY is required outside dev mode",
+            "TOLLGATE_EDGE_TOKEN must be at least 24",
+            "TOLLGATE_TOKEN_SECRET must be at least 32",
+            "TOLLGATE_CHECKOUT_EXPIRY_SECS must be 60..=604800",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+        assert!(!text.contains("TOLLGATE_ADMIN_TOKEN"), "{text}");
+    }
+
+    #[test]
     fn defaults_fill_everything_but_secrets() {
         let src = MapSource::from_pairs([
-            ("edge_token", "e"),
-            ("token_secret", "t"),
-            ("admin_token", "a"),
+            ("edge_token", &*"e".repeat(24).leak()),
+            ("token_secret", &*"t".repeat(32).leak()),
+            ("admin_token", &*"a".repeat(24).leak()),
+            ("stripe_secret_key", "sk_test_x"),
         ]);
         let cfg = Config::from_source(&src).expect("valid");
         assert_eq!(cfg.listen_addr.port(), 7700);
         assert_eq!(cfg.checkout_expiry_secs, 82_800);
         assert_eq!(cfg.usage_grace_ms, 3_600_000);
-        assert!(cfg.stripe_secret_key.is_none() && !cfg.dev_mode);
+        assert!(!cfg.dev_mode);
     }
 }

@@ -68,7 +68,10 @@ pub async fn authenticate(
     let Some(sim) = &state.simulator else {
         return Err(ApiError::not_found("simulator"));
     };
-    match sim.authenticate(&id, matches!(body.outcome, AuthOutcome::Succeed)) {
+    match sim
+        .authenticate(&id, matches!(body.outcome, AuthOutcome::Succeed))
+        .await
+    {
         Ok(()) => Ok(axum::Json(
             json!({ "intent": id, "authenticated": matches!(body.outcome, AuthOutcome::Succeed) }),
         )),

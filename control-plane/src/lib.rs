@@ -13,6 +13,7 @@ macro_rules! sqlf {
 pub mod accounts;
 pub mod billing;
 pub mod catalog;
+pub mod checkout;
 pub mod clock;
 pub mod config;
 pub mod dev;
@@ -67,15 +68,13 @@ pub fn app(state: AppState) -> Router {
             "/v1/payment-methods/{id}/confirm",
             post(accounts::payment_methods::confirm),
         )
-        .route("/v1/checkout", post(subscriptions::checkout))
-        .route(
-            "/v1/checkout/{id}",
-            get(subscriptions::get_checkout_handler),
-        )
+        .route("/v1/checkout", post(checkout::checkout))
+        .route("/v1/checkout/{id}", get(checkout::get_checkout_handler))
         .route(
             "/v1/checkout/{id}/confirm",
-            post(subscriptions::confirm_checkout),
+            post(checkout::confirm_checkout),
         )
+        .route("/v1/checkout/{id}/cancel", post(checkout::cancel_checkout))
         .route("/v1/subscriptions", get(subscriptions::list))
         .route("/v1/subscriptions/{id}/cancel", post(subscriptions::cancel))
         .route("/v1/usage", get(usage::account_usage));
@@ -191,13 +190,20 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Parts of the state a caller may choose (tests pass their own pools and clock).
+/// Parts of the state a caller may choose (tests pass their own pools and clock, and may wrap
+/// the payment gateway, e.g. to make it stall).
 pub struct Deps {
     pub cf: PgPool,
     pub billing: PgPool,
     pub redis: redis::aio::ConnectionManager,
     pub clock: Arc<dyn Clock>,
+    /// Wraps the configured gateway (tests: stalls, failures after charging).
+    pub wrap_gateway: Option<GatewayWrapper>,
 }
+
+/// Wraps a payment gateway in another (see [`Deps::wrap_gateway`]).
+pub type GatewayWrapper =
+    Box<dyn FnOnce(Arc<dyn PaymentGateway>) -> Arc<dyn PaymentGateway> + Send>;
 
 /// Builds the state: picks the gateway (Stripe when a key is configured, else simulated).
 pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
@@ -212,10 +218,14 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
                 (Arc::new(g), None)
             }
             None => {
-                let sim = Arc::new(SimulatedGateway::new());
+                let sim = Arc::new(SimulatedGateway::new(deps.cf.clone()));
                 (sim.clone(), Some(sim))
             }
         };
+    let gateway = match deps.wrap_gateway {
+        Some(wrap) => wrap(gateway),
+        None => gateway,
+    };
     Ok(AppState(Arc::new(Inner {
         cf: deps.cf,
         billing: deps.billing,
@@ -303,6 +313,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             billing,
             redis,
             clock,
+            wrap_gateway: None,
         },
     )?;
     tracing::info!(

@@ -293,6 +293,15 @@ fn unreadable(version: i64) -> ApiError {
     )
 }
 
+/// Rollout changes run one at a time: promote, activate and rollback racing each other see
+/// each other's result (the rollout row may not exist yet to lock).
+async fn serialise(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tollgate_rule_rollout'))")
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 async fn make_stable(
     state: &AppState,
     conn: &mut PgConnection,
@@ -304,6 +313,26 @@ async fn make_stable(
     let current = rollout(conn, true).await?;
     let manifest = load_manifest(conn, version).await?;
     let previous = current.as_ref().and_then(|r| r.stable_version);
+    if previous == Some(version) {
+        // Already stable: nothing to record (a "previous stable" equal to itself would make
+        // the next rollback go nowhere). A canary, if any, is withdrawn.
+        let canary = current.as_ref().and_then(|r| r.canary_version);
+        if canary.is_some() {
+            set_rollout(conn, previous, None, actor, now).await?;
+            audit(
+                conn,
+                "activate",
+                version,
+                previous,
+                json!({ "canary_percent": 0 }),
+                actor,
+                now,
+            )
+            .await?;
+        }
+        return Ok(json!({ "stable_version": version, "unchanged": true,
+                          "canary_version": null, "canary_percent": 0 }));
+    }
     set_rollout(conn, Some(version), None, actor, now).await?;
     crate::catalog::seed_in(
         conn,
@@ -338,6 +367,7 @@ pub async fn activate(
         ));
     }
     let mut tx = state.cf.begin().await?;
+    serialise(&mut tx).await?;
     load_manifest(&mut tx, version).await?;
     let current = rollout(&mut tx, true).await?;
     let stable = current.as_ref().and_then(|r| r.stable_version);
@@ -391,6 +421,7 @@ pub async fn promote(
     Path(version): Path<i64>,
 ) -> ApiResult<axum::Json<Value>> {
     let mut tx = state.cf.begin().await?;
+    serialise(&mut tx).await?;
     let out = make_stable(&state, &mut tx, version, "promote", &admin.actor).await?;
     tx.commit().await?;
     Ok(axum::Json(out))
@@ -411,24 +442,31 @@ pub async fn rollback(
     Json(body): Json<RollbackRequest>,
 ) -> ApiResult<axum::Json<Value>> {
     let mut tx = state.cf.begin().await?;
+    serialise(&mut tx).await?;
     let current = rollout(&mut tx, true).await?;
     let stable = current.as_ref().and_then(|r| r.stable_version);
+    let nothing = || {
+        ApiError::conflict(
+            "nothing_to_roll_back_to",
+            "there is no earlier stable bundle different from the current one; name one with to_version",
+        )
+    };
     let target = match body.to_version {
+        Some(v) if Some(v) == stable => return Err(nothing()),
         Some(v) => v,
         None => {
+            // The stable bundle the current one replaced, skipping records (from before this
+            // was checked) that name the current one as its own predecessor.
             let prev: Option<(Option<i64>,)> = sqlx::query_as(
-                "SELECT previous_stable FROM rule_audit WHERE action IN ('promote', 'rollback') AND version = $1
-                 ORDER BY at DESC, id DESC LIMIT 1",
+                "SELECT previous_stable FROM rule_audit
+                  WHERE action IN ('promote', 'rollback') AND version = $1
+                    AND previous_stable IS NOT NULL AND previous_stable <> $1
+                  ORDER BY at DESC, id DESC LIMIT 1",
             )
             .bind(stable)
             .fetch_optional(&mut *tx)
             .await?;
-            prev.and_then(|(p,)| p).ok_or_else(|| {
-                ApiError::conflict(
-                    "nothing_to_roll_back_to",
-                    "there is no earlier stable bundle; name one with to_version",
-                )
-            })?
+            prev.and_then(|(p,)| p).ok_or_else(nothing)?
         }
     };
     let out = make_stable(&state, &mut tx, target, "rollback", &admin.actor).await?;

@@ -26,7 +26,18 @@ async fn sign_up_creates_account_customer_and_token_and_replays_by_idempotency_k
     );
     assert_eq!(h.count("SELECT count(*) FROM accounts").await, 1);
 
+    // The same key for the same address with another request is a reuse...
     let reused = h
+        .post(
+            "/v1/accounts",
+            None,
+            Some("k-1"),
+            r#"{"email":"ada@example.com","name":"Ada Lovelace"}"#,
+        )
+        .await;
+    reused.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused");
+    // ...but an unrelated client using the same simple key for another address is not.
+    let bob = h
         .post(
             "/v1/accounts",
             None,
@@ -34,16 +45,19 @@ async fn sign_up_creates_account_customer_and_token_and_replays_by_idempotency_k
             r#"{"email":"bob@example.com","name":"Bob"}"#,
         )
         .await;
-    reused.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused");
+    assert_eq!(bob.status, StatusCode::CREATED, "{}", bob.json);
+    assert!(!bob.replayed);
+    assert_ne!(bob.json["account"]["id"], first.json["account"]["id"]);
 
     let me = h.get("/v1/account", Some(&token)).await;
     assert_eq!(me.status, StatusCode::OK);
     assert_eq!(me.json["email"], "ada@example.com");
-    assert_eq!(h.count("SELECT count(*) FROM api_tokens").await, 1);
-    let token_col: (Vec<u8>,) = sqlx::query_as("SELECT token_hash FROM api_tokens")
-        .fetch_one(&h.state.cf)
-        .await
-        .expect("row");
+    assert_eq!(h.count("SELECT count(*) FROM api_tokens").await, 2);
+    let token_col: (Vec<u8>,) =
+        sqlx::query_as("SELECT token_hash FROM api_tokens ORDER BY created_at, id LIMIT 1")
+            .fetch_one(&h.state.cf)
+            .await
+            .expect("row");
     assert_ne!(token_col.0, token.as_bytes(), "only the hash is stored");
     h.finish().await;
 }

@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -23,10 +24,25 @@ pub struct SignUp {
     pub name: String,
 }
 
-/// Scope of sign-up idempotency keys (no account exists yet).
-const SIGNUP_SCOPE: &str = "signup";
+/// Scope of a sign-up's idempotency key (no account exists yet): the hash of the e-mail
+/// address, so unrelated clients reusing a simple key do not collide (and a key alone names
+/// nothing).
+fn signup_scope(email: &str) -> String {
+    format!(
+        "signup:{}",
+        hex::encode(Sha256::digest(email.to_ascii_lowercase().as_bytes()))
+    )
+}
 
-/// `POST /v1/accounts` — creates the account, its provider customer and an API token.
+/// How long after sign-up a replay still returns the API token, s. Later replays return the
+/// account without it: whoever learns the (key, email, name) of a sign-up a day later gets no
+/// credential.
+pub const TOKEN_REPLAY_SECS: i64 = 600;
+
+/// `POST /v1/accounts` — creates the account, its provider customer and an API token:
+/// validation and the key's reservation (short transaction), the provider call (no
+/// transaction), then the account, token and outbox row with the stored response (short
+/// transaction). See [`crate::http::idempotency`].
 pub async fn create_account(
     State(state): State<AppState>,
     key: IdempotencyKey,
@@ -35,22 +51,35 @@ pub async fn create_account(
     let input = validate_new_account(&body.email, &body.name)
         .map_err(|errs| ApiError::unprocessable("invalid_account", errs.join("; ")))?;
     let hash = idempotency::request_hash("POST /v1/accounts", &body)?;
-    let mut tx = state.cf.begin().await?;
-    if let Some(stored) = idempotency::begin(&mut tx, SIGNUP_SCOPE, &key, &hash).await? {
-        return Ok(replay_signup(&state, stored));
-    }
+    let scope = signup_scope(&input.email);
     let now = state.clock.now();
-    // Derived from the client's key, so a retry after a crash reuses the same customer.
-    let provider_key = format!(
-        "tollgate-signup-{}",
-        hex::encode(Sha256::digest(key.0.as_bytes()))
-    );
-    let customer = state
+    let mut tx = state.cf.begin().await?;
+    let begun =
+        idempotency::reserve(&mut tx, &scope, &key, &hash, AccountId::new_v7().0, now).await?;
+    tx.commit().await?;
+    let reservation = match begun {
+        idempotency::Begun::Replay(stored) => return Ok(replay_signup(&state, stored, now)),
+        idempotency::Begun::Fresh(r) | idempotency::Begun::Resume(r) => r,
+    };
+    let id = AccountId(reservation.resource);
+    // Derived from the account id this key reserved: a resumed attempt gets the same customer.
+    let provider_key = idempotency::provider_key("signup", id.0);
+    let customer = match state
         .gateway
         .create_customer(&input.email, &input.name, &provider_key)
         .await
-        .map_err(gateway_error)?;
-    let id = AccountId::new_v7();
+    {
+        Ok(c) => c,
+        Err(e) => {
+            idempotency::release(&state.cf, &reservation).await?;
+            return Err(gateway_error(e));
+        }
+    };
+    let mut tx = state.cf.begin().await?;
+    if let Some(stored) = idempotency::completed(&mut tx, &reservation).await? {
+        // A slower attempt of the same request finished first.
+        return Ok(replay_signup(&state, stored, now));
+    }
     let account = store::insert_account(
         &mut tx,
         id,
@@ -66,32 +95,24 @@ pub async fn create_account(
     store::insert_token(&mut tx, token_id, id, &token_hash(&token), now).await?;
     entitlements::request_recompute(&mut tx, id, now).await?;
     let stored = json!({ "account": account, "token_id": token_id });
-    idempotency::finish(
-        &mut tx,
-        SIGNUP_SCOPE,
-        &key,
-        &hash,
-        StatusCode::CREATED,
-        &stored,
-        now,
-    )
-    .await?;
+    idempotency::complete(&mut tx, &reservation, StatusCode::CREATED, &stored).await?;
     tx.commit().await?;
     state.outbox_wake.notify_one();
     tracing::info!(account_id = %id, "account created");
     Ok((
         StatusCode::CREATED,
-        axum::Json(signup_body(&account, &token)),
+        axum::Json(signup_body(&account, Some(&token))),
     )
         .into_response())
 }
 
-fn signup_body(account: &Account, token: &str) -> Value {
+fn signup_body(account: &impl Serialize, token: Option<&str>) -> Value {
     json!({ "account": account, "api_token": token })
 }
 
-/// The stored sign-up response holds the token id, never the token: derive it again.
-fn replay_signup(state: &AppState, stored: idempotency::Stored) -> Response {
+/// The stored sign-up response holds the token id, never the token: derive it again — within
+/// [`TOKEN_REPLAY_SECS`] of the sign-up only.
+fn replay_signup(state: &AppState, stored: idempotency::Stored, now: DateTime<Utc>) -> Response {
     let token_id = stored
         .body
         .get("token_id")
@@ -100,12 +121,13 @@ fn replay_signup(state: &AppState, stored: idempotency::Stored) -> Response {
     let (Some(token_id), Some(account)) = (token_id, stored.body.get("account")) else {
         return idempotency::replay(stored);
     };
-    let body =
-        json!({ "account": account, "api_token": derive_token(&state.token_secret, token_id) });
-    idempotency::replay(idempotency::Stored {
-        status: stored.status,
-        body,
-    })
+    let fresh = now - stored.created_at <= TimeDelta::seconds(TOKEN_REPLAY_SECS);
+    let token = fresh.then(|| derive_token(&state.token_secret, token_id));
+    let mut body = signup_body(account, token.as_deref());
+    if !fresh {
+        body["api_token_replay_expired"] = json!(true);
+    }
+    idempotency::replay(idempotency::Stored { body, ..stored })
 }
 
 /// `GET /v1/account`
@@ -124,10 +146,14 @@ pub async fn get_account(
 pub fn gateway_error(err: GatewayError) -> ApiError {
     match err {
         GatewayError::Unavailable(e) => ApiError::unavailable("payment_provider_unavailable", e),
-        GatewayError::NotFound(e) => ApiError::unprocessable(
-            "invalid_payment_method",
-            format!("the payment provider does not know this object ({e})"),
-        ),
+        // Never echoed: the provider's message names what was sent.
+        GatewayError::NotFound(e) => {
+            tracing::debug!(error = %e, "payment provider object not found");
+            ApiError::unprocessable(
+                "invalid_payment_method",
+                "the payment provider does not know this payment method",
+            )
+        }
         GatewayError::Invalid(e) => {
             tracing::warn!(error = %e, "payment provider rejected a request");
             ApiError::unprocessable(

@@ -66,6 +66,11 @@ pub fn validate_new_account(email: &str, name: &str) -> Result<NewAccount, Vec<S
     if name.is_empty() || name.len() > NAME_BYTES_MAX {
         errors.push(format!("name must be 1-{NAME_BYTES_MAX} bytes"));
     }
+    // PostgreSQL text cannot hold NUL, and no name or address needs a control character:
+    // refused here, before anything reaches the provider.
+    if email.chars().chain(name.chars()).any(char::is_control) {
+        errors.push("email and name must not contain control characters (NUL included)".into());
+    }
     if errors.is_empty() {
         Ok(NewAccount {
             email: email.to_owned(),
@@ -104,6 +109,8 @@ mod tests {
             ("@b", "", 2),
             ("a b@c.d", " ", 2),
             ("a@b@c", "x", 1),
+            ("a@example.com", "Ada\0", 1),
+            ("a\0@example.com", "Ada", 1),
         ] {
             assert_eq!(
                 validate_new_account(email, name).expect_err(email).len(),

@@ -20,6 +20,8 @@ use crate::http::{ApiError, ApiResult, Json, Path};
 use crate::state::AppState;
 
 pub const PM_ID_BYTES_MAX: usize = 255;
+/// The decline code gateways report for a canceled SetupIntent.
+pub const CANCELED_CODE: &str = "setup_intent_canceled";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,14 +50,31 @@ pub struct PaymentMethod {
     pub created_at: DateTime<Utc>,
 }
 
-/// Refuses anything that is not a provider payment-method id; card numbers get their own code.
+/// Digits in a row (spaces and dashes between them allowed) from which a value is taken for a
+/// card number: the shortest card numbers have 12.
+pub const CARD_DIGITS_MIN: usize = 12;
+
+/// Whether `s` holds something that may be a card number: [`CARD_DIGITS_MIN`] or more digits
+/// in a row, spaces or dashes between them allowed (`4242 4242 …`, `pm_4242424242424242`).
+pub fn looks_like_card_number(s: &str) -> bool {
+    let mut run = 0usize;
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            run += 1;
+            if run >= CARD_DIGITS_MIN {
+                return true;
+            }
+        } else if !(run > 0 && (c == ' ' || c == '-')) {
+            run = 0;
+        }
+    }
+    false
+}
+
+/// Refuses anything that is not a provider payment-method id. What may be a card number gets
+/// its own code and is never echoed back, logged, or sent to the provider.
 pub fn validate_pm_id(pm: &str) -> Result<(), ApiError> {
-    let digits = pm.chars().filter(char::is_ascii_digit).count();
-    if digits >= 12
-        && pm
-            .chars()
-            .all(|c| c.is_ascii_digit() || c == ' ' || c == '-')
-    {
+    if looks_like_card_number(pm) {
         return Err(ApiError::unprocessable(
             "raw_card_number_refused",
             "card numbers are never accepted; tokenize the card client-side and send its pm_… id",
@@ -94,6 +113,7 @@ const PM_COLUMNS: &str =
 #[allow(clippy::too_many_arguments)]
 async fn insert(
     conn: &mut PgConnection,
+    id: Uuid,
     account: AccountId,
     gateway: &str,
     outcome: &SetupOutcome,
@@ -107,7 +127,7 @@ async fn insert(
              client_secret, make_default, brand, last4, exp_month, exp_year, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) RETURNING {PM_COLUMNS}"
     ))
-    .bind(Uuid::now_v7())
+    .bind(id)
     .bind(account.0)
     .bind(gateway)
     .bind(&outcome.payment_method_id)
@@ -143,7 +163,7 @@ pub async fn get(
 
 pub async fn list(conn: &mut PgConnection, account: AccountId) -> sqlx::Result<Vec<PaymentMethod>> {
     sqlx::query_as(sqlf!(
-        "SELECT {PM_COLUMNS} FROM payment_methods WHERE account_id = $1 AND status <> 'failed' ORDER BY created_at"
+        "SELECT {PM_COLUMNS} FROM payment_methods WHERE account_id = $1 AND status NOT IN ('failed', 'canceled') ORDER BY created_at"
     ))
     .bind(account.0)
     .fetch_all(conn)
@@ -189,7 +209,9 @@ fn requires_action_body(pm: &PaymentMethod, client_secret: &str) -> Value {
     })
 }
 
-/// `POST /v1/payment-methods`
+/// `POST /v1/payment-methods` — the key's reservation (short transaction), the provider's
+/// SetupIntent (no transaction), then the payment-method row with the stored response (short
+/// transaction). See [`crate::http::idempotency`].
 pub async fn add(
     State(state): State<AppState>,
     Authed(account): Authed,
@@ -199,16 +221,19 @@ pub async fn add(
     validate_pm_id(&body.payment_method)?;
     let scope = account.to_string();
     let hash = idempotency::request_hash("POST /v1/payment-methods", &body)?;
-    let mut tx = state.cf.begin().await?;
-    if let Some(stored) = idempotency::begin(&mut tx, &scope, &key, &hash).await? {
-        return Ok(idempotency::replay(stored));
-    }
     let now = state.clock.now();
+    let mut tx = state.cf.begin().await?;
     let acct = store::get_account(&mut tx, account)
         .await?
         .ok_or_else(|| ApiError::not_found("account"))?;
-    let provider_key = format!("tollgate-pm-{account}-{}", key.0);
-    let outcome = state
+    let begun = idempotency::reserve(&mut tx, &scope, &key, &hash, Uuid::now_v7(), now).await?;
+    tx.commit().await?;
+    let reservation = match begun {
+        idempotency::Begun::Replay(stored) => return Ok(idempotency::replay(stored)),
+        idempotency::Begun::Fresh(r) | idempotency::Begun::Resume(r) => r,
+    };
+    let provider_key = idempotency::provider_key("pm", reservation.resource);
+    let outcome = match state
         .gateway
         .setup_payment_method(
             &acct.stripe_customer_id,
@@ -216,12 +241,24 @@ pub async fn add(
             &provider_key,
         )
         .await
-        .map_err(gateway_error)?;
+    {
+        Ok(o) => o,
+        Err(e) => {
+            idempotency::release(&state.cf, &reservation).await?;
+            return Err(gateway_error(e));
+        }
+    };
+    let mut tx = state.cf.begin().await?;
+    if let Some(stored) = idempotency::completed(&mut tx, &reservation).await? {
+        return Ok(idempotency::replay(stored));
+    }
     let gw = state.gateway.name();
+    let id = reservation.resource;
     let (status, resp) = match &outcome.status {
         SetupStatus::Succeeded => {
             let pm = insert(
                 &mut tx,
+                id,
                 account,
                 gw,
                 &outcome,
@@ -240,6 +277,7 @@ pub async fn add(
         SetupStatus::RequiresAction { client_secret } => {
             let pm = insert(
                 &mut tx,
+                id,
                 account,
                 gw,
                 &outcome,
@@ -257,10 +295,11 @@ pub async fn add(
         SetupStatus::Pending => {
             let pm = insert(
                 &mut tx,
+                id,
                 account,
                 gw,
                 &outcome,
-                "requires_action",
+                "pending",
                 None,
                 body.make_default,
                 now,
@@ -276,7 +315,7 @@ pub async fn add(
             (err.status, err.body())
         }
     };
-    idempotency::finish(&mut tx, &scope, &key, &hash, status, &resp, now).await?;
+    idempotency::complete(&mut tx, &reservation, status, &resp).await?;
     tx.commit().await?;
     if status.is_client_error() {
         let mut r = (status, axum::Json(resp)).into_response();
@@ -289,25 +328,69 @@ pub async fn add(
     Ok((status, axum::Json(resp)).into_response())
 }
 
-/// `POST /v1/payment-methods/{id}/confirm` — after the customer authenticated.
+fn ready_body(pm: &PaymentMethod) -> Response {
+    (
+        StatusCode::OK,
+        axum::Json(json!({ "payment_method": pm, "status": "ready" })),
+    )
+        .into_response()
+}
+
+/// What the provider's SetupIntent says, applied to a waiting payment method under its row
+/// lock (another confirm, or the reconciler, may have applied it first: then nothing
+/// changes). Returns the method after.
+async fn apply_setup(
+    conn: &mut PgConnection,
+    account: AccountId,
+    id: Uuid,
+    outcome: &SetupOutcome,
+    now: DateTime<Utc>,
+) -> Result<PaymentMethod, ApiError> {
+    let pm = get(conn, account, id, true)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment method"))?;
+    if !matches!(pm.status.as_str(), "requires_action" | "pending") {
+        return Ok(pm);
+    }
+    match &outcome.status {
+        SetupStatus::Succeeded => mark_ready(conn, &pm, account, now).await?,
+        SetupStatus::Failed(d) => {
+            // Canceled (abandoned, reconciled) or refused by the provider.
+            let status = if d.code == CANCELED_CODE {
+                "canceled"
+            } else {
+                "failed"
+            };
+            sqlx::query("UPDATE payment_methods SET status = $3, client_secret = NULL, updated_at = $2 WHERE id = $1")
+                .bind(pm.id)
+                .bind(now)
+                .bind(status)
+                .execute(&mut *conn)
+                .await?;
+        }
+        SetupStatus::RequiresAction { .. } | SetupStatus::Pending => {}
+    }
+    get(conn, account, id, false)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment method"))
+}
+
+/// `POST /v1/payment-methods/{id}/confirm` — after the customer authenticated. The provider
+/// is asked with no transaction open; the answer is applied under the row's lock.
 pub async fn confirm(
     State(state): State<AppState>,
     Authed(account): Authed,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Response> {
-    let mut tx = state.cf.begin().await?;
-    let pm = get(&mut tx, account, id, true)
-        .await?
-        .ok_or_else(|| ApiError::not_found("payment method"))?;
+    let pm = {
+        let mut conn = state.cf.acquire().await?;
+        get(&mut conn, account, id, false)
+            .await?
+            .ok_or_else(|| ApiError::not_found("payment method"))?
+    };
     match pm.status.as_str() {
-        "ready" => {
-            return Ok((
-                StatusCode::OK,
-                axum::Json(json!({ "payment_method": pm, "status": "ready" })),
-            )
-                .into_response());
-        }
-        "failed" => {
+        "ready" => return Ok(ready_body(&pm)),
+        "failed" | "canceled" => {
             return Err(ApiError::conflict(
                 "payment_method_failed",
                 "this payment method failed to set up; add it again",
@@ -315,44 +398,76 @@ pub async fn confirm(
         }
         _ => {}
     }
-    let now = state.clock.now();
     let outcome = state
         .gateway
         .retrieve_setup(&pm.setup_intent_id)
         .await
         .map_err(gateway_error)?;
-    match outcome.status {
-        SetupStatus::Succeeded => {
-            mark_ready(&mut tx, &pm, account, now).await?;
-            let pm = get(&mut tx, account, id, false)
-                .await?
-                .ok_or_else(|| ApiError::not_found("payment method"))?;
-            tx.commit().await?;
-            Ok((
-                StatusCode::OK,
-                axum::Json(json!({ "payment_method": pm, "status": "ready" })),
+    let mut tx = state.cf.begin().await?;
+    let pm = apply_setup(&mut tx, account, id, &outcome, state.clock.now()).await?;
+    tx.commit().await?;
+    match pm.status.as_str() {
+        "ready" => Ok(ready_body(&pm)),
+        "failed" | "canceled" => match outcome.status {
+            SetupStatus::Failed(d) => Err(decline_error(&d)),
+            _ => Err(ApiError::conflict(
+                "payment_method_failed",
+                "this payment method failed to set up; add it again",
+            )),
+        },
+        _ => match outcome.status {
+            SetupStatus::RequiresAction { client_secret } => Err(ApiError::conflict(
+                "authentication_required",
+                "the customer has not completed authentication yet",
             )
-                .into_response())
-        }
-        SetupStatus::RequiresAction { client_secret } => Err(ApiError::conflict(
-            "authentication_required",
-            "the customer has not completed authentication yet",
-        )
-        .with("client_secret", client_secret)),
-        SetupStatus::Pending => Err(ApiError::conflict(
-            "setup_processing",
-            "the provider is still processing",
-        )),
-        SetupStatus::Failed(d) => {
-            sqlx::query("UPDATE payment_methods SET status = 'failed', client_secret = NULL, updated_at = $2 WHERE id = $1")
-                .bind(pm.id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Err(decline_error(&d))
-        }
+            .with("client_secret", client_secret)),
+            _ => Err(ApiError::conflict(
+                "setup_processing",
+                "the provider is still processing",
+            )),
+        },
     }
+}
+
+/// Set-ups abandoned at 3-D Secure for longer than `after` (the maintenance worker): the
+/// provider's SetupIntent is read and, when still waiting, canceled; what the provider says
+/// is applied. A provider that cannot be reached leaves the method as it is, for the next
+/// pass. Returns how many changed.
+pub async fn reconcile_abandoned(
+    state: &AppState,
+    after: chrono::TimeDelta,
+) -> anyhow::Result<usize> {
+    let now = state.clock.now();
+    let waiting: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+        "SELECT id, account_id, setup_intent_id FROM payment_methods
+          WHERE status IN ('pending', 'requires_action') AND created_at <= $1
+          ORDER BY created_at LIMIT 100",
+    )
+    .bind(now - after)
+    .fetch_all(&state.cf)
+    .await?;
+    let mut changed = 0;
+    for (id, account, setup) in waiting {
+        let outcome = match state.gateway.cancel_setup(&setup).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(payment_method_id = %id, error = %e, "abandoned set-up not reconciled; next pass");
+                continue;
+            }
+        };
+        let mut tx = state.cf.begin().await?;
+        let before = get(&mut tx, AccountId(account), id, true)
+            .await?
+            .map(|p| p.status);
+        let pm = apply_setup(&mut tx, AccountId(account), id, &outcome, now)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+        if before.as_deref() != Some(pm.status.as_str()) {
+            changed += 1;
+        }
+        tx.commit().await?;
+    }
+    Ok(changed)
 }
 
 /// `GET /v1/payment-methods`
@@ -416,6 +531,7 @@ mod tests {
         };
         let pm = insert(
             &mut conn,
+            Uuid::now_v7(),
             a,
             "simulated",
             &outcome,
@@ -458,6 +574,24 @@ mod tests {
         assert_eq!(
             validate_pm_id("4242424242424242").expect_err("pan").code,
             "raw_card_number_refused"
+        );
+        for card_like in [
+            "pm_4242424242424242",
+            "pm_4242-4242-4242-4242",
+            "pm_card_4000002500003155",
+            "4000 0025 0000 3155",
+        ] {
+            let e = validate_pm_id(card_like).expect_err("card-like");
+            assert_eq!(e.code, "raw_card_number_refused", "{card_like}");
+            assert!(
+                !e.detail.contains("4242") && !e.detail.contains("3155"),
+                "echoed: {}",
+                e.detail
+            );
+        }
+        assert!(
+            validate_pm_id("pm_1N3bXY2eZvKYlo2C0123").is_ok(),
+            "a real Stripe id"
         );
         assert_eq!(
             validate_pm_id("card_123").expect_err("other").code,

@@ -1,7 +1,8 @@
 //! Payment gateways: the one trait accounts and checkout declare, and its implementations.
 //!
-//! * [`simulated::SimulatedGateway`] — in-process model of Stripe's test payment methods; the
-//!   default when no Stripe key is configured.
+//! * [`simulated::SimulatedGateway`] — a model of Stripe's test payment methods whose state
+//!   lives in PostgreSQL (its own `sim_*` tables), so it outlives any process; development and
+//!   tests only (outside dev mode a Stripe key is required).
 //! * [`stripe::StripeGateway`] — `async-stripe` against the real Stripe API or `localstripe`.
 //!
 //! Every call that can move money or create a provider object takes an idempotency key derived
@@ -149,6 +150,10 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// Reads a SetupIntent's current state (after the customer authenticated).
     async fn retrieve_setup(&self, setup_intent_id: &str) -> Result<SetupOutcome, GatewayError>;
 
+    /// Cancels a SetupIntent still waiting for the customer (an abandoned set-up); one that can
+    /// no longer be canceled (it succeeded meanwhile) comes back in its current state.
+    async fn cancel_setup(&self, setup_intent_id: &str) -> Result<SetupOutcome, GatewayError>;
+
     /// Creates and confirms a PaymentIntent.
     async fn create_payment(&self, req: PaymentRequest<'_>)
     -> Result<PaymentOutcome, GatewayError>;
@@ -159,7 +164,9 @@ pub trait PaymentGateway: Send + Sync + 'static {
         payment_intent_id: &str,
     ) -> Result<PaymentOutcome, GatewayError>;
 
-    /// Cancels a PaymentIntent that was never completed (e.g. an expired checkout).
+    /// Cancels a PaymentIntent that was never completed (e.g. an expired checkout); one that
+    /// can no longer be canceled (it succeeded meanwhile) comes back in its current state, so
+    /// the caller never abandons a payment that went through.
     async fn cancel_payment(&self, payment_intent_id: &str)
     -> Result<PaymentOutcome, GatewayError>;
 

@@ -1,6 +1,6 @@
-//! An in-process payment provider that behaves like Stripe's test mode for Stripe's test
-//! payment-method ids. The default when no Stripe key is configured, so the whole system runs
-//! with no outside service.
+//! A payment provider that behaves like Stripe's test mode for Stripe's test payment-method
+//! ids. Development and tests only: outside dev mode the control plane refuses to start
+//! without a Stripe key.
 //!
 //! | payment method | set-up | on-session charge | off-session charge |
 //! |---|---|---|---|
@@ -10,16 +10,20 @@
 //! | `pm_card_chargeDeclinedInsufficientFunds` | `card_declined` / `insufficient_funds` | same | same |
 //! | `pm_card_chargeCustomerFail` | succeeds | `card_declined` / `generic_decline` | same |
 //!
+//! Its state lives in PostgreSQL (the `sim_*` tables of cf), not in process memory: like a real
+//! provider it outlives any control-plane process (a restart keeps every saved card working),
+//! and every process of a stack sees the same objects. Each call is its own short transaction
+//! on its own connection — never the caller's — as a call to a remote provider would be.
+//!
 //! A 3-D Secure challenge is completed with [`SimulatedGateway::authenticate`], exposed by the
 //! development-only route `POST /dev/v1/simulator/intents/{id}/authenticate` — that route does
 //! not exist when a real Stripe key is configured. Idempotency keys behave as Stripe's: the same
 //! key with the same parameters returns the first result; with different parameters it is an
-//! error.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! error. Ids are letters only (`pm_sim…`), so none can look like a card number.
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 
 use super::{
     CardSummary, CustomerRef, Decline, GatewayError, PaymentGateway, PaymentOutcome,
@@ -32,6 +36,29 @@ enum Behaviour {
     ThreeDSecure,
     Declines(&'static str),
     ChargeFails,
+}
+
+impl Behaviour {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeds => "succeeds",
+            Self::ThreeDSecure => "three_d_secure",
+            Self::Declines("insufficient_funds") => "declines_insufficient_funds",
+            Self::Declines(_) => "declines",
+            Self::ChargeFails => "charge_fails",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "succeeds" => Self::Succeeds,
+            "three_d_secure" => Self::ThreeDSecure,
+            "declines_insufficient_funds" => Self::Declines("insufficient_funds"),
+            "declines" => Self::Declines("generic_decline"),
+            "charge_fails" => Self::ChargeFails,
+            _ => return None,
+        })
+    }
 }
 
 /// Stripe's test payment-method ids this simulator understands.
@@ -66,124 +93,274 @@ fn card_declined(decline_code: &str) -> Decline {
     )
 }
 
-#[derive(Debug, Clone)]
-struct SimPaymentMethod {
-    behaviour: Behaviour,
-    customer: String,
+/// An intent's status as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+enum Status {
+    Succeeded,
+    RequiresAction {
+        client_secret: String,
+    },
+    Processing,
+    Canceled,
+    Failed {
+        code: String,
+        decline_code: Option<String>,
+        message: String,
+    },
 }
 
-#[derive(Debug, Clone)]
-struct SimIntent {
-    status: PaymentStatus,
-    amount_minor: i64,
-    refunded_minor: i64,
-}
-
-#[derive(Debug, Clone)]
-enum Remembered {
-    Customer(CustomerRef),
-    Setup(SetupOutcome),
-    Payment(PaymentOutcome),
-    Refund(RefundRef),
-}
-
-#[derive(Debug, Default)]
-struct State {
-    /// Random per process, so ids never repeat across restarts of a development stack.
-    run: String,
-    next_id: u64,
-    customers: HashMap<String, (String, String)>,
-    payment_methods: HashMap<String, SimPaymentMethod>,
-    setups: HashMap<String, SetupOutcome>,
-    payments: HashMap<String, SimIntent>,
-    /// idempotency key → (parameter fingerprint, first result)
-    idempotency: HashMap<String, (String, Remembered)>,
-}
-
-impl State {
-    fn id(&mut self, prefix: &str) -> String {
-        self.next_id += 1;
-        format!("{prefix}_sim{}{:06}", self.run, self.next_id)
-    }
-
-    fn remembered(&self, key: &str, fingerprint: &str) -> Result<Option<Remembered>, GatewayError> {
-        match self.idempotency.get(key) {
-            None => Ok(None),
-            Some((f, r)) if f == fingerprint => Ok(Some(r.clone())),
-            Some(_) => Err(GatewayError::Invalid(format!(
-                "idempotency key {key} was used with different parameters"
-            ))),
+impl Status {
+    fn failed(d: Decline) -> Self {
+        Self::Failed {
+            code: d.code,
+            decline_code: d.decline_code,
+            message: d.message,
         }
     }
-}
 
-/// The in-process provider. Cheap to share behind an `Arc`.
-#[derive(Debug)]
-pub struct SimulatedGateway {
-    state: Mutex<State>,
-}
-
-impl Default for SimulatedGateway {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl SimulatedGateway {
-    pub fn new() -> Self {
-        let run = format!("{:08x}", rand::random::<u32>());
-        Self {
-            state: Mutex::new(State {
-                run,
-                ..State::default()
+    fn payment(&self) -> PaymentStatus {
+        match self.clone() {
+            Self::Succeeded => PaymentStatus::Succeeded,
+            Self::RequiresAction { client_secret } => {
+                PaymentStatus::RequiresAction { client_secret }
+            }
+            Self::Processing => PaymentStatus::Processing,
+            Self::Canceled => PaymentStatus::Canceled,
+            Self::Failed {
+                code,
+                decline_code,
+                message,
+            } => PaymentStatus::Failed(Decline {
+                code,
+                decline_code,
+                message,
             }),
         }
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, GatewayError> {
-        self.state
-            .lock()
-            .map_err(|_| GatewayError::Unavailable("simulator state poisoned".into()))
+    fn setup(&self) -> SetupStatus {
+        match self.clone() {
+            Self::Succeeded => SetupStatus::Succeeded,
+            Self::RequiresAction { client_secret } => SetupStatus::RequiresAction { client_secret },
+            Self::Processing => SetupStatus::Pending,
+            Self::Canceled => SetupStatus::Failed(decline(
+                "setup_intent_canceled",
+                None,
+                "the SetupIntent was canceled",
+            )),
+            Self::Failed {
+                code,
+                decline_code,
+                message,
+            } => SetupStatus::Failed(Decline {
+                code,
+                decline_code,
+                message,
+            }),
+        }
+    }
+}
+
+/// A stored SetupIntent or PaymentIntent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Intent {
+    status: Status,
+    payment_method: String,
+    #[serde(default)]
+    customer: String,
+    #[serde(default)]
+    amount_minor: i64,
+    #[serde(default)]
+    refunded_minor: i64,
+    #[serde(default)]
+    brand: String,
+    #[serde(default)]
+    last4: String,
+}
+
+impl Intent {
+    fn setup_outcome(&self, id: &str) -> SetupOutcome {
+        SetupOutcome {
+            setup_intent_id: id.to_owned(),
+            payment_method_id: self.payment_method.clone(),
+            card: CardSummary {
+                brand: Some(self.brand.clone()),
+                last4: Some(self.last4.clone()),
+                exp_month: Some(12),
+                exp_year: Some(2034),
+            },
+            status: self.status.setup(),
+        }
+    }
+
+    fn payment_outcome(&self, id: &str) -> PaymentOutcome {
+        PaymentOutcome {
+            payment_intent_id: id.to_owned(),
+            status: self.status.payment(),
+        }
+    }
+}
+
+/// What an idempotency key returned the first time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Remembered {
+    Customer { id: String },
+    Setup { intent: String },
+    Payment { intent: String },
+    Refund { id: String, amount_minor: i64 },
+}
+
+/// What a call's parameters were, for "same key, other parameters": a hash of them.
+fn fingerprint(parts: &[&str]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p.len().to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+fn db(e: sqlx::Error) -> GatewayError {
+    GatewayError::Unavailable(format!("simulator database: {e}"))
+}
+
+/// A fresh id, letters only after the prefix (`pm_simqhxk…`): a simulated id never looks like
+/// a card number.
+fn sim_id(prefix: &str) -> String {
+    let letters: String = uuid::Uuid::new_v4()
+        .as_bytes()
+        .iter()
+        .map(|b| char::from(b'a' + b % 26))
+        .collect();
+    format!("{prefix}_sim{letters}")
+}
+
+/// The simulated provider. Cheap to clone; state in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct SimulatedGateway {
+    pool: PgPool,
+}
+
+impl SimulatedGateway {
+    /// A simulator keeping its state in `pool` (cf: the `sim_*` tables).
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    async fn remembered(
+        conn: &mut sqlx::PgConnection,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<Option<Remembered>, GatewayError> {
+        // Concurrent first uses of one key queue here, as at a real provider.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sim:' || $1))")
+            .bind(key)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        let row: Option<(String, sqlx::types::Json<Remembered>)> =
+            sqlx::query_as("SELECT fingerprint, result FROM sim_idempotency WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db)?;
+        match row {
+            None => Ok(None),
+            Some((f, r)) if f == fingerprint => Ok(Some(r.0)),
+            Some(_) => Err(GatewayError::Invalid(
+                "idempotency key was used with different parameters".into(),
+            )),
+        }
+    }
+
+    async fn remember(
+        conn: &mut sqlx::PgConnection,
+        key: &str,
+        fingerprint: &str,
+        result: &Remembered,
+    ) -> Result<(), GatewayError> {
+        sqlx::query("INSERT INTO sim_idempotency (key, fingerprint, result) VALUES ($1, $2, $3)")
+            .bind(key)
+            .bind(fingerprint)
+            .bind(sqlx::types::Json(result))
+            .execute(conn)
+            .await
+            .map_err(db)
+            .map(drop)
+    }
+
+    async fn intent(
+        conn: &mut sqlx::PgConnection,
+        id: &str,
+        kind: &str,
+        lock: bool,
+    ) -> Result<Intent, GatewayError> {
+        let sql = if lock {
+            "SELECT state FROM sim_intents WHERE id = $1 AND kind = $2 FOR UPDATE"
+        } else {
+            "SELECT state FROM sim_intents WHERE id = $1 AND kind = $2"
+        };
+        let row: Option<(sqlx::types::Json<Intent>,)> = sqlx::query_as(sql)
+            .bind(id)
+            .bind(kind)
+            .fetch_optional(conn)
+            .await
+            .map_err(db)?;
+        row.map(|(i,)| i.0)
+            .ok_or_else(|| GatewayError::NotFound(format!("{kind} intent")))
+    }
+
+    async fn save(
+        conn: &mut sqlx::PgConnection,
+        id: &str,
+        kind: &str,
+        intent: &Intent,
+    ) -> Result<(), GatewayError> {
+        sqlx::query(
+            "INSERT INTO sim_intents (id, kind, state, updated_at) VALUES ($1, $2, $3, now())
+             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(id)
+        .bind(kind)
+        .bind(sqlx::types::Json(intent))
+        .execute(conn)
+        .await
+        .map_err(db)
+        .map(drop)
     }
 
     /// Completes (or fails) the 3-D Secure challenge of a SetupIntent (`seti_…`) or a
     /// PaymentIntent (`pi_…`) waiting for the customer.
-    pub fn authenticate(&self, intent_id: &str, succeed: bool) -> Result<(), GatewayError> {
-        let mut st = self.lock()?;
-        let failed = || {
-            decline(
+    pub async fn authenticate(&self, intent_id: &str, succeed: bool) -> Result<(), GatewayError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let row: Option<(String, sqlx::types::Json<Intent>)> =
+            sqlx::query_as("SELECT kind, state FROM sim_intents WHERE id = $1 FOR UPDATE")
+                .bind(intent_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        let Some((kind, mut intent)) = row.map(|(k, i)| (k, i.0)) else {
+            return Err(GatewayError::NotFound("intent".into()));
+        };
+        if !matches!(intent.status, Status::RequiresAction { .. }) {
+            return Err(GatewayError::Invalid(format!(
+                "{intent_id} is not awaiting authentication"
+            )));
+        }
+        intent.status = if succeed {
+            Status::Succeeded
+        } else {
+            Status::failed(decline(
                 "payment_intent_authentication_failure",
                 None,
                 "The customer failed 3-D Secure authentication.",
-            )
+            ))
         };
-        if let Some(setup) = st.setups.get_mut(intent_id) {
-            if !matches!(setup.status, SetupStatus::RequiresAction { .. }) {
-                return Err(GatewayError::Invalid(format!(
-                    "{intent_id} is not awaiting authentication"
-                )));
-            }
-            setup.status = if succeed {
-                SetupStatus::Succeeded
-            } else {
-                SetupStatus::Failed(failed())
-            };
-            return Ok(());
-        }
-        if let Some(pi) = st.payments.get_mut(intent_id) {
-            if !matches!(pi.status, PaymentStatus::RequiresAction { .. }) {
-                return Err(GatewayError::Invalid(format!(
-                    "{intent_id} is not awaiting authentication"
-                )));
-            }
-            pi.status = if succeed {
-                PaymentStatus::Succeeded
-            } else {
-                PaymentStatus::Failed(failed())
-            };
-            return Ok(());
-        }
-        Err(GatewayError::NotFound(intent_id.to_owned()))
+        Self::save(&mut tx, intent_id, &kind, &intent).await?;
+        tx.commit().await.map_err(db)
     }
 }
 
@@ -199,20 +376,32 @@ impl PaymentGateway for SimulatedGateway {
         name: &str,
         idempotency_key: &str,
     ) -> Result<CustomerRef, GatewayError> {
-        let mut st = self.lock()?;
-        let fingerprint = format!("customer\0{email}\0{name}");
-        if let Some(Remembered::Customer(c)) = st.remembered(idempotency_key, &fingerprint)? {
-            return Ok(c);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let fingerprint = fingerprint(&["customer", email, name]);
+        if let Some(Remembered::Customer { id }) =
+            Self::remembered(&mut tx, idempotency_key, &fingerprint).await?
+        {
+            return Ok(CustomerRef { id });
         }
-        let id = st.id("cus");
-        st.customers
-            .insert(id.clone(), (email.to_owned(), name.to_owned()));
-        let c = CustomerRef { id };
-        st.idempotency.insert(
-            idempotency_key.to_owned(),
-            (fingerprint, Remembered::Customer(c.clone())),
-        );
-        Ok(c)
+        let id = sim_id("cus");
+        sqlx::query(
+            "INSERT INTO sim_customers (id, email, name, created_at) VALUES ($1, $2, $3, now())",
+        )
+        .bind(&id)
+        .bind(email)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        Self::remember(
+            &mut tx,
+            idempotency_key,
+            &fingerprint,
+            &Remembered::Customer { id: id.clone() },
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(CustomerRef { id })
     }
 
     async fn setup_payment_method(
@@ -221,160 +410,193 @@ impl PaymentGateway for SimulatedGateway {
         payment_method: &str,
         idempotency_key: &str,
     ) -> Result<SetupOutcome, GatewayError> {
-        let mut st = self.lock()?;
-        let fingerprint = format!("setup\0{customer}\0{payment_method}");
-        if let Some(Remembered::Setup(s)) = st.remembered(idempotency_key, &fingerprint)? {
-            return Ok(s);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let fingerprint = fingerprint(&["setup", customer, payment_method]);
+        if let Some(Remembered::Setup { intent }) =
+            Self::remembered(&mut tx, idempotency_key, &fingerprint).await?
+        {
+            return Ok(Self::intent(&mut tx, &intent, "setup", false)
+                .await?
+                .setup_outcome(&intent));
         }
-        if !st.customers.contains_key(customer) {
-            return Err(GatewayError::NotFound(format!("customer {customer}")));
+        let known: Option<(String,)> = sqlx::query_as("SELECT id FROM sim_customers WHERE id = $1")
+            .bind(customer)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if known.is_none() {
+            return Err(GatewayError::NotFound("customer".into()));
         }
         let Some((behaviour, brand, last4)) = test_card(payment_method) else {
-            return Err(GatewayError::NotFound(format!(
-                "payment method {payment_method}"
-            )));
+            return Err(GatewayError::NotFound("payment method".into()));
         };
-        let card = CardSummary {
-            brand: Some(brand.to_owned()),
-            last4: Some(last4.to_owned()),
-            exp_month: Some(12),
-            exp_year: Some(2034),
-        };
-        let pm_id = st.id("pm");
-        let setup_id = st.id("seti");
-        st.payment_methods.insert(
-            pm_id.clone(),
-            SimPaymentMethod {
-                behaviour,
-                customer: customer.to_owned(),
-            },
-        );
+        let pm_id = sim_id("pm");
+        let setup_id = sim_id("seti");
+        sqlx::query(
+            "INSERT INTO sim_payment_methods (id, customer, behaviour, brand, last4) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&pm_id)
+        .bind(customer)
+        .bind(behaviour.as_str())
+        .bind(brand)
+        .bind(last4)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
         let status = match behaviour {
-            Behaviour::Succeeds | Behaviour::ChargeFails => SetupStatus::Succeeded,
-            Behaviour::ThreeDSecure => SetupStatus::RequiresAction {
+            Behaviour::Succeeds | Behaviour::ChargeFails => Status::Succeeded,
+            Behaviour::ThreeDSecure => Status::RequiresAction {
                 client_secret: format!("{setup_id}_secret_sim"),
             },
-            Behaviour::Declines(code) => SetupStatus::Failed(card_declined(code)),
+            Behaviour::Declines(code) => Status::failed(card_declined(code)),
         };
-        let outcome = SetupOutcome {
-            setup_intent_id: setup_id.clone(),
-            payment_method_id: pm_id,
-            card,
+        let intent = Intent {
             status,
+            payment_method: pm_id,
+            customer: customer.to_owned(),
+            amount_minor: 0,
+            refunded_minor: 0,
+            brand: brand.to_owned(),
+            last4: last4.to_owned(),
         };
-        st.setups.insert(setup_id, outcome.clone());
-        st.idempotency.insert(
-            idempotency_key.to_owned(),
-            (fingerprint, Remembered::Setup(outcome.clone())),
-        );
-        Ok(outcome)
+        Self::save(&mut tx, &setup_id, "setup", &intent).await?;
+        Self::remember(
+            &mut tx,
+            idempotency_key,
+            &fingerprint,
+            &Remembered::Setup {
+                intent: setup_id.clone(),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(intent.setup_outcome(&setup_id))
     }
 
     async fn retrieve_setup(&self, setup_intent_id: &str) -> Result<SetupOutcome, GatewayError> {
-        let st = self.lock()?;
-        st.setups
-            .get(setup_intent_id)
-            .cloned()
-            .ok_or_else(|| GatewayError::NotFound(setup_intent_id.to_owned()))
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        Ok(Self::intent(&mut conn, setup_intent_id, "setup", false)
+            .await?
+            .setup_outcome(setup_intent_id))
+    }
+
+    async fn cancel_setup(&self, setup_intent_id: &str) -> Result<SetupOutcome, GatewayError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut intent = Self::intent(&mut tx, setup_intent_id, "setup", true).await?;
+        if matches!(
+            intent.status,
+            Status::RequiresAction { .. } | Status::Processing
+        ) {
+            intent.status = Status::Canceled;
+            Self::save(&mut tx, setup_intent_id, "setup", &intent).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(intent.setup_outcome(setup_intent_id))
     }
 
     async fn create_payment(
         &self,
         req: PaymentRequest<'_>,
     ) -> Result<PaymentOutcome, GatewayError> {
-        let mut st = self.lock()?;
-        let fingerprint = format!(
-            "payment\0{}\0{}\0{}\0{}\0{:?}",
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let fingerprint = fingerprint(&[
+            "payment",
             req.customer,
             req.payment_method,
-            req.amount.amount_minor,
+            &req.amount.amount_minor.to_string(),
             req.amount.currency,
-            req.presence
-        );
-        if let Some(Remembered::Payment(p)) = st.remembered(req.idempotency_key, &fingerprint)? {
-            return Ok(p);
+            &format!("{:?}", req.presence),
+        ]);
+        if let Some(Remembered::Payment { intent }) =
+            Self::remembered(&mut tx, req.idempotency_key, &fingerprint).await?
+        {
+            return Ok(Self::intent(&mut tx, &intent, "payment", false)
+                .await?
+                .payment_outcome(&intent));
         }
         if req.amount.amount_minor <= 0 {
             return Err(GatewayError::Invalid("amount must be positive".into()));
         }
-        let Some(pm) = st.payment_methods.get(req.payment_method).cloned() else {
-            return Err(GatewayError::NotFound(format!(
-                "payment method {}",
-                req.payment_method
-            )));
+        let pm: Option<(String, String, String, String)> = sqlx::query_as(
+            "SELECT customer, behaviour, brand, last4 FROM sim_payment_methods WHERE id = $1",
+        )
+        .bind(req.payment_method)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some((owner, behaviour, brand, last4)) = pm else {
+            return Err(GatewayError::NotFound("payment method".into()));
         };
-        if pm.customer != req.customer {
+        if owner != req.customer {
             return Err(GatewayError::Invalid(
                 "payment method belongs to another customer".into(),
             ));
         }
-        let id = st.id("pi");
-        let status = match (pm.behaviour, req.presence) {
-            (Behaviour::Succeeds, _) => PaymentStatus::Succeeded,
-            (Behaviour::ThreeDSecure, Presence::OnSession) => PaymentStatus::RequiresAction {
+        let behaviour = Behaviour::parse(&behaviour).ok_or_else(|| {
+            GatewayError::Unavailable(format!("simulator: behaviour {behaviour}"))
+        })?;
+        let id = sim_id("pi");
+        let status = match (behaviour, req.presence) {
+            (Behaviour::Succeeds, _) => Status::Succeeded,
+            (Behaviour::ThreeDSecure, Presence::OnSession) => Status::RequiresAction {
                 client_secret: format!("{id}_secret_sim"),
             },
-            (Behaviour::ThreeDSecure, Presence::OffSession) => PaymentStatus::Failed(decline(
+            (Behaviour::ThreeDSecure, Presence::OffSession) => Status::failed(decline(
                 "authentication_required",
                 Some("authentication_required"),
                 "This payment requires the customer to authenticate.",
             )),
-            (Behaviour::Declines(code), _) => PaymentStatus::Failed(card_declined(code)),
-            (Behaviour::ChargeFails, _) => PaymentStatus::Failed(card_declined("generic_decline")),
+            (Behaviour::Declines(code), _) => Status::failed(card_declined(code)),
+            (Behaviour::ChargeFails, _) => Status::failed(card_declined("generic_decline")),
         };
-        st.payments.insert(
-            id.clone(),
-            SimIntent {
-                status: status.clone(),
-                amount_minor: req.amount.amount_minor,
-                refunded_minor: 0,
-            },
-        );
-        let outcome = PaymentOutcome {
-            payment_intent_id: id,
+        let intent = Intent {
             status,
+            payment_method: req.payment_method.to_owned(),
+            customer: req.customer.to_owned(),
+            amount_minor: req.amount.amount_minor,
+            refunded_minor: 0,
+            brand,
+            last4,
         };
-        st.idempotency.insert(
-            req.idempotency_key.to_owned(),
-            (fingerprint, Remembered::Payment(outcome.clone())),
-        );
-        Ok(outcome)
+        Self::save(&mut tx, &id, "payment", &intent).await?;
+        Self::remember(
+            &mut tx,
+            req.idempotency_key,
+            &fingerprint,
+            &Remembered::Payment { intent: id.clone() },
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(intent.payment_outcome(&id))
     }
 
     async fn retrieve_payment(
         &self,
         payment_intent_id: &str,
     ) -> Result<PaymentOutcome, GatewayError> {
-        let st = self.lock()?;
-        let pi = st
-            .payments
-            .get(payment_intent_id)
-            .ok_or_else(|| GatewayError::NotFound(payment_intent_id.to_owned()))?;
-        Ok(PaymentOutcome {
-            payment_intent_id: payment_intent_id.to_owned(),
-            status: pi.status.clone(),
-        })
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        Ok(Self::intent(&mut conn, payment_intent_id, "payment", false)
+            .await?
+            .payment_outcome(payment_intent_id))
     }
 
     async fn cancel_payment(
         &self,
         payment_intent_id: &str,
     ) -> Result<PaymentOutcome, GatewayError> {
-        let mut st = self.lock()?;
-        let pi = st
-            .payments
-            .get_mut(payment_intent_id)
-            .ok_or_else(|| GatewayError::NotFound(payment_intent_id.to_owned()))?;
-        if matches!(pi.status, PaymentStatus::Succeeded) {
-            return Err(GatewayError::Invalid(
-                "a succeeded payment cannot be canceled".into(),
-            ));
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut intent = Self::intent(&mut tx, payment_intent_id, "payment", true).await?;
+        // As Stripe: a succeeded (or already canceled) intent cannot be canceled; its state
+        // comes back instead.
+        if matches!(
+            intent.status,
+            Status::RequiresAction { .. } | Status::Processing
+        ) {
+            intent.status = Status::Canceled;
+            Self::save(&mut tx, payment_intent_id, "payment", &intent).await?;
         }
-        pi.status = PaymentStatus::Canceled;
-        Ok(PaymentOutcome {
-            payment_intent_id: payment_intent_id.to_owned(),
-            status: PaymentStatus::Canceled,
-        })
+        tx.commit().await.map_err(db)?;
+        Ok(intent.payment_outcome(payment_intent_id))
     }
 
     async fn refund(
@@ -383,35 +605,42 @@ impl PaymentGateway for SimulatedGateway {
         amount_minor: i64,
         idempotency_key: &str,
     ) -> Result<RefundRef, GatewayError> {
-        let mut st = self.lock()?;
-        let fingerprint = format!("refund\0{payment_intent_id}\0{amount_minor}");
-        if let Some(Remembered::Refund(r)) = st.remembered(idempotency_key, &fingerprint)? {
-            return Ok(r);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let fingerprint = fingerprint(&["refund", payment_intent_id, &amount_minor.to_string()]);
+        if let Some(Remembered::Refund { id, amount_minor }) =
+            Self::remembered(&mut tx, idempotency_key, &fingerprint).await?
+        {
+            return Ok(RefundRef { id, amount_minor });
         }
-        let pi = st
-            .payments
-            .get_mut(payment_intent_id)
-            .ok_or_else(|| GatewayError::NotFound(payment_intent_id.to_owned()))?;
-        if !matches!(pi.status, PaymentStatus::Succeeded) {
+        let mut intent = Self::intent(&mut tx, payment_intent_id, "payment", true).await?;
+        if intent.status != Status::Succeeded {
             return Err(GatewayError::Invalid(
                 "only a succeeded payment can be refunded".into(),
             ));
         }
-        let remaining = pi.amount_minor - pi.refunded_minor;
+        let remaining = intent.amount_minor - intent.refunded_minor;
         if amount_minor <= 0 || amount_minor > remaining {
             return Err(GatewayError::Invalid(format!(
                 "refund of {amount_minor} exceeds the refundable {remaining}"
             )));
         }
-        pi.refunded_minor += amount_minor;
+        intent.refunded_minor += amount_minor;
+        Self::save(&mut tx, payment_intent_id, "payment", &intent).await?;
         let r = RefundRef {
-            id: st.id("re"),
+            id: sim_id("re"),
             amount_minor,
         };
-        st.idempotency.insert(
-            idempotency_key.to_owned(),
-            (fingerprint, Remembered::Refund(r.clone())),
-        );
+        Self::remember(
+            &mut tx,
+            idempotency_key,
+            &fingerprint,
+            &Remembered::Refund {
+                id: r.id.clone(),
+                amount_minor,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
         Ok(r)
     }
 }
@@ -420,6 +649,7 @@ impl PaymentGateway for SimulatedGateway {
 mod tests {
     use super::super::GatewayAmount;
     use super::*;
+    use sqlx::PgPool;
 
     fn pay<'a>(
         customer: &'a str,
@@ -440,9 +670,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn test_cards_behave_like_stripe_test_mode() {
-        let g = SimulatedGateway::new();
+    #[sqlx::test(migrations = "../migrations/cf")]
+    async fn test_cards_behave_like_stripe_test_mode(pool: PgPool) {
+        let g = SimulatedGateway::new(pool);
         let cus = g
             .create_customer("a@example.com", "A", "c1")
             .await
@@ -508,9 +738,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn idempotency_keys_replay_and_refuse_different_parameters() {
-        let g = SimulatedGateway::new();
+    #[sqlx::test(migrations = "../migrations/cf")]
+    async fn idempotency_keys_replay_and_refuse_different_parameters(pool: PgPool) {
+        let g = SimulatedGateway::new(pool);
         let cus = g
             .create_customer("a@example.com", "A", "c1")
             .await
@@ -545,9 +775,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn three_d_secure_completes_through_authenticate() {
-        let g = SimulatedGateway::new();
+    #[sqlx::test(migrations = "../migrations/cf")]
+    async fn three_d_secure_completes_through_authenticate(pool: PgPool) {
+        let g = SimulatedGateway::new(pool);
         let cus = g
             .create_customer("a@example.com", "A", "c")
             .await
@@ -558,6 +788,7 @@ mod tests {
             .await
             .expect("setup");
         g.authenticate(&s.setup_intent_id, true)
+            .await
             .expect("auth setup");
         assert_eq!(
             g.retrieve_setup(&s.setup_intent_id)
@@ -571,14 +802,88 @@ mod tests {
             .await
             .expect("pay");
         g.authenticate(&p.payment_intent_id, false)
+            .await
             .expect("fail auth");
         let after = g.retrieve_payment(&p.payment_intent_id).await.expect("get");
         assert!(
             matches!(after.status, PaymentStatus::Failed(ref d) if d.code == "payment_intent_authentication_failure")
         );
         assert!(
-            g.authenticate(&p.payment_intent_id, true).is_err(),
+            g.authenticate(&p.payment_intent_id, true).await.is_err(),
             "only a waiting intent can be authenticated"
         );
+    }
+
+    #[sqlx::test(migrations = "../migrations/cf")]
+    async fn a_new_simulator_on_the_same_database_knows_every_object(pool: PgPool) {
+        let first = SimulatedGateway::new(pool.clone());
+        let cus = first
+            .create_customer("a@example.com", "A", "c")
+            .await
+            .expect("customer")
+            .id;
+        let pm = first
+            .setup_payment_method(&cus, "pm_card_visa", "s")
+            .await
+            .expect("setup")
+            .payment_method_id;
+        assert!(
+            pm.starts_with("pm_sim") && pm[6..].bytes().all(|b| b.is_ascii_lowercase()),
+            "{pm}"
+        );
+        // The control plane restarts (or another process serves the next request).
+        let second = SimulatedGateway::new(pool);
+        let p = second
+            .create_payment(pay(&cus, &pm, Presence::OffSession, "after-restart"))
+            .await
+            .expect("the saved card still works");
+        assert_eq!(p.status, PaymentStatus::Succeeded);
+        let again = second
+            .create_customer("a@example.com", "A", "c")
+            .await
+            .expect("replay");
+        assert_eq!(again.id, cus, "idempotency outlives the process too");
+    }
+
+    #[sqlx::test(migrations = "../migrations/cf")]
+    async fn canceling_a_succeeded_payment_returns_it_as_it_is(pool: PgPool) {
+        let g = SimulatedGateway::new(pool);
+        let cus = g
+            .create_customer("a@example.com", "A", "c")
+            .await
+            .expect("c")
+            .id;
+        let s = g
+            .setup_payment_method(&cus, "pm_card_threeDSecure2Required", "s")
+            .await
+            .expect("setup");
+        g.authenticate(&s.setup_intent_id, true)
+            .await
+            .expect("auth");
+        let p = g
+            .create_payment(pay(&cus, &s.payment_method_id, Presence::OnSession, "p"))
+            .await
+            .expect("pay");
+        g.authenticate(&p.payment_intent_id, true)
+            .await
+            .expect("auth");
+        let after = g
+            .cancel_payment(&p.payment_intent_id)
+            .await
+            .expect("cancel");
+        assert_eq!(
+            after.status,
+            PaymentStatus::Succeeded,
+            "never abandoned once it went through"
+        );
+        let waiting = g
+            .create_payment(pay(&cus, &s.payment_method_id, Presence::OnSession, "q"))
+            .await
+            .expect("pay");
+        let after = g
+            .cancel_payment(&waiting.payment_intent_id)
+            .await
+            .expect("cancel");
+        assert_eq!(after.status, PaymentStatus::Canceled);
     }
 }

@@ -30,7 +30,9 @@ use stripe_core::payment_intent::{
     CancelPaymentIntent, CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent,
 };
 use stripe_core::refund::CreateRefund;
-use stripe_core::setup_intent::{CreateSetupIntent, CreateSetupIntentUsage, RetrieveSetupIntent};
+use stripe_core::setup_intent::{
+    CancelSetupIntent, CreateSetupIntent, CreateSetupIntentUsage, RetrieveSetupIntent,
+};
 use stripe_core::{
     PaymentIntent, PaymentIntentAllowedPaymentMethodTypes, PaymentIntentStatus, SetupIntent,
     SetupIntentAllowedPaymentMethodTypes, SetupIntentStatus,
@@ -195,6 +197,22 @@ impl PaymentGateway for StripeGateway {
             .await
             .map_err(|err| map_error(err, "reading SetupIntent"))?;
         self.setup_outcome(intent).await
+    }
+
+    async fn cancel_setup(&self, setup_intent_id: &str) -> Result<SetupOutcome, GatewayError> {
+        check_path_id(setup_intent_id, "SetupIntent")?;
+        match CancelSetupIntent::new(setup_intent_id)
+            .send(&self.client)
+            .await
+        {
+            Ok(intent) => self.setup_outcome(intent).await,
+            Err(StripeError::Stripe(err, _))
+                if err.code == Some(ApiErrorsCode::SetupIntentUnexpectedState) =>
+            {
+                self.retrieve_setup(setup_intent_id).await
+            }
+            Err(err) => Err(map_error(err, "canceling SetupIntent")),
+        }
     }
 
     async fn create_payment(

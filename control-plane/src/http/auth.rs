@@ -12,8 +12,9 @@ use super::problem::ApiError;
 pub const TOKEN_BYTES_MAX: usize = 256;
 
 /// The request's bearer token. No header: `missing_credentials`; anything but a non-empty
-/// `Bearer <token>` of at most [`TOKEN_BYTES_MAX`] bytes: `invalid_token`. `what` names the
-/// token in the message ("api token", "edge token").
+/// `Bearer <token>` of at most [`TOKEN_BYTES_MAX`] bytes: `invalid_token`. The scheme is
+/// case-insensitive (RFC 9110 §11.1). `what` names the token in the message ("api token",
+/// "edge token").
 pub fn bearer<'a>(parts: &'a Parts, what: &str) -> Result<&'a str, ApiError> {
     let Some(value) = parts.headers.get(AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
@@ -24,7 +25,10 @@ pub fn bearer<'a>(parts: &'a Parts, what: &str) -> Result<&'a str, ApiError> {
     value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            let (scheme, token) = v.split_at_checked(7)?;
+            scheme.eq_ignore_ascii_case("bearer ").then_some(token)
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= TOKEN_BYTES_MAX)
         .ok_or_else(|| ApiError::unauthorized("invalid_token", format!("the {what} is malformed")))

@@ -11,8 +11,27 @@ use super::problem::ApiError;
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 
 /// `axum::Json` with problem+json rejections (`malformed_json`, `invalid_body`,
-/// `unsupported_media_type`, `body_too_large`).
+/// `unsupported_media_type`, `body_too_large`). The body must be a JSON **object**: serde
+/// would also read a struct from an array of its fields in order (`["free"]` as
+/// `{"plan":"free"}`), which no client means.
 pub struct Json<T>(pub T);
+
+fn json_content_type(req: &Request) -> bool {
+    let Some(ct) = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
 
 impl<S, T> FromRequest<S> for Json<T>
 where
@@ -22,7 +41,35 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        use axum::http::StatusCode;
+        if !json_content_type(&req) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
+                )
+            })?;
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => {}
+            // Not JSON at all: let the parser say where.
+            Some(b) if !b"[\"-0123456789tfn".contains(b) => {}
+            _ => {
+                return Err(ApiError::unprocessable(
+                    "invalid_body",
+                    "the body must be a JSON object",
+                ));
+            }
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(Self(v)),
             Err(rej) => Err(json_rejection(rej)),
         }

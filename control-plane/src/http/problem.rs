@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     /// Stable, snake_case, documented in the README.

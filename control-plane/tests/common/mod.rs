@@ -99,6 +99,7 @@ pub struct Harness {
     /// The key the harness's control plane trusts for rule bundles.
     pub key: tollgate_rules::bundle::SigningKey,
     dbs: Option<TestDbs>,
+    config: Config,
 }
 
 impl Harness {
@@ -108,6 +109,18 @@ impl Harness {
     }
 
     pub async fn with_config(extra: &[(&str, &str)]) -> Harness {
+        Self::build(extra, None).await
+    }
+
+    /// A harness whose payment gateway is wrapped (stalls, failures after charging).
+    pub async fn with_gateway(wrap: tollgate_control_plane::GatewayWrapper) -> Harness {
+        Self::build(&[], Some(wrap)).await
+    }
+
+    async fn build(
+        extra: &[(&str, &str)],
+        wrap_gateway: Option<tollgate_control_plane::GatewayWrapper>,
+    ) -> Harness {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter("warn")
@@ -148,6 +161,7 @@ impl Harness {
                 billing: dbs.billing.clone(),
                 redis,
                 clock: clock.clone(),
+                wrap_gateway,
             },
         )
         .expect("state");
@@ -156,6 +170,34 @@ impl Harness {
             clock,
             key,
             dbs: Some(dbs),
+            config,
+        }
+    }
+
+    /// Another control-plane state on the same databases and clock (a restart, or a second
+    /// replica). It does not own the databases: finish the original.
+    pub async fn restarted(&self) -> Harness {
+        let redis =
+            tollgate_control_plane::connect_redis(&redis_url(), std::time::Duration::from_secs(5))
+                .await
+                .expect("redis");
+        let state = build_state(
+            &self.config,
+            Deps {
+                cf: self.state.cf.clone(),
+                billing: self.state.billing.clone(),
+                redis,
+                clock: self.clock.clone(),
+                wrap_gateway: None,
+            },
+        )
+        .expect("state");
+        Harness {
+            state,
+            clock: self.clock.clone(),
+            key: tollgate_rules::bundle::SigningKey::generate("restarted"),
+            dbs: None,
+            config: self.config.clone(),
         }
     }
 
@@ -197,17 +239,19 @@ impl Harness {
             .oneshot(req)
             .await
             .expect("infallible");
-        let status = resp.status();
+        let (parts, body) = resp.into_parts();
+        let status = parts.status;
         let header = |name: &str| {
-            resp.headers()
+            parts
+                .headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
         let content_type = header("content-type").unwrap_or_default();
         let etag = header("etag");
-        let replayed = resp.headers().contains_key("idempotent-replayed");
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let replayed = parts.headers.contains_key("idempotent-replayed");
+        let bytes = body.collect().await.expect("body").to_bytes();
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Resp {
             status,
