@@ -84,6 +84,9 @@ struct Problem {
 pub struct EdgeClient {
     http: reqwest::Client,
     base: String,
+    /// The service token the sidecar requires, when it requires one
+    /// (`TOLLGATE_EDGE_SERVICE_TOKENS`).
+    token: Option<String>,
 }
 
 impl EdgeClient {
@@ -97,7 +100,23 @@ impl EdgeClient {
         Ok(Self {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
+            token: None,
         })
+    }
+
+    /// The same client sending `Authorization: Bearer <token>` with every call (for a sidecar
+    /// configured with service tokens).
+    #[must_use]
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
     }
 
     async fn read<T: serde::de::DeserializeOwned>(
@@ -125,8 +144,7 @@ impl EdgeClient {
     /// `GET /v1/check`.
     pub async fn check(&self, account: AccountId, feature: &str) -> Result<Check, ClientError> {
         let resp = self
-            .http
-            .get(format!("{}/v1/check", self.base))
+            .authorized(self.http.get(format!("{}/v1/check", self.base)))
             .query(&[
                 ("account", account.to_string().as_str()),
                 ("feature", feature),
@@ -150,8 +168,7 @@ impl EdgeClient {
             })
             .collect();
         let resp = self
-            .http
-            .post(format!("{}/v1/check", self.base))
+            .authorized(self.http.post(format!("{}/v1/check", self.base)))
             .json(&serde_json::json!({ "checks": checks }))
             .send()
             .await

@@ -264,6 +264,8 @@ pub struct Edge {
     pub id: String,
     pub url: String,
     pub proc: Proc,
+    /// Environment beyond the stack's defaults (kept for restarts).
+    env: Vec<(&'static str, String)>,
 }
 
 impl Stack {
@@ -467,13 +469,23 @@ impl Stack {
 
     /// Starts another edge and waits until it has a bundle.
     pub async fn start_edge(&mut self, id: &str) -> anyhow::Result<()> {
+        self.start_edge_with(id, &[]).await
+    }
+
+    /// [`Stack::start_edge`] with more environment (e.g. service tokens).
+    pub async fn start_edge_with(
+        &mut self,
+        id: &str,
+        env: &[(&'static str, String)],
+    ) -> anyhow::Result<()> {
         let port = free_port()?;
         let url = format!("http://127.0.0.1:{port}");
-        let proc = self.spawn_edge(id, port)?;
+        let proc = self.spawn_edge(id, port, env)?;
         self.edges.push(Edge {
             id: id.to_owned(),
             url: url.clone(),
             proc,
+            env: env.to_vec(),
         });
         self.await_ready(&url, &format!("edge {id}")).await
     }
@@ -509,7 +521,8 @@ impl Stack {
             .next()
             .and_then(|p| p.parse().ok())
             .context("edge port")?;
-        self.edges[i].proc = self.spawn_edge(&id, port)?;
+        let env = self.edges[i].env.clone();
+        self.edges[i].proc = self.spawn_edge(&id, port, &env)?;
         let url = self.edges[i].url.clone();
         self.await_ready(&url, &format!("edge {id}")).await
     }
@@ -527,27 +540,30 @@ impl Stack {
         format!("{}/{}", pg_server_url(), self.dbs[1])
     }
 
-    fn spawn_edge(&self, id: &str, port: u16) -> anyhow::Result<Proc> {
+    fn spawn_edge(
+        &self,
+        id: &str,
+        port: u16,
+        extra: &[(&'static str, String)],
+    ) -> anyhow::Result<Proc> {
         let dir = self.data_dir(id);
-        Proc::spawn(
-            &format!("edge-{id}"),
-            "tollgate-edge",
-            &[
-                ("TOLLGATE_EDGE_LISTEN_ADDR", format!("127.0.0.1:{port}")),
-                ("TOLLGATE_EDGE_ID", id.to_owned()),
-                ("TOLLGATE_CONTROL_PLANE_URL", self.cp_url.clone()),
-                ("TOLLGATE_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
-                ("TOLLGATE_EDGE_OPERATOR_TOKENS", OPERATOR_TOKEN.to_owned()),
-                ("TOLLGATE_TRUSTED_KEYS", trusted_entry(&self.key)),
-                ("TOLLGATE_EDGE_BUNDLE_POLL_MS", "200".to_owned()),
-                // The shortest budget allowed: the stream's block time plus its response
-                // margin, so an idle follower never turns answers stale.
-                ("TOLLGATE_EDGE_FRESHNESS_BUDGET_MS", "3000".to_owned()),
-                ("TOLLGATE_REDIS_URL", self.redis_url.clone()),
-                ("TOLLGATE_REDIS_KEY_PREFIX", format!("tg-e2e-{}", self.tag)),
-                ("TOLLGATE_EDGE_DATA_DIR", dir.display().to_string()),
-            ],
-        )
+        let mut env = vec![
+            ("TOLLGATE_EDGE_LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("TOLLGATE_EDGE_ID", id.to_owned()),
+            ("TOLLGATE_CONTROL_PLANE_URL", self.cp_url.clone()),
+            ("TOLLGATE_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
+            ("TOLLGATE_EDGE_OPERATOR_TOKENS", OPERATOR_TOKEN.to_owned()),
+            ("TOLLGATE_TRUSTED_KEYS", trusted_entry(&self.key)),
+            ("TOLLGATE_EDGE_BUNDLE_POLL_MS", "200".to_owned()),
+            // The shortest budget allowed: the stream's block time plus its response
+            // margin, so an idle follower never turns answers stale.
+            ("TOLLGATE_EDGE_FRESHNESS_BUDGET_MS", "3000".to_owned()),
+            ("TOLLGATE_REDIS_URL", self.redis_url.clone()),
+            ("TOLLGATE_REDIS_KEY_PREFIX", format!("tg-e2e-{}", self.tag)),
+            ("TOLLGATE_EDGE_DATA_DIR", dir.display().to_string()),
+        ];
+        env.extend(extra.iter().cloned());
+        Proc::spawn(&format!("edge-{id}"), "tollgate-edge", &env)
     }
 
     /// The first edge's URL.

@@ -45,3 +45,46 @@ async fn walk(stack: &Stack) -> anyhow::Result<()> {
     ));
     Ok(())
 }
+
+#[tokio::test]
+async fn the_rust_client_sends_the_service_token_an_edge_requires() -> anyhow::Result<()> {
+    let mut stack = Stack::start(&[], &[]).await?;
+    let token = "client-service-token-01";
+    let result = async {
+        stack
+            .start_edge_with(
+                "guarded-edge",
+                &[(
+                    "TOLLGATE_EDGE_SERVICE_TOKENS",
+                    format!("old-token-for-rotation-1,{token}"),
+                )],
+            )
+            .await?;
+        let customer = stack.sign_up("guarded@example.com").await?;
+        let account: AccountId = customer.account.parse()?;
+        let anonymous = EdgeClient::new(stack.edge_url())?;
+        match anonymous.check(account, "sso").await {
+            Err(ClientError::Refused {
+                status: 401, code, ..
+            }) => assert_eq!(code, "missing_credentials"),
+            other => panic!("expected 401, got {other:?}"),
+        }
+        let edge = EdgeClient::new(stack.edge_url())?.with_token(token);
+        // Known at the edge once its facts are published (until then: unknown, for a while).
+        let sso = tollgate_e2e::poll(
+            "the account at the edge",
+            std::time::Duration::from_secs(20),
+            || async {
+                edge.check(account, "sso")
+                    .await
+                    .ok()
+                    .filter(|c| c.reason == Reason::DeniedNoSubscription)
+            },
+        )
+        .await?;
+        assert!(!sso.allowed, "{sso:?}");
+        Ok(())
+    }
+    .await;
+    stack.finish(result).await
+}

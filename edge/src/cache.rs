@@ -32,17 +32,22 @@ pub struct RulesView {
     /// it fails at run time, logged and counted).
     pub rules: LoadedRules,
     pub generation: u64,
-    index: HashMap<String, usize>,
+    /// Feature key → index in `program.features` (and in an entry's decisions). Shared with
+    /// the entries materialised under this view, so an entry of an older bundle is read by
+    /// its own bundle's index.
+    index: Arc<HashMap<String, usize>>,
 }
 
 impl RulesView {
     pub fn new(bundle_version: u64, program: Program, rules: LoadedRules, generation: u64) -> Self {
-        let index = program
-            .features
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.key.clone(), i))
-            .collect();
+        let index = Arc::new(
+            program
+                .features
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.key.clone(), i))
+                .collect(),
+        );
         Self {
             bundle_version,
             program,
@@ -84,6 +89,8 @@ pub struct Entry {
     /// stale until the follower catches up from the snapshot's stream position, or the
     /// account is refetched or changes.
     pub restored: bool,
+    /// The feature index of the bundle the decisions came from.
+    index: Arc<HashMap<String, usize>>,
 }
 
 impl Entry {
@@ -105,6 +112,13 @@ impl Entry {
         self.facts.as_ref().map_or(0, |f| f.version)
     }
 
+    /// The decision for `feature` in the bundle this entry was materialised under (which may
+    /// be older than the one in force, until the background pass reaches it); `None` when
+    /// that bundle has no such feature.
+    pub fn decision(&self, feature: &str) -> Option<&Decision> {
+        self.decisions.get(*self.index.get(feature)?)
+    }
+
     pub fn materialise(facts: Option<AccountFacts>, view: &RulesView) -> Self {
         let decisions = facts.as_ref().map(|f| view.decide(f)).unwrap_or_default();
         Self {
@@ -114,6 +128,7 @@ impl Entry {
             bundle_version: view.bundle_version,
             filled_at: Instant::now(),
             restored: false,
+            index: view.index.clone(),
         }
     }
 }

@@ -240,7 +240,16 @@ pub(crate) async fn decide<'a>(
     let mut resp = match state.entry(account, view).await {
         Ok(entry) => {
             let stale = state.entry_stale(&entry);
-            match entry.decisions.get(index) {
+            // An entry of an older bundle answers from that bundle (its own index) until the
+            // background pass re-materialises it; a feature that bundle lacks makes this one
+            // re-materialise now.
+            let entry = match entry.decision(&feature) {
+                None if entry.facts.is_some() && entry.generation != view.generation => {
+                    state.cache.rematerialise(account, view).unwrap_or(entry)
+                }
+                _ => entry,
+            };
+            match entry.decision(&feature) {
                 Some(d) => CheckResponse {
                     allowed: d.allowed,
                     feature,
@@ -478,7 +487,16 @@ async fn entitlements(
         );
     };
     let (entry, stale) = match state.entry(account, &view).await {
-        Ok(e) => (Some(e), state.is_stale()),
+        // Every feature of the bundle in force is listed: the entry is brought to it first.
+        Ok(e) => {
+            let stale = state.entry_stale(&e);
+            let e = if e.generation == view.generation {
+                e
+            } else {
+                state.cache.rematerialise(account, &view).unwrap_or(e)
+            };
+            (Some(e), stale)
+        }
         Err(_) => (None, true),
     };
     let mut features: Vec<serde_json::Value> = Vec::with_capacity(view.program.features.len());

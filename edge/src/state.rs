@@ -592,8 +592,8 @@ fn combine(
         .filter(|a| a.period_start_ms == period_start)
         .map_or(0, |a| a.value);
     match spec.aggregation {
-        tollgate_protocol::usage::Aggregation::Sum => remote + local.quantity,
-        tollgate_protocol::usage::Aggregation::Count => remote + local.events,
+        tollgate_protocol::usage::Aggregation::Sum => remote.saturating_add(local.quantity),
+        tollgate_protocol::usage::Aggregation::Count => remote.saturating_add(local.events),
         _ => remote,
     }
 }

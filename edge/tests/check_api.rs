@@ -816,3 +816,71 @@ async fn after_a_stream_gap_fills_skip_the_l2_copy() {
     );
     f.follower.abort();
 }
+
+#[tokio::test]
+async fn right_after_a_bundle_swap_an_entry_answers_by_its_own_bundle_or_rematerialises() {
+    let (state, store, _) = edge(L2::default()).await;
+    let free = AccountId::new_v7();
+    store
+        .lock()
+        .expect("store")
+        .insert(free, facts(free, 1, Some("free")));
+    let check = |f: &str| format!("/v1/check?account={free}&feature={f}");
+    let (_, _, v) = call(&state, Method::GET, &check("seats")).await;
+    assert_eq!(v["limit"], 1, "{v}");
+    // A new bundle puts a new feature first (every index moves) and grants it to free.
+    let source = tollgate_rules::DEMO_SOURCE
+        .replacen(
+            "feature sso: bool",
+            "feature beta: bool\nfeature sso: bool",
+            1,
+        )
+        .replacen(
+            "    grant seats = 1\n",
+            "    grant seats = 1\n    grant beta\n",
+            1,
+        );
+    let file = tollgate_rules::lang::SourceFile {
+        name: "beta.tg".into(),
+        text: source,
+    };
+    let (program, _) = tollgate_rules::lang::compile_source(&file).expect("compiles");
+    let loaded = RulesEngine::new()
+        .expect("engine")
+        .load_program(&program)
+        .expect("load");
+    state.install_rules(8, program, loaded);
+    // The background pass has not run: the cached entry is still the old bundle's.
+    let (_, _, v) = call(&state, Method::GET, &check("seats")).await;
+    assert_eq!(
+        (v["limit"].as_i64(), v["bundle_version"].as_i64()),
+        (Some(1), Some(7)),
+        "seats read by the old bundle's index, not the new one's: {v}"
+    );
+    let (_, _, v) = call(&state, Method::GET, &check("sso")).await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["reason"].as_str()),
+        (Some(false), Some("denied_not_in_plan")),
+        "{v}"
+    );
+    // A feature only the new bundle has: the entry re-materialises now.
+    let (_, _, v) = call(&state, Method::GET, &check("beta")).await;
+    assert_eq!(
+        (v["allowed"].as_bool(), v["bundle_version"].as_i64()),
+        (Some(true), Some(8)),
+        "{v}"
+    );
+    // The entitlements view lists the new bundle's features with their decisions.
+    let (_, _, v) = call(
+        &state,
+        Method::GET,
+        &format!("/v1/accounts/{free}/entitlements"),
+    )
+    .await;
+    let beta = &v["features"][0];
+    assert_eq!(
+        (beta["feature"].as_str(), beta["allowed"].as_bool()),
+        (Some("beta"), Some(true)),
+        "{v}"
+    );
+}

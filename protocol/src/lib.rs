@@ -444,8 +444,8 @@ pub mod usage {
     /// One usage event as edges store and flush it. `properties` hold scalar values as text.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct UsageEvent {
-        /// Unique per event: the caller's id, `ce:{source}:{id}` for CloudEvents, or a UUIDv7
-        /// the edge assigned. The control plane stores each id once.
+        /// Unique per account: the caller's id, [`cloudevent_id`] for CloudEvents, or a UUIDv7
+        /// the edge assigned. The control plane stores each (account, id) once.
         pub id: String,
         pub account: AccountId,
         pub meter: String,
