@@ -570,6 +570,17 @@ pub async fn bundle_for_edge(
     Ok(resp)
 }
 
+/// Longest `last_error` an edge report keeps, characters.
+pub const LAST_ERROR_CHARS_MAX: usize = 1_000;
+
+/// What an edge id may be (the edges' own rule: `TOLLGATE_EDGE_ID`).
+pub fn valid_edge_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeStatus {
@@ -585,15 +596,26 @@ pub async fn edge_status(
     Path(edge_id): Path<String>,
     Json(body): Json<EdgeStatus>,
 ) -> ApiResult<StatusCode> {
-    if edge_id.is_empty() || edge_id.len() > 128 {
+    if !valid_edge_id(&edge_id) {
         return Err(ApiError::unprocessable(
             "invalid_edge_id",
-            "edge ids are 1-128 characters",
+            "edge ids are 1-128 characters of A-Z a-z 0-9 - _ .",
         ));
     }
-    let error = body
-        .last_error
-        .map(|e| e.chars().take(1000).collect::<String>());
+    // An edge's own words, shown to operators: bounded, and without control characters
+    // (PostgreSQL text cannot hold NUL).
+    let error = body.last_error.map(|e| {
+        e.chars()
+            .take(LAST_ERROR_CHARS_MAX)
+            .map(|c| {
+                if c.is_control() && c != '\n' {
+                    '\u{fffd}'
+                } else {
+                    c
+                }
+            })
+            .collect::<String>()
+    });
     sqlx::query(
         "INSERT INTO edges (edge_id, bundle_version, last_error, last_seen) VALUES ($1, $2, $3, $4)
          ON CONFLICT (edge_id) DO UPDATE SET bundle_version = EXCLUDED.bundle_version,

@@ -973,6 +973,19 @@ pub async fn release(
     Ok(taken)
 }
 
+/// What names a lease: a meter key, an edge id, a period start a timestamp can hold.
+fn lease_key_ok(meter: &str, edge_id: &str, period_start_ms: i64) -> Result<(), ApiError> {
+    if tollgate_protocol::usage::validate_key(meter).is_err()
+        || !bounded_text(edge_id, EDGE_ID_BYTES_MAX)
+    {
+        return Err(lease_problem("meter and edge_id must be 1-128 characters"));
+    }
+    if !(0..=tollgate_protocol::usage::limits::TIMESTAMP_MS_MAX).contains(&period_start_ms) {
+        return Err(lease_problem("period_start_ms must lie in 1970..=9999"));
+    }
+    Ok(())
+}
+
 fn lease_problem(detail: &str) -> ApiError {
     ApiError::unprocessable("invalid_lease", detail.to_owned())
 }
@@ -991,11 +1004,7 @@ pub async fn lease_handler(
             "need must be 1..=2^40, extra 0..=2^40, limit not negative",
         ));
     }
-    if tollgate_protocol::usage::validate_key(&req.meter).is_err()
-        || !bounded_text(&req.edge_id, EDGE_ID_BYTES_MAX)
-    {
-        return Err(lease_problem("meter and edge_id must be 1-128 characters"));
-    }
+    lease_key_ok(&req.meter, &req.edge_id, req.period_start_ms)?;
     let grant = lease(&state.billing, &req, state.clock.now()).await?;
     tracing::debug!(account_id = %req.account, meter = %req.meter, edge_id = %req.edge_id,
         need = req.need, extra = req.extra, granted = grant.granted, leased = grant.leased, "quota lease");
@@ -1008,11 +1017,10 @@ pub async fn release_handler(
     _: EdgeAuth,
     Json(rel): Json<LeaseRelease>,
 ) -> ApiResult<StatusCode> {
-    if rel.units < 0 || !bounded_text(&rel.meter, 128) || !bounded_text(&rel.edge_id, 128) {
-        return Err(lease_problem(
-            "units must not be negative; meter and edge_id 1-128 characters",
-        ));
+    if !(0..=LEASE_WANT_MAX).contains(&rel.units) {
+        return Err(lease_problem("units must be 0..=2^40"));
     }
+    lease_key_ok(&rel.meter, &rel.edge_id, rel.period_start_ms)?;
     release(&state.billing, &rel, state.clock.now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
