@@ -218,7 +218,8 @@ pub async fn completed(
     conn: &mut PgConnection,
     r: &Reservation,
 ) -> Result<Option<Stored>, ApiError> {
-    let row: Option<(String, Option<i32>, Option<Value>, DateTime<Utc>)> = sqlx::query_as(
+    type Row = (String, Option<i32>, Option<Value>, DateTime<Utc>);
+    let row: Option<Row> = sqlx::query_as(
         "SELECT state, response_status, response_body, created_at FROM idempotency_keys
           WHERE scope = $1 AND key = $2 FOR UPDATE",
     )
