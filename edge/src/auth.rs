@@ -15,13 +15,9 @@
 //! `Authorization: Bearer <token>` (the scheme is case-insensitive, RFC 9110) and compared in
 //! constant time. Health, readiness and metrics (no account ids) are always open.
 
-use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::Response;
 use secrecy::{ExposeSecret, SecretString};
-
-use crate::state::EdgeState;
 
 /// Shortest token accepted in the configuration: shorter ones are guessable.
 pub const TOKEN_CHARS_MIN: usize = 16;
@@ -93,45 +89,46 @@ fn unauthorized(code: &'static str, detail: &str) -> Response {
     resp
 }
 
-/// Middleware of the service routes: a service (or operator) token when any is configured.
-pub async fn service(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
-    if state.tokens.service_required() && state.tokens.caller(req.headers()) == Caller::Anonymous {
-        return match bearer(req.headers()) {
-            None => unauthorized(
-                "missing_credentials",
-                "Authorization: Bearer <service token> is required",
-            ),
-            Some(_) => unauthorized(
-                "invalid_token",
-                "the token is not one of this edge's service tokens",
-            ),
-        };
+/// The gate of the service routes: a service (or operator) token when any is configured.
+/// `Some` is the answer to give instead of the route's.
+pub fn service(tokens: &Tokens, headers: &HeaderMap) -> Option<Response> {
+    if !tokens.service_required() || tokens.caller(headers) != Caller::Anonymous {
+        return None;
     }
-    next.run(req).await
+    Some(match bearer(headers) {
+        None => unauthorized(
+            "missing_credentials",
+            "Authorization: Bearer <service token> is required",
+        ),
+        Some(_) => unauthorized(
+            "invalid_token",
+            "the token is not one of this edge's service tokens",
+        ),
+    })
 }
 
-/// Middleware of the operator routes: an operator token, which must be configured.
-pub async fn operator(State(state): State<EdgeState>, req: Request, next: Next) -> Response {
-    if state.tokens.operator.is_empty() {
-        return crate::problem(
+/// The gate of the operator routes: an operator token, which must be configured.
+pub fn operator(tokens: &Tokens, headers: &HeaderMap) -> Option<Response> {
+    if tokens.operator.is_empty() {
+        return Some(crate::problem(
             StatusCode::FORBIDDEN,
             "operator_tokens_not_configured",
             "set TOLLGATE_EDGE_OPERATOR_TOKENS to use the dead-letter API",
-        );
+        ));
     }
-    if state.tokens.caller(req.headers()) != Caller::Operator {
-        return match bearer(req.headers()) {
-            None => unauthorized(
-                "missing_credentials",
-                "Authorization: Bearer <operator token> is required",
-            ),
-            Some(_) => unauthorized(
-                "invalid_token",
-                "the token is not one of this edge's operator tokens",
-            ),
-        };
+    if tokens.caller(headers) == Caller::Operator {
+        return None;
     }
-    next.run(req).await
+    Some(match bearer(headers) {
+        None => unauthorized(
+            "missing_credentials",
+            "Authorization: Bearer <operator token> is required",
+        ),
+        Some(_) => unauthorized(
+            "invalid_token",
+            "the token is not one of this edge's operator tokens",
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod bundles;
 pub mod cache;
 pub mod config;
 pub mod dead_letter;
+pub mod gate;
 pub mod metrics;
 pub mod ofrep;
 pub mod state;
@@ -79,8 +80,8 @@ pub(crate) fn problem_with(
 }
 
 pub fn app(state: EdgeState) -> Router {
-    use axum::middleware::from_fn_with_state;
     use axum::routing::post;
+    use gate::{BoundedBodyLayer, GateLayer};
     // What product services call: a service token when any is configured.
     let service = Router::new()
         .route("/v1/check", get(check).post(check_batch))
@@ -88,7 +89,10 @@ pub fn app(state: EdgeState) -> Router {
         .route("/v1/accounts/{id}/entitlements", get(entitlements))
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
         .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
-        .route_layer(from_fn_with_state(state.clone(), auth::service));
+        .route_layer(GateLayer::new({
+            let tokens = state.tokens.clone();
+            move |req: &axum::extract::Request| auth::service(&tokens, req.headers())
+        }));
     // What operators call: an operator token, always.
     let operator = Router::new()
         .route("/v1/dead-letter", get(usage_api::dead_letters))
@@ -100,7 +104,10 @@ pub fn app(state: EdgeState) -> Router {
             "/v1/dead-letter/discard",
             post(usage_api::discard_dead_letters),
         )
-        .route_layer(from_fn_with_state(state.clone(), auth::operator));
+        .route_layer(GateLayer::new({
+            let tokens = state.tokens.clone();
+            move |req: &axum::extract::Request| auth::operator(&tokens, req.headers())
+        }));
     Router::new()
         .merge(service)
         .merge(operator)
@@ -120,63 +127,11 @@ pub fn app(state: EdgeState) -> Router {
             )
         })
         // Last, so that it wraps every route and both fallbacks.
-        .layer(axum::middleware::from_fn(bounded_body))
+        .layer(BoundedBodyLayer)
         .with_state(state)
 }
 
-/// Largest request body any route takes (the usage API's), bytes.
-pub const REQUEST_BODY_BYTES_MAX: usize = usage_api::USAGE_BODY_BYTES_MAX;
-/// Bodies past [`REQUEST_BODY_BYTES_MAX`] are still read (and dropped) up to this many bytes,
-/// so their `413` reaches the client on a connection that stays usable; past it the
-/// connection is closed after the answer (an HTTP/1.1 server cannot answer early otherwise).
-pub const DRAIN_BYTES_MAX: usize = 32 << 20;
-
-/// Every request's body, bounded: at most [`REQUEST_BODY_BYTES_MAX`] reach a handler; a larger
-/// one is answered `413 body_too_large` after being drained. Requests without a body (the
-/// check hot path) pass untouched.
-async fn bounded_body(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    use http_body_util::BodyExt;
-    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    if !has_body {
-        return next.run(req).await;
-    }
-    let (parts, mut body) = req.into_parts();
-    let mut kept = Vec::new();
-    let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "unreadable_body",
-                "the request body could not be read",
-            );
-        };
-        if let Some(data) = frame.data_ref() {
-            total = total.saturating_add(data.len());
-            if total <= REQUEST_BODY_BYTES_MAX {
-                kept.extend_from_slice(data);
-            } else if total > DRAIN_BYTES_MAX {
-                break;
-            }
-        }
-    }
-    if total > REQUEST_BODY_BYTES_MAX {
-        return problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("a request body is at most {REQUEST_BODY_BYTES_MAX} bytes"),
-        );
-    }
-    next.run(axum::extract::Request::from_parts(
-        parts,
-        axum::body::Body::from(kept),
-    ))
-    .await
-}
+pub use gate::{DRAIN_BYTES_MAX, REQUEST_BODY_BYTES_MAX};
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CheckResponse<'a> {
