@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use tollgate_protocol::canary::in_canary;
+use tollgate_protocol::internal_api::{
+    BundleQuery, EdgeStatus, LAST_ERROR_CHARS_MAX, valid_edge_id,
+};
 use tollgate_rules::bundle::{self, Manifest, VerifiedBundle};
 use uuid::Uuid;
 
@@ -522,11 +525,6 @@ fn assigned_version(r: &Rollout, edge_id: &str) -> Option<i64> {
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct BundleQuery {
-    pub edge_id: String,
-}
-
 /// `GET /internal/v1/bundle?edge_id=…` — the bundle meant for this edge (ETag / 304).
 pub async fn bundle_for_edge(
     State(state): State<AppState>,
@@ -570,25 +568,6 @@ pub async fn bundle_for_edge(
     Ok(resp)
 }
 
-/// Longest `last_error` an edge report keeps, characters.
-pub const LAST_ERROR_CHARS_MAX: usize = 1_000;
-
-/// What an edge id may be (the edges' own rule: `TOLLGATE_EDGE_ID`).
-pub fn valid_edge_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EdgeStatus {
-    pub bundle_version: Option<i64>,
-    #[serde(default)]
-    pub last_error: Option<String>,
-}
-
 /// `POST /internal/v1/edges/{edge_id}/status`
 pub async fn edge_status(
     State(state): State<AppState>,
@@ -602,6 +581,16 @@ pub async fn edge_status(
             "edge ids are 1-128 characters of A-Z a-z 0-9 - _ .",
         ));
     }
+    let bundle_version = body
+        .bundle_version
+        .map(i64::try_from)
+        .transpose()
+        .map_err(|_| {
+            ApiError::unprocessable(
+                "invalid_bundle_version",
+                "bundle_version is at most 9223372036854775807",
+            )
+        })?;
     // An edge's own words, shown to operators: bounded, and without control characters
     // (PostgreSQL text cannot hold NUL).
     let error = body.last_error.map(|e| {
@@ -622,7 +611,7 @@ pub async fn edge_status(
              last_error = EXCLUDED.last_error, last_seen = EXCLUDED.last_seen",
     )
     .bind(&edge_id)
-    .bind(body.bundle_version)
+    .bind(bundle_version)
     .bind(error)
     .bind(state.clock.now())
     .execute(&state.cf)

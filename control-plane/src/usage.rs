@@ -62,7 +62,7 @@
 //! |---|---|
 //! | events per batch | [`BATCH_EVENTS_MAX`] (else `413 batch_too_large`, the whole batch) |
 //! | request body | [`BODY_BYTES_MAX`] |
-//! | edge id | 1..=[`EDGE_ID_BYTES_MAX`] bytes, no NUL (else `422`, the whole batch) |
+//! | edge id | [`valid_edge_id`] (else `422`, the whole batch) |
 //! | each event | [`tollgate_protocol::usage::limits`] (else that event is rejected) |
 //!
 //! # Partitions and retention
@@ -101,7 +101,7 @@ pub const BATCH_EVENTS_MAX: usize = 10_000;
 /// Largest `POST /internal/v1/usage` body: about 1.6 KiB per event of a full batch.
 pub const BODY_BYTES_MAX: usize = 16 << 20;
 /// Longest edge id.
-pub const EDGE_ID_BYTES_MAX: usize = tollgate_protocol::usage::limits::EDGE_ID_BYTES_MAX;
+pub use tollgate_protocol::internal_api::{EDGE_ID_BYTES_MAX, valid_edge_id};
 /// Default grace window (`TOLLGATE_USAGE_GRACE_MS`): one hour.
 pub const GRACE_MS_DEFAULT: i64 = 3_600_000;
 /// Raw events and event ids older than this many months may be archived / deleted.
@@ -118,7 +118,7 @@ pub enum IngestError {
     #[error("a batch carries at most {BATCH_EVENTS_MAX} events, this one {events}")]
     TooLarge { events: usize },
     /// The batch's edge id breaks the limits. Nothing was stored; retrying does not help.
-    #[error("edge_id must be 1-{EDGE_ID_BYTES_MAX} bytes without NUL")]
+    #[error("edge_id must be 1-{EDGE_ID_BYTES_MAX} characters of A-Z a-z 0-9 - _ .")]
     InvalidEdgeId,
     /// The database failed. Nothing was stored (one atomic statement): retrying the same
     /// batch is safe.
@@ -166,10 +166,6 @@ fn place(
     }
 }
 
-fn bounded_text(s: &str, max: usize) -> bool {
-    !s.is_empty() && s.len() <= max && !s.contains('\0')
-}
-
 /// Batch-level checks: the only reasons a whole batch is refused (an edge bug, never an
 /// event's content).
 fn validate(batch: &UsageBatch) -> Result<(), IngestError> {
@@ -178,7 +174,7 @@ fn validate(batch: &UsageBatch) -> Result<(), IngestError> {
             events: batch.events.len(),
         });
     }
-    if !bounded_text(&batch.edge_id, EDGE_ID_BYTES_MAX) {
+    if !valid_edge_id(&batch.edge_id) {
         return Err(IngestError::InvalidEdgeId);
     }
     Ok(())
@@ -975,9 +971,7 @@ pub async fn release(
 
 /// What names a lease: a meter key, an edge id, a period start a timestamp can hold.
 fn lease_key_ok(meter: &str, edge_id: &str, period_start_ms: i64) -> Result<(), ApiError> {
-    if tollgate_protocol::usage::validate_key(meter).is_err()
-        || !bounded_text(edge_id, EDGE_ID_BYTES_MAX)
-    {
+    if tollgate_protocol::usage::validate_key(meter).is_err() || !valid_edge_id(edge_id) {
         return Err(lease_problem("meter and edge_id must be 1-128 characters"));
     }
     if !(0..=tollgate_protocol::usage::limits::TIMESTAMP_MS_MAX).contains(&period_start_ms) {

@@ -127,11 +127,7 @@ impl Config {
         if cfg.usage_flush_ms == 0 {
             r.error("TOLLGATE_EDGE_USAGE_FLUSH_MS must be positive");
         }
-        let id_ok = cfg
-            .edge_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if cfg.edge_id.is_empty() || cfg.edge_id.len() > 128 || !id_ok {
+        if !tollgate_protocol::internal_api::valid_edge_id(&cfg.edge_id) {
             r.error("TOLLGATE_EDGE_ID must be 1-128 characters of A-Z a-z 0-9 - _ .");
         }
         if cfg.bundle_poll_ms == 0 {

@@ -385,7 +385,9 @@ impl Upstream {
     ) -> Result<Option<(Vec<u8>, Option<String>)>, UpstreamError> {
         let mut req = self
             .request(reqwest::Method::GET, internal_api::BUNDLE_PATH)
-            .query(&[("edge_id", edge_id)]);
+            .query(&internal_api::BundleQuery {
+                edge_id: edge_id.to_owned(),
+            });
         if let Some(tag) = etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, tag);
         }
@@ -417,8 +419,10 @@ impl Upstream {
         bundle_version: Option<u64>,
         last_error: Option<&str>,
     ) -> Result<(), UpstreamError> {
-        let body =
-            serde_json::json!({ "bundle_version": bundle_version, "last_error": last_error });
+        let body = internal_api::EdgeStatus {
+            bundle_version,
+            last_error: last_error.map(str::to_owned),
+        };
         let req = self
             .request(
                 reqwest::Method::POST,

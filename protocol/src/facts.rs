@@ -1,0 +1,193 @@
+//! What the control plane knows about an account that decides its entitlements, and how it
+//! travels: [`AccountFacts`] (versioned per account), [`ChangeEvent`] (one entry of the change
+//! stream) and the batch form edges ask for ([`FactsRequest`] → [`FactsBatch`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// An account's id: the one key every store and cache uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AccountId(pub Uuid);
+
+impl AccountId {
+    pub fn new_v7() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for AccountId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// Account standing as set by support or dunning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStanding {
+    Active,
+    Banned,
+}
+
+/// Subscription status, as Stripe names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    Trialing,
+    Active,
+    PastDue,
+    Canceled,
+}
+
+impl SubscriptionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trialing => "trialing",
+            Self::Active => "active",
+            Self::PastDue => "past_due",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "trialing" => Self::Trialing,
+            "active" => Self::Active,
+            "past_due" => Self::PastDue,
+            "canceled" => Self::Canceled,
+            _ => return None,
+        })
+    }
+
+    /// Whether a subscription in this status grants its plan's features.
+    pub fn grants(self) -> bool {
+        matches!(self, Self::Trialing | Self::Active | Self::PastDue)
+    }
+}
+
+/// The subscription part of an account's facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionFacts {
+    pub plan: String,
+    pub status: SubscriptionStatus,
+    /// Unix milliseconds.
+    pub current_period_end_ms: i64,
+}
+
+/// A support agent's per-account override of one feature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum FeatureOverride {
+    Deny,
+    Grant { limit: Option<i64> },
+}
+
+/// Everything that decides an account's entitlements. Computed and versioned by the control
+/// plane; edges evaluate it against the active rule bundle to materialise decisions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountFacts {
+    pub account_id: AccountId,
+    /// Grows by one with every change that alters the facts. Edges keep the highest they saw.
+    pub version: i64,
+    pub standing: AccountStanding,
+    /// The subscription that currently grants features, if any.
+    pub subscription: Option<SubscriptionFacts>,
+    /// Dunning escalation level (0: none).
+    #[serde(default)]
+    pub dunning_level: i64,
+    /// Days the oldest unpaid invoice is past due (0: none).
+    #[serde(default)]
+    pub days_past_due: i64,
+    /// Add-on key → quantity.
+    #[serde(default)]
+    pub addons: BTreeMap<String, i64>,
+    /// Feature key → support override.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, FeatureOverride>,
+}
+
+impl AccountFacts {
+    /// An active account without subscription, dunning, add-ons or overrides.
+    pub fn new(account_id: AccountId, version: i64) -> Self {
+        Self {
+            account_id,
+            version,
+            standing: AccountStanding::Active,
+            subscription: None,
+            dunning_level: 0,
+            days_past_due: 0,
+            addons: BTreeMap::new(),
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+/// One entry of the change stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    pub facts: AccountFacts,
+    /// When the control plane published the change, after its commit (unix ms, wall clock),
+    /// for propagation metrics.
+    pub committed_at_ms: i64,
+}
+
+/// Most accounts one [`FactsRequest`] may name.
+pub const FACTS_BATCH_MAX: usize = 256;
+
+/// An edge asks for the facts of several accounts at once (a batch check, a revalidation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactsRequest {
+    pub accounts: Vec<AccountId>,
+}
+
+/// The facts of the accounts of a [`FactsRequest`] that exist, in no particular order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FactsBatch {
+    pub facts: Vec<AccountFacts>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_event_round_trips_through_json() {
+        let ev = ChangeEvent {
+            facts: AccountFacts {
+                account_id: AccountId(Uuid::nil()),
+                version: 7,
+                standing: AccountStanding::Active,
+                subscription: Some(SubscriptionFacts {
+                    plan: "pro".into(),
+                    status: SubscriptionStatus::PastDue,
+                    current_period_end_ms: 1_700_000_000_000,
+                }),
+                dunning_level: 0,
+                days_past_due: 0,
+                addons: BTreeMap::new(),
+                overrides: BTreeMap::from([(
+                    "sso".to_owned(),
+                    FeatureOverride::Grant { limit: None },
+                )]),
+            },
+            committed_at_ms: 1,
+        };
+        let json = serde_json::to_string(&ev).expect("serialize");
+        assert!(json.contains("\"past_due\""), "{json}");
+        let back: ChangeEvent = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, ev);
+    }
+}
