@@ -18,6 +18,7 @@
 //! | `TOLLGATE_SEED_DEMO` | seeds the demo catalog at start | `false` |
 //! | `TOLLGATE_RELAY_POLL_MS` | outbox relay fallback poll interval, ms (NOTIFY wakes it sooner) | `500` |
 //! | `TOLLGATE_CHECKOUT_EXPIRY_SECS` | unauthenticated checkouts expire after, s; 60 ..= 604800 (7 days) | `82800` (23 h) |
+//! | `TOLLGATE_OUTBOX_RETENTION_HOURS` | processed outbox rows (and billing's inbox ids) are deleted this long after they were processed, h; 1 ..= 8760 | `168` (7 days) |
 //! | `TOLLGATE_USAGE_GRACE_MS` | usage events arriving up to this long after their period ended still count toward it; later ones count toward the current period (late), ms, at most 7 days | `3600000` (1 h) |
 //!
 //! Values come from defaults < the TOML file named by `TOLLGATE_CONFIG` < the environment.
@@ -46,6 +47,7 @@ pub struct Config {
     pub relay_poll_ms: u64,
     pub checkout_expiry_secs: i64,
     pub usage_grace_ms: i64,
+    pub outbox_retention_hours: i64,
 }
 
 pub const DB_POOL_SIZE_MAX: u32 = 256;
@@ -58,6 +60,12 @@ pub const TOKEN_CHARS_MIN: usize = 24;
 pub const TOKEN_SECRET_CHARS_MIN: usize = 32;
 /// Shortest secrets in dev mode (local, throwaway stacks).
 pub const DEV_TOKEN_CHARS_MIN: usize = 8;
+/// Bounds of `TOLLGATE_OUTBOX_RETENTION_HOURS`: an hour (redeliveries of a row whose
+/// processing was not recorded happen within minutes) to a year.
+pub const OUTBOX_RETENTION_HOURS_MIN: i64 = 1;
+pub const OUTBOX_RETENTION_HOURS_MAX: i64 = 8760;
+/// Default of `TOLLGATE_OUTBOX_RETENTION_HOURS`: a week, for looking into what was delivered.
+pub const OUTBOX_RETENTION_HOURS_DEFAULT: i64 = 168;
 /// Upper bound of `TOLLGATE_USAGE_GRACE_MS`: a week (invoicing waits for the grace window).
 pub const USAGE_GRACE_MS_MAX: i64 = 7 * 24 * 3600 * 1000;
 
@@ -99,6 +107,8 @@ impl Config {
             relay_poll_ms: r.parse("relay_poll_ms", 500),
             checkout_expiry_secs: r.parse("checkout_expiry_secs", 23 * 3600),
             usage_grace_ms: r.parse("usage_grace_ms", crate::usage::GRACE_MS_DEFAULT),
+            outbox_retention_hours: r
+                .parse("outbox_retention_hours", OUTBOX_RETENTION_HOURS_DEFAULT),
         };
         if cfg.db_pool_size == 0 || cfg.db_pool_size > DB_POOL_SIZE_MAX {
             r.error(format!(
@@ -145,6 +155,13 @@ impl Config {
         if !(0..=USAGE_GRACE_MS_MAX).contains(&cfg.usage_grace_ms) {
             r.error(format!(
                 "TOLLGATE_USAGE_GRACE_MS must be 0..={USAGE_GRACE_MS_MAX}"
+            ));
+        }
+        if !(OUTBOX_RETENTION_HOURS_MIN..=OUTBOX_RETENTION_HOURS_MAX)
+            .contains(&cfg.outbox_retention_hours)
+        {
+            r.error(format!(
+                "TOLLGATE_OUTBOX_RETENTION_HOURS must be {OUTBOX_RETENTION_HOURS_MIN}..={OUTBOX_RETENTION_HOURS_MAX}"
             ));
         }
         for (key, url) in [
@@ -225,6 +242,7 @@ mod tests {
         assert_eq!(cfg.listen_addr.port(), 7700);
         assert_eq!(cfg.checkout_expiry_secs, 82_800);
         assert_eq!(cfg.usage_grace_ms, 3_600_000);
+        assert_eq!(cfg.outbox_retention_hours, 168);
         assert!(!cfg.dev_mode);
     }
 }

@@ -7,13 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Topic {
-    EntitlementsRecompute,
-    EntitlementsPublish,
-    BillingSchedule,
-    Unknown,
-}
+pub use crate::outbox::Topic;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TopicLabels {
@@ -41,6 +35,8 @@ pub struct Metrics {
     pub facts_published: Counter,
     /// Times Redis was found holding less than was published (and repaired).
     pub redis_repairs: Counter,
+    /// Processed outbox rows and inbox ids deleted past the retention window.
+    pub outbox_pruned: Counter,
     pub usage: UsageMetrics,
 }
 
@@ -131,6 +127,12 @@ impl Metrics {
             "Times Redis held less than was published (a restore from an older snapshot) and what changed since was republished",
             redis_repairs.clone(),
         );
+        let outbox_pruned = Counter::default();
+        registry.register(
+            "outbox_pruned",
+            "Processed outbox rows and billing inbox ids deleted past TOLLGATE_OUTBOX_RETENTION_HOURS",
+            outbox_pruned.clone(),
+        );
         let usage = UsageMetrics::register(&mut registry);
         Self {
             registry,
@@ -139,6 +141,7 @@ impl Metrics {
             checkouts,
             facts_published,
             redis_repairs,
+            outbox_pruned,
             usage,
         }
     }

@@ -1,7 +1,8 @@
-//! Shared application state handed to every router and worker.
+//! Shared application state handed to every router, service and worker.
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -10,6 +11,7 @@ use crate::clock::Clock;
 use crate::gateways::PaymentGateway;
 use crate::gateways::simulated::SimulatedGateway;
 use crate::metrics::Metrics;
+use crate::outbox::{self, Consumers, Topic};
 
 #[derive(Clone)]
 pub struct AppState(pub Arc<Inner>);
@@ -17,7 +19,7 @@ pub struct AppState(pub Arc<Inner>);
 pub struct Inner {
     /// cf_prod: accounts, subscriptions, catalog, facts, outbox.
     pub cf: PgPool,
-    /// billing_prod: schedules (and later invoices, usage, ledger).
+    /// billing_prod: schedules, usage (and later invoices, ledger).
     pub billing: PgPool,
     /// Reconnects by itself; the relay retries publishing while Redis is away.
     pub redis: redis::aio::ConnectionManager,
@@ -38,14 +40,45 @@ pub struct Inner {
     pub checkout_expiry_secs: i64,
     /// How long after a period ends its usage events still count toward it.
     pub usage_grace: chrono::TimeDelta,
+    /// How long processed outbox rows and inbox ids are kept.
+    pub outbox_retention: chrono::TimeDelta,
     pub metrics: Metrics,
     /// Wakes the outbox relay (besides PostgreSQL NOTIFY) after in-process writes.
     pub outbox_wake: Notify,
+    /// The consumer of each outbox topic (registered by the process, see `run`).
+    pub consumers: Consumers<AppState>,
 }
 
 impl std::ops::Deref for AppState {
     type Target = Inner;
     fn deref(&self) -> &Inner {
         &self.0
+    }
+}
+
+impl outbox::Host for AppState {
+    fn cf(&self) -> &PgPool {
+        &self.cf
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn consumers(&self) -> &Consumers<Self> {
+        &self.consumers
+    }
+
+    fn wake(&self) -> &Notify {
+        &self.outbox_wake
+    }
+
+    fn count(&self, topic: Topic, ok: bool) {
+        let labels = crate::metrics::TopicLabels { topic };
+        if ok {
+            self.metrics.outbox_processed.get_or_create(&labels).inc();
+        } else {
+            self.metrics.outbox_failures.get_or_create(&labels).inc();
+        }
     }
 }

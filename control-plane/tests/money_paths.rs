@@ -179,7 +179,7 @@ async fn waiting_checkout(h: &Harness, token: &str, plan: &str, key: &str) -> (S
 }
 
 async fn maintenance(h: &Harness) {
-    tollgate_control_plane::subscriptions::run_maintenance(&h.state)
+    tollgate_control_plane::maintenance::run(&h.state)
         .await
         .expect("maintenance");
 }

@@ -20,7 +20,7 @@ async fn a_failing_outbox_event_is_retried_with_backoff_and_never_dropped() {
         "amount_minor": -1, "currency": "USD", "interval": "month", "next_bill_at": null,
         "status": "active", "revision": 1
     });
-    let id = outbox::enqueue(&mut conn, outbox::TOPIC_BILLING_SCHEDULE, &bad, now)
+    let id = outbox::enqueue(&mut conn, outbox::Topic::BillingSchedule, &bad, now)
         .await
         .expect("enqueue");
     drop(conn);
@@ -112,7 +112,7 @@ async fn facts_are_published_to_the_stream_and_l2_only_after_they_change() {
     // A recompute with unchanged facts publishes nothing more.
     let mut conn = h.state.cf.acquire().await.expect("conn");
     let id: tollgate_protocol::AccountId = account.parse().expect("id");
-    tollgate_control_plane::entitlements::request_recompute(&mut conn, id, h.clock.now())
+    tollgate_control_plane::outbox::account_changed(&mut conn, id, h.clock.now())
         .await
         .expect("enqueue");
     drop(conn);
@@ -146,7 +146,7 @@ async fn a_redis_restored_from_an_older_snapshot_is_repaired_with_what_changed_s
         .await
         .expect("ban");
     let mut conn = h.state.cf.acquire().await.expect("conn");
-    tollgate_control_plane::entitlements::request_recompute(&mut conn, id, h.clock.now())
+    tollgate_control_plane::outbox::account_changed(&mut conn, id, h.clock.now())
         .await
         .expect("enqueue");
     drop(conn);

@@ -33,12 +33,59 @@ impl FromStr for AccountId {
     }
 }
 
+impl From<Uuid> for AccountId {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
+/// A stored state string no variant names (a newer writer, a corrupted row): an error, never
+/// a default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownState {
+    pub what: &'static str,
+    pub value: String,
+}
+
+impl fmt::Display for UnknownState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown {} `{}`", self.what, self.value)
+    }
+}
+
+impl std::error::Error for UnknownState {}
+
 /// Account standing as set by support or dunning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AccountStanding {
     Active,
     Banned,
+}
+
+impl AccountStanding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Banned => "banned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Active, Self::Banned]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+impl TryFrom<String> for AccountStanding {
+    type Error = UnknownState;
+    fn try_from(s: String) -> Result<Self, UnknownState> {
+        Self::parse(&s).ok_or(UnknownState {
+            what: "account standing",
+            value: s,
+        })
+    }
 }
 
 /// Subscription status, as Stripe names them.
@@ -74,6 +121,16 @@ impl SubscriptionStatus {
     /// Whether a subscription in this status grants its plan's features.
     pub fn grants(self) -> bool {
         matches!(self, Self::Trialing | Self::Active | Self::PastDue)
+    }
+}
+
+impl TryFrom<String> for SubscriptionStatus {
+    type Error = UnknownState;
+    fn try_from(s: String) -> Result<Self, UnknownState> {
+        Self::parse(&s).ok_or(UnknownState {
+            what: "subscription status",
+            value: s,
+        })
     }
 }
 

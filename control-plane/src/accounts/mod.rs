@@ -1,42 +1,50 @@
-//! Accounts, their API tokens and their payment methods.
+//! Accounts and their API tokens: sign-up (the provider Customer every other process refers to,
+//! and a token scoped to that one account), reading an account, and which account a token
+//! belongs to.
 //!
-//! Creating an account creates the provider Customer every other process refers to, and an
-//! API token scoped to that one account. Tokens are derived, never stored: the token is
-//! `tg_` + hex(HMAC-SHA256(token_secret, token_id)); only SHA-256 of it is kept. Deriving lets
-//! an idempotent replay of sign-up return the same token without the token ever being written
-//! down.
+//! Sign-up runs under its `Idempotency-Key` ([`crate::idempotency::run`]): validation first
+//! (nothing reaches the provider that a later step could refuse), the provider customer with a
+//! key derived from the account id the key reserved, then the account, its token and the
+//! entitlements recompute in one transaction. A replay returns the token again only within
+//! [`TOKEN_REPLAY_SECS`] of the sign-up.
 
-pub mod auth;
-pub mod http;
-pub mod payment_methods;
 pub mod store;
+pub mod tokens;
 
-use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
-use secrecy::{ExposeSecret, SecretString};
-use serde::Serialize;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tollgate_protocol::AccountId;
+use tollgate_protocol::AccountStanding;
 use uuid::Uuid;
 
-/// An account as the Dashboard shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+use crate::error::{Error, Result};
+use crate::idempotency::{self, Ran};
+use crate::ids::{AccountId, PaymentMethodId, TokenId};
+use crate::outbox;
+use crate::state::AppState;
+use tokens::{derive_token, token_hash};
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Account {
-    pub id: Uuid,
+    #[sqlx(try_from = "Uuid")]
+    pub id: AccountId,
     pub email: String,
     pub name: String,
-    #[sqlx(rename = "standing")]
-    pub status: String,
-    #[sqlx(rename = "gateway_customer_id")]
-    pub stripe_customer_id: String,
-    pub default_payment_method_id: Option<Uuid>,
+    #[sqlx(try_from = "String")]
+    pub standing: AccountStanding,
+    /// The provider's customer id (`cus_…`).
+    pub gateway_customer_id: String,
+    pub default_payment_method_id: Option<PaymentMethodId>,
     pub created_at: DateTime<Utc>,
 }
 
-impl Account {
-    pub fn account_id(&self) -> AccountId {
-        AccountId(self.id)
-    }
+/// `POST /v1/accounts` as the customer sends it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignUp {
+    pub email: String,
+    pub name: String,
 }
 
 /// Sign-up input after validation.
@@ -46,8 +54,30 @@ pub struct NewAccount {
     pub name: String,
 }
 
+/// What sign-up answers.
+#[derive(Debug, Clone)]
+pub struct SignedUp {
+    pub account: Account,
+    /// The account's API token; `None` on a replay later than [`TOKEN_REPLAY_SECS`].
+    pub api_token: Option<String>,
+    /// A replay came too late to carry the token.
+    pub token_replay_expired: bool,
+}
+
+/// What sign-up keeps under its key: the token's id, never the token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SignUpRecord {
+    account: Account,
+    token_id: TokenId,
+}
+
 pub const EMAIL_BYTES_MAX: usize = 254;
 pub const NAME_BYTES_MAX: usize = 200;
+
+/// How long after sign-up a replay still returns the API token, s. Later replays return the
+/// account without it: whoever learns the (key, email, name) of a sign-up a day later gets no
+/// credential.
+pub const TOKEN_REPLAY_SECS: i64 = 600;
 
 /// Validates sign-up fields; every problem is returned.
 pub fn validate_new_account(email: &str, name: &str) -> Result<NewAccount, Vec<String>> {
@@ -81,19 +111,113 @@ pub fn validate_new_account(email: &str, name: &str) -> Result<NewAccount, Vec<S
     }
 }
 
-/// Derives the token for a token id.
-pub fn derive_token(secret: &SecretString, token_id: Uuid) -> String {
-    // HMAC accepts keys of any length.
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(b"tollgate-api-token-v1\0");
-    mac.update(token_id.as_bytes());
-    format!("tg_{}", hex::encode(mac.finalize().into_bytes()))
+/// Scope of a sign-up's idempotency key (no account exists yet): the hash of the e-mail
+/// address, so unrelated clients reusing a simple key do not collide (and a key alone names
+/// nothing).
+fn signup_scope(email: &str) -> String {
+    format!(
+        "signup:{}",
+        hex::encode(Sha256::digest(email.to_ascii_lowercase().as_bytes()))
+    )
 }
 
-/// What is stored for a token: its SHA-256.
-pub fn token_hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
+/// Creates the account, its provider customer and an API token (see the module doc).
+pub async fn sign_up(
+    state: &AppState,
+    key: idempotency::Key,
+    input: &SignUp,
+) -> Result<Ran<SignedUp>> {
+    let new = validate_new_account(&input.email, &input.name)
+        .map_err(|errs| Error::unprocessable("invalid_account", errs.join("; ")))?;
+    let request =
+        idempotency::Request::new(signup_scope(&new.email), key, "POST /v1/accounts", input)?;
+    let now = state.clock.now();
+    let ran = idempotency::run(
+        &state.cf,
+        &request,
+        now,
+        async |_, _| Ok(()),
+        async |attempt, _| create(state, attempt, &new, now).await,
+    )
+    .await?;
+    let fresh = ran
+        .replay_of
+        .is_none_or(|at| now - at <= TimeDelta::seconds(TOKEN_REPLAY_SECS));
+    Ok(ran.map(|r: SignUpRecord| SignedUp {
+        api_token: fresh.then(|| derive_token(&state.token_secret, r.token_id)),
+        token_replay_expired: !fresh,
+        account: r.account,
+    }))
+}
+
+/// The provider call (no transaction), then the account, its token and the recompute with
+/// the stored outcome (one transaction).
+async fn create(
+    state: &AppState,
+    attempt: &idempotency::Attempt,
+    new: &NewAccount,
+    now: DateTime<Utc>,
+) -> Result<SignUpRecord> {
+    let id = AccountId(attempt.resource());
+    // Derived from the account id the key reserved: a resumed attempt gets the same customer.
+    let customer = state
+        .gateway
+        .create_customer(
+            &new.email,
+            &new.name,
+            &idempotency::provider_key("signup", id.0),
+        )
+        .await?;
+    let mut tx = state.cf.begin().await?;
+    if let Some(done) = attempt.overtaken(&mut tx).await? {
+        // A slower attempt of the same request finished first.
+        return done;
+    }
+    let account = store::insert_account(
+        &mut tx,
+        id,
+        &new.email,
+        &new.name,
+        state.gateway.name(),
+        &customer.id,
+        now,
+    )
+    .await?;
+    let token_id = TokenId::new_v7();
+    let token = derive_token(&state.token_secret, token_id);
+    store::insert_token(&mut tx, token_id, id, &token_hash(&token), now).await?;
+    outbox::account_changed(&mut tx, id, now).await?;
+    let record = SignUpRecord { account, token_id };
+    attempt.complete(&mut tx, &Ok(record.clone())).await?;
+    tx.commit().await?;
+    state.outbox_wake.notify_one();
+    tracing::info!(account_id = %id, "account created");
+    Ok(record)
+}
+
+/// One account (`not_found` for an unknown id).
+pub async fn get(state: &AppState, id: AccountId) -> Result<Account> {
+    let mut conn = state.cf.acquire().await?;
+    store::get_account(&mut conn, id, false)
+        .await?
+        .ok_or_else(|| Error::not_found("account"))
+}
+
+/// The account a live API token belongs to.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<AccountId> {
+    let mut conn = state.cf.acquire().await?;
+    store::account_for_token(&mut conn, &token_hash(token))
+        .await?
+        .ok_or_else(|| Error::unauthorized("invalid_token", "the API token is not valid"))
+}
+
+/// Which of `ids` name an account (one query, for a whole usage batch).
+pub async fn existing(
+    state: &AppState,
+    ids: &[AccountId],
+) -> Result<std::collections::HashSet<AccountId>> {
+    let mut conn = state.cf.acquire().await?;
+    Ok(store::existing(&mut conn, ids).await?)
 }
 
 #[cfg(test)]
@@ -118,17 +242,5 @@ mod tests {
                 "{email:?} {name:?}"
             );
         }
-    }
-
-    #[test]
-    fn tokens_are_deterministic_per_id_and_secret() {
-        let s1 = SecretString::from("one".to_owned());
-        let s2 = SecretString::from("two".to_owned());
-        let id = Uuid::now_v7();
-        assert_eq!(derive_token(&s1, id), derive_token(&s1, id));
-        assert_ne!(derive_token(&s1, id), derive_token(&s2, id));
-        assert_ne!(derive_token(&s1, id), derive_token(&s1, Uuid::now_v7()));
-        assert!(derive_token(&s1, id).starts_with("tg_"));
-        assert_eq!(token_hash("x").len(), 32);
     }
 }

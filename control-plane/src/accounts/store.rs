@@ -2,10 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
-use tollgate_protocol::AccountId;
 use uuid::Uuid;
 
 use super::Account;
+use crate::ids::{AccountId, PaymentMethodId, TokenId};
 
 const ACCOUNT_COLUMNS: &str =
     "id, email, name, standing, gateway_customer_id, default_payment_method_id, created_at";
@@ -34,9 +34,15 @@ pub async fn insert_account(
     .await
 }
 
-pub async fn get_account(conn: &mut PgConnection, id: AccountId) -> sqlx::Result<Option<Account>> {
+/// One account; `lock` takes its row lock (in the caller's transaction).
+pub async fn get_account(
+    conn: &mut PgConnection,
+    id: AccountId,
+    lock: bool,
+) -> sqlx::Result<Option<Account>> {
+    let lock = if lock { " FOR UPDATE" } else { "" };
     sqlx::query_as(sqlf!(
-        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1{lock}"
     ))
     .bind(id.0)
     .fetch_optional(conn)
@@ -58,7 +64,7 @@ pub async fn existing(
 
 pub async fn insert_token(
     conn: &mut PgConnection,
-    token_id: Uuid,
+    token_id: TokenId,
     account: AccountId,
     token_hash: &[u8],
     now: DateTime<Utc>,
@@ -92,7 +98,7 @@ pub async fn account_for_token(
 pub async fn set_default_payment_method(
     conn: &mut PgConnection,
     account: AccountId,
-    payment_method: Uuid,
+    payment_method: PaymentMethodId,
 ) -> sqlx::Result<()> {
     sqlx::query("UPDATE accounts SET default_payment_method_id = $2 WHERE id = $1")
         .bind(account.0)
@@ -102,11 +108,29 @@ pub async fn set_default_payment_method(
         .map(drop)
 }
 
+/// The account's standing alone, locking its row (entitlements recompute under it).
+pub async fn standing_for_update(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> sqlx::Result<Option<tollgate_protocol::AccountStanding>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT standing FROM accounts WHERE id = $1 FOR UPDATE")
+            .bind(account.0)
+            .fetch_optional(conn)
+            .await?;
+    row.map(|(s,)| {
+        tollgate_protocol::AccountStanding::try_from(s)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    })
+    .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounts::token_hash;
+    use crate::accounts::tokens::token_hash;
     use sqlx::PgPool;
+    use tollgate_protocol::AccountStanding;
 
     #[sqlx::test(migrations = "../migrations/cf")]
     async fn accounts_and_tokens_round_trip(pool: PgPool) -> sqlx::Result<()> {
@@ -124,14 +148,10 @@ mod tests {
         )
         .await?;
         assert_eq!(
-            (
-                a.account_id(),
-                a.status.as_str(),
-                a.stripe_customer_id.as_str()
-            ),
-            (id, "active", "cus_1")
+            (a.id, a.standing, a.gateway_customer_id.as_str()),
+            (id, AccountStanding::Active, "cus_1")
         );
-        let tid = Uuid::now_v7();
+        let tid = TokenId::new_v7();
         insert_token(&mut conn, tid, id, &token_hash("tg_x"), now).await?;
         assert_eq!(
             account_for_token(&mut conn, &token_hash("tg_x")).await?,
@@ -141,7 +161,11 @@ mod tests {
             account_for_token(&mut conn, &token_hash("tg_y")).await?,
             None
         );
-        assert!(get_account(&mut conn, AccountId::new_v7()).await?.is_none());
+        assert!(
+            get_account(&mut conn, AccountId::new_v7(), false)
+                .await?
+                .is_none()
+        );
         let dup = insert_account(
             &mut conn,
             AccountId::new_v7(),
@@ -157,6 +181,33 @@ mod tests {
             err.as_database_error().and_then(|e| e.constraint()),
             Some("accounts_gateway_customer_unique")
         );
+        Ok(())
+    }
+
+    #[sqlx::test(migrations = "../migrations/cf")]
+    async fn an_unknown_stored_standing_is_an_error_not_active(pool: PgPool) -> sqlx::Result<()> {
+        let mut conn = pool.acquire().await?;
+        let id = AccountId::new_v7();
+        insert_account(
+            &mut conn,
+            id,
+            "a@example.com",
+            "Ada",
+            "simulated",
+            "cus_1",
+            Utc::now(),
+        )
+        .await?;
+        // A standing this build does not know (a newer writer): the CHECK is relaxed to let it in.
+        sqlx::query("ALTER TABLE accounts DROP CONSTRAINT accounts_standing_check")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("UPDATE accounts SET standing = 'suspended' WHERE id = $1")
+            .bind(id.0)
+            .execute(&mut *conn)
+            .await?;
+        assert!(standing_for_update(&mut conn, id).await.is_err());
+        assert!(get_account(&mut conn, id, false).await.is_err());
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::problem::ApiError;
+use crate::error::Error;
 
 /// Longest token accepted (anything longer is malformed, not looked up).
 pub const TOKEN_BYTES_MAX: usize = 256;
@@ -15,9 +15,9 @@ pub const TOKEN_BYTES_MAX: usize = 256;
 /// `Bearer <token>` of at most [`TOKEN_BYTES_MAX`] bytes: `invalid_token`. The scheme is
 /// case-insensitive (RFC 9110 §11.1). `what` names the token in the message ("api token",
 /// "edge token").
-pub fn bearer<'a>(parts: &'a Parts, what: &str) -> Result<&'a str, ApiError> {
+pub fn bearer<'a>(parts: &'a Parts, what: &str) -> Result<&'a str, Error> {
     let Some(value) = parts.headers.get(AUTHORIZATION) else {
-        return Err(ApiError::unauthorized(
+        return Err(Error::unauthorized(
             "missing_credentials",
             format!("send Authorization: Bearer <{what}>"),
         ));
@@ -31,16 +31,16 @@ pub fn bearer<'a>(parts: &'a Parts, what: &str) -> Result<&'a str, ApiError> {
         })
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= TOKEN_BYTES_MAX)
-        .ok_or_else(|| ApiError::unauthorized("invalid_token", format!("the {what} is malformed")))
+        .ok_or_else(|| Error::unauthorized("invalid_token", format!("the {what} is malformed")))
 }
 
 /// Checks the bearer token against a configured shared secret, in constant time.
-pub fn require_secret(parts: &Parts, secret: &SecretString, what: &str) -> Result<(), ApiError> {
+pub fn require_secret(parts: &Parts, secret: &SecretString, what: &str) -> Result<(), Error> {
     let presented = bearer(parts, what)?;
     if constant_time_eq(presented.as_bytes(), secret.expose_secret().as_bytes()) {
         Ok(())
     } else {
-        Err(ApiError::unauthorized(
+        Err(Error::unauthorized(
             "invalid_token",
             format!("the {what} is not valid"),
         ))

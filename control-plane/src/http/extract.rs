@@ -5,7 +5,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use super::problem::ApiError;
+use crate::error::{Error, Kind};
 
 /// Largest JSON body any Dashboard or panel endpoint accepts.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
@@ -38,13 +38,12 @@ where
     T: DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        use axum::http::StatusCode;
         if !json_content_type(&req) {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            return Err(Error::new(
+                Kind::UnsupportedMediaType,
                 "unsupported_media_type",
                 "expected Content-Type: application/json",
             ));
@@ -52,8 +51,8 @@ where
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
+                Error::new(
+                    Kind::TooLarge,
                     "body_too_large",
                     format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
                 )
@@ -63,7 +62,7 @@ where
             // Not JSON at all: let the parser say where.
             Some(b) if !b"[\"-0123456789tfn".contains(b) => {}
             _ => {
-                return Err(ApiError::unprocessable(
+                return Err(Error::unprocessable(
                     "invalid_body",
                     "the body must be a JSON object",
                 ));
@@ -76,26 +75,25 @@ where
     }
 }
 
-fn json_rejection(rej: JsonRejection) -> ApiError {
-    use axum::http::StatusCode;
+fn json_rejection(rej: JsonRejection) -> Error {
     match rej {
         JsonRejection::JsonDataError(e) => {
-            ApiError::unprocessable("invalid_body", body_text(&e.body_text()))
+            Error::unprocessable("invalid_body", body_text(&e.body_text()))
         }
         JsonRejection::JsonSyntaxError(e) => {
-            ApiError::bad_request("malformed_json", body_text(&e.body_text()))
+            Error::bad_request("malformed_json", body_text(&e.body_text()))
         }
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        JsonRejection::MissingJsonContentType(_) => Error::new(
+            Kind::UnsupportedMediaType,
             "unsupported_media_type",
             "expected Content-Type: application/json",
         ),
-        JsonRejection::BytesRejection(_) => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+        JsonRejection::BytesRejection(_) => Error::new(
+            Kind::TooLarge,
             "body_too_large",
             format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
         ),
-        other => ApiError::bad_request("invalid_body", other.body_text()),
+        other => Error::bad_request("invalid_body", other.body_text()),
     }
 }
 
@@ -114,7 +112,7 @@ where
     T: DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
@@ -124,8 +122,8 @@ where
     }
 }
 
-fn query_rejection(rej: QueryRejection) -> ApiError {
-    ApiError::bad_request("invalid_query", body_text(&rej.body_text()))
+fn query_rejection(rej: QueryRejection) -> Error {
+    Error::bad_request("invalid_query", body_text(&rej.body_text()))
 }
 
 /// `axum::extract::Path` whose rejection is a 404: a malformed id names nothing.
@@ -136,15 +134,15 @@ where
     T: DeserializeOwned + Send,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(Self(v)),
             Err(PathRejection::FailedToDeserializePathParams(_)) => {
-                Err(ApiError::not_found("resource"))
+                Err(Error::not_found("resource"))
             }
-            Err(other) => Err(ApiError::internal(other.body_text())),
+            Err(other) => Err(Error::internal(other.body_text())),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! HTTP plumbing shared by every router: problem responses, extractors, idempotency keys.
+//! HTTP plumbing every router shares: the one error → problem+json rendering, extractors with
+//! problem rejections, bearer tokens, the `Idempotency-Key` header.
 
 pub mod auth;
 pub mod extract;
@@ -6,4 +7,3 @@ pub mod idempotency;
 pub mod problem;
 
 pub use extract::{Json, Path, Query};
-pub use problem::{ApiError, ApiResult};

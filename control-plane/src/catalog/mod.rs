@@ -1,4 +1,5 @@
-//! The plan catalog in cf_prod: what can be bought, at what price, granting what.
+//! The plan catalog in cf_prod: what can be bought, at what price, granting what, and which
+//! meters usage is counted under.
 //!
 //! Seeded from the stable rule bundle's manifest when it is promoted or rolled back to (and
 //! from [`tollgate_rules::Catalog::demo`] by `TOLLGATE_SEED_DEMO` and tests), so billing and
@@ -7,11 +8,16 @@
 //! what the new catalog holds, in its order. Rows a newer bundle drops are kept (subscriptions
 //! and checkouts refer to them) but can no longer be bought.
 
+pub mod store;
+
 use std::collections::HashMap;
 
 use sqlx::{PgConnection, PgPool};
 use tollgate_protocol::usage::{Aggregation, MeterPeriod, MeterSpec};
 use tollgate_rules::{Catalog, Feature, FeatureKind, Grant, Interval, Plan};
+
+use crate::error::{Error, Result};
+use crate::state::AppState;
 
 /// Replaces the catalog with `catalog` in one transaction (plans and features no longer
 /// listed are kept if subscriptions still refer to them; their grants are cleared).
@@ -34,86 +40,21 @@ pub async fn seed_in(tx: &mut PgConnection, catalog: &Catalog) -> anyhow::Result
                 .join("; ")
         )
     })?;
-    // Nothing is sold or listed unless this catalog says so; positions are freed first (they
-    // are unique among what is sold).
-    sqlx::query("UPDATE features SET in_catalog = false, position = NULL")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE plans SET sold = false, position = NULL")
-        .execute(&mut *tx)
-        .await?;
+    store::withdraw_all(tx).await?;
     for (i, f) in catalog.features.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO features (key, kind, period, position, meter, in_catalog) VALUES ($1, $2, $3, $4, $5, true)
-             ON CONFLICT (key) DO UPDATE SET kind = EXCLUDED.kind, period = EXCLUDED.period,
-                 position = EXCLUDED.position, meter = EXCLUDED.meter, in_catalog = true",
-        )
-        .bind(&f.key)
-        .bind(f.kind.as_str())
-        .bind(&f.period)
-        .bind(i32::try_from(i)?)
-        .bind(f.meter.as_ref().map(sqlx::types::Json))
-        .execute(&mut *tx)
-        .await?;
+        store::list_feature(tx, f, i32::try_from(i)?).await?;
     }
     for (i, p) in catalog.plans.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO plans (key, name, price_minor, currency, interval, position, sold) VALUES ($1, $2, $3, $4, $5, $6, true)
-             ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name, price_minor = EXCLUDED.price_minor,
-                 currency = EXCLUDED.currency, interval = EXCLUDED.interval, position = EXCLUDED.position,
-                 sold = true",
-        )
-        .bind(&p.key)
-        .bind(&p.name)
-        .bind(p.price_minor)
-        .bind(&p.currency)
-        .bind(p.interval.as_str())
-        .bind(i32::try_from(i)?)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM plan_features WHERE plan_key = $1")
-            .bind(&p.key)
-            .execute(&mut *tx)
-            .await?;
-        for g in &p.grants {
-            sqlx::query("INSERT INTO plan_features (plan_key, feature_key, limit_value) VALUES ($1, $2, $3)")
-                .bind(&p.key)
-                .bind(&g.feature)
-                .bind(g.limit)
-                .execute(&mut *tx)
-                .await?;
-        }
+        store::sell_plan(tx, p, i32::try_from(i)?).await?;
     }
-
     Ok(())
 }
 
-/// Loads the catalog the control plane sells from (plans and features still in it, in order).
+/// The catalog the control plane sells from (plans and features still in it, in order).
 pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
-    type Row = (
-        String,
-        String,
-        Option<String>,
-        Option<sqlx::types::Json<MeterSpec>>,
-    );
-    let features: Vec<Row> = sqlx::query_as(
-        "SELECT key, kind, period, meter FROM features WHERE in_catalog ORDER BY position",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let plans: Vec<(String, String, i64, String, String)> = sqlx::query_as(
-        "SELECT key, name, price_minor, currency, interval FROM plans WHERE sold ORDER BY position",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let grants: Vec<(String, String, Option<i64>)> = sqlx::query_as(
-        "SELECT pf.plan_key, pf.feature_key, pf.limit_value FROM plan_features pf
-         JOIN features f ON f.key = pf.feature_key JOIN plans p ON p.key = pf.plan_key
-         WHERE p.sold AND f.in_catalog ORDER BY f.position",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let features = features
+    let rows = store::sold(conn).await?;
+    let features = rows
+        .features
         .into_iter()
         .map(|(key, kind, period, meter)| {
             let kind =
@@ -126,12 +67,14 @@ pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let plans = plans
+    let plans = rows
+        .plans
         .into_iter()
         .map(|(key, name, price_minor, currency, interval)| {
             let interval =
                 Interval::parse(&interval).ok_or_else(|| anyhow::anyhow!("interval {interval}"))?;
-            let grants = grants
+            let grants = rows
+                .grants
                 .iter()
                 .filter(|(p, _, _)| *p == key)
                 .map(|(_, feature, limit)| Grant {
@@ -152,44 +95,25 @@ pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
     Ok(Catalog { features, plans })
 }
 
+/// What can be bought now (`GET /v1/plans`).
+pub async fn on_sale(state: &AppState) -> Result<Catalog> {
+    let mut conn = state.cf.acquire().await?;
+    load(&mut conn).await.map_err(Error::internal)
+}
+
+/// Whether `plan` is sold now, in the caller's transaction.
+pub async fn is_sold(conn: &mut PgConnection, plan: &str) -> sqlx::Result<bool> {
+    store::is_sold(conn, plan).await
+}
+
 /// The meters usage is counted under, by key: the stable catalog's metered features, plus
 /// those only the canary bundle declares (edges running the canary accept their usage; it is
 /// counted under the canary's spec instead of dropped). Where both declare a meter, the
 /// stable one's spec wins. A metered feature seeded before meters were declared sums per its
 /// period (a month when none), with the default lease.
 pub async fn meters(conn: &mut PgConnection) -> anyhow::Result<HashMap<String, MeterSpec>> {
-    let mut meters = stable_meters(conn).await?;
-    /// The part of a manifest's feature this needs (the rest may change shape freely).
-    #[derive(serde::Deserialize)]
-    struct ManifestFeature {
-        key: String,
-        #[serde(default)]
-        meter: Option<MeterSpec>,
-    }
-    let canary: Option<(sqlx::types::Json<Vec<ManifestFeature>>,)> = sqlx::query_as(
-        "SELECT b.manifest->'features' FROM rule_rollout r
-           JOIN rule_bundles b ON b.version = r.canary_version
-          WHERE r.id = 1",
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    for f in canary.map(|(f,)| f.0).unwrap_or_default() {
-        if let Some(spec) = f.meter {
-            meters.entry(f.key).or_insert(spec);
-        }
-    }
-    Ok(meters)
-}
-
-/// The stable catalog's meters.
-async fn stable_meters(conn: &mut PgConnection) -> anyhow::Result<HashMap<String, MeterSpec>> {
-    type Row = (String, Option<String>, Option<sqlx::types::Json<MeterSpec>>);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT key, period, meter FROM features WHERE in_catalog AND kind = 'metered'",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
+    let mut meters: HashMap<String, MeterSpec> = store::stable_meters(conn)
+        .await?
         .into_iter()
         .map(|(key, period, meter)| {
             let spec = meter.map_or_else(
@@ -206,20 +130,19 @@ async fn stable_meters(conn: &mut PgConnection) -> anyhow::Result<HashMap<String
             );
             (key, spec)
         })
-        .collect())
+        .collect();
+    for f in store::canary_features(conn).await? {
+        if let Some(spec) = f.meter {
+            meters.entry(f.key).or_insert(spec);
+        }
+    }
+    Ok(meters)
 }
 
-/// `GET /v1/plans` — public: what can be bought.
-pub async fn list_plans(
-    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
-) -> crate::http::ApiResult<axum::Json<serde_json::Value>> {
+/// [`meters`] over a connection of its own.
+pub async fn meters_in_force(state: &AppState) -> Result<HashMap<String, MeterSpec>> {
     let mut conn = state.cf.acquire().await?;
-    let catalog = load(&mut conn)
-        .await
-        .map_err(crate::http::ApiError::internal)?;
-    Ok(axum::Json(
-        serde_json::json!({ "data": catalog.plans, "features": catalog.features }),
-    ))
+    meters(&mut conn).await.map_err(Error::internal)
 }
 
 #[cfg(test)]

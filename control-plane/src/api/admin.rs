@@ -1,0 +1,142 @@
+//! The admin API platform engineers call (`/admin/v1`, admin token and `Tollgate-Actor`): rule
+//! bundles, the rollout, the fleet and the audit. Each handler extracts, calls one service
+//! function and renders.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::Platform;
+use super::views::{json as reply, value};
+use crate::error::{Error, Result};
+use crate::http::{Json, Path};
+use crate::rollout::{self, Change};
+use crate::state::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/admin/v1/bundles",
+            post(upload)
+                .layer(DefaultBodyLimit::max(
+                    tollgate_rules::bundle::BUNDLE_BYTES_MAX,
+                ))
+                .get(list),
+        )
+        .route("/admin/v1/bundles/{version}/activate", post(activate))
+        .route("/admin/v1/bundles/{version}/promote", post(promote))
+        .route("/admin/v1/rollback", post(rollback))
+        .route("/admin/v1/edges", get(edges))
+        .route("/admin/v1/audit", get(audit))
+}
+
+fn change(c: Change) -> Value {
+    match c {
+        Change::Stable {
+            stable_version,
+            previous_stable,
+        } => json!({ "stable_version": stable_version, "previous_stable": previous_stable,
+                     "canary_version": null, "canary_percent": 0 }),
+        Change::Unchanged { stable_version } => json!({ "stable_version": stable_version,
+                     "unchanged": true, "canary_version": null, "canary_percent": 0 }),
+        Change::Canary {
+            stable_version,
+            canary,
+        } => json!({ "stable_version": stable_version, "canary_version": canary.map(|c| c.0),
+                     "canary_percent": canary.map_or(0, |c| c.1) }),
+    }
+}
+
+/// `POST /admin/v1/bundles` — body: the signed bundle file.
+async fn upload(
+    State(state): State<AppState>,
+    Platform(actor): Platform,
+    body: std::result::Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response> {
+    let body = body.map_err(|_| {
+        Error::too_large(
+            "body_too_large",
+            format!(
+                "bundles are limited to {} bytes",
+                tollgate_rules::bundle::BUNDLE_BYTES_MAX
+            ),
+        )
+    })?;
+    let up = rollout::upload(&state, &actor, body.to_vec()).await?;
+    let status = if up.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(reply(status, value(&up.summary)))
+}
+
+/// `GET /admin/v1/bundles`
+async fn list(State(state): State<AppState>, _: Platform) -> Result<Response> {
+    let (bundles, rollout) = rollout::list(&state).await?;
+    Ok(reply(
+        StatusCode::OK,
+        json!({ "data": bundles, "rollout": rollout }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivateRequest {
+    canary_percent: i32,
+}
+
+/// `POST /admin/v1/bundles/{version}/activate {canary_percent}`
+async fn activate(
+    State(state): State<AppState>,
+    Platform(actor): Platform,
+    Path(version): Path<i64>,
+    Json(body): Json<ActivateRequest>,
+) -> Result<Response> {
+    let c = rollout::activate(&state, &actor, version, body.canary_percent).await?;
+    Ok(reply(StatusCode::OK, change(c)))
+}
+
+/// `POST /admin/v1/bundles/{version}/promote`
+async fn promote(
+    State(state): State<AppState>,
+    Platform(actor): Platform,
+    Path(version): Path<i64>,
+) -> Result<Response> {
+    let c = rollout::promote(&state, &actor, version).await?;
+    Ok(reply(StatusCode::OK, change(c)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    #[serde(default)]
+    to_version: Option<i64>,
+}
+
+/// `POST /admin/v1/rollback {to_version?}`
+async fn rollback(
+    State(state): State<AppState>,
+    Platform(actor): Platform,
+    Json(body): Json<RollbackRequest>,
+) -> Result<Response> {
+    let c = rollout::rollback(&state, &actor, body.to_version).await?;
+    Ok(reply(StatusCode::OK, change(c)))
+}
+
+/// `GET /admin/v1/edges`
+async fn edges(State(state): State<AppState>, _: Platform) -> Result<Response> {
+    let edges = rollout::edges(&state).await?;
+    Ok(reply(StatusCode::OK, json!({ "data": edges })))
+}
+
+/// `GET /admin/v1/audit`
+async fn audit(State(state): State<AppState>, _: Platform) -> Result<Response> {
+    let entries = rollout::audit_log(&state).await?;
+    Ok(reply(StatusCode::OK, json!({ "data": entries })))
+}

@@ -1,0 +1,249 @@
+//! The Dashboard's routes (`/v1`): what a customer's API token may do with its own account.
+//! Each handler extracts, calls one service function and renders.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use super::extract::Customer;
+use super::views::{
+    AccountView, CheckoutView, PaymentMethodView, SubscriptionView, json as reply, ran, value,
+};
+use crate::checkout::{self, CheckoutRequest, Purchase};
+use crate::error::{Error, Result};
+use crate::http::idempotency::IdempotencyKey;
+use crate::http::{Json, Path};
+use crate::ids::{CheckoutId, PaymentMethodId, SubscriptionId};
+use crate::payment_methods::{self, AddPaymentMethod, Added};
+use crate::state::AppState;
+use crate::subscriptions::{self, Cancel};
+use crate::{accounts, catalog, usage};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/plans", get(list_plans))
+        .route("/v1/accounts", post(sign_up))
+        .route("/v1/account", get(get_account))
+        .route(
+            "/v1/payment-methods",
+            post(add_payment_method).get(list_payment_methods),
+        )
+        .route(
+            "/v1/payment-methods/{id}/confirm",
+            post(confirm_payment_method),
+        )
+        .route("/v1/checkout", post(start_checkout))
+        .route("/v1/checkout/{id}", get(get_checkout))
+        .route("/v1/checkout/{id}/confirm", post(confirm_checkout))
+        .route("/v1/checkout/{id}/cancel", post(cancel_checkout))
+        .route("/v1/subscriptions", get(list_subscriptions))
+        .route("/v1/subscriptions/{id}/cancel", post(cancel_subscription))
+        .route("/v1/usage", get(account_usage))
+}
+
+/// `GET /v1/plans` — public: what can be bought.
+async fn list_plans(State(state): State<AppState>) -> Result<Response> {
+    let catalog = catalog::on_sale(&state).await?;
+    Ok(reply(
+        StatusCode::OK,
+        json!({ "data": catalog.plans, "features": catalog.features }),
+    ))
+}
+
+/// `POST /v1/accounts`
+async fn sign_up(
+    State(state): State<AppState>,
+    IdempotencyKey(key): IdempotencyKey,
+    Json(body): Json<accounts::SignUp>,
+) -> Result<Response> {
+    let signed = accounts::sign_up(&state, key, &body).await?;
+    Ok(ran(signed, |s| {
+        let mut body =
+            json!({ "account": AccountView::from(&s.account), "api_token": s.api_token });
+        if s.token_replay_expired {
+            body["api_token_replay_expired"] = json!(true);
+        }
+        reply(StatusCode::CREATED, body)
+    }))
+}
+
+/// `GET /v1/account`
+async fn get_account(State(state): State<AppState>, Customer(id): Customer) -> Result<Response> {
+    let account = accounts::get(&state, id).await?;
+    Ok(reply(StatusCode::OK, value(&AccountView::from(&account))))
+}
+
+fn requires_action(key: &str, record: serde_json::Value, client_secret: &str) -> Response {
+    reply(
+        StatusCode::ACCEPTED,
+        json!({ key: record, "status": "requires_action", "client_secret": client_secret,
+                "next_action": { "type": "use_stripe_sdk" } }),
+    )
+}
+
+/// `POST /v1/payment-methods`
+async fn add_payment_method(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    IdempotencyKey(key): IdempotencyKey,
+    Json(body): Json<AddPaymentMethod>,
+) -> Result<Response> {
+    let added = payment_methods::add(&state, account, key, &body).await?;
+    Ok(ran(added, |a| match a {
+        Added::Ready(pm) => reply(
+            StatusCode::CREATED,
+            json!({ "payment_method": PaymentMethodView::from(&pm), "status": "ready" }),
+        ),
+        Added::RequiresAction {
+            payment_method,
+            client_secret,
+        } => requires_action(
+            "payment_method",
+            value(&PaymentMethodView::from(&payment_method)),
+            &client_secret,
+        ),
+        Added::Processing(pm) => reply(
+            StatusCode::ACCEPTED,
+            json!({ "payment_method": PaymentMethodView::from(&pm), "status": "processing" }),
+        ),
+    }))
+}
+
+/// `POST /v1/payment-methods/{id}/confirm`
+async fn confirm_payment_method(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<PaymentMethodId>,
+) -> Result<Response> {
+    let pm = payment_methods::confirm(&state, account, id).await?;
+    Ok(reply(
+        StatusCode::OK,
+        json!({ "payment_method": PaymentMethodView::from(&pm), "status": "ready" }),
+    ))
+}
+
+/// `GET /v1/payment-methods`
+async fn list_payment_methods(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+) -> Result<Response> {
+    let wallet = payment_methods::list(&state, account).await?;
+    let data: Vec<_> = wallet.methods.iter().map(PaymentMethodView::from).collect();
+    Ok(reply(
+        StatusCode::OK,
+        json!({ "data": data, "default_payment_method_id": wallet.default_payment_method_id }),
+    ))
+}
+
+fn subscribed(
+    status: StatusCode,
+    c: &checkout::Checkout,
+    s: &subscriptions::Subscription,
+) -> Response {
+    reply(
+        status,
+        json!({ "checkout": CheckoutView::from(c), "subscription": SubscriptionView::from(s) }),
+    )
+}
+
+/// `POST /v1/checkout`
+async fn start_checkout(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    IdempotencyKey(key): IdempotencyKey,
+    Json(body): Json<CheckoutRequest>,
+) -> Result<Response> {
+    let bought = checkout::start(&state, account, key, &body).await?;
+    Ok(ran(bought, |p| match p {
+        Purchase::Subscribed {
+            checkout,
+            subscription,
+        } => subscribed(StatusCode::CREATED, &checkout, &subscription),
+        Purchase::RequiresAction {
+            checkout,
+            client_secret,
+        } => requires_action(
+            "checkout",
+            value(&CheckoutView::from(&checkout)),
+            &client_secret,
+        ),
+        Purchase::Processing { checkout } => reply(
+            StatusCode::ACCEPTED,
+            json!({ "checkout": CheckoutView::from(&checkout), "status": "processing" }),
+        ),
+    }))
+}
+
+/// `GET /v1/checkout/{id}`
+async fn get_checkout(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<CheckoutId>,
+) -> Result<Response> {
+    let c = checkout::get(&state, account, id).await?;
+    Ok(reply(StatusCode::OK, value(&CheckoutView::from(&c))))
+}
+
+/// `POST /v1/checkout/{id}/confirm`
+async fn confirm_checkout(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<CheckoutId>,
+) -> Result<Response> {
+    let (c, sub) = checkout::confirm(&state, account, id).await?;
+    Ok(subscribed(StatusCode::OK, &c, &sub))
+}
+
+/// `POST /v1/checkout/{id}/cancel`
+async fn cancel_checkout(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<CheckoutId>,
+) -> Result<Response> {
+    Ok(match checkout::cancel(&state, account, id).await? {
+        checkout::Canceled::Canceled(c) => reply(
+            StatusCode::OK,
+            json!({ "checkout": CheckoutView::from(&c) }),
+        ),
+        checkout::Canceled::AlreadyPaid(c, sub) => Error::conflict(
+            "checkout_already_paid",
+            "the payment went through before the cancel: the purchase is complete",
+        )
+        .with("checkout", value(&CheckoutView::from(&c)))
+        .with("subscription", value(&SubscriptionView::from(&sub)))
+        .into_response(),
+    })
+}
+
+/// `GET /v1/subscriptions`
+async fn list_subscriptions(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+) -> Result<Response> {
+    let subs = subscriptions::list(&state, account).await?;
+    let data: Vec<_> = subs.iter().map(SubscriptionView::from).collect();
+    Ok(reply(StatusCode::OK, json!({ "data": data })))
+}
+
+/// `POST /v1/subscriptions/{id}/cancel`
+async fn cancel_subscription(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<SubscriptionId>,
+    Json(body): Json<Cancel>,
+) -> Result<Response> {
+    let sub = subscriptions::cancel(&state, account, id, &body).await?;
+    Ok(reply(StatusCode::OK, value(&SubscriptionView::from(&sub))))
+}
+
+/// `GET /v1/usage`
+async fn account_usage(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+) -> Result<Response> {
+    let usage = usage::of_account(&state, account).await?;
+    Ok(reply(StatusCode::OK, value(&usage)))
+}

@@ -1,0 +1,73 @@
+//! Development-only routes (`/dev/v1`), mounted only when `TOLLGATE_DEV_MODE=true`:
+//! * `GET /dev/v1/clock`, `POST /dev/v1/clock/advance {seconds}` — the advanceable clock;
+//!   advancing runs the time-driven transitions (period-end cancels, checkout expiry) at once.
+//! * `POST /dev/v1/simulator/intents/{id}/authenticate {outcome}` — completes a 3-D Secure
+//!   challenge of the simulated gateway. Absent when a real Stripe key is configured.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::devtools;
+use crate::error::Result;
+use crate::http::{Json, Path};
+use crate::state::AppState;
+
+pub fn routes(with_simulator: bool) -> Router<AppState> {
+    let dev = Router::new()
+        .route("/dev/v1/clock", get(clock))
+        .route("/dev/v1/clock/advance", post(advance));
+    if with_simulator {
+        dev.route(
+            "/dev/v1/simulator/intents/{id}/authenticate",
+            post(authenticate),
+        )
+    } else {
+        dev
+    }
+}
+
+async fn clock(State(state): State<AppState>) -> axum::Json<Value> {
+    axum::Json(json!({ "now": state.clock.now() }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Advance {
+    seconds: i64,
+}
+
+async fn advance(
+    State(state): State<AppState>,
+    Json(body): Json<Advance>,
+) -> Result<axum::Json<Value>> {
+    let (now, changed) = devtools::advance_clock(&state, body.seconds).await?;
+    Ok(axum::Json(json!({ "now": now, "transitions": changed })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct Authenticate {
+    outcome: AuthOutcome,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum AuthOutcome {
+    Succeed,
+    Fail,
+}
+
+async fn authenticate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<Authenticate>,
+) -> Result<axum::Json<Value>> {
+    let succeed = matches!(body.outcome, AuthOutcome::Succeed);
+    devtools::authenticate(&state, &id, succeed).await?;
+    Ok(axum::Json(
+        json!({ "intent": id, "authenticated": succeed }),
+    ))
+}

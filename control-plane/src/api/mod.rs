@@ -1,0 +1,72 @@
+//! The routers: `dashboard` (customer API token), `internal` (edge token), `admin` (admin
+//! token), `dev` (development mode only) — and, with the support panel, `panel`. A router only
+//! extracts, calls one service function of a domain and renders; no router runs SQL or calls a
+//! payment provider.
+
+pub mod admin;
+pub mod dashboard;
+pub mod dev;
+pub mod extract;
+pub mod internal;
+pub mod views;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+
+use crate::error::{Error, Kind};
+use crate::health;
+use crate::http::extract::BODY_BYTES_MAX;
+use crate::state::AppState;
+
+/// Every route of the control plane.
+pub fn app(state: AppState) -> Router {
+    let mut router = Router::new()
+        .merge(dashboard::routes())
+        .merge(internal::routes())
+        .merge(admin::routes())
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    if state.dev_mode {
+        router = router.merge(dev::routes(state.simulator.is_some()));
+    }
+    router
+        .fallback(|| async { Error::new(Kind::NotFound, "route_not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            Error::new(
+                Kind::MethodNotAllowed,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let r = health::readiness(&state).await;
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(r))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

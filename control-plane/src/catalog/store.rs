@@ -1,0 +1,148 @@
+//! SQL for the catalog (cf_prod `features`, `plans`, `plan_features`).
+
+use sqlx::PgConnection;
+use tollgate_protocol::usage::MeterSpec;
+use tollgate_rules::{Feature, Plan};
+
+/// Nothing is sold or listed unless the next seed says so; positions are freed first (they
+/// are unique among what is sold).
+pub async fn withdraw_all(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("UPDATE features SET in_catalog = false, position = NULL")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE plans SET sold = false, position = NULL")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Lists a feature at `position`.
+pub async fn list_feature(conn: &mut PgConnection, f: &Feature, position: i32) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO features (key, kind, period, position, meter, in_catalog) VALUES ($1, $2, $3, $4, $5, true)
+         ON CONFLICT (key) DO UPDATE SET kind = EXCLUDED.kind, period = EXCLUDED.period,
+             position = EXCLUDED.position, meter = EXCLUDED.meter, in_catalog = true",
+    )
+    .bind(&f.key)
+    .bind(f.kind.as_str())
+    .bind(&f.period)
+    .bind(position)
+    .bind(f.meter.as_ref().map(sqlx::types::Json))
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Sells a plan at `position`, with exactly its grants.
+pub async fn sell_plan(conn: &mut PgConnection, p: &Plan, position: i32) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO plans (key, name, price_minor, currency, interval, position, sold) VALUES ($1, $2, $3, $4, $5, $6, true)
+         ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name, price_minor = EXCLUDED.price_minor,
+             currency = EXCLUDED.currency, interval = EXCLUDED.interval, position = EXCLUDED.position,
+             sold = true",
+    )
+    .bind(&p.key)
+    .bind(&p.name)
+    .bind(p.price_minor)
+    .bind(&p.currency)
+    .bind(p.interval.as_str())
+    .bind(position)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM plan_features WHERE plan_key = $1")
+        .bind(&p.key)
+        .execute(&mut *conn)
+        .await?;
+    for g in &p.grants {
+        sqlx::query(
+            "INSERT INTO plan_features (plan_key, feature_key, limit_value) VALUES ($1, $2, $3)",
+        )
+        .bind(&p.key)
+        .bind(&g.feature)
+        .bind(g.limit)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// key, kind, period, meter
+pub type FeatureRow = (
+    String,
+    String,
+    Option<String>,
+    Option<sqlx::types::Json<MeterSpec>>,
+);
+/// key, name, price, currency, interval
+pub type PlanRow = (String, String, i64, String, String);
+/// plan, feature, limit
+pub type GrantRow = (String, String, Option<i64>);
+
+/// The rows of what is sold, in catalog order.
+pub struct Sold {
+    pub features: Vec<FeatureRow>,
+    pub plans: Vec<PlanRow>,
+    pub grants: Vec<GrantRow>,
+}
+
+pub async fn sold(conn: &mut PgConnection) -> sqlx::Result<Sold> {
+    let features = sqlx::query_as(
+        "SELECT key, kind, period, meter FROM features WHERE in_catalog ORDER BY position",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let plans = sqlx::query_as(
+        "SELECT key, name, price_minor, currency, interval FROM plans WHERE sold ORDER BY position",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let grants = sqlx::query_as(
+        "SELECT pf.plan_key, pf.feature_key, pf.limit_value FROM plan_features pf
+         JOIN features f ON f.key = pf.feature_key JOIN plans p ON p.key = pf.plan_key
+         WHERE p.sold AND f.in_catalog ORDER BY f.position",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Sold {
+        features,
+        plans,
+        grants,
+    })
+}
+
+pub async fn is_sold(conn: &mut PgConnection, plan: &str) -> sqlx::Result<bool> {
+    let sold: Option<(bool,)> = sqlx::query_as("SELECT sold FROM plans WHERE key = $1")
+        .bind(plan)
+        .fetch_optional(conn)
+        .await?;
+    Ok(sold.is_some_and(|(s,)| s))
+}
+
+/// The stable catalog's metered features: key, period, meter.
+pub async fn stable_meters(
+    conn: &mut PgConnection,
+) -> sqlx::Result<Vec<(String, Option<String>, Option<sqlx::types::Json<MeterSpec>>)>> {
+    sqlx::query_as("SELECT key, period, meter FROM features WHERE in_catalog AND kind = 'metered'")
+        .fetch_all(conn)
+        .await
+}
+
+/// The part of a manifest's feature the meters need (the rest may change shape freely).
+#[derive(serde::Deserialize)]
+pub struct ManifestFeature {
+    pub key: String,
+    #[serde(default)]
+    pub meter: Option<MeterSpec>,
+}
+
+/// The canary bundle's features, if a canary is active.
+pub async fn canary_features(conn: &mut PgConnection) -> sqlx::Result<Vec<ManifestFeature>> {
+    let canary: Option<(sqlx::types::Json<Vec<ManifestFeature>>,)> = sqlx::query_as(
+        "SELECT b.manifest->'features' FROM rule_rollout r
+           JOIN rule_bundles b ON b.version = r.canary_version
+          WHERE r.id = 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(canary.map(|(f,)| f.0).unwrap_or_default())
+}

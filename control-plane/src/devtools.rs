@@ -1,0 +1,43 @@
+//! What development mode adds (`TOLLGATE_DEV_MODE=true`; the `dev` router is mounted only
+//! then): the advanceable clock — advancing runs the time-driven transitions at once — and
+//! the simulated provider's 3-D Secure challenge.
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::clock::ADVANCE_MAX_SECS;
+use crate::error::{Error, Result};
+use crate::gateways::GatewayError;
+use crate::maintenance;
+use crate::state::AppState;
+
+/// Moves the clock forward by `seconds` and runs the maintenance pass; returns the new time
+/// and how many rows changed state.
+pub async fn advance_clock(state: &AppState, seconds: i64) -> Result<(DateTime<Utc>, usize)> {
+    if seconds <= 0 || seconds > ADVANCE_MAX_SECS {
+        return Err(Error::unprocessable(
+            "invalid_advance",
+            format!("seconds must be 1..={ADVANCE_MAX_SECS}"),
+        ));
+    }
+    let now = state
+        .clock
+        .advance(TimeDelta::seconds(seconds))
+        .ok_or_else(|| Error::conflict("clock_not_advanceable", "this clock is the wall clock"))?;
+    let changed = maintenance::run(state).await.map_err(Error::internal)?;
+    Ok((now, changed))
+}
+
+/// The customer passes (`succeed`) or fails a 3-D Secure challenge of the simulated provider.
+pub async fn authenticate(state: &AppState, intent: &str, succeed: bool) -> Result<()> {
+    let Some(sim) = &state.simulator else {
+        return Err(Error::not_found("simulator"));
+    };
+    match sim.authenticate(intent, succeed).await {
+        Ok(()) => Ok(()),
+        Err(GatewayError::NotFound(_)) => Err(Error::not_found("intent")),
+        Err(e) => Err(Error::conflict(
+            "not_awaiting_authentication",
+            e.to_string(),
+        )),
+    }
+}

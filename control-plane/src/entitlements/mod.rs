@@ -1,0 +1,165 @@
+//! Entitlement facts: what the control plane knows about an account that decides its features,
+//! versioned per account and published to edges.
+//!
+//! Facts are recomputed by the outbox relay (never inline in a Dashboard request: a change
+//! announces itself with `outbox::account_changed`, [`on_recompute`] consumes it), stored in
+//! `entitlement_facts` with a version that grows by one whenever they change, and published to
+//! the Redis change stream plus an L2 copy ([`publish`]). Decisions are *not* computed here:
+//! edges evaluate the facts with the stable (or canary) rule bundle's WebAssembly module.
+//!
+//! An account's facts are computed under its row lock from its standing and its live
+//! subscription; a state this build does not know is an error (the row is retried), never a
+//! default.
+
+pub mod publish;
+pub mod store;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use tollgate_protocol::{AccountFacts, FACTS_BATCH_MAX, SubscriptionFacts};
+
+use crate::accounts;
+use crate::error::{Error, Kind, Result};
+use crate::ids::AccountId;
+use crate::outbox::{self, AccountEvent, Delivery, Topic};
+use crate::state::AppState;
+use crate::subscriptions;
+
+pub use publish::repair_redis_if_behind;
+
+/// Locks the account and computes its facts from current state; `version` is left at 0.
+pub async fn compute_facts(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> anyhow::Result<Option<AccountFacts>> {
+    let Some(standing) = accounts::store::standing_for_update(conn, account).await? else {
+        return Ok(None);
+    };
+    let subscription = subscriptions::live(conn, account)
+        .await?
+        .map(|sub| SubscriptionFacts {
+            plan: sub.plan,
+            status: sub.status,
+            current_period_end_ms: sub.current_period_end.timestamp_millis(),
+        });
+    Ok(Some(AccountFacts {
+        standing,
+        subscription,
+        ..AccountFacts::new(account, 0)
+    }))
+}
+
+/// Recomputes and, when changed, stores the next version. Returns the current facts and
+/// whether they changed.
+pub async fn recompute(
+    conn: &mut PgConnection,
+    account: AccountId,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<(AccountFacts, bool)>> {
+    let Some(mut fresh) = compute_facts(conn, account).await? else {
+        return Ok(None);
+    };
+    let current = store::stored_facts(conn, account).await?;
+    if let Some(cur) = &current {
+        fresh.version = cur.version;
+        if *cur == fresh {
+            return Ok(Some((fresh, false)));
+        }
+    }
+    fresh.version = current.map_or(1, |c| c.version + 1);
+    store::store_facts(conn, &fresh, now).await?;
+    Ok(Some((fresh, true)))
+}
+
+/// The consumer of `entitlements.recompute`: new facts are stored and their publication
+/// enqueued, in the relay's transaction.
+pub async fn on_recompute(conn: &mut PgConnection, d: &Delivery) -> anyhow::Result<()> {
+    let ev: AccountEvent = d.payload()?;
+    if let Some((facts, true)) = recompute(conn, ev.account_id, d.now).await? {
+        tracing::debug!(account_id = %ev.account_id, version = facts.version, "facts changed");
+        outbox::enqueue(conn, Topic::EntitlementsPublish, &ev, d.now).await?;
+    }
+    Ok(())
+}
+
+/// The consumer of `entitlements.publish`: the account's current facts go to Redis, and the
+/// stream id they went out under is recorded.
+pub async fn on_publish(
+    state: &AppState,
+    conn: &mut PgConnection,
+    d: &Delivery,
+) -> anyhow::Result<()> {
+    let ev: AccountEvent = d.payload()?;
+    let Some(facts) = store::stored_facts(conn, ev.account_id).await? else {
+        return Ok(());
+    };
+    if let Some(id) = publish::publish(state, &facts).await? {
+        store::record_published(conn, ev.account_id, id).await?;
+    }
+    Ok(())
+}
+
+/// The stored facts of one account (`404 unknown_account`).
+pub async fn facts_of(state: &AppState, account: AccountId) -> Result<AccountFacts> {
+    let mut conn = state.cf.acquire().await?;
+    store::stored_facts(&mut conn, account)
+        .await?
+        .ok_or_else(|| Error::new(Kind::NotFound, "unknown_account", "no such account"))
+}
+
+/// The stored facts of up to [`FACTS_BATCH_MAX`] accounts (unknown ones are absent).
+pub async fn facts_of_many(state: &AppState, accounts: &[AccountId]) -> Result<Vec<AccountFacts>> {
+    if accounts.len() > FACTS_BATCH_MAX {
+        return Err(Error::too_large(
+            "batch_too_large",
+            format!("at most {FACTS_BATCH_MAX} accounts per request"),
+        ));
+    }
+    let mut conn = state.cf.acquire().await?;
+    Ok(store::stored_facts_many(&mut conn, accounts).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::store::insert_account;
+    use sqlx::PgPool;
+    use tollgate_protocol::AccountStanding;
+
+    #[sqlx::test(migrations = "../migrations/cf")]
+    async fn versions_grow_only_when_facts_change(pool: PgPool) -> anyhow::Result<()> {
+        let mut conn = pool.acquire().await?;
+        let now = Utc::now();
+        let id = AccountId::new_v7();
+        insert_account(
+            &mut conn,
+            id,
+            "a@example.com",
+            "A",
+            "simulated",
+            "cus_a",
+            now,
+        )
+        .await?;
+        let (f1, changed) = recompute(&mut conn, id, now).await?.expect("exists");
+        assert!(changed);
+        assert_eq!((f1.version, f1.subscription.is_none()), (1, true));
+        let (f2, changed) = recompute(&mut conn, id, now).await?.expect("exists");
+        assert!(!changed, "same facts, same version");
+        assert_eq!(f2.version, 1);
+        sqlx::query("UPDATE accounts SET standing = 'banned' WHERE id = $1")
+            .bind(id.0)
+            .execute(&mut *conn)
+            .await?;
+        let (f3, changed) = recompute(&mut conn, id, now).await?.expect("exists");
+        assert!(changed);
+        assert_eq!((f3.version, f3.standing), (2, AccountStanding::Banned));
+        assert_eq!(store::stored_facts(&mut conn, id).await?, Some(f3));
+        assert!(
+            recompute(&mut conn, AccountId::new_v7(), now)
+                .await?
+                .is_none()
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! SQL for entitlement facts (cf_prod `entitlement_facts`).
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgConnection;
+use tollgate_protocol::AccountFacts;
+use uuid::Uuid;
+
+use super::publish::StreamId;
+use crate::ids::AccountId;
+use crate::outbox::Topic;
+
+fn decode(v: Value) -> sqlx::Result<AccountFacts> {
+    serde_json::from_value(v).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// Stored facts of an account.
+pub async fn stored_facts(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> sqlx::Result<Option<AccountFacts>> {
+    let row: Option<(Value,)> =
+        sqlx::query_as("SELECT facts FROM entitlement_facts WHERE account_id = $1")
+            .bind(account.0)
+            .fetch_optional(conn)
+            .await?;
+    row.map(|(v,)| decode(v)).transpose()
+}
+
+/// Stored facts of several accounts (those that have some), one query.
+pub async fn stored_facts_many(
+    conn: &mut PgConnection,
+    accounts: &[AccountId],
+) -> sqlx::Result<Vec<AccountFacts>> {
+    let ids: Vec<Uuid> = accounts.iter().map(|a| a.0).collect();
+    let rows: Vec<(Value,)> =
+        sqlx::query_as("SELECT facts FROM entitlement_facts WHERE account_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(conn)
+            .await?;
+    rows.into_iter().map(|(v,)| decode(v)).collect()
+}
+
+pub async fn store_facts(
+    conn: &mut PgConnection,
+    facts: &AccountFacts,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let json = serde_json::to_value(facts).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO entitlement_facts (account_id, version, facts, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (account_id) DO UPDATE SET version = EXCLUDED.version, facts = EXCLUDED.facts,
+             updated_at = EXCLUDED.updated_at",
+    )
+    .bind(facts.account_id.0)
+    .bind(facts.version)
+    .bind(json)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Records the stream id an account's facts were just published under, in the relay's
+/// transaction (never moving it back).
+pub async fn record_published(
+    conn: &mut PgConnection,
+    account: AccountId,
+    id: StreamId,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE entitlement_facts SET published_stream_ms = $2, published_stream_seq = $3
+          WHERE account_id = $1
+            AND (published_stream_ms IS NULL
+                 OR (published_stream_ms, published_stream_seq) < ($2, $3))",
+    )
+    .bind(account.0)
+    .bind(id.ms)
+    .bind(id.seq)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// The newest stream id any account was published under.
+pub async fn newest_published(conn: &mut PgConnection) -> sqlx::Result<Option<StreamId>> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT published_stream_ms, published_stream_seq FROM entitlement_facts
+          WHERE published_stream_ms IS NOT NULL
+          ORDER BY published_stream_ms DESC, published_stream_seq DESC LIMIT 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(ms, seq)| StreamId { ms, seq }))
+}
+
+/// Enqueues a publish of every account published after `after` (unless one is queued
+/// already); returns how many.
+pub async fn republish_after(
+    conn: &mut PgConnection,
+    after: StreamId,
+    now: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    sqlx::query(
+        "INSERT INTO outbox (id, topic, payload, created_at, available_at)
+         SELECT gen_random_uuid(), $1, jsonb_build_object('account_id', f.account_id), $2, $2
+           FROM entitlement_facts f
+          WHERE (f.published_stream_ms, f.published_stream_seq) > ($3, $4)
+            AND NOT EXISTS (
+                SELECT 1 FROM outbox o
+                 WHERE o.processed_at IS NULL AND o.topic = $1
+                   AND o.payload->>'account_id' = f.account_id::text)",
+    )
+    .bind(Topic::EntitlementsPublish)
+    .bind(now)
+    .bind(after.ms)
+    .bind(after.seq)
+    .execute(conn)
+    .await
+    .map(|r| r.rows_affected())
+}

@@ -1,0 +1,182 @@
+//! The transactional outbox of cf_prod: its topics, how a change enqueues, the relay that
+//! delivers to the consumers registered for each topic, and how long delivered rows are kept.
+//!
+//! A change that another store must learn about writes an outbox row **in the same
+//! transaction** as the change ([`enqueue`]); the commit delivers a `NOTIFY` that wakes the
+//! relay ([`relay`]). The relay claims rows with `FOR UPDATE SKIP LOCKED` (so N control-plane
+//! replicas share the work and never double-process), hands each to the consumer registered
+//! for its topic ([`Consumers`]: registered by the process that runs the relay, so this module
+//! knows no domain), and marks it processed in the claiming transaction. A failing row is
+//! retried with exponential backoff (`attempts`, `available_at`, `last_error` record why);
+//! nothing is dropped. Processed rows are pruned after the retention window ([`retention`]).
+//!
+//! Topics ([`Topic`]):
+//! * `entitlements.recompute` `{account_id}` — recompute the account's facts; bumps the version
+//!   if they changed and enqueues `entitlements.publish` in the same transaction.
+//! * `entitlements.publish` `{account_id}` — publish the account's *current* facts to Redis
+//!   (stream + L2). Runs only after the facts committed; at-least-once (edges keep the highest
+//!   version, so a repeat is harmless).
+//! * `billing.schedule` `{subscription…}` — upsert the billing schedule in billing_prod through
+//!   its inbox (idempotent by event id, and never applying an older subscription revision).
+
+pub mod relay;
+pub mod retention;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use prometheus_client::encoding::EncodeLabelValue;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+
+use crate::ids::{AccountId, EventId};
+
+pub use relay::{relay_once, run_relay};
+
+/// `NOTIFY` channel the relay listens on.
+pub const NOTIFY_CHANNEL: &str = "tollgate_outbox";
+
+/// What an outbox row announces (the table's `CHECK` lists the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type, EncodeLabelValue)]
+#[sqlx(type_name = "text")]
+pub enum Topic {
+    #[sqlx(rename = "entitlements.recompute")]
+    EntitlementsRecompute,
+    #[sqlx(rename = "entitlements.publish")]
+    EntitlementsPublish,
+    #[sqlx(rename = "billing.schedule")]
+    BillingSchedule,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 3] = [
+        Topic::EntitlementsRecompute,
+        Topic::EntitlementsPublish,
+        Topic::BillingSchedule,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EntitlementsRecompute => "entitlements.recompute",
+            Self::EntitlementsPublish => "entitlements.publish",
+            Self::BillingSchedule => "billing.schedule",
+        }
+    }
+}
+
+/// Writes an outbox row in the caller's transaction and notifies the relay on commit.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    topic: Topic,
+    payload: &impl Serialize,
+    now: DateTime<Utc>,
+) -> sqlx::Result<EventId> {
+    let id = EventId::new_v7();
+    let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO outbox (id, topic, payload, created_at, available_at) VALUES ($1, $2, $3, $4, $4)",
+    )
+    .bind(id)
+    .bind(topic)
+    .bind(payload)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    notify(conn).await?;
+    Ok(id)
+}
+
+/// Payload of both entitlement topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AccountEvent {
+    pub account_id: AccountId,
+}
+
+/// Announces, in the caller's transaction, that something deciding an account's entitlements
+/// changed (its standing, its subscription): the entitlements consumer recomputes its facts.
+pub async fn account_changed(
+    conn: &mut PgConnection,
+    account: AccountId,
+    now: DateTime<Utc>,
+) -> sqlx::Result<EventId> {
+    enqueue(
+        conn,
+        Topic::EntitlementsRecompute,
+        &AccountEvent {
+            account_id: account,
+        },
+        now,
+    )
+    .await
+}
+
+/// Wakes the relays (delivered when the caller's transaction commits).
+pub async fn notify(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// One row handed to its consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: EventId,
+    pub topic: Topic,
+    pub payload: Value,
+    /// The relay's clock when it claimed the row.
+    pub now: DateTime<Utc>,
+}
+
+impl Delivery {
+    /// The payload as the topic's type.
+    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
+        serde_json::from_value(self.payload.clone())
+            .map_err(|e| anyhow::anyhow!("{} payload: {e}", self.topic.as_str()))
+    }
+}
+
+/// A consumer: applies one delivery, idempotently, in the relay's transaction (a savepoint of
+/// it: its failure undoes only its own writes). `H` is what the process gives every consumer.
+pub type Consumer<H> =
+    for<'a> fn(&'a H, &'a mut PgConnection, &'a Delivery) -> BoxFuture<'a, anyhow::Result<()>>;
+
+/// The consumer of each topic.
+pub struct Consumers<H> {
+    by_topic: HashMap<Topic, Consumer<H>>,
+}
+
+impl<H> Default for Consumers<H> {
+    fn default() -> Self {
+        Self {
+            by_topic: HashMap::new(),
+        }
+    }
+}
+
+impl<H> Consumers<H> {
+    /// Registers the consumer of `topic` (one per topic: a later one replaces it).
+    pub fn on(mut self, topic: Topic, consumer: Consumer<H>) -> Self {
+        self.by_topic.insert(topic, consumer);
+        self
+    }
+
+    pub fn of(&self, topic: Topic) -> Option<Consumer<H>> {
+        self.by_topic.get(&topic).copied()
+    }
+}
+
+/// What the relay needs from the process it runs in.
+pub trait Host: Sized + Send + Sync + 'static {
+    fn cf(&self) -> &PgPool;
+    fn now(&self) -> DateTime<Utc>;
+    fn consumers(&self) -> &Consumers<Self>;
+    /// Wakes the relay after in-process writes (besides PostgreSQL `NOTIFY`).
+    fn wake(&self) -> &Notify;
+    /// Counts one applied (`ok`) or failed delivery.
+    fn count(&self, topic: Topic, ok: bool);
+}

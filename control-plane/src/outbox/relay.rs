@@ -1,0 +1,138 @@
+//! The relay: claims due rows, hands each to its topic's consumer, backs failures off.
+
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use sqlx::postgres::PgListener;
+
+use super::{Delivery, Host, NOTIFY_CHANNEL, Topic};
+use crate::ids::EventId;
+
+/// Rows claimed per relay transaction.
+pub const CLAIM_BATCH_MAX: i64 = 64;
+/// Backoff for a failing row: 2^attempts seconds, capped.
+pub const RETRY_DELAY_SECS_MAX: i64 = 300;
+
+#[derive(Debug, sqlx::FromRow)]
+struct Claimed {
+    id: EventId,
+    topic: Topic,
+    payload: serde_json::Value,
+    attempts: i32,
+}
+
+/// Claims and applies one batch. Returns how many rows were handled (0 = nothing due).
+pub async fn relay_once<H: Host>(host: &H) -> anyhow::Result<usize> {
+    let now = host.now();
+    let mut tx = host.cf().begin().await?;
+    let rows: Vec<Claimed> = sqlx::query_as(
+        "SELECT id, topic, payload, attempts FROM outbox
+         WHERE processed_at IS NULL AND available_at <= $1
+         ORDER BY available_at, id
+         LIMIT $2
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(now)
+    .bind(CLAIM_BATCH_MAX)
+    .fetch_all(&mut *tx)
+    .await?;
+    let n = rows.len();
+    for row in rows {
+        let delivery = Delivery {
+            id: row.id,
+            topic: row.topic,
+            payload: row.payload,
+            now,
+        };
+        // Each row runs under a savepoint so one failure does not undo the others.
+        let mut sp = sqlx::Connection::begin(&mut *tx).await?;
+        let result = match host.consumers().of(row.topic) {
+            Some(consume) => consume(host, &mut sp, &delivery).await,
+            None => Err(anyhow::anyhow!(
+                "no consumer registered for {}",
+                row.topic.as_str()
+            )),
+        };
+        match result {
+            Ok(()) => {
+                sqlx::query(
+                    "UPDATE outbox SET processed_at = $2, attempts = attempts + 1 WHERE id = $1",
+                )
+                .bind(row.id)
+                .bind(now)
+                .execute(&mut *sp)
+                .await?;
+                sp.commit().await?;
+                host.count(row.topic, true);
+            }
+            Err(err) => {
+                sp.rollback().await?;
+                let delay = 1_i64
+                    .checked_shl(row.attempts.clamp(0, 16).unsigned_abs())
+                    .unwrap_or(RETRY_DELAY_SECS_MAX)
+                    .min(RETRY_DELAY_SECS_MAX);
+                tracing::warn!(outbox_id = %row.id, topic = row.topic.as_str(), attempts = row.attempts + 1, error = %err, "outbox event failed; will retry");
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = $2, available_at = $3 WHERE id = $1",
+                )
+                .bind(row.id)
+                .bind(format!("{err:#}"))
+                .bind(now + TimeDelta::seconds(delay))
+                .execute(&mut *tx)
+                .await?;
+                host.count(row.topic, false);
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// The relay loop: drains due rows, then waits for a NOTIFY, an in-process wake-up, or the
+/// poll interval (which also picks up rows whose backoff ended).
+pub async fn run_relay<H: Host>(
+    host: H,
+    poll: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut listener = match PgListener::connect_with(host.cf()).await {
+        Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
+            Ok(()) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN failed; relay falls back to polling");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "no listener connection; relay falls back to polling");
+            None
+        }
+    };
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match relay_once(&host).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "outbox relay pass failed"),
+        }
+        let notified = async {
+            match listener.as_mut() {
+                Some(l) => {
+                    if l.recv().await.is_err() {
+                        // The listener reconnects on the next recv; avoid a hot loop meanwhile.
+                        tokio::time::sleep(poll).await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = notified => {}
+            _ = host.wake().notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

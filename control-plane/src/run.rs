@@ -1,0 +1,231 @@
+//! The control-plane process: its state, the workers it runs (outbox relay, maintenance) and
+//! serving until a shutdown signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::Notify;
+
+use crate::clock::{Clock, OffsetClock, SystemClock};
+use crate::config::Config;
+use crate::gateways::PaymentGateway;
+use crate::gateways::simulated::SimulatedGateway;
+use crate::metrics::Metrics;
+use crate::outbox::{Consumers, Topic};
+use crate::state::{AppState, Inner};
+use crate::{
+    BILLING_MIGRATOR, CF_MIGRATOR, api, billing, catalog, entitlements, gateways, maintenance,
+    outbox, usage,
+};
+
+/// The consumer of each outbox topic: the outbox knows no domain, the process wires them.
+fn consumers() -> Consumers<AppState> {
+    Consumers::default()
+        .on(Topic::EntitlementsRecompute, |_, conn, d| {
+            Box::pin(entitlements::on_recompute(conn, d))
+        })
+        .on(Topic::EntitlementsPublish, |state, conn, d| {
+            Box::pin(entitlements::on_publish(state, conn, d))
+        })
+        .on(Topic::BillingSchedule, |state, _, d| {
+            Box::pin(billing::on_schedule(state, d))
+        })
+}
+
+/// Parts of the state a caller may choose (tests pass their own pools and clock, and may wrap
+/// the payment gateway, e.g. to make it stall).
+pub struct Deps {
+    pub cf: PgPool,
+    pub billing: PgPool,
+    pub redis: redis::aio::ConnectionManager,
+    pub clock: Arc<dyn Clock>,
+    /// Wraps the configured gateway (tests: stalls, failures after charging).
+    pub wrap_gateway: Option<GatewayWrapper>,
+}
+
+/// Wraps a payment gateway in another (see [`Deps::wrap_gateway`]).
+pub type GatewayWrapper =
+    Box<dyn FnOnce(Arc<dyn PaymentGateway>) -> Arc<dyn PaymentGateway> + Send>;
+
+/// Builds the state: picks the gateway (Stripe when a key is configured, else simulated).
+pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
+    let (gateway, simulator): (Arc<dyn PaymentGateway>, Option<Arc<SimulatedGateway>>) =
+        match &config.stripe_secret_key {
+            Some(key) => {
+                let g = gateways::stripe::StripeGateway::new(
+                    key.expose_secret(),
+                    config.stripe_api_base.as_deref(),
+                )
+                .context("stripe gateway")?;
+                (Arc::new(g), None)
+            }
+            None => {
+                let sim = Arc::new(SimulatedGateway::new(deps.cf.clone()));
+                (sim.clone(), Some(sim))
+            }
+        };
+    let gateway = match deps.wrap_gateway {
+        Some(wrap) => wrap(gateway),
+        None => gateway,
+    };
+    Ok(AppState(Arc::new(Inner {
+        cf: deps.cf,
+        billing: deps.billing,
+        redis: deps.redis,
+        gateway,
+        simulator: if config.dev_mode { simulator } else { None },
+        clock: deps.clock,
+        edge_token: config.edge_token.clone(),
+        token_secret: config.token_secret.clone(),
+        admin_token: config.admin_token.clone(),
+        trusted_keys: config.trusted_keys.clone(),
+        rules_engine: tollgate_rules::host::RulesEngine::new().context("wasmtime engine")?,
+        dev_mode: config.dev_mode,
+        checkout_expiry_secs: config.checkout_expiry_secs,
+        usage_grace: chrono::TimeDelta::milliseconds(config.usage_grace_ms),
+        outbox_retention: chrono::TimeDelta::hours(config.outbox_retention_hours),
+        redis_keys: tollgate_protocol::redis_keys::Keys::new(&config.redis_key_prefix),
+        metrics: Metrics::new(),
+        outbox_wake: Notify::new(),
+        consumers: consumers(),
+    })))
+}
+
+/// Connects to Redis, retrying for up to `wait` (Redis may start after us).
+pub async fn connect_redis(
+    url: &str,
+    wait: Duration,
+) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url).context("redis url")?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match redis::aio::ConnectionManager::new(client.clone()).await {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "redis not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).context("redis unreachable"),
+        }
+    }
+}
+
+/// Seconds start-up waits for PostgreSQL and Redis.
+pub const STARTUP_WAIT_SECS: u64 = 30;
+/// Interval of the maintenance worker.
+pub const MAINTENANCE_INTERVAL_MS: u64 = 1_000;
+
+/// Runs the control plane until SIGTERM / Ctrl-C.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let options = PgPoolOptions::new()
+        .max_connections(config.db_pool_size)
+        .acquire_timeout(Duration::from_secs(STARTUP_WAIT_SECS));
+    let cf = options
+        .clone()
+        .connect(&config.cf_database_url)
+        .await
+        .context("connect cf database")?;
+    let billing = options
+        .connect(&config.billing_database_url)
+        .await
+        .context("connect billing database")?;
+    CF_MIGRATOR.run(&cf).await.context("migrate cf database")?;
+    BILLING_MIGRATOR
+        .run(&billing)
+        .await
+        .context("migrate billing database")?;
+    let clock: Arc<dyn Clock> = if config.dev_mode {
+        Arc::new(OffsetClock::default())
+    } else {
+        Arc::new(SystemClock)
+    };
+    let created = usage::ensure_partitions(&billing, clock.now())
+        .await
+        .context("create usage partitions")?;
+    tracing::info!(created, "usage partitions ensured");
+    if config.seed_demo {
+        catalog::seed(&cf, &tollgate_rules::Catalog::demo())
+            .await
+            .context("seed demo catalog")?;
+        tracing::info!("demo catalog seeded");
+    }
+    let redis = connect_redis(&config.redis_url, Duration::from_secs(STARTUP_WAIT_SECS)).await?;
+    let state = build_state(
+        &config,
+        Deps {
+            cf,
+            billing,
+            redis,
+            clock,
+            wrap_gateway: None,
+        },
+    )?;
+    tracing::info!(
+        gateway = state.gateway.name(),
+        dev_mode = config.dev_mode,
+        "control plane starting"
+    );
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(outbox::run_relay(
+        state.clone(),
+        Duration::from_millis(config.relay_poll_ms),
+        shutdown_rx.clone(),
+    ));
+    let maintenance = tokio::spawn(run_maintenance_loop(state.clone(), shutdown_rx.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .context("bind")?;
+    tracing::info!(addr = %config.listen_addr, "listening");
+    axum::serve(listener, api::app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serve")?;
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::join!(relay, maintenance);
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+async fn run_maintenance_loop(state: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = maintenance::run(&state).await {
+            tracing::warn!(error = %format!("{e:#}"), "maintenance pass failed");
+        }
+        if let Err(e) = entitlements::repair_redis_if_behind(&state).await {
+            tracing::debug!(error = %format!("{e:#}"), "Redis publish check failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(MAINTENANCE_INTERVAL_MS)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,129 @@
+//! SQL for subscriptions (cf_prod).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use super::{Sold, Subscription};
+use crate::ids::{AccountId, SubscriptionId};
+
+const SUB_COLUMNS: &str =
+    "id, plan_key AS plan, status, amount_minor, currency, interval, current_period_start,
+    current_period_end, cancel_at_period_end, canceled_at, revision, account_id, created_at";
+
+pub async fn live(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> sqlx::Result<Option<Subscription>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {SUB_COLUMNS} FROM subscriptions WHERE account_id = $1 AND status IN ('trialing', 'active', 'past_due')"
+    ))
+    .bind(account.0)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn get(
+    conn: &mut PgConnection,
+    id: SubscriptionId,
+) -> sqlx::Result<Option<Subscription>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {SUB_COLUMNS} FROM subscriptions WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// One of the account's subscriptions, locked (None for another account's id).
+pub async fn get_of_for_update(
+    conn: &mut PgConnection,
+    account: AccountId,
+    id: SubscriptionId,
+) -> sqlx::Result<Option<Subscription>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {SUB_COLUMNS} FROM subscriptions WHERE id = $1 AND account_id = $2 FOR UPDATE"
+    ))
+    .bind(id)
+    .bind(account.0)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn list(conn: &mut PgConnection, account: AccountId) -> sqlx::Result<Vec<Subscription>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {SUB_COLUMNS} FROM subscriptions WHERE account_id = $1 ORDER BY created_at DESC"
+    ))
+    .bind(account.0)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn insert(
+    conn: &mut PgConnection,
+    id: SubscriptionId,
+    account: AccountId,
+    sold: &Sold,
+    now: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> sqlx::Result<Subscription> {
+    sqlx::query_as(sqlf!(
+        "INSERT INTO subscriptions (id, account_id, plan_key, status, amount_minor, currency, interval,
+             current_period_start, current_period_end, cancel_at_period_end, revision, created_at)
+         VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, false, 1, $7) RETURNING {SUB_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(account.0)
+    .bind(&sold.plan)
+    .bind(sold.amount_minor)
+    .bind(&sold.currency)
+    .bind(sold.interval.as_str())
+    .bind(now)
+    .bind(end)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn cancel_at_period_end(
+    conn: &mut PgConnection,
+    id: SubscriptionId,
+) -> sqlx::Result<Subscription> {
+    sqlx::query_as(sqlf!(
+        "UPDATE subscriptions SET cancel_at_period_end = true, revision = revision + 1 WHERE id = $1 RETURNING {SUB_COLUMNS}"
+    ))
+    .bind(id)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn cancel_now(
+    conn: &mut PgConnection,
+    id: SubscriptionId,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Subscription> {
+    sqlx::query_as(sqlf!(
+        "UPDATE subscriptions SET status = 'canceled', canceled_at = $2, revision = revision + 1 WHERE id = $1
+         RETURNING {SUB_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+}
+
+/// Cancels up to 500 subscriptions set to cancel at period end whose period ended by `now`
+/// (rows another replica holds are skipped).
+pub async fn end_due(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<Subscription>> {
+    sqlx::query_as(sqlf!(
+        "UPDATE subscriptions SET status = 'canceled', canceled_at = current_period_end, revision = revision + 1
+         WHERE id IN (SELECT id FROM subscriptions
+                      WHERE cancel_at_period_end AND status <> 'canceled' AND current_period_end <= $1
+                      ORDER BY current_period_end LIMIT 500 FOR UPDATE SKIP LOCKED)
+         RETURNING {SUB_COLUMNS}"
+    ))
+    .bind(now)
+    .fetch_all(conn)
+    .await
+}
