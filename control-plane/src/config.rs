@@ -196,6 +196,7 @@ mod tests {
             ("redis_url", "http://x"),
             ("edge_token", "e"),
             ("usage_grace_ms", "-1"),
+            ("outbox_retention_hours", "0"),
         ]);
         let errors = Config::from_source(&src).expect_err("invalid").0;
         let text = errors.join("\n");
@@ -205,6 +206,7 @@ mod tests {
             "TOLLGATE_DB_POOL_SIZE",
             "TOLLGATE_REDIS_URL",
             "TOLLGATE_USAGE_GRACE_MS",
+            "TOLLGATE_OUTBOX_RETENTION_HOURS must be 1..=8760",
         ] {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }

@@ -52,9 +52,6 @@ pub mod usage;
 pub use api::app;
 pub use run::run;
 pub use run::{
-    Deps, GatewayWrapper, MAINTENANCE_INTERVAL_MS, STARTUP_WAIT_SECS, build_state, connect_redis,
-    shutdown_signal,
+    BILLING_MIGRATOR, CF_MIGRATOR, Deps, GatewayWrapper, MAINTENANCE_INTERVAL_MS,
+    STARTUP_WAIT_SECS, build_state, connect_redis, shutdown_signal,
 };
-
-pub static CF_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/cf");
-pub static BILLING_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/billing");

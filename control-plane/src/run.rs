@@ -17,10 +17,12 @@ use crate::gateways::simulated::SimulatedGateway;
 use crate::metrics::Metrics;
 use crate::outbox::{Consumers, Topic};
 use crate::state::{AppState, Inner};
-use crate::{
-    BILLING_MIGRATOR, CF_MIGRATOR, api, billing, catalog, entitlements, gateways, maintenance,
-    outbox, usage,
-};
+use crate::{api, billing, catalog, entitlements, gateways, maintenance, outbox, usage};
+
+/// The cf_prod schema, applied at start.
+pub static CF_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/cf");
+/// The billing_prod schema, applied at start.
+pub static BILLING_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/billing");
 
 /// The consumer of each outbox topic: the outbox knows no domain, the process wires them.
 fn consumers() -> Consumers<AppState> {

@@ -204,3 +204,94 @@ async fn a_redis_restored_from_an_older_snapshot_is_repaired_with_what_changed_s
     );
     h.finish().await;
 }
+
+#[tokio::test]
+async fn delivered_outbox_rows_and_inbox_ids_are_pruned_after_the_retention_window_and_pending_ones_never()
+ {
+    let h = Harness::with_config(&[("outbox_retention_hours", "2")]).await;
+    // Delivered rows of three topics: a sign-up (recompute, publish) and a free plan
+    // (recompute, publish, billing schedule: an inbox id in billing).
+    let (_, token) = h.sign_up("prune@example.com").await;
+    let r = h
+        .post(
+            "/v1/checkout",
+            Some(&token),
+            Some("free-1"),
+            r#"{"plan":"free"}"#,
+        )
+        .await;
+    assert_eq!(r.status, axum::http::StatusCode::CREATED, "{:?}", r.json);
+    h.drain_outbox().await;
+    let delivered = h
+        .count("SELECT count(*) FROM outbox WHERE processed_at IS NOT NULL")
+        .await;
+    assert!(delivered >= 4, "{delivered}");
+    let inbox = |h: &Harness| {
+        let pool = h.state.billing.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM inbox")
+                .fetch_one(&pool)
+                .await
+                .expect("inbox");
+            n
+        }
+    };
+    assert_eq!(inbox(&h).await, 1);
+    // A row that keeps failing is never delivered: it must outlive any window.
+    let mut conn = h.state.cf.acquire().await.expect("conn");
+    let bad = json!({
+        "subscription_id": uuid::Uuid::now_v7(), "account_id": uuid::Uuid::now_v7(), "plan_key": "pro",
+        "amount_minor": -1, "currency": "USD", "interval": "month", "next_bill_at": null,
+        "status": "active", "revision": 1
+    });
+    outbox::enqueue(
+        &mut conn,
+        outbox::Topic::BillingSchedule,
+        &bad,
+        h.clock.now(),
+    )
+    .await
+    .expect("enqueue");
+    drop(conn);
+    h.drain_outbox().await;
+
+    // Inside the window nothing goes.
+    h.clock.advance(TimeDelta::minutes(119));
+    tollgate_control_plane::maintenance::run(&h.state)
+        .await
+        .expect("maintenance");
+    assert_eq!(
+        h.count("SELECT count(*) FROM outbox WHERE processed_at IS NOT NULL")
+            .await,
+        delivered
+    );
+    assert_eq!(inbox(&h).await, 1);
+
+    // Past it, every delivered row and inbox id goes; the failing row stays.
+    h.clock.advance(TimeDelta::minutes(2));
+    tollgate_control_plane::maintenance::run(&h.state)
+        .await
+        .expect("maintenance");
+    assert_eq!(
+        h.count("SELECT count(*) FROM outbox WHERE processed_at IS NOT NULL")
+            .await,
+        0
+    );
+    assert_eq!(inbox(&h).await, 0);
+    assert_eq!(
+        h.count("SELECT count(*) FROM outbox WHERE processed_at IS NULL")
+            .await,
+        1,
+        "the undelivered row is kept"
+    );
+    let metrics = h.get("/metrics", None).await;
+    let text = String::from_utf8(metrics.bytes).expect("utf-8");
+    assert!(
+        text.contains(&format!(
+            "tollgate_cp_outbox_pruned_total {}",
+            delivered + 1
+        )),
+        "{text}"
+    );
+    h.finish().await;
+}

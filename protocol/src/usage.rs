@@ -216,6 +216,11 @@ pub mod limits {
     pub const TIMESTAMP_MS_MAX: i64 = 253_402_300_799_999;
     /// Longest edge id, bytes (the edge id rule: [`crate::internal_api::valid_edge_id`]).
     pub use crate::internal_api::EDGE_ID_BYTES_MAX;
+    /// Most events one [`super::UsageBatch`] may carry (the control plane refuses a larger
+    /// batch whole; edges flush smaller ones).
+    pub const BATCH_EVENTS_MAX: usize = 10_000;
+    /// Largest [`super::UsageBatch`] body, bytes: about 1.6 KiB per event of a full batch.
+    pub const BATCH_BODY_BYTES_MAX: usize = 16 << 20;
 }
 
 /// Why an event breaks [`limits`]. Each has a stable [`code`](Self::code).

@@ -27,6 +27,23 @@ use crate::subscriptions;
 
 pub use publish::repair_redis_if_behind;
 
+/// A change-stream id, `ms-seq`, ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamId {
+    pub ms: i64,
+    pub seq: i64,
+}
+
+impl StreamId {
+    pub fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(Self {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
 /// Locks the account and computes its facts from current state; `version` is left at 0.
 pub async fn compute_facts(
     conn: &mut PgConnection,

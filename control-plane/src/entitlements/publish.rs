@@ -17,7 +17,7 @@
 use redis::AsyncCommands;
 use tollgate_protocol::{AccountFacts, ChangeEvent, redis_keys};
 
-use super::store;
+use super::{StreamId, store};
 use crate::state::AppState;
 
 /// Keeps the L2 copy monotonic: replaces it only with a higher version.
@@ -30,23 +30,6 @@ end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
 ";
-
-/// A change-stream id, `ms-seq`, ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct StreamId {
-    pub ms: i64,
-    pub seq: i64,
-}
-
-impl StreamId {
-    pub fn parse(id: &str) -> Option<Self> {
-        let (ms, seq) = id.split_once('-')?;
-        Some(Self {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
-        })
-    }
-}
 
 /// Publishes facts to the change stream and the L2 copy; returns the stream entry's id.
 pub async fn publish(state: &AppState, facts: &AccountFacts) -> anyhow::Result<Option<StreamId>> {

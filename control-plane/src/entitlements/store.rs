@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 use tollgate_protocol::AccountFacts;
 use uuid::Uuid;
 
-use super::publish::StreamId;
+use super::StreamId;
 use crate::ids::AccountId;
 use crate::outbox::Topic;
 

@@ -103,12 +103,12 @@ pub use leases::{LEASE_WANT_MAX, grant_for, lease, release};
 pub use partitions::{PARTITION_MONTHS_AHEAD, PARTITION_MONTHS_BEHIND, ensure_partitions};
 pub use periods::period_of;
 
-/// Most events one batch may carry.
-pub const BATCH_EVENTS_MAX: usize = 10_000;
-/// Largest `POST /internal/v1/usage` body: about 1.6 KiB per event of a full batch.
-pub const BODY_BYTES_MAX: usize = 16 << 20;
 /// Edge ids: the protocol's rule.
 pub use tollgate_protocol::internal_api::{EDGE_ID_BYTES_MAX, valid_edge_id};
+/// Batch bounds: the protocol's (edges flush within them).
+pub use tollgate_protocol::usage::limits::{
+    BATCH_BODY_BYTES_MAX as BODY_BYTES_MAX, BATCH_EVENTS_MAX,
+};
 /// Default grace window (`TOLLGATE_USAGE_GRACE_MS`): one hour.
 pub const GRACE_MS_DEFAULT: i64 = 3_600_000;
 /// Raw events and event ids older than this many months may be archived / deleted.
