@@ -618,13 +618,20 @@ impl PaymentGateway for SimulatedGateway {
                 "only a succeeded payment can be refunded".into(),
             ));
         }
-        let remaining = intent.amount_minor - intent.refunded_minor;
+        let remaining = intent
+            .amount_minor
+            .checked_sub(intent.refunded_minor)
+            .filter(|r| *r >= 0)
+            .ok_or_else(|| GatewayError::Invalid("refunded more than was paid".into()))?;
         if amount_minor <= 0 || amount_minor > remaining {
             return Err(GatewayError::Invalid(format!(
                 "refund of {amount_minor} exceeds the refundable {remaining}"
             )));
         }
-        intent.refunded_minor += amount_minor;
+        intent.refunded_minor = intent
+            .refunded_minor
+            .checked_add(amount_minor)
+            .ok_or_else(|| GatewayError::Invalid("refund total overflows".into()))?;
         Self::save(&mut tx, payment_intent_id, "payment", &intent).await?;
         let r = RefundRef {
             id: sim_id("re"),
