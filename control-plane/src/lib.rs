@@ -1,7 +1,7 @@
 //! Tollgate's control plane: accounts, payment methods, checkout, subscriptions, entitlements,
-//! usage, rule rollout and billing over cf_prod and billing_prod (locally the databases `tollgate_cf` and
-//! `tollgate_billing`) and Redis, behind the Dashboard,
-//! internal and admin routers.
+//! usage, rule rollout and billing over cf_prod and billing_prod (locally the databases
+//! `tollgate_cf` and `tollgate_billing`) and Redis, behind the Dashboard, internal and admin
+//! routers.
 //!
 //! * Domains own their logic and their SQL (a `store` part each): [`accounts`],
 //!   [`payment_methods`], [`catalog`], [`checkout`], [`subscriptions`], [`entitlements`],
