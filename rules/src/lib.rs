@@ -8,9 +8,9 @@
 //!
 //! * `host` (default): the wasmtime host ([`host`]) that loads and runs compiled modules.
 //! * `cli` (default): the `tollgate-rules` binary.
-//! * `testkit` (off): test support, `testkit` — hostile modules and bundles for the tests of
-//!   every host that loads rules. Only `[dev-dependencies]` enable it (this crate's, the
-//!   edge's, the control plane's), so it is never compiled into a build without tests.
+//! * `testkit` (off): the `testkit` module, hostile modules and bundles for the tests of every
+//!   host that loads rules. Only `[dev-dependencies]` enable it (this crate's, the edge's, the
+//!   control plane's), so it is never compiled into a build without tests.
 //!
 //! [`Catalog`] is the flat plan catalog the control plane's tables hold: it is seeded from the
 //! stable bundle's manifest on promotion (and from [`Catalog::demo`] in tests), so what is sold
