@@ -1,16 +1,18 @@
 //! From the wire's [`AccountFacts`] to a program's [`FactVector`], and from the module's
 //! [`RawDecision`]s back to the wire's [`Decision`]s.
 //!
+//! This module depends on [`crate::ir`], never the other way: the reason codes' wire names
+//! are the IR's own ([`crate::ir::ReasonCode::wire`]).
+//!
 //! Names are resolved against the program: a plan, add-on or feature the program does not
 //! know is ignored (an account on a plan a new bundle removed has no granting plan).
 
 use tollgate_protocol::{
-    AccountFacts, AccountStanding, Decision, FeatureOverride, Reason, SubscriptionStatus,
+    AccountFacts, AccountStanding, Decision, FeatureOverride, SubscriptionStatus,
 };
 
 use crate::ir::{
-    Fact, FactVector, Limit, OVERRIDE_DENY, OVERRIDE_GRANT, Program, RawDecision, ReasonCode,
-    SubStatus,
+    Fact, FactVector, Limit, OVERRIDE_DENY, OVERRIDE_GRANT, Program, RawDecision, SubStatus,
 };
 
 const MS_PER_DAY: i64 = 86_400_000;
@@ -65,21 +67,6 @@ pub fn fact_vector(program: &Program, facts: &AccountFacts, now_ms: i64) -> Fact
     v
 }
 
-pub fn reason(code: ReasonCode) -> Reason {
-    match code {
-        ReasonCode::GrantedByPlan => Reason::GrantedByPlan,
-        ReasonCode::DeniedNotInPlan => Reason::DeniedNotInPlan,
-        ReasonCode::DeniedNoSubscription => Reason::DeniedNoSubscription,
-        ReasonCode::DeniedBanned => Reason::DeniedBanned,
-        ReasonCode::GrantedByAddon => Reason::GrantedByAddon,
-        ReasonCode::GrantedByRule => Reason::GrantedByRule,
-        ReasonCode::DeniedByRule => Reason::DeniedByRule,
-        ReasonCode::DeniedPastDue => Reason::DeniedPastDue,
-        ReasonCode::CappedByRule => Reason::CappedByRule,
-        ReasonCode::Override => Reason::Override,
-    }
-}
-
 /// The wire's decision. `limit` is the finite limit of an allowed decision; an unlimited
 /// one, like one without a limit, has `None`, which the edge serves as "no quota" for a
 /// metered feature. A denial never has a limit.
@@ -87,7 +74,7 @@ pub fn decision(raw: RawDecision) -> Decision {
     Decision {
         allowed: raw.allowed,
         limit: raw.limit.finite().filter(|_| raw.allowed),
-        reason: reason(raw.reason),
+        reason: raw.reason.wire(),
     }
 }
 
@@ -96,7 +83,7 @@ mod tests {
     use super::*;
     use crate::interp;
     use std::collections::BTreeMap;
-    use tollgate_protocol::{AccountId, SubscriptionFacts};
+    use tollgate_protocol::{AccountId, Reason, SubscriptionFacts};
     use uuid::Uuid;
 
     fn demo() -> Program {

@@ -51,6 +51,7 @@
 //! +∞ and [`Limit::Finite`] otherwise (so `limit(g)` of a `g` without a limit gives 0).
 
 use serde::{Deserialize, Serialize};
+use tollgate_protocol::Reason;
 
 /// A feature's limit in a decision, a plan's grant, an override or an expectation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -449,7 +450,23 @@ impl ReasonCode {
     /// The name the rule language and messages use (`granted_by_plan`).
     /// The wire name, as edges answer it (one list of strings: `tollgate_protocol::Reason`).
     pub fn as_str(self) -> &'static str {
-        crate::facts::reason(self).as_str()
+        self.wire().as_str()
+    }
+
+    /// The wire's reason for this code, as edges answer it.
+    pub fn wire(self) -> Reason {
+        match self {
+            Self::GrantedByPlan => Reason::GrantedByPlan,
+            Self::DeniedNotInPlan => Reason::DeniedNotInPlan,
+            Self::DeniedNoSubscription => Reason::DeniedNoSubscription,
+            Self::DeniedBanned => Reason::DeniedBanned,
+            Self::GrantedByAddon => Reason::GrantedByAddon,
+            Self::GrantedByRule => Reason::GrantedByRule,
+            Self::DeniedByRule => Reason::DeniedByRule,
+            Self::DeniedPastDue => Reason::DeniedPastDue,
+            Self::CappedByRule => Reason::CappedByRule,
+            Self::Override => Reason::Override,
+        }
     }
 }
 

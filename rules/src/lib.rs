@@ -4,6 +4,14 @@
 //! ([`bounds`]), signed bundles ([`bundle`]), the mapping from wire facts to the module's fact
 //! vector ([`facts`]) and the `tollgate-rules` CLI.
 //!
+//! # Cargo features
+//!
+//! * `host` (default): the wasmtime host ([`host`]) that loads and runs compiled modules.
+//! * `cli` (default): the `tollgate-rules` binary.
+//! * `testkit` (off): the `testkit` module, hostile modules and bundles for the tests of every
+//!   host that loads rules. Only `[dev-dependencies]` enable it (this crate's, the edge's, the
+//!   control plane's), so it is never compiled into a build without tests.
+//!
 //! [`Catalog`] is the flat plan catalog the control plane's tables hold: it is seeded from the
 //! stable bundle's manifest on promotion (and from [`Catalog::demo`] in tests), so what is sold
 //! and what is granted come from one source.
@@ -17,6 +25,7 @@ pub mod host;
 pub mod interp;
 pub mod ir;
 pub mod lang;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod wasm;
 

@@ -2,6 +2,9 @@
 //! crate, the edge, the control plane). Each module honours the export contract of
 //! [`crate::wasm`] for a given [`Shape`], so it passes the load-time checks and misbehaves only
 //! when evaluated — exactly what a host must contain.
+//!
+//! Test-only: compiled with the `testkit` cargo feature, which only `[dev-dependencies]`
+//! enable (see the crate docs), never into a release build.
 
 use wasm_encoder::{
     BlockType, CodeSection, EntityType, ExportKind, ExportSection, Function, FunctionSection,

@@ -64,15 +64,18 @@
 //! [`BUNDLE_BYTES_MAX`] for the whole file; decoding is bounded by the input (postcard reads
 //! lengths from the input and never allocates past what is there).
 
-use std::collections::{BTreeMap, HashSet};
+mod keys;
 
-use ed25519_dalek::Signer;
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::bounds::{self, CatalogIssue, Missing};
 use crate::compiler::{COMPILER_VERSION, Compiled};
 use crate::ir;
+
+pub use keys::{KEY_ID_CHARS_MAX, PublicKey, SigningKey, TrustedKeys, is_valid_key_id};
 
 /// Largest bundle file accepted or built.
 pub const BUNDLE_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -89,8 +92,6 @@ pub const UNSIGNED_MAGIC: &[u8; 8] = b"TGUNSIGN";
 pub const MODULE_PART: &str = "module.wasm";
 /// Name of the lowered program part (postcard of [`ir::Program`]).
 pub const PROGRAM_PART: &str = "program.postcard";
-/// Longest key id.
-pub const KEY_ID_CHARS_MAX: usize = 64;
 /// Smallest bundle version.
 pub const BUNDLE_VERSION_MIN: u64 = 1;
 /// Largest bundle version: the control plane stores versions as PostgreSQL `bigint`.
@@ -99,8 +100,6 @@ pub const BUNDLE_VERSION_MAX: u64 = i64::MAX as u64;
 pub const CATALOG_ISSUES_SHOWN: usize = 10;
 
 const HEADER_BYTES: usize = 12;
-const SECRET_PREFIX: &str = "tollgate-ed25519-secret";
-const PUBLIC_PREFIX: &str = "tollgate-ed25519";
 
 /// One part of a bundle as the manifest lists it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -228,171 +227,6 @@ pub fn check_manifest(m: &Manifest) -> Result<(), BundleError> {
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------------
-// Keys
-
-/// Whether `id` can name a key: 1–[`KEY_ID_CHARS_MAX`] of `A-Z a-z 0-9 . _ -`.
-pub fn is_valid_key_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= KEY_ID_CHARS_MAX
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-fn check_key_id(id: &str) -> Result<(), BundleError> {
-    if is_valid_key_id(id) {
-        Ok(())
-    } else {
-        Err(BundleError::Key(format!(
-            "key id `{id}` is not 1-{KEY_ID_CHARS_MAX} characters of A-Z a-z 0-9 . _ -"
-        )))
-    }
-}
-
-fn key_bytes(hex_text: &str) -> Result<[u8; 32], BundleError> {
-    let bytes = hex::decode(hex_text.trim())
-        .map_err(|e| BundleError::Key(format!("key is not hex: {e}")))?;
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| BundleError::Key(format!("key is {} bytes, not 32", bytes.len())))
-}
-
-/// Splits `<prefix> <key_id> <hex>` (one line, surrounding whitespace ignored).
-fn key_line<'a>(s: &'a str, prefix: &str) -> Result<(&'a str, &'a str), BundleError> {
-    let mut words = s.split_whitespace();
-    match (words.next(), words.next(), words.next(), words.next()) {
-        (Some(p), Some(id), Some(hex), None) if p == prefix => {
-            check_key_id(id)?;
-            Ok((id, hex))
-        }
-        _ => Err(BundleError::Key(format!(
-            "expected one line `{prefix} <key_id> <hex>`"
-        ))),
-    }
-}
-
-/// A secret signing key. Its `Debug` does not show the secret.
-pub struct SigningKey {
-    pub key_id: String,
-    secret: ed25519_dalek::SigningKey,
-}
-
-impl std::fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("key_id", &self.key_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SigningKey {
-    /// A fresh key from the operating system's random source. The key id should satisfy
-    /// [`is_valid_key_id`]; a key with another id cannot be read back from its file.
-    pub fn generate(key_id: &str) -> Self {
-        Self {
-            key_id: key_id.into(),
-            secret: ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng),
-        }
-    }
-
-    /// `tollgate-ed25519-secret <key_id> <hex>` and a newline.
-    pub fn to_file_string(&self) -> String {
-        format!(
-            "{SECRET_PREFIX} {} {}\n",
-            self.key_id,
-            hex::encode(self.secret.to_bytes())
-        )
-    }
-
-    pub fn from_file_string(s: &str) -> Result<Self, BundleError> {
-        let (id, hex) = key_line(s, SECRET_PREFIX)?;
-        Ok(Self {
-            key_id: id.into(),
-            secret: ed25519_dalek::SigningKey::from_bytes(&key_bytes(hex)?),
-        })
-    }
-
-    pub fn public(&self) -> PublicKey {
-        PublicKey {
-            key_id: self.key_id.clone(),
-            key: self.secret.verifying_key(),
-        }
-    }
-}
-
-/// A public key that verifies bundles signed by the [`SigningKey`] of the same id.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PublicKey {
-    pub key_id: String,
-    key: ed25519_dalek::VerifyingKey,
-}
-
-impl PublicKey {
-    /// `tollgate-ed25519 <key_id> <hex>` and a newline.
-    pub fn to_file_string(&self) -> String {
-        format!("{PUBLIC_PREFIX} {} {}\n", self.key_id, self.hex())
-    }
-
-    pub fn from_file_string(s: &str) -> Result<Self, BundleError> {
-        let (id, hex) = key_line(s, PUBLIC_PREFIX)?;
-        Self::from_parts(id, hex)
-    }
-
-    /// The key as lower-case hex (the form [`TrustedKeys::parse_list`] reads).
-    pub fn hex(&self) -> String {
-        hex::encode(self.key.as_bytes())
-    }
-
-    fn from_parts(id: &str, hex: &str) -> Result<Self, BundleError> {
-        check_key_id(id)?;
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&key_bytes(hex)?)
-            .map_err(|_| BundleError::Key(format!("key `{id}` is not a valid ed25519 key")))?;
-        Ok(Self {
-            key_id: id.into(),
-            key,
-        })
-    }
-}
-
-/// The keys a verifier accepts, by key id.
-#[derive(Clone, Debug, Default)]
-pub struct TrustedKeys(BTreeMap<String, PublicKey>);
-
-impl TrustedKeys {
-    /// A later key with the same id replaces an earlier one.
-    pub fn new(keys: Vec<PublicKey>) -> Self {
-        Self(keys.into_iter().map(|k| (k.key_id.clone(), k)).collect())
-    }
-
-    /// Reads `id1:hex,id2:hex` (the environment and config form); whitespace around entries
-    /// is ignored, an empty string is no keys, a key id given twice is an error.
-    pub fn parse_list(s: &str) -> Result<Self, BundleError> {
-        let mut keys = BTreeMap::new();
-        for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (id, hex) = entry
-                .split_once(':')
-                .ok_or_else(|| BundleError::Key(format!("`{entry}` is not `key_id:hex`")))?;
-            let key = PublicKey::from_parts(id.trim(), hex.trim())?;
-            if keys.insert(key.key_id.clone(), key).is_some() {
-                return Err(BundleError::Key(format!(
-                    "key id `{}` given twice",
-                    id.trim()
-                )));
-            }
-        }
-        Ok(Self(keys))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn get(&self, key_id: &str) -> Option<&PublicKey> {
-        self.0.get(key_id)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Building
 
 /// A bundle before signing: its manifest and its parts.
@@ -523,7 +357,7 @@ impl UnsignedBundle {
     /// The signed bundle file: the manifest bytes signed by `key`.
     pub fn sign(&self, key: &SigningKey) -> Vec<u8> {
         let manifest_bytes = self.manifest_bytes();
-        let signature = key.secret.sign(&manifest_bytes).to_bytes().to_vec();
+        let signature = key.signature(&manifest_bytes);
         let mut out = header(SIGNED_MAGIC);
         out.extend(encode_infallible(&SignedEnvelope {
             manifest_bytes,
@@ -622,11 +456,7 @@ pub fn verify(bytes: &[u8], trusted: &TrustedKeys) -> Result<VerifiedBundle, Bun
     let key = trusted
         .get(&env.key_id)
         .ok_or_else(|| BundleError::UnknownKey(env.key_id.clone()))?;
-    let signature = ed25519_dalek::Signature::from_slice(&env.signature)
-        .map_err(|_| BundleError::BadSignature)?;
-    key.key
-        .verify_strict(&env.manifest_bytes, &signature)
-        .map_err(|_| BundleError::BadSignature)?;
+    key.verify(&env.manifest_bytes, &env.signature)?;
     let (manifest, program, module) = check_contents(&env.manifest_bytes, env.parts)?;
     Ok(VerifiedBundle {
         manifest,

@@ -1,0 +1,149 @@
+//! The commands on a rule source: `check`, `test` and `compile`.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tollgate_rules::bundle;
+use tollgate_rules::compiler;
+use tollgate_rules::lang::{Diagnostic, Severity, SourceFile};
+
+use crate::failure::{Failure, Outcome};
+use crate::files::{read_source, write};
+use crate::out::{errln, outln};
+
+fn render_all(file: &SourceFile, diags: &[Diagnostic]) {
+    for d in diags {
+        errln!("{}", d.render(file));
+    }
+}
+
+fn count(diags: &[Diagnostic], severity: Severity) -> usize {
+    diags.iter().filter(|d| d.severity == severity).count()
+}
+
+/// Prints the diagnostics of a source that does not compile and fails with
+/// `{file}: {summary}`, the summary made from the count of errors (`2 errors`).
+fn rejected(
+    file: &SourceFile,
+    diags: &[Diagnostic],
+    summary: impl FnOnce(String) -> String,
+) -> Failure {
+    render_all(file, diags);
+    let errors = plural(count(diags, Severity::Error), "error");
+    Failure::Failed(format!("{}: {}", file.name, summary(errors)))
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+pub(crate) fn check(path: &Path) -> Outcome {
+    let file = read_source(path)?;
+    // The same checks as `compile`, short of running the tests.
+    match compiler::check(&file) {
+        Ok((program, warnings)) => {
+            render_all(&file, &warnings);
+            outln!(
+                "{}: ok: {}, {}, {}, {}, {}; {}",
+                file.name,
+                plural(program.features.len(), "feature"),
+                plural(program.plans.len(), "plan"),
+                plural(program.addons.len(), "add-on"),
+                plural(program.rules.len(), "rule"),
+                plural(program.tests.len(), "test"),
+                plural(warnings.len(), "warning"),
+            );
+            Ok(())
+        }
+        Err(diags) => {
+            let warnings = plural(count(&diags, Severity::Warning), "warning");
+            Err(rejected(&file, &diags, |errors| {
+                format!("{errors}, {warnings}")
+            }))
+        }
+    }
+}
+
+pub(crate) fn test(path: &Path) -> Outcome {
+    let file = read_source(path)?;
+    let (program, _) = compiler::check(&file).map_err(|diags| {
+        rejected(&file, &diags, |errors| {
+            format!("does not compile ({errors})")
+        })
+    })?;
+    let diags = match compiler::compile(&file) {
+        Ok(compiled) => compiled.warnings,
+        Err(diags) => diags,
+    };
+    let (errors, warnings): (Vec<&Diagnostic>, Vec<&Diagnostic>) =
+        diags.iter().partition(|d| d.severity == Severity::Error);
+    for w in warnings {
+        errln!("{}", w.render(&file));
+    }
+    let mut failed = 0;
+    for t in &program.tests {
+        let mine: Vec<&&Diagnostic> = errors.iter().filter(|d| d.span == t.span).collect();
+        if mine.is_empty() {
+            outln!("test {:?} ... ok", t.name);
+        } else {
+            failed += 1;
+            outln!("test {:?} ... FAILED", t.name);
+            for d in mine {
+                outln!("    {}", d.message);
+            }
+        }
+    }
+    // Problems not tied to one test (a module that does not run, a program too large).
+    let other: Vec<Diagnostic> = errors
+        .iter()
+        .filter(|d| !program.tests.iter().any(|t| t.span == d.span))
+        .map(|d| (*d).clone())
+        .collect();
+    render_all(&file, &other);
+    let total = program.tests.len();
+    if failed == 0 && other.is_empty() {
+        outln!("{} of {total} tests passed", total);
+        Ok(())
+    } else {
+        Err(Failure::Failed(format!(
+            "{} of {total} tests passed, {failed} failed{}",
+            total - failed,
+            if other.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", plural(other.len(), "other error"))
+            }
+        )))
+    }
+}
+
+pub(crate) fn compile(path: &Path, output: &Path, version: Option<u64>) -> Outcome {
+    let file = read_source(path)?;
+    let compiled =
+        compiler::compile(&file).map_err(|diags| rejected(&file, &diags, |errors| errors))?;
+    render_all(&file, &compiled.warnings);
+    let now = now();
+    let version = version.unwrap_or(now.as_secs());
+    let created_at_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
+    let unsigned = bundle::build(&compiled, &file.text, version, created_at_ms)
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    let bytes = unsigned.encode();
+    write(output, &bytes)?;
+    outln!(
+        "wrote {} (version {version}, {} bytes, {} tests passed); sign it with `tollgate-rules sign`",
+        output.display(),
+        bytes.len(),
+        compiled.program.tests.len()
+    );
+    Ok(())
+}
+
+fn now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
