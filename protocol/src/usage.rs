@@ -93,8 +93,9 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The date of a day number since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
+/// The date (year, month 1-12, day 1-31) of a day number since 1970-01-01, proleptic Gregorian
+/// (Howard Hinnant's days-to-civil): the one calendar conversion every crate uses.
+pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
