@@ -240,7 +240,7 @@ pub fn persist_facts(state: &EdgeState, dir: &Path) -> std::io::Result<usize> {
         stream_id: state
             .stream_position()
             .filter(|_| !state.restored_waiting()),
-        saved_at_ms: crate::now_ms(),
+        saved_at_ms: crate::clock::now_ms(),
     };
     let tmp = dir.join(format!("{FACTS_FILE}.tmp"));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);

@@ -87,7 +87,7 @@ impl DeadEntry {
         }
         Self {
             seq,
-            at_ms: crate::now_ms(),
+            at_ms: crate::clock::now_ms(),
             code: code.into(),
             detail,
             event: None,

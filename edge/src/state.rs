@@ -181,12 +181,12 @@ impl EdgeState {
     /// Fills skip L2 for the next `ms`.
     pub fn distrust_l2_for(&self, ms: i64) {
         self.l2_distrusted_until_ms
-            .fetch_max(crate::now_ms().saturating_add(ms), Ordering::Relaxed);
+            .fetch_max(crate::clock::now_ms().saturating_add(ms), Ordering::Relaxed);
     }
 
     /// Whether fills may read the L2 copy now.
     pub fn l2_trusted(&self) -> bool {
-        crate::now_ms() >= self.l2_distrusted_until_ms.load(Ordering::Relaxed)
+        crate::clock::now_ms() >= self.l2_distrusted_until_ms.load(Ordering::Relaxed)
     }
 
     /// Whether an answer from this entry is stale: the change stream is silent past the
@@ -268,25 +268,16 @@ impl EdgeState {
     }
 
     /// Remembers a denial in the bounded ring and logs it as a structured event.
-    pub fn record_denial(&self, account: AccountId, resp: &crate::CheckResponse<'_>) {
+    pub fn record_denial(&self, denial: Denial) {
         tracing::debug!(
             target: "tollgate_edge::denials",
-            account_id = %account,
-            feature = %resp.feature,
-            reason = resp.reason.as_str(),
-            version = resp.version,
-            bundle_version = resp.bundle_version,
+            account_id = %denial.account,
+            feature = %denial.feature,
+            reason = denial.reason.as_str(),
+            version = denial.version,
+            bundle_version = denial.bundle_version,
             "denied"
         );
-        let denial = Denial {
-            at_ms: crate::now_ms(),
-            account,
-            feature: resp.feature.to_string(),
-            reason: resp.reason,
-            version: resp.version,
-            bundle_version: resp.bundle_version,
-            stale: resp.stale,
-        };
         let mut ring = self
             .denials
             .lock()
@@ -332,7 +323,7 @@ impl EdgeState {
         meter: &str,
         spec: &tollgate_protocol::usage::MeterSpec,
     ) -> (i64, bool) {
-        let now = crate::now_ms();
+        let now = crate::clock::now_ms();
         let (start, _) = spec.period.bounds(now);
         let Some(usage) = self.usage.get() else {
             return (0, false);
@@ -382,7 +373,7 @@ impl EdgeState {
             return None;
         }
         let usage = self.usage.get()?;
-        let (start, _) = spec.period.bounds(crate::now_ms());
+        let (start, _) = spec.period.bounds(crate::clock::now_ms());
         let (lease, stale_units) = usage.lease_under(account, meter, start, limit);
         if let Some(units) = stale_units.filter(|u| *u > 0) {
             let rel = tollgate_protocol::usage::LeaseRelease {
@@ -447,14 +438,15 @@ impl EdgeState {
     /// Answers are stale when the change stream has not been read successfully within the
     /// freshness budget (Redis down, or never reached).
     pub fn is_stale(&self) -> bool {
-        crate::now_ms() - self.stream_ok_at_ms.load(Ordering::Relaxed) > self.freshness_budget_ms
+        crate::clock::now_ms() - self.stream_ok_at_ms.load(Ordering::Relaxed)
+            > self.freshness_budget_ms
     }
 
     pub fn apply_change(&self, ev: ChangeEvent) {
         let Some(view) = self.rules.load_full() else {
             return;
         };
-        let lag_ms = crate::now_ms() - ev.committed_at_ms;
+        let lag_ms = crate::clock::now_ms() - ev.committed_at_ms;
         self.metrics.stream_lag_ms.set(lag_ms.max(0));
         if self.cache.apply(ev.facts, &view) {
             self.metrics.changes_applied.inc();

@@ -47,7 +47,7 @@
 //!
 //! # Quota leases across edges
 //!
-//! A check of a feature the rules allow with a finite limit (`decide`, in the crate root): a
+//! A check of a feature the rules allow with a finite limit (`decide`, in `check.rs`): a
 //! `limit` feature denies `denied_quota_exceeded` when the quantity is above the limit; a
 //! metered one reads [`usage_of`](crate::state::EdgeState::usage_of) (the last aggregate,
 //! refetched through `GET /internal/v1/accounts/{id}/usage` when missing or older than
@@ -606,7 +606,7 @@ impl Usage {
     /// Removes leases of ended periods (their counters are moot) and idle ones; returns the
     /// idle ones' unused units to give back. With `all`, every lease (shutdown).
     fn take_leases(&self, all: bool) -> Vec<(AccountId, String, i64, i64)> {
-        let now_ms = crate::now_ms();
+        let now_ms = crate::clock::now_ms();
         let idle = Duration::from_millis(LEASE_IDLE_MS);
         let mut back = Vec::new();
         lock(&self.counters.leases).retain(|(account, meter, start), l| {
@@ -890,7 +890,7 @@ impl Usage {
             let mut f = lock(&self.flush);
             f.batch_events_max = (f.batch_events_max * 2).min(FLUSH_EVENTS_MAX);
             f.refused_head = None;
-            f.last_ok_at_ms = Some(crate::now_ms());
+            f.last_ok_at_ms = Some(crate::clock::now_ms());
             f.last_error = None;
             f.consecutive_failures = 0;
         }
