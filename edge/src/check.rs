@@ -5,7 +5,8 @@
 //! A check reads the account's materialised decisions from the cache ([`EdgeState::entry`]),
 //! then applies what depends on the request rather than on the facts: a `limit` feature's
 //! quantity must fit the limit, and a metered feature's usage must leave room for the quantity
-//! (see [`crate::usage`] for leases and the usage a check sees). On a cache hit
+//! ([`quota_fits`], the one metered-quota rule, which the entitlements view applies too; see
+//! [`crate::usage`] for leases and the usage a check sees). On a cache hit
 //! `GET /v1/check` allocates nothing beyond its response body and never enters WebAssembly.
 
 use std::borrow::Cow;
@@ -16,6 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tollgate_protocol::usage::{Aggregation, MeterSpec};
 use tollgate_protocol::{AccountId, Reason};
 
 use crate::cache;
@@ -160,21 +162,18 @@ pub(crate) async fn decide<'a>(
         resp.usage = Some(used);
         resp.remaining = Some(limit.saturating_sub(used));
         resp.stale |= unavailable;
-        if !spec.soft {
-            // Sum meters: the edge's lease of the quota decides (bounded overspend across
-            // edges); otherwise, or without the control plane, the usage just read.
-            let leased = if spec.aggregation == tollgate_protocol::usage::Aggregation::Sum {
-                state
-                    .lease_allows(account, &resp.feature, spec, limit, quantity)
-                    .await
-            } else {
-                None
-            };
-            let fits = leased.unwrap_or_else(|| used.saturating_add(quantity) <= limit);
-            if !fits {
-                resp.allowed = false;
-                resp.reason = Reason::DeniedQuotaExceeded;
-            }
+        // Sum meters: the edge's lease of the quota decides (bounded overspend across
+        // edges); otherwise, or without the control plane, the usage just read.
+        let leased = if !spec.soft && spec.aggregation == Aggregation::Sum {
+            state
+                .lease_allows(account, &resp.feature, spec, limit, quantity)
+                .await
+        } else {
+            None
+        };
+        if !quota_fits(spec, limit, used, quantity, leased) {
+            resp.allowed = false;
+            resp.reason = Reason::DeniedQuotaExceeded;
         }
     }
     if resp.allowed {
@@ -192,6 +191,22 @@ pub(crate) async fn decide<'a>(
         });
     }
     Ok(resp)
+}
+
+/// The metered-quota rule, the one every answer applies (`GET`/`POST /v1/check`, OFREP, and
+/// `GET /v1/accounts/{id}/entitlements` with quantity 1): whether `quantity` more units fit a
+/// granted, finite quota `limit` of which `used` is used. A `soft` meter always fits (it never
+/// denies; `remaining` may go negative). Otherwise this edge's lease of the quota decides when
+/// the check consulted one (`leased`: `sum` meters on the check path); without it, the
+/// quantity must fit on top of the usage read: `used + quantity ≤ limit` (saturating).
+pub(crate) fn quota_fits(
+    spec: &MeterSpec,
+    limit: i64,
+    used: i64,
+    quantity: i64,
+    leased: Option<bool>,
+) -> bool {
+    spec.soft || leased.unwrap_or_else(|| used.saturating_add(quantity) <= limit)
 }
 
 /// `GET /v1/check?account=ID&feature=KEY` — the hot path: on a cache hit, no allocation
@@ -369,7 +384,9 @@ pub(crate) async fn entitlements(
                     v["remaining"] = json!(limit.saturating_sub(used));
                     v["aggregation"] = json!(spec.aggregation.as_str());
                     v["soft"] = json!(spec.soft);
-                    if d.allowed && used >= limit && !spec.soft {
+                    // The check's rule for quantity 1, without a lease: this view never
+                    // asks for one.
+                    if d.allowed && !quota_fits(spec, limit, used, 1, None) {
                         v["allowed"] = json!(false);
                         v["reason"] = json!(Reason::DeniedQuotaExceeded);
                     }
@@ -390,4 +407,52 @@ pub(crate) async fn entitlements(
         "features": features,
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_protocol::usage::{Aggregation, MeterPeriod, MeterSpec};
+
+    use super::quota_fits;
+
+    fn meter(aggregation: Aggregation, soft: bool) -> MeterSpec {
+        MeterSpec {
+            period: MeterPeriod::Month,
+            aggregation,
+            soft,
+            lease: 100,
+        }
+    }
+
+    #[test]
+    fn a_quota_fits_when_the_quantity_fits_on_top_of_the_usage_unless_a_lease_answered() {
+        let hard = meter(Aggregation::Count, false);
+        let soft = meter(Aggregation::Sum, true);
+        for (spec, limit, used, quantity, leased, fits) in [
+            (&hard, 10, 9, 1, None, true),
+            (&hard, 10, 10, 1, None, false),
+            (&hard, 10, 11, 1, None, false),
+            (&hard, 10, 7, 3, None, true),
+            (&hard, 10, 7, 4, None, false),
+            // Quantity 0 asks whether the quota is not passed yet.
+            (&hard, 10, 10, 0, None, true),
+            (&hard, 10, 11, 0, None, false),
+            // A lease, when the check asked for one, decides either way.
+            (&hard, 10, 0, 1, Some(false), false),
+            (&hard, 10, 10, 1, Some(true), true),
+            // A soft meter never denies.
+            (&soft, 10, 11, 1, None, true),
+            (&soft, 10, 11, 1, Some(false), true),
+            // Saturating: the check's rule. The entitlements view used to compare
+            // `used >= limit` and denied here; it now answers as the check does.
+            (&hard, i64::MAX, i64::MAX, 1, None, true),
+        ] {
+            assert_eq!(
+                quota_fits(spec, limit, used, quantity, leased),
+                fits,
+                "{used} + {quantity} of {limit} (soft {}, lease {leased:?})",
+                spec.soft
+            );
+        }
+    }
 }

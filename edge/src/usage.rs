@@ -94,8 +94,9 @@
 //!   control plane answers) plus the checks in flight; for `max`, `latest` and `unique_count`
 //!   also this edge's own unflushed usage (not additive).
 //!
-//! `GET /v1/accounts/{id}/entitlements` shows the same `usage` and, for a non-`soft` meter,
-//! `denied_quota_exceeded` once `usage ≥ limit`; it never asks for a lease.
+//! `GET /v1/accounts/{id}/entitlements` shows the same `usage` and applies the same rule as a
+//! check of quantity 1 (`quota_fits`, in `check.rs`): for a non-`soft` meter,
+//! `denied_quota_exceeded` once `usage + 1 > limit`; it never asks for a lease.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;

@@ -800,6 +800,87 @@ async fn a_soft_meter_allows_overage_and_a_hard_one_denies_it() {
     );
 }
 
+/// `GET /v1/check` and `GET /v1/accounts/{id}/entitlements` apply one metered-quota rule: for
+/// quantity 1 they answer the same below, at and past the quota, for a meter without a lease
+/// (`count`), one with a lease (`sum`) and a `soft` one.
+#[tokio::test]
+async fn the_check_and_the_entitlements_view_agree_at_the_edge_of_a_metered_quota() {
+    let cp = Arc::new(Cp::default());
+    let accounts: Vec<(i64, AccountId)> = [2, 3, 4].map(|used| (used, AccountId::new_v7())).into();
+    for (_, account) in &accounts {
+        pro(&cp, *account);
+    }
+    // The control plane keeps failing flushes: the usage stays this edge's own.
+    cp.fail_next.store(u32::MAX, Ordering::SeqCst);
+    let e = edge(temp_dir("agree"), 1 << 20, cp).await;
+    let source = "feature calls: metered per month count\n\
+                  feature units: metered per month sum\n\
+                  feature soft_units: metered per month sum soft\n\
+                  plan pro \"Pro\" { price 0 USD per month grant calls = 3 grant units = 3 grant soft_units = 3 }\n";
+    let file = tollgate_rules::lang::SourceFile {
+        name: "agree.tg".into(),
+        text: source.into(),
+    };
+    let (program, _) = tollgate_rules::lang::compile_source(&file).expect("compiles");
+    install(&e.state, 2, program);
+    for (used, account) in &accounts {
+        let a = account.to_string();
+        let mut events = vec![
+            json!({"account": a, "meter": "units", "quantity": used}),
+            json!({"account": a, "meter": "soft_units", "quantity": used}),
+        ];
+        events.extend((0..*used).map(|_| json!({"account": a, "meter": "calls", "quantity": 1})));
+        let (s, _, v) = post_usage(&e, "application/json", Value::Array(events)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    }
+    for (used, account) in &accounts {
+        let (_, _, view) = call(
+            &e.state,
+            Method::GET,
+            &format!("/v1/accounts/{account}/entitlements"),
+            None,
+            Value::Null,
+        )
+        .await;
+        for feature in ["calls", "units", "soft_units"] {
+            let (_, _, check) = call(
+                &e.state,
+                Method::GET,
+                &format!("/v1/check?account={account}&feature={feature}"),
+                None,
+                Value::Null,
+            )
+            .await;
+            let listed = view["features"]
+                .as_array()
+                .expect("features")
+                .iter()
+                .find(|f| f["feature"] == feature)
+                .expect("listed")
+                .clone();
+            let expected = feature == "soft_units" || *used < 3;
+            assert_eq!(
+                (check["allowed"].as_bool(), check["usage"].as_i64()),
+                (Some(expected), Some(*used)),
+                "{feature} at {used} of 3: {check}"
+            );
+            assert_eq!(
+                (
+                    listed["allowed"].as_bool(),
+                    listed["reason"].as_str(),
+                    listed["usage"].as_i64()
+                ),
+                (
+                    check["allowed"].as_bool(),
+                    check["reason"].as_str(),
+                    check["usage"].as_i64()
+                ),
+                "{feature} at {used} of 3: the view {listed} and the check {check} disagree"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn evicting_an_account_from_the_cache_keeps_its_unflushed_usage() {
     let cp = Arc::new(Cp::default());
