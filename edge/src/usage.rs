@@ -49,13 +49,13 @@
 //!
 //! A check of a feature the rules allow with a finite limit (`decide`, in `check.rs`): a
 //! `limit` feature denies `denied_quota_exceeded` when the quantity is above the limit; a
-//! metered one reads [`usage_of`](crate::state::EdgeState::usage_of) (the last aggregate,
+//! metered one reads [`usage_of`](Usage::usage_of) (the last aggregate,
 //! refetched through `GET /internal/v1/accounts/{id}/usage` when missing or older than
 //! [`AGGREGATE_TTL_MS`], plus this edge's unacknowledged usage for `sum` and `count`) into
 //! `usage` and `remaining`, then, unless the meter is `soft` (never denies; `remaining` may go
 //! negative):
 //!
-//! * **`sum`: leases** ([`lease_allows`](crate::state::EdgeState::lease_allows)). billing_prod
+//! * **`sum`: leases** ([`lease_allows`](Usage::lease_allows)). billing_prod
 //!   keeps one counter per (account, meter, period) of the units leased out to every edge,
 //!   minus those given back (seeded with the period's aggregate on first use), and grants
 //!   under its row lock: `need` if it fits the quota (all or nothing), plus as much of `extra`
@@ -108,10 +108,12 @@ use std::time::{Duration, Instant};
 
 use tollgate_protocol::AccountId;
 use tollgate_protocol::usage::{
-    LeaseRelease, MeterAggregate, MeterSpec, UsageAck, UsageBatch, UsageEvent, validate_event,
+    Aggregation, LeaseRelease, LeaseRequest, MeterAggregate, MeterSpec, UsageAck, UsageBatch,
+    UsageEvent, validate_event,
 };
 
 use crate::dead_letter::{DeadEntry, DeadLetter};
+use crate::metrics::UsageMetrics;
 use crate::upstream::{Upstream, UpstreamError};
 use crate::usage_log::{LogError, LogOptions, Record, UsageLog};
 
@@ -321,25 +323,6 @@ pub struct Usage {
     pub max_pending_bytes: u64,
 }
 
-/// Counters the usage path keeps (registered in, and rendered by,
-/// [`crate::metrics::EdgeMetrics`]; clones share the values).
-#[derive(Default, Clone)]
-pub struct UsageMetrics {
-    pub events_accepted: prometheus_client::metrics::counter::Counter,
-    pub events_invalid: prometheus_client::metrics::counter::Counter,
-    pub events_refused_full: prometheus_client::metrics::counter::Counter,
-    pub events_flushed: prometheus_client::metrics::counter::Counter,
-    pub flush_failures: prometheus_client::metrics::counter::Counter,
-    pub flush_refusals: prometheus_client::metrics::counter::Counter,
-    pub commit_groups: prometheus_client::metrics::counter::Counter,
-    pub dead_lettered: prometheus_client::metrics::counter::Counter,
-    pub dead_letter_dropped: prometheus_client::metrics::counter::Counter,
-    pub pending_events: prometheus_client::metrics::gauge::Gauge,
-    pub pending_bytes: prometheus_client::metrics::gauge::Gauge,
-    pub dead_letter_events: prometheus_client::metrics::gauge::Gauge,
-    pub store_failed: prometheus_client::metrics::gauge::Gauge,
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -545,6 +528,123 @@ impl Usage {
                     Op::Nop
                 }
             });
+        }
+    }
+
+    /// Current-period usage of a metered feature, as a check sees it: the control plane's
+    /// aggregate (fetched through `upstream` when missing or older than [`AGGREGATE_TTL_MS`])
+    /// plus, for additive aggregations, this edge's unacknowledged events. `true` with it when
+    /// the aggregate could not be fetched (the last one, however old, counts; the caller
+    /// answers `stale`).
+    pub async fn usage_of(
+        &self,
+        upstream: &Upstream,
+        account: AccountId,
+        meter: &str,
+        spec: &MeterSpec,
+    ) -> (i64, bool) {
+        let now = crate::clock::now_ms();
+        let (start, _) = spec.period.bounds(now);
+        let local = self.pending(account, meter, start);
+        let aggregate = match self.fresh_aggregate(account, meter, now) {
+            Some(a) => Some(a),
+            None => match upstream.account_usage(account).await {
+                Ok(all) => {
+                    self.remember(all.aggregates);
+                    // Remembered even when older than the TTL allows: take it from the answer.
+                    self.fresh_aggregate(account, meter, now)
+                }
+                Err(e) => {
+                    // The last aggregate however old (stale), plus what this edge added since.
+                    tracing::debug!(account_id = %account, error = %e, "usage aggregate unavailable; using the last one");
+                    let last = self.last_aggregate(account, meter, now).map(|(a, _)| a);
+                    return (combine(spec, last, start, local), true);
+                }
+            },
+        };
+        (combine(spec, aggregate, start, local), false)
+    }
+
+    /// Whether `quantity` more units of a `sum` meter fit the account's quota, served from this
+    /// edge's lease and renewing it (through `upstream`, as `edge_id`) when it runs short. A
+    /// renewal asks for what this check needs, all or nothing, plus the meter's lease size: a
+    /// check that would be denied takes nothing from the quota, and a lease never holds more
+    /// than the lease size beyond what allowed checks needed. A lease granted under another
+    /// quota (the account's facts or the bundle changed) is given back first. `None` when there
+    /// is no room for another lease, or the control plane could not be asked: the caller
+    /// compares the last aggregate instead.
+    #[allow(clippy::too_many_arguments)] // the lease key, the quota and the check, and where to ask
+    pub async fn lease_allows(
+        &self,
+        upstream: &Upstream,
+        edge_id: &str,
+        account: AccountId,
+        meter: &str,
+        spec: &MeterSpec,
+        limit: i64,
+        quantity: i64,
+    ) -> Option<bool> {
+        if quantity > limit {
+            // No lease can fit it: denied without asking, nothing reserved.
+            return Some(false);
+        }
+        if quantity == 0 {
+            // Asks only whether the quota is not passed yet: the usage read answers that.
+            return None;
+        }
+        let (start, _) = spec.period.bounds(crate::clock::now_ms());
+        let (lease, stale_units) = self.lease_under(account, meter, start, limit);
+        if let Some(units) = stale_units.filter(|u| *u > 0) {
+            let rel = LeaseRelease {
+                account,
+                meter: meter.to_owned(),
+                edge_id: edge_id.to_owned(),
+                period_start_ms: start,
+                units,
+            };
+            if let Err(e) = upstream.release(&rel).await {
+                tracing::warn!(account_id = %account, meter, units, error = %e, "lease of an old quota not given back");
+            }
+        }
+        let remaining = lease.map_or_else(
+            || {
+                self.pending(account, meter, start)
+                    .quantity
+                    .saturating_neg()
+            },
+            |l| l.remaining(),
+        );
+        if lease.is_some() && remaining >= quantity {
+            return Some(true);
+        }
+        let need = quantity.saturating_sub(remaining).max(1);
+        let recently_refused = lease.and_then(|l| l.exhausted).is_some_and(|(t, refused)| {
+            need >= refused && t.elapsed() < Duration::from_millis(EXHAUSTED_RECHECK_MS)
+        });
+        if recently_refused {
+            return Some(false);
+        }
+        if !self.lease_room(account, meter, start) {
+            return None;
+        }
+        let req = LeaseRequest {
+            account,
+            meter: meter.to_owned(),
+            edge_id: edge_id.to_owned(),
+            period_start_ms: start,
+            need,
+            extra: spec.lease,
+            limit,
+        };
+        match upstream.lease(&req).await {
+            Ok(grant) => {
+                let l = self.add_grant((account, meter, start), limit, need, grant.granted);
+                Some(l.remaining() >= quantity)
+            }
+            Err(e) => {
+                tracing::warn!(account_id = %account, meter, error = %e, "quota lease unavailable; comparing the last aggregate");
+                None
+            }
         }
     }
 
@@ -903,6 +1003,24 @@ impl Usage {
     }
 }
 
+/// The usage a check sees: the control plane's aggregate of the current period plus, for
+/// additive aggregations, this edge's unacknowledged events.
+fn combine(
+    spec: &MeterSpec,
+    aggregate: Option<MeterAggregate>,
+    period_start: i64,
+    local: Pending,
+) -> i64 {
+    let remote = aggregate
+        .filter(|a| a.period_start_ms == period_start)
+        .map_or(0, |a| a.value);
+    match spec.aggregation {
+        Aggregation::Sum => remote.saturating_add(local.quantity),
+        Aggregation::Count => remote.saturating_add(local.events),
+        _ => remote,
+    }
+}
+
 /// The flush's idempotency key: the same batch (edge, seq range) always has the same key.
 pub fn batch_id(edge_id: &str, first: u64, upto: u64) -> uuid::Uuid {
     use sha2::Digest;
@@ -1049,10 +1167,18 @@ impl Writer {
     }
 }
 
+/// What the flusher needs from the edge it runs in: the control plane it flushes to (and
+/// gives leases back to), and this edge's id. The edge's state implements it: the usage store
+/// never depends on the state, the state depends on the store.
+pub trait FlushTarget: Send + Sync + 'static {
+    fn upstream(&self) -> &Upstream;
+    fn edge_id(&self) -> &str;
+}
+
 /// Flushes until shutdown: after each commit, or every `interval` at the latest; sweeps idle
 /// leases every [`SWEEP_MS`].
 pub async fn flush_loop(
-    state: crate::state::EdgeState,
+    state: impl FlushTarget,
     usage: Arc<Usage>,
     interval: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -1063,9 +1189,11 @@ pub async fn flush_loop(
         if swept.elapsed() >= Duration::from_millis(SWEEP_MS) {
             swept = Instant::now();
             let idle = usage.take_leases(false);
-            usage.give_back(&state.upstream, &state.edge_id, idle).await;
+            usage
+                .give_back(state.upstream(), state.edge_id(), idle)
+                .await;
         }
-        match usage.flush_once(&state.upstream, &state.edge_id).await {
+        match usage.flush_once(state.upstream(), state.edge_id()).await {
             Ok(Flushed::Batch { .. } | Flushed::Narrowed { .. }) => {
                 backoff = BACKOFF_MS_MIN;
             }
@@ -1091,7 +1219,9 @@ pub async fn flush_loop(
             }
         }
     }
-    usage.release_unused(&state.upstream, &state.edge_id).await;
+    usage
+        .release_unused(state.upstream(), state.edge_id())
+        .await;
 }
 
 #[cfg(test)]
