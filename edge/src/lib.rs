@@ -44,6 +44,8 @@ pub mod upstream;
 // Metered usage, durably.
 // The usage dead-letter file: events set aside until an operator replays or discards them.
 pub mod dead_letter;
+// The filesystem seam of every durable write (fault injection in tests) and durable replace.
+pub mod durable;
 // The usage store: group commit, flusher, pending counters, aggregates, quota leases.
 pub mod usage;
 // The checksummed, segmented usage log.

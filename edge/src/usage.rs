@@ -113,6 +113,7 @@ use tollgate_protocol::usage::{
 };
 
 use crate::dead_letter::{DeadEntry, DeadLetter};
+use crate::durable::{Fs, RealFs};
 use crate::metrics::UsageMetrics;
 use crate::upstream::{Upstream, UpstreamError};
 use crate::usage_log::{LogError, LogOptions, Record, UsageLog};
@@ -245,8 +246,9 @@ pub struct UsageOptions {
     pub dead_letter: PathBuf,
     pub max_pending_bytes: u64,
     pub dead_letter_bytes_max: u64,
-    /// Fault injection, see [`LogOptions::fail_syncs_after`]; `None` in production.
-    pub fail_syncs_after: Option<u64>,
+    /// What the log and the dead-letter file write through: [`RealFs`] in production, a
+    /// [`crate::durable::FaultyFs`] in tests that make the disk fail.
+    pub fs: Arc<dyn Fs>,
 }
 
 impl UsageOptions {
@@ -261,7 +263,7 @@ impl UsageOptions {
             dead_letter: data_dir.join(crate::dead_letter::FILE_NAME),
             max_pending_bytes,
             dead_letter_bytes_max,
-            fail_syncs_after: None,
+            fs: Arc::new(RealFs),
         }
     }
 }
@@ -376,12 +378,16 @@ impl Usage {
             &opts.dir,
             LogOptions {
                 max_pending_bytes: opts.max_pending_bytes,
-                fail_syncs_after: opts.fail_syncs_after,
+                fs: opts.fs.clone(),
                 ..LogOptions::default()
             },
         )?;
-        let dead = DeadLetter::open(&opts.dead_letter, opts.dead_letter_bytes_max)
-            .map_err(LogError::Io)?;
+        let dead = DeadLetter::open(
+            opts.fs.clone(),
+            &opts.dead_letter,
+            opts.dead_letter_bytes_max,
+        )
+        .map_err(LogError::Io)?;
         tracing::info!(
             records = report.records,
             torn_tail_bytes = report.torn_tail_bytes,

@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tollgate_edge::cache::CacheLimits;
+use tollgate_edge::durable::{FaultyFs, Fs, FsOp};
 use tollgate_edge::state::{EdgeOptions, EdgeState};
 use tollgate_edge::upstream::{L2, Upstream};
 use tollgate_edge::usage::{Usage, UsageOptions};
@@ -213,7 +214,8 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 struct Setup {
     /// The usage buffer bound (default 1 MiB).
     buffer: Option<u64>,
-    fail_syncs_after: Option<u64>,
+    /// The filesystem the usage log and dead-letter file write through (default: the real one).
+    fs: Option<Arc<dyn Fs>>,
     tokens: tollgate_edge::auth::Tokens,
 }
 
@@ -241,10 +243,11 @@ async fn edge(dir: std::path::PathBuf, buffer: u64, cp: Arc<Cp>) -> Edge {
 }
 
 fn usage_options(dir: &std::path::Path, setup: &Setup) -> UsageOptions {
-    UsageOptions {
-        fail_syncs_after: setup.fail_syncs_after,
-        ..UsageOptions::in_data_dir(dir, setup.buffer.unwrap_or(1 << 20), 1 << 20)
+    let mut opts = UsageOptions::in_data_dir(dir, setup.buffer.unwrap_or(1 << 20), 1 << 20);
+    if let Some(fs) = &setup.fs {
+        opts.fs = fs.clone();
     }
+    opts
 }
 
 async fn edge_with(dir: std::path::PathBuf, cp: Arc<Cp>, setup: Setup) -> Edge {
@@ -1300,7 +1303,8 @@ async fn a_failed_fsync_refuses_usage_with_nothing_stored_and_makes_the_edge_unr
         temp_dir("fsync"),
         Arc::default(),
         Setup {
-            fail_syncs_after: Some(1),
+            // The usage log's first fdatasync succeeds, every later one fails (a dying disk).
+            fs: Some(Arc::new(FaultyFs::new().fail_after(FsOp::SyncData, 1))),
             ..Setup::default()
         },
     )
