@@ -20,7 +20,8 @@ use serde_json::json;
 use crate::gate::{BoundedBodyLayer, GateLayer};
 use crate::problem::problem;
 use crate::state::EdgeState;
-use crate::{auth, check, ofrep, ops, usage_api};
+use crate::usage_api::{self, dead_letters, discard_dead_letters, replay_dead_letters};
+use crate::{auth, check, ofrep, ops};
 
 /// The edge's whole HTTP surface over `state` (tests drive it with `oneshot`).
 pub fn app(state: EdgeState) -> Router {
@@ -37,15 +38,9 @@ pub fn app(state: EdgeState) -> Router {
         }));
     // What operators call: an operator token, always.
     let operator = Router::new()
-        .route("/v1/dead-letter", get(usage_api::dead_letters))
-        .route(
-            "/v1/dead-letter/replay",
-            post(usage_api::replay_dead_letters),
-        )
-        .route(
-            "/v1/dead-letter/discard",
-            post(usage_api::discard_dead_letters),
-        )
+        .route("/v1/dead-letter", get(dead_letters))
+        .route("/v1/dead-letter/replay", post(replay_dead_letters))
+        .route("/v1/dead-letter/discard", post(discard_dead_letters))
         .route_layer(GateLayer::new({
             let tokens = state.tokens.clone();
             move |req: &axum::extract::Request| auth::operator(&tokens, req.headers())

@@ -228,6 +228,16 @@ fn install(state: &EdgeState, version: u64, program: tollgate_rules::ir::Program
     state.install_rules(version, program, loaded);
 }
 
+/// Rules from `source`, compiled and installed as bundle `version`.
+fn install_source(state: &EdgeState, version: u64, name: &str, source: &str) {
+    let file = tollgate_rules::lang::SourceFile {
+        name: name.into(),
+        text: source.into(),
+    };
+    let (program, _) = tollgate_rules::lang::compile_source(&file).expect("compiles");
+    install(state, version, program);
+}
+
 /// An edge with the demo rules, a usage log under `dir` (buffer bound `buffer`), and its
 /// flusher running against a fresh stub control plane.
 async fn edge(dir: std::path::PathBuf, buffer: u64, cp: Arc<Cp>) -> Edge {
@@ -341,6 +351,19 @@ async fn post_usage(e: &Edge, ct: &str, body: Value) -> (StatusCode, HeaderMap, 
 }
 
 /// Polls until the stub holds `n` events.
+/// `GET /v1/accounts/{account}/entitlements`'s body.
+async fn entitlements(e: &Edge, account: AccountId) -> Value {
+    let uri = format!("/v1/accounts/{account}/entitlements");
+    call(&e.state, Method::GET, &uri, None, Value::Null).await.2
+}
+
+/// One feature of an entitlements body.
+fn listed(view: &Value, feature: &str) -> Value {
+    let features = view["features"].as_array().expect("features");
+    let found = features.iter().find(|f| f["feature"] == feature);
+    found.expect("listed").clone()
+}
+
 async fn until_stored(cp: &Cp, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -688,21 +711,7 @@ async fn metered_checks_add_unflushed_local_usage_to_the_last_aggregate() {
         (StatusCode::BAD_REQUEST, Some("invalid_quantity"))
     );
     // The entitlements view says the same.
-    let (_, _, v) = call(
-        &e.state,
-        Method::GET,
-        &format!("/v1/accounts/{account}/entitlements"),
-        None,
-        Value::Null,
-    )
-    .await;
-    let api = v["features"]
-        .as_array()
-        .expect("features")
-        .iter()
-        .find(|f| f["feature"] == "api_calls")
-        .expect("api_calls")
-        .clone();
+    let api = listed(&entitlements(&e, account).await, "api_calls");
     assert_eq!(
         (
             api["usage"].as_i64(),
@@ -765,12 +774,7 @@ async fn a_soft_meter_allows_overage_and_a_hard_one_denies_it() {
     let source = "feature hard: metered per month sum\n\
                   feature soft_calls: metered per month sum soft\n\
                   plan pro \"Pro\" { price 0 USD per month grant hard = 5 grant soft_calls = 5 }\n";
-    let file = tollgate_rules::lang::SourceFile {
-        name: "soft.tg".into(),
-        text: source.into(),
-    };
-    let (program, _) = tollgate_rules::lang::compile_source(&file).expect("compiles");
-    install(&e.state, 2, program);
+    install_source(&e.state, 2, "soft.tg", source);
     let body = json!([
         {"account": account.to_string(), "meter": "hard", "quantity": 5},
         {"account": account.to_string(), "meter": "soft_calls", "quantity": 5},
@@ -820,12 +824,7 @@ async fn the_check_and_the_entitlements_view_agree_at_the_edge_of_a_metered_quot
                   feature units: metered per month sum\n\
                   feature soft_units: metered per month sum soft\n\
                   plan pro \"Pro\" { price 0 USD per month grant calls = 3 grant units = 3 grant soft_units = 3 }\n";
-    let file = tollgate_rules::lang::SourceFile {
-        name: "agree.tg".into(),
-        text: source.into(),
-    };
-    let (program, _) = tollgate_rules::lang::compile_source(&file).expect("compiles");
-    install(&e.state, 2, program);
+    install_source(&e.state, 2, "agree.tg", source);
     for (used, account) in &accounts {
         let a = account.to_string();
         let mut events = vec![
@@ -837,14 +836,7 @@ async fn the_check_and_the_entitlements_view_agree_at_the_edge_of_a_metered_quot
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     }
     for (used, account) in &accounts {
-        let (_, _, view) = call(
-            &e.state,
-            Method::GET,
-            &format!("/v1/accounts/{account}/entitlements"),
-            None,
-            Value::Null,
-        )
-        .await;
+        let view = entitlements(&e, *account).await;
         for feature in ["calls", "units", "soft_units"] {
             let (_, _, check) = call(
                 &e.state,
@@ -854,13 +846,7 @@ async fn the_check_and_the_entitlements_view_agree_at_the_edge_of_a_metered_quot
                 Value::Null,
             )
             .await;
-            let listed = view["features"]
-                .as_array()
-                .expect("features")
-                .iter()
-                .find(|f| f["feature"] == feature)
-                .expect("listed")
-                .clone();
+            let listed = listed(&view, feature);
             let expected = feature == "soft_units" || *used < 3;
             assert_eq!(
                 (check["allowed"].as_bool(), check["usage"].as_i64()),
