@@ -19,6 +19,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::problem::problem;
+
 /// Shortest token accepted in the configuration: shorter ones are guessable.
 pub const TOKEN_CHARS_MIN: usize = 16;
 
@@ -81,7 +83,7 @@ impl Tokens {
 }
 
 fn unauthorized(code: &'static str, detail: &str) -> Response {
-    let mut resp = crate::problem(StatusCode::UNAUTHORIZED, code, detail);
+    let mut resp = problem(StatusCode::UNAUTHORIZED, code, detail);
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         header::HeaderValue::from_static("Bearer realm=\"tollgate-edge\""),
@@ -110,7 +112,7 @@ pub fn service(tokens: &Tokens, headers: &HeaderMap) -> Option<Response> {
 /// The gate of the operator routes: an operator token, which must be configured.
 pub fn operator(tokens: &Tokens, headers: &HeaderMap) -> Option<Response> {
     if tokens.operator.is_empty() {
-        return Some(crate::problem(
+        return Some(problem(
             StatusCode::FORBIDDEN,
             "operator_tokens_not_configured",
             "set TOLLGATE_EDGE_OPERATOR_TOKENS to use the dead-letter API",

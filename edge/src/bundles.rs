@@ -3,8 +3,8 @@
 //! only then swap it in. Any failure keeps the previous bundle serving, is reported to the
 //! control plane, and is retried with backoff.
 //!
-//! The last good bundle is kept on disk (`<data_dir>/bundle.tgb`, written to a temporary file,
-//! fsynced, then renamed), and so are the facts of the cached accounts
+//! The last good bundle is kept on disk (`<data_dir>/bundle.tgb`, replaced durably through
+//! [`durable::replace`]: a temporary file, fsynced, renamed, the directory fsynced), and so are the facts of the cached accounts
 //! (`<data_dir>/facts.jsonl`, every few seconds and at shutdown, with the change-stream position
 //! they are current to), so a restart with the control plane and Redis both down still answers
 //! — with `stale: true` until the follower has read every change made since that position
@@ -37,6 +37,7 @@ use tollgate_rules::bundle::{self, TrustedKeys};
 use tollgate_rules::compiler;
 use tollgate_rules::host::RulesEngine;
 
+use crate::durable::{self, Fs, RealFs};
 use crate::state::EdgeState;
 
 pub const BUNDLE_FILE: &str = "bundle.tgb";
@@ -98,17 +99,16 @@ pub fn install(
     Ok(activate(state, prepare(engine, trusted, bytes)?))
 }
 
-/// Writes `bytes` to `dir/bundle.tgb` durably (temp file, fsync, rename, fsync dir).
+/// Writes `bytes` to `dir/bundle.tgb` durably ([`durable::replace`]: temp file, fsync,
+/// rename, fsync dir).
 pub fn persist(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+    persist_on(&RealFs, dir, bytes)
+}
+
+/// [`persist`] through the filesystem `fs` (tests make it fail).
+pub fn persist_on(fs: &dyn Fs, dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{BUNDLE_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(BUNDLE_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    durable::replace(fs, &dir.join(BUNDLE_FILE), bytes)
 }
 
 /// Installs the bundle saved by an earlier run, if any (and still valid).
@@ -226,12 +226,17 @@ pub struct FactsHeader {
 /// The facts file format that carries a [`FactsHeader`].
 pub const FACTS_FORMAT: u32 = 2;
 
-/// Writes the facts of every cached account (not unknown ones) durably: temp file, fsync,
-/// rename. The header's stream position is read *before* the facts: every change after it
-/// is replayed at restore (facts only move forward, so replaying one already in is harmless),
-/// none before it is missed. Returns how many accounts were written.
+/// Writes the facts of every cached account (not unknown ones) durably
+/// ([`durable::replace_with`]: temp file, fsync, rename, fsync dir). The header's stream
+/// position is read *before* the facts: every change after it is replayed at restore (facts
+/// only move forward, so replaying one already in is harmless), none before it is missed.
+/// Returns how many accounts were written.
 pub fn persist_facts(state: &EdgeState, dir: &Path) -> std::io::Result<usize> {
-    use std::io::Write;
+    persist_facts_on(&RealFs, state, dir)
+}
+
+/// [`persist_facts`] through the filesystem `fs` (tests make it fail).
+pub fn persist_facts_on(fs: &dyn Fs, state: &EdgeState, dir: &Path) -> std::io::Result<usize> {
     std::fs::create_dir_all(dir)?;
     let header = FactsHeader {
         format: FACTS_FORMAT,
@@ -240,25 +245,21 @@ pub fn persist_facts(state: &EdgeState, dir: &Path) -> std::io::Result<usize> {
         stream_id: state
             .stream_position()
             .filter(|_| !state.restored_waiting()),
-        saved_at_ms: crate::now_ms(),
+        saved_at_ms: crate::clock::now_ms(),
     };
-    let tmp = dir.join(format!("{FACTS_FILE}.tmp"));
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    serde_json::to_writer(&mut out, &header)?;
-    out.write_all(b"\n")?;
     let mut n = 0;
-    for account in state.cache.accounts() {
-        if let Some(facts) = state.cache.get(&account).and_then(|e| e.facts.clone()) {
-            serde_json::to_writer(&mut out, &facts)?;
-            out.write_all(b"\n")?;
-            n += 1;
+    durable::replace_with(fs, &dir.join(FACTS_FILE), |out| {
+        serde_json::to_writer(&mut *out, &header)?;
+        out.write_all(b"\n")?;
+        for account in state.cache.accounts() {
+            if let Some(facts) = state.cache.get(&account).and_then(|e| e.facts.clone()) {
+                serde_json::to_writer(&mut *out, &facts)?;
+                out.write_all(b"\n")?;
+                n += 1;
+            }
         }
-    }
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, dir.join(FACTS_FILE))?;
-    std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    })?;
     Ok(n)
 }
 

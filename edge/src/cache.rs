@@ -66,7 +66,7 @@ impl RulesView {
     /// reference interpreter (same semantics, proven equal by property tests) answers and the
     /// failure is logged.
     pub fn decide(&self, facts: &AccountFacts) -> Vec<Decision> {
-        let vector = fact_vector(&self.program, facts, crate::now_ms());
+        let vector = fact_vector(&self.program, facts, crate::clock::now_ms());
         let raw = self.rules.evaluate(&vector).unwrap_or_else(|e| {
             tracing::error!(account_id = %facts.account_id, error = %e, "rule module failed; interpreter answers");
             interp::evaluate(&self.program, &vector)

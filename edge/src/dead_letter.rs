@@ -25,8 +25,8 @@
 //! Entries are appended and `fdatasync`ed *before* the usage log acknowledges their records,
 //! so a crash in between writes an entry twice at worst: an entry whose `seq` is already in the
 //! file is skipped, on append and at open. A torn last line (a crash mid-append) is cut off at
-//! open. Removing entries (replay, discard) rewrites the file: temp file, fsync, rename, fsync
-//! of the directory.
+//! open. Removing entries (replay, discard) rewrites the file ([`durable::replace_with`]: temp
+//! file, fsync, rename, fsync of the directory). Every write goes through the [`Fs`] seam.
 //!
 //! # Bound
 //!
@@ -45,11 +45,14 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tollgate_protocol::usage::UsageEvent;
+
+use crate::durable::{self, Fs};
 
 /// File name, in the edge's data directory.
 pub const FILE_NAME: &str = "usage-dead-letter.jsonl";
@@ -87,7 +90,7 @@ impl DeadEntry {
         }
         Self {
             seq,
-            at_ms: crate::now_ms(),
+            at_ms: crate::clock::now_ms(),
             code: code.into(),
             detail,
             event: None,
@@ -107,6 +110,7 @@ pub struct Appended {
 }
 
 pub struct DeadLetter {
+    fs: Arc<dyn Fs>,
     path: PathBuf,
     file: File,
     bytes: u64,
@@ -114,31 +118,25 @@ pub struct DeadLetter {
     max_bytes: u64,
 }
 
-fn sync_dir(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
-        _ => Ok(()),
-    }
-}
-
 impl DeadLetter {
     /// Opens (creating) the file, cutting off a torn last line and noting which seqs it holds.
-    pub fn open(path: &Path, max_bytes: u64) -> io::Result<Self> {
+    /// Every write goes through `fs`.
+    pub fn open(fs: Arc<dyn Fs>, path: &Path, max_bytes: u64) -> io::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let (entries, good_bytes) = Self::scan(path)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)?;
+        let file = fs.open(
+            path,
+            OpenOptions::new().create(true).read(true).append(true),
+        )?;
         if file.metadata()?.len() > good_bytes {
-            file.set_len(good_bytes)?;
-            file.sync_data()?;
+            fs.set_len(&file, good_bytes)?;
+            fs.sync_data(&file)?;
         }
-        sync_dir(path)?;
+        durable::sync_parent(fs.as_ref(), path)?;
         Ok(Self {
+            fs,
             path: path.to_owned(),
             file,
             bytes: good_bytes,
@@ -200,12 +198,12 @@ impl DeadLetter {
         }
         if !buf.is_empty() {
             if let Err(err) = self
-                .file
-                .write_all(&buf)
-                .and_then(|()| self.file.sync_data())
+                .fs
+                .write_all(&self.file, &buf)
+                .and_then(|()| self.fs.sync_data(&self.file))
             {
                 // Whatever part landed is cut off again: the entries were not kept.
-                let _ = self.file.set_len(self.bytes);
+                let _ = self.fs.set_len(&self.file, self.bytes);
                 return Err(err);
             }
             self.bytes += buf.len() as u64;
@@ -244,24 +242,19 @@ impl DeadLetter {
             .filter(|e| !seqs.contains(&e.seq))
             .collect();
         let before = self.seqs.len();
-        let tmp = self.path.with_extension("jsonl.tmp");
         let mut bytes = 0u64;
-        {
-            let mut out = io::BufWriter::new(File::create(&tmp)?);
+        durable::replace_with(self.fs.as_ref(), &self.path, |out| {
             for e in &keep {
                 let mut line = serde_json::to_vec(e).map_err(io::Error::other)?;
                 line.push(b'\n');
                 bytes += line.len() as u64;
                 out.write_all(&line)?;
             }
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        sync_dir(&self.path)?;
-        self.file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&self.path)?;
+            Ok(())
+        })?;
+        self.file = self
+            .fs
+            .open(&self.path, OpenOptions::new().read(true).append(true))?;
         self.bytes = bytes;
         self.seqs = keep.iter().map(|e| e.seq).collect();
         Ok(before - self.seqs.len())
@@ -270,33 +263,10 @@ impl DeadLetter {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
-
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TestDir(PathBuf);
-
-    impl TestDir {
-        fn new() -> Self {
-            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "tollgate-dead-letter-{}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-            let _ = std::fs::remove_dir_all(&path);
-            Self(path)
-        }
-
-        fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TestDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::durable::{FaultyFs, FsOp, RealFs, TestDir};
 
     fn entry(seq: u64) -> DeadEntry {
         DeadEntry::new(seq, "unknown_account", "no account")
@@ -304,9 +274,9 @@ mod tests {
 
     #[test]
     fn entries_survive_reopen_once_each_and_a_torn_tail_is_cut() {
-        let dir = TestDir::new();
+        let dir = TestDir::new("dead-letter");
         let path = dir.path().join(FILE_NAME);
-        let mut d = DeadLetter::open(&path, 1 << 20).expect("open");
+        let mut d = DeadLetter::open(Arc::new(RealFs), &path, 1 << 20).expect("open");
         let a = d
             .append(vec![entry(1), entry(2), entry(2)])
             .expect("append");
@@ -318,23 +288,23 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).expect("f");
         f.write_all(br#"{"seq":3,"at_ms":1,"co"#).expect("torn");
         drop(f);
-        let mut d = DeadLetter::open(&path, 1 << 20).expect("reopen");
+        let mut d = DeadLetter::open(Arc::new(RealFs), &path, 1 << 20).expect("reopen");
         assert_eq!(d.len(), 2);
         let seqs: Vec<u64> = d.entries().expect("read").iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 2]);
         // The torn bytes are gone: the next append starts on a line of its own.
         d.append(vec![entry(3)]).expect("append");
         drop(d);
-        let d = DeadLetter::open(&path, 1 << 20).expect("reopen");
+        let d = DeadLetter::open(Arc::new(RealFs), &path, 1 << 20).expect("reopen");
         assert_eq!(d.len(), 3);
     }
 
     #[test]
     fn the_byte_bound_drops_and_counts_instead_of_growing() {
-        let dir = TestDir::new();
+        let dir = TestDir::new("dead-letter");
         let path = dir.path().join(FILE_NAME);
         let one = serde_json::to_vec(&entry(1)).expect("json").len() as u64 + 1;
-        let mut d = DeadLetter::open(&path, one * 2).expect("open");
+        let mut d = DeadLetter::open(Arc::new(RealFs), &path, one * 2).expect("open");
         let a = d
             .append(vec![entry(1), entry(2), entry(3)])
             .expect("append");
@@ -343,16 +313,38 @@ mod tests {
     }
 
     #[test]
-    fn removing_entries_rewrites_the_file() {
-        let dir = TestDir::new();
+    fn a_failed_fdatasync_keeps_no_entry_of_the_append() {
+        let dir = TestDir::new("dead-letter");
         let path = dir.path().join(FILE_NAME);
-        let mut d = DeadLetter::open(&path, 1 << 20).expect("open");
+        let mut d = DeadLetter::open(Arc::new(RealFs), &path, 1 << 20).expect("open");
+        d.append(vec![entry(1)]).expect("append");
+        drop(d);
+        let dying = Arc::new(FaultyFs::new().fail_after(FsOp::SyncData, 0));
+        let mut d = DeadLetter::open(dying, &path, 1 << 20).expect("open");
+        let bytes = d.bytes();
+        assert!(d.append(vec![entry(2), entry(3)]).is_err());
+        assert_eq!(
+            (d.len(), d.bytes()),
+            (1, bytes),
+            "cut back to what was kept"
+        );
+        drop(d);
+        let d = DeadLetter::open(Arc::new(RealFs), &path, 1 << 20).expect("reopen");
+        let seqs: Vec<u64> = d.entries().expect("read").iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1]);
+    }
+
+    #[test]
+    fn removing_entries_rewrites_the_file() {
+        let dir = TestDir::new("dead-letter");
+        let path = dir.path().join(FILE_NAME);
+        let mut d = DeadLetter::open(Arc::new(RealFs), &path, 1 << 20).expect("open");
         d.append(vec![entry(1), entry(2), entry(3)])
             .expect("append");
         assert_eq!(d.remove(&HashSet::from([1, 3])).expect("remove"), 2);
         d.append(vec![entry(4)]).expect("append");
         drop(d);
-        let d = DeadLetter::open(&path, 1 << 20).expect("reopen");
+        let d = DeadLetter::open(Arc::new(RealFs), &path, 1 << 20).expect("reopen");
         let seqs: Vec<u64> = d.entries().expect("read").iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [2, 4]);
     }

@@ -19,6 +19,8 @@ use axum::response::Response;
 use futures::future::{BoxFuture, Either};
 use tower::{Layer, Service};
 
+use crate::problem::problem;
+
 /// Answers from the request head when `check` returns a response; otherwise the inner service does.
 #[derive(Clone)]
 pub struct GateLayer<F>(F);
@@ -140,7 +142,7 @@ async fn read_bounded(req: Request) -> Result<Request, Response> {
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
-            return Err(crate::problem(
+            return Err(problem(
                 StatusCode::BAD_REQUEST,
                 "unreadable_body",
                 "the request body could not be read",
@@ -156,7 +158,7 @@ async fn read_bounded(req: Request) -> Result<Request, Response> {
         }
     }
     if total > REQUEST_BODY_BYTES_MAX {
-        return Err(crate::problem(
+        return Err(problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("a request body is at most {REQUEST_BODY_BYTES_MAX} bytes"),

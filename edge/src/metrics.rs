@@ -51,7 +51,7 @@ pub struct EdgeMetrics {
     pub stream_lag_ms: Gauge,
     pub bundle_installs: Counter,
     pub bundle_failures: Counter,
-    pub usage: crate::usage::UsageMetrics,
+    pub usage: UsageMetrics,
 }
 
 impl EdgeMetrics {
@@ -141,7 +141,7 @@ impl EdgeMetrics {
             "Age of the newest change event read from the stream when it was read (commit to read), ms",
             stream_lag_ms.clone(),
         );
-        let usage = crate::usage::UsageMetrics::default();
+        let usage = UsageMetrics::default();
         for (name, help, counter) in [
             (
                 "usage_events_accepted",
@@ -244,6 +244,26 @@ impl EdgeMetrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Counters and gauges of the usage path ([`crate::usage`] updates them; clones share the
+/// values). Declared here, beside every other metric, so that metrics depend on no module of
+/// the edge: the usage store takes them as a plain struct.
+#[derive(Default, Clone)]
+pub struct UsageMetrics {
+    pub events_accepted: Counter,
+    pub events_invalid: Counter,
+    pub events_refused_full: Counter,
+    pub events_flushed: Counter,
+    pub flush_failures: Counter,
+    pub flush_refusals: Counter,
+    pub commit_groups: Counter,
+    pub dead_lettered: Counter,
+    pub dead_letter_dropped: Counter,
+    pub pending_events: Gauge,
+    pub pending_bytes: Gauge,
+    pub dead_letter_events: Gauge,
+    pub store_failed: Gauge,
 }
 
 impl Default for EdgeMetrics {

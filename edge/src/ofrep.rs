@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use tollgate_protocol::{AccountId, Reason};
 use tollgate_rules::ir::FeatureKind;
 
-use crate::CheckResponse;
 use crate::cache::RulesView;
+use crate::check::{CheckResponse, decide};
 use crate::state::EdgeState;
 
 fn error(
@@ -133,7 +133,7 @@ pub async fn evaluate_flag(
         );
     };
     let kind = view.program.features[index].kind;
-    match crate::decide(&state, &view, account, Cow::Borrowed(key.as_str()), 1).await {
+    match decide(&state, &view, account, Cow::Borrowed(key.as_str()), 1).await {
         Ok(r) => axum::Json(evaluation(&view, &key, kind, &r)).into_response(),
         Err((_, _, detail)) => error(StatusCode::NOT_FOUND, Some(&key), "FLAG_NOT_FOUND", detail),
     }
@@ -159,7 +159,7 @@ pub async fn evaluate_all(
     };
     let mut flags = Vec::with_capacity(view.program.features.len());
     for f in &view.program.features {
-        match crate::decide(&state, &view, account, Cow::Borrowed(f.key.as_str()), 1).await {
+        match decide(&state, &view, account, Cow::Borrowed(f.key.as_str()), 1).await {
             Ok(r) => {
                 flags.push(evaluation(&view, &f.key, f.kind, &r));
             }

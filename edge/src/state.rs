@@ -12,6 +12,7 @@ use tollgate_rules::ir::Program;
 use crate::cache::{AccountCache, CacheLimits, Entry, Fill, RulesView};
 use crate::metrics::{EdgeMetrics, FillLabels, FillSourceLabel};
 use crate::upstream::{FillSource, Upstream, UpstreamError};
+use crate::usage::{FlushTarget, Usage};
 
 #[derive(Clone)]
 pub struct EdgeState(pub Arc<Inner>);
@@ -30,7 +31,7 @@ pub struct Inner {
     pub metrics: EdgeMetrics,
     denials: std::sync::Mutex<std::collections::VecDeque<Denial>>,
     /// The usage store, once attached (`POST /v1/usage` answers 503 without one).
-    pub usage: std::sync::OnceLock<Arc<crate::usage::Usage>>,
+    pub usage: std::sync::OnceLock<Arc<Usage>>,
     /// Who may call which routes.
     pub tokens: crate::auth::Tokens,
     /// The last change-stream id applied (saved with the facts snapshot, resumed from).
@@ -181,12 +182,12 @@ impl EdgeState {
     /// Fills skip L2 for the next `ms`.
     pub fn distrust_l2_for(&self, ms: i64) {
         self.l2_distrusted_until_ms
-            .fetch_max(crate::now_ms().saturating_add(ms), Ordering::Relaxed);
+            .fetch_max(crate::clock::now_ms().saturating_add(ms), Ordering::Relaxed);
     }
 
     /// Whether fills may read the L2 copy now.
     pub fn l2_trusted(&self) -> bool {
-        crate::now_ms() >= self.l2_distrusted_until_ms.load(Ordering::Relaxed)
+        crate::clock::now_ms() >= self.l2_distrusted_until_ms.load(Ordering::Relaxed)
     }
 
     /// Whether an answer from this entry is stale: the change stream is silent past the
@@ -268,25 +269,16 @@ impl EdgeState {
     }
 
     /// Remembers a denial in the bounded ring and logs it as a structured event.
-    pub fn record_denial(&self, account: AccountId, resp: &crate::CheckResponse<'_>) {
+    pub fn record_denial(&self, denial: Denial) {
         tracing::debug!(
             target: "tollgate_edge::denials",
-            account_id = %account,
-            feature = %resp.feature,
-            reason = resp.reason.as_str(),
-            version = resp.version,
-            bundle_version = resp.bundle_version,
+            account_id = %denial.account,
+            feature = %denial.feature,
+            reason = denial.reason.as_str(),
+            version = denial.version,
+            bundle_version = denial.bundle_version,
             "denied"
         );
-        let denial = Denial {
-            at_ms: crate::now_ms(),
-            account,
-            feature: resp.feature.to_string(),
-            reason: resp.reason,
-            version: resp.version,
-            bundle_version: resp.bundle_version,
-            stale: resp.stale,
-        };
         let mut ring = self
             .denials
             .lock()
@@ -324,47 +316,24 @@ impl EdgeState {
     }
 
     /// Current-period usage of a metered feature: the control plane's aggregate (fetched when
-    /// missing or old) plus, for additive aggregations, this edge's unacknowledged events.
-    /// `Err` when the aggregate could not be fetched (the caller answers `stale`).
+    /// missing or old) plus, for additive aggregations, this edge's unacknowledged events; with
+    /// whether it is stale (the aggregate could not be fetched). See [`Usage::usage_of`]; 0 and
+    /// fresh without a usage store.
     pub async fn usage_of(
         &self,
         account: AccountId,
         meter: &str,
         spec: &tollgate_protocol::usage::MeterSpec,
     ) -> (i64, bool) {
-        let now = crate::now_ms();
-        let (start, _) = spec.period.bounds(now);
-        let Some(usage) = self.usage.get() else {
-            return (0, false);
-        };
-        let local = usage.pending(account, meter, start);
-        let aggregate = match usage.fresh_aggregate(account, meter, now) {
-            Some(a) => Some(a),
-            None => match self.upstream.account_usage(account).await {
-                Ok(all) => {
-                    usage.remember(all.aggregates);
-                    // Remembered even when older than the TTL allows: take it from the answer.
-                    usage.fresh_aggregate(account, meter, now)
-                }
-                Err(e) => {
-                    // The last aggregate however old (stale), plus what this edge added since.
-                    tracing::debug!(account_id = %account, error = %e, "usage aggregate unavailable; using the last one");
-                    let last = usage.last_aggregate(account, meter, now).map(|(a, _)| a);
-                    return (combine(spec, last, start, local), true);
-                }
-            },
-        };
-        (combine(spec, aggregate, start, local), false)
+        match self.usage.get() {
+            Some(usage) => usage.usage_of(&self.upstream, account, meter, spec).await,
+            None => (0, false),
+        }
     }
 
     /// Whether `quantity` more units of a `sum` meter fit the account's quota, served from this
-    /// edge's lease and renewing it when it runs short. A renewal asks for what this check
-    /// needs, all or nothing, plus the meter's lease size: a check that would be denied takes
-    /// nothing from the quota, and a lease never holds more than the lease size beyond what
-    /// allowed checks needed. A lease granted under another quota (the account's facts or the
-    /// bundle changed) is given back first. `None` when there is no usage store, no room for
-    /// another lease, or the control plane could not be asked: the caller compares the last
-    /// aggregate instead.
+    /// edge's lease; see [`Usage::lease_allows`]. `None` without a usage store: the caller
+    /// compares the usage read instead.
     pub async fn lease_allows(
         &self,
         account: AccountId,
@@ -373,71 +342,18 @@ impl EdgeState {
         limit: i64,
         quantity: i64,
     ) -> Option<bool> {
-        if quantity > limit {
-            // No lease can fit it: denied without asking, nothing reserved.
-            return Some(false);
-        }
-        if quantity == 0 {
-            // Asks only whether the quota is not passed yet: the usage read answers that.
-            return None;
-        }
-        let usage = self.usage.get()?;
-        let (start, _) = spec.period.bounds(crate::now_ms());
-        let (lease, stale_units) = usage.lease_under(account, meter, start, limit);
-        if let Some(units) = stale_units.filter(|u| *u > 0) {
-            let rel = tollgate_protocol::usage::LeaseRelease {
+        self.usage
+            .get()?
+            .lease_allows(
+                &self.upstream,
+                &self.edge_id,
                 account,
-                meter: meter.to_owned(),
-                edge_id: self.edge_id.clone(),
-                period_start_ms: start,
-                units,
-            };
-            if let Err(e) = self.upstream.release(&rel).await {
-                tracing::warn!(account_id = %account, meter, units, error = %e, "lease of an old quota not given back");
-            }
-        }
-        let remaining = lease.map_or_else(
-            || {
-                usage
-                    .pending(account, meter, start)
-                    .quantity
-                    .saturating_neg()
-            },
-            |l| l.remaining(),
-        );
-        if lease.is_some() && remaining >= quantity {
-            return Some(true);
-        }
-        let need = quantity.saturating_sub(remaining).max(1);
-        let recently_refused = lease.and_then(|l| l.exhausted).is_some_and(|(t, refused)| {
-            need >= refused
-                && t.elapsed() < Duration::from_millis(crate::usage::EXHAUSTED_RECHECK_MS)
-        });
-        if recently_refused {
-            return Some(false);
-        }
-        if !usage.lease_room(account, meter, start) {
-            return None;
-        }
-        let req = tollgate_protocol::usage::LeaseRequest {
-            account,
-            meter: meter.to_owned(),
-            edge_id: self.edge_id.clone(),
-            period_start_ms: start,
-            need,
-            extra: spec.lease,
-            limit,
-        };
-        match self.upstream.lease(&req).await {
-            Ok(grant) => {
-                let l = usage.add_grant((account, meter, start), limit, need, grant.granted);
-                Some(l.remaining() >= quantity)
-            }
-            Err(e) => {
-                tracing::warn!(account_id = %account, meter, error = %e, "quota lease unavailable; comparing the last aggregate");
-                None
-            }
-        }
+                meter,
+                spec,
+                limit,
+                quantity,
+            )
+            .await
     }
 
     pub fn bundle_version(&self) -> Option<u64> {
@@ -447,14 +363,15 @@ impl EdgeState {
     /// Answers are stale when the change stream has not been read successfully within the
     /// freshness budget (Redis down, or never reached).
     pub fn is_stale(&self) -> bool {
-        crate::now_ms() - self.stream_ok_at_ms.load(Ordering::Relaxed) > self.freshness_budget_ms
+        crate::clock::now_ms() - self.stream_ok_at_ms.load(Ordering::Relaxed)
+            > self.freshness_budget_ms
     }
 
     pub fn apply_change(&self, ev: ChangeEvent) {
         let Some(view) = self.rules.load_full() else {
             return;
         };
-        let lag_ms = crate::now_ms() - ev.committed_at_ms;
+        let lag_ms = crate::clock::now_ms() - ev.committed_at_ms;
         self.metrics.stream_lag_ms.set(lag_ms.max(0));
         if self.cache.apply(ev.facts, &view) {
             self.metrics.changes_applied.inc();
@@ -580,20 +497,13 @@ impl EdgeState {
     }
 }
 
-/// The usage a check sees: the control plane's aggregate of the current period plus, for
-/// additive aggregations, this edge's unacknowledged events.
-fn combine(
-    spec: &tollgate_protocol::usage::MeterSpec,
-    aggregate: Option<tollgate_protocol::usage::MeterAggregate>,
-    period_start: i64,
-    local: crate::usage::Pending,
-) -> i64 {
-    let remote = aggregate
-        .filter(|a| a.period_start_ms == period_start)
-        .map_or(0, |a| a.value);
-    match spec.aggregation {
-        tollgate_protocol::usage::Aggregation::Sum => remote.saturating_add(local.quantity),
-        tollgate_protocol::usage::Aggregation::Count => remote.saturating_add(local.events),
-        _ => remote,
+/// The flusher flushes to this edge's control plane, as this edge.
+impl FlushTarget for EdgeState {
+    fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    fn edge_id(&self) -> &str {
+        &self.edge_id
     }
 }

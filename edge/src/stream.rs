@@ -186,7 +186,7 @@ pub async fn follow(
             }
             state
                 .stream_ok_at_ms
-                .store(crate::now_ms(), Ordering::Relaxed);
+                .store(crate::clock::now_ms(), Ordering::Relaxed);
             Ok::<(), redis::RedisError>(())
         };
         tokio::select! {

@@ -34,6 +34,8 @@ use serde_json::{Value, json};
 use tollgate_protocol::AccountId;
 use tollgate_protocol::usage::{Aggregation, UsageEvent, cloudevent_id, limits, validate_event};
 
+use crate::check::QUANTITY_RULE;
+use crate::problem::{problem, problem_with};
 use crate::state::EdgeState;
 use crate::usage::{FULL_RETRY_AFTER_S, StoreError};
 
@@ -278,7 +280,7 @@ fn event(
         Some(Value::Number(n)) => match n.as_i64() {
             Some(q) if tollgate_protocol::usage::quantity_ok(q) => q,
             _ => {
-                return Err(refuse(index, "invalid_quantity", crate::QUANTITY_RULE));
+                return Err(refuse(index, "invalid_quantity", QUANTITY_RULE));
             }
         },
         None | Some(Value::Null) => {
@@ -411,14 +413,14 @@ pub async fn post_usage(
     body: axum::body::Body,
 ) -> Response {
     let Some(usage) = state.usage.get().cloned() else {
-        return crate::problem(
+        return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "usage_disabled",
             "this edge has no usage store",
         );
     };
     if state.bundle_version().is_none() {
-        return crate::problem(
+        return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
             "no rule bundle loaded yet: meters unknown",
@@ -427,7 +429,7 @@ pub async fn post_usage(
     let format = match format_of(&headers) {
         Ok(f) => f,
         Err(detail) => {
-            return crate::problem(
+            return problem(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 detail,
@@ -435,7 +437,7 @@ pub async fn post_usage(
         }
     };
     let Ok(bytes) = axum::body::to_bytes(body, USAGE_BODY_BYTES_MAX).await else {
-        return crate::problem(
+        return problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("a usage request is at most {USAGE_BODY_BYTES_MAX} bytes"),
@@ -444,20 +446,20 @@ pub async fn post_usage(
     let parsed: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {
-            return crate::problem(StatusCode::BAD_REQUEST, "malformed_json", e.to_string());
+            return problem(StatusCode::BAD_REQUEST, "malformed_json", e.to_string());
         }
     };
     let items = match (format, parsed) {
         (Format::CloudEventBatch, Value::Array(items)) => items,
         (Format::CloudEventBatch, _) => {
-            return crate::problem(
+            return problem(
                 StatusCode::BAD_REQUEST,
                 "invalid_body",
                 "a CloudEvents batch is a JSON array",
             );
         }
         (Format::CloudEvent, Value::Array(_)) => {
-            return crate::problem(
+            return problem(
                 StatusCode::BAD_REQUEST,
                 "invalid_body",
                 "application/cloudevents+json carries one event; use application/cloudevents-batch+json for an array",
@@ -467,16 +469,16 @@ pub async fn post_usage(
         (_, one) => vec![one],
     };
     if items.is_empty() {
-        return crate::problem(StatusCode::UNPROCESSABLE_ENTITY, "empty_batch", "no events");
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, "empty_batch", "no events");
     }
     if items.len() > USAGE_EVENTS_MAX {
-        return crate::problem(
+        return problem(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_events",
             format!("at most {USAGE_EVENTS_MAX} events per request"),
         );
     }
-    let now = crate::now_ms();
+    let now = crate::clock::now_ms();
     let mut valid = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
     for (i, raw) in items.iter().enumerate() {
@@ -495,7 +497,7 @@ pub async fn post_usage(
         let mut results = serde_json::Map::new();
         results.insert("accepted".into(), json!([]));
         results.insert("rejected".into(), json!(rejected));
-        return crate::problem_with(
+        return problem_with(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_usage",
             "no event in the request is valid",
@@ -543,7 +545,7 @@ pub async fn post_usage(
                 refused = valid.len(),
                 "usage buffer full: refusing usage"
             );
-            let mut resp = crate::problem(
+            let mut resp = problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "usage_buffer_full",
                 format!(
@@ -556,7 +558,7 @@ pub async fn post_usage(
         }
         Err(StoreError::Failed(e)) => {
             tracing::error!(error = %e, "usage store failed");
-            let mut resp = crate::problem(
+            let mut resp = problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "usage_store_failed",
                 "the usage log could not store the events (nothing of this request was stored); retry with the same event ids",
@@ -575,7 +577,7 @@ pub async fn dead_letters(
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Response {
     let Some(usage) = state.usage.get().cloned() else {
-        return crate::problem(
+        return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "usage_disabled",
             "this edge has no usage store",
@@ -588,7 +590,7 @@ pub async fn dead_letters(
         None => 100,
         Some(Ok(n)) if (1..=1_000).contains(&n) => n,
         Some(_) => {
-            return crate::problem(
+            return problem(
                 StatusCode::BAD_REQUEST,
                 "invalid_query",
                 "limit must be 1-1000",
@@ -602,13 +604,13 @@ pub async fn dead_letters(
         }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "dead-letter file unreadable");
-            crate::problem(
+            problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "dead_letter_unreadable",
                 "the dead-letter file could not be read",
             )
         }
-        Err(_) => crate::problem(
+        Err(_) => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "dead_letter_unreadable",
             "the dead-letter file could not be read",
@@ -620,7 +622,7 @@ pub async fn dead_letters(
 /// bounds again (same ids: the control plane counts each once) and removes it from the file.
 pub async fn replay_dead_letters(State(state): State<EdgeState>) -> Response {
     let Some(usage) = state.usage.get().cloned() else {
-        return crate::problem(
+        return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "usage_disabled",
             "this edge has no usage store",
@@ -630,7 +632,7 @@ pub async fn replay_dead_letters(State(state): State<EdgeState>) -> Response {
         Ok(report) => axum::Json(json!(report)).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "dead-letter replay failed");
-            crate::problem(
+            problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "replay_failed",
                 e.to_string(),
@@ -642,7 +644,7 @@ pub async fn replay_dead_letters(State(state): State<EdgeState>) -> Response {
 /// `POST /v1/dead-letter/discard` (operator) — removes every dead-lettered entry.
 pub async fn discard_dead_letters(State(state): State<EdgeState>) -> Response {
     let Some(usage) = state.usage.get().cloned() else {
-        return crate::problem(
+        return problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "usage_disabled",
             "this edge has no usage store",
@@ -652,7 +654,7 @@ pub async fn discard_dead_letters(State(state): State<EdgeState>) -> Response {
         Ok(n) => axum::Json(json!({ "discarded": n })).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "dead-letter discard failed");
-            crate::problem(
+            problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "discard_failed",
                 "the dead-letter file could not be rewritten",

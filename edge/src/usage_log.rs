@@ -39,7 +39,8 @@
 //!   segment `N` has `N <= seq < ` the next segment's name.
 //! * `ack` — the ack cursor: `[magic "TGUA"][floor: u64 LE][crc32 over magic + floor: u32 LE]`.
 //!   Every seq below `floor` is acknowledged, and no seq below it is ever issued again. It is
-//!   replaced atomically (write `ack.tmp`, fsync, rename, fsync the directory). A missing cursor
+//!   replaced atomically ([`durable::replace`]: write `ack.tmp`, fsync, rename, fsync the
+//!   directory). A missing cursor
 //!   means floor 0; a damaged one refuses to open ([`LogError::CorruptCursor`]): guessing would
 //!   either lose or double-bill usage.
 //! * `lock` — held with an exclusive advisory lock while a [`UsageLog`] is open, so two
@@ -94,9 +95,12 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::durable::{self, Fs, RealFs};
 
 /// Largest payload of one record. Usage events are small; this bounds a corrupt length field.
 pub const PAYLOAD_BYTES_MAX: usize = 1 << 20;
@@ -106,7 +110,6 @@ pub const RECORD_HEADER_BYTES: usize = 16;
 const SEGMENT_EXTENSION: &str = "seg";
 const SEGMENT_NAME_DIGITS: usize = 20;
 const CURSOR_FILE: &str = "ack";
-const CURSOR_TMP_FILE: &str = "ack.tmp";
 const CURSOR_MAGIC: &[u8; 4] = b"TGUA";
 const CURSOR_BYTES: usize = 16;
 const LOCK_FILE: &str = "lock";
@@ -114,8 +117,8 @@ const LOCK_FILE: &str = "lock";
 const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 const MAX_PENDING_BYTES_DEFAULT: u64 = 256 << 20;
 
-/// Tuning of a [`UsageLog`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Tuning of a [`UsageLog`], and the filesystem it writes through.
+#[derive(Debug, Clone)]
 pub struct LogOptions {
     /// Roll to a new segment file when a batch would take the active one past this size
     /// (bytes, framing included). Default 64 MiB.
@@ -123,18 +126,17 @@ pub struct LogOptions {
     /// Bound on the payload bytes of un-acked records (held on disk and in memory). Default
     /// 256 MiB.
     pub max_pending_bytes: u64,
-    /// Fault injection: after this many successful syncs, every sync fails with `EIO`, as on a
-    /// dying disk (what a real failed `fdatasync` leaves behind cannot be produced on demand).
-    /// `None` (the default) in production.
-    pub fail_syncs_after: Option<u64>,
+    /// Every durable write (segments, the ack cursor) goes through it: [`RealFs`] (the
+    /// default) in production, a [`durable::FaultyFs`] in tests that make the disk fail.
+    pub fs: Arc<dyn Fs>,
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
         Self {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
-            fail_syncs_after: None,
             max_pending_bytes: MAX_PENDING_BYTES_DEFAULT,
+            fs: Arc::new(RealFs),
         }
     }
 }
@@ -231,8 +233,6 @@ pub struct UsageLog {
     /// A segment file was created since the last directory fsync.
     dir_dirty: bool,
     failed: bool,
-    /// Syncs that succeeded (for [`LogOptions::fail_syncs_after`]).
-    syncs: u64,
     /// Reused encoding buffer: one `write_all` per append.
     write_buf: Vec<u8>,
 }
@@ -241,8 +241,10 @@ impl UsageLog {
     /// Opens (creating `dir` if missing) and recovers the log. See the module documentation.
     pub fn open(dir: &Path, opts: LogOptions) -> Result<(Self, RecoveryReport), LogError> {
         std::fs::create_dir_all(dir)?;
-        let lock = lock_dir(dir)?;
-        remove_if_exists(&dir.join(CURSOR_TMP_FILE))?;
+        let fs = opts.fs.clone();
+        let fs = fs.as_ref();
+        let lock = lock_dir(fs, dir)?;
+        remove_if_exists(&durable::temp_path(&dir.join(CURSOR_FILE)))?;
         let acked_seq = read_cursor(dir)?;
 
         let mut segments = list_segments(dir)?;
@@ -303,9 +305,9 @@ impl UsageLog {
                     torn_bytes = torn,
                     "torn usage log tail truncated"
                 );
-                let file = OpenOptions::new().write(true).open(&seg.path)?;
-                file.set_len(len_u64(at))?;
-                file.sync_data()?;
+                let file = fs.open(&seg.path, OpenOptions::new().write(true))?;
+                fs.set_len(&file, len_u64(at))?;
+                fs.sync_data(&file)?;
                 len_bytes = len_u64(at);
                 report.torn_tail_bytes += torn;
             }
@@ -326,8 +328,8 @@ impl UsageLog {
             if !last_has_pending && next_seq == acked_seq {
                 remove_if_exists(&last.path)?;
             } else {
-                let file = OpenOptions::new().append(true).open(&last.path)?;
-                file.sync_data()?;
+                let file = fs.open(&last.path, OpenOptions::new().append(true))?;
+                fs.sync_data(&file)?;
                 active = Some(ActiveSegment {
                     first_seq: last.first_seq,
                     path: last.path,
@@ -338,10 +340,10 @@ impl UsageLog {
         }
         let mut closed = VecDeque::with_capacity(segments.len());
         for seg in segments {
-            File::open(&seg.path)?.sync_data()?;
+            fs.sync_data(&fs.open(&seg.path, OpenOptions::new().read(true))?)?;
             closed.push_back(seg);
         }
-        sync_dir(dir)?;
+        fs.sync_dir(dir)?;
 
         report.records = len_u64(pending.len());
         report.segments = len_u64(closed.len()) + u64::from(active.is_some());
@@ -375,7 +377,6 @@ impl UsageLog {
             acked_seq,
             dir_dirty: false,
             failed: false,
-            syncs: 0,
             write_buf: Vec::new(),
         };
         Ok((log, report))
@@ -428,10 +429,10 @@ impl UsageLog {
         }
         if self.active.is_none() {
             let path = segment_path(&self.dir, first_seq);
-            let file = OpenOptions::new()
-                .append(true)
-                .create_new(true)
-                .open(&path)?;
+            let file = self
+                .opts
+                .fs
+                .open(&path, OpenOptions::new().append(true).create_new(true))?;
             self.dir_dirty = true;
             self.active = Some(ActiveSegment {
                 first_seq,
@@ -444,9 +445,9 @@ impl UsageLog {
             return Err(io::Error::other("usage log has no active segment").into());
         };
 
-        if let Err(e) = active.file.write_all(&self.write_buf) {
+        if let Err(e) = self.opts.fs.write_all(&active.file, &self.write_buf) {
             // Roll back a partial write so the next append does not land after garbage.
-            if let Err(rollback) = active.file.set_len(active.len_bytes) {
+            if let Err(rollback) = self.opts.fs.set_len(&active.file, active.len_bytes) {
                 tracing::error!(
                     segment = %active.path.display(),
                     error = %rollback,
@@ -478,26 +479,20 @@ impl UsageLog {
         if self.synced_seq == self.next_seq && !self.dir_dirty {
             return Ok(());
         }
-        let injected = self.opts.fail_syncs_after.is_some_and(|n| self.syncs >= n);
         if let Some(active) = &self.active
-            && let Err(e) = if injected {
-                Err(io::Error::from_raw_os_error(5))
-            } else {
-                active.file.sync_data()
-            }
+            && let Err(e) = self.opts.fs.sync_data(&active.file)
         {
             self.fail("fdatasync of the active segment", &e);
             return Err(e.into());
         }
         if self.dir_dirty {
-            if let Err(e) = sync_dir(&self.dir) {
+            if let Err(e) = self.opts.fs.sync_dir(&self.dir) {
                 self.fail("fsync of the log directory", &e);
                 return Err(e.into());
             }
             self.dir_dirty = false;
         }
         self.synced_seq = self.next_seq;
-        self.syncs += 1;
         Ok(())
     }
 
@@ -548,7 +543,7 @@ impl UsageLog {
             upto
         };
         if upto > self.acked_seq {
-            write_cursor(&self.dir, upto)?;
+            write_cursor(self.opts.fs.as_ref(), &self.dir, upto)?;
             self.acked_seq = upto;
             while let Some(front) = self.pending.front()
                 && front.seq < upto
@@ -588,7 +583,7 @@ impl UsageLog {
         let Some(active) = self.active.take() else {
             return Ok(());
         };
-        if let Err(e) = active.file.sync_data() {
+        if let Err(e) = self.opts.fs.sync_data(&active.file) {
             self.active = Some(active);
             self.fail("fdatasync of a segment being rolled", &e);
             return Err(e.into());
@@ -848,12 +843,11 @@ fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn lock_dir(dir: &Path) -> Result<File, LogError> {
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(LOCK_FILE))?;
+fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<File, LogError> {
+    let lock = fs.open(
+        &dir.join(LOCK_FILE),
+        OpenOptions::new().create(true).truncate(false).write(true),
+    )?;
     match lock.try_lock() {
         Ok(()) => Ok(lock),
         Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Locked {
@@ -884,23 +878,14 @@ fn read_cursor(dir: &Path) -> Result<u64, LogError> {
     }
 }
 
-/// Replaces the cursor atomically and durably: temp file, fsync, rename, fsync directory.
-fn write_cursor(dir: &Path, floor: u64) -> io::Result<()> {
+/// Replaces the cursor atomically and durably ([`durable::replace`]).
+fn write_cursor(fs: &dyn Fs, dir: &Path, floor: u64) -> io::Result<()> {
     let mut bytes = Vec::with_capacity(CURSOR_BYTES);
     bytes.extend_from_slice(CURSOR_MAGIC);
     bytes.extend_from_slice(&floor.to_le_bytes());
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
-    let tmp = dir.join(CURSOR_TMP_FILE);
-    let mut file = File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(CURSOR_FILE))?;
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    durable::replace(fs, &dir.join(CURSOR_FILE), &bytes)
 }
 
 fn remove_if_exists(path: &Path) -> io::Result<()> {
@@ -913,34 +898,13 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::io::Write;
 
     use proptest::collection::vec;
     use proptest::prelude::*;
 
     use super::*;
-
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TestDir(PathBuf);
-
-    impl TestDir {
-        fn new(name: &str) -> Self {
-            static COUNTER: AtomicU64 = AtomicU64::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "tollgate-usage-log-{}-{name}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = std::fs::remove_dir_all(&path);
-            Self(path)
-        }
-    }
-
-    impl Drop for TestDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::durable::TestDir;
 
     fn open(dir: &Path, opts: LogOptions) -> (UsageLog, RecoveryReport) {
         UsageLog::open(dir, opts).expect("open usage log")
@@ -994,7 +958,7 @@ mod tests {
 
     #[test]
     fn appended_and_synced_records_survive_reopen() {
-        let dir = TestDir::new("round-trip");
+        let dir = TestDir::new("usage-log-round-trip");
         let (mut log, report) = open(&dir.0, LogOptions::default());
         assert_eq!(report, RecoveryReport::default());
         assert_eq!(log.append(&[b"a", b"", b"ccc"]).expect("append"), 0..3);
@@ -1036,7 +1000,7 @@ mod tests {
             }),
         ];
         for (name, garbage) in cases {
-            let dir = TestDir::new("torn-tail");
+            let dir = TestDir::new("usage-log-torn-tail");
             let (mut log, _) = open(&dir.0, LogOptions::default());
             log.append(&[b"one", b"two", b"three"]).expect("append");
             log.sync().expect("sync");
@@ -1078,7 +1042,7 @@ mod tests {
             ("length beyond the payload limit", second + 3, 0x40),
         ];
         for (name, offset, mask) in cases {
-            let dir = TestDir::new("corrupt-middle");
+            let dir = TestDir::new("usage-log-corrupt-middle");
             let (mut log, _) = open(&dir.0, LogOptions::default());
             log.append(&[b"first", b"other", b"third"]).expect("append");
             log.sync().expect("sync");
@@ -1100,7 +1064,7 @@ mod tests {
 
     #[test]
     fn damaged_tail_of_an_older_segment_is_corruption_not_a_torn_tail() {
-        let dir = TestDir::new("corrupt-older");
+        let dir = TestDir::new("usage-log-corrupt-older");
         // One 16 + 4 byte record per segment.
         let opts = LogOptions {
             segment_bytes: 20,
@@ -1127,7 +1091,7 @@ mod tests {
 
     #[test]
     fn seqs_out_of_order_are_corruption() {
-        let dir = TestDir::new("out-of-order");
+        let dir = TestDir::new("usage-log-out-of-order");
         std::fs::create_dir_all(&dir.0).expect("mkdir");
         let mut bytes = Vec::new();
         for (seq, payload) in [
@@ -1154,7 +1118,7 @@ mod tests {
 
     #[test]
     fn ack_drops_records_deletes_acked_segments_and_seqs_keep_increasing() {
-        let dir = TestDir::new("ack");
+        let dir = TestDir::new("usage-log-ack");
         let opts = LogOptions {
             segment_bytes: 40,
             ..LogOptions::default()
@@ -1204,7 +1168,7 @@ mod tests {
 
     #[test]
     fn ack_beyond_synced_records_is_clamped() {
-        let dir = TestDir::new("ack-clamp");
+        let dir = TestDir::new("usage-log-ack-clamp");
         let (mut log, _) = open(&dir.0, LogOptions::default());
         log.append(&[b"a", b"b"]).expect("append");
         log.sync().expect("sync");
@@ -1218,7 +1182,7 @@ mod tests {
 
     #[test]
     fn full_buffer_refuses_the_whole_batch_until_acked() {
-        let dir = TestDir::new("full");
+        let dir = TestDir::new("usage-log-full");
         let opts = LogOptions {
             max_pending_bytes: 100,
             ..LogOptions::default()
@@ -1253,7 +1217,7 @@ mod tests {
 
     #[test]
     fn oversized_payload_is_refused_and_nothing_is_written() {
-        let dir = TestDir::new("too-large");
+        let dir = TestDir::new("usage-log-too-large");
         let (mut log, _) = open(&dir.0, LogOptions::default());
         let big = vec![0; PAYLOAD_BYTES_MAX + 1];
         let err = log.append(&[b"ok", &big]).expect_err("too large");
@@ -1266,7 +1230,7 @@ mod tests {
 
     #[test]
     fn unacked_returns_only_synced_records_within_limits() {
-        let dir = TestDir::new("unacked");
+        let dir = TestDir::new("usage-log-unacked");
         let (mut log, _) = open(&dir.0, LogOptions::default());
         log.append(&[&[1; 10], &[2; 10], &[3; 10], &[4; 10]])
             .expect("append");
@@ -1284,7 +1248,7 @@ mod tests {
 
     #[test]
     fn second_open_of_the_same_directory_is_refused() {
-        let dir = TestDir::new("lock");
+        let dir = TestDir::new("usage-log-lock");
         let (log, _) = open(&dir.0, LogOptions::default());
         let err = UsageLog::open(&dir.0, LogOptions::default()).expect_err("locked");
         assert!(matches!(err, LogError::Locked { .. }), "{err:?}");
@@ -1293,8 +1257,74 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_fdatasync_refuses_appends_and_syncs_until_reopened() {
+        let dir = TestDir::new("usage-log-failed-sync");
+        let fs = Arc::new(durable::FaultyFs::new().fail_after(durable::FsOp::SyncData, 1));
+        let opts = LogOptions {
+            fs: fs.clone(),
+            ..LogOptions::default()
+        };
+        let (mut log, _) = open(&dir.0, opts);
+        log.append(&[b"kept"]).expect("append");
+        log.sync().expect("first sync");
+        log.append(&[b"unknown"]).expect("append");
+        let err = log.sync().expect_err("the disk fails");
+        assert!(
+            matches!(&err, LogError::Io(e) if e.raw_os_error() == Some(5)),
+            "{err:?}"
+        );
+        assert!(matches!(log.append(&[b"more"]), Err(LogError::Failed)));
+        assert!(matches!(log.sync(), Err(LogError::Failed)));
+        assert_eq!(
+            fs.calls(durable::FsOp::SyncData),
+            2,
+            "no fsync after the failure"
+        );
+        assert_eq!(
+            all_unacked(&log),
+            records(&[(0, b"kept")]),
+            "nothing unsynced ships"
+        );
+        drop(log);
+        // Recovery decides what is on disk: the synced record, at least.
+        let (log, _) = open(&dir.0, LogOptions::default());
+        assert_eq!(all_unacked(&log)[0], records(&[(0, b"kept")])[0]);
+    }
+
+    #[test]
+    fn a_failed_cursor_replace_keeps_the_floor_and_the_records() {
+        let dir = TestDir::new("usage-log-failed-ack");
+        for op in [durable::FsOp::SyncAll, durable::FsOp::Rename] {
+            let opts = LogOptions {
+                fs: Arc::new(durable::FaultyFs::new().fail_after(op, 0)),
+                ..LogOptions::default()
+            };
+            let (mut log, _) = open(&dir.0, opts);
+            if log.pending_records() == 0 {
+                log.append(&[b"a", b"b"]).expect("append");
+                log.sync().expect("sync");
+            }
+            assert!(log.ack(1).is_err(), "{op:?}");
+            assert_eq!(log.acked_seq(), 0, "{op:?}");
+            assert_eq!(
+                all_unacked(&log),
+                records(&[(0, b"a"), (1, b"b")]),
+                "{op:?}"
+            );
+            drop(log);
+            let (log, _) = open(&dir.0, LogOptions::default());
+            assert_eq!(log.acked_seq(), 0, "{op:?}");
+            assert_eq!(
+                all_unacked(&log),
+                records(&[(0, b"a"), (1, b"b")]),
+                "{op:?}"
+            );
+        }
+    }
+
+    #[test]
     fn damaged_ack_cursor_refuses_to_open() {
-        let dir = TestDir::new("cursor");
+        let dir = TestDir::new("usage-log-cursor");
         let (mut log, _) = open(&dir.0, LogOptions::default());
         log.append(&[b"a", b"b"]).expect("append");
         log.sync().expect("sync");
@@ -1342,11 +1372,13 @@ mod tests {
         ]
     }
 
-    const MODEL_OPTIONS: LogOptions = LogOptions {
-        segment_bytes: 600,
-        max_pending_bytes: 3000,
-        fail_syncs_after: None,
-    };
+    fn model_options() -> LogOptions {
+        LogOptions {
+            segment_bytes: 600,
+            max_pending_bytes: 3000,
+            ..LogOptions::default()
+        }
+    }
 
     #[derive(Debug, Default)]
     struct Model {
@@ -1451,8 +1483,8 @@ mod tests {
     }
 
     fn run_model(ops: &[Op]) -> Result<(), TestCaseError> {
-        let dir = TestDir::new("model");
-        let (log, report) = open(&dir.0, MODEL_OPTIONS);
+        let dir = TestDir::new("usage-log-model");
+        let (log, report) = open(&dir.0, model_options());
         prop_assert_eq!(&report, &RecoveryReport::default());
         let mut log = Some(log);
         let mut model = Model::default();
@@ -1465,7 +1497,7 @@ mod tests {
                     let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
                     let batch: u64 = payloads.iter().map(|p| len_u64(p.len())).sum();
                     let result = current.append(&refs);
-                    if model.pending_bytes() + batch > MODEL_OPTIONS.max_pending_bytes {
+                    if model.pending_bytes() + batch > model_options().max_pending_bytes {
                         prop_assert!(matches!(result, Err(LogError::Full { .. })), "{result:?}");
                     } else {
                         let seqs = result.map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -1531,7 +1563,7 @@ mod tests {
                         *keep_unsynced_bytes,
                         garbage,
                     );
-                    let (reopened, report) = open(&dir.0, MODEL_OPTIONS);
+                    let (reopened, report) = open(&dir.0, model_options());
                     let garbage_bytes = if torn { len_u64(garbage.len()) } else { 0 };
                     check_recovery(
                         &dir.0,
@@ -1545,7 +1577,7 @@ mod tests {
                 }
                 Op::Reopen => {
                     drop(log.take());
-                    let (reopened, report) = open(&dir.0, MODEL_OPTIONS);
+                    let (reopened, report) = open(&dir.0, model_options());
                     prop_assert_eq!(report.torn_tail_bytes, 0);
                     check_recovery(&dir.0, &mut model, &reopened, &report, false, 0)?;
                     log = Some(reopened);

@@ -34,6 +34,21 @@ fn state() -> EdgeState {
     EdgeState::new(opts, upstream)
 }
 
+/// A signing key, the keys that trust it, and an engine.
+fn signer() -> (SigningKey, TrustedKeys, RulesEngine) {
+    let key = SigningKey::generate("edge-test");
+    let trusted = TrustedKeys::new(vec![key.public()]);
+    (key, trusted, RulesEngine::new().expect("engine"))
+}
+
+/// A data directory of its own (not created: saving creates it).
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "tollgate-edge-{name}-{}",
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
 fn unsigned(version: u64) -> (bundle::UnsignedBundle, tollgate_rules::ir::Shape) {
     let file = SourceFile {
         name: "demo.tg".into(),
@@ -49,9 +64,7 @@ fn unsigned(version: u64) -> (bundle::UnsignedBundle, tollgate_rules::ir::Shape)
 
 #[test]
 fn refused_bundles_leave_the_previous_one_serving() {
-    let key = SigningKey::generate("edge-test");
-    let trusted = TrustedKeys::new(vec![key.public()]);
-    let engine = RulesEngine::new().expect("engine");
+    let (key, trusted, engine) = signer();
     let state = state();
     let (good, shape) = unsigned(1);
     assert_eq!(
@@ -86,13 +99,8 @@ fn refused_bundles_leave_the_previous_one_serving() {
 
 #[test]
 fn the_last_good_bundle_is_restored_from_disk_after_a_restart() {
-    let key = SigningKey::generate("edge-test");
-    let trusted = TrustedKeys::new(vec![key.public()]);
-    let engine = RulesEngine::new().expect("engine");
-    let dir = std::env::temp_dir().join(format!(
-        "tollgate-edge-test-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let (key, trusted, engine) = signer();
+    let dir = temp_dir("test");
     let (good, _) = unsigned(5);
     let bytes = good.sign(&key);
     bundles::persist(&dir, &bytes).expect("persist");
@@ -117,13 +125,8 @@ fn the_last_good_bundle_is_restored_from_disk_after_a_restart() {
 #[test]
 fn cached_facts_survive_a_restart_with_everything_behind_the_edge_down() {
     use tollgate_protocol::{AccountFacts, AccountId, SubscriptionFacts, SubscriptionStatus};
-    let key = SigningKey::generate("edge-test");
-    let trusted = TrustedKeys::new(vec![key.public()]);
-    let engine = RulesEngine::new().expect("engine");
-    let dir = std::env::temp_dir().join(format!(
-        "tollgate-edge-facts-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let (key, trusted, engine) = signer();
+    let dir = temp_dir("facts");
     let (good, _) = unsigned(6);
     let bytes = good.sign(&key);
     bundles::persist(&dir, &bytes).expect("persist bundle");
@@ -182,13 +185,8 @@ fn cached_facts_survive_a_restart_with_everything_behind_the_edge_down() {
 
 #[test]
 fn a_crash_mid_write_leaves_the_edge_with_what_it_can_trust() {
-    let key = SigningKey::generate("edge-test");
-    let trusted = TrustedKeys::new(vec![key.public()]);
-    let engine = RulesEngine::new().expect("engine");
-    let dir = std::env::temp_dir().join(format!(
-        "tollgate-edge-torn-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let (key, trusted, engine) = signer();
+    let dir = temp_dir("torn");
     let (good, _) = unsigned(7);
     let bytes = good.sign(&key);
 
@@ -232,5 +230,55 @@ fn a_crash_mid_write_leaves_the_edge_with_what_it_can_trust() {
         None
     );
     assert_eq!(fresh.bundle_version(), None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_failed_fsync_while_saving_a_bundle_or_the_facts_leaves_the_saved_ones() {
+    use tollgate_edge::durable::{FaultyFs, FsOp};
+    use tollgate_protocol::{AccountFacts, AccountId};
+    let (key, trusted, engine) = signer();
+    let dir = temp_dir("fsync");
+    let (v8, _) = unsigned(8);
+    let (v9, _) = unsigned(9);
+    let (v8, v9) = (v8.sign(&key), v9.sign(&key));
+    bundles::persist(&dir, &v8).expect("persist");
+    // Saving the next bundle on a disk whose fsync fails, or whose rename fails: refused, and
+    // the saved bundle is the one a restart restores.
+    for op in [FsOp::SyncAll, FsOp::Rename] {
+        let dying = FaultyFs::new().fail_after(op, 0);
+        let err = bundles::persist_on(&dying, &dir, &v9).expect_err("the disk fails");
+        assert_eq!(err.raw_os_error(), Some(5), "{op:?}");
+        assert_eq!(dying.calls(op), 1, "{op:?}");
+        let restarted = state();
+        assert_eq!(
+            bundles::load_persisted(&restarted, &engine, &trusted, &dir),
+            Some(8),
+            "{op:?}"
+        );
+    }
+
+    // The same for the facts snapshot: the last one that was saved whole is restored.
+    let edge = state();
+    bundles::install(&edge, &engine, &trusted, &v8).expect("install");
+    let view = edge.rules.load_full().expect("rules");
+    let fill = |id: AccountId, version: i64| {
+        edge.cache.begin_fill(id);
+        edge.cache
+            .finish_fill(id, Some(AccountFacts::new(id, version)), &view);
+    };
+    let (first, second) = (AccountId::new_v7(), AccountId::new_v7());
+    fill(first, 1);
+    assert_eq!(bundles::persist_facts(&edge, &dir).expect("snapshot"), 1);
+    fill(second, 2);
+    let dying = FaultyFs::new().fail_after(FsOp::SyncAll, 0);
+    let err = bundles::persist_facts_on(&dying, &edge, &dir).expect_err("the disk fails");
+    assert_eq!(err.raw_os_error(), Some(5));
+    let after = state();
+    bundles::install(&after, &engine, &trusted, &v8).expect("install");
+    let restored = bundles::restore_facts(&after, &dir);
+    assert_eq!((restored.accounts, restored.skipped), (1, 0));
+    assert!(after.cache.get(&first).is_some());
+    assert!(after.cache.get(&second).is_none());
     let _ = std::fs::remove_dir_all(&dir);
 }

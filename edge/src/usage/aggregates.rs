@@ -1,0 +1,129 @@
+//! The usage a metered check sees: the last aggregate the control plane sent (with every
+//! flush acknowledgement, or fetched when missing or older than [`AGGREGATE_TTL_MS`]) plus,
+//! for additive aggregations, this edge's unacknowledged events. See "Metered checks" in
+//! [`super`].
+
+use std::time::{Duration, Instant};
+
+use tollgate_protocol::AccountId;
+use tollgate_protocol::usage::{Aggregation, MeterAggregate, MeterSpec};
+
+use crate::upstream::Upstream;
+
+use super::Usage;
+use super::counters::Pending;
+
+/// An aggregate older than this is refetched by the next metered check of that account.
+pub const AGGREGATE_TTL_MS: u64 = 5_000;
+/// Aggregates held at most (one per account and meter; least recently used go first).
+pub const AGGREGATES_MAX: u64 = 100_000;
+
+#[derive(Clone)]
+pub(super) struct Aggregate {
+    pub(super) value: MeterAggregate,
+    pub(super) fetched: Instant,
+}
+
+impl Usage {
+    /// The last aggregate the control plane sent for the period holding `now_ms`, if it is
+    /// younger than [`AGGREGATE_TTL_MS`].
+    pub fn fresh_aggregate(
+        &self,
+        account: AccountId,
+        meter: &str,
+        now_ms: i64,
+    ) -> Option<MeterAggregate> {
+        self.last_aggregate(account, meter, now_ms)
+            .filter(|(_, age)| *age < Duration::from_millis(AGGREGATE_TTL_MS))
+            .map(|(a, _)| a)
+    }
+
+    /// The last aggregate for the period holding `now_ms`, however old, with its age: what a
+    /// check uses while the control plane cannot be asked.
+    pub fn last_aggregate(
+        &self,
+        account: AccountId,
+        meter: &str,
+        now_ms: i64,
+    ) -> Option<(MeterAggregate, Duration)> {
+        let a = self.aggregates.get(&(account, meter.to_owned()))?;
+        let current = a.value.period_start_ms <= now_ms && now_ms < a.value.period_end_ms;
+        current.then(|| (a.value, a.fetched.elapsed()))
+    }
+
+    /// Remembers aggregates the control plane sent (a newer period or a larger event count
+    /// replaces what is held).
+    pub fn remember(&self, aggregates: impl IntoIterator<Item = MeterAggregate>) {
+        use moka::ops::compute::Op;
+        for a in aggregates {
+            let key = (a.account, a.meter.clone());
+            self.aggregates.entry(key).and_compute_with(|held| {
+                let replace = held.is_none_or(|h| {
+                    let h = &h.value().value;
+                    a.period_start_ms > h.period_start_ms
+                        || (a.period_start_ms == h.period_start_ms && a.events >= h.events)
+                });
+                if replace {
+                    Op::Put(Aggregate {
+                        value: a,
+                        fetched: Instant::now(),
+                    })
+                } else {
+                    Op::Nop
+                }
+            });
+        }
+    }
+
+    /// Current-period usage of a metered feature, as a check sees it: the control plane's
+    /// aggregate (fetched through `upstream` when missing or older than [`AGGREGATE_TTL_MS`])
+    /// plus, for additive aggregations, this edge's unacknowledged events. `true` with it when
+    /// the aggregate could not be fetched (the last one, however old, counts; the caller
+    /// answers `stale`).
+    pub async fn usage_of(
+        &self,
+        upstream: &Upstream,
+        account: AccountId,
+        meter: &str,
+        spec: &MeterSpec,
+    ) -> (i64, bool) {
+        let now = crate::clock::now_ms();
+        let (start, _) = spec.period.bounds(now);
+        let local = self.pending(account, meter, start);
+        let aggregate = match self.fresh_aggregate(account, meter, now) {
+            Some(a) => Some(a),
+            None => match upstream.account_usage(account).await {
+                Ok(all) => {
+                    self.remember(all.aggregates);
+                    // Remembered even when older than the TTL allows: take it from the answer.
+                    self.fresh_aggregate(account, meter, now)
+                }
+                Err(e) => {
+                    // The last aggregate however old (stale), plus what this edge added since.
+                    tracing::debug!(account_id = %account, error = %e, "usage aggregate unavailable; using the last one");
+                    let last = self.last_aggregate(account, meter, now).map(|(a, _)| a);
+                    return (combine(spec, last, start, local), true);
+                }
+            },
+        };
+        (combine(spec, aggregate, start, local), false)
+    }
+}
+
+/// The usage a check sees: the control plane's aggregate of the current period plus, for
+/// additive aggregations, this edge's unacknowledged events.
+fn combine(
+    spec: &MeterSpec,
+    aggregate: Option<MeterAggregate>,
+    period_start: i64,
+    local: Pending,
+) -> i64 {
+    let remote = aggregate
+        .filter(|a| a.period_start_ms == period_start)
+        .map_or(0, |a| a.value);
+    match spec.aggregation {
+        Aggregation::Sum => remote.saturating_add(local.quantity),
+        Aggregation::Count => remote.saturating_add(local.events),
+        _ => remote,
+    }
+}
