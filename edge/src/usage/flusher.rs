@@ -18,6 +18,12 @@ use super::{SWEEP_MS, Usage, decode, lock};
 pub const FLUSH_EVENTS_MAX: usize = 1_000;
 /// Most payload bytes in one flush.
 pub const FLUSH_BYTES_MAX: usize = 1 << 20;
+// A batch of both bounds fits what the control plane accepts (the protocol's batch limits, with
+// room for the JSON around the events).
+const _: () = assert!(
+    FLUSH_EVENTS_MAX <= tollgate_protocol::usage::limits::BATCH_EVENTS_MAX
+        && FLUSH_BYTES_MAX * 2 <= tollgate_protocol::usage::limits::BATCH_BODY_BYTES_MAX
+);
 pub const BACKOFF_MS_MIN: u64 = 100;
 pub const BACKOFF_MS_MAX: u64 = 10_000;
 /// A single event the control plane refuses as a batch this many times in a row is
