@@ -2,7 +2,8 @@
 //!
 //! One [`EdgeClient`] per process: it holds a `reqwest::Client`, whose connection pool keeps
 //! HTTP/1.1 connections to the sidecar alive between calls (a fresh TCP connection per check
-//! would cost more than the check). Usage reporting arrives with the metering API.
+//! would cost more than the check). It checks entitlements; usage is reported to the edge's
+//! `POST /v1/usage` (see the README).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tollgate_client::ClientError> {
@@ -16,28 +17,19 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use tollgate_protocol::{AccountId, Reason};
+use serde::Deserialize;
+use tollgate_protocol::AccountId;
+use tollgate_protocol::check::{
+    BatchAnswer, BatchCheck, BatchRequest, BatchResults, CHECK_PATH, CheckResponse,
+};
 
 /// Timeout of one call to the sidecar (it answers from memory; anything slower is a fault).
 pub const CALL_TIMEOUT_MS: u64 = 2_000;
 /// Idle connections kept to the sidecar.
 pub const IDLE_CONNECTIONS_MAX: usize = 32;
 
-/// What a check answers.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Check {
-    pub allowed: bool,
-    pub feature: String,
-    #[serde(default)]
-    pub limit: Option<i64>,
-    pub reason: Reason,
-    /// Facts version the answer came from (0 for an unknown account).
-    pub version: i64,
-    pub bundle_version: u64,
-    /// The sidecar could not confirm freshness within its budget.
-    pub stale: bool,
-}
+/// What a check answers (the protocol's type: the edge serves exactly this).
+pub type Check = CheckResponse<'static>;
 
 /// One item of a batch answer: a check, or why this item could not be decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,12 +56,6 @@ pub enum ClientError {
     /// The answer could not be read (version skew or a bug).
     #[error("unreadable answer from the edge: {0}")]
     Protocol(String),
-}
-
-#[derive(Serialize)]
-struct BatchRequestItem<'a> {
-    account: String,
-    feature: &'a str,
 }
 
 #[derive(Deserialize)]
@@ -160,37 +146,33 @@ impl EdgeClient {
         &self,
         pairs: &[(AccountId, &str)],
     ) -> Result<Vec<BatchItem>, ClientError> {
-        let checks: Vec<BatchRequestItem<'_>> = pairs
-            .iter()
-            .map(|(a, f)| BatchRequestItem {
-                account: a.to_string(),
-                feature: f,
-            })
-            .collect();
+        let body = BatchRequest {
+            checks: pairs
+                .iter()
+                .map(|(a, f)| BatchCheck {
+                    account: a.to_string(),
+                    feature: (*f).to_owned(),
+                    quantity: None,
+                })
+                .collect(),
+        };
         let resp = self
-            .authorized(self.http.post(format!("{}/v1/check", self.base)))
-            .json(&serde_json::json!({ "checks": checks }))
+            .authorized(self.http.post(format!("{}{CHECK_PATH}", self.base)))
+            .json(&body)
             .send()
             .await
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
-        let body: serde_json::Value = Self::read(resp).await?;
-        let results = body["results"]
-            .as_array()
-            .ok_or_else(|| ClientError::Protocol("no results".into()))?;
-        results
-            .iter()
-            .map(|r| {
-                if let Some(check) = r.get("result") {
-                    serde_json::from_value(check.clone())
-                        .map(BatchItem::Checked)
-                        .map_err(|e| ClientError::Protocol(e.to_string()))
-                } else {
-                    Ok(BatchItem::Failed {
-                        code: r["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
-                        detail: r["error"]["detail"].as_str().unwrap_or_default().to_owned(),
-                    })
-                }
+        let answers: BatchResults<'static> = Self::read(resp).await?;
+        Ok(answers
+            .results
+            .into_iter()
+            .map(|a| match a {
+                BatchAnswer::Checked { result, .. } => BatchItem::Checked(result),
+                BatchAnswer::Failed { error, .. } => BatchItem::Failed {
+                    code: error.code,
+                    detail: error.detail,
+                },
             })
-            .collect()
+            .collect())
     }
 }

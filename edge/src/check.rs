@@ -15,8 +15,10 @@ use std::sync::Arc;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tollgate_protocol::check::{
+    BATCH_CHECKS_MAX, BatchAnswer, BatchRequest, BatchResults, CheckResponse, ItemError,
+};
 use tollgate_protocol::usage::{Aggregation, MeterSpec};
 use tollgate_protocol::{AccountId, Reason};
 
@@ -24,28 +26,6 @@ use crate::cache;
 use crate::clock::now_ms;
 use crate::problem::problem;
 use crate::state::{Denial, EdgeState};
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CheckResponse<'a> {
-    pub allowed: bool,
-    #[serde(borrow)]
-    pub feature: Cow<'a, str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit: Option<i64>,
-    /// Metered features: current-period usage (the control plane's aggregate plus this
-    /// edge's unacknowledged events).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<i64>,
-    /// Metered features: `limit - usage` (negative past a `soft` quota).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remaining: Option<i64>,
-    pub reason: Reason,
-    /// Facts version the answer came from (0 for an unknown account).
-    pub version: i64,
-    /// Rule bundle the decision came from.
-    pub bundle_version: u64,
-    pub stale: bool,
-}
 
 /// `account`, `feature` and `quantity` from a query string, borrowed when not
 /// percent-encoded.
@@ -251,26 +231,6 @@ pub(crate) async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuer
 /// What a check's `quantity` must be.
 pub const QUANTITY_RULE: &str = "quantity must be a whole number from 0 to 1099511627776 (2^40)";
 
-/// Checks in one `POST /v1/check` at most.
-pub const BATCH_CHECKS_MAX: usize = 256;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchItem {
-    pub account: String,
-    pub feature: String,
-    /// Units the caller is about to use of a metered or limit feature (default 1). Checked per
-    /// item: a bad one refuses that item, not the batch.
-    #[serde(default)]
-    pub quantity: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchRequest {
-    pub checks: Vec<BatchItem>,
-}
-
 /// An item's quantity, or why it is not one.
 fn item_quantity(v: Option<&serde_json::Value>) -> Option<i64> {
     match v {
@@ -315,27 +275,34 @@ pub(crate) async fn check_batch(
     state.fill_many(&accounts, &view).await;
     let mut results = Vec::with_capacity(req.checks.len());
     for item in &req.checks {
-        let error = |code: &str, detail: &str| {
-            json!({ "account": item.account, "feature": item.feature,
-                    "error": { "code": code, "detail": detail } })
+        let failed = |code: &str, detail: &str| BatchAnswer::Failed {
+            account: item.account.clone(),
+            feature: item.feature.clone(),
+            error: ItemError {
+                code: code.to_owned(),
+                detail: detail.to_owned(),
+            },
         };
         let Ok(account) = item.account.parse::<AccountId>() else {
-            results.push(error("invalid_account_id", "account must be a UUID"));
+            results.push(failed("invalid_account_id", "account must be a UUID"));
             continue;
         };
         let Some(quantity) = item_quantity(item.quantity.as_ref()) else {
-            results.push(error("invalid_quantity", QUANTITY_RULE));
+            results.push(failed("invalid_quantity", QUANTITY_RULE));
             continue;
         };
         let feature = Cow::Borrowed(item.feature.as_str());
         results.push(
             match decide(&state, &view, account, feature, quantity).await {
-                Ok(resp) => json!({ "account": item.account, "result": resp }),
-                Err((_, code, detail)) => error(code, &detail),
+                Ok(result) => BatchAnswer::Checked {
+                    account: item.account.clone(),
+                    result,
+                },
+                Err((_, code, detail)) => failed(code, &detail),
             },
         );
     }
-    axum::Json(json!({ "results": results })).into_response()
+    axum::Json(BatchResults { results }).into_response()
 }
 
 /// `GET /v1/accounts/{id}/entitlements` — every feature of the bundle for one account.

@@ -59,8 +59,9 @@ pub mod config;
 // `run(config)`: restore, start the background tasks, serve until SIGTERM.
 mod run;
 
-pub use check::{BATCH_CHECKS_MAX, BatchItem, BatchRequest, CheckResponse, QUANTITY_RULE};
+pub use check::QUANTITY_RULE;
 pub use clock::now_ms;
 pub use gate::{DRAIN_BYTES_MAX, REQUEST_BODY_BYTES_MAX};
 pub use router::app;
 pub use run::{STALE_POLL_MS, run};
+pub use tollgate_protocol::check::{BATCH_CHECKS_MAX, BatchCheck, BatchRequest, CheckResponse};

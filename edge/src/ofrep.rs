@@ -27,8 +27,9 @@ use tollgate_protocol::{AccountId, Reason};
 use tollgate_rules::ir::FeatureKind;
 
 use crate::cache::RulesView;
-use crate::check::{CheckResponse, decide};
+use crate::check::decide;
 use crate::state::EdgeState;
+use tollgate_protocol::check::CheckResponse;
 
 fn error(
     status: StatusCode,

@@ -1,11 +1,12 @@
-//! The contract between the control plane and edge sidecars.
+//! The contract between the control plane, edge sidecars and the product services beside them.
 //!
 //! Everything that crosses the wire between them is defined here and nowhere else:
 //! * [`AccountFacts`] — what the control plane knows about one account that decides its
 //!   entitlements, versioned per account (the version only ever grows).
 //! * [`ChangeEvent`] — one entry of the Redis change stream: new facts for one account plus the
 //!   commit time, so an edge can measure propagation.
-//! * [`Decision`] / [`Reason`] — what a check answers for one feature.
+//! * [`Decision`] / [`Reason`] — what a check answers for one feature; [`check`] — the edge's
+//!   check API as product services call it.
 //! * The Redis key names both sides agree on ([`redis_keys`]); the internal API's paths, bodies
 //!   and edge-id rule ([`internal_api`]); canary membership by edge id ([`canary`]).
 //! * [`usage`] — meters, usage events, the batches edges flush and their acknowledgements,
@@ -19,6 +20,7 @@ mod decision;
 mod facts;
 
 pub mod canary;
+pub mod check;
 pub mod internal_api;
 pub mod redis_keys;
 pub mod usage;
