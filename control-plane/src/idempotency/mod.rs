@@ -23,7 +23,8 @@
 //!
 //! What is stored is the operation's typed outcome — its value or its [`Error`] (a decline is
 //! an outcome: every retry is declined the same way) — and each interface renders it, first
-//! time and replay alike.
+//! time and replay alike. The outcome types' JSON shape is therefore stored data: a change to
+//! it must still read the records of the last 24 h (or migrate them).
 //!
 //! Scopes: the account id for the Dashboard; for sign-up (no account yet) the hash of the
 //! e-mail address, so unrelated clients reusing a simple key do not collide. Records are swept
