@@ -8,6 +8,7 @@
 //! events applied out of order cannot resurrect a canceled subscription. Inbox ids are pruned
 //! with the outbox's retention window ([`prune_inbox`]).
 
+pub mod pricing;
 pub mod store;
 
 use chrono::{DateTime, Utc};
