@@ -40,6 +40,7 @@ pub fn edge_state(accounts: &[AccountId], capacity: u64) -> anyhow::Result<EdgeS
                 plan: if i % 2 == 0 { "pro" } else { "free" }.into(),
                 status: SubscriptionStatus::Active,
                 current_period_end_ms: 0,
+                billing_anchor_ms: None,
             }),
             ..AccountFacts::new(*id, 0)
         };
@@ -56,6 +57,7 @@ pub fn pro_facts(id: AccountId) -> AccountFacts {
         plan: "pro".into(),
         status: SubscriptionStatus::Active,
         current_period_end_ms: 0,
+        billing_anchor_ms: None,
     });
     f
 }

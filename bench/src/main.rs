@@ -193,6 +193,7 @@ fn materialise(out_path: &str) -> anyhow::Result<()> {
                 plan: plans[i % 3].into(),
                 status: statuses[i % 3],
                 current_period_end_ms: 0,
+                billing_anchor_ms: None,
             });
             f.days_past_due = (i % 11) as i64;
             f.dunning_level = (i % 5) as i64;

@@ -257,7 +257,7 @@ async fn ingest_run(url: &str, batches: usize) -> anyhow::Result<(f64, f64, usiz
         tollgate_control_plane::usage::ingest(
             &pool,
             &meters,
-            &|_| true,
+            &|_| Some(None),
             batch,
             now,
             chrono::TimeDelta::hours(1),

@@ -58,6 +58,10 @@ id_type! {
     SubscriptionId;
     /// An API token (the token itself is derived from it, never stored).
     TokenId;
+    /// An invoice.
+    InvoiceId;
+    /// One try to collect an invoice through a provider (its idempotency key derives from it).
+    ChargeAttemptId;
     /// A row of the outbox (the consumer's inbox keeps it to apply an event once).
     EventId;
 }

@@ -1,15 +1,29 @@
 //! Time-driven transitions, run every second by the maintenance worker (and at once after a
-//! development clock advance): subscriptions whose cancel at period end came due, checkouts
+//! development clock advance): subscriptions whose period ended (renewed) or whose cancel at
+//! period end came due, drafts past their grace window (finalised), open invoices due for an
+//! off-session charge, checkouts
 //! nobody else will settle, abandoned card set-ups, expired idempotency records, and outbox
 //! rows (with billing's inbox ids) past the retention window. Provider calls happen outside
 //! any transaction; each part is one domain's own function.
 
 use crate::state::AppState;
+
+/// Subscriptions renewed per pass.
+pub const RENEWAL_BATCH: i64 = 500;
+/// Drafts finalised per pass (one billing transaction).
+pub const FINALIZE_BATCH: i64 = 200;
+/// Invoices charged per pass.
+pub const CHARGE_BATCH: i64 = 100;
 use crate::{billing, checkout, idempotency, outbox, payment_methods, subscriptions};
 
 /// One pass; returns how many rows changed state (pruning is not a change of state).
 pub async fn run(state: &AppState) -> anyhow::Result<usize> {
     let mut changed = subscriptions::end_due(state).await?;
+    changed += subscriptions::renew_due(state, RENEWAL_BATCH).await?;
+    changed += billing::invoices::finalize_due(state, FINALIZE_BATCH).await?;
+    changed += billing::charges::charge_due(state, CHARGE_BATCH)
+        .await?
+        .len();
     changed += checkout::reconcile(state).await?;
     changed += payment_methods::reconcile_abandoned(
         state,
@@ -19,6 +33,7 @@ pub async fn run(state: &AppState) -> anyhow::Result<usize> {
     let now = state.clock.now();
     idempotency::sweep(&state.cf, now).await?;
     let pruned = outbox::retention::prune(&state.cf, now, state.outbox_retention).await?
+        + outbox::retention::prune(&state.billing, now, state.outbox_retention).await?
         + billing::prune_inbox(state, now - state.outbox_retention).await?;
     if pruned > 0 {
         state.metrics.outbox_pruned.inc_by(pruned);
@@ -26,6 +41,7 @@ pub async fn run(state: &AppState) -> anyhow::Result<usize> {
     }
     if changed > 0 {
         state.outbox_wake.notify_one();
+        state.billing_outbox_wake.notify_one();
     }
     Ok(changed)
 }

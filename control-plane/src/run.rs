@@ -16,8 +16,11 @@ use crate::gateways::PaymentGateway;
 use crate::gateways::simulated::SimulatedGateway;
 use crate::metrics::Metrics;
 use crate::outbox::{Consumers, Topic};
+use crate::state::BillingOutbox;
 use crate::state::{AppState, Inner};
-use crate::{api, billing, catalog, entitlements, gateways, maintenance, outbox, usage};
+use crate::{
+    api, billing, catalog, entitlements, gateways, maintenance, outbox, subscriptions, usage,
+};
 
 /// The cf_prod schema, applied at start.
 pub static CF_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/cf");
@@ -35,6 +38,20 @@ fn consumers() -> Consumers<AppState> {
         })
         .on(Topic::BillingSchedule, |state, _, d| {
             Box::pin(billing::on_schedule(state, d))
+        })
+}
+
+/// The consumers of billing_prod's outbox (they run in its relay's billing transaction).
+fn billing_consumers() -> Consumers<BillingOutbox> {
+    Consumers::default()
+        .on(
+            Topic::BillingPaymentFailed,
+            |host: &BillingOutbox, conn, d| {
+                Box::pin(subscriptions::on_payment_failed(&host.0, conn, d))
+            },
+        )
+        .on(Topic::BillingInvoicePaid, |host: &BillingOutbox, _, d| {
+            Box::pin(subscriptions::on_invoice_paid(&host.0, d))
         })
 }
 
@@ -94,6 +111,8 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
         metrics: Metrics::new(),
         outbox_wake: Notify::new(),
         consumers: consumers(),
+        billing_consumers: billing_consumers(),
+        billing_outbox_wake: Notify::new(),
     })))
 }
 
@@ -178,6 +197,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Duration::from_millis(config.relay_poll_ms),
         shutdown_rx.clone(),
     ));
+    let billing_relay = tokio::spawn(outbox::run_relay(
+        BillingOutbox(state.clone()),
+        Duration::from_millis(config.relay_poll_ms),
+        shutdown_rx.clone(),
+    ));
     let maintenance = tokio::spawn(run_maintenance_loop(state.clone(), shutdown_rx.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
@@ -189,7 +213,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("serve")?;
     let _ = shutdown_tx.send(true);
-    let _ = tokio::join!(relay, maintenance);
+    let _ = tokio::join!(relay, billing_relay, maintenance);
     tracing::info!("control plane stopped");
     Ok(())
 }

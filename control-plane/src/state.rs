@@ -47,6 +47,36 @@ pub struct Inner {
     pub outbox_wake: Notify,
     /// The consumer of each outbox topic (registered by the process, see `run`).
     pub consumers: Consumers<AppState>,
+    /// The consumers of billing_prod's outbox.
+    pub billing_consumers: Consumers<BillingOutbox>,
+    /// Wakes billing_prod's relay.
+    pub billing_outbox_wake: Notify,
+}
+
+/// The relay host of billing_prod's outbox (the same relay over the billing pool).
+#[derive(Clone)]
+pub struct BillingOutbox(pub AppState);
+
+impl outbox::Host for BillingOutbox {
+    fn pool(&self) -> &PgPool {
+        &self.0.billing
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.0.clock.now()
+    }
+
+    fn consumers(&self) -> &Consumers<Self> {
+        &self.0.billing_consumers
+    }
+
+    fn wake(&self) -> &Notify {
+        &self.0.billing_outbox_wake
+    }
+
+    fn count(&self, topic: Topic, ok: bool) {
+        self.0.count(topic, ok);
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -57,7 +87,7 @@ impl std::ops::Deref for AppState {
 }
 
 impl outbox::Host for AppState {
-    fn cf(&self) -> &PgPool {
+    fn pool(&self) -> &PgPool {
         &self.cf
     }
 

@@ -456,6 +456,7 @@ mod tests {
                 plan: p.into(),
                 status: SubscriptionStatus::Active,
                 current_period_end_ms: 0,
+                billing_anchor_ms: None,
             }),
             ..AccountFacts::new(id, 0)
         }

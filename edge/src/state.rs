@@ -306,13 +306,32 @@ impl EdgeState {
         view.program.features[i].meter.clone()
     }
 
-    /// [`Self::meter`] as a function for the usage store, holding the state weakly (the store
-    /// is part of the state: a strong reference would keep both alive forever).
+    /// The billing anchor of the account's subscription, from the facts this edge holds:
+    /// monthly and yearly meters count in its periods (`None`: calendar periods).
+    pub fn billing_anchor(&self, account: AccountId) -> Option<i64> {
+        let entry = self.cache.get(&account)?;
+        entry
+            .facts
+            .as_ref()?
+            .subscription
+            .as_ref()?
+            .billing_anchor_ms
+    }
+
+    /// [`Self::meter`] and [`Self::billing_anchor`] as a function for the usage store, holding
+    /// the state weakly (the store is part of the state: a strong reference would keep both
+    /// alive forever).
     pub fn meters_fn(
         &self,
-    ) -> impl Fn(&str) -> Option<tollgate_protocol::usage::MeterSpec> + Send + Sync + 'static {
+    ) -> impl Fn(AccountId, &str) -> Option<(tollgate_protocol::usage::MeterSpec, Option<i64>)>
+    + Send
+    + Sync
+    + 'static {
         let weak = Arc::downgrade(&self.0);
-        move |key| weak.upgrade().and_then(|inner| EdgeState(inner).meter(key))
+        move |account, key| {
+            let state = EdgeState(weak.upgrade()?);
+            Some((state.meter(key)?, state.billing_anchor(account)))
+        }
     }
 
     /// Current-period usage of a metered feature: the control plane's aggregate (fetched when

@@ -140,6 +140,7 @@ fn cached_facts_survive_a_restart_with_everything_behind_the_edge_down() {
         plan: "pro".into(),
         status: SubscriptionStatus::Active,
         current_period_end_ms: 0,
+        billing_anchor_ms: None,
     });
     let view = before.rules.load_full().expect("rules");
     before.cache.begin_fill(id);

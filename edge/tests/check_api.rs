@@ -86,6 +86,7 @@ fn facts(id: AccountId, version: i64, plan: Option<&str>) -> AccountFacts {
             plan: p.into(),
             status: SubscriptionStatus::Active,
             current_period_end_ms: 0,
+            billing_anchor_ms: None,
         }),
         ..AccountFacts::new(id, 0)
     }

@@ -39,6 +39,7 @@ fn pro(account: AccountId) -> AccountFacts {
             plan: "pro".into(),
             status: SubscriptionStatus::Active,
             current_period_end_ms: 0,
+            billing_anchor_ms: None,
         }),
         ..AccountFacts::new(account, 1)
     }

@@ -386,6 +386,7 @@ fn pro(cp: &Cp, account: AccountId) {
             plan: "pro".into(),
             status: SubscriptionStatus::Active,
             current_period_end_ms: 0,
+            billing_anchor_ms: None,
         }),
         ..AccountFacts::new(account, 1)
     };
@@ -1484,6 +1485,7 @@ async fn a_lease_of_a_quota_that_was_lowered_is_given_back_and_not_used() {
         plan: "free".into(),
         status: SubscriptionStatus::Active,
         current_period_end_ms: 0,
+        billing_anchor_ms: None,
     });
     let view = e.state.rules.load_full().expect("rules");
     assert!(e.state.cache.apply(free, &view));

@@ -141,6 +141,11 @@ pub struct SubscriptionFacts {
     pub status: SubscriptionStatus,
     /// Unix milliseconds.
     pub current_period_end_ms: i64,
+    /// The subscription's billing anchor (unix ms): monthly and yearly meters count usage in
+    /// its periods ([`crate::usage::MeterPeriod::bounds_for`]). Absent in facts from before
+    /// anchored periods: calendar periods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_anchor_ms: Option<i64>,
 }
 
 /// A support agent's per-account override of one feature.
@@ -231,6 +236,7 @@ mod tests {
                     plan: "pro".into(),
                     status: SubscriptionStatus::PastDue,
                     current_period_end_ms: 1_700_000_000_000,
+                    billing_anchor_ms: None,
                 }),
                 dunning_level: 0,
                 days_past_due: 0,

@@ -67,7 +67,6 @@ impl MeterPeriod {
 
     /// The UTC calendar period holding `at_ms` (unix ms), as `[start, end)` unix ms.
     pub fn bounds(self, at_ms: i64) -> (i64, i64) {
-        const DAY_MS: i64 = 86_400_000;
         let day = at_ms.div_euclid(DAY_MS);
         let (y, m, _) = civil_from_days(day);
         let (start, end) = match self {
@@ -80,6 +79,69 @@ impl MeterPeriod {
         };
         (start * DAY_MS, end * DAY_MS)
     }
+}
+
+impl MeterPeriod {
+    /// The period holding `at_ms`: with a billing `anchor` (unix ms; the account's subscription
+    /// has one), monthly and yearly periods are the subscription's own — `anchor + k` months
+    /// or years ([`anchored_bounds`]); days, and every period of an account without a
+    /// subscription, stay UTC calendar periods ([`MeterPeriod::bounds`]).
+    pub fn bounds_for(self, anchor_ms: Option<i64>, at_ms: i64) -> (i64, i64) {
+        match (self, anchor_ms) {
+            (Self::Month, Some(a)) => anchored_bounds(a, 1, at_ms),
+            (Self::Year, Some(a)) => anchored_bounds(a, 12, at_ms),
+            _ => self.bounds(at_ms),
+        }
+    }
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    days_from_civil(
+        if m == 12 { y + 1 } else { y },
+        if m == 12 { 1 } else { m + 1 },
+        1,
+    ) - days_from_civil(y, m, 1)
+}
+
+/// `anchor_ms` moved by `k × months` calendar months (negative: back), keeping its time of
+/// day; the day is clamped to the target month's last (31 Jan plus one month is 28 or 29 Feb,
+/// plus two months is 31 Mar: every boundary is computed from the anchor, so periods never
+/// drift). `None` past the representable range.
+pub fn anchor_boundary(anchor_ms: i64, months: u32, k: i64) -> Option<i64> {
+    let day = anchor_ms.div_euclid(DAY_MS);
+    let time = anchor_ms.rem_euclid(DAY_MS);
+    let (y, m, d) = civil_from_days(day);
+    let total = (y.checked_mul(12)? + m - 1).checked_add(k.checked_mul(i64::from(months))?)?;
+    let (ny, nm) = (total.div_euclid(12), total.rem_euclid(12) + 1);
+    if !(-300_000..=300_000).contains(&ny) {
+        return None;
+    }
+    let nd = d.min(days_in_month(ny, nm));
+    days_from_civil(ny, nm, nd)
+        .checked_mul(DAY_MS)?
+        .checked_add(time)
+}
+
+/// The anchored period of `months` months holding `at_ms`, as `[start, end)` unix ms (see
+/// [`anchor_boundary`]). A zero `months` counts as one.
+pub fn anchored_bounds(anchor_ms: i64, months: u32, at_ms: i64) -> (i64, i64) {
+    let months = months.max(1);
+    // An estimate from the mean month length, then exact steps (at most a few).
+    let mean_ms = 2_629_746_000_i64 * i64::from(months);
+    let mut k = (at_ms.saturating_sub(anchor_ms)).div_euclid(mean_ms);
+    let at = |k: i64| anchor_boundary(anchor_ms, months, k);
+    for _ in 0..8 {
+        match (at(k), at(k + 1)) {
+            (Some(s), _) if s > at_ms => k -= 1,
+            (_, Some(e)) if e <= at_ms => k += 1,
+            (Some(s), Some(e)) => return (s, e),
+            _ => break,
+        }
+    }
+    // Outside the calendar's range: fall back to the UTC calendar.
+    MeterPeriod::Month.bounds(at_ms)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
@@ -410,6 +472,76 @@ pub struct AccountUsage {
 mod tests {
     use super::*;
     use uuid::Uuid;
+
+    /// Unix ms of a UTC date and time.
+    fn utc(y: i64, m: i64, d: i64, h: i64, min: i64) -> i64 {
+        (days_from_civil(y, m, d) * 24 * 60 + h * 60 + min) * 60_000
+    }
+
+    #[test]
+    fn anchored_periods_follow_the_anchor_and_never_drift() {
+        // Anchored on 31 Jan 2027 10:30: 28 Feb, 31 Mar, 30 Apr, ... each from the anchor.
+        let a = utc(2027, 1, 31, 10, 30);
+        assert_eq!(anchor_boundary(a, 1, 1), Some(utc(2027, 2, 28, 10, 30)));
+        assert_eq!(anchor_boundary(a, 1, 2), Some(utc(2027, 3, 31, 10, 30)));
+        assert_eq!(anchor_boundary(a, 1, 3), Some(utc(2027, 4, 30, 10, 30)));
+        assert_eq!(anchor_boundary(a, 1, 13), Some(utc(2028, 2, 29, 10, 30)));
+        assert_eq!(anchor_boundary(a, 1, -2), Some(utc(2026, 11, 30, 10, 30)));
+        assert_eq!(anchor_boundary(a, 12, 1), Some(utc(2028, 1, 31, 10, 30)));
+        let mid_march = utc(2027, 3, 15, 0, 0);
+        assert_eq!(
+            anchored_bounds(a, 1, mid_march),
+            (utc(2027, 2, 28, 10, 30), utc(2027, 3, 31, 10, 30))
+        );
+        // Boundaries belong to the period they start.
+        let b = utc(2027, 3, 31, 10, 30);
+        assert_eq!(anchored_bounds(a, 1, b).0, b);
+        assert_eq!(anchored_bounds(a, 1, b - 1).1, b);
+        // Before the anchor too.
+        assert_eq!(
+            anchored_bounds(a, 1, utc(2026, 12, 31, 10, 29)),
+            (utc(2026, 11, 30, 10, 30), utc(2026, 12, 31, 10, 30))
+        );
+        // Monthly and yearly meters follow the anchor; daily ones stay calendar days.
+        let at = utc(2027, 6, 1, 0, 0);
+        assert_eq!(
+            MeterPeriod::Month.bounds_for(Some(a), at),
+            (utc(2027, 5, 31, 10, 30), utc(2027, 6, 30, 10, 30))
+        );
+        assert_eq!(
+            MeterPeriod::Year.bounds_for(Some(a), at),
+            (a, utc(2028, 1, 31, 10, 30))
+        );
+        assert_eq!(
+            MeterPeriod::Day.bounds_for(Some(a), at),
+            MeterPeriod::Day.bounds(at)
+        );
+        assert_eq!(
+            MeterPeriod::Month.bounds_for(None, at),
+            MeterPeriod::Month.bounds(at)
+        );
+    }
+
+    #[test]
+    fn anchored_periods_hold_every_instant_exactly_once() {
+        let a = utc(2026, 8, 29, 23, 59);
+        let mut t = utc(2025, 1, 1, 0, 0);
+        let step = 86_400_000 * 7 + 3_600_000 * 5 + 17;
+        while t < utc(2030, 1, 1, 0, 0) {
+            let (s, e) = anchored_bounds(a, 1, t);
+            assert!(s <= t && t < e, "{t} not in [{s}, {e})");
+            assert_eq!(anchored_bounds(a, 1, e).0, e, "contiguous");
+            assert!((28..=31).contains(&((e - s) / 86_400_000)), "a month long");
+            t += step;
+        }
+        assert_eq!(anchor_boundary(i64::MAX, 1, 1), None);
+        // The whole range an event may carry.
+        let last = limits::TIMESTAMP_MS_MAX;
+        let (s, e) = anchored_bounds(a, 1, last);
+        assert!(s <= last && last < e);
+        let (s, e) = anchored_bounds(a, 12, 0);
+        assert!(s <= 0 && 0 < e);
+    }
 
     #[test]
     fn meter_periods_are_utc_calendar_periods() {

@@ -108,6 +108,7 @@ mod tests {
             plan: "pro".into(),
             status: SubscriptionStatus::Active,
             current_period_end_ms: 0,
+            billing_anchor_ms: None,
         });
         let d = decide(&program, &facts, "seats");
         assert_eq!(
@@ -132,6 +133,7 @@ mod tests {
             plan: "legacy".into(),
             status: SubscriptionStatus::Active,
             current_period_end_ms: 0,
+            billing_anchor_ms: None,
         });
         assert_eq!(
             decide(&program, &gone, "seats").reason,

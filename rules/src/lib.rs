@@ -85,6 +85,19 @@ pub struct Plan {
     pub currency: String,
     pub interval: Interval,
     pub grants: Vec<Grant>,
+    /// Days of trial before the first charge (0: none).
+    #[serde(default)]
+    pub trial_days: u32,
+    /// How the plan prices its metered features' usage at period close.
+    #[serde(default)]
+    pub meters: Vec<PlanMeter>,
+}
+
+/// A plan's price for the usage of one metered feature (its meter has the feature's key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanMeter {
+    pub feature: String,
+    pub pricing: ir::Pricing,
 }
 
 /// Features and plans: what can be sold and what it grants.
@@ -141,6 +154,18 @@ impl Catalog {
                             Some(Grant {
                                 feature: f.key.clone(),
                                 limit: g.limit.finite(),
+                            })
+                        })
+                        .collect(),
+                    trial_days: p.trial_days,
+                    meters: p
+                        .meters
+                        .iter()
+                        .filter_map(|m| {
+                            let f = features.get(m.feature as usize)?;
+                            Some(PlanMeter {
+                                feature: f.key.clone(),
+                                pricing: m.pricing.clone(),
                             })
                         })
                         .collect(),

@@ -123,6 +123,7 @@ fn an_unlimited_grant_plus_an_addon_pack_stays_unlimited() {
         plan: "big".into(),
         status: SubscriptionStatus::Active,
         current_period_end_ms: 0,
+        billing_anchor_ms: None,
     });
     account.addons.insert("extra_seats".into(), 1);
     let vector = facts::fact_vector(&compiled.program, &account, 0);

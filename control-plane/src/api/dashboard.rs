@@ -10,13 +10,15 @@ use serde_json::json;
 
 use super::extract::Customer;
 use super::views::{
-    AccountView, CheckoutView, PaymentMethodView, SubscriptionView, json as reply, ran, value,
+    AccountView, CheckoutView, InvoiceView, PaymentMethodView, SubscriptionView, json as reply,
+    ran, value,
 };
+use crate::billing::invoices;
 use crate::checkout::{self, CheckoutRequest, Purchase};
 use crate::error::{Error, Result};
 use crate::http::idempotency::IdempotencyKey;
-use crate::http::{Json, Path};
-use crate::ids::{CheckoutId, PaymentMethodId, SubscriptionId};
+use crate::http::{Json, Path, Query};
+use crate::ids::{CheckoutId, InvoiceId, PaymentMethodId, SubscriptionId};
 use crate::payment_methods::{self, AddPaymentMethod, Added};
 use crate::state::AppState;
 use crate::subscriptions::{self, Cancel};
@@ -42,6 +44,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/subscriptions", get(list_subscriptions))
         .route("/v1/subscriptions/{id}/cancel", post(cancel_subscription))
         .route("/v1/usage", get(account_usage))
+        .route("/v1/invoices", get(list_invoices))
+        .route("/v1/invoices/{id}", get(get_invoice))
 }
 
 /// `GET /v1/plans` — public: what can be bought.
@@ -73,7 +77,11 @@ async fn sign_up(
 /// `GET /v1/account`
 async fn get_account(State(state): State<AppState>, Customer(id): Customer) -> Result<Response> {
     let account = accounts::get(&state, id).await?;
-    Ok(reply(StatusCode::OK, value(&AccountView::from(&account))))
+    let billing = invoices::account_billing(&state, id).await?;
+    Ok(reply(
+        StatusCode::OK,
+        value(&AccountView::from(&account).with_billing(&billing)),
+    ))
 }
 
 fn requires_action(key: &str, record: serde_json::Value, client_secret: &str) -> Response {
@@ -213,7 +221,7 @@ async fn cancel_checkout(
             "the payment went through before the cancel: the purchase is complete",
         )
         .with("checkout", value(&CheckoutView::from(&c)))
-        .with("subscription", value(&SubscriptionView::from(&sub)))
+        .with("subscription", value(&SubscriptionView::from(&*sub)))
         .into_response(),
     })
 }
@@ -237,6 +245,30 @@ async fn cancel_subscription(
 ) -> Result<Response> {
     let sub = subscriptions::cancel(&state, account, id, &body).await?;
     Ok(reply(StatusCode::OK, value(&SubscriptionView::from(&sub))))
+}
+
+/// `GET /v1/invoices?limit=&starting_after=` — newest first.
+async fn list_invoices(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Query(page): Query<invoices::Page>,
+) -> Result<Response> {
+    let (list, has_more) = invoices::list(&state, account, &page).await?;
+    let data: Vec<_> = list.iter().map(InvoiceView::from).collect();
+    Ok(reply(
+        StatusCode::OK,
+        json!({ "data": data, "has_more": has_more }),
+    ))
+}
+
+/// `GET /v1/invoices/{id}`
+async fn get_invoice(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<InvoiceId>,
+) -> Result<Response> {
+    let inv = invoices::get(&state, account, id).await?;
+    Ok(reply(StatusCode::OK, value(&InvoiceView::from(&inv))))
 }
 
 /// `GET /v1/usage`

@@ -8,10 +8,13 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::accounts::Account;
+use crate::billing::invoices::{AccountBilling, Invoice, InvoiceStatus, LineKind};
+use crate::billing::pricing::TierCharge;
 use crate::checkout::{Checkout, CheckoutStatus, RefundReason};
 use crate::http::idempotency::REPLAYED_HEADER;
 use crate::idempotency::Ran;
-use crate::ids::{AccountId, CheckoutId, PaymentMethodId, SubscriptionId};
+use crate::ids::{AccountId, CheckoutId, InvoiceId, PaymentMethodId, SubscriptionId};
+use crate::money::Currency;
 use crate::payment_methods::{PaymentMethod, PaymentMethodStatus};
 use crate::subscriptions::Subscription;
 
@@ -24,6 +27,23 @@ pub struct AccountView<'a> {
     pub stripe_customer_id: &'a str,
     pub default_payment_method_id: Option<PaymentMethodId>,
     pub created_at: DateTime<Utc>,
+    /// What the account owes (positive) or holds as credit (negative), in `currency`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance_minor: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<Currency>,
+    /// An open invoice needs the customer (3-D Secure): pay it on-session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action_required: Option<bool>,
+}
+
+impl<'a> AccountView<'a> {
+    pub fn with_billing(mut self, b: &AccountBilling) -> Self {
+        self.balance_minor = Some(b.balance_minor);
+        self.currency = Some(b.currency);
+        self.action_required = Some(b.action_required);
+        self
+    }
 }
 
 impl<'a> From<&'a Account> for AccountView<'a> {
@@ -36,6 +56,9 @@ impl<'a> From<&'a Account> for AccountView<'a> {
             stripe_customer_id: &a.gateway_customer_id,
             default_payment_method_id: a.default_payment_method_id,
             created_at: a.created_at,
+            balance_minor: None,
+            currency: None,
+            action_required: None,
         }
     }
 }
@@ -138,6 +161,78 @@ impl<'a> From<&'a Subscription> for SubscriptionView<'a> {
 }
 
 /// A JSON value of a view.
+#[derive(Debug, Serialize)]
+pub struct InvoiceLineView<'a> {
+    pub kind: LineKind,
+    pub description: &'a str,
+    pub quantity: i64,
+    pub amount_minor: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meter: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<&'a [TierCharge]>,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InvoiceView<'a> {
+    pub id: InvoiceId,
+    pub number: Option<&'a str>,
+    pub status: InvoiceStatus,
+    pub currency: Currency,
+    pub subtotal_minor: i64,
+    pub credit_applied_minor: i64,
+    pub total_minor: i64,
+    pub amount_due_minor: i64,
+    pub amount_paid_minor: i64,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub subscription_id: Option<SubscriptionId>,
+    pub lines: Vec<InvoiceLineView<'a>>,
+    pub finalized_at: Option<DateTime<Utc>>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub action_required: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl<'a> From<&'a Invoice> for InvoiceView<'a> {
+    fn from(i: &'a Invoice) -> Self {
+        Self {
+            id: i.id,
+            number: i.number.as_deref(),
+            status: i.status,
+            currency: i.currency,
+            subtotal_minor: i.subtotal_minor,
+            credit_applied_minor: i.credit_applied_minor,
+            total_minor: i.total_minor,
+            amount_due_minor: i.amount_due_minor,
+            amount_paid_minor: i.amount_paid_minor,
+            period_start: i.period_start,
+            period_end: i.period_end,
+            subscription_id: i.subscription_id,
+            lines: i
+                .lines
+                .iter()
+                .map(|l| InvoiceLineView {
+                    kind: l.kind,
+                    description: &l.description,
+                    quantity: l.quantity,
+                    amount_minor: l.amount_minor,
+                    meter: l.meter.as_deref(),
+                    tiers: l.tiers.as_deref(),
+                    period_start: l.period_start,
+                    period_end: l.period_end,
+                })
+                .collect(),
+            finalized_at: i.finalized_at,
+            paid_at: i.paid_at,
+            action_required: i.action_required,
+            created_at: i.created_at,
+        }
+    }
+}
+
 pub fn value(v: &impl Serialize) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }

@@ -1,13 +1,30 @@
-//! Billing in billing_prod: what each subscription is to be charged and when. Today it keeps
-//! the billing schedules, fed by cf's outbox; renewals, invoices with metered lines and
-//! off-session charges build on them.
+//! Billing in billing_prod: schedules, invoices, off-session charges.
+//!
+//! The lifecycle, each step one domain function:
+//! 1. cf owns the subscription and rolls its period over ([`crate::subscriptions::renew_due`]);
+//!    every revision reaches billing as a `billing.schedule` event. A revision that *started* a
+//!    period ([`Started`]) makes its invoice: the first period's one is already paid (the
+//!    checkout's on-session charge), a renewal's is a **draft** holding the fixed price for the
+//!    coming period (in advance).
+//! 2. A draft waits for the late-usage grace window, then [`invoices::finalize_due`] prices the
+//!    metered usage of the period that ended (in arrears) by the terms it was sold with
+//!    ([`Terms`], [`pricing`]), applies the customer's credit, numbers it and posts it to the
+//!    [`crate::ledger`]: it is `open` and immutable.
+//! 3. [`charges::charge_due`] collects open invoices off-session through the gateway, one
+//!    `charge_attempts` row per try, the provider's idempotency key derived from the attempt.
+//!
+//! Workers claim their rows with `FOR UPDATE SKIP LOCKED` in batches: any number of processes
+//! run them, none leads.
 //!
 //! [`on_schedule`] is an idempotent consumer of `billing.schedule`: the event id goes into
-//! `inbox` in the same billing transaction as the schedule upsert, so a redelivered event
-//! changes nothing; and a schedule is only overwritten by a *newer* subscription revision, so
-//! events applied out of order cannot resurrect a canceled subscription. Inbox ids are pruned
-//! with the outbox's retention window ([`prune_inbox`]).
+//! `inbox` in the same billing transaction as its effects, so a redelivered event changes
+//! nothing; a schedule is only overwritten by a *newer* subscription revision, so events
+//! applied out of order cannot resurrect a canceled subscription; and an invoice exists once
+//! per subscription period (a unique index), whichever revision announced it. Inbox ids are
+//! pruned with the outbox's retention window ([`prune_inbox`]).
 
+pub mod charges;
+pub mod invoices;
 pub mod pricing;
 pub mod store;
 
@@ -28,6 +45,66 @@ pub enum ScheduleStatus {
     Canceled,
 }
 
+/// What a subscription bills besides its fixed price, as it was sold: each metered feature's
+/// pricing and the quantity the plan includes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Terms {
+    pub meters: Vec<MeterTerms>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterTerms {
+    /// The metered feature's key (its usage is counted under it).
+    pub meter: String,
+    /// What the plan grants before usage is billed (`None`: unlimited).
+    pub included: Option<i64>,
+    pub pricing: tollgate_rules::ir::Pricing,
+}
+
+impl Terms {
+    /// The terms `plan` sells with: its meters, each with the plan's grant of the feature (no
+    /// grant includes nothing).
+    pub fn of_plan(plan: &tollgate_rules::Plan) -> Self {
+        Self {
+            meters: plan
+                .meters
+                .iter()
+                .map(|m| MeterTerms {
+                    meter: m.feature.clone(),
+                    included: plan
+                        .grants
+                        .iter()
+                        .find(|g| g.feature == m.feature)
+                        .map_or(Some(0), |g| g.limit),
+                    pricing: m.pricing.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The first period's on-session payment (the checkout's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirstPayment {
+    /// The checkout that paid.
+    pub checkout_id: crate::ids::CheckoutId,
+    /// The provider's payment (`pi_…`).
+    pub provider_payment_id: String,
+    /// The gateway that took it (`stripe`, `simulated`).
+    pub processor: String,
+    pub amount_minor: i64,
+}
+
+/// A revision that started a billing period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Started {
+    /// The subscription's first period; `paid` unless the plan is free.
+    First { paid: Option<FirstPayment> },
+    /// A renewal: the period that ended began at `previous_start` (its usage is billed now).
+    Renewal { previous_start: DateTime<Utc> },
+}
+
 /// Outbox payload of `billing.schedule`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleEvent {
@@ -41,6 +118,16 @@ pub struct ScheduleEvent {
     pub next_bill_at: Option<DateTime<Utc>>,
     pub status: ScheduleStatus,
     pub revision: i64,
+    /// The subscription's current period (absent in events written before invoicing existed).
+    #[serde(default)]
+    pub period_start: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub period_end: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub terms: Terms,
+    /// Set when this revision started a period: billing makes that period's invoice.
+    #[serde(default)]
+    pub started: Option<Started>,
 }
 
 /// A billing schedule as stored.
@@ -59,7 +146,7 @@ pub struct Schedule {
 pub async fn on_schedule(state: &AppState, d: &Delivery) -> anyhow::Result<()> {
     let ev: ScheduleEvent = d.payload()?;
     let mut tx = state.billing.begin().await?;
-    apply_schedule_event(&mut tx, d.id, &ev, d.now).await?;
+    apply_schedule_event(&mut tx, d.id, &ev, state.usage_grace, d.now).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -69,6 +156,7 @@ pub async fn apply_schedule_event(
     conn: &mut PgConnection,
     event_id: EventId,
     ev: &ScheduleEvent,
+    grace: chrono::TimeDelta,
     now: DateTime<Utc>,
 ) -> anyhow::Result<bool> {
     anyhow::ensure!(
@@ -79,7 +167,12 @@ pub async fn apply_schedule_event(
     if !store::admit(conn, event_id, now).await? {
         return Ok(false);
     }
-    Ok(store::upsert_schedule(conn, ev, now).await?)
+    let written = store::upsert_schedule(conn, ev, now).await?;
+    let invoiced = match &ev.started {
+        Some(started) => invoices::open_period(conn, ev, started, grace, now).await?,
+        None => false,
+    };
+    Ok(written || invoiced)
 }
 
 pub async fn get_schedule(
@@ -99,6 +192,8 @@ mod tests {
     use super::*;
     use sqlx::PgPool;
 
+    const G: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
     fn event(sub: SubscriptionId, status: ScheduleStatus, revision: i64) -> ScheduleEvent {
         ScheduleEvent {
             subscription_id: sub,
@@ -110,6 +205,10 @@ mod tests {
             next_bill_at: (status == ScheduleStatus::Active).then(Utc::now),
             status,
             revision,
+            period_start: None,
+            period_end: None,
+            terms: Terms::default(),
+            started: None,
         }
     }
 
@@ -120,15 +219,15 @@ mod tests {
         let sub = SubscriptionId::new_v7();
         let (e1, e2) = (EventId::new_v7(), EventId::new_v7());
         let now = Utc::now();
-        assert!(apply_schedule_event(&mut conn, e1, &event(sub, Active, 1), now).await?);
+        assert!(apply_schedule_event(&mut conn, e1, &event(sub, Active, 1), G, now).await?);
         assert!(
-            !apply_schedule_event(&mut conn, e1, &event(sub, Active, 1), now).await?,
+            !apply_schedule_event(&mut conn, e1, &event(sub, Active, 1), G, now).await?,
             "redelivery is a no-op"
         );
-        assert!(apply_schedule_event(&mut conn, e2, &event(sub, Canceled, 2), now).await?);
+        assert!(apply_schedule_event(&mut conn, e2, &event(sub, Canceled, 2), G, now).await?);
         // An older revision delivered late does not resurrect the schedule.
         assert!(
-            !apply_schedule_event(&mut conn, EventId::new_v7(), &event(sub, Active, 1), now)
+            !apply_schedule_event(&mut conn, EventId::new_v7(), &event(sub, Active, 1), G, now)
                 .await?
         );
         let s = get_schedule(&mut conn, sub).await?.expect("schedule");

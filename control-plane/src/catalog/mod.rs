@@ -70,27 +70,31 @@ pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
     let plans = rows
         .plans
         .into_iter()
-        .map(|(key, name, price_minor, currency, interval)| {
-            let interval =
-                Interval::parse(&interval).ok_or_else(|| anyhow::anyhow!("interval {interval}"))?;
-            let grants = rows
-                .grants
-                .iter()
-                .filter(|(p, _, _)| *p == key)
-                .map(|(_, feature, limit)| Grant {
-                    feature: feature.clone(),
-                    limit: *limit,
+        .map(
+            |(key, name, price_minor, currency, interval, trial_days, meters)| {
+                let interval = Interval::parse(&interval)
+                    .ok_or_else(|| anyhow::anyhow!("interval {interval}"))?;
+                let grants = rows
+                    .grants
+                    .iter()
+                    .filter(|(p, _, _)| *p == key)
+                    .map(|(_, feature, limit)| Grant {
+                        feature: feature.clone(),
+                        limit: *limit,
+                    })
+                    .collect();
+                Ok(Plan {
+                    key,
+                    name,
+                    price_minor,
+                    currency,
+                    interval,
+                    grants,
+                    trial_days: u32::try_from(trial_days).unwrap_or(0),
+                    meters: meters.0,
                 })
-                .collect();
-            Ok(Plan {
-                key,
-                name,
-                price_minor,
-                currency,
-                interval,
-                grants,
-            })
-        })
+            },
+        )
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Catalog { features, plans })
 }

@@ -2,7 +2,7 @@
 
 use sqlx::PgConnection;
 use tollgate_protocol::usage::MeterSpec;
-use tollgate_rules::{Feature, Plan};
+use tollgate_rules::{Feature, Plan, PlanMeter};
 
 /// Nothing is sold or listed unless the next seed says so; positions are freed first (they
 /// are unique among what is sold).
@@ -36,10 +36,11 @@ pub async fn list_feature(conn: &mut PgConnection, f: &Feature, position: i32) -
 /// Sells a plan at `position`, with exactly its grants.
 pub async fn sell_plan(conn: &mut PgConnection, p: &Plan, position: i32) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO plans (key, name, price_minor, currency, interval, position, sold) VALUES ($1, $2, $3, $4, $5, $6, true)
+        "INSERT INTO plans (key, name, price_minor, currency, interval, position, sold, trial_days, meters)
+         VALUES ($1, $2, $3, $4, $5, $6, true, $7, $8)
          ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name, price_minor = EXCLUDED.price_minor,
              currency = EXCLUDED.currency, interval = EXCLUDED.interval, position = EXCLUDED.position,
-             sold = true",
+             sold = true, trial_days = EXCLUDED.trial_days, meters = EXCLUDED.meters",
     )
     .bind(&p.key)
     .bind(&p.name)
@@ -47,6 +48,8 @@ pub async fn sell_plan(conn: &mut PgConnection, p: &Plan, position: i32) -> sqlx
     .bind(&p.currency)
     .bind(p.interval.as_str())
     .bind(position)
+    .bind(i32::try_from(p.trial_days).unwrap_or(i32::MAX))
+    .bind(sqlx::types::Json(&p.meters))
     .execute(&mut *conn)
     .await?;
     sqlx::query("DELETE FROM plan_features WHERE plan_key = $1")
@@ -73,8 +76,16 @@ pub type FeatureRow = (
     Option<String>,
     Option<sqlx::types::Json<MeterSpec>>,
 );
-/// key, name, price, currency, interval
-pub type PlanRow = (String, String, i64, String, String);
+/// key, name, price, currency, interval, trial days, meters
+pub type PlanRow = (
+    String,
+    String,
+    i64,
+    String,
+    String,
+    i32,
+    sqlx::types::Json<Vec<PlanMeter>>,
+);
 /// plan, feature, limit
 pub type GrantRow = (String, String, Option<i64>);
 
@@ -92,7 +103,8 @@ pub async fn sold(conn: &mut PgConnection) -> sqlx::Result<Sold> {
     .fetch_all(&mut *conn)
     .await?;
     let plans = sqlx::query_as(
-        "SELECT key, name, price_minor, currency, interval FROM plans WHERE sold ORDER BY position",
+        "SELECT key, name, price_minor, currency, interval, trial_days, meters FROM plans
+         WHERE sold ORDER BY position",
     )
     .fetch_all(&mut *conn)
     .await?;

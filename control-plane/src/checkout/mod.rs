@@ -135,6 +135,9 @@ pub struct Checkout {
     #[sqlx(try_from = "Uuid")]
     pub account_id: AccountId,
     pub created_at: DateTime<Utc>,
+    /// What the plan bills besides its price (metered usage), as sold; absent on checkouts
+    /// made before billing existed.
+    pub terms: Option<sqlx::types::Json<crate::billing::Terms>>,
 }
 
 impl Checkout {
@@ -146,6 +149,7 @@ impl Checkout {
             currency: self.currency.clone(),
             interval: Interval::parse(&self.interval)
                 .ok_or_else(|| Error::internal("checkout interval"))?,
+            terms: self.terms.as_ref().map(|t| t.0.clone()).unwrap_or_default(),
         })
     }
 }
@@ -182,7 +186,7 @@ pub enum Purchase {
 pub enum Canceled {
     Canceled(Checkout),
     /// The payment went through before the cancel: the purchase completed instead.
-    AlreadyPaid(Checkout, Subscription),
+    AlreadyPaid(Checkout, Box<Subscription>),
 }
 
 fn in_progress(open: CheckoutId) -> Error {
@@ -284,7 +288,7 @@ pub async fn start(
         async |attempt, reserved| match reserved {
             Some(Reserved::Free(settled)) => {
                 // Completed in the key's transaction; stored now.
-                let answer = purchase(settled);
+                let answer = purchase(*settled);
                 let mut tx = state.cf.begin().await?;
                 attempt.complete(&mut tx, &answer).await?;
                 tx.commit().await?;
@@ -301,9 +305,9 @@ pub async fn start(
 /// What step 1 left.
 enum Reserved {
     /// A free plan: subscribed at once.
-    Free(Settled),
+    Free(Box<Settled>),
     /// A paid plan: the pending checkout to pay.
-    Pending(Checkout),
+    Pending(Box<Checkout>),
 }
 
 /// Step 1: the account's checks and the pending checkout with its snapshot, in the key's
@@ -370,6 +374,7 @@ async fn reserve(
             provider_key: idempotency::provider_key("checkout", id.0),
             expires_at: now + TimeDelta::seconds(state.checkout_expiry_secs),
             now,
+            terms: crate::billing::Terms::of_plan(&plan),
         },
     )
     .await
@@ -380,11 +385,11 @@ async fn reserve(
         },
     )?;
     if plan.price_minor == 0 {
-        return Ok(Reserved::Free(
+        return Ok(Reserved::Free(Box::new(
             settle::complete_paid(state, tx, &c, None, now).await?,
-        ));
+        )));
     }
-    Ok(Reserved::Pending(c))
+    Ok(Reserved::Pending(Box::new(c)))
 }
 
 /// Steps 2 and 3 for a pending checkout of this request.
@@ -566,7 +571,7 @@ pub async fn cancel(state: &AppState, account: AccountId, id: CheckoutId) -> Res
             tracing::info!(checkout_id = %id, "checkout canceled by the customer");
             Ok(Canceled::Canceled(c))
         }
-        Settled::Subscribed(c, sub) => Ok(Canceled::AlreadyPaid(c, sub)),
-        other => settled_answer(other).map(|(c, sub)| Canceled::AlreadyPaid(c, sub)),
+        Settled::Subscribed(c, sub) => Ok(Canceled::AlreadyPaid(c, Box::new(sub))),
+        other => settled_answer(other).map(|(c, sub)| Canceled::AlreadyPaid(c, Box::new(sub))),
     }
 }

@@ -7,6 +7,7 @@ use sqlx::PgConnection;
 
 use super::store::{self, Update};
 use super::{Checkout, CheckoutStatus, RefundReason};
+use crate::billing::FirstPayment;
 use crate::error::{Error, Result};
 use crate::gateways::{
     Decline, GatewayAmount, GatewayError, PaymentOutcome, PaymentRequest, PaymentStatus, Presence,
@@ -83,7 +84,19 @@ pub async fn complete_paid(
         tracing::warn!(checkout_id = %c.id, ?reason, "paid checkout cannot complete: refunding");
         return Ok(Settled::Refunded(c));
     }
-    let sub = subscriptions::create(conn, c.account_id, &c.snapshot()?, now).await?;
+    let paid = (c.amount_minor > 0)
+        .then(|| {
+            pi.map(str::to_owned)
+                .or_else(|| c.payment_intent_id.clone())
+        })
+        .flatten()
+        .map(|provider_payment_id| FirstPayment {
+            checkout_id: c.id,
+            provider_payment_id,
+            processor: state.gateway.name().to_owned(),
+            amount_minor: c.amount_minor,
+        });
+    let sub = subscriptions::create(conn, c.account_id, &c.snapshot()?, paid, now).await?;
     let c = store::update(
         conn,
         c.id,

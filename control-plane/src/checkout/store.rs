@@ -9,7 +9,7 @@ use crate::ids::{AccountId, CheckoutId, PaymentMethodId, SubscriptionId};
 
 const CHECKOUT_COLUMNS: &str = "id, plan_key AS plan, status, amount_minor, currency, interval,
     bundle_version, payment_method_id, client_secret, decline_code, subscription_id,
-    refund_reason, expires_at, payment_intent_id, provider_key, account_id, created_at";
+    refund_reason, expires_at, payment_intent_id, provider_key, account_id, created_at, terms";
 
 /// One checkout; `lock` takes its row lock.
 pub async fn get(
@@ -61,6 +61,8 @@ pub struct NewCheckout<'a> {
     pub provider_key: String,
     pub expires_at: DateTime<Utc>,
     pub now: DateTime<Utc>,
+    /// What the plan bills besides its price, as sold now.
+    pub terms: crate::billing::Terms,
 }
 
 pub async fn insert_pending(
@@ -69,8 +71,9 @@ pub async fn insert_pending(
 ) -> sqlx::Result<Checkout> {
     sqlx::query_as(sqlf!(
         "INSERT INTO checkouts (id, account_id, plan_key, payment_method_id, amount_minor, currency, interval,
-             bundle_version, provider_key, status, expires_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11, $11) RETURNING {CHECKOUT_COLUMNS}"
+             bundle_version, provider_key, status, expires_at, created_at, updated_at, terms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11, $11, $12)
+         RETURNING {CHECKOUT_COLUMNS}"
     ))
     .bind(c.id)
     .bind(c.account.0)
@@ -83,6 +86,7 @@ pub async fn insert_pending(
     .bind(&c.provider_key)
     .bind(c.expires_at)
     .bind(c.now)
+    .bind(sqlx::types::Json(&c.terms))
     .fetch_one(conn)
     .await
 }

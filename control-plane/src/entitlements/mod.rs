@@ -58,6 +58,7 @@ pub async fn compute_facts(
             plan: sub.plan,
             status: sub.status,
             current_period_end_ms: sub.current_period_end.timestamp_millis(),
+            billing_anchor_ms: Some(sub.billing_anchor.timestamp_millis()),
         });
     Ok(Some(AccountFacts {
         standing,

@@ -1,4 +1,4 @@
-//! The transactional outbox of cf_prod: its topics, how a change enqueues, the relay that
+//! The transactional outbox of cf_prod (and, with the same table and relay, billing_prod's): its topics, how a change enqueues, the relay that
 //! delivers to the consumers registered for each topic, and how long delivered rows are kept.
 //!
 //! A change that another store must learn about writes an outbox row **in the same
@@ -17,7 +17,13 @@
 //!   (stream + L2). Runs only after the facts committed; at-least-once (edges keep the highest
 //!   version, so a repeat is harmless).
 //! * `billing.schedule` `{subscription…}` — upsert the billing schedule in billing_prod through
-//!   its inbox (idempotent by event id, and never applying an older subscription revision).
+//!   its inbox (idempotent by event id, and never applying an older subscription revision), and
+//!   make the invoice of a period the revision started.
+//!
+//! billing_prod's outbox, relayed by a second relay over the billing pool:
+//! * `billing.payment_failed` — an off-session charge failed: the subscription becomes
+//!   `past_due` (dunning builds on it).
+//! * `billing.invoice_paid` — an invoice was paid: a `past_due` subscription is active again.
 
 pub mod relay;
 pub mod retention;
@@ -49,13 +55,21 @@ pub enum Topic {
     EntitlementsPublish,
     #[sqlx(rename = "billing.schedule")]
     BillingSchedule,
+    /// billing_prod's outbox: an off-session charge failed.
+    #[sqlx(rename = "billing.payment_failed")]
+    BillingPaymentFailed,
+    /// billing_prod's outbox: an invoice was paid.
+    #[sqlx(rename = "billing.invoice_paid")]
+    BillingInvoicePaid,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 3] = [
+    pub const ALL: [Topic; 5] = [
         Topic::EntitlementsRecompute,
         Topic::EntitlementsPublish,
         Topic::BillingSchedule,
+        Topic::BillingPaymentFailed,
+        Topic::BillingInvoicePaid,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +77,8 @@ impl Topic {
             Self::EntitlementsRecompute => "entitlements.recompute",
             Self::EntitlementsPublish => "entitlements.publish",
             Self::BillingSchedule => "billing.schedule",
+            Self::BillingPaymentFailed => "billing.payment_failed",
+            Self::BillingInvoicePaid => "billing.invoice_paid",
         }
     }
 }
@@ -172,7 +188,8 @@ impl<H> Consumers<H> {
 
 /// What the relay needs from the process it runs in.
 pub trait Host: Sized + Send + Sync + 'static {
-    fn cf(&self) -> &PgPool;
+    /// The database whose `outbox` table this relay delivers (cf_prod or billing_prod).
+    fn pool(&self) -> &PgPool;
     fn now(&self) -> DateTime<Utc>;
     fn consumers(&self) -> &Consumers<Self>;
     /// Wakes the relay after in-process writes (besides PostgreSQL `NOTIFY`).

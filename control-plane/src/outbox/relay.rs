@@ -24,7 +24,7 @@ struct Claimed {
 /// Claims and applies one batch. Returns how many rows were handled (0 = nothing due).
 pub async fn relay_once<H: Host>(host: &H) -> anyhow::Result<usize> {
     let now = host.now();
-    let mut tx = host.cf().begin().await?;
+    let mut tx = host.pool().begin().await?;
     let rows: Vec<Claimed> = sqlx::query_as(
         "SELECT id, topic, payload, attempts FROM outbox
          WHERE processed_at IS NULL AND available_at <= $1
@@ -95,7 +95,7 @@ pub async fn run_relay<H: Host>(
     poll: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut listener = match PgListener::connect_with(host.cf()).await {
+    let mut listener = match PgListener::connect_with(host.pool()).await {
         Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
             Ok(()) => Some(l),
             Err(e) => {

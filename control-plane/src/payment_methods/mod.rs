@@ -430,3 +430,32 @@ mod tests {
         );
     }
 }
+
+/// Where an off-session charge of an account goes: its provider customer and its default
+/// payment method, when that one is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeTarget {
+    pub customer: String,
+    /// The provider's id of the default method (`pm_…`).
+    pub payment_method: String,
+}
+
+/// The account's [`ChargeTarget`]; `None` without a ready default method (or account).
+pub async fn charge_target(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> sqlx::Result<Option<ChargeTarget>> {
+    let Some(acct) = crate::accounts::store::get_account(conn, account, false).await? else {
+        return Ok(None);
+    };
+    let Some(default) = acct.default_payment_method_id else {
+        return Ok(None);
+    };
+    Ok(store::get(conn, account, default, false)
+        .await?
+        .filter(|pm| pm.status == PaymentMethodStatus::Ready)
+        .map(|pm| ChargeTarget {
+            customer: acct.gateway_customer_id,
+            payment_method: pm.gateway_pm_id,
+        }))
+}

@@ -14,7 +14,7 @@ use tollgate_protocol::SubscriptionStatus;
 use tollgate_rules::Interval;
 use uuid::Uuid;
 
-use crate::billing::{ScheduleEvent, ScheduleStatus};
+use crate::billing::{FirstPayment, ScheduleEvent, ScheduleStatus, Started, Terms};
 use crate::error::{Error, Result};
 use crate::ids::{AccountId, SubscriptionId};
 use crate::outbox::{self, Topic};
@@ -40,6 +40,11 @@ pub struct Subscription {
     #[sqlx(try_from = "Uuid")]
     pub account_id: AccountId,
     pub created_at: DateTime<Utc>,
+    /// What it bills besides its price (metered usage), as sold.
+    #[sqlx(json)]
+    pub terms: Terms,
+    /// Every period boundary is this plus a whole number of intervals.
+    pub billing_anchor: DateTime<Utc>,
 }
 
 /// What a checkout sold: the subscription is created from this snapshot, whatever the catalog
@@ -50,6 +55,7 @@ pub struct Sold {
     pub amount_minor: i64,
     pub currency: String,
     pub interval: Interval,
+    pub terms: Terms,
 }
 
 /// `POST /v1/subscriptions/{id}/cancel` as the customer sends it.
@@ -61,11 +67,34 @@ pub struct Cancel {
 
 /// End of the period that starts at `start`.
 pub fn period_end(start: DateTime<Utc>, interval: Interval) -> Option<DateTime<Utc>> {
-    let months = match interval {
+    boundary(start, interval, 1)
+}
+
+fn months(interval: Interval) -> u32 {
+    match interval {
         Interval::Month => 1,
         Interval::Year => 12,
-    };
-    start.checked_add_months(Months::new(months))
+    }
+}
+
+/// The `k`-th period boundary from `anchor` (calendar months, clamped to the month's end).
+pub fn boundary(anchor: DateTime<Utc>, interval: Interval, k: u32) -> Option<DateTime<Utc>> {
+    anchor.checked_add_months(Months::new(months(interval).checked_mul(k)?))
+}
+
+/// The first period boundary from `anchor` after `after`.
+pub fn next_boundary(
+    anchor: DateTime<Utc>,
+    interval: Interval,
+    after: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    // Jump close by whole months, then step: no drift, no loop over years of periods.
+    let approx =
+        u32::try_from((after - anchor).num_days().max(0) / (31 * i64::from(months(interval))))
+            .ok()?;
+    (approx.max(1)..approx.checked_add(40)?)
+        .filter_map(|k| boundary(anchor, interval, k))
+        .find(|b| *b > after)
 }
 
 pub fn subscription_exists() -> Error {
@@ -92,7 +121,7 @@ pub async fn get(
     store::get(conn, id).await
 }
 
-fn schedule_event(sub: &Subscription) -> ScheduleEvent {
+fn schedule_event(sub: &Subscription, started: Option<Started>) -> ScheduleEvent {
     let canceled = sub.status == SubscriptionStatus::Canceled;
     let renews = !canceled && !sub.cancel_at_period_end;
     ScheduleEvent {
@@ -109,17 +138,29 @@ fn schedule_event(sub: &Subscription) -> ScheduleEvent {
             ScheduleStatus::Active
         },
         revision: sub.revision,
+        period_start: Some(sub.current_period_start),
+        period_end: Some(sub.current_period_end),
+        terms: sub.terms.clone(),
+        started,
     }
 }
 
-/// Announces a subscription change to entitlements and billing (same transaction).
+/// Announces a subscription change to entitlements and billing (same transaction); `started`
+/// when the change began a billing period.
 async fn announce(
     conn: &mut PgConnection,
     sub: &Subscription,
+    started: Option<Started>,
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
     outbox::account_changed(conn, sub.account_id, now).await?;
-    outbox::enqueue(conn, Topic::BillingSchedule, &schedule_event(sub), now).await?;
+    outbox::enqueue(
+        conn,
+        Topic::BillingSchedule,
+        &schedule_event(sub, started),
+        now,
+    )
+    .await?;
     Ok(())
 }
 
@@ -128,6 +169,7 @@ pub async fn create(
     conn: &mut PgConnection,
     account: AccountId,
     sold: &Sold,
+    paid: Option<FirstPayment>,
     now: DateTime<Utc>,
 ) -> Result<Subscription> {
     let end =
@@ -140,7 +182,7 @@ pub async fn create(
                 _ => Error::from(e),
             },
         )?;
-    announce(conn, &sub, now).await?;
+    announce(conn, &sub, Some(Started::First { paid }), now).await?;
     Ok(sub)
 }
 
@@ -173,7 +215,7 @@ pub async fn cancel(
     } else {
         store::cancel_now(&mut tx, id, now).await?
     };
-    announce(&mut tx, &sub, now).await?;
+    announce(&mut tx, &sub, None, now).await?;
     tx.commit().await?;
     state.outbox_wake.notify_one();
     tracing::info!(account_id = %account, subscription_id = %id, at_period_end = cmd.at_period_end, "subscription cancel");
@@ -187,8 +229,108 @@ pub async fn end_due(state: &AppState) -> anyhow::Result<usize> {
     let mut tx = state.cf.begin().await?;
     let ending = store::end_due(&mut tx, now).await?;
     for sub in &ending {
-        announce(&mut tx, sub, now).await?;
+        announce(&mut tx, sub, None, now).await?;
     }
     tx.commit().await?;
     Ok(ending.len())
+}
+
+/// Starts the next period of live subscriptions whose period ended (and that renew), in
+/// batches claimed with `FOR UPDATE SKIP LOCKED`: each renewal is announced with the period it
+/// started, and billing makes that period's invoice. A subscription several periods behind
+/// (the clock jumped) renews once per pass. Returns how many renewed.
+pub async fn renew_due(state: &AppState, batch: i64) -> anyhow::Result<usize> {
+    let now = state.clock.now();
+    let mut tx = state.cf.begin().await?;
+    let due = store::claim_renewals(&mut tx, now, batch).await?;
+    for sub in &due {
+        let interval = Interval::parse(&sub.interval)
+            .ok_or_else(|| anyhow::anyhow!("subscription {} interval {}", sub.id, sub.interval))?;
+        let end = next_boundary(sub.billing_anchor, interval, sub.current_period_end)
+            .ok_or_else(|| anyhow::anyhow!("subscription {} period end overflows", sub.id))?;
+        let renewed = store::advance_period(&mut tx, sub.id, end).await?;
+        let started = Started::Renewal {
+            previous_start: sub.current_period_start,
+        };
+        announce(&mut tx, &renewed, Some(started), now).await?;
+    }
+    tx.commit().await?;
+    if !due.is_empty() {
+        tracing::info!(renewed = due.len(), "subscriptions renewed");
+    }
+    Ok(due.len())
+}
+
+/// `billing.payment_failed`: an off-session charge of the subscription's invoice failed; while
+/// that invoice is still owed (read from billing's side of the delivery, `billing`), an active
+/// subscription becomes `past_due` (announced to entitlements and billing). Idempotent: a
+/// repeat finds it past due already.
+pub async fn on_payment_failed(
+    state: &AppState,
+    billing: &mut PgConnection,
+    d: &crate::outbox::Delivery,
+) -> anyhow::Result<()> {
+    let ev: crate::billing::charges::PaymentFailed = d.payload()?;
+    let Some(id) = ev.subscription_id else {
+        return Ok(());
+    };
+    if !crate::billing::invoices::still_owed(billing, ev.invoice_id).await? {
+        return Ok(());
+    }
+    set_status_if(
+        state,
+        id,
+        SubscriptionStatus::Active,
+        SubscriptionStatus::PastDue,
+        d.now,
+    )
+    .await
+}
+
+/// `billing.invoice_paid`: a `past_due` subscription whose invoice got paid is active again.
+pub async fn on_invoice_paid(state: &AppState, d: &crate::outbox::Delivery) -> anyhow::Result<()> {
+    let ev: crate::billing::charges::InvoicePaid = d.payload()?;
+    let Some(id) = ev.subscription_id else {
+        return Ok(());
+    };
+    set_status_if(
+        state,
+        id,
+        SubscriptionStatus::PastDue,
+        SubscriptionStatus::Active,
+        d.now,
+    )
+    .await
+}
+
+async fn set_status_if(
+    state: &AppState,
+    id: SubscriptionId,
+    from: SubscriptionStatus,
+    to: SubscriptionStatus,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let mut tx = state.cf.begin().await?;
+    let Some(sub) = store::get_for_update(&mut tx, id).await? else {
+        return Ok(());
+    };
+    if sub.status != from {
+        return Ok(());
+    }
+    let sub = store::set_status(&mut tx, id, to).await?;
+    announce(&mut tx, &sub, None, now).await?;
+    tx.commit().await?;
+    state.outbox_wake.notify_one();
+    tracing::info!(subscription_id = %id, from = from.as_str(), to = to.as_str(), "subscription status");
+    Ok(())
+}
+
+/// The billing anchors of those `accounts` that have a live subscription (usage counts their
+/// monthly and yearly meters in its periods).
+pub async fn anchors(
+    state: &AppState,
+    accounts: &[AccountId],
+) -> Result<std::collections::HashMap<AccountId, DateTime<Utc>>> {
+    let mut conn = state.cf.acquire().await?;
+    Ok(store::anchors(&mut conn, accounts).await?)
 }

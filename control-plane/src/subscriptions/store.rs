@@ -8,7 +8,8 @@ use crate::ids::{AccountId, SubscriptionId};
 
 const SUB_COLUMNS: &str =
     "id, plan_key AS plan, status, amount_minor, currency, interval, current_period_start,
-    current_period_end, cancel_at_period_end, canceled_at, revision, account_id, created_at";
+    current_period_end, cancel_at_period_end, canceled_at, revision, account_id, created_at,
+    terms, billing_anchor";
 
 pub async fn live(
     conn: &mut PgConnection,
@@ -68,8 +69,10 @@ pub async fn insert(
 ) -> sqlx::Result<Subscription> {
     sqlx::query_as(sqlf!(
         "INSERT INTO subscriptions (id, account_id, plan_key, status, amount_minor, currency, interval,
-             current_period_start, current_period_end, cancel_at_period_end, revision, created_at)
-         VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, false, 1, $7) RETURNING {SUB_COLUMNS}"
+             current_period_start, current_period_end, cancel_at_period_end, revision, created_at,
+             terms, billing_anchor)
+         VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, false, 1, $7, $9, $7)
+         RETURNING {SUB_COLUMNS}"
     ))
     .bind(id)
     .bind(account.0)
@@ -79,6 +82,7 @@ pub async fn insert(
     .bind(sold.interval.as_str())
     .bind(now)
     .bind(end)
+    .bind(sqlx::types::Json(&sold.terms))
     .fetch_one(conn)
     .await
 }
@@ -126,4 +130,85 @@ pub async fn end_due(
     .bind(now)
     .fetch_all(conn)
     .await
+}
+
+/// Live subscriptions whose period ended by `now` and that renew, locked (rows another
+/// process holds are skipped).
+pub async fn claim_renewals(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<Subscription>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {SUB_COLUMNS} FROM subscriptions
+         WHERE NOT cancel_at_period_end AND status IN ('trialing', 'active', 'past_due')
+           AND current_period_end <= $1
+         ORDER BY current_period_end, id LIMIT $2 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Starts the next period `[current end, end)`.
+pub async fn advance_period(
+    conn: &mut PgConnection,
+    id: SubscriptionId,
+    end: DateTime<Utc>,
+) -> sqlx::Result<Subscription> {
+    sqlx::query_as(sqlf!(
+        "UPDATE subscriptions SET current_period_start = current_period_end,
+             current_period_end = $2, revision = revision + 1
+         WHERE id = $1 RETURNING {SUB_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(end)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn get_for_update(
+    conn: &mut PgConnection,
+    id: SubscriptionId,
+) -> sqlx::Result<Option<Subscription>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {SUB_COLUMNS} FROM subscriptions WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn set_status(
+    conn: &mut PgConnection,
+    id: SubscriptionId,
+    status: tollgate_protocol::SubscriptionStatus,
+) -> sqlx::Result<Subscription> {
+    sqlx::query_as(sqlf!(
+        "UPDATE subscriptions SET status = $2, revision = revision + 1 WHERE id = $1
+         RETURNING {SUB_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(status.as_str())
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn anchors(
+    conn: &mut PgConnection,
+    accounts: &[AccountId],
+) -> sqlx::Result<std::collections::HashMap<AccountId, DateTime<Utc>>> {
+    let ids: Vec<uuid::Uuid> = accounts.iter().map(|a| a.0).collect();
+    let rows: Vec<(uuid::Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT account_id, billing_anchor FROM subscriptions
+         WHERE account_id = ANY($1) AND status IN ('trialing', 'active', 'past_due')",
+    )
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(a, t)| (AccountId::from(a), t))
+        .collect())
 }

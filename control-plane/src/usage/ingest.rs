@@ -94,22 +94,26 @@ pub(crate) fn refusal(code: &'static str, detail: impl Into<String>) -> Refusal 
     }
 }
 
+/// The accounts of a batch: `None` for one that does not exist, else its billing anchor
+/// (`Some(None)`: no subscription, calendar periods).
+pub type Accounts<'a> = dyn Fn(AccountId) -> Option<Option<DateTime<Utc>>> + Sync + 'a;
+
 /// Where an event counts, or why it cannot be stored.
 pub(crate) fn counted(
     meters: &HashMap<String, MeterSpec>,
-    account_exists: &(dyn Fn(AccountId) -> bool + Sync),
+    accounts: &Accounts<'_>,
     e: &UsageEvent,
     now: DateTime<Utc>,
     grace: TimeDelta,
 ) -> Result<Counted, Refusal> {
     tollgate_protocol::usage::validate_event(e)
         .map_err(|err| refusal(err.code(), err.to_string()))?;
-    if !account_exists(e.account) {
+    let Some(anchor) = accounts(e.account) else {
         return Err(refusal(
             "unknown_account",
             format!("no account {}", e.account),
         ));
-    }
+    };
     let Some(spec) = meters.get(&e.meter) else {
         return Err(refusal(
             "unknown_meter",
@@ -133,7 +137,7 @@ pub(crate) fn counted(
     };
     Ok(Counted {
         occurred_at,
-        at: place(spec.period, occurred_at, now, grace),
+        at: place(spec.period, anchor, occurred_at, now, grace),
         aggregation: spec.aggregation.as_str(),
         unique_value,
     })
@@ -144,7 +148,7 @@ pub(crate) fn counted(
 ///
 /// Events are refused one by one, never the batch: one that breaks the shared bounds
 /// ([`tollgate_protocol::usage::validate_event`]), names an account that does not exist
-/// (`account_exists`) or a meter no bundle in force declares, lacks its `unique_count`
+/// (`accounts`) or a meter no bundle in force declares, lacks its `unique_count`
 /// property, repeats an id of the batch with other content (every such occurrence), or reuses
 /// an id stored before with other content, is listed in [`UsageAck::rejected`] and neither
 /// stored nor counted.
@@ -156,7 +160,7 @@ pub(crate) fn counted(
 pub async fn ingest(
     pool: &PgPool,
     meters: &HashMap<String, MeterSpec>,
-    account_exists: &(dyn Fn(AccountId) -> bool + Sync),
+    accounts: &Accounts<'_>,
     batch: &UsageBatch,
     now: DateTime<Utc>,
     grace: TimeDelta,
@@ -203,7 +207,7 @@ pub async fn ingest(
         if first_index != index {
             continue; // a repeat of an earlier event of the batch: counted once
         }
-        match counted(meters, account_exists, e, now, grace) {
+        match counted(meters, accounts, e, now, grace) {
             Ok(c) => cols.push(index, e, c, hash),
             Err(r) => reject(&mut rejected, index, e, r),
         }

@@ -41,7 +41,8 @@
 //!
 //! # Periods and the grace window
 //!
-//! Periods are UTC calendar days, months or years ([`period_of`]). An event counts toward the
+//! Periods are the account's billing periods for monthly and yearly meters when it has a
+//! subscription (anchored on it), else UTC calendar days, months or years ([`period_of`]). An event counts toward the
 //! period containing its timestamp, unless that period ended more than the grace window
 //! (`TOLLGATE_USAGE_GRACE_MS`, default 1 h) before the control plane's clock: then it counts
 //! toward the period containing *now*, is stored with `late = true` and listed in
@@ -96,7 +97,7 @@ use uuid::Uuid;
 use crate::error::{Error, Kind, Result};
 use crate::ids::AccountId;
 use crate::state::AppState;
-use crate::{accounts, catalog};
+use crate::{accounts, catalog, subscriptions};
 
 pub use ingest::{content_sha256, ingest};
 pub use leases::{LEASE_WANT_MAX, grant_for, lease, release};
@@ -161,10 +162,11 @@ pub async fn ingest_batch(
     ids.sort_unstable();
     ids.dedup();
     let accounts = accounts::existing(state, &ids).await?;
+    let anchors = subscriptions::anchors(state, &ids).await?;
     let result = ingest(
         &state.billing,
         &meters,
-        &|a| accounts.contains(&a),
+        &|a| accounts.contains(&a).then(|| anchors.get(&a).copied()),
         batch,
         state.clock.now(),
         state.usage_grace,
@@ -208,12 +210,13 @@ pub async fn current(
     pool: &PgPool,
     meters: &HashMap<String, MeterSpec>,
     account: AccountId,
+    anchor: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<Vec<MeterAggregate>, sqlx::Error> {
     let mut keys: Vec<(&String, DateTime<Utc>, DateTime<Utc>)> = meters
         .iter()
         .map(|(meter, spec)| {
-            let (start, end) = period_of(spec.period, now);
+            let (start, end) = period_of(spec.period, anchor, now);
             (meter, start, end)
         })
         .collect();
@@ -252,7 +255,10 @@ pub async fn for_edge(state: &AppState, account: AccountId) -> Result<AccountUsa
         ));
     }
     let meters = catalog::meters_in_force(state).await?;
-    let aggregates = current(&state.billing, &meters, account, state.clock.now()).await?;
+    let anchor = subscriptions::anchors(state, &[account])
+        .await?
+        .remove(&account);
+    let aggregates = current(&state.billing, &meters, account, anchor, state.clock.now()).await?;
     Ok(AccountUsage {
         account,
         aggregates,
@@ -285,7 +291,10 @@ pub struct Period {
 /// The account's usage of every meter in the current period (the Dashboard's view).
 pub async fn of_account(state: &AppState, account: AccountId) -> Result<Usage> {
     let meters = catalog::meters_in_force(state).await?;
-    let aggregates = current(&state.billing, &meters, account, state.clock.now()).await?;
+    let anchor = subscriptions::anchors(state, &[account])
+        .await?
+        .remove(&account);
+    let aggregates = current(&state.billing, &meters, account, anchor, state.clock.now()).await?;
     // `current` answers exactly the meters it was given.
     let meters = aggregates
         .into_iter()

@@ -1,13 +1,21 @@
-//! Which period an event counts toward: UTC calendar days, months or years ([`period_of`], one
-//! calendar shared with the edges), and the grace window after a period ends ([`place`]).
+//! Which period an event counts toward ([`period_of`], one calendar shared with the edges): an
+//! account with a subscription counts monthly and yearly meters in its billing periods (from
+//! the subscription's anchor), every other period is a UTC calendar day, month or year; and
+//! the grace window after a period ends ([`place`]).
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tollgate_protocol::usage::MeterPeriod;
 
-/// The UTC calendar period of kind `period` containing `at`, as `[start, end)`.
-pub fn period_of(period: MeterPeriod, at: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+/// The period of kind `period` containing `at`, as `[start, end)`, for an account whose
+/// subscription is anchored at `anchor` (`None`: no subscription, UTC calendar periods).
+pub fn period_of(
+    period: MeterPeriod,
+    anchor: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
     // One calendar for edges and control plane: the protocol's.
-    let (start, end) = period.bounds(at.timestamp_millis());
+    let anchor = anchor.map(|a| a.timestamp_millis());
+    let (start, end) = period.bounds_for(anchor, at.timestamp_millis());
     (from_ms(start), from_ms(end))
 }
 
@@ -23,13 +31,14 @@ pub(crate) struct Placement {
 /// before `now`.
 pub(crate) fn place(
     period: MeterPeriod,
+    anchor: Option<DateTime<Utc>>,
     occurred_at: DateTime<Utc>,
     now: DateTime<Utc>,
     grace: TimeDelta,
 ) -> Placement {
-    let (start, end) = period_of(period, occurred_at);
+    let (start, end) = period_of(period, anchor, occurred_at);
     if now - end > grace {
-        let (start, end) = period_of(period, now);
+        let (start, end) = period_of(period, anchor, now);
         Placement {
             start,
             end,

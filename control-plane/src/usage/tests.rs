@@ -154,11 +154,18 @@ fn periods_are_utc_calendar_days_months_and_years() {
         ),
     ];
     for (period, at, start, end) in cases {
-        assert_eq!(period_of(period, at), (start, end), "{period:?} of {at}");
+        assert_eq!(
+            period_of(period, None, at),
+            (start, end),
+            "{period:?} of {at}"
+        );
     }
     let last = DateTime::from_timestamp_millis(tollgate_protocol::usage::limits::TIMESTAMP_MS_MAX)
         .expect("max");
-    assert_eq!(period_of(MeterPeriod::Year, last).1, t(10_000, 1, 1, 0, 0));
+    assert_eq!(
+        period_of(MeterPeriod::Year, None, last).1,
+        t(10_000, 1, 1, 0, 0)
+    );
 }
 
 #[test]
@@ -173,7 +180,7 @@ fn events_after_the_grace_window_count_toward_the_current_period() {
         (jan_end + HOUR * 2, true),
     ];
     for (now, late) in cases {
-        let p = place(MeterPeriod::Month, at, now, HOUR);
+        let p = place(MeterPeriod::Month, None, at, now, HOUR);
         assert_eq!(p.late, late, "now {now}");
         let expected = if late {
             (jan_end, t(2026, 3, 1, 0, 0))
@@ -183,7 +190,7 @@ fn events_after_the_grace_window_count_toward_the_current_period() {
         assert_eq!((p.start, p.end), expected, "now {now}");
     }
     // The future is the edge's business: its own period.
-    let future = place(MeterPeriod::Day, t(2026, 1, 20, 0, 0), now(), HOUR);
+    let future = place(MeterPeriod::Day, None, t(2026, 1, 20, 0, 0), now(), HOUR);
     assert_eq!((future.start, future.late), (t(2026, 1, 20, 0, 0), false));
 }
 
@@ -234,9 +241,16 @@ async fn bad_events_are_rejected_one_by_one_and_the_rest_of_the_batch_is_counted
         ev("", a, "calls", 1, now()),
         ev("ok-2", a, "calls", 7, now()),
     ]);
-    let ack = ingest(&pool, &meters(), &|acct| acct == a, &b, now(), HOUR)
-        .await
-        .expect("a poisoned batch is stored, minus its poison");
+    let ack = ingest(
+        &pool,
+        &meters(),
+        &|acct| (acct == a).then_some(None),
+        &b,
+        now(),
+        HOUR,
+    )
+    .await
+    .expect("a poisoned batch is stored, minus its poison");
     assert_eq!(
         codes(&ack),
         vec![
@@ -278,7 +292,7 @@ async fn sums_saturate_instead_of_failing_the_statement(pool: PgPool) {
             .map(|i| ev(&format!("b{i}"), a, "calls", max, now()))
             .collect(),
     );
-    let ack = ingest(&pool, &meters(), &|_| true, &b, now(), HOUR)
+    let ack = ingest(&pool, &meters(), &|_| Some(None), &b, now(), HOUR)
         .await
         .expect("no bigint out of range");
     assert_eq!(ack.accepted, 3);
@@ -292,7 +306,7 @@ async fn event_ids_are_per_account(pool: PgPool) {
         ev("order-1", x, "calls", 5, now()),
         ev("order-1", y, "calls", 7, now()),
     ]);
-    let ack = ingest(&pool, &meters(), &|_| true, &b, now(), HOUR)
+    let ack = ingest(&pool, &meters(), &|_| Some(None), &b, now(), HOUR)
         .await
         .expect("ingest");
     assert_eq!((ack.accepted, ack.duplicates), (2, 0));
@@ -300,7 +314,7 @@ async fn event_ids_are_per_account(pool: PgPool) {
     assert_eq!(aggregate(&pool, y, "calls").await, Some((7, 1)));
     // Y's order-1 again, later and from another batch: a duplicate of Y's, not of X's.
     let again = batch(vec![ev("order-1", y, "calls", 7, now())]);
-    let ack = ingest(&pool, &meters(), &|_| true, &again, now(), HOUR)
+    let ack = ingest(&pool, &meters(), &|_| Some(None), &again, now(), HOUR)
         .await
         .expect("again");
     assert_eq!((ack.accepted, ack.duplicates), (0, 1));
@@ -315,7 +329,7 @@ async fn an_id_with_two_contents_is_refused_not_resolved(pool: PgPool) {
         ev("dup", a, "calls", 50, now()),
         ev("other", a, "calls", 1, now()),
     ]);
-    let ack = ingest(&pool, &meters(), &|_| true, &b, now(), HOUR)
+    let ack = ingest(&pool, &meters(), &|_| Some(None), &b, now(), HOUR)
         .await
         .expect("ingest");
     assert_eq!(
@@ -336,7 +350,7 @@ async fn an_id_with_two_contents_is_refused_not_resolved(pool: PgPool) {
     let ack = ingest(
         &pool,
         &meters(),
-        &|_| true,
+        &|_| Some(None),
         &later,
         now() + HOUR * 24,
         HOUR * 48,
@@ -354,7 +368,7 @@ async fn an_id_with_two_contents_is_refused_not_resolved(pool: PgPool) {
     let ack = ingest(
         &pool,
         &meters(),
-        &|_| true,
+        &|_| Some(None),
         &retry,
         now() + HOUR * 24,
         HOUR * 48,
@@ -369,7 +383,7 @@ async fn an_id_with_two_contents_is_refused_not_resolved(pool: PgPool) {
     let ack = ingest(
         &pool,
         &meters(),
-        &|_| true,
+        &|_| Some(None),
         &reused,
         now() + HOUR * 24,
         HOUR * 48,
@@ -388,11 +402,11 @@ async fn the_same_batch_twice_is_stored_and_counted_once(pool: PgPool) {
         ev("e2", a, "calls", 4, now()),
         ev("e3", a, "jobs", 9, now()),
     ]);
-    let first = ingest(&pool, &meters(), &|_| true, &b, now(), HOUR)
+    let first = ingest(&pool, &meters(), &|_| Some(None), &b, now(), HOUR)
         .await
         .expect("first");
     assert_eq!((first.accepted, first.duplicates), (3, 0));
-    let again = ingest(&pool, &meters(), &|_| true, &b, now() + HOUR, HOUR)
+    let again = ingest(&pool, &meters(), &|_| Some(None), &b, now() + HOUR, HOUR)
         .await
         .expect("retry");
     assert_eq!((again.accepted, again.duplicates), (0, 3));
@@ -413,7 +427,7 @@ async fn the_same_batch_twice_is_stored_and_counted_once(pool: PgPool) {
         ev("e1", a, "calls", 3, now()),
         ev("e4", a, "calls", 10, now()),
     ]);
-    let ack = ingest(&pool, &meters(), &|_| true, &mixed, now(), HOUR)
+    let ack = ingest(&pool, &meters(), &|_| Some(None), &mixed, now(), HOUR)
         .await
         .expect("mixed");
     assert_eq!((ack.accepted, ack.duplicates), (1, 1));
@@ -428,7 +442,7 @@ async fn an_identical_repeat_within_a_batch_counts_once(pool: PgPool) {
         ev("dup", a, "calls", 5, now()),
         ev("other", a, "calls", 1, now()),
     ]);
-    let ack = ingest(&pool, &meters(), &|_| true, &b, now(), HOUR)
+    let ack = ingest(&pool, &meters(), &|_| Some(None), &b, now(), HOUR)
         .await
         .expect("ingest");
     assert_eq!((ack.accepted, ack.duplicates), (2, 1));
@@ -444,8 +458,8 @@ async fn concurrent_deliveries_of_one_batch_count_once(pool: PgPool) {
     let b = batch(events);
     let m = meters();
     let (x, y) = tokio::join!(
-        ingest(&pool, &m, &|_| true, &b, now(), HOUR),
-        ingest(&pool, &m, &|_| true, &b, now(), HOUR)
+        ingest(&pool, &m, &|_| Some(None), &b, now(), HOUR),
+        ingest(&pool, &m, &|_| Some(None), &b, now(), HOUR)
     );
     let (x, y) = (x.expect("x"), y.expect("y"));
     assert_eq!(x.accepted + y.accepted, 200, "{x:?} {y:?}");
@@ -471,7 +485,7 @@ async fn each_aggregation_combines_batches_by_its_rule(pool: PgPool) {
         with_prop(ev("u2", a, "users", 1, at(2)), "user", "bob"),
         with_prop(ev("u3", a, "users", 1, at(3)), "user", "ada"),
     ]);
-    let ack = ingest(&pool, &m, &|_| true, &first, now(), HOUR)
+    let ack = ingest(&pool, &m, &|_| Some(None), &first, now(), HOUR)
         .await
         .expect("first");
     assert_eq!(ack.accepted, 10);
@@ -501,7 +515,7 @@ async fn each_aggregation_combines_batches_by_its_rule(pool: PgPool) {
         with_prop(ev("u4", a, "users", 1, at(4)), "user", "bob"),
         with_prop(ev("u5", a, "users", 1, at(4)), "user", "cy"),
     ]);
-    let ack = ingest(&pool, &m, &|_| true, &second, now(), HOUR)
+    let ack = ingest(&pool, &m, &|_| Some(None), &second, now(), HOUR)
         .await
         .expect("second");
     assert_eq!(
@@ -518,7 +532,7 @@ async fn each_aggregation_combines_batches_by_its_rule(pool: PgPool) {
         ev("l4", a, "seats", 4, at(10)),
         ev("m4", a, "peak", 8, at(10)),
     ]);
-    ingest(&pool, &m, &|_| true, &newer, now(), HOUR)
+    ingest(&pool, &m, &|_| Some(None), &newer, now(), HOUR)
         .await
         .expect("newer");
     assert_eq!(aggregate(&pool, a, "seats").await, Some((4, 4)));
@@ -530,9 +544,16 @@ async fn each_aggregation_combines_batches_by_its_rule(pool: PgPool) {
         with_prop(ev("u6", b, "users", 1, at(4)), "user", "ada"),
         with_prop(ev("u7", a, "users", 1, t(2026, 2, 1, 0, 0)), "user", "ada"),
     ]);
-    ingest(&pool, &m, &|_| true, &other, t(2026, 2, 1, 0, 0), HOUR)
-        .await
-        .expect("other");
+    ingest(
+        &pool,
+        &m,
+        &|_| Some(None),
+        &other,
+        t(2026, 2, 1, 0, 0),
+        HOUR,
+    )
+    .await
+    .expect("other");
     assert_eq!(aggregate(&pool, b, "users").await, Some((1, 1)));
     let (jan, feb): (i64, i64) = sqlx::query_as(
         "SELECT sum(value) FILTER (WHERE period_start = '2026-01-01T00:00:00Z')::bigint,
@@ -555,7 +576,7 @@ async fn the_grace_window_decides_which_period_an_event_counts_toward(pool: PgPo
     let ack = ingest(
         &pool,
         &m,
-        &|_| true,
+        &|_| Some(None),
         &in_grace,
         jan_end + TimeDelta::minutes(30),
         HOUR,
@@ -572,9 +593,16 @@ async fn the_grace_window_decides_which_period_an_event_counts_toward(pool: PgPo
         ev("g2", a, "calls", 7, t(2026, 1, 31, 23, 30)),
         ev("g3", a, "calls", 1, jan_end + HOUR),
     ]);
-    let ack = ingest(&pool, &m, &|_| true, &too_late, jan_end + HOUR * 2, HOUR)
-        .await
-        .expect("late");
+    let ack = ingest(
+        &pool,
+        &m,
+        &|_| Some(None),
+        &too_late,
+        jan_end + HOUR * 2,
+        HOUR,
+    )
+    .await
+    .expect("late");
     assert_eq!(ack.late, vec!["g2".to_owned()]);
     assert_eq!(ack.aggregates.len(), 1, "{ack:?}");
     let feb = &ack.aggregates[0];
@@ -622,7 +650,7 @@ async fn events_land_in_their_monthly_partition_or_the_default_one(pool: PgPool)
         ev("p4", a, "calls", 1, t(2030, 6, 1, 0, 0)),
         ev("p5", a, "calls", 1, t(2020, 6, 1, 0, 0)),
     ]);
-    ingest(&pool, &meters(), &|_| true, &b, now(), HOUR)
+    ingest(&pool, &meters(), &|_| Some(None), &b, now(), HOUR)
         .await
         .expect("ingest");
     let partitions = || async {
@@ -664,10 +692,10 @@ async fn current_usage_lists_every_meter_of_the_period_containing_now(pool: PgPo
         ev("k3", a, "daily", 2, now()),
         ev("k4", a, "daily", 2, now() - TimeDelta::days(1)),
     ]);
-    ingest(&pool, &m, &|_| true, &b, now(), TimeDelta::days(60))
+    ingest(&pool, &m, &|_| Some(None), &b, now(), TimeDelta::days(60))
         .await
         .expect("ingest");
-    let usage = current(&pool, &m, a, now()).await.expect("current");
+    let usage = current(&pool, &m, a, None, now()).await.expect("current");
     let got: Vec<(&str, i64, i64, i64)> = usage
         .iter()
         .map(|g| (g.meter.as_str(), g.period_start_ms, g.value, g.events))
@@ -726,7 +754,7 @@ async fn leases_start_from_the_aggregate_and_never_pass_the_quota(pool: PgPool) 
     ingest(
         &pool,
         &meters(),
-        &|_| true,
+        &|_| Some(None),
         &batch(vec![ev("u1", a, "calls", 40, now())]),
         now(),
         HOUR,

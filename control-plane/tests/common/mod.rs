@@ -3,6 +3,8 @@
 //! `oneshot`.
 #![allow(dead_code)]
 
+pub mod gateway;
+
 use std::sync::Arc;
 
 use axum::body::Body;

@@ -88,7 +88,10 @@ impl Usage {
         spec: &MeterSpec,
     ) -> (i64, bool) {
         let now = crate::clock::now_ms();
-        let (start, _) = spec.period.bounds(now);
+        let start = self
+            .counters
+            .period_start(account, meter, now)
+            .unwrap_or_else(|| spec.period.bounds(now).0);
         let local = self.pending(account, meter, start);
         let aggregate = match self.fresh_aggregate(account, meter, now) {
             Some(a) => Some(a),

@@ -59,16 +59,23 @@ impl Pending {
 pub(super) struct Counters {
     pub(super) pending: Mutex<HashMap<PendingKey, Pending>>,
     pub(super) leases: Mutex<HashMap<PendingKey, Lease>>,
-    /// The meters of the bundle in force (for their periods).
+    /// The meters of the bundle in force and the accounts' billing anchors (for periods).
     pub(super) meters: Box<MetersFn>,
 }
 
-/// The meter a key names, in the bundle in force.
-pub(super) type MetersFn = dyn Fn(&str) -> Option<MeterSpec> + Send + Sync;
+/// The meter a key names, in the bundle in force, with the account's billing anchor (its
+/// subscription's, from its facts; `None`: calendar periods).
+pub(super) type MetersFn =
+    dyn Fn(AccountId, &str) -> Option<(MeterSpec, Option<i64>)> + Send + Sync;
 
 impl Counters {
+    /// Start of the period of `account`'s `meter` holding `ts` (0 for an unknown meter).
+    pub(super) fn period_start(&self, account: AccountId, meter: &str, ts: i64) -> Option<i64> {
+        (self.meters)(account, meter).map(|(m, anchor)| m.period.bounds_for(anchor, ts).0)
+    }
+
     pub(super) fn key(&self, account: AccountId, meter: &str, ts: i64) -> PendingKey {
-        let start = (self.meters)(meter).map_or(0, |m| m.period.bounds(ts).0);
+        let start = self.period_start(account, meter, ts).unwrap_or(0);
         (account, meter.to_owned(), start)
     }
 

@@ -69,7 +69,11 @@ impl Usage {
             // Asks only whether the quota is not passed yet: the usage read answers that.
             return None;
         }
-        let (start, _) = spec.period.bounds(crate::clock::now_ms());
+        let now_ms = crate::clock::now_ms();
+        let start = self
+            .counters
+            .period_start(account, meter, now_ms)
+            .unwrap_or_else(|| spec.period.bounds(now_ms).0);
         let (lease, stale_units) = self.lease_under(account, meter, start, limit);
         if let Some(units) = stale_units.filter(|u| *u > 0) {
             let rel = LeaseRelease {
@@ -188,8 +192,10 @@ impl Usage {
         let idle = Duration::from_millis(LEASE_IDLE_MS);
         let mut back = Vec::new();
         lock(&self.counters.leases).retain(|(account, meter, start), l| {
-            let ended =
-                (self.counters.meters)(meter).is_none_or(|m| m.period.bounds(now_ms).0 != *start);
+            let ended = self
+                .counters
+                .period_start(*account, meter, now_ms)
+                .is_none_or(|s| s != *start);
             let keep = !all && !ended && l.last_used.elapsed() < idle;
             if !keep && !ended && l.remaining() > 0 {
                 back.push((*account, meter.clone(), *start, l.remaining()));

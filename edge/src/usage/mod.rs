@@ -263,7 +263,7 @@ impl Usage {
     /// dead-letter, and counts nowhere.
     pub fn open(
         opts: &UsageOptions,
-        meters: impl Fn(&str) -> Option<MeterSpec> + Send + Sync + 'static,
+        meters: impl Fn(AccountId, &str) -> Option<(MeterSpec, Option<i64>)> + Send + Sync + 'static,
         metrics: UsageMetrics,
     ) -> Result<Arc<Self>, LogError> {
         let (log, report) = UsageLog::open(

@@ -1,0 +1,405 @@
+//! Collecting open invoices off-session ([`charge_due`]).
+//!
+//! Every try is a `charge_attempts` row written **before** the provider call, in its own
+//! committed transaction, with the provider's idempotency key derived from the attempt id. No
+//! lock or transaction is held across the call. Its outcome is recorded afterwards under the
+//! attempt's row lock. When the outcome never gets recorded (the process died, the provider
+//! timed out after charging), the attempt stays `pending` and is driven again after
+//! [`RETRY_PENDING_AFTER`] with the *same* key: the provider answers with the first payment
+//! instead of charging twice.
+//!
+//! Outcomes: succeeded → the invoice is paid (the ledger's `payment`) and `billing.invoice_paid`
+//! goes out through billing's outbox; declined → the invoice stays open, the attempt records the
+//! decline, `billing.payment_failed` goes out (dunning consumes it); a decline asking for
+//! authentication (`authentication_required`) also marks the invoice `action_required`: the
+//! customer pays it on-session.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+
+use super::invoices::{self, InvoiceStatus};
+use super::store;
+use crate::gateways::{
+    GatewayAmount, GatewayError, PaymentOutcome, PaymentRequest, PaymentStatus, Presence,
+};
+use crate::ids::{AccountId, ChargeAttemptId, InvoiceId, SubscriptionId};
+use crate::ledger::{self, Draft, Header, LedgerAccount, TxKind};
+use crate::money::Currency;
+use crate::outbox::{self, Topic};
+use crate::payment_methods;
+use crate::state::AppState;
+
+/// A pending attempt whose outcome was not recorded is driven again (same key) after this.
+pub const RETRY_PENDING_AFTER: TimeDelta = TimeDelta::minutes(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum AttemptStatus {
+    /// Written before the provider call; outcome not recorded yet.
+    Pending,
+    Succeeded,
+    Declined,
+    /// Waiting for the customer's authentication (on-session payments).
+    RequiresAction,
+    /// The provider refused the request itself (nothing was charged).
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum AttemptPresence {
+    OffSession,
+    OnSession,
+}
+
+/// One try to collect an invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct ChargeAttempt {
+    pub id: ChargeAttemptId,
+    pub invoice_id: InvoiceId,
+    #[sqlx(try_from = "uuid::Uuid")]
+    pub account_id: AccountId,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub presence: AttemptPresence,
+    pub status: AttemptStatus,
+    pub processor: String,
+    pub provider_payment_id: Option<String>,
+    pub decline_code: Option<String>,
+    pub error: Option<String>,
+    pub idempotency_key: String,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// Payload of `billing.payment_failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    pub invoice_id: InvoiceId,
+    pub account_id: AccountId,
+    pub subscription_id: Option<SubscriptionId>,
+    pub attempt_id: ChargeAttemptId,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    /// The provider's error code (`card_declined`, `authentication_required`,
+    /// `payment_method_required` when the account has no usable method).
+    pub code: String,
+    pub decline_code: Option<String>,
+}
+
+/// Payload of `billing.invoice_paid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoicePaid {
+    pub invoice_id: InvoiceId,
+    pub account_id: AccountId,
+    pub subscription_id: Option<SubscriptionId>,
+    pub amount_minor: i64,
+    pub currency: Currency,
+}
+
+/// The provider key of an attempt.
+pub fn provider_key(id: ChargeAttemptId) -> String {
+    crate::idempotency::provider_key("charge", id.0)
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Collected {
+    Paid,
+    Declined {
+        code: String,
+    },
+    /// Unknown yet (provider away or processing): driven again later with the same key.
+    Pending,
+    Failed,
+}
+
+/// Charges open invoices that are due, and drives again pending attempts whose outcome was
+/// never recorded. Returns the attempts driven.
+pub async fn charge_due(state: &AppState, batch: i64) -> anyhow::Result<Vec<Collected>> {
+    let now = state.clock.now();
+    let attempts = {
+        let mut tx = state.billing.begin().await?;
+        let mut attempts = Vec::new();
+        for inv in store::claim_chargeable(&mut tx, now, batch).await? {
+            let id = ChargeAttemptId::new_v7();
+            let a = store::insert_attempt(
+                &mut tx,
+                &store::NewAttempt {
+                    id,
+                    invoice: inv.0,
+                    account: inv.1,
+                    amount_minor: inv.2,
+                    currency: inv.3,
+                    presence: AttemptPresence::OffSession,
+                    processor: state.gateway.name(),
+                    idempotency_key: &provider_key(id),
+                    retry_at: now + RETRY_PENDING_AFTER,
+                    now,
+                },
+            )
+            .await?;
+            attempts.push(a);
+        }
+        attempts.extend(
+            store::claim_stale_attempts(&mut tx, now, now + RETRY_PENDING_AFTER, batch).await?,
+        );
+        tx.commit().await?;
+        attempts
+    };
+    let mut out = Vec::with_capacity(attempts.len());
+    for a in &attempts {
+        match drive(state, a).await {
+            Ok(c) => out.push(c),
+            Err(e) => {
+                tracing::warn!(attempt_id = %a.id, error = %format!("{e:#}"), "charge attempt not recorded; retried later");
+                out.push(Collected::Pending);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Calls the provider for one off-session attempt and records what it said.
+async fn drive(state: &AppState, a: &ChargeAttempt) -> anyhow::Result<Collected> {
+    let target = {
+        let mut conn = state.cf.acquire().await?;
+        payment_methods::charge_target(&mut conn, a.account_id).await?
+    };
+    let Some(target) = target else {
+        return record(state, a, Err(NoMethod)).await;
+    };
+    let description = format!("Tollgate invoice {}", a.invoice_id);
+    let result = state
+        .gateway
+        .create_payment(PaymentRequest {
+            customer: &target.customer,
+            payment_method: &target.payment_method,
+            amount: GatewayAmount {
+                amount_minor: a.amount_minor,
+                currency: a.currency.as_str(),
+            },
+            presence: Presence::OffSession,
+            idempotency_key: &a.idempotency_key,
+            description: &description,
+        })
+        .await;
+    record(state, a, Ok(result)).await
+}
+
+/// The account has no usable payment method.
+struct NoMethod;
+
+async fn record(
+    state: &AppState,
+    a: &ChargeAttempt,
+    result: Result<Result<PaymentOutcome, GatewayError>, NoMethod>,
+) -> anyhow::Result<Collected> {
+    let now = state.clock.now();
+    let mut tx = state.billing.begin().await?;
+    let Some(current) = store::attempt_for_update(&mut tx, a.id).await? else {
+        anyhow::bail!("attempt {} vanished", a.id);
+    };
+    if current.status != AttemptStatus::Pending {
+        // Recorded meanwhile by another driver of the same attempt.
+        return Ok(match current.status {
+            AttemptStatus::Succeeded => Collected::Paid,
+            AttemptStatus::Declined => Collected::Declined {
+                code: current.decline_code.unwrap_or_default(),
+            },
+            _ => Collected::Failed,
+        });
+    }
+    let collected = match result {
+        Err(NoMethod) => {
+            declined(
+                &mut tx,
+                a,
+                None,
+                "payment_method_required",
+                None,
+                "the account has no usable default payment method",
+                now,
+            )
+            .await?
+        }
+        Ok(Ok(PaymentOutcome {
+            payment_intent_id,
+            status,
+        })) => match status {
+            PaymentStatus::Succeeded => {
+                succeeded(&mut tx, a, &payment_intent_id, now).await?;
+                Collected::Paid
+            }
+            PaymentStatus::Failed(d) => {
+                declined(
+                    &mut tx,
+                    a,
+                    Some(&payment_intent_id),
+                    &d.code,
+                    d.decline_code.as_deref(),
+                    &d.message,
+                    now,
+                )
+                .await?
+            }
+            PaymentStatus::RequiresAction { .. } => {
+                // Off-session, a payment that wants the customer is a decline that asks for
+                // them: they pay on-session.
+                declined(
+                    &mut tx,
+                    a,
+                    Some(&payment_intent_id),
+                    "authentication_required",
+                    Some("authentication_required"),
+                    "the customer must authenticate this payment",
+                    now,
+                )
+                .await?
+            }
+            PaymentStatus::Processing => {
+                store::note_provider_payment(&mut tx, a.id, &payment_intent_id).await?;
+                Collected::Pending
+            }
+            PaymentStatus::Canceled => {
+                store::complete_attempt(
+                    &mut tx,
+                    a.id,
+                    AttemptStatus::Failed,
+                    Some(&payment_intent_id),
+                    None,
+                    Some("the provider canceled the payment"),
+                    now,
+                )
+                .await?;
+                Collected::Failed
+            }
+        },
+        Ok(Err(GatewayError::Unavailable(e))) => {
+            // Unknown whether the provider charged: stays pending, driven again with the key.
+            tracing::warn!(attempt_id = %a.id, error = %e, "payment provider unavailable during a charge");
+            Collected::Pending
+        }
+        Ok(Err(e)) => {
+            declined(&mut tx, a, None, "payment_error", None, &e.to_string(), now).await?;
+            Collected::Failed
+        }
+    };
+    tx.commit().await?;
+    Ok(collected)
+}
+
+async fn succeeded(
+    conn: &mut PgConnection,
+    a: &ChargeAttempt,
+    provider_payment: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    store::complete_attempt(
+        conn,
+        a.id,
+        AttemptStatus::Succeeded,
+        Some(provider_payment),
+        None,
+        None,
+        now,
+    )
+    .await?;
+    let inv = store::invoice_for_update(conn, a.invoice_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("invoice {} vanished", a.invoice_id))?;
+    let reference = format!("charge:{}", a.id);
+    if inv.status == InvoiceStatus::Open {
+        invoices::record_payment(conn, &inv, &reference, &a.processor, a.amount_minor, now).await?;
+        outbox::enqueue(
+            conn,
+            Topic::BillingInvoicePaid,
+            &InvoicePaid {
+                invoice_id: inv.id,
+                account_id: inv.account_id,
+                subscription_id: inv.subscription_id,
+                amount_minor: a.amount_minor,
+                currency: a.currency,
+            },
+            now,
+        )
+        .await?;
+    } else {
+        // The invoice stopped being owed while the charge was in flight (voided, paid another
+        // way): the money is the customer's, held as credit.
+        tracing::warn!(invoice_id = %inv.id, status = ?inv.status, "charge succeeded for an invoice no longer open: credited");
+        let header = Header {
+            kind: TxKind::Payment,
+            reference,
+            account: a.account_id,
+            currency: a.currency,
+            description: format!("overpayment of invoice {}", inv.id),
+        };
+        if let Some(tx) = Draft::new(header)
+            .debit(LedgerAccount::cash(&a.processor)?, a.amount_minor)
+            .credit(LedgerAccount::Credit, a.amount_minor)
+            .seal()?
+        {
+            ledger::post(conn, &tx, now).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn declined(
+    conn: &mut PgConnection,
+    a: &ChargeAttempt,
+    provider_payment: Option<&str>,
+    code: &str,
+    decline_code: Option<&str>,
+    message: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Collected> {
+    store::complete_attempt(
+        conn,
+        a.id,
+        AttemptStatus::Declined,
+        provider_payment,
+        Some(decline_code.unwrap_or(code)),
+        Some(message),
+        now,
+    )
+    .await?;
+    if code == "authentication_required" {
+        store::set_action_required(conn, a.invoice_id, true, now).await?;
+    }
+    let subscription = store::invoice(conn, a.invoice_id)
+        .await?
+        .and_then(|i| i.subscription_id);
+    outbox::enqueue(
+        conn,
+        Topic::BillingPaymentFailed,
+        &PaymentFailed {
+            invoice_id: a.invoice_id,
+            account_id: a.account_id,
+            subscription_id: subscription,
+            attempt_id: a.id,
+            amount_minor: a.amount_minor,
+            currency: a.currency,
+            code: code.to_owned(),
+            decline_code: decline_code.map(str::to_owned),
+        },
+        now,
+    )
+    .await?;
+    Ok(Collected::Declined {
+        code: code.to_owned(),
+    })
+}
+
+/// An invoice's attempts, oldest first.
+pub async fn attempts_of(
+    state: &AppState,
+    invoice: InvoiceId,
+) -> crate::error::Result<Vec<ChargeAttempt>> {
+    let mut conn = state.billing.acquire().await?;
+    Ok(store::attempts_of(&mut conn, invoice).await?)
+}

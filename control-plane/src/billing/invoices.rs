@@ -1,0 +1,461 @@
+//! Invoices: made when a period starts ([`open_period`]), finalised after the late-usage grace
+//! window ([`finalize_due`]), read by the customer ([`list`], [`get`]).
+//!
+//! Amounts: `subtotal = total = Σ lines` (no tax or discounts yet); the customer's credit is
+//! applied up to a positive total (`credit_applied`); `amount_due = max(total, 0) − credit
+//! applied`. A negative total (a downgrade's proration) becomes customer credit. The database
+//! checks the same equations, and a finalised invoice's amounts and lines cannot change.
+
+use chrono::{DateTime, Datelike, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+
+use super::pricing::{self, TierCharge};
+use super::store;
+use super::{ScheduleEvent, Started, Terms};
+use crate::error::{Error, Result};
+use crate::ids::{AccountId, InvoiceId, SubscriptionId};
+use crate::ledger::{self, Header, Revenue, RevenueLine, TxKind};
+use crate::money::{self, Currency};
+use crate::state::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum InvoiceStatus {
+    Draft,
+    Open,
+    Paid,
+    Uncollectible,
+    Void,
+}
+
+/// Why an invoice exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum InvoiceReason {
+    /// The first period, paid at checkout.
+    SubscriptionCreate,
+    /// A renewal.
+    SubscriptionCycle,
+    /// A plan change's proration.
+    SubscriptionUpdate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum LineKind {
+    Plan,
+    Addon,
+    Metered,
+    Proration,
+}
+
+/// One line of an invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    pub kind: LineKind,
+    pub description: String,
+    pub quantity: i64,
+    pub amount_minor: i64,
+    /// Metered lines: the meter billed.
+    pub meter: Option<String>,
+    /// Tiered pricing: how the quantity fell into the tiers.
+    pub tiers: Option<Vec<TierCharge>>,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    /// The plan, meter or add-on key the line earns revenue from (the ledger's revenue
+    /// account).
+    #[serde(skip)]
+    pub revenue_key: String,
+}
+
+impl Line {
+    fn revenue(&self) -> Revenue {
+        let k = self.revenue_key.clone();
+        match self.kind {
+            LineKind::Plan | LineKind::Proration => Revenue::Plan(k),
+            LineKind::Addon => Revenue::Addon(k),
+            LineKind::Metered => Revenue::Meter(k),
+        }
+    }
+}
+
+/// An invoice with its lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invoice {
+    pub id: InvoiceId,
+    pub account_id: AccountId,
+    pub subscription_id: Option<SubscriptionId>,
+    pub number: Option<String>,
+    pub status: InvoiceStatus,
+    pub reason: InvoiceReason,
+    pub currency: Currency,
+    pub subtotal_minor: i64,
+    pub credit_applied_minor: i64,
+    pub total_minor: i64,
+    pub amount_due_minor: i64,
+    pub amount_paid_minor: i64,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub usage_start: Option<DateTime<Utc>>,
+    pub usage_end: Option<DateTime<Utc>>,
+    pub finalize_at: DateTime<Utc>,
+    pub finalized_at: Option<DateTime<Utc>>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub voided_at: Option<DateTime<Utc>>,
+    pub action_required: bool,
+    pub created_at: DateTime<Utc>,
+    pub lines: Vec<Line>,
+}
+
+/// The amounts of an invoice from its lines and the credit available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub subtotal_minor: i64,
+    pub total_minor: i64,
+    pub credit_applied_minor: i64,
+    pub amount_due_minor: i64,
+}
+
+impl Totals {
+    pub fn of(lines: &[Line], credit_available: i64) -> Result<Self, money::Overflow> {
+        let total = money::sum(lines.iter().map(|l| l.amount_minor))?;
+        let applied = credit_available.clamp(0, total.max(0));
+        Ok(Self {
+            subtotal_minor: total,
+            total_minor: total,
+            credit_applied_minor: applied,
+            amount_due_minor: total.max(0) - applied,
+        })
+    }
+}
+
+fn day(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d").to_string()
+}
+
+/// The fixed line of a plan for one period.
+pub fn plan_line(plan: &str, amount_minor: i64, start: DateTime<Utc>, end: DateTime<Utc>) -> Line {
+    Line {
+        kind: LineKind::Plan,
+        description: format!("{plan} plan, {} to {}", day(start), day(end)),
+        quantity: 1,
+        amount_minor,
+        meter: None,
+        tiers: None,
+        period_start: start,
+        period_end: end,
+        revenue_key: plan.to_owned(),
+    }
+}
+
+/// The metered lines for `usage` (meter → quantity) under `terms`, for `[start, end)`. A meter
+/// with no usage and nothing to bill gets no line.
+pub fn metered_lines(
+    terms: &Terms,
+    usage: &[(String, i64)],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Vec<Line>, money::Overflow> {
+    let mut lines = Vec::new();
+    for m in &terms.meters {
+        let quantity = usage
+            .iter()
+            .filter(|(k, _)| *k == m.meter)
+            .map(|(_, q)| *q)
+            .sum::<i64>();
+        if quantity == 0 {
+            continue;
+        }
+        let priced = pricing::price(&m.pricing, m.included, quantity)?;
+        let tiered = !priced.tiers.is_empty();
+        let included = match m.included {
+            Some(n) if !tiered && n > 0 => format!(", {n} included"),
+            None if !tiered => ", unlimited included".to_owned(),
+            _ => String::new(),
+        };
+        lines.push(Line {
+            kind: LineKind::Metered,
+            description: format!(
+                "{} usage, {} to {}: {quantity} units{included}",
+                m.meter,
+                day(start),
+                day(end)
+            ),
+            quantity,
+            amount_minor: priced.amount_minor,
+            meter: Some(m.meter.clone()),
+            tiers: tiered.then_some(priced.tiers),
+            period_start: start,
+            period_end: end,
+            revenue_key: m.meter.clone(),
+        });
+    }
+    Ok(lines)
+}
+
+/// Makes the invoice of the period a schedule event started (idempotent: one per subscription,
+/// period and reason). Returns whether it was made now.
+pub async fn open_period(
+    conn: &mut PgConnection,
+    ev: &ScheduleEvent,
+    started: &Started,
+    grace: TimeDelta,
+    now: DateTime<Utc>,
+) -> anyhow::Result<bool> {
+    let (Some(start), Some(end)) = (ev.period_start, ev.period_end) else {
+        anyhow::bail!("a period-start event without its period");
+    };
+    let currency: Currency = ev.currency.parse()?;
+    let lines = vec![plan_line(&ev.plan_key, ev.amount_minor, start, end)];
+    let (reason, usage, finalize_at) = match started {
+        Started::First { .. } => (InvoiceReason::SubscriptionCreate, None, now),
+        Started::Renewal { previous_start } => (
+            InvoiceReason::SubscriptionCycle,
+            Some((*previous_start, start)),
+            start + grace,
+        ),
+    };
+    let draft = store::NewInvoice {
+        id: InvoiceId::new_v7(),
+        account: ev.account_id,
+        subscription: Some(ev.subscription_id),
+        reason,
+        currency,
+        period: (start, end),
+        usage,
+        terms: &ev.terms,
+        finalize_at,
+        now,
+    };
+    if !store::insert_draft(conn, &draft, &lines).await? {
+        return Ok(false);
+    }
+    if let Started::First { paid } = started {
+        // The first period: finalised at once; paid on-session by the checkout (or free).
+        let inv = store::invoice_for_update(conn, draft.id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("draft {} vanished", draft.id))?;
+        let paid_at_checkout = paid.as_ref().filter(|p| p.amount_minor > 0);
+        let credit = if paid_at_checkout.is_some() {
+            // The customer paid the whole price on-session; credit waits for the next invoice.
+            0
+        } else {
+            ledger::credit_held(conn, ev.account_id, currency).await?
+        };
+        let inv = finalize_in(conn, inv, credit, now).await?;
+        if let Some(p) = paid_at_checkout {
+            record_payment(
+                conn,
+                &inv,
+                &format!("checkout:{}", p.checkout_id),
+                &p.processor,
+                p.amount_minor.min(inv.amount_due_minor),
+                now,
+            )
+            .await?;
+        }
+    }
+    Ok(true)
+}
+
+/// Finalises `inv` (a draft, locked by the caller): prices its metered usage, applies up to
+/// `credit_available`, numbers it, posts it to the ledger. An invoice with nothing due is paid
+/// at once.
+pub async fn finalize_in(
+    conn: &mut PgConnection,
+    inv: Invoice,
+    credit_available: i64,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Invoice> {
+    anyhow::ensure!(
+        inv.status == InvoiceStatus::Draft,
+        "invoice {} is not a draft",
+        inv.id
+    );
+    let mut lines: Vec<Line> = inv
+        .lines
+        .iter()
+        .filter(|l| l.kind != LineKind::Metered)
+        .cloned()
+        .collect();
+    if let (Some(us), Some(ue)) = (inv.usage_start, inv.usage_end) {
+        let terms = store::invoice_terms(conn, inv.id).await?;
+        let usage = store::usage_between(conn, inv.account_id, us, ue).await?;
+        lines.extend(metered_lines(&terms, &usage, us, ue)?);
+    }
+    let totals = Totals::of(&lines, credit_available)?;
+    let number = store::next_number(conn, now.year()).await?;
+    store::replace_lines(conn, inv.id, &lines).await?;
+    store::finalize(conn, inv.id, &number, &totals, now).await?;
+    let header = Header {
+        kind: TxKind::InvoiceFinalized,
+        reference: inv.id.to_string(),
+        account: inv.account_id,
+        currency: inv.currency,
+        description: format!("invoice {number}"),
+    };
+    let revenue: Vec<RevenueLine> = lines
+        .iter()
+        .map(|l| RevenueLine {
+            source: l.revenue(),
+            amount_minor: l.amount_minor,
+        })
+        .collect();
+    if let Some(tx) = ledger::invoice_finalized(header, &revenue, totals.credit_applied_minor)? {
+        ledger::post(conn, &tx, now).await?;
+    }
+    let inv = store::invoice_for_update(conn, inv.id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("invoice vanished"))?;
+    Ok(inv)
+}
+
+/// Books a payment of `amount_minor` against an open invoice (the ledger's `payment`,
+/// referenced by what paid it) and marks the invoice paid when nothing is left due. Returns
+/// whether the invoice is now paid.
+pub async fn record_payment(
+    conn: &mut PgConnection,
+    inv: &Invoice,
+    reference: &str,
+    processor: &str,
+    amount_minor: i64,
+    now: DateTime<Utc>,
+) -> anyhow::Result<bool> {
+    let header = Header {
+        kind: TxKind::Payment,
+        reference: reference.to_owned(),
+        account: inv.account_id,
+        currency: inv.currency,
+        description: format!(
+            "payment of invoice {}",
+            inv.number.as_deref().unwrap_or("draft")
+        ),
+    };
+    if let Some(tx) = ledger::payment(header, processor, amount_minor)? {
+        ledger::post(conn, &tx, now).await?;
+    }
+    let paid = money::add(inv.amount_paid_minor, amount_minor)?;
+    Ok(store::mark_paid(conn, inv.id, paid, now).await?)
+}
+
+/// Finalises drafts whose grace window ended, in batches claimed with `FOR UPDATE SKIP
+/// LOCKED`. Returns how many.
+pub async fn finalize_due(state: &AppState, batch: i64) -> anyhow::Result<usize> {
+    let now = state.clock.now();
+    let mut tx = state.billing.begin().await?;
+    let due = store::claim_drafts(&mut tx, now, batch).await?;
+    let n = due.len();
+    for id in due {
+        let Some(inv) = store::invoice_for_update(&mut tx, id).await? else {
+            continue;
+        };
+        let credit = ledger::credit_held(&mut tx, inv.account_id, inv.currency).await?;
+        finalize_in(&mut tx, inv, credit, now).await?;
+    }
+    tx.commit().await?;
+    if n > 0 {
+        tracing::info!(invoices = n, "invoices finalised");
+    }
+    Ok(n)
+}
+
+/// Most invoices one page holds.
+pub const PAGE_MAX: i64 = 100;
+
+/// `GET /v1/invoices` paging: `limit` (1..=100, default 10) invoices after `starting_after`
+/// (the last id of the previous page).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    pub limit: Option<i64>,
+    pub starting_after: Option<InvoiceId>,
+}
+
+/// One page of an account's invoices, newest first, and whether more follow.
+pub async fn list(
+    state: &AppState,
+    account: AccountId,
+    page: &Page,
+) -> Result<(Vec<Invoice>, bool)> {
+    let limit = page.limit.unwrap_or(10);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(Error::bad_request(
+            "invalid_limit",
+            format!("limit must be 1..={PAGE_MAX}"),
+        ));
+    }
+    let mut conn = state.billing.acquire().await?;
+    if let Some(after) = page.starting_after {
+        let mine = store::invoice(&mut conn, after)
+            .await?
+            .is_some_and(|i| i.account_id == account);
+        if !mine {
+            return Err(Error::not_found("invoice"));
+        }
+    }
+    let mut list = store::list_invoices(&mut conn, account, limit + 1, page.starting_after).await?;
+    let more = list.len() as i64 > limit;
+    list.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok((list, more))
+}
+
+/// One of the account's invoices (`not_found` for another account's id).
+pub async fn get(state: &AppState, account: AccountId, id: InvoiceId) -> Result<Invoice> {
+    let mut conn = state.billing.acquire().await?;
+    store::invoice(&mut conn, id)
+        .await?
+        .filter(|i| i.account_id == account)
+        .ok_or_else(|| Error::not_found("invoice"))
+}
+
+/// The billing side of an account's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountBilling {
+    /// What the account owes (positive) or holds as credit (negative), per the ledger.
+    pub balance_minor: i64,
+    /// The currency it is billed in (its latest invoice's; USD before any).
+    pub currency: Currency,
+    /// An open invoice waits for the customer to authenticate a payment.
+    pub action_required: bool,
+}
+
+pub async fn account_billing(state: &AppState, account: AccountId) -> Result<AccountBilling> {
+    let mut conn = state.billing.acquire().await?;
+    let (currency, action_required) = store::billing_summary(&mut conn, account).await?;
+    let currency = currency.unwrap_or(Currency::USD);
+    let balance_minor = balance(&mut conn, account, currency).await?;
+    Ok(AccountBilling {
+        balance_minor,
+        currency,
+        action_required,
+    })
+}
+
+/// What the account owes (positive) or holds as credit (negative), per the ledger, in
+/// `currency`.
+pub async fn balance(
+    conn: &mut PgConnection,
+    account: AccountId,
+    currency: Currency,
+) -> Result<i64> {
+    let receivable = ledger::balance(
+        &mut *conn,
+        account,
+        &ledger::LedgerAccount::Receivable,
+        currency,
+    )
+    .await?;
+    let credit = ledger::credit_held(conn, account, currency).await?;
+    money::sub(receivable, credit).map_err(|_| Error::internal("balance overflows"))
+}
+
+/// Whether the invoice is still owed (open, something left to pay).
+pub async fn still_owed(conn: &mut PgConnection, id: InvoiceId) -> sqlx::Result<bool> {
+    Ok(store::invoice(conn, id).await?.is_some_and(|i| {
+        i.status == InvoiceStatus::Open && i.amount_paid_minor < i.amount_due_minor
+    }))
+}

@@ -1,0 +1,445 @@
+//! Automated billing over real PostgreSQL: renewals on the clock, invoices with metered lines
+//! priced by the catalog's models, off-session charges through the simulated gateway, and the
+//! ledger — every amount checked against numbers worked out by hand here.
+
+mod common;
+
+use axum::http::StatusCode;
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use common::Harness;
+use tollgate_control_plane::billing::charges;
+use tollgate_control_plane::clock::Clock;
+use tollgate_control_plane::ids::AccountId;
+use tollgate_control_plane::ledger::{self, LedgerAccount, Revenue};
+use tollgate_control_plane::money::Currency;
+use tollgate_control_plane::state::BillingOutbox;
+use tollgate_control_plane::{maintenance, outbox, usage};
+use tollgate_protocol::usage::{UsageBatch, UsageEvent};
+
+fn t(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, m, d, h, min, 0)
+        .single()
+        .expect("time")
+}
+
+/// Runs maintenance and both outbox relays until nothing changes any more.
+async fn settle(h: &Harness) {
+    for _ in 0..50 {
+        let changed = maintenance::run(&h.state).await.expect("maintenance");
+        let cf = outbox::relay_once(&h.state).await.expect("cf relay");
+        let billing = outbox::relay_once(&BillingOutbox(h.state.clone()))
+            .await
+            .expect("billing relay");
+        if changed + cf + billing == 0 {
+            return;
+        }
+    }
+    panic!("billing did not settle");
+}
+
+/// Moves the clock to `to` (forward only) and settles.
+async fn advance_to(h: &Harness, to: DateTime<Utc>) {
+    let now = h.clock.now();
+    assert!(to >= now, "{to} is before {now}");
+    h.clock.advance(to - now);
+    settle(h).await;
+}
+
+async fn subscribe(h: &Harness, email: &str, plan: &str) -> (AccountId, String) {
+    let (id, token) = h.sign_up(email).await;
+    if plan != "free" {
+        h.add_card(&token, "pm_card_visa").await;
+    }
+    let r = h
+        .post(
+            "/v1/checkout",
+            Some(&token),
+            Some(&format!("buy-{email}")),
+            &format!(r#"{{"plan":"{plan}"}}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    (id.parse().expect("account id"), token)
+}
+
+async fn use_api(h: &Harness, account: AccountId, tag: &str, quantity: i64) {
+    let batch = UsageBatch {
+        batch_id: uuid::Uuid::now_v7(),
+        edge_id: "edge-1".into(),
+        events: vec![UsageEvent {
+            id: format!("{tag}-{account}"),
+            account,
+            meter: "api_calls".into(),
+            quantity,
+            timestamp_ms: h.clock.now().timestamp_millis(),
+            properties: Default::default(),
+        }],
+    };
+    let ack = usage::ingest_batch(&h.state, &batch.batch_id.to_string(), &batch)
+        .await
+        .expect("ingest");
+    assert_eq!(ack.accepted, 1, "{ack:?}");
+}
+
+/// (kind, quantity, amount) of each line, and (total, amount due, status) of each invoice,
+/// oldest first, as the Dashboard shows them.
+async fn invoices(h: &Harness, token: &str) -> Vec<serde_json::Value> {
+    let r = h.get("/v1/invoices?limit=100", Some(token)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    let mut data = r.json["data"].as_array().expect("data").clone();
+    data.reverse();
+    data
+}
+
+fn summary(inv: &serde_json::Value) -> (i64, i64, String, Vec<(String, i64, i64)>) {
+    let lines = inv["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| {
+            (
+                l["kind"].as_str().unwrap_or_default().to_owned(),
+                l["quantity"].as_i64().unwrap_or(-1),
+                l["amount_minor"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    (
+        inv["total_minor"].as_i64().expect("total"),
+        inv["amount_due_minor"].as_i64().expect("due"),
+        inv["status"].as_str().expect("status").to_owned(),
+        lines,
+    )
+}
+
+fn plan(amount: i64) -> (String, i64, i64) {
+    ("plan".into(), 1, amount)
+}
+
+fn metered(quantity: i64, amount: i64) -> (String, i64, i64) {
+    ("metered".into(), quantity, amount)
+}
+
+async fn balance(h: &Harness, account: AccountId, of: LedgerAccount) -> i64 {
+    let mut conn = h.state.billing.acquire().await.expect("conn");
+    ledger::balance(&mut conn, account, &of, Currency::USD)
+        .await
+        .expect("balance")
+}
+
+#[tokio::test]
+async fn three_months_of_renewals_bill_free_pro_and_enterprise_to_the_minor_unit() {
+    let h = Harness::new().await;
+    // The harness clock starts at 2026-01-15 12:00 UTC: every period is anchored there.
+    let (free, free_token) = subscribe(&h, "free@example.com", "free").await;
+    let (pro, pro_token) = subscribe(&h, "pro@example.com", "pro").await;
+    let (ent, ent_token) = subscribe(&h, "ent@example.com", "enterprise").await;
+    settle(&h).await;
+
+    // Usage in each period, a few minutes in: pro is over its 100,000 included calls, then
+    // under, then well over; enterprise crosses its free first tier of 5,000,000, then not,
+    // then by 2,500,000.
+    let usage = [
+        (100_250, 5_000_100),
+        (99_000, 4_000_000),
+        (150_000, 7_500_000),
+    ];
+    let boundaries = [
+        t(2026, 2, 15, 12, 0),
+        t(2026, 3, 15, 12, 0),
+        t(2026, 4, 15, 12, 0),
+    ];
+    for (month, ((pro_calls, ent_calls), end)) in usage.iter().zip(boundaries).enumerate() {
+        h.clock.advance(TimeDelta::minutes(5));
+        use_api(&h, pro, &format!("m{month}"), *pro_calls).await;
+        use_api(&h, ent, &format!("m{month}"), *ent_calls).await;
+        // The period ends: the renewal's draft waits for the grace window (1 h), then is
+        // finalised with the metered line and charged.
+        advance_to(&h, end + TimeDelta::minutes(1)).await;
+        let drafts = invoices(&h, &pro_token).await;
+        assert_eq!(drafts.last().expect("draft")["status"], "draft");
+        advance_to(&h, end + TimeDelta::minutes(61)).await;
+    }
+
+    let pro_invoices: Vec<_> = invoices(&h, &pro_token).await.iter().map(summary).collect();
+    let paid =
+        |total: i64, lines: Vec<(String, i64, i64)>| (total, total, "paid".to_owned(), lines);
+    assert_eq!(
+        pro_invoices,
+        vec![
+            paid(2900, vec![plan(2900)]),
+            // 250 calls over at 2 each.
+            paid(3400, vec![plan(2900), metered(100_250, 500)]),
+            paid(2900, vec![plan(2900), metered(99_000, 0)]),
+            // 50,000 over at 2 each.
+            paid(102_900, vec![plan(2900), metered(150_000, 100_000)]),
+        ]
+    );
+    let ent_invoices: Vec<_> = invoices(&h, &ent_token).await.iter().map(summary).collect();
+    assert_eq!(
+        ent_invoices,
+        vec![
+            paid(19_900, vec![plan(19_900)]),
+            paid(20_000, vec![plan(19_900), metered(5_000_100, 100)]),
+            paid(19_900, vec![plan(19_900), metered(4_000_000, 0)]),
+            paid(2_519_900, vec![plan(19_900), metered(7_500_000, 2_500_000)]),
+        ]
+    );
+    let free_invoices: Vec<_> = invoices(&h, &free_token)
+        .await
+        .iter()
+        .map(summary)
+        .collect();
+    assert_eq!(free_invoices, vec![paid(0, vec![plan(0)]); 4]);
+
+    // The graduated line shows how its quantity fell into the tiers.
+    let last = &invoices(&h, &ent_token).await[3];
+    let tiers = last["lines"][1]["tiers"].as_array().expect("tiers");
+    assert_eq!(tiers.len(), 2);
+    assert_eq!(
+        (
+            tiers[0]["quantity"].as_i64(),
+            tiers[0]["amount_minor"].as_i64()
+        ),
+        (Some(5_000_000), Some(0))
+    );
+    assert_eq!(
+        (
+            tiers[1]["quantity"].as_i64(),
+            tiers[1]["amount_minor"].as_i64()
+        ),
+        (Some(2_500_000), Some(2_500_000))
+    );
+    // Periods: the fixed line covers the coming period, the metered one the period that ended.
+    assert_eq!(last["period_start"], "2026-04-15T12:00:00Z");
+    assert_eq!(last["period_end"], "2026-05-15T12:00:00Z");
+    assert_eq!(last["lines"][1]["period_start"], "2026-03-15T12:00:00Z");
+    assert_eq!(last["lines"][1]["period_end"], "2026-04-15T12:00:00Z");
+    // Numbered once finalised, gaplessly.
+    let mut all: Vec<String> = Vec::new();
+    for token in [&pro_token, &ent_token, &free_token] {
+        for inv in invoices(&h, token).await {
+            all.push(inv["number"].as_str().expect("number").to_owned());
+        }
+    }
+    all.sort();
+    let expected: Vec<String> = (1..=12).map(|n| format!("TG-2026-{n:06}")).collect();
+    assert_eq!(all, expected);
+
+    // The ledger: nothing owed, the cash is what was charged, revenue by plan and meter.
+    let pro_paid = 2900 + 3400 + 2900 + 102_900;
+    let ent_paid = 19_900 + 20_000 + 19_900 + 2_519_900;
+    assert_eq!(balance(&h, pro, LedgerAccount::Receivable).await, 0);
+    assert_eq!(balance(&h, ent, LedgerAccount::Receivable).await, 0);
+    let cash = LedgerAccount::cash("simulated").expect("cash");
+    assert_eq!(balance(&h, pro, cash.clone()).await, pro_paid);
+    assert_eq!(balance(&h, ent, cash.clone()).await, ent_paid);
+    assert_eq!(balance(&h, free, cash).await, 0);
+    let plan_rev = |k: &str| LedgerAccount::revenue(Revenue::Plan(k.into())).expect("acct");
+    let meter_rev = LedgerAccount::revenue(Revenue::Meter("api_calls".into())).expect("acct");
+    assert_eq!(balance(&h, pro, plan_rev("pro")).await, -4 * 2900);
+    assert_eq!(balance(&h, pro, meter_rev.clone()).await, -(500 + 100_000));
+    assert_eq!(balance(&h, ent, plan_rev("enterprise")).await, -4 * 19_900);
+    assert_eq!(balance(&h, ent, meter_rev).await, -(100 + 2_500_000));
+
+    // Every off-session charge is one succeeded attempt; the account shows no balance.
+    let attempts: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM charge_attempts WHERE status = 'succeeded' AND presence = 'off_session'",
+    )
+    .fetch_one(&h.state.billing)
+    .await
+    .expect("count");
+    assert_eq!(attempts, 6, "three renewals each of pro and enterprise");
+    let acct = h.get("/v1/account", Some(&pro_token)).await;
+    assert_eq!(acct.json["balance_minor"], 0, "{:?}", acct.json);
+    assert_eq!(acct.json["currency"], "USD");
+    // The subscription moved on with its periods (the edge's facts carry the same).
+    let subs = h.get("/v1/subscriptions", Some(&pro_token)).await;
+    assert_eq!(
+        subs.json["data"][0]["current_period_start"],
+        "2026-04-15T12:00:00Z"
+    );
+    assert_eq!(subs.json["data"][0]["status"], "active");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_declined_renewal_leaves_the_invoice_open_and_the_subscription_past_due() {
+    let h = Harness::new().await;
+    let (id, token) = h.sign_up("late@example.com").await;
+    let account: AccountId = id.parse().expect("id");
+    // Attaches fine, declines every charge: the checkout itself is paid with a good card first.
+    h.add_card(&token, "pm_card_visa").await;
+    let r = h
+        .post(
+            "/v1/checkout",
+            Some(&token),
+            Some("buy"),
+            r#"{"plan":"pro"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    let r = h
+        .post(
+            "/v1/payment-methods",
+            Some(&token),
+            Some("pm-2"),
+            r#"{"payment_method":"pm_card_chargeCustomerFail","make_default":true}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    settle(&h).await;
+
+    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    let list = invoices(&h, &token).await;
+    let renewal = &list[1];
+    assert_eq!(renewal["status"], "open", "{renewal:?}");
+    assert_eq!(renewal["amount_due_minor"], 2900);
+    let inv_id: tollgate_control_plane::ids::InvoiceId = renewal["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("invoice id");
+    let attempts = charges::attempts_of(&h.state, inv_id)
+        .await
+        .expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status, charges::AttemptStatus::Declined);
+    assert!(attempts[0].decline_code.is_some());
+    // The failure went out through billing's outbox: the subscription is past due.
+    let subs = h.get("/v1/subscriptions", Some(&token)).await;
+    assert_eq!(
+        subs.json["data"][0]["status"], "past_due",
+        "{:?}",
+        subs.json
+    );
+    // What is owed shows on the account and in the ledger.
+    let acct = h.get("/v1/account", Some(&token)).await;
+    assert_eq!(acct.json["balance_minor"], 2900);
+    assert_eq!(balance(&h, account, LedgerAccount::Receivable).await, 2900);
+    // No retry by itself (dunning schedules those): another pass charges nothing.
+    settle(&h).await;
+    let again = charges::attempts_of(&h.state, inv_id)
+        .await
+        .expect("attempts");
+    assert_eq!(again.len(), 1);
+    h.finish().await;
+}
+
+/// Runs the billing workers (maintenance and both relays) of one process until it finds
+/// nothing to do.
+async fn worker(state: tollgate_control_plane::state::AppState) {
+    for _ in 0..200 {
+        let changed = maintenance::run(&state).await.expect("maintenance");
+        let cf = outbox::relay_once(&state).await.expect("cf relay");
+        let billing = outbox::relay_once(&BillingOutbox(state.clone()))
+            .await
+            .expect("billing relay");
+        if changed + cf + billing == 0 {
+            return;
+        }
+    }
+    panic!("worker did not settle");
+}
+
+#[tokio::test]
+async fn four_workers_in_two_processes_invoice_and_charge_every_renewal_exactly_once() {
+    let h = Harness::new().await;
+    let second = h.restarted().await;
+    let n = 24;
+    for i in 0..n {
+        subscribe(&h, &format!("c{i}@example.com"), "pro").await;
+    }
+    settle(&h).await;
+    // Everyone is due at once: renewal, finalisation after the grace window, charge.
+    h.clock.advance(TimeDelta::days(31) + TimeDelta::hours(2));
+    let workers = [
+        tokio::spawn(worker(h.state.clone())),
+        tokio::spawn(worker(h.state.clone())),
+        tokio::spawn(worker(second.state.clone())),
+        tokio::spawn(worker(second.state.clone())),
+    ];
+    for w in workers {
+        w.await.expect("worker");
+    }
+    settle(&h).await;
+    let pool = h.state.billing.clone();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM invoices WHERE reason = 'subscription_cycle'").await,
+        n
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM invoices WHERE reason = 'subscription_cycle' AND status = 'paid'"
+        )
+        .await,
+        n
+    );
+    assert_eq!(count("SELECT count(*) FROM charge_attempts").await, n);
+    assert_eq!(
+        count("SELECT count(*) FROM ledger_transactions WHERE kind = 'payment'").await,
+        2 * n,
+        "the checkout's and the renewal's, once each"
+    );
+    assert_eq!(
+        h.count("SELECT count(*) FROM sim_intents WHERE kind = 'payment'")
+            .await,
+        2 * n,
+        "charged once per period at the provider"
+    );
+    assert_eq!(
+        count("SELECT count(DISTINCT number) FROM invoices WHERE number IS NOT NULL").await,
+        2 * n
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_provider_that_times_out_after_charging_a_renewal_is_asked_again_with_the_same_key() {
+    let knobs = common::gateway::Knobs::default();
+    let h = Harness::with_gateway(knobs.wrapper()).await;
+    let (account, token) = subscribe(&h, "timeout@example.com", "pro").await;
+    settle(&h).await;
+    // The renewal's charge goes through at the provider, and its answer is lost.
+    knobs
+        .lose_payment_answers
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    let renewal = invoices(&h, &token).await[1].clone();
+    assert_eq!(renewal["status"], "open", "unknown yet: {renewal:?}");
+    let id: tollgate_control_plane::ids::InvoiceId =
+        renewal["id"].as_str().expect("id").parse().expect("id");
+    let pending = charges::attempts_of(&h.state, id).await.expect("attempts");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].status, charges::AttemptStatus::Pending);
+    // Not again before the retry time; after it, the same attempt with the same key.
+    settle(&h).await;
+    assert_eq!(
+        h.count("SELECT count(*) FROM sim_intents WHERE kind = 'payment'")
+            .await,
+        2
+    );
+    advance_to(&h, h.clock.now() + charges::RETRY_PENDING_AFTER).await;
+    let attempts = charges::attempts_of(&h.state, id).await.expect("attempts");
+    assert_eq!(attempts.len(), 1, "the same attempt, driven again");
+    assert_eq!(attempts[0].status, charges::AttemptStatus::Succeeded);
+    assert_eq!(invoices(&h, &token).await[1]["status"], "paid");
+    assert_eq!(
+        h.count("SELECT count(*) FROM sim_intents WHERE kind = 'payment'")
+            .await,
+        2,
+        "the checkout's payment and one renewal payment: never charged twice"
+    );
+    let cash = LedgerAccount::cash("simulated").expect("cash");
+    assert_eq!(balance(&h, account, cash).await, 2 * 2900);
+    h.finish().await;
+}

@@ -1,0 +1,137 @@
+//! A payment gateway in front of the real (simulated) one, for tests that need the provider to
+//! stall, fail reads, or lose the answer of a payment it made.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use async_trait::async_trait;
+use tollgate_control_plane::gateways::{
+    CustomerRef, GatewayError, PaymentGateway, PaymentOutcome, PaymentRequest, RefundRef,
+    SetupOutcome,
+};
+
+/// A gateway in front of the real (simulated) one that can stall every call until released,
+/// fail reads, or lose the answer of a payment it made ("timed out after charging").
+pub struct Wrapped {
+    inner: Arc<dyn PaymentGateway>,
+    stall: Arc<tokio::sync::Semaphore>,
+    stalling: Arc<AtomicBool>,
+    fail_reads: Arc<AtomicBool>,
+    lose_payment_answers: Arc<AtomicU32>,
+    customers_created: Arc<AtomicU32>,
+}
+
+#[derive(Clone)]
+pub struct Knobs {
+    pub stall: Arc<tokio::sync::Semaphore>,
+    pub stalling: Arc<AtomicBool>,
+    pub fail_reads: Arc<AtomicBool>,
+    pub lose_payment_answers: Arc<AtomicU32>,
+    pub customers_created: Arc<AtomicU32>,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Self {
+            stall: Arc::new(tokio::sync::Semaphore::new(0)),
+            stalling: Arc::default(),
+            fail_reads: Arc::default(),
+            lose_payment_answers: Arc::default(),
+            customers_created: Arc::default(),
+        }
+    }
+}
+
+impl Knobs {
+    pub fn wrapper(&self) -> tollgate_control_plane::GatewayWrapper {
+        let k = self.clone();
+        Box::new(move |inner| {
+            Arc::new(Wrapped {
+                inner,
+                stall: k.stall,
+                stalling: k.stalling,
+                fail_reads: k.fail_reads,
+                lose_payment_answers: k.lose_payment_answers,
+                customers_created: k.customers_created,
+            })
+        })
+    }
+}
+
+impl Wrapped {
+    async fn gate(&self) {
+        if self.stalling.load(Ordering::SeqCst) {
+            let _ = self.stall.acquire().await.map(|p| p.forget());
+        }
+    }
+
+    fn read(&self) -> Result<(), GatewayError> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(GatewayError::Unavailable("provider read timed out".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PaymentGateway for Wrapped {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    async fn create_customer(
+        &self,
+        e: &str,
+        n: &str,
+        k: &str,
+    ) -> Result<CustomerRef, GatewayError> {
+        // Counted on the way in: a stalled call is one that got here.
+        self.customers_created.fetch_add(1, Ordering::SeqCst);
+        self.gate().await;
+        self.inner.create_customer(e, n, k).await
+    }
+    async fn setup_payment_method(
+        &self,
+        c: &str,
+        p: &str,
+        k: &str,
+    ) -> Result<SetupOutcome, GatewayError> {
+        self.gate().await;
+        self.inner.setup_payment_method(c, p, k).await
+    }
+    async fn retrieve_setup(&self, id: &str) -> Result<SetupOutcome, GatewayError> {
+        self.read()?;
+        self.inner.retrieve_setup(id).await
+    }
+    async fn cancel_setup(&self, id: &str) -> Result<SetupOutcome, GatewayError> {
+        self.read()?;
+        self.inner.cancel_setup(id).await
+    }
+    async fn create_payment(
+        &self,
+        req: PaymentRequest<'_>,
+    ) -> Result<PaymentOutcome, GatewayError> {
+        self.gate().await;
+        let out = self.inner.create_payment(req).await?;
+        if self
+            .lose_payment_answers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(GatewayError::Unavailable(
+                "timed out (after the provider charged)".into(),
+            ));
+        }
+        Ok(out)
+    }
+    async fn retrieve_payment(&self, id: &str) -> Result<PaymentOutcome, GatewayError> {
+        self.read()?;
+        self.inner.retrieve_payment(id).await
+    }
+    async fn cancel_payment(&self, id: &str) -> Result<PaymentOutcome, GatewayError> {
+        self.read()?;
+        self.inner.cancel_payment(id).await
+    }
+    async fn refund(&self, pi: &str, amount: i64, k: &str) -> Result<RefundRef, GatewayError> {
+        self.inner.refund(pi, amount, k).await
+    }
+}
