@@ -24,6 +24,7 @@ pub async fn run(state: &AppState) -> anyhow::Result<usize> {
     changed += billing::charges::charge_due(state, CHARGE_BATCH)
         .await?
         .len();
+    changed += billing::charges::reconcile_abandoned(state, CHARGE_BATCH).await?;
     changed += checkout::reconcile(state).await?;
     changed += payment_methods::reconcile_abandoned(
         state,

@@ -443,3 +443,139 @@ async fn a_provider_that_times_out_after_charging_a_renewal_is_asked_again_with_
     assert_eq!(balance(&h, account, cash).await, 2 * 2900);
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_renewal_that_needs_authentication_is_paid_on_session_with_3ds() {
+    let h = Harness::new().await;
+    let (_, token) = subscribe(&h, "3ds@example.com", "pro").await;
+    // The default becomes a card that asks for 3-D Secure on every payment.
+    let r = h
+        .post(
+            "/v1/payment-methods",
+            Some(&token),
+            Some("pm-3ds"),
+            r#"{"payment_method":"pm_card_threeDSecure2Required","make_default":true}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.json);
+    let setup = r.str("/client_secret");
+    h.authenticate(setup.split("_secret_").next().expect("intent"), true)
+        .await;
+    let pm = r.str("/payment_method/id");
+    let ok = h
+        .post(
+            &format!("/v1/payment-methods/{pm}/confirm"),
+            Some(&token),
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(ok.json["status"], "ready", "{:?}", ok.json);
+    settle(&h).await;
+
+    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    let renewal = invoices(&h, &token).await[1].clone();
+    assert_eq!(renewal["status"], "open");
+    assert_eq!(renewal["action_required"], true, "{renewal:?}");
+    let acct = h.get("/v1/account", Some(&token)).await;
+    assert_eq!(acct.json["action_required"], true);
+    let id = renewal["id"].as_str().expect("id").to_owned();
+
+    // Another account cannot see or pay it.
+    let (_, stranger) = h.sign_up("stranger@example.com").await;
+    h.get(&format!("/v1/invoices/{id}"), Some(&stranger))
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    h.post(
+        &format!("/v1/invoices/{id}/pay"),
+        Some(&stranger),
+        Some("p"),
+        "{}",
+    )
+    .await
+    .assert_problem(StatusCode::NOT_FOUND, "not_found");
+
+    // On-session: 3-D Secure, then confirm.
+    let pay = h
+        .post(
+            &format!("/v1/invoices/{id}/pay"),
+            Some(&token),
+            Some("pay-1"),
+            "{}",
+        )
+        .await;
+    assert_eq!(pay.status, StatusCode::ACCEPTED, "{:?}", pay.json);
+    assert_eq!(pay.json["status"], "requires_action");
+    let again = h
+        .post(
+            &format!("/v1/invoices/{id}/pay"),
+            Some(&token),
+            Some("pay-1"),
+            "{}",
+        )
+        .await;
+    assert!(again.replayed, "the same key answers the same");
+    assert_eq!(again.json["client_secret"], pay.json["client_secret"]);
+    // A second payment while one waits is refused, and so is the off-session charger.
+    h.post(
+        &format!("/v1/invoices/{id}/pay"),
+        Some(&token),
+        Some("pay-2"),
+        "{}",
+    )
+    .await
+    .assert_problem(StatusCode::CONFLICT, "payment_in_progress");
+    let secret = pay.str("/client_secret");
+    h.authenticate(secret.split("_secret_").next().expect("intent"), true)
+        .await;
+    let done = h
+        .post(
+            &format!("/v1/invoices/{id}/confirm"),
+            Some(&token),
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{:?}", done.json);
+    assert_eq!(done.json["invoice"]["status"], "paid");
+    assert_eq!(done.json["invoice"]["action_required"], false);
+    settle(&h).await;
+    let acct = h.get("/v1/account", Some(&token)).await;
+    assert_eq!(
+        (
+            acct.json["action_required"].clone(),
+            acct.json["balance_minor"].clone()
+        ),
+        (serde_json::json!(false), serde_json::json!(0))
+    );
+    let subs = h.get("/v1/subscriptions", Some(&token)).await;
+    assert_eq!(subs.json["data"][0]["status"], "active", "{:?}", subs.json);
+    h.post(
+        &format!("/v1/invoices/{id}/pay"),
+        Some(&token),
+        Some("pay-3"),
+        "{}",
+    )
+    .await
+    .assert_problem(StatusCode::CONFLICT, "invoice_paid");
+    // Paging: newest first, two at a time.
+    let page = h.get("/v1/invoices?limit=1", Some(&token)).await;
+    assert_eq!(page.json["has_more"], true);
+    let last = page.json["data"][0]["id"].as_str().expect("id").to_owned();
+    assert_eq!(last, id);
+    let next = h
+        .get(
+            &format!("/v1/invoices?limit=1&starting_after={last}"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(next.json["has_more"], false);
+    assert_eq!(next.json["data"][0]["status"], "paid");
+    h.get("/v1/invoices?limit=0", Some(&token))
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "invalid_limit");
+    h.get("/v1/invoices?limit=1000", Some(&token))
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "invalid_limit");
+    h.finish().await;
+}

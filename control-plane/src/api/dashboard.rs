@@ -14,6 +14,7 @@ use super::views::{
     ran, value,
 };
 use crate::billing::invoices;
+use crate::billing::payments::{self, PayInvoice, Payment};
 use crate::checkout::{self, CheckoutRequest, Purchase};
 use crate::error::{Error, Result};
 use crate::http::idempotency::IdempotencyKey;
@@ -46,6 +47,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/usage", get(account_usage))
         .route("/v1/invoices", get(list_invoices))
         .route("/v1/invoices/{id}", get(get_invoice))
+        .route("/v1/invoices/{id}/pay", post(pay_invoice))
+        .route("/v1/invoices/{id}/confirm", post(confirm_invoice_payment))
 }
 
 /// `GET /v1/plans` — public: what can be bought.
@@ -269,6 +272,48 @@ async fn get_invoice(
 ) -> Result<Response> {
     let inv = invoices::get(&state, account, id).await?;
     Ok(reply(StatusCode::OK, value(&InvoiceView::from(&inv))))
+}
+
+fn payment(p: Payment) -> Response {
+    match p {
+        Payment::Paid(inv) => reply(
+            StatusCode::OK,
+            json!({ "invoice": InvoiceView::from(&inv), "status": "paid" }),
+        ),
+        Payment::RequiresAction {
+            invoice,
+            client_secret,
+        } => requires_action(
+            "invoice",
+            value(&InvoiceView::from(&invoice)),
+            &client_secret,
+        ),
+        Payment::Processing(inv) => reply(
+            StatusCode::ACCEPTED,
+            json!({ "invoice": InvoiceView::from(&inv), "status": "processing" }),
+        ),
+    }
+}
+
+/// `POST /v1/invoices/{id}/pay` — on-session, `{payment_method?}`.
+async fn pay_invoice(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<InvoiceId>,
+    IdempotencyKey(key): IdempotencyKey,
+    Json(body): Json<PayInvoice>,
+) -> Result<Response> {
+    let paid = payments::pay(&state, account, id, key, &body).await?;
+    Ok(ran(paid, payment))
+}
+
+/// `POST /v1/invoices/{id}/confirm` — after 3-D Secure.
+async fn confirm_invoice_payment(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<InvoiceId>,
+) -> Result<Response> {
+    Ok(payment(payments::confirm(&state, account, id).await?))
 }
 
 /// `GET /v1/usage`

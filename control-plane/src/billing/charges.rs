@@ -67,6 +67,8 @@ pub struct ChargeAttempt {
     pub presence: AttemptPresence,
     pub status: AttemptStatus,
     pub processor: String,
+    /// The provider's payment method an on-session attempt pays with.
+    pub payment_method: Option<String>,
     pub provider_payment_id: Option<String>,
     pub decline_code: Option<String>,
     pub error: Option<String>,
@@ -112,6 +114,10 @@ pub enum Collected {
     Declined {
         code: String,
     },
+    /// On-session: the customer must authenticate (`client_secret` for the browser).
+    RequiresAction {
+        client_secret: String,
+    },
     /// Unknown yet (provider away or processing): driven again later with the same key.
     Pending,
     Failed,
@@ -136,6 +142,7 @@ pub async fn charge_due(state: &AppState, batch: i64) -> anyhow::Result<Vec<Coll
                     currency: inv.3,
                     presence: AttemptPresence::OffSession,
                     processor: state.gateway.name(),
+                    payment_method: None,
                     idempotency_key: &provider_key(id),
                     retry_at: now + RETRY_PENDING_AFTER,
                     now,
@@ -191,9 +198,12 @@ async fn drive(state: &AppState, a: &ChargeAttempt) -> anyhow::Result<Collected>
 }
 
 /// The account has no usable payment method.
-struct NoMethod;
+pub(super) struct NoMethod;
 
-async fn record(
+/// Records what the provider said about attempt `a`, under its row lock: from `pending` (or
+/// `requires_action`, after the customer authenticated) to its outcome. An attempt recorded
+/// meanwhile by another driver is described as it is.
+pub(super) async fn record(
     state: &AppState,
     a: &ChargeAttempt,
     result: Result<Result<PaymentOutcome, GatewayError>, NoMethod>,
@@ -203,7 +213,10 @@ async fn record(
     let Some(current) = store::attempt_for_update(&mut tx, a.id).await? else {
         anyhow::bail!("attempt {} vanished", a.id);
     };
-    if current.status != AttemptStatus::Pending {
+    if !matches!(
+        current.status,
+        AttemptStatus::Pending | AttemptStatus::RequiresAction
+    ) {
         // Recorded meanwhile by another driver of the same attempt.
         return Ok(match current.status {
             AttemptStatus::Succeeded => Collected::Paid,
@@ -245,6 +258,21 @@ async fn record(
                     now,
                 )
                 .await?
+            }
+            PaymentStatus::RequiresAction { client_secret }
+                if a.presence == AttemptPresence::OnSession =>
+            {
+                store::complete_attempt(
+                    &mut tx,
+                    a.id,
+                    AttemptStatus::RequiresAction,
+                    Some(&payment_intent_id),
+                    None,
+                    None,
+                    now,
+                )
+                .await?;
+                Collected::RequiresAction { client_secret }
             }
             PaymentStatus::RequiresAction { .. } => {
                 // Off-session, a payment that wants the customer is a decline that asks for
@@ -402,4 +430,78 @@ pub async fn attempts_of(
 ) -> crate::error::Result<Vec<ChargeAttempt>> {
     let mut conn = state.billing.acquire().await?;
     Ok(store::attempts_of(&mut conn, invoice).await?)
+}
+
+/// How long a customer may leave an on-session payment waiting (3-D Secure never completed, or
+/// the request never came back) before it is settled without them.
+pub const ON_SESSION_ABANDONED_AFTER: TimeDelta = TimeDelta::hours(24);
+
+/// Settles on-session attempts their customer left ([`ON_SESSION_ABANDONED_AFTER`]), so they
+/// stop holding the invoice: a payment waiting for authentication is canceled at the provider
+/// (which says if it went through after all); a pending one is asked again with its own key.
+/// Returns how many were settled.
+pub async fn reconcile_abandoned(state: &AppState, batch: i64) -> anyhow::Result<usize> {
+    let now = state.clock.now();
+    let left = {
+        let mut tx = state.billing.begin().await?;
+        let left =
+            store::abandoned_on_session(&mut tx, now - ON_SESSION_ABANDONED_AFTER, batch).await?;
+        tx.commit().await?;
+        left
+    };
+    let mut settled = 0;
+    for a in &left {
+        let result = match (&a.provider_payment_id, a.status) {
+            (Some(pi), AttemptStatus::RequiresAction) => state.gateway.cancel_payment(pi).await,
+            _ => {
+                let (customer, pm) = {
+                    let mut conn = state.cf.acquire().await?;
+                    let acct =
+                        crate::accounts::store::get_account(&mut conn, a.account_id, false).await?;
+                    (
+                        acct.map(|a| a.gateway_customer_id),
+                        a.payment_method.clone(),
+                    )
+                };
+                let (Some(customer), Some(pm)) = (customer, pm) else {
+                    record(state, a, Err(NoMethod)).await?;
+                    settled += 1;
+                    continue;
+                };
+                state
+                    .gateway
+                    .create_payment(PaymentRequest {
+                        customer: &customer,
+                        payment_method: &pm,
+                        amount: GatewayAmount {
+                            amount_minor: a.amount_minor,
+                            currency: a.currency.as_str(),
+                        },
+                        presence: Presence::OnSession,
+                        idempotency_key: &a.idempotency_key,
+                        description: &format!("Tollgate invoice {}", a.invoice_id),
+                    })
+                    .await
+            }
+        };
+        let outcome = match result {
+            // A payment still waiting for the customer after all this time: given up.
+            Ok(PaymentOutcome {
+                payment_intent_id,
+                status: PaymentStatus::RequiresAction { .. },
+            }) => Ok(Ok(PaymentOutcome {
+                payment_intent_id,
+                status: PaymentStatus::Canceled,
+            })),
+            other => Ok(other),
+        };
+        match record(state, a, outcome).await {
+            Ok(Collected::Pending) => {}
+            Ok(_) => settled += 1,
+            Err(e) => {
+                tracing::warn!(attempt_id = %a.id, error = %format!("{e:#}"), "abandoned payment not settled")
+            }
+        }
+    }
+    Ok(settled)
 }

@@ -25,6 +25,7 @@
 
 pub mod charges;
 pub mod invoices;
+pub mod payments;
 pub mod pricing;
 pub mod store;
 

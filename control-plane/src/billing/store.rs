@@ -509,14 +509,16 @@ pub struct NewAttempt<'a> {
     pub currency: Currency,
     pub presence: AttemptPresence,
     pub processor: &'a str,
+    /// The provider's payment method (`pm_…`) an on-session attempt pays with.
+    pub payment_method: Option<&'a str>,
     pub idempotency_key: &'a str,
     pub retry_at: DateTime<Utc>,
     pub now: DateTime<Utc>,
 }
 
 const ATTEMPT_COLUMNS: &str = "id, invoice_id, account_id, amount_minor, currency, presence,
-    status, processor, provider_payment_id, decline_code, error, idempotency_key, created_at,
-    completed_at";
+    status, processor, payment_method, provider_payment_id, decline_code, error,
+    idempotency_key, created_at, completed_at";
 
 pub async fn insert_attempt(
     conn: &mut PgConnection,
@@ -524,8 +526,8 @@ pub async fn insert_attempt(
 ) -> sqlx::Result<ChargeAttempt> {
     sqlx::query_as(sqlf!(
         "INSERT INTO charge_attempts (id, invoice_id, account_id, amount_minor, currency, presence,
-             status, processor, idempotency_key, created_at, next_try_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10) RETURNING {ATTEMPT_COLUMNS}"
+             status, processor, idempotency_key, created_at, next_try_at, payment_method)
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11) RETURNING {ATTEMPT_COLUMNS}"
     ))
     .bind(a.id)
     .bind(a.invoice)
@@ -537,6 +539,7 @@ pub async fn insert_attempt(
     .bind(a.idempotency_key)
     .bind(a.now)
     .bind(a.retry_at)
+    .bind(a.payment_method)
     .fetch_one(conn)
     .await
 }
@@ -659,4 +662,24 @@ pub async fn billing_summary(
     .fetch_one(conn)
     .await?;
     Ok((currency, action))
+}
+
+/// On-session attempts the customer left: waiting for authentication since before `before`,
+/// or pending (the request never came back) since before `before`. Locked.
+pub async fn abandoned_on_session(
+    conn: &mut PgConnection,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<ChargeAttempt>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {ATTEMPT_COLUMNS} FROM charge_attempts
+         WHERE presence = 'on_session'
+           AND ((status = 'requires_action' AND completed_at < $1)
+                OR (status = 'pending' AND created_at < $1))
+         ORDER BY created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
 }
