@@ -579,3 +579,200 @@ async fn a_renewal_that_needs_authentication_is_paid_on_session_with_3ds() {
         .assert_problem(StatusCode::BAD_REQUEST, "invalid_limit");
     h.finish().await;
 }
+
+/// The subscription id of the account's live subscription.
+async fn subscription_of(h: &Harness, token: &str) -> String {
+    let subs = h.get("/v1/subscriptions", Some(token)).await;
+    subs.str("/data/0/id")
+}
+
+#[tokio::test]
+async fn an_upgrade_mid_period_is_prorated_to_the_minor_unit_and_paid_at_once() {
+    let h = Harness::new().await;
+    let (account, token) = subscribe(&h, "up@example.com", "pro").await;
+    settle(&h).await;
+    let sub = subscription_of(&h, &token).await;
+    // Period 15 Jan 12:00 – 15 Feb 12:00 (31 days); the change comes 16 days before its end.
+    advance_to(&h, t(2026, 1, 30, 12, 0)).await;
+    // By hand: unused pro 2900 × 16/31 = 1496.77 → 1497; enterprise 19900 × 16/31 =
+    // 10270.97 → 10271; total 10271 − 1497 = 8774.
+    let body = r#"{"plan":"enterprise"}"#;
+    let preview = h
+        .post(
+            &format!("/v1/subscriptions/{sub}/preview-change"),
+            Some(&token),
+            None,
+            body,
+        )
+        .await;
+    assert_eq!(preview.status, StatusCode::OK, "{:?}", preview.json);
+    assert_eq!(preview.json["direction"], "upgrade");
+    assert_eq!(preview.json["when"], "now");
+    let amounts: Vec<i64> = preview.json["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| l["amount_minor"].as_i64().expect("amount"))
+        .collect();
+    assert_eq!(amounts, [-1497, 10_271]);
+    assert_eq!(preview.json["total_minor"], 8774);
+    assert_eq!(preview.json["amount_due_minor"], 8774);
+    // A preview writes nothing.
+    assert_eq!(invoices(&h, &token).await.len(), 1);
+    assert_eq!(
+        h.get("/v1/subscriptions", Some(&token)).await.json["data"][0]["plan"],
+        "pro"
+    );
+
+    let r = h
+        .post(
+            &format!("/v1/subscriptions/{sub}/change"),
+            Some(&token),
+            Some("up-1"),
+            body,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(r.json["subscription"]["plan"], "enterprise");
+    assert_eq!(r.json["payment"]["status"], "paid");
+    assert_eq!(r.json["invoice"]["status"], "paid");
+    assert_eq!(r.json["invoice"]["total_minor"], 8774);
+    let again = h
+        .post(
+            &format!("/v1/subscriptions/{sub}/change"),
+            Some(&token),
+            Some("up-1"),
+            body,
+        )
+        .await;
+    assert!(again.replayed);
+    assert_eq!(again.json["invoice"]["id"], r.json["invoice"]["id"]);
+    settle(&h).await;
+    // One change invoice, charged once; the same plan again is refused.
+    assert_eq!(invoices(&h, &token).await.len(), 2);
+    h.post(
+        &format!("/v1/subscriptions/{sub}/change"),
+        Some(&token),
+        Some("up-2"),
+        body,
+    )
+    .await
+    .assert_problem(StatusCode::CONFLICT, "same_plan");
+    let cash = LedgerAccount::cash("simulated").expect("cash");
+    assert_eq!(balance(&h, account, cash).await, 2900 + 8774);
+    assert_eq!(balance(&h, account, LedgerAccount::Receivable).await, 0);
+    // The renewal bills the new plan for the next period.
+    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    let list = invoices(&h, &token).await;
+    assert_eq!(summary(&list[2]).0, 19_900);
+    assert_eq!(summary(&list[2]).2, "paid");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn downgrades_wait_for_the_period_end_or_become_credit_now() {
+    let h = Harness::new().await;
+    let (later, later_token) = subscribe(&h, "later@example.com", "enterprise").await;
+    let (now_acct, now_token) = subscribe(&h, "now@example.com", "enterprise").await;
+    settle(&h).await;
+    advance_to(&h, t(2026, 1, 30, 12, 0)).await;
+
+    // At period end (the default): nothing now, the renewal starts on pro.
+    let sub = subscription_of(&h, &later_token).await;
+    let r = h
+        .post(
+            &format!("/v1/subscriptions/{sub}/change"),
+            Some(&later_token),
+            Some("down"),
+            r#"{"plan":"pro"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(r.json["subscription"]["plan"], "enterprise");
+    assert_eq!(r.json["subscription"]["pending_change"]["plan"], "pro");
+    assert_eq!(
+        r.json["subscription"]["pending_change"]["effective_at"],
+        "2026-02-15T12:00:00Z"
+    );
+    assert_eq!(r.json["payment"]["status"], "none");
+
+    // Now: enterprise's unused 10271 back, pro's 1497 charged: 8774 of credit.
+    let sub_now = subscription_of(&h, &now_token).await;
+    let r = h
+        .post(
+            &format!("/v1/subscriptions/{sub_now}/change"),
+            Some(&now_token),
+            Some("down-now"),
+            r#"{"plan":"pro","when":"now"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(r.json["invoice"]["total_minor"], -8774);
+    assert_eq!(r.json["invoice"]["amount_due_minor"], 0);
+    assert_eq!(r.json["payment"]["status"], "none");
+    settle(&h).await;
+    let acct = h.get("/v1/account", Some(&now_token)).await;
+    assert_eq!(acct.json["balance_minor"], -8774, "{:?}", acct.json);
+
+    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    let renewal = summary(&invoices(&h, &later_token).await[1]);
+    assert_eq!((renewal.0, renewal.2.as_str()), (2900, "paid"));
+    let subs = h.get("/v1/subscriptions", Some(&later_token)).await;
+    assert_eq!(subs.json["data"][0]["plan"], "pro");
+    assert!(subs.json["data"][0]["pending_change"].is_null());
+    // The credit pays the renewal: 2900 applied, nothing charged, 5874 left.
+    let list = invoices(&h, &now_token).await;
+    let renewal = &list[2];
+    assert_eq!(renewal["credit_applied_minor"], 2900);
+    assert_eq!(renewal["amount_due_minor"], 0);
+    assert_eq!(renewal["status"], "paid");
+    let acct = h.get("/v1/account", Some(&now_token)).await;
+    assert_eq!(acct.json["balance_minor"], -5874);
+    {
+        let mut conn = h.state.billing.acquire().await.expect("conn");
+        assert_eq!(
+            ledger::credit_held(&mut conn, now_acct, Currency::USD)
+                .await
+                .expect("credit"),
+            5874
+        );
+    }
+    let cash = LedgerAccount::cash("simulated").expect("cash");
+    assert_eq!(balance(&h, now_acct, cash.clone()).await, 19_900);
+    assert_eq!(balance(&h, later, cash).await, 19_900 + 2900);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn resume_undoes_a_pending_cancel_and_nothing_else() {
+    let h = Harness::new().await;
+    let (_, token) = subscribe(&h, "resume@example.com", "pro").await;
+    let sub = subscription_of(&h, &token).await;
+    let path = format!("/v1/subscriptions/{sub}/resume");
+    h.post(&path, Some(&token), None, "")
+        .await
+        .assert_problem(StatusCode::CONFLICT, "not_canceling");
+    let r = h
+        .post(
+            &format!("/v1/subscriptions/{sub}/cancel"),
+            Some(&token),
+            None,
+            r#"{"at_period_end":true}"#,
+        )
+        .await;
+    assert_eq!(r.json["cancel_at_period_end"], true);
+    let r = h.post(&path, Some(&token), None, "").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(r.json["cancel_at_period_end"], false);
+    settle(&h).await;
+    // It renews instead of ending.
+    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    let subs = h.get("/v1/subscriptions", Some(&token)).await;
+    assert_eq!(subs.json["data"][0]["status"], "active");
+    assert_eq!(invoices(&h, &token).await.len(), 2);
+    let (_, other) = h.sign_up("other@example.com").await;
+    h.post(&path, Some(&other), None, "")
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    h.finish().await;
+}

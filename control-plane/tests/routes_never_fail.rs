@@ -267,6 +267,27 @@ const ROUTES: &[Route] = &[
         fields: &[],
     },
     Route {
+        method: Method::POST,
+        path: "/v1/subscriptions/{id}/preview-change",
+        token: Token::Customer,
+        key: false,
+        fields: &[("plan", Field::Plan), ("when", Field::Text)],
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/subscriptions/{id}/change",
+        token: Token::Customer,
+        key: true,
+        fields: &[("plan", Field::Plan), ("when", Field::Text)],
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/subscriptions/{id}/resume",
+        token: Token::Customer,
+        key: false,
+        fields: &[],
+    },
+    Route {
         method: Method::GET,
         path: "/v1/invoices",
         token: Token::Customer,

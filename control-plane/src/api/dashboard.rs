@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::extract::Customer;
 use super::views::{
-    AccountView, CheckoutView, InvoiceView, PaymentMethodView, SubscriptionView, json as reply,
-    ran, value,
+    AccountView, CheckoutView, InvoiceView, PaymentMethodView, PreviewView, SubscriptionView,
+    json as reply, ran, value,
 };
 use crate::billing::invoices;
 use crate::billing::payments::{self, PayInvoice, Payment};
@@ -22,6 +22,7 @@ use crate::http::{Json, Path, Query};
 use crate::ids::{CheckoutId, InvoiceId, PaymentMethodId, SubscriptionId};
 use crate::payment_methods::{self, AddPaymentMethod, Added};
 use crate::state::AppState;
+use crate::subscriptions::change::{self, ChangePayment, ChangePlan};
 use crate::subscriptions::{self, Cancel};
 use crate::{accounts, catalog, usage};
 
@@ -44,6 +45,12 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/checkout/{id}/cancel", post(cancel_checkout))
         .route("/v1/subscriptions", get(list_subscriptions))
         .route("/v1/subscriptions/{id}/cancel", post(cancel_subscription))
+        .route(
+            "/v1/subscriptions/{id}/preview-change",
+            post(preview_change),
+        )
+        .route("/v1/subscriptions/{id}/change", post(change_plan))
+        .route("/v1/subscriptions/{id}/resume", post(resume_subscription))
         .route("/v1/usage", get(account_usage))
         .route("/v1/invoices", get(list_invoices))
         .route("/v1/invoices/{id}", get(get_invoice))
@@ -314,6 +321,52 @@ async fn confirm_invoice_payment(
     Path(id): Path<InvoiceId>,
 ) -> Result<Response> {
     Ok(payment(payments::confirm(&state, account, id).await?))
+}
+
+/// `POST /v1/subscriptions/{id}/preview-change` — writes nothing.
+async fn preview_change(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<SubscriptionId>,
+    Json(body): Json<ChangePlan>,
+) -> Result<Response> {
+    let p = change::preview(&state, account, id, &body).await?;
+    Ok(reply(StatusCode::OK, value(&PreviewView::from(&p))))
+}
+
+/// `POST /v1/subscriptions/{id}/change`
+async fn change_plan(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<SubscriptionId>,
+    IdempotencyKey(key): IdempotencyKey,
+    Json(body): Json<ChangePlan>,
+) -> Result<Response> {
+    let changed = change::change(&state, account, id, key, &body).await?;
+    Ok(ran(changed, |c| {
+        let mut body = json!({
+            "subscription": SubscriptionView::from(&c.subscription),
+            "invoice": c.invoice.as_ref().map(InvoiceView::from),
+            "payment": c.payment,
+        });
+        if let ChangePayment::RequiresAction { client_secret } = &c.payment {
+            body["status"] = json!("requires_action");
+            body["client_secret"] = json!(client_secret);
+            body["next_action"] = json!({ "type": "use_stripe_sdk" });
+            return reply(StatusCode::ACCEPTED, body);
+        }
+        reply(StatusCode::OK, body)
+    }))
+}
+
+/// `POST /v1/subscriptions/{id}/resume` — undoes a pending cancel at period end.
+async fn resume_subscription(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<SubscriptionId>,
+) -> Result<Response> {
+    let sub = change::resume(&state, account, id).await?;
+    Ok(reply(StatusCode::OK, value(&SubscriptionView::from(&sub))))
 }
 
 /// `GET /v1/usage`

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::accounts::Account;
-use crate::billing::invoices::{AccountBilling, Invoice, InvoiceStatus, LineKind};
+use crate::billing::invoices::{AccountBilling, Invoice, InvoiceStatus, Line, LineKind};
 use crate::billing::pricing::TierCharge;
 use crate::checkout::{Checkout, CheckoutStatus, RefundReason};
 use crate::http::idempotency::REPLAYED_HEADER;
@@ -17,6 +17,7 @@ use crate::ids::{AccountId, CheckoutId, InvoiceId, PaymentMethodId, Subscription
 use crate::money::Currency;
 use crate::payment_methods::{PaymentMethod, PaymentMethodStatus};
 use crate::subscriptions::Subscription;
+use crate::subscriptions::change::{Direction, Preview, When};
 
 #[derive(Debug, Serialize)]
 pub struct AccountView<'a> {
@@ -140,6 +141,15 @@ pub struct SubscriptionView<'a> {
     pub cancel_at_period_end: bool,
     pub canceled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// A change the period end applies (a downgrade).
+    pub pending_change: Option<PendingChangeView<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PendingChangeView<'a> {
+    pub plan: &'a str,
+    pub amount_minor: i64,
+    pub effective_at: DateTime<Utc>,
 }
 
 impl<'a> From<&'a Subscription> for SubscriptionView<'a> {
@@ -156,6 +166,38 @@ impl<'a> From<&'a Subscription> for SubscriptionView<'a> {
             cancel_at_period_end: s.cancel_at_period_end,
             canceled_at: s.canceled_at,
             created_at: s.created_at,
+            pending_change: s.pending_change.as_ref().map(|c| PendingChangeView {
+                plan: &c.plan,
+                amount_minor: c.amount_minor,
+                effective_at: s.current_period_end,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct PreviewView<'a> {
+    pub direction: Direction,
+    pub when: When,
+    pub effective_at: DateTime<Utc>,
+    pub currency: Currency,
+    pub lines: Vec<InvoiceLineView<'a>>,
+    pub total_minor: i64,
+    pub credit_applied_minor: i64,
+    pub amount_due_minor: i64,
+}
+
+impl<'a> From<&'a Preview> for PreviewView<'a> {
+    fn from(p: &'a Preview) -> Self {
+        Self {
+            direction: p.direction,
+            when: p.when,
+            effective_at: p.effective_at,
+            currency: p.currency,
+            lines: p.lines.iter().map(InvoiceLineView::from).collect(),
+            total_minor: p.total_minor,
+            credit_applied_minor: p.credit_applied_minor,
+            amount_due_minor: p.amount_due_minor,
         }
     }
 }
@@ -173,6 +215,21 @@ pub struct InvoiceLineView<'a> {
     pub tiers: Option<&'a [TierCharge]>,
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
+}
+
+impl<'a> From<&'a Line> for InvoiceLineView<'a> {
+    fn from(l: &'a Line) -> Self {
+        Self {
+            kind: l.kind,
+            description: &l.description,
+            quantity: l.quantity,
+            amount_minor: l.amount_minor,
+            meter: l.meter.as_deref(),
+            tiers: l.tiers.as_deref(),
+            period_start: l.period_start,
+            period_end: l.period_end,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -211,20 +268,7 @@ impl<'a> From<&'a Invoice> for InvoiceView<'a> {
             period_start: i.period_start,
             period_end: i.period_end,
             subscription_id: i.subscription_id,
-            lines: i
-                .lines
-                .iter()
-                .map(|l| InvoiceLineView {
-                    kind: l.kind,
-                    description: &l.description,
-                    quantity: l.quantity,
-                    amount_minor: l.amount_minor,
-                    meter: l.meter.as_deref(),
-                    tiers: l.tiers.as_deref(),
-                    period_start: l.period_start,
-                    period_end: l.period_end,
-                })
-                .collect(),
+            lines: i.lines.iter().map(InvoiceLineView::from).collect(),
             finalized_at: i.finalized_at,
             paid_at: i.paid_at,
             action_required: i.action_required,

@@ -12,7 +12,7 @@ use sqlx::PgConnection;
 
 use super::pricing::{self, TierCharge};
 use super::store;
-use super::{ScheduleEvent, Started, Terms};
+use super::{Proration, ScheduleEvent, Started, Terms};
 use crate::error::{Error, Result};
 use crate::ids::{AccountId, InvoiceId, SubscriptionId};
 use crate::ledger::{self, Header, Revenue, RevenueLine, TxKind};
@@ -197,6 +197,74 @@ pub fn metered_lines(
     Ok(lines)
 }
 
+/// How long a plan change's invoice waits for its on-session payment before the off-session
+/// charger collects it.
+pub const CHANGE_ON_SESSION_WINDOW: TimeDelta = TimeDelta::minutes(30);
+
+/// The lines of a mid-period plan change by [`pricing::PRORATION_RULE`]: a credit for the
+/// unused part of the old price, a charge for the rest of the period at the new one. The
+/// invoice's total is their sum.
+pub fn proration_lines(p: &Proration) -> Vec<Line> {
+    let period = (p.period_end - p.period_start).num_seconds();
+    let remaining = (p.period_end - p.at).num_seconds();
+    let credit = pricing::prorate(p.from_amount_minor, remaining, period);
+    let charge = pricing::prorate(p.to_amount_minor, remaining, period);
+    let line = |plan: &str, amount_minor: i64, what: &str| Line {
+        kind: LineKind::Proration,
+        description: format!(
+            "{what} on {plan} plan, {} to {}",
+            day(p.at),
+            day(p.period_end)
+        ),
+        quantity: 1,
+        amount_minor,
+        meter: None,
+        tiers: None,
+        period_start: p.at,
+        period_end: p.period_end,
+        revenue_key: plan.to_owned(),
+    };
+    vec![
+        line(&p.from_plan, -credit, "Unused time"),
+        line(&p.to_plan, charge, "Remaining time"),
+    ]
+}
+
+/// Makes and finalises the invoice of a mid-period plan change (idempotent by its id): a
+/// positive total is owed (paid on-session by the change, else collected off-session after
+/// [`CHANGE_ON_SESSION_WINDOW`]), a negative one becomes customer credit. Returns the invoice
+/// when made now.
+pub async fn open_change(
+    conn: &mut PgConnection,
+    ev: &ScheduleEvent,
+    p: &Proration,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<Invoice>> {
+    let currency: Currency = ev.currency.parse()?;
+    let lines = proration_lines(p);
+    let draft = store::NewInvoice {
+        id: p.invoice_id,
+        account: ev.account_id,
+        subscription: Some(ev.subscription_id),
+        reason: InvoiceReason::SubscriptionUpdate,
+        currency,
+        period: (p.at, p.period_end),
+        usage: None,
+        terms: &ev.terms,
+        finalize_at: now,
+        now,
+    };
+    if !store::insert_draft(conn, &draft, &lines).await? {
+        return Ok(None);
+    }
+    let inv = store::invoice_for_update(conn, p.invoice_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("draft {} vanished", p.invoice_id))?;
+    let credit = ledger::credit_held(conn, ev.account_id, currency).await?;
+    let inv = finalize_in(conn, inv, credit, now, now + CHANGE_ON_SESSION_WINDOW).await?;
+    Ok(Some(inv))
+}
+
 /// Makes the invoice of the period a schedule event started (idempotent: one per subscription,
 /// period and reason). Returns whether it was made now.
 pub async fn open_period(
@@ -246,7 +314,7 @@ pub async fn open_period(
         } else {
             ledger::credit_held(conn, ev.account_id, currency).await?
         };
-        let inv = finalize_in(conn, inv, credit, now).await?;
+        let inv = finalize_in(conn, inv, credit, now, now).await?;
         if let Some(p) = paid_at_checkout {
             record_payment(
                 conn,
@@ -270,6 +338,7 @@ pub async fn finalize_in(
     inv: Invoice,
     credit_available: i64,
     now: DateTime<Utc>,
+    charge_at: DateTime<Utc>,
 ) -> anyhow::Result<Invoice> {
     anyhow::ensure!(
         inv.status == InvoiceStatus::Draft,
@@ -290,7 +359,7 @@ pub async fn finalize_in(
     let totals = Totals::of(&lines, credit_available)?;
     let number = store::next_number(conn, now.year()).await?;
     store::replace_lines(conn, inv.id, &lines).await?;
-    store::finalize(conn, inv.id, &number, &totals, now).await?;
+    store::finalize(conn, inv.id, &number, &totals, now, charge_at).await?;
     let header = Header {
         kind: TxKind::InvoiceFinalized,
         reference: inv.id.to_string(),
@@ -354,7 +423,7 @@ pub async fn finalize_due(state: &AppState, batch: i64) -> anyhow::Result<usize>
             continue;
         };
         let credit = ledger::credit_held(&mut tx, inv.account_id, inv.currency).await?;
-        finalize_in(&mut tx, inv, credit, now).await?;
+        finalize_in(&mut tx, inv, credit, now, now).await?;
     }
     tx.commit().await?;
     if n > 0 {
@@ -458,4 +527,48 @@ pub async fn still_owed(conn: &mut PgConnection, id: InvoiceId) -> sqlx::Result<
     Ok(store::invoice(conn, id).await?.is_some_and(|i| {
         i.status == InvoiceStatus::Open && i.amount_paid_minor < i.amount_due_minor
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// A change's lines sum to its total exactly, each is bounded by its price, and the
+        /// total is within one minor unit of the exact prorated difference.
+        #[test]
+        fn proration_lines_sum_to_the_total_and_stay_within_their_prices(
+            from in 0i64..10_000_000,
+            to in 0i64..10_000_000,
+            period_secs in 1i64..40_000_000,
+            elapsed in 0i64..40_000_000,
+        ) {
+            let start = Utc.with_ymd_and_hms(2027, 1, 31, 10, 0, 0).single().unwrap();
+            let end = start + TimeDelta::seconds(period_secs);
+            let at = start + TimeDelta::seconds(elapsed.min(period_secs));
+            let p = Proration {
+                invoice_id: InvoiceId::new_v7(),
+                at,
+                period_start: start,
+                period_end: end,
+                from_plan: "a".into(),
+                from_amount_minor: from,
+                to_plan: "b".into(),
+                to_amount_minor: to,
+            };
+            let lines = proration_lines(&p);
+            let t = Totals::of(&lines, 0).unwrap();
+            prop_assert_eq!(t.total_minor, lines[0].amount_minor + lines[1].amount_minor);
+            prop_assert!(-lines[0].amount_minor <= from && lines[1].amount_minor <= to);
+            prop_assert!(lines[0].amount_minor <= 0 && lines[1].amount_minor >= 0);
+            let remaining = (end - at).num_seconds();
+            let exact = (i128::from(to) - i128::from(from)) * i128::from(remaining);
+            let got = i128::from(t.total_minor) * i128::from(period_secs);
+            prop_assert!((exact - got).abs() <= i128::from(period_secs));
+            prop_assert_eq!(t.amount_due_minor, t.total_minor.max(0));
+        }
+    }
 }

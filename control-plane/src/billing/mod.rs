@@ -106,6 +106,22 @@ pub enum Started {
     Renewal { previous_start: DateTime<Utc> },
 }
 
+/// A plan change applied mid-period: the unused part of the old price is credited, the rest of
+/// the period at the new price charged, each by [`pricing::PRORATION_RULE`]
+/// ([`invoices::proration_lines`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proration {
+    /// The invoice the change makes (chosen by cf, so every path makes the same one).
+    pub invoice_id: crate::ids::InvoiceId,
+    pub at: DateTime<Utc>,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub from_plan: String,
+    pub from_amount_minor: i64,
+    pub to_plan: String,
+    pub to_amount_minor: i64,
+}
+
 /// Outbox payload of `billing.schedule`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleEvent {
@@ -129,6 +145,9 @@ pub struct ScheduleEvent {
     /// Set when this revision started a period: billing makes that period's invoice.
     #[serde(default)]
     pub started: Option<Started>,
+    /// Set when this revision changed the plan mid-period: billing makes its proration invoice.
+    #[serde(default)]
+    pub change: Option<Proration>,
 }
 
 /// A billing schedule as stored.
@@ -173,7 +192,11 @@ pub async fn apply_schedule_event(
         Some(started) => invoices::open_period(conn, ev, started, grace, now).await?,
         None => false,
     };
-    Ok(written || invoiced)
+    let prorated = match &ev.change {
+        Some(p) => invoices::open_change(conn, ev, p, now).await?.is_some(),
+        None => false,
+    };
+    Ok(written || invoiced || prorated)
 }
 
 pub async fn get_schedule(
@@ -210,6 +233,7 @@ mod tests {
             period_end: None,
             terms: Terms::default(),
             started: None,
+            change: None,
         }
     }
 

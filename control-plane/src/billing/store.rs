@@ -125,8 +125,7 @@ pub async fn insert_draft(
              created_at, updated_at)
          VALUES ($1, $2, $3, 'draft', $4, $5, $6, 0, $6, greatest($6, 0), 0, $7, $8, $9, $10, $11,
              $12, $13, $13)
-         ON CONFLICT (subscription_id, period_start, reason)
-             WHERE reason IN ('subscription_create', 'subscription_cycle') DO NOTHING",
+         ON CONFLICT DO NOTHING",
     )
     .bind(d.id)
     .bind(d.account.0)
@@ -405,20 +404,22 @@ pub async fn next_number(conn: &mut PgConnection, year: i32) -> sqlx::Result<Str
     Ok(format!("TG-{year}-{n:06}"))
 }
 
-/// Numbers and opens a draft with its final amounts; nothing due ⇒ paid at once.
+/// Numbers and opens a draft with its final amounts; nothing due ⇒ paid at once. The
+/// off-session charger takes it from `charge_at`.
 pub async fn finalize(
     conn: &mut PgConnection,
     id: InvoiceId,
     number: &str,
     t: &Totals,
     now: DateTime<Utc>,
+    charge_at: DateTime<Utc>,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE invoices SET number = $2, subtotal_minor = $3, total_minor = $4,
              credit_applied_minor = $5, amount_due_minor = $6, finalized_at = $7, updated_at = $7,
              status = CASE WHEN $6 = 0 THEN 'paid' ELSE 'open' END,
              paid_at = CASE WHEN $6 = 0 THEN $7 END,
-             next_charge_at = CASE WHEN $6 = 0 THEN NULL ELSE $7 END
+             next_charge_at = CASE WHEN $6 = 0 THEN NULL ELSE $8 END
          WHERE id = $1 AND status = 'draft'",
     )
     .bind(id)
@@ -428,6 +429,7 @@ pub async fn finalize(
     .bind(t.credit_applied_minor)
     .bind(t.amount_due_minor)
     .bind(now)
+    .bind(charge_at)
     .execute(conn)
     .await?;
     Ok(())

@@ -170,7 +170,7 @@ pub enum Purchase {
     /// Paid (or free): the subscription exists.
     Subscribed {
         checkout: Checkout,
-        subscription: Subscription,
+        subscription: Box<Subscription>,
     },
     /// The customer must authenticate with `client_secret`, then confirm.
     RequiresAction {
@@ -233,7 +233,7 @@ fn purchase(s: Settled) -> Result<Purchase> {
     match s {
         Settled::Subscribed(checkout, subscription) => Ok(Purchase::Subscribed {
             checkout,
-            subscription,
+            subscription: Box::new(subscription),
         }),
         Settled::RequiresAction(checkout, client_secret) => Ok(Purchase::RequiresAction {
             checkout,

@@ -5,6 +5,7 @@
 //! Every subscription change writes, in the same cf transaction, an `entitlements.recompute`
 //! and a `billing.schedule` outbox row ([`announce`]).
 
+pub mod change;
 pub mod store;
 
 use chrono::{DateTime, Months, Utc};
@@ -14,7 +15,7 @@ use tollgate_protocol::SubscriptionStatus;
 use tollgate_rules::Interval;
 use uuid::Uuid;
 
-use crate::billing::{FirstPayment, ScheduleEvent, ScheduleStatus, Started, Terms};
+use crate::billing::{FirstPayment, Proration, ScheduleEvent, ScheduleStatus, Started, Terms};
 use crate::error::{Error, Result};
 use crate::ids::{AccountId, SubscriptionId};
 use crate::outbox::{self, Topic};
@@ -45,6 +46,8 @@ pub struct Subscription {
     pub terms: Terms,
     /// Every period boundary is this plus a whole number of intervals.
     pub billing_anchor: DateTime<Utc>,
+    /// A change the next renewal applies (a downgrade at period end).
+    pub pending_change: Option<sqlx::types::Json<change::PendingChange>>,
 }
 
 /// What a checkout sold: the subscription is created from this snapshot, whatever the catalog
@@ -121,7 +124,11 @@ pub async fn get(
     store::get(conn, id).await
 }
 
-fn schedule_event(sub: &Subscription, started: Option<Started>) -> ScheduleEvent {
+fn schedule_event(
+    sub: &Subscription,
+    started: Option<Started>,
+    change: Option<Proration>,
+) -> ScheduleEvent {
     let canceled = sub.status == SubscriptionStatus::Canceled;
     let renews = !canceled && !sub.cancel_at_period_end;
     ScheduleEvent {
@@ -142,6 +149,7 @@ fn schedule_event(sub: &Subscription, started: Option<Started>) -> ScheduleEvent
         period_end: Some(sub.current_period_end),
         terms: sub.terms.clone(),
         started,
+        change,
     }
 }
 
@@ -153,11 +161,21 @@ async fn announce(
     started: Option<Started>,
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
+    announce_with(conn, sub, started, None, now).await
+}
+
+async fn announce_with(
+    conn: &mut PgConnection,
+    sub: &Subscription,
+    started: Option<Started>,
+    change: Option<Proration>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
     outbox::account_changed(conn, sub.account_id, now).await?;
     outbox::enqueue(
         conn,
         Topic::BillingSchedule,
-        &schedule_event(sub, started),
+        &schedule_event(sub, started, change),
         now,
     )
     .await?;

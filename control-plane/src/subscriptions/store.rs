@@ -9,7 +9,7 @@ use crate::ids::{AccountId, SubscriptionId};
 const SUB_COLUMNS: &str =
     "id, plan_key AS plan, status, amount_minor, currency, interval, current_period_start,
     current_period_end, cancel_at_period_end, canceled_at, revision, account_id, created_at,
-    terms, billing_anchor";
+    terms, billing_anchor, pending_change";
 
 pub async fn live(
     conn: &mut PgConnection,
@@ -151,7 +151,7 @@ pub async fn claim_renewals(
     .await
 }
 
-/// Starts the next period `[current end, end)`.
+/// Starts the next period `[current end, end)`, applying a pending change.
 pub async fn advance_period(
     conn: &mut PgConnection,
     id: SubscriptionId,
@@ -159,11 +159,61 @@ pub async fn advance_period(
 ) -> sqlx::Result<Subscription> {
     sqlx::query_as(sqlf!(
         "UPDATE subscriptions SET current_period_start = current_period_end,
-             current_period_end = $2, revision = revision + 1
+             current_period_end = $2, revision = revision + 1,
+             plan_key = coalesce(pending_change->>'plan', plan_key),
+             amount_minor = coalesce((pending_change->>'amount_minor')::bigint, amount_minor),
+             terms = coalesce(pending_change->'terms', terms),
+             pending_change = NULL
          WHERE id = $1 RETURNING {SUB_COLUMNS}"
     ))
     .bind(id)
     .bind(end)
+    .fetch_one(conn)
+    .await
+}
+
+/// Switches the plan now (a mid-period change); clears any pending one.
+pub async fn change_plan(
+    conn: &mut PgConnection,
+    id: SubscriptionId,
+    to: &super::change::PendingChange,
+) -> sqlx::Result<Subscription> {
+    sqlx::query_as(sqlf!(
+        "UPDATE subscriptions SET plan_key = $2, amount_minor = $3, terms = $4,
+             pending_change = NULL, revision = revision + 1
+         WHERE id = $1 RETURNING {SUB_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&to.plan)
+    .bind(to.amount_minor)
+    .bind(sqlx::types::Json(&to.terms))
+    .fetch_one(conn)
+    .await
+}
+
+/// Sets (or clears) the change the next renewal applies.
+pub async fn set_pending_change(
+    conn: &mut PgConnection,
+    id: SubscriptionId,
+    to: Option<&super::change::PendingChange>,
+) -> sqlx::Result<Subscription> {
+    sqlx::query_as(sqlf!(
+        "UPDATE subscriptions SET pending_change = $2, revision = revision + 1
+         WHERE id = $1 RETURNING {SUB_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(to.map(sqlx::types::Json))
+    .fetch_one(conn)
+    .await
+}
+
+/// Undoes a pending cancel at period end.
+pub async fn resume(conn: &mut PgConnection, id: SubscriptionId) -> sqlx::Result<Subscription> {
+    sqlx::query_as(sqlf!(
+        "UPDATE subscriptions SET cancel_at_period_end = false, revision = revision + 1
+         WHERE id = $1 RETURNING {SUB_COLUMNS}"
+    ))
+    .bind(id)
     .fetch_one(conn)
     .await
 }

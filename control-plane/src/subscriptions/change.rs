@@ -1,0 +1,398 @@
+//! Plan changes: previewed without writing anything ([`preview`]), applied under an
+//! Idempotency-Key ([`change`]), and a pending cancel undone ([`resume`]).
+//!
+//! * An **upgrade** (a higher price per period) applies now: the unused part of the old price
+//!   is credited and the rest of the period at the new price charged, by the proration rule
+//!   ([`crate::billing::pricing::PRORATION_RULE`], [`crate::billing::invoices::proration_lines`]),
+//!   on one invoice that is charged on-session at once (3-D Secure possible: the answer then
+//!   carries the client secret, and `POST /v1/invoices/{id}/confirm` finishes it). A payment
+//!   that fails leaves the invoice open: the off-session charger and dunning collect it.
+//! * A **downgrade** applies at the period end by default (the renewal starts the next period
+//!   on the new plan); `{"when": "now"}` prorates it now, its negative total becoming customer
+//!   credit that the next invoices use.
+//!
+//! Every change reaches entitlements and billing through the outbox like any other revision;
+//! the proration invoice's id is chosen here, so the change's own call and billing's consumer
+//! make the same invoice once.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use tollgate_protocol::SubscriptionStatus;
+
+use super::{Subscription, announce, announce_with, next_boundary, schedule_event, store};
+use crate::billing::invoices::{self, Invoice, Line, Totals};
+use crate::billing::payments::{self, PayInvoice, Payment};
+use crate::billing::{Proration, Terms};
+use crate::error::{Error, Kind, Result};
+use crate::idempotency::{self, Ran};
+use crate::ids::{AccountId, InvoiceId, SubscriptionId};
+use crate::money::Currency;
+use crate::state::AppState;
+use crate::{catalog, ledger, payment_methods};
+
+/// When a change applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    Now,
+    PeriodEnd,
+}
+
+/// `POST /v1/subscriptions/{id}/preview-change` and `…/change` as the customer sends them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePlan {
+    pub plan: String,
+    /// Default: now for an upgrade, at period end for a downgrade.
+    #[serde(default)]
+    pub when: Option<When>,
+}
+
+/// What a change switches the subscription to (kept on it until the period end for a
+/// scheduled one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingChange {
+    pub plan: String,
+    pub amount_minor: i64,
+    pub terms: Terms,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Upgrade,
+    Downgrade,
+}
+
+/// What a change would do, computed without writing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Preview {
+    pub direction: Direction,
+    pub when: When,
+    pub effective_at: DateTime<Utc>,
+    /// Proration lines (now) or the next period's line (at period end).
+    pub lines: Vec<Line>,
+    pub currency: Currency,
+    pub total_minor: i64,
+    pub credit_applied_minor: i64,
+    pub amount_due_minor: i64,
+}
+
+/// A change as decided from the subscription, the catalog and the request.
+struct Decided {
+    to: PendingChange,
+    direction: Direction,
+    when: When,
+    /// Now: the proration of the rest of the period.
+    proration: Option<Proration>,
+}
+
+async fn decide(
+    conn: &mut PgConnection,
+    sub: &Subscription,
+    input: &ChangePlan,
+    invoice_id: InvoiceId,
+    now: DateTime<Utc>,
+) -> Result<Decided> {
+    if !sub.status.grants() {
+        return Err(Error::conflict(
+            "subscription_canceled",
+            "this subscription is canceled; buy a plan instead",
+        ));
+    }
+    let catalog = catalog::load(conn).await.map_err(Error::internal)?;
+    let plan = catalog.plan(&input.plan).ok_or_else(|| {
+        Error::unprocessable("unknown_plan", format!("there is no plan `{}`", input.plan))
+    })?;
+    if plan.key == sub.plan {
+        return Err(Error::conflict(
+            "same_plan",
+            "the subscription is on this plan already",
+        ));
+    }
+    if plan.currency != sub.currency || plan.interval.as_str() != sub.interval {
+        return Err(Error::unprocessable(
+            "plan_change_unsupported",
+            format!(
+                "`{}` is billed in {} per {}; changes keep the currency and interval ({} per {})",
+                plan.key,
+                plan.currency,
+                plan.interval.as_str(),
+                sub.currency,
+                sub.interval
+            ),
+        ));
+    }
+    let direction = if plan.price_minor > sub.amount_minor {
+        Direction::Upgrade
+    } else {
+        Direction::Downgrade
+    };
+    let when = input.when.unwrap_or(match direction {
+        Direction::Upgrade => When::Now,
+        Direction::Downgrade => When::PeriodEnd,
+    });
+    let to = PendingChange {
+        plan: plan.key.clone(),
+        amount_minor: plan.price_minor,
+        terms: Terms::of_plan(plan),
+    };
+    let proration = (when == When::Now).then(|| Proration {
+        invoice_id,
+        at: now.clamp(sub.current_period_start, sub.current_period_end),
+        period_start: sub.current_period_start,
+        period_end: sub.current_period_end,
+        from_plan: sub.plan.clone(),
+        from_amount_minor: sub.amount_minor,
+        to_plan: plan.key.clone(),
+        to_amount_minor: plan.price_minor,
+    });
+    Ok(Decided {
+        to,
+        direction,
+        when,
+        proration,
+    })
+}
+
+/// The invoice lines a change would produce, without writing anything.
+pub async fn preview(
+    state: &AppState,
+    account: AccountId,
+    id: SubscriptionId,
+    input: &ChangePlan,
+) -> Result<Preview> {
+    let now = state.clock.now();
+    let mut conn = state.cf.acquire().await?;
+    let sub = store::get(&mut conn, id)
+        .await?
+        .filter(|s| s.account_id == account)
+        .ok_or_else(|| Error::not_found("subscription"))?;
+    let d = decide(&mut conn, &sub, input, InvoiceId::new_v7(), now).await?;
+    drop(conn);
+    let currency: Currency = sub
+        .currency
+        .parse()
+        .map_err(|_| Error::internal("subscription currency"))?;
+    let (lines, effective_at) = match &d.proration {
+        Some(p) => (invoices::proration_lines(p), p.at),
+        None => {
+            let interval = tollgate_rules::Interval::parse(&sub.interval)
+                .ok_or_else(|| Error::internal("subscription interval"))?;
+            let next_end = next_boundary(sub.billing_anchor, interval, sub.current_period_end)
+                .ok_or_else(|| Error::internal("period end overflows"))?;
+            let line = invoices::plan_line(
+                &d.to.plan,
+                d.to.amount_minor,
+                sub.current_period_end,
+                next_end,
+            );
+            (vec![line], sub.current_period_end)
+        }
+    };
+    let credit = {
+        let mut billing = state.billing.acquire().await?;
+        ledger::credit_held(&mut billing, account, currency).await?
+    };
+    let t = Totals::of(&lines, credit).map_err(|_| Error::internal("preview overflows"))?;
+    Ok(Preview {
+        direction: d.direction,
+        when: d.when,
+        effective_at,
+        lines,
+        currency,
+        total_minor: t.total_minor,
+        credit_applied_minor: t.credit_applied_minor,
+        amount_due_minor: t.amount_due_minor,
+    })
+}
+
+/// How the on-session payment of a change's invoice went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum ChangePayment {
+    /// Nothing to pay now (a scheduled change, or credit covered it).
+    None,
+    Paid,
+    RequiresAction {
+        client_secret: String,
+    },
+    Processing,
+    /// Declined or unavailable: the invoice stays open and is collected off-session.
+    Failed {
+        code: String,
+    },
+}
+
+/// What a change answers (stored in its idempotency record).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Changed {
+    pub subscription: Subscription,
+    pub invoice: Option<Invoice>,
+    pub payment: ChangePayment,
+}
+
+/// Applies a plan change (see the module doc).
+pub async fn change(
+    state: &AppState,
+    account: AccountId,
+    id: SubscriptionId,
+    key: idempotency::Key,
+    input: &ChangePlan,
+) -> Result<Ran<Changed>> {
+    let request = idempotency::Request::new(
+        account.to_string(),
+        key,
+        &format!("POST /v1/subscriptions/{id}/change"),
+        input,
+    )?;
+    let now = state.clock.now();
+    idempotency::run(
+        &state.cf,
+        &request,
+        now,
+        async |tx, resource| {
+            let sub = store::get_of_for_update(tx, account, id)
+                .await?
+                .ok_or_else(|| Error::not_found("subscription"))?;
+            let d = decide(tx, &sub, input, InvoiceId(resource), now).await?;
+            if let Some(p) = &d.proration
+                && d.direction == Direction::Upgrade
+                && payment_methods::charge_target(tx, account).await?.is_none()
+                && p.to_amount_minor > 0
+            {
+                return Err(Error::unprocessable(
+                    "payment_method_required",
+                    "an upgrade is paid at once: add a payment method first",
+                ));
+            }
+            let sub = match &d.proration {
+                Some(p) => {
+                    let sub = store::change_plan(tx, id, &d.to).await?;
+                    announce_with(tx, &sub, None, Some(p.clone()), now).await?;
+                    sub
+                }
+                None => {
+                    let sub = store::set_pending_change(tx, id, Some(&d.to)).await?;
+                    announce(tx, &sub, None, now).await?;
+                    sub
+                }
+            };
+            tracing::info!(account_id = %account, subscription_id = %id, to = %d.to.plan, when = ?d.when, "plan change");
+            Ok((sub, d.proration))
+        },
+        async |attempt, reserved| {
+            state.outbox_wake.notify_one();
+            let invoice_id = InvoiceId(attempt.resource());
+            let (sub, proration) = match reserved {
+                Some(r) => r,
+                None => {
+                    let mut conn = state.cf.acquire().await?;
+                    let sub = store::get(&mut conn, id)
+                        .await?
+                        .ok_or_else(|| Error::not_found("subscription"))?;
+                    (sub, None)
+                }
+            };
+            // The change's invoice now (billing's consumer would make the same one).
+            let invoice = match &proration {
+                Some(p) => {
+                    let ev = schedule_event(&sub, None, Some(p.clone()));
+                    let mut tx = state.billing.begin().await?;
+                    invoices::open_change(&mut tx, &ev, p, state.clock.now())
+                        .await
+                        .map_err(Error::internal)?;
+                    tx.commit().await?;
+                    Some(invoices::get(state, account, invoice_id).await?)
+                }
+                None => invoices::get(state, account, invoice_id).await.ok(),
+            };
+            let payment = match &invoice {
+                Some(inv) if inv.status == invoices::InvoiceStatus::Open => {
+                    let key = idempotency::Key::parse(&format!(
+                        "change-{}",
+                        attempt.resource().simple()
+                    ))?;
+                    pay_now(state, account, inv.id, key).await?
+                }
+                Some(inv) if inv.status == invoices::InvoiceStatus::Paid && inv.total_minor > 0 => {
+                    ChangePayment::Paid
+                }
+                _ => ChangePayment::None,
+            };
+            let invoice = match &invoice {
+                Some(inv) => Some(invoices::get(state, account, inv.id).await?),
+                None => None,
+            };
+            let answer = Ok(Changed {
+                subscription: sub,
+                invoice,
+                payment,
+            });
+            let mut tx = state.cf.begin().await?;
+            if let Some(done) = attempt.overtaken(&mut tx).await? {
+                return done;
+            }
+            attempt.complete(&mut tx, &answer).await?;
+            tx.commit().await?;
+            answer
+        },
+    )
+    .await
+}
+
+/// The change's invoice, paid on-session with the default method at once.
+async fn pay_now(
+    state: &AppState,
+    account: AccountId,
+    invoice: InvoiceId,
+    key: idempotency::Key,
+) -> Result<ChangePayment> {
+    let ran = payments::pay(state, account, invoice, key, &PayInvoice::default()).await?;
+    Ok(match ran.outcome {
+        Ok(Payment::Paid(_)) => ChangePayment::Paid,
+        Ok(Payment::RequiresAction { client_secret, .. }) => {
+            ChangePayment::RequiresAction { client_secret }
+        }
+        Ok(Payment::Processing(_)) => ChangePayment::Processing,
+        Err(e) if e.kind == Kind::Internal => return Err(e),
+        Err(e) => ChangePayment::Failed {
+            code: e
+                .extra
+                .get("decline_code")
+                .and_then(|v| v.as_str())
+                .map_or_else(|| e.code.to_string(), str::to_owned),
+        },
+    })
+}
+
+/// Undoes a pending cancel at period end (`409 not_canceling` when there is none).
+pub async fn resume(
+    state: &AppState,
+    account: AccountId,
+    id: SubscriptionId,
+) -> Result<Subscription> {
+    let mut tx = state.cf.begin().await?;
+    let sub = store::get_of_for_update(&mut tx, account, id)
+        .await?
+        .ok_or_else(|| Error::not_found("subscription"))?;
+    if sub.status == SubscriptionStatus::Canceled {
+        return Err(Error::conflict(
+            "subscription_canceled",
+            "this subscription has ended; buy a plan instead",
+        ));
+    }
+    if !sub.cancel_at_period_end {
+        return Err(Error::conflict(
+            "not_canceling",
+            "this subscription is not set to cancel",
+        ));
+    }
+    let now = state.clock.now();
+    let sub = store::resume(&mut tx, id).await?;
+    announce(&mut tx, &sub, None, now).await?;
+    tx.commit().await?;
+    state.outbox_wake.notify_one();
+    Ok(sub)
+}
