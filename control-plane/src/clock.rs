@@ -2,7 +2,10 @@
 //!
 //! Production uses [`SystemClock`]. Development mode uses [`OffsetClock`], the system time
 //! plus an offset a development-only endpoint advances (like Stripe's test clocks), so a
-//! 23-hour checkout expiry or a month of renewals runs in a test in seconds.
+//! 23-hour checkout expiry or a month of renewals runs in a test in seconds. The offset lives
+//! in cf_prod (`dev_clock`, [`load_offset`], [`advance_offset`]): every control-plane process
+//! reloads it each maintenance pass and edges read it from `GET /internal/v1/clock`, so they all
+//! read the same time, and a restart keeps it.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -15,6 +18,44 @@ pub trait Clock: Send + Sync + 'static {
     fn advance(&self, _by: TimeDelta) -> Option<DateTime<Utc>> {
         None
     }
+
+    /// The offset from the wall clock, ms (0 for the wall clock).
+    fn offset_ms(&self) -> i64 {
+        0
+    }
+
+    /// Whether this clock follows the shared development clock ([`Self::follow_offset_ms`]).
+    fn follows_shared_offset(&self) -> bool {
+        false
+    }
+
+    /// Follows the shared development clock's offset (no-op for other clocks).
+    fn follow_offset_ms(&self, _ms: i64) {}
+}
+
+/// The shared development clock's offset, ms (0 before the first advance).
+pub async fn load_offset(cf: &sqlx::PgPool) -> sqlx::Result<i64> {
+    let ms: Option<i64> = sqlx::query_scalar("SELECT offset_ms FROM dev_clock WHERE id = 1")
+        .fetch_optional(cf)
+        .await?;
+    Ok(ms.unwrap_or(0))
+}
+
+/// Moves the shared development clock forward by `by_ms`; returns the new offset.
+pub async fn advance_offset(
+    cf: &sqlx::PgPool,
+    by_ms: i64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO dev_clock (id, offset_ms, updated_at) VALUES (1, $1, $2)
+         ON CONFLICT (id) DO UPDATE SET offset_ms = dev_clock.offset_ms + $1, updated_at = $2
+         RETURNING offset_ms",
+    )
+    .bind(by_ms)
+    .bind(now)
+    .fetch_one(cf)
+    .await
 }
 
 /// The wall clock.
@@ -45,6 +86,19 @@ impl Clock for OffsetClock {
         self.offset_ms
             .fetch_add(by.num_milliseconds(), Ordering::SeqCst);
         Some(self.now())
+    }
+
+    fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(Ordering::SeqCst)
+    }
+
+    fn follows_shared_offset(&self) -> bool {
+        true
+    }
+
+    /// Never moves back: a stale read of the shared offset cannot undo an advance.
+    fn follow_offset_ms(&self, ms: i64) {
+        self.offset_ms.fetch_max(ms, Ordering::SeqCst);
     }
 }
 

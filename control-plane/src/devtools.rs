@@ -19,12 +19,28 @@ pub async fn advance_clock(state: &AppState, seconds: i64) -> Result<(DateTime<U
             format!("seconds must be 1..={ADVANCE_MAX_SECS}"),
         ));
     }
-    let now = state
-        .clock
-        .advance(TimeDelta::seconds(seconds))
-        .ok_or_else(|| Error::conflict("clock_not_advanceable", "this clock is the wall clock"))?;
+    let by = TimeDelta::seconds(seconds);
+    let now = if state.clock.follows_shared_offset() {
+        // The shared clock: every process and edge follows the stored offset.
+        let offset =
+            crate::clock::advance_offset(&state.cf, by.num_milliseconds(), Utc::now()).await?;
+        state.clock.follow_offset_ms(offset);
+        state.clock.now()
+    } else {
+        state.clock.advance(by).ok_or_else(|| {
+            Error::conflict("clock_not_advanceable", "this clock is the wall clock")
+        })?
+    };
     let changed = maintenance::run(state).await.map_err(Error::internal)?;
     Ok((now, changed))
+}
+
+/// The clock as edges read it (`GET /internal/v1/clock`).
+pub fn clock_reading(state: &AppState) -> tollgate_protocol::internal_api::ClockReading {
+    tollgate_protocol::internal_api::ClockReading {
+        now_ms: state.clock.now().timestamp_millis(),
+        offset_ms: state.clock.offset_ms(),
+    }
 }
 
 /// The customer passes (`succeed`) or fails a 3-D Secure challenge of the simulated provider.

@@ -164,6 +164,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         Arc::new(SystemClock)
     };
+    if clock.follows_shared_offset() {
+        // The shared development clock: where the other processes are, across restarts.
+        clock.follow_offset_ms(crate::clock::load_offset(&cf).await?);
+    }
     let created = usage::ensure_partitions(&billing, clock.now())
         .await
         .context("create usage partitions")?;
@@ -220,6 +224,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn run_maintenance_loop(state: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
+        if state.clock.follows_shared_offset() {
+            match crate::clock::load_offset(&state.cf).await {
+                Ok(ms) => state.clock.follow_offset_ms(ms),
+                Err(e) => tracing::debug!(error = %e, "development clock not read"),
+            }
+        }
         if let Err(e) = maintenance::run(&state).await {
             tracing::warn!(error = %format!("{e:#}"), "maintenance pass failed");
         }

@@ -561,6 +561,8 @@ impl Stack {
             ("TOLLGATE_REDIS_URL", self.redis_url.clone()),
             ("TOLLGATE_REDIS_KEY_PREFIX", format!("tg-e2e-{}", self.tag)),
             ("TOLLGATE_EDGE_DATA_DIR", dir.display().to_string()),
+            // Development stacks: the edge follows the control plane's development clock.
+            ("TOLLGATE_EDGE_FOLLOW_CLOCK", "true".to_owned()),
         ];
         env.extend(extra.iter().cloned());
         Proc::spawn(&format!("edge-{id}"), "tollgate-edge", &env)

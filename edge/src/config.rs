@@ -51,6 +51,8 @@ pub struct Config {
     pub usage_buffer_bytes_max: u64,
     pub usage_dead_letter_bytes_max: u64,
     pub usage_flush_ms: u64,
+    /// Development: follow the control plane's development clock.
+    pub follow_clock: bool,
 }
 
 impl Config {
@@ -105,6 +107,7 @@ impl Config {
             usage_buffer_bytes_max: r.parse("edge_usage_buffer_bytes_max", 256 << 20),
             usage_dead_letter_bytes_max: r.parse("edge_usage_dead_letter_bytes_max", 64 << 20),
             usage_flush_ms: r.parse("edge_usage_flush_ms", 250),
+            follow_clock: r.parse("edge_follow_clock", false),
         };
         if cfg.usage_buffer_bytes_max < 4096 {
             r.error("TOLLGATE_EDGE_USAGE_BUFFER_BYTES_MAX must be at least 4096");

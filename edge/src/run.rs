@@ -103,6 +103,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let poller = tokio::spawn(poll_while_stale(state.clone(), shutdown_rx.clone()));
     let follower = tokio::spawn(stream::follow(state.clone(), redis, shutdown_rx.clone()));
+    let clock_task = tokio::spawn(follow_clock(
+        state.clone(),
+        config.follow_clock,
+        Duration::from_millis(config.bundle_poll_ms.min(1_000)),
+        shutdown_rx.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .context("bind")?;
@@ -112,9 +118,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("serve")?;
     let _ = shutdown_tx.send(true);
-    let _ = tokio::join!(bundle_task, follower, snapshots, poller, l2_task, flusher);
+    let _ = tokio::join!(
+        bundle_task,
+        follower,
+        snapshots,
+        poller,
+        l2_task,
+        flusher,
+        clock_task
+    );
     tracing::info!("edge stopped");
     Ok(())
+}
+
+/// Development: reads the control plane's clock every `every` and follows its offset.
+async fn follow_clock(
+    state: EdgeState,
+    enabled: bool,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    if !enabled {
+        return;
+    }
+    loop {
+        match state.upstream.clock().await {
+            Ok(c) => {
+                if c.offset_ms > crate::clock::offset_ms() {
+                    tracing::info!(offset_ms = c.offset_ms, "following the development clock");
+                }
+                crate::clock::follow(c.offset_ms);
+            }
+            Err(e) => tracing::debug!(error = %e, "control plane clock not read"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 async fn shutdown_signal() {

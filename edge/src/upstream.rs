@@ -411,6 +411,12 @@ impl Upstream {
         Ok(Some((bytes.to_vec(), tag)))
     }
 
+    /// The control plane's clock (development: its offset is followed).
+    pub async fn clock(&self) -> Result<internal_api::ClockReading, UpstreamError> {
+        let req = self.request(reqwest::Method::GET, internal_api::CLOCK_PATH);
+        Self::json(Self::send(req).await?, "clock").await
+    }
+
     /// Tells the control plane which bundle this edge runs and whether the last activation
     /// failed.
     pub async fn report_status(

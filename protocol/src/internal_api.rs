@@ -80,3 +80,16 @@ mod tests {
         assert!(!valid_edge_id("edge\0"));
     }
 }
+
+/// `GET` — the control plane's clock: edges in development follow its offset, so advancing
+/// the development clock moves their metering periods too.
+pub const CLOCK_PATH: &str = "/internal/v1/clock";
+
+/// What [`CLOCK_PATH`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClockReading {
+    /// The control plane's now, unix ms.
+    pub now_ms: i64,
+    /// How far it is ahead of the wall clock, ms (0 outside development).
+    pub offset_ms: i64,
+}

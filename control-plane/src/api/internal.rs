@@ -19,7 +19,7 @@ use crate::http::{Json, Path, Query};
 use crate::ids::AccountId;
 use crate::rollout::{self, ForEdge};
 use crate::state::AppState;
-use crate::{entitlements, usage};
+use crate::{devtools, entitlements, usage};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -34,6 +34,12 @@ pub fn routes() -> Router<AppState> {
         .route(internal_api::LEASE_PATH, post(lease))
         .route(internal_api::LEASE_RELEASE_PATH, post(release))
         .route("/internal/v1/accounts/{id}/usage", get(account_usage))
+        .route(internal_api::CLOCK_PATH, get(clock))
+}
+
+/// `GET /internal/v1/clock` — edges in development follow its offset.
+async fn clock(State(state): State<AppState>, _: Edge) -> axum::Json<internal_api::ClockReading> {
+    axum::Json(devtools::clock_reading(&state))
 }
 
 /// `GET /internal/v1/accounts/{id}/facts`

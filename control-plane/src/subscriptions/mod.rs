@@ -190,9 +190,12 @@ pub async fn create(
     paid: Option<FirstPayment>,
     now: DateTime<Utc>,
 ) -> Result<Subscription> {
+    // Periods start on a whole second: edges and usage place events by the anchor in unix
+    // milliseconds, and every boundary derives from it.
+    let start = chrono::SubsecRound::trunc_subsecs(now, 0);
     let end =
-        period_end(now, sold.interval).ok_or_else(|| Error::internal("period end overflows"))?;
-    let sub = store::insert(conn, SubscriptionId::new_v7(), account, sold, now, end)
+        period_end(start, sold.interval).ok_or_else(|| Error::internal("period end overflows"))?;
+    let sub = store::insert(conn, SubscriptionId::new_v7(), account, sold, start, end)
         .await
         .map_err(
             |e| match e.as_database_error().and_then(|d| d.constraint()) {
