@@ -30,6 +30,7 @@ pub mod api;
 pub mod billing;
 pub mod catalog;
 pub mod checkout;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod devtools;

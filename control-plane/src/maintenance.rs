@@ -20,7 +20,9 @@ use crate::{billing, checkout, idempotency, outbox, payment_methods, subscriptio
 pub async fn run(state: &AppState) -> anyhow::Result<usize> {
     let mut changed = subscriptions::end_due(state).await?;
     changed += subscriptions::renew_due(state, RENEWAL_BATCH).await?;
-    changed += billing::invoices::finalize_due(state, FINALIZE_BATCH).await?;
+    changed += billing::invoices::finalize_due(state, FINALIZE_BATCH)
+        .await?
+        .len();
     changed += billing::charges::charge_due(state, CHARGE_BATCH)
         .await?
         .len();

@@ -116,6 +116,33 @@ pub fn sum(amounts: impl IntoIterator<Item = i64>) -> Result<i64, Overflow> {
     i64::try_from(total).map_err(|_| Overflow)
 }
 
+/// Minor-unit exponent of a currency (ISO 4217): most have 2.
+fn exponent(c: Currency) -> u32 {
+    match c.as_str() {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        _ => 2,
+    }
+}
+
+/// `-1234` USD → `-12.34 USD`; exact for any `i64`.
+pub fn format(amount_minor: i64, c: Currency) -> String {
+    let e = exponent(c);
+    let sign = if amount_minor < 0 { "-" } else { "" };
+    let abs = amount_minor.unsigned_abs();
+    if e == 0 {
+        return format!("{sign}{abs} {c}");
+    }
+    let unit = 10u64.pow(e);
+    format!(
+        "{sign}{}.{:0width$} {c}",
+        abs / unit,
+        abs % unit,
+        width = e as usize
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +165,18 @@ mod tests {
         assert_eq!(add(i64::MAX, 1), Err(Overflow));
         assert_eq!(mul(i64::MAX / 2, 3), Err(Overflow));
         assert_eq!(sub(i64::MIN, 1), Err(Overflow));
+    }
+
+    #[test]
+    fn money_is_written_exactly_in_the_currency_s_minor_unit() {
+        let usd = Currency::USD;
+        assert_eq!(format(290_000, usd), "2900.00 USD");
+        assert_eq!(format(-1497, usd), "-14.97 USD");
+        assert_eq!(format(5, usd), "0.05 USD");
+        assert_eq!(format(i64::MIN, usd), "-92233720368547758.08 USD");
+        let jpy = Currency::parse("JPY").unwrap();
+        assert_eq!(format(1500, jpy), "1500 JPY");
+        let kwd = Currency::parse("KWD").unwrap();
+        assert_eq!(format(1500, kwd), "1.500 KWD");
     }
 }

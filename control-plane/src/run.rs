@@ -140,8 +140,8 @@ pub const STARTUP_WAIT_SECS: u64 = 30;
 /// Interval of the maintenance worker.
 pub const MAINTENANCE_INTERVAL_MS: u64 = 1_000;
 
-/// Runs the control plane until SIGTERM / Ctrl-C.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Connects both databases and applies their migrations.
+pub async fn connect_databases(config: &Config) -> anyhow::Result<(PgPool, PgPool)> {
     let options = PgPoolOptions::new()
         .max_connections(config.db_pool_size)
         .acquire_timeout(Duration::from_secs(STARTUP_WAIT_SECS));
@@ -159,6 +159,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .run(&billing)
         .await
         .context("migrate billing database")?;
+    Ok((cf, billing))
+}
+
+/// Runs the control plane until SIGTERM / Ctrl-C.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let (cf, billing) = connect_databases(&config).await?;
     let clock: Arc<dyn Clock> = if config.dev_mode {
         Arc::new(OffsetClock::default())
     } else {

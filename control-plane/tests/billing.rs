@@ -776,3 +776,75 @@ async fn resume_undoes_a_pending_cancel_and_nothing_else() {
         .assert_problem(StatusCode::NOT_FOUND, "not_found");
     h.finish().await;
 }
+
+#[tokio::test]
+async fn an_invoice_downloads_as_a_pdf_with_its_lines_and_totals() {
+    let h = Harness::new().await;
+    let (ent, token) = subscribe(&h, "pdf@example.com", "enterprise").await;
+    settle(&h).await;
+    h.clock.advance(TimeDelta::minutes(5));
+    use_api(&h, ent, "pdf", 7_500_000).await;
+    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    let renewal = invoices(&h, &token).await[1].clone();
+    let id = renewal["id"].as_str().expect("id");
+    let number = renewal["number"].as_str().expect("number");
+    let r = h.get(&format!("/v1/invoices/{id}/pdf"), Some(&token)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.content_type, "application/pdf");
+    assert!(r.bytes.starts_with(b"%PDF-"), "a PDF");
+    assert!(
+        r.bytes.ends_with(b"%%EOF\n") || r.bytes.ends_with(b"%%EOF"),
+        "a whole PDF"
+    );
+    if let Ok(dir) = std::env::var("TOLLGATE_PDF_OUT") {
+        std::fs::write(format!("{dir}/{number}.pdf"), &r.bytes).expect("write pdf");
+    }
+    let text = String::from_utf8_lossy(&r.bytes);
+    for expected in [
+        format!("Invoice {number}"),
+        "25199.00 USD".to_owned(),
+        "7500000".to_owned(),
+        "units 5000001 and up at 0.01 USD each".to_owned(),
+        "pdf@example.com".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "the PDF shows {expected}");
+    }
+    let (_, other) = h.sign_up("nosy@example.com").await;
+    h.get(&format!("/v1/invoices/{id}/pdf"), Some(&other))
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_billing_pass_previews_what_is_due_then_bills_it_all() {
+    use tollgate_control_plane::billing::pass;
+    let h = Harness::new().await;
+    for i in 0..5 {
+        subscribe(&h, &format!("pass{i}@example.com"), "pro").await;
+    }
+    settle(&h).await;
+    let as_of = t(2026, 2, 15, 13, 5);
+    h.clock.advance(as_of - h.clock.now());
+    let due = pass::preview(&h.state, as_of).await.expect("preview");
+    assert_eq!((due.renewals, due.drafts, due.charges), (5, 0, 0));
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices")
+        .fetch_one(&h.state.billing)
+        .await
+        .expect("count");
+    assert_eq!(before, 5, "a preview writes nothing");
+    let mut rounds = 0;
+    let s = pass::run(&h.state, |_| rounds += 1).await.expect("pass");
+    assert_eq!(
+        (s.renewed, s.finalized, s.charged, s.declined, s.failed),
+        (5, 5, 5, 0, 0)
+    );
+    assert_eq!(s.invoiced.get(&Currency::USD), Some(&(5 * 2900)));
+    assert_eq!(s.charged_amounts.get(&Currency::USD), Some(&(5 * 2900)));
+    assert!(rounds >= 2);
+    let again = pass::run(&h.state, |_| {}).await.expect("pass");
+    assert_eq!(again.items(), 0, "a second pass finds nothing");
+    let line = tollgate_control_plane::cli::describe_summary(&s);
+    assert!(line.contains("charged 5 (145.00 USD)"), "{line}");
+    h.finish().await;
+}

@@ -54,6 +54,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/usage", get(account_usage))
         .route("/v1/invoices", get(list_invoices))
         .route("/v1/invoices/{id}", get(get_invoice))
+        .route("/v1/invoices/{id}/pdf", get(invoice_pdf))
         .route("/v1/invoices/{id}/pay", post(pay_invoice))
         .route("/v1/invoices/{id}/confirm", post(confirm_invoice_payment))
 }
@@ -279,6 +280,30 @@ async fn get_invoice(
 ) -> Result<Response> {
     let inv = invoices::get(&state, account, id).await?;
     Ok(reply(StatusCode::OK, value(&InvoiceView::from(&inv))))
+}
+
+/// `GET /v1/invoices/{id}/pdf` — `application/pdf`, as an attachment.
+async fn invoice_pdf(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<InvoiceId>,
+) -> Result<Response> {
+    let (name, bytes) = invoices::pdf(&state, account, id).await?;
+    Ok((
+        StatusCode::OK,
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/pdf".to_owned(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 fn payment(p: Payment) -> Response {

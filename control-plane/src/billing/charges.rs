@@ -123,9 +123,17 @@ pub enum Collected {
     Failed,
 }
 
+/// One attempt a pass drove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Driven {
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub collected: Collected,
+}
+
 /// Charges open invoices that are due, and drives again pending attempts whose outcome was
 /// never recorded. Returns the attempts driven.
-pub async fn charge_due(state: &AppState, batch: i64) -> anyhow::Result<Vec<Collected>> {
+pub async fn charge_due(state: &AppState, batch: i64) -> anyhow::Result<Vec<Driven>> {
     let now = state.clock.now();
     let attempts = {
         let mut tx = state.billing.begin().await?;
@@ -160,10 +168,18 @@ pub async fn charge_due(state: &AppState, batch: i64) -> anyhow::Result<Vec<Coll
     let mut out = Vec::with_capacity(attempts.len());
     for a in &attempts {
         match drive(state, a).await {
-            Ok(c) => out.push(c),
+            Ok(collected) => out.push(Driven {
+                amount_minor: a.amount_minor,
+                currency: a.currency,
+                collected,
+            }),
             Err(e) => {
                 tracing::warn!(attempt_id = %a.id, error = %format!("{e:#}"), "charge attempt not recorded; retried later");
-                out.push(Collected::Pending);
+                out.push(Driven {
+                    amount_minor: a.amount_minor,
+                    currency: a.currency,
+                    collected: Collected::Pending,
+                });
             }
         }
     }

@@ -411,25 +411,41 @@ pub async fn record_payment(
     Ok(store::mark_paid(conn, inv.id, paid, now).await?)
 }
 
-/// Finalises drafts whose grace window ended, in batches claimed with `FOR UPDATE SKIP
-/// LOCKED`. Returns how many.
-pub async fn finalize_due(state: &AppState, batch: i64) -> anyhow::Result<usize> {
+/// Finalises up to `batch` drafts whose grace window ended, claimed with `FOR UPDATE SKIP
+/// LOCKED`, in one transaction. Returns them as finalised.
+pub async fn finalize_due(state: &AppState, batch: i64) -> anyhow::Result<Vec<Invoice>> {
     let now = state.clock.now();
     let mut tx = state.billing.begin().await?;
     let due = store::claim_drafts(&mut tx, now, batch).await?;
-    let n = due.len();
+    let mut done = Vec::with_capacity(due.len());
     for id in due {
         let Some(inv) = store::invoice_for_update(&mut tx, id).await? else {
             continue;
         };
         let credit = ledger::credit_held(&mut tx, inv.account_id, inv.currency).await?;
-        finalize_in(&mut tx, inv, credit, now, now).await?;
+        done.push(finalize_in(&mut tx, inv, credit, now, now).await?);
     }
     tx.commit().await?;
-    if n > 0 {
-        tracing::info!(invoices = n, "invoices finalised");
+    if !done.is_empty() {
+        tracing::info!(invoices = done.len(), "invoices finalised");
     }
-    Ok(n)
+    Ok(done)
+}
+
+/// One of the account's invoices as a PDF: its file name (`TG-2026-000001.pdf`) and bytes.
+pub async fn pdf(state: &AppState, account: AccountId, id: InvoiceId) -> Result<(String, Vec<u8>)> {
+    let inv = get(state, account, id).await?;
+    let acct = crate::accounts::get(state, account).await?;
+    let to = super::pdf::BillTo {
+        name: acct.name.clone(),
+        email: acct.email.clone(),
+        account_id: account.to_string(),
+    };
+    let name = format!("{}.pdf", inv.number.as_deref().unwrap_or("draft-invoice"));
+    let bytes = tokio::task::spawn_blocking(move || super::pdf::render(&inv, &to))
+        .await
+        .map_err(Error::internal)?;
+    Ok((name, bytes))
 }
 
 /// Most invoices one page holds.
@@ -570,5 +586,67 @@ mod tests {
             prop_assert!((exact - got).abs() <= i128::from(period_secs));
             prop_assert_eq!(t.amount_due_minor, t.total_minor.max(0));
         }
+    }
+
+    #[sqlx::test(migrations = "../migrations/billing")]
+    async fn a_finalised_invoice_cannot_be_edited_or_deleted(pool: sqlx::PgPool) {
+        let mut conn = pool.acquire().await.unwrap();
+        let now = Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).single().unwrap();
+        let id = InvoiceId::new_v7();
+        let terms = Terms::default();
+        let draft = store::NewInvoice {
+            id,
+            account: AccountId::new_v7(),
+            subscription: None,
+            reason: InvoiceReason::SubscriptionUpdate,
+            currency: Currency::USD,
+            period: (now, now + TimeDelta::days(30)),
+            usage: None,
+            terms: &terms,
+            finalize_at: now,
+            now,
+        };
+        let lines = vec![plan_line("pro", 2900, now, now + TimeDelta::days(30))];
+        assert!(
+            store::insert_draft(&mut conn, &draft, &lines)
+                .await
+                .unwrap()
+        );
+        // A draft's lines may change; a finalised invoice's may not.
+        store::replace_lines(&mut conn, id, &lines).await.unwrap();
+        let inv = store::invoice_for_update(&mut conn, id)
+            .await
+            .unwrap()
+            .unwrap();
+        let inv = finalize_in(&mut conn, inv, 0, now, now).await.unwrap();
+        assert_eq!(
+            (inv.status, inv.amount_due_minor),
+            (InvoiceStatus::Open, 2900)
+        );
+        assert!(store::replace_lines(&mut conn, id, &lines).await.is_err());
+        for sql in [
+            "UPDATE invoices SET total_minor = 1, subtotal_minor = 1, amount_due_minor = 1",
+            "UPDATE invoices SET number = 'TG-X'",
+            "UPDATE invoices SET status = 'draft', number = NULL, finalized_at = NULL",
+            "DELETE FROM invoices",
+            "UPDATE invoice_lines SET amount_minor = 1",
+            "DELETE FROM invoice_lines",
+        ] {
+            let err = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *conn)
+                .await
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("finalised") || err.to_string().contains("never deleted"),
+                "{sql}: {err}"
+            );
+        }
+        // Its status still moves on; a paid invoice stays paid.
+        assert!(store::mark_paid(&mut conn, id, 2900, now).await.unwrap());
+        let err = sqlx::query("UPDATE invoices SET status = 'void'")
+            .execute(&mut *conn)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("final"), "{err}");
     }
 }

@@ -25,7 +25,9 @@
 
 pub mod charges;
 pub mod invoices;
+pub mod pass;
 pub mod payments;
+pub mod pdf;
 pub mod pricing;
 pub mod store;
 

@@ -685,3 +685,31 @@ pub async fn abandoned_on_session(
     .fetch_all(conn)
     .await
 }
+
+/// Drafts past their grace window by `as_of`, open invoices due for a charge by then, and
+/// what those ask for by currency.
+pub async fn count_due(
+    conn: &mut PgConnection,
+    as_of: DateTime<Utc>,
+) -> sqlx::Result<(i64, i64, Vec<(Currency, i64)>)> {
+    let drafts: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM invoices WHERE status = 'draft' AND finalize_at <= $1",
+    )
+    .bind(as_of)
+    .fetch_one(&mut *conn)
+    .await?;
+    let rows: Vec<(Currency, i64, i64)> = sqlx::query_as(
+        "SELECT currency, count(*), sum(amount_due_minor - amount_paid_minor)::bigint FROM invoices
+         WHERE status = 'open' AND next_charge_at <= $1 AND amount_due_minor > amount_paid_minor
+         GROUP BY currency ORDER BY currency",
+    )
+    .bind(as_of)
+    .fetch_all(conn)
+    .await?;
+    let charges = rows.iter().map(|r| r.1).sum();
+    Ok((
+        drafts,
+        charges,
+        rows.into_iter().map(|(c, _, a)| (c, a)).collect(),
+    ))
+}

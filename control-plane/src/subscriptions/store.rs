@@ -262,3 +262,15 @@ pub async fn anchors(
         .map(|(a, t)| (AccountId::from(a), t))
         .collect())
 }
+
+/// Live subscriptions whose period ended by `as_of` and that renew.
+pub async fn count_renewals(conn: &mut PgConnection, as_of: DateTime<Utc>) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM subscriptions
+         WHERE NOT cancel_at_period_end AND status IN ('trialing', 'active', 'past_due')
+           AND current_period_end <= $1",
+    )
+    .bind(as_of)
+    .fetch_one(conn)
+    .await
+}
