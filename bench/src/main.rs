@@ -10,6 +10,7 @@
 //! Pinning: the servers' runtime runs on CPU 1 and wrk on CPU 0 when `taskset` exists, as in
 //! `../shared/BASELINES.md`.
 
+mod billing;
 mod propagation;
 mod usage;
 
@@ -374,6 +375,9 @@ fn main() -> anyhow::Result<()> {
     if args.first().map(String::as_str) == Some("usage-edge") {
         return usage::edge(&args[1..], &format!("{results}/usage-edge.md"));
     }
+    if args.first().map(String::as_str) == Some("billing") {
+        return billing::run(&args[1..], &format!("{results}/billing.md"));
+    }
     if args.first().map(String::as_str) == Some("usage-ingest") {
         return usage::ingest(&args[1..], &format!("{results}/usage-ingest.md"));
     }
@@ -391,7 +395,7 @@ fn main() -> anyhow::Result<()> {
     }
     if args.first().map(String::as_str) != Some("edge-check") {
         bail!(
-            "usage: tollgate-bench edge-check [--secs N] [--out FILE] | materialise | cache | propagation [--changes N] | usage-edge [--secs N] | usage-ingest [--batches N]"
+            "usage: tollgate-bench edge-check [--secs N] [--out FILE] | materialise | cache | propagation [--changes N] | usage-edge [--secs N] | usage-ingest [--batches N] | billing [--accounts N]"
         );
     }
     let mut secs = 5u32;

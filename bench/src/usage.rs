@@ -27,7 +27,11 @@ use tollgate_protocol::usage::{Aggregation, MeterPeriod, MeterSpec, UsageBatch, 
 const BATCHES: [usize; 3] = [1, 100, 1000];
 const CLIENTS: usize = 32;
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow::Result<T> {
+pub(crate) fn arg<T: std::str::FromStr>(
+    args: &[String],
+    name: &str,
+    default: T,
+) -> anyhow::Result<T> {
     match args.iter().position(|a| a == name) {
         None => Ok(default),
         Some(i) => args

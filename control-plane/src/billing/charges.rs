@@ -15,6 +15,7 @@
 //! customer pays it on-session.
 
 use chrono::{DateTime, TimeDelta, Utc};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
@@ -29,6 +30,9 @@ use crate::money::Currency;
 use crate::outbox::{self, Topic};
 use crate::payment_methods;
 use crate::state::AppState;
+
+/// Provider calls one charging pass has in flight at once.
+pub const CHARGE_CONCURRENCY: usize = 4;
 
 /// A pending attempt whose outcome was not recorded is driven again (same key) after this.
 pub const RETRY_PENDING_AFTER: TimeDelta = TimeDelta::minutes(2);
@@ -165,25 +169,32 @@ pub async fn charge_due(state: &AppState, batch: i64) -> anyhow::Result<Vec<Driv
         tx.commit().await?;
         attempts
     };
-    let mut out = Vec::with_capacity(attempts.len());
-    for a in &attempts {
-        match drive(state, a).await {
-            Ok(collected) => out.push(Driven {
-                amount_minor: a.amount_minor,
-                currency: a.currency,
-                collected,
-            }),
-            Err(e) => {
-                tracing::warn!(attempt_id = %a.id, error = %format!("{e:#}"), "charge attempt not recorded; retried later");
-                out.push(Driven {
-                    amount_minor: a.amount_minor,
-                    currency: a.currency,
-                    collected: Collected::Pending,
-                });
-            }
-        }
-    }
+    // Provider calls are network-bound: a few at once, each attempt on its own connections.
+    let out = futures::stream::iter(attempts)
+        .map(|a| {
+            let state = state.clone();
+            async move { drive_one(&state, a).await }
+        })
+        .buffer_unordered(CHARGE_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
     Ok(out)
+}
+
+/// [`drive`], its failure logged (the attempt stays pending and is driven again later).
+async fn drive_one(state: &AppState, a: ChargeAttempt) -> Driven {
+    let collected = match drive(state, &a).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(attempt_id = %a.id, error = %format!("{e:#}"), "charge attempt not recorded; retried later");
+            Collected::Pending
+        }
+    };
+    Driven {
+        amount_minor: a.amount_minor,
+        currency: a.currency,
+        collected,
+    }
 }
 
 /// Calls the provider for one off-session attempt and records what it said.
