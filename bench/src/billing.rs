@@ -55,6 +55,7 @@ fn terms() -> Terms {
             included: Some(100_000),
             pricing: Pricing::PerUnit { unit_minor: 2 },
         }],
+        trial_days: 0,
     }
 }
 

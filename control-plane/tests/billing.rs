@@ -664,6 +664,8 @@ async fn an_upgrade_mid_period_is_prorated_to_the_minor_unit_and_paid_at_once() 
     // The renewal bills the new plan for the next period.
     advance_to(&h, t(2026, 2, 15, 13, 5)).await;
     let list = invoices(&h, &token).await;
+    let subs = h.get("/v1/subscriptions", Some(&token)).await;
+    assert_eq!(list.len(), 3, "{list:#?} {:#?}", subs.json);
     assert_eq!(summary(&list[2]).0, 19_900);
     assert_eq!(summary(&list[2]).2, "paid");
     h.finish().await;
@@ -749,9 +751,34 @@ async fn resume_undoes_a_pending_cancel_and_nothing_else() {
     let (_, token) = subscribe(&h, "resume@example.com", "pro").await;
     let sub = subscription_of(&h, &token).await;
     let path = format!("/v1/subscriptions/{sub}/resume");
+    // A refused request leaves no lock behind: the renewal worker (SKIP LOCKED) and other
+    // writers see the row at once, not when the pooled connection happens to be reused.
+    let unlocked = || async {
+        let options = (*h.state.cf.connect_options()).clone();
+        let mut other = <sqlx::PgConnection as sqlx::Connection>::connect_with(&options)
+            .await
+            .expect("connect");
+        let id: uuid::Uuid = sub.parse().expect("uuid");
+        let mut tx = sqlx::Connection::begin(&mut other).await.expect("begin");
+        sqlx::query("SELECT id FROM subscriptions WHERE id = $1 FOR UPDATE NOWAIT")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .is_ok()
+    };
     h.post(&path, Some(&token), None, "")
         .await
         .assert_problem(StatusCode::CONFLICT, "not_canceling");
+    assert!(unlocked().await, "a refused resume keeps no lock");
+    h.post(
+        &format!("/v1/subscriptions/{sub}/change"),
+        Some(&token),
+        Some("same"),
+        r#"{"plan":"pro"}"#,
+    )
+    .await
+    .assert_problem(StatusCode::CONFLICT, "same_plan");
+    assert!(unlocked().await, "a refused change keeps no lock");
     let r = h
         .post(
             &format!("/v1/subscriptions/{sub}/cancel"),
@@ -846,5 +873,122 @@ async fn a_billing_pass_previews_what_is_due_then_bills_it_all() {
     assert_eq!(again.items(), 0, "a second pass finds nothing");
     let line = tollgate_control_plane::cli::describe_summary(&s);
     assert!(line.contains("charged 5 (145.00 USD)"), "{line}");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_renewal_is_charged_off_session_through_stripe_against_localstripe() {
+    let base = std::env::var("TOLLGATE_TEST_STRIPE_API_BASE").expect(
+        "TOLLGATE_TEST_STRIPE_API_BASE must point at localstripe: run the suite with scripts/test",
+    );
+    let h = Harness::with_config(&[
+        ("stripe_secret_key", "sk_test_tollgate_billing"),
+        ("stripe_api_base", base.as_str()),
+    ])
+    .await;
+    assert_eq!(h.state.gateway.name(), "stripe");
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let (account, token) = subscribe(&h, &format!("stripe-{run}@example.com"), "pro").await;
+    settle(&h).await;
+    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    let list = invoices(&h, &token).await;
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1]["status"], "paid", "{:?}", list[1]);
+    let id: tollgate_control_plane::ids::InvoiceId =
+        list[1]["id"].as_str().expect("id").parse().expect("id");
+    let attempts = charges::attempts_of(&h.state, id).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].processor, "stripe");
+    assert!(
+        attempts[0]
+            .provider_payment_id
+            .as_deref()
+            .is_some_and(|p| p.starts_with("pi_")),
+        "{attempts:?}"
+    );
+    let cash = LedgerAccount::cash("stripe").expect("cash");
+    assert_eq!(balance(&h, account, cash).await, 2 * 2900);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_trial_charges_nothing_until_it_ends_then_bills_from_its_end() {
+    let h = Harness::new().await;
+    let (id, token) = h.sign_up("trial@example.com").await;
+    let account: AccountId = id.parse().expect("id");
+    h.add_card(&token, "pm_card_visa").await;
+    h.post(
+        "/v1/checkout",
+        Some(&token),
+        Some("t0"),
+        r#"{"plan":"enterprise","trial":true}"#,
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "no_trial");
+    let r = h
+        .post(
+            "/v1/checkout",
+            Some(&token),
+            Some("t1"),
+            r#"{"plan":"pro","trial":true}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    assert_eq!(r.json["subscription"]["status"], "trialing");
+    // The demo's pro plan has 14 days of trial; paid periods are anchored on its end.
+    assert_eq!(
+        r.json["subscription"]["current_period_end"],
+        "2026-01-29T12:00:00Z"
+    );
+    settle(&h).await;
+    let first = summary(&invoices(&h, &token).await[0]);
+    assert_eq!(first, (0, 0, "paid".to_owned(), vec![plan(0)]));
+    // Usage during the trial is free.
+    h.clock.advance(TimeDelta::minutes(5));
+    use_api(&h, account, "trial", 200_000).await;
+    advance_to(&h, t(2026, 1, 29, 14, 0)).await;
+    let subs = h.get("/v1/subscriptions", Some(&token)).await;
+    assert_eq!(subs.json["data"][0]["status"], "active");
+    assert_eq!(
+        subs.json["data"][0]["current_period_end"],
+        "2026-02-28T12:00:00Z"
+    );
+    let list = invoices(&h, &token).await;
+    assert_eq!(
+        summary(&list[1]),
+        (2900, 2900, "paid".to_owned(), vec![plan(2900)])
+    );
+    // The first paid period's usage is billed at its end, as usual.
+    use_api(&h, account, "paid", 100_250).await;
+    advance_to(&h, t(2026, 2, 28, 14, 0)).await;
+    let list = invoices(&h, &token).await;
+    assert_eq!(
+        summary(&list[2]),
+        (
+            3400,
+            3400,
+            "paid".to_owned(),
+            vec![plan(2900), metered(100_250, 500)]
+        )
+    );
+    let cash = LedgerAccount::cash("simulated").expect("cash");
+    assert_eq!(balance(&h, account, cash).await, 2900 + 3400);
+    // One trial per account.
+    let sub = subscription_of(&h, &token).await;
+    h.post(
+        &format!("/v1/subscriptions/{sub}/cancel"),
+        Some(&token),
+        None,
+        r#"{"at_period_end":false}"#,
+    )
+    .await;
+    h.post(
+        "/v1/checkout",
+        Some(&token),
+        Some("t2"),
+        r#"{"plan":"pro","trial":true}"#,
+    )
+    .await
+    .assert_problem(StatusCode::CONFLICT, "trial_used");
     h.finish().await;
 }

@@ -222,7 +222,11 @@ const ROUTES: &[Route] = &[
         path: "/v1/checkout",
         token: Token::Customer,
         key: true,
-        fields: &[("plan", Field::Plan), ("payment_method", Field::PmUuid)],
+        fields: &[
+            ("plan", Field::Plan),
+            ("payment_method", Field::PmUuid),
+            ("trial", Field::Bool),
+        ],
     },
     Route {
         method: Method::GET,

@@ -238,13 +238,16 @@ pub(super) async fn record(
     let now = state.clock.now();
     let mut tx = state.billing.begin().await?;
     let Some(current) = store::attempt_for_update(&mut tx, a.id).await? else {
+        tx.rollback().await?;
         anyhow::bail!("attempt {} vanished", a.id);
     };
     if !matches!(
         current.status,
         AttemptStatus::Pending | AttemptStatus::RequiresAction
     ) {
-        // Recorded meanwhile by another driver of the same attempt.
+        // Recorded meanwhile by another driver of the same attempt. Rolled back now: a
+        // dropped transaction keeps the row locked until its connection is released.
+        tx.rollback().await?;
         return Ok(match current.status {
             AttemptStatus::Succeeded => Collected::Paid,
             AttemptStatus::Declined => Collected::Declined {

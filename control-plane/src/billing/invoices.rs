@@ -278,7 +278,20 @@ pub async fn open_period(
         anyhow::bail!("a period-start event without its period");
     };
     let currency: Currency = ev.currency.parse()?;
-    let lines = vec![plan_line(&ev.plan_key, ev.amount_minor, start, end)];
+    let trial = matches!(started, Started::First { .. }) && ev.terms.trial_days > 0;
+    let lines = if trial {
+        let mut line = plan_line(&ev.plan_key, 0, start, end);
+        line.description = format!(
+            "{} plan, free trial of {} days, {} to {}",
+            ev.plan_key,
+            ev.terms.trial_days,
+            day(start),
+            day(end)
+        );
+        vec![line]
+    } else {
+        vec![plan_line(&ev.plan_key, ev.amount_minor, start, end)]
+    };
     let (reason, usage, finalize_at) = match started {
         Started::First { .. } => (InvoiceReason::SubscriptionCreate, None, now),
         Started::Renewal { previous_start } => (
@@ -286,6 +299,7 @@ pub async fn open_period(
             Some((*previous_start, start)),
             start + grace,
         ),
+        Started::TrialEnded => (InvoiceReason::SubscriptionCycle, None, now),
     };
     let draft = store::NewInvoice {
         id: InvoiceId::new_v7(),

@@ -53,6 +53,14 @@ pub enum ScheduleStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Terms {
     pub meters: Vec<MeterTerms>,
+    /// Days of free trial the subscription starts with (0: none): nothing is charged and no
+    /// usage billed until the trial ends.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub trial_days: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +90,7 @@ impl Terms {
                     pricing: m.pricing.clone(),
                 })
                 .collect(),
+            trial_days: 0,
         }
     }
 }
@@ -106,6 +115,8 @@ pub enum Started {
     First { paid: Option<FirstPayment> },
     /// A renewal: the period that ended began at `previous_start` (its usage is billed now).
     Renewal { previous_start: DateTime<Utc> },
+    /// The first paid period after a free trial (the trial's usage is not billed).
+    TrialEnded,
 }
 
 /// A plan change applied mid-period: the unused part of the old price is credited, the rest of

@@ -168,12 +168,24 @@ async fn ensure_attempt(
         tx.commit().await?;
         return Ok(a);
     }
-    let inv = store::invoice_for_update(&mut tx, invoice)
+    let refused = match store::invoice_for_update(&mut tx, invoice).await? {
+        None => Some(Error::not_found("invoice")),
+        Some(inv)
+            if inv.status != InvoiceStatus::Open
+                || inv.amount_paid_minor >= inv.amount_due_minor =>
+        {
+            Some(not_payable(&inv))
+        }
+        Some(_) => None,
+    };
+    if let Some(e) = refused {
+        // Now: a dropped transaction keeps the invoice locked until its connection is reused.
+        tx.rollback().await?;
+        return Err(e);
+    }
+    let inv = store::invoice(&mut tx, invoice)
         .await?
         .ok_or_else(|| Error::not_found("invoice"))?;
-    if inv.status != InvoiceStatus::Open || inv.amount_paid_minor >= inv.amount_due_minor {
-        return Err(not_payable(&inv));
-    }
     let a = store::insert_attempt(
         &mut tx,
         &store::NewAttempt {

@@ -161,6 +161,10 @@ pub struct CheckoutRequest {
     pub plan: String,
     #[serde(default)]
     pub payment_method: Option<PaymentMethodId>,
+    /// Start with the plan's free trial (a first subscription only): nothing is charged until
+    /// it ends; the payment method is charged off-session then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trial: bool,
 }
 
 /// What a purchase answers when it did not fail.
@@ -233,7 +237,7 @@ fn purchase(s: Settled) -> Result<Purchase> {
     match s {
         Settled::Subscribed(checkout, subscription) => Ok(Purchase::Subscribed {
             checkout,
-            subscription: Box::new(subscription),
+            subscription,
         }),
         Settled::RequiresAction(checkout, client_secret) => Ok(Purchase::RequiresAction {
             checkout,
@@ -254,7 +258,7 @@ fn purchase(s: Settled) -> Result<Purchase> {
 /// The answer `confirm` and `cancel` give for a checkout that is no longer waiting.
 fn settled_answer(s: Settled) -> Result<(Checkout, Subscription)> {
     match s {
-        Settled::Subscribed(c, sub) => Ok((c, sub)),
+        Settled::Subscribed(c, sub) => Ok((c, *sub)),
         Settled::RequiresAction(_, secret) => Err(Error::conflict(
             "authentication_required",
             "the customer has not completed authentication yet",
@@ -339,6 +343,21 @@ async fn reserve(
     if let Some(open) = store::open_of(tx, account).await? {
         return Err(in_progress(open));
     }
+    if input.trial {
+        if plan.trial_days == 0 {
+            return Err(Error::unprocessable(
+                "no_trial",
+                format!("plan `{}` has no trial", plan.key),
+            ));
+        }
+        if subscriptions::had_any(tx, account).await? {
+            return Err(Error::conflict(
+                "trial_used",
+                "trials are for an account's first subscription",
+            ));
+        }
+    }
+    let trial_days = if input.trial { plan.trial_days } else { 0 };
     let stable = rollout::stable_version(tx).await?;
     let pm = if plan.price_minor == 0 {
         None
@@ -374,7 +393,10 @@ async fn reserve(
             provider_key: idempotency::provider_key("checkout", id.0),
             expires_at: now + TimeDelta::seconds(state.checkout_expiry_secs),
             now,
-            terms: crate::billing::Terms::of_plan(&plan),
+            terms: crate::billing::Terms {
+                trial_days,
+                ..crate::billing::Terms::of_plan(&plan)
+            },
         },
     )
     .await
@@ -384,7 +406,8 @@ async fn reserve(
             _ => Error::from(e),
         },
     )?;
-    if plan.price_minor == 0 {
+    if plan.price_minor == 0 || trial_days > 0 {
+        // Nothing to pay now: subscribed in the key's transaction.
         return Ok(Reserved::Free(Box::new(
             settle::complete_paid(state, tx, &c, None, now).await?,
         )));
@@ -571,7 +594,7 @@ pub async fn cancel(state: &AppState, account: AccountId, id: CheckoutId) -> Res
             tracing::info!(checkout_id = %id, "checkout canceled by the customer");
             Ok(Canceled::Canceled(c))
         }
-        Settled::Subscribed(c, sub) => Ok(Canceled::AlreadyPaid(c, Box::new(sub))),
+        Settled::Subscribed(c, sub) => Ok(Canceled::AlreadyPaid(c, sub)),
         other => settled_answer(other).map(|(c, sub)| Canceled::AlreadyPaid(c, Box::new(sub))),
     }
 }

@@ -23,7 +23,7 @@ use crate::{accounts, catalog, payment_methods};
 #[derive(Debug)]
 pub enum Settled {
     /// Paid (or free): the subscription exists.
-    Subscribed(Checkout, Subscription),
+    Subscribed(Checkout, Box<Subscription>),
     /// Waiting for the customer's authentication (`client_secret` for the browser).
     RequiresAction(Checkout, String),
     /// The provider is still working on it.
@@ -109,7 +109,7 @@ pub async fn complete_paid(
     )
     .await?;
     state.metrics.checkout(CheckoutOutcome::Succeeded);
-    Ok(Settled::Subscribed(c, sub))
+    Ok(Settled::Subscribed(c, Box::new(sub)))
 }
 
 /// Applies what the provider said about a checkout's payment, under its row lock, in the
@@ -199,7 +199,7 @@ pub async fn describe(conn: &mut PgConnection, c: Checkout) -> Result<Settled> {
                 None => None,
             }
             .ok_or_else(|| Error::internal("succeeded checkout without subscription"))?;
-            Settled::Subscribed(c, sub)
+            Settled::Subscribed(c, Box::new(sub))
         }
         CheckoutStatus::Failed => {
             let code = c

@@ -207,8 +207,14 @@ where
         store::Found::Fresh { resource } => {
             let reserved = match reserve(&mut tx, resource).await {
                 Ok(r) => r,
-                // Rolled back with the key: as if the request never came.
-                Err(e) => return Ok(Ran::now(Err(e))),
+                // Rolled back with the key: as if the request never came. Explicitly and now:
+                // a dropped transaction would keep its row locks until its pooled connection
+                // is next used (a refused plan change kept the subscription locked, and the
+                // renewal skipped it).
+                Err(e) => {
+                    tx.rollback().await?;
+                    return Ok(Ran::now(Err(e)));
+                }
             };
             tx.commit().await?;
             let attempt = Attempt {

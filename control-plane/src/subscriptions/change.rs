@@ -374,20 +374,22 @@ pub async fn resume(
     id: SubscriptionId,
 ) -> Result<Subscription> {
     let mut tx = state.cf.begin().await?;
-    let sub = store::get_of_for_update(&mut tx, account, id)
-        .await?
-        .ok_or_else(|| Error::not_found("subscription"))?;
-    if sub.status == SubscriptionStatus::Canceled {
-        return Err(Error::conflict(
+    let refused = match store::get_of_for_update(&mut tx, account, id).await? {
+        None => Some(Error::not_found("subscription")),
+        Some(s) if s.status == SubscriptionStatus::Canceled => Some(Error::conflict(
             "subscription_canceled",
             "this subscription has ended; buy a plan instead",
-        ));
-    }
-    if !sub.cancel_at_period_end {
-        return Err(Error::conflict(
+        )),
+        Some(s) if !s.cancel_at_period_end => Some(Error::conflict(
             "not_canceling",
             "this subscription is not set to cancel",
-        ));
+        )),
+        Some(_) => None,
+    };
+    if let Some(e) = refused {
+        // Now: a dropped transaction keeps the row locked until its connection is reused.
+        tx.rollback().await?;
+        return Err(e);
     }
     let now = state.clock.now();
     let sub = store::resume(&mut tx, id).await?;

@@ -193,16 +193,39 @@ pub async fn create(
     // Periods start on a whole second: edges and usage place events by the anchor in unix
     // milliseconds, and every boundary derives from it.
     let start = chrono::SubsecRound::trunc_subsecs(now, 0);
-    let end =
-        period_end(start, sold.interval).ok_or_else(|| Error::internal("period end overflows"))?;
-    let sub = store::insert(conn, SubscriptionId::new_v7(), account, sold, start, end)
-        .await
-        .map_err(
-            |e| match e.as_database_error().and_then(|d| d.constraint()) {
-                Some("subscriptions_one_live_per_account") => subscription_exists(),
-                _ => Error::from(e),
-            },
-        )?;
+    // A trial is the first period; the paid periods are anchored on its end.
+    let (status, end) = if sold.terms.trial_days > 0 {
+        let end = start + chrono::TimeDelta::days(i64::from(sold.terms.trial_days));
+        (SubscriptionStatus::Trialing, end)
+    } else {
+        let end = period_end(start, sold.interval)
+            .ok_or_else(|| Error::internal("period end overflows"))?;
+        (SubscriptionStatus::Active, end)
+    };
+    let anchor = if status == SubscriptionStatus::Trialing {
+        end
+    } else {
+        start
+    };
+    let sub = store::insert(
+        conn,
+        &store::NewSubscription {
+            id: SubscriptionId::new_v7(),
+            account,
+            sold,
+            status,
+            start,
+            end,
+            anchor,
+        },
+    )
+    .await
+    .map_err(
+        |e| match e.as_database_error().and_then(|d| d.constraint()) {
+            Some("subscriptions_one_live_per_account") => subscription_exists(),
+            _ => Error::from(e),
+        },
+    )?;
     announce(conn, &sub, Some(Started::First { paid }), now).await?;
     Ok(sub)
 }
@@ -221,14 +244,18 @@ pub async fn cancel(
     cmd: &Cancel,
 ) -> Result<Subscription> {
     let mut tx = state.cf.begin().await?;
-    let sub = store::get_of_for_update(&mut tx, account, id)
-        .await?
-        .ok_or_else(|| Error::not_found("subscription"))?;
-    if sub.status == SubscriptionStatus::Canceled {
-        return Err(Error::conflict(
+    let refused = match store::get_of_for_update(&mut tx, account, id).await? {
+        None => Some(Error::not_found("subscription")),
+        Some(s) if s.status == SubscriptionStatus::Canceled => Some(Error::conflict(
             "subscription_canceled",
             "this subscription is already canceled",
-        ));
+        )),
+        Some(_) => None,
+    };
+    if let Some(e) = refused {
+        // Now, not when the pooled connection is next used: the row stays locked until then.
+        tx.rollback().await?;
+        return Err(e);
     }
     let now = state.clock.now();
     let sub = if cmd.at_period_end {
@@ -270,8 +297,12 @@ pub async fn renew_due(state: &AppState, batch: i64) -> anyhow::Result<usize> {
         let end = next_boundary(sub.billing_anchor, interval, sub.current_period_end)
             .ok_or_else(|| anyhow::anyhow!("subscription {} period end overflows", sub.id))?;
         let renewed = store::advance_period(&mut tx, sub.id, end).await?;
-        let started = Started::Renewal {
-            previous_start: sub.current_period_start,
+        let started = if sub.status == SubscriptionStatus::Trialing {
+            Started::TrialEnded
+        } else {
+            Started::Renewal {
+                previous_start: sub.current_period_start,
+            }
         };
         announce(&mut tx, &renewed, Some(started), now).await?;
     }
@@ -332,10 +363,11 @@ async fn set_status_if(
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
     let mut tx = state.cf.begin().await?;
-    let Some(sub) = store::get_for_update(&mut tx, id).await? else {
-        return Ok(());
-    };
-    if sub.status != from {
+    if store::get_for_update(&mut tx, id)
+        .await?
+        .is_none_or(|sub| sub.status != from)
+    {
+        tx.rollback().await?;
         return Ok(());
     }
     let sub = store::set_status(&mut tx, id, to).await?;
@@ -354,4 +386,9 @@ pub async fn anchors(
 ) -> Result<std::collections::HashMap<AccountId, DateTime<Utc>>> {
     let mut conn = state.cf.acquire().await?;
     Ok(store::anchors(&mut conn, accounts).await?)
+}
+
+/// Whether the account ever had a subscription (trials are for the first one).
+pub async fn had_any(conn: &mut PgConnection, account: AccountId) -> sqlx::Result<bool> {
+    Ok(!store::list(conn, account).await?.is_empty())
 }

@@ -59,30 +59,40 @@ pub async fn list(conn: &mut PgConnection, account: AccountId) -> sqlx::Result<V
     .await
 }
 
+/// A subscription as created.
+pub struct NewSubscription<'a> {
+    pub id: SubscriptionId,
+    pub account: AccountId,
+    pub sold: &'a Sold,
+    pub status: tollgate_protocol::SubscriptionStatus,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub anchor: DateTime<Utc>,
+}
+
 pub async fn insert(
     conn: &mut PgConnection,
-    id: SubscriptionId,
-    account: AccountId,
-    sold: &Sold,
-    now: DateTime<Utc>,
-    end: DateTime<Utc>,
+    n: &NewSubscription<'_>,
 ) -> sqlx::Result<Subscription> {
+    let sold = n.sold;
     sqlx::query_as(sqlf!(
         "INSERT INTO subscriptions (id, account_id, plan_key, status, amount_minor, currency, interval,
              current_period_start, current_period_end, cancel_at_period_end, revision, created_at,
              terms, billing_anchor)
-         VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, false, 1, $7, $9, $7)
+         VALUES ($1, $2, $3, $10, $4, $5, $6, $7, $8, false, 1, $7, $9, $11)
          RETURNING {SUB_COLUMNS}"
     ))
-    .bind(id)
-    .bind(account.0)
+    .bind(n.id)
+    .bind(n.account.0)
     .bind(&sold.plan)
     .bind(sold.amount_minor)
     .bind(&sold.currency)
     .bind(sold.interval.as_str())
-    .bind(now)
-    .bind(end)
+    .bind(n.start)
+    .bind(n.end)
     .bind(sqlx::types::Json(&sold.terms))
+    .bind(n.status.as_str())
+    .bind(n.anchor)
     .fetch_one(conn)
     .await
 }
@@ -160,6 +170,7 @@ pub async fn advance_period(
     sqlx::query_as(sqlf!(
         "UPDATE subscriptions SET current_period_start = current_period_end,
              current_period_end = $2, revision = revision + 1,
+             status = CASE WHEN status = 'trialing' THEN 'active' ELSE status END,
              plan_key = coalesce(pending_change->>'plan', plan_key),
              amount_minor = coalesce((pending_change->>'amount_minor')::bigint, amount_minor),
              terms = coalesce(pending_change->'terms', terms),
