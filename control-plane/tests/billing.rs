@@ -943,6 +943,60 @@ async fn a_trial_charges_nothing_until_it_ends_then_bills_from_its_end() {
     settle(&h).await;
     let first = summary(&invoices(&h, &token).await[0]);
     assert_eq!(first, (0, 0, "paid".to_owned(), vec![plan(0)]));
+    // Switching plans during the trial prorates nothing: no credit for unpaid trial time.
+    let sub = subscription_of(&h, &token).await;
+    let body = r#"{"plan":"enterprise"}"#;
+    let p = h
+        .post(
+            &format!("/v1/subscriptions/{sub}/preview-change"),
+            Some(&token),
+            None,
+            body,
+        )
+        .await;
+    let subs = h.get("/v1/subscriptions", Some(&token)).await;
+    assert_eq!(
+        (p.json["when"].clone(), p.json["total_minor"].clone()),
+        (serde_json::json!("now"), serde_json::json!(0)),
+        "{:?} {:?}",
+        p.json,
+        subs.json
+    );
+    let up = h
+        .post(
+            &format!("/v1/subscriptions/{sub}/change"),
+            Some(&token),
+            Some("trial-up"),
+            body,
+        )
+        .await;
+    assert_eq!(up.status, StatusCode::OK, "{:?}", up.json);
+    assert!(up.json["invoice"].is_null());
+    let down = h
+        .post(
+            &format!("/v1/subscriptions/{sub}/change"),
+            Some(&token),
+            Some("trial-down"),
+            r#"{"plan":"pro"}"#,
+        )
+        .await;
+    assert_eq!(down.json["subscription"]["plan"], "pro", "{:?}", down.json);
+    assert_eq!(down.json["subscription"]["status"], "trialing");
+    settle(&h).await;
+    assert_eq!(
+        invoices(&h, &token).await.len(),
+        1,
+        "no proration invoice in a trial"
+    );
+    {
+        let mut conn = h.state.billing.acquire().await.expect("conn");
+        assert_eq!(
+            ledger::credit_held(&mut conn, account, Currency::USD)
+                .await
+                .expect("credit"),
+            0
+        );
+    }
     // Usage during the trial is free.
     h.clock.advance(TimeDelta::minutes(5));
     use_api(&h, account, "trial", 200_000).await;

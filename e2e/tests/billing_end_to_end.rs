@@ -43,7 +43,11 @@ async fn run(stack: &Stack) -> anyhow::Result<()> {
         (u["meters"][0]["value"].as_i64() == Some(100_250)).then_some(())
     })
     .await?;
-    anyhow::ensure!(edge_usage(stack, &customer.account).await == Some(100_250));
+    // The edge counts its unacknowledged events until the flush's ack arrives: wait for it.
+    poll("edge usage", Duration::from_secs(30), || async {
+        (edge_usage(stack, &customer.account).await == Some(100_250)).then_some(())
+    })
+    .await?;
 
     // A month and two hours later: renewed, the draft finalised after the grace window.
     let (status, body) = stack
@@ -104,7 +108,12 @@ async fn run(stack: &Stack) -> anyhow::Result<()> {
             .then_some(())
     })
     .await?;
-    anyhow::ensure!(edge_usage(stack, &customer.account).await == Some(7));
+    poll(
+        "edge usage in the new period",
+        Duration::from_secs(30),
+        || async { (edge_usage(stack, &customer.account).await == Some(7)).then_some(()) },
+    )
+    .await?;
     Ok(())
 }
 

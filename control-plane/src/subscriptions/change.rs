@@ -129,7 +129,12 @@ async fn decide(
     } else {
         Direction::Downgrade
     };
+    // During a free trial nothing was paid: a change applies now and prorates nothing (the
+    // new plan's price applies from the trial's end). Crediting "unused" trial time would pay
+    // the customer for a period they never paid for.
+    let in_trial = sub.status == SubscriptionStatus::Trialing;
     let when = input.when.unwrap_or(match direction {
+        _ if in_trial => When::Now,
         Direction::Upgrade => When::Now,
         Direction::Downgrade => When::PeriodEnd,
     });
@@ -138,7 +143,7 @@ async fn decide(
         amount_minor: plan.price_minor,
         terms: Terms::of_plan(plan),
     };
-    let proration = (when == When::Now).then(|| Proration {
+    let proration = (when == When::Now && !in_trial).then(|| Proration {
         invoice_id,
         at: now.clamp(sub.current_period_start, sub.current_period_end),
         period_start: sub.current_period_start,
@@ -175,9 +180,11 @@ pub async fn preview(
         .currency
         .parse()
         .map_err(|_| Error::internal("subscription currency"))?;
-    let (lines, effective_at) = match &d.proration {
-        Some(p) => (invoices::proration_lines(p), p.at),
-        None => {
+    let (lines, effective_at) = match (&d.proration, d.when) {
+        (Some(p), _) => (invoices::proration_lines(p), p.at),
+        // In a trial: nothing to pay now.
+        (None, When::Now) => (Vec::new(), now),
+        (None, When::PeriodEnd) => {
             let interval = tollgate_rules::Interval::parse(&sub.interval)
                 .ok_or_else(|| Error::internal("subscription interval"))?;
             let next_end = next_boundary(sub.billing_anchor, interval, sub.current_period_end)
@@ -267,13 +274,19 @@ pub async fn change(
                     "an upgrade is paid at once: add a payment method first",
                 ));
             }
-            let sub = match &d.proration {
-                Some(p) => {
+            let sub = match (&d.proration, d.when) {
+                (Some(p), _) => {
                     let sub = store::change_plan(tx, id, &d.to).await?;
                     announce_with(tx, &sub, None, Some(p.clone()), now).await?;
                     sub
                 }
-                None => {
+                // In a trial: switched now, nothing to prorate.
+                (None, When::Now) => {
+                    let sub = store::change_plan(tx, id, &d.to).await?;
+                    announce(tx, &sub, None, now).await?;
+                    sub
+                }
+                (None, When::PeriodEnd) => {
                     let sub = store::set_pending_change(tx, id, Some(&d.to)).await?;
                     announce(tx, &sub, None, now).await?;
                     sub
