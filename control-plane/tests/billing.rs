@@ -495,6 +495,16 @@ async fn a_renewal_that_needs_authentication_is_paid_on_session_with_3ds() {
     .await
     .assert_problem(StatusCode::NOT_FOUND, "not_found");
 
+    // Nor page from it.
+    h.get(
+        &format!("/v1/invoices?starting_after={id}"),
+        Some(&stranger),
+    )
+    .await
+    .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    h.get("/v1/invoices?limit=-1", Some(&token))
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "invalid_limit");
     // On-session: 3-D Secure, then confirm.
     let pay = h
         .post(

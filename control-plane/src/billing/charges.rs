@@ -206,22 +206,36 @@ async fn drive(state: &AppState, a: &ChargeAttempt) -> anyhow::Result<Collected>
     let Some(target) = target else {
         return record(state, a, Err(NoMethod)).await;
     };
-    let description = format!("Tollgate invoice {}", a.invoice_id);
-    let result = state
+    let result = call_provider(state, a, &target.customer, &target.payment_method).await;
+    record(state, a, Ok(result)).await
+}
+
+/// The provider call of attempt `a`, with the attempt's own key and presence: the same call,
+/// and the same payment, however often it is made.
+pub(super) async fn call_provider(
+    state: &AppState,
+    a: &ChargeAttempt,
+    customer: &str,
+    payment_method: &str,
+) -> Result<PaymentOutcome, GatewayError> {
+    let presence = match a.presence {
+        AttemptPresence::OnSession => Presence::OnSession,
+        AttemptPresence::OffSession => Presence::OffSession,
+    };
+    state
         .gateway
         .create_payment(PaymentRequest {
-            customer: &target.customer,
-            payment_method: &target.payment_method,
+            customer,
+            payment_method,
             amount: GatewayAmount {
                 amount_minor: a.amount_minor,
                 currency: a.currency.as_str(),
             },
-            presence: Presence::OffSession,
+            presence,
             idempotency_key: &a.idempotency_key,
-            description: &description,
+            description: &format!("Tollgate invoice {}", a.invoice_id),
         })
-        .await;
-    record(state, a, Ok(result)).await
+        .await
 }
 
 /// The account has no usable payment method.
@@ -498,20 +512,7 @@ pub async fn reconcile_abandoned(state: &AppState, batch: i64) -> anyhow::Result
                     settled += 1;
                     continue;
                 };
-                state
-                    .gateway
-                    .create_payment(PaymentRequest {
-                        customer: &customer,
-                        payment_method: &pm,
-                        amount: GatewayAmount {
-                            amount_minor: a.amount_minor,
-                            currency: a.currency.as_str(),
-                        },
-                        presence: Presence::OnSession,
-                        idempotency_key: &a.idempotency_key,
-                        description: &format!("Tollgate invoice {}", a.invoice_id),
-                    })
-                    .await
+                call_provider(state, a, &customer, &pm).await
             }
         };
         let outcome = match result {

@@ -16,7 +16,7 @@ use super::charges::{
 use super::invoices::{Invoice, InvoiceStatus};
 use super::store;
 use crate::error::{Error, Kind, Result};
-use crate::gateways::{Decline, GatewayAmount, GatewayError, PaymentRequest, Presence};
+use crate::gateways::{Decline, GatewayError};
 use crate::idempotency::{self, Attempt, Ran};
 use crate::ids::{AccountId, ChargeAttemptId, InvoiceId, PaymentMethodId};
 use crate::payment_methods::{self, PaymentMethodStatus};
@@ -120,20 +120,7 @@ async fn proceed(
     };
     let a = ensure_attempt(state, id, attempt_id, pm.as_deref()).await?;
     let result = match (customer, pm) {
-        (Some(customer), Some(pm)) => Ok(state
-            .gateway
-            .create_payment(PaymentRequest {
-                customer: &customer,
-                payment_method: &pm,
-                amount: GatewayAmount {
-                    amount_minor: a.amount_minor,
-                    currency: a.currency.as_str(),
-                },
-                presence: Presence::OnSession,
-                idempotency_key: &a.idempotency_key,
-                description: &format!("Tollgate invoice {id}"),
-            })
-            .await),
+        (Some(customer), Some(pm)) => Ok(charges::call_provider(state, &a, &customer, &pm).await),
         _ => Err(NoMethod),
     };
     if let Ok(Err(GatewayError::Unavailable(e))) = &result {
@@ -145,14 +132,8 @@ async fn proceed(
         .await
         .map_err(Error::internal)?;
     let answer = answer(state, account, id, collected).await;
-    let mut tx = state.cf.begin().await?;
-    if let Some(done) = attempt.overtaken(&mut tx).await? {
-        return done;
-    }
-    attempt.complete(&mut tx, &answer).await?;
-    tx.commit().await?;
     state.billing_outbox_wake.notify_one();
-    answer
+    attempt.store(&state.cf, answer).await
 }
 
 /// The attempt of this request: made on the first try, found again on a resume.

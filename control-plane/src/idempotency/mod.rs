@@ -163,6 +163,24 @@ impl Attempt {
         store::complete(conn, &self.scope, &self.key, &value).await?;
         Ok(())
     }
+
+    /// Stores `answer` in a transaction of its own (for an operation whose effects another
+    /// database already holds) — unless another attempt completed the request first: then
+    /// that one's stored answer is returned instead.
+    pub async fn store<T: Serialize + DeserializeOwned>(
+        &self,
+        cf: &PgPool,
+        answer: Outcome<T>,
+    ) -> Outcome<T> {
+        let mut tx = cf.begin().await?;
+        if let Some(done) = self.overtaken(&mut tx).await? {
+            tx.rollback().await?;
+            return done;
+        }
+        self.complete(&mut tx, &answer).await?;
+        tx.commit().await?;
+        answer
+    }
 }
 
 fn decode<T: DeserializeOwned>(stored: serde_json::Value) -> Result<Outcome<T>> {

@@ -343,13 +343,7 @@ pub async fn change(
                 invoice,
                 payment,
             });
-            let mut tx = state.cf.begin().await?;
-            if let Some(done) = attempt.overtaken(&mut tx).await? {
-                return done;
-            }
-            attempt.complete(&mut tx, &answer).await?;
-            tx.commit().await?;
-            answer
+            attempt.store(&state.cf, answer).await
         },
     )
     .await
