@@ -544,10 +544,28 @@ sys.exit(m.version("openfeature-sdk") != sys.argv[1] or m.version("openfeature-p
     { tg_log_tail "$TG_LOG_DIR/pip.log"; tg_die "pip install openfeature failed"; }
 }
 
+# Whether the localstripe at $1 runs this checkout's launcher (scripts/localstripe-serve.py
+# answers the hash of its own file): an older launcher lacks routes the tests use.
+tg__localstripe_current() {
+  local want got
+  want="$(sha256sum "$TG_ROOT/scripts/localstripe-serve.py" | cut -d' ' -f1)"
+  got="$(curl -fsS --max-time 2 "$1/_config/launcher" 2>/dev/null | tr -d ' \n' |
+    sed -n 's/.*"sha256":"\([0-9a-f]*\)".*/\1/p')" || true
+  [[ "$got" == "$want" ]]
+}
+
 tg_ensure_localstripe() {
   local port=$TOLLGATE_LOCALSTRIPE_PORT
   local base="http://127.0.0.1:$port"
   tg_ensure_localstripe_installed
+  if tg__localstripe_answers "$base" && ! tg__localstripe_current "$base"; then
+    if tg_pid_alive localstripe localstripe-serve; then
+      tg_log "localstripe: $base runs an older launcher; restarting it"
+      tg_stop_localstripe
+    else
+      tg_die "the localstripe at $base was not started from this checkout's scripts/localstripe-serve.py (or is an older version of it): stop it, or set TOLLGATE_LOCALSTRIPE_PORT to a free port"
+    fi
+  fi
   if tg__localstripe_answers "$base"; then
     tg_log "localstripe: using $base"
   else

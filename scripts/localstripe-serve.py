@@ -91,6 +91,25 @@ PaymentIntents
   `success=true` charges the card; `success=false` leaves `requires_payment_method` with
   `last_payment_error.code = payment_intent_authentication_failure`.
 
+Products and Prices (Tollgate mirrors its plans to them)
+-------------------------------------------------------
+* Upstream has Products but no Prices.  Added: `POST /v1/prices` (`product`, `currency`,
+  `unit_amount`, `recurring[interval]` = day|week|month|year, `recurring[interval_count]`,
+  `lookup_key`, `transfer_lookup_key`, `nickname`, `active`, `metadata`),
+  `GET /v1/prices/{id}`, `POST /v1/prices/{id}` (`active`, `nickname`, `metadata`,
+  `lookup_key`, `transfer_lookup_key`), and `GET /v1/prices` filtered by `lookup_keys[]`,
+  `product`, `active`.  Like Stripe, a lookup key names one price: creating another price under
+  it is refused (400) unless `transfer_lookup_key=true` moves it; the amount, currency and
+  interval of a price never change.
+* Creating a product with an `id` that exists answers Stripe's 400 `resource_already_exists`
+  (upstream: a bare 409 "Conflict", which clients would retry forever).
+
+Which launcher is answering
+---------------------------
+* `GET /_config/launcher` answers `{"sha256": <hash of this file>}`, so `scripts/lib.sh`
+  can tell a localstripe started from an older version of this launcher (one without a route
+  the tests need) from the current one, and restart it.
+
 Response fields filled in (async-stripe 1.0.0-rc.10 requires them; upstream omits them)
 ------------------------------------------------------------------------------------
 Every JSON response is walked, and every object inside it (also nested ones, e.g. the
@@ -112,6 +131,10 @@ Every JSON response is walked, and every object inside it (also nested ones, e.g
                     last_setup_error, description: null when absent (optional)
     payment_method  billing_details      required; {} if absent
                     card.funding         required; "credit" if absent
+    product         images, marketing_features ([]), updated (= created), and null for
+                    the optional fields upstream lacks (default_price, unit_label, …)
+    price           billing_scheme "per_unit", type recurring|one_time, and null for the
+                    optional fields (tiers, transform_quantity, …)
     error bodies    error.type           required; "invalid_request_error" if absent, and
                                          "api_error" for 5xx
                     error.code           "resource_missing" on 404 (Stripe's code)
@@ -494,6 +517,156 @@ def patch_payment_intents():
 
 
 # ---------------------------------------------------------------------------------------------
+# Products and Prices
+# ---------------------------------------------------------------------------------------------
+
+PRICE_INTERVALS = ('day', 'week', 'month', 'year')
+
+
+def as_list(value, name):
+    """`lookup_keys[]=a` or `lookup_keys[0]=a` (unflattened to a list or a dict)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [value[k] for k in sorted(value, key=int)]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise UserError(400, 'Invalid array', {'param': name})
+
+
+class Price(R.StripeObject):
+    object = 'price'
+    _id_prefix = 'price_'
+
+    def __init__(self, product=None, currency=None, unit_amount=None, recurring=None,
+                 lookup_key=None, transfer_lookup_key=None, nickname=None, active=True,
+                 metadata=None, **kwargs):
+        if kwargs:
+            raise UserError(400, 'Unexpected ' + ', '.join(kwargs.keys()))
+        active = to_bool(active, 'active')
+        transfer = to_bool(transfer_lookup_key, 'transfer_lookup_key')
+        if not isinstance(product, str) or not product:
+            raise UserError(400, 'Missing required param: product.', {'param': 'product'})
+        R.Product._api_retrieve(product)  # 404 for an unknown product, as Stripe
+        if not isinstance(currency, str) or len(currency) != 3:
+            raise UserError(400, 'Invalid currency', {'param': 'currency'})
+        try:
+            unit_amount = int(unit_amount)
+            assert unit_amount >= 0
+        except (TypeError, ValueError, AssertionError):
+            raise UserError(400, 'Invalid non-negative integer', {'param': 'unit_amount'})
+        if recurring is not None:
+            if not isinstance(recurring, dict) or recurring.get('interval') not in PRICE_INTERVALS:
+                raise UserError(400, 'Invalid recurring[interval]',
+                                {'param': 'recurring[interval]'})
+            try:
+                count = int(recurring.get('interval_count', 1))
+                assert count >= 1
+            except (TypeError, ValueError, AssertionError):
+                raise UserError(400, 'Invalid recurring[interval_count]',
+                                {'param': 'recurring[interval_count]'})
+            recurring = {'interval': recurring['interval'], 'interval_count': count,
+                         'usage_type': 'licensed', 'meter': None, 'trial_period_days': None}
+        if lookup_key is not None and not isinstance(lookup_key, str):
+            raise UserError(400, 'Invalid lookup_key', {'param': 'lookup_key'})
+        holder = Price._holding(lookup_key)
+        if holder is not None and not transfer:
+            raise UserError(400, 'A price (`%s`) already uses that lookup key.' % holder.id,
+                            {'param': 'lookup_key'})
+
+        # All exceptions must be raised before this point.
+        super().__init__()
+        if holder is not None:
+            holder.lookup_key = None
+        self.product = product
+        self.currency = currency.lower()
+        self.unit_amount = unit_amount
+        self.unit_amount_decimal = str(unit_amount)
+        self.recurring = recurring
+        self.type = 'recurring' if recurring is not None else 'one_time'
+        self.billing_scheme = 'per_unit'
+        self.lookup_key = lookup_key
+        self.nickname = nickname
+        self.active = active
+        self.metadata = metadata or {}
+
+    @staticmethod
+    def _holding(lookup_key):
+        if lookup_key is None:
+            return None
+        for key, value in R.store.items():
+            if key.startswith('price:') and value.lookup_key == lookup_key:
+                return value
+        return None
+
+    @classmethod
+    def _api_update(cls, id, active=None, nickname=None, metadata=None, lookup_key=None,
+                    transfer_lookup_key=None, **kwargs):
+        if kwargs:
+            raise UserError(400, 'Unexpected ' + ', '.join(kwargs.keys()) +
+                            ' (a price\'s amount, currency and interval never change)')
+        obj = cls._api_retrieve(id)
+        transfer = to_bool(transfer_lookup_key, 'transfer_lookup_key')
+        if lookup_key is not None:
+            holder = cls._holding(lookup_key)
+            if holder is not None and holder is not obj and not transfer:
+                raise UserError(400, 'A price (`%s`) already uses that lookup key.' % holder.id,
+                                {'param': 'lookup_key'})
+            if holder is not None and holder is not obj:
+                holder.lookup_key = None
+            obj.lookup_key = lookup_key
+        if active is not None:
+            obj.active = to_bool(active, 'active')
+        if nickname is not None:
+            obj.nickname = nickname
+        if metadata:
+            obj.metadata.update(metadata)
+        return obj
+
+    @classmethod
+    def _api_list_all(cls, url, lookup_keys=None, product=None, active=None, limit=None,
+                      starting_after=None, **kwargs):
+        if kwargs:
+            raise UserError(400, 'Unexpected ' + ', '.join(kwargs.keys()))
+        keys = as_list(lookup_keys, 'lookup_keys')
+        active = None if active is None else to_bool(active, 'active')
+        li = super(Price, cls)._api_list_all(url, limit=limit, starting_after=starting_after)
+        li._list = [p for p in li._list
+                    if (keys is None or p.lookup_key in keys)
+                    and (product is None or p.product == product)
+                    and (active is None or p.active == active)]
+        return li
+
+
+def patch_products():
+    Product = R.Product
+    original_create = Product._api_create.__func__
+
+    def _api_create(cls, id=None, **data):
+        if id is not None and ('product:' + str(id)) in R.store:
+            raise UserError(400, 'Product already exists.',
+                            {'code': 'resource_already_exists', 'param': 'id'})
+        return original_create(cls, id=id, **data)
+
+    Product._api_create = classmethod(_api_create)
+
+
+def fix_product(product):
+    product.setdefault('images', [])
+    product.setdefault('marketing_features', [])
+    product.setdefault('updated', product.get('created'))
+    for key in ('default_price', 'package_dimensions', 'tax_code', 'unit_label'):
+        product.setdefault(key, None)
+
+
+def fix_price(price):
+    for key in ('custom_unit_amount', 'tax_behavior', 'tiers_mode', 'transform_quantity'):
+        price.setdefault(key, None)
+
+
+# ---------------------------------------------------------------------------------------------
 # Response completion
 # ---------------------------------------------------------------------------------------------
 
@@ -534,6 +707,8 @@ FIXERS = {
     'payment_intent': fix_payment_intent,
     'setup_intent': fix_setup_intent,
     'payment_method': fix_payment_method,
+    'product': fix_product,
+    'price': fix_price,
 }
 
 
@@ -642,6 +817,13 @@ async def idempotency_middleware(request, handler):
 # Application
 # ---------------------------------------------------------------------------------------------
 
+LAUNCHER_SHA256 = hashlib.sha256(open(os.path.abspath(__file__), 'rb').read()).hexdigest()
+
+
+async def launcher(request):
+    return S.json_response({'sha256': LAUNCHER_SHA256})
+
+
 def build_app():
     """A new aiohttp app: our middlewares and routes first, then localstripe's routes.
 
@@ -660,6 +842,13 @@ def build_app():
     }
     for (method, url), func in overrides.items():
         app.router.add_route(method, url, S.api_extra(func, url))
+    app.router.add_get('/_config/launcher', launcher)
+    for method, url, func in (
+            ('POST', '/v1/prices', S.api_create),
+            ('GET', '/v1/prices/{id}', S.api_retrieve),
+            ('POST', '/v1/prices/{id}', S.api_update),
+            ('GET', '/v1/prices', S.api_list_all)):
+        app.router.add_route(method, url, func(Price, url))
     for route in S.app.router.routes():
         url = route.resource.canonical
         if (route.method, url) in overrides:
@@ -695,6 +884,7 @@ def main():
     patch_payment_methods()
     patch_setup_intents()
     patch_payment_intents()
+    patch_products()
 
     if not args.from_scratch:
         R.store.try_load_from_disk()

@@ -1,10 +1,10 @@
 //! Time-driven transitions, run every second by the maintenance worker (and at once after a
 //! development clock advance): subscriptions whose period ended (renewed) or whose cancel at
 //! period end came due, drafts past their grace window (finalised), open invoices due for an
-//! off-session charge, checkouts
-//! nobody else will settle, abandoned card set-ups, expired idempotency records, and outbox
-//! rows (with billing's inbox ids) past the retention window. Provider calls happen outside
-//! any transaction; each part is one domain's own function.
+//! off-session charge, checkouts nobody else will settle, plan prices to mirror to the payment
+//! provider, abandoned card set-ups, expired idempotency records, and outbox rows (with
+//! billing's inbox ids) past the retention window. Provider calls happen outside any
+//! transaction; each part is one domain's own function.
 
 use crate::state::AppState;
 
@@ -14,7 +14,9 @@ pub const RENEWAL_BATCH: i64 = 500;
 pub const FINALIZE_BATCH: i64 = 200;
 /// Invoices charged per pass.
 pub const CHARGE_BATCH: i64 = 100;
-use crate::{billing, checkout, idempotency, outbox, payment_methods, subscriptions};
+/// Plan prices mirrored to the payment provider per pass.
+pub const MIRROR_BATCH: i64 = 20;
+use crate::{billing, catalog, checkout, idempotency, outbox, payment_methods, subscriptions};
 
 /// One pass; returns how many rows changed state (pruning is not a change of state).
 pub async fn run(state: &AppState) -> anyhow::Result<usize> {
@@ -28,6 +30,7 @@ pub async fn run(state: &AppState) -> anyhow::Result<usize> {
         .len();
     changed += billing::charges::reconcile_abandoned(state, CHARGE_BATCH).await?;
     changed += checkout::reconcile(state).await?;
+    changed += catalog::mirror::run_due(state, MIRROR_BATCH).await?;
     changed += payment_methods::reconcile_abandoned(
         state,
         chrono::TimeDelta::seconds(state.checkout_expiry_secs),

@@ -443,6 +443,13 @@ const ROUTES: &[Route] = &[
         fields: &[],
     },
     Route {
+        method: Method::GET,
+        path: "/admin/v1/catalog/prices",
+        token: Token::Admin,
+        key: false,
+        fields: &[],
+    },
+    Route {
         method: Method::POST,
         path: "/dev/v1/clock/advance",
         token: Token::None,

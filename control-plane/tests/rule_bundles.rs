@@ -381,3 +381,121 @@ async fn a_stored_bundle_of_an_older_format_is_refused_with_a_conflict_not_a_500
     .assert_problem(StatusCode::CONFLICT, "bundle_format_unsupported");
     h.finish().await;
 }
+
+/// The mirror's rows as `(lookup_key, status, price_id)`, newest bundle first.
+async fn mirrored(h: &Harness) -> Vec<(String, String, Option<String>)> {
+    let r = h.admin(Method::GET, "/admin/v1/catalog/prices", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    r.json["data"]
+        .as_array()
+        .expect("prices")
+        .iter()
+        .map(|p| {
+            (
+                p["lookup_key"].as_str().expect("key").to_owned(),
+                p["status"].as_str().expect("status").to_owned(),
+                p["price_id"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+async fn count(h: &Harness, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(&h.state.cf)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn promotion_mirrors_each_plan_to_one_provider_price_per_bundle_version() {
+    use tollgate_control_plane::catalog::mirror;
+    use tollgate_control_plane::clock::Clock;
+    let knobs = common::gateway::Knobs::default();
+    let h = Harness::with_gateway(knobs.wrapper()).await;
+    h.admin_upload(signed(&demo(), 1, &h.key)).await;
+    h.admin_upload(signed(&without_enterprise(), 2, &h.key))
+        .await;
+    h.admin(Method::POST, "/admin/v1/bundles/1/promote", None)
+        .await;
+    let pending = mirrored(&h).await;
+    assert_eq!(
+        pending
+            .iter()
+            .map(|(k, s, id)| (k.as_str(), s.as_str(), id.is_some()))
+            .collect::<Vec<_>>(),
+        [
+            ("enterprise:v1", "pending", false),
+            ("free:v1", "pending", false),
+            ("pro:v1", "pending", false)
+        ],
+        "the promotion itself records what to mirror, before any provider call"
+    );
+
+    // The provider creates the prices but the answer is lost: nothing is recorded as
+    // mirrored, and the retry (after its backoff) finds the same prices by lookup key.
+    knobs
+        .lose_price_answers
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(mirror::run_due(&h.state, 20).await.expect("run"), 0);
+    assert_eq!(count(&h, "sim_prices").await, 3, "created at the provider");
+    let r = h.admin(Method::GET, "/admin/v1/catalog/prices", None).await;
+    let first = &r.json["data"][0];
+    assert_eq!(first["attempts"], 1, "{first}");
+    assert!(
+        first["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out")),
+        "the failure is visible: {first}"
+    );
+    assert_eq!(
+        mirror::run_due(&h.state, 20).await.expect("run"),
+        0,
+        "not due again before its backoff"
+    );
+    h.clock
+        .advance(mirror::backoff(1) + chrono::TimeDelta::seconds(1));
+    assert_eq!(mirror::run_due(&h.state, 20).await.expect("run"), 3);
+    assert_eq!(count(&h, "sim_prices").await, 3, "no second price");
+    let done = mirrored(&h).await;
+    assert!(
+        done.iter()
+            .all(|(_, s, id)| s == "mirrored" && id.is_some())
+    );
+    assert_eq!(mirror::run_due(&h.state, 20).await.expect("run"), 0);
+
+    // A new version gets prices of its own; going back to version 1 asks for nothing new.
+    h.admin(Method::POST, "/admin/v1/bundles/2/promote", None)
+        .await;
+    h.admin(Method::POST, "/admin/v1/rollback", None).await;
+    assert_eq!(
+        mirrored(&h)
+            .await
+            .iter()
+            .map(|(k, s, _)| (k.as_str(), s.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("free:v2", "pending"),
+            ("pro:v2", "pending"),
+            ("enterprise:v1", "mirrored"),
+            ("free:v1", "mirrored"),
+            ("pro:v1", "mirrored")
+        ]
+    );
+    // Two workers at once: every row is claimed by one of them (the lease), one price each.
+    let (a, b) = tokio::join!(mirror::run_due(&h.state, 20), mirror::run_due(&h.state, 20));
+    assert_eq!(a.expect("a") + b.expect("b"), 2);
+    assert_eq!(count(&h, "sim_prices").await, 5);
+    assert_eq!(
+        count(&h, "sim_products").await,
+        3,
+        "one product per plan, across versions"
+    );
+    let by_key: std::collections::HashMap<String, Option<String>> = mirrored(&h)
+        .await
+        .into_iter()
+        .map(|(k, _, id)| (k, id))
+        .collect();
+    assert_ne!(by_key["pro:v1"], by_key["pro:v2"], "a price per version");
+    h.finish().await;
+}

@@ -309,3 +309,77 @@ async fn stripe_adapter_handles_every_flow_against_localstripe() {
         Err(GatewayError::Invalid(_))
     ));
 }
+
+#[tokio::test]
+async fn plan_prices_are_mirrored_to_stripe_products_and_prices_once() {
+    let base = std::env::var("TOLLGATE_TEST_STRIPE_API_BASE").expect(
+        "TOLLGATE_TEST_STRIPE_API_BASE must point at localstripe: run the suite with scripts/test",
+    );
+    let gw = StripeGateway::new("sk_test_123", Some(&base)).expect("gateway");
+    // A plan key of its own per run: localstripe keeps its state between runs.
+    let plan = unique("pro").replace('-', "_");
+    let lookup = format!("{plan}:v1");
+    let spec = PriceSpec {
+        plan: &plan,
+        name: "Pro",
+        lookup_key: &lookup,
+        amount: GatewayAmount {
+            amount_minor: 2900,
+            currency: "USD",
+        },
+        interval: "month",
+    };
+    let first = gw.ensure_price(&spec).await.expect("mirror");
+    assert_eq!(first.product_id, format!("tg_plan_{plan}"));
+    assert!(first.price_id.starts_with("price_"), "{first:?}");
+    let again = gw.ensure_price(&spec).await.expect("mirror again");
+    assert_eq!(
+        again, first,
+        "found again by its lookup key, not created twice"
+    );
+
+    // A later bundle renames the plan: same product (renamed), a price of its own.
+    let lookup2 = format!("{plan}:v2");
+    let renamed = PriceSpec {
+        name: "Pro (2027)",
+        lookup_key: &lookup2,
+        amount: GatewayAmount {
+            amount_minor: 3900,
+            currency: "USD",
+        },
+        ..spec
+    };
+    let second = gw.ensure_price(&renamed).await.expect("mirror v2");
+    assert_eq!(second.product_id, first.product_id);
+    assert_ne!(second.price_id, first.price_id);
+
+    // A lookup key that already names another amount is reported, never papered over.
+    let clash = PriceSpec {
+        amount: GatewayAmount {
+            amount_minor: 1,
+            currency: "USD",
+        },
+        ..spec
+    };
+    match gw.ensure_price(&clash).await {
+        Err(GatewayError::Invalid(msg)) => assert!(msg.contains(&lookup), "{msg}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    // Bad input never reaches Stripe as a request it would half-apply.
+    let yearly_bad = PriceSpec {
+        interval: "fortnight",
+        ..spec
+    };
+    assert!(matches!(
+        gw.ensure_price(&yearly_bad).await,
+        Err(GatewayError::Invalid(_))
+    ));
+    let bad_plan = PriceSpec {
+        plan: "../etc",
+        ..spec
+    };
+    assert!(matches!(
+        gw.ensure_price(&bad_plan).await,
+        Err(GatewayError::Invalid(_))
+    ));
+}

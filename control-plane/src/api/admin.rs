@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::extract::Platform;
 use super::views::{json as reply, value};
+use crate::catalog;
 use crate::error::{Error, Result};
 use crate::http::{Json, Path};
 use crate::rollout::{self, Change};
@@ -33,6 +34,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/v1/rollback", post(rollback))
         .route("/admin/v1/edges", get(edges))
         .route("/admin/v1/audit", get(audit))
+        .route("/admin/v1/catalog/prices", get(prices))
 }
 
 fn change(c: Change) -> Value {
@@ -139,4 +141,10 @@ async fn edges(State(state): State<AppState>, _: Platform) -> Result<Response> {
 async fn audit(State(state): State<AppState>, _: Platform) -> Result<Response> {
     let entries = rollout::audit_log(&state).await?;
     Ok(reply(StatusCode::OK, json!({ "data": entries })))
+}
+
+/// `GET /admin/v1/catalog/prices` — every plan price and its state at the payment provider.
+async fn prices(State(state): State<AppState>, _: Platform) -> Result<Response> {
+    let prices = catalog::mirror::list(&state).await?;
+    Ok(reply(StatusCode::OK, json!({ "data": prices })))
 }

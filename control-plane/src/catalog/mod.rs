@@ -8,6 +8,7 @@
 //! what the new catalog holds, in its order. Rows a newer bundle drops are kept (subscriptions
 //! and checkouts refer to them) but can no longer be bought.
 
+pub mod mirror;
 pub mod store;
 
 use std::collections::HashMap;

@@ -107,6 +107,28 @@ pub struct RefundRef {
     pub amount_minor: i64,
 }
 
+/// A plan's price as the provider's catalog should hold it: one product per plan, one
+/// immutable price per plan and bundle version, found again by its `lookup_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PriceSpec<'a> {
+    /// The plan's key; the product's id derives from it (`tg_plan_<key>`).
+    pub plan: &'a str,
+    /// The plan's display name (the product's name follows the latest bundle's).
+    pub name: &'a str,
+    /// `<plan key>:v<bundle version>`: unique per price, like Stripe's lookup keys.
+    pub lookup_key: &'a str,
+    pub amount: GatewayAmount<'a>,
+    /// `month` or `year`.
+    pub interval: &'a str,
+}
+
+/// Where a plan's price lives at the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceRef {
+    pub product_id: String,
+    pub price_id: String,
+}
+
 /// Transport or provider failures that are not a customer's decline.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -169,6 +191,11 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// the caller never abandons a payment that went through.
     async fn cancel_payment(&self, payment_intent_id: &str)
     -> Result<PaymentOutcome, GatewayError>;
+
+    /// Makes sure the provider's catalog holds `spec` (its product, and a recurring price
+    /// under `spec.lookup_key`): finds what an earlier call created, creates what is missing,
+    /// so calling it again — after a crash, concurrently — never creates a second price.
+    async fn ensure_price(&self, spec: &PriceSpec<'_>) -> Result<PriceRef, GatewayError>;
 
     /// Refunds (part of) a succeeded payment.
     async fn refund(

@@ -27,7 +27,8 @@ use sqlx::PgPool;
 
 use super::{
     CardSummary, CustomerRef, Decline, GatewayError, PaymentGateway, PaymentOutcome,
-    PaymentRequest, PaymentStatus, Presence, RefundRef, SetupOutcome, SetupStatus,
+    PaymentRequest, PaymentStatus, Presence, PriceRef, PriceSpec, RefundRef, SetupOutcome,
+    SetupStatus,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -649,6 +650,65 @@ impl PaymentGateway for SimulatedGateway {
         .await?;
         tx.commit().await.map_err(db)?;
         Ok(r)
+    }
+
+    async fn ensure_price(&self, spec: &PriceSpec<'_>) -> Result<PriceRef, GatewayError> {
+        let product_id = format!("tg_plan_{}", spec.plan);
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // Like Stripe: a product keeps its id and takes the latest name; a lookup key names
+        // one price for ever (a second create under it is refused, so find it first).
+        sqlx::query(
+            "INSERT INTO sim_products (id, name) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name",
+        )
+        .bind(&product_id)
+        .bind(spec.name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO sim_prices (id, lookup_key, product, amount_minor, currency, interval)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (lookup_key) DO NOTHING",
+        )
+        .bind(sim_id("price"))
+        .bind(spec.lookup_key)
+        .bind(&product_id)
+        .bind(spec.amount.amount_minor)
+        .bind(spec.amount.currency)
+        .bind(spec.interval)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let (price_id, product, amount, currency, interval): (String, String, i64, String, String) =
+            sqlx::query_as(
+                "SELECT id, product, amount_minor, currency, interval FROM sim_prices
+                 WHERE lookup_key = $1",
+            )
+            .bind(spec.lookup_key)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        if (
+            product.as_str(),
+            amount,
+            currency.as_str(),
+            interval.as_str(),
+        ) != (
+            product_id.as_str(),
+            spec.amount.amount_minor,
+            spec.amount.currency,
+            spec.interval,
+        ) {
+            return Err(GatewayError::Invalid(format!(
+                "lookup key {} already names another price ({amount} {currency} per {interval} of {product})",
+                spec.lookup_key
+            )));
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(PriceRef {
+            product_id,
+            price_id,
+        })
     }
 }
 

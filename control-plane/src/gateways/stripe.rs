@@ -39,11 +39,17 @@ use stripe_core::{
 };
 use stripe_payment::PaymentMethod;
 use stripe_payment::payment_method::RetrievePaymentMethod;
+use stripe_product::Price;
+use stripe_product::price::{
+    CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, ListPrice,
+};
+use stripe_product::product::{CreateProduct, RetrieveProduct, UpdateProduct};
 use stripe_types::Currency;
 
 use super::{
     CardSummary, CustomerRef, Decline, GatewayError, PaymentGateway, PaymentOutcome,
-    PaymentRequest, PaymentStatus, Presence, RefundRef, SetupOutcome, SetupStatus,
+    PaymentRequest, PaymentStatus, Presence, PriceRef, PriceSpec, RefundRef, SetupOutcome,
+    SetupStatus,
 };
 
 /// Longest wait for one HTTP exchange with Stripe before giving up as `Unavailable`.
@@ -94,6 +100,36 @@ impl StripeGateway {
             .send(&self.client)
             .await
             .map_err(|err| map_error(err, "reading payment method"))
+    }
+
+    /// Makes sure product `id` exists with `name`. Its id is ours, so creating it twice is
+    /// refused by Stripe (`resource_already_exists`): a concurrent creator won, which is fine.
+    async fn ensure_product(&self, id: &str, name: &str) -> Result<(), GatewayError> {
+        check_path_id(id, "product")?;
+        match RetrieveProduct::new(id).send(&self.client).await {
+            Ok(product) if product.name == name => return Ok(()),
+            Ok(_) => {
+                return UpdateProduct::new(id)
+                    .name(name)
+                    .send(&self.client)
+                    .await
+                    .map(drop)
+                    .map_err(|err| map_error(err, "renaming product"));
+            }
+            Err(err) => match map_error(err, "reading product") {
+                GatewayError::NotFound(_) => {}
+                other => return Err(other),
+            },
+        }
+        match CreateProduct::new(name).id(id).send(&self.client).await {
+            Ok(_) => Ok(()),
+            Err(StripeError::Stripe(api, _))
+                if api.code == Some(ApiErrorsCode::ResourceAlreadyExists) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(map_error(err, "creating product")),
+        }
     }
 
     /// Turns a SetupIntent into our outcome, fetching its PaymentMethod if it was not expanded.
@@ -225,14 +261,7 @@ impl PaymentGateway for StripeGateway {
                 req.amount.amount_minor
             )));
         }
-        let code = req.amount.currency;
-        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(GatewayError::Invalid(format!(
-                "currency {code:?} is not an ISO-4217 code"
-            )));
-        }
-        // Infallible: a code async-stripe does not know becomes `Currency::Unknown`.
-        let Ok(currency) = code.to_ascii_lowercase().parse::<Currency>();
+        let currency = currency(req.amount.currency)?;
         let off_session = matches!(req.presence, Presence::OffSession);
         let mut create = CreatePaymentIntent::new(req.amount.amount_minor, currency)
             .customer(req.customer)
@@ -297,6 +326,51 @@ impl PaymentGateway for StripeGateway {
         }
     }
 
+    async fn ensure_price(&self, spec: &PriceSpec<'_>) -> Result<PriceRef, GatewayError> {
+        if spec.amount.amount_minor < 0 {
+            return Err(GatewayError::Invalid(format!(
+                "price of plan {} is negative",
+                spec.plan
+            )));
+        }
+        let currency = currency(spec.amount.currency)?;
+        let interval = match spec.interval {
+            "month" => CreatePriceRecurringInterval::Month,
+            "year" => CreatePriceRecurringInterval::Year,
+            other => {
+                return Err(GatewayError::Invalid(format!(
+                    "price interval {other:?} is neither month nor year"
+                )));
+            }
+        };
+        let product_id = format!("tg_plan_{}", spec.plan);
+        self.ensure_product(&product_id, spec.name).await?;
+        let found = ListPrice::new()
+            .lookup_keys(vec![spec.lookup_key.to_owned()])
+            .send(&self.client)
+            .await
+            .map_err(|err| map_error(err, "looking up price"))?;
+        let price = match found.data.into_iter().next() {
+            Some(price) => price,
+            None => CreatePrice::new(currency)
+                .product(product_id.as_str())
+                .unit_amount(spec.amount.amount_minor)
+                .recurring(CreatePriceRecurring::new(interval))
+                .lookup_key(spec.lookup_key)
+                .nickname(spec.lookup_key)
+                .customize()
+                .request_strategy(idempotent("price", spec.lookup_key)?)
+                .send(&self.client)
+                .await
+                .map_err(|err| map_error(err, "creating price"))?,
+        };
+        check_price(&price, spec, &product_id)?;
+        Ok(PriceRef {
+            product_id,
+            price_id: price.id.to_string(),
+        })
+    }
+
     async fn refund(
         &self,
         payment_intent_id: &str,
@@ -336,6 +410,47 @@ fn normalize_api_base(base: &str) -> Result<String, GatewayError> {
     } else {
         format!("{base}/")
     })
+}
+
+/// An ISO-4217 code as async-stripe wants it (lower case).
+fn currency(code: &str) -> Result<Currency, GatewayError> {
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(GatewayError::Invalid(format!(
+            "currency {code:?} is not an ISO-4217 code"
+        )));
+    }
+    // Infallible: a code async-stripe does not know becomes `Currency::Unknown`.
+    let Ok(currency) = code.to_ascii_lowercase().parse::<Currency>();
+    Ok(currency)
+}
+
+/// A price found under a lookup key is the one `spec` describes (Stripe prices are immutable:
+/// a lookup key that names another amount is a mistake to report, never to paper over).
+fn check_price(price: &Price, spec: &PriceSpec<'_>, product_id: &str) -> Result<(), GatewayError> {
+    let interval = price.recurring.as_ref().map(|r| r.interval.as_str());
+    let matches = price.unit_amount == Some(spec.amount.amount_minor)
+        && price
+            .currency
+            .to_string()
+            .eq_ignore_ascii_case(spec.amount.currency)
+        && price.product.id().as_str() == product_id
+        && interval == Some(spec.interval);
+    if matches {
+        Ok(())
+    } else {
+        Err(GatewayError::Invalid(format!(
+            "Stripe price {} under lookup key {} is {:?} {} per {:?} of {}, not {} {} per {} of {product_id}",
+            price.id,
+            spec.lookup_key,
+            price.unit_amount,
+            price.currency,
+            interval,
+            price.product.id().as_str(),
+            spec.amount.amount_minor,
+            spec.amount.currency,
+            spec.interval,
+        )))
+    }
 }
 
 /// The request strategy that sends `key` (namespaced by `operation`) as `Idempotency-Key`.

@@ -352,6 +352,7 @@ async fn make_stable(
     )
     .await
     .map_err(Error::internal)?;
+    catalog::mirror::request(conn, version, &manifest.plans, now).await?;
     store::audit(
         conn,
         action,

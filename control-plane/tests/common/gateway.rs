@@ -6,18 +6,20 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use tollgate_control_plane::gateways::{
-    CustomerRef, GatewayError, PaymentGateway, PaymentOutcome, PaymentRequest, RefundRef,
-    SetupOutcome,
+    CustomerRef, GatewayError, PaymentGateway, PaymentOutcome, PaymentRequest, PriceRef, PriceSpec,
+    RefundRef, SetupOutcome,
 };
 
 /// A gateway in front of the real (simulated) one that can stall every call until released,
-/// fail reads, or lose the answer of a payment it made ("timed out after charging").
+/// fail reads, or lose the answer of a payment it made ("timed out after charging") or of a
+/// price it created.
 pub struct Wrapped {
     inner: Arc<dyn PaymentGateway>,
     stall: Arc<tokio::sync::Semaphore>,
     stalling: Arc<AtomicBool>,
     fail_reads: Arc<AtomicBool>,
     lose_payment_answers: Arc<AtomicU32>,
+    lose_price_answers: Arc<AtomicU32>,
     customers_created: Arc<AtomicU32>,
 }
 
@@ -27,6 +29,8 @@ pub struct Knobs {
     pub stalling: Arc<AtomicBool>,
     pub fail_reads: Arc<AtomicBool>,
     pub lose_payment_answers: Arc<AtomicU32>,
+    /// `ensure_price` calls whose answer is lost after the provider created the price.
+    pub lose_price_answers: Arc<AtomicU32>,
     pub customers_created: Arc<AtomicU32>,
 }
 
@@ -37,6 +41,7 @@ impl Default for Knobs {
             stalling: Arc::default(),
             fail_reads: Arc::default(),
             lose_payment_answers: Arc::default(),
+            lose_price_answers: Arc::default(),
             customers_created: Arc::default(),
         }
     }
@@ -52,6 +57,7 @@ impl Knobs {
                 stalling: k.stalling,
                 fail_reads: k.fail_reads,
                 lose_payment_answers: k.lose_payment_answers,
+                lose_price_answers: k.lose_price_answers,
                 customers_created: k.customers_created,
             })
         })
@@ -101,6 +107,20 @@ impl PaymentGateway for Wrapped {
     async fn retrieve_setup(&self, id: &str) -> Result<SetupOutcome, GatewayError> {
         self.read()?;
         self.inner.retrieve_setup(id).await
+    }
+    async fn ensure_price(&self, spec: &PriceSpec<'_>) -> Result<PriceRef, GatewayError> {
+        self.gate().await;
+        let out = self.inner.ensure_price(spec).await?;
+        if self
+            .lose_price_answers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(GatewayError::Unavailable(
+                "timed out (after the provider created the price)".into(),
+            ));
+        }
+        Ok(out)
     }
     async fn cancel_setup(&self, id: &str) -> Result<SetupOutcome, GatewayError> {
         self.read()?;
