@@ -4,8 +4,8 @@
 //! * Promoting (or rolling back to) a bundle writes, in the promotion's transaction, one
 //!   `plan_prices` row per plan: the intent survives any crash and is never lost to a provider
 //!   being down.
-//! * The maintenance worker claims due rows with a lease (`FOR UPDATE SKIP LOCKED` in one
-//!   statement, committed before any provider call), calls
+//! * The maintenance worker claims due rows with a lease ([`store::claim_prices`], committed
+//!   before any provider call), calls
 //!   [`PaymentGateway::ensure_price`](crate::gateways::PaymentGateway::ensure_price), and
 //!   records the provider's ids; a failure is recorded and retried with backoff.
 //! * Idempotent end to end: one product per plan (`tg_plan_<key>`), one immutable price per
@@ -18,6 +18,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use tollgate_rules::ir;
 
+use super::store;
 use crate::error::Result;
 use crate::gateways::{GatewayAmount, PaymentGateway, PriceSpec};
 use crate::state::AppState;
@@ -41,43 +42,13 @@ pub async fn request(
     plans: &[ir::Plan],
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    let mut keys = Vec::with_capacity(plans.len());
-    let mut plan_keys = Vec::with_capacity(plans.len());
-    let mut names = Vec::with_capacity(plans.len());
-    let mut amounts = Vec::with_capacity(plans.len());
-    let mut currencies = Vec::with_capacity(plans.len());
-    let mut intervals = Vec::with_capacity(plans.len());
-    for p in plans {
-        keys.push(lookup_key(&p.key, version));
-        plan_keys.push(p.key.clone());
-        names.push(p.name.clone());
-        amounts.push(p.price_minor);
-        currencies.push(p.currency.clone());
-        intervals.push(p.interval.as_str());
-    }
-    sqlx::query(
-        "INSERT INTO plan_prices (lookup_key, plan_key, bundle_version, name, amount_minor,
-                                  currency, interval, requested_at, next_try_at)
-         SELECT k, p, $2, n, a, c, i, $8, $8
-         FROM UNNEST($1::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[])
-              AS t(k, p, n, a, c, i)
-         ON CONFLICT (lookup_key) DO NOTHING",
-    )
-    .bind(&keys)
-    .bind(version)
-    .bind(&plan_keys)
-    .bind(&names)
-    .bind(&amounts)
-    .bind(&currencies)
-    .bind(&intervals)
-    .bind(now)
-    .execute(conn)
-    .await
-    .map(drop)
+    let keys: Vec<String> = plans.iter().map(|p| lookup_key(&p.key, version)).collect();
+    store::request_prices(conn, version, &keys, plans, now).await
 }
 
 /// Whether a plan's price is at the provider yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum MirrorStatus {
     Pending,
@@ -85,9 +56,10 @@ pub enum MirrorStatus {
 }
 
 /// One plan price and where it is at the provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct PlanPrice {
     pub lookup_key: String,
+    #[sqlx(rename = "plan_key")]
     pub plan: String,
     pub bundle_version: i64,
     pub name: String,
@@ -101,91 +73,14 @@ pub struct PlanPrice {
     pub product_id: Option<String>,
     pub price_id: Option<String>,
     pub requested_at: DateTime<Utc>,
+    /// When a pending price is (next) tried; `None` once mirrored.
     pub next_try_at: Option<DateTime<Utc>>,
     pub mirrored_at: Option<DateTime<Utc>>,
 }
 
-type Row = (
-    String,
-    String,
-    i64,
-    String,
-    i64,
-    String,
-    String,
-    i32,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    DateTime<Utc>,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-);
-
-fn from_row(r: Row) -> PlanPrice {
-    let mirrored = r.14.is_some();
-    PlanPrice {
-        lookup_key: r.0,
-        plan: r.1,
-        bundle_version: r.2,
-        name: r.3,
-        amount_minor: r.4,
-        currency: r.5,
-        interval: r.6,
-        status: if mirrored {
-            MirrorStatus::Mirrored
-        } else {
-            MirrorStatus::Pending
-        },
-        attempts: r.7,
-        last_error: r.8,
-        provider: r.9,
-        product_id: r.10,
-        price_id: r.11,
-        requested_at: r.12,
-        next_try_at: (!mirrored).then_some(r.13),
-        mirrored_at: r.14,
-    }
-}
-
-const COLUMNS: &str = "lookup_key, plan_key, bundle_version, name, amount_minor, currency, \
-     interval, attempts, last_error, provider, product_id, price_id, requested_at, next_try_at, \
-     mirrored_at";
-
 /// Every plan price, newest bundle first (what an operator reads to see the mirror's state).
 pub async fn list(state: &AppState) -> Result<Vec<PlanPrice>> {
-    let rows: Vec<Row> = sqlx::query_as(sqlf!(
-        "SELECT {COLUMNS} FROM plan_prices ORDER BY bundle_version DESC, plan_key"
-    ))
-    .fetch_all(&state.cf)
-    .await?;
-    Ok(rows.into_iter().map(from_row).collect())
-}
-
-/// Claims up to `batch` due rows in one committed statement: each gets a lease
-/// ([`CLAIM_LEASE`]) before its worker calls the provider, so no lock is held across the call
-/// and no other worker calls for it meanwhile.
-async fn claim(pool: &PgPool, batch: i64, now: DateTime<Utc>) -> sqlx::Result<Vec<PlanPrice>> {
-    let rows: Vec<Row> = sqlx::query_as(sqlf!(
-        "UPDATE plan_prices SET next_try_at = $2, attempts = attempts + 1
-         WHERE lookup_key IN (
-             SELECT lookup_key FROM plan_prices
-             WHERE mirrored_at IS NULL AND next_try_at <= $1
-             ORDER BY bundle_version, next_try_at
-             LIMIT $3
-             FOR UPDATE SKIP LOCKED)
-         RETURNING {COLUMNS}"
-    ))
-    .bind(now)
-    .bind(now + CLAIM_LEASE)
-    .bind(batch)
-    .fetch_all(pool)
-    .await?;
-    let mut claimed: Vec<PlanPrice> = rows.into_iter().map(from_row).collect();
-    // Older bundles first: the product's name ends as the newest bundle's.
-    claimed.sort_by(|a, b| (a.bundle_version, &a.plan).cmp(&(b.bundle_version, &b.plan)));
-    Ok(claimed)
+    Ok(store::prices(&state.cf).await?)
 }
 
 /// The wait before the next try after `attempts` failed ones.
@@ -206,7 +101,10 @@ pub async fn mirror_due(
     now: DateTime<Utc>,
 ) -> sqlx::Result<usize> {
     let mut mirrored = 0;
-    for price in claim(pool, batch, now).await? {
+    let mut claimed = store::claim_prices(pool, now, now + CLAIM_LEASE, batch).await?;
+    // Older bundles first: the product's name ends as the newest bundle's.
+    claimed.sort_by(|a, b| (a.bundle_version, &a.plan).cmp(&(b.bundle_version, &b.plan)));
+    for price in claimed {
         let spec = PriceSpec {
             plan: &price.plan,
             name: &price.name,
@@ -219,18 +117,7 @@ pub async fn mirror_due(
         };
         match gateway.ensure_price(&spec).await {
             Ok(found) => {
-                sqlx::query(
-                    "UPDATE plan_prices SET provider = $2, product_id = $3, price_id = $4,
-                            mirrored_at = $5, last_error = NULL
-                     WHERE lookup_key = $1 AND mirrored_at IS NULL",
-                )
-                .bind(&price.lookup_key)
-                .bind(gateway.name())
-                .bind(&found.product_id)
-                .bind(&found.price_id)
-                .bind(now)
-                .execute(pool)
-                .await?;
+                store::price_mirrored(pool, &price.lookup_key, gateway.name(), &found, now).await?;
                 tracing::info!(lookup_key = %price.lookup_key, price = %found.price_id,
                                "plan price mirrored to the payment provider");
                 mirrored += 1;
@@ -238,14 +125,12 @@ pub async fn mirror_due(
             Err(err) => {
                 tracing::warn!(lookup_key = %price.lookup_key, attempts = price.attempts,
                                error = %err, "mirroring a plan price failed; retrying later");
-                sqlx::query(
-                    "UPDATE plan_prices SET last_error = $2, next_try_at = $3
-                     WHERE lookup_key = $1 AND mirrored_at IS NULL",
+                store::price_failed(
+                    pool,
+                    &price.lookup_key,
+                    &err.to_string(),
+                    now + backoff(price.attempts),
                 )
-                .bind(&price.lookup_key)
-                .bind(err.to_string())
-                .bind(now + backoff(price.attempts))
-                .execute(pool)
                 .await?;
             }
         }

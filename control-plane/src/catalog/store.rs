@@ -1,8 +1,13 @@
-//! SQL for the catalog (cf_prod `features`, `plans`, `plan_features`).
+//! SQL for the catalog (cf_prod `features`, `plans`, `plan_features`, and `plan_prices`, the
+//! mirror of the plans at the payment provider).
 
-use sqlx::PgConnection;
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
 use tollgate_protocol::usage::MeterSpec;
-use tollgate_rules::{Feature, Plan, PlanMeter};
+use tollgate_rules::{Feature, Plan, PlanMeter, ir};
+
+use super::mirror::PlanPrice;
+use crate::gateways::PriceRef;
 
 /// Nothing is sold or listed unless the next seed says so; positions are freed first (they
 /// are unique among what is sold).
@@ -157,4 +162,119 @@ pub async fn canary_features(conn: &mut PgConnection) -> sqlx::Result<Vec<Manife
     .fetch_optional(conn)
     .await?;
     Ok(canary.map(|(f,)| f.0).unwrap_or_default())
+}
+
+/// Records that `plans` of bundle `version` are to be mirrored under `keys` (one per plan, in
+/// order); a key already recorded is left as it is.
+pub async fn request_prices(
+    conn: &mut PgConnection,
+    version: i64,
+    keys: &[String],
+    plans: &[ir::Plan],
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let plan_keys: Vec<&str> = plans.iter().map(|p| p.key.as_str()).collect();
+    let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+    let amounts: Vec<i64> = plans.iter().map(|p| p.price_minor).collect();
+    let currencies: Vec<&str> = plans.iter().map(|p| p.currency.as_str()).collect();
+    let intervals: Vec<&str> = plans.iter().map(|p| p.interval.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO plan_prices (lookup_key, plan_key, bundle_version, name, amount_minor,
+                                  currency, interval, requested_at, next_try_at)
+         SELECT k, p, $2, n, a, c, i, $8, $8
+         FROM UNNEST($1::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[])
+              AS t(k, p, n, a, c, i)
+         ON CONFLICT (lookup_key) DO NOTHING",
+    )
+    .bind(keys)
+    .bind(version)
+    .bind(&plan_keys)
+    .bind(&names)
+    .bind(&amounts)
+    .bind(&currencies)
+    .bind(&intervals)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// `plan_prices` as [`PlanPrice`] (status and next try derived from `mirrored_at`).
+const PRICE_COLUMNS: &str = "lookup_key, plan_key, bundle_version, name, amount_minor, \
+     currency, interval, attempts, last_error, provider, product_id, price_id, requested_at, \
+     mirrored_at, CASE WHEN mirrored_at IS NULL THEN 'pending' ELSE 'mirrored' END AS status, \
+     CASE WHEN mirrored_at IS NULL THEN next_try_at END AS next_try_at";
+
+pub async fn prices(pool: &PgPool) -> sqlx::Result<Vec<PlanPrice>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {PRICE_COLUMNS} FROM plan_prices ORDER BY bundle_version DESC, plan_key"
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+/// Claims up to `batch` rows due at `now` in one statement (committed on return): each is
+/// leased until `until`, so no lock is held across the provider call and no other worker calls
+/// for it meanwhile; every claim counts as an attempt.
+pub async fn claim_prices(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+    batch: i64,
+) -> sqlx::Result<Vec<PlanPrice>> {
+    sqlx::query_as(sqlf!(
+        "UPDATE plan_prices SET next_try_at = $2, attempts = attempts + 1
+         WHERE lookup_key IN (
+             SELECT lookup_key FROM plan_prices
+             WHERE mirrored_at IS NULL AND next_try_at <= $1
+             ORDER BY bundle_version, next_try_at
+             LIMIT $3
+             FOR UPDATE SKIP LOCKED)
+         RETURNING {PRICE_COLUMNS}"
+    ))
+    .bind(now)
+    .bind(until)
+    .bind(batch)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn price_mirrored(
+    pool: &PgPool,
+    lookup_key: &str,
+    provider: &str,
+    found: &PriceRef,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE plan_prices SET provider = $2, product_id = $3, price_id = $4,
+                mirrored_at = $5, last_error = NULL
+         WHERE lookup_key = $1 AND mirrored_at IS NULL",
+    )
+    .bind(lookup_key)
+    .bind(provider)
+    .bind(&found.product_id)
+    .bind(&found.price_id)
+    .bind(now)
+    .execute(pool)
+    .await
+    .map(drop)
+}
+
+pub async fn price_failed(
+    pool: &PgPool,
+    lookup_key: &str,
+    error: &str,
+    retry_at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE plan_prices SET last_error = $2, next_try_at = $3
+         WHERE lookup_key = $1 AND mirrored_at IS NULL",
+    )
+    .bind(lookup_key)
+    .bind(error)
+    .bind(retry_at)
+    .execute(pool)
+    .await
+    .map(drop)
 }

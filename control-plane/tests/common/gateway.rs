@@ -64,6 +64,15 @@ impl Knobs {
     }
 }
 
+/// Loses the answer of a call the provider carried out while `left` is above zero (counting it
+/// down): the caller sees a timeout.
+fn lose_answer(left: &AtomicU32, after: &str) -> Result<(), GatewayError> {
+    match left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+        Ok(_) => Err(GatewayError::Unavailable(format!("timed out ({after})"))),
+        Err(_) => Ok(()),
+    }
+}
+
 impl Wrapped {
     async fn gate(&self) {
         if self.stalling.load(Ordering::SeqCst) {
@@ -111,15 +120,10 @@ impl PaymentGateway for Wrapped {
     async fn ensure_price(&self, spec: &PriceSpec<'_>) -> Result<PriceRef, GatewayError> {
         self.gate().await;
         let out = self.inner.ensure_price(spec).await?;
-        if self
-            .lose_price_answers
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(GatewayError::Unavailable(
-                "timed out (after the provider created the price)".into(),
-            ));
-        }
+        lose_answer(
+            &self.lose_price_answers,
+            "after the provider created the price",
+        )?;
         Ok(out)
     }
     async fn cancel_setup(&self, id: &str) -> Result<SetupOutcome, GatewayError> {
@@ -132,15 +136,7 @@ impl PaymentGateway for Wrapped {
     ) -> Result<PaymentOutcome, GatewayError> {
         self.gate().await;
         let out = self.inner.create_payment(req).await?;
-        if self
-            .lose_payment_answers
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(GatewayError::Unavailable(
-                "timed out (after the provider charged)".into(),
-            ));
-        }
+        lose_answer(&self.lose_payment_answers, "after the provider charged")?;
         Ok(out)
     }
     async fn retrieve_payment(&self, id: &str) -> Result<PaymentOutcome, GatewayError> {
