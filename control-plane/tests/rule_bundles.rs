@@ -499,3 +499,49 @@ async fn promotion_mirrors_each_plan_to_one_provider_price_per_bundle_version() 
     assert_ne!(by_key["pro:v1"], by_key["pro:v2"], "a price per version");
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_lookup_key_that_names_another_price_at_the_provider_is_reported_not_replaced() {
+    use tollgate_control_plane::catalog::mirror;
+    let h = Harness::new().await;
+    // The provider already holds `pro:v1` at another amount (e.g. a database restored from an
+    // older backup than the provider's state).
+    sqlx::query("INSERT INTO sim_products (id, name) VALUES ('tg_plan_pro', 'Pro')")
+        .execute(&h.state.cf)
+        .await
+        .expect("product");
+    sqlx::query(
+        "INSERT INTO sim_prices (id, lookup_key, product, amount_minor, currency, interval)
+         VALUES ('price_simold', 'pro:v1', 'tg_plan_pro', 1, 'USD', 'month')",
+    )
+    .execute(&h.state.cf)
+    .await
+    .expect("price");
+    h.admin_upload(signed(&demo(), 1, &h.key)).await;
+    h.admin(Method::POST, "/admin/v1/bundles/1/promote", None)
+        .await;
+    assert_eq!(mirror::run_due(&h.state, 20).await.expect("run"), 2);
+    let r = h.admin(Method::GET, "/admin/v1/catalog/prices", None).await;
+    let pro = r.json["data"]
+        .as_array()
+        .expect("prices")
+        .iter()
+        .find(|p| p["lookup_key"] == "pro:v1")
+        .expect("pro")
+        .clone();
+    assert_eq!(pro["status"], "pending", "{pro}");
+    assert!(pro["price_id"].is_null(), "{pro}");
+    assert!(
+        pro["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("already names another price")),
+        "{pro}"
+    );
+    let amount: i64 =
+        sqlx::query_scalar("SELECT amount_minor FROM sim_prices WHERE lookup_key = 'pro:v1'")
+            .fetch_one(&h.state.cf)
+            .await
+            .expect("amount");
+    assert_eq!(amount, 1, "the provider's price is left as it was");
+    h.finish().await;
+}
