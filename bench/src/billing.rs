@@ -56,6 +56,7 @@ fn terms() -> Terms {
             pricing: Pricing::PerUnit { unit_minor: 2 },
         }],
         trial_days: 0,
+        addons: Vec::new(),
     }
 }
 

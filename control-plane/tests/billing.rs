@@ -1056,3 +1056,219 @@ async fn a_trial_charges_nothing_until_it_ends_then_bills_from_its_end() {
     .assert_problem(StatusCode::CONFLICT, "trial_used");
     h.finish().await;
 }
+
+/// The seats limit the stable rules give the account's stored facts (what its edges serve).
+async fn seats_limit(h: &Harness, account: AccountId) -> (serde_json::Value, Option<i64>) {
+    let facts = tollgate_control_plane::entitlements::facts_of(&h.state, account)
+        .await
+        .expect("facts");
+    let program = tollgate_rules::demo_program();
+    let v = tollgate_rules::facts::fact_vector(&program, &facts, h.clock.now().timestamp_millis());
+    let seats = program
+        .features
+        .iter()
+        .position(|f| f.key == "seats")
+        .expect("seats");
+    let d = tollgate_rules::facts::decision(tollgate_rules::interp::evaluate(&program, &v)[seats]);
+    (serde_json::to_value(&facts.addons).expect("json"), d.limit)
+}
+
+#[tokio::test]
+async fn add_ons_are_sold_billed_each_period_prorated_when_changed_and_reach_the_facts() {
+    let h = Harness::new().await;
+    let plans = h.get("/v1/plans", None).await;
+    assert_eq!(plans.json["addons"][0]["key"], "extra_seats");
+    assert_eq!(plans.json["addons"][0]["price_minor"], 500);
+    let (id, token) = h.sign_up("seats@example.com").await;
+    let account: AccountId = id.parse().expect("id");
+
+    // Bad add-on requests are refused before anything is written or charged.
+    for (body, status, code) in [
+        (
+            r#"{"plan":"pro","addons":{"extra_seats":-1}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_addon_quantity",
+        ),
+        (
+            r#"{"plan":"pro","addons":{"extra_seats":10001}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_addon_quantity",
+        ),
+        (
+            r#"{"plan":"pro","addons":{"nope":1}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_addon",
+        ),
+        // The free plan with a paid add-on needs a card like any paid purchase.
+        (
+            r#"{"plan":"free","addons":{"extra_seats":1}}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "payment_method_required",
+        ),
+    ] {
+        h.post(
+            "/v1/checkout",
+            Some(&token),
+            Some(&format!("bad-{body}").replace(['"', '{', '}', ':', ','], "")),
+            body,
+        )
+        .await
+        .assert_problem(status, code);
+    }
+    assert_eq!(h.count("SELECT count(*) FROM checkouts").await, 0);
+
+    // Pro with two packs of extra seats: 2900 + 2 × 500, one on-session charge.
+    h.add_card(&token, "pm_card_visa").await;
+    let r = h
+        .post(
+            "/v1/checkout",
+            Some(&token),
+            Some("buy-seats"),
+            r#"{"plan":"pro","addons":{"extra_seats":2}}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    assert_eq!(r.json["checkout"]["amount_minor"], 3900);
+    assert_eq!(r.json["subscription"]["amount_minor"], 2900);
+    assert_eq!(r.json["subscription"]["addons"][0]["quantity"], 2);
+    assert_eq!(r.json["subscription"]["addons"][0]["amount_minor"], 1000);
+    settle(&h).await;
+    let first = summary(&invoices(&h, &token).await[0]);
+    assert_eq!(
+        first,
+        (
+            3900,
+            3900,
+            "paid".into(),
+            vec![plan(2900), ("addon".into(), 2, 1000)]
+        )
+    );
+    assert_eq!(
+        seats_limit(&h, account).await,
+        (serde_json::json!({"extra_seats": 2}), Some(10 + 2 * 5))
+    );
+    let sub = subscription_of(&h, &token).await;
+
+    // 16 of 31 days left: more seats apply now, prorated: 2 × 500 × 16/31 = 516.13 → 516
+    // back, 5 × 500 × 16/31 = 1290.32 → 1290 charged, 774 due at once.
+    advance_to(&h, t(2026, 1, 30, 12, 0)).await;
+    let more = r#"{"addons":{"extra_seats":5}}"#;
+    let preview = h
+        .post(
+            &format!("/v1/subscriptions/{sub}/preview-change"),
+            Some(&token),
+            None,
+            more,
+        )
+        .await;
+    assert_eq!(preview.status, StatusCode::OK, "{:?}", preview.json);
+    assert_eq!(preview.json["direction"], "upgrade");
+    let lines: Vec<(String, i64, i64)> = preview.json["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| {
+            (
+                l["kind"].as_str().expect("kind").to_owned(),
+                l["quantity"].as_i64().expect("quantity"),
+                l["amount_minor"].as_i64().expect("amount"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("addon_proration".to_owned(), 2, -516),
+            ("addon_proration".to_owned(), 5, 1290)
+        ]
+    );
+    assert_eq!(preview.json["total_minor"], 774);
+    let r = h
+        .post(
+            &format!("/v1/subscriptions/{sub}/change"),
+            Some(&token),
+            Some("more-seats"),
+            more,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(r.json["payment"]["status"], "paid");
+    assert_eq!(r.json["invoice"]["total_minor"], 774);
+    assert_eq!(r.json["subscription"]["plan"], "pro");
+    assert_eq!(r.json["subscription"]["addons"][0]["quantity"], 5);
+    settle(&h).await;
+    assert_eq!(seats_limit(&h, account).await.1, Some(10 + 5 * 5));
+    // Asking for what it holds changes nothing; an empty change is refused.
+    h.post(
+        &format!("/v1/subscriptions/{sub}/change"),
+        Some(&token),
+        Some("same-seats"),
+        more,
+    )
+    .await
+    .assert_problem(StatusCode::CONFLICT, "no_change");
+    h.post(
+        &format!("/v1/subscriptions/{sub}/change"),
+        Some(&token),
+        Some("empty"),
+        "{}",
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "nothing_to_change");
+
+    // Fewer seats wait for the period end (the customer paid for this period's five).
+    let r = h
+        .post(
+            &format!("/v1/subscriptions/{sub}/change"),
+            Some(&token),
+            Some("fewer-seats"),
+            r#"{"addons":{"extra_seats":1}}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(r.json["payment"]["status"], "none");
+    assert_eq!(r.json["subscription"]["addons"][0]["quantity"], 5);
+    assert_eq!(
+        r.json["subscription"]["pending_change"]["addons"][0]["quantity"],
+        1
+    );
+    settle(&h).await;
+    assert_eq!(seats_limit(&h, account).await.1, Some(35));
+
+    // The renewal bills the plan and one pack for the next period, in advance.
+    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    let list = invoices(&h, &token).await;
+    assert_eq!(list.len(), 3, "{list:#?}");
+    assert_eq!(
+        summary(&list[2]),
+        (
+            3400,
+            3400,
+            "paid".into(),
+            vec![plan(2900), ("addon".into(), 1, 500)]
+        )
+    );
+    assert_eq!(seats_limit(&h, account).await.1, Some(15));
+    let cash = LedgerAccount::cash("simulated").expect("cash");
+    assert_eq!(balance(&h, account, cash).await, 3900 + 774 + 3400);
+    let addon_rev = LedgerAccount::revenue(Revenue::Addon("extra_seats".into())).expect("acct");
+    assert_eq!(
+        balance(&h, account, addon_rev).await,
+        -(1000 - 516 + 1290 + 500)
+    );
+    assert_eq!(balance(&h, account, LedgerAccount::Receivable).await, 0);
+
+    // Canceling ends the add-ons with the plan.
+    let r = h
+        .post(
+            &format!("/v1/subscriptions/{sub}/cancel"),
+            Some(&token),
+            None,
+            r#"{"at_period_end":false}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    settle(&h).await;
+    assert_eq!(seats_limit(&h, account).await.0, serde_json::json!({}));
+    h.finish().await;
+}

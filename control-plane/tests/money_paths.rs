@@ -82,6 +82,19 @@ fn without_enterprise() -> String {
     )
 }
 
+/// The demo rules without the extra_seats add-on (and its test).
+fn without_extra_seats() -> String {
+    let cut = |src: &str, from: &str| {
+        let start = src.find(from).expect("block");
+        let end = start + src[start..].find("\n}\n").expect("end") + 3;
+        format!("{}{}", &src[..start], &src[end..])
+    };
+    cut(
+        &cut(tollgate_rules::DEMO_SOURCE, "addon extra_seats"),
+        "test \"extra seats",
+    )
+}
+
 /// The demo rules with pro re-priced.
 fn pro_at(price_minor: i64) -> String {
     let src = tollgate_rules::DEMO_SOURCE;
@@ -371,6 +384,56 @@ async fn a_checkout_completes_from_its_own_snapshot_whatever_the_catalog_became(
         .await
         .expect("schedule");
     assert_eq!(amount, 2900, "and billed at it");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_paid_checkout_with_an_add_on_withdrawn_meanwhile_is_refunded_in_full() {
+    let h = Harness::new().await;
+    promote(&h, tollgate_rules::DEMO_SOURCE, 1).await;
+    let (_, token) = customer_with_3ds_card(&h, "seats-withdrawn@example.com").await;
+    let r = h
+        .post(
+            "/v1/checkout",
+            Some(&token),
+            Some("buy-seats"),
+            r#"{"plan":"pro","addons":{"extra_seats":2}}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    assert_eq!(r.json["checkout"]["amount_minor"], 3900);
+    let (checkout, intent) = (r.str("/checkout/id"), intent_of(&r.str("/client_secret")));
+    promote(&h, &without_extra_seats(), 2).await;
+    let plans = h.get("/v1/plans", None).await;
+    assert_eq!(plans.json["addons"], serde_json::json!([]));
+    h.authenticate(&intent, true).await;
+    let r = h
+        .post(
+            &format!("/v1/checkout/{checkout}/confirm"),
+            Some(&token),
+            None,
+            "",
+        )
+        .await;
+    r.assert_problem(StatusCode::CONFLICT, "checkout_refunded");
+    assert_eq!(r.json["refund_reason"], "addon_withdrawn");
+    let (refunded,): (i64,) =
+        sqlx::query_as("SELECT (state->>'refunded_minor')::bigint FROM sim_intents WHERE id = $1")
+            .bind(&intent)
+            .fetch_one(&h.state.cf)
+            .await
+            .expect("intent");
+    assert_eq!(refunded, 3900, "the plan and the add-ons, all of it");
+    assert_eq!(h.count("SELECT count(*) FROM subscriptions").await, 0);
+    // Buying it now is refused up front.
+    h.post(
+        "/v1/checkout",
+        Some(&token),
+        Some("buy-seats-2"),
+        r#"{"plan":"pro","addons":{"extra_seats":1}}"#,
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "unknown_addon");
     h.finish().await;
 }
 

@@ -114,6 +114,31 @@ async fn run(stack: &Stack) -> anyhow::Result<()> {
         || async { (edge_usage(stack, &customer.account).await == Some(7)).then_some(()) },
     )
     .await?;
+
+    // Two packs of extra seats bought mid-period are paid at once and reach the edge: pro's
+    // 10 seats plus 2 × 5.
+    let (_, subs) = stack
+        .cp(reqwest::Method::GET, "/v1/subscriptions", token, None, None)
+        .await?;
+    let sub = subs["data"][0]["id"].as_str().context("subscription")?;
+    let (status, changed) = stack
+        .cp(
+            reqwest::Method::POST,
+            &format!("/v1/subscriptions/{sub}/change"),
+            token,
+            Some("extra-seats"),
+            Some(json!({"addons": {"extra_seats": 2}})),
+        )
+        .await?;
+    anyhow::ensure!(
+        status == 200 && changed["payment"]["status"] == "paid",
+        "{status} {changed}"
+    );
+    poll("seats on the edge", Duration::from_secs(30), || async {
+        let v = stack.check(&customer.account, "seats").await.ok()?;
+        (v["limit"].as_i64() == Some(20)).then_some(())
+    })
+    .await?;
     Ok(())
 }
 

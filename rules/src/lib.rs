@@ -100,11 +100,34 @@ pub struct PlanMeter {
     pub pricing: ir::Pricing,
 }
 
-/// Features and plans: what can be sold and what it grants.
+/// An add-on: bought on top of a plan in any quantity, each unit priced per interval and
+/// changing what the plan grants ([`ir::AddonEffect`]: a grant, or `n` more of a limit per unit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Addon {
+    pub key: String,
+    pub name: String,
+    /// Price of one unit per interval in minor units of `currency`.
+    pub price_minor: i64,
+    /// ISO-4217, upper-case.
+    pub currency: String,
+    pub interval: Interval,
+    pub effects: Vec<AddonEffect>,
+}
+
+/// What one unit of an add-on does to one feature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddonEffect {
+    pub feature: String,
+    pub effect: ir::AddonEffect,
+}
+
+/// Features, plans and add-ons: what can be sold and what it grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     pub features: Vec<Feature>,
     pub plans: Vec<Plan>,
+    #[serde(default)]
+    pub addons: Vec<Addon>,
 }
 
 /// A catalog that contradicts itself.
@@ -122,12 +145,22 @@ pub enum CatalogError {
     Negative { plan: String },
     #[error("plan `{plan}` has currency `{currency}`, not a three-letter upper-case code")]
     BadCurrency { plan: String, currency: String },
+    #[error("add-on `{0}` is declared twice")]
+    DuplicateAddon(String),
+    #[error("add-on `{addon}` changes unknown feature `{feature}`")]
+    AddonUnknownFeature { addon: String, feature: String },
+    #[error("add-on `{addon}` adds a limit to bool feature `{feature}`")]
+    AddonLimitOnBool { addon: String, feature: String },
+    #[error("add-on `{addon}` has a negative price or limit")]
+    AddonNegative { addon: String },
+    #[error("add-on `{addon}` has currency `{currency}`, not a three-letter upper-case code")]
+    AddonBadCurrency { addon: String, currency: String },
 }
 
 impl Catalog {
     /// The catalog part of a compiled program (a bundle's manifest carries the same
-    /// features and plans): what the control plane's tables sell.
-    pub fn from_parts(features: &[ir::Feature], plans: &[ir::Plan]) -> Self {
+    /// features, plans and add-ons): what the control plane's tables sell.
+    pub fn from_parts(features: &[ir::Feature], plans: &[ir::Plan], addons: &[ir::Addon]) -> Self {
         Self {
             features: features
                 .iter()
@@ -171,6 +204,26 @@ impl Catalog {
                         .collect(),
                 })
                 .collect(),
+            addons: addons
+                .iter()
+                .map(|a| Addon {
+                    key: a.key.clone(),
+                    name: a.name.clone(),
+                    price_minor: a.price_minor,
+                    currency: a.currency.clone(),
+                    interval: a.interval,
+                    effects: a
+                        .effects
+                        .iter()
+                        .filter_map(|(f, effect)| {
+                            Some(AddonEffect {
+                                feature: features.get(*f as usize)?.key.clone(),
+                                effect: effect.clone(),
+                            })
+                        })
+                        .collect(),
+                })
+                .collect(),
         }
     }
 
@@ -178,7 +231,7 @@ impl Catalog {
     /// `free`, `pro`, `enterprise` in USD per month.
     pub fn demo() -> Self {
         let program = demo_program();
-        Self::from_parts(&program.features, &program.plans)
+        Self::from_parts(&program.features, &program.plans, &program.addons)
     }
 
     /// Checks the catalog is self-consistent; reports every problem at once.
@@ -222,6 +275,42 @@ impl Catalog {
                 }
             }
         }
+        let mut addons = std::collections::HashSet::new();
+        for a in &self.addons {
+            if !addons.insert(&a.key) {
+                errors.push(CatalogError::DuplicateAddon(a.key.clone()));
+            }
+            let negative_limit = a
+                .effects
+                .iter()
+                .any(|e| matches!(e.effect, ir::AddonEffect::AddLimit(n) if n < 0));
+            if a.price_minor < 0 || negative_limit {
+                errors.push(CatalogError::AddonNegative {
+                    addon: a.key.clone(),
+                });
+            }
+            if a.currency.len() != 3 || !a.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+                errors.push(CatalogError::AddonBadCurrency {
+                    addon: a.key.clone(),
+                    currency: a.currency.clone(),
+                });
+            }
+            for e in &a.effects {
+                match kinds.get(e.feature.as_str()) {
+                    None => errors.push(CatalogError::AddonUnknownFeature {
+                        addon: a.key.clone(),
+                        feature: e.feature.clone(),
+                    }),
+                    Some(FeatureKind::Bool) if matches!(e.effect, ir::AddonEffect::AddLimit(_)) => {
+                        errors.push(CatalogError::AddonLimitOnBool {
+                            addon: a.key.clone(),
+                            feature: e.feature.clone(),
+                        })
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -231,6 +320,10 @@ impl Catalog {
 
     pub fn plan(&self, key: &str) -> Option<&Plan> {
         self.plans.iter().find(|p| p.key == key)
+    }
+
+    pub fn addon(&self, key: &str) -> Option<&Addon> {
+        self.addons.iter().find(|a| a.key == key)
     }
 }
 
@@ -260,5 +353,53 @@ mod tests {
             plan: "pro".into(),
             feature: "sso".into()
         }));
+    }
+
+    #[test]
+    fn the_demo_catalog_sells_extra_seats_and_bad_add_ons_are_reported() {
+        let c = Catalog::demo();
+        let seats = c.addon("extra_seats").expect("demo add-on");
+        assert_eq!((seats.price_minor, seats.currency.as_str()), (500, "USD"));
+        assert_eq!(
+            seats.effects,
+            [AddonEffect {
+                feature: "seats".into(),
+                effect: ir::AddonEffect::AddLimit(5)
+            }]
+        );
+        let mut bad = c.clone();
+        bad.addons.push(bad.addons[0].clone());
+        bad.addons[0].effects.push(AddonEffect {
+            feature: "sso".into(),
+            effect: ir::AddonEffect::AddLimit(1),
+        });
+        bad.addons[0].effects.push(AddonEffect {
+            feature: "nope".into(),
+            effect: ir::AddonEffect::Grant,
+        });
+        bad.addons[1].price_minor = -1;
+        bad.addons[1].currency = "usd".into();
+        let errors = bad.validate().expect_err("invalid");
+        assert_eq!(
+            errors,
+            [
+                CatalogError::AddonLimitOnBool {
+                    addon: "extra_seats".into(),
+                    feature: "sso".into()
+                },
+                CatalogError::AddonUnknownFeature {
+                    addon: "extra_seats".into(),
+                    feature: "nope".into()
+                },
+                CatalogError::DuplicateAddon("extra_seats".into()),
+                CatalogError::AddonNegative {
+                    addon: "extra_seats".into()
+                },
+                CatalogError::AddonBadCurrency {
+                    addon: "extra_seats".into(),
+                    currency: "usd".into()
+                },
+            ]
+        );
     }
 }

@@ -430,7 +430,7 @@ fn meters_declare_their_aggregation_overage_and_lease() {
     assert_eq!(meters[2].aggregation, Aggregation::Latest);
     assert_eq!(meters[3].aggregation, Aggregation::Count);
     // The catalog the control plane seeds carries the same meters.
-    let catalog = Catalog::from_parts(&program.features, &program.plans);
+    let catalog = Catalog::from_parts(&program.features, &program.plans, &program.addons);
     assert_eq!(catalog.features[0].meter, Some(meters[0].clone()));
 
     let file = SourceFile {

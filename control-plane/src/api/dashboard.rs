@@ -64,7 +64,7 @@ async fn list_plans(State(state): State<AppState>) -> Result<Response> {
     let catalog = catalog::on_sale(&state).await?;
     Ok(reply(
         StatusCode::OK,
-        json!({ "data": catalog.plans, "features": catalog.features }),
+        json!({ "data": catalog.plans, "features": catalog.features, "addons": catalog.addons }),
     ))
 }
 

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::accounts::Account;
+use crate::billing::AddonTerms;
 use crate::billing::invoices::{AccountBilling, Invoice, InvoiceStatus, Line, LineKind};
 use crate::billing::pricing::TierCharge;
 use crate::checkout::{Checkout, CheckoutStatus, RefundReason};
@@ -105,6 +106,32 @@ pub struct CheckoutView<'a> {
     pub refund_reason: Option<RefundReason>,
     pub expires_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    /// The add-ons bought with the plan (their price is part of `amount_minor`).
+    pub addons: Vec<AddonView<'a>>,
+}
+
+/// An add-on held: how many, at what unit price, for how much per period.
+#[derive(Debug, Serialize)]
+pub struct AddonView<'a> {
+    pub addon: &'a str,
+    pub name: &'a str,
+    pub quantity: i64,
+    pub unit_amount_minor: i64,
+    pub amount_minor: i64,
+}
+
+fn addon_views(addons: &[AddonTerms]) -> Vec<AddonView<'_>> {
+    addons
+        .iter()
+        .map(|a| AddonView {
+            addon: &a.addon,
+            name: &a.name,
+            quantity: a.quantity,
+            unit_amount_minor: a.unit_amount_minor,
+            // Bounded when sold (quantity and price limits keep it far from overflow).
+            amount_minor: a.amount_minor().unwrap_or(i64::MAX),
+        })
+        .collect()
 }
 
 impl<'a> From<&'a Checkout> for CheckoutView<'a> {
@@ -124,6 +151,7 @@ impl<'a> From<&'a Checkout> for CheckoutView<'a> {
             refund_reason: c.refund_reason,
             expires_at: c.expires_at,
             created_at: c.created_at,
+            addons: addon_views(c.addons()),
         }
     }
 }
@@ -141,6 +169,8 @@ pub struct SubscriptionView<'a> {
     pub cancel_at_period_end: bool,
     pub canceled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// The add-ons held, billed with the plan each period.
+    pub addons: Vec<AddonView<'a>>,
     /// A change the period end applies (a downgrade).
     pub pending_change: Option<PendingChangeView<'a>>,
 }
@@ -149,6 +179,7 @@ pub struct SubscriptionView<'a> {
 pub struct PendingChangeView<'a> {
     pub plan: &'a str,
     pub amount_minor: i64,
+    pub addons: Vec<AddonView<'a>>,
     pub effective_at: DateTime<Utc>,
 }
 
@@ -166,9 +197,11 @@ impl<'a> From<&'a Subscription> for SubscriptionView<'a> {
             cancel_at_period_end: s.cancel_at_period_end,
             canceled_at: s.canceled_at,
             created_at: s.created_at,
+            addons: addon_views(&s.terms.addons),
             pending_change: s.pending_change.as_ref().map(|c| PendingChangeView {
                 plan: &c.plan,
                 amount_minor: c.amount_minor,
+                addons: addon_views(&c.terms.addons),
                 effective_at: s.current_period_end,
             }),
         }

@@ -12,7 +12,7 @@ use sqlx::PgConnection;
 
 use super::pricing::{self, TierCharge};
 use super::store;
-use super::{Proration, ScheduleEvent, Started, Terms};
+use super::{AddonTerms, Proration, ScheduleEvent, Started, Terms};
 use crate::error::{Error, Result};
 use crate::ids::{AccountId, InvoiceId, SubscriptionId};
 use crate::ledger::{self, Header, Revenue, RevenueLine, TxKind};
@@ -50,7 +50,10 @@ pub enum LineKind {
     Plan,
     Addon,
     Metered,
+    /// A plan change's proration.
     Proration,
+    /// An add-on quantity change's proration.
+    AddonProration,
 }
 
 /// One line of an invoice.
@@ -77,7 +80,7 @@ impl Line {
         let k = self.revenue_key.clone();
         match self.kind {
             LineKind::Plan | LineKind::Proration => Revenue::Plan(k),
-            LineKind::Addon => Revenue::Addon(k),
+            LineKind::Addon | LineKind::AddonProration => Revenue::Addon(k),
             LineKind::Metered => Revenue::Meter(k),
         }
     }
@@ -152,6 +155,36 @@ pub fn plan_line(plan: &str, amount_minor: i64, start: DateTime<Utc>, end: DateT
     }
 }
 
+/// One line per add-on held, for one period (in advance, like the plan's).
+pub fn addon_lines(
+    addons: &[AddonTerms],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Vec<Line>, money::Overflow> {
+    addons
+        .iter()
+        .map(|a| {
+            Ok(Line {
+                kind: LineKind::Addon,
+                description: format!(
+                    "{} × {}, {} to {}",
+                    a.quantity,
+                    a.name,
+                    day(start),
+                    day(end)
+                ),
+                quantity: a.quantity,
+                amount_minor: a.amount_minor()?,
+                meter: None,
+                tiers: None,
+                period_start: start,
+                period_end: end,
+                revenue_key: a.addon.clone(),
+            })
+        })
+        .collect()
+}
+
 /// The metered lines for `usage` (meter → quantity) under `terms`, for `[start, end)`. A meter
 /// with no usage and nothing to bill gets no line.
 pub fn metered_lines(
@@ -201,33 +234,79 @@ pub fn metered_lines(
 /// charger collects it.
 pub const CHANGE_ON_SESSION_WINDOW: TimeDelta = TimeDelta::minutes(30);
 
-/// The lines of a mid-period plan change by [`pricing::PRORATION_RULE`]: a credit for the
-/// unused part of the old price, a charge for the rest of the period at the new one. The
+/// The lines of a mid-period change by [`pricing::PRORATION_RULE`]: for the plan and for each
+/// add-on whose quantity changed, a credit for the unused part of the old amount and a charge
+/// for the rest of the period at the new one (what did not change gets no line). The
 /// invoice's total is their sum.
-pub fn proration_lines(p: &Proration) -> Vec<Line> {
+pub fn proration_lines(p: &Proration) -> Result<Vec<Line>, money::Overflow> {
     let period = (p.period_end - p.period_start).num_seconds();
     let remaining = (p.period_end - p.at).num_seconds();
-    let credit = pricing::prorate(p.from_amount_minor, remaining, period);
-    let charge = pricing::prorate(p.to_amount_minor, remaining, period);
-    let line = |plan: &str, amount_minor: i64, what: &str| Line {
-        kind: LineKind::Proration,
-        description: format!(
-            "{what} on {plan} plan, {} to {}",
-            day(p.at),
-            day(p.period_end)
-        ),
-        quantity: 1,
+    let line = |kind: LineKind, what: String, key: &str, quantity: i64, amount_minor: i64| Line {
+        kind,
+        description: format!("{what}, {} to {}", day(p.at), day(p.period_end)),
+        quantity,
         amount_minor,
         meter: None,
         tiers: None,
         period_start: p.at,
         period_end: p.period_end,
-        revenue_key: plan.to_owned(),
+        revenue_key: key.to_owned(),
     };
-    vec![
-        line(&p.from_plan, -credit, "Unused time"),
-        line(&p.to_plan, charge, "Remaining time"),
-    ]
+    let mut lines = Vec::new();
+    if p.from_plan != p.to_plan || p.from_amount_minor != p.to_amount_minor {
+        let credit = pricing::prorate(p.from_amount_minor, remaining, period);
+        let charge = pricing::prorate(p.to_amount_minor, remaining, period);
+        lines.push(line(
+            LineKind::Proration,
+            format!("Unused time on {} plan", p.from_plan),
+            &p.from_plan,
+            1,
+            -credit,
+        ));
+        lines.push(line(
+            LineKind::Proration,
+            format!("Remaining time on {} plan", p.to_plan),
+            &p.to_plan,
+            1,
+            charge,
+        ));
+    }
+    let mut keys: Vec<&str> = p
+        .from_addons
+        .iter()
+        .chain(&p.to_addons)
+        .map(|a| a.addon.as_str())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        let from = p.from_addons.iter().find(|a| a.addon == key);
+        let to = p.to_addons.iter().find(|a| a.addon == key);
+        if from == to {
+            continue;
+        }
+        if let Some(a) = from {
+            let credit = pricing::prorate(a.amount_minor()?, remaining, period);
+            lines.push(line(
+                LineKind::AddonProration,
+                format!("Unused time on {} × {}", a.quantity, a.name),
+                key,
+                a.quantity,
+                -credit,
+            ));
+        }
+        if let Some(a) = to {
+            let charge = pricing::prorate(a.amount_minor()?, remaining, period);
+            lines.push(line(
+                LineKind::AddonProration,
+                format!("Remaining time on {} × {}", a.quantity, a.name),
+                key,
+                a.quantity,
+                charge,
+            ));
+        }
+    }
+    Ok(lines)
 }
 
 /// Makes and finalises the invoice of a mid-period plan change (idempotent by its id): a
@@ -241,7 +320,7 @@ pub async fn open_change(
     now: DateTime<Utc>,
 ) -> anyhow::Result<Option<Invoice>> {
     let currency: Currency = ev.currency.parse()?;
-    let lines = proration_lines(p);
+    let lines = proration_lines(p)?;
     let draft = store::NewInvoice {
         id: p.invoice_id,
         account: ev.account_id,
@@ -288,9 +367,18 @@ pub async fn open_period(
             day(start),
             day(end)
         );
-        vec![line]
+        let mut lines = vec![line];
+        // The add-ons are free for the trial too.
+        for mut a in addon_lines(&ev.terms.addons, start, end)? {
+            a.amount_minor = 0;
+            a.description = format!("{}, free trial", a.description);
+            lines.push(a);
+        }
+        lines
     } else {
-        vec![plan_line(&ev.plan_key, ev.amount_minor, start, end)]
+        let mut lines = vec![plan_line(&ev.plan_key, ev.amount_minor, start, end)];
+        lines.extend(addon_lines(&ev.terms.addons, start, end)?);
+        lines
     };
     let (reason, usage, finalize_at) = match started {
         Started::First { .. } => (InvoiceReason::SubscriptionCreate, None, now),
@@ -588,8 +676,10 @@ mod tests {
                 from_amount_minor: from,
                 to_plan: "b".into(),
                 to_amount_minor: to,
+                from_addons: Vec::new(),
+                to_addons: Vec::new(),
             };
-            let lines = proration_lines(&p);
+            let lines = proration_lines(&p).unwrap();
             let t = Totals::of(&lines, 0).unwrap();
             prop_assert_eq!(t.total_minor, lines[0].amount_minor + lines[1].amount_minor);
             prop_assert!(-lines[0].amount_minor <= from && lines[1].amount_minor <= to);
@@ -599,6 +689,67 @@ mod tests {
             let got = i128::from(t.total_minor) * i128::from(period_secs);
             prop_assert!((exact - got).abs() <= i128::from(period_secs));
             prop_assert_eq!(t.amount_due_minor, t.total_minor.max(0));
+        }
+
+        /// Add-on quantity changes: only what changed gets lines, the lines sum to the total,
+        /// each within its amount, the total within one minor unit per line of the exact
+        /// prorated difference.
+        #[test]
+        fn addon_proration_lines_cover_exactly_what_changed(
+            from in proptest::collection::btree_map(0u8..4, (0i64..100, 0i64..1_000_000), 0..4),
+            to in proptest::collection::btree_map(0u8..4, (0i64..100, 0i64..1_000_000), 0..4),
+            period_secs in 1i64..40_000_000,
+            elapsed in 0i64..40_000_000,
+        ) {
+            let held = |m: &std::collections::BTreeMap<u8, (i64, i64)>| -> Vec<AddonTerms> {
+                m.iter()
+                    .filter(|(_, (q, _))| *q > 0)
+                    .map(|(k, (q, u))| AddonTerms {
+                        addon: format!("a{k}"),
+                        name: format!("A{k}"),
+                        quantity: *q,
+                        unit_amount_minor: *u,
+                    })
+                    .collect()
+            };
+            let (from, to) = (held(&from), held(&to));
+            let start = Utc.with_ymd_and_hms(2027, 1, 31, 10, 0, 0).single().unwrap();
+            let end = start + TimeDelta::seconds(period_secs);
+            let at = start + TimeDelta::seconds(elapsed.min(period_secs));
+            let p = Proration {
+                invoice_id: InvoiceId::new_v7(),
+                at,
+                period_start: start,
+                period_end: end,
+                from_plan: "pro".into(),
+                from_amount_minor: 2900,
+                to_plan: "pro".into(),
+                to_amount_minor: 2900,
+                from_addons: from.clone(),
+                to_addons: to.clone(),
+            };
+            let lines = proration_lines(&p).unwrap();
+            let t = Totals::of(&lines, 0).unwrap();
+            prop_assert_eq!(t.total_minor, lines.iter().map(|l| l.amount_minor).sum::<i64>());
+            prop_assert!(lines.iter().all(|l| l.kind == LineKind::AddonProration));
+            let changed = |a: &AddonTerms, other: &[AddonTerms]| !other.contains(a);
+            let credited: Vec<&AddonTerms> = from.iter().filter(|a| changed(a, &to)).collect();
+            let charged: Vec<&AddonTerms> = to.iter().filter(|a| changed(a, &from)).collect();
+            prop_assert_eq!(lines.len(), credited.len() + charged.len());
+            for l in &lines {
+                let bound = from.iter().chain(&to)
+                    .filter(|a| a.addon == l.revenue_key && a.quantity == l.quantity)
+                    .map(|a| a.amount_minor().unwrap())
+                    .max()
+                    .unwrap();
+                prop_assert!(l.amount_minor.abs() <= bound);
+            }
+            let remaining = i128::from((end - at).num_seconds());
+            let sum = |v: &[&AddonTerms]| v.iter().map(|a| i128::from(a.amount_minor().unwrap())).sum::<i128>();
+            let exact = (sum(&charged) - sum(&credited)) * remaining;
+            let got = i128::from(t.total_minor) * i128::from(period_secs);
+            let n = i128::try_from(lines.len()).unwrap().max(1);
+            prop_assert!((exact - got).abs() <= n * i128::from(period_secs));
         }
     }
 

@@ -49,7 +49,7 @@ pub enum ScheduleStatus {
 }
 
 /// What a subscription bills besides its fixed price, as it was sold: each metered feature's
-/// pricing and the quantity the plan includes.
+/// pricing and the quantity the plan includes, and the add-ons it holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Terms {
     pub meters: Vec<MeterTerms>,
@@ -57,6 +57,25 @@ pub struct Terms {
     /// usage billed until the trial ends.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub trial_days: u32,
+    /// The add-ons held, by key, each billed per period in advance like the plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addons: Vec<AddonTerms>,
+}
+
+/// An add-on a subscription holds: how many, at the unit price it was sold at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddonTerms {
+    pub addon: String,
+    pub name: String,
+    pub quantity: i64,
+    pub unit_amount_minor: i64,
+}
+
+impl AddonTerms {
+    /// `quantity × unit price` for one period.
+    pub fn amount_minor(&self) -> Result<i64, crate::money::Overflow> {
+        crate::money::mul(self.quantity, self.unit_amount_minor)
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -91,7 +110,15 @@ impl Terms {
                 })
                 .collect(),
             trial_days: 0,
+            addons: Vec::new(),
         }
+    }
+
+    /// What the add-ons cost per period.
+    pub fn addons_minor(&self) -> Result<i64, crate::money::Overflow> {
+        self.addons
+            .iter()
+            .try_fold(0, |acc, a| crate::money::add(acc, a.amount_minor()?))
     }
 }
 
@@ -119,8 +146,8 @@ pub enum Started {
     TrialEnded,
 }
 
-/// A plan change applied mid-period: the unused part of the old price is credited, the rest of
-/// the period at the new price charged, each by [`pricing::PRORATION_RULE`]
+/// A plan or add-on change applied mid-period: the unused part of the old price is credited,
+/// the rest of the period at the new price charged, each by [`pricing::PRORATION_RULE`]
 /// ([`invoices::proration_lines`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proration {
@@ -133,6 +160,11 @@ pub struct Proration {
     pub from_amount_minor: i64,
     pub to_plan: String,
     pub to_amount_minor: i64,
+    /// The add-ons held before and after (both empty for a change of plan alone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_addons: Vec<AddonTerms>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_addons: Vec<AddonTerms>,
 }
 
 /// Outbox payload of `billing.schedule`.

@@ -4,9 +4,9 @@
 //! Seeded from the stable rule bundle's manifest when it is promoted or rolled back to (and
 //! from [`tollgate_rules::Catalog::demo`] by `TOLLGATE_SEED_DEMO` and tests), so billing and
 //! entitlements read one source. The sold catalog is exactly the last seeded one: every seed
-//! first marks every plan unsold and every feature unlisted, then marks sold/listed exactly
-//! what the new catalog holds, in its order. Rows a newer bundle drops are kept (subscriptions
-//! and checkouts refer to them) but can no longer be bought.
+//! first marks every plan and add-on unsold and every feature unlisted, then marks sold/listed
+//! exactly what the new catalog holds, in its order. Rows a newer bundle drops are kept
+//! (subscriptions and checkouts refer to them) but can no longer be bought.
 
 pub mod mirror;
 pub mod store;
@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use sqlx::{PgConnection, PgPool};
 use tollgate_protocol::usage::{Aggregation, MeterPeriod, MeterSpec};
-use tollgate_rules::{Catalog, Feature, FeatureKind, Grant, Interval, Plan};
+use tollgate_rules::{Addon, Catalog, Feature, FeatureKind, Grant, Interval, Plan};
 
 use crate::error::{Error, Result};
 use crate::state::AppState;
@@ -47,6 +47,9 @@ pub async fn seed_in(tx: &mut PgConnection, catalog: &Catalog) -> anyhow::Result
     }
     for (i, p) in catalog.plans.iter().enumerate() {
         store::sell_plan(tx, p, i32::try_from(i)?).await?;
+    }
+    for (i, a) in catalog.addons.iter().enumerate() {
+        store::sell_addon(tx, a, i32::try_from(i)?).await?;
     }
     Ok(())
 }
@@ -97,7 +100,27 @@ pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Catalog> {
             },
         )
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Catalog { features, plans })
+    let addons = rows
+        .addons
+        .into_iter()
+        .map(|a| {
+            let interval = Interval::parse(&a.interval)
+                .ok_or_else(|| anyhow::anyhow!("interval {}", a.interval))?;
+            Ok(Addon {
+                key: a.key,
+                name: a.name,
+                price_minor: a.price_minor,
+                currency: a.currency,
+                interval,
+                effects: a.effects.0,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Catalog {
+        features,
+        plans,
+        addons,
+    })
 }
 
 /// What can be bought now (`GET /v1/plans`).
@@ -109,6 +132,19 @@ pub async fn on_sale(state: &AppState) -> Result<Catalog> {
 /// Whether `plan` is sold now, in the caller's transaction.
 pub async fn is_sold(conn: &mut PgConnection, plan: &str) -> sqlx::Result<bool> {
     store::is_sold(conn, plan).await
+}
+
+/// Whether every one of `addons` is sold now, in the caller's transaction.
+pub async fn addons_sold(
+    conn: &mut PgConnection,
+    addons: &[crate::billing::AddonTerms],
+) -> sqlx::Result<bool> {
+    if addons.is_empty() {
+        return Ok(true);
+    }
+    let keys: Vec<&str> = addons.iter().map(|a| a.addon.as_str()).collect();
+    Ok(store::count_sold_addons(conn, &keys).await?
+        == i64::try_from(keys.len()).unwrap_or(i64::MAX))
 }
 
 /// The meters usage is counted under, by key: the stable catalog's metered features, plus
@@ -179,6 +215,8 @@ mod tests {
         let demo = Catalog::demo();
         let mut without_enterprise = demo.clone();
         without_enterprise.plans.retain(|p| p.key != "enterprise");
+        // A dropped add-on is no longer sold either.
+        without_enterprise.addons.clear();
         let mut with_new = without_enterprise.clone();
         let mut team = with_new.plans[0].clone();
         team.key = "team".into();

@@ -1,10 +1,10 @@
-//! SQL for the catalog (cf_prod `features`, `plans`, `plan_features`, and `plan_prices`, the
-//! mirror of the plans at the payment provider).
+//! SQL for the catalog (cf_prod `features`, `plans`, `plan_features`, `addons`, and
+//! `plan_prices`, the mirror of the plans at the payment provider).
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use tollgate_protocol::usage::MeterSpec;
-use tollgate_rules::{Feature, Plan, PlanMeter, ir};
+use tollgate_rules::{Addon, AddonEffect, Feature, Plan, PlanMeter, ir};
 
 use super::mirror::PlanPrice;
 use crate::gateways::PriceRef;
@@ -18,7 +18,42 @@ pub async fn withdraw_all(conn: &mut PgConnection) -> sqlx::Result<()> {
     sqlx::query("UPDATE plans SET sold = false, position = NULL")
         .execute(&mut *conn)
         .await?;
+    sqlx::query("UPDATE addons SET sold = false, position = NULL")
+        .execute(&mut *conn)
+        .await?;
     Ok(())
+}
+
+/// Sells an add-on at `position`.
+pub async fn sell_addon(conn: &mut PgConnection, a: &Addon, position: i32) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO addons (key, name, price_minor, currency, interval, effects, position, sold)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, true)
+         ON CONFLICT (key) DO UPDATE SET name = EXCLUDED.name, price_minor = EXCLUDED.price_minor,
+             currency = EXCLUDED.currency, interval = EXCLUDED.interval,
+             effects = EXCLUDED.effects, position = EXCLUDED.position, sold = true",
+    )
+    .bind(&a.key)
+    .bind(&a.name)
+    .bind(a.price_minor)
+    .bind(&a.currency)
+    .bind(a.interval.as_str())
+    .bind(sqlx::types::Json(&a.effects))
+    .bind(position)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// An add-on as stored.
+#[derive(sqlx::FromRow)]
+pub struct AddonRow {
+    pub key: String,
+    pub name: String,
+    pub price_minor: i64,
+    pub currency: String,
+    pub interval: String,
+    pub effects: sqlx::types::Json<Vec<AddonEffect>>,
 }
 
 /// Lists a feature at `position`.
@@ -99,6 +134,7 @@ pub struct Sold {
     pub features: Vec<FeatureRow>,
     pub plans: Vec<PlanRow>,
     pub grants: Vec<GrantRow>,
+    pub addons: Vec<AddonRow>,
 }
 
 pub async fn sold(conn: &mut PgConnection) -> sqlx::Result<Sold> {
@@ -120,11 +156,28 @@ pub async fn sold(conn: &mut PgConnection) -> sqlx::Result<Sold> {
     )
     .fetch_all(&mut *conn)
     .await?;
+    let addons = sqlx::query_as(
+        "SELECT key, name, price_minor, currency, interval, effects FROM addons
+         WHERE sold ORDER BY position",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(Sold {
         features,
         plans,
         grants,
+        addons,
     })
+}
+
+/// How many of `keys` (distinct) are sold add-ons.
+pub async fn count_sold_addons(conn: &mut PgConnection, keys: &[&str]) -> sqlx::Result<i64> {
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM addons WHERE sold AND key = ANY($1::text[])")
+            .bind(keys)
+            .fetch_one(conn)
+            .await?;
+    Ok(n)
 }
 
 pub async fn is_sold(conn: &mut PgConnection, plan: &str) -> sqlx::Result<bool> {

@@ -44,6 +44,8 @@ pub mod reconcile;
 pub mod settle;
 pub mod store;
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -111,6 +113,8 @@ pub enum RefundReason {
     PlanWithdrawn,
     /// The account got a live subscription meanwhile.
     SubscriptionExists,
+    /// An add-on it bought was no longer sold when the purchase completed.
+    AddonWithdrawn,
 }
 
 /// A purchase attempt and the snapshot of what it sells.
@@ -141,16 +145,29 @@ pub struct Checkout {
 }
 
 impl Checkout {
-    /// What was sold: the snapshot the subscription is created from.
+    /// What was sold: the snapshot the subscription is created from (the checkout's amount
+    /// is the plan's price plus its add-ons').
     fn snapshot(&self) -> Result<subscriptions::Sold> {
+        let terms = self.terms.as_ref().map(|t| t.0.clone()).unwrap_or_default();
+        let plan_minor = terms
+            .addons_minor()
+            .ok()
+            .and_then(|a| self.amount_minor.checked_sub(a))
+            .filter(|p| *p >= 0)
+            .ok_or_else(|| Error::internal("checkout amount below its add-ons"))?;
         Ok(subscriptions::Sold {
             plan: self.plan.clone(),
-            amount_minor: self.amount_minor,
+            amount_minor: plan_minor,
             currency: self.currency.clone(),
             interval: Interval::parse(&self.interval)
                 .ok_or_else(|| Error::internal("checkout interval"))?,
-            terms: self.terms.as_ref().map(|t| t.0.clone()).unwrap_or_default(),
+            terms,
         })
+    }
+
+    /// The add-ons bought with the plan.
+    pub fn addons(&self) -> &[crate::billing::AddonTerms] {
+        self.terms.as_ref().map_or(&[], |t| &t.0.addons)
     }
 }
 
@@ -165,6 +182,9 @@ pub struct CheckoutRequest {
     /// it ends; the payment method is charged off-session then.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub trial: bool,
+    /// Add-ons bought with the plan: key → quantity ([`subscriptions::addons::select`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub addons: BTreeMap<String, i64>,
 }
 
 /// What a purchase answers when it did not fail.
@@ -211,6 +231,7 @@ fn checkout_expired() -> Error {
 fn refunded(c: &Checkout) -> Error {
     let why = match c.refund_reason {
         Some(RefundReason::SubscriptionExists) => "the account already has a live subscription",
+        Some(RefundReason::AddonWithdrawn) => "an add-on it bought is no longer sold",
         _ => "the plan is no longer sold",
     };
     Error::conflict(
@@ -223,6 +244,7 @@ fn refunded(c: &Checkout) -> Error {
         match c.refund_reason {
             Some(RefundReason::PlanWithdrawn) => "plan_withdrawn",
             Some(RefundReason::SubscriptionExists) => "subscription_exists",
+            Some(RefundReason::AddonWithdrawn) => "addon_withdrawn",
             None => "",
         },
     )
@@ -358,8 +380,23 @@ async fn reserve(
         }
     }
     let trial_days = if input.trial { plan.trial_days } else { 0 };
+    let terms = crate::billing::Terms {
+        trial_days,
+        addons: subscriptions::addons::select(
+            &catalog,
+            &plan.currency,
+            plan.interval,
+            &[],
+            &input.addons,
+        )?,
+        ..crate::billing::Terms::of_plan(&plan)
+    };
+    let amount_minor = terms
+        .addons_minor()
+        .and_then(|a| crate::money::add(plan.price_minor, a))
+        .map_err(|_| Error::unprocessable("amount_too_large", "the purchase overflows"))?;
     let stable = rollout::stable_version(tx).await?;
-    let pm = if plan.price_minor == 0 {
+    let pm = if amount_minor == 0 {
         None
     } else {
         let pm_id = input
@@ -393,10 +430,8 @@ async fn reserve(
             provider_key: idempotency::provider_key("checkout", id.0),
             expires_at: now + TimeDelta::seconds(state.checkout_expiry_secs),
             now,
-            terms: crate::billing::Terms {
-                trial_days,
-                ..crate::billing::Terms::of_plan(&plan)
-            },
+            amount_minor,
+            terms,
         },
     )
     .await
@@ -406,7 +441,7 @@ async fn reserve(
             _ => Error::from(e),
         },
     )?;
-    if plan.price_minor == 0 || trial_days > 0 {
+    if amount_minor == 0 || trial_days > 0 {
         // Nothing to pay now: subscribed in the key's transaction.
         return Ok(Reserved::Free(Box::new(
             settle::complete_paid(state, tx, &c, None, now).await?,

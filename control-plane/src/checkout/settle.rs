@@ -58,6 +58,8 @@ pub async fn complete_paid(
 ) -> Result<Settled> {
     let reason = if !catalog::is_sold(conn, &c.plan).await? {
         Some(RefundReason::PlanWithdrawn)
+    } else if !catalog::addons_sold(conn, c.addons()).await? {
+        Some(RefundReason::AddonWithdrawn)
     } else if subscriptions::live(conn, c.account_id).await?.is_some() {
         Some(RefundReason::SubscriptionExists)
     } else {

@@ -61,6 +61,8 @@ pub struct NewCheckout<'a> {
     pub provider_key: String,
     pub expires_at: DateTime<Utc>,
     pub now: DateTime<Utc>,
+    /// What is charged for the first period: the plan's price plus its add-ons'.
+    pub amount_minor: i64,
     /// What the plan bills besides its price, as sold now.
     pub terms: crate::billing::Terms,
 }
@@ -79,7 +81,7 @@ pub async fn insert_pending(
     .bind(c.account.0)
     .bind(&c.plan.key)
     .bind(c.payment_method)
-    .bind(c.plan.price_minor)
+    .bind(c.amount_minor)
     .bind(&c.plan.currency)
     .bind(c.plan.interval.as_str())
     .bind(c.bundle_version)

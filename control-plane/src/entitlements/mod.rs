@@ -52,17 +52,22 @@ pub async fn compute_facts(
     let Some(standing) = accounts::store::standing_for_update(conn, account).await? else {
         return Ok(None);
     };
-    let subscription = subscriptions::live(conn, account)
-        .await?
-        .map(|sub| SubscriptionFacts {
-            plan: sub.plan,
-            status: sub.status,
-            current_period_end_ms: sub.current_period_end.timestamp_millis(),
-            billing_anchor_ms: Some(sub.billing_anchor.timestamp_millis()),
-        });
+    let live = subscriptions::live(conn, account).await?;
+    // The add-ons come with the subscription that holds them.
+    let addons = live
+        .as_ref()
+        .map(|sub| subscriptions::addons::quantities(&sub.terms.addons))
+        .unwrap_or_default();
+    let subscription = live.map(|sub| SubscriptionFacts {
+        plan: sub.plan,
+        status: sub.status,
+        current_period_end_ms: sub.current_period_end.timestamp_millis(),
+        billing_anchor_ms: Some(sub.billing_anchor.timestamp_millis()),
+    });
     Ok(Some(AccountFacts {
         standing,
         subscription,
+        addons,
         ..AccountFacts::new(account, 0)
     }))
 }

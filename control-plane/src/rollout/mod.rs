@@ -348,7 +348,7 @@ async fn make_stable(
     store::set_rollout(conn, Some(version), None, actor, now).await?;
     catalog::seed_in(
         conn,
-        &tollgate_rules::Catalog::from_parts(&manifest.features, &manifest.plans),
+        &tollgate_rules::Catalog::from_parts(&manifest.features, &manifest.plans, &manifest.addons),
     )
     .await
     .map_err(Error::internal)?;

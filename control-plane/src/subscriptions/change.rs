@@ -15,19 +15,21 @@
 //! the proration invoice's id is chosen here, so the change's own call and billing's consumer
 //! make the same invoice once.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use tollgate_protocol::SubscriptionStatus;
 
-use super::{Subscription, announce, announce_with, next_boundary, schedule_event, store};
+use super::{Subscription, addons, announce, announce_with, next_boundary, schedule_event, store};
 use crate::billing::invoices::{self, Invoice, Line, Totals};
 use crate::billing::payments::{self, PayInvoice, Payment};
 use crate::billing::{Proration, Terms};
 use crate::error::{Error, Kind, Result};
 use crate::idempotency::{self, Ran};
 use crate::ids::{AccountId, InvoiceId, SubscriptionId};
-use crate::money::Currency;
+use crate::money::{self, Currency};
 use crate::state::AppState;
 use crate::{catalog, ledger, payment_methods};
 
@@ -39,11 +41,16 @@ pub enum When {
     PeriodEnd,
 }
 
-/// `POST /v1/subscriptions/{id}/preview-change` and `…/change` as the customer sends them.
+/// `POST /v1/subscriptions/{id}/preview-change` and `…/change` as the customer sends them: a
+/// new plan, new add-on quantities (key → quantity, 0 removes; add-ons not named stay as
+/// they are), or both.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePlan {
-    pub plan: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addons: Option<BTreeMap<String, i64>>,
     /// Default: now for an upgrade, at period end for a downgrade.
     #[serde(default)]
     pub when: Option<When>,
@@ -84,6 +91,8 @@ struct Decided {
     to: PendingChange,
     direction: Direction,
     when: When,
+    /// What the subscription costs per period after the change.
+    new_total: i64,
     /// Now: the proration of the rest of the period.
     proration: Option<Proration>,
 }
@@ -101,30 +110,73 @@ async fn decide(
             "this subscription is canceled; buy a plan instead",
         ));
     }
-    let catalog = catalog::load(conn).await.map_err(Error::internal)?;
-    let plan = catalog.plan(&input.plan).ok_or_else(|| {
-        Error::unprocessable("unknown_plan", format!("there is no plan `{}`", input.plan))
-    })?;
-    if plan.key == sub.plan {
-        return Err(Error::conflict(
-            "same_plan",
-            "the subscription is on this plan already",
-        ));
-    }
-    if plan.currency != sub.currency || plan.interval.as_str() != sub.interval {
+    if input.plan.is_none() && input.addons.is_none() {
         return Err(Error::unprocessable(
-            "plan_change_unsupported",
-            format!(
-                "`{}` is billed in {} per {}; changes keep the currency and interval ({} per {})",
-                plan.key,
-                plan.currency,
-                plan.interval.as_str(),
-                sub.currency,
-                sub.interval
-            ),
+            "nothing_to_change",
+            "name a plan, add-ons, or both",
         ));
     }
-    let direction = if plan.price_minor > sub.amount_minor {
+    let catalog = catalog::load(conn).await.map_err(Error::internal)?;
+    let interval = tollgate_rules::Interval::parse(&sub.interval)
+        .ok_or_else(|| Error::internal("subscription interval"))?;
+    // Another plan sells at its price and terms now; the same plan keeps what it was sold at.
+    let (plan_key, plan_amount, terms) = match input.plan.as_deref() {
+        Some(key) if key != sub.plan => {
+            let plan = catalog.plan(key).ok_or_else(|| {
+                Error::unprocessable("unknown_plan", format!("there is no plan `{key}`"))
+            })?;
+            if plan.currency != sub.currency || plan.interval != interval {
+                return Err(Error::unprocessable(
+                    "plan_change_unsupported",
+                    format!(
+                        "`{}` is billed in {} per {}; changes keep the currency and interval ({} per {})",
+                        plan.key,
+                        plan.currency,
+                        plan.interval.as_str(),
+                        sub.currency,
+                        sub.interval
+                    ),
+                ));
+            }
+            (plan.key.clone(), plan.price_minor, Terms::of_plan(plan))
+        }
+        Some(_) if input.addons.is_none() => {
+            return Err(Error::conflict(
+                "same_plan",
+                "the subscription is on this plan already",
+            ));
+        }
+        _ => (
+            sub.plan.clone(),
+            sub.amount_minor,
+            Terms {
+                addons: Vec::new(),
+                ..sub.terms.clone()
+            },
+        ),
+    };
+    let addons = addons::select(
+        &catalog,
+        &sub.currency,
+        interval,
+        &sub.terms.addons,
+        input.addons.as_ref().unwrap_or(&BTreeMap::new()),
+    )?;
+    if plan_key == sub.plan && addons == sub.terms.addons {
+        return Err(Error::conflict(
+            "no_change",
+            "the subscription has these add-ons already",
+        ));
+    }
+    let overflow = |_| Error::unprocessable("amount_too_large", "the change overflows");
+    let per_period = |amount: i64, addons: &[crate::billing::AddonTerms]| {
+        addons
+            .iter()
+            .try_fold(amount, |acc, a| money::add(acc, a.amount_minor()?))
+    };
+    let old_total = per_period(sub.amount_minor, &sub.terms.addons).map_err(overflow)?;
+    let new_total = per_period(plan_amount, &addons).map_err(overflow)?;
+    let direction = if new_total > old_total {
         Direction::Upgrade
     } else {
         Direction::Downgrade
@@ -138,11 +190,6 @@ async fn decide(
         Direction::Upgrade => When::Now,
         Direction::Downgrade => When::PeriodEnd,
     });
-    let to = PendingChange {
-        plan: plan.key.clone(),
-        amount_minor: plan.price_minor,
-        terms: Terms::of_plan(plan),
-    };
     let proration = (when == When::Now && !in_trial).then(|| Proration {
         invoice_id,
         at: now.clamp(sub.current_period_start, sub.current_period_end),
@@ -150,13 +197,21 @@ async fn decide(
         period_end: sub.current_period_end,
         from_plan: sub.plan.clone(),
         from_amount_minor: sub.amount_minor,
-        to_plan: plan.key.clone(),
-        to_amount_minor: plan.price_minor,
+        to_plan: plan_key.clone(),
+        to_amount_minor: plan_amount,
+        from_addons: sub.terms.addons.clone(),
+        to_addons: addons.clone(),
     });
+    let to = PendingChange {
+        plan: plan_key,
+        amount_minor: plan_amount,
+        terms: Terms { addons, ..terms },
+    };
     Ok(Decided {
         to,
         direction,
         when,
+        new_total,
         proration,
     })
 }
@@ -181,7 +236,10 @@ pub async fn preview(
         .parse()
         .map_err(|_| Error::internal("subscription currency"))?;
     let (lines, effective_at) = match (&d.proration, d.when) {
-        (Some(p), _) => (invoices::proration_lines(p), p.at),
+        (Some(p), _) => (
+            invoices::proration_lines(p).map_err(|_| Error::internal("preview overflows"))?,
+            p.at,
+        ),
         // In a trial: nothing to pay now.
         (None, When::Now) => (Vec::new(), now),
         (None, When::PeriodEnd) => {
@@ -189,13 +247,17 @@ pub async fn preview(
                 .ok_or_else(|| Error::internal("subscription interval"))?;
             let next_end = next_boundary(sub.billing_anchor, interval, sub.current_period_end)
                 .ok_or_else(|| Error::internal("period end overflows"))?;
-            let line = invoices::plan_line(
+            let mut lines = vec![invoices::plan_line(
                 &d.to.plan,
                 d.to.amount_minor,
                 sub.current_period_end,
                 next_end,
+            )];
+            lines.extend(
+                invoices::addon_lines(&d.to.terms.addons, sub.current_period_end, next_end)
+                    .map_err(|_| Error::internal("preview overflows"))?,
             );
-            (vec![line], sub.current_period_end)
+            (lines, sub.current_period_end)
         }
     };
     let credit = {
@@ -264,10 +326,10 @@ pub async fn change(
                 .await?
                 .ok_or_else(|| Error::not_found("subscription"))?;
             let d = decide(tx, &sub, input, InvoiceId(resource), now).await?;
-            if let Some(p) = &d.proration
+            if d.proration.is_some()
                 && d.direction == Direction::Upgrade
+                && d.new_total > 0
                 && payment_methods::charge_target(tx, account).await?.is_none()
-                && p.to_amount_minor > 0
             {
                 return Err(Error::unprocessable(
                     "payment_method_required",

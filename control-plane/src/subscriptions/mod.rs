@@ -5,6 +5,7 @@
 //! Every subscription change writes, in the same cf transaction, an `entitlements.recompute`
 //! and a `billing.schedule` outbox row ([`announce`]).
 
+pub mod addons;
 pub mod change;
 pub mod store;
 
