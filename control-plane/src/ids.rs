@@ -64,4 +64,6 @@ id_type! {
     ChargeAttemptId;
     /// A row of the outbox (the consumer's inbox keeps it to apply an event once).
     EventId;
+    /// A correction of a finalised invoice.
+    CreditNoteId;
 }

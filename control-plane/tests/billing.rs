@@ -1272,3 +1272,262 @@ async fn add_ons_are_sold_billed_each_period_prorated_when_changed_and_reach_the
     assert_eq!(seats_limit(&h, account).await.0, serde_json::json!({}));
     h.finish().await;
 }
+
+/// `POST /admin/v1/invoices/{id}/credit-notes` as a platform engineer with `key`.
+async fn credit_note(h: &Harness, invoice: &str, key: &str, body: &str) -> common::Resp {
+    let req = axum::http::Request::builder()
+        .method(axum::http::Method::POST)
+        .uri(format!("/admin/v1/invoices/{invoice}/credit-notes"))
+        .header("authorization", "Bearer test-admin-token")
+        .header("tollgate-actor", "support-lead")
+        .header("idempotency-key", key)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_owned()))
+        .expect("request");
+    h.send(req).await
+}
+
+#[tokio::test]
+async fn credit_notes_correct_finalised_invoices_without_editing_them() {
+    let h = Harness::new().await;
+    let (id, token) = h.sign_up("corrected@example.com").await;
+    let account: AccountId = id.parse().expect("id");
+    h.add_card(&token, "pm_card_visa").await;
+    let r = h
+        .post(
+            "/v1/checkout",
+            Some(&token),
+            Some("buy"),
+            r#"{"plan":"pro"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    // Renewals will be declined.
+    let r = h
+        .post(
+            "/v1/payment-methods",
+            Some(&token),
+            Some("pm-2"),
+            r#"{"payment_method":"pm_card_chargeCustomerFail","make_default":true}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    settle(&h).await;
+    let first = invoices(&h, &token).await[0].clone();
+    let first_id = first["id"].as_str().expect("id").to_owned();
+
+    // A paid invoice: the note becomes credit for the next invoices.
+    let body =
+        r#"{"amount_minor":1000,"reason":"service_issue","memo":"API outage on 20 January"}"#;
+    let r = credit_note(&h, &first_id, "cn-1", body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    assert_eq!(r.json["number"], "CN-2026-000001");
+    assert_eq!(
+        (
+            r.json["reduced_due_minor"].as_i64(),
+            r.json["credited_minor"].as_i64()
+        ),
+        (Some(0), Some(1000))
+    );
+    let again = credit_note(&h, &first_id, "cn-1", body).await;
+    assert_eq!(
+        again.status,
+        StatusCode::OK,
+        "the same request again is the same note"
+    );
+    assert_eq!(again.json["id"], r.json["id"]);
+    let acct = h.get("/v1/account", Some(&token)).await;
+    assert_eq!(acct.json["balance_minor"], -1000);
+
+    // Refused, and nothing written: the key reused, more than is left, nonsense.
+    for (key, body, status, code) in [
+        (
+            "cn-1",
+            r#"{"amount_minor":999,"reason":"service_issue","memo":"API outage on 20 January"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+        ),
+        (
+            "cn-2",
+            r#"{"amount_minor":1901,"reason":"duplicate","memo":"twice"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "credit_note_too_large",
+        ),
+        (
+            "cn-3",
+            r#"{"amount_minor":0,"reason":"duplicate","memo":"zero"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        ),
+        (
+            "cn-4",
+            r#"{"amount_minor":-5,"reason":"duplicate","memo":"negative"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        ),
+        (
+            "cn-5",
+            r#"{"amount_minor":9223372036854775807,"reason":"duplicate","memo":"max"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "credit_note_too_large",
+        ),
+        (
+            "cn-6",
+            r#"{"amount_minor":1,"reason":"duplicate","memo":"   "}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_memo",
+        ),
+        (
+            "cn-7",
+            r#"{"amount_minor":1,"reason":"because","memo":"x"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+    ] {
+        credit_note(&h, &first_id, key, body)
+            .await
+            .assert_problem(status, code);
+    }
+    let too_large = credit_note(
+        &h,
+        &first_id,
+        "cn-2",
+        r#"{"amount_minor":1901,"reason":"duplicate","memo":"twice"}"#,
+    )
+    .await;
+    assert_eq!(too_large.json["creditable_minor"], 1900);
+    credit_note(&h, &uuid::Uuid::now_v7().to_string(), "cn-8", body)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_notes")
+        .fetch_one(&h.state.billing)
+        .await
+        .expect("count");
+    assert_eq!(notes, 1);
+
+    // The renewal is drafted at the period end; a draft takes no note (it is not final).
+    advance_to(&h, t(2026, 2, 15, 12, 30)).await;
+    let draft = invoices(&h, &token).await[1].clone();
+    assert_eq!(draft["status"], "draft");
+    let draft_id = draft["id"].as_str().expect("id").to_owned();
+    credit_note(&h, &draft_id, "cn-9", body)
+        .await
+        .assert_problem(StatusCode::CONFLICT, "invoice_draft");
+
+    // Finalised with the 1000 of credit applied, declined: 1900 open, past due.
+    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    let open = invoices(&h, &token).await[1].clone();
+    assert_eq!(
+        (open["status"].as_str(), open["amount_due_minor"].as_i64()),
+        (Some("open"), Some(1900))
+    );
+    let subs = h.get("/v1/subscriptions", Some(&token)).await;
+    assert_eq!(subs.json["data"][0]["status"], "past_due");
+
+    // A note of 2500 on it: 1900 settles what it asks for, 600 becomes credit; the invoice is
+    // paid and the subscription active again. Its lines and amounts are as they were.
+    let r = credit_note(
+        &h,
+        &draft_id,
+        "cn-10",
+        r#"{"amount_minor":2500,"reason":"order_change","memo":"Goodwill after the outage"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    assert_eq!(r.json["number"], "CN-2026-000002", "gapless");
+    assert_eq!(
+        (
+            r.json["reduced_due_minor"].as_i64(),
+            r.json["credited_minor"].as_i64()
+        ),
+        (Some(1900), Some(600))
+    );
+    settle(&h).await;
+    let settled = h
+        .get(&format!("/v1/invoices/{draft_id}"), Some(&token))
+        .await;
+    assert_eq!(settled.json["status"], "paid", "{:?}", settled.json);
+    assert_eq!(settled.json["total_minor"], open["total_minor"]);
+    assert_eq!(settled.json["amount_due_minor"], 1900);
+    assert_eq!(settled.json["lines"], open["lines"]);
+    assert_eq!(settled.json["amount_paid_minor"], 0);
+    assert_eq!(settled.json["amount_credited_minor"], 1900);
+    assert_eq!(settled.json["credit_noted_minor"], 2500);
+    assert_eq!(settled.json["amount_remaining_minor"], 0);
+    let subs = h.get("/v1/subscriptions", Some(&token)).await;
+    assert_eq!(subs.json["data"][0]["status"], "active");
+    let listed = h
+        .get(
+            &format!("/v1/invoices/{draft_id}/credit-notes"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(listed.json["data"][0]["memo"], "Goodwill after the outage");
+    // Another account sees none of it.
+    let (_, other) = h.sign_up("other@example.com").await;
+    h.get(
+        &format!("/v1/invoices/{draft_id}/credit-notes"),
+        Some(&other),
+    )
+    .await
+    .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    // Nothing left to credit on it beyond its total of 2900.
+    credit_note(
+        &h,
+        &draft_id,
+        "cn-11",
+        r#"{"amount_minor":401,"reason":"duplicate","memo":"more"}"#,
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "credit_note_too_large");
+
+    // The books: 3500 of revenue given back, nothing receivable, 600 of credit held, the one
+    // payment in cash; the database refuses to edit a note.
+    assert_eq!(balance(&h, account, LedgerAccount::Refunds).await, 3500);
+    assert_eq!(balance(&h, account, LedgerAccount::Receivable).await, 0);
+    let acct = h.get("/v1/account", Some(&token)).await;
+    assert_eq!(acct.json["balance_minor"], -600);
+    let cash = LedgerAccount::cash("simulated").expect("cash");
+    assert_eq!(balance(&h, account, cash).await, 2900);
+    for sql in [
+        "UPDATE credit_notes SET amount_minor = 1",
+        "DELETE FROM credit_notes",
+    ] {
+        let err = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&h.state.billing)
+            .await
+            .expect_err("append-only");
+        assert!(err.to_string().contains("never edited"), "{err}");
+    }
+
+    // At once: two notes that do not both fit (1900 left on the first invoice) — one is
+    // issued; the same request twice at once — one note.
+    let a = r#"{"amount_minor":1000,"reason":"duplicate","memo":"race a"}"#;
+    let b = r#"{"amount_minor":1000,"reason":"duplicate","memo":"race b"}"#;
+    let (ra, rb) = tokio::join!(
+        credit_note(&h, &first_id, "race-a", a),
+        credit_note(&h, &first_id, "race-b", b)
+    );
+    let mut statuses = [ra.status, rb.status];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::CREATED, StatusCode::UNPROCESSABLE_ENTITY]
+    );
+    let c = r#"{"amount_minor":500,"reason":"duplicate","memo":"race c"}"#;
+    let (rc1, rc2) = tokio::join!(
+        credit_note(&h, &first_id, "race-c", c),
+        credit_note(&h, &first_id, "race-c", c)
+    );
+    let mut statuses = [rc1.status, rc2.status];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::CREATED]);
+    assert_eq!(rc1.json["id"], rc2.json["id"]);
+    let first_now = h
+        .get(&format!("/v1/invoices/{first_id}"), Some(&token))
+        .await;
+    assert_eq!(first_now.json["credit_noted_minor"], 1000 + 1000 + 500);
+    let acct = h.get("/v1/account", Some(&token)).await;
+    assert_eq!(acct.json["balance_minor"], -(600 + 1000 + 500));
+    h.finish().await;
+}

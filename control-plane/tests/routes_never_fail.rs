@@ -160,6 +160,10 @@ enum Field {
     Account,
     Outcome,
     Uuid,
+    /// `{key: quantity}` of add-ons, real and nasty keys, any integers.
+    Addons,
+    /// A credit note's reason.
+    Reason,
 }
 
 /// One route: how it is called correctly, and what its body holds.
@@ -226,6 +230,7 @@ const ROUTES: &[Route] = &[
             ("plan", Field::Plan),
             ("payment_method", Field::PmUuid),
             ("trial", Field::Bool),
+            ("addons", Field::Addons),
         ],
     },
     Route {
@@ -275,14 +280,22 @@ const ROUTES: &[Route] = &[
         path: "/v1/subscriptions/{id}/preview-change",
         token: Token::Customer,
         key: false,
-        fields: &[("plan", Field::Plan), ("when", Field::Text)],
+        fields: &[
+            ("plan", Field::Plan),
+            ("addons", Field::Addons),
+            ("when", Field::Text),
+        ],
     },
     Route {
         method: Method::POST,
         path: "/v1/subscriptions/{id}/change",
         token: Token::Customer,
         key: true,
-        fields: &[("plan", Field::Plan), ("when", Field::Text)],
+        fields: &[
+            ("plan", Field::Plan),
+            ("addons", Field::Addons),
+            ("when", Field::Text),
+        ],
     },
     Route {
         method: Method::POST,
@@ -322,6 +335,13 @@ const ROUTES: &[Route] = &[
     Route {
         method: Method::POST,
         path: "/v1/invoices/{id}/confirm",
+        token: Token::Customer,
+        key: false,
+        fields: &[],
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/invoices/{id}/credit-notes",
         token: Token::Customer,
         key: false,
         fields: &[],
@@ -451,6 +471,17 @@ const ROUTES: &[Route] = &[
     },
     Route {
         method: Method::POST,
+        path: "/admin/v1/invoices/{id}/credit-notes",
+        token: Token::Admin,
+        key: true,
+        fields: &[
+            ("amount_minor", Field::Int),
+            ("reason", Field::Reason),
+            ("memo", Field::Text),
+        ],
+    },
+    Route {
+        method: Method::POST,
         path: "/dev/v1/clock/advance",
         token: Token::None,
         key: false,
@@ -504,6 +535,16 @@ fn value_of(field: Field) -> BoxedStrategy<Value> {
         Field::Int => int().boxed(),
         Field::Text => nasty().prop_map(|s| json!(s)).boxed(),
         Field::Uuid => Just(json!(uuid::Uuid::now_v7())).boxed(),
+        Field::Addons => prop::collection::btree_map(
+            prop_oneof![Just("extra_seats".to_owned()), nasty()],
+            int(),
+            0..3,
+        )
+        .prop_map(|m| json!(m))
+        .boxed(),
+        Field::Reason => prop::sample::select(vec!["duplicate", "service_issue", "order_change", "nope", ""])
+            .prop_map(|r| json!(r))
+            .boxed(),
         Field::Account => prop_oneof![Just(json!("{account}")), Just(json!(uuid::Uuid::now_v7()))].boxed(),
         Field::Accounts => prop::collection::vec(prop_oneof![Just(json!("{account}")), Just(json!(uuid::Uuid::now_v7())), nasty().prop_map(|s| json!(s))], 0..4)
             .prop_map(Value::Array)

@@ -12,10 +12,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::Platform;
-use super::views::{json as reply, value};
+use super::views::{CreditNoteView, json as reply, value};
+use crate::billing::credit_notes::{self, IssueCreditNote};
 use crate::catalog;
 use crate::error::{Error, Result};
+use crate::http::idempotency::IdempotencyKey;
 use crate::http::{Json, Path};
+use crate::ids::InvoiceId;
 use crate::rollout::{self, Change};
 use crate::state::AppState;
 
@@ -35,6 +38,10 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/v1/edges", get(edges))
         .route("/admin/v1/audit", get(audit))
         .route("/admin/v1/catalog/prices", get(prices))
+        .route(
+            "/admin/v1/invoices/{id}/credit-notes",
+            post(issue_credit_note),
+        )
 }
 
 fn change(c: Change) -> Value {
@@ -147,4 +154,23 @@ async fn audit(State(state): State<AppState>, _: Platform) -> Result<Response> {
 async fn prices(State(state): State<AppState>, _: Platform) -> Result<Response> {
     let prices = catalog::mirror::list(&state).await?;
     Ok(reply(StatusCode::OK, json!({ "data": prices })))
+}
+
+/// `POST /admin/v1/invoices/{id}/credit-notes` (Idempotency-Key) — a correction of a finalised
+/// invoice, issued by the actor.
+async fn issue_credit_note(
+    State(state): State<AppState>,
+    Platform(actor): Platform,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<InvoiceId>,
+    Json(body): Json<IssueCreditNote>,
+) -> Result<Response> {
+    let account = credit_notes::owner(&state, id).await?;
+    let issued = credit_notes::issue(&state, account, id, &actor.name(), &key, &body).await?;
+    let status = if issued.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(reply(status, value(&CreditNoteView::from(&issued.note))))
 }

@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::extract::Customer;
 use super::views::{
-    AccountView, CheckoutView, InvoiceView, PaymentMethodView, PreviewView, SubscriptionView,
-    json as reply, ran, value,
+    AccountView, CheckoutView, CreditNoteView, InvoiceView, PaymentMethodView, PreviewView,
+    SubscriptionView, json as reply, ran, value,
 };
 use crate::billing::invoices;
 use crate::billing::payments::{self, PayInvoice, Payment};
@@ -55,6 +55,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/invoices", get(list_invoices))
         .route("/v1/invoices/{id}", get(get_invoice))
         .route("/v1/invoices/{id}/pdf", get(invoice_pdf))
+        .route("/v1/invoices/{id}/credit-notes", get(invoice_credit_notes))
         .route("/v1/invoices/{id}/pay", post(pay_invoice))
         .route("/v1/invoices/{id}/confirm", post(confirm_invoice_payment))
 }
@@ -280,6 +281,17 @@ async fn get_invoice(
 ) -> Result<Response> {
     let inv = invoices::get(&state, account, id).await?;
     Ok(reply(StatusCode::OK, value(&InvoiceView::from(&inv))))
+}
+
+/// `GET /v1/invoices/{id}/credit-notes` — the invoice's corrections, oldest first.
+async fn invoice_credit_notes(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<InvoiceId>,
+) -> Result<Response> {
+    let notes = crate::billing::credit_notes::of_invoice(&state, account, id).await?;
+    let data: Vec<_> = notes.iter().map(CreditNoteView::from).collect();
+    Ok(reply(StatusCode::OK, json!({ "data": data })))
 }
 
 /// `GET /v1/invoices/{id}/pdf` — `application/pdf`, as an attachment.

@@ -9,12 +9,13 @@ use serde_json::Value;
 
 use crate::accounts::Account;
 use crate::billing::AddonTerms;
+use crate::billing::credit_notes::{CreditNote, CreditNoteReason};
 use crate::billing::invoices::{AccountBilling, Invoice, InvoiceStatus, Line, LineKind};
 use crate::billing::pricing::TierCharge;
 use crate::checkout::{Checkout, CheckoutStatus, RefundReason};
 use crate::http::idempotency::REPLAYED_HEADER;
 use crate::idempotency::Ran;
-use crate::ids::{AccountId, CheckoutId, InvoiceId, PaymentMethodId, SubscriptionId};
+use crate::ids::{AccountId, CheckoutId, CreditNoteId, InvoiceId, PaymentMethodId, SubscriptionId};
 use crate::money::Currency;
 use crate::payment_methods::{PaymentMethod, PaymentMethodStatus};
 use crate::subscriptions::Subscription;
@@ -276,6 +277,11 @@ pub struct InvoiceView<'a> {
     pub total_minor: i64,
     pub amount_due_minor: i64,
     pub amount_paid_minor: i64,
+    /// What credit notes credited in all, and the part that reduced what it asks for.
+    pub credit_noted_minor: i64,
+    pub amount_credited_minor: i64,
+    /// What is still owed.
+    pub amount_remaining_minor: i64,
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
     pub subscription_id: Option<SubscriptionId>,
@@ -298,6 +304,9 @@ impl<'a> From<&'a Invoice> for InvoiceView<'a> {
             total_minor: i.total_minor,
             amount_due_minor: i.amount_due_minor,
             amount_paid_minor: i.amount_paid_minor,
+            credit_noted_minor: i.credit_noted_minor,
+            amount_credited_minor: i.amount_credited_minor,
+            amount_remaining_minor: i.amount_remaining_minor,
             period_start: i.period_start,
             period_end: i.period_end,
             subscription_id: i.subscription_id,
@@ -306,6 +315,37 @@ impl<'a> From<&'a Invoice> for InvoiceView<'a> {
             paid_at: i.paid_at,
             action_required: i.action_required,
             created_at: i.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreditNoteView<'a> {
+    pub id: CreditNoteId,
+    pub number: &'a str,
+    pub invoice_id: InvoiceId,
+    pub currency: Currency,
+    pub amount_minor: i64,
+    pub reduced_due_minor: i64,
+    pub credited_minor: i64,
+    pub reason: CreditNoteReason,
+    pub memo: &'a str,
+    pub created_at: DateTime<Utc>,
+}
+
+impl<'a> From<&'a CreditNote> for CreditNoteView<'a> {
+    fn from(n: &'a CreditNote) -> Self {
+        Self {
+            id: n.id,
+            number: &n.number,
+            invoice_id: n.invoice_id,
+            currency: n.currency,
+            amount_minor: n.amount_minor,
+            reduced_due_minor: n.reduced_due_minor,
+            credited_minor: n.credited_minor,
+            reason: n.reason,
+            memo: &n.memo,
+            created_at: n.created_at,
         }
     }
 }

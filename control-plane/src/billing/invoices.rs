@@ -101,6 +101,12 @@ pub struct Invoice {
     pub total_minor: i64,
     pub amount_due_minor: i64,
     pub amount_paid_minor: i64,
+    /// What credit notes credited against this invoice in all.
+    pub credit_noted_minor: i64,
+    /// The part of that which reduced what the invoice asks for (the rest became credit).
+    pub amount_credited_minor: i64,
+    /// What is still owed: `amount_due − amount_paid − amount_credited`.
+    pub amount_remaining_minor: i64,
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
     pub usage_start: Option<DateTime<Utc>>,
@@ -642,9 +648,9 @@ pub async fn balance(
 
 /// Whether the invoice is still owed (open, something left to pay).
 pub async fn still_owed(conn: &mut PgConnection, id: InvoiceId) -> sqlx::Result<bool> {
-    Ok(store::invoice(conn, id).await?.is_some_and(|i| {
-        i.status == InvoiceStatus::Open && i.amount_paid_minor < i.amount_due_minor
-    }))
+    Ok(store::invoice(conn, id)
+        .await?
+        .is_some_and(|i| i.status == InvoiceStatus::Open && i.amount_remaining_minor > 0))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //!    [`crate::ledger`]: it is `open` and immutable.
 //! 3. [`charges::charge_due`] collects open invoices off-session through the gateway, one
 //!    `charge_attempts` row per try, the provider's idempotency key derived from the attempt.
+//! 4. A finalised invoice is corrected only by a new document, a [`credit_notes`] note.
 //!
 //! Workers claim their rows with `FOR UPDATE SKIP LOCKED` in batches: any number of processes
 //! run them, none leads.
@@ -24,6 +25,7 @@
 //! pruned with the outbox's retention window ([`prune_inbox`]).
 
 pub mod charges;
+pub mod credit_notes;
 pub mod invoices;
 pub mod pass;
 pub mod payments;

@@ -151,10 +151,7 @@ async fn ensure_attempt(
     }
     let refused = match store::invoice_for_update(&mut tx, invoice).await? {
         None => Some(Error::not_found("invoice")),
-        Some(inv)
-            if inv.status != InvoiceStatus::Open
-                || inv.amount_paid_minor >= inv.amount_due_minor =>
-        {
+        Some(inv) if inv.status != InvoiceStatus::Open || inv.amount_remaining_minor <= 0 => {
             Some(not_payable(&inv))
         }
         Some(_) => None,
@@ -173,7 +170,7 @@ async fn ensure_attempt(
             id,
             invoice,
             account: inv.account_id,
-            amount_minor: inv.amount_due_minor - inv.amount_paid_minor,
+            amount_minor: inv.amount_remaining_minor,
             currency: inv.currency,
             presence: AttemptPresence::OnSession,
             processor: state.gateway.name(),

@@ -200,7 +200,17 @@ pub fn render(inv: &Invoice, to: &BillTo) -> Vec<u8> {
         ("Amount due", inv.amount_due_minor),
         ("Amount paid", inv.amount_paid_minor),
     ];
-    for (k, v) in totals {
+    // Credit notes only show when there are any (the invoice itself never changes).
+    let credited = [
+        ("Credit notes", -inv.credit_noted_minor),
+        ("Amount remaining", inv.amount_remaining_minor),
+    ];
+    let shown = if inv.credit_noted_minor > 0 {
+        &credited[..]
+    } else {
+        &[]
+    };
+    for &(k, v) in totals.iter().chain(shown) {
         let row = format!("{k:>69} {:>18}", format_money(v, c));
         w.text(LEFT_MM, BuiltinFont::CourierBold, 9.0, &row);
         w.down(1.0);

@@ -7,10 +7,11 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::charges::{AttemptPresence, AttemptStatus, ChargeAttempt};
+use super::credit_notes::CreditNote;
 use super::invoices::{Invoice, InvoiceReason, InvoiceStatus, Line, LineKind, Totals};
 use super::pricing::TierCharge;
 use super::{Schedule, ScheduleEvent, Terms};
-use crate::ids::{AccountId, ChargeAttemptId, EventId, InvoiceId, SubscriptionId};
+use crate::ids::{AccountId, ChargeAttemptId, CreditNoteId, EventId, InvoiceId, SubscriptionId};
 use crate::money::Currency;
 
 /// Records the event id; `false` when it was applied before.
@@ -209,6 +210,7 @@ pub async fn replace_lines(
 
 const INVOICE_COLUMNS: &str = "id, account_id, subscription_id, number, status, reason, currency,
     subtotal_minor, credit_applied_minor, total_minor, amount_due_minor, amount_paid_minor,
+    credit_noted_minor, amount_credited_minor, amount_remaining_minor,
     period_start, period_end, usage_start, usage_end, finalize_at, finalized_at, paid_at,
     voided_at, action_required, created_at";
 
@@ -226,6 +228,9 @@ struct InvoiceRow {
     total_minor: i64,
     amount_due_minor: i64,
     amount_paid_minor: i64,
+    credit_noted_minor: i64,
+    amount_credited_minor: i64,
+    amount_remaining_minor: i64,
     period_start: DateTime<Utc>,
     period_end: DateTime<Utc>,
     usage_start: Option<DateTime<Utc>>,
@@ -253,6 +258,9 @@ impl InvoiceRow {
             total_minor: self.total_minor,
             amount_due_minor: self.amount_due_minor,
             amount_paid_minor: self.amount_paid_minor,
+            credit_noted_minor: self.credit_noted_minor,
+            amount_credited_minor: self.amount_credited_minor,
+            amount_remaining_minor: self.amount_remaining_minor,
             period_start: self.period_start,
             period_end: self.period_end,
             usage_start: self.usage_start,
@@ -445,9 +453,10 @@ pub async fn mark_paid(
 ) -> sqlx::Result<bool> {
     let paid: bool = sqlx::query_scalar(
         "UPDATE invoices SET amount_paid_minor = $2, updated_at = $3, action_required = false,
-             status = CASE WHEN $2 >= amount_due_minor THEN 'paid' ELSE status END,
-             paid_at = CASE WHEN $2 >= amount_due_minor THEN $3 ELSE paid_at END,
-             next_charge_at = CASE WHEN $2 >= amount_due_minor THEN NULL ELSE next_charge_at END
+             status = CASE WHEN $2 + amount_credited_minor >= amount_due_minor THEN 'paid' ELSE status END,
+             paid_at = CASE WHEN $2 + amount_credited_minor >= amount_due_minor THEN $3 ELSE paid_at END,
+             next_charge_at = CASE WHEN $2 + amount_credited_minor >= amount_due_minor THEN NULL
+                                   ELSE next_charge_at END
          WHERE id = $1 RETURNING status = 'paid'",
     )
     .bind(id)
@@ -487,11 +496,11 @@ pub async fn claim_chargeable(
         "UPDATE invoices SET next_charge_at = NULL, updated_at = $1
          WHERE id IN (SELECT id FROM invoices
                       WHERE status = 'open' AND next_charge_at <= $1
-                        AND amount_due_minor > amount_paid_minor
+                        AND amount_remaining_minor > 0
                         AND NOT EXISTS (SELECT 1 FROM charge_attempts a WHERE a.invoice_id = invoices.id
                                         AND a.status IN ('pending', 'requires_action'))
                       ORDER BY next_charge_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
-         RETURNING id, account_id, amount_due_minor - amount_paid_minor, currency",
+         RETURNING id, account_id, amount_remaining_minor, currency",
     )
     .bind(now)
     .bind(limit)
@@ -699,8 +708,8 @@ pub async fn count_due(
     .fetch_one(&mut *conn)
     .await?;
     let rows: Vec<(Currency, i64, i64)> = sqlx::query_as(
-        "SELECT currency, count(*), sum(amount_due_minor - amount_paid_minor)::bigint FROM invoices
-         WHERE status = 'open' AND next_charge_at <= $1 AND amount_due_minor > amount_paid_minor
+        "SELECT currency, count(*), sum(amount_remaining_minor)::bigint FROM invoices
+         WHERE status = 'open' AND next_charge_at <= $1 AND amount_remaining_minor > 0
          GROUP BY currency ORDER BY currency",
     )
     .bind(as_of)
@@ -712,4 +721,112 @@ pub async fn count_due(
         charges,
         rows.into_iter().map(|(c, _, a)| (c, a)).collect(),
     ))
+}
+
+// ---- Credit notes -------------------------------------------------------------------------
+
+const CREDIT_NOTE_COLUMNS: &str = "id, number, invoice_id, account_id, currency, amount_minor,
+    reduced_due_minor, credited_minor, reason, memo, issued_by, created_at";
+
+pub async fn credit_note(
+    conn: &mut PgConnection,
+    id: CreditNoteId,
+) -> sqlx::Result<Option<CreditNote>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {CREDIT_NOTE_COLUMNS} FROM credit_notes WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// An invoice's notes, oldest first.
+pub async fn credit_notes_of(
+    conn: &mut PgConnection,
+    invoice: InvoiceId,
+) -> sqlx::Result<Vec<CreditNote>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {CREDIT_NOTE_COLUMNS} FROM credit_notes WHERE invoice_id = $1
+         ORDER BY created_at, number"
+    ))
+    .bind(invoice)
+    .fetch_all(conn)
+    .await
+}
+
+/// Gapless credit note numbers, one counter per year, taken in the issuing transaction.
+pub async fn next_credit_note_number(conn: &mut PgConnection, year: i32) -> sqlx::Result<String> {
+    let n: i64 = sqlx::query_scalar(
+        "INSERT INTO credit_note_numbers (year, last) VALUES ($1, 1)
+         ON CONFLICT (year) DO UPDATE SET last = credit_note_numbers.last + 1 RETURNING last",
+    )
+    .bind(year)
+    .fetch_one(conn)
+    .await?;
+    Ok(format!("CN-{year}-{n:06}"))
+}
+
+pub async fn insert_credit_note(conn: &mut PgConnection, n: &CreditNote) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO credit_notes (id, number, invoice_id, account_id, currency, amount_minor,
+             reduced_due_minor, credited_minor, reason, memo, issued_by, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(n.id)
+    .bind(&n.number)
+    .bind(n.invoice_id)
+    .bind(n.account_id.0)
+    .bind(n.currency)
+    .bind(n.amount_minor)
+    .bind(n.reduced_due_minor)
+    .bind(n.credited_minor)
+    .bind(n.reason)
+    .bind(&n.memo)
+    .bind(&n.issued_by)
+    .bind(n.created_at)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Adds a note's amounts to its invoice; an open invoice left owing nothing is paid. Returns
+/// whether the note settled it.
+pub async fn add_credit(
+    conn: &mut PgConnection,
+    invoice: InvoiceId,
+    amount: i64,
+    reduced_due: i64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "WITH before AS (SELECT status FROM invoices WHERE id = $1)
+         UPDATE invoices SET credit_noted_minor = credit_noted_minor + $2,
+             amount_credited_minor = amount_credited_minor + $3, updated_at = $4,
+             status = CASE WHEN status = 'open' AND amount_remaining_minor - $3 <= 0
+                           THEN 'paid' ELSE status END,
+             paid_at = CASE WHEN status = 'open' AND amount_remaining_minor - $3 <= 0
+                            THEN $4 ELSE paid_at END,
+             next_charge_at = CASE WHEN amount_remaining_minor - $3 <= 0 THEN NULL
+                                   ELSE next_charge_at END,
+             action_required = action_required AND amount_remaining_minor - $3 > 0
+         WHERE id = $1
+         RETURNING (SELECT status FROM before) = 'open' AND status = 'paid'",
+    )
+    .bind(invoice)
+    .bind(amount)
+    .bind(reduced_due)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+}
+
+/// Whether a payment of the invoice is in flight (`pending` or waiting for authentication).
+pub async fn attempt_in_flight(conn: &mut PgConnection, invoice: InvoiceId) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM charge_attempts WHERE invoice_id = $1
+                        AND status IN ('pending', 'requires_action'))",
+    )
+    .bind(invoice)
+    .fetch_one(conn)
+    .await
 }

@@ -13,7 +13,8 @@
 //!   error (a bug upstream), never a silent second entry.
 //!
 //! The business transactions are built here too ([`invoice_finalized`], [`payment`],
-//! [`refund`], [`credit`], [`write_off`]), so every caller books the same event the same way.
+//! [`refund`], [`credit`], [`credit_note`], [`write_off`]), so every caller books the same event
+//! the same way.
 
 pub mod store;
 
@@ -445,6 +446,23 @@ pub fn credit(header: Header, amount_minor: i64) -> Result<Option<Transaction>, 
     Draft::new(header)
         .debit(LedgerAccount::Refunds, amount_minor)
         .credit(LedgerAccount::Credit, amount_minor)
+        .seal()
+}
+
+/// A credit note: revenue given back (the `refunds` contra-revenue account is debited), the
+/// part that reduces what the invoice still asks for out of the receivable, the rest as
+/// customer credit.
+pub fn credit_note(
+    header: Header,
+    reduced_due_minor: i64,
+    credited_minor: i64,
+) -> Result<Option<Transaction>, LedgerError> {
+    let total =
+        crate::money::add(reduced_due_minor, credited_minor).map_err(|_| LedgerError::Overflow)?;
+    Draft::new(header)
+        .debit(LedgerAccount::Refunds, total)
+        .credit(LedgerAccount::Receivable, reduced_due_minor)
+        .credit(LedgerAccount::Credit, credited_minor)
         .seal()
 }
 

@@ -290,8 +290,8 @@ struct Model {
     revenue: i64,
 }
 
-/// Random sequences of finalisations (credit applied first), payments, credits, refunds and
-/// write-offs for a few customers, posted through the real store: every transaction sums to
+/// Random sequences of finalisations (credit applied first), payments, credits, refunds,
+/// write-offs and credit notes for a few customers, posted through the real store: every transaction sums to
 /// zero, every balance equals the model's, the receivable equals the open invoices' amounts due,
 /// and the whole ledger sums to zero.
 #[sqlx::test(migrations = "../migrations/billing")]
@@ -306,7 +306,7 @@ async fn random_operation_sequences_keep_the_books_balanced(pool: PgPool) -> any
             let c = rng.random_range(0..customers.len());
             let (account, m) = (customers[c], &mut models[c]);
             let reference = format!("s{seed}-{step}");
-            match rng.random_range(0..5) {
+            match rng.random_range(0..6) {
                 0 => {
                     let n = rng.random_range(1..4);
                     let lines: Vec<RevenueLine> = (0..n)
@@ -364,6 +364,27 @@ async fn random_operation_sequences_keep_the_books_balanced(pool: PgPool) -> any
                     let h = header(TxKind::WriteOff, &reference, account);
                     post(&mut conn, &write_off(h, due)?.unwrap(), now).await?;
                     m.bad_debt += due;
+                }
+                // A credit note on an open invoice: what it still asks for goes down first,
+                // the rest (up to what was invoiced) becomes credit.
+                5 if !m.open.is_empty() => {
+                    let i = rng.random_range(0..m.open.len());
+                    let due = m.open[i].1;
+                    let reduced = rng.random_range(1..=due);
+                    let credited = if reduced == due {
+                        rng.random_range(0..1000)
+                    } else {
+                        0
+                    };
+                    let h = header(TxKind::CreditNote, &reference, account);
+                    post(&mut conn, &credit_note(h, reduced, credited)?.unwrap(), now).await?;
+                    if reduced == due {
+                        m.open.remove(i);
+                    } else {
+                        m.open[i].1 -= reduced;
+                    }
+                    m.credit += credited;
+                    m.refunds += reduced + credited;
                 }
                 _ => {}
             }
