@@ -19,6 +19,9 @@
 //! | `TOLLGATE_RELAY_POLL_MS` | outbox relay fallback poll interval, ms (NOTIFY wakes it sooner) | `500` |
 //! | `TOLLGATE_CHECKOUT_EXPIRY_SECS` | unauthenticated checkouts expire after, s; 60 ..= 604800 (7 days) | `82800` (23 h) |
 //! | `TOLLGATE_OUTBOX_RETENTION_HOURS` | processed outbox rows (and billing's inbox ids) are deleted this long after they were processed, h; 1 ..= 8760 | `168` (7 days) |
+//! | `TOLLGATE_DUNNING_RETRY_DAYS` | days after a failed renewal charge each retry runs, increasing, 1–20 of them, each 1–90 | `1,2,3,5,7,9,11,14` |
+//! | `TOLLGATE_DUNNING_LEVELS_AFTER` | failed retries after which dunning levels 2, 3 and 4 begin | `2,4,6` |
+//! | `TOLLGATE_DUNNING_BAN_OVER_MINOR` | an account whose unpaid written-off debt is above this is banned, minor units | `0` |
 //! | `TOLLGATE_USAGE_GRACE_MS` | usage events arriving up to this long after their period ended still count toward it; later ones count toward the current period (late), ms, at most 7 days | `3600000` (1 h) |
 //!
 //! Values come from defaults < the TOML file named by `TOLLGATE_CONFIG` < the environment.
@@ -48,6 +51,7 @@ pub struct Config {
     pub checkout_expiry_secs: i64,
     pub usage_grace_ms: i64,
     pub outbox_retention_hours: i64,
+    pub dunning: crate::dunning::Policy,
 }
 
 pub const DB_POOL_SIZE_MAX: u32 = 256;
@@ -73,7 +77,7 @@ impl Config {
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigErrors> {
         let mut r = Reader::new(source);
         let default_addr = SocketAddr::from(([127, 0, 0, 1], 7700));
-        let cfg = Self {
+        let mut cfg = Self {
             listen_addr: r.parse("cp_listen_addr", default_addr),
             cf_database_url: r.string(
                 "cf_database_url",
@@ -109,7 +113,21 @@ impl Config {
             usage_grace_ms: r.parse("usage_grace_ms", crate::usage::GRACE_MS_DEFAULT),
             outbox_retention_hours: r
                 .parse("outbox_retention_hours", OUTBOX_RETENTION_HOURS_DEFAULT),
+            dunning: crate::dunning::Policy::default(),
         };
+        let days = r.string(
+            "dunning_retry_days",
+            crate::dunning::policy::RETRY_DAYS_DEFAULT,
+        );
+        let levels = r.string(
+            "dunning_levels_after",
+            crate::dunning::policy::LEVELS_AFTER_DEFAULT,
+        );
+        let ban: i64 = r.parse("dunning_ban_over_minor", 0);
+        match crate::dunning::Policy::parse(&days, &levels, ban) {
+            Ok(p) => cfg.dunning = p,
+            Err(e) => r.error(format!("TOLLGATE_DUNNING_*: {e}")),
+        }
         if cfg.db_pool_size == 0 || cfg.db_pool_size > DB_POOL_SIZE_MAX {
             r.error(format!(
                 "TOLLGATE_DB_POOL_SIZE must be 1..={DB_POOL_SIZE_MAX}"

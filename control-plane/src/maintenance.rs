@@ -1,7 +1,7 @@
 //! Time-driven transitions, run every second by the maintenance worker (and at once after a
 //! development clock advance): subscriptions whose period ended (renewed) or whose cancel at
-//! period end came due, drafts past their grace window (finalised), open invoices due for an
-//! off-session charge, checkouts nobody else will settle, plan prices to mirror to the payment
+//! period end came due, drafts past their grace window (finalised), dunning retries that came
+//! due and accounts whose days past due moved on, open invoices due for an off-session charge, checkouts nobody else will settle, plan prices to mirror to the payment
 //! provider, abandoned card set-ups, expired idempotency records, and outbox rows (with
 //! billing's inbox ids) past the retention window. Provider calls happen outside any
 //! transaction; each part is one domain's own function.
@@ -16,7 +16,10 @@ pub const FINALIZE_BATCH: i64 = 200;
 pub const CHARGE_BATCH: i64 = 100;
 /// Plan prices mirrored to the payment provider per pass.
 pub const MIRROR_BATCH: i64 = 20;
-use crate::{billing, catalog, checkout, idempotency, outbox, payment_methods, subscriptions};
+use crate::{
+    billing, catalog, checkout, dunning, entitlements, idempotency, outbox, payment_methods,
+    subscriptions,
+};
 
 /// One pass; returns how many rows changed state (pruning is not a change of state).
 pub async fn run(state: &AppState) -> anyhow::Result<usize> {
@@ -25,6 +28,8 @@ pub async fn run(state: &AppState) -> anyhow::Result<usize> {
     changed += billing::invoices::finalize_due(state, FINALIZE_BATCH)
         .await?
         .len();
+    changed += dunning::retry_due(state, CHARGE_BATCH).await?;
+    changed += entitlements::refresh_days_past_due(state, RENEWAL_BATCH).await?;
     changed += billing::charges::charge_due(state, CHARGE_BATCH)
         .await?
         .len();

@@ -19,7 +19,8 @@ use crate::outbox::{Consumers, Topic};
 use crate::state::BillingOutbox;
 use crate::state::{AppState, Inner};
 use crate::{
-    api, billing, catalog, entitlements, gateways, maintenance, outbox, subscriptions, usage,
+    accounts, api, billing, catalog, dunning, entitlements, gateways, maintenance, outbox,
+    subscriptions, usage,
 };
 
 /// The cf_prod schema, applied at start.
@@ -39,6 +40,9 @@ fn consumers() -> Consumers<AppState> {
         .on(Topic::BillingSchedule, |state, _, d| {
             Box::pin(billing::on_schedule(state, d))
         })
+        .on(Topic::DunningPaymentMethodAdded, |state, _, d| {
+            Box::pin(dunning::on_payment_method_added(state, d))
+        })
 }
 
 /// The consumers of billing_prod's outbox (they run in its relay's billing transaction).
@@ -47,12 +51,31 @@ fn billing_consumers() -> Consumers<BillingOutbox> {
         .on(
             Topic::BillingPaymentFailed,
             |host: &BillingOutbox, conn, d| {
-                Box::pin(subscriptions::on_payment_failed(&host.0, conn, d))
+                Box::pin(async move {
+                    dunning::on_payment_failed(&host.0, conn, d).await?;
+                    subscriptions::on_payment_failed(&host.0, conn, d).await
+                })
             },
         )
-        .on(Topic::BillingInvoicePaid, |host: &BillingOutbox, _, d| {
-            Box::pin(subscriptions::on_invoice_paid(&host.0, d))
-        })
+        .on(
+            Topic::BillingInvoicePaid,
+            |host: &BillingOutbox, conn, d| {
+                Box::pin(async move {
+                    dunning::on_invoice_paid(conn, d).await?;
+                    subscriptions::on_invoice_paid(&host.0, d).await
+                })
+            },
+        )
+        .on(
+            Topic::BillingDunningChanged,
+            |host: &BillingOutbox, _, d| Box::pin(accounts::on_dunning_changed(&host.0, d)),
+        )
+        .on(
+            Topic::BillingInvoiceUncollectible,
+            |host: &BillingOutbox, _, d| {
+                Box::pin(subscriptions::on_invoice_uncollectible(&host.0, d))
+            },
+        )
 }
 
 /// Parts of the state a caller may choose (tests pass their own pools and clock, and may wrap
@@ -106,6 +129,7 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
         dev_mode: config.dev_mode,
         checkout_expiry_secs: config.checkout_expiry_secs,
         usage_grace: chrono::TimeDelta::milliseconds(config.usage_grace_ms),
+        dunning: config.dunning.clone(),
         outbox_retention: chrono::TimeDelta::hours(config.outbox_retention_hours),
         redis_keys: tollgate_protocol::redis_keys::Keys::new(&config.redis_key_prefix),
         metrics: Metrics::new(),

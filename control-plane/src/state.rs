@@ -40,6 +40,8 @@ pub struct Inner {
     pub checkout_expiry_secs: i64,
     /// How long after a period ends its usage events still count toward it.
     pub usage_grace: chrono::TimeDelta,
+    /// When failed invoices are retried, how levels escalate, what bans.
+    pub dunning: crate::dunning::Policy,
     /// How long processed outbox rows and inbox ids are kept.
     pub outbox_retention: chrono::TimeDelta,
     pub metrics: Metrics,

@@ -37,6 +37,58 @@ pub struct Account {
     pub gateway_customer_id: String,
     pub default_payment_method_id: Option<PaymentMethodId>,
     pub created_at: DateTime<Utc>,
+    /// Billing's dunning of it (0: none), as last applied.
+    #[serde(default)]
+    pub dunning_level: i32,
+    #[serde(default)]
+    pub past_due_since: Option<DateTime<Utc>>,
+    /// A renewal failed for good with its method: purchases and plan changes wait for a new
+    /// one.
+    #[serde(default)]
+    pub payment_method_required: bool,
+    /// Written off and not recovered.
+    #[serde(default)]
+    pub bad_debt_minor: i64,
+}
+
+/// `402 payment_method_required` when dunning needs a new payment method from the account
+/// before it buys or changes anything.
+pub fn require_usable_method(account: &Account) -> Result<()> {
+    if account.payment_method_required {
+        return Err(Error::new(
+            crate::error::Kind::PaymentRequired,
+            "payment_method_required",
+            "a renewal could not be charged to the payment method on file: add a new one first",
+        ));
+    }
+    Ok(())
+}
+
+/// The consumer of billing's `billing.dunning_changed`: a newer snapshot is applied (a ban for
+/// bad debt above the policy's threshold, lifted once it is paid), and the facts recomputed.
+pub async fn on_dunning_changed(state: &AppState, d: &outbox::Delivery) -> anyhow::Result<()> {
+    let ev: crate::dunning::DunningChanged = d.payload()?;
+    let mut tx = state.cf.begin().await?;
+    let applied = store::apply_dunning(
+        &mut tx,
+        ev.account_id,
+        ev.version,
+        ev.state.level,
+        ev.state.past_due_since,
+        ev.state.payment_method_required,
+        ev.state.bad_debt_minor,
+        state.dunning.bans(ev.state.bad_debt_minor),
+    )
+    .await?;
+    if !applied {
+        tx.rollback().await?;
+        return Ok(());
+    }
+    outbox::account_changed(&mut tx, ev.account_id, d.now).await?;
+    tx.commit().await?;
+    state.outbox_wake.notify_one();
+    tracing::info!(account_id = %ev.account_id, level = ev.state.level, bad_debt_minor = ev.state.bad_debt_minor, "dunning applied");
+    Ok(())
 }
 
 /// `POST /v1/accounts` as the customer sends it.

@@ -8,7 +8,8 @@ use super::Account;
 use crate::ids::{AccountId, PaymentMethodId, TokenId};
 
 const ACCOUNT_COLUMNS: &str =
-    "id, email, name, standing, gateway_customer_id, default_payment_method_id, created_at";
+    "id, email, name, standing, gateway_customer_id, default_payment_method_id, created_at,
+     dunning_level, past_due_since, payment_method_required, bad_debt_minor";
 
 #[allow(clippy::too_many_arguments)]
 pub async fn insert_account(
@@ -113,16 +114,90 @@ pub async fn standing_for_update(
     conn: &mut PgConnection,
     account: AccountId,
 ) -> sqlx::Result<Option<tollgate_protocol::AccountStanding>> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT standing FROM accounts WHERE id = $1 FOR UPDATE")
-            .bind(account.0)
-            .fetch_optional(conn)
-            .await?;
-    row.map(|(s,)| {
-        tollgate_protocol::AccountStanding::try_from(s)
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    Ok(facts_inputs_for_update(conn, account)
+        .await?
+        .map(|f| f.standing))
+}
+
+/// What an account's facts are computed from, besides its subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FactsInputs {
+    pub standing: tollgate_protocol::AccountStanding,
+    pub dunning_level: i32,
+    pub past_due_since: Option<DateTime<Utc>>,
+}
+
+/// [`FactsInputs`] under the account's row lock.
+pub async fn facts_inputs_for_update(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> sqlx::Result<Option<FactsInputs>> {
+    let row: Option<(String, i32, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT standing, dunning_level, past_due_since FROM accounts WHERE id = $1 FOR UPDATE",
+    )
+    .bind(account.0)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|(s, dunning_level, past_due_since)| {
+        let standing = tollgate_protocol::AccountStanding::try_from(s)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        Ok(FactsInputs {
+            standing,
+            dunning_level,
+            past_due_since,
+        })
     })
     .transpose()
+}
+
+/// Applies billing's dunning snapshot when it is newer than the stored one, banning for bad
+/// debt (`bans`) or lifting a ban for bad debt once it is paid. Returns whether it applied.
+#[allow(clippy::too_many_arguments)]
+pub async fn apply_dunning(
+    conn: &mut PgConnection,
+    account: AccountId,
+    version: i64,
+    level: i32,
+    past_due_since: Option<DateTime<Utc>>,
+    payment_method_required: bool,
+    bad_debt_minor: i64,
+    bans: bool,
+) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE accounts SET dunning_version = $2, dunning_level = $3, past_due_since = $4,
+             payment_method_required = $5, bad_debt_minor = $6,
+             standing = CASE WHEN $7 AND standing = 'active' THEN 'banned'
+                             WHEN NOT $7 AND ban_reason = 'bad_debt' THEN 'active'
+                             ELSE standing END,
+             ban_reason = CASE WHEN $7 AND standing = 'active' THEN 'bad_debt'
+                               WHEN NOT $7 AND ban_reason = 'bad_debt' THEN NULL
+                               ELSE ban_reason END
+         WHERE id = $1 AND dunning_version < $2",
+    )
+    .bind(account.0)
+    .bind(version)
+    .bind(level)
+    .bind(past_due_since)
+    .bind(payment_method_required)
+    .bind(bad_debt_minor)
+    .bind(bans)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// A new payment method is ready: purchases are no longer blocked (dunning confirms or
+/// re-sets it once it has retried).
+pub async fn clear_payment_method_required(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE accounts SET payment_method_required = false WHERE id = $1")
+        .bind(account.0)
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 #[cfg(test)]

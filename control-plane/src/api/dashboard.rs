@@ -90,9 +90,14 @@ async fn sign_up(
 async fn get_account(State(state): State<AppState>, Customer(id): Customer) -> Result<Response> {
     let account = accounts::get(&state, id).await?;
     let billing = invoices::account_billing(&state, id).await?;
+    let dunning = crate::dunning::current(&state, id).await?;
     Ok(reply(
         StatusCode::OK,
-        value(&AccountView::from(&account).with_billing(&billing)),
+        value(
+            &AccountView::from(&account)
+                .with_billing(&billing)
+                .with_dunning(dunning),
+        ),
     ))
 }
 

@@ -38,6 +38,13 @@ pub struct AccountView<'a> {
     /// An open invoice needs the customer (3-D Secure): pay it on-session.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action_required: Option<bool>,
+    /// The same as `status`, under the name the lifecycle uses.
+    pub standing: tollgate_protocol::AccountStanding,
+    /// A renewal failed for good: buying or changing plans waits for a new payment method.
+    pub payment_method_required: bool,
+    /// The oldest unpaid invoice's dunning, while there is one (shown with `GET /v1/account`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dunning: Option<Option<crate::dunning::Standing>>,
 }
 
 impl<'a> AccountView<'a> {
@@ -45,6 +52,11 @@ impl<'a> AccountView<'a> {
         self.balance_minor = Some(b.balance_minor);
         self.currency = Some(b.currency);
         self.action_required = Some(b.action_required);
+        self
+    }
+
+    pub fn with_dunning(mut self, d: Option<crate::dunning::Standing>) -> Self {
+        self.dunning = Some(d);
         self
     }
 }
@@ -62,6 +74,9 @@ impl<'a> From<&'a Account> for AccountView<'a> {
             balance_minor: None,
             currency: None,
             action_required: None,
+            standing: a.standing,
+            payment_method_required: a.payment_method_required,
+            dunning: None,
         }
     }
 }

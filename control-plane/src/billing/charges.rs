@@ -19,7 +19,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use super::invoices::{self, InvoiceStatus};
+use super::invoices;
 use super::store;
 use crate::gateways::{
     GatewayAmount, GatewayError, PaymentOutcome, PaymentRequest, PaymentStatus, Presence,
@@ -94,6 +94,13 @@ pub struct PaymentFailed {
     /// `payment_method_required` when the account has no usable method).
     pub code: String,
     pub decline_code: Option<String>,
+    /// Whose try it was (events written before this field: off-session).
+    #[serde(default = "off_session")]
+    pub presence: AttemptPresence,
+}
+
+fn off_session() -> AttemptPresence {
+    AttemptPresence::OffSession
 }
 
 /// Payload of `billing.invoice_paid`.
@@ -384,7 +391,7 @@ async fn succeeded(
         .await?
         .ok_or_else(|| anyhow::anyhow!("invoice {} vanished", a.invoice_id))?;
     let reference = format!("charge:{}", a.id);
-    if inv.status == InvoiceStatus::Open {
+    if inv.collectable() {
         invoices::record_payment(conn, &inv, &reference, &a.processor, a.amount_minor, now).await?;
         outbox::enqueue(
             conn,
@@ -458,6 +465,7 @@ async fn declined(
             currency: a.currency,
             code: code.to_owned(),
             decline_code: decline_code.map(str::to_owned),
+            presence: a.presence,
         },
         now,
     )

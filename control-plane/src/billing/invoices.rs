@@ -120,6 +120,17 @@ pub struct Invoice {
     pub lines: Vec<Line>,
 }
 
+impl Invoice {
+    /// Whether a payment can still be taken for it: open, or written off by dunning (a late
+    /// payment recovers it).
+    pub fn collectable(&self) -> bool {
+        matches!(
+            self.status,
+            InvoiceStatus::Open | InvoiceStatus::Uncollectible
+        )
+    }
+}
+
 /// The amounts of an invoice from its lines and the credit available.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
@@ -512,6 +523,22 @@ pub async fn record_payment(
             inv.number.as_deref().unwrap_or("draft")
         ),
     };
+    if inv.status == InvoiceStatus::Uncollectible {
+        // Written off by dunning and paid after all: owed again first, then paid.
+        let reversal = Header {
+            kind: TxKind::WriteOffReversal,
+            reference: inv.id.to_string(),
+            account: inv.account_id,
+            currency: inv.currency,
+            description: format!(
+                "write-off of invoice {} reversed: paid",
+                inv.number.as_deref().unwrap_or("")
+            ),
+        };
+        if let Some(tx) = ledger::write_off_reversal(reversal, inv.amount_remaining_minor)? {
+            ledger::post(conn, &tx, now).await?;
+        }
+    }
     if let Some(tx) = ledger::payment(header, processor, amount_minor)? {
         ledger::post(conn, &tx, now).await?;
     }
@@ -650,7 +677,7 @@ pub async fn balance(
 pub async fn still_owed(conn: &mut PgConnection, id: InvoiceId) -> sqlx::Result<bool> {
     Ok(store::invoice(conn, id)
         .await?
-        .is_some_and(|i| i.status == InvoiceStatus::Open && i.amount_remaining_minor > 0))
+        .is_some_and(|i| i.collectable() && i.amount_remaining_minor > 0))
 }
 
 #[cfg(test)]

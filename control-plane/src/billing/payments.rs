@@ -75,7 +75,7 @@ pub async fn pay(
         async |tx, _| {
             // Checks only; the attempt is written once the key is.
             let inv = super::invoices::get(state, account, id).await?;
-            if inv.status != InvoiceStatus::Open {
+            if !inv.collectable() {
                 return Err(not_payable(&inv));
             }
             if let Some(pm) = input.payment_method {
@@ -151,7 +151,7 @@ async fn ensure_attempt(
     }
     let refused = match store::invoice_for_update(&mut tx, invoice).await? {
         None => Some(Error::not_found("invoice")),
-        Some(inv) if inv.status != InvoiceStatus::Open || inv.amount_remaining_minor <= 0 => {
+        Some(inv) if !inv.collectable() || inv.amount_remaining_minor <= 0 => {
             Some(not_payable(&inv))
         }
         Some(_) => None,

@@ -495,7 +495,7 @@ pub async fn claim_chargeable(
     let rows: Vec<(InvoiceId, Uuid, i64, Currency)> = sqlx::query_as(
         "UPDATE invoices SET next_charge_at = NULL, updated_at = $1
          WHERE id IN (SELECT id FROM invoices
-                      WHERE status = 'open' AND next_charge_at <= $1
+                      WHERE status IN ('open', 'uncollectible') AND next_charge_at <= $1
                         AND amount_remaining_minor > 0
                         AND NOT EXISTS (SELECT 1 FROM charge_attempts a WHERE a.invoice_id = invoices.id
                                         AND a.status IN ('pending', 'requires_action'))

@@ -359,6 +359,7 @@ async fn reserve(
             "this account cannot buy plans",
         ));
     }
+    accounts::require_usable_method(&acct)?;
     if subscriptions::live(tx, account).await?.is_some() {
         return Err(subscriptions::subscription_exists());
     }

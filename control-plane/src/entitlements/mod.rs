@@ -44,14 +44,20 @@ impl StreamId {
     }
 }
 
-/// Locks the account and computes its facts from current state; `version` is left at 0.
+/// Locks the account and computes its facts from current state at `now` (days past due count
+/// whole days since its oldest unpaid case opened); `version` is left at 0.
 pub async fn compute_facts(
     conn: &mut PgConnection,
     account: AccountId,
+    now: DateTime<Utc>,
 ) -> anyhow::Result<Option<AccountFacts>> {
-    let Some(standing) = accounts::store::standing_for_update(conn, account).await? else {
+    let Some(inputs) = accounts::store::facts_inputs_for_update(conn, account).await? else {
         return Ok(None);
     };
+    let standing = inputs.standing;
+    let days_past_due = inputs
+        .past_due_since
+        .map_or(0, |since| (now - since).num_days().max(0));
     let live = subscriptions::live(conn, account).await?;
     // The add-ons come with the subscription that holds them.
     let addons = live
@@ -68,6 +74,8 @@ pub async fn compute_facts(
         standing,
         subscription,
         addons,
+        dunning_level: i64::from(inputs.dunning_level),
+        days_past_due,
         ..AccountFacts::new(account, 0)
     }))
 }
@@ -79,7 +87,7 @@ pub async fn recompute(
     account: AccountId,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Option<(AccountFacts, bool)>> {
-    let Some(mut fresh) = compute_facts(conn, account).await? else {
+    let Some(mut fresh) = compute_facts(conn, account, now).await? else {
         return Ok(None);
     };
     let current = store::stored_facts(conn, account).await?;
@@ -120,6 +128,19 @@ pub async fn on_publish(
         store::record_published(conn, ev.account_id, id).await?;
     }
     Ok(())
+}
+
+/// Accounts in dunning whose stored facts count fewer (or more) days past due than `now` does
+/// get their facts recomputed (the day count moves once a day). Returns how many.
+pub async fn refresh_days_past_due(state: &AppState, batch: i64) -> anyhow::Result<usize> {
+    let now = state.clock.now();
+    let mut tx = state.cf.begin().await?;
+    let stale = store::days_past_due_stale(&mut tx, now, batch).await?;
+    for account in &stale {
+        outbox::account_changed(&mut tx, *account, now).await?;
+    }
+    tx.commit().await?;
+    Ok(stale.len())
 }
 
 /// The stored facts of one account (`404 unknown_account`).

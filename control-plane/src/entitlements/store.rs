@@ -119,3 +119,23 @@ pub async fn republish_after(
     .await
     .map(|r| r.rows_affected())
 }
+
+/// Accounts in dunning whose stored facts' `days_past_due` is not what `now` makes it.
+pub async fn days_past_due_stale(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<Vec<AccountId>> {
+    let ids: Vec<(uuid::Uuid,)> = sqlx::query_as(
+        "SELECT a.id FROM accounts a JOIN entitlement_facts f ON f.account_id = a.id
+         WHERE a.past_due_since IS NOT NULL
+           AND greatest(floor(extract(epoch FROM ($1 - a.past_due_since)) / 86400), 0)::bigint
+               IS DISTINCT FROM coalesce((f.facts->>'days_past_due')::bigint, 0)
+         ORDER BY a.id LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(ids.into_iter().map(|(id,)| AccountId(id)).collect())
+}

@@ -164,6 +164,8 @@ pub enum TxKind {
     Refund,
     /// A receivable given up as bad debt.
     WriteOff,
+    /// A write-off undone: the invoice got paid after all.
+    WriteOffReversal,
 }
 
 impl fmt::Display for TxKind {
@@ -175,6 +177,7 @@ impl fmt::Display for TxKind {
             Self::CreditNote => "credit_note",
             Self::Refund => "refund",
             Self::WriteOff => "write_off",
+            Self::WriteOffReversal => "write_off_reversal",
         })
     }
 }
@@ -463,6 +466,17 @@ pub fn credit_note(
         .debit(LedgerAccount::Refunds, total)
         .credit(LedgerAccount::Receivable, reduced_due_minor)
         .credit(LedgerAccount::Credit, credited_minor)
+        .seal()
+}
+
+/// A write-off undone (the invoice is owed again, then paid).
+pub fn write_off_reversal(
+    header: Header,
+    amount_minor: i64,
+) -> Result<Option<Transaction>, LedgerError> {
+    Draft::new(header)
+        .debit(LedgerAccount::Receivable, amount_minor)
+        .credit(LedgerAccount::BadDebt, amount_minor)
         .seal()
 }
 

@@ -21,9 +21,17 @@
 //!   make the invoice of a period the revision started.
 //!
 //! billing_prod's outbox, relayed by a second relay over the billing pool:
-//! * `billing.payment_failed` — an off-session charge failed: the subscription becomes
-//!   `past_due` (dunning builds on it).
-//! * `billing.invoice_paid` — an invoice was paid: a `past_due` subscription is active again.
+//! * `billing.payment_failed` — a charge failed: dunning opens or advances the invoice's case,
+//!   and the subscription becomes `past_due`.
+//! * `billing.invoice_paid` — an invoice was paid: a `past_due` subscription is active again,
+//!   and its dunning case is recovered.
+//! * `billing.dunning_changed` — the account's dunning snapshot (versioned) for cf: facts, ban
+//!   for bad debt, a required payment method.
+//! * `billing.invoice_uncollectible` — dunning wrote an invoice off: its subscription is
+//!   canceled.
+//!
+//! And cf's `dunning.payment_method_added` `{account_id}` — a method became ready: billing's
+//! dunning retries the account's waiting cases at once (through billing's inbox).
 
 pub mod relay;
 pub mod retention;
@@ -61,15 +69,27 @@ pub enum Topic {
     /// billing_prod's outbox: an invoice was paid.
     #[sqlx(rename = "billing.invoice_paid")]
     BillingInvoicePaid,
+    /// billing_prod's outbox: what dunning says about an account changed.
+    #[sqlx(rename = "billing.dunning_changed")]
+    BillingDunningChanged,
+    /// billing_prod's outbox: dunning gave an invoice up (written off).
+    #[sqlx(rename = "billing.invoice_uncollectible")]
+    BillingInvoiceUncollectible,
+    /// A payment method became ready: dunning retries at once.
+    #[sqlx(rename = "dunning.payment_method_added")]
+    DunningPaymentMethodAdded,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 5] = [
+    pub const ALL: [Topic; 8] = [
         Topic::EntitlementsRecompute,
         Topic::EntitlementsPublish,
         Topic::BillingSchedule,
         Topic::BillingPaymentFailed,
         Topic::BillingInvoicePaid,
+        Topic::BillingDunningChanged,
+        Topic::BillingInvoiceUncollectible,
+        Topic::DunningPaymentMethodAdded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +99,9 @@ impl Topic {
             Self::BillingSchedule => "billing.schedule",
             Self::BillingPaymentFailed => "billing.payment_failed",
             Self::BillingInvoicePaid => "billing.invoice_paid",
+            Self::BillingDunningChanged => "billing.dunning_changed",
+            Self::BillingInvoiceUncollectible => "billing.invoice_uncollectible",
+            Self::DunningPaymentMethodAdded => "dunning.payment_method_added",
         }
     }
 }

@@ -210,7 +210,7 @@ async fn attach(
     let added = match &outcome.status {
         SetupStatus::Succeeded => {
             let pm = store::insert(&mut tx, &new, PaymentMethodStatus::Ready, None).await?;
-            set_default_if_wanted(&mut tx, account, pm.id, input.make_default).await?;
+            became_ready(&mut tx, account, pm.id, input.make_default, now).await?;
             Ok(Added::Ready(pm))
         }
         SetupStatus::RequiresAction { client_secret } => {
@@ -235,6 +235,29 @@ async fn attach(
     attempt.complete(&mut tx, &added).await?;
     tx.commit().await?;
     added
+}
+
+/// A method became ready: the default if wanted (or the first), and dunning learns that a
+/// method is there to retry with (in the same transaction).
+async fn became_ready(
+    conn: &mut PgConnection,
+    account: AccountId,
+    pm: PaymentMethodId,
+    make_default: bool,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    set_default_if_wanted(conn, account, pm, make_default).await?;
+    accounts::store::clear_payment_method_required(conn, account).await?;
+    crate::outbox::enqueue(
+        conn,
+        crate::outbox::Topic::DunningPaymentMethodAdded,
+        &crate::dunning::PaymentMethodAdded {
+            account_id: account,
+        },
+        now,
+    )
+    .await?;
+    Ok(())
 }
 
 /// The first ready method becomes the default; later ones only when asked.
@@ -272,7 +295,7 @@ async fn apply_setup(
     match &outcome.status {
         SetupStatus::Succeeded => {
             store::set_status(conn, pm.id, PaymentMethodStatus::Ready, now).await?;
-            set_default_if_wanted(conn, account, pm.id, pm.make_default).await?;
+            became_ready(conn, account, pm.id, pm.make_default, now).await?;
         }
         SetupStatus::Failed(d) => {
             // Canceled (abandoned, reconciled) or refused by the provider.

@@ -325,6 +325,9 @@ pub async fn change(
             let sub = store::get_of_for_update(tx, account, id)
                 .await?
                 .ok_or_else(|| Error::not_found("subscription"))?;
+            if let Some(acct) = crate::accounts::store::get_account(tx, account, false).await? {
+                crate::accounts::require_usable_method(&acct)?;
+            }
             let d = decide(tx, &sub, input, InvoiceId(resource), now).await?;
             if d.proration.is_some()
                 && d.direction == Direction::Upgrade

@@ -356,6 +356,33 @@ pub async fn on_invoice_paid(state: &AppState, d: &crate::outbox::Delivery) -> a
     .await
 }
 
+/// `billing.invoice_uncollectible`: dunning gave the subscription's invoice up; the
+/// subscription is canceled now (announced to entitlements and billing). Idempotent: a repeat
+/// finds it canceled.
+pub async fn on_invoice_uncollectible(
+    state: &AppState,
+    d: &crate::outbox::Delivery,
+) -> anyhow::Result<()> {
+    let ev: crate::dunning::InvoiceUncollectible = d.payload()?;
+    let Some(id) = ev.subscription_id else {
+        return Ok(());
+    };
+    let mut tx = state.cf.begin().await?;
+    if store::get_for_update(&mut tx, id)
+        .await?
+        .is_none_or(|sub| sub.status == SubscriptionStatus::Canceled)
+    {
+        tx.rollback().await?;
+        return Ok(());
+    }
+    let sub = store::cancel_now(&mut tx, id, d.now).await?;
+    announce(&mut tx, &sub, None, d.now).await?;
+    tx.commit().await?;
+    state.outbox_wake.notify_one();
+    tracing::warn!(subscription_id = %id, invoice_id = %ev.invoice_id, "subscription canceled: its invoice is uncollectible");
+    Ok(())
+}
+
 async fn set_status_if(
     state: &AppState,
     id: SubscriptionId,

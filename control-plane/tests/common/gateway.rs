@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use tollgate_control_plane::gateways::{
-    CustomerRef, GatewayError, PaymentGateway, PaymentOutcome, PaymentRequest, PriceRef, PriceSpec,
-    RefundRef, SetupOutcome,
+    CustomerRef, Decline, GatewayError, PaymentGateway, PaymentOutcome, PaymentRequest,
+    PaymentStatus, PriceRef, PriceSpec, RefundRef, SetupOutcome,
 };
 
 /// A gateway in front of the real (simulated) one that can stall every call until released,
@@ -21,6 +21,7 @@ pub struct Wrapped {
     lose_payment_answers: Arc<AtomicU32>,
     lose_price_answers: Arc<AtomicU32>,
     customers_created: Arc<AtomicU32>,
+    decline_payments: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 #[derive(Clone)]
@@ -32,6 +33,9 @@ pub struct Knobs {
     /// `ensure_price` calls whose answer is lost after the provider created the price.
     pub lose_price_answers: Arc<AtomicU32>,
     pub customers_created: Arc<AtomicU32>,
+    /// While set, payments are declined (`card_declined`) with this decline code without
+    /// reaching the provider: a card reported stolen after it was attached.
+    pub decline_payments: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Default for Knobs {
@@ -43,6 +47,7 @@ impl Default for Knobs {
             lose_payment_answers: Arc::default(),
             lose_price_answers: Arc::default(),
             customers_created: Arc::default(),
+            decline_payments: Arc::default(),
         }
     }
 }
@@ -59,6 +64,7 @@ impl Knobs {
                 lose_payment_answers: k.lose_payment_answers,
                 lose_price_answers: k.lose_price_answers,
                 customers_created: k.customers_created,
+                decline_payments: k.decline_payments,
             })
         })
     }
@@ -135,6 +141,17 @@ impl PaymentGateway for Wrapped {
         req: PaymentRequest<'_>,
     ) -> Result<PaymentOutcome, GatewayError> {
         self.gate().await;
+        let declined = self.decline_payments.lock().ok().and_then(|d| d.clone());
+        if let Some(code) = declined {
+            return Ok(PaymentOutcome {
+                payment_intent_id: format!("pi_declined_{}", req.idempotency_key),
+                status: PaymentStatus::Failed(Decline {
+                    code: "card_declined".into(),
+                    decline_code: Some(code),
+                    message: "Your card was declined.".into(),
+                }),
+            });
+        }
         let out = self.inner.create_payment(req).await?;
         lose_answer(&self.lose_payment_answers, "after the provider charged")?;
         Ok(out)
