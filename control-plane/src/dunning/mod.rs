@@ -318,7 +318,13 @@ pub async fn on_payment_method_added(state: &AppState, d: &Delivery) -> anyhow::
         tx.rollback().await?;
         return Ok(());
     }
-    for mut case in store::unrecovered_for_update(&mut tx, ev.account_id).await? {
+    let cases = store::unrecovered_for_update(&mut tx, ev.account_id).await?;
+    if cases.is_empty() {
+        // Not in dunning: nothing to retry, nothing to tell cf.
+        tx.commit().await?;
+        return Ok(());
+    }
+    for mut case in cases {
         store::record(
             &mut tx,
             case.id,
