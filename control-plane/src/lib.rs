@@ -37,6 +37,7 @@ pub mod devtools;
 pub mod dunning;
 pub mod entitlements;
 pub mod error;
+pub mod events;
 pub mod gateways;
 pub mod health;
 pub mod http;

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use crate::clock::{Clock, OffsetClock, SystemClock};
 use crate::config::Config;
+use crate::events::EventType;
 use crate::gateways::PaymentGateway;
 use crate::gateways::simulated::SimulatedGateway;
 use crate::metrics::Metrics;
@@ -19,7 +20,7 @@ use crate::outbox::{Consumers, Topic};
 use crate::state::BillingOutbox;
 use crate::state::{AppState, Inner};
 use crate::{
-    accounts, api, billing, catalog, dunning, entitlements, gateways, maintenance, outbox,
+    accounts, api, billing, catalog, dunning, entitlements, events, gateways, maintenance, outbox,
     subscriptions, usage,
 };
 
@@ -53,7 +54,8 @@ fn billing_consumers() -> Consumers<BillingOutbox> {
             |host: &BillingOutbox, conn, d| {
                 Box::pin(async move {
                     dunning::on_payment_failed(&host.0, conn, d).await?;
-                    subscriptions::on_payment_failed(&host.0, conn, d).await
+                    subscriptions::on_payment_failed(&host.0, conn, d).await?;
+                    events::from_billing(&host.0, d, EventType::PaymentFailed).await
                 })
             },
         )
@@ -62,8 +64,19 @@ fn billing_consumers() -> Consumers<BillingOutbox> {
             |host: &BillingOutbox, conn, d| {
                 Box::pin(async move {
                     dunning::on_invoice_paid(conn, d).await?;
-                    subscriptions::on_invoice_paid(&host.0, d).await
+                    subscriptions::on_invoice_paid(&host.0, d).await?;
+                    events::from_billing(&host.0, d, EventType::InvoicePaid).await
                 })
+            },
+        )
+        .on(
+            Topic::BillingInvoiceFinalized,
+            |host: &BillingOutbox, _, d| {
+                Box::pin(events::from_billing(
+                    &host.0,
+                    d,
+                    EventType::InvoiceFinalized,
+                ))
             },
         )
         .on(
@@ -73,7 +86,10 @@ fn billing_consumers() -> Consumers<BillingOutbox> {
         .on(
             Topic::BillingInvoiceUncollectible,
             |host: &BillingOutbox, _, d| {
-                Box::pin(subscriptions::on_invoice_uncollectible(&host.0, d))
+                Box::pin(async move {
+                    subscriptions::on_invoice_uncollectible(&host.0, d).await?;
+                    events::from_billing(&host.0, d, EventType::InvoiceUncollectible).await
+                })
             },
         )
 }
@@ -119,6 +135,11 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
         billing: deps.billing,
         redis: deps.redis,
         gateway,
+        http: reqwest::Client::builder()
+            .timeout(crate::events::TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("http client")?,
         simulator: if config.dev_mode { simulator } else { None },
         clock: deps.clock,
         edge_token: config.edge_token.clone(),
@@ -237,6 +258,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     let maintenance = tokio::spawn(run_maintenance_loop(state.clone(), shutdown_rx.clone()));
+    // Webhook receivers are other companies' servers: a slow one never delays billing.
+    let webhooks = tokio::spawn(run_webhook_loop(state.clone(), shutdown_rx.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
@@ -247,7 +270,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("serve")?;
     let _ = shutdown_tx.send(true);
-    let _ = tokio::join!(relay, billing_relay, maintenance);
+    let _ = tokio::join!(relay, billing_relay, maintenance, webhooks);
     tracing::info!("control plane stopped");
     Ok(())
 }
@@ -265,6 +288,21 @@ async fn run_maintenance_loop(state: AppState, mut shutdown: tokio::sync::watch:
         }
         if let Err(e) = entitlements::repair_redis_if_behind(&state).await {
             tracing::debug!(error = %format!("{e:#}"), "Redis publish check failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(MAINTENANCE_INTERVAL_MS)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Outbound webhook deliveries attempted per pass.
+pub const WEBHOOK_BATCH: i64 = 100;
+
+async fn run_webhook_loop(state: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = events::deliver_due(&state, WEBHOOK_BATCH).await {
+            tracing::warn!(error = %format!("{e:#}"), "webhook delivery pass failed");
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(MAINTENANCE_INTERVAL_MS)) => {}

@@ -26,6 +26,8 @@ pub struct Inner {
     /// The change stream's and L2's key names (`TOLLGATE_REDIS_KEY_PREFIX`).
     pub redis_keys: tollgate_protocol::redis_keys::Keys,
     pub gateway: Arc<dyn PaymentGateway>,
+    /// Outbound webhook deliveries (no redirects followed, [`crate::events::TIMEOUT`]).
+    pub http: reqwest::Client,
     /// Present only with the simulated gateway in development mode: completes 3-D Secure.
     pub simulator: Option<Arc<SimulatedGateway>>,
     pub clock: Arc<dyn Clock>,

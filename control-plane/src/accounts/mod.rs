@@ -80,9 +80,23 @@ pub async fn on_dunning_changed(state: &AppState, d: &outbox::Delivery) -> anyho
         state.dunning.bans(ev.state.bad_debt_minor),
     )
     .await?;
-    if !applied {
+    let Some((before, after)) = applied else {
         tx.rollback().await?;
         return Ok(());
+    };
+    use crate::events::{self, EventType};
+    let account = Some(ev.account_id);
+    events::record(&mut tx, EventType::DunningChanged, account, &ev, d.now).await?;
+    let why = serde_json::json!({ "account_id": ev.account_id, "reason": "bad_debt",
+                                  "bad_debt_minor": ev.state.bad_debt_minor });
+    match (before.as_str(), after.as_str()) {
+        ("active", "banned") => {
+            events::record(&mut tx, EventType::AccountBanned, account, &why, d.now).await?;
+        }
+        ("banned", "active") => {
+            events::record(&mut tx, EventType::AccountUnbanned, account, &why, d.now).await?;
+        }
+        _ => {}
     }
     outbox::account_changed(&mut tx, ev.account_id, d.now).await?;
     tx.commit().await?;

@@ -151,7 +151,8 @@ pub async fn facts_inputs_for_update(
 }
 
 /// Applies billing's dunning snapshot when it is newer than the stored one, banning for bad
-/// debt (`bans`) or lifting a ban for bad debt once it is paid. Returns whether it applied.
+/// debt (`bans`) or lifting a ban for bad debt once it is paid. Returns the standing before
+/// and after when it applied.
 #[allow(clippy::too_many_arguments)]
 pub async fn apply_dunning(
     conn: &mut PgConnection,
@@ -162,9 +163,10 @@ pub async fn apply_dunning(
     payment_method_required: bool,
     bad_debt_minor: i64,
     bans: bool,
-) -> sqlx::Result<bool> {
-    Ok(sqlx::query(
-        "UPDATE accounts SET dunning_version = $2, dunning_level = $3, past_due_since = $4,
+) -> sqlx::Result<Option<(String, String)>> {
+    sqlx::query_as(
+        "WITH before AS (SELECT standing FROM accounts WHERE id = $1)
+         UPDATE accounts SET dunning_version = $2, dunning_level = $3, past_due_since = $4,
              payment_method_required = $5, bad_debt_minor = $6,
              standing = CASE WHEN $7 AND standing = 'active' THEN 'banned'
                              WHEN NOT $7 AND ban_reason = 'bad_debt' THEN 'active'
@@ -172,7 +174,8 @@ pub async fn apply_dunning(
              ban_reason = CASE WHEN $7 AND standing = 'active' THEN 'bad_debt'
                                WHEN NOT $7 AND ban_reason = 'bad_debt' THEN NULL
                                ELSE ban_reason END
-         WHERE id = $1 AND dunning_version < $2",
+         WHERE id = $1 AND dunning_version < $2
+         RETURNING (SELECT standing FROM before), standing",
     )
     .bind(account.0)
     .bind(version)
@@ -181,10 +184,8 @@ pub async fn apply_dunning(
     .bind(payment_method_required)
     .bind(bad_debt_minor)
     .bind(bans)
-    .execute(conn)
-    .await?
-    .rows_affected()
-        == 1)
+    .fetch_optional(conn)
+    .await
 }
 
 /// A new payment method is ready: purchases are no longer blocked (dunning confirms or

@@ -16,8 +16,9 @@ use super::views::{CreditNoteView, json as reply, value};
 use crate::billing::credit_notes::{self, IssueCreditNote};
 use crate::catalog;
 use crate::error::{Error, Result};
+use crate::events::{self, DeliveryStatus, NewEndpoint};
 use crate::http::idempotency::IdempotencyKey;
-use crate::http::{Json, Path};
+use crate::http::{Json, Path, Query};
 use crate::ids::InvoiceId;
 use crate::rollout::{self, Change};
 use crate::state::AppState;
@@ -41,6 +42,15 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/admin/v1/invoices/{id}/credit-notes",
             post(issue_credit_note),
+        )
+        .route(
+            "/admin/v1/webhook-endpoints",
+            post(add_webhook_endpoint).get(webhook_endpoints),
+        )
+        .route("/admin/v1/webhook-deliveries", get(webhook_deliveries))
+        .route(
+            "/admin/v1/webhook-deliveries/{id}/replay",
+            post(replay_webhook_delivery),
         )
 }
 
@@ -173,4 +183,47 @@ async fn issue_credit_note(
         StatusCode::CREATED
     };
     Ok(reply(status, value(&CreditNoteView::from(&issued.note))))
+}
+
+/// `POST /admin/v1/webhook-endpoints` — `{url, events?}` → 201 with the secret, shown once.
+async fn add_webhook_endpoint(
+    State(state): State<AppState>,
+    Platform(actor): Platform,
+    Json(body): Json<NewEndpoint>,
+) -> Result<Response> {
+    let created = events::add_endpoint(&state, &actor.name(), &body).await?;
+    Ok(reply(StatusCode::CREATED, value(&created)))
+}
+
+/// `GET /admin/v1/webhook-endpoints`
+async fn webhook_endpoints(State(state): State<AppState>, _: Platform) -> Result<Response> {
+    let list = events::endpoints(&state).await?;
+    Ok(reply(StatusCode::OK, json!({ "data": list })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveryFilter {
+    #[serde(default)]
+    status: Option<DeliveryStatus>,
+}
+
+/// `GET /admin/v1/webhook-deliveries?status=` — the delivery log, newest first.
+async fn webhook_deliveries(
+    State(state): State<AppState>,
+    _: Platform,
+    Query(filter): Query<DeliveryFilter>,
+) -> Result<Response> {
+    let list = events::deliveries(&state, filter.status).await?;
+    Ok(reply(StatusCode::OK, json!({ "data": list })))
+}
+
+/// `POST /admin/v1/webhook-deliveries/{id}/replay`
+async fn replay_webhook_delivery(
+    State(state): State<AppState>,
+    _: Platform,
+    Path(id): Path<uuid::Uuid>,
+) -> Result<Response> {
+    let d = events::replay(&state, id).await?;
+    Ok(reply(StatusCode::OK, value(&d)))
 }

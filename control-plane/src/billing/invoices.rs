@@ -499,7 +499,37 @@ pub async fn finalize_in(
     let inv = store::invoice_for_update(conn, inv.id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("invoice vanished"))?;
+    crate::outbox::enqueue(
+        conn,
+        crate::outbox::Topic::BillingInvoiceFinalized,
+        &InvoiceFinalized {
+            invoice_id: inv.id,
+            account_id: inv.account_id,
+            subscription_id: inv.subscription_id,
+            number: number.clone(),
+            currency: inv.currency,
+            total_minor: inv.total_minor,
+            amount_due_minor: inv.amount_due_minor,
+            status: inv.status,
+        },
+        now,
+    )
+    .await?;
     Ok(inv)
+}
+
+/// Payload of `billing.invoice_finalized`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceFinalized {
+    pub invoice_id: InvoiceId,
+    pub account_id: AccountId,
+    pub subscription_id: Option<SubscriptionId>,
+    pub number: String,
+    pub currency: Currency,
+    pub total_minor: i64,
+    pub amount_due_minor: i64,
+    /// `open`, or `paid` when nothing was due.
+    pub status: InvoiceStatus,
 }
 
 /// Books a payment of `amount_minor` against an open invoice (the ledger's `payment`,

@@ -30,6 +30,10 @@
 //! * `billing.invoice_uncollectible` — dunning wrote an invoice off: its subscription is
 //!   canceled.
 //!
+//! * `billing.invoice_finalized` — an invoice was numbered: an outbound event.
+//!
+//! Each billing topic is also recorded as an outbound lifecycle event ([`crate::events`]).
+//!
 //! And cf's `dunning.payment_method_added` `{account_id}` — a method became ready: billing's
 //! dunning retries the account's waiting cases at once (through billing's inbox).
 
@@ -75,13 +79,16 @@ pub enum Topic {
     /// billing_prod's outbox: dunning gave an invoice up (written off).
     #[sqlx(rename = "billing.invoice_uncollectible")]
     BillingInvoiceUncollectible,
+    /// billing_prod's outbox: an invoice was finalised (numbered, owed).
+    #[sqlx(rename = "billing.invoice_finalized")]
+    BillingInvoiceFinalized,
     /// A payment method became ready: dunning retries at once.
     #[sqlx(rename = "dunning.payment_method_added")]
     DunningPaymentMethodAdded,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 8] = [
+    pub const ALL: [Topic; 9] = [
         Topic::EntitlementsRecompute,
         Topic::EntitlementsPublish,
         Topic::BillingSchedule,
@@ -89,6 +96,7 @@ impl Topic {
         Topic::BillingInvoicePaid,
         Topic::BillingDunningChanged,
         Topic::BillingInvoiceUncollectible,
+        Topic::BillingInvoiceFinalized,
         Topic::DunningPaymentMethodAdded,
     ];
 
@@ -101,6 +109,7 @@ impl Topic {
             Self::BillingInvoicePaid => "billing.invoice_paid",
             Self::BillingDunningChanged => "billing.dunning_changed",
             Self::BillingInvoiceUncollectible => "billing.invoice_uncollectible",
+            Self::BillingInvoiceFinalized => "billing.invoice_finalized",
             Self::DunningPaymentMethodAdded => "dunning.payment_method_added",
         }
     }

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::billing::{FirstPayment, Proration, ScheduleEvent, ScheduleStatus, Started, Terms};
 use crate::error::{Error, Result};
+use crate::events::{self, EventType};
 use crate::ids::{AccountId, SubscriptionId};
 use crate::outbox::{self, Topic};
 use crate::state::AppState;
@@ -173,6 +174,28 @@ async fn announce_with(
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
     outbox::account_changed(conn, sub.account_id, now).await?;
+    let kind = match (&started, sub.status) {
+        (_, SubscriptionStatus::Canceled) => EventType::SubscriptionCanceled,
+        (Some(Started::First { .. }), _) => EventType::SubscriptionCreated,
+        _ => EventType::SubscriptionUpdated,
+    };
+    events::record(
+        conn,
+        kind,
+        Some(sub.account_id),
+        &serde_json::json!({
+            "subscription_id": sub.id,
+            "plan": sub.plan,
+            "status": sub.status,
+            "amount_minor": sub.amount_minor,
+            "currency": sub.currency,
+            "current_period_end": sub.current_period_end,
+            "cancel_at_period_end": sub.cancel_at_period_end,
+            "addons": addons::quantities(&sub.terms.addons),
+        }),
+        now,
+    )
+    .await?;
     outbox::enqueue(
         conn,
         Topic::BillingSchedule,
