@@ -544,6 +544,23 @@ sys.exit(m.version("openfeature-sdk") != sys.argv[1] or m.version("openfeature-p
     { tg_log_tail "$TG_LOG_DIR/pip.log"; tg_die "pip install openfeature failed"; }
 }
 
+# tg_ensure_aiosmtpd: a real SMTP server (aiosmtpd, in .venv) the dunning email tests deliver
+# to and read back from a maildir. Exports TOLLGATE_TEST_PYTHON.
+TG_AIOSMTPD_VERSION="1.4.6"
+tg_ensure_aiosmtpd() {
+  tg_ensure_venv
+  local py="$TG_VENV/bin/python"
+  export TOLLGATE_TEST_PYTHON="$py"
+  if "$py" -c 'import sys, importlib.metadata as m; sys.exit(m.version("aiosmtpd") != sys.argv[1])' \
+    "$TG_AIOSMTPD_VERSION" 2>/dev/null; then
+    return 0
+  fi
+  tg_state_dirs
+  tg_log "installing aiosmtpd into .venv (log: .tollgate/log/pip.log)"
+  "$py" -m pip install --disable-pip-version-check -q "aiosmtpd==$TG_AIOSMTPD_VERSION" \
+    >>"$TG_LOG_DIR/pip.log" 2>&1 || { tg_log_tail "$TG_LOG_DIR/pip.log"; tg_die "pip install aiosmtpd failed"; }
+}
+
 # Whether the localstripe at $1 runs this checkout's launcher (scripts/localstripe-serve.py
 # answers the hash of its own file): an older launcher lacks routes the tests use.
 tg__localstripe_current() {

@@ -19,6 +19,9 @@
 //! | `TOLLGATE_RELAY_POLL_MS` | outbox relay fallback poll interval, ms (NOTIFY wakes it sooner) | `500` |
 //! | `TOLLGATE_CHECKOUT_EXPIRY_SECS` | unauthenticated checkouts expire after, s; 60 ..= 604800 (7 days) | `82800` (23 h) |
 //! | `TOLLGATE_OUTBOX_RETENTION_HOURS` | processed outbox rows (and billing's inbox ids) are deleted this long after they were processed, h; 1 ..= 8760 | `168` (7 days) |
+//! | `TOLLGATE_SMTP_URL` | where customer emails go (`smtp://host:port`, `smtps://user:pass@host`); unset: they wait unsent as `pending` | none |
+//! | `TOLLGATE_MAIL_FROM` | their sender | `Tollgate Billing <billing@tollgate.localhost>` |
+//! | `TOLLGATE_PUBLIC_URL` | the control plane's public base URL (the pay links in emails) | `http://127.0.0.1:7700` |
 //! | `TOLLGATE_DUNNING_RETRY_DAYS` | days after a failed renewal charge each retry runs, increasing, 1–20 of them, each 1–90 | `1,2,3,5,7,9,11,14` |
 //! | `TOLLGATE_DUNNING_LEVELS_AFTER` | failed retries after which dunning levels 2, 3 and 4 begin | `2,4,6` |
 //! | `TOLLGATE_DUNNING_BAN_OVER_MINOR` | an account whose unpaid written-off debt is above this is banned, minor units | `0` |
@@ -52,6 +55,9 @@ pub struct Config {
     pub usage_grace_ms: i64,
     pub outbox_retention_hours: i64,
     pub dunning: crate::dunning::Policy,
+    pub smtp_url: Option<String>,
+    pub mail_from: String,
+    pub public_url: String,
 }
 
 pub const DB_POOL_SIZE_MAX: u32 = 256;
@@ -114,7 +120,20 @@ impl Config {
             outbox_retention_hours: r
                 .parse("outbox_retention_hours", OUTBOX_RETENTION_HOURS_DEFAULT),
             dunning: crate::dunning::Policy::default(),
+            smtp_url: r.optional("smtp_url"),
+            mail_from: r.string("mail_from", "Tollgate Billing <billing@tollgate.localhost>"),
+            public_url: r.string("public_url", "http://127.0.0.1:7700"),
         };
+        if cfg
+            .smtp_url
+            .as_deref()
+            .is_some_and(|u| !u.starts_with("smtp://") && !u.starts_with("smtps://"))
+        {
+            r.error("TOLLGATE_SMTP_URL must be an smtp:// or smtps:// URL");
+        }
+        if cfg.mail_from.parse::<lettre::message::Mailbox>().is_err() {
+            r.error("TOLLGATE_MAIL_FROM must be an email address (`Name <addr>` or `addr`)");
+        }
         let days = r.string(
             "dunning_retry_days",
             crate::dunning::policy::RETRY_DAYS_DEFAULT,

@@ -44,6 +44,7 @@ pub mod http;
 pub mod idempotency;
 pub mod ids;
 pub mod ledger;
+pub mod mail;
 pub mod maintenance;
 pub mod metrics;
 pub mod money;

@@ -151,6 +151,9 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
         checkout_expiry_secs: config.checkout_expiry_secs,
         usage_grace: chrono::TimeDelta::milliseconds(config.usage_grace_ms),
         dunning: config.dunning.clone(),
+        smtp_url: config.smtp_url.clone(),
+        mail_from: config.mail_from.clone(),
+        public_url: config.public_url.clone(),
         outbox_retention: chrono::TimeDelta::hours(config.outbox_retention_hours),
         redis_keys: tollgate_protocol::redis_keys::Keys::new(&config.redis_key_prefix),
         metrics: Metrics::new(),
@@ -260,6 +263,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let maintenance = tokio::spawn(run_maintenance_loop(state.clone(), shutdown_rx.clone()));
     // Webhook receivers are other companies' servers: a slow one never delays billing.
     let webhooks = tokio::spawn(run_webhook_loop(state.clone(), shutdown_rx.clone()));
+    let mails = tokio::spawn(run_mail_loop(state.clone(), shutdown_rx.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
@@ -270,7 +274,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("serve")?;
     let _ = shutdown_tx.send(true);
-    let _ = tokio::join!(relay, billing_relay, maintenance, webhooks);
+    let _ = tokio::join!(relay, billing_relay, maintenance, webhooks, mails);
     tracing::info!("control plane stopped");
     Ok(())
 }
@@ -303,6 +307,18 @@ async fn run_webhook_loop(state: AppState, mut shutdown: tokio::sync::watch::Rec
     loop {
         if let Err(e) = events::deliver_due(&state, WEBHOOK_BATCH).await {
             tracing::warn!(error = %format!("{e:#}"), "webhook delivery pass failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(MAINTENANCE_INTERVAL_MS)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn run_mail_loop(state: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = crate::mail::send_due(&state, WEBHOOK_BATCH).await {
+            tracing::warn!(error = %format!("{e:#}"), "email pass failed");
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(MAINTENANCE_INTERVAL_MS)) => {}

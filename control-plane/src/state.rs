@@ -42,6 +42,12 @@ pub struct Inner {
     pub checkout_expiry_secs: i64,
     /// How long after a period ends its usage events still count toward it.
     pub usage_grace: chrono::TimeDelta,
+    /// Where customer emails go (`smtp://host:port`, `smtps://…`); none: they wait unsent.
+    pub smtp_url: Option<String>,
+    /// Their sender.
+    pub mail_from: String,
+    /// The control plane's public base URL (links in emails).
+    pub public_url: String,
     /// When failed invoices are retried, how levels escalate, what bans.
     pub dunning: crate::dunning::Policy,
     /// How long processed outbox rows and inbox ids are kept.

@@ -98,6 +98,9 @@ pub async fn on_dunning_changed(state: &AppState, d: &outbox::Delivery) -> anyho
         }
         _ => {}
     }
+    if let Some(step) = &ev.step {
+        crate::mail::queue(&mut tx, state, ev.account_id, step, d.now).await?;
+    }
     outbox::account_changed(&mut tx, ev.account_id, d.now).await?;
     tx.commit().await?;
     state.outbox_wake.notify_one();

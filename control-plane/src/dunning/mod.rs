@@ -109,6 +109,55 @@ pub struct DunningChanged {
     pub version: i64,
     #[serde(flatten)]
     pub state: AccountDunning,
+    /// The step that made this snapshot, when the customer is told about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<Step>,
+}
+
+/// What a customer is told at a step of dunning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum StepKind {
+    /// The first failure (or one that needs a new payment method).
+    PaymentFailed,
+    RetryScheduled,
+    /// The last retry is scheduled.
+    FinalWarning,
+    Uncollectible,
+    Recovered,
+}
+
+/// A step of a case, as the customer hears of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub kind: StepKind,
+    pub invoice_id: InvoiceId,
+    #[serde(default)]
+    pub invoice_number: Option<String>,
+    pub amount_minor: i64,
+    #[serde(default)]
+    pub currency: Option<Currency>,
+    #[serde(default)]
+    pub next_retry_at: Option<DateTime<Utc>>,
+}
+
+impl Step {
+    fn of(
+        kind: StepKind,
+        inv: &invoices::Invoice,
+        amount_minor: i64,
+        next: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            kind,
+            invoice_id: inv.id,
+            invoice_number: inv.number.clone(),
+            amount_minor,
+            currency: Some(inv.currency),
+            next_retry_at: next,
+        }
+    }
 }
 
 /// Payload of `billing.invoice_uncollectible`.
@@ -184,11 +233,13 @@ pub async fn on_payment_failed(
         .await?;
     }
     case.last_code = Some(cause.clone());
-    match case.status {
+    let owed = inv.amount_remaining_minor;
+    let step = match case.status {
         CaseStatus::Recovered => return Ok(()),
         CaseStatus::Exhausted => {
             // A retry a new payment method asked for failed too: it stays written off.
             store::save(conn, &case, now).await?;
+            Step::of(StepKind::PaymentFailed, &inv, owed, None)
         }
         _ if policy::is_hard(&ev.code, ev.decline_code.as_deref()) => {
             case.status = CaseStatus::AwaitingPaymentMethod;
@@ -203,6 +254,7 @@ pub async fn on_payment_failed(
                 now,
             )
             .await?;
+            Step::of(StepKind::PaymentFailed, &inv, owed, None)
         }
         _ => {
             let failed = u32::try_from(case.retries).unwrap_or(u32::MAX);
@@ -212,21 +264,35 @@ pub async fn on_payment_failed(
                     case.level = state.dunning.level(failed);
                     case.next_retry_at = Some(at.max(now));
                     store::save(conn, &case, now).await?;
+                    let when = at.to_rfc3339();
                     store::record(
                         conn,
                         case.id,
                         EventKind::RetryScheduled,
                         case.level,
-                        &at.to_rfc3339(),
+                        &when,
                         now,
                     )
                     .await?;
+                    let last = state
+                        .dunning
+                        .next_retry(case.opened_at, failed + 1)
+                        .is_none();
+                    let kind = match (opened, last) {
+                        (true, _) => StepKind::PaymentFailed,
+                        (false, true) => StepKind::FinalWarning,
+                        (false, false) => StepKind::RetryScheduled,
+                    };
+                    Step::of(kind, &inv, owed, case.next_retry_at)
                 }
-                None => exhaust(conn, &mut case, &inv, now).await?,
+                None => {
+                    exhaust(conn, &mut case, &inv, now).await?;
+                    Step::of(StepKind::Uncollectible, &inv, owed, None)
+                }
             }
         }
-    }
-    refresh_account(conn, ev.account_id, now).await
+    };
+    refresh_account(conn, ev.account_id, Some(step), now).await
 }
 
 /// The case is used up: the invoice uncollectible, its remaining amount written off.
@@ -305,7 +371,10 @@ pub async fn on_invoice_paid(conn: &mut PgConnection, d: &Delivery) -> anyhow::R
         d.now,
     )
     .await?;
-    refresh_account(conn, ev.account_id, d.now).await
+    let step = crate::billing::store::invoice(conn, ev.invoice_id)
+        .await?
+        .map(|inv| Step::of(StepKind::Recovered, &inv, inv.amount_due_minor, None));
+    refresh_account(conn, ev.account_id, step, d.now).await
 }
 
 /// The consumer of cf's `dunning.payment_method_added` (its own billing transaction, applied
@@ -346,7 +415,7 @@ pub async fn on_payment_method_added(state: &AppState, d: &Delivery) -> anyhow::
             CaseStatus::Recovered => {}
         }
     }
-    refresh_account(&mut tx, ev.account_id, d.now).await?;
+    refresh_account(&mut tx, ev.account_id, None, d.now).await?;
     tx.commit().await?;
     state.billing_outbox_wake.notify_one();
     Ok(())
@@ -383,6 +452,7 @@ pub async fn retry_due(state: &AppState, batch: i64) -> anyhow::Result<usize> {
 async fn refresh_account(
     conn: &mut PgConnection,
     account: AccountId,
+    step: Option<Step>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
     let cases = store::unrecovered_for_update(conn, account).await?;
@@ -405,6 +475,7 @@ async fn refresh_account(
             account_id: account,
             version,
             state,
+            step,
         },
         now,
     )
