@@ -19,6 +19,7 @@
 //! | `TOLLGATE_RELAY_POLL_MS` | outbox relay fallback poll interval, ms (NOTIFY wakes it sooner) | `500` |
 //! | `TOLLGATE_CHECKOUT_EXPIRY_SECS` | unauthenticated checkouts expire after, s; 60 ..= 604800 (7 days) | `82800` (23 h) |
 //! | `TOLLGATE_OUTBOX_RETENTION_HOURS` | processed outbox rows (and billing's inbox ids) are deleted this long after they were processed, h; 1 ..= 8760 | `168` (7 days) |
+//! | `TOLLGATE_STRIPE_WEBHOOK_SECRETS` | the `whsec_…` secrets Stripe signs `POST /webhooks/stripe` with, comma-separated (old and new during a rotation) | none: the endpoint answers 503 |
 //! | `TOLLGATE_SMTP_URL` | where customer emails go (`smtp://host:port`, `smtps://user:pass@host`); unset: they wait unsent as `pending` | none |
 //! | `TOLLGATE_MAIL_FROM` | their sender | `Tollgate Billing <billing@tollgate.localhost>` |
 //! | `TOLLGATE_PUBLIC_URL` | the control plane's public base URL (the pay links in emails) | `http://127.0.0.1:7700` |
@@ -56,6 +57,7 @@ pub struct Config {
     pub outbox_retention_hours: i64,
     pub dunning: crate::dunning::Policy,
     pub smtp_url: Option<String>,
+    pub stripe_webhook_secrets: Vec<String>,
     pub mail_from: String,
     pub public_url: String,
 }
@@ -121,6 +123,15 @@ impl Config {
                 .parse("outbox_retention_hours", OUTBOX_RETENTION_HOURS_DEFAULT),
             dunning: crate::dunning::Policy::default(),
             smtp_url: r.optional("smtp_url"),
+            stripe_webhook_secrets: r
+                .optional("stripe_webhook_secrets")
+                .map(|s| {
+                    s.split(',')
+                        .map(|p| p.trim().to_owned())
+                        .filter(|p| !p.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
             mail_from: r.string("mail_from", "Tollgate Billing <billing@tollgate.localhost>"),
             public_url: r.string("public_url", "http://127.0.0.1:7700"),
         };

@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod money;
 pub mod outbox;
 pub mod payment_methods;
+pub mod provider_events;
 pub mod rollout;
 pub mod run;
 pub mod state;

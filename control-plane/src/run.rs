@@ -152,6 +152,7 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
         usage_grace: chrono::TimeDelta::milliseconds(config.usage_grace_ms),
         dunning: config.dunning.clone(),
         smtp_url: config.smtp_url.clone(),
+        stripe_webhook_secrets: config.stripe_webhook_secrets.clone(),
         mail_from: config.mail_from.clone(),
         public_url: config.public_url.clone(),
         outbox_retention: chrono::TimeDelta::hours(config.outbox_retention_hours),

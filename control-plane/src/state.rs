@@ -42,6 +42,8 @@ pub struct Inner {
     pub checkout_expiry_secs: i64,
     /// How long after a period ends its usage events still count toward it.
     pub usage_grace: chrono::TimeDelta,
+    /// Secrets Stripe signs webhooks with (several during a rotation).
+    pub stripe_webhook_secrets: Vec<String>,
     /// Where customer emails go (`smtp://host:port`, `smtps://…`); none: they wait unsent.
     pub smtp_url: Option<String>,
     /// Their sender.

@@ -471,6 +471,13 @@ const ROUTES: &[Route] = &[
     },
     Route {
         method: Method::POST,
+        path: "/webhooks/stripe",
+        token: Token::None,
+        key: false,
+        fields: &[("id", Field::Text), ("type", Field::Text)],
+    },
+    Route {
+        method: Method::POST,
         path: "/admin/v1/webhook-endpoints",
         token: Token::Admin,
         key: false,

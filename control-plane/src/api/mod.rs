@@ -1,5 +1,5 @@
 //! The routers: `dashboard` (customer API token), `internal` (edge token), `admin` (admin
-//! token), `dev` (development mode only) — and, with the support panel, `panel`. A router only
+//! token), `webhooks` (the provider's signature), `dev` (development mode only) — and, with the support panel, `panel`. A router only
 //! extracts, calls one service function of a domain and renders; no router runs SQL or calls a
 //! payment provider.
 
@@ -9,6 +9,7 @@ pub mod dev;
 pub mod extract;
 pub mod internal;
 pub mod views;
+pub mod webhooks;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -28,6 +29,7 @@ pub fn app(state: AppState) -> Router {
         .merge(dashboard::routes())
         .merge(internal::routes())
         .merge(admin::routes())
+        .merge(webhooks::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));

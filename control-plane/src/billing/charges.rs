@@ -544,3 +544,23 @@ pub async fn reconcile_abandoned(state: &AppState, batch: i64) -> anyhow::Result
     }
     Ok(settled)
 }
+
+/// A provider webhook named payment `pi`: the attempt in flight it belongs to, if any, is
+/// recorded from the payment's current state (read from the provider). Returns whether one was
+/// found.
+pub async fn settle_payment(state: &AppState, pi: &str) -> anyhow::Result<bool> {
+    let a = {
+        let mut conn = state.billing.acquire().await?;
+        store::attempt_by_payment(&mut conn, pi).await?
+    };
+    let Some(a) = a else {
+        return Ok(false);
+    };
+    let outcome = state.gateway.retrieve_payment(pi).await;
+    if let Err(GatewayError::Unavailable(e)) = &outcome {
+        anyhow::bail!("provider unavailable: {e}");
+    }
+    record(state, &a, Ok(outcome)).await?;
+    state.billing_outbox_wake.notify_one();
+    Ok(true)
+}

@@ -830,3 +830,17 @@ pub async fn attempt_in_flight(conn: &mut PgConnection, invoice: InvoiceId) -> s
     .fetch_one(conn)
     .await
 }
+
+/// The attempt in flight (pending or requires_action) whose provider payment is `pi`.
+pub async fn attempt_by_payment(
+    conn: &mut PgConnection,
+    pi: &str,
+) -> sqlx::Result<Option<ChargeAttempt>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {ATTEMPT_COLUMNS} FROM charge_attempts
+         WHERE provider_payment_id = $1 AND status IN ('pending', 'requires_action')"
+    ))
+    .bind(pi)
+    .fetch_optional(conn)
+    .await
+}

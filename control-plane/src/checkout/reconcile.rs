@@ -93,3 +93,23 @@ async fn reconcile_one(state: &AppState, id: CheckoutId, status: CheckoutStatus)
         Settled::RequiresAction(..) | Settled::Processing(..)
     ))
 }
+
+/// A provider webhook named payment `pi`: the waiting checkout it pays, if any, is settled from
+/// the payment's current state (read from the provider, whatever the webhook said). Returns
+/// whether a checkout was found.
+pub async fn settle_payment(state: &AppState, pi: &str) -> Result<bool> {
+    let c = {
+        let mut conn = state.cf.acquire().await?;
+        store::waiting_by_payment(&mut conn, pi).await?
+    };
+    let Some(c) = c else {
+        return Ok(false);
+    };
+    let outcome = state.gateway.retrieve_payment(pi).await?;
+    let mut tx = state.cf.begin().await?;
+    let settled = settle::settle(state, &mut tx, c.id, &outcome, state.clock.now()).await?;
+    tx.commit().await?;
+    after_settle(state, settled.refunding()).await;
+    tracing::info!(checkout_id = %c.id, "checkout settled from a provider webhook");
+    Ok(true)
+}

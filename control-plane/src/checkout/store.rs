@@ -172,3 +172,17 @@ pub async fn due(
     .fetch_all(conn)
     .await
 }
+
+/// The waiting checkout (pending or requires_action) whose provider payment is `pi`.
+pub async fn waiting_by_payment(
+    conn: &mut PgConnection,
+    pi: &str,
+) -> sqlx::Result<Option<Checkout>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {CHECKOUT_COLUMNS} FROM checkouts
+         WHERE payment_intent_id = $1 AND status IN ('pending', 'requires_action')"
+    ))
+    .bind(pi)
+    .fetch_optional(conn)
+    .await
+}

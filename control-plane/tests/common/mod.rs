@@ -141,6 +141,8 @@ impl Harness {
             ("admin_token", "test-admin-token"),
             ("trusted_keys", trusted.as_str()),
             ("dev_mode", "true"),
+            // Stripe webhooks are accepted (under this secret) unless a test says otherwise.
+            ("stripe_webhook_secrets", "whsec_harness"),
         ];
         pairs.extend_from_slice(extra);
         let config = Config::from_source(&MapSource::from_pairs(pairs)).expect("config");

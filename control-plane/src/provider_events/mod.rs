@@ -1,0 +1,240 @@
+//! Webhooks from the payment provider (`POST /webhooks/stripe`): what Stripe tells us happened
+//! to a payment while nobody was asking, e.g. a 3-D Secure payment completed after the
+//! customer closed the tab.
+//!
+//! * **Verified first** ([`verify`]): `Stripe-Signature: t=…,v1=…[,v1=…]`, HMAC-SHA256 of
+//!   `{t}.{raw body}` keyed with the endpoint secret's bytes (`whsec_…` as written), any `v1`
+//!   under any configured secret (several during a rotation), compared in constant time, `t`
+//!   within 300 s of the wall clock (Stripe signs in real time, whatever the dev clock says).
+//!   Forged, stale or unsigned: 400, nothing stored.
+//! * **Durable before 2xx, once per event id**: the event is stored (`provider_events`) before
+//!   it is handled; a repeat of a handled event answers 200 and changes nothing.
+//! * **Order-independent**: the payload only names the object; its current state is read from
+//!   the provider and applied through the same settle functions the reconcilers use, so two
+//!   events out of order, or one lost (the reconcilers repair it), end in the provider's state.
+//!
+//! Handled: `payment_intent.*` (a checkout's or an invoice's charge attempt), and recorded as
+//! received (handled by nothing yet): everything else.
+
+pub mod store;
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+
+use crate::error::{Error, Result};
+use crate::state::AppState;
+
+/// Oldest (and furthest in the future) a signature's timestamp may be, s.
+pub const TOLERANCE_SECS: i64 = 300;
+/// Largest webhook body accepted.
+pub const BODY_BYTES_MAX: usize = 256 * 1024;
+
+fn bad_signature(code: &'static str, detail: &str) -> Error {
+    Error::bad_request(code, detail.to_owned())
+}
+
+/// Checks a `Stripe-Signature` header against `body` under any of `secrets`, at `now`.
+pub fn verify(header: Option<&str>, body: &[u8], secrets: &[String], now: i64) -> Result<()> {
+    let header =
+        header.ok_or_else(|| bad_signature("missing_signature", "Stripe-Signature is required"))?;
+    let mut t = None;
+    let mut sigs = Vec::new();
+    for pair in header.split(',') {
+        match pair.trim().split_once('=') {
+            Some(("t", v)) => t = v.parse::<i64>().ok(),
+            Some(("v1", v)) => sigs.extend(hex::decode(v).ok()),
+            _ => {}
+        }
+    }
+    let t =
+        t.ok_or_else(|| bad_signature("invalid_signature", "no timestamp in Stripe-Signature"))?;
+    let signed = secrets.iter().any(|secret| {
+        sigs.iter().any(|sig| {
+            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.trim().as_bytes()) else {
+                return false;
+            };
+            mac.update(format!("{t}.").as_bytes());
+            mac.update(body);
+            mac.verify_slice(sig).is_ok()
+        })
+    });
+    if !signed {
+        return Err(bad_signature(
+            "invalid_signature",
+            "the Stripe-Signature does not match this body under any configured secret",
+        ));
+    }
+    if (now - t).abs() > TOLERANCE_SECS {
+        return Err(bad_signature(
+            "stale_signature",
+            "the signature's timestamp is more than 300 s from now (a replay?)",
+        ));
+    }
+    Ok(())
+}
+
+/// What a received event came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Received {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Handled before: nothing was done again.
+    pub duplicate: bool,
+    /// What it changed: `checkout`, `charge`, or `none`.
+    pub applied: &'static str,
+}
+
+/// Receives one Stripe webhook (see the module doc).
+pub async fn receive_stripe(
+    state: &AppState,
+    signature: Option<&str>,
+    body: &[u8],
+) -> Result<Received> {
+    if state.stripe_webhook_secrets.is_empty() {
+        return Err(Error::unavailable(
+            "webhooks_not_configured",
+            "TOLLGATE_STRIPE_WEBHOOK_SECRETS is not set",
+        ));
+    }
+    if body.len() > BODY_BYTES_MAX {
+        return Err(Error::too_large(
+            "body_too_large",
+            "webhook bodies are at most 256 KiB",
+        ));
+    }
+    verify(
+        signature,
+        body,
+        &state.stripe_webhook_secrets,
+        Utc::now().timestamp(),
+    )?;
+    let event: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| Error::bad_request("malformed_json", "the webhook body is not JSON"))?;
+    let field =
+        |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+    let (Some(id), Some(kind)) = (field(&event, "id"), field(&event, "type")) else {
+        return Err(Error::unprocessable(
+            "invalid_event",
+            "a Stripe event has an `id` and a `type`",
+        ));
+    };
+    let object = event.pointer("/data/object").cloned().unwrap_or_default();
+    let object_id = field(&object, "id");
+    let now = state.clock.now();
+    {
+        let mut conn = state.cf.acquire().await?;
+        let stored = store::admit(&mut conn, &id, &kind, object_id.as_deref(), &event, now).await?;
+        if stored.processed_at.is_some() {
+            return Ok(Received {
+                id,
+                kind,
+                duplicate: true,
+                applied: "none",
+            });
+        }
+    }
+    let applied = match (kind.split_once('.'), object_id.as_deref()) {
+        (Some(("payment_intent", _)), Some(pi)) => apply_payment(state, pi).await?,
+        _ => "none",
+    };
+    let mut conn = state.cf.acquire().await?;
+    store::processed(&mut conn, &id, applied, state.clock.now()).await?;
+    tracing::info!(event_id = %id, kind = %kind, applied, "stripe webhook");
+    Ok(Received {
+        id,
+        kind,
+        duplicate: false,
+        applied,
+    })
+}
+
+/// Applies the provider's current state of payment `pi` to whatever of ours it belongs to.
+async fn apply_payment(state: &AppState, pi: &str) -> Result<&'static str> {
+    if crate::checkout::reconcile::settle_payment(state, pi).await? {
+        return Ok("checkout");
+    }
+    if crate::billing::charges::settle_payment(state, pi)
+        .await
+        .map_err(Error::internal)?
+    {
+        return Ok("charge");
+    }
+    Ok("none")
+}
+
+/// When an event was received and handled (tests, the support panel).
+pub async fn received_at(
+    state: &AppState,
+    id: &str,
+) -> Result<Option<(DateTime<Utc>, Option<DateTime<Utc>>)>> {
+    let mut conn = state.cf.acquire().await?;
+    Ok(store::times(&mut conn, id).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(secret: &str, t: i64, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{t}.").as_bytes());
+        mac.update(body);
+        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn signatures_follow_stripes_scheme_with_rotation_and_a_replay_window() {
+        // The research vector: HMAC_SHA256("whsec_test_secret", "1700000000.{}").
+        assert_eq!(
+            header("whsec_test_secret", 1_700_000_000, b"{}"),
+            "t=1700000000,v1=ceb8863f7208fa249a6cd8f951e993c7563412aca65866f6272283debe143ab3"
+        );
+        let body = br#"{"id":"evt_1"}"#;
+        let now = 1_700_000_000;
+        let secrets = vec!["whsec_old".to_owned(), "whsec_new".to_owned()];
+        let code = |r: Result<()>| r.err().map(|e| e.code.to_string());
+        assert_eq!(
+            code(verify(
+                Some(&header("whsec_new", now, body)),
+                body,
+                &secrets,
+                now
+            )),
+            None
+        );
+        // Two v1s during a rotation: any one that matches will do, wherever it stands.
+        let both = format!(
+            "{},v1={}",
+            header("whsec_other", now, body),
+            header("whsec_old", now, body).split("v1=").nth(1).unwrap()
+        );
+        assert_eq!(code(verify(Some(&both), body, &secrets, now)), None);
+        for (h, want) in [
+            (header("whsec_forged", now, body), "invalid_signature"),
+            (header("whsec_new", now - 301, body), "stale_signature"),
+            (header("whsec_new", now + 301, body), "stale_signature"),
+            ("v1=abc".to_owned(), "invalid_signature"),
+            ("t=1700000000".to_owned(), "invalid_signature"),
+            ("t=x,v1=zz".to_owned(), "invalid_signature"),
+        ] {
+            assert_eq!(
+                code(verify(Some(&h), body, &secrets, now)).as_deref(),
+                Some(want),
+                "{h}"
+            );
+        }
+        assert_eq!(
+            code(verify(None, body, &secrets, now)).as_deref(),
+            Some("missing_signature")
+        );
+        // Another body under a valid header is refused.
+        let h = header("whsec_new", now, body);
+        assert_eq!(
+            code(verify(Some(&h), br#"{"id":"evt_2"}"#, &secrets, now)).as_deref(),
+            Some("invalid_signature")
+        );
+    }
+}
