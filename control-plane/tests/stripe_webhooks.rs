@@ -175,3 +175,116 @@ async fn without_a_configured_secret_the_endpoint_refuses_everything() {
     .assert_problem(StatusCode::SERVICE_UNAVAILABLE, "webhooks_not_configured");
     h.finish().await;
 }
+
+async fn settle(h: &Harness) {
+    use tollgate_control_plane::{maintenance, outbox, state::BillingOutbox};
+    for _ in 0..50 {
+        let changed = maintenance::run(&h.state).await.expect("maintenance");
+        let cf = outbox::relay_once(&h.state).await.expect("cf relay");
+        let billing = outbox::relay_once(&BillingOutbox(h.state.clone()))
+            .await
+            .expect("billing relay");
+        if changed + cf + billing == 0 {
+            return;
+        }
+    }
+    panic!("did not settle");
+}
+
+#[tokio::test]
+async fn an_invoice_payment_authenticated_but_never_confirmed_is_paid_by_its_webhook() {
+    use tollgate_control_plane::clock::Clock;
+    let h = Harness::new().await;
+    let (_, token) = h.sign_up("invoice-webhook@example.com").await;
+    h.add_card(&token, "pm_card_visa").await;
+    let r = h
+        .post(
+            "/v1/checkout",
+            Some(&token),
+            Some("buy"),
+            r#"{"plan":"pro"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    // The default becomes a card that asks for 3-D Secure on every payment.
+    let r = h
+        .post(
+            "/v1/payment-methods",
+            Some(&token),
+            Some("pm-3ds"),
+            r#"{"payment_method":"pm_card_threeDSecure2Required","make_default":true}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.json);
+    h.authenticate(
+        r.str("/client_secret")
+            .split("_secret_")
+            .next()
+            .expect("si"),
+        true,
+    )
+    .await;
+    let pm = r.str("/payment_method/id");
+    h.post(
+        &format!("/v1/payment-methods/{pm}/confirm"),
+        Some(&token),
+        None,
+        "",
+    )
+    .await;
+    settle(&h).await;
+    // The renewal wants authentication: the customer pays on-session, passes 3-D Secure at the
+    // provider, and closes the tab before confirming.
+    let renewal = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 2, 15, 13, 5, 0)
+        .single()
+        .expect("time");
+    h.clock.advance(renewal - h.clock.now());
+    settle(&h).await;
+    let list = h.get("/v1/invoices", Some(&token)).await;
+    let invoice = list.json["data"][0]["id"]
+        .as_str()
+        .expect("invoice")
+        .to_owned();
+    let pay = h
+        .post(
+            &format!("/v1/invoices/{invoice}/pay"),
+            Some(&token),
+            Some("pay"),
+            "{}",
+        )
+        .await;
+    assert_eq!(pay.status, StatusCode::ACCEPTED, "{:?}", pay.json);
+    let intent = pay
+        .str("/client_secret")
+        .split("_secret_")
+        .next()
+        .expect("intent")
+        .to_owned();
+    h.authenticate(&intent, true).await;
+    let body = event("evt_inv", "payment_intent.succeeded", &intent, "succeeded");
+    let r = deliver(
+        &h,
+        Some(&sign(
+            "whsec_harness",
+            chrono::Utc::now().timestamp(),
+            &body,
+        )),
+        &body,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json["applied"].as_str()),
+        (StatusCode::OK, Some("charge")),
+        "{:?}",
+        r.json
+    );
+    settle(&h).await;
+    let inv = h
+        .get(&format!("/v1/invoices/{invoice}"), Some(&token))
+        .await;
+    assert_eq!(inv.json["status"], "paid", "{:?}", inv.json);
+    assert_eq!(inv.json["amount_paid_minor"], 2900);
+    let subs = h.get("/v1/subscriptions", Some(&token)).await;
+    assert_eq!(subs.json["data"][0]["status"], "active");
+    h.finish().await;
+}
