@@ -5,8 +5,8 @@
 mod common;
 
 use axum::http::StatusCode;
-use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use common::Harness;
+use chrono::TimeDelta;
+use common::{Harness, t};
 use tollgate_control_plane::billing::charges;
 use tollgate_control_plane::clock::Clock;
 use tollgate_control_plane::ids::AccountId;
@@ -15,35 +15,6 @@ use tollgate_control_plane::money::Currency;
 use tollgate_control_plane::state::BillingOutbox;
 use tollgate_control_plane::{maintenance, outbox, usage};
 use tollgate_protocol::usage::{UsageBatch, UsageEvent};
-
-fn t(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(y, m, d, h, min, 0)
-        .single()
-        .expect("time")
-}
-
-/// Runs maintenance and both outbox relays until nothing changes any more.
-async fn settle(h: &Harness) {
-    for _ in 0..50 {
-        let changed = maintenance::run(&h.state).await.expect("maintenance");
-        let cf = outbox::relay_once(&h.state).await.expect("cf relay");
-        let billing = outbox::relay_once(&BillingOutbox(h.state.clone()))
-            .await
-            .expect("billing relay");
-        if changed + cf + billing == 0 {
-            return;
-        }
-    }
-    panic!("billing did not settle");
-}
-
-/// Moves the clock to `to` (forward only) and settles.
-async fn advance_to(h: &Harness, to: DateTime<Utc>) {
-    let now = h.clock.now();
-    assert!(to >= now, "{to} is before {now}");
-    h.clock.advance(to - now);
-    settle(h).await;
-}
 
 async fn subscribe(h: &Harness, email: &str, plan: &str) -> (AccountId, String) {
     let (id, token) = h.sign_up(email).await;
@@ -134,7 +105,7 @@ async fn three_months_of_renewals_bill_free_pro_and_enterprise_to_the_minor_unit
     let (free, free_token) = subscribe(&h, "free@example.com", "free").await;
     let (pro, pro_token) = subscribe(&h, "pro@example.com", "pro").await;
     let (ent, ent_token) = subscribe(&h, "ent@example.com", "enterprise").await;
-    settle(&h).await;
+    h.settle().await;
 
     // Usage in each period, a few minutes in: pro is over its 100,000 included calls, then
     // under, then well over; enterprise crosses its free first tier of 5,000,000, then not,
@@ -155,10 +126,10 @@ async fn three_months_of_renewals_bill_free_pro_and_enterprise_to_the_minor_unit
         use_api(&h, ent, &format!("m{month}"), *ent_calls).await;
         // The period ends: the renewal's draft waits for the grace window (1 h), then is
         // finalised with the metered line and charged.
-        advance_to(&h, end + TimeDelta::minutes(1)).await;
+        h.advance_to(end + TimeDelta::minutes(1)).await;
         let drafts = invoices(&h, &pro_token).await;
         assert_eq!(drafts.last().expect("draft")["status"], "draft");
-        advance_to(&h, end + TimeDelta::minutes(61)).await;
+        h.advance_to(end + TimeDelta::minutes(61)).await;
     }
 
     let pro_invoices: Vec<_> = invoices(&h, &pro_token).await.iter().map(summary).collect();
@@ -266,31 +237,10 @@ async fn three_months_of_renewals_bill_free_pro_and_enterprise_to_the_minor_unit
 #[tokio::test]
 async fn a_declined_renewal_leaves_the_invoice_open_and_the_subscription_past_due() {
     let h = Harness::new().await;
-    let (id, token) = h.sign_up("late@example.com").await;
-    let account: AccountId = id.parse().expect("id");
-    // Attaches fine, declines every charge: the checkout itself is paid with a good card first.
-    h.add_card(&token, "pm_card_visa").await;
-    let r = h
-        .post(
-            "/v1/checkout",
-            Some(&token),
-            Some("buy"),
-            r#"{"plan":"pro"}"#,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
-    let r = h
-        .post(
-            "/v1/payment-methods",
-            Some(&token),
-            Some("pm-2"),
-            r#"{"payment_method":"pm_card_chargeCustomerFail","make_default":true}"#,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
-    settle(&h).await;
+    // Attaches fine, declines every charge: the checkout itself is paid with a good card.
+    let (account, token) = h.failing_renewal_customer("late@example.com").await;
 
-    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    h.advance_to(t(2026, 2, 15, 13, 5)).await;
     let list = invoices(&h, &token).await;
     let renewal = &list[1];
     assert_eq!(renewal["status"], "open", "{renewal:?}");
@@ -318,7 +268,7 @@ async fn a_declined_renewal_leaves_the_invoice_open_and_the_subscription_past_du
     assert_eq!(acct.json["balance_minor"], 2900);
     assert_eq!(balance(&h, account, LedgerAccount::Receivable).await, 2900);
     // No retry by itself (dunning schedules those): another pass charges nothing.
-    settle(&h).await;
+    h.settle().await;
     let again = charges::attempts_of(&h.state, inv_id)
         .await
         .expect("attempts");
@@ -350,7 +300,7 @@ async fn four_workers_in_two_processes_invoice_and_charge_every_renewal_exactly_
     for i in 0..n {
         subscribe(&h, &format!("c{i}@example.com"), "pro").await;
     }
-    settle(&h).await;
+    h.settle().await;
     // Everyone is due at once: renewal, finalisation after the grace window, charge.
     h.clock.advance(TimeDelta::days(31) + TimeDelta::hours(2));
     let workers = [
@@ -362,7 +312,7 @@ async fn four_workers_in_two_processes_invoice_and_charge_every_renewal_exactly_
     for w in workers {
         w.await.expect("worker");
     }
-    settle(&h).await;
+    h.settle().await;
     let pool = h.state.billing.clone();
     let count = |sql: &'static str| {
         let pool = pool.clone();
@@ -408,12 +358,12 @@ async fn a_provider_that_times_out_after_charging_a_renewal_is_asked_again_with_
     let knobs = common::gateway::Knobs::default();
     let h = Harness::with_gateway(knobs.wrapper()).await;
     let (account, token) = subscribe(&h, "timeout@example.com", "pro").await;
-    settle(&h).await;
+    h.settle().await;
     // The renewal's charge goes through at the provider, and its answer is lost.
     knobs
         .lose_payment_answers
         .store(1, std::sync::atomic::Ordering::SeqCst);
-    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    h.advance_to(t(2026, 2, 15, 13, 5)).await;
     let renewal = invoices(&h, &token).await[1].clone();
     assert_eq!(renewal["status"], "open", "unknown yet: {renewal:?}");
     let id: tollgate_control_plane::ids::InvoiceId =
@@ -422,13 +372,14 @@ async fn a_provider_that_times_out_after_charging_a_renewal_is_asked_again_with_
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].status, charges::AttemptStatus::Pending);
     // Not again before the retry time; after it, the same attempt with the same key.
-    settle(&h).await;
+    h.settle().await;
     assert_eq!(
         h.count("SELECT count(*) FROM sim_intents WHERE kind = 'payment'")
             .await,
         2
     );
-    advance_to(&h, h.clock.now() + charges::RETRY_PENDING_AFTER).await;
+    h.advance_to(h.clock.now() + charges::RETRY_PENDING_AFTER)
+        .await;
     let attempts = charges::attempts_of(&h.state, id).await.expect("attempts");
     assert_eq!(attempts.len(), 1, "the same attempt, driven again");
     assert_eq!(attempts[0].status, charges::AttemptStatus::Succeeded);
@@ -471,9 +422,9 @@ async fn a_renewal_that_needs_authentication_is_paid_on_session_with_3ds() {
         )
         .await;
     assert_eq!(ok.json["status"], "ready", "{:?}", ok.json);
-    settle(&h).await;
+    h.settle().await;
 
-    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    h.advance_to(t(2026, 2, 15, 13, 5)).await;
     let renewal = invoices(&h, &token).await[1].clone();
     assert_eq!(renewal["status"], "open");
     assert_eq!(renewal["action_required"], true, "{renewal:?}");
@@ -549,7 +500,7 @@ async fn a_renewal_that_needs_authentication_is_paid_on_session_with_3ds() {
     assert_eq!(done.status, StatusCode::OK, "{:?}", done.json);
     assert_eq!(done.json["invoice"]["status"], "paid");
     assert_eq!(done.json["invoice"]["action_required"], false);
-    settle(&h).await;
+    h.settle().await;
     let acct = h.get("/v1/account", Some(&token)).await;
     assert_eq!(
         (
@@ -600,10 +551,10 @@ async fn subscription_of(h: &Harness, token: &str) -> String {
 async fn an_upgrade_mid_period_is_prorated_to_the_minor_unit_and_paid_at_once() {
     let h = Harness::new().await;
     let (account, token) = subscribe(&h, "up@example.com", "pro").await;
-    settle(&h).await;
+    h.settle().await;
     let sub = subscription_of(&h, &token).await;
     // Period 15 Jan 12:00 – 15 Feb 12:00 (31 days); the change comes 16 days before its end.
-    advance_to(&h, t(2026, 1, 30, 12, 0)).await;
+    h.advance_to(t(2026, 1, 30, 12, 0)).await;
     // By hand: unused pro 2900 × 16/31 = 1496.77 → 1497; enterprise 19900 × 16/31 =
     // 10270.97 → 10271; total 10271 − 1497 = 8774.
     let body = r#"{"plan":"enterprise"}"#;
@@ -657,7 +608,7 @@ async fn an_upgrade_mid_period_is_prorated_to_the_minor_unit_and_paid_at_once() 
         .await;
     assert!(again.replayed);
     assert_eq!(again.json["invoice"]["id"], r.json["invoice"]["id"]);
-    settle(&h).await;
+    h.settle().await;
     // One change invoice, charged once; the same plan again is refused.
     assert_eq!(invoices(&h, &token).await.len(), 2);
     h.post(
@@ -672,7 +623,7 @@ async fn an_upgrade_mid_period_is_prorated_to_the_minor_unit_and_paid_at_once() 
     assert_eq!(balance(&h, account, cash).await, 2900 + 8774);
     assert_eq!(balance(&h, account, LedgerAccount::Receivable).await, 0);
     // The renewal bills the new plan for the next period.
-    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    h.advance_to(t(2026, 2, 15, 13, 5)).await;
     let list = invoices(&h, &token).await;
     let subs = h.get("/v1/subscriptions", Some(&token)).await;
     assert_eq!(list.len(), 3, "{list:#?} {:#?}", subs.json);
@@ -686,8 +637,8 @@ async fn downgrades_wait_for_the_period_end_or_become_credit_now() {
     let h = Harness::new().await;
     let (later, later_token) = subscribe(&h, "later@example.com", "enterprise").await;
     let (now_acct, now_token) = subscribe(&h, "now@example.com", "enterprise").await;
-    settle(&h).await;
-    advance_to(&h, t(2026, 1, 30, 12, 0)).await;
+    h.settle().await;
+    h.advance_to(t(2026, 1, 30, 12, 0)).await;
 
     // At period end (the default): nothing now, the renewal starts on pro.
     let sub = subscription_of(&h, &later_token).await;
@@ -722,11 +673,11 @@ async fn downgrades_wait_for_the_period_end_or_become_credit_now() {
     assert_eq!(r.json["invoice"]["total_minor"], -8774);
     assert_eq!(r.json["invoice"]["amount_due_minor"], 0);
     assert_eq!(r.json["payment"]["status"], "none");
-    settle(&h).await;
+    h.settle().await;
     let acct = h.get("/v1/account", Some(&now_token)).await;
     assert_eq!(acct.json["balance_minor"], -8774, "{:?}", acct.json);
 
-    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    h.advance_to(t(2026, 2, 15, 13, 5)).await;
     let renewal = summary(&invoices(&h, &later_token).await[1]);
     assert_eq!((renewal.0, renewal.2.as_str()), (2900, "paid"));
     let subs = h.get("/v1/subscriptions", Some(&later_token)).await;
@@ -801,9 +752,9 @@ async fn resume_undoes_a_pending_cancel_and_nothing_else() {
     let r = h.post(&path, Some(&token), None, "").await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
     assert_eq!(r.json["cancel_at_period_end"], false);
-    settle(&h).await;
+    h.settle().await;
     // It renews instead of ending.
-    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    h.advance_to(t(2026, 2, 15, 13, 5)).await;
     let subs = h.get("/v1/subscriptions", Some(&token)).await;
     assert_eq!(subs.json["data"][0]["status"], "active");
     assert_eq!(invoices(&h, &token).await.len(), 2);
@@ -818,10 +769,10 @@ async fn resume_undoes_a_pending_cancel_and_nothing_else() {
 async fn an_invoice_downloads_as_a_pdf_with_its_lines_and_totals() {
     let h = Harness::new().await;
     let (ent, token) = subscribe(&h, "pdf@example.com", "enterprise").await;
-    settle(&h).await;
+    h.settle().await;
     h.clock.advance(TimeDelta::minutes(5));
     use_api(&h, ent, "pdf", 7_500_000).await;
-    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    h.advance_to(t(2026, 2, 15, 13, 5)).await;
     let renewal = invoices(&h, &token).await[1].clone();
     let id = renewal["id"].as_str().expect("id");
     let number = renewal["number"].as_str().expect("number");
@@ -860,7 +811,7 @@ async fn a_billing_pass_previews_what_is_due_then_bills_it_all() {
     for i in 0..5 {
         subscribe(&h, &format!("pass{i}@example.com"), "pro").await;
     }
-    settle(&h).await;
+    h.settle().await;
     let as_of = t(2026, 2, 15, 13, 5);
     h.clock.advance(as_of - h.clock.now());
     let due = pass::preview(&h.state, as_of).await.expect("preview");
@@ -899,8 +850,8 @@ async fn a_renewal_is_charged_off_session_through_stripe_against_localstripe() {
     assert_eq!(h.state.gateway.name(), "stripe");
     let run = uuid::Uuid::new_v4().simple().to_string();
     let (account, token) = subscribe(&h, &format!("stripe-{run}@example.com"), "pro").await;
-    settle(&h).await;
-    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    h.settle().await;
+    h.advance_to(t(2026, 2, 15, 13, 5)).await;
     let list = invoices(&h, &token).await;
     assert_eq!(list.len(), 2);
     assert_eq!(list[1]["status"], "paid", "{:?}", list[1]);
@@ -950,7 +901,7 @@ async fn a_trial_charges_nothing_until_it_ends_then_bills_from_its_end() {
         r.json["subscription"]["current_period_end"],
         "2026-01-29T12:00:00Z"
     );
-    settle(&h).await;
+    h.settle().await;
     let first = summary(&invoices(&h, &token).await[0]);
     assert_eq!(first, (0, 0, "paid".to_owned(), vec![plan(0)]));
     // Switching plans during the trial prorates nothing: no credit for unpaid trial time.
@@ -992,7 +943,7 @@ async fn a_trial_charges_nothing_until_it_ends_then_bills_from_its_end() {
         .await;
     assert_eq!(down.json["subscription"]["plan"], "pro", "{:?}", down.json);
     assert_eq!(down.json["subscription"]["status"], "trialing");
-    settle(&h).await;
+    h.settle().await;
     assert_eq!(
         invoices(&h, &token).await.len(),
         1,
@@ -1010,7 +961,7 @@ async fn a_trial_charges_nothing_until_it_ends_then_bills_from_its_end() {
     // Usage during the trial is free.
     h.clock.advance(TimeDelta::minutes(5));
     use_api(&h, account, "trial", 200_000).await;
-    advance_to(&h, t(2026, 1, 29, 14, 0)).await;
+    h.advance_to(t(2026, 1, 29, 14, 0)).await;
     let subs = h.get("/v1/subscriptions", Some(&token)).await;
     assert_eq!(subs.json["data"][0]["status"], "active");
     assert_eq!(
@@ -1024,7 +975,7 @@ async fn a_trial_charges_nothing_until_it_ends_then_bills_from_its_end() {
     );
     // The first paid period's usage is billed at its end, as usual.
     use_api(&h, account, "paid", 100_250).await;
-    advance_to(&h, t(2026, 2, 28, 14, 0)).await;
+    h.advance_to(t(2026, 2, 28, 14, 0)).await;
     let list = invoices(&h, &token).await;
     assert_eq!(
         summary(&list[2]),
@@ -1132,7 +1083,7 @@ async fn add_ons_are_sold_billed_each_period_prorated_when_changed_and_reach_the
     assert_eq!(r.json["subscription"]["amount_minor"], 2900);
     assert_eq!(r.json["subscription"]["addons"][0]["quantity"], 2);
     assert_eq!(r.json["subscription"]["addons"][0]["amount_minor"], 1000);
-    settle(&h).await;
+    h.settle().await;
     let first = summary(&invoices(&h, &token).await[0]);
     assert_eq!(
         first,
@@ -1151,7 +1102,7 @@ async fn add_ons_are_sold_billed_each_period_prorated_when_changed_and_reach_the
 
     // 16 of 31 days left: more seats apply now, prorated: 2 × 500 × 16/31 = 516.13 → 516
     // back, 5 × 500 × 16/31 = 1290.32 → 1290 charged, 774 due at once.
-    advance_to(&h, t(2026, 1, 30, 12, 0)).await;
+    h.advance_to(t(2026, 1, 30, 12, 0)).await;
     let more = r#"{"addons":{"extra_seats":5}}"#;
     let preview = h
         .post(
@@ -1196,7 +1147,7 @@ async fn add_ons_are_sold_billed_each_period_prorated_when_changed_and_reach_the
     assert_eq!(r.json["invoice"]["total_minor"], 774);
     assert_eq!(r.json["subscription"]["plan"], "pro");
     assert_eq!(r.json["subscription"]["addons"][0]["quantity"], 5);
-    settle(&h).await;
+    h.settle().await;
     assert_eq!(seats_limit(&h, account).await.1, Some(10 + 5 * 5));
     // Asking for what it holds changes nothing; an empty change is refused.
     h.post(
@@ -1232,11 +1183,11 @@ async fn add_ons_are_sold_billed_each_period_prorated_when_changed_and_reach_the
         r.json["subscription"]["pending_change"]["addons"][0]["quantity"],
         1
     );
-    settle(&h).await;
+    h.settle().await;
     assert_eq!(seats_limit(&h, account).await.1, Some(35));
 
     // The renewal bills the plan and one pack for the next period, in advance.
-    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    h.advance_to(t(2026, 2, 15, 13, 5)).await;
     let list = invoices(&h, &token).await;
     assert_eq!(list.len(), 3, "{list:#?}");
     assert_eq!(
@@ -1268,7 +1219,7 @@ async fn add_ons_are_sold_billed_each_period_prorated_when_changed_and_reach_the
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
-    settle(&h).await;
+    h.settle().await;
     assert_eq!(seats_limit(&h, account).await.0, serde_json::json!({}));
     h.finish().await;
 }
@@ -1290,29 +1241,8 @@ async fn credit_note(h: &Harness, invoice: &str, key: &str, body: &str) -> commo
 #[tokio::test]
 async fn credit_notes_correct_finalised_invoices_without_editing_them() {
     let h = Harness::new().await;
-    let (id, token) = h.sign_up("corrected@example.com").await;
-    let account: AccountId = id.parse().expect("id");
-    h.add_card(&token, "pm_card_visa").await;
-    let r = h
-        .post(
-            "/v1/checkout",
-            Some(&token),
-            Some("buy"),
-            r#"{"plan":"pro"}"#,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
-    // Renewals will be declined.
-    let r = h
-        .post(
-            "/v1/payment-methods",
-            Some(&token),
-            Some("pm-2"),
-            r#"{"payment_method":"pm_card_chargeCustomerFail","make_default":true}"#,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
-    settle(&h).await;
+    // Attaches fine, declines every charge: the checkout itself is paid with a good card.
+    let (account, token) = h.failing_renewal_customer("corrected@example.com").await;
     let first = invoices(&h, &token).await[0].clone();
     let first_id = first["id"].as_str().expect("id").to_owned();
 
@@ -1406,7 +1336,7 @@ async fn credit_notes_correct_finalised_invoices_without_editing_them() {
     assert_eq!(notes, 1);
 
     // The renewal is drafted at the period end; a draft takes no note (it is not final).
-    advance_to(&h, t(2026, 2, 15, 12, 30)).await;
+    h.advance_to(t(2026, 2, 15, 12, 30)).await;
     let draft = invoices(&h, &token).await[1].clone();
     assert_eq!(draft["status"], "draft");
     let draft_id = draft["id"].as_str().expect("id").to_owned();
@@ -1415,7 +1345,7 @@ async fn credit_notes_correct_finalised_invoices_without_editing_them() {
         .assert_problem(StatusCode::CONFLICT, "invoice_draft");
 
     // Finalised with the 1000 of credit applied, declined: 1900 open, past due.
-    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    h.advance_to(t(2026, 2, 15, 13, 5)).await;
     let open = invoices(&h, &token).await[1].clone();
     assert_eq!(
         (open["status"].as_str(), open["amount_due_minor"].as_i64()),
@@ -1442,7 +1372,7 @@ async fn credit_notes_correct_finalised_invoices_without_editing_them() {
         ),
         (Some(1900), Some(600))
     );
-    settle(&h).await;
+    h.settle().await;
     let settled = h
         .get(&format!("/v1/invoices/{draft_id}"), Some(&token))
         .await;

@@ -5,69 +5,15 @@
 mod common;
 
 use axum::http::StatusCode;
-use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use common::Harness;
+use chrono::TimeDelta;
+use common::{Harness, t};
 use tollgate_control_plane::clock::Clock;
 use tollgate_control_plane::dunning::{self, CaseStatus, EventKind};
 use tollgate_control_plane::ids::{AccountId, InvoiceId};
 use tollgate_control_plane::ledger::{self, LedgerAccount};
 use tollgate_control_plane::money::Currency;
-use tollgate_control_plane::state::BillingOutbox;
-use tollgate_control_plane::{billing, entitlements, maintenance, outbox};
+use tollgate_control_plane::{billing, entitlements};
 use tollgate_protocol::{AccountStanding, Reason};
-
-fn t(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(y, m, d, h, min, 0)
-        .single()
-        .expect("time")
-}
-
-async fn settle(h: &Harness) {
-    for _ in 0..50 {
-        let changed = maintenance::run(&h.state).await.expect("maintenance");
-        let cf = outbox::relay_once(&h.state).await.expect("cf relay");
-        let billing = outbox::relay_once(&BillingOutbox(h.state.clone()))
-            .await
-            .expect("billing relay");
-        if changed + cf + billing == 0 {
-            return;
-        }
-    }
-    panic!("did not settle");
-}
-
-async fn advance_to(h: &Harness, to: DateTime<Utc>) {
-    let now = h.clock.now();
-    assert!(to >= now, "{to} is before {now}");
-    h.clock.advance(to - now);
-    settle(h).await;
-}
-
-/// A pro customer whose renewals will be declined (its checkout was paid with a good card).
-async fn failing_customer(h: &Harness, email: &str) -> (AccountId, String) {
-    let (id, token) = h.sign_up(email).await;
-    h.add_card(&token, "pm_card_visa").await;
-    let r = h
-        .post(
-            "/v1/checkout",
-            Some(&token),
-            Some("buy"),
-            r#"{"plan":"pro"}"#,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
-    let r = h
-        .post(
-            "/v1/payment-methods",
-            Some(&token),
-            Some("failing-card"),
-            r#"{"payment_method":"pm_card_chargeCustomerFail","make_default":true}"#,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
-    settle(h).await;
-    (id.parse().expect("id"), token)
-}
 
 /// The decisions the stable rules give the account's stored facts, as an edge serves them.
 async fn decide(h: &Harness, account: AccountId, feature: &str) -> tollgate_protocol::Decision {
@@ -110,13 +56,13 @@ async fn attempts(h: &Harness, invoice: InvoiceId) -> usize {
 #[tokio::test]
 async fn the_ladder_escalates_on_schedule_writes_off_bans_and_a_working_card_recovers_it() {
     let h = Harness::new().await;
-    let (account, token) = failing_customer(&h, "ladder@example.com").await;
+    let (account, token) = h.failing_renewal_customer("ladder@example.com").await;
     assert_eq!(decide(&h, account, "api_calls").await.limit, Some(100_000));
 
     // The renewal fails at 13:05 (finalised after the grace window): level 1, first retry a
     // day later.
     let opened = t(2026, 2, 15, 13, 5);
-    advance_to(&h, opened).await;
+    h.advance_to(opened).await;
     let invoice = renewal_of(&h, &token).await;
     let (case, history) = dunning::case_of(&h.state, invoice)
         .await
@@ -146,9 +92,10 @@ async fn the_ladder_escalates_on_schedule_writes_off_bans_and_a_working_card_rec
         (7, 11, 4),
     ] {
         // Nothing a minute before the retry is due.
-        advance_to(&h, opened + TimeDelta::days(day) - TimeDelta::minutes(1)).await;
+        h.advance_to(opened + TimeDelta::days(day) - TimeDelta::minutes(1))
+            .await;
         assert_eq!(attempts(&h, invoice).await, n, "before retry {n}");
-        advance_to(&h, opened + TimeDelta::days(day)).await;
+        h.advance_to(opened + TimeDelta::days(day)).await;
         assert_eq!(
             attempts(&h, invoice).await,
             n + 1,
@@ -176,7 +123,7 @@ async fn the_ladder_escalates_on_schedule_writes_off_bans_and_a_working_card_rec
         }
         if day == 7 {
             // The day past the seventh denies exports, with the rule's reason.
-            advance_to(&h, opened + TimeDelta::days(8)).await;
+            h.advance_to(opened + TimeDelta::days(8)).await;
             let facts = entitlements::facts_of(&h.state, account)
                 .await
                 .expect("facts");
@@ -187,7 +134,7 @@ async fn the_ladder_escalates_on_schedule_writes_off_bans_and_a_working_card_rec
     }
 
     // The eighth retry fails: exhausted. Uncollectible, written off, canceled, banned.
-    advance_to(&h, opened + TimeDelta::days(14)).await;
+    h.advance_to(opened + TimeDelta::days(14)).await;
     assert_eq!(
         attempts(&h, invoice).await,
         9,
@@ -216,7 +163,7 @@ async fn the_ladder_escalates_on_schedule_writes_off_bans_and_a_working_card_rec
     let d = decide(&h, account, "seats").await;
     assert_eq!((d.allowed, d.reason), (false, Reason::DeniedBanned));
     // Nothing is retried by itself any more.
-    advance_to(&h, opened + TimeDelta::days(30)).await;
+    h.advance_to(opened + TimeDelta::days(30)).await;
     assert_eq!(attempts(&h, invoice).await, 9);
 
     // A working card: the written-off invoice is charged at once and everything comes back.
@@ -229,7 +176,7 @@ async fn the_ladder_escalates_on_schedule_writes_off_bans_and_a_working_card_rec
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
-    settle(&h).await;
+    h.settle().await;
     assert_eq!(attempts(&h, invoice).await, 10);
     let inv = h
         .get(&format!("/v1/invoices/{invoice}"), Some(&token))
@@ -305,7 +252,7 @@ async fn a_hard_decline_skips_the_retries_and_waits_for_a_new_payment_method() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
-    settle(&h).await;
+    h.settle().await;
     let sub = h
         .get("/v1/subscriptions", Some(&token))
         .await
@@ -313,7 +260,7 @@ async fn a_hard_decline_skips_the_retries_and_waits_for_a_new_payment_method() {
 
     // The card is reported stolen before the renewal.
     *knobs.decline_payments.lock().expect("knob") = Some("stolen_card".into());
-    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    h.advance_to(t(2026, 2, 15, 13, 5)).await;
     let invoice = renewal_of(&h, &token).await;
     let (case, history) = dunning::case_of(&h.state, invoice)
         .await
@@ -336,7 +283,7 @@ async fn a_hard_decline_skips_the_retries_and_waits_for_a_new_payment_method() {
     );
     assert_eq!(acct.json["standing"], "active");
     // No retries, however long it waits.
-    advance_to(&h, t(2026, 3, 1, 13, 5)).await;
+    h.advance_to(t(2026, 3, 1, 13, 5)).await;
     assert_eq!(attempts(&h, invoice).await, 1);
     // Plan changes wait for a method.
     h.post(
@@ -359,7 +306,7 @@ async fn a_hard_decline_skips_the_retries_and_waits_for_a_new_payment_method() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
-    settle(&h).await;
+    h.settle().await;
     assert_eq!(attempts(&h, invoice).await, 2);
     let (case, _) = dunning::case_of(&h.state, invoice)
         .await
@@ -377,11 +324,11 @@ async fn a_hard_decline_skips_the_retries_and_waits_for_a_new_payment_method() {
 #[tokio::test]
 async fn paying_on_session_while_dunning_recovers_the_case_and_stops_the_retries() {
     let h = Harness::new().await;
-    let (account, token) = failing_customer(&h, "pays@example.com").await;
-    advance_to(&h, t(2026, 2, 15, 13, 5)).await;
+    let (account, token) = h.failing_renewal_customer("pays@example.com").await;
+    h.advance_to(t(2026, 2, 15, 13, 5)).await;
     let invoice = renewal_of(&h, &token).await;
     h.add_card(&token, "pm_card_visa").await;
-    settle(&h).await;
+    h.settle().await;
     // Adding the card retried at once (not the default, so the failing one was charged).
     let before = attempts(&h, invoice).await;
     let pm = h.get("/v1/payment-methods", Some(&token)).await;
@@ -403,13 +350,13 @@ async fn paying_on_session_while_dunning_recovers_the_case_and_stops_the_retries
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
-    settle(&h).await;
+    h.settle().await;
     let (case, _) = dunning::case_of(&h.state, invoice)
         .await
         .expect("read")
         .expect("case");
     assert_eq!(case.status, CaseStatus::Recovered);
-    advance_to(&h, t(2026, 3, 1, 13, 5)).await;
+    h.advance_to(t(2026, 3, 1, 13, 5)).await;
     assert_eq!(
         attempts(&h, invoice).await,
         before + 1,

@@ -8,13 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use chrono::{TimeDelta, TimeZone, Utc};
 use common::Harness;
-use tollgate_control_plane::clock::Clock;
-use tollgate_control_plane::ids::AccountId;
 use tollgate_control_plane::mail::{self, EmailStatus};
-use tollgate_control_plane::state::BillingOutbox;
-use tollgate_control_plane::{maintenance, outbox};
 
 struct Smtp {
     child: Child,
@@ -88,27 +84,6 @@ fn received(smtp: &Smtp) -> Vec<String> {
         .collect()
 }
 
-async fn settle(h: &Harness) {
-    for _ in 0..60 {
-        let changed = maintenance::run(&h.state).await.expect("maintenance")
-            + mail::send_due(&h.state, 100).await.expect("mail");
-        let cf = outbox::relay_once(&h.state).await.expect("cf relay");
-        let billing = outbox::relay_once(&BillingOutbox(h.state.clone()))
-            .await
-            .expect("billing relay");
-        if changed + cf + billing == 0 {
-            return;
-        }
-    }
-    panic!("did not settle");
-}
-
-async fn advance_to(h: &Harness, to: DateTime<Utc>) {
-    let now = h.clock.now();
-    h.clock.advance(to - now);
-    settle(h).await;
-}
-
 fn subject(raw: &str) -> String {
     raw.lines()
         .find_map(|l| l.strip_prefix("Subject: "))
@@ -125,34 +100,15 @@ async fn each_dunning_step_mails_the_customer_once_with_both_parts_and_a_pay_lin
         ("dunning_retry_days", "1,2,3"),
     ])
     .await;
-    let (id, token) = h.sign_up("dunned@example.com").await;
-    let account: AccountId = id.parse().expect("id");
-    h.add_card(&token, "pm_card_visa").await;
-    let r = h
-        .post(
-            "/v1/checkout",
-            Some(&token),
-            Some("buy"),
-            r#"{"plan":"pro"}"#,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
-    let r = h
-        .post(
-            "/v1/payment-methods",
-            Some(&token),
-            Some("failing"),
-            r#"{"payment_method":"pm_card_chargeCustomerFail","make_default":true}"#,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    // Attaches fine, declines every charge: the checkout itself is paid with a good card.
+    let (account, token) = h.failing_renewal_customer("dunned@example.com").await;
 
     // The renewal fails while the mail server is down: the email waits, with the reason.
     let opened = Utc
         .with_ymd_and_hms(2026, 2, 15, 13, 5, 0)
         .single()
         .expect("time");
-    advance_to(&h, opened).await;
+    h.advance_to(opened).await;
     let log = mail::of_account(&h.state, account).await.expect("log");
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!((log[0].status, log[0].attempts), (EmailStatus::Pending, 1));
@@ -160,11 +116,11 @@ async fn each_dunning_step_mails_the_customer_once_with_both_parts_and_a_pay_lin
 
     // Up again: the retry a minute later sends it.
     let smtp = start_smtp(port).await;
-    advance_to(&h, opened + TimeDelta::minutes(2)).await;
+    h.advance_to(opened + TimeDelta::minutes(2)).await;
     assert_eq!(received(&smtp).len(), 1);
     // Then one email per step, on the retry days, and the recovery.
     for day in [1, 2, 3] {
-        advance_to(&h, opened + TimeDelta::days(day)).await;
+        h.advance_to(opened + TimeDelta::days(day)).await;
     }
     let r = h
         .post(
@@ -175,7 +131,7 @@ async fn each_dunning_step_mails_the_customer_once_with_both_parts_and_a_pay_lin
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
-    settle(&h).await;
+    h.settle().await;
 
     let mails = received(&smtp);
     let subjects: Vec<String> = mails.iter().map(|m| subject(m)).collect();

@@ -9,13 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::{HeaderMap, Method, StatusCode};
-use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use chrono::{TimeDelta, TimeZone, Utc};
 use common::Harness;
 use tokio::sync::Mutex;
 use tollgate_control_plane::clock::Clock;
 use tollgate_control_plane::events::{self, RETRY_AFTER};
-use tollgate_control_plane::state::BillingOutbox;
-use tollgate_control_plane::{maintenance, outbox};
 
 #[derive(Clone, Default)]
 struct Receiver {
@@ -46,27 +44,6 @@ async fn start_receiver() -> (Receiver, String) {
     let url = format!("http://{}/hooks", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     (r, url)
-}
-
-async fn settle(h: &Harness) {
-    for _ in 0..60 {
-        let changed = maintenance::run(&h.state).await.expect("maintenance")
-            + events::deliver_due(&h.state, 100).await.expect("webhooks");
-        let cf = outbox::relay_once(&h.state).await.expect("cf relay");
-        let billing = outbox::relay_once(&BillingOutbox(h.state.clone()))
-            .await
-            .expect("billing relay");
-        if changed + cf + billing == 0 {
-            return;
-        }
-    }
-    panic!("did not settle");
-}
-
-async fn advance_to(h: &Harness, to: DateTime<Utc>) {
-    let now = h.clock.now();
-    h.clock.advance(to - now);
-    settle(h).await;
 }
 
 async fn add_endpoint(h: &Harness, url: &str, events: &str) -> String {
@@ -133,7 +110,7 @@ async fn lifecycle_events_are_signed_retried_while_the_receiver_is_down_and_repl
         .with_ymd_and_hms(2026, 2, 15, 13, 5, 0)
         .single()
         .expect("time");
-    advance_to(&h, renewal).await;
+    h.advance_to(renewal).await;
     assert!(receiver.got.lock().await.is_empty());
     let log = h
         .admin(
@@ -157,7 +134,7 @@ async fn lifecycle_events_are_signed_retried_while_the_receiver_is_down_and_repl
 
     // Back up: the next attempt, 5 s later, delivers everything.
     receiver.down.store(false, Ordering::SeqCst);
-    advance_to(&h, renewal + TimeDelta::seconds(6)).await;
+    h.advance_to(renewal + TimeDelta::seconds(6)).await;
     let got = receiver.got.lock().await.clone();
     let key = events::secret_key(&secret).expect("key");
     let mut ids = BTreeSet::new();
@@ -232,7 +209,7 @@ async fn lifecycle_events_are_signed_retried_while_the_receiver_is_down_and_repl
         )
         .await;
     assert_eq!(replayed.status, StatusCode::OK, "{:?}", replayed.json);
-    settle(&h).await;
+    h.settle().await;
     let got = receiver.got.lock().await.clone();
     let again = got
         .last()
@@ -248,7 +225,7 @@ async fn lifecycle_events_are_signed_retried_while_the_receiver_is_down_and_repl
     let mut at = h.clock.now();
     for wait in RETRY_AFTER {
         at += wait + TimeDelta::seconds(1);
-        advance_to(&h, at).await;
+        h.advance_to(at).await;
     }
     let log = h
         .admin(

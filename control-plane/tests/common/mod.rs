@@ -5,6 +5,13 @@
 
 pub mod gateway;
 
+/// A UTC time to the minute.
+pub fn t(y: i32, m: u32, d: u32, h: u32, min: u32) -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, m, d, h, min, 0)
+        .single()
+        .expect("time")
+}
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -393,6 +400,67 @@ impl Harness {
             }
         }
         panic!("outbox did not drain");
+    }
+
+    /// Runs maintenance, both outbox relays and the webhook and mail senders until nothing
+    /// changes any more.
+    pub async fn settle(&self) {
+        use tollgate_control_plane::state::BillingOutbox;
+        use tollgate_control_plane::{events, mail, maintenance, outbox};
+        for _ in 0..60 {
+            let changed = maintenance::run(&self.state).await.expect("maintenance")
+                + events::deliver_due(&self.state, 100)
+                    .await
+                    .expect("webhooks")
+                + mail::send_due(&self.state, 100).await.expect("mail");
+            let cf = outbox::relay_once(&self.state).await.expect("cf relay");
+            let billing = outbox::relay_once(&BillingOutbox(self.state.clone()))
+                .await
+                .expect("billing relay");
+            if changed + cf + billing == 0 {
+                return;
+            }
+        }
+        panic!("the control plane did not settle");
+    }
+
+    /// Moves the clock to `to` (forward only) and settles.
+    pub async fn advance_to(&self, to: chrono::DateTime<Utc>) {
+        use tollgate_control_plane::clock::Clock;
+        let now = self.clock.now();
+        assert!(to >= now, "{to} is before {now}");
+        self.clock.advance(to - now);
+        self.settle().await;
+    }
+
+    /// A pro customer whose renewals are declined: the checkout is paid with a good card, then
+    /// a card that attaches but fails every charge becomes the default. Settled.
+    pub async fn failing_renewal_customer(
+        &self,
+        email: &str,
+    ) -> (tollgate_control_plane::ids::AccountId, String) {
+        let (id, token) = self.sign_up(email).await;
+        self.add_card(&token, "pm_card_visa").await;
+        let r = self
+            .post(
+                "/v1/checkout",
+                Some(&token),
+                Some("buy"),
+                r#"{"plan":"pro"}"#,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+        let r = self
+            .post(
+                "/v1/payment-methods",
+                Some(&token),
+                Some("failing-card"),
+                r#"{"payment_method":"pm_card_chargeCustomerFail","make_default":true}"#,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+        self.settle().await;
+        (id.parse().expect("account id"), token)
     }
 
     pub async fn count(&self, sql: &'static str) -> i64 {
