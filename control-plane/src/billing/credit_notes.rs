@@ -154,11 +154,12 @@ pub fn split(inv: &Invoice, amount: i64) -> Result<(i64, i64)> {
     Ok((reduced, amount - reduced))
 }
 
-/// Issues a credit note on one of `account`'s invoices (see the module doc), in one billing
-/// transaction. `issued_by` names who (the admin actor, a support agent).
+/// Issues a credit note on an invoice (see the module doc), in one billing transaction:
+/// `account` is the one it must belong to (`None`: any, for the platform's own API).
+/// `issued_by` names who (the admin actor, a support agent).
 pub async fn issue(
     state: &AppState,
-    account: AccountId,
+    account: Option<AccountId>,
     invoice: InvoiceId,
     issued_by: &str,
     key: &idempotency::Key,
@@ -173,7 +174,8 @@ pub async fn issue(
         Ok(issued) => {
             tx.commit().await?;
             if !issued.replayed {
-                state.outbox_wake.notify_one();
+                // A note that settles the invoice announced it on billing's outbox.
+                state.billing_outbox_wake.notify_one();
                 tracing::info!(credit_note = %issued.note.number, invoice_id = %invoice, amount_minor = issued.note.amount_minor, issued_by, "credit note issued");
             }
             Ok(issued)
@@ -190,7 +192,7 @@ pub async fn issue(
 #[allow(clippy::too_many_arguments)]
 async fn issue_in(
     conn: &mut PgConnection,
-    account: AccountId,
+    account: Option<AccountId>,
     invoice: InvoiceId,
     id: CreditNoteId,
     issued_by: &str,
@@ -200,8 +202,9 @@ async fn issue_in(
 ) -> Result<Issued> {
     let inv = store::invoice_for_update(conn, invoice)
         .await?
-        .filter(|i| i.account_id == account)
+        .filter(|i| account.is_none_or(|a| i.account_id == a))
         .ok_or_else(|| Error::not_found("invoice"))?;
+    let account = inv.account_id;
     if let Some(note) = store::credit_note(conn, id).await? {
         if note.invoice_id == invoice
             && note.amount_minor == req.amount_minor
@@ -293,13 +296,4 @@ pub async fn of_invoice(
         .filter(|i| i.account_id == account)
         .ok_or_else(|| Error::not_found("invoice"))?;
     Ok(store::credit_notes_of(&mut conn, invoice).await?)
-}
-
-/// The account an invoice belongs to (the admin API names invoices alone).
-pub async fn owner(state: &AppState, invoice: InvoiceId) -> Result<AccountId> {
-    let mut conn = state.billing.acquire().await?;
-    Ok(store::invoice(&mut conn, invoice)
-        .await?
-        .ok_or_else(|| Error::not_found("invoice"))?
-        .account_id)
 }

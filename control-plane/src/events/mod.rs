@@ -333,8 +333,7 @@ pub async fn deliver_due(state: &AppState, batch: i64) -> anyhow::Result<usize> 
                     .ok()
                     .and_then(|i| RETRY_AFTER.get(i));
                 let next = wait.map(|w| now + *w);
-                store::attempt_failed(&mut conn, d.id, status.map(i32::from), &error, next, now)
-                    .await?;
+                store::attempt_failed(&mut conn, d.id, status.map(i32::from), &error, next).await?;
                 tracing::warn!(delivery = %d.id, url = %d.url, attempts = d.attempts, ?status, %error, "webhook delivery failed");
             }
         }

@@ -153,7 +153,6 @@ pub async fn attempt_failed(
     status: Option<i32>,
     error: &str,
     next: Option<DateTime<Utc>>,
-    _now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
     let error: String = error.chars().take(500).collect();
     sqlx::query(
