@@ -176,21 +176,6 @@ async fn without_a_configured_secret_the_endpoint_refuses_everything() {
     h.finish().await;
 }
 
-async fn settle(h: &Harness) {
-    use tollgate_control_plane::{maintenance, outbox, state::BillingOutbox};
-    for _ in 0..50 {
-        let changed = maintenance::run(&h.state).await.expect("maintenance");
-        let cf = outbox::relay_once(&h.state).await.expect("cf relay");
-        let billing = outbox::relay_once(&BillingOutbox(h.state.clone()))
-            .await
-            .expect("billing relay");
-        if changed + cf + billing == 0 {
-            return;
-        }
-    }
-    panic!("did not settle");
-}
-
 #[tokio::test]
 async fn an_invoice_payment_authenticated_but_never_confirmed_is_paid_by_its_webhook() {
     use tollgate_control_plane::clock::Clock;
@@ -232,14 +217,14 @@ async fn an_invoice_payment_authenticated_but_never_confirmed_is_paid_by_its_web
         "",
     )
     .await;
-    settle(&h).await;
+    h.settle().await;
     // The renewal wants authentication: the customer pays on-session, passes 3-D Secure at the
     // provider, and closes the tab before confirming.
     let renewal = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 2, 15, 13, 5, 0)
         .single()
         .expect("time");
     h.clock.advance(renewal - h.clock.now());
-    settle(&h).await;
+    h.settle().await;
     let list = h.get("/v1/invoices", Some(&token)).await;
     let invoice = list.json["data"][0]["id"]
         .as_str()
@@ -278,7 +263,7 @@ async fn an_invoice_payment_authenticated_but_never_confirmed_is_paid_by_its_web
         "{:?}",
         r.json
     );
-    settle(&h).await;
+    h.settle().await;
     let inv = h
         .get(&format!("/v1/invoices/{invoice}"), Some(&token))
         .await;
@@ -363,5 +348,45 @@ async fn events_localstripe_delivers_are_verified_and_stored() {
         Some(Some("none".to_owned())),
         "no verified event for {pi}"
     );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn the_same_event_delivered_twice_at_once_buys_once() {
+    let h = Harness::new().await;
+    let (token, checkout, intent) = authenticated_but_unconfirmed(&h, "twice@example.com").await;
+    let body = event(
+        "evt_twice",
+        "payment_intent.succeeded",
+        &intent,
+        "succeeded",
+    );
+    let sig = sign("whsec_harness", chrono::Utc::now().timestamp(), &body);
+    let (a, b) = tokio::join!(
+        deliver(&h, Some(&sig), &body),
+        deliver(&h, Some(&sig), &body)
+    );
+    assert_eq!(
+        (a.status, b.status),
+        (StatusCode::OK, StatusCode::OK),
+        "{:?} {:?}",
+        a.json,
+        b.json
+    );
+    let c = h
+        .get(&format!("/v1/checkout/{checkout}"), Some(&token))
+        .await;
+    assert_eq!(c.json["status"], "succeeded");
+    assert_eq!(h.count("SELECT count(*) FROM subscriptions").await, 1);
+    assert_eq!(stored(&h).await, 1);
+    // A day later, the same event with its old signature is a replay: refused.
+    let old = sign(
+        "whsec_harness",
+        chrono::Utc::now().timestamp() - 86_400,
+        &body,
+    );
+    deliver(&h, Some(&old), &body)
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "stale_signature");
     h.finish().await;
 }
