@@ -14,6 +14,10 @@
 //! | `TOLLGATE_TRUSTED_KEYS` | rule-bundle signing keys trusted, `key_id:hex,key_id:hex` | none (uploads refused) |
 //! | `TOLLGATE_STRIPE_SECRET_KEY` | Stripe secret key; unset ⇒ simulated payments, which only dev mode allows | required outside dev mode |
 //! | `TOLLGATE_STRIPE_API_BASE` | Stripe API base URL (localstripe in tests) | Stripe's |
+//! | `TOLLGATE_BRAINTREE_PUBLIC_KEY`, `TOLLGATE_BRAINTREE_PRIVATE_KEY` | Braintree API keys: PayPal is offered through Braintree (both or neither) | none: PayPal through the simulator in dev mode, else not offered |
+//! | `TOLLGATE_BRAINTREE_URL` | Braintree's GraphQL endpoint | the sandbox's |
+//! | `TOLLGATE_BRAINTREE_MERCHANT_ACCOUNTS` | the merchant account charged in each currency, `USD:acme_usd,EUR:acme_eur` | none: the merchant's default account |
+//! | `TOLLGATE_BRAINTREE_TIMEOUT_MS` | a Braintree request's timeout, ms; 100 ..= 120000 | `60000` |
 //! | `TOLLGATE_DEV_MODE` | enables `/dev/v1` (advanceable clock, 3-D Secure simulator) | `false` |
 //! | `TOLLGATE_SEED_DEMO` | seeds the demo catalog at start | `false` |
 //! | `TOLLGATE_RELAY_POLL_MS` | outbox relay fallback poll interval, ms (NOTIFY wakes it sooner) | `500` |
@@ -49,6 +53,8 @@ pub struct Config {
     pub trusted_keys: tollgate_rules::bundle::TrustedKeys,
     pub stripe_secret_key: Option<SecretString>,
     pub stripe_api_base: Option<String>,
+    /// PayPal through Braintree, when its keys are configured.
+    pub braintree: Option<crate::gateways::braintree::Config>,
     pub dev_mode: bool,
     pub seed_demo: bool,
     pub relay_poll_ms: u64,
@@ -63,6 +69,47 @@ pub struct Config {
 }
 
 pub const DB_POOL_SIZE_MAX: u32 = 256;
+
+/// `TOLLGATE_BRAINTREE_*`: both keys or neither.
+fn braintree(r: &mut Reader) -> Option<crate::gateways::braintree::Config> {
+    use crate::gateways::braintree;
+    let public_key = r.optional("braintree_public_key");
+    let private_key = r.optional_secret("braintree_private_key");
+    let url = r.string("braintree_url", braintree::SANDBOX_URL);
+    let accounts = r.optional("braintree_merchant_accounts");
+    let timeout_ms: u64 = r.parse(
+        "braintree_timeout_ms",
+        braintree::TIMEOUT_DEFAULT.as_millis() as u64,
+    );
+    if !(100..=120_000).contains(&timeout_ms) {
+        r.error("TOLLGATE_BRAINTREE_TIMEOUT_MS must be 100..=120000");
+    }
+    let mut merchant_accounts = std::collections::HashMap::new();
+    for pair in accounts.iter().flat_map(|a| a.split(',')) {
+        match pair.trim().split_once(':') {
+            Some((c, m)) if crate::money::Currency::parse(c).is_some() && !m.is_empty() => {
+                merchant_accounts.insert(c.to_owned(), m.to_owned());
+            }
+            _ => r.error(format!(
+                "TOLLGATE_BRAINTREE_MERCHANT_ACCOUNTS: `{pair}` is not CURRENCY:merchant_account"
+            )),
+        }
+    }
+    match (public_key, private_key) {
+        (Some(public_key), Some(private_key)) => Some(braintree::Config {
+            url,
+            public_key,
+            private_key,
+            merchant_accounts,
+            timeout: std::time::Duration::from_millis(timeout_ms),
+        }),
+        (None, None) => None,
+        _ => {
+            r.error("TOLLGATE_BRAINTREE_PUBLIC_KEY and TOLLGATE_BRAINTREE_PRIVATE_KEY go together");
+            None
+        }
+    }
+}
 /// Bounds of `TOLLGATE_CHECKOUT_EXPIRY_SECS`: a minute to a week (a provider's authentication
 /// window is hours, and the expiry is added to timestamps).
 pub const CHECKOUT_EXPIRY_SECS_MIN: i64 = 60;
@@ -114,6 +161,7 @@ impl Config {
             },
             stripe_secret_key: r.optional_secret("stripe_secret_key"),
             stripe_api_base: r.optional("stripe_api_base"),
+            braintree: None,
             dev_mode: r.parse("dev_mode", false),
             seed_demo: r.parse("seed_demo", false),
             relay_poll_ms: r.parse("relay_poll_ms", 500),
@@ -145,6 +193,7 @@ impl Config {
         if cfg.mail_from.parse::<lettre::message::Mailbox>().is_err() {
             r.error("TOLLGATE_MAIL_FROM must be an email address (`Name <addr>` or `addr`)");
         }
+        cfg.braintree = braintree(&mut r);
         let days = r.string(
             "dunning_retry_days",
             crate::dunning::policy::RETRY_DAYS_DEFAULT,

@@ -128,15 +128,21 @@ fn exponent(c: Currency) -> u32 {
 
 /// `-1234` USD → `-12.34 USD`; exact for any `i64`.
 pub fn format(amount_minor: i64, c: Currency) -> String {
+    format!("{} {c}", decimal(amount_minor, c))
+}
+
+/// `-1234` USD → `-12.34` (as providers that take decimal strings want it); exact for any
+/// `i64`.
+pub fn decimal(amount_minor: i64, c: Currency) -> String {
     let e = exponent(c);
     let sign = if amount_minor < 0 { "-" } else { "" };
     let abs = amount_minor.unsigned_abs();
     if e == 0 {
-        return format!("{sign}{abs} {c}");
+        return format!("{sign}{abs}");
     }
     let unit = 10u64.pow(e);
     format!(
-        "{sign}{}.{:0width$} {c}",
+        "{sign}{}.{:0width$}",
         abs / unit,
         abs % unit,
         width = e as usize

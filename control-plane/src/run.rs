@@ -130,11 +130,23 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
         Some(wrap) => wrap(gateway),
         None => gateway,
     };
+    // PayPal: Braintree when configured, else the simulator (which takes Braintree's test
+    // nonces) in dev mode — the very gateway cards use when they are simulated too — else not
+    // offered.
+    let paypal: Option<Arc<dyn PaymentGateway>> = match &config.braintree {
+        Some(bt) => Some(Arc::new(
+            gateways::braintree::BraintreeGateway::new(bt.clone()).context("braintree gateway")?,
+        )),
+        None if config.dev_mode && simulator.is_some() => Some(gateway.clone()),
+        None if config.dev_mode => Some(Arc::new(SimulatedGateway::new(deps.cf.clone()))),
+        None => None,
+    };
     Ok(AppState(Arc::new(Inner {
         cf: deps.cf,
         billing: deps.billing,
         redis: deps.redis,
         gateway,
+        paypal,
         http: reqwest::Client::builder()
             .timeout(crate::events::TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())

@@ -25,7 +25,10 @@ pub struct Inner {
     pub redis: redis::aio::ConnectionManager,
     /// The change stream's and L2's key names (`TOLLGATE_REDIS_KEY_PREFIX`).
     pub redis_keys: tollgate_protocol::redis_keys::Keys,
+    /// Cards (Stripe, or the simulator in development).
     pub gateway: Arc<dyn PaymentGateway>,
+    /// PayPal (Braintree, or the simulator in development); none: PayPal is not offered.
+    pub paypal: Option<Arc<dyn PaymentGateway>>,
     /// Outbound webhook deliveries (no redirects followed, [`crate::events::TIMEOUT`]).
     pub http: reqwest::Client,
     /// Present only with the simulated gateway in development mode: completes 3-D Secure.
@@ -88,6 +91,25 @@ impl outbox::Host for BillingOutbox {
 
     fn count(&self, topic: Topic, ok: bool) {
         self.0.count(topic, ok);
+    }
+}
+
+impl Inner {
+    /// The gateway that made something stored with `name` (a method's, an attempt's or a
+    /// payment's gateway): later calls about it go there.
+    pub fn gateway_named(
+        &self,
+        name: &str,
+    ) -> Result<&dyn PaymentGateway, crate::gateways::GatewayError> {
+        if self.gateway.name() == name {
+            return Ok(self.gateway.as_ref());
+        }
+        match &self.paypal {
+            Some(p) if p.name() == name => Ok(p.as_ref()),
+            _ => Err(crate::gateways::GatewayError::Invalid(format!(
+                "no payment gateway named {name} is configured"
+            ))),
+        }
     }
 }
 

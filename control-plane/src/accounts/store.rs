@@ -201,6 +201,35 @@ pub async fn clear_payment_method_required(
         .map(drop)
 }
 
+/// The account's customer at the PayPal gateway, once made.
+pub async fn paypal_customer_id(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT paypal_customer_id FROM accounts WHERE id = $1")
+        .bind(account.0)
+        .fetch_optional(conn)
+        .await
+        .map(Option::flatten)
+}
+
+/// Remembers the account's PayPal customer unless one was remembered meanwhile; returns the
+/// one kept (two first uses at once keep the first, so they converge on one customer).
+pub async fn keep_paypal_customer_id(
+    conn: &mut PgConnection,
+    account: AccountId,
+    customer: &str,
+) -> sqlx::Result<String> {
+    sqlx::query_scalar(
+        "UPDATE accounts SET paypal_customer_id = COALESCE(paypal_customer_id, $2)
+          WHERE id = $1 RETURNING paypal_customer_id",
+    )
+    .bind(account.0)
+    .bind(customer)
+    .fetch_one(conn)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

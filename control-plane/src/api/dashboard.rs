@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::http::idempotency::IdempotencyKey;
 use crate::http::{Json, Path, Query};
 use crate::ids::{CheckoutId, InvoiceId, PaymentMethodId, SubscriptionId};
-use crate::payment_methods::{self, AddPaymentMethod, Added};
+use crate::payment_methods::{self, AddPaymentMethod, AddPaypal, Added};
 use crate::state::AppState;
 use crate::subscriptions::change::{self, ChangePayment, ChangePlan};
 use crate::subscriptions::{self, Cancel};
@@ -35,6 +35,7 @@ pub fn routes() -> Router<AppState> {
             "/v1/payment-methods",
             post(add_payment_method).get(list_payment_methods),
         )
+        .route("/v1/payment-methods/paypal", post(add_paypal))
         .route(
             "/v1/payment-methods/{id}/confirm",
             post(confirm_payment_method),
@@ -133,6 +134,27 @@ async fn add_payment_method(
         Added::Processing(pm) => reply(
             StatusCode::ACCEPTED,
             json!({ "payment_method": PaymentMethodView::from(&pm), "status": "processing" }),
+        ),
+    }))
+}
+
+/// `POST /v1/payment-methods/paypal`: vaults a PayPal billing agreement (ready at once).
+async fn add_paypal(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    IdempotencyKey(key): IdempotencyKey,
+    Json(body): Json<AddPaypal>,
+) -> Result<Response> {
+    let added = payment_methods::add_paypal(&state, account, key, &body).await?;
+    Ok(ran(added, |a| match a {
+        Added::Ready(pm) => reply(
+            StatusCode::CREATED,
+            json!({ "payment_method": PaymentMethodView::from(&pm), "status": "ready" }),
+        ),
+        Added::RequiresAction { payment_method, .. } | Added::Processing(payment_method) => reply(
+            StatusCode::ACCEPTED,
+            json!({ "payment_method": PaymentMethodView::from(&payment_method),
+                        "status": "processing" }),
         ),
     }))
 }

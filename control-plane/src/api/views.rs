@@ -13,6 +13,7 @@ use crate::billing::credit_notes::{CreditNote, CreditNoteReason};
 use crate::billing::invoices::{AccountBilling, Invoice, InvoiceStatus, Line, LineKind};
 use crate::billing::pricing::TierCharge;
 use crate::checkout::{Checkout, CheckoutStatus, RefundReason};
+use crate::gateways::MethodKind;
 use crate::http::idempotency::REPLAYED_HEADER;
 use crate::idempotency::Ran;
 use crate::ids::{AccountId, CheckoutId, CreditNoteId, InvoiceId, PaymentMethodId, SubscriptionId};
@@ -85,6 +86,10 @@ impl<'a> From<&'a Account> for AccountView<'a> {
 pub struct PaymentMethodView<'a> {
     pub id: PaymentMethodId,
     pub status: PaymentMethodStatus,
+    /// `card` or `paypal`.
+    pub kind: MethodKind,
+    /// The PayPal account's email (PayPal only).
+    pub payer_email: Option<&'a str>,
     pub brand: Option<&'a str>,
     pub last4: Option<&'a str>,
     pub exp_month: Option<i32>,
@@ -97,6 +102,8 @@ impl<'a> From<&'a PaymentMethod> for PaymentMethodView<'a> {
         Self {
             id: p.id,
             status: p.status,
+            kind: p.kind,
+            payer_email: p.payer_email.as_deref(),
             brand: p.brand.as_deref(),
             last4: p.last4.as_deref(),
             exp_month: p.exp_month,

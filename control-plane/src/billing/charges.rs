@@ -28,7 +28,7 @@ use crate::ids::{AccountId, ChargeAttemptId, InvoiceId, SubscriptionId};
 use crate::ledger::{self, Draft, Header, LedgerAccount, TxKind};
 use crate::money::Currency;
 use crate::outbox::{self, Topic};
-use crate::payment_methods;
+use crate::payment_methods::{self, ChargeTarget};
 use crate::state::AppState;
 
 /// Provider calls one charging pass has in flight at once.
@@ -204,36 +204,62 @@ async fn drive_one(state: &AppState, a: ChargeAttempt) -> Driven {
     }
 }
 
-/// Calls the provider for one off-session attempt and records what it said.
+/// Calls the provider for one off-session attempt and records what it said. The first drive
+/// pins the attempt to the account's default method (and its gateway) before calling; a
+/// drive again after a crash or a timeout goes to the pinned one, so one key never reaches two
+/// methods or two providers.
 async fn drive(state: &AppState, a: &ChargeAttempt) -> anyhow::Result<Collected> {
     let target = {
         let mut conn = state.cf.acquire().await?;
-        payment_methods::charge_target(&mut conn, a.account_id).await?
+        if a.payment_method.is_some() {
+            pinned_target(&mut conn, a).await?
+        } else {
+            payment_methods::charge_target(&mut conn, a.account_id).await?
+        }
     };
     let Some(target) = target else {
         return record(state, a, Err(NoMethod)).await;
     };
-    let result = call_provider(state, a, &target.customer, &target.payment_method).await;
+    if a.payment_method.is_none() {
+        let mut conn = state.billing.acquire().await?;
+        if !store::pin_attempt(&mut conn, a.id, &target.gateway, &target.payment_method).await? {
+            // Pinned (or recorded) by another driver meanwhile: that one goes on.
+            return Ok(Collected::Pending);
+        }
+    }
+    let result = call_provider(state, a, &target).await;
     record(state, a, Ok(result)).await
 }
 
-/// The provider call of attempt `a`, with the attempt's own key and presence: the same call,
-/// and the same payment, however often it is made.
+/// The method attempt `a` is pinned to, if it is.
+pub(super) async fn pinned_target(
+    conn: &mut sqlx::PgConnection,
+    a: &ChargeAttempt,
+) -> sqlx::Result<Option<ChargeTarget>> {
+    match &a.payment_method {
+        Some(pm) => {
+            payment_methods::target_by_provider_id(conn, a.account_id, &a.processor, pm).await
+        }
+        None => Ok(None),
+    }
+}
+
+/// The provider call of attempt `a`, with the attempt's own key and presence, at the gateway
+/// holding the method: the same call, and the same payment, however often it is made.
 pub(super) async fn call_provider(
     state: &AppState,
     a: &ChargeAttempt,
-    customer: &str,
-    payment_method: &str,
+    target: &ChargeTarget,
 ) -> Result<PaymentOutcome, GatewayError> {
     let presence = match a.presence {
         AttemptPresence::OnSession => Presence::OnSession,
         AttemptPresence::OffSession => Presence::OffSession,
     };
     state
-        .gateway
+        .gateway_named(&target.gateway)?
         .create_payment(PaymentRequest {
-            customer,
-            payment_method,
+            customer: &target.customer,
+            payment_method: &target.payment_method,
             amount: GatewayAmount {
                 amount_minor: a.amount_minor,
                 currency: a.currency.as_str(),
@@ -504,23 +530,21 @@ pub async fn reconcile_abandoned(state: &AppState, batch: i64) -> anyhow::Result
     let mut settled = 0;
     for a in &left {
         let result = match (&a.provider_payment_id, a.status) {
-            (Some(pi), AttemptStatus::RequiresAction) => state.gateway.cancel_payment(pi).await,
+            (Some(pi), AttemptStatus::RequiresAction) => match state.gateway_named(&a.processor) {
+                Ok(g) => g.cancel_payment(pi).await,
+                Err(e) => Err(e),
+            },
             _ => {
-                let (customer, pm) = {
+                let target = {
                     let mut conn = state.cf.acquire().await?;
-                    let acct =
-                        crate::accounts::store::get_account(&mut conn, a.account_id, false).await?;
-                    (
-                        acct.map(|a| a.gateway_customer_id),
-                        a.payment_method.clone(),
-                    )
+                    pinned_target(&mut conn, a).await?
                 };
-                let (Some(customer), Some(pm)) = (customer, pm) else {
+                let Some(target) = target else {
                     record(state, a, Err(NoMethod)).await?;
                     settled += 1;
                     continue;
                 };
-                call_provider(state, a, &customer, &pm).await
+                call_provider(state, a, &target).await
             }
         };
         let outcome = match result {
@@ -556,7 +580,10 @@ pub async fn settle_payment(state: &AppState, pi: &str) -> anyhow::Result<bool> 
     let Some(a) = a else {
         return Ok(false);
     };
-    let outcome = state.gateway.retrieve_payment(pi).await;
+    let outcome = match state.gateway_named(&a.processor) {
+        Ok(g) => g.retrieve_payment(pi).await,
+        Err(e) => Err(e),
+    };
     if let Err(GatewayError::Unavailable(e)) = &outcome {
         anyhow::bail!("provider unavailable: {e}");
     }

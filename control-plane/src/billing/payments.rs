@@ -19,7 +19,7 @@ use crate::error::{Error, Kind, Result};
 use crate::gateways::{Decline, GatewayError};
 use crate::idempotency::{self, Attempt, Ran};
 use crate::ids::{AccountId, ChargeAttemptId, InvoiceId, PaymentMethodId};
-use crate::payment_methods::{self, PaymentMethodStatus};
+use crate::payment_methods::{self, ChargeTarget, PaymentMethodStatus};
 use crate::state::AppState;
 
 /// `POST /v1/invoices/{id}/pay` as the customer sends it: the payment method to use (the
@@ -104,24 +104,22 @@ async fn proceed(
     attempt: &Attempt,
 ) -> Result<Payment> {
     let attempt_id = ChargeAttemptId(attempt.resource());
-    let (customer, pm) = {
+    let chosen = {
         let mut conn = state.cf.acquire().await?;
-        let target = payment_methods::charge_target(&mut conn, account).await?;
-        let chosen = match input.payment_method {
-            Some(pm) => payment_methods::get(&mut conn, account, pm)
-                .await?
-                .map(|m| m.gateway_pm_id),
-            None => target.as_ref().map(|t| t.payment_method.clone()),
-        };
-        let customer = crate::accounts::store::get_account(&mut conn, account, false)
-            .await?
-            .map(|a| a.gateway_customer_id);
-        (customer, chosen)
+        match input.payment_method {
+            Some(pm) => payment_methods::target_of(&mut conn, account, pm).await?,
+            None => payment_methods::charge_target(&mut conn, account).await?,
+        }
     };
-    let a = ensure_attempt(state, id, attempt_id, pm.as_deref()).await?;
-    let result = match (customer, pm) {
-        (Some(customer), Some(pm)) => Ok(charges::call_provider(state, &a, &customer, &pm).await),
-        _ => Err(NoMethod),
+    let a = ensure_attempt(state, id, attempt_id, chosen.as_ref()).await?;
+    // A resumed request charges what its attempt was pinned to the first time.
+    let target = {
+        let mut conn = state.cf.acquire().await?;
+        charges::pinned_target(&mut conn, &a).await?
+    };
+    let result = match target {
+        Some(target) => Ok(charges::call_provider(state, &a, &target).await),
+        None => Err(NoMethod),
     };
     if let Ok(Err(GatewayError::Unavailable(e))) = &result {
         // Unknown whether it was charged: the retry (same key) drives the same attempt.
@@ -141,7 +139,7 @@ async fn ensure_attempt(
     state: &AppState,
     invoice: InvoiceId,
     id: ChargeAttemptId,
-    pm: Option<&str>,
+    target: Option<&ChargeTarget>,
 ) -> Result<ChargeAttempt> {
     let now = state.clock.now();
     let mut tx = state.billing.begin().await?;
@@ -173,8 +171,8 @@ async fn ensure_attempt(
             amount_minor: inv.amount_remaining_minor,
             currency: inv.currency,
             presence: AttemptPresence::OnSession,
-            processor: state.gateway.name(),
-            payment_method: pm,
+            processor: target.map_or(state.gateway.name(), |t| t.gateway.as_str()),
+            payment_method: target.map(|t| t.payment_method.as_str()),
             idempotency_key: &provider_key(id),
             retry_at: now,
             now,
@@ -251,7 +249,10 @@ pub async fn confirm(state: &AppState, account: AccountId, id: InvoiceId) -> Res
     let Some(pi) = a.provider_payment_id.clone() else {
         return Err(Error::internal("a waiting attempt without its payment"));
     };
-    let outcome = state.gateway.retrieve_payment(&pi).await;
+    let outcome = state
+        .gateway_named(&a.processor)?
+        .retrieve_payment(&pi)
+        .await;
     if let Err(GatewayError::Unavailable(e)) = &outcome {
         return Err(Error::unavailable("payment_provider_unavailable", e));
     }

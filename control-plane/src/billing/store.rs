@@ -576,6 +576,27 @@ pub async fn claim_stale_attempts(
     .await
 }
 
+/// Pins a pending attempt not pinned yet to the method (and gateway) it charges; false when
+/// another driver pinned or recorded it first.
+pub async fn pin_attempt(
+    conn: &mut PgConnection,
+    id: ChargeAttemptId,
+    processor: &str,
+    payment_method: &str,
+) -> sqlx::Result<bool> {
+    let pinned = sqlx::query(
+        "UPDATE charge_attempts SET processor = $2, payment_method = $3
+          WHERE id = $1 AND status = 'pending' AND payment_method IS NULL",
+    )
+    .bind(id)
+    .bind(processor)
+    .bind(payment_method)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(pinned == 1)
+}
+
 pub async fn attempt_for_update(
     conn: &mut PgConnection,
     id: ChargeAttemptId,

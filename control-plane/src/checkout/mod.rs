@@ -560,12 +560,13 @@ pub async fn confirm(
     let Some(pi) = c.payment_intent_id.clone() else {
         return Err(Error::internal("waiting checkout without a payment"));
     };
-    let mut outcome = state.gateway.retrieve_payment(&pi).await?;
+    let gateway = settle::gateway_of(state, &c).await?;
+    let mut outcome = gateway.retrieve_payment(&pi).await?;
     let now = state.clock.now();
     if now >= c.expires_at && outcome.status != PaymentStatus::Succeeded {
         // Past its expiry and not paid: cancel at the provider (which says if it got paid
         // after all), then settle.
-        outcome = state.gateway.cancel_payment(&pi).await?;
+        outcome = gateway.cancel_payment(&pi).await?;
     }
     let mut tx = state.cf.begin().await?;
     let settled = settle::settle(state, &mut tx, id, &outcome, now).await?;
@@ -600,7 +601,10 @@ pub async fn cancel(state: &AppState, account: AccountId, id: CheckoutId) -> Res
     let Some(pi) = c.payment_intent_id.clone() else {
         return Err(Error::internal("waiting checkout without a payment"));
     };
-    let outcome = state.gateway.cancel_payment(&pi).await?;
+    let outcome = settle::gateway_of(state, &c)
+        .await?
+        .cancel_payment(&pi)
+        .await?;
     let now = state.clock.now();
     let mut tx = state.cf.begin().await?;
     let settled = if outcome.status == PaymentStatus::Canceled {

@@ -69,11 +69,12 @@ async fn reconcile_one(state: &AppState, id: CheckoutId, status: CheckoutStatus)
         let Some(pi) = &c.payment_intent_id else {
             return Err(Error::internal("waiting checkout without a payment"));
         };
-        let read = state.gateway.retrieve_payment(pi).await?;
+        let gateway = settle::gateway_of(state, &c).await?;
+        let read = gateway.retrieve_payment(pi).await?;
         if read.status == PaymentStatus::Succeeded {
             read
         } else {
-            state.gateway.cancel_payment(pi).await?
+            gateway.cancel_payment(pi).await?
         }
     };
     let mut tx = state.cf.begin().await?;
@@ -105,7 +106,10 @@ pub async fn settle_payment(state: &AppState, pi: &str) -> Result<bool> {
     let Some(c) = c else {
         return Ok(false);
     };
-    let outcome = state.gateway.retrieve_payment(pi).await?;
+    let outcome = settle::gateway_of(state, &c)
+        .await?
+        .retrieve_payment(pi)
+        .await?;
     let mut tx = state.cf.begin().await?;
     let settled = settle::settle(state, &mut tx, c.id, &outcome, state.clock.now()).await?;
     tx.commit().await?;

@@ -17,7 +17,35 @@ use crate::ids::CheckoutId;
 use crate::metrics::CheckoutOutcome;
 use crate::state::AppState;
 use crate::subscriptions::{self, Subscription};
-use crate::{accounts, catalog, payment_methods};
+use crate::{catalog, payment_methods};
+
+/// The name of the gateway a checkout pays through: its payment method's (the card gateway's
+/// for a free one).
+pub async fn gateway_name_of(
+    state: &AppState,
+    conn: &mut PgConnection,
+    c: &Checkout,
+) -> sqlx::Result<String> {
+    let held = match c.payment_method_id {
+        Some(id) => payment_methods::get(conn, c.account_id, id)
+            .await?
+            .map(|pm| pm.gateway),
+        None => None,
+    };
+    Ok(held.unwrap_or_else(|| state.gateway.name().to_owned()))
+}
+
+/// The gateway a checkout pays through ([`gateway_name_of`]).
+pub async fn gateway_of<'s>(
+    state: &'s AppState,
+    c: &Checkout,
+) -> Result<&'s dyn crate::gateways::PaymentGateway> {
+    let name = {
+        let mut conn = state.cf.acquire().await?;
+        gateway_name_of(state, &mut conn, c).await?
+    };
+    Ok(state.gateway_named(&name)?)
+}
 
 /// How a checkout ended up after settling.
 #[derive(Debug)]
@@ -86,6 +114,7 @@ pub async fn complete_paid(
         tracing::warn!(checkout_id = %c.id, ?reason, "paid checkout cannot complete: refunding");
         return Ok(Settled::Refunded(c));
     }
+    let processor = gateway_name_of(state, conn, c).await?;
     let paid = (c.amount_minor > 0)
         .then(|| {
             pi.map(str::to_owned)
@@ -95,7 +124,7 @@ pub async fn complete_paid(
         .map(|provider_payment_id| FirstPayment {
             checkout_id: c.id,
             provider_payment_id,
-            processor: state.gateway.name().to_owned(),
+            processor,
             amount_minor: c.amount_minor,
         });
     let sub = subscriptions::create(conn, c.account_id, &c.snapshot()?, paid, now).await?;
@@ -244,8 +273,8 @@ pub async fn refund(state: &AppState, id: CheckoutId) -> Result<()> {
     let Some(pi) = &c.payment_intent_id else {
         return Err(Error::internal("refunding checkout without a payment"));
     };
-    let r = state
-        .gateway
+    let r = gateway_of(state, &c)
+        .await?
         .refund(
             pi,
             c.amount_minor,
@@ -289,13 +318,9 @@ pub async fn after_settle(state: &AppState, refunding: Option<CheckoutId>) {
 /// found again by the provider key).
 pub async fn charge(state: &AppState, c: &Checkout) -> Result<PaymentOutcome, GatewayError> {
     let unavailable = |e: sqlx::Error| GatewayError::Unavailable(e.to_string());
-    let (customer, pm) = {
+    let pm = {
         let mut conn = state.cf.acquire().await.map_err(unavailable)?;
-        let acct = accounts::store::get_account(&mut conn, c.account_id, false)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| GatewayError::NotFound("account".into()))?;
-        let pm = match c.payment_method_id {
+        match c.payment_method_id {
             Some(id) => payment_methods::get(&mut conn, c.account_id, id)
                 .await
                 .map_err(unavailable)?
@@ -305,8 +330,7 @@ pub async fn charge(state: &AppState, c: &Checkout) -> Result<PaymentOutcome, Ga
                     "a paid checkout without a payment method".into(),
                 ));
             }
-        };
-        (acct.gateway_customer_id, pm.gateway_pm_id)
+        }
     };
     let key = c
         .provider_key
@@ -314,10 +338,10 @@ pub async fn charge(state: &AppState, c: &Checkout) -> Result<PaymentOutcome, Ga
         .unwrap_or_else(|| idempotency::provider_key("checkout", c.id.0));
     let description = format!("Tollgate {} plan, first period", c.plan);
     state
-        .gateway
+        .gateway_named(&pm.gateway)?
         .create_payment(PaymentRequest {
-            customer: &customer,
-            payment_method: &pm,
+            customer: &pm.gateway_customer_id,
+            payment_method: &pm.gateway_pm_id,
             amount: GatewayAmount {
                 amount_minor: c.amount_minor,
                 currency: &c.currency,

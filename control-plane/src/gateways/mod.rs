@@ -4,11 +4,18 @@
 //!   lives in PostgreSQL (its own `sim_*` tables), so it outlives any process; development and
 //!   tests only (outside dev mode a Stripe key is required).
 //! * [`stripe::StripeGateway`] — `async-stripe` against the real Stripe API or `localstripe`.
+//! * [`braintree::BraintreeGateway`] — PayPal billing agreements through Braintree's GraphQL
+//!   API. The simulator takes Braintree's test nonces too, so development needs neither.
+//!
+//! A process has one gateway for cards and one for PayPal (the same simulator in development);
+//! what a gateway made is stored with its [`PaymentGateway::name`], and later calls about it go
+//! to the gateway of that name ([`crate::state::Inner::gateway_named`]).
 //!
 //! Every call that can move money or create a provider object takes an idempotency key derived
 //! from our own record (checkout id, payment-method id, account id), so a retry never charges
 //! or creates twice.
 
+pub mod braintree;
 pub mod simulated;
 pub mod stripe;
 
@@ -60,12 +67,28 @@ pub enum SetupStatus {
     Failed(Decline),
 }
 
+/// What kind of payment method a provider holds.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::Type,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum MethodKind {
+    #[default]
+    Card,
+    /// A PayPal billing agreement (Braintree's vault).
+    Paypal,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetupOutcome {
     pub setup_intent_id: String,
-    /// The provider's payment-method id (`pm_…`) once attached.
+    /// The provider's payment-method id (`pm_…`; Braintree's GraphQL id) once attached.
     pub payment_method_id: String,
     pub card: CardSummary,
+    pub kind: MethodKind,
+    /// The PayPal account's email.
+    pub payer_email: Option<String>,
     pub status: SetupStatus,
 }
 

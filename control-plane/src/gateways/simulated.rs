@@ -10,6 +10,18 @@
 //! | `pm_card_chargeDeclinedInsufficientFunds` | `card_declined` / `insufficient_funds` | same | same |
 //! | `pm_card_chargeCustomerFail` | succeeds | `card_declined` / `generic_decline` | same |
 //!
+//! It also stands in for Braintree with Braintree's documented test nonces (PayPal is offered
+//! through it in development):
+//!
+//! | nonce | vault | charge |
+//! |---|---|---|
+//! | `fake-paypal-billing-agreement-nonce` | a PayPal account (`payer@example.com`) | succeeds, except Braintree's test amounts: 2000.00–2999.99 declined with that processor code (2001.00: `insufficient_funds`), 3000.00–3000.99 failed (`processing_error`), 5001.01 declined (2038) |
+//! | `fake-paypal-one-time-nonce` | refused: a one-time approval cannot be vaulted | |
+//! | `fake-consumed-nonce` | refused: the nonce was used | |
+//! | `fake-processor-declined-visa-nonce` (`-mastercard-`, `-amex-`, `-discover-`) | declined (2000 `do_not_honor`) | |
+//! | `fake-gateway-rejected-fraud-nonce` | rejected (`fraudulent`) | |
+//! | `fake-valid-nonce` | a card, not PayPal | |
+//!
 //! Its state lives in PostgreSQL (the `sim_*` tables of cf), not in process memory: like a real
 //! provider it outlives any control-plane process (a restart keeps every saved card working),
 //! and every process of a stack sees the same objects. Each call is its own short transaction
@@ -26,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use super::{
-    CardSummary, CustomerRef, Decline, GatewayError, PaymentGateway, PaymentOutcome,
+    CardSummary, CustomerRef, Decline, GatewayError, MethodKind, PaymentGateway, PaymentOutcome,
     PaymentRequest, PaymentStatus, Presence, PriceRef, PriceSpec, RefundRef, SetupOutcome,
     SetupStatus,
 };
@@ -37,6 +49,44 @@ enum Behaviour {
     ThreeDSecure,
     Declines(&'static str),
     ChargeFails,
+    /// A PayPal billing agreement: charges answer as Braintree's sandbox does by amount.
+    Paypal,
+}
+
+/// The PayPal account a vaulted test nonce stands for.
+pub const SIM_PAYER_EMAIL: &str = "payer@example.com";
+
+/// Braintree's test nonces that the vault refuses (as Braintree does).
+fn refused_nonce(nonce: &str) -> Option<GatewayError> {
+    match nonce {
+        "fake-paypal-one-time-nonce" => Some(GatewayError::Invalid(
+            "a one-time PayPal approval cannot be vaulted".into(),
+        )),
+        "fake-consumed-nonce" => Some(GatewayError::NotFound(
+            "Unknown or expired single-use payment method.".into(),
+        )),
+        _ => None,
+    }
+}
+
+/// What Braintree's sandbox answers a PayPal charge of `amount_minor` with (its test amounts).
+fn paypal_charge(amount_minor: i64) -> Status {
+    match amount_minor {
+        200_000..=299_999 => Status::failed(super::braintree::processor_decline(
+            &(amount_minor / 100).to_string(),
+            "Processor Declined",
+        )),
+        300_000..=300_099 => Status::failed(decline(
+            "processing_error",
+            Some("braintree_3000"),
+            "Processor Network Unavailable - Try Again",
+        )),
+        500_101 => Status::failed(super::braintree::processor_decline(
+            "2038",
+            "Processor Declined",
+        )),
+        _ => Status::Succeeded,
+    }
 }
 
 impl Behaviour {
@@ -47,6 +97,7 @@ impl Behaviour {
             Self::Declines("insufficient_funds") => "declines_insufficient_funds",
             Self::Declines(_) => "declines",
             Self::ChargeFails => "charge_fails",
+            Self::Paypal => "paypal",
         }
     }
 
@@ -57,6 +108,7 @@ impl Behaviour {
             "declines_insufficient_funds" => Self::Declines("insufficient_funds"),
             "declines" => Self::Declines("generic_decline"),
             "charge_fails" => Self::ChargeFails,
+            "paypal" => Self::Paypal,
             _ => return None,
         })
     }
@@ -74,6 +126,16 @@ fn test_card(pm: &str) -> Option<(Behaviour, &'static str, &'static str)> {
             (Behaviour::Declines("insufficient_funds"), "visa", "9995")
         }
         "pm_card_chargeCustomerFail" => (Behaviour::ChargeFails, "visa", "0341"),
+        // Braintree's test nonces.
+        "fake-paypal-billing-agreement-nonce" => (Behaviour::Paypal, "paypal", ""),
+        "fake-processor-declined-visa-nonce"
+        | "fake-processor-declined-mastercard-nonce"
+        | "fake-processor-declined-amex-nonce"
+        | "fake-processor-declined-discover-nonce" => {
+            (Behaviour::Declines("do_not_honor"), "visa", "0002")
+        }
+        "fake-gateway-rejected-fraud-nonce" => (Behaviour::Declines("fraudulent"), "visa", "0002"),
+        "fake-valid-nonce" => (Behaviour::Succeeds, "visa", "1881"),
         _ => return None,
     })
 }
@@ -182,15 +244,26 @@ struct Intent {
 
 impl Intent {
     fn setup_outcome(&self, id: &str) -> SetupOutcome {
+        let paypal = self.brand == "paypal";
         SetupOutcome {
             setup_intent_id: id.to_owned(),
             payment_method_id: self.payment_method.clone(),
-            card: CardSummary {
-                brand: Some(self.brand.clone()),
-                last4: Some(self.last4.clone()),
-                exp_month: Some(12),
-                exp_year: Some(2034),
+            card: if paypal {
+                CardSummary::default()
+            } else {
+                CardSummary {
+                    brand: Some(self.brand.clone()),
+                    last4: Some(self.last4.clone()),
+                    exp_month: Some(12),
+                    exp_year: Some(2034),
+                }
             },
+            kind: if paypal {
+                MethodKind::Paypal
+            } else {
+                MethodKind::Card
+            },
+            payer_email: paypal.then(|| SIM_PAYER_EMAIL.to_owned()),
             status: self.status.setup(),
         }
     }
@@ -428,6 +501,9 @@ impl PaymentGateway for SimulatedGateway {
         if known.is_none() {
             return Err(GatewayError::NotFound("customer".into()));
         }
+        if let Some(refused) = refused_nonce(payment_method) {
+            return Err(refused);
+        }
         let Some((behaviour, brand, last4)) = test_card(payment_method) else {
             return Err(GatewayError::NotFound("payment method".into()));
         };
@@ -445,7 +521,7 @@ impl PaymentGateway for SimulatedGateway {
         .await
         .map_err(db)?;
         let status = match behaviour {
-            Behaviour::Succeeds | Behaviour::ChargeFails => Status::Succeeded,
+            Behaviour::Succeeds | Behaviour::ChargeFails | Behaviour::Paypal => Status::Succeeded,
             Behaviour::ThreeDSecure => Status::RequiresAction {
                 client_secret: format!("{setup_id}_secret_sim"),
             },
@@ -549,6 +625,7 @@ impl PaymentGateway for SimulatedGateway {
             )),
             (Behaviour::Declines(code), _) => Status::failed(card_declined(code)),
             (Behaviour::ChargeFails, _) => Status::failed(card_declined("generic_decline")),
+            (Behaviour::Paypal, _) => paypal_charge(req.amount.amount_minor),
         };
         let intent = Intent {
             status,

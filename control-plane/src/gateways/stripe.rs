@@ -47,7 +47,7 @@ use stripe_product::product::{CreateProduct, RetrieveProduct, UpdateProduct};
 use stripe_types::Currency;
 
 use super::{
-    CardSummary, CustomerRef, Decline, GatewayError, PaymentGateway, PaymentOutcome,
+    CardSummary, CustomerRef, Decline, GatewayError, MethodKind, PaymentGateway, PaymentOutcome,
     PaymentRequest, PaymentStatus, Presence, PriceRef, PriceSpec, RefundRef, SetupOutcome,
     SetupStatus,
 };
@@ -155,6 +155,8 @@ impl StripeGateway {
             setup_intent_id: intent.id.to_string(),
             payment_method_id,
             card,
+            kind: MethodKind::Card,
+            payer_email: None,
             status,
         })
     }
@@ -218,6 +220,8 @@ impl PaymentGateway for StripeGateway {
                         .unwrap_or_default(),
                     payment_method_id,
                     card,
+                    kind: MethodKind::Card,
+                    payer_email: None,
                     status: SetupStatus::Failed(decline(&err)),
                 })
             }

@@ -18,7 +18,7 @@ use sqlx::PgConnection;
 
 use crate::accounts;
 use crate::error::{Error, Result};
-use crate::gateways::{SetupOutcome, SetupStatus};
+use crate::gateways::{MethodKind, SetupOutcome, SetupStatus};
 use crate::idempotency::{self, Ran};
 use crate::ids::{AccountId, PaymentMethodId};
 use crate::state::AppState;
@@ -65,10 +65,22 @@ impl PaymentMethodStatus {
 pub struct PaymentMethod {
     pub id: PaymentMethodId,
     pub status: PaymentMethodStatus,
+    /// A card or a PayPal billing agreement (outcomes stored before PayPal are cards).
+    #[serde(default)]
+    pub kind: MethodKind,
     pub brand: Option<String>,
     pub last4: Option<String>,
     pub exp_month: Option<i32>,
     pub exp_year: Option<i32>,
+    /// The PayPal account's email.
+    #[serde(default)]
+    pub payer_email: Option<String>,
+    /// The gateway holding it ([`crate::gateways::PaymentGateway::name`]).
+    #[serde(default)]
+    pub gateway: String,
+    /// The provider customer it is attached to.
+    #[serde(default)]
+    pub gateway_customer_id: String,
     /// The provider's id (`pm_…`).
     pub gateway_pm_id: String,
     pub setup_intent_id: String,
@@ -86,6 +98,44 @@ pub struct AddPaymentMethod {
     pub payment_method: String,
     #[serde(default)]
     pub make_default: bool,
+}
+
+/// `POST /v1/payment-methods/paypal` as the customer sends it: the nonce Braintree's client
+/// SDK produced when the customer approved a billing agreement at PayPal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddPaypal {
+    pub nonce: String,
+    #[serde(default)]
+    pub make_default: bool,
+}
+
+/// Longest nonce taken.
+pub const NONCE_BYTES_MAX: usize = 255;
+
+/// Refuses what cannot be a Braintree nonce, and never echoes it. A value that is a card
+/// number once spaces and dashes are gone is refused as one.
+pub fn validate_nonce(nonce: &str) -> Result<()> {
+    let digits: Vec<u8> = nonce.bytes().filter(|b| *b != b' ' && *b != b'-').collect();
+    if (CARD_DIGITS_MIN..=19).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) {
+        return Err(Error::unprocessable(
+            "raw_card_number_refused",
+            "card numbers are never accepted; send the nonce of a PayPal approval",
+        ));
+    }
+    let ok = !nonce.is_empty()
+        && nonce.len() <= NONCE_BYTES_MAX
+        && nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::unprocessable(
+            "invalid_nonce",
+            "nonce must be the payment-method nonce of a PayPal approval (letters, digits, _ and -)",
+        ))
+    }
 }
 
 /// What adding a payment method answers.
@@ -194,29 +244,131 @@ async fn attach(
             &idempotency::provider_key("pm", attempt.resource()),
         )
         .await?;
-    let mut tx = state.cf.begin().await?;
-    if let Some(done) = attempt.overtaken(&mut tx).await? {
-        return done;
-    }
-    let id = PaymentMethodId(attempt.resource());
     let new = store::NewMethod {
-        id,
+        id: PaymentMethodId(attempt.resource()),
         account,
         gateway: state.gateway.name(),
+        customer,
         outcome: &outcome,
         make_default: input.make_default,
         now,
     };
+    record(state, attempt, &new).await
+}
+
+/// Adds a PayPal billing agreement: the account's customer at the PayPal gateway (made on
+/// first use), the nonce vaulted to it (no transaction open), then the method's row and the
+/// stored outcome (one transaction). A vault is complete in its request: the method is ready
+/// or refused, never waiting.
+pub async fn add_paypal(
+    state: &AppState,
+    account: AccountId,
+    key: idempotency::Key,
+    input: &AddPaypal,
+) -> Result<Ran<Added>> {
+    validate_nonce(&input.nonce)?;
+    let Some(paypal) = state.paypal.clone() else {
+        return Err(Error::new(
+            crate::error::Kind::Unavailable,
+            "paypal_unavailable",
+            "PayPal is not offered here (no Braintree merchant is configured)",
+        ));
+    };
+    accounts::get(state, account).await?;
+    let request = idempotency::Request::new(
+        account.to_string(),
+        key,
+        "POST /v1/payment-methods/paypal",
+        input,
+    )?;
+    let now = state.clock.now();
+    idempotency::run(
+        &state.cf,
+        &request,
+        now,
+        async |_, _| Ok(()),
+        async |attempt, _| {
+            let customer = paypal_customer(state, paypal.as_ref(), account).await?;
+            let outcome = paypal
+                .setup_payment_method(
+                    &customer,
+                    &input.nonce,
+                    &idempotency::provider_key("pm", attempt.resource()),
+                )
+                .await?;
+            // A refused vault is answered as the decline it is, whatever it vaulted.
+            if outcome.kind != MethodKind::Paypal
+                && !matches!(outcome.status, SetupStatus::Failed(_))
+            {
+                return Err(Error::unprocessable(
+                    "not_a_paypal_nonce",
+                    "this nonce is not a PayPal billing agreement",
+                ));
+            }
+            let new = store::NewMethod {
+                id: PaymentMethodId(attempt.resource()),
+                account,
+                gateway: paypal.name(),
+                customer: &customer,
+                outcome: &outcome,
+                make_default: input.make_default,
+                now,
+            };
+            record(state, attempt, &new).await
+        },
+    )
+    .await
+}
+
+/// The account's customer at the PayPal gateway, made on first use (its key derives from the
+/// account, so a retry finds the same one where the provider keeps keys).
+async fn paypal_customer(
+    state: &AppState,
+    paypal: &dyn crate::gateways::PaymentGateway,
+    account: AccountId,
+) -> Result<String> {
+    let acct = {
+        let mut conn = state.cf.acquire().await?;
+        if let Some(c) = accounts::store::paypal_customer_id(&mut conn, account).await? {
+            return Ok(c);
+        }
+        accounts::store::get_account(&mut conn, account, false)
+            .await?
+            .ok_or_else(|| Error::not_found("account"))?
+    };
+    let made = paypal
+        .create_customer(
+            &acct.email,
+            &acct.name,
+            &idempotency::provider_key("paypal-customer", account.0),
+        )
+        .await?;
+    let mut conn = state.cf.acquire().await?;
+    Ok(accounts::store::keep_paypal_customer_id(&mut conn, account, &made.id).await?)
+}
+
+/// What the provider said about a new method, as its row and the request's stored outcome
+/// (one transaction; a request that was overtaken answers what the other stored).
+async fn record(
+    state: &AppState,
+    attempt: &idempotency::Attempt,
+    new: &store::NewMethod<'_>,
+) -> Result<Added> {
+    let (account, outcome, now) = (new.account, new.outcome, new.now);
+    let mut tx = state.cf.begin().await?;
+    if let Some(done) = attempt.overtaken(&mut tx).await? {
+        return done;
+    }
     let added = match &outcome.status {
         SetupStatus::Succeeded => {
-            let pm = store::insert(&mut tx, &new, PaymentMethodStatus::Ready, None).await?;
-            became_ready(&mut tx, account, pm.id, input.make_default, now).await?;
+            let pm = store::insert(&mut tx, new, PaymentMethodStatus::Ready, None).await?;
+            became_ready(&mut tx, account, pm.id, new.make_default, now).await?;
             Ok(Added::Ready(pm))
         }
         SetupStatus::RequiresAction { client_secret } => {
             let pm = store::insert(
                 &mut tx,
-                &new,
+                new,
                 PaymentMethodStatus::RequiresAction,
                 Some(client_secret),
             )
@@ -227,7 +379,7 @@ async fn attach(
             })
         }
         SetupStatus::Pending => {
-            let pm = store::insert(&mut tx, &new, PaymentMethodStatus::Pending, None).await?;
+            let pm = store::insert(&mut tx, new, PaymentMethodStatus::Pending, None).await?;
             Ok(Added::Processing(pm))
         }
         SetupStatus::Failed(d) => Err(Error::declined(d)),
@@ -331,7 +483,10 @@ pub async fn confirm(
         s if s.dead() => return Err(failed_to_set_up()),
         _ => {}
     }
-    let outcome = state.gateway.retrieve_setup(&pm.setup_intent_id).await?;
+    let outcome = state
+        .gateway_named(&pm.gateway)?
+        .retrieve_setup(&pm.setup_intent_id)
+        .await?;
     let mut tx = state.cf.begin().await?;
     let pm = apply_setup(&mut tx, account, id, &outcome, state.clock.now()).await?;
     tx.commit().await?;
@@ -454,16 +609,28 @@ mod tests {
     }
 }
 
-/// Where an off-session charge of an account goes: its provider customer and its default
-/// payment method, when that one is ready.
+/// Where a charge goes: the gateway holding the method, its customer there, the method.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeTarget {
+    /// [`crate::gateways::PaymentGateway::name`] of the gateway holding the method.
+    pub gateway: String,
     pub customer: String,
-    /// The provider's id of the default method (`pm_…`).
+    /// The provider's id of the method (`pm_…`, Braintree's id).
     pub payment_method: String,
 }
 
-/// The account's [`ChargeTarget`]; `None` without a ready default method (or account).
+impl ChargeTarget {
+    fn of(pm: PaymentMethod) -> Self {
+        Self {
+            gateway: pm.gateway,
+            customer: pm.gateway_customer_id,
+            payment_method: pm.gateway_pm_id,
+        }
+    }
+}
+
+/// The account's default method as a [`ChargeTarget`]; `None` without a ready default method
+/// (or account).
 pub async fn charge_target(
     conn: &mut PgConnection,
     account: AccountId,
@@ -474,11 +641,30 @@ pub async fn charge_target(
     let Some(default) = acct.default_payment_method_id else {
         return Ok(None);
     };
-    Ok(store::get(conn, account, default, false)
+    target_of(conn, account, default).await
+}
+
+/// One ready method of the account as a [`ChargeTarget`].
+pub async fn target_of(
+    conn: &mut PgConnection,
+    account: AccountId,
+    id: PaymentMethodId,
+) -> sqlx::Result<Option<ChargeTarget>> {
+    Ok(store::get(conn, account, id, false)
         .await?
         .filter(|pm| pm.status == PaymentMethodStatus::Ready)
-        .map(|pm| ChargeTarget {
-            customer: acct.gateway_customer_id,
-            payment_method: pm.gateway_pm_id,
-        }))
+        .map(ChargeTarget::of))
+}
+
+/// The account's method that `gateway` knows as `provider_id` (a charge attempt names its
+/// method so), whatever its status now: a charge driven again goes where it went first.
+pub async fn target_by_provider_id(
+    conn: &mut PgConnection,
+    account: AccountId,
+    gateway: &str,
+    provider_id: &str,
+) -> sqlx::Result<Option<ChargeTarget>> {
+    Ok(store::by_provider_id(conn, account, gateway, provider_id)
+        .await?
+        .map(ChargeTarget::of))
 }

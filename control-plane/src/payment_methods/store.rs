@@ -8,14 +8,17 @@ use super::{PaymentMethod, PaymentMethodStatus};
 use crate::gateways::SetupOutcome;
 use crate::ids::{AccountId, PaymentMethodId};
 
-const PM_COLUMNS: &str = "id, status, brand, last4, exp_month, exp_year, gateway_pm_id,
-    setup_intent_id, client_secret, make_default, created_at";
+const PM_COLUMNS: &str = "id, status, kind, brand, last4, exp_month, exp_year, payer_email,
+    gateway, gateway_customer_id, gateway_pm_id, setup_intent_id, client_secret, make_default,
+    created_at";
 
 /// A payment method to insert, from the provider's SetupIntent.
 pub struct NewMethod<'a> {
     pub id: PaymentMethodId,
     pub account: AccountId,
     pub gateway: &'a str,
+    /// The provider customer it is attached to.
+    pub customer: &'a str,
     pub outcome: &'a SetupOutcome,
     pub make_default: bool,
     pub now: DateTime<Utc>,
@@ -29,8 +32,10 @@ pub async fn insert(
 ) -> sqlx::Result<PaymentMethod> {
     sqlx::query_as(sqlf!(
         "INSERT INTO payment_methods (id, account_id, gateway, gateway_pm_id, setup_intent_id, status,
-             client_secret, make_default, brand, last4, exp_month, exp_year, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) RETURNING {PM_COLUMNS}"
+             client_secret, make_default, brand, last4, exp_month, exp_year, created_at, updated_at,
+             kind, payer_email, gateway_customer_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16)
+         RETURNING {PM_COLUMNS}"
     ))
     .bind(m.id)
     .bind(m.account.0)
@@ -45,6 +50,9 @@ pub async fn insert(
     .bind(m.outcome.card.exp_month)
     .bind(m.outcome.card.exp_year)
     .bind(m.now)
+    .bind(m.outcome.kind)
+    .bind(&m.outcome.payer_email)
+    .bind(m.customer)
     .fetch_one(conn)
     .await
 }
@@ -63,6 +71,25 @@ pub async fn get(
     ))
     .bind(id)
     .bind(account.0)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The account's method the provider knows as `gateway_pm_id` at `gateway`.
+pub async fn by_provider_id(
+    conn: &mut PgConnection,
+    account: AccountId,
+    gateway: &str,
+    gateway_pm_id: &str,
+) -> sqlx::Result<Option<PaymentMethod>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {PM_COLUMNS} FROM payment_methods
+          WHERE account_id = $1 AND gateway = $2 AND gateway_pm_id = $3
+          ORDER BY created_at DESC LIMIT 1"
+    ))
+    .bind(account.0)
+    .bind(gateway)
+    .bind(gateway_pm_id)
     .fetch_optional(conn)
     .await
 }
@@ -157,12 +184,15 @@ mod tests {
                 exp_month: Some(1),
                 exp_year: Some(2030),
             },
+            kind: crate::gateways::MethodKind::Card,
+            payer_email: None,
             status: SetupStatus::Succeeded,
         };
         let new = NewMethod {
             id: PaymentMethodId::new_v7(),
             account: a,
             gateway: "simulated",
+            customer: "cus_a",
             outcome: &outcome,
             make_default: false,
             now,
