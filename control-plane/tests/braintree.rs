@@ -429,3 +429,33 @@ async fn a_paypal_purchase_and_its_renewal_go_through_braintree() {
     replay.finish();
     h.finish().await;
 }
+
+#[tokio::test]
+async fn braintree_down_while_adding_paypal_stores_nothing_and_the_retry_adds_it_once() {
+    let replay = Replay::start("vault_after_an_outage").await;
+    let h = Harness::with_config(&[
+        ("braintree_public_key", PUBLIC_KEY),
+        ("braintree_private_key", PRIVATE_KEY),
+        ("braintree_url", replay.url.as_str()),
+    ])
+    .await;
+    let (_, token) = h.sign_up("ada@example.com").await;
+    let add = || {
+        h.post(
+            "/v1/payment-methods/paypal",
+            Some(&token),
+            Some("pp"),
+            r#"{"nonce":"fake-paypal-billing-agreement-nonce"}"#,
+        )
+    };
+    add().await.assert_problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "payment_provider_unavailable",
+    );
+    assert_eq!(h.count("SELECT count(*) FROM payment_methods").await, 0);
+    let r = add().await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    assert_eq!(h.count("SELECT count(*) FROM payment_methods").await, 1);
+    replay.finish();
+    h.finish().await;
+}

@@ -163,22 +163,82 @@ async fn nonces_the_vault_refuses_answer_clear_problems_and_store_nothing() {
     h.finish().await;
 }
 
-#[tokio::test]
-async fn a_plan_bought_with_paypal_renews_off_session_through_the_paypal_gateway() {
-    let h = Harness::new().await;
-    let (_, token) = h.sign_up("renews@example.com").await;
-    let r = add_paypal(&h, &token, "pp", &format!(r#"{{"nonce":"{AGREEMENT}"}}"#)).await;
+/// Adds a PayPal agreement (the first method: the default) and buys pro with it.
+async fn subscribe_with_paypal(h: &Harness, token: &str) {
+    let r = add_paypal(h, token, "pp", &format!(r#"{{"nonce":"{AGREEMENT}"}}"#)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
     let r = h
         .post(
             "/v1/checkout",
-            Some(&token),
+            Some(token),
             Some("buy"),
             r#"{"plan":"pro"}"#,
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
     assert_eq!(r.json["subscription"]["status"], "active");
+}
+
+#[tokio::test]
+async fn a_renewal_whose_answer_was_lost_is_driven_again_at_paypal_after_the_default_changed() {
+    let knobs = common::gateway::Knobs::default();
+    let h = Harness::with_gateway(knobs.wrapper()).await;
+    let (_, token) = h.sign_up("lost@example.com").await;
+    subscribe_with_paypal(&h, &token).await;
+    h.settle().await;
+
+    // PayPal charges the renewal, and its answer is lost: the attempt stays pending.
+    knobs
+        .lose_payment_answers
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    h.advance_to(t(2026, 2, 15, 13, 5)).await;
+    let invoice = latest_invoice(&h, &token).await;
+    let inv = h
+        .get(&format!("/v1/invoices/{invoice}"), Some(&token))
+        .await;
+    assert_ne!(inv.json["status"], "paid", "{:?}", inv.json);
+    // Meanwhile the customer makes a card the default.
+    let r = h
+        .post(
+            "/v1/payment-methods",
+            Some(&token),
+            Some("card"),
+            r#"{"payment_method":"pm_card_visa","make_default":true}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+
+    // Driven again: the same key at the same agreement finds the charge PayPal made.
+    h.advance_to(t(2026, 2, 15, 13, 10)).await;
+    let inv = h
+        .get(&format!("/v1/invoices/{invoice}"), Some(&token))
+        .await;
+    assert_eq!(inv.json["status"], "paid", "{:?}", inv.json);
+    let attempts = billing::charges::attempts_of(&h.state, invoice)
+        .await
+        .expect("attempts");
+    assert_eq!(attempts.len(), 1, "one attempt, one key");
+    let charged: Vec<(String,)> = sqlx::query_as(
+        "SELECT m.behaviour FROM sim_intents i JOIN sim_payment_methods m
+            ON m.id = i.state->>'payment_method'
+          WHERE i.kind = 'payment' ORDER BY i.updated_at",
+    )
+    .fetch_all(&h.state.cf)
+    .await
+    .expect("payments");
+    assert_eq!(
+        charged,
+        vec![("paypal".to_owned(),), ("paypal".to_owned(),)],
+        "the checkout and the one renewal, both at PayPal; the new card never charged"
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_plan_bought_with_paypal_renews_off_session_through_the_paypal_gateway() {
+    let h = Harness::new().await;
+    let (_, token) = h.sign_up("renews@example.com").await;
+    subscribe_with_paypal(&h, &token).await;
     h.settle().await;
 
     h.advance_to(t(2026, 2, 15, 13, 5)).await;
@@ -212,17 +272,7 @@ async fn a_declined_paypal_renewal_is_dunned_and_a_new_agreement_recovers_it() {
     let knobs = common::gateway::Knobs::default();
     let h = Harness::with_gateway(knobs.wrapper()).await;
     let (_, token) = h.sign_up("dunned@example.com").await;
-    let r = add_paypal(&h, &token, "pp", &format!(r#"{{"nonce":"{AGREEMENT}"}}"#)).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
-    let r = h
-        .post(
-            "/v1/checkout",
-            Some(&token),
-            Some("buy"),
-            r#"{"plan":"pro"}"#,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    subscribe_with_paypal(&h, &token).await;
     h.settle().await;
 
     // The payer's PayPal account was closed (Braintree 2075): a hard decline.
