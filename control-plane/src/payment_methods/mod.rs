@@ -274,7 +274,6 @@ pub async fn add_paypal(
             "PayPal is not offered here (no Braintree merchant is configured)",
         ));
     };
-    accounts::get(state, account).await?;
     let request = idempotency::Request::new(
         account.to_string(),
         key,
