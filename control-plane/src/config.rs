@@ -30,6 +30,7 @@
 //! | `TOLLGATE_DUNNING_RETRY_DAYS` | days after a failed renewal charge each retry runs, increasing, 1–20 of them, each 1–90 | `1,2,3,5,7,9,11,14` |
 //! | `TOLLGATE_DUNNING_LEVELS_AFTER` | failed retries after which dunning levels 2, 3 and 4 begin | `2,4,6` |
 //! | `TOLLGATE_DUNNING_BAN_OVER_MINOR` | an account whose unpaid written-off debt is above this is banned, minor units | `0` |
+//! | `TOLLGATE_DUNNING_ON_EXHAUSTION` | what an exhausted case does to the subscription: `cancel`, or `unpaid` (kept, unrenewed, granting nothing, active again when paid) | `cancel` |
 //! | `TOLLGATE_USAGE_GRACE_MS` | usage events arriving up to this long after their period ended still count toward it; later ones count toward the current period (late), ms, at most 7 days | `3600000` (1 h) |
 //!
 //! Values come from defaults < the TOML file named by `TOLLGATE_CONFIG` < the environment.
@@ -203,9 +204,14 @@ impl Config {
             crate::dunning::policy::LEVELS_AFTER_DEFAULT,
         );
         let ban: i64 = r.parse("dunning_ban_over_minor", 0);
+        let exhaustion = r.string("dunning_on_exhaustion", "cancel");
         match crate::dunning::Policy::parse(&days, &levels, ban) {
             Ok(p) => cfg.dunning = p,
             Err(e) => r.error(format!("TOLLGATE_DUNNING_*: {e}")),
+        }
+        match crate::dunning::policy::Exhaustion::parse(&exhaustion) {
+            Ok(x) => cfg.dunning.on_exhaustion = x,
+            Err(e) => r.error(format!("TOLLGATE_DUNNING_ON_EXHAUSTION: {e}")),
         }
         if cfg.db_pool_size == 0 || cfg.db_pool_size > DB_POOL_SIZE_MAX {
             r.error(format!(

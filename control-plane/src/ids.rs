@@ -66,4 +66,6 @@ id_type! {
     EventId;
     /// A correction of a finalised invoice.
     CreditNoteId;
+    /// A dispute (chargeback) of a payment, as billing_prod records it.
+    DisputeId;
 }

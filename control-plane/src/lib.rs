@@ -34,6 +34,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod devtools;
+pub mod disputes;
 pub mod dunning;
 pub mod entitlements;
 pub mod error;

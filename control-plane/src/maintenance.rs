@@ -2,7 +2,7 @@
 //! development clock advance): subscriptions whose period ended (renewed) or whose cancel at
 //! period end came due, drafts past their grace window (finalised), dunning retries that came
 //! due and accounts whose days past due moved on, open invoices due for an off-session charge, checkouts nobody else will settle, plan prices to mirror to the payment
-//! provider, abandoned card set-ups, expired idempotency records, and outbox rows (with
+//! provider, open disputes not heard of for hours (re-read), abandoned card set-ups, expired idempotency records, and outbox rows (with
 //! billing's inbox ids) past the retention window. Provider calls happen outside any
 //! transaction; each part is one domain's own function.
 
@@ -17,8 +17,8 @@ pub const CHARGE_BATCH: i64 = 100;
 /// Plan prices mirrored to the payment provider per pass.
 pub const MIRROR_BATCH: i64 = 20;
 use crate::{
-    billing, catalog, checkout, dunning, entitlements, idempotency, outbox, payment_methods,
-    subscriptions,
+    billing, catalog, checkout, disputes, dunning, entitlements, idempotency, outbox,
+    payment_methods, subscriptions,
 };
 
 /// One pass; returns how many rows changed state (pruning is not a change of state).
@@ -35,6 +35,7 @@ pub async fn run(state: &AppState) -> anyhow::Result<usize> {
         .len();
     changed += billing::charges::reconcile_abandoned(state, CHARGE_BATCH).await?;
     changed += checkout::reconcile(state).await?;
+    changed += disputes::reconcile(state, CHARGE_BATCH).await?;
     changed += catalog::mirror::run_due(state, MIRROR_BATCH).await?;
     changed += payment_methods::reconcile_abandoned(
         state,

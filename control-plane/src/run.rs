@@ -80,6 +80,10 @@ fn billing_consumers() -> Consumers<BillingOutbox> {
             },
         )
         .on(
+            Topic::BillingDisputeChanged,
+            |host: &BillingOutbox, _, d| Box::pin(events::from_dispute(&host.0, d)),
+        )
+        .on(
             Topic::BillingDunningChanged,
             |host: &BillingOutbox, _, d| Box::pin(accounts::on_dunning_changed(&host.0, d)),
         )
@@ -165,6 +169,14 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
         dunning: config.dunning.clone(),
         smtp_url: config.smtp_url.clone(),
         stripe_webhook_secrets: config.stripe_webhook_secrets.clone(),
+        braintree_webhook_keys: config
+            .braintree
+            .iter()
+            .map(|b| crate::provider_events::braintree::KeyPair {
+                public_key: b.public_key.clone(),
+                private_key: secrecy::ExposeSecret::expose_secret(&b.private_key).to_owned(),
+            })
+            .collect(),
         mail_from: config.mail_from.clone(),
         public_url: config.public_url.clone(),
         outbox_retention: chrono::TimeDelta::hours(config.outbox_retention_hours),

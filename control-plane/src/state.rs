@@ -47,6 +47,9 @@ pub struct Inner {
     pub usage_grace: chrono::TimeDelta,
     /// Secrets Stripe signs webhooks with (several during a rotation).
     pub stripe_webhook_secrets: Vec<String>,
+    /// The Braintree key pairs its webhooks are signed with (the API keys; empty: none
+    /// accepted).
+    pub braintree_webhook_keys: Vec<crate::provider_events::braintree::KeyPair>,
     /// Where customer emails go (`smtp://host:port`, `smtps://…`); none: they wait unsent.
     pub smtp_url: Option<String>,
     /// Their sender.

@@ -426,6 +426,17 @@ async fn a_paypal_purchase_and_its_renewal_go_through_braintree() {
         (processor.as_str(), provider_payment.as_str()),
         ("braintree", "dHJhbnNhY3Rpb25fOHZ6cWs3")
     );
+    // Every payment, the checkout's and the renewal's, is money held at Braintree.
+    let cash: Vec<(String,)> = sqlx::query_as(
+        "SELECT e.ledger_account FROM ledger_entries e
+         JOIN ledger_transactions t ON t.id = e.transaction_id
+         WHERE t.kind = 'payment' AND e.ledger_account LIKE 'cash:%' ORDER BY e.id",
+    )
+    .fetch_all(&h.state.billing)
+    .await
+    .expect("ledger");
+    assert!(!cash.is_empty());
+    assert!(cash.iter().all(|(a,)| a == "cash:braintree"), "{cash:?}");
     replay.finish();
     h.finish().await;
 }

@@ -368,3 +368,104 @@ async fn paying_on_session_while_dunning_recovers_the_case_and_stops_the_retries
     assert_eq!((facts.dunning_level, facts.days_past_due), (0, 0));
     h.finish().await;
 }
+
+#[tokio::test]
+async fn under_the_unpaid_policy_an_exhausted_subscription_is_kept_granting_nothing_until_paid() {
+    let h = Harness::with_config(&[
+        ("dunning_on_exhaustion", "unpaid"),
+        // No ban: what is denied below is denied by the status alone.
+        ("dunning_ban_over_minor", "1000000"),
+    ])
+    .await;
+    let (account, token) = h.failing_renewal_customer("unpaid@example.com").await;
+    let opened = t(2026, 2, 15, 13, 5);
+    for day in [0, 1, 2, 3, 5, 7, 9, 11, 14] {
+        h.advance_to(opened + TimeDelta::days(day)).await;
+    }
+    let invoice = renewal_of(&h, &token).await;
+    let (case, _) = dunning::case_of(&h.state, invoice)
+        .await
+        .expect("read")
+        .expect("case");
+    assert_eq!(case.status, CaseStatus::Exhausted);
+    let subs = h.get("/v1/subscriptions", Some(&token)).await;
+    let sub = &subs.json["data"][0];
+    assert_eq!(sub["status"], "unpaid", "{:?}", subs.json);
+    let sub_id = sub["id"].as_str().expect("id").to_owned();
+    let acct = h.get("/v1/account", Some(&token)).await;
+    assert_eq!(acct.json["standing"], "active", "{:?}", acct.json);
+    let facts = entitlements::facts_of(&h.state, account)
+        .await
+        .expect("facts");
+    assert_eq!(
+        facts.subscription.as_ref().map(|s| s.status),
+        Some(tollgate_protocol::SubscriptionStatus::Unpaid)
+    );
+    for feature in ["seats", "exports", "api_calls"] {
+        assert!(
+            !decide(&h, account, feature).await.allowed,
+            "{feature} while unpaid"
+        );
+    }
+    // Still the account's one subscription: no second plan, no plan change, no renewal.
+    let r = h
+        .post(
+            &format!("/v1/subscriptions/{sub_id}/change"),
+            Some(&token),
+            Some("change"),
+            r#"{"plan":"starter"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.json);
+    assert_eq!(r.json["code"], "subscription_unpaid");
+    h.advance_to(t(2026, 4, 20, 9, 0)).await;
+    let invoices = h.get("/v1/invoices", Some(&token)).await;
+    assert_eq!(
+        invoices.json["data"].as_array().expect("list").len(),
+        2,
+        "no renewal while unpaid: {:?}",
+        invoices.json
+    );
+
+    // A working card pays the invoice: active again, in the period of today (the periods it
+    // was unpaid through are not billed), and the features are back.
+    let r = h
+        .post(
+            "/v1/payment-methods",
+            Some(&token),
+            Some("new-card"),
+            r#"{"payment_method":"pm_card_visa","make_default":true}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    h.settle().await;
+    let inv = h
+        .get(&format!("/v1/invoices/{invoice}"), Some(&token))
+        .await;
+    assert_eq!(inv.json["status"], "paid", "{:?}", inv.json);
+    let subs = h.get("/v1/subscriptions", Some(&token)).await;
+    let sub = &subs.json["data"][0];
+    assert_eq!(sub["status"], "active", "{:?}", subs.json);
+    assert_eq!(sub["id"], sub_id.as_str());
+    assert_eq!(sub["current_period_start"], "2026-04-15T12:00:00Z");
+    assert_eq!(sub["current_period_end"], "2026-05-15T12:00:00Z");
+    assert!(decide(&h, account, "seats").await.allowed);
+    h.advance_to(t(2026, 4, 20, 12, 0)).await;
+    let invoices = h.get("/v1/invoices", Some(&token)).await;
+    let starts: Vec<&str> = invoices.json["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|i| i["period_start"].as_str())
+        .collect();
+    assert!(
+        !starts.contains(&"2026-03-15T12:00:00Z"),
+        "March was not billed: {starts:?}"
+    );
+    assert!(
+        starts.contains(&"2026-04-15T12:00:00Z"),
+        "the resumed period is billed: {:?}",
+        invoices.json
+    );
+    h.finish().await;
+}

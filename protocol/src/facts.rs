@@ -96,6 +96,9 @@ pub enum SubscriptionStatus {
     Active,
     PastDue,
     Canceled,
+    /// Dunning gave up and the policy keeps the subscription, unrenewed and granting nothing,
+    /// until its invoice is paid (then it is active again).
+    Unpaid,
 }
 
 impl SubscriptionStatus {
@@ -105,6 +108,7 @@ impl SubscriptionStatus {
             Self::Active => "active",
             Self::PastDue => "past_due",
             Self::Canceled => "canceled",
+            Self::Unpaid => "unpaid",
         }
     }
 
@@ -114,6 +118,7 @@ impl SubscriptionStatus {
             "active" => Self::Active,
             "past_due" => Self::PastDue,
             "canceled" => Self::Canceled,
+            "unpaid" => Self::Unpaid,
             _ => return None,
         })
     }

@@ -32,6 +32,7 @@ pub fn fact_vector(program: &Program, facts: &AccountFacts, now_ms: i64) -> Fact
             SubscriptionStatus::Active => SubStatus::Active,
             SubscriptionStatus::PastDue => SubStatus::PastDue,
             SubscriptionStatus::Canceled => SubStatus::Canceled,
+            SubscriptionStatus::Unpaid => SubStatus::Unpaid,
         };
         v.set(Fact::Status, shape, status as i64);
         v.set(

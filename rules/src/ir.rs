@@ -357,6 +357,8 @@ pub enum SubStatus {
     Active = 2,
     PastDue = 3,
     Canceled = 4,
+    /// Kept after failed dunning, granting nothing until paid.
+    Unpaid = 5,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,9 +3,9 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::views::{json as reply, value};
@@ -14,7 +14,10 @@ use crate::provider_events;
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/webhooks/stripe", post(stripe))
+    Router::new().route("/webhooks/stripe", post(stripe)).route(
+        "/webhooks/braintree",
+        post(braintree).get(braintree_challenge),
+    )
 }
 
 /// `POST /webhooks/stripe` — `Stripe-Signature` verified, stored once, applied.
@@ -29,4 +32,33 @@ async fn stripe(
         .and_then(|v| v.to_str().ok());
     let received = provider_events::receive_stripe(&state, signature, &body).await?;
     Ok(reply(StatusCode::OK, value(&received)))
+}
+
+/// `POST /webhooks/braintree` — form fields `bt_signature`, `bt_payload`; verified, stored
+/// once, applied.
+async fn braintree(
+    State(state): State<AppState>,
+    body: std::result::Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response> {
+    let body = body.map_err(|_| Error::too_large("body_too_large", "the body is too large"))?;
+    let received = provider_events::receive_braintree(&state, &body).await?;
+    Ok(reply(StatusCode::OK, value(&received)))
+}
+
+#[derive(serde::Deserialize)]
+struct Challenge {
+    bt_challenge: Option<String>,
+}
+
+/// `GET /webhooks/braintree?bt_challenge=…` — Braintree's endpoint verification.
+async fn braintree_challenge(
+    State(state): State<AppState>,
+    query: std::result::Result<Query<Challenge>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let challenge = query
+        .ok()
+        .and_then(|Query(c)| c.bt_challenge)
+        .ok_or_else(|| Error::bad_request("invalid_challenge", "bt_challenge is required"))?;
+    let answer = provider_events::braintree_challenge(&state, &challenge)?;
+    Ok((StatusCode::OK, answer).into_response())
 }

@@ -303,6 +303,9 @@ pub(super) async fn record(
             _ => Collected::Failed,
         });
     }
+    // The locked row, not the caller's copy: a first drive pinned the attempt to its method
+    // and gateway after the caller read it, and the money is booked at that gateway.
+    let a = &current;
     let collected = match result {
         Err(NoMethod) => {
             declined(

@@ -31,6 +31,7 @@ pub mod pass;
 pub mod payments;
 pub mod pdf;
 pub mod pricing;
+pub mod provider_payments;
 pub mod store;
 
 use chrono::{DateTime, Utc};

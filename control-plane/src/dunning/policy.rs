@@ -37,6 +37,27 @@ pub const HARD_DECLINES: &[&str] = &[
     "payment_method_required",
 ];
 
+/// What becomes of the subscription when dunning gives its invoice up
+/// (`TOLLGATE_DUNNING_ON_EXHAUSTION`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Exhaustion {
+    /// Canceled: the customer buys a plan again once they can pay.
+    #[default]
+    Cancel,
+    /// Kept as `unpaid`: not renewed, granting nothing, active again when its invoice is paid.
+    Unpaid,
+}
+
+impl Exhaustion {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "cancel" => Ok(Self::Cancel),
+            "unpaid" => Ok(Self::Unpaid),
+            other => Err(format!("`{other}` is not `cancel` or `unpaid`")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// Days after the first failure each retry runs, strictly increasing.
@@ -45,6 +66,8 @@ pub struct Policy {
     pub levels_after: [u32; 3],
     /// An account whose bad debt is above this (minor units) is banned.
     pub ban_over_minor: i64,
+    /// What an exhausted case does to the subscription.
+    pub on_exhaustion: Exhaustion,
 }
 
 impl Default for Policy {
@@ -97,6 +120,7 @@ impl Policy {
             retry_days: days,
             levels_after: levels,
             ban_over_minor,
+            on_exhaustion: Exhaustion::Cancel,
         })
     }
 

@@ -74,10 +74,16 @@ pub enum EventType {
     AccountBanned,
     #[serde(rename = "account.unbanned")]
     AccountUnbanned,
+    #[serde(rename = "dispute.created")]
+    DisputeCreated,
+    #[serde(rename = "dispute.updated")]
+    DisputeUpdated,
+    #[serde(rename = "dispute.closed")]
+    DisputeClosed,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 13] = [
         Self::InvoiceFinalized,
         Self::InvoicePaid,
         Self::InvoiceUncollectible,
@@ -88,6 +94,9 @@ impl EventType {
         Self::SubscriptionCanceled,
         Self::AccountBanned,
         Self::AccountUnbanned,
+        Self::DisputeCreated,
+        Self::DisputeUpdated,
+        Self::DisputeClosed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +111,9 @@ impl EventType {
             Self::SubscriptionCanceled => "subscription.canceled",
             Self::AccountBanned => "account.banned",
             Self::AccountUnbanned => "account.unbanned",
+            Self::DisputeCreated => "dispute.created",
+            Self::DisputeUpdated => "dispute.updated",
+            Self::DisputeClosed => "dispute.closed",
         }
     }
 
@@ -164,6 +176,17 @@ pub async fn from_billing(
         .and_then(|s| s.parse().ok());
     record_once(state, d.id.0, kind, account, &d.payload, d.now).await?;
     Ok(())
+}
+
+/// Records a `billing.dispute_changed` as `dispute.created`, `dispute.updated` or
+/// `dispute.closed`, once per billing event.
+pub async fn from_dispute(state: &AppState, d: &crate::outbox::Delivery) -> anyhow::Result<()> {
+    let kind = match d.payload.get("change").and_then(|v| v.as_str()) {
+        Some("created") => EventType::DisputeCreated,
+        Some("closed") => EventType::DisputeClosed,
+        _ => EventType::DisputeUpdated,
+    };
+    from_billing(state, d, kind).await
 }
 
 /// The signature header of one attempt.

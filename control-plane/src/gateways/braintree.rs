@@ -25,9 +25,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::{
-    CardSummary, CustomerRef, Decline, GatewayError, MethodKind, PaymentGateway, PaymentOutcome,
-    PaymentRequest, PaymentStatus, Presence, PriceRef, PriceSpec, RefundRef, SetupOutcome,
-    SetupStatus,
+    CardSummary, CustomerRef, Decline, DisputeState, GatewayError, MethodKind, PaymentGateway,
+    PaymentOutcome, PaymentRequest, PaymentStatus, Presence, PriceRef, PriceSpec, RefundRef,
+    SetupOutcome, SetupStatus,
 };
 use crate::money::{self, Currency};
 
@@ -684,6 +684,20 @@ impl PaymentGateway for BraintreeGateway {
             }),
             None => Err(a.failure("refundTransaction")),
         }
+    }
+
+    /// Not read back from Braintree: refunds of PayPal payments are made by Tollgate (booked
+    /// when made), and disputes arrive as signed webhooks carrying their state.
+    async fn refunds_of(&self, _payment_intent_id: &str) -> Result<Vec<RefundRef>, GatewayError> {
+        Err(GatewayError::Invalid(
+            "Braintree refunds are not listed; Tollgate books the ones it makes".into(),
+        ))
+    }
+
+    async fn retrieve_dispute(&self, _dispute_id: &str) -> Result<DisputeState, GatewayError> {
+        Err(GatewayError::Invalid(
+            "Braintree disputes arrive by signed webhook with their state".into(),
+        ))
     }
 }
 

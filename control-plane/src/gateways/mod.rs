@@ -130,6 +130,66 @@ pub struct RefundRef {
     pub amount_minor: i64,
 }
 
+/// Where a dispute (chargeback) of a payment stands, in the provider's words mapped to ours.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, sqlx::Type,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum DisputeStatus {
+    /// An inquiry (Stripe's `warning_*`, Braintree's retrieval): no money withheld yet.
+    Inquiry,
+    /// The card network took the money back; evidence is due.
+    NeedsResponse,
+    /// Evidence submitted; the issuer decides.
+    UnderReview,
+    /// Decided for us: the money comes back.
+    Won,
+    /// Decided for the cardholder: the money is gone.
+    Lost,
+    /// An inquiry closed without a dispute (or one prevented): no money moved.
+    Closed,
+}
+
+impl DisputeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inquiry => "inquiry",
+            Self::NeedsResponse => "needs_response",
+            Self::UnderReview => "under_review",
+            Self::Won => "won",
+            Self::Lost => "lost",
+            Self::Closed => "closed",
+        }
+    }
+
+    /// Decided: nothing changes it any more.
+    pub fn is_closed(self) -> bool {
+        matches!(self, Self::Won | Self::Lost | Self::Closed)
+    }
+
+    /// Whether the processor withheld (or kept) the disputed money.
+    pub fn withholds(self) -> bool {
+        matches!(
+            self,
+            Self::NeedsResponse | Self::UnderReview | Self::Won | Self::Lost
+        )
+    }
+}
+
+/// A dispute as the provider holds it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisputeState {
+    pub id: String,
+    /// The disputed payment (PaymentIntent id; Braintree's transaction id).
+    pub payment_id: String,
+    pub amount_minor: i64,
+    /// ISO-4217, upper-case.
+    pub currency: String,
+    pub status: DisputeStatus,
+    pub reason: Option<String>,
+}
+
 /// A plan's price as the provider's catalog should hold it: one product per plan, one
 /// immutable price per plan and bundle version, found again by its `lookup_key`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,4 +287,11 @@ pub trait PaymentGateway: Send + Sync + 'static {
         amount_minor: i64,
         idempotency_key: &str,
     ) -> Result<RefundRef, GatewayError>;
+
+    /// The refunds of a payment that moved (or are moving) money back, whoever made them
+    /// (ours, or one made in the provider's dashboard).
+    async fn refunds_of(&self, payment_intent_id: &str) -> Result<Vec<RefundRef>, GatewayError>;
+
+    /// Reads a dispute's current state.
+    async fn retrieve_dispute(&self, dispute_id: &str) -> Result<DisputeState, GatewayError>;
 }

@@ -38,9 +38,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use super::{
-    CardSummary, CustomerRef, Decline, GatewayError, MethodKind, PaymentGateway, PaymentOutcome,
-    PaymentRequest, PaymentStatus, Presence, PriceRef, PriceSpec, RefundRef, SetupOutcome,
-    SetupStatus,
+    CardSummary, CustomerRef, Decline, DisputeState, DisputeStatus, GatewayError, MethodKind,
+    PaymentGateway, PaymentOutcome, PaymentRequest, PaymentStatus, Presence, PriceRef, PriceSpec,
+    RefundRef, SetupOutcome, SetupStatus,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +240,12 @@ struct Intent {
     brand: String,
     #[serde(default)]
     last4: String,
+    /// ISO-4217 of a payment.
+    #[serde(default)]
+    currency: String,
+    /// A payment's refunds: id and amount.
+    #[serde(default)]
+    refunds: Vec<(String, i64)>,
 }
 
 impl Intent {
@@ -310,6 +316,29 @@ fn sim_id(prefix: &str) -> String {
         .map(|b| char::from(b'a' + b % 26))
         .collect();
     format!("{prefix}_sim{letters}")
+}
+
+/// A stored dispute (`sim_disputes`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SimDispute {
+    payment: String,
+    amount_minor: i64,
+    currency: String,
+    status: DisputeStatus,
+    reason: String,
+}
+
+impl SimDispute {
+    fn state(self, id: &str) -> DisputeState {
+        DisputeState {
+            id: id.to_owned(),
+            payment_id: self.payment,
+            amount_minor: self.amount_minor,
+            currency: self.currency,
+            status: self.status,
+            reason: Some(self.reason),
+        }
+    }
 }
 
 /// The simulated provider. Cheap to clone; state in PostgreSQL.
@@ -436,6 +465,96 @@ impl SimulatedGateway {
         Self::save(&mut tx, intent_id, &kind, &intent).await?;
         tx.commit().await.map_err(db)
     }
+
+    /// The cardholder disputes a succeeded payment (`pi_…`) for what was not refunded, as a
+    /// card network would: the dispute opens as `needs_response` (or as an inquiry).
+    pub async fn open_dispute(
+        &self,
+        payment_intent_id: &str,
+        reason: &str,
+        inquiry: bool,
+    ) -> Result<DisputeState, GatewayError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let intent = Self::intent(&mut tx, payment_intent_id, "payment", true).await?;
+        if intent.status != Status::Succeeded {
+            return Err(GatewayError::Invalid(
+                "only a succeeded payment can be disputed".into(),
+            ));
+        }
+        let amount_minor = intent
+            .amount_minor
+            .checked_sub(intent.refunded_minor)
+            .filter(|a| *a > 0)
+            .ok_or_else(|| {
+                GatewayError::Invalid("nothing left of the payment to dispute".into())
+            })?;
+        let reason = reason.trim();
+        if reason.is_empty()
+            || reason.len() > 100
+            || !reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        {
+            return Err(GatewayError::Invalid(
+                "a dispute reason is a short snake_case word (e.g. `fraudulent`)".into(),
+            ));
+        }
+        let id = sim_id("dp");
+        let d = SimDispute {
+            payment: payment_intent_id.to_owned(),
+            amount_minor,
+            currency: if intent.currency.is_empty() {
+                "USD".to_owned()
+            } else {
+                intent.currency.clone()
+            },
+            status: if inquiry {
+                DisputeStatus::Inquiry
+            } else {
+                DisputeStatus::NeedsResponse
+            },
+            reason: reason.to_owned(),
+        };
+        sqlx::query("INSERT INTO sim_disputes (id, state, updated_at) VALUES ($1, $2, now())")
+            .bind(&id)
+            .bind(sqlx::types::Json(&d))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(d.state(&id))
+    }
+
+    /// Moves a dispute on (evidence submitted, decided). A decided dispute stays decided.
+    pub async fn update_dispute(
+        &self,
+        dispute_id: &str,
+        status: DisputeStatus,
+    ) -> Result<DisputeState, GatewayError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let row: Option<(sqlx::types::Json<SimDispute>,)> =
+            sqlx::query_as("SELECT state FROM sim_disputes WHERE id = $1 FOR UPDATE")
+                .bind(dispute_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        let mut d = row
+            .map(|(d,)| d.0)
+            .ok_or_else(|| GatewayError::NotFound(format!("dispute {dispute_id}")))?;
+        if d.status.is_closed() && d.status != status {
+            return Err(GatewayError::Invalid(format!(
+                "dispute {dispute_id} is {} already",
+                d.status.as_str()
+            )));
+        }
+        d.status = status;
+        sqlx::query("UPDATE sim_disputes SET state = $2, updated_at = now() WHERE id = $1")
+            .bind(dispute_id)
+            .bind(sqlx::types::Json(&d))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(d.state(dispute_id))
+    }
 }
 
 #[async_trait]
@@ -535,6 +654,8 @@ impl PaymentGateway for SimulatedGateway {
             refunded_minor: 0,
             brand: brand.to_owned(),
             last4: last4.to_owned(),
+            currency: String::new(),
+            refunds: Vec::new(),
         };
         Self::save(&mut tx, &setup_id, "setup", &intent).await?;
         Self::remember(
@@ -635,6 +756,8 @@ impl PaymentGateway for SimulatedGateway {
             refunded_minor: 0,
             brand,
             last4,
+            currency: req.amount.currency.to_ascii_uppercase(),
+            refunds: Vec::new(),
         };
         Self::save(&mut tx, &id, "payment", &intent).await?;
         Self::remember(
@@ -710,11 +833,12 @@ impl PaymentGateway for SimulatedGateway {
             .refunded_minor
             .checked_add(amount_minor)
             .ok_or_else(|| GatewayError::Invalid("refund total overflows".into()))?;
-        Self::save(&mut tx, payment_intent_id, "payment", &intent).await?;
         let r = RefundRef {
             id: sim_id("re"),
             amount_minor,
         };
+        intent.refunds.push((r.id.clone(), amount_minor));
+        Self::save(&mut tx, payment_intent_id, "payment", &intent).await?;
         Self::remember(
             &mut tx,
             idempotency_key,
@@ -727,6 +851,28 @@ impl PaymentGateway for SimulatedGateway {
         .await?;
         tx.commit().await.map_err(db)?;
         Ok(r)
+    }
+
+    async fn refunds_of(&self, payment_intent_id: &str) -> Result<Vec<RefundRef>, GatewayError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let intent = Self::intent(&mut conn, payment_intent_id, "payment", false).await?;
+        Ok(intent
+            .refunds
+            .into_iter()
+            .map(|(id, amount_minor)| RefundRef { id, amount_minor })
+            .collect())
+    }
+
+    async fn retrieve_dispute(&self, dispute_id: &str) -> Result<DisputeState, GatewayError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let row: Option<(sqlx::types::Json<SimDispute>,)> =
+            sqlx::query_as("SELECT state FROM sim_disputes WHERE id = $1")
+                .bind(dispute_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db)?;
+        row.map(|(d,)| d.0.state(dispute_id))
+            .ok_or_else(|| GatewayError::NotFound(format!("dispute {dispute_id}")))
     }
 
     async fn ensure_price(&self, spec: &PriceSpec<'_>) -> Result<PriceRef, GatewayError> {

@@ -26,10 +26,11 @@ use ::stripe::{
 };
 use async_trait::async_trait;
 use stripe_core::customer::CreateCustomer;
+use stripe_core::dispute::RetrieveDispute;
 use stripe_core::payment_intent::{
     CancelPaymentIntent, CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent,
 };
-use stripe_core::refund::CreateRefund;
+use stripe_core::refund::{CreateRefund, ListRefund};
 use stripe_core::setup_intent::{
     CancelSetupIntent, CreateSetupIntent, CreateSetupIntentUsage, RetrieveSetupIntent,
 };
@@ -47,9 +48,9 @@ use stripe_product::product::{CreateProduct, RetrieveProduct, UpdateProduct};
 use stripe_types::Currency;
 
 use super::{
-    CardSummary, CustomerRef, Decline, GatewayError, MethodKind, PaymentGateway, PaymentOutcome,
-    PaymentRequest, PaymentStatus, Presence, PriceRef, PriceSpec, RefundRef, SetupOutcome,
-    SetupStatus,
+    CardSummary, CustomerRef, Decline, DisputeState, DisputeStatus, GatewayError, MethodKind,
+    PaymentGateway, PaymentOutcome, PaymentRequest, PaymentStatus, Presence, PriceRef, PriceSpec,
+    RefundRef, SetupOutcome, SetupStatus,
 };
 
 /// Longest wait for one HTTP exchange with Stripe before giving up as `Unavailable`.
@@ -397,6 +398,80 @@ impl PaymentGateway for StripeGateway {
         Ok(RefundRef {
             id: refund.id.to_string(),
             amount_minor: refund.amount,
+        })
+    }
+
+    async fn refunds_of(&self, payment_intent_id: &str) -> Result<Vec<RefundRef>, GatewayError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut req = ListRefund::new()
+                .payment_intent(payment_intent_id)
+                .limit(100);
+            if let Some(a) = &after {
+                req = req.starting_after(a.clone());
+            }
+            let page = req
+                .send(&self.client)
+                .await
+                .map_err(|err| map_error(err, "listing refunds"))?;
+            after = page.data.last().map(|r| r.id.to_string());
+            // Failed and canceled refunds moved nothing back.
+            out.extend(
+                page.data
+                    .iter()
+                    .filter(|r| matches!(r.status.as_deref(), Some("succeeded" | "pending") | None))
+                    .map(|r| RefundRef {
+                        id: r.id.to_string(),
+                        amount_minor: r.amount,
+                    }),
+            );
+            if !page.has_more || after.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn retrieve_dispute(&self, dispute_id: &str) -> Result<DisputeState, GatewayError> {
+        if !dispute_id.starts_with("dp_") && !dispute_id.starts_with("du_") {
+            return Err(GatewayError::Invalid(format!(
+                "{dispute_id:?} is not a Stripe dispute id"
+            )));
+        }
+        let d = RetrieveDispute::new(dispute_id)
+            .send(&self.client)
+            .await
+            .map_err(|err| map_error(err, "reading a dispute"))?;
+        use stripe_core::DisputeStatus as S;
+        let status = match &d.status {
+            S::WarningNeedsResponse | S::WarningUnderReview => DisputeStatus::Inquiry,
+            S::NeedsResponse => DisputeStatus::NeedsResponse,
+            S::UnderReview => DisputeStatus::UnderReview,
+            S::Won => DisputeStatus::Won,
+            S::Lost => DisputeStatus::Lost,
+            S::WarningClosed | S::Prevented => DisputeStatus::Closed,
+            other => {
+                return Err(GatewayError::Invalid(format!(
+                    "dispute status {:?} is not one we know",
+                    other.as_str()
+                )));
+            }
+        };
+        // A dispute of a charge made outside PaymentIntents has none: it is not one of ours.
+        let payment_id = d
+            .payment_intent
+            .as_ref()
+            .map(|p| p.id().to_string())
+            .ok_or_else(|| {
+                GatewayError::NotFound(format!("dispute {dispute_id} has no payment"))
+            })?;
+        Ok(DisputeState {
+            id: d.id.to_string(),
+            payment_id,
+            amount_minor: d.amount,
+            currency: d.currency.to_string().to_ascii_uppercase(),
+            status,
+            reason: Some(d.reason.clone()).filter(|r| !r.is_empty()),
         })
     }
 }

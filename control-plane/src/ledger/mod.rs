@@ -57,6 +57,10 @@ pub enum LedgerAccount {
     Refunds,
     /// Receivables written off (expense).
     BadDebt,
+    /// Money a processor withholds while a dispute of it is open (asset).
+    Disputed,
+    /// Money lost to disputes (expense).
+    Chargebacks,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,6 +116,8 @@ impl fmt::Display for LedgerAccount {
             Self::Credit => f.write_str("credit"),
             Self::Refunds => f.write_str("refunds"),
             Self::BadDebt => f.write_str("bad_debt"),
+            Self::Disputed => f.write_str("disputed"),
+            Self::Chargebacks => f.write_str("chargebacks"),
             Self::Cash(p) => write!(f, "cash:{p}"),
             Self::Revenue(Revenue::Plan(k)) => write!(f, "revenue:plan:{k}"),
             Self::Revenue(Revenue::Meter(k)) => write!(f, "revenue:meter:{k}"),
@@ -129,6 +135,8 @@ impl FromStr for LedgerAccount {
             "credit" => return Ok(Self::Credit),
             "refunds" => return Ok(Self::Refunds),
             "bad_debt" => return Ok(Self::BadDebt),
+            "disputed" => return Ok(Self::Disputed),
+            "chargebacks" => return Ok(Self::Chargebacks),
             _ => {}
         }
         if let Some(p) = s.strip_prefix("cash:") {
@@ -166,6 +174,12 @@ pub enum TxKind {
     WriteOff,
     /// A write-off undone: the invoice got paid after all.
     WriteOffReversal,
+    /// A dispute opened: the processor withholds the disputed money.
+    DisputeOpened,
+    /// A dispute won: the withheld money returns.
+    DisputeWon,
+    /// A dispute lost: the withheld money is gone.
+    DisputeLost,
 }
 
 impl fmt::Display for TxKind {
@@ -178,6 +192,9 @@ impl fmt::Display for TxKind {
             Self::Refund => "refund",
             Self::WriteOff => "write_off",
             Self::WriteOffReversal => "write_off_reversal",
+            Self::DisputeOpened => "dispute_opened",
+            Self::DisputeWon => "dispute_won",
+            Self::DisputeLost => "dispute_lost",
         })
     }
 }
@@ -367,6 +384,15 @@ pub async fn balance(
     store::balance(conn, customer, account, currency).await
 }
 
+/// The amount of the posted transaction `(kind, reference)` (the sum of its debits).
+pub async fn amount_of(
+    conn: &mut PgConnection,
+    kind: TxKind,
+    reference: &str,
+) -> sqlx::Result<Option<i64>> {
+    store::amount_of(conn, kind, reference).await
+}
+
 /// The credit a customer holds (the `credit` liability, as a positive amount).
 pub async fn credit_held(
     conn: &mut PgConnection,
@@ -486,6 +512,31 @@ pub fn write_off(header: Header, amount_minor: i64) -> Result<Option<Transaction
         .debit(LedgerAccount::BadDebt, amount_minor)
         .credit(LedgerAccount::Receivable, amount_minor)
         .seal()
+}
+
+/// A dispute's money movement at `processor`: opened, the processor withholds it (`cash` →
+/// `disputed`); won, it returns (`disputed` → `cash`); lost, it is gone (`disputed` →
+/// `chargebacks`). The header's kind says which.
+pub fn dispute(
+    header: Header,
+    processor: &str,
+    amount_minor: i64,
+) -> Result<Option<Transaction>, LedgerError> {
+    let cash = LedgerAccount::cash(processor)?;
+    let draft = Draft::new(header.clone());
+    match header.kind {
+        TxKind::DisputeOpened => draft
+            .debit(LedgerAccount::Disputed, amount_minor)
+            .credit(cash, amount_minor),
+        TxKind::DisputeWon => draft
+            .debit(cash, amount_minor)
+            .credit(LedgerAccount::Disputed, amount_minor),
+        TxKind::DisputeLost => draft
+            .debit(LedgerAccount::Chargebacks, amount_minor)
+            .credit(LedgerAccount::Disputed, amount_minor),
+        other => return Err(LedgerError::BadAccount(format!("{other} is not a dispute"))),
+    }
+    .seal()
 }
 
 #[cfg(test)]

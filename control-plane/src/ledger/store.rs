@@ -127,3 +127,20 @@ pub async fn balances(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, Curr
     .fetch_all(conn)
     .await
 }
+
+/// The amount (sum of the debits) of the transaction `(kind, reference)`, if posted.
+pub async fn amount_of(
+    conn: &mut PgConnection,
+    kind: super::TxKind,
+    reference: &str,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "SELECT sum(e.amount_minor)::bigint FROM ledger_transactions t
+         JOIN ledger_entries e ON e.transaction_id = t.id
+         WHERE t.kind = $1 AND t.reference = $2 AND e.amount_minor > 0",
+    )
+    .bind(kind)
+    .bind(reference)
+    .fetch_one(conn)
+    .await
+}

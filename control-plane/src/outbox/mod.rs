@@ -82,13 +82,16 @@ pub enum Topic {
     /// billing_prod's outbox: an invoice was finalised (numbered, owed).
     #[sqlx(rename = "billing.invoice_finalized")]
     BillingInvoiceFinalized,
+    /// billing_prod's outbox: a dispute opened, moved or was decided.
+    #[sqlx(rename = "billing.dispute_changed")]
+    BillingDisputeChanged,
     /// A payment method became ready: dunning retries at once.
     #[sqlx(rename = "dunning.payment_method_added")]
     DunningPaymentMethodAdded,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 9] = [
+    pub const ALL: [Topic; 10] = [
         Topic::EntitlementsRecompute,
         Topic::EntitlementsPublish,
         Topic::BillingSchedule,
@@ -97,6 +100,7 @@ impl Topic {
         Topic::BillingDunningChanged,
         Topic::BillingInvoiceUncollectible,
         Topic::BillingInvoiceFinalized,
+        Topic::BillingDisputeChanged,
         Topic::DunningPaymentMethodAdded,
     ];
 
@@ -110,6 +114,7 @@ impl Topic {
             Self::BillingDunningChanged => "billing.dunning_changed",
             Self::BillingInvoiceUncollectible => "billing.invoice_uncollectible",
             Self::BillingInvoiceFinalized => "billing.invoice_finalized",
+            Self::BillingDisputeChanged => "billing.dispute_changed",
             Self::DunningPaymentMethodAdded => "dunning.payment_method_added",
         }
     }

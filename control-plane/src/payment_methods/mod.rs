@@ -505,6 +505,29 @@ pub async fn confirm(
     }
 }
 
+/// A provider webhook named set-up `setup_intent_id` (e.g. `setup_intent.succeeded` after the
+/// customer authenticated and closed the tab): the waiting method it sets up is settled from
+/// the set-up's current state, read from the provider. Returns whether one was found.
+pub async fn settle_setup(state: &AppState, setup_intent_id: &str) -> Result<bool> {
+    let found = {
+        let mut conn = state.cf.acquire().await?;
+        store::waiting_by_setup(&mut conn, setup_intent_id).await?
+    };
+    let Some((id, account, gateway)) = found else {
+        return Ok(false);
+    };
+    let outcome = state
+        .gateway_named(&gateway)?
+        .retrieve_setup(setup_intent_id)
+        .await?;
+    let mut tx = state.cf.begin().await?;
+    let pm = apply_setup(&mut tx, account, id, &outcome, state.clock.now()).await?;
+    tx.commit().await?;
+    state.outbox_wake.notify_one();
+    tracing::info!(payment_method_id = %id, status = ?pm.status, "set-up settled from a provider webhook");
+    Ok(true)
+}
+
 /// The account's payment methods and its default.
 pub async fn list(state: &AppState, account: AccountId) -> Result<Wallet> {
     let mut conn = state.cf.acquire().await?;

@@ -142,6 +142,21 @@ pub async fn waiting_since(
         .collect())
 }
 
+/// The waiting method whose set-up is `setup_intent_id`: its id, account and gateway.
+pub async fn waiting_by_setup(
+    conn: &mut PgConnection,
+    setup_intent_id: &str,
+) -> sqlx::Result<Option<(PaymentMethodId, AccountId, String)>> {
+    let row: Option<(PaymentMethodId, Uuid, String)> = sqlx::query_as(
+        "SELECT id, account_id, gateway FROM payment_methods
+          WHERE setup_intent_id = $1 AND status IN ('pending', 'requires_action')",
+    )
+    .bind(setup_intent_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(id, account, gateway)| (id, AccountId(account), gateway)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

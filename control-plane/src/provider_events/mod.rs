@@ -13,9 +13,16 @@
 //!   the provider and applied through the same settle functions the reconcilers use, so two
 //!   events out of order, or one lost (the reconcilers repair it), end in the provider's state.
 //!
-//! Handled: `payment_intent.*` (a checkout's or an invoice's charge attempt), and recorded as
-//! received (handled by nothing yet): everything else.
+//! Handled: `payment_intent.*` (a checkout's or an invoice's charge attempt),
+//! `setup_intent.*` (a card set-up finished after 3-D Secure), `charge.dispute.*` (a dispute:
+//! [`crate::disputes`]), `charge.refunded` / `charge.refund.updated` / `refund.*` (refunds made
+//! at the provider, booked once each: [`crate::billing::provider_payments::record_refunds`]);
+//! recorded as received (handled by nothing): everything else.
+//!
+//! Braintree's webhooks (`POST /webhooks/braintree`, [`braintree`]) carry disputes: signed
+//! with the API key pair, verified, stored once per notification, applied by their timestamp.
 
+pub mod braintree;
 pub mod store;
 
 use chrono::{DateTime, Utc};
@@ -24,6 +31,7 @@ use serde::Serialize;
 use sha2::Sha256;
 
 use crate::error::{Error, Result};
+use crate::gateways::GatewayError;
 use crate::state::AppState;
 
 /// Oldest (and furthest in the future) a signature's timestamp may be, s.
@@ -123,10 +131,20 @@ pub async fn receive_stripe(
     };
     let object = event.pointer("/data/object").cloned().unwrap_or_default();
     let object_id = field(&object, "id");
+    let payment_of_object = field(&object, "payment_intent");
     let now = state.clock.now();
     {
         let mut conn = state.cf.acquire().await?;
-        let stored = store::admit(&mut conn, &id, &kind, object_id.as_deref(), &event, now).await?;
+        let stored = store::admit(
+            &mut conn,
+            "stripe",
+            &id,
+            &kind,
+            object_id.as_deref(),
+            &event,
+            now,
+        )
+        .await?;
         if stored.processed_at.is_some() {
             return Ok(Received {
                 id,
@@ -136,8 +154,26 @@ pub async fn receive_stripe(
             });
         }
     }
-    let applied = match (kind.split_once('.'), object_id.as_deref()) {
-        (Some(("payment_intent", _)), Some(pi)) => apply_payment(state, pi).await?,
+    let applied = match (kind.as_str(), object_id.as_deref()) {
+        (k, Some(pi)) if k.starts_with("payment_intent.") => apply_payment(state, pi).await?,
+        (k, Some(seti)) if k.starts_with("setup_intent.") => {
+            if crate::payment_methods::settle_setup(state, seti).await? {
+                "payment_method"
+            } else {
+                "none"
+            }
+        }
+        (k, Some(dp)) if k.starts_with("charge.dispute.") => apply_dispute(state, dp, &id).await?,
+        (k, _)
+            if k == "charge.refunded"
+                || k.starts_with("charge.refund.")
+                || k.starts_with("refund.") =>
+        {
+            match payment_of_object.as_deref() {
+                Some(pi) => apply_refunds(state, pi).await?,
+                None => "none",
+            }
+        }
         _ => "none",
     };
     let mut conn = state.cf.acquire().await?;
@@ -163,6 +199,193 @@ async fn apply_payment(state: &AppState, pi: &str) -> Result<&'static str> {
         return Ok("charge");
     }
     Ok("none")
+}
+
+/// Applies the provider's current state of dispute `dp` (`none`: not a dispute of ours, or one
+/// the provider does not know).
+async fn apply_dispute(state: &AppState, dp: &str, event_id: &str) -> Result<&'static str> {
+    let observed_at = state.clock.now();
+    let dispute = match state.gateway.retrieve_dispute(dp).await {
+        Ok(d) => d,
+        Err(GatewayError::NotFound(_) | GatewayError::Invalid(_)) => return Ok("none"),
+        Err(e) => return Err(e.into()),
+    };
+    let applied = crate::disputes::apply(
+        state,
+        &crate::disputes::Observation {
+            provider: state.gateway.name(),
+            state: dispute,
+            observed_at,
+            cause: event_id,
+        },
+    )
+    .await?;
+    Ok(match applied {
+        crate::disputes::Applied::NotOurs => "none",
+        _ => "dispute",
+    })
+}
+
+/// Books the refunds the provider holds of payment `pi` (`none`: not a payment of ours).
+async fn apply_refunds(state: &AppState, pi: &str) -> Result<&'static str> {
+    Ok(
+        match crate::billing::provider_payments::record_refunds(state, pi).await? {
+            Some(_) => "refund",
+            None => "none",
+        },
+    )
+}
+
+/// Receives one Braintree webhook: the form fields `bt_signature` and `bt_payload`, verified
+/// under the configured key pairs ([`braintree::verify`]), stored once (by the payload's
+/// digest: Braintree's notifications carry no id, and a redelivery is the same payload), then
+/// applied: a `dispute_*` notification is a dispute observed at the notification's
+/// timestamp, so one older than what is held changes nothing.
+pub async fn receive_braintree(state: &AppState, body: &[u8]) -> Result<Received> {
+    if state.braintree_webhook_keys.is_empty() {
+        return Err(Error::unavailable(
+            "webhooks_not_configured",
+            "Braintree keys (TOLLGATE_BRAINTREE_PUBLIC_KEY, TOLLGATE_BRAINTREE_PRIVATE_KEY) are not set",
+        ));
+    }
+    if body.len() > BODY_BYTES_MAX {
+        return Err(Error::too_large(
+            "body_too_large",
+            "webhook bodies are at most 256 KiB",
+        ));
+    }
+    let mut signature: Option<String> = None;
+    let mut payload: Option<String> = None;
+    for (k, v) in form_urlencoded::parse(body) {
+        match k.as_ref() {
+            "bt_signature" => signature = Some(v.into_owned()),
+            "bt_payload" => payload = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let (Some(signature), Some(payload)) = (signature, payload) else {
+        return Err(bad_signature(
+            "missing_signature",
+            "bt_signature and bt_payload are required",
+        ));
+    };
+    let xml = braintree::verify(&signature, &payload, &state.braintree_webhook_keys).map_err(
+        |e| match e {
+            braintree::WebhookError::MalformedPayload(_) => {
+                Error::bad_request("malformed_payload", e.to_string())
+            }
+            braintree::WebhookError::MissingSignature => {
+                bad_signature("missing_signature", &e.to_string())
+            }
+            _ => bad_signature(
+                "invalid_signature",
+                "bt_signature does not match this payload under any configured key",
+            ),
+        },
+    )?;
+    let n =
+        braintree::parse(&xml).map_err(|e| Error::unprocessable("invalid_event", e.to_string()))?;
+    let id = {
+        use sha2::Digest as _;
+        format!("bt_{}", &hex::encode(Sha256::digest(xml.as_bytes()))[..40])
+    };
+    let dispute_id = n.dispute.as_ref().map(|d| d.id.clone());
+    let now = state.clock.now();
+    {
+        let mut conn = state.cf.acquire().await?;
+        let record = serde_json::json!({ "kind": n.kind, "timestamp": n.timestamp, "xml": xml });
+        let stored = store::admit(
+            &mut conn,
+            "braintree",
+            &id,
+            &n.kind,
+            dispute_id.as_deref(),
+            &record,
+            now,
+        )
+        .await?;
+        if stored.processed_at.is_some() {
+            return Ok(Received {
+                id,
+                kind: n.kind,
+                duplicate: true,
+                applied: "none",
+            });
+        }
+    }
+    let applied = match &n.dispute {
+        Some(d) if n.kind.starts_with("dispute_") => {
+            let status = braintree_dispute_status(&d.status).ok_or_else(|| {
+                Error::unprocessable(
+                    "invalid_event",
+                    format!(
+                        "dispute status `{}` is not one Braintree documents",
+                        d.status
+                    ),
+                )
+            })?;
+            let payment = d
+                .transaction_id
+                .clone()
+                .or_else(|| d.transaction_order_id.clone())
+                .ok_or_else(|| {
+                    Error::unprocessable("invalid_event", "the dispute names no transaction")
+                })?;
+            let applied = crate::disputes::apply(
+                state,
+                &crate::disputes::Observation {
+                    provider: "braintree",
+                    state: crate::disputes::DisputeState {
+                        id: d.id.clone(),
+                        payment_id: payment,
+                        amount_minor: d.amount_minor,
+                        currency: d.currency.clone(),
+                        status,
+                        reason: d.reason.clone(),
+                    },
+                    observed_at: n.timestamp,
+                    cause: &id,
+                },
+            )
+            .await?;
+            match applied {
+                crate::disputes::Applied::NotOurs => "none",
+                _ => "dispute",
+            }
+        }
+        _ => "none",
+    };
+    let mut conn = state.cf.acquire().await?;
+    store::processed(&mut conn, &id, applied, state.clock.now()).await?;
+    tracing::info!(event_id = %id, kind = %n.kind, applied, "braintree webhook");
+    Ok(Received {
+        id,
+        kind: n.kind,
+        duplicate: false,
+        applied,
+    })
+}
+
+/// Braintree's dispute statuses in ours: a dispute the merchant accepted (or let expire) is
+/// lost.
+fn braintree_dispute_status(s: &str) -> Option<crate::disputes::DisputeStatus> {
+    use crate::disputes::DisputeStatus as D;
+    Some(match s {
+        "open" => D::NeedsResponse,
+        "disputed" | "under_review" => D::UnderReview,
+        "won" => D::Won,
+        "lost" | "accepted" | "auto_accepted" | "expired" => D::Lost,
+        _ => return None,
+    })
+}
+
+/// The answer to Braintree's `GET ?bt_challenge=…` endpoint verification.
+pub fn braintree_challenge(state: &AppState, challenge: &str) -> Result<String> {
+    let key = state.braintree_webhook_keys.first().ok_or_else(|| {
+        Error::unavailable("webhooks_not_configured", "Braintree keys are not set")
+    })?;
+    braintree::challenge_response(challenge, key)
+        .map_err(|e| Error::bad_request("invalid_challenge", e.to_string()))
 }
 
 /// When an event was received and handled (tests, the support panel).

@@ -11,8 +11,10 @@ pub struct Stored {
 }
 
 /// Stores the event unless it is there; returns its row.
+#[allow(clippy::too_many_arguments)]
 pub async fn admit(
     conn: &mut PgConnection,
+    provider: &str,
     id: &str,
     kind: &str,
     object_id: Option<&str>,
@@ -21,13 +23,14 @@ pub async fn admit(
 ) -> sqlx::Result<Stored> {
     sqlx::query(
         "INSERT INTO provider_events (id, provider, type, object_id, payload, received_at)
-         VALUES ($1, 'stripe', $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+         VALUES ($1, $6, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
     .bind(kind)
     .bind(object_id)
     .bind(payload)
     .bind(now)
+    .bind(provider)
     .execute(&mut *conn)
     .await?;
     sqlx::query_as("SELECT processed_at FROM provider_events WHERE id = $1")

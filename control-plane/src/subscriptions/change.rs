@@ -325,6 +325,12 @@ pub async fn change(
             let sub = store::get_of_for_update(tx, account, id)
                 .await?
                 .ok_or_else(|| Error::not_found("subscription"))?;
+            if sub.status == SubscriptionStatus::Unpaid {
+                return Err(Error::conflict(
+                    "subscription_unpaid",
+                    "this subscription's invoice is unpaid: pay it (or cancel) first",
+                ));
+            }
             if let Some(acct) = crate::accounts::store::get_account(tx, account, false).await? {
                 crate::accounts::require_usable_method(&acct)?;
             }

@@ -17,6 +17,7 @@ use tollgate_rules::Interval;
 use uuid::Uuid;
 
 use crate::billing::{FirstPayment, Proration, ScheduleEvent, ScheduleStatus, Started, Terms};
+use crate::dunning::policy::Exhaustion;
 use crate::error::{Error, Result};
 use crate::events::{self, EventType};
 use crate::ids::{AccountId, SubscriptionId};
@@ -87,6 +88,22 @@ pub fn boundary(anchor: DateTime<Utc>, interval: Interval, k: u32) -> Option<Dat
     anchor.checked_add_months(Months::new(months(interval).checked_mul(k)?))
 }
 
+/// The period of `anchor`'s boundaries that holds `at`: `[start, end)`.
+pub fn period_containing(
+    anchor: DateTime<Utc>,
+    interval: Interval,
+    at: DateTime<Utc>,
+) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let approx =
+        u32::try_from((at - anchor).num_days().max(0) / (31 * i64::from(months(interval)))).ok()?;
+    let k = (approx.max(1)..approx.checked_add(40)?)
+        .find(|k| boundary(anchor, interval, *k).is_some_and(|b| b > at))?;
+    Some((
+        boundary(anchor, interval, k - 1)?,
+        boundary(anchor, interval, k)?,
+    ))
+}
+
 /// The first period boundary from `anchor` after `after`.
 pub fn next_boundary(
     anchor: DateTime<Utc>,
@@ -109,7 +126,7 @@ pub fn subscription_exists() -> Error {
     )
 }
 
-/// The account's live (trialing, active or past-due) subscription, in the caller's
+/// The account's live (trialing, active, past-due or unpaid) subscription, in the caller's
 /// transaction.
 pub async fn live(
     conn: &mut PgConnection,
@@ -132,7 +149,7 @@ fn schedule_event(
     change: Option<Proration>,
 ) -> ScheduleEvent {
     let canceled = sub.status == SubscriptionStatus::Canceled;
-    let renews = !canceled && !sub.cancel_at_period_end;
+    let renews = !canceled && sub.status != SubscriptionStatus::Unpaid && !sub.cancel_at_period_end;
     ScheduleEvent {
         subscription_id: sub.id,
         account_id: sub.account_id,
@@ -268,7 +285,9 @@ pub async fn cancel(
     cmd: &Cancel,
 ) -> Result<Subscription> {
     let mut tx = state.cf.begin().await?;
-    let refused = match store::get_of_for_update(&mut tx, account, id).await? {
+    let found = store::get_of_for_update(&mut tx, account, id).await?;
+    let sub_status = found.as_ref().map(|s| s.status);
+    let refused = match found {
         None => Some(Error::not_found("subscription")),
         Some(s) if s.status == SubscriptionStatus::Canceled => Some(Error::conflict(
             "subscription_canceled",
@@ -282,7 +301,8 @@ pub async fn cancel(
         return Err(e);
     }
     let now = state.clock.now();
-    let sub = if cmd.at_period_end {
+    // An unpaid subscription has no period left to run out: it ends now.
+    let sub = if cmd.at_period_end && sub_status != Some(SubscriptionStatus::Unpaid) {
         store::cancel_at_period_end(&mut tx, id).await?
     } else {
         store::cancel_now(&mut tx, id, now).await?
@@ -363,25 +383,57 @@ pub async fn on_payment_failed(
     .await
 }
 
-/// `billing.invoice_paid`: a `past_due` subscription whose invoice got paid is active again.
+/// `billing.invoice_paid`: a `past_due` or `unpaid` subscription whose invoice got paid is
+/// active again. An `unpaid` one whose period ended meanwhile resumes with the period of
+/// today (same anchor; the periods it was unpaid through are not billed), announced as a
+/// renewal so billing invoices it.
 pub async fn on_invoice_paid(state: &AppState, d: &crate::outbox::Delivery) -> anyhow::Result<()> {
     let ev: crate::billing::charges::InvoicePaid = d.payload()?;
     let Some(id) = ev.subscription_id else {
         return Ok(());
     };
-    set_status_if(
-        state,
-        id,
-        SubscriptionStatus::PastDue,
-        SubscriptionStatus::Active,
-        d.now,
-    )
-    .await
+    let mut tx = state.cf.begin().await?;
+    let Some(sub) = store::get_for_update(&mut tx, id).await? else {
+        tx.rollback().await?;
+        return Ok(());
+    };
+    let now = d.now;
+    let (resumed, started) = match sub.status {
+        SubscriptionStatus::PastDue => (
+            store::set_status(&mut tx, id, SubscriptionStatus::Active).await?,
+            None,
+        ),
+        SubscriptionStatus::Unpaid if sub.current_period_end > now => (
+            store::set_status(&mut tx, id, SubscriptionStatus::Active).await?,
+            None,
+        ),
+        SubscriptionStatus::Unpaid => {
+            let interval = Interval::parse(&sub.interval)
+                .ok_or_else(|| anyhow::anyhow!("subscription {id} interval {}", sub.interval))?;
+            let (start, end) = period_containing(sub.billing_anchor, interval, now)
+                .ok_or_else(|| anyhow::anyhow!("subscription {id} period overflows"))?;
+            (
+                store::resume_unpaid(&mut tx, id, start, end).await?,
+                Some(Started::Renewal {
+                    previous_start: sub.current_period_start,
+                }),
+            )
+        }
+        _ => {
+            tx.rollback().await?;
+            return Ok(());
+        }
+    };
+    announce(&mut tx, &resumed, started, now).await?;
+    tx.commit().await?;
+    state.outbox_wake.notify_one();
+    tracing::info!(subscription_id = %id, from = sub.status.as_str(), "subscription active again: its invoice was paid");
+    Ok(())
 }
 
 /// `billing.invoice_uncollectible`: dunning gave the subscription's invoice up; the
-/// subscription is canceled now (announced to entitlements and billing). Idempotent: a repeat
-/// finds it canceled.
+/// subscription is canceled now, or kept as `unpaid` under that policy (announced to
+/// entitlements and billing). Idempotent: a repeat finds it canceled or unpaid.
 pub async fn on_invoice_uncollectible(
     state: &AppState,
     d: &crate::outbox::Delivery,
@@ -391,18 +443,23 @@ pub async fn on_invoice_uncollectible(
         return Ok(());
     };
     let mut tx = state.cf.begin().await?;
-    if store::get_for_update(&mut tx, id)
-        .await?
-        .is_none_or(|sub| sub.status == SubscriptionStatus::Canceled)
-    {
+    if store::get_for_update(&mut tx, id).await?.is_none_or(|sub| {
+        matches!(
+            sub.status,
+            SubscriptionStatus::Canceled | SubscriptionStatus::Unpaid
+        )
+    }) {
         tx.rollback().await?;
         return Ok(());
     }
-    let sub = store::cancel_now(&mut tx, id, d.now).await?;
+    let sub = match state.dunning.on_exhaustion {
+        Exhaustion::Cancel => store::cancel_now(&mut tx, id, d.now).await?,
+        Exhaustion::Unpaid => store::set_status(&mut tx, id, SubscriptionStatus::Unpaid).await?,
+    };
     announce(&mut tx, &sub, None, d.now).await?;
     tx.commit().await?;
     state.outbox_wake.notify_one();
-    tracing::warn!(subscription_id = %id, invoice_id = %ev.invoice_id, "subscription canceled: its invoice is uncollectible");
+    tracing::warn!(subscription_id = %id, invoice_id = %ev.invoice_id, status = sub.status.as_str(), "subscription ended by dunning: its invoice is uncollectible");
     Ok(())
 }
 

@@ -16,7 +16,7 @@ pub async fn live(
     account: AccountId,
 ) -> sqlx::Result<Option<Subscription>> {
     sqlx::query_as(sqlf!(
-        "SELECT {SUB_COLUMNS} FROM subscriptions WHERE account_id = $1 AND status IN ('trialing', 'active', 'past_due')"
+        "SELECT {SUB_COLUMNS} FROM subscriptions WHERE account_id = $1 AND status IN ('trialing', 'active', 'past_due', 'unpaid')"
     ))
     .bind(account.0)
     .fetch_optional(conn)
@@ -256,6 +256,25 @@ pub async fn set_status(
     .await
 }
 
+/// An `unpaid` subscription paid at last: active again, in the period `[start, end)`.
+pub async fn resume_unpaid(
+    conn: &mut PgConnection,
+    id: SubscriptionId,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> sqlx::Result<Subscription> {
+    sqlx::query_as(sqlf!(
+        "UPDATE subscriptions SET status = 'active', current_period_start = $2,
+             current_period_end = $3, revision = revision + 1
+         WHERE id = $1 RETURNING {SUB_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(start)
+    .bind(end)
+    .fetch_one(conn)
+    .await
+}
+
 pub async fn anchors(
     conn: &mut PgConnection,
     accounts: &[AccountId],
@@ -263,7 +282,7 @@ pub async fn anchors(
     let ids: Vec<uuid::Uuid> = accounts.iter().map(|a| a.0).collect();
     let rows: Vec<(uuid::Uuid, DateTime<Utc>)> = sqlx::query_as(
         "SELECT account_id, billing_anchor FROM subscriptions
-         WHERE account_id = ANY($1) AND status IN ('trialing', 'active', 'past_due')",
+         WHERE account_id = ANY($1) AND status IN ('trialing', 'active', 'past_due', 'unpaid')",
     )
     .bind(&ids)
     .fetch_all(conn)

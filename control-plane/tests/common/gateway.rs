@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use tollgate_control_plane::gateways::{
-    CustomerRef, Decline, GatewayError, PaymentGateway, PaymentOutcome, PaymentRequest,
-    PaymentStatus, PriceRef, PriceSpec, RefundRef, SetupOutcome,
+    CustomerRef, Decline, DisputeState, GatewayError, PaymentGateway, PaymentOutcome,
+    PaymentRequest, PaymentStatus, PriceRef, PriceSpec, RefundRef, SetupOutcome,
 };
 
 /// A gateway in front of the real (simulated) one that can stall every call until released,
@@ -166,5 +166,13 @@ impl PaymentGateway for Wrapped {
     }
     async fn refund(&self, pi: &str, amount: i64, k: &str) -> Result<RefundRef, GatewayError> {
         self.inner.refund(pi, amount, k).await
+    }
+    async fn refunds_of(&self, pi: &str) -> Result<Vec<RefundRef>, GatewayError> {
+        self.read()?;
+        self.inner.refunds_of(pi).await
+    }
+    async fn retrieve_dispute(&self, id: &str) -> Result<DisputeState, GatewayError> {
+        self.read()?;
+        self.inner.retrieve_dispute(id).await
     }
 }

@@ -201,7 +201,7 @@ mod tests {
 
     fn domain(f: Fact) -> (i64, i64) {
         match f {
-            Fact::Status => (0, 4),
+            Fact::Status => (0, 5),
             Fact::DaysPastDue => (0, i64::MAX),
             _ => (i64::MIN, i64::MAX),
         }

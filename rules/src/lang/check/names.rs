@@ -17,12 +17,13 @@ fn reason_names() -> impl ExactSizeIterator<Item = &'static str> {
     ReasonCode::ALL.iter().map(|r| r.as_str())
 }
 
-const STATUSES: [(&str, SubStatus); 5] = [
+const STATUSES: [(&str, SubStatus); 6] = [
     ("none", SubStatus::None),
     ("trialing", SubStatus::Trialing),
     ("active", SubStatus::Active),
     ("past_due", SubStatus::PastDue),
     ("canceled", SubStatus::Canceled),
+    ("unpaid", SubStatus::Unpaid),
 ];
 
 /// Levenshtein distance, or `None` for names too long to bother.

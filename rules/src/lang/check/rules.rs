@@ -53,7 +53,7 @@ impl Checker<'_> {
         let max_plan = i64::try_from(self.plans.len()).unwrap_or(i64::MAX) - 1;
         move |f| match f {
             Fact::Banned | Fact::InTrial => (0, 1),
-            Fact::Status => (SubStatus::None as i64, SubStatus::Canceled as i64),
+            Fact::Status => (SubStatus::None as i64, SubStatus::Unpaid as i64),
             Fact::Plan => (-1, max_plan),
             Fact::DunningLevel | Fact::DaysPastDue | Fact::AddonQty(_) | Fact::Usage(_) => {
                 (0, i64::MAX)
