@@ -57,3 +57,61 @@ pub async fn authenticate(state: &AppState, intent: &str, succeed: bool) -> Resu
         )),
     }
 }
+
+/// The cardholder disputes simulated payment `payment` (`pi_…`): opened at the simulator and
+/// applied as its webhook would be (the simulator sends none). Returns the dispute as billing
+/// holds it.
+pub async fn open_dispute(
+    state: &AppState,
+    payment: &str,
+    reason: &str,
+    inquiry: bool,
+) -> Result<crate::disputes::Dispute> {
+    let Some(sim) = &state.simulator else {
+        return Err(Error::not_found("simulator"));
+    };
+    let d = sim
+        .open_dispute(payment, reason, inquiry)
+        .await
+        .map_err(|e| match e {
+            GatewayError::NotFound(_) => Error::not_found("payment"),
+            e => Error::unprocessable("not_disputable", e.to_string()),
+        })?;
+    applied_dispute(state, "simulated", &d.id).await
+}
+
+/// Moves simulated dispute `id` on (`under_review`, `won`, `lost`, …) and applies it.
+pub async fn update_dispute(
+    state: &AppState,
+    id: &str,
+    status: crate::disputes::DisputeStatus,
+) -> Result<crate::disputes::Dispute> {
+    let Some(sim) = &state.simulator else {
+        return Err(Error::not_found("simulator"));
+    };
+    sim.update_dispute(id, status).await.map_err(|e| match e {
+        GatewayError::NotFound(_) => Error::not_found("dispute"),
+        e => Error::conflict("dispute_closed", e.to_string()),
+    })?;
+    applied_dispute(state, "simulated", id).await
+}
+
+async fn applied_dispute(
+    state: &AppState,
+    provider: &str,
+    id: &str,
+) -> Result<crate::disputes::Dispute> {
+    if crate::disputes::refresh(state, provider, id, "dev").await?
+        == crate::disputes::Applied::NotOurs
+    {
+        return Err(Error::unprocessable(
+            "not_disputable",
+            "the payment is not one Tollgate booked",
+        ));
+    }
+    state.billing_outbox_wake.notify_one();
+    crate::disputes::find(state, provider, id)
+        .await?
+        .map(|(d, _)| d)
+        .ok_or_else(|| Error::not_found("dispute"))
+}

@@ -3,6 +3,9 @@
 //!   advancing runs the time-driven transitions (period-end cancels, checkout expiry) at once.
 //! * `POST /dev/v1/simulator/intents/{id}/authenticate {outcome}` — completes a 3-D Secure
 //!   challenge of the simulated gateway. Absent when a real Stripe key is configured.
+//! * `POST /dev/v1/simulator/payments/{id}/dispute {reason, inquiry?}` — the cardholder
+//!   disputes a simulated payment; `POST /dev/v1/simulator/disputes/{id} {status}` moves the
+//!   dispute on (`under_review`, `won`, `lost`). Each is applied as its webhook would be.
 
 use axum::Router;
 use axum::extract::State;
@@ -24,6 +27,11 @@ pub fn routes(with_simulator: bool) -> Router<AppState> {
             "/dev/v1/simulator/intents/{id}/authenticate",
             post(authenticate),
         )
+        .route(
+            "/dev/v1/simulator/payments/{id}/dispute",
+            post(open_dispute),
+        )
+        .route("/dev/v1/simulator/disputes/{id}", post(update_dispute))
     } else {
         dev
     }
@@ -70,4 +78,36 @@ async fn authenticate(
     Ok(axum::Json(
         json!({ "intent": id, "authenticated": succeed }),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenDispute {
+    reason: String,
+    #[serde(default)]
+    inquiry: bool,
+}
+
+async fn open_dispute(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<OpenDispute>,
+) -> Result<axum::Json<Value>> {
+    let d = devtools::open_dispute(&state, &id, &body.reason, body.inquiry).await?;
+    Ok(axum::Json(json!(d)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateDispute {
+    status: crate::disputes::DisputeStatus,
+}
+
+async fn update_dispute(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateDispute>,
+) -> Result<axum::Json<Value>> {
+    let d = devtools::update_dispute(&state, &id, body.status).await?;
+    Ok(axum::Json(json!(d)))
 }

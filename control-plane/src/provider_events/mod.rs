@@ -221,7 +221,7 @@ async fn apply_dispute(state: &AppState, dp: &str, event_id: &str) -> Result<&'s
     )
     .await?;
     Ok(match applied {
-        crate::disputes::Applied::NotOurs => "none",
+        crate::disputes::Applied::NotOurs | crate::disputes::Applied::Unchanged => "none",
         _ => "dispute",
     })
 }
@@ -349,7 +349,7 @@ pub async fn receive_braintree(state: &AppState, body: &[u8]) -> Result<Received
             )
             .await?;
             match applied {
-                crate::disputes::Applied::NotOurs => "none",
+                crate::disputes::Applied::NotOurs | crate::disputes::Applied::Unchanged => "none",
                 _ => "dispute",
             }
         }
