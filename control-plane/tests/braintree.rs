@@ -437,6 +437,7 @@ async fn a_paypal_purchase_and_its_renewal_go_through_braintree() {
     .expect("ledger");
     assert!(!cash.is_empty());
     assert!(cash.iter().all(|(a,)| a == "cash:braintree"), "{cash:?}");
+    paypal_renewal_disputed_by_webhooks(&h).await;
     replay.finish();
     h.finish().await;
 }
@@ -469,4 +470,135 @@ async fn braintree_down_while_adding_paypal_stores_nothing_and_the_retry_adds_it
     assert_eq!(h.count("SELECT count(*) FROM payment_methods").await, 1);
     replay.finish();
     h.finish().await;
+}
+
+async fn braintree_webhook(h: &Harness, signature: &str, payload: &str) -> common::Resp {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("bt_signature", signature)
+        .append_pair("bt_payload", payload)
+        .finish();
+    let req = axum::http::Request::builder()
+        .method(axum::http::Method::POST)
+        .uri("/webhooks/braintree")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(body))
+        .expect("request");
+    h.send(req).await
+}
+
+/// The renewal Braintree charged (transaction `8vzqk7`) is disputed by the PayPal buyer; the
+/// news arrives as signed Braintree webhooks: forged ones change nothing, a replay is a
+/// duplicate, the newest state wins whatever order they arrive in.
+async fn paypal_renewal_disputed_by_webhooks(h: &Harness) {
+    use tollgate_control_plane::clock::Clock;
+    use tollgate_control_plane::ledger::LedgerAccount;
+    use tollgate_control_plane::provider_events::braintree::{
+        DisputeNotice, KeyPair, sample_dispute,
+    };
+    let key = KeyPair {
+        public_key: PUBLIC_KEY.into(),
+        private_key: PRIVATE_KEY.into(),
+    };
+    let notice = |status: &str| DisputeNotice {
+        id: "bt_dispute_1".into(),
+        status: status.into(),
+        reason: Some("fraud".into()),
+        amount_minor: 2900,
+        currency: "USD".into(),
+        transaction_id: Some("8vzqk7".into()),
+        transaction_order_id: None,
+        received_date: None,
+    };
+    let (account,): (uuid::Uuid,) =
+        sqlx::query_as("SELECT account_id FROM charge_attempts LIMIT 1")
+            .fetch_one(&h.state.billing)
+            .await
+            .expect("account");
+    let account = tollgate_control_plane::ids::AccountId::from(account);
+    let balance = |of: LedgerAccount| async move {
+        let mut conn = h.state.billing.acquire().await.expect("conn");
+        tollgate_control_plane::ledger::balance(
+            &mut conn,
+            account,
+            &of,
+            tollgate_control_plane::money::Currency::USD,
+        )
+        .await
+        .expect("balance")
+    };
+    let cash = || LedgerAccount::cash("braintree").expect("cash");
+    let t1 = h.clock.now();
+
+    // Signed with another private key: refused, nothing stored.
+    let forger = KeyPair {
+        public_key: PUBLIC_KEY.into(),
+        private_key: "not the private key".into(),
+    };
+    let (sig, payload) = sample_dispute(&forger, "dispute_opened", t1, &notice("open"));
+    let r = braintree_webhook(h, &sig, &payload).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.json);
+    assert_eq!(r.json["code"], "invalid_signature");
+    assert_eq!(h.count("SELECT count(*) FROM provider_events").await, 0);
+
+    // Opened: the money is withheld from what Braintree holds for us.
+    let (sig, payload) = sample_dispute(&key, "dispute_opened", t1, &notice("open"));
+    let r = braintree_webhook(h, &sig, &payload).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(r.json["applied"], "dispute", "{:?}", r.json);
+    assert_eq!(balance(LedgerAccount::Disputed).await, 2900);
+    assert_eq!(balance(cash()).await, 2 * 2900 - 2900);
+    let r = braintree_webhook(h, &sig, &payload).await;
+    assert_eq!(r.json["duplicate"], true, "a redelivery: {:?}", r.json);
+
+    // Won (newest), then a late `disputed` sent before it: the money is back and stays back.
+    let (sig, payload) = sample_dispute(
+        &key,
+        "dispute_won",
+        t1 + chrono::TimeDelta::days(20),
+        &notice("won"),
+    );
+    let r = braintree_webhook(h, &sig, &payload).await;
+    assert_eq!(r.json["applied"], "dispute", "{:?}", r.json);
+    let (sig, payload) = sample_dispute(
+        &key,
+        "dispute_disputed",
+        t1 + chrono::TimeDelta::days(5),
+        &notice("disputed"),
+    );
+    let r = braintree_webhook(h, &sig, &payload).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(r.json["applied"], "none", "older news: {:?}", r.json);
+    let (d, history) =
+        tollgate_control_plane::disputes::find(&h.state, "braintree", "bt_dispute_1")
+            .await
+            .expect("read")
+            .expect("stored");
+    assert_eq!(
+        d.status,
+        tollgate_control_plane::disputes::DisputeStatus::Won
+    );
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(balance(LedgerAccount::Disputed).await, 0);
+    assert_eq!(balance(cash()).await, 2 * 2900);
+
+    // Braintree's endpoint check: answered for a well-formed challenge only.
+    let r = h
+        .get(
+            "/webhooks/braintree?bt_challenge=0123456789abcdef0123",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&r.bytes);
+    assert!(
+        text.starts_with("bt_public_test|") && text.len() == "bt_public_test|".len() + 40,
+        "{text}"
+    );
+    let r = h
+        .get(
+            "/webhooks/braintree?bt_challenge=PHNpZ25lZCBwYXlsb2FkPg==",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }

@@ -267,6 +267,28 @@ async fn an_inquiry_books_nothing_and_disputes_of_payments_we_never_booked_chang
     assert_eq!(r.json["applied"], "dispute");
     assert_eq!(balance(&h, account, LedgerAccount::Disputed).await, 0);
     assert_eq!(balance(&h, account, cash()).await, 2900);
+    // It becomes a dispute, with a provider's reason far longer than we keep: withheld, and the
+    // reason kept to 100 characters (not bytes: nothing splits a character).
+    let escalated = Observation {
+        provider: "simulated",
+        state: DisputeState {
+            status: DisputeStatus::NeedsResponse,
+            reason: Some("é".repeat(300)),
+            ..inquiry.clone()
+        },
+        observed_at: h.clock.now() + TimeDelta::seconds(1),
+        cause: "test",
+    };
+    assert_eq!(
+        disputes::apply(&h.state, &escalated).await.expect("apply"),
+        Applied::Updated
+    );
+    let (d, _) = disputes::find(&h.state, "simulated", &inquiry.id)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(d.reason.as_deref().map(|r| r.chars().count()), Some(100));
+    assert_eq!(balance(&h, account, LedgerAccount::Disputed).await, 2900);
 
     // Another merchant's dispute, and one the provider does not know: recorded, not applied.
     let r = deliver(

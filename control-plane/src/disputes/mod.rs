@@ -110,6 +110,8 @@ pub async fn apply(state: &AppState, obs: &Observation<'_>) -> Result<Applied> {
         tracing::info!(dispute = %s.id, payment = %s.payment_id, "dispute of a payment that is not ours");
         return Ok(Applied::NotOurs);
     };
+    // A provider's free-text reason is kept short (the column's bound), on a char boundary.
+    let reason: Option<String> = s.reason.as_deref().map(|r| r.chars().take(100).collect());
     let now = state.clock.now();
     let mut tx = state.billing.begin().await?;
     let (held, inserted) = store::upsert_for_update(
@@ -123,7 +125,7 @@ pub async fn apply(state: &AppState, obs: &Observation<'_>) -> Result<Applied> {
             amount_minor: s.amount_minor,
             currency: currency.as_str(),
             status: s.status,
-            reason: s.reason.as_deref(),
+            reason: reason.as_deref(),
             observed_at: obs.observed_at,
         },
         now,
@@ -155,7 +157,7 @@ pub async fn apply(state: &AppState, obs: &Observation<'_>) -> Result<Applied> {
             held.id,
             s.status,
             s.amount_minor,
-            s.reason.as_deref(),
+            reason.as_deref(),
             obs.observed_at,
             now,
         )

@@ -156,13 +156,7 @@ pub async fn receive_stripe(
     }
     let applied = match (kind.as_str(), object_id.as_deref()) {
         (k, Some(pi)) if k.starts_with("payment_intent.") => apply_payment(state, pi).await?,
-        (k, Some(seti)) if k.starts_with("setup_intent.") => {
-            if crate::payment_methods::settle_setup(state, seti).await? {
-                "payment_method"
-            } else {
-                "none"
-            }
-        }
+        (k, Some(seti)) if k.starts_with("setup_intent.") => apply_setup(state, seti).await?,
         (k, Some(dp)) if k.starts_with("charge.dispute.") => apply_dispute(state, dp, &id).await?,
         (k, _)
             if k == "charge.refunded"
@@ -224,6 +218,12 @@ async fn apply_dispute(state: &AppState, dp: &str, event_id: &str) -> Result<&'s
         crate::disputes::Applied::NotOurs | crate::disputes::Applied::Unchanged => "none",
         _ => "dispute",
     })
+}
+
+/// Settles the waiting card set-up `seti` from the provider's state (`none`: nothing waits).
+async fn apply_setup(state: &AppState, seti: &str) -> Result<&'static str> {
+    let settled = crate::payment_methods::settle_setup(state, seti).await?;
+    Ok(if settled { "payment_method" } else { "none" })
 }
 
 /// Books the refunds the provider holds of payment `pi` (`none`: not a payment of ours).
