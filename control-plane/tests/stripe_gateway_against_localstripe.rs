@@ -177,6 +177,20 @@ async fn stripe_adapter_handles_every_flow_against_localstripe() {
     println!("refund {r:?}");
     assert_eq!(r, r2);
     assert_eq!(r.amount_minor, 500);
+    // The provider lists it among the payment's refunds (how refunds made in Stripe's own
+    // dashboard are found and booked).
+    let listed = gw
+        .refunds_of(&p.payment_intent_id)
+        .await
+        .expect("list refunds");
+    assert_eq!(listed, vec![r.clone()], "{listed:?}");
+    // A dispute id that is not Stripe's is refused before any call; one Stripe does not know
+    // is not found (neither is mistaken for a dispute of ours).
+    assert!(matches!(
+        gw.retrieve_dispute("not-a-dispute").await,
+        Err(GatewayError::Invalid(_))
+    ));
+    assert!(gw.retrieve_dispute("dp_unknown").await.is_err());
 
     // on-session 3DS -> requires_action -> authenticate -> succeeded
     let p = pay(tds_pm, Presence::OnSession, unique("co"))
