@@ -68,4 +68,10 @@ id_type! {
     CreditNoteId;
     /// A dispute (chargeback) of a payment, as billing_prod records it.
     DisputeId;
+    /// A support agent of the NinjaPanel.
+    AgentId;
+    /// A support agent's note on an account.
+    NoteId;
+    /// A support agent's override of one feature for one account.
+    OverrideId;
 }

@@ -26,7 +26,9 @@ macro_rules! sqlf {
 
 pub mod accounts;
 pub mod actor;
+pub mod agents;
 pub mod api;
+pub mod audit;
 pub mod billing;
 pub mod catalog;
 pub mod checkout;

@@ -30,6 +30,7 @@ pub async fn run(state: &AppState) -> anyhow::Result<usize> {
         .len();
     changed += dunning::retry_due(state, CHARGE_BATCH).await?;
     changed += entitlements::refresh_days_past_due(state, RENEWAL_BATCH).await?;
+    changed += entitlements::overrides::expire_due(state, RENEWAL_BATCH).await?;
     changed += billing::charges::charge_due(state, CHARGE_BATCH)
         .await?
         .len();

@@ -9,6 +9,7 @@
 //! [`TOKEN_REPLAY_SECS`] of the sign-up.
 
 pub mod store;
+pub mod support;
 pub mod tokens;
 
 use chrono::{DateTime, TimeDelta, Utc};

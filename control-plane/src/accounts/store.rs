@@ -230,6 +230,92 @@ pub async fn keep_paypal_customer_id(
     .await
 }
 
+/// Sets the standing and why it is banned (`support`, `bad_debt`; none when active).
+pub async fn set_standing(
+    conn: &mut PgConnection,
+    account: AccountId,
+    standing: tollgate_protocol::AccountStanding,
+    ban_reason: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE accounts SET standing = $2, ban_reason = $3 WHERE id = $1")
+        .bind(account.0)
+        .bind(standing.as_str())
+        .bind(ban_reason)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+pub async fn set_payment_method_required(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE accounts SET payment_method_required = true WHERE id = $1")
+        .bind(account.0)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+pub async fn insert_note(
+    conn: &mut PgConnection,
+    id: crate::ids::NoteId,
+    account: AccountId,
+    agent: crate::ids::AgentId,
+    body: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<super::support::Note> {
+    sqlx::query_as(
+        "INSERT INTO account_notes (id, account_id, agent_id, body, created_at)
+         VALUES ($1, $2, $3, $4, $5) RETURNING id, agent_id, body, created_at",
+    )
+    .bind(id)
+    .bind(account.0)
+    .bind(agent)
+    .bind(body)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn notes(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> sqlx::Result<Vec<super::support::Note>> {
+    sqlx::query_as(
+        "SELECT id, agent_id, body, created_at FROM account_notes WHERE account_id = $1
+         ORDER BY created_at DESC, id DESC",
+    )
+    .bind(account.0)
+    .fetch_all(conn)
+    .await
+}
+
+/// Accounts whose email, name, id or provider customer id matches `q`, newest first.
+pub async fn search(
+    conn: &mut PgConnection,
+    q: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<super::Account>> {
+    let pattern = format!(
+        "%{}%",
+        q.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
+    sqlx::query_as(sqlf!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts
+         WHERE email ILIKE $1 OR name ILIKE $1 OR id::text = $2 OR gateway_customer_id = $2
+            OR paypal_customer_id = $2
+         ORDER BY created_at DESC, id LIMIT $3"
+    ))
+    .bind(pattern)
+    .bind(q)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,8 @@ pub fn routes() -> Router<AppState> {
             post(add_webhook_endpoint).get(webhook_endpoints),
         )
         .route("/admin/v1/webhook-deliveries", get(webhook_deliveries))
+        .route("/admin/v1/agents", post(create_agent).get(list_agents))
+        .route("/admin/v1/agents/{id}/revoke", post(revoke_agent))
         .route(
             "/admin/v1/webhook-deliveries/{id}/replay",
             post(replay_webhook_delivery),
@@ -158,6 +160,32 @@ async fn edges(State(state): State<AppState>, _: Platform) -> Result<Response> {
 async fn audit(State(state): State<AppState>, _: Platform) -> Result<Response> {
     let entries = rollout::audit_log(&state).await?;
     Ok(reply(StatusCode::OK, json!({ "data": entries })))
+}
+
+/// `POST /admin/v1/agents {email, role}` — a support agent and its token (shown once).
+async fn create_agent(
+    State(state): State<AppState>,
+    Platform(actor): Platform,
+    Json(body): Json<crate::agents::NewAgent>,
+) -> Result<Response> {
+    let created = crate::agents::create(&state, &actor, &body).await?;
+    Ok(reply(StatusCode::CREATED, json!(created)))
+}
+
+/// `GET /admin/v1/agents`
+async fn list_agents(State(state): State<AppState>, _: Platform) -> Result<Response> {
+    let agents = crate::agents::list(&state).await?;
+    Ok(reply(StatusCode::OK, json!({ "data": agents })))
+}
+
+/// `POST /admin/v1/agents/{id}/revoke` — the agent's token stops working.
+async fn revoke_agent(
+    State(state): State<AppState>,
+    Platform(actor): Platform,
+    Path(id): Path<crate::ids::AgentId>,
+) -> Result<Response> {
+    let agent = crate::agents::revoke(&state, &actor, id).await?;
+    Ok(reply(StatusCode::OK, json!(agent)))
 }
 
 /// `GET /admin/v1/catalog/prices` — every plan price and its state at the payment provider.

@@ -62,3 +62,15 @@ impl FromRequestParts<AppState> for Platform {
         Ok(Self(Actor::Platform(actor.to_owned())))
     }
 }
+
+/// A support agent (agent token) and its role; each panel route checks the role it needs.
+pub struct AgentCaller(pub crate::agents::Agent);
+
+impl FromRequestParts<AppState> for AgentCaller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let token = bearer(parts, "agent token")?;
+        crate::agents::authenticate(state, token).await.map(Self)
+    }
+}

@@ -8,6 +8,7 @@ pub mod dashboard;
 pub mod dev;
 pub mod extract;
 pub mod internal;
+pub mod panel;
 pub mod views;
 pub mod webhooks;
 
@@ -29,6 +30,7 @@ pub fn app(state: AppState) -> Router {
         .merge(dashboard::routes())
         .merge(internal::routes())
         .merge(admin::routes())
+        .merge(panel::routes())
         .merge(webhooks::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -11,6 +11,7 @@
 //! subscription; a state this build does not know is an error (the row is retried), never a
 //! default.
 
+pub mod overrides;
 pub mod publish;
 pub mod store;
 
@@ -70,10 +71,12 @@ pub async fn compute_facts(
         current_period_end_ms: sub.current_period_end.timestamp_millis(),
         billing_anchor_ms: Some(sub.billing_anchor.timestamp_millis()),
     });
+    let overrides = overrides::as_facts(&overrides::live(conn, account, now).await?);
     Ok(Some(AccountFacts {
         standing,
         subscription,
         addons,
+        overrides,
         dunning_level: i64::from(inputs.dunning_level),
         days_past_due,
         ..AccountFacts::new(account, 0)
@@ -149,6 +152,29 @@ pub async fn facts_of(state: &AppState, account: AccountId) -> Result<AccountFac
     store::stored_facts(&mut conn, account)
         .await?
         .ok_or_else(|| Error::new(Kind::NotFound, "unknown_account", "no such account"))
+}
+
+/// What a stable edge answers for the account now: every feature's decision with its reason,
+/// from the stored facts and the stable bundle (its reference semantics, which the edges'
+/// WebAssembly is tested equal to). `None` before any bundle is stable.
+pub async fn decisions(
+    state: &AppState,
+    account: AccountId,
+) -> Result<Option<(i64, Vec<(String, tollgate_protocol::Decision)>)>> {
+    let facts = facts_of(state, account).await?;
+    let Some((version, program)) = crate::rollout::stable_program(state).await? else {
+        return Ok(None);
+    };
+    let v =
+        tollgate_rules::facts::fact_vector(&program, &facts, state.clock.now().timestamp_millis());
+    let raw = tollgate_rules::interp::evaluate(&program, &v);
+    let out = program
+        .features
+        .iter()
+        .zip(raw)
+        .map(|(f, d)| (f.key.clone(), tollgate_rules::facts::decision(d)))
+        .collect();
+    Ok(Some((version, out)))
 }
 
 /// The stored facts of up to [`FACTS_BATCH_MAX`] accounts (unknown ones are absent).

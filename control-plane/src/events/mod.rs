@@ -133,6 +133,33 @@ pub async fn record(
     record_as(conn, Uuid::now_v7(), kind, account, data, now).await
 }
 
+/// A recorded lifecycle event.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct Recorded {
+    pub id: Uuid,
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// The account's lifecycle events, newest first.
+pub async fn of_account(
+    state: &AppState,
+    account: AccountId,
+    limit: i64,
+) -> sqlx::Result<Vec<Recorded>> {
+    let mut conn = state.cf.acquire().await?;
+    sqlx::query_as(
+        "SELECT id, type, payload, occurred_at FROM lifecycle_events WHERE account_id = $1
+         ORDER BY occurred_at DESC, id DESC LIMIT $2",
+    )
+    .bind(account.0)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+}
+
 /// Records an event under `id` (a billing event's id), once, in its own cf transaction.
 pub async fn record_once(
     state: &AppState,

@@ -545,6 +545,22 @@ pub async fn report_status(state: &AppState, edge_id: &str, status: EdgeStatus) 
     Ok(())
 }
 
+/// The stable bundle's version and program, verified as an edge verifies it (`None`: no
+/// bundle is stable yet).
+pub async fn stable_program(
+    state: &AppState,
+) -> Result<Option<(i64, tollgate_rules::ir::Program)>> {
+    let mut conn = state.cf.acquire().await?;
+    let Some(version) = stable_version(&mut conn).await? else {
+        return Ok(None);
+    };
+    let bytes = store::bytes(&mut conn, version)
+        .await?
+        .ok_or_else(|| Error::internal("the stable bundle is not stored"))?;
+    let verified = bundle::verify(&bytes, &state.trusted_keys).map_err(Error::internal)?;
+    Ok(Some((version, verified.program)))
+}
+
 /// The stable bundle's version, in the caller's transaction (what a checkout snapshots).
 pub async fn stable_version(conn: &mut PgConnection) -> sqlx::Result<Option<i64>> {
     Ok(store::rollout(conn, false)

@@ -1,0 +1,282 @@
+//! The NinjaPanel's routes (`/panel/v1`): what a support agent may see and do, by role
+//! (`viewer` reads; `support` notes, overrides, retries, requiring a payment method;
+//! `billing_admin` credits, bans and disputes too). Every write needs an `Idempotency-Key` and
+//! a `reason`, and is audited in the transaction of its effect by the domain it calls — the
+//! same service functions the Dashboard uses. Each handler extracts, checks the role, calls
+//! and renders.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::extract::AgentCaller;
+use super::views::{AccountView, InvoiceView, PaymentMethodView, SubscriptionView, json as reply};
+use crate::accounts::{self, support};
+use crate::agents::Role;
+use crate::audit::{Reason, Write};
+use crate::billing::invoices;
+use crate::entitlements::{self, overrides};
+use crate::error::{Error, Result};
+use crate::http::idempotency::IdempotencyKey;
+use crate::http::{Json, Path, Query};
+use crate::idempotency::Key;
+use crate::ids::{AccountId, OverrideId};
+use crate::state::AppState;
+use crate::{dunning, payment_methods, subscriptions, usage};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/panel/v1/accounts", get(search))
+        .route("/panel/v1/accounts/{id}", get(account))
+        .route("/panel/v1/accounts/{id}/timeline", get(timeline))
+        .route("/panel/v1/accounts/{id}/notes", post(add_note))
+        .route("/panel/v1/accounts/{id}/ban", post(ban))
+        .route("/panel/v1/accounts/{id}/unban", post(unban))
+        .route(
+            "/panel/v1/accounts/{id}/require-payment-method",
+            post(require_payment_method),
+        )
+        .route(
+            "/panel/v1/accounts/{id}/entitlement-overrides",
+            post(add_override),
+        )
+        .route(
+            "/panel/v1/accounts/{id}/entitlement-overrides/{override_id}",
+            delete(remove_override),
+        )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    q: String,
+}
+
+/// `GET /panel/v1/accounts?q=` — by email or name (substring), id or provider customer id.
+async fn search(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    Query(query): Query<SearchQuery>,
+) -> Result<Response> {
+    agent.require(Role::Viewer)?;
+    let found = support::search(&state, &query.q).await?;
+    let data: Vec<_> = found.iter().map(AccountView::from).collect();
+    Ok(reply(StatusCode::OK, json!({ "data": data })))
+}
+
+/// `GET /panel/v1/accounts/{id}` — the 360° view.
+async fn account(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    Path(id): Path<AccountId>,
+) -> Result<Response> {
+    agent.require(Role::Viewer)?;
+    let acct = accounts::get(&state, id).await?;
+    let billing = invoices::account_billing(&state, id).await?;
+    let dunning = dunning::current(&state, id).await?;
+    let subs = subscriptions::list(&state, id).await?;
+    let wallet = payment_methods::list(&state, id).await?;
+    let (invoices, _) = invoices::list(&state, id, &invoices::Page::default()).await?;
+    let usage = usage::of_account(&state, id).await?;
+    let decisions = entitlements::decisions(&state, id).await?;
+    let overrides = overrides::of_account(&state, id).await?;
+    let notes = support::notes(&state, id).await?;
+    let disputes = crate::disputes::of_account(&state, id).await?;
+    let decisions = decisions.map(|(version, d)| {
+        json!({ "bundle_version": version,
+                "features": d.into_iter().map(|(k, d)| json!({ "feature": k, "decision": d })).collect::<Vec<_>>() })
+    });
+    Ok(reply(
+        StatusCode::OK,
+        json!({
+            "account": AccountView::from(&acct).with_billing(&billing).with_dunning(dunning),
+            "subscriptions": subs.iter().map(SubscriptionView::from).collect::<Vec<_>>(),
+            "payment_methods": wallet.methods.iter().map(PaymentMethodView::from).collect::<Vec<_>>(),
+            "default_payment_method_id": wallet.default_payment_method_id,
+            "invoices": invoices.iter().map(InvoiceView::from).collect::<Vec<_>>(),
+            "usage": usage,
+            "decisions": decisions,
+            "overrides": overrides,
+            "notes": notes,
+            "disputes": disputes,
+        }),
+    ))
+}
+
+/// `GET /panel/v1/accounts/{id}/timeline` — lifecycle events and agent actions, newest first.
+async fn timeline(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    Path(id): Path<AccountId>,
+) -> Result<Response> {
+    agent.require(Role::Viewer)?;
+    let entries = support::timeline(&state, id).await?;
+    Ok(reply(StatusCode::OK, json!({ "data": entries })))
+}
+
+/// A write's common fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Because {
+    reason: Option<String>,
+}
+
+fn write<'a>(
+    state: &AppState,
+    agent: &'a crate::agents::Agent,
+    key: &'a Key,
+    reason: &'a Reason,
+    action: &'static str,
+) -> Write<'a> {
+    Write::new(
+        agent,
+        key,
+        reason,
+        action,
+        crate::clock::Clock::now(&*state.clock),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteBody {
+    reason: Option<String>,
+    body: String,
+}
+
+/// `POST /panel/v1/accounts/{id}/notes` (support)
+async fn add_note(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<AccountId>,
+    Json(b): Json<NoteBody>,
+) -> Result<Response> {
+    agent.require(Role::Support)?;
+    let reason = Reason::parse(b.reason.as_deref())?;
+    let w = write(&state, &agent, &key, &reason, "account.note").on(
+        Some(id),
+        id.to_string(),
+        json!({ "body": b.body }),
+    );
+    let note = support::add_note(&state, &w, id, &b.body).await?;
+    Ok(reply(StatusCode::CREATED, json!(note)))
+}
+
+async fn standing(
+    state: AppState,
+    agent: crate::agents::Agent,
+    key: Key,
+    id: AccountId,
+    b: Because,
+    banned: bool,
+) -> Result<Response> {
+    agent.require(Role::BillingAdmin)?;
+    let reason = Reason::parse(b.reason.as_deref())?;
+    let action = if banned {
+        "account.ban"
+    } else {
+        "account.unban"
+    };
+    let w = write(&state, &agent, &key, &reason, action).on(Some(id), id.to_string(), json!({}));
+    let acct = support::set_banned(&state, &w, id, banned).await?;
+    Ok(reply(StatusCode::OK, json!(AccountView::from(&acct))))
+}
+
+/// `POST /panel/v1/accounts/{id}/ban` (billing_admin)
+async fn ban(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<AccountId>,
+    Json(b): Json<Because>,
+) -> Result<Response> {
+    standing(state, agent, key, id, b, true).await
+}
+
+/// `POST /panel/v1/accounts/{id}/unban` (billing_admin)
+async fn unban(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<AccountId>,
+    Json(b): Json<Because>,
+) -> Result<Response> {
+    standing(state, agent, key, id, b, false).await
+}
+
+/// `POST /panel/v1/accounts/{id}/require-payment-method` (support)
+async fn require_payment_method(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<AccountId>,
+    Json(b): Json<Because>,
+) -> Result<Response> {
+    agent.require(Role::Support)?;
+    let reason = Reason::parse(b.reason.as_deref())?;
+    let w = write(
+        &state,
+        &agent,
+        &key,
+        &reason,
+        "account.require_payment_method",
+    )
+    .on(Some(id), id.to_string(), json!({}));
+    let acct = support::require_payment_method(&state, &w, id).await?;
+    Ok(reply(StatusCode::OK, json!(AccountView::from(&acct))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideBody {
+    reason: Option<String>,
+    #[serde(flatten)]
+    input: overrides::NewOverride,
+}
+
+/// `POST /panel/v1/accounts/{id}/entitlement-overrides` (support)
+async fn add_override(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<AccountId>,
+    Json(b): Json<OverrideBody>,
+) -> Result<Response> {
+    agent.require(Role::Support)?;
+    let reason = Reason::parse(b.reason.as_deref())?;
+    let request = serde_json::to_value(&b.input).map_err(Error::internal)?;
+    let w = write(&state, &agent, &key, &reason, "entitlement.override").on(
+        Some(id),
+        b.input.feature.clone(),
+        request,
+    );
+    let o = overrides::add(&state, &w, id, &b.input).await?;
+    Ok(reply(StatusCode::CREATED, json!(o)))
+}
+
+/// `DELETE /panel/v1/accounts/{id}/entitlement-overrides/{override_id}` (support)
+async fn remove_override(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    Path((id, override_id)): Path<(AccountId, OverrideId)>,
+    Json(b): Json<Because>,
+) -> Result<Response> {
+    agent.require(Role::Support)?;
+    let reason = Reason::parse(b.reason.as_deref())?;
+    let w = write(
+        &state,
+        &agent,
+        &key,
+        &reason,
+        "entitlement.override_removed",
+    )
+    .on(Some(id), override_id.to_string(), json!({}));
+    let o = overrides::remove(&state, &w, id, override_id).await?;
+    Ok(reply(StatusCode::OK, json!(o)))
+}

@@ -1,0 +1,531 @@
+//! The NinjaPanel over the real router and real PostgreSQL: agents made by the platform, every
+//! route under the role it needs (the whole matrix), every write audited with its reason in
+//! the transaction of its effect and idempotent under its key, and what changes access reaching
+//! the facts the edges evaluate (a ban denies with `denied_banned`, an override decides with
+//! `override`).
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::Harness;
+use tollgate_rules::bundle;
+use tollgate_rules::compiler;
+use tollgate_rules::lang::SourceFile;
+
+/// Uploads and activates the demo rules (stable version 1), as a platform engineer would.
+async fn stable_demo(h: &Harness) {
+    let file = SourceFile {
+        name: "demo.tg".into(),
+        text: tollgate_rules::DEMO_SOURCE.to_owned(),
+    };
+    let compiled = compiler::compile(&file).expect("compile");
+    let bytes = bundle::build(&compiled, tollgate_rules::DEMO_SOURCE, 1, 0)
+        .expect("build")
+        .sign(&h.key);
+    let r = h.admin_upload(bytes).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    let r = h
+        .admin(
+            Method::POST,
+            "/admin/v1/bundles/1/activate",
+            Some(r#"{"canary_percent":0}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+}
+
+/// An agent of `role`: its token.
+async fn agent(h: &Harness, email: &str, role: &str) -> String {
+    let r = h
+        .admin(
+            Method::POST,
+            "/admin/v1/agents",
+            Some(&format!(r#"{{"email":"{email}","role":"{role}"}}"#)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    assert_eq!(r.json["agent"]["role"], role);
+    r.str("/token")
+}
+
+/// A customer with an active `pro` subscription: (account id, customer token).
+async fn customer(h: &Harness, email: &str) -> (String, String) {
+    let (id, token) = h.sign_up(email).await;
+    h.add_card(&token, "pm_card_visa").await;
+    let r = h
+        .post(
+            "/v1/checkout",
+            Some(&token),
+            Some("buy"),
+            r#"{"plan":"pro"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    h.settle().await;
+    (id, token)
+}
+
+async fn decision(h: &Harness, account: &str, feature: &str) -> serde_json::Value {
+    let agent = agent(
+        h,
+        &format!(
+            "reader-{feature}-{}@example.com",
+            uuid::Uuid::now_v7().simple()
+        ),
+        "viewer",
+    )
+    .await;
+    let r = h
+        .get(&format!("/panel/v1/accounts/{account}"), Some(&agent))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    r.json["decisions"]["features"]
+        .as_array()
+        .expect("decisions")
+        .iter()
+        .find(|f| f["feature"] == feature)
+        .map(|f| f["decision"].clone())
+        .expect("feature")
+}
+
+#[tokio::test]
+async fn agents_are_made_listed_and_revoked_by_the_platform_only() {
+    let h = Harness::new().await;
+    let token = agent(&h, "ada@support.example", "support").await;
+    assert!(token.starts_with("tga_"));
+    // The same live email again is a conflict; a bad role or email is refused.
+    let r = h
+        .admin(
+            Method::POST,
+            "/admin/v1/agents",
+            Some(r#"{"email":"ADA@support.example","role":"viewer"}"#),
+        )
+        .await;
+    r.assert_problem(StatusCode::CONFLICT, "agent_exists");
+    let r = h
+        .admin(
+            Method::POST,
+            "/admin/v1/agents",
+            Some(r#"{"email":"bob@support.example","role":"root"}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.json);
+    let r = h
+        .admin(
+            Method::POST,
+            "/admin/v1/agents",
+            Some(r#"{"email":"not an email","role":"viewer"}"#),
+        )
+        .await;
+    r.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_email");
+    // A customer token or no token cannot make agents.
+    let (_, customer) = h.sign_up("cust@example.com").await;
+    let r = h
+        .post(
+            "/admin/v1/agents",
+            Some(&customer),
+            None,
+            r#"{"email":"x@y.z","role":"billing_admin"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.json);
+    let list = h.admin(Method::GET, "/admin/v1/agents", None).await;
+    let agents = list.json["data"].as_array().expect("list");
+    assert_eq!(agents.len(), 1);
+    assert!(agents[0].get("token").is_none(), "tokens are shown once");
+    let id = agents[0]["id"].as_str().expect("id").to_owned();
+    // Works, then revoked: 401 at once.
+    let r = h.get("/panel/v1/accounts?q=cust", Some(&token)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    let r = h
+        .admin(Method::POST, &format!("/admin/v1/agents/{id}/revoke"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert!(r.json["revoked_at"].is_string());
+    let r = h.get("/panel/v1/accounts?q=cust", Some(&token)).await;
+    r.assert_problem(StatusCode::UNAUTHORIZED, "invalid_token");
+    // A customer's token is not an agent's.
+    let r = h.get("/panel/v1/accounts?q=cust", Some(&customer)).await;
+    r.assert_problem(StatusCode::UNAUTHORIZED, "invalid_token");
+    h.finish().await;
+}
+
+/// Every panel route, what it needs, and a request that passes the role check.
+fn matrix(account: &str) -> Vec<(Method, String, &'static str, Option<String>)> {
+    let reason = r#""reason":"customer asked""#;
+    vec![
+        (
+            Method::GET,
+            "/panel/v1/accounts?q=matrix".into(),
+            "viewer",
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/panel/v1/accounts/{account}"),
+            "viewer",
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/panel/v1/accounts/{account}/timeline"),
+            "viewer",
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/panel/v1/accounts/{account}/notes"),
+            "support",
+            Some(format!(r#"{{{reason},"body":"called in"}}"#)),
+        ),
+        (
+            Method::POST,
+            format!("/panel/v1/accounts/{account}/entitlement-overrides"),
+            "support",
+            Some(format!(r#"{{{reason},"feature":"sso","mode":"grant"}}"#)),
+        ),
+        (
+            Method::POST,
+            format!("/panel/v1/accounts/{account}/require-payment-method"),
+            "support",
+            Some(format!("{{{reason}}}")),
+        ),
+        (
+            Method::POST,
+            format!("/panel/v1/accounts/{account}/ban"),
+            "billing_admin",
+            Some(format!("{{{reason}}}")),
+        ),
+        (
+            Method::POST,
+            format!("/panel/v1/accounts/{account}/unban"),
+            "billing_admin",
+            Some(format!("{{{reason}}}")),
+        ),
+    ]
+}
+
+fn rank(role: &str) -> u8 {
+    match role {
+        "viewer" => 0,
+        "support" => 1,
+        _ => 2,
+    }
+}
+
+#[tokio::test]
+async fn every_route_answers_each_role_as_the_matrix_says() {
+    let h = Harness::new().await;
+    let (account, _) = customer(&h, "matrix@example.com").await;
+    let tokens = [
+        ("viewer", agent(&h, "v@support.example", "viewer").await),
+        ("support", agent(&h, "s@support.example", "support").await),
+        (
+            "billing_admin",
+            agent(&h, "b@support.example", "billing_admin").await,
+        ),
+    ];
+    for (method, path, needs, body) in matrix(&account) {
+        for (role, token) in &tokens {
+            let key = format!("{role}-{path}");
+            let r = h
+                .call(
+                    method.clone(),
+                    &path,
+                    Some(token),
+                    body.as_ref().map(|_| key.as_str()),
+                    body.as_deref(),
+                )
+                .await;
+            if rank(role) >= rank(needs) {
+                assert!(
+                    r.status.is_success(),
+                    "{role} {method} {path}: {} {:?}",
+                    r.status,
+                    r.json
+                );
+            } else {
+                r.assert_problem(StatusCode::FORBIDDEN, "forbidden_for_role");
+            }
+        }
+        // Without a token: 401.
+        let r = h
+            .call(method.clone(), &path, None, Some("k"), body.as_deref())
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_ban_is_audited_idempotent_and_denies_everything_with_its_reason() {
+    let h = Harness::new().await;
+    stable_demo(&h).await;
+    let (account, token) = customer(&h, "banned@example.com").await;
+    let admin = agent(&h, "b@support.example", "billing_admin").await;
+    assert_eq!(decision(&h, &account, "seats").await["allowed"], true);
+
+    // No reason, a blank one: refused, nothing written.
+    for body in ["{}", r#"{"reason":"  "}"#] {
+        let r = h
+            .post(
+                &format!("/panel/v1/accounts/{account}/ban"),
+                Some(&admin),
+                Some("ban-0"),
+                body,
+            )
+            .await;
+        r.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "reason_required");
+    }
+    let r = h
+        .post(
+            &format!("/panel/v1/accounts/{account}/ban"),
+            Some(&admin),
+            None,
+            r#"{"reason":"chargeback fraud"}"#,
+        )
+        .await;
+    r.assert_problem(StatusCode::BAD_REQUEST, "idempotency_key_required");
+    assert_eq!(h.count("SELECT count(*) FROM agent_actions").await, 0);
+
+    let ban = |key: &'static str, reason: &'static str| {
+        let path = format!("/panel/v1/accounts/{account}/ban");
+        let admin = admin.clone();
+        let h = &h;
+        async move {
+            h.post(
+                &path,
+                Some(&admin),
+                Some(key),
+                &format!(r#"{{"reason":"{reason}"}}"#),
+            )
+            .await
+        }
+    };
+    let (a, b) = tokio::join!(
+        ban("ban-1", "chargeback fraud"),
+        ban("ban-1", "chargeback fraud")
+    );
+    assert_eq!(
+        (a.status, b.status),
+        (StatusCode::OK, StatusCode::OK),
+        "{:?} {:?}",
+        a.json,
+        b.json
+    );
+    assert_eq!(a.json["standing"], "banned");
+    assert_eq!(a.json, b.json, "the same answer twice");
+    assert_eq!(
+        h.count("SELECT count(*) FROM agent_actions").await,
+        1,
+        "one audit row for one key, even at once"
+    );
+    // The same key for another request is refused.
+    let r = ban("ban-1", "something else").await;
+    r.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused");
+    let (agent_email, action, reason, before, after): (
+        String,
+        String,
+        String,
+        serde_json::Value,
+        serde_json::Value,
+    ) = sqlx::query_as("SELECT agent_email, action, reason, before, after FROM agent_actions")
+        .fetch_one(&h.state.cf)
+        .await
+        .expect("audit");
+    assert_eq!(
+        (agent_email.as_str(), action.as_str(), reason.as_str()),
+        ("b@support.example", "account.ban", "chargeback fraud")
+    );
+    assert_eq!(
+        (before["standing"].as_str(), after["standing"].as_str()),
+        (Some("active"), Some("banned"))
+    );
+    // The audit log cannot be edited.
+    let edited = sqlx::query("UPDATE agent_actions SET reason = 'nothing to see'")
+        .execute(&h.state.cf)
+        .await;
+    assert!(edited.is_err(), "append-only");
+
+    // What the edges evaluate: everything denied, because of the ban.
+    h.settle().await;
+    let d = decision(&h, &account, "seats").await;
+    assert_eq!(
+        (d["allowed"].as_bool(), d["reason"].as_str()),
+        (Some(false), Some("denied_banned")),
+        "{d}"
+    );
+    // The customer sees it; buying is refused.
+    let me = h.get("/v1/account", Some(&token)).await;
+    assert_eq!(me.json["standing"], "banned");
+    // The timeline shows the action with its agent and reason, and the lifecycle event.
+    let viewer = agent(&h, "v@support.example", "viewer").await;
+    let t = h
+        .get(
+            &format!("/panel/v1/accounts/{account}/timeline"),
+            Some(&viewer),
+        )
+        .await;
+    let entries = t.json["data"].as_array().expect("timeline");
+    let action = entries
+        .iter()
+        .find(|e| e["kind"] == "agent_action")
+        .expect("action");
+    assert_eq!(action["what"], "account.ban");
+    assert_eq!(action["agent"], "b@support.example");
+    assert!(
+        entries.iter().any(|e| e["what"] == "account.banned"),
+        "{entries:?}"
+    );
+
+    // Unbanned: granted again.
+    let r = h
+        .post(
+            &format!("/panel/v1/accounts/{account}/unban"),
+            Some(&admin),
+            Some("unban-1"),
+            r#"{"reason":"cleared by the bank"}"#,
+        )
+        .await;
+    assert_eq!(r.json["standing"], "active", "{:?}", r.json);
+    h.settle().await;
+    assert_eq!(decision(&h, &account, "seats").await["allowed"], true);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn overrides_decide_at_the_edges_until_removed_or_expired() {
+    let h = Harness::new().await;
+    stable_demo(&h).await;
+    let (account, _) = customer(&h, "override@example.com").await;
+    let support = agent(&h, "s@support.example", "support").await;
+    let path = format!("/panel/v1/accounts/{account}/entitlement-overrides");
+    // Refused: an unknown feature, a deny with a limit, a past expiry, a negative limit.
+    for (body, code) in [
+        (
+            r#"{"reason":"trial","feature":"teleport","mode":"grant"}"#,
+            "unknown_feature",
+        ),
+        (
+            r#"{"reason":"trial","feature":"sso","mode":"deny","limit":3}"#,
+            "invalid_override",
+        ),
+        (
+            r#"{"reason":"trial","feature":"sso","mode":"grant","expires_at":"2020-01-01T00:00:00Z"}"#,
+            "invalid_override",
+        ),
+        (
+            r#"{"reason":"trial","feature":"seats","mode":"grant","limit":-1}"#,
+            "invalid_override",
+        ),
+    ] {
+        let r = h.post(&path, Some(&support), Some(code), body).await;
+        r.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, code);
+    }
+    // Seats granted at 500 for a week.
+    let r = h
+        .post(
+            &path,
+            Some(&support),
+            Some("seats-500"),
+            r#"{"reason":"migration week","feature":"seats","mode":"grant","limit":500,"expires_at":"2026-01-22T12:00:00Z"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    h.settle().await;
+    let d = decision(&h, &account, "seats").await;
+    assert_eq!(
+        (d["limit"].as_i64(), d["reason"].as_str()),
+        (Some(500), Some("override")),
+        "{d}"
+    );
+    // A deny of exports, then removed.
+    let r = h
+        .post(
+            &path,
+            Some(&support),
+            Some("deny-exports"),
+            r#"{"reason":"abuse report","feature":"exports","mode":"deny"}"#,
+        )
+        .await;
+    let deny_id = r.str("/id");
+    h.settle().await;
+    assert_eq!(decision(&h, &account, "exports").await["allowed"], false);
+    let r = h
+        .call(
+            Method::DELETE,
+            &format!("{path}/{deny_id}"),
+            Some(&support),
+            Some("undeny"),
+            Some(r#"{"reason":"resolved"}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    h.settle().await;
+    assert_eq!(decision(&h, &account, "exports").await["allowed"], true);
+    // Another account's id with a real override id: 404.
+    let (other, _) = customer(&h, "other@example.com").await;
+    let r = h
+        .call(
+            Method::DELETE,
+            &format!("/panel/v1/accounts/{other}/entitlement-overrides/{deny_id}"),
+            Some(&support),
+            Some("cross"),
+            Some(r#"{"reason":"oops"}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.json);
+    // The week passes: the grant expires by itself and the plan's limit is back.
+    h.advance_to(common::t(2026, 1, 22, 12, 1)).await;
+    let d = decision(&h, &account, "seats").await;
+    assert_ne!(d["reason"].as_str(), Some("override"), "{d}");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn search_and_the_360_view_show_the_whole_account() {
+    let h = Harness::new().await;
+    stable_demo(&h).await;
+    let (account, _) = customer(&h, "whole.view@example.com").await;
+    let viewer = agent(&h, "v@support.example", "viewer").await;
+    for q in ["whole.view", "WHOLE", account.as_str()] {
+        let r = h
+            .get(&format!("/panel/v1/accounts?q={q}"), Some(&viewer))
+            .await;
+        assert_eq!(
+            r.json["data"][0]["id"],
+            account.as_str(),
+            "{q}: {:?}",
+            r.json
+        );
+    }
+    // Wildcards are text: `%` finds nothing here.
+    let r = h.get("/panel/v1/accounts?q=%25", Some(&viewer)).await;
+    assert_eq!(
+        r.json["data"].as_array().map(Vec::len),
+        Some(0),
+        "{:?}",
+        r.json
+    );
+    let r = h.get("/panel/v1/accounts?q=", Some(&viewer)).await;
+    r.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query");
+    let r = h
+        .get(&format!("/panel/v1/accounts/{account}"), Some(&viewer))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(r.json["account"]["email"], "whole.view@example.com");
+    assert_eq!(r.json["subscriptions"][0]["plan"], "pro");
+    assert_eq!(r.json["payment_methods"].as_array().map(Vec::len), Some(1));
+    assert_eq!(r.json["invoices"][0]["status"], "paid");
+    assert_eq!(r.json["decisions"]["bundle_version"], 1);
+    assert!(r.json["usage"].is_object(), "{:?}", r.json["usage"]);
+    // An unknown account: 404.
+    let r = h
+        .get(
+            &format!("/panel/v1/accounts/{}", uuid::Uuid::now_v7()),
+            Some(&viewer),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    h.finish().await;
+}
