@@ -45,11 +45,7 @@ pub async fn set_banned(
             AccountStanding::Active
         };
         if before.standing == to {
-            return Ok(Effect {
-                before: snapshot(&before),
-                after: snapshot(&before),
-                answer: before,
-            });
+            return Ok(Effect::new(snapshot(&before), snapshot(&before), before));
         }
         store::set_standing(tx, id, to, banned.then_some("support")).await?;
         let after = locked(tx, id).await?;
@@ -61,11 +57,7 @@ pub async fn set_banned(
         let why = json!({ "account_id": id, "reason": "support", "note": w.reason.as_str() });
         events::record(tx, kind, Some(id), &why, w.now).await?;
         outbox::account_changed(tx, id, w.now).await?;
-        Ok(Effect {
-            before: snapshot(&before),
-            after: snapshot(&after),
-            answer: after,
-        })
+        Ok(Effect::new(snapshot(&before), snapshot(&after), after))
     })
     .await?;
     state.outbox_wake.notify_one();
@@ -83,11 +75,7 @@ pub async fn require_payment_method(
         let before = locked(tx, id).await?;
         store::set_payment_method_required(tx, id).await?;
         let after = locked(tx, id).await?;
-        Ok(Effect {
-            before: snapshot(&before),
-            after: snapshot(&after),
-            answer: after,
-        })
+        Ok(Effect::new(snapshot(&before), snapshot(&after), after))
     })
     .await
 }
@@ -117,11 +105,11 @@ pub async fn add_note(state: &AppState, w: &Write<'_>, id: AccountId, body: &str
     audit::audited(&state.cf, w, async |tx| {
         locked(tx, id).await?;
         let note = store::insert_note(tx, NoteId::new_v7(), id, w.agent.id, body, w.now).await?;
-        Ok(Effect {
-            before: json!(null),
-            after: json!({ "note_id": note.id, "body": note.body }),
-            answer: note,
-        })
+        Ok(Effect::new(
+            json!(null),
+            json!({ "note_id": note.id, "body": note.body }),
+            note,
+        ))
     })
     .await
 }

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::http::idempotency::IdempotencyKey;
 use crate::http::{Json, Path, Query};
 use crate::idempotency::Key;
-use crate::ids::{AccountId, OverrideId};
+use crate::ids::{AccountId, InvoiceId, OverrideId};
 use crate::state::AppState;
 use crate::{dunning, payment_methods, subscriptions, usage};
 
@@ -48,6 +48,9 @@ pub fn routes() -> Router<AppState> {
             "/panel/v1/accounts/{id}/entitlement-overrides/{override_id}",
             delete(remove_override),
         )
+        .route("/panel/v1/accounts/{id}/credits", post(grant_credit))
+        .route("/panel/v1/invoices/{id}/retry", post(retry_invoice))
+        .route("/panel/v1/disputes", get(list_disputes))
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,4 +282,66 @@ async fn remove_override(
     .on(Some(id), override_id.to_string(), json!({}));
     let o = overrides::remove(&state, &w, id, override_id).await?;
     Ok(reply(StatusCode::OK, json!(o)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditBody {
+    reason: Option<String>,
+    #[serde(flatten)]
+    grant: crate::billing::credits::Grant,
+}
+
+/// `POST /panel/v1/accounts/{id}/credits {amount_minor, currency}` (billing_admin)
+async fn grant_credit(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<AccountId>,
+    Json(b): Json<CreditBody>,
+) -> Result<Response> {
+    agent.require(Role::BillingAdmin)?;
+    let reason = Reason::parse(b.reason.as_deref())?;
+    accounts::get(&state, id).await?;
+    let request = serde_json::to_value(&b.grant).map_err(Error::internal)?;
+    let w = write(&state, &agent, &key, &reason, "account.credit").on(
+        Some(id),
+        id.to_string(),
+        request,
+    );
+    let granted = crate::billing::credits::grant(&state, &w, id, &b.grant).await?;
+    Ok(reply(StatusCode::CREATED, json!(granted)))
+}
+
+/// `POST /panel/v1/invoices/{id}/retry` (support) — a dunning retry now.
+async fn retry_invoice(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<InvoiceId>,
+    Json(b): Json<Because>,
+) -> Result<Response> {
+    agent.require(Role::Support)?;
+    let reason = Reason::parse(b.reason.as_deref())?;
+    let w =
+        write(&state, &agent, &key, &reason, "invoice.retry").on(None, id.to_string(), json!({}));
+    let case = dunning::retry_now(&state, &w, id).await?;
+    Ok(reply(StatusCode::OK, json!(case)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisputeQuery {
+    status: Option<crate::disputes::DisputeStatus>,
+}
+
+/// `GET /panel/v1/disputes?status=` — every account's disputes, newest first.
+async fn list_disputes(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    Query(q): Query<DisputeQuery>,
+) -> Result<Response> {
+    agent.require(Role::Viewer)?;
+    let list = crate::disputes::list(&state, q.status).await?;
+    Ok(reply(StatusCode::OK, json!({ "data": list })))
 }

@@ -99,6 +99,19 @@ pub struct Effect<T> {
     pub before: Value,
     pub after: Value,
     pub answer: T,
+    /// The account, when only the effect knows it (an invoice's owner).
+    pub account: Option<AccountId>,
+}
+
+impl<T> Effect<T> {
+    pub fn new(before: Value, after: Value, answer: T) -> Self {
+        Self {
+            before,
+            after,
+            answer,
+            account: None,
+        }
+    }
 }
 
 fn hash(w: &Write<'_>) -> Vec<u8> {
@@ -147,7 +160,8 @@ where
         }
     };
     let response = serde_json::to_value(&e.answer).map_err(Error::internal)?;
-    if !store::insert(&mut tx, w, &h, &e.before, &e.after, &response).await? {
+    let account = e.account.or(w.account);
+    if !store::insert(&mut tx, w, account, &h, &e.before, &e.after, &response).await? {
         // A concurrent first attempt under the same key committed first.
         tx.rollback().await?;
         let mut conn = pool.acquire().await?;

@@ -29,6 +29,7 @@ pub async fn find(
 pub async fn insert(
     conn: &mut PgConnection,
     w: &Write<'_>,
+    account: Option<AccountId>,
     hash: &[u8],
     before: &serde_json::Value,
     after: &serde_json::Value,
@@ -46,7 +47,7 @@ pub async fn insert(
     .bind(w.key.as_str())
     .bind(hash)
     .bind(w.action)
-    .bind(w.account.map(|a| a.0))
+    .bind(account.map(|a| a.0))
     .bind(&w.target)
     .bind(w.reason.as_str())
     .bind(before)

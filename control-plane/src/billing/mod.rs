@@ -26,6 +26,7 @@
 
 pub mod charges;
 pub mod credit_notes;
+pub mod credits;
 pub mod invoices;
 pub mod pass;
 pub mod payments;

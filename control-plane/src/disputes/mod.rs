@@ -275,6 +275,12 @@ pub async fn reconcile(state: &AppState, batch: i64) -> anyhow::Result<usize> {
     Ok(changed)
 }
 
+/// Disputes of every account, newest first (the panel), optionally only those in `status`.
+pub async fn list(state: &AppState, status: Option<DisputeStatus>) -> Result<Vec<Dispute>> {
+    let mut conn = state.billing.acquire().await?;
+    Ok(store::list(&mut conn, status, 200).await?)
+}
+
 /// An account's disputes, newest first.
 pub async fn of_account(state: &AppState, account: AccountId) -> Result<Vec<Dispute>> {
     let mut conn = state.billing.acquire().await?;

@@ -200,3 +200,18 @@ pub async fn stale_open(
     .fetch_all(conn)
     .await
 }
+
+pub async fn list(
+    conn: &mut PgConnection,
+    status: Option<DisputeStatus>,
+    limit: i64,
+) -> sqlx::Result<Vec<Dispute>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {COLUMNS} FROM disputes WHERE ($1::text IS NULL OR status = $1)
+         ORDER BY opened_at DESC, id DESC LIMIT $2"
+    ))
+    .bind(status)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

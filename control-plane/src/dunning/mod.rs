@@ -421,6 +421,55 @@ pub async fn on_payment_method_added(state: &AppState, d: &Delivery) -> anyhow::
     Ok(())
 }
 
+/// A support agent's retry of invoice `invoice` now (the next maintenance pass charges it),
+/// whatever the schedule says; 404 without a case, 409 `not_in_dunning` once it is recovered.
+/// Audited in billing_prod with the case's change.
+pub async fn retry_now(
+    state: &AppState,
+    w: &crate::audit::Write<'_>,
+    invoice: InvoiceId,
+) -> crate::error::Result<Case> {
+    use crate::error::Error;
+    let out = crate::audit::audited(&state.billing, w, async |tx| {
+        let mut case = store::of_invoice_for_update(tx, invoice)
+            .await?
+            .ok_or_else(|| Error::not_found("dunning case"))?;
+        if case.status == CaseStatus::Recovered {
+            return Err(Error::conflict(
+                "not_in_dunning",
+                "this invoice's dunning case is recovered",
+            ));
+        }
+        let before =
+            serde_json::json!({ "status": case.status, "next_retry_at": case.next_retry_at });
+        store::record(
+            tx,
+            case.id,
+            EventKind::RetryScheduled,
+            case.level,
+            &format!("retry now by {}", w.agent.email),
+            w.now,
+        )
+        .await?;
+        if case.status == CaseStatus::Exhausted {
+            store::charge_at(tx, case.invoice_id, w.now).await?;
+        } else {
+            case.status = CaseStatus::Retrying;
+            case.next_retry_at = Some(w.now);
+            store::save(tx, &case, w.now).await?;
+        }
+        let after =
+            serde_json::json!({ "status": case.status, "next_retry_at": case.next_retry_at });
+        let account = case.account_id;
+        let mut e = crate::audit::Effect::new(before, after, case);
+        e.account = Some(account);
+        Ok(e)
+    })
+    .await?;
+    state.billing_outbox_wake.notify_one();
+    Ok(out)
+}
+
 /// Hands the cases whose retry is due to the off-session charger, in batches claimed with
 /// `FOR UPDATE SKIP LOCKED`. Returns how many.
 pub async fn retry_due(state: &AppState, batch: i64) -> anyhow::Result<usize> {

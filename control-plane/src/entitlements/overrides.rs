@@ -106,11 +106,7 @@ pub async fn add(
         .fetch_one(&mut *tx)
         .await?;
         outbox::account_changed(tx, account, w.now).await?;
-        Ok(Effect {
-            before: json!(before),
-            after: json!(o),
-            answer: o,
-        })
+        Ok(Effect::new(json!(before), json!(o), o))
     })
     .await?;
     state.outbox_wake.notify_one();
@@ -142,11 +138,7 @@ pub async fn remove(
         .fetch_one(&mut *tx)
         .await?;
         outbox::account_changed(tx, account, w.now).await?;
-        Ok(Effect {
-            before: json!(before),
-            after: json!(after),
-            answer: after,
-        })
+        Ok(Effect::new(json!(before), json!(after), after))
     })
     .await?;
     state.outbox_wake.notify_one();
