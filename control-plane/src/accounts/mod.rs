@@ -8,6 +8,7 @@
 //! entitlements recompute in one transaction. A replay returns the token again only within
 //! [`TOKEN_REPLAY_SECS`] of the sign-up.
 
+pub mod profile;
 pub mod store;
 pub mod support;
 pub mod tokens;
@@ -50,6 +51,12 @@ pub struct Account {
     /// Written off and not recovered.
     #[serde(default)]
     pub bad_debt_minor: i64,
+    /// Where invoices are addressed.
+    #[serde(default)]
+    pub billing_address: Option<sqlx::types::Json<profile::BillingAddress>>,
+    /// The customer's tax id, printed on invoices.
+    #[serde(default)]
+    pub tax_id: Option<String>,
 }
 
 /// `402 payment_method_required` when dunning needs a new payment method from the account

@@ -9,7 +9,8 @@ use crate::ids::{AccountId, PaymentMethodId, TokenId};
 
 const ACCOUNT_COLUMNS: &str =
     "id, email, name, standing, gateway_customer_id, default_payment_method_id, created_at,
-     dunning_level, past_due_since, payment_method_required, bad_debt_minor";
+     dunning_level, past_due_since, payment_method_required, bad_debt_minor, billing_address,
+     tax_id";
 
 #[allow(clippy::too_many_arguments)]
 pub async fn insert_account(
@@ -314,6 +315,146 @@ pub async fn search(
     .bind(limit)
     .fetch_all(conn)
     .await
+}
+
+/// Writes the profile fields.
+pub async fn update_profile(
+    conn: &mut PgConnection,
+    account: AccountId,
+    name: &str,
+    email: &str,
+    address: Option<&super::profile::BillingAddress>,
+    tax_id: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE accounts SET name = $2, email = $3, billing_address = $4, tax_id = $5 WHERE id = $1",
+    )
+    .bind(account.0)
+    .bind(name)
+    .bind(email)
+    .bind(address.map(sqlx::types::Json))
+    .bind(tax_id)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+pub async fn contacts(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> sqlx::Result<Vec<super::profile::Contact>> {
+    sqlx::query_as(
+        "SELECT id, email, name, created_at FROM account_contacts
+         WHERE account_id = $1 AND removed_at IS NULL ORDER BY created_at, id",
+    )
+    .bind(account.0)
+    .fetch_all(conn)
+    .await
+}
+
+/// Adds a contact; `None` when the email is a live contact already.
+pub async fn insert_contact(
+    conn: &mut PgConnection,
+    account: AccountId,
+    email: &str,
+    name: Option<&str>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<super::profile::Contact>> {
+    sqlx::query_as(
+        "INSERT INTO account_contacts (id, account_id, email, name, created_at)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (account_id, lower(email)) WHERE removed_at IS NULL DO NOTHING
+         RETURNING id, email, name, created_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(account.0)
+    .bind(email)
+    .bind(name)
+    .bind(now)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn remove_contact(
+    conn: &mut PgConnection,
+    account: AccountId,
+    contact: Uuid,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE account_contacts SET removed_at = $3
+         WHERE id = $2 AND account_id = $1 AND removed_at IS NULL",
+    )
+    .bind(account.0)
+    .bind(contact)
+    .bind(now)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+pub async fn tokens(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> sqlx::Result<Vec<super::profile::TokenInfo>> {
+    sqlx::query_as(
+        "SELECT id, label, created_at, revoked_at FROM api_tokens WHERE account_id = $1
+         ORDER BY created_at, id",
+    )
+    .bind(account.0)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn insert_labelled_token(
+    conn: &mut PgConnection,
+    id: TokenId,
+    account: AccountId,
+    token_hash: &[u8],
+    label: Option<&str>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<super::profile::TokenInfo> {
+    sqlx::query_as(
+        "INSERT INTO api_tokens (id, account_id, token_hash, label, created_at)
+         VALUES ($1, $2, $3, $4, $5) RETURNING id, label, created_at, revoked_at",
+    )
+    .bind(id)
+    .bind(account.0)
+    .bind(token_hash)
+    .bind(label)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn revoke_token(
+    conn: &mut PgConnection,
+    account: AccountId,
+    token: TokenId,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<super::profile::TokenInfo>> {
+    sqlx::query_as(
+        "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, $3)
+         WHERE id = $2 AND account_id = $1 RETURNING id, label, created_at, revoked_at",
+    )
+    .bind(account.0)
+    .bind(token)
+    .bind(now)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The account has no default payment method any more.
+pub async fn clear_default_payment_method(
+    conn: &mut PgConnection,
+    account: AccountId,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE accounts SET default_payment_method_id = NULL WHERE id = $1")
+        .bind(account.0)
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde_json::json;
 
 use super::extract::Customer;
@@ -30,7 +30,16 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/plans", get(list_plans))
         .route("/v1/accounts", post(sign_up))
-        .route("/v1/account", get(get_account))
+        .route("/v1/account", get(get_account).patch(update_account))
+        .route("/v1/account/contacts", get(list_contacts).post(add_contact))
+        .route("/v1/account/contacts/{id}", delete(remove_contact))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{id}", delete(revoke_token))
+        .route("/v1/payment-methods/{id}", delete(remove_payment_method))
+        .route(
+            "/v1/payment-methods/{id}/default",
+            post(make_default_payment_method),
+        )
         .route(
             "/v1/payment-methods",
             post(add_payment_method).get(list_payment_methods),
@@ -440,4 +449,94 @@ async fn account_usage(
 ) -> Result<Response> {
     let usage = usage::of_account(&state, account).await?;
     Ok(reply(StatusCode::OK, value(&usage)))
+}
+
+/// `PATCH /v1/account {name?, email?, billing_address?, tax_id?}`
+async fn update_account(
+    State(state): State<AppState>,
+    Customer(id): Customer,
+    Json(patch): Json<accounts::profile::Patch>,
+) -> Result<Response> {
+    let account = accounts::profile::update(&state, id, &patch).await?;
+    Ok(reply(StatusCode::OK, value(&AccountView::from(&account))))
+}
+
+/// `GET /v1/account/contacts`
+async fn list_contacts(State(state): State<AppState>, Customer(id): Customer) -> Result<Response> {
+    let list = accounts::profile::contacts(&state, id).await?;
+    Ok(reply(StatusCode::OK, json!({ "data": list })))
+}
+
+/// `POST /v1/account/contacts {email, name?}`
+async fn add_contact(
+    State(state): State<AppState>,
+    Customer(id): Customer,
+    Json(body): Json<accounts::profile::NewContact>,
+) -> Result<Response> {
+    let c = accounts::profile::add_contact(&state, id, &body).await?;
+    Ok(reply(StatusCode::CREATED, json!(c)))
+}
+
+/// `DELETE /v1/account/contacts/{id}`
+async fn remove_contact(
+    State(state): State<AppState>,
+    Customer(id): Customer,
+    Path(contact): Path<uuid::Uuid>,
+) -> Result<Response> {
+    accounts::profile::remove_contact(&state, id, contact).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /v1/tokens` — the account's API tokens (never their secrets).
+async fn list_tokens(State(state): State<AppState>, Customer(id): Customer) -> Result<Response> {
+    let list = accounts::profile::tokens(&state, id).await?;
+    Ok(reply(StatusCode::OK, json!({ "data": list })))
+}
+
+/// `POST /v1/tokens {label?}` — another token, shown once.
+async fn create_token(
+    State(state): State<AppState>,
+    Customer(id): Customer,
+    Json(body): Json<accounts::profile::TokenRequest>,
+) -> Result<Response> {
+    let t = accounts::profile::create_token(&state, id, &body).await?;
+    Ok(reply(StatusCode::CREATED, json!(t)))
+}
+
+/// `DELETE /v1/tokens/{id}` — revoked at once.
+async fn revoke_token(
+    State(state): State<AppState>,
+    Customer(id): Customer,
+    Path(token): Path<crate::ids::TokenId>,
+) -> Result<Response> {
+    let t = accounts::profile::revoke_token(&state, id, token).await?;
+    Ok(reply(StatusCode::OK, json!(t)))
+}
+
+fn wallet(w: &payment_methods::Wallet) -> Response {
+    let data: Vec<_> = w.methods.iter().map(PaymentMethodView::from).collect();
+    reply(
+        StatusCode::OK,
+        json!({ "data": data, "default_payment_method_id": w.default_payment_method_id }),
+    )
+}
+
+/// `POST /v1/payment-methods/{id}/default`
+async fn make_default_payment_method(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<PaymentMethodId>,
+) -> Result<Response> {
+    Ok(wallet(
+        &payment_methods::make_default(&state, account, id).await?,
+    ))
+}
+
+/// `DELETE /v1/payment-methods/{id}`
+async fn remove_payment_method(
+    State(state): State<AppState>,
+    Customer(account): Customer,
+    Path(id): Path<PaymentMethodId>,
+) -> Result<Response> {
+    Ok(wallet(&payment_methods::remove(&state, account, id).await?))
 }

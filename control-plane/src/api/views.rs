@@ -46,6 +46,8 @@ pub struct AccountView<'a> {
     /// The oldest unpaid invoice's dunning, while there is one (shown with `GET /v1/account`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dunning: Option<Option<crate::dunning::Standing>>,
+    pub billing_address: Option<&'a crate::accounts::profile::BillingAddress>,
+    pub tax_id: Option<&'a str>,
 }
 
 impl<'a> AccountView<'a> {
@@ -78,6 +80,8 @@ impl<'a> From<&'a Account> for AccountView<'a> {
             standing: a.standing,
             payment_method_required: a.payment_method_required,
             dunning: None,
+            billing_address: a.billing_address.as_ref().map(|j| &j.0),
+            tax_id: a.tax_id.as_deref(),
         }
     }
 }

@@ -157,17 +157,11 @@ pub async fn queue(
         step.invoice_id
     );
     let (subject, text, html) = render(step, &acct.name, &pay_url);
-    store::insert(
-        conn,
-        account,
-        step.kind,
-        &acct.email,
-        &subject,
-        &text,
-        &html,
-        now,
-    )
-    .await
+    // One email per billing contact (the account's own address when it has none).
+    for to in crate::accounts::profile::recipients(conn, &acct).await? {
+        store::insert(conn, account, step.kind, &to, &subject, &text, &html, now).await?;
+    }
+    Ok(())
 }
 
 /// An account's emails, oldest first (tests, the support panel).

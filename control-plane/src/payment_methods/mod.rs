@@ -46,6 +46,8 @@ pub enum PaymentMethodStatus {
     Failed,
     /// Abandoned and canceled at the provider.
     Canceled,
+    /// Removed by the customer: kept for the records, never charged again.
+    Removed,
 }
 
 impl PaymentMethodStatus {
@@ -56,7 +58,7 @@ impl PaymentMethodStatus {
 
     /// Over, and never usable.
     pub fn dead(self) -> bool {
-        matches!(self, Self::Failed | Self::Canceled)
+        matches!(self, Self::Failed | Self::Canceled | Self::Removed)
     }
 }
 
@@ -526,6 +528,74 @@ pub async fn settle_setup(state: &AppState, setup_intent_id: &str) -> Result<boo
     state.outbox_wake.notify_one();
     tracing::info!(payment_method_id = %id, status = ?pm.status, "set-up settled from a provider webhook");
     Ok(true)
+}
+
+/// Makes ready method `id` the account's default (409 `payment_method_not_ready` otherwise).
+pub async fn make_default(
+    state: &AppState,
+    account: AccountId,
+    id: PaymentMethodId,
+) -> Result<Wallet> {
+    let mut tx = state.cf.begin().await?;
+    accounts::store::get_account(&mut tx, account, true)
+        .await?
+        .ok_or_else(|| Error::not_found("account"))?;
+    let pm = store::get(&mut tx, account, id, false)
+        .await?
+        .filter(|pm| pm.status != PaymentMethodStatus::Removed)
+        .ok_or_else(|| Error::not_found("payment method"))?;
+    if pm.status != PaymentMethodStatus::Ready {
+        tx.rollback().await?;
+        return Err(Error::conflict(
+            "payment_method_not_ready",
+            "only a ready payment method can be the default",
+        ));
+    }
+    accounts::store::set_default_payment_method(&mut tx, account, id).await?;
+    tx.commit().await?;
+    list(state, account).await
+}
+
+/// Removes method `id`: never the last usable one while a paid subscription renews with it
+/// (409 `payment_method_in_use`: add another first). A removed default is replaced by the
+/// newest other ready method. Nothing is charged to it again.
+pub async fn remove(state: &AppState, account: AccountId, id: PaymentMethodId) -> Result<Wallet> {
+    let mut tx = state.cf.begin().await?;
+    let acct = accounts::store::get_account(&mut tx, account, true)
+        .await?
+        .ok_or_else(|| Error::not_found("account"))?;
+    let pm = store::get(&mut tx, account, id, true)
+        .await?
+        .filter(|pm| pm.status != PaymentMethodStatus::Removed)
+        .ok_or_else(|| Error::not_found("payment method"))?;
+    let others: Vec<PaymentMethod> = store::list(&mut tx, account)
+        .await?
+        .into_iter()
+        .filter(|m| m.id != id && m.status == PaymentMethodStatus::Ready)
+        .collect();
+    let paid_live = crate::subscriptions::live(&mut tx, account)
+        .await?
+        .is_some_and(|s| {
+            s.amount_minor > 0 && s.status != tollgate_protocol::SubscriptionStatus::Canceled
+        });
+    if pm.status == PaymentMethodStatus::Ready && others.is_empty() && paid_live {
+        tx.rollback().await?;
+        return Err(Error::conflict(
+            "payment_method_in_use",
+            "a paid subscription renews with this method: add another one first",
+        ));
+    }
+    store::set_status(&mut tx, id, PaymentMethodStatus::Removed, state.clock.now()).await?;
+    if acct.default_payment_method_id == Some(id) {
+        match others.last() {
+            Some(next) => {
+                accounts::store::set_default_payment_method(&mut tx, account, next.id).await?
+            }
+            None => accounts::store::clear_default_payment_method(&mut tx, account).await?,
+        }
+    }
+    tx.commit().await?;
+    list(state, account).await
 }
 
 /// The account's payment methods and its default.

@@ -97,7 +97,7 @@ pub async fn by_provider_id(
 /// The account's methods that are not failed or canceled, oldest first.
 pub async fn list(conn: &mut PgConnection, account: AccountId) -> sqlx::Result<Vec<PaymentMethod>> {
     sqlx::query_as(sqlf!(
-        "SELECT {PM_COLUMNS} FROM payment_methods WHERE account_id = $1 AND status NOT IN ('failed', 'canceled') ORDER BY created_at"
+        "SELECT {PM_COLUMNS} FROM payment_methods WHERE account_id = $1 AND status NOT IN ('failed', 'canceled', 'removed') ORDER BY created_at"
     ))
     .bind(account.0)
     .fetch_all(conn)
