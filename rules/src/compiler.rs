@@ -15,6 +15,9 @@
 //! interpreter and the module is an `internal_error` (a code generator bug, never the rule
 //! author's). Every problem is reported at once.
 //!
+//! [`check_sources`] and [`compile_sources`] do the same for a program of several files (a
+//! folder, see [`lang::sources`]); [`check`] and [`compile`] are them for one file.
+//!
 //! [`run_tests`] runs a program's embedded tests against an already loaded module: edges and
 //! the control plane do so before they activate a bundle, so a module that does not decide as
 //! its own tests say never serves.
@@ -22,7 +25,7 @@
 use crate::bounds::{self, Missing};
 use crate::interp;
 use crate::ir::{self, Limit, RawDecision, TestCase};
-use crate::lang::{self, Diagnostic, Severity, SourceFile, diag::codes};
+use crate::lang::{self, Diagnostic, Severity, SourceFile, Sources, diag::codes};
 use crate::wasm;
 
 /// Recorded in every bundle's manifest.
@@ -44,30 +47,35 @@ pub struct Compiled {
 /// the front end's, or `program_too_large`, or one `test_failed` per failing expectation, or
 /// `internal_error` when the module and the interpreter disagree.
 pub fn compile(file: &SourceFile) -> Result<Compiled, Vec<Diagnostic>> {
-    let (program, warnings) = check(file)?;
+    compile_sources(&Sources::one(file.clone()))
+}
+
+/// [`compile`] for a program of several files: each diagnostic names its own file.
+pub fn compile_sources(sources: &Sources) -> Result<Compiled, Vec<Diagnostic>> {
+    let (program, warnings) = check_sources(sources)?;
     let module = match wasm::emit(&program) {
         Ok(module) => module,
         // `check` refused every program `emit` refuses.
         Err(e) => {
             let mut diags = warnings;
-            diags.push(Diagnostic::at(
-                file,
+            diags.push(Diagnostic::in_sources(
+                sources,
                 Severity::Error,
                 codes::INTERNAL_ERROR,
                 ir::Span::default(),
                 format!("the checked program cannot be emitted: {e} (a compiler bug)"),
             ));
-            return Err(sorted(diags));
+            return Err(sorted(sources, diags));
         }
     };
     let mut errors = Vec::new();
     let error = |code, test: &TestCase, message| {
-        Diagnostic::at(file, Severity::Error, code, test.span, message)
+        Diagnostic::in_sources(sources, Severity::Error, code, test.span, message)
     };
     let from_module = module_decisions(&program, &module);
     if let Err(message) = &from_module {
-        errors.push(Diagnostic::at(
-            file,
+        errors.push(Diagnostic::in_sources(
+            sources,
             Severity::Error,
             codes::INTERNAL_ERROR,
             ir::Span::default(),
@@ -111,7 +119,7 @@ pub fn compile(file: &SourceFile) -> Result<Compiled, Vec<Diagnostic>> {
     } else {
         let mut diags = warnings;
         diags.extend(errors);
-        Err(sorted(diags))
+        Err(sorted(sources, diags))
     }
 }
 
@@ -119,9 +127,16 @@ pub fn compile(file: &SourceFile) -> Result<Compiled, Vec<Diagnostic>> {
 /// then the module's size limits and the parts a shipped program needs. `Ok` carries the
 /// program and its warnings; `Err` every diagnostic, warnings included.
 pub fn check(file: &SourceFile) -> Result<(ir::Program, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let (program, warnings) = lang::compile_source(file)?;
+    check_sources(&Sources::one(file.clone()))
+}
+
+/// [`check`] for a program of several files. What concerns the whole program (no features,
+/// too large) is reported at the start of the first file.
+pub fn check_sources(sources: &Sources) -> Result<(ir::Program, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let (program, warnings) = lang::compile_sources(sources)?;
     let at_start = |code, message: String, note: &str| {
-        let mut d = Diagnostic::at(file, Severity::Error, code, ir::Span::default(), message);
+        let mut d =
+            Diagnostic::in_sources(sources, Severity::Error, code, ir::Span::default(), message);
         d.note = Some(note.to_owned());
         d
     };
@@ -165,13 +180,13 @@ pub fn check(file: &SourceFile) -> Result<(ir::Program, Vec<Diagnostic>), Vec<Di
     } else {
         let mut diags = warnings;
         diags.extend(errors);
-        Err(sorted(diags))
+        Err(sorted(sources, diags))
     }
 }
 
-/// Source order, stable among diagnostics at the same place.
-fn sorted(mut diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
-    diags.sort_by_key(|d| (d.span.start, d.span.end));
+/// Source order (file by file), stable among diagnostics at the same place.
+fn sorted(sources: &Sources, mut diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    sources.sort(&mut diags);
     diags
 }
 

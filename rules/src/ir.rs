@@ -493,7 +493,8 @@ pub enum Action {
     CapAtUsage { target: Target, reason: ReasonCode },
 }
 
-/// Byte range in the source, for messages.
+/// Byte range in the source, for messages. In a program of several files, a range of the
+/// files laid end to end ([`crate::lang::Sources::locate`] finds the file and the range in it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Span {
     pub start: u32,

@@ -770,3 +770,212 @@ fn a_closed_stdout_ends_every_printing_command_quietly_with_its_own_exit_code() 
     assert!(s.path("again.bundle").exists());
     assert!(keys.join("k1.key").exists() && keys.join("k1.pub").exists());
 }
+
+// ---------------------------------------------------------------------------------------------
+// A folder of `.tg` files is one program.
+
+/// The demo cut into a folder as a team might keep it, in the order the folder sorts:
+/// `catalog.tg` (plans and the add-on, using the features of a later file), `features.tg`
+/// and `policy/rules.tg` (rules and tests, in a subfolder). Beside them, what a folder read
+/// skips: hidden files and folders (broken, so reading them would fail) and other files.
+/// Returns the folder and the text of `policy/rules.tg`.
+fn demo_folder(s: &Scratch, name: &str, rules_edit: Option<(&str, &str)>) -> (PathBuf, String) {
+    let dir = s.path(name);
+    let plans = DEMO.find("plan free").expect("plans");
+    let rules = DEMO.find("// Order matters").expect("rules");
+    let mut rules_text = DEMO[rules..].to_string();
+    if let Some((from, to)) = rules_edit {
+        assert!(rules_text.contains(from), "{from}");
+        rules_text = rules_text.replacen(from, to, 1);
+    }
+    for (path, text) in [
+        ("catalog.tg", &DEMO[plans..rules]),
+        ("features.tg", &DEMO[..plans]),
+        ("policy/rules.tg", rules_text.as_str()),
+        (".draft.tg", "feature broken"),
+        (".git/HEAD.tg", "plan {"),
+        ("README.md", "feature not: read"),
+        ("catalog.tg.bak", "plan {"),
+    ] {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+    }
+    (dir, rules_text)
+}
+
+/// 1-based line of the first `needle` in `text`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text[..text.find(needle).expect("needle")]
+        .matches('\n')
+        .count()
+        + 1
+}
+
+#[test]
+fn check_test_and_compile_take_a_folder_of_tg_files_as_one_program() {
+    let s = Scratch::new("folder");
+    let (dir, _) = demo_folder(&s, "demo", None);
+    let r = run(args!["check", dir]);
+    assert_code(&r, 0);
+    assert!(
+        r.stdout.contains(&format!(
+            "{} (3 files): ok: 4 features, 3 plans, 1 add-on, 3 rules, 10 tests; 0 warnings",
+            dir.display()
+        )),
+        "{}",
+        r.stdout
+    );
+    let r = run(args!["test", dir]);
+    assert_code(&r, 0);
+    assert!(r.stdout.contains("test \"free\" ... ok"), "{}", r.stdout);
+    assert!(r.stdout.contains("10 of 10 tests passed"), "{}", r.stdout);
+
+    // The folder's bundle holds what the file's does.
+    let demo = s.write("demo.tg", DEMO);
+    let (from_dir, from_file) = (s.path("dir.unsigned"), s.path("file.unsigned"));
+    let r = run(args!["compile", dir, "-o", from_dir, "--version", "5"]);
+    assert_code(&r, 0);
+    assert!(r.stdout.contains("10 tests passed"), "{}", r.stdout);
+    assert_code(
+        &run(args!["compile", demo, "-o", from_file, "--version", "5"]),
+        0,
+    );
+    let r = run(args!["diff", from_file, from_dir]);
+    assert_code(&r, 0);
+    assert!(r.stdout.contains("no differences"), "{}", r.stdout);
+    // Manifest and module alike; the file, source hashes and program part (whose spans
+    // are positions in the source) differ.
+    let shown = |bundle: &PathBuf| -> Vec<String> {
+        let r = run(args!["inspect", bundle]);
+        assert_code(&r, 0);
+        r.stdout
+            .lines()
+            .filter(|l| {
+                !["bundle ", "sha256 ", "source ", "created "]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+                    && !l.contains("program.postcard")
+            })
+            .map(String::from)
+            .collect()
+    };
+    let (a, b) = (shown(&from_file), shown(&from_dir));
+    assert!(a.iter().any(|l| l.contains("module.wasm")), "{a:?}");
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_folder_names_the_file_and_line_of_each_diagnostic() {
+    let s = Scratch::new("folder-diags");
+    // A failing test in the last file.
+    let (dir, rules) = demo_folder(
+        &s,
+        "failing",
+        Some((
+            "expect seats allowed limit 20",
+            "expect seats allowed limit 25",
+        )),
+    );
+    let rules_tg = dir.join("policy").join("rules.tg");
+    let line = line_of(&rules, "test \"extra seats add five per pack\"");
+    let r = run(args!["test", dir]);
+    assert_code(&r, 1);
+    assert!(
+        r.stdout.contains(&format!(
+            "test \"extra seats add five per pack\" ... FAILED\n    {}:{line}:1: test `extra \
+             seats add five per pack`: expected seats limit 25, got 20 (granted_by_plan)\n",
+            rules_tg.display()
+        )),
+        "{}",
+        r.stdout
+    );
+    let r = run(args!["compile", dir, "-o", s.path("x.bundle")]);
+    assert_code(&r, 1);
+    assert!(
+        r.stderr.contains(&format!(
+            "{}:{line}:1: error[test_failed]",
+            rules_tg.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(!s.path("x.bundle").exists());
+
+    // A duplicate across files points at both; a syntax error in one file leaves the errors
+    // of the others reported.
+    let (dir, _) = demo_folder(&s, "broken", None);
+    std::fs::write(
+        dir.join("more.tg"),
+        "feature seats: limit\nplan gold \"Gold\" {\n    price 1 USD per month\n    grant sos\n}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("policy").join("open.tg"),
+        "rule \"open\" when banned =>\n",
+    )
+    .expect("write");
+    let r = run(args!["check", dir]);
+    assert_code(&r, 1);
+    let features_line = line_of(DEMO, "feature seats");
+    for expected in [
+        format!(
+            "{}:1:9: error[duplicate_definition]: feature `seats` is defined twice\n",
+            dir.join("more.tg").display()
+        ),
+        format!(
+            "= note: first defined at {}:{features_line}:9\n",
+            dir.join("features.tg").display()
+        ),
+        format!(
+            "{}:4:11: error[unknown_feature]",
+            dir.join("more.tg").display()
+        ),
+        format!(
+            "{}:2:1: error[syntax]: expected `deny`, `grant`, `limit` or `cap`, found end of file",
+            dir.join("policy").join("open.tg").display()
+        ),
+        format!("{} (5 files): 3 errors, 0 warnings", dir.display()),
+    ] {
+        assert!(r.stderr.contains(&expected), "{expected}\n{}", r.stderr);
+    }
+}
+
+#[test]
+fn an_empty_folder_or_one_without_tg_files_is_a_usage_error() {
+    let s = Scratch::new("folder-empty");
+    let empty = s.path("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    // Only what a folder read skips.
+    let skipped = s.path("skipped");
+    for (path, text) in [
+        (".draft.tg", "feature sso: bool"),
+        (".git/x.tg", "feature sso: bool"),
+        ("README.md", "# rules"),
+        ("sub/notes.txt", "feature sso: bool"),
+    ] {
+        let p = skipped.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, text).expect("write");
+    }
+    for dir in [&empty, &skipped] {
+        let out = s.path("out.bundle");
+        for r in [
+            run(args!["check", dir]),
+            run(args!["test", dir]),
+            run(args!["compile", dir, "-o", out]),
+        ] {
+            assert_code(&r, 2);
+            assert!(
+                r.stderr.contains(&format!(
+                    "error: {} holds no .tg files (names starting with `.` are skipped)",
+                    dir.display()
+                )),
+                "{}",
+                r.stderr
+            );
+            assert_eq!(r.stdout, "");
+        }
+        assert!(!out.exists());
+    }
+}

@@ -21,6 +21,10 @@
 //! parts            = "module.wasm" (the module), "program.postcard" (postcard(ir::Program))
 //! ```
 //!
+//! The bundle holds no source text, only its hash (`source_hash` in the manifest): for one
+//! file the SHA-256 of its text, for the files of a folder [`sources_hash`], so a folder's
+//! bundle has the same format and parts as a file's.
+//!
 //! `tollgate-rules compile` writes the unsigned form; `tollgate-rules sign` (holding the
 //! secret key, off the control plane) turns it into the signed form without touching the
 //! manifest or the parts. The envelope is re-encoded, never the manifest, so the signed bytes
@@ -74,6 +78,7 @@ use sha2::{Digest, Sha256};
 use crate::bounds::{self, CatalogIssue, Missing};
 use crate::compiler::{COMPILER_VERSION, Compiled};
 use crate::ir;
+use crate::lang::Sources;
 
 pub use keys::{KEY_ID_CHARS_MAX, PublicKey, SigningKey, TrustedKeys, is_valid_key_id};
 
@@ -116,7 +121,8 @@ pub struct Manifest {
     pub format: u32,
     /// Monotonic version chosen at compile time (default: Unix seconds).
     pub bundle_version: u64,
-    /// Lower-case hex SHA-256 of the source text.
+    /// Lower-case hex SHA-256 of the source text; of a program of several files, see
+    /// [`sources_hash`].
     pub source_hash: String,
     pub compiler_version: String,
     pub created_at_ms: i64,
@@ -263,6 +269,30 @@ fn entry(name: &str, bytes: &[u8]) -> PartEntry {
     }
 }
 
+/// Domain separation of [`sources_hash`] for several files. A text that starts with a NUL
+/// byte does not compile, so no single file's hash is a folder's.
+const SOURCES_HASH_PREFIX: &[u8] = b"\0tollgate-rules sources 1\n";
+
+/// The `source_hash` of a program's sources, lower-case hex SHA-256: of one file, its text
+/// (what [`build`] records); of several, of `SOURCES_HASH_PREFIX` followed, file by file in
+/// compilation order, by the text's length (u64 little-endian) and the text. File names are
+/// left out: they change nothing in the program, so a folder moved or a file renamed keeps
+/// its hash, while a change in the order of the files changes it.
+pub fn sources_hash(sources: &Sources) -> String {
+    match sources.files() {
+        [one] => sha256_hex(one.text.as_bytes()),
+        files => {
+            let mut hash = Sha256::new();
+            hash.update(SOURCES_HASH_PREFIX);
+            for f in files {
+                hash.update((f.text.len() as u64).to_le_bytes());
+                hash.update(f.text.as_bytes());
+            }
+            hex::encode(hash.finalize())
+        }
+    }
+}
+
 /// Makes the unsigned bundle of a compiled program. Refuses what [`verify`] would refuse in
 /// a manifest ([`check_manifest`]): a version outside
 /// [`BUNDLE_VERSION_MIN`]..=[`BUNDLE_VERSION_MAX`] (`InvalidVersion`), for one.
@@ -272,13 +302,43 @@ pub fn build(
     bundle_version: u64,
     created_at_ms: i64,
 ) -> Result<UnsignedBundle, BundleError> {
+    build_hashed(
+        compiled,
+        sha256_hex(source_text.as_bytes()),
+        bundle_version,
+        created_at_ms,
+    )
+}
+
+/// [`build`] for a program compiled from `sources` (one file or several), recording
+/// [`sources_hash`]. For one file it is [`build`] of its text.
+pub fn build_sources(
+    compiled: &Compiled,
+    sources: &Sources,
+    bundle_version: u64,
+    created_at_ms: i64,
+) -> Result<UnsignedBundle, BundleError> {
+    build_hashed(
+        compiled,
+        sources_hash(sources),
+        bundle_version,
+        created_at_ms,
+    )
+}
+
+fn build_hashed(
+    compiled: &Compiled,
+    source_hash: String,
+    bundle_version: u64,
+    created_at_ms: i64,
+) -> Result<UnsignedBundle, BundleError> {
     let program = &compiled.program;
     let program_bytes =
         postcard::to_allocvec(program).map_err(|e| BundleError::Encode(e.to_string()))?;
     let manifest = Manifest {
         format: FORMAT_VERSION,
         bundle_version,
-        source_hash: sha256_hex(source_text.as_bytes()),
+        source_hash,
         compiler_version: COMPILER_VERSION.into(),
         created_at_ms,
         features: program.features.clone(),

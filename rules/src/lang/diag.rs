@@ -2,9 +2,11 @@
 //!
 //! Every diagnostic carries a stable machine `code` (the list is in [`codes`]); the message is
 //! for people and may change. Positions are 1-based lines and columns counted in characters
-//! (Unicode scalar values), computed from the byte [`Span`] once all passes have run.
+//! (Unicode scalar values), computed from the byte [`Span`] once all passes have run. A
+//! program of several files ([`Sources`]) has one span space over all of them; a diagnostic
+//! names the file it is in and carries its span, line and column within that file.
 
-use super::SourceFile;
+use super::{SourceFile, Sources};
 use crate::ir::Span;
 
 /// How bad a diagnostic is: errors stop compilation, warnings are returned with the program.
@@ -113,9 +115,26 @@ pub struct Diagnostic {
     pub line: u32,
     /// 1-based column (in characters) of `span.start`.
     pub column: u32,
+    /// Byte range within `file`.
     pub span: Span,
     /// Extra help, e.g. where the first definition of a duplicate is.
     pub note: Option<String>,
+    /// The other place a diagnostic is about: for a duplicate definition, the first one, which
+    /// may be in another file (the note says where too).
+    pub related: Option<Location>,
+}
+
+/// A place in one source file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// Name of the source file.
+    pub file: String,
+    /// 1-based line of `span.start`.
+    pub line: u32,
+    /// 1-based column (in characters) of `span.start`.
+    pub column: u32,
+    /// Byte range within `file`.
+    pub span: Span,
 }
 
 impl Diagnostic {
@@ -138,7 +157,21 @@ impl Diagnostic {
             column,
             span,
             note: None,
+            related: None,
         }
+    }
+
+    /// A diagnostic found after [`super::compile_sources`], at `span` of the program's span
+    /// space (a rule's or a test's span): positioned in the file that span is in.
+    pub fn in_sources(
+        sources: &Sources,
+        severity: Severity,
+        code: &'static str,
+        span: Span,
+        message: impl Into<String>,
+    ) -> Self {
+        let (file, local) = sources.locate(span);
+        Self::at(file, severity, code, local, message)
     }
 
     /// `file:line:col: error[code]: message`, the source line, a caret line under the span,
@@ -283,6 +316,7 @@ impl Diags {
                 column: 0,
                 span,
                 note,
+                related: None,
             },
             None,
         ));
@@ -292,8 +326,15 @@ impl Diags {
         self.list.iter().any(|(d, _)| d.severity == Severity::Error)
     }
 
-    /// Sorted by position, capped at `max`, with file name, lines and columns filled in.
-    pub fn finish(mut self, file: &SourceFile, max: usize) -> Vec<Diagnostic> {
+    /// [`Self::finish_sources`] for a program of one file.
+    #[cfg(test)]
+    pub fn finish(self, file: &SourceFile, max: usize) -> Vec<Diagnostic> {
+        self.finish_sources(&Sources::one(file.clone()), max)
+    }
+
+    /// Sorted by position (file by file, as the span space runs), capped at `max`, with file
+    /// name, lines and columns filled in and spans made relative to their file.
+    pub fn finish_sources(mut self, sources: &Sources, max: usize) -> Vec<Diagnostic> {
         self.list.sort_by_key(|(d, _)| (d.span.start, d.span.end));
         let total = self.list.len();
         self.list.truncate(max);
@@ -305,17 +346,42 @@ impl Diags {
                 format!("{} more problems not shown", total - max),
             );
         }
-        let index = LineIndex::new(&file.text);
+        // Line indexes only of the files with something to show.
+        let mut indexes: Vec<Option<LineIndex>> = Vec::new();
+        indexes.resize_with(sources.files().len(), || None);
+        let mut locate = |span: Span| -> Location {
+            let (i, local) = sources.locate_index(span);
+            let file = &sources.files()[i];
+            let (line, column) = match indexes.get_mut(i) {
+                Some(slot) => slot
+                    .get_or_insert_with(|| LineIndex::new(&file.text))
+                    .line_col(&file.text, local.start),
+                None => (1, 1),
+            };
+            Location {
+                file: file.name.clone(),
+                line,
+                column,
+                span: local,
+            }
+        };
         self.list
             .into_iter()
             .map(|(mut d, first)| {
-                let (line, column) = index.line_col(&file.text, d.span.start);
-                d.file.clone_from(&file.name);
-                d.line = line;
-                d.column = column;
+                let at = locate(d.span);
+                d.file = at.file;
+                d.line = at.line;
+                d.column = at.column;
+                d.span = at.span;
                 if let Some(first) = first {
-                    let (line, column) = index.line_col(&file.text, first.start);
-                    d.note = Some(format!("first defined at {line}:{column}"));
+                    let first = locate(first);
+                    let (line, column) = (first.line, first.column);
+                    d.note = Some(if first.file == d.file {
+                        format!("first defined at {line}:{column}")
+                    } else {
+                        format!("first defined at {}:{line}:{column}", first.file)
+                    });
+                    d.related = Some(first);
                 }
                 d
             })

@@ -80,16 +80,26 @@ pub struct Token {
     pub line_start: bool,
 }
 
-fn span(start: usize, end: usize) -> Span {
-    // The source is capped far below 4 GiB before lexing.
+/// The span of bytes `start..end` of a file that starts at `base` in the program's span
+/// space ([`super::Sources`]).
+fn span(base: u32, start: usize, end: usize) -> Span {
+    // The sources are capped far below 4 GiB before lexing.
+    let at = |i: usize| base.saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
     Span {
-        start: u32::try_from(start).unwrap_or(u32::MAX),
-        end: u32::try_from(end).unwrap_or(u32::MAX),
+        start: at(start),
+        end: at(end),
     }
 }
 
-/// Splits `text` into tokens, reporting bad characters and literals into `diags`.
+/// [`lex_at`] for a file alone (spans from 0).
+#[cfg(test)]
 pub fn lex(text: &str, diags: &mut Diags) -> Vec<Token> {
+    lex_at(text, 0, diags)
+}
+
+/// Splits `text` into tokens, reporting bad characters and literals into `diags`. Spans are
+/// offset by `base`, where the file starts in the program's span space.
+pub fn lex_at(text: &str, base: u32, diags: &mut Diags) -> Vec<Token> {
     let bytes = text.as_bytes();
     let mut tokens = Vec::new();
     let mut i = 0;
@@ -139,7 +149,7 @@ pub fn lex(text: &str, diags: &mut Diags) -> Vec<Token> {
                     None => {
                         diags.error(
                             codes::INT_OVERFLOW,
-                            span(start, i),
+                            span(base, start, i),
                             format!(
                                 "integer literal `{}` does not fit in 64 bits (max {})",
                                 &text[start..i],
@@ -176,7 +186,7 @@ pub fn lex(text: &str, diags: &mut Diags) -> Vec<Token> {
                 if !closed {
                     diags.error(
                         codes::UNTERMINATED_STRING,
-                        span(start, i),
+                        span(base, start, i),
                         "string is not closed on this line",
                     );
                 }
@@ -215,36 +225,36 @@ pub fn lex(text: &str, diags: &mut Diags) -> Vec<Token> {
             }
         };
         if let Some(run) = bad_run.take() {
-            report_bad_run(text, run, start, diags);
+            report_bad_run(text, base, run, start, diags);
         }
         if let Some(tok) = tok {
             tokens.push(Token {
                 tok,
-                span: span(start, i),
+                span: span(base, start, i),
                 line_start,
             });
             line_start = false;
         }
     }
     if let Some(run) = bad_run.take() {
-        report_bad_run(text, run, bytes.len(), diags);
+        report_bad_run(text, base, run, bytes.len(), diags);
     }
     tokens.push(Token {
         tok: Tok::Eof,
-        span: span(bytes.len(), bytes.len()),
+        span: span(base, bytes.len(), bytes.len()),
         line_start: true,
     });
     tokens
 }
 
-fn report_bad_run(text: &str, start: usize, end: usize, diags: &mut Diags) {
+fn report_bad_run(text: &str, base: u32, start: usize, end: usize, diags: &mut Diags) {
     let first = text
         .get(start..)
         .and_then(|t| t.chars().next())
         .unwrap_or('?');
     diags.error(
         codes::UNEXPECTED_CHAR,
-        span(start, end),
+        span(base, start, end),
         format!("unexpected character `{}`", first.escape_debug()),
     );
 }

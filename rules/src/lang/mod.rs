@@ -6,6 +6,11 @@
 //! ([`lower`]). It reports every problem it finds at once, each as a [`Diagnostic`] with a
 //! stable code ([`diag::codes`]) and a precise span; it never panics, whatever the input.
 //!
+//! [`compile_sources`] does the same for a program of several files ([`Sources`], a folder
+//! of `.tg` files): each file is lexed and parsed alone, then all their items are checked
+//! together as if they were one file, in file order, so one file may use what another
+//! declares. Every diagnostic names its own file ([`sources`] has the details).
+//!
 //! # An example
 //!
 //! ```text
@@ -136,7 +141,8 @@
 //!
 //! # Limits
 //!
-//! Sources over [`MAX_SOURCE_BYTES`] are refused; expressions nest at most [`MAX_NESTING`]
+//! Sources over [`MAX_SOURCE_BYTES`] (the files of a program together) or of more than
+//! [`MAX_SOURCE_FILES`] files are refused; expressions nest at most [`MAX_NESTING`]
 //! parentheses/`not`/minus deep and [`MAX_EXPR_DEPTH`] operators high; at most
 //! [`MAX_DIAGNOSTICS`] diagnostics are returned. Keys, names, prices, trials and meter
 //! pricing keep the bounds of [`crate::bounds`] (checked here by the same function bundle
@@ -150,14 +156,16 @@ mod fold;
 mod lexer;
 mod lower;
 mod parser;
+pub mod sources;
 
-pub use diag::{Diagnostic, Severity};
+pub use diag::{Diagnostic, Location, Severity};
+pub use sources::{MAX_SOURCE_FILES, Sources, SourcesError};
 
 use crate::bounds::{self, Problem};
 use crate::ir::{self, Span};
 use diag::{Diags, codes};
 
-/// Largest source accepted, in bytes.
+/// Largest source accepted, in bytes: of one file, or of all the files of a program.
 pub const MAX_SOURCE_BYTES: usize = 1 << 20;
 /// Deepest nesting of parentheses, `not` and unary minus in one expression.
 pub const MAX_NESTING: u32 = 64;
@@ -181,20 +189,38 @@ pub struct SourceFile {
 pub fn compile_source(
     file: &SourceFile,
 ) -> Result<(ir::Program, Vec<Diagnostic>), Vec<Diagnostic>> {
+    compile_sources(&Sources::one(file.clone()))
+}
+
+/// Parses the files of `sources` one by one, then checks and lowers their items as one
+/// program. What [`compile_source`] returns, with each diagnostic in its own file and the
+/// diagnostics in source order, file by file.
+pub fn compile_sources(
+    sources: &Sources,
+) -> Result<(ir::Program, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut diags = Diags::default();
-    if file.text.len() > MAX_SOURCE_BYTES {
-        diags.error(
-            codes::INPUT_TOO_LARGE,
-            Span { start: 0, end: 0 },
-            format!(
+    let total = sources.total_bytes();
+    if total > MAX_SOURCE_BYTES {
+        let message = match sources.files() {
+            [file] => format!(
                 "source is {} bytes; the limit is {MAX_SOURCE_BYTES}",
                 file.text.len()
             ),
-        );
-        return Err(diags.finish(file, MAX_DIAGNOSTICS));
+            files => format!(
+                "the {} source files are {total} bytes together; the limit is \
+                 {MAX_SOURCE_BYTES}",
+                files.len()
+            ),
+        };
+        diags.error(codes::INPUT_TOO_LARGE, Span { start: 0, end: 0 }, message);
+        return Err(diags.finish_sources(sources, MAX_DIAGNOSTICS));
     }
-    let tokens = lexer::lex(&file.text, &mut diags);
-    let ast = parser::parse(&tokens, &mut diags);
+    // Each file alone, so a syntax error (an unclosed block, say) ends with its file.
+    let mut ast = ast::File { items: Vec::new() };
+    for (file, start) in sources.with_starts() {
+        let tokens = lexer::lex_at(&file.text, start, &mut diags);
+        ast.items.extend(parser::parse(&tokens, &mut diags).items);
+    }
     let checked = check::check(&ast, &mut diags);
     // The same bounds bundle verification applies to a manifest.
     if let Err(issues) = bounds::validate(
@@ -218,17 +244,17 @@ pub fn compile_source(
         }
     }
     if diags.has_errors() {
-        return Err(diags.finish(file, MAX_DIAGNOSTICS));
+        return Err(diags.finish_sources(sources, MAX_DIAGNOSTICS));
     }
     match lower::lower(checked) {
-        Ok(program) => Ok((program, diags.finish(file, MAX_DIAGNOSTICS))),
+        Ok(program) => Ok((program, diags.finish_sources(sources, MAX_DIAGNOSTICS))),
         Err(message) => {
             diags.error(
                 codes::INTERNAL_ERROR,
                 Span { start: 0, end: 0 },
                 format!("compiler bug: {message}"),
             );
-            Err(diags.finish(file, MAX_DIAGNOSTICS))
+            Err(diags.finish_sources(sources, MAX_DIAGNOSTICS))
         }
     }
 }

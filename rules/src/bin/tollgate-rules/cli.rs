@@ -22,17 +22,17 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Parse and check a rule source; print its diagnostics and a summary.
     Check {
-        /// The rule source (`.tg`).
+        #[arg(value_name = "SOURCE", help = SOURCE_HELP)]
         file: PathBuf,
     },
     /// Compile a rule source and run its `test` blocks (interpreter and WebAssembly).
     Test {
-        /// The rule source (`.tg`).
+        #[arg(value_name = "SOURCE", help = SOURCE_HELP)]
         file: PathBuf,
     },
     /// Compile a rule source, run its tests and write an unsigned bundle.
     Compile {
-        /// The rule source (`.tg`).
+        #[arg(value_name = "SOURCE", help = SOURCE_HELP)]
         file: PathBuf,
         /// Where to write the unsigned bundle.
         #[arg(short, long)]
@@ -116,6 +116,11 @@ pub(crate) enum Command {
         remote: Remote,
     },
 }
+
+/// What `check`, `test` and `compile` read (`files::read_sources`).
+const SOURCE_HELP: &str = "The rule source: a .tg file, or a folder whose .tg files (in \
+                           subfolders too, sorted by path, names starting with `.` skipped) \
+                           are one program";
 
 /// Bundle versions as the control plane stores them: `bundle::BUNDLE_VERSION_MIN..=MAX`.
 fn version_parser() -> clap::builder::RangedU64ValueParser<u64> {
