@@ -217,6 +217,12 @@ fn matrix(account: &str) -> Vec<(Method, String, &'static str, Option<String>)> 
             Some(format!("{{{reason}}}")),
         ),
         (Method::GET, "/panel/v1/disputes".into(), "viewer", None),
+        (
+            Method::POST,
+            format!("/panel/v1/subscriptions/{}/extend-trial", uuid::Uuid::nil()),
+            "support",
+            Some(format!(r#"{{{reason},"days":3}}"#)),
+        ),
     ]
 }
 
@@ -253,7 +259,7 @@ async fn every_route_answers_each_role_as_the_matrix_says() {
                 )
                 .await;
             if rank(role) >= rank(needs) {
-                // Past the role check: answered (a retry of an invoice without a case is 404).
+                // Past the role check: answered (an id that names nothing is 404).
                 assert!(
                     r.status.is_success() || r.status == StatusCode::NOT_FOUND,
                     "{role} {method} {path}: {} {:?}",
@@ -649,5 +655,70 @@ async fn a_credit_is_applied_to_the_next_invoice_and_a_retry_charges_at_once() {
         )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_trial_extended_by_an_agent_is_charged_later() {
+    let h = Harness::new().await;
+    let (_, token) = h.sign_up("trial@example.com").await;
+    h.add_card(&token, "pm_card_visa").await;
+    let r = h
+        .post(
+            "/v1/checkout",
+            Some(&token),
+            Some("trial"),
+            r#"{"plan":"pro","trial":true}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    let sub = r.str("/subscription/id");
+    assert_eq!(
+        r.json["subscription"]["current_period_end"],
+        "2026-01-29T12:00:00Z"
+    );
+    h.settle().await;
+    let support = agent(&h, "s@support.example", "support").await;
+    let viewer = agent(&h, "v@support.example", "viewer").await;
+    let path = format!("/panel/v1/subscriptions/{sub}/extend-trial");
+    let body = r#"{"reason":"onboarding took longer","days":7}"#;
+    h.post(&path, Some(&viewer), Some("x"), body)
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden_for_role");
+    for bad in [
+        r#"{"reason":"r!!","days":0}"#,
+        r#"{"reason":"r!!","days":91}"#,
+    ] {
+        h.post(&path, Some(&support), Some(bad), bad)
+            .await
+            .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_days");
+    }
+    let r = h.post(&path, Some(&support), Some("extend"), body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(r.json["current_period_end"], "2026-02-05T12:00:00Z");
+    // Replayed under its key: extended once.
+    let again = h.post(&path, Some(&support), Some("extend"), body).await;
+    assert_eq!(again.json["current_period_end"], "2026-02-05T12:00:00Z");
+    // Nothing is charged at the old end; the new end charges the first period.
+    h.advance_to(common::t(2026, 1, 30, 13, 10)).await;
+    let inv = h.get("/v1/invoices", Some(&token)).await;
+    let paid = |j: &serde_json::Value| {
+        j["data"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter(|i| i["status"] == "paid" && i["amount_due_minor"].as_i64() > Some(0))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(paid(&inv.json), 0, "{:?}", inv.json);
+    h.advance_to(common::t(2026, 2, 5, 13, 10)).await;
+    let inv = h.get("/v1/invoices", Some(&token)).await;
+    assert_eq!(paid(&inv.json), 1, "{:?}", inv.json);
+    // Not trialing any more: refused.
+    h.post(&path, Some(&support), Some("extend-2"), body)
+        .await
+        .assert_problem(StatusCode::CONFLICT, "not_trialing");
     h.finish().await;
 }

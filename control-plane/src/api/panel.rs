@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::http::idempotency::IdempotencyKey;
 use crate::http::{Json, Path, Query};
 use crate::idempotency::Key;
-use crate::ids::{AccountId, InvoiceId, OverrideId};
+use crate::ids::{AccountId, InvoiceId, OverrideId, SubscriptionId};
 use crate::state::AppState;
 use crate::{dunning, payment_methods, subscriptions, usage};
 
@@ -51,6 +51,10 @@ pub fn routes() -> Router<AppState> {
         .route("/panel/v1/accounts/{id}/credits", post(grant_credit))
         .route("/panel/v1/invoices/{id}/retry", post(retry_invoice))
         .route("/panel/v1/disputes", get(list_disputes))
+        .route(
+            "/panel/v1/subscriptions/{id}/extend-trial",
+            post(extend_trial),
+        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -344,4 +348,30 @@ async fn list_disputes(
     agent.require(Role::Viewer)?;
     let list = crate::disputes::list(&state, q.status).await?;
     Ok(reply(StatusCode::OK, json!({ "data": list })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtendTrial {
+    reason: Option<String>,
+    days: i64,
+}
+
+/// `POST /panel/v1/subscriptions/{id}/extend-trial {days}` (support)
+async fn extend_trial(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<SubscriptionId>,
+    Json(b): Json<ExtendTrial>,
+) -> Result<Response> {
+    agent.require(Role::Support)?;
+    let reason = Reason::parse(b.reason.as_deref())?;
+    let w = write(&state, &agent, &key, &reason, "subscription.extend_trial").on(
+        None,
+        id.to_string(),
+        json!({ "days": b.days }),
+    );
+    let sub = subscriptions::extend_trial(&state, &w, id, b.days).await?;
+    Ok(reply(StatusCode::OK, json!(SubscriptionView::from(&sub))))
 }

@@ -486,6 +486,53 @@ async fn set_status_if(
     Ok(())
 }
 
+/// Longest a support agent extends a trial by at once, days.
+pub const TRIAL_EXTENSION_DAYS_MAX: i64 = 90;
+
+/// A support agent extends a trialing subscription's trial by `days` (1 to
+/// [`TRIAL_EXTENSION_DAYS_MAX`]): its period, and so its first charge, moves later. 409
+/// `not_trialing` otherwise. Audited with the period end before and after.
+pub async fn extend_trial(
+    state: &AppState,
+    w: &crate::audit::Write<'_>,
+    id: SubscriptionId,
+    days: i64,
+) -> Result<Subscription> {
+    if !(1..=TRIAL_EXTENSION_DAYS_MAX).contains(&days) {
+        return Err(Error::unprocessable(
+            "invalid_days",
+            format!("a trial is extended by 1 to {TRIAL_EXTENSION_DAYS_MAX} days"),
+        ));
+    }
+    let out = crate::audit::audited(&state.cf, w, async |tx| {
+        let sub = store::get_for_update(tx, id)
+            .await?
+            .ok_or_else(|| Error::not_found("subscription"))?;
+        if sub.status != SubscriptionStatus::Trialing {
+            return Err(Error::conflict(
+                "not_trialing",
+                "only a subscription in its trial can have the trial extended",
+            ));
+        }
+        let end = sub
+            .current_period_end
+            .checked_add_signed(chrono::TimeDelta::days(days))
+            .ok_or_else(|| Error::unprocessable("invalid_days", "the trial end overflows"))?;
+        let after = store::set_period_end(tx, id, end).await?;
+        announce(tx, &after, None, w.now).await?;
+        let mut e = crate::audit::Effect::new(
+            serde_json::json!({ "trial_end": sub.current_period_end }),
+            serde_json::json!({ "trial_end": after.current_period_end }),
+            after,
+        );
+        e.account = Some(sub.account_id);
+        Ok(e)
+    })
+    .await?;
+    state.outbox_wake.notify_one();
+    Ok(out)
+}
+
 /// The billing anchors of those `accounts` that have a live subscription (usage counts their
 /// monthly and yearly meters in its periods).
 pub async fn anchors(

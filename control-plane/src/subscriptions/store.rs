@@ -256,6 +256,22 @@ pub async fn set_status(
     .await
 }
 
+/// Moves the current period's end (a trial extended).
+pub async fn set_period_end(
+    conn: &mut PgConnection,
+    id: SubscriptionId,
+    end: DateTime<Utc>,
+) -> sqlx::Result<Subscription> {
+    sqlx::query_as(sqlf!(
+        "UPDATE subscriptions SET current_period_end = $2, revision = revision + 1
+         WHERE id = $1 RETURNING {SUB_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(end)
+    .fetch_one(conn)
+    .await
+}
+
 /// An `unpaid` subscription paid at last: active again, in the period `[start, end)`.
 pub async fn resume_unpaid(
     conn: &mut PgConnection,
