@@ -219,6 +219,12 @@ fn matrix(account: &str) -> Vec<(Method, String, &'static str, Option<String>)> 
         (Method::GET, "/panel/v1/disputes".into(), "viewer", None),
         (
             Method::POST,
+            format!("/panel/v1/invoices/{}/refund", uuid::Uuid::nil()),
+            "billing_admin",
+            Some(format!("{{{reason}}}")),
+        ),
+        (
+            Method::POST,
             format!("/panel/v1/subscriptions/{}/extend-trial", uuid::Uuid::nil()),
             "support",
             Some(format!(r#"{{{reason},"days":3}}"#)),
@@ -720,5 +726,96 @@ async fn a_trial_extended_by_an_agent_is_charged_later() {
     h.post(&path, Some(&support), Some("extend-2"), body)
         .await
         .assert_problem(StatusCode::CONFLICT, "not_trialing");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn an_invoice_refunded_by_an_agent_is_booked_once_even_when_the_provider_tells_it_again() {
+    let h = Harness::new().await;
+    let (account, token) = customer(&h, "refund@example.com").await;
+    h.advance_to(common::t(2026, 2, 15, 13, 5)).await;
+    let inv = h.get("/v1/invoices", Some(&token)).await;
+    let renewal = inv.json["data"][0]["id"].as_str().expect("id").to_owned();
+    let first = inv.json["data"][1]["id"].as_str().expect("id").to_owned();
+    let admin = agent(&h, "b@support.example", "billing_admin").await;
+    let support = agent(&h, "s@support.example", "support").await;
+    let path = format!("/panel/v1/invoices/{renewal}/refund");
+    h.post(
+        &path,
+        Some(&support),
+        Some("r0"),
+        r#"{"reason":"duplicate charge"}"#,
+    )
+    .await
+    .assert_problem(StatusCode::FORBIDDEN, "forbidden_for_role");
+    for (key, bad) in [
+        ("bad-1", r#"{"reason":"too much","amount_minor":2901}"#),
+        ("bad-2", r#"{"reason":"negative","amount_minor":-1}"#),
+    ] {
+        h.post(&path, Some(&admin), Some(key), bad)
+            .await
+            .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_amount");
+    }
+    // The first invoice was paid at checkout: refused clearly.
+    h.post(
+        &format!("/panel/v1/invoices/{first}/refund"),
+        Some(&admin),
+        Some("r-first"),
+        r#"{"reason":"goodwill"}"#,
+    )
+    .await
+    .assert_problem(StatusCode::CONFLICT, "no_refundable_payment");
+
+    let partial = r#"{"reason":"charged for a seat never used","amount_minor":900}"#;
+    let r = h.post(&path, Some(&admin), Some("r1"), partial).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(r.json["amount_minor"], 900);
+    let again = h.post(&path, Some(&admin), Some("r1"), partial).await;
+    assert_eq!(again.json, r.json, "a repeat is the same refund");
+    let account_id: tollgate_control_plane::ids::AccountId = account.parse().expect("id");
+    let refunds = || async {
+        let mut conn = h.state.billing.acquire().await.expect("conn");
+        tollgate_control_plane::ledger::balance(
+            &mut conn,
+            account_id,
+            &tollgate_control_plane::ledger::LedgerAccount::Refunds,
+            tollgate_control_plane::money::Currency::USD,
+        )
+        .await
+        .expect("balance")
+    };
+    assert_eq!(refunds().await, 900);
+    // The provider's webhook about the same refund books nothing more.
+    let (pi,): (String,) = sqlx::query_as(
+        "SELECT provider_payment_id FROM charge_attempts WHERE status = 'succeeded'",
+    )
+    .fetch_one(&h.state.billing)
+    .await
+    .expect("payment");
+    tollgate_control_plane::billing::provider_payments::record_refunds(&h.state, &pi)
+        .await
+        .expect("record");
+    assert_eq!(refunds().await, 900);
+    // The rest; then nothing is left to refund at the provider.
+    let r = h
+        .post(
+            &path,
+            Some(&admin),
+            Some("r2"),
+            r#"{"reason":"the rest","amount_minor":2000}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(refunds().await, 2900);
+    let r = h
+        .post(
+            &path,
+            Some(&admin),
+            Some("r3"),
+            r#"{"reason":"once more","amount_minor":1}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.json);
+    assert_eq!(refunds().await, 2900);
     h.finish().await;
 }

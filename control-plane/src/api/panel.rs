@@ -50,6 +50,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/panel/v1/accounts/{id}/credits", post(grant_credit))
         .route("/panel/v1/invoices/{id}/retry", post(retry_invoice))
+        .route("/panel/v1/invoices/{id}/refund", post(refund_invoice))
         .route("/panel/v1/disputes", get(list_disputes))
         .route(
             "/panel/v1/subscriptions/{id}/extend-trial",
@@ -374,4 +375,32 @@ async fn extend_trial(
     );
     let sub = subscriptions::extend_trial(&state, &w, id, b.days).await?;
     Ok(reply(StatusCode::OK, json!(SubscriptionView::from(&sub))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundBody {
+    reason: Option<String>,
+    #[serde(default)]
+    amount_minor: Option<i64>,
+}
+
+/// `POST /panel/v1/invoices/{id}/refund {amount_minor?}` (billing_admin) — through the gateway
+/// that took the payment; all of it without an amount.
+async fn refund_invoice(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<InvoiceId>,
+    Json(b): Json<RefundBody>,
+) -> Result<Response> {
+    agent.require(Role::BillingAdmin)?;
+    let reason = Reason::parse(b.reason.as_deref())?;
+    let w = write(&state, &agent, &key, &reason, "invoice.refund").on(
+        None,
+        id.to_string(),
+        json!({ "amount_minor": b.amount_minor }),
+    );
+    let r = crate::billing::refunds::refund_invoice(&state, &w, id, b.amount_minor).await?;
+    Ok(reply(StatusCode::OK, json!(r)))
 }

@@ -136,6 +136,27 @@ fn replay<T: DeserializeOwned>(stored: store::Stored, hash: &[u8]) -> Result<T> 
     serde_json::from_value(stored.response).map_err(Error::internal)
 }
 
+/// What a write answered before, if this agent's key was used already (a write whose effect
+/// starts with a provider call asks this first, so a repeat never calls the provider again).
+pub async fn replayed<T: DeserializeOwned>(pool: &PgPool, w: &Write<'_>) -> Result<Option<T>> {
+    let mut conn = pool.acquire().await?;
+    match store::find(&mut conn, w.agent.id, w.key.as_str()).await? {
+        Some(stored) => replay(stored, &hash(w)).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A stable id for what this agent's key makes (a provider idempotency key derives from it).
+pub fn resource_id(w: &Write<'_>) -> uuid::Uuid {
+    let mut h = Sha256::new();
+    h.update(w.agent.id.0.as_bytes());
+    h.update(w.key.as_str().as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    uuid::Builder::from_random_bytes(b).into_uuid()
+}
+
 /// Runs a panel write's `effect` in one transaction of `pool` with its audit row (see the
 /// module doc). An error from `effect` writes nothing.
 pub async fn audited<T>(

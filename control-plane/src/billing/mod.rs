@@ -33,6 +33,7 @@ pub mod payments;
 pub mod pdf;
 pub mod pricing;
 pub mod provider_payments;
+pub mod refunds;
 pub mod store;
 
 use chrono::{DateTime, Utc};
