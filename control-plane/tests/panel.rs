@@ -219,6 +219,12 @@ fn matrix(account: &str) -> Vec<(Method, String, &'static str, Option<String>)> 
         (Method::GET, "/panel/v1/disputes".into(), "viewer", None),
         (
             Method::POST,
+            format!("/panel/v1/disputes/{}/resolve", uuid::Uuid::nil()),
+            "billing_admin",
+            Some(format!(r#"{{{reason},"resolution":"accept"}}"#)),
+        ),
+        (
+            Method::POST,
             format!("/panel/v1/invoices/{}/refund", uuid::Uuid::nil()),
             "billing_admin",
             Some(format!("{{{reason}}}")),
@@ -406,7 +412,30 @@ async fn a_ban_is_audited_idempotent_and_denies_everything_with_its_reason() {
         "{entries:?}"
     );
 
-    // Unbanned: granted again.
+    // A support grant does not reopen a feature to a banned account.
+    let support = agent(&h, "s@support.example", "support").await;
+    let r = h
+        .post(
+            &format!("/panel/v1/accounts/{account}/entitlement-overrides"),
+            Some(&support),
+            Some("grant-while-banned"),
+            r#"{"reason":"vip","feature":"seats","mode":"grant","limit":9}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    h.settle().await;
+    let d = decision(&h, &account, "seats").await;
+    assert_eq!(d["reason"], "denied_banned", "{d}");
+    // An unknown account has no timeline.
+    let t = h
+        .get(
+            &format!("/panel/v1/accounts/{}/timeline", uuid::Uuid::now_v7()),
+            Some(&viewer),
+        )
+        .await;
+    assert_eq!(t.status, StatusCode::NOT_FOUND);
+
+    // Unbanned: granted again (the grant now counts).
     let r = h
         .post(
             &format!("/panel/v1/accounts/{account}/unban"),
@@ -417,7 +446,12 @@ async fn a_ban_is_audited_idempotent_and_denies_everything_with_its_reason() {
         .await;
     assert_eq!(r.json["standing"], "active", "{:?}", r.json);
     h.settle().await;
-    assert_eq!(decision(&h, &account, "seats").await["allowed"], true);
+    let d = decision(&h, &account, "seats").await;
+    assert_eq!(
+        (d["allowed"].as_bool(), d["limit"].as_i64()),
+        (Some(true), Some(9)),
+        "{d}"
+    );
     h.finish().await;
 }
 
@@ -817,5 +851,76 @@ async fn an_invoice_refunded_by_an_agent_is_booked_once_even_when_the_provider_t
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.json);
     assert_eq!(refunds().await, 2900);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_billing_admin_contests_or_accepts_a_dispute_at_the_provider() {
+    let h = Harness::new().await;
+    let (account, _) = customer(&h, "disputed@example.com").await;
+    let (pi,): (String,) =
+        sqlx::query_as("SELECT payment_intent_id FROM checkouts WHERE status = 'succeeded'")
+            .fetch_one(&h.state.cf)
+            .await
+            .expect("payment");
+    let sim = h.state.simulator.as_deref().expect("simulator");
+    let a = sim
+        .open_dispute(&pi, "fraudulent", false)
+        .await
+        .expect("dispute");
+    tollgate_control_plane::disputes::refresh(&h.state, "simulated", &a.id, "test")
+        .await
+        .expect("applied");
+    let admin = agent(&h, "b@support.example", "billing_admin").await;
+    let viewer = agent(&h, "v@support.example", "viewer").await;
+    let list = h
+        .get("/panel/v1/disputes?status=needs_response", Some(&viewer))
+        .await;
+    let d = &list.json["data"][0];
+    assert_eq!(d["account_id"], account.as_str(), "{:?}", list.json);
+    let id = d["id"].as_str().expect("id").to_owned();
+    let path = format!("/panel/v1/disputes/{id}/resolve");
+    h.post(
+        &path,
+        Some(&admin),
+        Some("c0"),
+        r#"{"reason":"we delivered","resolution":"contest"}"#,
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "evidence_required");
+    let contest = r#"{"reason":"we delivered","resolution":"contest","evidence":"Login logs from the cardholder's device after the purchase."}"#;
+    let r = h.post(&path, Some(&admin), Some("c1"), contest).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(r.json["status"], "under_review");
+    let again = h.post(&path, Some(&admin), Some("c1"), contest).await;
+    assert_eq!(again.json, r.json);
+    let (_, history) = tollgate_control_plane::disputes::find(&h.state, "simulated", &a.id)
+        .await
+        .expect("read")
+        .expect("dispute");
+    assert_eq!(history.last().expect("event").1, "agent:b@support.example");
+    // The issuer sides with the cardholder: lost; answering it again is refused.
+    sim.update_dispute(&a.id, tollgate_control_plane::disputes::DisputeStatus::Lost)
+        .await
+        .expect("lost");
+    tollgate_control_plane::disputes::refresh(&h.state, "simulated", &a.id, "test")
+        .await
+        .expect("applied");
+    h.post(
+        &path,
+        Some(&admin),
+        Some("c2"),
+        r#"{"reason":"too late","resolution":"accept"}"#,
+    )
+    .await
+    .assert_problem(StatusCode::CONFLICT, "dispute_closed");
+    h.post(
+        &format!("/panel/v1/disputes/{}/resolve", uuid::Uuid::now_v7()),
+        Some(&admin),
+        Some("c3"),
+        r#"{"reason":"typo","resolution":"accept"}"#,
+    )
+    .await
+    .assert_problem(StatusCode::NOT_FOUND, "not_found");
     h.finish().await;
 }

@@ -157,6 +157,7 @@ pub const TIMELINE_MAX: i64 = 200;
 
 /// Every lifecycle event and agent action on the account (in both databases), newest first.
 pub async fn timeline(state: &AppState, id: AccountId) -> Result<Vec<TimelineEntry>> {
+    super::get(state, id).await?;
     let mut out = Vec::new();
     for e in events::of_account(state, id, TIMELINE_MAX).await? {
         out.push(TimelineEntry {

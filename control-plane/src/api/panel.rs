@@ -52,6 +52,7 @@ pub fn routes() -> Router<AppState> {
         .route("/panel/v1/invoices/{id}/retry", post(retry_invoice))
         .route("/panel/v1/invoices/{id}/refund", post(refund_invoice))
         .route("/panel/v1/disputes", get(list_disputes))
+        .route("/panel/v1/disputes/{id}/resolve", post(resolve_dispute))
         .route(
             "/panel/v1/subscriptions/{id}/extend-trial",
             post(extend_trial),
@@ -403,4 +404,33 @@ async fn refund_invoice(
     );
     let r = crate::billing::refunds::refund_invoice(&state, &w, id, b.amount_minor).await?;
     Ok(reply(StatusCode::OK, json!(r)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    reason: Option<String>,
+    resolution: crate::disputes::Resolution,
+    #[serde(default)]
+    evidence: String,
+}
+
+/// `POST /panel/v1/disputes/{id}/resolve {resolution: accept | contest, evidence?}`
+/// (billing_admin)
+async fn resolve_dispute(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<crate::ids::DisputeId>,
+    Json(b): Json<ResolveBody>,
+) -> Result<Response> {
+    agent.require(Role::BillingAdmin)?;
+    let reason = Reason::parse(b.reason.as_deref())?;
+    let w = write(&state, &agent, &key, &reason, "dispute.resolve").on(
+        None,
+        id.to_string(),
+        json!({ "resolution": b.resolution, "evidence": b.evidence }),
+    );
+    let d = crate::disputes::resolve(&state, &w, id, b.resolution, &b.evidence).await?;
+    Ok(reply(StatusCode::OK, json!(d)))
 }

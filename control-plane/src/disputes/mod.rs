@@ -35,7 +35,7 @@ pub const RECONCILE_AFTER: TimeDelta = TimeDelta::hours(6);
 const READABLE: &[&str] = &["stripe", "simulated"];
 
 /// A dispute as billing_prod holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Dispute {
     pub id: DisputeId,
     pub provider: String,
@@ -94,6 +94,25 @@ pub struct DisputeChanged {
 
 /// Applies one observation (see the module doc).
 pub async fn apply(state: &AppState, obs: &Observation<'_>) -> Result<Applied> {
+    let Some(owner) =
+        crate::billing::provider_payments::owner_of(state, &obs.state.payment_id).await?
+    else {
+        tracing::info!(dispute = %obs.state.id, payment = %obs.state.payment_id, "dispute of a payment that is not ours");
+        return Ok(Applied::NotOurs);
+    };
+    let mut tx = state.billing.begin().await?;
+    let applied = apply_in(&mut tx, obs, &owner, state.clock.now()).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// [`apply`] in the caller's billing transaction, the payment's owner known.
+async fn apply_in(
+    tx: &mut sqlx::PgConnection,
+    obs: &Observation<'_>,
+    owner: &crate::billing::provider_payments::Owner,
+    now: DateTime<Utc>,
+) -> Result<Applied> {
     let s = &obs.state;
     if s.amount_minor <= 0 {
         return Err(Error::unprocessable(
@@ -105,17 +124,10 @@ pub async fn apply(state: &AppState, obs: &Observation<'_>) -> Result<Applied> {
         .currency
         .parse()
         .map_err(|_| Error::unprocessable("invalid_dispute", "unknown dispute currency"))?;
-    let Some(owner) = crate::billing::provider_payments::owner_of(state, &s.payment_id).await?
-    else {
-        tracing::info!(dispute = %s.id, payment = %s.payment_id, "dispute of a payment that is not ours");
-        return Ok(Applied::NotOurs);
-    };
     // A provider's free-text reason is kept short (the column's bound), on a char boundary.
     let reason: Option<String> = s.reason.as_deref().map(|r| r.chars().take(100).collect());
-    let now = state.clock.now();
-    let mut tx = state.billing.begin().await?;
     let (held, inserted) = store::upsert_for_update(
-        &mut tx,
+        &mut *tx,
         &store::New {
             provider: obs.provider,
             provider_dispute_id: &s.id,
@@ -141,8 +153,7 @@ pub async fn apply(state: &AppState, obs: &Observation<'_>) -> Result<Applied> {
         || obs.observed_at < held.observed_at
         || (held.status == s.status && held.amount_minor == s.amount_minor)
     {
-        store::touch(&mut tx, held.id, obs.observed_at.min(now)).await?;
-        tx.commit().await?;
+        store::touch(&mut *tx, held.id, obs.observed_at.min(now)).await?;
         return Ok(Applied::Unchanged);
     } else if s.status.is_closed() {
         Applied::Closed
@@ -153,7 +164,7 @@ pub async fn apply(state: &AppState, obs: &Observation<'_>) -> Result<Applied> {
         held
     } else {
         store::update(
-            &mut tx,
+            &mut *tx,
             held.id,
             s.status,
             s.amount_minor,
@@ -163,10 +174,10 @@ pub async fn apply(state: &AppState, obs: &Observation<'_>) -> Result<Applied> {
         )
         .await?
     };
-    store::record_event(&mut tx, d.id, d.status, obs.cause, obs.observed_at, now).await?;
-    book(&mut tx, &d, &owner.processor, now).await?;
+    store::record_event(&mut *tx, d.id, d.status, obs.cause, obs.observed_at, now).await?;
+    book(&mut *tx, &d, &owner.processor, now).await?;
     outbox::enqueue(
-        &mut tx,
+        &mut *tx,
         Topic::BillingDisputeChanged,
         &DisputeChanged {
             dispute_id: d.id,
@@ -188,7 +199,6 @@ pub async fn apply(state: &AppState, obs: &Observation<'_>) -> Result<Applied> {
         now,
     )
     .await?;
-    tx.commit().await?;
     tracing::info!(dispute = %d.provider_dispute_id, status = d.status.as_str(), cause = obs.cause, "dispute");
     Ok(applied)
 }
@@ -273,6 +283,88 @@ pub async fn reconcile(state: &AppState, batch: i64) -> anyhow::Result<usize> {
         }
     }
     Ok(changed)
+}
+
+/// `POST /panel/v1/disputes/{id}/resolve`: accept or contest (with evidence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    Accept,
+    Contest,
+}
+
+/// Longest evidence note, characters.
+pub const EVIDENCE_CHARS_MAX: usize = 20_000;
+
+/// A billing admin answers dispute `id` (ours) at its provider: accepted (lost), or contested
+/// with `evidence` (under review until the issuer decides). The provider is called first,
+/// outside any transaction (answering twice is harmless there); the state it returns is applied
+/// with the audit row in one billing transaction. A decided dispute: 409 `dispute_closed`.
+pub async fn resolve(
+    state: &AppState,
+    w: &crate::audit::Write<'_>,
+    id: DisputeId,
+    resolution: Resolution,
+    evidence: &str,
+) -> Result<Dispute> {
+    if let Some(done) = crate::audit::replayed(&state.billing, w).await? {
+        return Ok(done);
+    }
+    if resolution == Resolution::Contest
+        && (evidence.trim().is_empty() || evidence.chars().count() > EVIDENCE_CHARS_MAX)
+    {
+        return Err(Error::unprocessable(
+            "evidence_required",
+            format!("contesting needs evidence (1-{EVIDENCE_CHARS_MAX} characters)"),
+        ));
+    }
+    let held = {
+        let mut conn = state.billing.acquire().await?;
+        store::by_id(&mut conn, id)
+            .await?
+            .ok_or_else(|| Error::not_found("dispute"))?
+    };
+    if held.status.is_closed() {
+        return Err(Error::conflict("dispute_closed", "this dispute is decided"));
+    }
+    let observed_at = state.clock.now();
+    let after = state
+        .gateway_named(&held.provider)?
+        .resolve_dispute(
+            &held.provider_dispute_id,
+            resolution == Resolution::Accept,
+            evidence,
+        )
+        .await?;
+    let owner = crate::billing::provider_payments::owner_of(state, &after.payment_id)
+        .await?
+        .ok_or_else(|| Error::internal("a held dispute's payment has no owner"))?;
+    let cause = format!("agent:{}", w.agent.email);
+    crate::audit::audited(&state.billing, w, async |tx| {
+        apply_in(
+            tx,
+            &Observation {
+                provider: &held.provider,
+                state: after.clone(),
+                observed_at,
+                cause: &cause,
+            },
+            &owner,
+            w.now,
+        )
+        .await?;
+        let d = store::by_id(tx, id)
+            .await?
+            .ok_or_else(|| Error::internal("dispute vanished"))?;
+        let mut e = crate::audit::Effect::new(
+            serde_json::json!({ "status": held.status }),
+            serde_json::json!({ "status": d.status, "resolution": resolution, "evidence": evidence }),
+            d,
+        );
+        e.account = Some(held.account_id);
+        Ok(e)
+    })
+    .await
 }
 
 /// Disputes of every account, newest first (the panel), optionally only those in `status`.

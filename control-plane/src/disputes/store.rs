@@ -215,3 +215,10 @@ pub async fn list(
     .fetch_all(conn)
     .await
 }
+
+pub async fn by_id(conn: &mut PgConnection, id: DisputeId) -> sqlx::Result<Option<Dispute>> {
+    sqlx::query_as(sqlf!("SELECT {COLUMNS} FROM disputes WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}

@@ -71,7 +71,13 @@ pub async fn compute_facts(
         current_period_end_ms: sub.current_period_end.timestamp_millis(),
         billing_anchor_ms: Some(sub.billing_anchor.timestamp_millis()),
     });
-    let overrides = overrides::as_facts(&overrides::live(conn, account, now).await?);
+    // A banned account is denied everything: a support grant does not reopen a feature to it
+    // (the rules apply overrides last, so the grant is left out of its facts; denies stay).
+    let mut live_overrides = overrides::live(conn, account, now).await?;
+    if standing == tollgate_protocol::AccountStanding::Banned {
+        live_overrides.retain(|o| o.mode == overrides::Mode::Deny);
+    }
+    let overrides = overrides::as_facts(&live_overrides);
     Ok(Some(AccountFacts {
         standing,
         subscription,

@@ -694,6 +694,17 @@ impl PaymentGateway for BraintreeGateway {
         ))
     }
 
+    async fn resolve_dispute(
+        &self,
+        _dispute_id: &str,
+        _accept: bool,
+        _evidence: &str,
+    ) -> Result<DisputeState, GatewayError> {
+        Err(GatewayError::Invalid(
+            "Braintree disputes are answered in Braintree's control panel".into(),
+        ))
+    }
+
     async fn retrieve_dispute(&self, _dispute_id: &str) -> Result<DisputeState, GatewayError> {
         Err(GatewayError::Invalid(
             "Braintree disputes arrive by signed webhook with their state".into(),

@@ -294,4 +294,14 @@ pub trait PaymentGateway: Send + Sync + 'static {
 
     /// Reads a dispute's current state.
     async fn retrieve_dispute(&self, dispute_id: &str) -> Result<DisputeState, GatewayError>;
+
+    /// Answers a dispute: accepts it (the money stays with the cardholder) or contests it with
+    /// `evidence` (submitted at once). Returns the dispute's state after; answering a decided
+    /// dispute again returns it as it is.
+    async fn resolve_dispute(
+        &self,
+        dispute_id: &str,
+        accept: bool,
+        evidence: &str,
+    ) -> Result<DisputeState, GatewayError>;
 }

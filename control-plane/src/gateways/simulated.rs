@@ -863,6 +863,24 @@ impl PaymentGateway for SimulatedGateway {
             .collect())
     }
 
+    async fn resolve_dispute(
+        &self,
+        dispute_id: &str,
+        accept: bool,
+        _evidence: &str,
+    ) -> Result<DisputeState, GatewayError> {
+        let current = self.retrieve_dispute(dispute_id).await?;
+        if current.status.is_closed() {
+            return Ok(current);
+        }
+        let to = if accept {
+            DisputeStatus::Lost
+        } else {
+            DisputeStatus::UnderReview
+        };
+        self.update_dispute(dispute_id, to).await
+    }
+
     async fn retrieve_dispute(&self, dispute_id: &str) -> Result<DisputeState, GatewayError> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
         let row: Option<(sqlx::types::Json<SimDispute>,)> =

@@ -26,7 +26,7 @@ use ::stripe::{
 };
 use async_trait::async_trait;
 use stripe_core::customer::CreateCustomer;
-use stripe_core::dispute::RetrieveDispute;
+use stripe_core::dispute::{CloseDispute, RetrieveDispute, UpdateDispute, UpdateDisputeEvidence};
 use stripe_core::payment_intent::{
     CancelPaymentIntent, CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent,
 };
@@ -430,6 +430,34 @@ impl PaymentGateway for StripeGateway {
                 return Ok(out);
             }
         }
+    }
+
+    async fn resolve_dispute(
+        &self,
+        dispute_id: &str,
+        accept: bool,
+        evidence: &str,
+    ) -> Result<DisputeState, GatewayError> {
+        let current = self.retrieve_dispute(dispute_id).await?;
+        if current.status.is_closed() {
+            return Ok(current);
+        }
+        if accept {
+            CloseDispute::new(dispute_id)
+                .send(&self.client)
+                .await
+                .map_err(|err| map_error(err, "accepting a dispute"))?;
+        } else {
+            let mut ev = UpdateDisputeEvidence::new();
+            ev.uncategorized_text = Some(evidence.to_owned());
+            UpdateDispute::new(dispute_id)
+                .evidence(ev)
+                .submit(true)
+                .send(&self.client)
+                .await
+                .map_err(|err| map_error(err, "contesting a dispute"))?;
+        }
+        self.retrieve_dispute(dispute_id).await
     }
 
     async fn retrieve_dispute(&self, dispute_id: &str) -> Result<DisputeState, GatewayError> {

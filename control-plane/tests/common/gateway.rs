@@ -171,6 +171,14 @@ impl PaymentGateway for Wrapped {
         self.read()?;
         self.inner.refunds_of(pi).await
     }
+    async fn resolve_dispute(
+        &self,
+        id: &str,
+        accept: bool,
+        evidence: &str,
+    ) -> Result<DisputeState, GatewayError> {
+        self.inner.resolve_dispute(id, accept, evidence).await
+    }
     async fn retrieve_dispute(&self, id: &str) -> Result<DisputeState, GatewayError> {
         self.read()?;
         self.inner.retrieve_dispute(id).await
