@@ -231,6 +231,12 @@ fn matrix(account: &str) -> Vec<(Method, String, &'static str, Option<String>)> 
         ),
         (
             Method::POST,
+            format!("/panel/v1/subscriptions/{}/cancel", uuid::Uuid::nil()),
+            "support",
+            Some(format!(r#"{{{reason},"at_period_end":true}}"#)),
+        ),
+        (
+            Method::POST,
             format!("/panel/v1/subscriptions/{}/extend-trial", uuid::Uuid::nil()),
             "support",
             Some(format!(r#"{{{reason},"days":3}}"#)),
@@ -922,5 +928,39 @@ async fn a_billing_admin_contests_or_accepts_a_dispute_at_the_provider() {
     )
     .await
     .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn an_agent_cancels_a_subscription_now_and_the_edge_loses_the_plan() {
+    let h = Harness::new().await;
+    stable_demo(&h).await;
+    let (account, token) = customer(&h, "cancel@example.com").await;
+    let subs = h.get("/v1/subscriptions", Some(&token)).await;
+    let sub = subs.json["data"][0]["id"].as_str().expect("id").to_owned();
+    let support = agent(&h, "s@support.example", "support").await;
+    let path = format!("/panel/v1/subscriptions/{sub}/cancel");
+    let body = r#"{"reason":"customer asked by phone","at_period_end":false}"#;
+    let r = h.post(&path, Some(&support), Some("cancel-1"), body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(r.json["status"], "canceled");
+    let again = h.post(&path, Some(&support), Some("cancel-1"), body).await;
+    assert_eq!(again.json, r.json, "replayed, not a 409");
+    h.post(&path, Some(&support), Some("cancel-2"), body)
+        .await
+        .assert_problem(StatusCode::CONFLICT, "subscription_canceled");
+    h.settle().await;
+    let d = decision(&h, &account, "sso").await;
+    assert_eq!(d["allowed"], false, "{d}");
+    let (action, reason): (String, String) = sqlx::query_as(
+        "SELECT action, reason FROM agent_actions WHERE action = 'subscription.cancel'",
+    )
+    .fetch_one(&h.state.cf)
+    .await
+    .expect("audit");
+    assert_eq!(
+        (action.as_str(), reason.as_str()),
+        ("subscription.cancel", "customer asked by phone")
+    );
     h.finish().await;
 }

@@ -57,6 +57,10 @@ pub fn routes() -> Router<AppState> {
             "/panel/v1/subscriptions/{id}/extend-trial",
             post(extend_trial),
         )
+        .route(
+            "/panel/v1/subscriptions/{id}/cancel",
+            post(cancel_subscription),
+        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -433,4 +437,34 @@ async fn resolve_dispute(
     );
     let d = crate::disputes::resolve(&state, &w, id, b.resolution, &b.evidence).await?;
     Ok(reply(StatusCode::OK, json!(d)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+    at_period_end: bool,
+}
+
+/// `POST /panel/v1/subscriptions/{id}/cancel {at_period_end}` (support) — the Dashboard's
+/// cancel, for any account, audited.
+async fn cancel_subscription(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<SubscriptionId>,
+    Json(b): Json<CancelBody>,
+) -> Result<Response> {
+    agent.require(Role::Support)?;
+    let reason = Reason::parse(b.reason.as_deref())?;
+    let w = write(&state, &agent, &key, &reason, "subscription.cancel").on(
+        None,
+        id.to_string(),
+        json!({ "at_period_end": b.at_period_end }),
+    );
+    let cmd = subscriptions::Cancel {
+        at_period_end: b.at_period_end,
+    };
+    let sub = subscriptions::cancel_by_agent(&state, &w, id, &cmd).await?;
+    Ok(reply(StatusCode::OK, json!(SubscriptionView::from(&sub))))
 }

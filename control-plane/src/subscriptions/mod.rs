@@ -285,32 +285,74 @@ pub async fn cancel(
     cmd: &Cancel,
 ) -> Result<Subscription> {
     let mut tx = state.cf.begin().await?;
-    let found = store::get_of_for_update(&mut tx, account, id).await?;
-    let sub_status = found.as_ref().map(|s| s.status);
-    let refused = match found {
-        None => Some(Error::not_found("subscription")),
-        Some(s) if s.status == SubscriptionStatus::Canceled => Some(Error::conflict(
-            "subscription_canceled",
-            "this subscription is already canceled",
-        )),
-        Some(_) => None,
+    let sub = match cancel_in(&mut tx, Some(account), id, cmd, state.clock.now()).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            // Now, not when the pooled connection is next used: the row stays locked until then.
+            tx.rollback().await?;
+            return Err(e);
+        }
     };
-    if let Some(e) = refused {
-        // Now, not when the pooled connection is next used: the row stays locked until then.
-        tx.rollback().await?;
-        return Err(e);
-    }
-    let now = state.clock.now();
-    // An unpaid subscription has no period left to run out: it ends now.
-    let sub = if cmd.at_period_end && sub_status != Some(SubscriptionStatus::Unpaid) {
-        store::cancel_at_period_end(&mut tx, id).await?
-    } else {
-        store::cancel_now(&mut tx, id, now).await?
-    };
-    announce(&mut tx, &sub, None, now).await?;
     tx.commit().await?;
     state.outbox_wake.notify_one();
     tracing::info!(account_id = %account, subscription_id = %id, at_period_end = cmd.at_period_end, "subscription cancel");
+    Ok(sub)
+}
+
+/// A support agent cancels subscription `id` (any account's), audited with the cancel.
+pub async fn cancel_by_agent(
+    state: &AppState,
+    w: &crate::audit::Write<'_>,
+    id: SubscriptionId,
+    cmd: &Cancel,
+) -> Result<Subscription> {
+    let out = crate::audit::audited(&state.cf, w, async |tx| {
+        let before = store::get(tx, id)
+            .await?
+            .ok_or_else(|| Error::not_found("subscription"))?;
+        let after = cancel_in(tx, None, id, cmd, w.now).await?;
+        let mut e = crate::audit::Effect::new(
+            serde_json::json!({ "status": before.status, "cancel_at_period_end": before.cancel_at_period_end }),
+            serde_json::json!({ "status": after.status, "cancel_at_period_end": after.cancel_at_period_end }),
+            after,
+        );
+        e.account = Some(before.account_id);
+        Ok(e)
+    })
+    .await?;
+    state.outbox_wake.notify_one();
+    Ok(out)
+}
+
+/// The cancel in the caller's transaction; `account` scopes it to one account's subscription.
+async fn cancel_in(
+    tx: &mut PgConnection,
+    account: Option<AccountId>,
+    id: SubscriptionId,
+    cmd: &Cancel,
+    now: DateTime<Utc>,
+) -> Result<Subscription> {
+    let found = match account {
+        Some(a) => store::get_of_for_update(tx, a, id).await?,
+        None => store::get_for_update(tx, id).await?,
+    };
+    let sub_status = match found {
+        None => return Err(Error::not_found("subscription")),
+        Some(s) if s.status == SubscriptionStatus::Canceled => {
+            return Err(Error::conflict(
+                "subscription_canceled",
+                "this subscription is already canceled",
+            ));
+        }
+        Some(s) => s.status,
+    };
+    // An unpaid subscription has no period left to run out: it ends now.
+    let sub = if cmd.at_period_end && sub_status != SubscriptionStatus::Unpaid {
+        store::cancel_at_period_end(tx, id).await?
+    } else {
+        store::cancel_now(tx, id, now).await?
+    };
+    announce(tx, &sub, None, now).await?;
     Ok(sub)
 }
 
