@@ -305,8 +305,8 @@ async fn a_ban_is_audited_idempotent_and_denies_everything_with_its_reason() {
     let admin = agent(&h, "b@support.example", "billing_admin").await;
     assert_eq!(decision(&h, &account, "seats").await["allowed"], true);
 
-    // No reason, a blank one: refused, nothing written.
-    for body in ["{}", r#"{"reason":"  "}"#] {
+    // No reason, a blank one, one with a NUL: refused, nothing written.
+    for body in ["{}", r#"{"reason":"  "}"#, r#"{"reason":"abc\u0000def"}"#] {
         let r = h
             .post(
                 &format!("/panel/v1/accounts/{account}/ban"),
@@ -575,8 +575,12 @@ async fn search_and_the_360_view_show_the_whole_account() {
         "{:?}",
         r.json
     );
-    let r = h.get("/panel/v1/accounts?q=", Some(&viewer)).await;
-    r.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query");
+    for q in ["", "%00"] {
+        let r = h
+            .get(&format!("/panel/v1/accounts?q={q}"), Some(&viewer))
+            .await;
+        r.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query");
+    }
     let r = h
         .get(&format!("/panel/v1/accounts/{account}"), Some(&viewer))
         .await;

@@ -23,6 +23,7 @@ struct Target {
     token: String,
     account: String,
     payment_method: String,
+    agent: String,
 }
 
 /// One harness for the whole run, with a customer (token, card) the generated requests can
@@ -35,11 +36,19 @@ fn target() -> &'static Target {
             .enable_all()
             .build()
             .expect("runtime");
-        let (h, account, token, payment_method) = rt.block_on(async {
+        let (h, account, token, payment_method, agent) = rt.block_on(async {
             let h = Harness::new().await;
             let (account, token) = h.sign_up("property@example.com").await;
             let payment_method = h.add_card(&token, "pm_card_visa").await;
-            (h, account, token, payment_method)
+            let r = h
+                .admin(
+                    Method::POST,
+                    "/admin/v1/agents",
+                    Some(r#"{"email":"fuzz@support.example","role":"billing_admin"}"#),
+                )
+                .await;
+            let agent = r.json["token"].as_str().expect("agent token").to_owned();
+            (h, account, token, payment_method, agent)
         });
         Target {
             rt,
@@ -47,6 +56,7 @@ fn target() -> &'static Target {
             token,
             account,
             payment_method,
+            agent,
         }
     })
 }
@@ -141,6 +151,7 @@ enum Token {
     Customer,
     Edge,
     Admin,
+    Agent,
     Wrong,
 }
 
@@ -530,6 +541,158 @@ const ROUTES: &[Route] = &[
         fields: &[("outcome", Field::Outcome)],
     },
     Route {
+        method: Method::PATCH,
+        path: "/v1/account",
+        token: Token::Customer,
+        key: false,
+        fields: &[
+            ("name", Field::Name),
+            ("email", Field::Email),
+            ("billing_address", Field::Text),
+            ("tax_id", Field::Text),
+        ],
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/account/contacts",
+        token: Token::Customer,
+        key: false,
+        fields: &[("email", Field::Email), ("name", Field::Name)],
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/v1/account/contacts/{id}",
+        token: Token::Customer,
+        key: false,
+        fields: &[],
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/tokens",
+        token: Token::Customer,
+        key: false,
+        fields: &[("label", Field::Text)],
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/v1/tokens/{id}",
+        token: Token::Customer,
+        key: false,
+        fields: &[],
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/payment-methods/{pm}/default",
+        token: Token::Customer,
+        key: false,
+        fields: &[],
+    },
+    Route {
+        method: Method::GET,
+        path: "/panel/v1/accounts?q={text}",
+        token: Token::Agent,
+        key: false,
+        fields: &[],
+    },
+    Route {
+        method: Method::GET,
+        path: "/panel/v1/accounts/{account}",
+        token: Token::Agent,
+        key: false,
+        fields: &[],
+    },
+    Route {
+        method: Method::GET,
+        path: "/panel/v1/accounts/{account}/timeline",
+        token: Token::Agent,
+        key: false,
+        fields: &[],
+    },
+    Route {
+        method: Method::POST,
+        path: "/panel/v1/accounts/{account}/notes",
+        token: Token::Agent,
+        key: true,
+        fields: &[("reason", Field::Text), ("body", Field::Text)],
+    },
+    Route {
+        method: Method::POST,
+        path: "/panel/v1/accounts/{account}/ban",
+        token: Token::Agent,
+        key: true,
+        fields: &[("reason", Field::Text)],
+    },
+    Route {
+        method: Method::POST,
+        path: "/panel/v1/accounts/{account}/unban",
+        token: Token::Agent,
+        key: true,
+        fields: &[("reason", Field::Text)],
+    },
+    Route {
+        method: Method::POST,
+        path: "/panel/v1/accounts/{account}/entitlement-overrides",
+        token: Token::Agent,
+        key: true,
+        fields: &[
+            ("reason", Field::Text),
+            ("feature", Field::Text),
+            ("mode", Field::Text),
+            ("limit", Field::Int),
+            ("expires_at", Field::Text),
+        ],
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/panel/v1/accounts/{account}/entitlement-overrides/{id}",
+        token: Token::Agent,
+        key: true,
+        fields: &[("reason", Field::Text)],
+    },
+    Route {
+        method: Method::POST,
+        path: "/panel/v1/accounts/{account}/credits",
+        token: Token::Agent,
+        key: true,
+        fields: &[
+            ("reason", Field::Text),
+            ("amount_minor", Field::Int),
+            ("currency", Field::Text),
+        ],
+    },
+    Route {
+        method: Method::POST,
+        path: "/panel/v1/invoices/{id}/refund",
+        token: Token::Agent,
+        key: true,
+        fields: &[("reason", Field::Text), ("amount_minor", Field::Int)],
+    },
+    Route {
+        method: Method::POST,
+        path: "/panel/v1/disputes/{id}/resolve",
+        token: Token::Agent,
+        key: true,
+        fields: &[
+            ("reason", Field::Text),
+            ("resolution", Field::Text),
+            ("evidence", Field::Text),
+        ],
+    },
+    Route {
+        method: Method::POST,
+        path: "/panel/v1/subscriptions/{id}/extend-trial",
+        token: Token::Agent,
+        key: true,
+        fields: &[("reason", Field::Text), ("days", Field::Int)],
+    },
+    Route {
+        method: Method::GET,
+        path: "/panel/v1/disputes?status={text}",
+        token: Token::Agent,
+        key: false,
+        fields: &[],
+    },
+    Route {
         method: Method::GET,
         path: "/{text}/{text}",
         token: Token::None,
@@ -653,12 +816,12 @@ fn request() -> impl Strategy<Value = Req> {
         (
             prop_oneof![
                 9 => Just(route.method.clone()),
-                1 => prop::sample::select(vec![Method::GET, Method::POST, Method::PUT, Method::DELETE]),
+                1 => prop::sample::select(vec![Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE]),
             ],
             segment,
             prop_oneof![
                 8 => Just(route.token),
-                1 => prop::sample::select(vec![Token::None, Token::Customer, Token::Edge, Token::Admin, Token::Wrong]),
+                1 => prop::sample::select(vec![Token::None, Token::Customer, Token::Edge, Token::Admin, Token::Agent, Token::Wrong]),
             ],
             prop_oneof![
                 8 => Just(route.key).prop_flat_map(|k| if k { "[a-z0-9-]{1,24}".prop_map(Some).boxed() } else { Just(None).boxed() }),
@@ -681,7 +844,7 @@ fn request() -> impl Strategy<Value = Req> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
 
     #[test]
     fn every_generated_request_gets_a_4xx_or_better(r in request()) {
@@ -697,6 +860,7 @@ proptest! {
             Token::Customer => Some(format!("Bearer {}", t.token)),
             Token::Edge => Some(format!("Bearer {EDGE}")),
             Token::Admin => Some(format!("Bearer {ADMIN}")),
+            Token::Agent => Some(format!("Bearer {}", t.agent)),
             Token::Wrong => Some("Bearer tg_0000".to_owned()),
         };
         if let Some(b) = bearer {

@@ -96,7 +96,7 @@ pub const NOTE_CHARS_MAX: usize = 5000;
 pub async fn add_note(state: &AppState, w: &Write<'_>, id: AccountId, body: &str) -> Result<Note> {
     let body = body.trim();
     let n = body.chars().count();
-    if n == 0 || n > NOTE_CHARS_MAX {
+    if n == 0 || n > NOTE_CHARS_MAX || !audit::printable(body) {
         return Err(Error::unprocessable(
             "invalid_note",
             format!("a note is 1-{NOTE_CHARS_MAX} characters"),
@@ -126,7 +126,7 @@ pub const SEARCH_MAX: i64 = 50;
 /// Accounts by email or name (substring, any case), id or provider customer id.
 pub async fn search(state: &AppState, q: &str) -> Result<Vec<Account>> {
     let q = q.trim();
-    if q.is_empty() || q.chars().count() > 254 {
+    if q.is_empty() || q.chars().count() > 254 || q.chars().any(char::is_control) {
         return Err(Error::unprocessable(
             "invalid_query",
             "search for 1-254 characters of an email, name, account id or customer id",

@@ -26,7 +26,14 @@ use crate::ids::AccountId;
 /// Shortest and longest reason an agent gives, characters.
 pub const REASON_CHARS: (usize, usize) = (3, 2000);
 
-/// Why an agent does something: 3 to 2,000 characters, not blank.
+/// Text an agent writes: no control characters but line breaks and tabs (PostgreSQL refuses
+/// NUL in text, and nothing else belongs in a note).
+pub fn printable(s: &str) -> bool {
+    !s.chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+}
+
+/// Why an agent does something: 3 to 2,000 characters, not blank, printable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reason(String);
 
@@ -34,10 +41,10 @@ impl Reason {
     pub fn parse(raw: Option<&str>) -> Result<Self> {
         let r = raw.map(str::trim).unwrap_or_default();
         let n = r.chars().count();
-        if n < REASON_CHARS.0 || n > REASON_CHARS.1 {
+        if n < REASON_CHARS.0 || n > REASON_CHARS.1 || !printable(r) {
             return Err(Error::unprocessable(
                 "reason_required",
-                "every panel write carries a reason (3-2000 characters)",
+                "every panel write carries a reason (3-2000 printable characters)",
             ));
         }
         Ok(Self(r.to_owned()))

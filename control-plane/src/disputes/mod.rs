@@ -310,8 +310,9 @@ pub async fn resolve(
     if let Some(done) = crate::audit::replayed(&state.billing, w).await? {
         return Ok(done);
     }
-    if resolution == Resolution::Contest
-        && (evidence.trim().is_empty() || evidence.chars().count() > EVIDENCE_CHARS_MAX)
+    if evidence.chars().count() > EVIDENCE_CHARS_MAX
+        || !crate::audit::printable(evidence)
+        || (resolution == Resolution::Contest && evidence.trim().is_empty())
     {
         return Err(Error::unprocessable(
             "evidence_required",

@@ -72,6 +72,12 @@ pub async fn add(
             "a limit is 0 or more",
         ));
     }
+    if input.feature.is_empty()
+        || input.feature.len() > 128
+        || input.feature.chars().any(char::is_control)
+    {
+        return Err(Error::unprocessable("unknown_feature", "no such feature"));
+    }
     if input.expires_at.is_some_and(|t| t <= w.now) {
         return Err(Error::unprocessable(
             "invalid_override",
