@@ -636,6 +636,16 @@ async fn a_credit_is_applied_to_the_next_invoice_and_a_retry_charges_at_once() {
         )
         .await;
     r.assert_problem(StatusCode::FORBIDDEN, "forbidden_for_role");
+    // Credit in a currency the account is not billed in would never be applied: refused.
+    let r = h
+        .post(
+            &path,
+            Some(&admin),
+            Some("c-eur"),
+            r#"{"reason":"outage","amount_minor":1000,"currency":"EUR"}"#,
+        )
+        .await;
+    r.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch");
     let grant = r#"{"reason":"outage on the 3rd","amount_minor":1000,"currency":"USD"}"#;
     let r = h.post(&path, Some(&admin), Some("c1"), grant).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);

@@ -46,6 +46,18 @@ pub async fn grant(
             format!("a credit is 1 to {GRANT_MINOR_MAX} minor units"),
         ));
     }
+    {
+        // Credit applies to invoices of its own currency: one in another is never used.
+        let mut conn = state.billing.acquire().await?;
+        if let (Some(billed), _) = super::store::billing_summary(&mut conn, account).await?
+            && billed != g.currency
+        {
+            return Err(Error::unprocessable(
+                "currency_mismatch",
+                format!("this account is billed in {billed}"),
+            ));
+        }
+    }
     audit::audited(&state.billing, w, async |tx| {
         let before = ledger::credit_held(tx, account, g.currency).await?;
         let header = Header {
