@@ -83,6 +83,15 @@ async fn billing_contacts_get_the_dunning_emails_instead_of_the_account_address(
         )
         .await;
     r.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_contact");
+    let r = h
+        .post(
+            "/v1/account/contacts",
+            Some(&token),
+            None,
+            r#"{"email":"x@example.com","name":"a\u0000b"}"#,
+        )
+        .await;
+    r.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_contact");
     h.post(
         "/v1/account/contacts",
         Some(&token),

@@ -118,6 +118,15 @@ async fn agents_are_made_listed_and_revoked_by_the_platform_only() {
         )
         .await;
     r.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_email");
+    // A NUL would reach PostgreSQL (a 500): refused like any bad address.
+    let r = h
+        .admin(
+            Method::POST,
+            "/admin/v1/agents",
+            Some(r#"{"email":"a\u0000@support.example","role":"viewer"}"#),
+        )
+        .await;
+    r.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_email");
     // A customer token or no token cannot make agents.
     let (_, customer) = h.sign_up("cust@example.com").await;
     let r = h

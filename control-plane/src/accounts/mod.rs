@@ -157,25 +157,42 @@ pub const NAME_BYTES_MAX: usize = 200;
 pub const TOKEN_REPLAY_SECS: i64 = 600;
 
 /// Validates sign-up fields; every problem is returned.
+/// The shape of an address we accept (sign-up, profile, contacts, agents): at most
+/// [`EMAIL_BYTES_MAX`] bytes, one `@` with text on both sides, no whitespace. Control
+/// characters are refused separately ([`has_control`]), each caller with its own message.
+pub fn valid_email(email: &str) -> bool {
+    email.len() <= EMAIL_BYTES_MAX
+        && !email.chars().any(char::is_whitespace)
+        && email
+            .find('@')
+            .is_some_and(|i| i > 0 && i + 1 < email.len() && !email[i + 1..].contains('@'))
+}
+
+/// The length of a name we accept: 1 to [`NAME_BYTES_MAX`] bytes.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= NAME_BYTES_MAX
+}
+
+/// PostgreSQL text cannot hold NUL, and no name or address needs a control character.
+pub fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
 pub fn validate_new_account(email: &str, name: &str) -> Result<NewAccount, Vec<String>> {
     let email = email.trim();
     let name = name.trim();
     let mut errors = Vec::new();
-    let at = email.find('@');
-    let email_ok = email.len() <= EMAIL_BYTES_MAX
-        && !email.chars().any(char::is_whitespace)
-        && at.is_some_and(|i| i > 0 && i + 1 < email.len() && !email[i + 1..].contains('@'));
-    if !email_ok {
+    if !valid_email(email) {
         errors.push(format!(
             "email must be an address like name@example.com of at most {EMAIL_BYTES_MAX} bytes"
         ));
     }
-    if name.is_empty() || name.len() > NAME_BYTES_MAX {
+    if !valid_name(name) {
         errors.push(format!("name must be 1-{NAME_BYTES_MAX} bytes"));
     }
     // PostgreSQL text cannot hold NUL, and no name or address needs a control character:
     // refused here, before anything reaches the provider.
-    if email.chars().chain(name.chars()).any(char::is_control) {
+    if has_control(email) || has_control(name) {
         errors.push("email and name must not contain control characters (NUL included)".into());
     }
     if errors.is_empty() {

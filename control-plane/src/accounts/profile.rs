@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Account, store};
+use super::{Account, has_control, store, valid_email, valid_name};
 use crate::error::{Error, Result};
 use crate::ids::{AccountId, TokenId};
 use crate::state::AppState;
@@ -53,20 +53,18 @@ fn text_ok(s: &str, max: usize) -> bool {
     n >= 1 && n <= max && !s.chars().any(char::is_control)
 }
 
-/// An email we accept: 3-254 bytes, one `@` with text on both sides, no spaces or controls.
-pub fn valid_email(e: &str) -> bool {
-    (3..=254).contains(&e.len())
-        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
-        && e.split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'))
-}
-
 fn validate(p: &Patch) -> Result<()> {
     let mut problems = Vec::new();
-    if p.name.as_deref().is_some_and(|n| !text_ok(n.trim(), 200)) {
-        problems.push("name is 1-200 characters");
+    if p.name
+        .as_deref()
+        .is_some_and(|n| !valid_name(n.trim()) || has_control(n))
+    {
+        problems.push("name is 1-200 bytes");
     }
-    if p.email.as_deref().is_some_and(|e| !valid_email(e.trim())) {
+    if p.email
+        .as_deref()
+        .is_some_and(|e| !valid_email(e.trim()) || has_control(e))
+    {
         problems.push("email is an address");
     }
     if let Some(Some(a)) = &p.billing_address {
@@ -158,7 +156,12 @@ pub async fn contacts(state: &AppState, id: AccountId) -> Result<Vec<Contact>> {
 /// [`CONTACTS_MAX`]).
 pub async fn add_contact(state: &AppState, id: AccountId, c: &NewContact) -> Result<Contact> {
     let email = c.email.trim();
-    if !valid_email(email) || c.name.as_deref().is_some_and(|n| !text_ok(n.trim(), 200)) {
+    if !valid_email(email)
+        || has_control(email)
+        || c.name
+            .as_deref()
+            .is_some_and(|n| !valid_name(n.trim()) || has_control(n))
+    {
         return Err(Error::unprocessable(
             "invalid_contact",
             "a contact is an email address and an optional name (1-200 characters)",

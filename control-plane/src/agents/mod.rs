@@ -101,11 +101,7 @@ fn new_token() -> String {
 /// Creates an agent (409 `agent_exists` while one with the email is live).
 pub async fn create(state: &AppState, by: &Actor, input: &NewAgent) -> Result<Created> {
     let email = input.email.trim();
-    if email.len() < 3
-        || email.len() > 254
-        || !email.contains('@')
-        || email.contains(char::is_whitespace)
-    {
+    if !crate::accounts::valid_email(email) || crate::accounts::has_control(email) {
         return Err(Error::unprocessable(
             "invalid_email",
             "an agent's email is an address (3-254 characters, one @)",

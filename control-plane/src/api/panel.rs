@@ -312,7 +312,6 @@ async fn grant_credit(
 ) -> Result<Response> {
     agent.require(Role::BillingAdmin)?;
     let reason = Reason::parse(b.reason.as_deref())?;
-    accounts::get(&state, id).await?;
     let request = serde_json::to_value(&b.grant).map_err(Error::internal)?;
     let w = write(&state, &agent, &key, &reason, "account.credit").on(
         Some(id),

@@ -33,7 +33,7 @@ pub struct Granted {
     pub ledger_transaction: uuid::Uuid,
 }
 
-/// Grants `g` to `account` (which must exist: the caller checked it in cf).
+/// Grants `g` to `account` (404 for an unknown account).
 pub async fn grant(
     state: &AppState,
     w: &Write<'_>,
@@ -46,6 +46,7 @@ pub async fn grant(
             format!("a credit is 1 to {GRANT_MINOR_MAX} minor units"),
         ));
     }
+    crate::accounts::get(state, account).await?;
     {
         // Credit applies to invoices of its own currency: one in another is never used.
         let mut conn = state.billing.acquire().await?;

@@ -575,9 +575,7 @@ pub async fn remove(state: &AppState, account: AccountId, id: PaymentMethodId) -
         .collect();
     let paid_live = crate::subscriptions::live(&mut tx, account)
         .await?
-        .is_some_and(|s| {
-            s.amount_minor > 0 && s.status != tollgate_protocol::SubscriptionStatus::Canceled
-        });
+        .is_some_and(|s| s.amount_minor > 0);
     if pm.status == PaymentMethodStatus::Ready && others.is_empty() && paid_live {
         tx.rollback().await?;
         return Err(Error::conflict(
