@@ -987,3 +987,54 @@ async fn an_agent_cancels_a_subscription_now_and_the_edge_loses_the_plan() {
     );
     h.finish().await;
 }
+
+#[tokio::test]
+async fn the_same_refund_twice_at_once_refunds_once_and_racing_refunds_never_pass_the_payment() {
+    let h = Harness::new().await;
+    let (account, token) = customer(&h, "race@example.com").await;
+    h.advance_to(common::t(2026, 2, 15, 13, 5)).await;
+    let inv = h.get("/v1/invoices", Some(&token)).await;
+    let renewal = inv.json["data"][0]["id"].as_str().expect("id").to_owned();
+    let admin = agent(&h, "b@support.example", "billing_admin").await;
+    let path = format!("/panel/v1/invoices/{renewal}/refund");
+    let send = |key: &'static str, body: &'static str| {
+        let (h, path, admin) = (&h, path.clone(), admin.clone());
+        async move { h.post(&path, Some(&admin), Some(key), body).await }
+    };
+    let body = r#"{"reason":"double charge","amount_minor":1000}"#;
+    let (a, b) = tokio::join!(send("same", body), send("same", body));
+    assert_eq!(
+        (a.status, b.status),
+        (StatusCode::OK, StatusCode::OK),
+        "{:?} {:?}",
+        a.json,
+        b.json
+    );
+    assert_eq!(
+        a.json["refund_id"], b.json["refund_id"],
+        "one provider refund"
+    );
+    let account_id: tollgate_control_plane::ids::AccountId = account.parse().expect("id");
+    let refunded = || async {
+        let mut conn = h.state.billing.acquire().await.expect("conn");
+        tollgate_control_plane::ledger::balance(
+            &mut conn,
+            account_id,
+            &tollgate_control_plane::ledger::LedgerAccount::Refunds,
+            tollgate_control_plane::money::Currency::USD,
+        )
+        .await
+        .expect("balance")
+    };
+    assert_eq!(refunded().await, 1000, "booked once");
+    // Two different refunds of 1,500 race for the 1,900 left: one passes, one is refused.
+    let big = r#"{"reason":"the rest","amount_minor":1500}"#;
+    let (c, d) = tokio::join!(send("rest-1", big), send("rest-2", big));
+    let ok = [c.status, d.status]
+        .iter()
+        .filter(|s| **s == StatusCode::OK)
+        .count();
+    assert_eq!(ok, 1, "{:?} {:?}", c.json, d.json);
+    assert_eq!(refunded().await, 2500);
+    h.finish().await;
+}
