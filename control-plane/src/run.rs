@@ -69,6 +69,12 @@ fn billing_consumers() -> Consumers<BillingOutbox> {
                 })
             },
         )
+        .on(Topic::BillingInvoiceVoided, |host: &BillingOutbox, _, d| {
+            Box::pin(async move {
+                subscriptions::on_invoice_paid(&host.0, d).await?;
+                events::from_billing(&host.0, d, EventType::InvoiceVoided).await
+            })
+        })
         .on(
             Topic::BillingInvoiceFinalized,
             |host: &BillingOutbox, _, d| {

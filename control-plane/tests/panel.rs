@@ -250,6 +250,26 @@ fn matrix(account: &str) -> Vec<(Method, String, &'static str, Option<String>)> 
             "support",
             Some(format!(r#"{{{reason},"days":3}}"#)),
         ),
+        (
+            Method::POST,
+            format!("/panel/v1/subscriptions/{}/cancel", uuid::Uuid::nil()),
+            "billing_admin",
+            Some(format!(
+                r#"{{{reason},"at_period_end":false,"refund":"prorated"}}"#
+            )),
+        ),
+        (
+            Method::POST,
+            format!("/panel/v1/subscriptions/{}/change", uuid::Uuid::nil()),
+            "support",
+            Some(format!(r#"{{{reason},"plan":"enterprise"}}"#)),
+        ),
+        (
+            Method::POST,
+            format!("/panel/v1/invoices/{}/void", uuid::Uuid::nil()),
+            "billing_admin",
+            Some(format!("{{{reason}}}")),
+        ),
     ]
 }
 
@@ -819,15 +839,23 @@ async fn an_invoice_refunded_by_an_agent_is_booked_once_even_when_the_provider_t
             .await
             .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_amount");
     }
-    // The first invoice was paid at checkout: refused clearly.
-    h.post(
-        &format!("/panel/v1/invoices/{first}/refund"),
-        Some(&admin),
-        Some("r-first"),
-        r#"{"reason":"goodwill"}"#,
-    )
-    .await
-    .assert_problem(StatusCode::CONFLICT, "no_refundable_payment");
+    // The first invoice was paid on-session at checkout: refunded to that payment.
+    let r = h
+        .post(
+            &format!("/panel/v1/invoices/{first}/refund"),
+            Some(&admin),
+            Some("r-first"),
+            r#"{"reason":"goodwill","amount_minor":400}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(
+        (
+            r.json["amount_minor"].as_i64(),
+            r.json["processor"].as_str()
+        ),
+        (Some(400), Some("simulated"))
+    );
 
     let partial = r#"{"reason":"charged for a seat never used","amount_minor":900}"#;
     let r = h.post(&path, Some(&admin), Some("r1"), partial).await;
@@ -847,7 +875,7 @@ async fn an_invoice_refunded_by_an_agent_is_booked_once_even_when_the_provider_t
         .await
         .expect("balance")
     };
-    assert_eq!(refunds().await, 900);
+    assert_eq!(refunds().await, 400 + 900);
     // The provider's webhook about the same refund books nothing more.
     let (pi,): (String,) = sqlx::query_as(
         "SELECT provider_payment_id FROM charge_attempts WHERE status = 'succeeded'",
@@ -858,7 +886,7 @@ async fn an_invoice_refunded_by_an_agent_is_booked_once_even_when_the_provider_t
     tollgate_control_plane::billing::provider_payments::record_refunds(&h.state, &pi)
         .await
         .expect("record");
-    assert_eq!(refunds().await, 900);
+    assert_eq!(refunds().await, 400 + 900);
     // The rest; then nothing is left to refund at the provider.
     let r = h
         .post(
@@ -869,7 +897,7 @@ async fn an_invoice_refunded_by_an_agent_is_booked_once_even_when_the_provider_t
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
-    assert_eq!(refunds().await, 2900);
+    assert_eq!(refunds().await, 400 + 2900);
     let r = h
         .post(
             &path,
@@ -879,7 +907,7 @@ async fn an_invoice_refunded_by_an_agent_is_booked_once_even_when_the_provider_t
         )
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.json);
-    assert_eq!(refunds().await, 2900);
+    assert_eq!(refunds().await, 400 + 2900);
     h.finish().await;
 }
 
@@ -966,7 +994,8 @@ async fn an_agent_cancels_a_subscription_now_and_the_edge_loses_the_plan() {
     let body = r#"{"reason":"customer asked by phone","at_period_end":false}"#;
     let r = h.post(&path, Some(&support), Some("cancel-1"), body).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
-    assert_eq!(r.json["status"], "canceled");
+    assert_eq!(r.json["subscription"]["status"], "canceled");
+    assert_eq!(r.json["refund"], serde_json::Value::Null);
     let again = h.post(&path, Some(&support), Some("cancel-1"), body).await;
     assert_eq!(again.json, r.json, "replayed, not a 409");
     h.post(&path, Some(&support), Some("cancel-2"), body)
@@ -1036,5 +1065,241 @@ async fn the_same_refund_twice_at_once_refunds_once_and_racing_refunds_never_pas
         .count();
     assert_eq!(ok, 1, "{:?} {:?}", c.json, d.json);
     assert_eq!(refunded().await, 2500);
+    h.finish().await;
+}
+
+fn ledger(
+    h: &Harness,
+    account: &str,
+    of: tollgate_control_plane::ledger::LedgerAccount,
+) -> impl std::future::Future<Output = i64> {
+    let account: tollgate_control_plane::ids::AccountId = account.parse().expect("id");
+    let pool = h.state.billing.clone();
+    async move {
+        let mut conn = pool.acquire().await.expect("conn");
+        tollgate_control_plane::ledger::balance(
+            &mut conn,
+            account,
+            &of,
+            tollgate_control_plane::money::Currency::USD,
+        )
+        .await
+        .expect("balance")
+    }
+}
+
+#[tokio::test]
+async fn a_voided_invoice_is_owed_no_more_and_its_subscription_is_active_again() {
+    use tollgate_control_plane::ledger::LedgerAccount;
+    let h = Harness::new().await;
+    let (account, token) = h.failing_renewal_customer("void@example.com").await;
+    let account = account.to_string();
+    h.advance_to(common::t(2026, 2, 15, 13, 5)).await;
+    let subs = h.get("/v1/subscriptions", Some(&token)).await;
+    assert_eq!(subs.json["data"][0]["status"], "past_due");
+    let inv = h.get("/v1/invoices", Some(&token)).await;
+    let renewal = inv.str("/data/0/id");
+    let first = inv.str("/data/1/id");
+    assert_eq!(ledger(&h, &account, LedgerAccount::Receivable).await, 2900);
+    let admin = agent(&h, "b@support.example", "billing_admin").await;
+    let support = agent(&h, "s@support.example", "support").await;
+    let path = format!("/panel/v1/invoices/{renewal}/void");
+    let body = r#"{"reason":"billed after the customer had asked to cancel"}"#;
+    h.post(&path, Some(&support), Some("v0"), body)
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden_for_role");
+    h.post(&path, Some(&admin), Some("v-none"), "{}")
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "reason_required");
+    let (r, twin) = tokio::join!(
+        h.post(&path, Some(&admin), Some("v1"), body),
+        h.post(&path, Some(&admin), Some("v1"), body)
+    );
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(twin.json, r.json, "the same void twice at once is one void");
+    assert_eq!(r.json["status"], "void");
+    let again = h.post(&path, Some(&admin), Some("v1"), body).await;
+    assert_eq!(again.json, r.json, "a repeat is the same void");
+    h.post(&path, Some(&admin), Some("v2"), body)
+        .await
+        .assert_problem(StatusCode::CONFLICT, "invoice_void");
+    // A paid invoice is refunded, not voided.
+    h.post(
+        &format!("/panel/v1/invoices/{first}/void"),
+        Some(&admin),
+        Some("v3"),
+        body,
+    )
+    .await
+    .assert_problem(StatusCode::CONFLICT, "invoice_paid");
+    h.settle().await;
+    // Nothing is owed, dunning is over, the subscription runs again, nothing charges it.
+    assert_eq!(ledger(&h, &account, LedgerAccount::Receivable).await, 0);
+    assert_eq!(ledger(&h, &account, LedgerAccount::Refunds).await, 2900);
+    let acct = h.get("/v1/account", Some(&token)).await;
+    assert_eq!(
+        acct.json["dunning"],
+        serde_json::Value::Null,
+        "{:?}",
+        acct.json
+    );
+    assert_eq!(acct.json["status"], "active", "{:?}", acct.json);
+    let subs = h.get("/v1/subscriptions", Some(&token)).await;
+    assert_eq!(subs.json["data"][0]["status"], "active");
+    let tries = || async {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM charge_attempts WHERE invoice_id = $1::uuid")
+                .bind(&renewal)
+                .fetch_one(&h.state.billing)
+                .await
+                .expect("count");
+        n
+    };
+    let before = tries().await;
+    h.advance_to(common::t(2026, 2, 16, 13, 5)).await;
+    h.advance_to(common::t(2026, 2, 17, 13, 5)).await;
+    assert_eq!(tries().await, before, "a void invoice is never retried");
+    let shown = h
+        .get(&format!("/v1/invoices/{renewal}"), Some(&token))
+        .await;
+    assert_eq!(shown.json["status"], "void");
+    // Audited in billing_prod with the effect, and told to the account's webhooks.
+    let (action, after): (String, serde_json::Value) =
+        sqlx::query_as("SELECT action, after FROM agent_actions WHERE action = 'invoice.void'")
+            .fetch_one(&h.state.billing)
+            .await
+            .expect("audit");
+    assert_eq!(
+        (action.as_str(), &after["status"]),
+        ("invoice.void", &serde_json::json!("void"))
+    );
+    assert_eq!(
+        h.count("SELECT count(*) FROM lifecycle_events WHERE type = 'invoice.voided'")
+            .await,
+        1
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_cancel_with_a_prorated_refund_returns_the_unused_share_once() {
+    use tollgate_control_plane::ledger::LedgerAccount;
+    let h = Harness::new().await;
+    let (account, token) = customer(&h, "prorated@example.com").await;
+    let sub = h
+        .get("/v1/subscriptions", Some(&token))
+        .await
+        .str("/data/0/id");
+    // Period 15 Jan 12:00 – 15 Feb 12:00 (31 days); canceled 10 days in: 21 of 31 days left,
+    // 2900 × 21/31 = 1964.5 → 1964.
+    h.advance_to(common::t(2026, 1, 25, 12, 0)).await;
+    let admin = agent(&h, "b@support.example", "billing_admin").await;
+    let support = agent(&h, "s@support.example", "support").await;
+    let path = format!("/panel/v1/subscriptions/{sub}/cancel");
+    let body = r#"{"reason":"service outage all week","at_period_end":false,"refund":"prorated"}"#;
+    h.post(&path, Some(&support), Some("c0"), body)
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden_for_role");
+    h.post(
+        &path,
+        Some(&admin),
+        Some("c-later"),
+        r#"{"reason":"at the end","at_period_end":true,"refund":"prorated"}"#,
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "refund_needs_cancel_now");
+    let (a, b) = tokio::join!(
+        h.post(&path, Some(&admin), Some("c1"), body),
+        h.post(&path, Some(&admin), Some("c1"), body)
+    );
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.json);
+    assert_eq!(
+        b.json, a.json,
+        "the same request twice at once is one cancel and one refund"
+    );
+    assert_eq!(a.json["subscription"]["status"], "canceled");
+    assert_eq!(a.json["refund"]["amount_minor"], 1964);
+    let later = h.post(&path, Some(&admin), Some("c1"), body).await;
+    assert_eq!(later.json, a.json, "a replay later answers the same");
+    assert_eq!(ledger(&h, &account, LedgerAccount::Refunds).await, 1964);
+    let cash = LedgerAccount::cash("simulated").expect("cash");
+    assert_eq!(ledger(&h, &account, cash).await, 2900 - 1964);
+    // Both writes audited: the cancel in cf, the refund in billing_prod.
+    assert_eq!(
+        h.count("SELECT count(*) FROM agent_actions WHERE action = 'subscription.cancel'")
+            .await,
+        1
+    );
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM agent_actions WHERE action = 'invoice.refund'")
+            .fetch_one(&h.state.billing)
+            .await
+            .expect("count");
+    assert_eq!(n, 1);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn an_agent_changes_a_plan_and_the_proration_is_collected_off_session() {
+    let h = Harness::new().await;
+    let (account, token) = customer(&h, "agentchange@example.com").await;
+    let sub = h
+        .get("/v1/subscriptions", Some(&token))
+        .await
+        .str("/data/0/id");
+    h.advance_to(common::t(2026, 1, 30, 12, 0)).await;
+    let viewer = agent(&h, "v@support.example", "viewer").await;
+    let support = agent(&h, "s@support.example", "support").await;
+    let path = format!("/panel/v1/subscriptions/{sub}/change");
+    let body = r#"{"reason":"sales agreed an upgrade by phone","plan":"enterprise"}"#;
+    h.post(&path, Some(&viewer), Some("ch0"), body)
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden_for_role");
+    h.post(
+        &path,
+        Some(&support),
+        Some("ch-bad"),
+        r#"{"reason":"typo","plan":"platinum"}"#,
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "unknown_plan");
+    let (r, twin) = tokio::join!(
+        h.post(&path, Some(&support), Some("ch1"), body),
+        h.post(&path, Some(&support), Some("ch1"), body)
+    );
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
+    assert_eq!(
+        twin.json, r.json,
+        "the same change twice at once is one change"
+    );
+    assert_eq!(r.json["subscription"]["plan"], "enterprise");
+    // The same proration as the customer's own change (see billing.rs), owed, not yet charged.
+    assert_eq!(r.json["invoice"]["total_minor"], 8774);
+    assert_eq!(r.json["invoice"]["status"], "open");
+    let again = h.post(&path, Some(&support), Some("ch1"), body).await;
+    assert_eq!(again.json, r.json, "a repeat is the same change");
+    h.post(&path, Some(&support), Some("ch2"), body)
+        .await
+        .assert_problem(StatusCode::CONFLICT, "same_plan");
+    // Charged off-session once the on-session window passed.
+    h.advance_to(common::t(2026, 1, 30, 12, 31)).await;
+    let inv = h
+        .get(
+            &format!("/v1/invoices/{}", r.str("/invoice/id")),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(inv.json["status"], "paid", "{:?}", inv.json);
+    let (before, after): (serde_json::Value, serde_json::Value) = sqlx::query_as(
+        "SELECT before, after FROM agent_actions WHERE action = 'subscription.change'",
+    )
+    .fetch_one(&h.state.cf)
+    .await
+    .expect("audit");
+    assert_eq!(
+        (&before["plan"], &after["plan"]),
+        (&serde_json::json!("pro"), &serde_json::json!("enterprise"))
+    );
+    let _ = account;
     h.finish().await;
 }

@@ -686,6 +686,36 @@ const ROUTES: &[Route] = &[
         fields: &[("reason", Field::Text), ("days", Field::Int)],
     },
     Route {
+        method: Method::POST,
+        path: "/panel/v1/subscriptions/{id}/cancel",
+        token: Token::Agent,
+        key: true,
+        fields: &[
+            ("reason", Field::Text),
+            ("at_period_end", Field::Bool),
+            ("refund", Field::Text),
+        ],
+    },
+    Route {
+        method: Method::POST,
+        path: "/panel/v1/subscriptions/{id}/change",
+        token: Token::Agent,
+        key: true,
+        fields: &[
+            ("reason", Field::Text),
+            ("plan", Field::Plan),
+            ("addons", Field::Addons),
+            ("when", Field::Text),
+        ],
+    },
+    Route {
+        method: Method::POST,
+        path: "/panel/v1/invoices/{id}/void",
+        token: Token::Agent,
+        key: true,
+        fields: &[("reason", Field::Text)],
+    },
+    Route {
         method: Method::GET,
         path: "/panel/v1/disputes?status={text}",
         token: Token::Agent,

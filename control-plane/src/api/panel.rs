@@ -51,6 +51,7 @@ pub fn routes() -> Router<AppState> {
         .route("/panel/v1/accounts/{id}/credits", post(grant_credit))
         .route("/panel/v1/invoices/{id}/retry", post(retry_invoice))
         .route("/panel/v1/invoices/{id}/refund", post(refund_invoice))
+        .route("/panel/v1/invoices/{id}/void", post(void_invoice))
         .route("/panel/v1/disputes", get(list_disputes))
         .route("/panel/v1/disputes/{id}/resolve", post(resolve_dispute))
         .route(
@@ -60,6 +61,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/panel/v1/subscriptions/{id}/cancel",
             post(cancel_subscription),
+        )
+        .route(
+            "/panel/v1/subscriptions/{id}/change",
+            post(change_subscription),
         )
 }
 
@@ -443,10 +448,13 @@ async fn resolve_dispute(
 struct CancelBody {
     reason: Option<String>,
     at_period_end: bool,
+    #[serde(default)]
+    refund: subscriptions::CancelRefund,
 }
 
-/// `POST /panel/v1/subscriptions/{id}/cancel {at_period_end}` (support) — the Dashboard's
-/// cancel, for any account, audited.
+/// `POST /panel/v1/subscriptions/{id}/cancel {at_period_end, refund?: none | prorated}`
+/// (support; billing_admin with a refund) — the Dashboard's cancel, for any account, audited;
+/// `prorated` refunds the unused share of the period through the gateway.
 async fn cancel_subscription(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -454,16 +462,87 @@ async fn cancel_subscription(
     Path(id): Path<SubscriptionId>,
     Json(b): Json<CancelBody>,
 ) -> Result<Response> {
-    agent.require(Role::Support)?;
+    agent.require(match b.refund {
+        subscriptions::CancelRefund::None => Role::Support,
+        subscriptions::CancelRefund::Prorated => Role::BillingAdmin,
+    })?;
     let reason = Reason::parse(b.reason.as_deref())?;
     let w = write(&state, &agent, &key, &reason, "subscription.cancel").on(
         None,
         id.to_string(),
-        json!({ "at_period_end": b.at_period_end }),
+        json!({ "at_period_end": b.at_period_end, "refund": b.refund }),
     );
     let cmd = subscriptions::Cancel {
         at_period_end: b.at_period_end,
     };
-    let sub = subscriptions::cancel_by_agent(&state, &w, id, &cmd).await?;
-    Ok(reply(StatusCode::OK, json!(SubscriptionView::from(&sub))))
+    let done = subscriptions::cancel_for_agent(&state, &w, id, &cmd, b.refund).await?;
+    Ok(reply(
+        StatusCode::OK,
+        json!({ "subscription": SubscriptionView::from(&done.subscription), "refund": done.refund }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeBody {
+    reason: Option<String>,
+    #[serde(default)]
+    plan: Option<String>,
+    #[serde(default)]
+    addons: Option<std::collections::BTreeMap<String, i64>>,
+    #[serde(default)]
+    when: Option<subscriptions::change::When>,
+}
+
+/// `POST /panel/v1/subscriptions/{id}/change {plan?, addons?, when?}` (support) — the
+/// Dashboard's change for any account, audited; an upgrade's proration is collected
+/// off-session.
+async fn change_subscription(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<SubscriptionId>,
+    Json(b): Json<ChangeBody>,
+) -> Result<Response> {
+    agent.require(Role::Support)?;
+    let reason = Reason::parse(b.reason.as_deref())?;
+    let change = subscriptions::change::ChangePlan {
+        plan: b.plan,
+        addons: b.addons,
+        when: b.when,
+    };
+    let w = write(&state, &agent, &key, &reason, "subscription.change").on(
+        None,
+        id.to_string(),
+        json!(change),
+    );
+    let done = subscriptions::change::change_by_agent(&state, &w, id, &change).await?;
+    Ok(reply(
+        StatusCode::OK,
+        json!({ "subscription": SubscriptionView::from(&done.subscription),
+                "invoice": done.invoice.as_ref().map(InvoiceView::from) }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VoidBody {
+    reason: Option<String>,
+}
+
+/// `POST /panel/v1/invoices/{id}/void` (billing_admin) — an open invoice with nothing paid is
+/// no longer owed.
+async fn void_invoice(
+    State(state): State<AppState>,
+    AgentCaller(agent): AgentCaller,
+    IdempotencyKey(key): IdempotencyKey,
+    Path(id): Path<InvoiceId>,
+    Json(b): Json<VoidBody>,
+) -> Result<Response> {
+    agent.require(Role::BillingAdmin)?;
+    let reason = Reason::parse(b.reason.as_deref())?;
+    let w =
+        write(&state, &agent, &key, &reason, "invoice.void").on(None, id.to_string(), json!({}));
+    let inv = crate::billing::voids::void_invoice(&state, &w, id).await?;
+    Ok(reply(StatusCode::OK, json!(InvoiceView::from(&inv))))
 }

@@ -184,7 +184,14 @@ where
         Ok(e) => e,
         Err(err) => {
             tx.rollback().await?;
-            return Err(err);
+            // A concurrent first attempt under the same key may have committed while this one
+            // waited for its row lock, and its effect is why this one failed (`already
+            // canceled`): the repeat answers what the first did.
+            let mut conn = pool.acquire().await?;
+            return match store::find(&mut conn, w.agent.id, w.key.as_str()).await? {
+                Some(stored) => replay(stored, &h),
+                None => Err(err),
+            };
         }
     };
     let response = serde_json::to_value(&e.answer).map_err(Error::internal)?;

@@ -35,6 +35,7 @@ pub mod pricing;
 pub mod provider_payments;
 pub mod refunds;
 pub mod store;
+pub mod voids;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -350,6 +350,26 @@ pub async fn invoice_for_update(
     Ok(with_lines(conn, row.into_iter().collect()).await?.pop())
 }
 
+/// The paid invoice that bought subscription `sub`'s period starting at `start` (its first or
+/// a renewal's), if there is one.
+pub async fn period_invoice(
+    conn: &mut PgConnection,
+    sub: SubscriptionId,
+    start: DateTime<Utc>,
+) -> sqlx::Result<Option<Invoice>> {
+    let row: Option<InvoiceRow> = sqlx::query_as(sqlf!(
+        "SELECT {INVOICE_COLUMNS} FROM invoices
+         WHERE subscription_id = $1 AND period_start = $2 AND status = 'paid'
+           AND reason IN ('subscription_create', 'subscription_cycle')
+         ORDER BY created_at DESC LIMIT 1"
+    ))
+    .bind(sub)
+    .bind(start)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(with_lines(conn, row.into_iter().collect()).await?.pop())
+}
+
 pub async fn list_invoices(
     conn: &mut PgConnection,
     account: AccountId,
@@ -864,4 +884,23 @@ pub async fn attempt_by_payment(
     .bind(pi)
     .fetch_optional(conn)
     .await
+}
+
+/// Voids an open invoice: nothing is charged for it again. Returns whether it was open.
+pub async fn void(
+    conn: &mut PgConnection,
+    id: InvoiceId,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE invoices SET status = 'void', voided_at = $2, next_charge_at = NULL,
+             action_required = false, updated_at = $2
+         WHERE id = $1 AND status = 'open'",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
 }

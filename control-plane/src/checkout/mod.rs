@@ -537,6 +537,28 @@ pub async fn get(state: &AppState, account: AccountId, id: CheckoutId) -> Result
         .ok_or_else(|| Error::not_found("checkout"))
 }
 
+/// The on-session payment that bought subscription `sub` (what its first invoice was paid
+/// with), if a paid checkout started it: a refund of that invoice goes to this payment.
+pub async fn first_payment(
+    state: &AppState,
+    sub: SubscriptionId,
+) -> Result<Option<crate::billing::FirstPayment>> {
+    let mut conn = state.cf.acquire().await?;
+    let Some(c) = store::of_subscription(&mut conn, sub).await? else {
+        return Ok(None);
+    };
+    let Some(pi) = c.payment_intent_id.clone().filter(|_| c.amount_minor > 0) else {
+        return Ok(None);
+    };
+    let processor = settle::gateway_name_of(state, &mut conn, &c).await?;
+    Ok(Some(crate::billing::FirstPayment {
+        checkout_id: c.id,
+        provider_payment_id: pi,
+        processor,
+        amount_minor: c.amount_minor,
+    }))
+}
+
 /// After the customer completed 3-D Secure. The payment is read with no transaction open, then
 /// settled; a succeeded payment completes the purchase even past the checkout's expiry.
 pub async fn confirm(

@@ -37,6 +37,20 @@ pub async fn get_of(
         .filter(|c| c.account_id == account))
 }
 
+/// The checkout that paid for subscription `sub` and started it, if one did.
+pub async fn of_subscription(
+    conn: &mut PgConnection,
+    sub: SubscriptionId,
+) -> sqlx::Result<Option<Checkout>> {
+    sqlx::query_as(sqlf!(
+        "SELECT {CHECKOUT_COLUMNS} FROM checkouts
+         WHERE subscription_id = $1 AND status = 'succeeded'"
+    ))
+    .bind(sub)
+    .fetch_optional(conn)
+    .await
+}
+
 /// The account's checkout still waiting for payment or authentication, if any.
 pub async fn open_of(
     conn: &mut PgConnection,

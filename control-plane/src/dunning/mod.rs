@@ -352,7 +352,42 @@ async fn exhaust(
 /// The consumer of `billing.invoice_paid`: the invoice's case, if any, is recovered.
 pub async fn on_invoice_paid(conn: &mut PgConnection, d: &Delivery) -> anyhow::Result<()> {
     let ev: InvoicePaid = d.payload()?;
-    let Some(mut case) = store::of_invoice_for_update(conn, ev.invoice_id).await? else {
+    let step = crate::billing::store::invoice(conn, ev.invoice_id)
+        .await?
+        .map(|inv| Step::of(StepKind::Recovered, &inv, inv.amount_due_minor, None));
+    close(
+        conn,
+        ev.invoice_id,
+        ev.account_id,
+        "invoice paid",
+        step,
+        d.now,
+    )
+    .await
+}
+
+/// A support agent voided `invoice`: its case (if any) ends here, in the void's transaction;
+/// nothing is owed, so the customer is told nothing by dunning.
+pub async fn on_invoice_voided(
+    conn: &mut PgConnection,
+    invoice: InvoiceId,
+    account: AccountId,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    close(conn, invoice, account, "invoice voided", None, now).await
+}
+
+/// Ends the invoice's case as recovered (`cause` says how) and refreshes the account's
+/// dunning snapshot. Idempotent: a recovered case stays as it is.
+async fn close(
+    conn: &mut PgConnection,
+    invoice: InvoiceId,
+    account: AccountId,
+    cause: &str,
+    step: Option<Step>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let Some(mut case) = store::of_invoice_for_update(conn, invoice).await? else {
         return Ok(());
     };
     if case.status == CaseStatus::Recovered {
@@ -360,21 +395,10 @@ pub async fn on_invoice_paid(conn: &mut PgConnection, d: &Delivery) -> anyhow::R
     }
     case.status = CaseStatus::Recovered;
     case.next_retry_at = None;
-    case.recovered_at = Some(d.now);
-    store::save(conn, &case, d.now).await?;
-    store::record(
-        conn,
-        case.id,
-        EventKind::Recovered,
-        case.level,
-        "invoice paid",
-        d.now,
-    )
-    .await?;
-    let step = crate::billing::store::invoice(conn, ev.invoice_id)
-        .await?
-        .map(|inv| Step::of(StepKind::Recovered, &inv, inv.amount_due_minor, None));
-    refresh_account(conn, ev.account_id, step, d.now).await
+    case.recovered_at = Some(now);
+    store::save(conn, &case, now).await?;
+    store::record(conn, case.id, EventKind::Recovered, case.level, cause, now).await?;
+    refresh_account(conn, account, step, now).await
 }
 
 /// The consumer of cf's `dunning.payment_method_added` (its own billing transaction, applied

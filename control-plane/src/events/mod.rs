@@ -60,6 +60,8 @@ pub enum EventType {
     InvoicePaid,
     #[serde(rename = "invoice.uncollectible")]
     InvoiceUncollectible,
+    #[serde(rename = "invoice.voided")]
+    InvoiceVoided,
     #[serde(rename = "invoice.payment_failed")]
     PaymentFailed,
     #[serde(rename = "dunning.changed")]
@@ -83,10 +85,11 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 13] = [
+    pub const ALL: [EventType; 14] = [
         Self::InvoiceFinalized,
         Self::InvoicePaid,
         Self::InvoiceUncollectible,
+        Self::InvoiceVoided,
         Self::PaymentFailed,
         Self::DunningChanged,
         Self::SubscriptionCreated,
@@ -104,6 +107,7 @@ impl EventType {
             Self::InvoiceFinalized => "invoice.finalized",
             Self::InvoicePaid => "invoice.paid",
             Self::InvoiceUncollectible => "invoice.uncollectible",
+            Self::InvoiceVoided => "invoice.voided",
             Self::PaymentFailed => "invoice.payment_failed",
             Self::DunningChanged => "dunning.changed",
             Self::SubscriptionCreated => "subscription.created",

@@ -180,6 +180,8 @@ pub enum TxKind {
     DisputeWon,
     /// A dispute lost: the withheld money is gone.
     DisputeLost,
+    /// An open invoice voided: what it still asked for is no longer owed.
+    InvoiceVoided,
 }
 
 impl fmt::Display for TxKind {
@@ -195,6 +197,7 @@ impl fmt::Display for TxKind {
             Self::DisputeOpened => "dispute_opened",
             Self::DisputeWon => "dispute_won",
             Self::DisputeLost => "dispute_lost",
+            Self::InvoiceVoided => "invoice_voided",
         })
     }
 }
@@ -492,6 +495,23 @@ pub fn credit_note(
         .debit(LedgerAccount::Refunds, total)
         .credit(LedgerAccount::Receivable, reduced_due_minor)
         .credit(LedgerAccount::Credit, credited_minor)
+        .seal()
+}
+
+/// An open invoice voided: its revenue is given back (`refunds`, as a credit note books it),
+/// what it still asked for leaves the receivable, and credit applied to it returns to the
+/// customer.
+pub fn invoice_voided(
+    header: Header,
+    remaining_minor: i64,
+    credit_returned_minor: i64,
+) -> Result<Option<Transaction>, LedgerError> {
+    let total = crate::money::add(remaining_minor, credit_returned_minor)
+        .map_err(|_| LedgerError::Overflow)?;
+    Draft::new(header)
+        .debit(LedgerAccount::Refunds, total)
+        .credit(LedgerAccount::Receivable, remaining_minor)
+        .credit(LedgerAccount::Credit, credit_returned_minor)
         .seal()
 }
 

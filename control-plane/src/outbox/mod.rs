@@ -85,13 +85,16 @@ pub enum Topic {
     /// billing_prod's outbox: a dispute opened, moved or was decided.
     #[sqlx(rename = "billing.dispute_changed")]
     BillingDisputeChanged,
+    /// billing_prod's outbox: a support agent voided an open invoice.
+    #[sqlx(rename = "billing.invoice_voided")]
+    BillingInvoiceVoided,
     /// A payment method became ready: dunning retries at once.
     #[sqlx(rename = "dunning.payment_method_added")]
     DunningPaymentMethodAdded,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 10] = [
+    pub const ALL: [Topic; 11] = [
         Topic::EntitlementsRecompute,
         Topic::EntitlementsPublish,
         Topic::BillingSchedule,
@@ -101,6 +104,7 @@ impl Topic {
         Topic::BillingInvoiceUncollectible,
         Topic::BillingInvoiceFinalized,
         Topic::BillingDisputeChanged,
+        Topic::BillingInvoiceVoided,
         Topic::DunningPaymentMethodAdded,
     ];
 
@@ -115,6 +119,7 @@ impl Topic {
             Self::BillingInvoiceUncollectible => "billing.invoice_uncollectible",
             Self::BillingInvoiceFinalized => "billing.invoice_finalized",
             Self::BillingDisputeChanged => "billing.dispute_changed",
+            Self::BillingInvoiceVoided => "billing.invoice_voided",
             Self::DunningPaymentMethodAdded => "dunning.payment_method_added",
         }
     }

@@ -325,46 +325,7 @@ pub async fn change(
             let sub = store::get_of_for_update(tx, account, id)
                 .await?
                 .ok_or_else(|| Error::not_found("subscription"))?;
-            if sub.status == SubscriptionStatus::Unpaid {
-                return Err(Error::conflict(
-                    "subscription_unpaid",
-                    "this subscription's invoice is unpaid: pay it (or cancel) first",
-                ));
-            }
-            if let Some(acct) = crate::accounts::store::get_account(tx, account, false).await? {
-                crate::accounts::require_usable_method(&acct)?;
-            }
-            let d = decide(tx, &sub, input, InvoiceId(resource), now).await?;
-            if d.proration.is_some()
-                && d.direction == Direction::Upgrade
-                && d.new_total > 0
-                && payment_methods::charge_target(tx, account).await?.is_none()
-            {
-                return Err(Error::unprocessable(
-                    "payment_method_required",
-                    "an upgrade is paid at once: add a payment method first",
-                ));
-            }
-            let sub = match (&d.proration, d.when) {
-                (Some(p), _) => {
-                    let sub = store::change_plan(tx, id, &d.to).await?;
-                    announce_with(tx, &sub, None, Some(p.clone()), now).await?;
-                    sub
-                }
-                // In a trial: switched now, nothing to prorate.
-                (None, When::Now) => {
-                    let sub = store::change_plan(tx, id, &d.to).await?;
-                    announce(tx, &sub, None, now).await?;
-                    sub
-                }
-                (None, When::PeriodEnd) => {
-                    let sub = store::set_pending_change(tx, id, Some(&d.to)).await?;
-                    announce(tx, &sub, None, now).await?;
-                    sub
-                }
-            };
-            tracing::info!(account_id = %account, subscription_id = %id, to = %d.to.plan, when = ?d.when, "plan change");
-            Ok((sub, d.proration))
+            apply(tx, &sub, input, InvoiceId(resource), now).await
         },
         async |attempt, reserved| {
             state.outbox_wake.notify_one();
@@ -379,19 +340,7 @@ pub async fn change(
                     (sub, None)
                 }
             };
-            // The change's invoice now (billing's consumer would make the same one).
-            let invoice = match &proration {
-                Some(p) => {
-                    let ev = schedule_event(&sub, None, Some(p.clone()));
-                    let mut tx = state.billing.begin().await?;
-                    invoices::open_change(&mut tx, &ev, p, state.clock.now())
-                        .await
-                        .map_err(Error::internal)?;
-                    tx.commit().await?;
-                    Some(invoices::get(state, account, invoice_id).await?)
-                }
-                None => invoices::get(state, account, invoice_id).await.ok(),
-            };
+            let invoice = open_invoice(state, &sub, proration.as_ref(), invoice_id).await?;
             let payment = match &invoice {
                 Some(inv) if inv.status == invoices::InvoiceStatus::Open => {
                     let key = idempotency::Key::parse(&format!(
@@ -418,6 +367,124 @@ pub async fn change(
         },
     )
     .await
+}
+
+/// A change applied to `sub` (locked by the caller) in the caller's cf transaction, its
+/// proration invoice (if any) to be `invoice`: the checks, the switch (or the scheduled
+/// switch) and its announcement. Returns the subscription as changed and its proration.
+async fn apply(
+    tx: &mut PgConnection,
+    sub: &Subscription,
+    input: &ChangePlan,
+    invoice: InvoiceId,
+    now: DateTime<Utc>,
+) -> Result<(Subscription, Option<Proration>)> {
+    let (account, id) = (sub.account_id, sub.id);
+    if sub.status == SubscriptionStatus::Unpaid {
+        return Err(Error::conflict(
+            "subscription_unpaid",
+            "this subscription's invoice is unpaid: pay it (or cancel) first",
+        ));
+    }
+    if let Some(acct) = crate::accounts::store::get_account(tx, account, false).await? {
+        crate::accounts::require_usable_method(&acct)?;
+    }
+    let d = decide(tx, sub, input, invoice, now).await?;
+    if d.proration.is_some()
+        && d.direction == Direction::Upgrade
+        && d.new_total > 0
+        && payment_methods::charge_target(tx, account).await?.is_none()
+    {
+        return Err(Error::unprocessable(
+            "payment_method_required",
+            "an upgrade is paid at once: add a payment method first",
+        ));
+    }
+    let sub = match (&d.proration, d.when) {
+        (Some(p), _) => {
+            let sub = store::change_plan(tx, id, &d.to).await?;
+            announce_with(tx, &sub, None, Some(p.clone()), now).await?;
+            sub
+        }
+        // In a trial: switched now, nothing to prorate.
+        (None, When::Now) => {
+            let sub = store::change_plan(tx, id, &d.to).await?;
+            announce(tx, &sub, None, now).await?;
+            sub
+        }
+        (None, When::PeriodEnd) => {
+            let sub = store::set_pending_change(tx, id, Some(&d.to)).await?;
+            announce(tx, &sub, None, now).await?;
+            sub
+        }
+    };
+    tracing::info!(account_id = %account, subscription_id = %id, to = %d.to.plan, when = ?d.when, "plan change");
+    Ok((sub, d.proration))
+}
+
+/// The change's invoice (`invoice`), made now when the change prorated (billing's consumer of
+/// the announcement would make the same one; idempotent by its id), as it is.
+async fn open_invoice(
+    state: &AppState,
+    sub: &Subscription,
+    proration: Option<&Proration>,
+    invoice: InvoiceId,
+) -> Result<Option<Invoice>> {
+    Ok(match proration {
+        Some(p) => {
+            let ev = schedule_event(sub, None, Some(p.clone()));
+            let mut tx = state.billing.begin().await?;
+            invoices::open_change(&mut tx, &ev, p, state.clock.now())
+                .await
+                .map_err(Error::internal)?;
+            tx.commit().await?;
+            Some(invoices::get(state, sub.account_id, invoice).await?)
+        }
+        None => invoices::get(state, sub.account_id, invoice).await.ok(),
+    })
+}
+
+/// What an agent's plan change answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentChanged {
+    pub subscription: Subscription,
+    /// The proration invoice, when the change made one (collected off-session).
+    pub invoice: Option<Invoice>,
+}
+
+/// A support agent changes subscription `id` (any account's) with the checks and proration
+/// of the customer's [`change`], audited in the change's cf transaction. The customer is not
+/// there to authenticate a payment: an upgrade's proration invoice is collected off-session,
+/// as a renewal's is.
+pub async fn change_by_agent(
+    state: &AppState,
+    w: &crate::audit::Write<'_>,
+    id: SubscriptionId,
+    input: &ChangePlan,
+) -> Result<AgentChanged> {
+    let invoice_id = InvoiceId(crate::audit::resource_id(w));
+    let (sub, proration): (Subscription, Option<Proration>) =
+        crate::audit::audited(&state.cf, w, async |tx| {
+            let before = store::get_for_update(tx, id)
+                .await?
+                .ok_or_else(|| Error::not_found("subscription"))?;
+            let (after, proration) = apply(tx, &before, input, invoice_id, w.now).await?;
+            let shown = |s: &Subscription| {
+                serde_json::json!({ "plan": s.plan, "amount_minor": s.amount_minor,
+                    "addons": s.terms.addons, "pending_change": s.pending_change })
+            };
+            let mut e =
+                crate::audit::Effect::new(shown(&before), shown(&after), (after, proration));
+            e.account = Some(before.account_id);
+            Ok(e)
+        })
+        .await?;
+    state.outbox_wake.notify_one();
+    let invoice = open_invoice(state, &sub, proration.as_ref(), invoice_id).await?;
+    Ok(AgentChanged {
+        subscription: sub,
+        invoice,
+    })
 }
 
 /// The change's invoice, paid on-session with the default method at once.

@@ -324,6 +324,59 @@ pub async fn cancel_by_agent(
     Ok(out)
 }
 
+/// How an agent's cancel settles the period the customer paid for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelRefund {
+    /// Nothing is refunded (the default).
+    #[default]
+    None,
+    /// The unused share of the period's payment goes back to the customer.
+    Prorated,
+}
+
+/// What an agent's cancel answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentCanceled {
+    pub subscription: Subscription,
+    pub refund: Option<crate::billing::refunds::Refunded>,
+}
+
+/// A support agent cancels subscription `id` ([`cancel_by_agent`]) and, with
+/// [`CancelRefund::Prorated`], refunds what is left unused of the period it paid for
+/// ([`crate::billing::refunds::refund_unused`]: only with a cancel now). The refund follows the
+/// cancel's commit, never inside its transaction (it calls the provider): a repeat of the same
+/// request replays the cancel and finishes the refund, under a key derived from the cancel's.
+pub async fn cancel_for_agent(
+    state: &AppState,
+    w: &crate::audit::Write<'_>,
+    id: SubscriptionId,
+    cmd: &Cancel,
+    refund: CancelRefund,
+) -> Result<AgentCanceled> {
+    if refund == CancelRefund::Prorated && cmd.at_period_end {
+        return Err(Error::unprocessable(
+            "refund_needs_cancel_now",
+            "a prorated refund comes with a cancel now (at_period_end: false)",
+        ));
+    }
+    let sub = cancel_by_agent(state, w, id, cmd).await?;
+    let refund = match refund {
+        CancelRefund::None => None,
+        CancelRefund::Prorated => {
+            let key = crate::idempotency::Key::parse(&format!(
+                "cancel-refund-{}",
+                crate::audit::resource_id(w).simple()
+            ))?;
+            crate::billing::refunds::refund_unused(state, w.agent, &key, w.reason, &sub).await?
+        }
+    };
+    Ok(AgentCanceled {
+        subscription: sub,
+        refund,
+    })
+}
+
 /// The cancel in the caller's transaction; `account` scopes it to one account's subscription.
 async fn cancel_in(
     tx: &mut PgConnection,
@@ -425,9 +478,9 @@ pub async fn on_payment_failed(
     .await
 }
 
-/// `billing.invoice_paid`: a `past_due` or `unpaid` subscription whose invoice got paid is
-/// active again. An `unpaid` one whose period ended meanwhile resumes with the period of
-/// today (same anchor; the periods it was unpaid through are not billed), announced as a
+/// `billing.invoice_paid` (and `billing.invoice_voided`): a `past_due` or `unpaid`
+/// subscription whose invoice got paid (or voided) is active again. An `unpaid` one whose
+/// period ended meanwhile resumes with the period of today (same anchor; the periods it was unpaid through are not billed), announced as a
 /// renewal so billing invoices it.
 pub async fn on_invoice_paid(state: &AppState, d: &crate::outbox::Delivery) -> anyhow::Result<()> {
     let ev: crate::billing::charges::InvoicePaid = d.payload()?;
@@ -469,7 +522,7 @@ pub async fn on_invoice_paid(state: &AppState, d: &crate::outbox::Delivery) -> a
     announce(&mut tx, &resumed, started, now).await?;
     tx.commit().await?;
     state.outbox_wake.notify_one();
-    tracing::info!(subscription_id = %id, from = sub.status.as_str(), "subscription active again: its invoice was paid");
+    tracing::info!(subscription_id = %id, from = sub.status.as_str(), "subscription active again: its invoice was paid or voided");
     Ok(())
 }
 
