@@ -561,6 +561,15 @@ tg_ensure_aiosmtpd() {
     >>"$TG_LOG_DIR/pip.log" 2>&1 || { tg_log_tail "$TG_LOG_DIR/pip.log"; tg_die "pip install aiosmtpd failed"; }
 }
 
+# tg_ensure_chromium: Debian's Chromium and ChromeDriver, the real browser the NinjaPanel's web
+# page is tested in (e2e/tests/ninjapanel_in_a_browser.rs). Exports TOLLGATE_TEST_CHROMEDRIVER.
+tg_ensure_chromium() {
+  if [[ ! -x /usr/bin/chromedriver || ! -x /usr/bin/chromium ]]; then
+    tg__apt_install chromium chromium-driver
+  fi
+  export TOLLGATE_TEST_CHROMEDRIVER=/usr/bin/chromedriver
+}
+
 # Whether the localstripe at $1 runs this checkout's launcher (scripts/localstripe-serve.py
 # answers the hash of its own file): an older launcher lacks routes the tests use.
 tg__localstripe_current() {

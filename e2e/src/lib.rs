@@ -3,6 +3,8 @@
 //!
 //! Processes are killed when their [`Proc`] drops, databases dropped by [`Stack::shutdown`].
 
+pub mod browser;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -1,5 +1,6 @@
 //! The routers: `dashboard` (customer API token), `internal` (edge token), `admin` (admin
-//! token), `webhooks` (the provider's signature), `dev` (development mode only) — and, with the support panel, `panel`. A router only
+//! token), `webhooks` (the provider's signature), `dev` (development mode only), `panel` (an
+//! agent token) and `panel_web` (the NinjaPanel's web page, a client of `panel`). A router only
 //! extracts, calls one service function of a domain and renders; no router runs SQL or calls a
 //! payment provider.
 
@@ -9,6 +10,7 @@ pub mod dev;
 pub mod extract;
 pub mod internal;
 pub mod panel;
+pub mod panel_web;
 pub mod views;
 pub mod webhooks;
 
@@ -31,6 +33,7 @@ pub fn app(state: AppState) -> Router {
         .merge(internal::routes())
         .merge(admin::routes())
         .merge(panel::routes())
+        .merge(panel_web::routes())
         .merge(webhooks::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
