@@ -1,16 +1,18 @@
 //! A support agent through the NinjaPanel, real binaries: bans an account → the edge denies
 //! with `denied_banned` (ban → edge denial time measured over several bans), unbans → granted
 //! again; grants an override → the edge decides with `override`; issues a credit → the next
-//! invoice applies it.
+//! invoice applies it; refunds part of that invoice → the ledger books it (`refunds` debited,
+//! the processor's cash credited).
 
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
+use sqlx::Connection;
 use tollgate_e2e::Stack;
 
 #[tokio::test]
-async fn an_agents_ban_override_and_credit_reach_the_edge_and_the_next_invoice()
+async fn an_agents_ban_override_credit_and_refund_reach_the_edge_the_invoice_and_the_ledger()
 -> anyhow::Result<()> {
     let stack = Stack::start(&[], &["e2e-edge"]).await?;
     let result = walk(&stack).await;
@@ -141,5 +143,52 @@ async fn walk(stack: &Stack) -> anyhow::Result<()> {
     .await?;
     assert_eq!(renewal["credit_applied_minor"], 1000, "{renewal}");
     assert_eq!(renewal["amount_due_minor"], 1900, "{renewal}");
+
+    // The renewal is charged off-session; a billing admin refunds 5.00 of it.
+    let id = renewal["id"].as_str().unwrap_or_default().to_owned();
+    tollgate_e2e::poll("the renewal paid", Duration::from_secs(20), || async {
+        let (_, inv) = stack
+            .cp(
+                Method::GET,
+                &format!("/v1/invoices/{id}"),
+                Some(&customer.token),
+                None,
+                None,
+            )
+            .await
+            .ok()?;
+        (inv["status"] == "paid").then_some(())
+    })
+    .await?;
+    let refund = panel(
+        stack,
+        &agent,
+        &format!("/panel/v1/invoices/{id}/refund"),
+        "refund-1",
+        json!({ "reason": "charged for a seat never used", "amount_minor": 500 }),
+    )
+    .await?;
+    assert_eq!(refund["amount_minor"], 500, "{refund}");
+    let mut billing = sqlx::PgConnection::connect(&stack.billing_db_url()).await?;
+    let entries: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT t.reference, e.ledger_account, e.amount_minor
+         FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
+         WHERE t.kind = 'refund' AND t.account_id = $1::uuid ORDER BY e.amount_minor",
+    )
+    .bind(&account)
+    .fetch_all(&mut billing)
+    .await?;
+    let reference = format!(
+        "refund:simulated:{}",
+        refund["refund_id"].as_str().unwrap_or("")
+    );
+    assert_eq!(
+        entries,
+        [
+            (reference.clone(), "cash:simulated".to_owned(), -500),
+            (reference, "refunds".to_owned(), 500)
+        ],
+        "the refund in the ledger"
+    );
     Ok(())
 }
