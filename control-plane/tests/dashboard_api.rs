@@ -685,3 +685,148 @@ async fn a_failed_3ds_challenge_declines_the_checkout_and_frees_the_account_to_r
     assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.json);
     h.finish().await;
 }
+
+/// Every Dashboard route that takes an id, with another account's real id: 404 `not_found`,
+/// exactly as for an id that names nothing, and the owner's records unchanged.
+#[tokio::test]
+async fn every_id_taking_route_answers_404_for_another_accounts_id() {
+    let h = Harness::new().await;
+    let (_, alice) = h.sign_up("alice@example.com").await;
+    let (_, mallory) = h.sign_up("mallory@example.com").await;
+    h.add_card(&mallory, "pm_card_visa").await;
+    let pm = h.add_card(&alice, "pm_card_visa").await;
+    let r = h
+        .post(
+            "/v1/checkout",
+            Some(&alice),
+            Some("c1"),
+            r#"{"plan":"pro"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    let (sub, checkout) = (r.str("/subscription/id"), r.str("/checkout/id"));
+    h.settle().await;
+    let invoice = h.get("/v1/invoices", Some(&alice)).await.str("/data/0/id");
+    let contact = h
+        .post(
+            "/v1/account/contacts",
+            Some(&alice),
+            None,
+            r#"{"email":"ap@alice.example"}"#,
+        )
+        .await
+        .str("/id");
+    let api_token = h
+        .post("/v1/tokens", Some(&alice), None, r#"{"label":"ci"}"#)
+        .await
+        .str("/token/id");
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let routes: Vec<(Method, String, Option<&str>)> = vec![
+        (
+            Method::DELETE,
+            format!("/v1/account/contacts/{contact}"),
+            None,
+        ),
+        (Method::DELETE, format!("/v1/tokens/{api_token}"), None),
+        (Method::DELETE, format!("/v1/payment-methods/{pm}"), None),
+        (
+            Method::POST,
+            format!("/v1/payment-methods/{pm}/default"),
+            Some(""),
+        ),
+        (
+            Method::POST,
+            format!("/v1/payment-methods/{pm}/confirm"),
+            Some(""),
+        ),
+        (Method::GET, format!("/v1/checkout/{checkout}"), None),
+        (
+            Method::POST,
+            format!("/v1/checkout/{checkout}/confirm"),
+            Some(""),
+        ),
+        (
+            Method::POST,
+            format!("/v1/checkout/{checkout}/cancel"),
+            Some(""),
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/{sub}/cancel"),
+            Some(r#"{"at_period_end":false}"#),
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/{sub}/preview-change"),
+            Some(r#"{"plan":"enterprise"}"#),
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/{sub}/change"),
+            Some(r#"{"plan":"enterprise"}"#),
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/{sub}/resume"),
+            Some(""),
+        ),
+        (Method::GET, format!("/v1/invoices/{invoice}"), None),
+        (Method::GET, format!("/v1/invoices/{invoice}/pdf"), None),
+        (
+            Method::GET,
+            format!("/v1/invoices/{invoice}/credit-notes"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/invoices/{invoice}/pay"),
+            Some("{}"),
+        ),
+        (
+            Method::POST,
+            format!("/v1/invoices/{invoice}/confirm"),
+            Some(""),
+        ),
+    ];
+    for (i, (method, path, body)) in routes.iter().enumerate() {
+        for (n, path) in [
+            path.clone(),
+            path.replace(
+                path.split('/')
+                    .find(|s| s.len() == 36)
+                    .expect("an id in the path"),
+                &unknown,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let key = format!("x-{i}-{n}");
+            let r = h
+                .call(method.clone(), &path, Some(&mallory), Some(&key), *body)
+                .await;
+            assert_eq!(
+                (r.status, r.json["code"].as_str()),
+                (StatusCode::NOT_FOUND, Some("not_found")),
+                "{method} {path}: {:?}",
+                r.json
+            );
+        }
+    }
+    // Nothing of alice's moved.
+    let subs = h.get("/v1/subscriptions", Some(&alice)).await;
+    assert_eq!(
+        (
+            subs.json["data"][0]["status"].as_str(),
+            subs.json["data"][0]["plan"].as_str()
+        ),
+        (Some("active"), Some("pro"))
+    );
+    let methods = h.get("/v1/payment-methods", Some(&alice)).await;
+    assert_eq!(methods.json["data"].as_array().map(Vec::len), Some(1));
+    let contacts = h.get("/v1/account/contacts", Some(&alice)).await;
+    assert_eq!(contacts.json["data"].as_array().map(Vec::len), Some(1));
+    let tokens = h.get("/v1/tokens", Some(&alice)).await;
+    assert_eq!(tokens.json["data"].as_array().map(Vec::len), Some(2));
+    h.finish().await;
+}
