@@ -178,12 +178,45 @@ fn problem_text(body: &Value) -> String {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct Flash {
-    #[serde(default)]
-    done: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
+/// The cookie that carries what the last write did to the page after it (set with the
+/// redirect, read and cleared by the next page): not the URL, where anyone could write a
+/// message into an agent's page with a link.
+const FLASH: &str = "tg_flash";
+
+/// What the page says about the last write: `(done, error)`.
+fn flash(headers: &HeaderMap) -> (Option<String>, Option<String>) {
+    let raw = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(FLASH)?.strip_prefix('='));
+    let Some(raw) = raw else {
+        return (None, None);
+    };
+    let mut done = None;
+    let mut error = None;
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        match k.as_ref() {
+            "done" => done = Some(v.into_owned()),
+            "error" => error = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    (done, error)
+}
+
+/// A redirect to `to` that leaves `(kind, message)` for the next page.
+fn redirect_with(to: &str, kind: &str, message: &str) -> Response {
+    let mut r = Redirect::to(to).into_response();
+    let value = form_urlencoded::Serializer::new(String::new())
+        .append_pair(kind, message)
+        .finish();
+    let cookie = format!("{FLASH}={value}; Path=/panel; HttpOnly; SameSite=Strict; Max-Age=60");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
 }
 
 /// `GET /panel/` — the login form, or the search page when logged in.
@@ -312,7 +345,6 @@ async fn account(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<AccountId>,
-    Query(flash): Query<Flash>,
 ) -> Response {
     let (agent, token) = match session(&state, &headers).await {
         Ok(s) => s,
@@ -347,14 +379,23 @@ async fn account(
         Ok(c) => c.plans.into_iter().map(|p| p.key).collect(),
         Err(_) => vec![],
     };
-    page(
+    let (done, error) = flash(&headers);
+    let mut r = page(
         "account.html",
         context! {
             agent => agent_view(&agent), a => &view, chart => chart(&view),
-            timeline => &timeline["data"], plans => plans,
-            done => flash.done, error => flash.error,
+            timeline => &timeline["data"], plans => plans, done => done, error => error,
         },
-    )
+    );
+    if done.is_some() || error.is_some() {
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            HeaderValue::from_static(
+                "tg_flash=; Path=/panel; HttpOnly; SameSite=Strict; Max-Age=0",
+            ),
+        );
+    }
+    r
 }
 
 /// Whether a form comes from this page: browsers send `Origin` with every form post; one
@@ -511,12 +552,7 @@ async fn act(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let back = |k: &str, v: &str| {
-        let q = form_urlencoded::Serializer::new(String::new())
-            .append_pair(k, v)
-            .finish();
-        Redirect::to(&format!("/panel/accounts/{id}?{q}")).into_response()
-    };
+    let back = |k: &str, v: &str| redirect_with(&format!("/panel/accounts/{id}"), k, v);
     let (method, path, mut body, done) = match request(id, &f) {
         Ok(r) => r,
         Err(e) => return back("error", &e),
@@ -540,6 +576,32 @@ mod tests {
         for name in ["base.html", "login.html", "search.html", "account.html"] {
             TEMPLATES.get_template(name).expect(name);
         }
+    }
+
+    #[test]
+    fn what_a_customer_typed_is_escaped_in_the_page() {
+        let view = json!({ "account": { "id": "x", "name": "<script>alert(1)</script>",
+                                         "email": "a@b.example", "status": "active" } });
+        let html = TEMPLATES
+            .get_template("account.html")
+            .and_then(|t| t.render(context! { a => view, chart => Vec::<Value>::new() }))
+            .expect("render");
+        assert!(!html.contains("<script>alert(1)"), "unescaped");
+        assert!(html.contains("&lt;script&gt;alert(1)"), "escaped");
+    }
+
+    #[test]
+    fn a_flash_comes_from_the_cookie_only() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("tg_agent=t; tg_flash=error=no+such+invoice+%28not_found%29"),
+        );
+        assert_eq!(
+            flash(&h),
+            (None, Some("no such invoice (not_found)".to_owned()))
+        );
+        assert_eq!(flash(&HeaderMap::new()), (None, None));
     }
 
     #[test]
