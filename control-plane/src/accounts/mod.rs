@@ -117,7 +117,7 @@ pub async fn on_dunning_changed(state: &AppState, d: &outbox::Delivery) -> anyho
 }
 
 /// `POST /v1/accounts` as the customer sends it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignUp {
     pub email: String,

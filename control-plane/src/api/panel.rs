@@ -63,13 +63,23 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SearchQuery {
     q: String,
 }
 
 /// `GET /panel/v1/accounts?q=` — by email or name (substring), id or provider customer id.
+#[utoipa::path(
+    get, path = "/panel/v1/accounts", tag = "panel",
+    security(("agent" = [])),
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "(viewer) Accounts whose email or name holds `q`, or whose id or provider customer id is `q`.", body = super::shapes::List<AccountView>),
+        (status = 422, description = "`invalid_query`."),
+    ),
+)]
 async fn search(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -82,6 +92,14 @@ async fn search(
 }
 
 /// `GET /panel/v1/accounts/{id}` — the 360° view.
+#[utoipa::path(
+    get, path = "/panel/v1/accounts/{id}", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id.")),
+    responses(
+        (status = 200, description = "(viewer) The 360° view.", body = super::shapes::AccountOverview),
+    ),
+)]
 async fn account(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -121,6 +139,14 @@ async fn account(
 }
 
 /// `GET /panel/v1/accounts/{id}/timeline` — lifecycle events and agent actions, newest first.
+#[utoipa::path(
+    get, path = "/panel/v1/accounts/{id}/timeline", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id.")),
+    responses(
+        (status = 200, description = "(viewer) Lifecycle events, agent actions and notes, newest first.", body = super::shapes::List<crate::accounts::support::TimelineEntry>),
+    ),
+)]
 async fn timeline(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -132,7 +158,7 @@ async fn timeline(
 }
 
 /// A write's common fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Because {
     reason: Option<String>,
@@ -154,7 +180,7 @@ fn write<'a>(
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NoteBody {
     reason: Option<String>,
@@ -162,6 +188,16 @@ struct NoteBody {
 }
 
 /// `POST /panel/v1/accounts/{id}/notes` (support)
+#[utoipa::path(
+    post, path = "/panel/v1/accounts/{id}/notes", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id."), super::openapi::IdempotencyHeader),
+    request_body = NoteBody,
+    responses(
+        (status = 201, description = "(support) The note.", body = crate::accounts::support::Note),
+        (status = 422, description = "`reason_required`, `invalid_note`."),
+    ),
+)]
 async fn add_note(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -201,6 +237,16 @@ async fn standing(
 }
 
 /// `POST /panel/v1/accounts/{id}/ban` (billing_admin)
+#[utoipa::path(
+    post, path = "/panel/v1/accounts/{id}/ban", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id."), super::openapi::IdempotencyHeader),
+    request_body = Because,
+    responses(
+        (status = 200, description = "(billing_admin) The account, banned.", body = AccountView),
+        (status = 422, description = "`reason_required`."),
+    ),
+)]
 async fn ban(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -212,6 +258,16 @@ async fn ban(
 }
 
 /// `POST /panel/v1/accounts/{id}/unban` (billing_admin)
+#[utoipa::path(
+    post, path = "/panel/v1/accounts/{id}/unban", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id."), super::openapi::IdempotencyHeader),
+    request_body = Because,
+    responses(
+        (status = 200, description = "(billing_admin) The account, active.", body = AccountView),
+        (status = 422, description = "`reason_required`."),
+    ),
+)]
 async fn unban(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -223,6 +279,16 @@ async fn unban(
 }
 
 /// `POST /panel/v1/accounts/{id}/require-payment-method` (support)
+#[utoipa::path(
+    post, path = "/panel/v1/accounts/{id}/require-payment-method", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id."), super::openapi::IdempotencyHeader),
+    request_body = Because,
+    responses(
+        (status = 200, description = "(support) The account, which must add a payment method.", body = AccountView),
+        (status = 422, description = "`reason_required`."),
+    ),
+)]
 async fn require_payment_method(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -244,7 +310,7 @@ async fn require_payment_method(
     Ok(reply(StatusCode::OK, json!(AccountView::from(&acct))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OverrideBody {
     reason: Option<String>,
@@ -253,6 +319,16 @@ struct OverrideBody {
 }
 
 /// `POST /panel/v1/accounts/{id}/entitlement-overrides` (support)
+#[utoipa::path(
+    post, path = "/panel/v1/accounts/{id}/entitlement-overrides", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id."), super::openapi::IdempotencyHeader),
+    request_body = OverrideBody,
+    responses(
+        (status = 201, description = "(support) The override.", body = crate::entitlements::overrides::Override),
+        (status = 422, description = "`reason_required`, `invalid_override`, `unknown_feature`."),
+    ),
+)]
 async fn add_override(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -273,6 +349,16 @@ async fn add_override(
 }
 
 /// `DELETE /panel/v1/accounts/{id}/entitlement-overrides/{override_id}` (support)
+#[utoipa::path(
+    delete, path = "/panel/v1/accounts/{id}/entitlement-overrides/{override_id}", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id."), ("override_id" = uuid::Uuid, Path, description = "The override's id."), super::openapi::IdempotencyHeader),
+    request_body = Because,
+    responses(
+        (status = 200, description = "(support) The override, removed.", body = crate::entitlements::overrides::Override),
+        (status = 422, description = "`reason_required`."),
+    ),
+)]
 async fn remove_override(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -294,7 +380,7 @@ async fn remove_override(
     Ok(reply(StatusCode::OK, json!(o)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreditBody {
     reason: Option<String>,
@@ -303,6 +389,16 @@ struct CreditBody {
 }
 
 /// `POST /panel/v1/accounts/{id}/credits {amount_minor, currency}` (billing_admin)
+#[utoipa::path(
+    post, path = "/panel/v1/accounts/{id}/credits", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id."), super::openapi::IdempotencyHeader),
+    request_body = CreditBody,
+    responses(
+        (status = 201, description = "(billing_admin) The credit granted.", body = crate::billing::credits::Granted),
+        (status = 422, description = "`reason_required`, `invalid_amount`, `currency_mismatch`."),
+    ),
+)]
 async fn grant_credit(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -323,6 +419,18 @@ async fn grant_credit(
 }
 
 /// `POST /panel/v1/invoices/{id}/retry` (support) — a dunning retry now.
+#[utoipa::path(
+    post, path = "/panel/v1/invoices/{id}/retry", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The invoice's id."), super::openapi::IdempotencyHeader),
+    request_body = Because,
+    responses(
+        (status = 200, description = "(support) The dunning case after the retry.", body = crate::dunning::Case),
+        (status = 409, description = "`not_in_dunning`, `payment_in_progress`."),
+        (status = 422, description = "`reason_required`."),
+        (status = 503, description = "`payment_provider_unavailable`."),
+    ),
+)]
 async fn retry_invoice(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -338,13 +446,22 @@ async fn retry_invoice(
     Ok(reply(StatusCode::OK, json!(case)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DisputeQuery {
     status: Option<crate::disputes::DisputeStatus>,
 }
 
 /// `GET /panel/v1/disputes?status=` — every account's disputes, newest first.
+#[utoipa::path(
+    get, path = "/panel/v1/disputes", tag = "panel",
+    security(("agent" = [])),
+    params(DisputeQuery),
+    responses(
+        (status = 200, description = "(viewer) Every account's disputes, newest first.", body = super::shapes::List<crate::disputes::Dispute>),
+    ),
+)]
 async fn list_disputes(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -355,7 +472,7 @@ async fn list_disputes(
     Ok(reply(StatusCode::OK, json!({ "data": list })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExtendTrial {
     reason: Option<String>,
@@ -363,6 +480,17 @@ struct ExtendTrial {
 }
 
 /// `POST /panel/v1/subscriptions/{id}/extend-trial {days}` (support)
+#[utoipa::path(
+    post, path = "/panel/v1/subscriptions/{id}/extend-trial", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id."), super::openapi::IdempotencyHeader),
+    request_body = ExtendTrial,
+    responses(
+        (status = 200, description = "(support) The subscription.", body = SubscriptionView),
+        (status = 409, description = "`not_trialing`."),
+        (status = 422, description = "`reason_required`, `invalid_days`."),
+    ),
+)]
 async fn extend_trial(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -381,7 +509,7 @@ async fn extend_trial(
     Ok(reply(StatusCode::OK, json!(SubscriptionView::from(&sub))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RefundBody {
     reason: Option<String>,
@@ -391,6 +519,18 @@ struct RefundBody {
 
 /// `POST /panel/v1/invoices/{id}/refund {amount_minor?}` (billing_admin) — through the gateway
 /// that took the payment; all of it without an amount.
+#[utoipa::path(
+    post, path = "/panel/v1/invoices/{id}/refund", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The invoice's id."), super::openapi::IdempotencyHeader),
+    request_body = RefundBody,
+    responses(
+        (status = 200, description = "(billing_admin) The refund.", body = crate::billing::refunds::Refunded),
+        (status = 409, description = "`no_refundable_payment`."),
+        (status = 422, description = "`reason_required`, `invalid_amount`."),
+        (status = 503, description = "`payment_provider_unavailable`."),
+    ),
+)]
 async fn refund_invoice(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -409,7 +549,7 @@ async fn refund_invoice(
     Ok(reply(StatusCode::OK, json!(r)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResolveBody {
     reason: Option<String>,
@@ -420,6 +560,18 @@ struct ResolveBody {
 
 /// `POST /panel/v1/disputes/{id}/resolve {resolution: accept | contest, evidence?}`
 /// (billing_admin)
+#[utoipa::path(
+    post, path = "/panel/v1/disputes/{id}/resolve", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The dispute's id."), super::openapi::IdempotencyHeader),
+    request_body = ResolveBody,
+    responses(
+        (status = 200, description = "(billing_admin) The dispute.", body = crate::disputes::Dispute),
+        (status = 409, description = "`dispute_closed`."),
+        (status = 422, description = "`reason_required`, `evidence_required`, `invalid_dispute`."),
+        (status = 503, description = "`payment_provider_unavailable`."),
+    ),
+)]
 async fn resolve_dispute(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -438,7 +590,7 @@ async fn resolve_dispute(
     Ok(reply(StatusCode::OK, json!(d)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelBody {
     reason: Option<String>,
@@ -447,6 +599,17 @@ struct CancelBody {
 
 /// `POST /panel/v1/subscriptions/{id}/cancel {at_period_end}` (support) — the Dashboard's
 /// cancel, for any account, audited.
+#[utoipa::path(
+    post, path = "/panel/v1/subscriptions/{id}/cancel", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id."), super::openapi::IdempotencyHeader),
+    request_body = CancelBody,
+    responses(
+        (status = 200, description = "(support) The subscription.", body = SubscriptionView),
+        (status = 409, description = "`subscription_canceled`."),
+        (status = 422, description = "`reason_required`."),
+    ),
+)]
 async fn cancel_subscription(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,

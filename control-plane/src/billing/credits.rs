@@ -16,14 +16,14 @@ use crate::state::AppState;
 pub const GRANT_MINOR_MAX: i64 = 100_000_000;
 
 /// `POST /panel/v1/accounts/{id}/credits`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 pub struct Grant {
     pub amount_minor: i64,
     pub currency: Currency,
 }
 
 /// What a grant answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 pub struct Granted {
     pub account_id: AccountId,
     pub amount_minor: i64,

@@ -18,7 +18,7 @@ use crate::money::Currency;
 use crate::state::AppState;
 
 /// What a refund answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 pub struct Refunded {
     pub invoice_id: InvoiceId,
     pub account_id: AccountId,

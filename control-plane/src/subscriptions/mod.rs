@@ -65,7 +65,7 @@ pub struct Sold {
 }
 
 /// `POST /v1/subscriptions/{id}/cancel` as the customer sends it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cancel {
     pub at_period_end: bool,

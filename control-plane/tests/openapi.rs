@@ -1,0 +1,208 @@
+//! The contract (`GET /openapi.json`) against the real router: every route the router answers is
+//! an operation of the document and every operation is a route (paths read from the router,
+//! methods probed), each operation that takes input documents its problem responses, and the
+//! document is OpenAPI 3.1.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use common::Harness;
+use serde_json::Value;
+use tollgate_control_plane::api::openapi;
+
+const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+/// The path templates the router holds, read from its `Debug` (axum has no other way to list
+/// them); its fallbacks excluded.
+fn router_paths(router: &axum::Router) -> BTreeSet<String> {
+    let debug = format!("{router:?}");
+    // `Router { path_router: …, fallback_router: …, … }`: the routes are before the fallbacks.
+    let (routes, _) = debug
+        .split_once("fallback_router")
+        .expect("axum's Router debug names its fallback router");
+    let mut paths = BTreeSet::new();
+    let mut rest = routes;
+    while let Some(i) = rest.find("RouteId(") {
+        rest = &rest[i..];
+        let Some(start) = rest.find(": \"") else {
+            break;
+        };
+        let tail = &rest[start + 3..];
+        let Some(end) = tail.find('"') else { break };
+        let path = &tail[..end];
+        if !path.contains("__private__") {
+            paths.insert(path.to_owned());
+        }
+        rest = &tail[end..];
+    }
+    paths
+}
+
+/// `path` with every `{param}` replaced by a fresh id.
+fn concrete(path: &str) -> String {
+    let mut out = String::new();
+    let mut in_param = false;
+    for c in path.chars() {
+        match c {
+            '{' => in_param = true,
+            '}' => {
+                in_param = false;
+                out.push_str(&uuid::Uuid::now_v7().to_string());
+            }
+            _ if in_param => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+async fn document(h: &Harness) -> Value {
+    let r = h.get(openapi::PATH, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.content_type, "application/json");
+    r.json
+}
+
+#[tokio::test]
+async fn the_document_is_openapi_3_1_and_served_without_a_token() {
+    let h = Harness::new().await;
+    let doc = document(&h).await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["info"]["title"], "Tollgate control plane");
+    for scheme in ["customer", "agent", "admin", "edge"] {
+        assert_eq!(
+            doc["components"]["securitySchemes"][scheme]["scheme"], "bearer",
+            "{scheme}"
+        );
+    }
+    let problem = &doc["components"]["schemas"]["Problem"];
+    for field in ["type", "title", "status", "detail", "code"] {
+        assert!(
+            problem["required"]
+                .as_array()
+                .is_some_and(|r| r.contains(&Value::from(field))),
+            "{field}: {problem}"
+        );
+    }
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn every_route_is_in_the_document_and_every_operation_is_a_route() {
+    let h = Harness::new().await;
+    let doc = document(&h).await;
+    let documented: BTreeSet<String> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .cloned()
+        .collect();
+    let routed = router_paths(&tollgate_control_plane::app(h.state.clone()));
+    assert!(
+        routed.contains("/healthz") && routed.contains("/v1/account") && routed.len() > 60,
+        "the router's paths could not be read: {routed:?}"
+    );
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        undocumented.is_empty() && unrouted.is_empty(),
+        "routes missing from the document: {undocumented:?}; documented but not routed: {unrouted:?}"
+    );
+    // Methods: each documented one is answered by its handler, every other one is 405. The
+    // probes carry no credentials and no body, so no handler gets past its extractors.
+    let mut wrong = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        let uri = concrete(path);
+        for method in METHODS {
+            let req = Request::builder()
+                .method(Method::from_bytes(method.to_uppercase().as_bytes()).expect("method"))
+                .uri(&uri)
+                .body(Body::empty())
+                .expect("request");
+            let r = h.send(req).await;
+            let code = r.json["code"].as_str().unwrap_or_default();
+            let documented = item.get(method).is_some();
+            let answered = code != "method_not_allowed" && code != "route_not_found";
+            if documented != answered {
+                wrong.push(format!(
+                    "{method} {path}: documented {documented}, answered {} ({code})",
+                    r.status
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn every_operation_that_takes_input_documents_its_problems() {
+    let h = Harness::new().await;
+    let doc = document(&h).await;
+    let mut missing = Vec::new();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in METHODS {
+            let Some(op) = item.get(method) else { continue };
+            operations += 1;
+            let takes_input = op.get("security").is_some()
+                || op.get("parameters").is_some()
+                || op.get("requestBody").is_some();
+            let problems = op["responses"]
+                .as_object()
+                .expect("responses")
+                .iter()
+                .filter(|(status, r)| {
+                    status.starts_with('4')
+                        && r["content"]["application/problem+json"]["schema"]["$ref"]
+                            == "#/components/schemas/Problem"
+                })
+                .count();
+            if takes_input && problems == 0 {
+                missing.push(format!("{method} {path}"));
+            }
+            // Every problem response a path id, a token or a body can cause is there.
+            let has = |s: &str| op["responses"].get(s).is_some();
+            if path.contains('{') && !has("404") {
+                missing.push(format!("{method} {path}: 404"));
+            }
+            if op.get("security").is_some() && !has("401") {
+                missing.push(format!("{method} {path}: 401"));
+            }
+            let json_body = op["requestBody"]["content"]
+                .get("application/json")
+                .is_some();
+            if json_body && !path.starts_with("/webhooks/") && !(has("400") && has("422")) {
+                missing.push(format!("{method} {path}: 400, 422"));
+            }
+        }
+    }
+    assert!(operations > 80, "{operations}");
+    assert!(missing.is_empty(), "{missing:#?}");
+    h.finish().await;
+}
+
+#[test]
+fn development_routes_are_documented_only_where_mounted() {
+    let paths = |dev, sim| {
+        let doc = serde_json::to_value(openapi::document(dev, sim)).expect("json");
+        doc["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(!paths(false, false).iter().any(|p| p.starts_with("/dev/")));
+    let dev = paths(true, false);
+    assert!(dev.iter().any(|p| p == "/dev/v1/clock"));
+    assert!(!dev.iter().any(|p| p.starts_with("/dev/v1/simulator/")));
+    assert!(
+        paths(true, true)
+            .iter()
+            .any(|p| p.starts_with("/dev/v1/simulator/"))
+    );
+}
