@@ -436,6 +436,7 @@ async fn cancel_subscription(
     responses(
         (status = 200, description = "A page of invoices, newest first.", body = shapes::InvoicePage),
         (status = 400, description = "`invalid_limit`."),
+        (status = 404, description = "`not_found`: `starting_after` names no invoice of the account."),
     ),
 )]
 async fn list_invoices(

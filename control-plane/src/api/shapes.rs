@@ -213,3 +213,12 @@ pub struct Alive {
     #[schema(example = "ok")]
     pub status: String,
 }
+
+/// `POST /webhooks/braintree`'s form.
+#[derive(Serialize, ToSchema)]
+pub struct BraintreeNotification {
+    /// `public_key|signature` pairs, `&`-separated.
+    pub bt_signature: String,
+    /// The notification, base64 XML.
+    pub bt_payload: String,
+}

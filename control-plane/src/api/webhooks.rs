@@ -50,7 +50,7 @@ async fn stripe(
 /// once, applied.
 #[utoipa::path(
     post, path = "/webhooks/braintree", tag = "webhooks",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "`bt_signature` and `bt_payload`."),
+    request_body(content = super::shapes::BraintreeNotification, content_type = "application/x-www-form-urlencoded", description = "A Braintree webhook notification."),
     responses(
         (status = 200, description = "Received (or a duplicate).", body = crate::provider_events::Received),
         (status = 400, description = "`invalid_signature`, `malformed_payload`: not a verified Braintree notification."),
