@@ -7,6 +7,8 @@
 //!
 //! One schemathesis run per token kind (selected by tag); the development routes last, since
 //! they move the clock. Bounded: few examples per operation, no stateful phase.
+//! `TOLLGATE_SCHEMATHESIS_VERBOSE=1` prints every run's whole report (warnings included);
+//! `TOLLGATE_SCHEMATHESIS_REPORT_DIR=<dir>` keeps every request and answer (HAR files).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,7 +27,7 @@ const WEBHOOK_CHECKS: &str =
     "status_code_conformance,content_type_conformance,response_schema_conformance";
 /// Test cases per operation and run: enough to reach every documented status of the common
 /// paths, few enough for the whole test to stay within a few minutes.
-const MAX_EXAMPLES: &str = "12";
+const MAX_EXAMPLES: &str = "60";
 
 /// The venv's `schemathesis` (beside `TOLLGATE_TEST_PYTHON`).
 fn schemathesis() -> anyhow::Result<PathBuf> {
@@ -40,11 +42,29 @@ fn schemathesis() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Real ids for the path parameters of the operations whose path matches a regex, so that
+/// generated requests reach the handlers past their 404s: (path regex, parameter, value).
+type Known = [(&'static str, &'static str, String)];
+
 /// One schemathesis run over the operations tagged `tag` of the document at `base`, with
-/// `headers`; its output on failure.
-fn run(base: &str, tag: &str, headers: &[String], checks: &str) -> anyhow::Result<()> {
+/// `headers` and the `known` ids; its output on failure.
+fn run(
+    base: &str,
+    tag: &str,
+    headers: &[String],
+    checks: &str,
+    known: &Known,
+) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("tg-schemathesis-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir)?;
+    // schemathesis reads `schemathesis.toml` from its working directory.
+    let mut config = String::new();
+    for (path, param, value) in known {
+        config.push_str(&format!(
+            "[[operations]]\ninclude-path-regex = '{path}'\nparameters = {{ \"{param}\" = \"{value}\" }}\n\n"
+        ));
+    }
+    std::fs::write(dir.join("schemathesis.toml"), config)?;
     let mut cmd = Command::new(schemathesis()?);
     cmd.current_dir(&dir)
         .env("NO_COLOR", "1")
@@ -61,6 +81,11 @@ fn run(base: &str, tag: &str, headers: &[String], checks: &str) -> anyhow::Resul
         .args(["--generation-with-security-parameters", "false"])
         .args(["--request-timeout", "10"])
         .arg("--no-color");
+    if let Some(reports) = std::env::var_os("TOLLGATE_SCHEMATHESIS_REPORT_DIR") {
+        let port = base.rsplit(':').next().unwrap_or_default();
+        let har = PathBuf::from(reports).join(format!("{tag}-{port}.har.json"));
+        cmd.args(["--report", "har", "--report-har-path"]).arg(har);
+    }
     for h in headers {
         cmd.args(["--header", h]);
     }
@@ -72,6 +97,9 @@ fn run(base: &str, tag: &str, headers: &[String], checks: &str) -> anyhow::Resul
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    if std::env::var_os("TOLLGATE_SCHEMATHESIS_VERBOSE").is_some() {
+        eprintln!("{text}");
+    }
     eprintln!(
         "schemathesis {base} [{tag}]: {:?}, {}",
         started.elapsed(),
@@ -107,7 +135,21 @@ async fn both_processes_answer_what_their_openapi_documents_say() -> anyhow::Res
 async fn walk(stack: &Stack) -> anyhow::Result<()> {
     // Real tokens, and something behind them: a paying customer, a billing_admin agent.
     let customer = stack.sign_up("contract@example.com").await?;
-    stack.buy(&customer, "pro").await?;
+    let subscription = stack.buy(&customer, "pro").await?;
+    let first_id =
+        |v: serde_json::Value| v["data"][0]["id"].as_str().unwrap_or_default().to_owned();
+    let token = Some(customer.token.as_str());
+    let (_, methods) = stack
+        .cp(
+            reqwest::Method::GET,
+            "/v1/payment-methods",
+            token,
+            None,
+            None,
+        )
+        .await?;
+    let payment_method = first_id(methods);
+    let account = customer.account.clone();
     let (status, created) = stack
         .admin_json(
             "/admin/v1/agents",
@@ -120,34 +162,62 @@ async fn walk(stack: &Stack) -> anyhow::Result<()> {
 
     let cp = stack.cp_url.clone();
     let edge = stack.edge_url().to_owned();
-    let runs: Vec<(String, &str, Vec<String>)> = vec![
-        (cp.clone(), "ops", vec![]),
-        (cp.clone(), "dashboard", vec![bearer(&customer.token)]),
-        (cp.clone(), "panel", vec![bearer(&agent)]),
+    let dashboard = vec![
+        (
+            r"^/v1/subscriptions/\{id\}",
+            "path.id",
+            subscription.clone(),
+        ),
+        (r"^/v1/payment-methods/\{id\}", "path.id", payment_method),
+    ];
+    let panel = vec![
+        (r"^/panel/v1/accounts/\{id\}", "path.id", account.clone()),
+        (r"^/panel/v1/subscriptions/\{id\}", "path.id", subscription),
+    ];
+    let internal = vec![(r"^/internal/v1/accounts/\{id\}", "path.id", account.clone())];
+    let checks = vec![
+        (r"^/v1/accounts/\{id\}", "path.id", account.clone()),
+        (r"^/v1/check$", "query.account", account),
+    ];
+    let runs: Vec<(String, &str, Vec<String>, Vec<_>)> = vec![
+        (cp.clone(), "ops", vec![], vec![]),
+        (
+            cp.clone(),
+            "dashboard",
+            vec![bearer(&customer.token)],
+            dashboard,
+        ),
+        (cp.clone(), "panel", vec![bearer(&agent)], panel),
         (
             cp.clone(),
             "admin",
             vec![bearer(ADMIN_TOKEN), "Tollgate-Actor: schemathesis".into()],
+            vec![],
         ),
-        (cp.clone(), "internal", vec![bearer(EDGE_TOKEN)]),
-        (cp.clone(), "webhooks", vec![]),
-        (edge.clone(), "checks", vec![bearer(SERVICE_TOKEN)]),
-        (edge.clone(), "ofrep", vec![bearer(SERVICE_TOKEN)]),
-        (edge.clone(), "usage", vec![bearer(SERVICE_TOKEN)]),
-        (edge.clone(), "operator", vec![bearer(OPERATOR_TOKEN)]),
-        (edge.clone(), "ops", vec![]),
+        (cp.clone(), "internal", vec![bearer(EDGE_TOKEN)], internal),
+        (cp.clone(), "webhooks", vec![], vec![]),
+        (edge.clone(), "checks", vec![bearer(SERVICE_TOKEN)], checks),
+        (edge.clone(), "ofrep", vec![bearer(SERVICE_TOKEN)], vec![]),
+        (edge.clone(), "usage", vec![bearer(SERVICE_TOKEN)], vec![]),
+        (
+            edge.clone(),
+            "operator",
+            vec![bearer(OPERATOR_TOKEN)],
+            vec![],
+        ),
+        (edge.clone(), "ops", vec![], vec![]),
         // Last: it moves the development clock.
-        (cp, "dev", vec![]),
+        (cp, "dev", vec![], vec![]),
     ];
     let mut failed = Vec::new();
-    for (base, tag, headers) in &runs {
+    for (base, tag, headers, known) in &runs {
         let checks = if *tag == "webhooks" {
             WEBHOOK_CHECKS
         } else {
             ALL_CHECKS
         };
         // Blocking, on purpose: the processes under test are children, not tasks.
-        if let Err(e) = run(base, tag, headers, checks) {
+        if let Err(e) = run(base, tag, headers, checks, known) {
             failed.push(e.to_string());
         }
     }

@@ -195,8 +195,10 @@ fn add_problems(op: &mut Operation, add: &[(&str, &str)]) {
 #[allow(dead_code)]
 pub struct CheckQuery {
     /// The account's id (a UUID).
+    #[param(format = Uuid)]
     pub account: String,
     /// The feature's key.
+    #[param(example = "sso")]
     pub feature: String,
     /// Units about to be used of a metered or limit feature, 0 to 2^40 (default 1).
     #[param(minimum = 0, maximum = 1_099_511_627_776_i64)]
@@ -252,9 +254,11 @@ pub struct UsageEventIn {
     /// Unique per account (a UUIDv7 when absent); may not start with `ce:`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// The account's id.
+    /// The account's id (a UUID).
+    #[schema(format = Uuid)]
     pub account: String,
     /// A meter of the bundle.
+    #[schema(example = "api_calls")]
     pub meter: String,
     /// 0 to 2^40.
     #[schema(minimum = 0, maximum = 1_099_511_627_776_i64)]
@@ -380,6 +384,7 @@ pub struct OfrepRequest {
 #[allow(dead_code)]
 pub struct OfrepContext {
     /// The account's id (a UUID).
+    #[schema(format = Uuid)]
     pub targeting_key: String,
 }
 

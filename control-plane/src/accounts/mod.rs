@@ -120,7 +120,9 @@ pub async fn on_dunning_changed(state: &AppState, d: &outbox::Delivery) -> anyho
 #[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignUp {
+    #[schema(format = Email, max_length = 254, example = "ada@example.com")]
     pub email: String,
+    #[schema(min_length = 1, max_length = 200, example = "Ada")]
     pub name: String,
 }
 

@@ -93,6 +93,7 @@ impl Role {
 #[derive(utoipa::ToSchema, Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewAgent {
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     pub role: Role,
 }

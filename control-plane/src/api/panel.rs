@@ -161,6 +161,8 @@ async fn timeline(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Because {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
 }
 
@@ -183,7 +185,11 @@ fn write<'a>(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NoteBody {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
+    /// 1-5000 characters.
+    #[schema(min_length = 1, max_length = 5000)]
     body: String,
 }
 
@@ -313,6 +319,8 @@ async fn require_payment_method(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OverrideBody {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
     #[serde(flatten)]
     input: overrides::NewOverride,
@@ -383,6 +391,8 @@ async fn remove_override(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreditBody {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
     #[serde(flatten)]
     grant: crate::billing::credits::Grant,
@@ -475,7 +485,11 @@ async fn list_disputes(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExtendTrial {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
+    /// 1 to 90.
+    #[schema(minimum = 1, maximum = 90)]
     days: i64,
 }
 
@@ -512,6 +526,8 @@ async fn extend_trial(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RefundBody {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
     #[serde(default)]
     amount_minor: Option<i64>,
@@ -552,6 +568,8 @@ async fn refund_invoice(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResolveBody {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
     resolution: crate::disputes::Resolution,
     #[serde(default)]
@@ -593,6 +611,8 @@ async fn resolve_dispute(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelBody {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
     at_period_end: bool,
 }

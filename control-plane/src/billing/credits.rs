@@ -18,6 +18,8 @@ pub const GRANT_MINOR_MAX: i64 = 100_000_000;
 /// `POST /panel/v1/accounts/{id}/credits`.
 #[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 pub struct Grant {
+    /// 1 to 100,000,000.
+    #[schema(minimum = 1, maximum = 100_000_000)]
     pub amount_minor: i64,
     pub currency: Currency,
 }

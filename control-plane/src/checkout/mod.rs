@@ -179,6 +179,7 @@ impl Checkout {
 #[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
+    #[schema(example = "pro")]
     pub plan: String,
     #[serde(default)]
     pub payment_method: Option<PaymentMethodId>,

@@ -44,6 +44,8 @@ pub struct Override {
 /// What an agent asks for.
 #[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 pub struct NewOverride {
+    /// A feature of the bundle.
+    #[schema(example = "sso")]
     pub feature: String,
     pub mode: Mode,
     #[serde(default)]

@@ -99,6 +99,8 @@ pub struct PaymentMethod {
 #[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddPaymentMethod {
+    /// The provider's payment method (`pm_…`), never a card number.
+    #[schema(example = "pm_card_visa")]
     pub payment_method: String,
     #[serde(default)]
     pub make_default: bool,
