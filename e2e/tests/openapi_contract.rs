@@ -8,7 +8,8 @@
 //! One schemathesis run per token kind (selected by tag); the development routes last, since
 //! they move the clock. Bounded: few examples per operation, no stateful phase.
 //! `TOLLGATE_SCHEMATHESIS_VERBOSE=1` prints every run's whole report (warnings included);
-//! `TOLLGATE_SCHEMATHESIS_REPORT_DIR=<dir>` keeps every request and answer (HAR files).
+//! `TOLLGATE_SCHEMATHESIS_REPORT_DIR=<dir>` keeps every request and answer (HAR files);
+//! `TOLLGATE_SCHEMATHESIS_SEED` and `TOLLGATE_SCHEMATHESIS_MAX_EXAMPLES` widen the search.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -28,6 +29,8 @@ const WEBHOOK_CHECKS: &str =
 /// Test cases per operation and run: enough to reach every documented status of the common
 /// paths, few enough for the whole test to stay within a few minutes.
 const MAX_EXAMPLES: &str = "60";
+/// A fixed seed: a run is reproducible (`TOLLGATE_SCHEMATHESIS_SEED` tries others).
+const SEED: &str = "20261203";
 
 /// The venv's `schemathesis` (beside `TOLLGATE_TEST_PYTHON`).
 fn schemathesis() -> anyhow::Result<PathBuf> {
@@ -74,9 +77,11 @@ fn run(
         .args(["--include-tag", tag])
         .args(["--checks", checks])
         .args(["--phases", "examples,coverage,fuzzing"])
-        .args(["--max-examples", MAX_EXAMPLES])
+        .arg("--max-examples")
+        .arg(std::env::var("TOLLGATE_SCHEMATHESIS_MAX_EXAMPLES").unwrap_or(MAX_EXAMPLES.into()))
         .args(["--workers", "1"])
-        .args(["--seed", "20261203"])
+        .arg("--seed")
+        .arg(std::env::var("TOLLGATE_SCHEMATHESIS_SEED").unwrap_or(SEED.into()))
         .args(["--generation-database", "none"])
         .args(["--generation-with-security-parameters", "false"])
         .args(["--request-timeout", "10"])
