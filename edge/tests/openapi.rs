@@ -188,6 +188,73 @@ async fn every_operation_that_takes_input_documents_a_4xx() {
     assert!(missing.is_empty(), "{missing:#?}");
 }
 
+/// `r` is an answer the document lists for `method path`, valid under its schema.
+fn assert_documented(doc: &Value, method: &str, path: &str, r: &Answer) {
+    let response = &doc["paths"][path][method]["responses"][r.status.as_str()];
+    assert!(
+        response.is_object(),
+        "{method} {path} answered {} ({}), which the document does not list",
+        r.status,
+        r.json
+    );
+    let media = r.content_type.split(';').next().unwrap_or_default().trim();
+    let Some(content) = response["content"].get(media) else {
+        panic!("{method} {path} {}: {media} is not documented", r.status);
+    };
+    if let Some(schema) = content.get("schema") {
+        let mut root = schema.clone();
+        root["components"] = doc["components"].clone();
+        let validator = jsonschema::draft202012::new(&root).expect("the schema compiles");
+        let errors: Vec<String> = validator
+            .iter_errors(&r.json)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {path}: {errors:#?}\n{}",
+            r.json
+        );
+    }
+}
+
+fn with_token(uri: &str, token: &str) -> Request<Body> {
+    Request::builder()
+        .uri(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .expect("request")
+}
+
+/// Real answers of every open route and of the checks, each valid under its schema.
+#[tokio::test]
+async fn real_answers_match_their_schemas() {
+    let state = edge();
+    let doc = document(&state).await;
+    let account = uuid::Uuid::now_v7();
+    for (path, req) in [
+        ("/healthz", get("/healthz")),
+        ("/readyz", get("/readyz")),
+        ("/v1/status", get("/v1/status")),
+        ("/v1/status", with_token("/v1/status", SERVICE)),
+        (
+            "/v1/check",
+            with_token(&format!("/v1/check?account={account}&feature=sso"), SERVICE),
+        ),
+        (
+            "/v1/check",
+            with_token("/v1/check?account=x&feature=sso", SERVICE),
+        ),
+        (
+            "/v1/accounts/{id}/entitlements",
+            with_token(&format!("/v1/accounts/{account}/entitlements"), SERVICE),
+        ),
+        ("/v1/dead-letter", with_token("/v1/dead-letter", OPERATOR)),
+    ] {
+        let r = send(&state, req).await;
+        assert_documented(&doc, "get", path, &r);
+    }
+}
+
 /// What the document's gates and problems say holds for real answers: a service route
 /// without a token is a 401 problem, an operator route a 401 problem, a bad check a 400
 /// problem, all with the five members of `Problem`.
