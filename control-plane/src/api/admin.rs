@@ -162,7 +162,7 @@ async fn activate(
     params(("version" = i64, Path, description = "The bundle version.")),
     responses(
         (status = 200, description = "What serves now.", body = shapes::RolloutChange),
-        (status = 409, description = "Not the canary."),
+        (status = 409, description = "`bundle_format_unsupported`: this build cannot load it."),
     ),
 )]
 async fn promote(

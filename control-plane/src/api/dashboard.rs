@@ -821,7 +821,6 @@ fn wallet(w: &payment_methods::Wallet) -> Response {
     responses(
         (status = 200, description = "The wallet.", body = shapes::Wallet),
         (status = 409, description = "`payment_method_not_ready`."),
-        (status = 503, description = "`payment_provider_unavailable`: the provider is away; retrying with the same `Idempotency-Key` is safe."),
     ),
 )]
 async fn make_default_payment_method(
@@ -842,7 +841,6 @@ async fn make_default_payment_method(
     responses(
         (status = 200, description = "The wallet after the removal.", body = shapes::Wallet),
         (status = 409, description = "`payment_method_in_use`."),
-        (status = 503, description = "`payment_provider_unavailable`: the provider is away; retrying with the same `Idempotency-Key` is safe."),
     ),
 )]
 async fn remove_payment_method(
