@@ -570,6 +570,24 @@ tg_ensure_chromium() {
   export TOLLGATE_TEST_CHROMEDRIVER=/usr/bin/chromedriver
 }
 
+# tg_ensure_schemathesis: schemathesis (in .venv), which e2e/tests/openapi_contract.rs runs
+# against the control plane's and the edge's `GET /openapi.json`. Exports TOLLGATE_TEST_PYTHON
+# (the `schemathesis` command is its sibling).
+TG_SCHEMATHESIS_VERSION="4.32.5"
+tg_ensure_schemathesis() {
+  tg_ensure_venv
+  local py="$TG_VENV/bin/python"
+  export TOLLGATE_TEST_PYTHON="$py"
+  if "$py" -c 'import sys, importlib.metadata as m; sys.exit(m.version("schemathesis") != sys.argv[1])' \
+    "$TG_SCHEMATHESIS_VERSION" 2>/dev/null; then
+    return 0
+  fi
+  tg_state_dirs
+  tg_log "installing schemathesis into .venv (log: .tollgate/log/pip.log)"
+  "$py" -m pip install --disable-pip-version-check -q "schemathesis==$TG_SCHEMATHESIS_VERSION" \
+    >>"$TG_LOG_DIR/pip.log" 2>&1 || { tg_log_tail "$TG_LOG_DIR/pip.log"; tg_die "pip install schemathesis failed"; }
+}
+
 # Whether the localstripe at $1 runs this checkout's launcher (scripts/localstripe-serve.py
 # answers the hash of its own file): an older launcher lacks routes the tests use.
 tg__localstripe_current() {

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, Serialize)]
 pub struct Readiness {
     pub ready: bool,
     pub cf: bool,

@@ -191,6 +191,17 @@ pub(crate) fn quota_fits(
 
 /// `GET /v1/check?account=ID&feature=KEY` — the hot path: on a cache hit, no allocation
 /// beyond the response body and no WebAssembly.
+#[utoipa::path(
+    get, path = "/v1/check", tag = "checks",
+    params(crate::openapi::CheckQuery),
+    security((), ("service" = [])),
+    responses(
+        (status = 200, description = "The decision.", body = CheckResponse),
+        (status = 400, description = "`invalid_query`, `invalid_quantity`, `invalid_account_id`."),
+        (status = 404, description = "`unknown_feature`: the bundle has no such feature."),
+        (status = 503, description = "`not_ready`: no rule bundle loaded yet."),
+    ),
+)]
 pub(crate) async fn check(State(state): State<EdgeState>, RawQuery(raw): RawQuery) -> Response {
     let (Some(account), Some(feature), quantity) = check_params(raw.as_deref()) else {
         return problem(
@@ -245,6 +256,17 @@ fn item_quantity(v: Option<&serde_json::Value>) -> Option<i64> {
 /// request order; an item that cannot be decided carries `{"error": {code, detail}}` instead.
 /// The accounts the edge does not hold are fetched together first (one L2 `MGET`, one
 /// control-plane request per 256), not one after another.
+#[utoipa::path(
+    post, path = "/v1/check", tag = "checks",
+    request_body = tollgate_protocol::check::BatchRequest,
+    security((), ("service" = [])),
+    responses(
+        (status = 200, description = "The answers in request order; an item that cannot be decided carries `error`.", body = tollgate_protocol::check::BatchResults),
+        (status = 400, description = "`invalid_body`: not a batch."),
+        (status = 422, description = "`batch_too_large`: more than 256 checks."),
+        (status = 503, description = "`not_ready`: no rule bundle loaded yet."),
+    ),
+)]
 pub(crate) async fn check_batch(
     State(state): State<EdgeState>,
     body: axum::body::Bytes,
@@ -306,6 +328,16 @@ pub(crate) async fn check_batch(
 }
 
 /// `GET /v1/accounts/{id}/entitlements` — every feature of the bundle for one account.
+#[utoipa::path(
+    get, path = "/v1/accounts/{id}/entitlements", tag = "checks",
+    params(("id" = String, Path, description = "The account's id (a UUID).")),
+    security((), ("service" = [])),
+    responses(
+        (status = 200, description = "Every feature of the bundle for the account.", body = crate::openapi::Entitlements),
+        (status = 400, description = "`invalid_account_id`."),
+        (status = 503, description = "`not_ready`: no rule bundle loaded yet."),
+    ),
+)]
 pub(crate) async fn entitlements(
     State(state): State<EdgeState>,
     axum::extract::Path(id): axum::extract::Path<String>,

@@ -60,7 +60,7 @@ pub const FILE_NAME: &str = "usage-dead-letter.jsonl";
 pub const DETAIL_BYTES_MAX: usize = 1_024;
 
 /// One dead-lettered record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadEntry {
     /// The record's seq in the usage log (unique per record; replays get new ones).
     pub seq: u64,

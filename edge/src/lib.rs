@@ -20,6 +20,8 @@ pub mod gate;
 pub mod ofrep;
 // `GET /v1/status`, `/readyz`, `/metrics`.
 mod ops;
+// The OpenAPI 3.1 contract, `GET /openapi.json`.
+pub mod openapi;
 // RFC 9457 problem+json, the edge's one error format.
 mod problem;
 // `app(state)`: every route, its gate and the layers around them.

@@ -108,6 +108,18 @@ fn evaluation(view: &RulesView, key: &str, kind: FeatureKind, r: &CheckResponse<
 }
 
 /// `POST /ofrep/v1/evaluate/flags/{key}`
+#[utoipa::path(
+    post, path = "/ofrep/v1/evaluate/flags/{key}", tag = "ofrep",
+    params(("key" = String, Path, description = "The feature's key.")),
+    request_body = crate::openapi::OfrepRequest,
+    security((), ("service" = [])),
+    responses(
+        (status = 200, description = "The evaluation.", body = crate::openapi::OfrepEvaluation),
+        (status = 400, description = "`PARSE_ERROR`, `TARGETING_KEY_MISSING`, `INVALID_CONTEXT` (OFREP's body); `unreadable_body` (problem+json).", content_type = "application/json", body = crate::openapi::OfrepError),
+        (status = 404, description = "`FLAG_NOT_FOUND`.", content_type = "application/json", body = crate::openapi::OfrepError),
+        (status = 503, description = "`GENERAL`: no rule bundle loaded yet.", content_type = "application/json", body = crate::openapi::OfrepError),
+    ),
+)]
 pub async fn evaluate_flag(
     State(state): State<EdgeState>,
     Path(key): Path<String>,
@@ -141,6 +153,18 @@ pub async fn evaluate_flag(
 }
 
 /// `POST /ofrep/v1/evaluate/flags` — every feature for one account.
+#[utoipa::path(
+    post, path = "/ofrep/v1/evaluate/flags", tag = "ofrep",
+    params(("If-None-Match" = Option<String>, Header, description = "A previous answer's ETag.")),
+    request_body = crate::openapi::OfrepRequest,
+    security((), ("service" = [])),
+    responses(
+        (status = 200, description = "Every flag, with an `ETag` (the answer's own hash).", body = crate::openapi::OfrepBulk, headers(("ETag" = String))),
+        (status = 304, description = "`If-None-Match` matched: the answer is unchanged."),
+        (status = 400, description = "`PARSE_ERROR`, `TARGETING_KEY_MISSING`, `INVALID_CONTEXT` (OFREP's body); `unreadable_body` (problem+json).", content_type = "application/json", body = crate::openapi::OfrepError),
+        (status = 503, description = "`GENERAL`: no rule bundle loaded yet.", content_type = "application/json", body = crate::openapi::OfrepError),
+    ),
+)]
 pub async fn evaluate_all(
     State(state): State<EdgeState>,
     headers: HeaderMap,

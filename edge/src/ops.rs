@@ -12,6 +12,13 @@ use crate::state::EdgeState;
 
 /// `GET /v1/status` — what this edge runs, its usage buffer and dead letters, and (to callers
 /// with a service or operator token only: they name accounts) its recent denials.
+#[utoipa::path(
+    get, path = "/v1/status", tag = "ops",
+    security((), ("service" = []), ("operator" = [])),
+    responses(
+        (status = 200, description = "What this edge runs; its recent denials only to callers with a token.", body = crate::openapi::EdgeStatusView),
+    ),
+)]
 pub(crate) async fn status(
     State(state): State<EdgeState>,
     headers: axum::http::HeaderMap,
@@ -38,6 +45,13 @@ pub(crate) async fn status(
 
 /// `GET /readyz` — ready once a bundle is installed and the usage log works (after a failed
 /// fsync it refuses usage until the edge restarts: take it out of rotation, restart it).
+#[utoipa::path(
+    get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "Ready.", body = crate::openapi::Readiness),
+        (status = 503, description = "Not ready: no bundle, or the usage log failed.", body = crate::openapi::Readiness),
+    ),
+)]
 pub(crate) async fn readyz(State(state): State<EdgeState>) -> Response {
     let bundle = state.bundle_version();
     let usage_failed = state.usage.get().is_some_and(|u| u.store_failed());
@@ -52,6 +66,12 @@ pub(crate) async fn readyz(State(state): State<EdgeState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+#[utoipa::path(
+    get, path = "/metrics", tag = "ops",
+    responses(
+        (status = 200, description = "The metrics (OpenMetrics text).", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+    ),
+)]
 pub(crate) async fn metrics(State(state): State<EdgeState>) -> Response {
     state
         .metrics

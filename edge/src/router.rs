@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `/v1/check`, `/v1/usage`, `/v1/accounts/{id}/entitlements`, `/ofrep/v1/…` | a service token when any is configured ([`auth::service`]) |
 //! | `/v1/dead-letter…` | an operator token, always ([`auth::operator`]) |
-//! | `/v1/status`, `/healthz`, `/readyz`, `/metrics` | none |
+//! | `/v1/status`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json` | none |
 //!
 //! Unknown routes and methods answer problem+json; every request body is bounded
 //! ([`BoundedBodyLayer`]).
@@ -22,6 +22,13 @@ use crate::problem::problem;
 use crate::state::EdgeState;
 use crate::usage_api::{self, dead_letters, discard_dead_letters, replay_dead_letters};
 use crate::{auth, check, ofrep, ops};
+
+/// `GET /healthz` — the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`.", body = crate::openapi::Alive)))]
+pub(crate) async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({ "status": "ok" }))
+}
 
 /// The edge's whole HTTP surface over `state` (tests drive it with `oneshot`).
 pub fn app(state: EdgeState) -> Router {
@@ -49,10 +56,8 @@ pub fn app(state: EdgeState) -> Router {
         .merge(service)
         .merge(operator)
         .route("/v1/status", get(ops::status))
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(healthz))
+        .route(crate::openapi::PATH, get(crate::openapi::openapi_json))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "route_not_found", "no such route") })

@@ -78,7 +78,7 @@ impl EdgeOptions {
 pub const DENIALS_MAX: usize = 1_024;
 
 /// One denial, as the status API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, serde::Serialize)]
 pub struct Denial {
     pub at_ms: i64,
     pub account: AccountId,

@@ -49,7 +49,7 @@ pub const TIMESTAMP_SKEW_MS: i64 = 5 * 60_000;
 pub const TIMESTAMP_AGE_MS_MAX: i64 = 35 * 86_400_000;
 
 /// One refused event: its index in the request, a stable code and a sentence.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Refusal {
     pub index: usize,
     pub code: &'static str,
@@ -407,6 +407,19 @@ fn dedupe(valid: Indexed, rejected: &mut Vec<Refusal>) -> (Indexed, Vec<(usize, 
     (store, repeats)
 }
 
+#[utoipa::path(
+    post, path = "/v1/usage", tag = "usage",
+    security((), ("service" = [])),
+    request_body(content((crate::openapi::UsageIn = "application/json"), (crate::openapi::CloudEventIn = "application/cloudevents+json"), (Vec<crate::openapi::CloudEventIn> = "application/cloudevents-batch+json")), description = "One event or an array; Tollgate JSON or CloudEvents 1.0."),
+    responses(
+        (status = 202, description = "At least one event stored (fsynced): which were accepted, which refused and why.", body = crate::openapi::UsageAnswer),
+        (status = 400, description = "`malformed_json`, `invalid_body`."),
+        (status = 413, description = "`body_too_large`, `too_many_events` (over 1,000)."),
+        (status = 415, description = "`unsupported_media_type`."),
+        (status = 422, description = "`empty_batch`; `invalid_usage` (no event valid; `accepted`, `rejected` as extensions)."),
+        (status = 503, description = "`usage_disabled`, `not_ready`, `usage_buffer_full`, `usage_store_failed` (with `Retry-After`): nothing was stored."),
+    ),
+)]
 pub async fn post_usage(
     State(state): State<EdgeState>,
     headers: HeaderMap,
@@ -572,6 +585,16 @@ pub async fn post_usage(
 
 /// `GET /v1/dead-letter?limit=N` (operator) — the dead-lettered usage, oldest first (at most
 /// `limit`, default 100, at most 1,000), and how many there are.
+#[utoipa::path(
+    get, path = "/v1/dead-letter", tag = "operator",
+    params(crate::openapi::DeadLetterQuery),
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "The dead-lettered usage, oldest first.", body = crate::openapi::DeadLetters),
+        (status = 400, description = "`invalid_query`: limit is not 1-1000."),
+        (status = 503, description = "`usage_disabled`, `dead_letter_unreadable`."),
+    ),
+)]
 pub async fn dead_letters(
     State(state): State<EdgeState>,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
@@ -620,6 +643,14 @@ pub async fn dead_letters(
 
 /// `POST /v1/dead-letter/replay` (operator) — stores every dead-lettered event that passes the
 /// bounds again (same ids: the control plane counts each once) and removes it from the file.
+#[utoipa::path(
+    post, path = "/v1/dead-letter/replay", tag = "operator",
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "What the replay stored again and what it kept.", body = crate::usage::ReplayReport),
+        (status = 503, description = "`usage_disabled`, `replay_failed`."),
+    ),
+)]
 pub async fn replay_dead_letters(State(state): State<EdgeState>) -> Response {
     let Some(usage) = state.usage.get().cloned() else {
         return problem(
@@ -642,6 +673,14 @@ pub async fn replay_dead_letters(State(state): State<EdgeState>) -> Response {
 }
 
 /// `POST /v1/dead-letter/discard` (operator) — removes every dead-lettered entry.
+#[utoipa::path(
+    post, path = "/v1/dead-letter/discard", tag = "operator",
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "How many entries were removed.", body = crate::openapi::Discarded),
+        (status = 503, description = "`usage_disabled`, `discard_failed`."),
+    ),
+)]
 pub async fn discard_dead_letters(State(state): State<EdgeState>) -> Response {
     let Some(usage) = state.usage.get().cloned() else {
         return problem(

@@ -14,6 +14,7 @@ pub const CHECK_PATH: &str = "/v1/check";
 pub const BATCH_CHECKS_MAX: usize = 256;
 
 /// What a check answers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CheckResponse<'a> {
     pub allowed: bool,
@@ -38,6 +39,7 @@ pub struct CheckResponse<'a> {
 }
 
 /// One check of a batch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct BatchCheck {
@@ -51,6 +53,7 @@ pub struct BatchCheck {
 }
 
 /// `POST /v1/check`'s body.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
@@ -58,6 +61,7 @@ pub struct BatchRequest {
 }
 
 /// Why one item of a batch has no answer (the codes of the single check's problems).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ItemError {
     pub code: String,
@@ -65,6 +69,7 @@ pub struct ItemError {
 }
 
 /// One answer of a batch, in request order.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum BatchAnswer<'a> {
@@ -80,6 +85,7 @@ pub enum BatchAnswer<'a> {
 }
 
 /// `POST /v1/check`'s answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BatchResults<'a> {
     pub results: Vec<BatchAnswer<'a>>,

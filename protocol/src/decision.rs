@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Why a feature was allowed or denied. Stable strings: product services and support rely on
 /// them.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
@@ -46,6 +47,7 @@ impl Reason {
 }
 
 /// The decision for one feature of one account.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub allowed: bool,

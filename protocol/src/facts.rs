@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// An account's id: the one key every store and cache uses.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct AccountId(pub Uuid);
@@ -56,6 +57,7 @@ impl fmt::Display for UnknownState {
 impl std::error::Error for UnknownState {}
 
 /// Account standing as set by support or dunning.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AccountStanding {
@@ -89,6 +91,7 @@ impl TryFrom<String> for AccountStanding {
 }
 
 /// Subscription status, as Stripe names them.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionStatus {
@@ -140,6 +143,7 @@ impl TryFrom<String> for SubscriptionStatus {
 }
 
 /// The subscription part of an account's facts.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionFacts {
     pub plan: String,
@@ -154,6 +158,7 @@ pub struct SubscriptionFacts {
 }
 
 /// A support agent's per-account override of one feature.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "mode")]
 pub enum FeatureOverride {
@@ -163,6 +168,7 @@ pub enum FeatureOverride {
 
 /// Everything that decides an account's entitlements. Computed and versioned by the control
 /// plane; edges evaluate it against the active rule bundle to materialise decisions.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountFacts {
     pub account_id: AccountId,
@@ -202,6 +208,7 @@ impl AccountFacts {
 }
 
 /// One entry of the change stream.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeEvent {
     pub facts: AccountFacts,
@@ -214,6 +221,7 @@ pub struct ChangeEvent {
 pub const FACTS_BATCH_MAX: usize = 256;
 
 /// An edge asks for the facts of several accounts at once (a batch check, a revalidation).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FactsRequest {
@@ -221,6 +229,7 @@ pub struct FactsRequest {
 }
 
 /// The facts of the accounts of a [`FactsRequest`] that exist, in no particular order.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FactsBatch {
     pub facts: Vec<AccountFacts>,

@@ -42,6 +42,7 @@ pub fn valid_edge_id(id: &str) -> bool {
 }
 
 /// The query of [`BUNDLE_PATH`].
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleQuery {
@@ -53,6 +54,7 @@ pub struct BundleQuery {
 pub const LAST_ERROR_CHARS_MAX: usize = 1_000;
 
 /// The body of [`edge_status_path`]: what an edge runs and why its last activation failed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeStatus {
@@ -86,6 +88,7 @@ mod tests {
 pub const CLOCK_PATH: &str = "/internal/v1/clock";
 
 /// What [`CLOCK_PATH`] answers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClockReading {
     /// The control plane's now, unix ms.

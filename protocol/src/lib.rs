@@ -9,6 +9,7 @@
 //!   check API as product services call it.
 //! * The Redis key names both sides agree on ([`redis_keys`]); the internal API's paths, bodies
 //!   and edge-id rule ([`internal_api`]); canary membership by edge id ([`canary`]).
+//! * [`problem`] — the RFC 9457 error body every API answers.
 //! * [`usage`] — meters, usage events, the batches edges flush and their acknowledgements,
 //!   aggregates, quota leases, and the bounds every event keeps ([`usage::limits`]), checked
 //!   by one function on every side ([`usage::validate_event`]).
@@ -22,6 +23,7 @@ mod facts;
 pub mod canary;
 pub mod check;
 pub mod internal_api;
+pub mod problem;
 pub mod redis_keys;
 pub mod usage;
 

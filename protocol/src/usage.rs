@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::AccountId;
 
 /// How a meter's events become one number per account and period.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregation {
@@ -42,6 +43,7 @@ impl Aggregation {
 }
 
 /// The calendar period (UTC) a meter's aggregate and quota cover.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MeterPeriod {
@@ -171,6 +173,7 @@ pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 /// A metered feature's meter, as declared in the rules catalog.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeterSpec {
     pub aggregation: Aggregation,
@@ -182,6 +185,7 @@ pub struct MeterSpec {
 }
 
 /// One usage event as edges store and flush it. `properties` hold scalar values as text.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageEvent {
     /// Unique per account: the caller's id, [`cloudevent_id`] for CloudEvents, or a UUIDv7
@@ -197,6 +201,7 @@ pub struct UsageEvent {
 }
 
 /// Events an edge flushes in one request; `batch_id` is also its `Idempotency-Key`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageBatch {
     pub batch_id: uuid::Uuid,
@@ -205,6 +210,7 @@ pub struct UsageBatch {
 }
 
 /// One account's aggregate of one meter over one period.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeterAggregate {
     pub account: AccountId,
@@ -219,6 +225,7 @@ pub struct MeterAggregate {
 /// One event of a [`UsageBatch`] the control plane did not store, and why. The edge moves
 /// it to its dead-letter file (replayable once the cause is gone: the meter deployed, the
 /// account created), never back into the flow.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RejectedEvent {
     /// Position in the batch.
@@ -233,6 +240,7 @@ pub struct RejectedEvent {
 /// The control plane's answer to a [`UsageBatch`]. Every event of the batch is durably
 /// recorded (or was already), or listed in `rejected`, once this is sent: the edge may
 /// delete the batch.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageAck {
     pub batch_id: uuid::Uuid,
@@ -431,6 +439,7 @@ pub fn validate_properties(p: &BTreeMap<String, String>) -> Result<(), EventErro
 /// check is about to allow (all or nothing: a check that would be denied takes nothing),
 /// plus up to `extra` (the meter's lease size) for the checks after it. `limit` is the
 /// quota the rules give the account (the edge materialised it).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRequest {
     pub account: AccountId,
@@ -445,6 +454,7 @@ pub struct LeaseRequest {
 /// What the control plane granted: 0 when `need` does not fit the quota (nothing is
 /// reserved then), else `need` plus as much of `extra` as fits; and how much of the quota
 /// is leased out in all, to every edge, after it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseGrant {
     pub granted: i64,
@@ -452,6 +462,7 @@ pub struct LeaseGrant {
 }
 
 /// Units of a lease an edge did not use and gives back.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRelease {
     pub account: AccountId,
@@ -462,6 +473,7 @@ pub struct LeaseRelease {
 }
 
 /// An account's current-period aggregates, one per meter of the catalog.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountUsage {
     pub account: AccountId,

@@ -54,6 +54,7 @@ use serde::{Deserialize, Serialize};
 use tollgate_protocol::Reason;
 
 /// A feature's limit in a decision, a plan's grant, an override or an expectation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Limit {
@@ -184,6 +185,7 @@ pub type PlanIdx = u32;
 /// Index into [`Program::addons`].
 pub type AddonIdx = u32;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FeatureKind {
@@ -224,6 +226,7 @@ pub struct Feature {
 /// Units an edge leases at a time when the feature does not say (`lease N`).
 pub const DEFAULT_LEASE: i64 = 100;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Interval {
@@ -248,6 +251,7 @@ impl Interval {
 
 /// One price tier: up to `up_to` units (None = the rest) at `unit_minor` per unit plus
 /// `flat_minor` once.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tier {
     pub up_to: Option<i64>,
@@ -259,6 +263,7 @@ pub struct Tier {
 ///
 /// Externally tagged (not `tag = "model"`): bundles store programs with `postcard`, which
 /// cannot decode internally tagged enums.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pricing {
@@ -299,8 +304,10 @@ pub struct Plan {
     pub meters: Vec<Meter>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", schema(as = AddonEffectKind))]
 pub enum AddonEffect {
     Grant,
     AddLimit(i64),

@@ -55,6 +55,7 @@ pub fn demo_program() -> ir::Program {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Feature {
     pub key: String,
@@ -66,6 +67,8 @@ pub struct Feature {
 }
 
 /// A plan's grant of one feature: bool features carry no value, limits and quotas do.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = PlanGrant))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub feature: String,
@@ -75,6 +78,7 @@ pub struct Grant {
     pub limit: Option<i64>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub key: String,
@@ -94,6 +98,7 @@ pub struct Plan {
 }
 
 /// A plan's price for the usage of one metered feature (its meter has the feature's key).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanMeter {
     pub feature: String,
@@ -102,6 +107,7 @@ pub struct PlanMeter {
 
 /// An add-on: bought on top of a plan in any quantity, each unit priced per interval and
 /// changing what the plan grants ([`ir::AddonEffect`]: a grant, or `n` more of a limit per unit).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Addon {
     pub key: String,
@@ -115,6 +121,7 @@ pub struct Addon {
 }
 
 /// What one unit of an add-on does to one feature.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddonEffect {
     pub feature: String,

@@ -117,10 +117,12 @@ pub async fn on_dunning_changed(state: &AppState, d: &outbox::Delivery) -> anyho
 }
 
 /// `POST /v1/accounts` as the customer sends it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignUp {
+    #[schema(format = Email, max_length = 254, example = "ada@example.com")]
     pub email: String,
+    #[schema(min_length = 1, max_length = 200, example = "Ada")]
     pub name: String,
 }
 

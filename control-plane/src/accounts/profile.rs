@@ -11,7 +11,7 @@ use crate::ids::{AccountId, TokenId};
 use crate::state::AppState;
 
 /// Where invoices are addressed. `country` is ISO 3166-1 alpha-2.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BillingAddress {
     pub line1: String,
@@ -26,7 +26,7 @@ pub struct BillingAddress {
 }
 
 /// `PATCH /v1/account`: what is present changes; `null` clears the address or tax id.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Patch {
     #[serde(default)]
@@ -127,7 +127,7 @@ pub async fn update(state: &AppState, id: AccountId, p: &Patch) -> Result<Accoun
 }
 
 /// A billing contact.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Contact {
     pub id: uuid::Uuid,
     pub email: String,
@@ -136,7 +136,7 @@ pub struct Contact {
 }
 
 /// `POST /v1/account/contacts`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewContact {
     pub email: String,
@@ -221,7 +221,7 @@ pub async fn recipients(
 }
 
 /// An API token as listed (never the token itself, which is shown once when made).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct TokenInfo {
     pub id: TokenId,
     pub label: Option<String>,
@@ -230,14 +230,14 @@ pub struct TokenInfo {
 }
 
 /// A new token and its secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize)]
 pub struct NewToken {
     pub token: TokenInfo,
     pub api_token: String,
 }
 
 /// `POST /v1/tokens`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     #[serde(default)]

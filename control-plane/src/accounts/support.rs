@@ -81,7 +81,7 @@ pub async fn require_payment_method(
 }
 
 /// A support agent's note on an account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Note {
     pub id: NoteId,
     pub agent_id: AgentId,
@@ -137,7 +137,7 @@ pub async fn search(state: &AppState, q: &str) -> Result<Vec<Account>> {
 }
 
 /// One entry of an account's timeline.
-#[derive(Debug, Clone, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize)]
 pub struct TimelineEntry {
     pub at: DateTime<Utc>,
     /// `event` (a lifecycle event), `agent_action`, or `note`.

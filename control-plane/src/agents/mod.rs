@@ -17,10 +17,22 @@ use crate::state::AppState;
 
 /// What an agent may do.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type,
+    utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
 )]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
+#[schema(as = AgentRole)]
 pub enum Role {
     /// Reads everything, changes nothing.
     Viewer,
@@ -39,7 +51,7 @@ impl Role {
 }
 
 /// An agent, as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Agent {
     pub id: AgentId,
     pub email: String,
@@ -78,15 +90,17 @@ impl Role {
 }
 
 /// `POST /admin/v1/agents`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewAgent {
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     pub role: Role,
 }
 
 /// A created agent and its token (shown once).
-#[derive(Debug, Clone, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize)]
+#[schema(as = AgentCreated)]
 pub struct Created {
     pub agent: Agent,
     pub token: String,

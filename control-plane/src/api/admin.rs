@@ -12,6 +12,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::Platform;
+use super::openapi::IdempotencyHeader;
+use super::shapes;
 use super::views::{CreditNoteView, json as reply, value};
 use crate::billing::credit_notes::{self, IssueCreditNote};
 use crate::catalog;
@@ -74,6 +76,18 @@ fn change(c: Change) -> Value {
 }
 
 /// `POST /admin/v1/bundles` — body: the signed bundle file.
+#[utoipa::path(
+    post, path = "/admin/v1/bundles", tag = "admin",
+    security(("admin" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The signed bundle file (`tollgate-rules build`)."),
+    responses(
+        (status = 201, description = "Stored.", body = crate::rollout::Summary),
+        (status = 200, description = "The same bundle was stored already.", body = crate::rollout::Summary),
+        (status = 409, description = "`bundle_version_exists`, `bundle_format_unsupported`."),
+        (status = 413, description = "`body_too_large`."),
+        (status = 422, description = "`bundle_invalid`, `bundle_module_refused`, `bundle_tests_failed`: verification refused it."),
+    ),
+)]
 async fn upload(
     State(state): State<AppState>,
     Platform(actor): Platform,
@@ -98,6 +112,13 @@ async fn upload(
 }
 
 /// `GET /admin/v1/bundles`
+#[utoipa::path(
+    get, path = "/admin/v1/bundles", tag = "admin",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "Every stored bundle and the rollout.", body = shapes::Bundles),
+    ),
+)]
 async fn list(State(state): State<AppState>, _: Platform) -> Result<Response> {
     let (bundles, rollout) = rollout::list(&state).await?;
     Ok(reply(
@@ -106,13 +127,24 @@ async fn list(State(state): State<AppState>, _: Platform) -> Result<Response> {
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ActivateRequest {
     canary_percent: i32,
 }
 
 /// `POST /admin/v1/bundles/{version}/activate {canary_percent}`
+#[utoipa::path(
+    post, path = "/admin/v1/bundles/{version}/activate", tag = "admin",
+    security(("admin" = [])),
+    params(("version" = i64, Path, description = "The bundle version.")),
+    request_body = ActivateRequest,
+    responses(
+        (status = 200, description = "What serves now.", body = shapes::RolloutChange),
+        (status = 409, description = "`bundle_format_unsupported`."),
+        (status = 422, description = "`invalid_canary_percent`."),
+    ),
+)]
 async fn activate(
     State(state): State<AppState>,
     Platform(actor): Platform,
@@ -124,6 +156,15 @@ async fn activate(
 }
 
 /// `POST /admin/v1/bundles/{version}/promote`
+#[utoipa::path(
+    post, path = "/admin/v1/bundles/{version}/promote", tag = "admin",
+    security(("admin" = [])),
+    params(("version" = i64, Path, description = "The bundle version.")),
+    responses(
+        (status = 200, description = "What serves now.", body = shapes::RolloutChange),
+        (status = 409, description = "`bundle_format_unsupported`: this build cannot load it."),
+    ),
+)]
 async fn promote(
     State(state): State<AppState>,
     Platform(actor): Platform,
@@ -133,7 +174,7 @@ async fn promote(
     Ok(reply(StatusCode::OK, change(c)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RollbackRequest {
     #[serde(default)]
@@ -141,6 +182,17 @@ struct RollbackRequest {
 }
 
 /// `POST /admin/v1/rollback {to_version?}`
+#[utoipa::path(
+    post, path = "/admin/v1/rollback", tag = "admin",
+    security(("admin" = [])),
+    request_body = RollbackRequest,
+    responses(
+        (status = 200, description = "What serves now.", body = shapes::RolloutChange),
+        (status = 404, description = "`no_active_bundle`, `not_found`: no such version."),
+        (status = 409, description = "`nothing_to_roll_back_to`."),
+        (status = 422, description = "`invalid_bundle_version`."),
+    ),
+)]
 async fn rollback(
     State(state): State<AppState>,
     Platform(actor): Platform,
@@ -151,18 +203,42 @@ async fn rollback(
 }
 
 /// `GET /admin/v1/edges`
+#[utoipa::path(
+    get, path = "/admin/v1/edges", tag = "admin",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The fleet.", body = shapes::List<crate::rollout::Edge>),
+    ),
+)]
 async fn edges(State(state): State<AppState>, _: Platform) -> Result<Response> {
     let edges = rollout::edges(&state).await?;
     Ok(reply(StatusCode::OK, json!({ "data": edges })))
 }
 
 /// `GET /admin/v1/audit`
+#[utoipa::path(
+    get, path = "/admin/v1/audit", tag = "admin",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The rollout audit, newest first.", body = shapes::List<crate::rollout::AuditEntry>),
+    ),
+)]
 async fn audit(State(state): State<AppState>, _: Platform) -> Result<Response> {
     let entries = rollout::audit_log(&state).await?;
     Ok(reply(StatusCode::OK, json!({ "data": entries })))
 }
 
 /// `POST /admin/v1/agents {email, role}` — a support agent and its token (shown once).
+#[utoipa::path(
+    post, path = "/admin/v1/agents", tag = "admin",
+    security(("admin" = [])),
+    request_body = crate::agents::NewAgent,
+    responses(
+        (status = 201, description = "The agent and its token (shown once).", body = crate::agents::Created),
+        (status = 409, description = "`agent_exists`."),
+        (status = 422, description = "`invalid_email`."),
+    ),
+)]
 async fn create_agent(
     State(state): State<AppState>,
     Platform(actor): Platform,
@@ -173,12 +249,27 @@ async fn create_agent(
 }
 
 /// `GET /admin/v1/agents`
+#[utoipa::path(
+    get, path = "/admin/v1/agents", tag = "admin",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The agents.", body = shapes::List<crate::agents::Agent>),
+    ),
+)]
 async fn list_agents(State(state): State<AppState>, _: Platform) -> Result<Response> {
     let agents = crate::agents::list(&state).await?;
     Ok(reply(StatusCode::OK, json!({ "data": agents })))
 }
 
 /// `POST /admin/v1/agents/{id}/revoke` — the agent's token stops working.
+#[utoipa::path(
+    post, path = "/admin/v1/agents/{id}/revoke", tag = "admin",
+    security(("admin" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The agent's id.")),
+    responses(
+        (status = 200, description = "The agent, revoked.", body = crate::agents::Agent),
+    ),
+)]
 async fn revoke_agent(
     State(state): State<AppState>,
     Platform(actor): Platform,
@@ -189,6 +280,13 @@ async fn revoke_agent(
 }
 
 /// `GET /admin/v1/catalog/prices` — every plan price and its state at the payment provider.
+#[utoipa::path(
+    get, path = "/admin/v1/catalog/prices", tag = "admin",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "Every plan price and its state at the provider.", body = shapes::List<crate::catalog::mirror::PlanPrice>),
+    ),
+)]
 async fn prices(State(state): State<AppState>, _: Platform) -> Result<Response> {
     let prices = catalog::mirror::list(&state).await?;
     Ok(reply(StatusCode::OK, json!({ "data": prices })))
@@ -196,6 +294,18 @@ async fn prices(State(state): State<AppState>, _: Platform) -> Result<Response> 
 
 /// `POST /admin/v1/invoices/{id}/credit-notes` (Idempotency-Key) — a correction of a finalised
 /// invoice, issued by the actor.
+#[utoipa::path(
+    post, path = "/admin/v1/invoices/{id}/credit-notes", tag = "admin",
+    security(("admin" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The invoice's id."), IdempotencyHeader),
+    request_body = crate::billing::credit_notes::IssueCreditNote,
+    responses(
+        (status = 201, description = "Issued.", body = CreditNoteView),
+        (status = 200, description = "A replay: the note issued under this key.", body = CreditNoteView),
+        (status = 409, description = "`payment_in_progress`, an invoice not finalised."),
+        (status = 422, description = "`invalid_amount`, `invalid_memo`, `credit_note_too_large`."),
+    ),
+)]
 async fn issue_credit_note(
     State(state): State<AppState>,
     Platform(actor): Platform,
@@ -213,6 +323,15 @@ async fn issue_credit_note(
 }
 
 /// `POST /admin/v1/webhook-endpoints` — `{url, events?}` → 201 with the secret, shown once.
+#[utoipa::path(
+    post, path = "/admin/v1/webhook-endpoints", tag = "admin",
+    security(("admin" = [])),
+    request_body = crate::events::NewEndpoint,
+    responses(
+        (status = 201, description = "The endpoint and its signing secret, shown once.", body = crate::events::Created),
+        (status = 422, description = "`invalid_url`, `unknown_event_type`."),
+    ),
+)]
 async fn add_webhook_endpoint(
     State(state): State<AppState>,
     Platform(actor): Platform,
@@ -223,12 +342,20 @@ async fn add_webhook_endpoint(
 }
 
 /// `GET /admin/v1/webhook-endpoints`
+#[utoipa::path(
+    get, path = "/admin/v1/webhook-endpoints", tag = "admin",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "The endpoints.", body = shapes::List<crate::events::Endpoint>),
+    ),
+)]
 async fn webhook_endpoints(State(state): State<AppState>, _: Platform) -> Result<Response> {
     let list = events::endpoints(&state).await?;
     Ok(reply(StatusCode::OK, json!({ "data": list })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeliveryFilter {
     #[serde(default)]
@@ -236,6 +363,14 @@ struct DeliveryFilter {
 }
 
 /// `GET /admin/v1/webhook-deliveries?status=` — the delivery log, newest first.
+#[utoipa::path(
+    get, path = "/admin/v1/webhook-deliveries", tag = "admin",
+    security(("admin" = [])),
+    params(DeliveryFilter),
+    responses(
+        (status = 200, description = "The delivery log, newest first.", body = shapes::List<crate::events::Delivery>),
+    ),
+)]
 async fn webhook_deliveries(
     State(state): State<AppState>,
     _: Platform,
@@ -246,6 +381,14 @@ async fn webhook_deliveries(
 }
 
 /// `POST /admin/v1/webhook-deliveries/{id}/replay`
+#[utoipa::path(
+    post, path = "/admin/v1/webhook-deliveries/{id}/replay", tag = "admin",
+    security(("admin" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The delivery's id.")),
+    responses(
+        (status = 200, description = "The delivery, queued again.", body = crate::events::Delivery),
+    ),
+)]
 async fn replay_webhook_delivery(
     State(state): State<AppState>,
     _: Platform,

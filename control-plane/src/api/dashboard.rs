@@ -9,6 +9,8 @@ use axum::routing::{delete, get, post};
 use serde_json::json;
 
 use super::extract::Customer;
+use super::openapi::IdempotencyHeader;
+use super::shapes;
 use super::views::{
     AccountView, CheckoutView, CreditNoteView, InvoiceView, PaymentMethodView, PreviewView,
     SubscriptionView, json as reply, ran, value,
@@ -71,6 +73,12 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// `GET /v1/plans` — public: what can be bought.
+#[utoipa::path(
+    get, path = "/v1/plans", tag = "dashboard",
+    responses(
+        (status = 200, description = "What is on sale: plans, features, add-ons.", body = shapes::OnSale),
+    ),
+)]
 async fn list_plans(State(state): State<AppState>) -> Result<Response> {
     let catalog = catalog::on_sale(&state).await?;
     Ok(reply(
@@ -80,6 +88,17 @@ async fn list_plans(State(state): State<AppState>) -> Result<Response> {
 }
 
 /// `POST /v1/accounts`
+#[utoipa::path(
+    post, path = "/v1/accounts", tag = "dashboard",
+    params(IdempotencyHeader),
+    request_body = crate::accounts::SignUp,
+    responses(
+        (status = 201, description = "The account and its first API token (shown once).", body = shapes::SignedUp),
+        (status = 422, description = "`invalid_account`: a bad email or name."),
+        (status = 402, description = "`card_declined` and other declines (`decline_code`), `payment_failed`: the provider declined."),
+        (status = 503, description = "`payment_provider_unavailable`: the provider is away; retrying with the same `Idempotency-Key` is safe."),
+    ),
+)]
 async fn sign_up(
     State(state): State<AppState>,
     IdempotencyKey(key): IdempotencyKey,
@@ -97,6 +116,13 @@ async fn sign_up(
 }
 
 /// `GET /v1/account`
+#[utoipa::path(
+    get, path = "/v1/account", tag = "dashboard",
+    security(("customer" = [])),
+    responses(
+        (status = 200, description = "The account, its balance and its dunning.", body = AccountView),
+    ),
+)]
 async fn get_account(State(state): State<AppState>, Customer(id): Customer) -> Result<Response> {
     let account = accounts::get(&state, id).await?;
     let billing = invoices::account_billing(&state, id).await?;
@@ -120,6 +146,20 @@ fn requires_action(key: &str, record: serde_json::Value, client_secret: &str) ->
 }
 
 /// `POST /v1/payment-methods`
+#[utoipa::path(
+    post, path = "/v1/payment-methods", tag = "dashboard",
+    security(("customer" = [])),
+    params(IdempotencyHeader),
+    request_body = crate::payment_methods::AddPaymentMethod,
+    responses(
+        (status = 201, description = "Vaulted: `status` `ready`.", body = shapes::PaymentMethodStep),
+        (status = 202, description = "`requires_action` (3-D Secure: `client_secret`, `next_action`) or `processing`.", body = shapes::PaymentMethodStep),
+        (status = 409, description = "`authentication_required`, `payment_method_failed`, `setup_processing`."),
+        (status = 422, description = "`invalid_payment_method`, `raw_card_number_refused`."),
+        (status = 402, description = "`card_declined` and other declines (`decline_code`), `payment_failed`: the provider declined."),
+        (status = 503, description = "`payment_provider_unavailable`: the provider is away; retrying with the same `Idempotency-Key` is safe."),
+    ),
+)]
 async fn add_payment_method(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -148,6 +188,19 @@ async fn add_payment_method(
 }
 
 /// `POST /v1/payment-methods/paypal`: vaults a PayPal billing agreement (ready at once).
+#[utoipa::path(
+    post, path = "/v1/payment-methods/paypal", tag = "dashboard",
+    security(("customer" = [])),
+    params(IdempotencyHeader),
+    request_body = crate::payment_methods::AddPaypal,
+    responses(
+        (status = 201, description = "Vaulted: `status` `ready`.", body = shapes::PaymentMethodStep),
+        (status = 202, description = "`processing`.", body = shapes::PaymentMethodStep),
+        (status = 422, description = "`invalid_nonce`, `not_a_paypal_nonce`."),
+        (status = 402, description = "`card_declined` and other declines (`decline_code`), `payment_failed`: the provider declined."),
+        (status = 503, description = "`paypal_unavailable`, `payment_provider_unavailable`."),
+    ),
+)]
 async fn add_paypal(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -169,6 +222,17 @@ async fn add_paypal(
 }
 
 /// `POST /v1/payment-methods/{id}/confirm`
+#[utoipa::path(
+    post, path = "/v1/payment-methods/{id}/confirm", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The payment method's id.")),
+    responses(
+        (status = 200, description = "Ready.", body = shapes::PaymentMethodStep),
+        (status = 409, description = "`authentication_required`, `payment_method_failed`, `setup_processing`."),
+        (status = 402, description = "`card_declined` and other declines (`decline_code`), `payment_failed`: the provider declined."),
+        (status = 503, description = "`payment_provider_unavailable`: the provider is away; retrying with the same `Idempotency-Key` is safe."),
+    ),
+)]
 async fn confirm_payment_method(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -182,6 +246,13 @@ async fn confirm_payment_method(
 }
 
 /// `GET /v1/payment-methods`
+#[utoipa::path(
+    get, path = "/v1/payment-methods", tag = "dashboard",
+    security(("customer" = [])),
+    responses(
+        (status = 200, description = "The wallet.", body = shapes::Wallet),
+    ),
+)]
 async fn list_payment_methods(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -206,6 +277,21 @@ fn subscribed(
 }
 
 /// `POST /v1/checkout`
+#[utoipa::path(
+    post, path = "/v1/checkout", tag = "dashboard",
+    security(("customer" = [])),
+    params(IdempotencyHeader),
+    request_body = crate::checkout::CheckoutRequest,
+    responses(
+        (status = 201, description = "Paid: the checkout and the subscription.", body = shapes::Subscribed),
+        (status = 202, description = "`requires_action` (3-D Secure) or `processing`.", body = shapes::CheckoutStep),
+        (status = 403, description = "`account_banned`."),
+        (status = 409, description = "`subscription_exists`, `checkout_in_progress`, `payment_method_not_ready`, `trial_used`, `authentication_required`."),
+        (status = 422, description = "`unknown_plan`, `payment_method_required`, `no_trial`, `amount_too_large`, add-on codes."),
+        (status = 402, description = "`card_declined` and other declines (`decline_code`), `payment_failed`: the provider declined."),
+        (status = 503, description = "`payment_provider_unavailable`: the provider is away; retrying with the same `Idempotency-Key` is safe."),
+    ),
+)]
 async fn start_checkout(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -234,6 +320,14 @@ async fn start_checkout(
 }
 
 /// `GET /v1/checkout/{id}`
+#[utoipa::path(
+    get, path = "/v1/checkout/{id}", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The checkout's id.")),
+    responses(
+        (status = 200, description = "The checkout.", body = CheckoutView),
+    ),
+)]
 async fn get_checkout(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -244,6 +338,18 @@ async fn get_checkout(
 }
 
 /// `POST /v1/checkout/{id}/confirm`
+#[utoipa::path(
+    post, path = "/v1/checkout/{id}/confirm", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The checkout's id.")),
+    responses(
+        (status = 200, description = "Paid: the checkout and the subscription.", body = shapes::Subscribed),
+        (status = 409, description = "`authentication_required`, `payment_processing`, `checkout_refunded`."),
+        (status = 410, description = "`checkout_expired`, `checkout_canceled`."),
+        (status = 402, description = "`card_declined` and other declines (`decline_code`), `payment_failed`: the provider declined."),
+        (status = 503, description = "`payment_provider_unavailable`: the provider is away; retrying with the same `Idempotency-Key` is safe."),
+    ),
+)]
 async fn confirm_checkout(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -254,6 +360,16 @@ async fn confirm_checkout(
 }
 
 /// `POST /v1/checkout/{id}/cancel`
+#[utoipa::path(
+    post, path = "/v1/checkout/{id}/cancel", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The checkout's id.")),
+    responses(
+        (status = 200, description = "Canceled.", body = shapes::CheckoutCanceled),
+        (status = 409, description = "`checkout_already_paid` (with `checkout`, `subscription`), `checkout_not_cancelable`."),
+        (status = 503, description = "`payment_provider_unavailable`: the provider is away; retrying with the same `Idempotency-Key` is safe."),
+    ),
+)]
 async fn cancel_checkout(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -275,6 +391,13 @@ async fn cancel_checkout(
 }
 
 /// `GET /v1/subscriptions`
+#[utoipa::path(
+    get, path = "/v1/subscriptions", tag = "dashboard",
+    security(("customer" = [])),
+    responses(
+        (status = 200, description = "The account's subscriptions.", body = shapes::List<SubscriptionView>),
+    ),
+)]
 async fn list_subscriptions(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -285,6 +408,16 @@ async fn list_subscriptions(
 }
 
 /// `POST /v1/subscriptions/{id}/cancel`
+#[utoipa::path(
+    post, path = "/v1/subscriptions/{id}/cancel", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id.")),
+    request_body = crate::subscriptions::Cancel,
+    responses(
+        (status = 200, description = "The subscription.", body = SubscriptionView),
+        (status = 409, description = "`subscription_canceled`."),
+    ),
+)]
 async fn cancel_subscription(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -296,6 +429,16 @@ async fn cancel_subscription(
 }
 
 /// `GET /v1/invoices?limit=&starting_after=` — newest first.
+#[utoipa::path(
+    get, path = "/v1/invoices", tag = "dashboard",
+    security(("customer" = [])),
+    params(crate::billing::invoices::Page),
+    responses(
+        (status = 200, description = "A page of invoices, newest first.", body = shapes::InvoicePage),
+        (status = 400, description = "`invalid_limit`."),
+        (status = 404, description = "`not_found`: `starting_after` names no invoice of the account."),
+    ),
+)]
 async fn list_invoices(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -310,6 +453,14 @@ async fn list_invoices(
 }
 
 /// `GET /v1/invoices/{id}`
+#[utoipa::path(
+    get, path = "/v1/invoices/{id}", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The invoice's id.")),
+    responses(
+        (status = 200, description = "The invoice.", body = InvoiceView),
+    ),
+)]
 async fn get_invoice(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -320,6 +471,14 @@ async fn get_invoice(
 }
 
 /// `GET /v1/invoices/{id}/credit-notes` — the invoice's corrections, oldest first.
+#[utoipa::path(
+    get, path = "/v1/invoices/{id}/credit-notes", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The invoice's id.")),
+    responses(
+        (status = 200, description = "The invoice's credit notes, oldest first.", body = shapes::List<CreditNoteView>),
+    ),
+)]
 async fn invoice_credit_notes(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -331,6 +490,14 @@ async fn invoice_credit_notes(
 }
 
 /// `GET /v1/invoices/{id}/pdf` — `application/pdf`, as an attachment.
+#[utoipa::path(
+    get, path = "/v1/invoices/{id}/pdf", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The invoice's id.")),
+    responses(
+        (status = 200, description = "The invoice as a PDF attachment.", content_type = "application/pdf", body = Vec<u8>),
+    ),
+)]
 async fn invoice_pdf(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -376,6 +543,20 @@ fn payment(p: Payment) -> Response {
 }
 
 /// `POST /v1/invoices/{id}/pay` — on-session, `{payment_method?}`.
+#[utoipa::path(
+    post, path = "/v1/invoices/{id}/pay", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The invoice's id."), IdempotencyHeader),
+    request_body = crate::billing::payments::PayInvoice,
+    responses(
+        (status = 200, description = "Paid.", body = shapes::InvoicePayment),
+        (status = 202, description = "`requires_action` (3-D Secure) or `processing`.", body = shapes::InvoicePayment),
+        (status = 409, description = "`payment_in_progress`, `payment_method_not_ready`, an invoice not open."),
+        (status = 422, description = "`payment_method_required`."),
+        (status = 402, description = "`card_declined` and other declines (`decline_code`), `payment_failed`: the provider declined."),
+        (status = 503, description = "`payment_provider_unavailable`: the provider is away; retrying with the same `Idempotency-Key` is safe."),
+    ),
+)]
 async fn pay_invoice(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -388,6 +569,18 @@ async fn pay_invoice(
 }
 
 /// `POST /v1/invoices/{id}/confirm` — after 3-D Secure.
+#[utoipa::path(
+    post, path = "/v1/invoices/{id}/confirm", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The invoice's id.")),
+    responses(
+        (status = 200, description = "Paid.", body = shapes::InvoicePayment),
+        (status = 202, description = "Still `requires_action` or `processing`.", body = shapes::InvoicePayment),
+        (status = 409, description = "`nothing_to_confirm`."),
+        (status = 402, description = "`card_declined` and other declines (`decline_code`), `payment_failed`: the provider declined."),
+        (status = 503, description = "`payment_provider_unavailable`: the provider is away; retrying with the same `Idempotency-Key` is safe."),
+    ),
+)]
 async fn confirm_invoice_payment(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -397,6 +590,17 @@ async fn confirm_invoice_payment(
 }
 
 /// `POST /v1/subscriptions/{id}/preview-change` — writes nothing.
+#[utoipa::path(
+    post, path = "/v1/subscriptions/{id}/preview-change", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id.")),
+    request_body = crate::subscriptions::change::ChangePlan,
+    responses(
+        (status = 200, description = "What the change would invoice; writes nothing.", body = PreviewView),
+        (status = 409, description = "`same_plan`, `no_change`, `subscription_canceled`, `subscription_unpaid`."),
+        (status = 422, description = "`unknown_plan`, `nothing_to_change`, `plan_change_unsupported`, add-on codes."),
+    ),
+)]
 async fn preview_change(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -408,6 +612,20 @@ async fn preview_change(
 }
 
 /// `POST /v1/subscriptions/{id}/change`
+#[utoipa::path(
+    post, path = "/v1/subscriptions/{id}/change", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id."), IdempotencyHeader),
+    request_body = crate::subscriptions::change::ChangePlan,
+    responses(
+        (status = 200, description = "Changed (or scheduled).", body = shapes::PlanChanged),
+        (status = 202, description = "The change's invoice waits for 3-D Secure.", body = shapes::PlanChanged),
+        (status = 409, description = "`same_plan`, `no_change`, `subscription_canceled`, `subscription_unpaid`, `payment_in_progress`."),
+        (status = 422, description = "`unknown_plan`, `nothing_to_change`, `plan_change_unsupported`, `payment_method_required`, add-on codes."),
+        (status = 402, description = "`card_declined` and other declines (`decline_code`), `payment_failed`: the provider declined."),
+        (status = 503, description = "`payment_provider_unavailable`: the provider is away; retrying with the same `Idempotency-Key` is safe."),
+    ),
+)]
 async fn change_plan(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -433,6 +651,15 @@ async fn change_plan(
 }
 
 /// `POST /v1/subscriptions/{id}/resume` — undoes a pending cancel at period end.
+#[utoipa::path(
+    post, path = "/v1/subscriptions/{id}/resume", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id.")),
+    responses(
+        (status = 200, description = "The subscription.", body = SubscriptionView),
+        (status = 409, description = "`not_canceling`, `subscription_canceled`."),
+    ),
+)]
 async fn resume_subscription(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -443,6 +670,13 @@ async fn resume_subscription(
 }
 
 /// `GET /v1/usage`
+#[utoipa::path(
+    get, path = "/v1/usage", tag = "dashboard",
+    security(("customer" = [])),
+    responses(
+        (status = 200, description = "Usage of every meter in the current period.", body = crate::usage::Usage),
+    ),
+)]
 async fn account_usage(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -452,6 +686,15 @@ async fn account_usage(
 }
 
 /// `PATCH /v1/account {name?, email?, billing_address?, tax_id?}`
+#[utoipa::path(
+    patch, path = "/v1/account", tag = "dashboard",
+    security(("customer" = [])),
+    request_body = crate::accounts::profile::Patch,
+    responses(
+        (status = 200, description = "The account as updated.", body = AccountView),
+        (status = 422, description = "`invalid_account`."),
+    ),
+)]
 async fn update_account(
     State(state): State<AppState>,
     Customer(id): Customer,
@@ -462,12 +705,29 @@ async fn update_account(
 }
 
 /// `GET /v1/account/contacts`
+#[utoipa::path(
+    get, path = "/v1/account/contacts", tag = "dashboard",
+    security(("customer" = [])),
+    responses(
+        (status = 200, description = "The billing contacts.", body = shapes::List<crate::accounts::profile::Contact>),
+    ),
+)]
 async fn list_contacts(State(state): State<AppState>, Customer(id): Customer) -> Result<Response> {
     let list = accounts::profile::contacts(&state, id).await?;
     Ok(reply(StatusCode::OK, json!({ "data": list })))
 }
 
 /// `POST /v1/account/contacts {email, name?}`
+#[utoipa::path(
+    post, path = "/v1/account/contacts", tag = "dashboard",
+    security(("customer" = [])),
+    request_body = crate::accounts::profile::NewContact,
+    responses(
+        (status = 201, description = "The contact.", body = crate::accounts::profile::Contact),
+        (status = 409, description = "`contact_exists`."),
+        (status = 422, description = "`invalid_contact`, `too_many_contacts`."),
+    ),
+)]
 async fn add_contact(
     State(state): State<AppState>,
     Customer(id): Customer,
@@ -478,6 +738,14 @@ async fn add_contact(
 }
 
 /// `DELETE /v1/account/contacts/{id}`
+#[utoipa::path(
+    delete, path = "/v1/account/contacts/{id}", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The contact's id.")),
+    responses(
+        (status = 204, description = "Removed."),
+    ),
+)]
 async fn remove_contact(
     State(state): State<AppState>,
     Customer(id): Customer,
@@ -488,12 +756,28 @@ async fn remove_contact(
 }
 
 /// `GET /v1/tokens` — the account's API tokens (never their secrets).
+#[utoipa::path(
+    get, path = "/v1/tokens", tag = "dashboard",
+    security(("customer" = [])),
+    responses(
+        (status = 200, description = "The account's API tokens, never their secrets.", body = shapes::List<crate::accounts::profile::TokenInfo>),
+    ),
+)]
 async fn list_tokens(State(state): State<AppState>, Customer(id): Customer) -> Result<Response> {
     let list = accounts::profile::tokens(&state, id).await?;
     Ok(reply(StatusCode::OK, json!({ "data": list })))
 }
 
 /// `POST /v1/tokens {label?}` — another token, shown once.
+#[utoipa::path(
+    post, path = "/v1/tokens", tag = "dashboard",
+    security(("customer" = [])),
+    request_body = crate::accounts::profile::TokenRequest,
+    responses(
+        (status = 201, description = "The token, shown once.", body = crate::accounts::profile::NewToken),
+        (status = 422, description = "`invalid_token_label`, `too_many_tokens`."),
+    ),
+)]
 async fn create_token(
     State(state): State<AppState>,
     Customer(id): Customer,
@@ -504,6 +788,14 @@ async fn create_token(
 }
 
 /// `DELETE /v1/tokens/{id}` — revoked at once.
+#[utoipa::path(
+    delete, path = "/v1/tokens/{id}", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The token's id.")),
+    responses(
+        (status = 200, description = "The token, revoked.", body = crate::accounts::profile::TokenInfo),
+    ),
+)]
 async fn revoke_token(
     State(state): State<AppState>,
     Customer(id): Customer,
@@ -522,6 +814,15 @@ fn wallet(w: &payment_methods::Wallet) -> Response {
 }
 
 /// `POST /v1/payment-methods/{id}/default`
+#[utoipa::path(
+    post, path = "/v1/payment-methods/{id}/default", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The payment method's id.")),
+    responses(
+        (status = 200, description = "The wallet.", body = shapes::Wallet),
+        (status = 409, description = "`payment_method_not_ready`."),
+    ),
+)]
 async fn make_default_payment_method(
     State(state): State<AppState>,
     Customer(account): Customer,
@@ -533,6 +834,15 @@ async fn make_default_payment_method(
 }
 
 /// `DELETE /v1/payment-methods/{id}`
+#[utoipa::path(
+    delete, path = "/v1/payment-methods/{id}", tag = "dashboard",
+    security(("customer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The payment method's id.")),
+    responses(
+        (status = 200, description = "The wallet after the removal.", body = shapes::Wallet),
+        (status = 409, description = "`payment_method_in_use`."),
+    ),
+)]
 async fn remove_payment_method(
     State(state): State<AppState>,
     Customer(account): Customer,

@@ -37,16 +37,31 @@ pub fn routes(with_simulator: bool) -> Router<AppState> {
     }
 }
 
+#[utoipa::path(
+    get, path = "/dev/v1/clock", tag = "dev",
+    responses(
+        (status = 200, description = "The development clock's now.", body = super::shapes::DevNow),
+    ),
+)]
 async fn clock(State(state): State<AppState>) -> axum::Json<Value> {
     axum::Json(json!({ "now": state.clock.now() }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Advance {
     seconds: i64,
 }
 
+#[utoipa::path(
+    post, path = "/dev/v1/clock/advance", tag = "dev",
+    request_body = Advance,
+    responses(
+        (status = 200, description = "Advanced; the time-driven transitions ran.", body = super::shapes::DevAdvanced),
+        (status = 409, description = "`clock_not_advanceable`."),
+        (status = 422, description = "`invalid_advance`."),
+    ),
+)]
 async fn advance(
     State(state): State<AppState>,
     Json(body): Json<Advance>,
@@ -55,19 +70,28 @@ async fn advance(
     Ok(axum::Json(json!({ "now": now, "transitions": changed })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 struct Authenticate {
     outcome: AuthOutcome,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy)]
+#[derive(Debug, Deserialize, Clone, Copy, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum AuthOutcome {
     Succeed,
     Fail,
 }
 
+#[utoipa::path(
+    post, path = "/dev/v1/simulator/intents/{id}/authenticate", tag = "dev",
+    params(("id" = String, Path, description = "The simulator's id.")),
+    request_body = Authenticate,
+    responses(
+        (status = 200, description = "The challenge completed.", body = super::shapes::DevAuthenticated),
+        (status = 409, description = "`not_awaiting_authentication`."),
+    ),
+)]
 async fn authenticate(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -80,7 +104,7 @@ async fn authenticate(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OpenDispute {
     reason: String,
@@ -88,6 +112,15 @@ struct OpenDispute {
     inquiry: bool,
 }
 
+#[utoipa::path(
+    post, path = "/dev/v1/simulator/payments/{id}/dispute", tag = "dev",
+    params(("id" = String, Path, description = "The simulator's id.")),
+    request_body = OpenDispute,
+    responses(
+        (status = 200, description = "The dispute, applied as its webhook would be.", body = crate::disputes::Dispute),
+        (status = 422, description = "`not_disputable`."),
+    ),
+)]
 async fn open_dispute(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -97,12 +130,21 @@ async fn open_dispute(
     Ok(axum::Json(json!(d)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateDispute {
     status: crate::disputes::DisputeStatus,
 }
 
+#[utoipa::path(
+    post, path = "/dev/v1/simulator/disputes/{id}", tag = "dev",
+    params(("id" = String, Path, description = "The simulator's id.")),
+    request_body = UpdateDispute,
+    responses(
+        (status = 200, description = "The dispute.", body = crate::disputes::Dispute),
+        (status = 409, description = "`dispute_closed`."),
+    ),
+)]
 async fn update_dispute(
     State(state): State<AppState>,
     Path(id): Path<String>,

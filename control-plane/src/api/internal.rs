@@ -13,6 +13,7 @@ use tollgate_protocol::usage::{
 use tollgate_protocol::{AccountFacts, FactsBatch, FactsRequest};
 
 use super::extract::Edge;
+use super::openapi::IdempotencyHeader;
 use crate::error::Result;
 use crate::http::idempotency::IdempotencyKey;
 use crate::http::{Json, Path, Query};
@@ -38,11 +39,26 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// `GET /internal/v1/clock` — edges in development follow its offset.
+#[utoipa::path(
+    get, path = "/internal/v1/clock", tag = "internal",
+    security(("edge" = [])),
+    responses(
+        (status = 200, description = "The control plane's clock.", body = tollgate_protocol::internal_api::ClockReading),
+    ),
+)]
 async fn clock(State(state): State<AppState>, _: Edge) -> axum::Json<internal_api::ClockReading> {
     axum::Json(devtools::clock_reading(&state))
 }
 
 /// `GET /internal/v1/accounts/{id}/facts`
+#[utoipa::path(
+    get, path = "/internal/v1/accounts/{id}/facts", tag = "internal",
+    security(("edge" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id.")),
+    responses(
+        (status = 200, description = "The account's facts.", body = AccountFacts),
+    ),
+)]
 async fn facts(
     State(state): State<AppState>,
     _: Edge,
@@ -52,6 +68,15 @@ async fn facts(
 }
 
 /// `POST /internal/v1/facts`
+#[utoipa::path(
+    post, path = "/internal/v1/facts", tag = "internal",
+    security(("edge" = [])),
+    request_body = FactsRequest,
+    responses(
+        (status = 200, description = "The facts of the accounts that exist.", body = FactsBatch),
+        (status = 413, description = "`batch_too_large`: more than 256 accounts."),
+    ),
+)]
 async fn facts_batch(
     State(state): State<AppState>,
     _: Edge,
@@ -62,6 +87,17 @@ async fn facts_batch(
 }
 
 /// `GET /internal/v1/bundle?edge_id=…` — the bundle meant for this edge (ETag / 304).
+#[utoipa::path(
+    get, path = "/internal/v1/bundle", tag = "internal",
+    security(("edge" = [])),
+    params(BundleQuery, ("If-None-Match" = Option<String>, Header, description = "The ETag of the bundle the edge holds.")),
+    responses(
+        (status = 200, description = "The signed bundle meant for this edge.", content_type = "application/octet-stream", body = Vec<u8>, headers(("ETag" = String))),
+        (status = 304, description = "The edge holds it already."),
+        (status = 404, description = "`no_active_bundle`."),
+        (status = 422, description = "`invalid_edge_id`."),
+    ),
+)]
 async fn bundle(
     State(state): State<AppState>,
     _: Edge,
@@ -93,6 +129,16 @@ async fn bundle(
 }
 
 /// `POST /internal/v1/edges/{edge_id}/status`
+#[utoipa::path(
+    post, path = "/internal/v1/edges/{edge_id}/status", tag = "internal",
+    security(("edge" = [])),
+    params(("edge_id" = String, Path, description = "The edge's id.")),
+    request_body = EdgeStatus,
+    responses(
+        (status = 204, description = "Recorded."),
+        (status = 422, description = "`invalid_edge_id`."),
+    ),
+)]
 async fn edge_status(
     State(state): State<AppState>,
     _: Edge,
@@ -104,6 +150,15 @@ async fn edge_status(
 }
 
 /// `POST /internal/v1/usage` — a batch an edge flushed; `Idempotency-Key` is its `batch_id`.
+#[utoipa::path(
+    post, path = "/internal/v1/usage", tag = "internal",
+    security(("edge" = [])),
+    params(IdempotencyHeader),
+    request_body = UsageBatch,
+    responses(
+        (status = 200, description = "Each event accepted or rejected.", body = UsageAck),
+    ),
+)]
 async fn ingest_usage(
     State(state): State<AppState>,
     _: Edge,
@@ -116,6 +171,15 @@ async fn ingest_usage(
 }
 
 /// `POST /internal/v1/leases`
+#[utoipa::path(
+    post, path = "/internal/v1/leases", tag = "internal",
+    security(("edge" = [])),
+    request_body = LeaseRequest,
+    responses(
+        (status = 200, description = "The lease granted (possibly none).", body = LeaseGrant),
+        (status = 422, description = "`invalid_lease`."),
+    ),
+)]
 async fn lease(
     State(state): State<AppState>,
     _: Edge,
@@ -125,6 +189,15 @@ async fn lease(
 }
 
 /// `POST /internal/v1/leases/release`
+#[utoipa::path(
+    post, path = "/internal/v1/leases/release", tag = "internal",
+    security(("edge" = [])),
+    request_body = LeaseRelease,
+    responses(
+        (status = 204, description = "Given back."),
+        (status = 422, description = "`invalid_lease`."),
+    ),
+)]
 async fn release(
     State(state): State<AppState>,
     _: Edge,
@@ -135,6 +208,14 @@ async fn release(
 }
 
 /// `GET /internal/v1/accounts/{id}/usage`
+#[utoipa::path(
+    get, path = "/internal/v1/accounts/{id}/usage", tag = "internal",
+    security(("edge" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id.")),
+    responses(
+        (status = 200, description = "The account's current-period aggregates.", body = AccountUsage),
+    ),
+)]
 async fn account_usage(
     State(state): State<AppState>,
     _: Edge,

@@ -9,8 +9,10 @@ pub mod dashboard;
 pub mod dev;
 pub mod extract;
 pub mod internal;
+pub mod openapi;
 pub mod panel;
 pub mod panel_web;
+mod shapes;
 pub mod views;
 pub mod webhooks;
 
@@ -37,7 +39,8 @@ pub fn app(state: AppState) -> Router {
         .merge(webhooks::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route(openapi::PATH, get(openapi::openapi_json));
     if state.dev_mode {
         router = router.merge(dev::routes(state.simulator.is_some()));
     }
@@ -54,10 +57,18 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `GET /healthz` — the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`.", body = shapes::Alive)))]
 async fn healthz() -> impl IntoResponse {
     axum::Json(json!({ "status": "ok" }))
 }
 
+/// `GET /readyz` — PostgreSQL (both databases) and Redis answer.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses(
+    (status = 200, description = "Ready.", body = health::Readiness),
+    (status = 503, description = "Not ready: which dependency is away.", body = health::Readiness),
+))]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let r = health::readiness(&state).await;
     let status = if r.ready {
@@ -68,6 +79,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status, axum::Json(r))
 }
 
+/// `GET /metrics` — Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses(
+    (status = 200, description = "The metrics.", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(

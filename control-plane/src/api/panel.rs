@@ -68,13 +68,23 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SearchQuery {
     q: String,
 }
 
 /// `GET /panel/v1/accounts?q=` — by email or name (substring), id or provider customer id.
+#[utoipa::path(
+    get, path = "/panel/v1/accounts", tag = "panel",
+    security(("agent" = [])),
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "(viewer) Accounts whose email or name holds `q`, or whose id or provider customer id is `q`.", body = super::shapes::List<AccountView>),
+        (status = 422, description = "`invalid_query`."),
+    ),
+)]
 async fn search(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -87,6 +97,14 @@ async fn search(
 }
 
 /// `GET /panel/v1/accounts/{id}` — the 360° view.
+#[utoipa::path(
+    get, path = "/panel/v1/accounts/{id}", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id.")),
+    responses(
+        (status = 200, description = "(viewer) The 360° view.", body = super::shapes::AccountOverview),
+    ),
+)]
 async fn account(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -126,6 +144,14 @@ async fn account(
 }
 
 /// `GET /panel/v1/accounts/{id}/timeline` — lifecycle events and agent actions, newest first.
+#[utoipa::path(
+    get, path = "/panel/v1/accounts/{id}/timeline", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id.")),
+    responses(
+        (status = 200, description = "(viewer) Lifecycle events, agent actions and notes, newest first.", body = super::shapes::List<crate::accounts::support::TimelineEntry>),
+    ),
+)]
 async fn timeline(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -137,9 +163,11 @@ async fn timeline(
 }
 
 /// A write's common fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Because {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
 }
 
@@ -159,14 +187,28 @@ fn write<'a>(
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NoteBody {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
+    /// 1-5000 characters.
+    #[schema(min_length = 1, max_length = 5000)]
     body: String,
 }
 
 /// `POST /panel/v1/accounts/{id}/notes` (support)
+#[utoipa::path(
+    post, path = "/panel/v1/accounts/{id}/notes", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id."), super::openapi::IdempotencyHeader),
+    request_body = NoteBody,
+    responses(
+        (status = 201, description = "(support) The note.", body = crate::accounts::support::Note),
+        (status = 422, description = "`reason_required`, `invalid_note`."),
+    ),
+)]
 async fn add_note(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -206,6 +248,16 @@ async fn standing(
 }
 
 /// `POST /panel/v1/accounts/{id}/ban` (billing_admin)
+#[utoipa::path(
+    post, path = "/panel/v1/accounts/{id}/ban", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id."), super::openapi::IdempotencyHeader),
+    request_body = Because,
+    responses(
+        (status = 200, description = "(billing_admin) The account, banned.", body = AccountView),
+        (status = 422, description = "`reason_required`."),
+    ),
+)]
 async fn ban(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -217,6 +269,16 @@ async fn ban(
 }
 
 /// `POST /panel/v1/accounts/{id}/unban` (billing_admin)
+#[utoipa::path(
+    post, path = "/panel/v1/accounts/{id}/unban", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id."), super::openapi::IdempotencyHeader),
+    request_body = Because,
+    responses(
+        (status = 200, description = "(billing_admin) The account, active.", body = AccountView),
+        (status = 422, description = "`reason_required`."),
+    ),
+)]
 async fn unban(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -228,6 +290,16 @@ async fn unban(
 }
 
 /// `POST /panel/v1/accounts/{id}/require-payment-method` (support)
+#[utoipa::path(
+    post, path = "/panel/v1/accounts/{id}/require-payment-method", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id."), super::openapi::IdempotencyHeader),
+    request_body = Because,
+    responses(
+        (status = 200, description = "(support) The account, which must add a payment method.", body = AccountView),
+        (status = 422, description = "`reason_required`."),
+    ),
+)]
 async fn require_payment_method(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -249,15 +321,27 @@ async fn require_payment_method(
     Ok(reply(StatusCode::OK, json!(AccountView::from(&acct))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OverrideBody {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
     #[serde(flatten)]
     input: overrides::NewOverride,
 }
 
 /// `POST /panel/v1/accounts/{id}/entitlement-overrides` (support)
+#[utoipa::path(
+    post, path = "/panel/v1/accounts/{id}/entitlement-overrides", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id."), super::openapi::IdempotencyHeader),
+    request_body = OverrideBody,
+    responses(
+        (status = 201, description = "(support) The override.", body = crate::entitlements::overrides::Override),
+        (status = 422, description = "`reason_required`, `invalid_override`, `unknown_feature`."),
+    ),
+)]
 async fn add_override(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -278,6 +362,16 @@ async fn add_override(
 }
 
 /// `DELETE /panel/v1/accounts/{id}/entitlement-overrides/{override_id}` (support)
+#[utoipa::path(
+    delete, path = "/panel/v1/accounts/{id}/entitlement-overrides/{override_id}", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id."), ("override_id" = uuid::Uuid, Path, description = "The override's id."), super::openapi::IdempotencyHeader),
+    request_body = Because,
+    responses(
+        (status = 200, description = "(support) The override, removed.", body = crate::entitlements::overrides::Override),
+        (status = 422, description = "`reason_required`."),
+    ),
+)]
 async fn remove_override(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -299,15 +393,27 @@ async fn remove_override(
     Ok(reply(StatusCode::OK, json!(o)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreditBody {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
     #[serde(flatten)]
     grant: crate::billing::credits::Grant,
 }
 
 /// `POST /panel/v1/accounts/{id}/credits {amount_minor, currency}` (billing_admin)
+#[utoipa::path(
+    post, path = "/panel/v1/accounts/{id}/credits", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The account's id."), super::openapi::IdempotencyHeader),
+    request_body = CreditBody,
+    responses(
+        (status = 201, description = "(billing_admin) The credit granted.", body = crate::billing::credits::Granted),
+        (status = 422, description = "`reason_required`, `invalid_amount`, `currency_mismatch`."),
+    ),
+)]
 async fn grant_credit(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -328,6 +434,18 @@ async fn grant_credit(
 }
 
 /// `POST /panel/v1/invoices/{id}/retry` (support) — a dunning retry now.
+#[utoipa::path(
+    post, path = "/panel/v1/invoices/{id}/retry", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The invoice's id."), super::openapi::IdempotencyHeader),
+    request_body = Because,
+    responses(
+        (status = 200, description = "(support) The dunning case after the retry.", body = crate::dunning::Case),
+        (status = 409, description = "`not_in_dunning`, `payment_in_progress`."),
+        (status = 422, description = "`reason_required`."),
+        (status = 503, description = "`payment_provider_unavailable`."),
+    ),
+)]
 async fn retry_invoice(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -343,13 +461,22 @@ async fn retry_invoice(
     Ok(reply(StatusCode::OK, json!(case)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DisputeQuery {
     status: Option<crate::disputes::DisputeStatus>,
 }
 
 /// `GET /panel/v1/disputes?status=` — every account's disputes, newest first.
+#[utoipa::path(
+    get, path = "/panel/v1/disputes", tag = "panel",
+    security(("agent" = [])),
+    params(DisputeQuery),
+    responses(
+        (status = 200, description = "(viewer) Every account's disputes, newest first.", body = super::shapes::List<crate::disputes::Dispute>),
+    ),
+)]
 async fn list_disputes(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -360,14 +487,29 @@ async fn list_disputes(
     Ok(reply(StatusCode::OK, json!({ "data": list })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExtendTrial {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
+    /// 1 to 90.
+    #[schema(minimum = 1, maximum = 90)]
     days: i64,
 }
 
 /// `POST /panel/v1/subscriptions/{id}/extend-trial {days}` (support)
+#[utoipa::path(
+    post, path = "/panel/v1/subscriptions/{id}/extend-trial", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id."), super::openapi::IdempotencyHeader),
+    request_body = ExtendTrial,
+    responses(
+        (status = 200, description = "(support) The subscription.", body = SubscriptionView),
+        (status = 409, description = "`not_trialing`."),
+        (status = 422, description = "`reason_required`, `invalid_days`."),
+    ),
+)]
 async fn extend_trial(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -386,9 +528,11 @@ async fn extend_trial(
     Ok(reply(StatusCode::OK, json!(SubscriptionView::from(&sub))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RefundBody {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
     #[serde(default)]
     amount_minor: Option<i64>,
@@ -396,6 +540,18 @@ struct RefundBody {
 
 /// `POST /panel/v1/invoices/{id}/refund {amount_minor?}` (billing_admin) — through the gateway
 /// that took the payment; all of it without an amount.
+#[utoipa::path(
+    post, path = "/panel/v1/invoices/{id}/refund", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The invoice's id."), super::openapi::IdempotencyHeader),
+    request_body = RefundBody,
+    responses(
+        (status = 200, description = "(billing_admin) The refund.", body = crate::billing::refunds::Refunded),
+        (status = 409, description = "`no_refundable_payment`."),
+        (status = 422, description = "`reason_required`, `invalid_amount`."),
+        (status = 503, description = "`payment_provider_unavailable`."),
+    ),
+)]
 async fn refund_invoice(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -414,9 +570,11 @@ async fn refund_invoice(
     Ok(reply(StatusCode::OK, json!(r)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResolveBody {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
     resolution: crate::disputes::Resolution,
     #[serde(default)]
@@ -425,6 +583,18 @@ struct ResolveBody {
 
 /// `POST /panel/v1/disputes/{id}/resolve {resolution: accept | contest, evidence?}`
 /// (billing_admin)
+#[utoipa::path(
+    post, path = "/panel/v1/disputes/{id}/resolve", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The dispute's id."), super::openapi::IdempotencyHeader),
+    request_body = ResolveBody,
+    responses(
+        (status = 200, description = "(billing_admin) The dispute.", body = crate::disputes::Dispute),
+        (status = 409, description = "`dispute_closed`."),
+        (status = 422, description = "`reason_required`, `evidence_required`, `invalid_dispute`."),
+        (status = 503, description = "`payment_provider_unavailable`."),
+    ),
+)]
 async fn resolve_dispute(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -443,9 +613,11 @@ async fn resolve_dispute(
     Ok(reply(StatusCode::OK, json!(d)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelBody {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
     at_period_end: bool,
     #[serde(default)]
@@ -455,6 +627,18 @@ struct CancelBody {
 /// `POST /panel/v1/subscriptions/{id}/cancel {at_period_end, refund?: none | prorated}`
 /// (support; billing_admin with a refund) — the Dashboard's cancel, for any account, audited;
 /// `prorated` refunds the unused share of the period through the gateway.
+#[utoipa::path(
+    post, path = "/panel/v1/subscriptions/{id}/cancel", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id."), super::openapi::IdempotencyHeader),
+    request_body = CancelBody,
+    responses(
+        (status = 200, description = "(support; billing_admin with `refund: prorated`) The subscription, and the refund of the period's unused share (`null` without one).", body = super::shapes::AgentCanceled),
+        (status = 409, description = "`subscription_canceled`, `no_refundable_payment`."),
+        (status = 422, description = "`reason_required`, `refund_needs_cancel_now`, `invalid_amount`, `payment_provider_rejected`."),
+        (status = 503, description = "`payment_provider_unavailable`."),
+    ),
+)]
 async fn cancel_subscription(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -482,9 +666,11 @@ async fn cancel_subscription(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChangeBody {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
     #[serde(default)]
     plan: Option<String>,
@@ -497,6 +683,18 @@ struct ChangeBody {
 /// `POST /panel/v1/subscriptions/{id}/change {plan?, addons?, when?}` (support) — the
 /// Dashboard's change for any account, audited; an upgrade's proration is collected
 /// off-session.
+#[utoipa::path(
+    post, path = "/panel/v1/subscriptions/{id}/change", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The subscription's id."), super::openapi::IdempotencyHeader),
+    request_body = ChangeBody,
+    responses(
+        (status = 200, description = "(support) The subscription as changed, and its proration invoice (`null` without one; charged off-session).", body = super::shapes::AgentChanged),
+        (status = 402, description = "`payment_method_required`: the account must add a payment method first (its renewal failed for good, or an agent asked for one)."),
+        (status = 409, description = "`same_plan`, `no_change`, `subscription_unpaid`, `subscription_canceled`."),
+        (status = 422, description = "`reason_required`, `unknown_plan`, `unknown_addon`, `invalid_addon_quantity`, `nothing_to_change`, `plan_change_unsupported`, `payment_method_required`."),
+    ),
+)]
 async fn change_subscription(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,
@@ -524,14 +722,27 @@ async fn change_subscription(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct VoidBody {
+    /// Why (3-2000 printable characters; audited).
+    #[schema(value_type = String, min_length = 3, max_length = 2000, example = "the customer asked")]
     reason: Option<String>,
 }
 
 /// `POST /panel/v1/invoices/{id}/void` (billing_admin) — an open invoice with nothing paid is
 /// no longer owed.
+#[utoipa::path(
+    post, path = "/panel/v1/invoices/{id}/void", tag = "panel",
+    security(("agent" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The invoice's id."), super::openapi::IdempotencyHeader),
+    request_body = VoidBody,
+    responses(
+        (status = 200, description = "(billing_admin) The invoice, `void`.", body = InvoiceView),
+        (status = 409, description = "`invoice_paid`, `invoice_partly_paid`, `invoice_uncollectible`, `invoice_void`, `invoice_draft`, `payment_in_progress`."),
+        (status = 422, description = "`reason_required`."),
+    ),
+)]
 async fn void_invoice(
     State(state): State<AppState>,
     AgentCaller(agent): AgentCaller,

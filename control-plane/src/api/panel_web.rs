@@ -18,7 +18,8 @@ use std::sync::LazyLock;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Form, State};
+use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -40,7 +41,7 @@ const ANSWER_BYTES_MAX: usize = 4 << 20;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/panel", get(|| async { Redirect::to("/panel/") }))
+        .route("/panel", get(to_home))
         .route("/panel/", get(home))
         .route("/panel/login", post(login))
         .route("/panel/logout", post(logout))
@@ -219,7 +220,32 @@ fn redirect_with(to: &str, kind: &str, message: &str) -> Response {
     r
 }
 
+/// A form body (`application/x-www-form-urlencoded`), leniently: what does not parse is not
+/// there.
+fn form(body: &[u8]) -> HashMap<String, String> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+fn cross_origin() -> Response {
+    crate::error::Error::forbidden(
+        "cross_origin_form",
+        "this form was posted from another origin",
+    )
+    .into_response()
+}
+
+/// `GET /panel` — to `/panel/`.
+#[utoipa::path(get, path = "/panel", tag = "panel-web",
+    responses((status = 303, description = "To `/panel/`.")))]
+async fn to_home() -> Redirect {
+    Redirect::to("/panel/")
+}
+
 /// `GET /panel/` — the login form, or the search page when logged in.
+#[utoipa::path(get, path = "/panel/", tag = "panel-web", responses(
+    (status = 200, description = "The login page.", content_type = "text/html", body = String),
+    (status = 303, description = "Logged in (the `tg_agent` cookie): to `/panel/accounts`."),
+))]
 async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
     match session(&state, &headers).await {
         Ok(_) => Redirect::to("/panel/accounts").into_response(),
@@ -227,21 +253,28 @@ async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The login form.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // the contract's description of the form; the body is parsed by [`form`]
 struct LoginForm {
+    /// An agent token (`tga_…`).
     token: String,
 }
 
 /// `POST /panel/login {token}` — a valid agent token becomes the session cookie.
-async fn login(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(f): Form<LoginForm>,
-) -> Response {
+#[utoipa::path(post, path = "/panel/login", tag = "panel-web",
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Logged in: the `tg_agent` cookie (HttpOnly, SameSite=Strict), to `/panel/accounts`."),
+        (status = 401, description = "Not a valid agent token: the login page again.", content_type = "text/html", body = String),
+        (status = 403, description = "`cross_origin_form`: posted from another origin."),
+    ))]
+async fn login(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     if !same_origin(&headers) {
-        return (StatusCode::FORBIDDEN, "cross-origin form").into_response();
+        return cross_origin();
     }
-    let token = f.token.trim();
+    let f = form(&body);
+    let token = f.get("token").map(|t| t.trim()).unwrap_or_default();
     match crate::agents::authenticate(&state, token).await {
         Ok(_) if token.bytes().all(|b| b.is_ascii_graphic() && b != b';') => {
             let mut r = Redirect::to("/panel/accounts").into_response();
@@ -268,17 +301,25 @@ fn login_failed() -> Response {
 }
 
 /// `POST /panel/logout`
+#[utoipa::path(post, path = "/panel/logout", tag = "panel-web",
+    responses((status = 303, description = "The cookie cleared; to `/panel/`.")))]
 async fn logout() -> Response {
     clear_cookie(Redirect::to("/panel/").into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SearchQuery {
+    /// Email or name (part of it), account id or provider customer id.
     #[serde(default)]
     q: String,
 }
 
 /// `GET /panel/accounts?q=`
+#[utoipa::path(get, path = "/panel/accounts", tag = "panel-web", params(SearchQuery), responses(
+    (status = 200, description = "The search page, with the accounts found (or why not).", content_type = "text/html", body = String),
+    (status = 303, description = "Not logged in: to `/panel/`."),
+))]
 async fn search(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -303,10 +344,21 @@ async fn search(
             (_, body) => (Value::Array(vec![]), Some(problem_text(&body))),
         }
     };
-    page(
+    let (_, flashed) = flash(&headers);
+    let mut r = page(
         "search.html",
-        context! { agent => agent_view(&agent), q => q, accounts => accounts, error => error },
-    )
+        context! { agent => agent_view(&agent), q => q, accounts => accounts,
+        error => error.or(flashed.clone()) },
+    );
+    if flashed.is_some() {
+        r.headers_mut().append(
+            header::SET_COOKIE,
+            HeaderValue::from_static(
+                "tg_flash=; Path=/panel; HttpOnly; SameSite=Strict; Max-Age=0",
+            ),
+        );
+    }
+    r
 }
 
 fn agent_view(a: &Agent) -> Value {
@@ -341,6 +393,12 @@ fn chart(view: &Value) -> Vec<Value> {
 }
 
 /// `GET /panel/accounts/{id}` — the 360° view.
+#[utoipa::path(get, path = "/panel/accounts/{id}", tag = "panel-web",
+    params(("id" = uuid::Uuid, Path, description = "The account's id.")),
+    responses(
+        (status = 200, description = "The 360° view.", content_type = "text/html", body = String),
+        (status = 303, description = "Not logged in: to `/panel/`; no such account (or the API refused): to `/panel/accounts`, saying why."),
+    ))]
 async fn account(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -359,13 +417,7 @@ async fn account(
     )
     .await;
     if status != StatusCode::OK {
-        let mut r = page(
-            "search.html",
-            context! { agent => agent_view(&agent), q => "", accounts => Value::Array(vec![]),
-            error => problem_text(&view) },
-        );
-        *r.status_mut() = status;
-        return r;
+        return redirect_with("/panel/accounts", "error", &problem_text(&view));
     }
     let (_, timeline) = api(
         &state,
@@ -539,15 +591,24 @@ fn request(
 
 /// `POST /panel/accounts/{id}/actions` — one form's write, through the panel API; back to
 /// the 360° view saying what happened.
+#[utoipa::path(post, path = "/panel/accounts/{id}/actions", tag = "panel-web",
+    params(("id" = uuid::Uuid, Path, description = "The account's id.")),
+    request_body(content = HashMap<String, String>, content_type = "application/x-www-form-urlencoded",
+        description = "`action` (note, ban, unban, require_payment_method, credit, override, remove_override, retry, void, refund, cancel, extend_trial, change_plan), `key` (the form's idempotency key), `reason`, and the action's fields."),
+    responses(
+        (status = 303, description = "Done or refused (the `/panel/v1` problem's detail and code): back to the 360° view, which says so; not logged in: to `/panel/`."),
+        (status = 403, description = "`cross_origin_form`: posted from another origin."),
+    ))]
 async fn act(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<AccountId>,
-    Form(f): Form<HashMap<String, String>>,
+    body: Bytes,
 ) -> Response {
     if !same_origin(&headers) {
-        return (StatusCode::FORBIDDEN, "cross-origin form").into_response();
+        return cross_origin();
     }
+    let f = form(&body);
     let (_, token) = match session(&state, &headers).await {
         Ok(s) => s,
         Err(r) => return r,

@@ -22,7 +22,7 @@ use crate::payment_methods::{PaymentMethod, PaymentMethodStatus};
 use crate::subscriptions::Subscription;
 use crate::subscriptions::change::{Direction, Preview, When};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AccountView<'a> {
     pub id: AccountId,
     pub email: &'a str,
@@ -86,7 +86,7 @@ impl<'a> From<&'a Account> for AccountView<'a> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PaymentMethodView<'a> {
     pub id: PaymentMethodId,
     pub status: PaymentMethodStatus,
@@ -117,7 +117,7 @@ impl<'a> From<&'a PaymentMethod> for PaymentMethodView<'a> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CheckoutView<'a> {
     pub id: CheckoutId,
     pub plan: &'a str,
@@ -138,7 +138,7 @@ pub struct CheckoutView<'a> {
 }
 
 /// An add-on held: how many, at what unit price, for how much per period.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AddonView<'a> {
     pub addon: &'a str,
     pub name: &'a str,
@@ -183,7 +183,7 @@ impl<'a> From<&'a Checkout> for CheckoutView<'a> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SubscriptionView<'a> {
     pub id: SubscriptionId,
     pub plan: &'a str,
@@ -202,7 +202,7 @@ pub struct SubscriptionView<'a> {
     pub pending_change: Option<PendingChangeView<'a>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PendingChangeView<'a> {
     pub plan: &'a str,
     pub amount_minor: i64,
@@ -235,7 +235,7 @@ impl<'a> From<&'a Subscription> for SubscriptionView<'a> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PreviewView<'a> {
     pub direction: Direction,
     pub when: When,
@@ -263,7 +263,7 @@ impl<'a> From<&'a Preview> for PreviewView<'a> {
 }
 
 /// A JSON value of a view.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InvoiceLineView<'a> {
     pub kind: LineKind,
     pub description: &'a str,
@@ -292,7 +292,7 @@ impl<'a> From<&'a Line> for InvoiceLineView<'a> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InvoiceView<'a> {
     pub id: InvoiceId,
     pub number: Option<&'a str>,
@@ -345,7 +345,7 @@ impl<'a> From<&'a Invoice> for InvoiceView<'a> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreditNoteView<'a> {
     pub id: CreditNoteId,
     pub number: &'a str,

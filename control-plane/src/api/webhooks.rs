@@ -21,6 +21,18 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// `POST /webhooks/stripe` — `Stripe-Signature` verified, stored once, applied.
+#[utoipa::path(
+    post, path = "/webhooks/stripe", tag = "webhooks",
+    params(("Stripe-Signature" = Option<String>, Header, description = "Stripe\'s signature of the body.")),
+    request_body(content = Object, description = "A Stripe event, as Stripe sent it (verified as bytes)."),
+    responses(
+        (status = 200, description = "Received (or a duplicate).", body = crate::provider_events::Received),
+        (status = 400, description = "`invalid_signature`, `malformed_json`, `malformed_payload`: not a verified Stripe event."),
+        (status = 413, description = "`body_too_large`."),
+        (status = 422, description = "`invalid_event`."),
+        (status = 503, description = "`webhooks_not_configured`."),
+    ),
+)]
 async fn stripe(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -36,6 +48,17 @@ async fn stripe(
 
 /// `POST /webhooks/braintree` — form fields `bt_signature`, `bt_payload`; verified, stored
 /// once, applied.
+#[utoipa::path(
+    post, path = "/webhooks/braintree", tag = "webhooks",
+    request_body(content = super::shapes::BraintreeNotification, content_type = "application/x-www-form-urlencoded", description = "A Braintree webhook notification."),
+    responses(
+        (status = 200, description = "Received (or a duplicate).", body = crate::provider_events::Received),
+        (status = 400, description = "`invalid_signature`, `malformed_payload`: not a verified Braintree notification."),
+        (status = 413, description = "`body_too_large`."),
+        (status = 422, description = "`invalid_event`."),
+        (status = 503, description = "`webhooks_not_configured`."),
+    ),
+)]
 async fn braintree(
     State(state): State<AppState>,
     body: std::result::Result<Bytes, axum::extract::rejection::BytesRejection>,
@@ -45,12 +68,22 @@ async fn braintree(
     Ok(reply(StatusCode::OK, value(&received)))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Challenge {
     bt_challenge: Option<String>,
 }
 
 /// `GET /webhooks/braintree?bt_challenge=…` — Braintree's endpoint verification.
+#[utoipa::path(
+    get, path = "/webhooks/braintree", tag = "webhooks",
+    params(Challenge),
+    responses(
+        (status = 200, description = "The answer to Braintree's challenge.", content_type = "text/plain", body = String),
+        (status = 400, description = "`invalid_challenge`."),
+        (status = 503, description = "`webhooks_not_configured`."),
+    ),
+)]
 async fn braintree_challenge(
     State(state): State<AppState>,
     query: std::result::Result<Query<Challenge>, axum::extract::rejection::QueryRejection>,

@@ -36,7 +36,9 @@ use crate::state::AppState;
 pub const MEMO_CHARS_MAX: usize = 500;
 
 /// Why a note was issued (Stripe's reasons, and a service issue).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum CreditNoteReason {
@@ -69,7 +71,7 @@ pub struct CreditNote {
 }
 
 /// What the issuer asks for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssueCreditNote {
     pub amount_minor: i64,

@@ -16,14 +16,16 @@ use crate::state::AppState;
 pub const GRANT_MINOR_MAX: i64 = 100_000_000;
 
 /// `POST /panel/v1/accounts/{id}/credits`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 pub struct Grant {
+    /// 1 to 100,000,000.
+    #[schema(minimum = 1, maximum = 100_000_000)]
     pub amount_minor: i64,
     pub currency: Currency,
 }
 
 /// What a grant answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 pub struct Granted {
     pub account_id: AccountId,
     pub amount_minor: i64,

@@ -19,7 +19,9 @@ use crate::ledger::{self, Header, Revenue, RevenueLine, TxKind};
 use crate::money::{self, Currency};
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum InvoiceStatus {
@@ -43,7 +45,9 @@ pub enum InvoiceReason {
     SubscriptionUpdate,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum LineKind {
@@ -618,7 +622,8 @@ pub const PAGE_MAX: i64 = 100;
 
 /// `GET /v1/invoices` paging: `limit` (1..=100, default 10) invoices after `starting_after`
 /// (the last id of the previous page).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(utoipa::IntoParams, Debug, Clone, Default, Deserialize)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
     pub limit: Option<i64>,

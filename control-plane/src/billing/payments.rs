@@ -24,7 +24,7 @@ use crate::state::AppState;
 
 /// `POST /v1/invoices/{id}/pay` as the customer sends it: the payment method to use (the
 /// default when absent).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PayInvoice {
     #[serde(default)]

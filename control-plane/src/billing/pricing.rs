@@ -19,7 +19,7 @@ use tollgate_rules::ir::{Pricing, Tier};
 use crate::money::{self, Overflow};
 
 /// One tier's share of a priced quantity, as an invoice line shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TierCharge {
     /// First unit of the tier (1-based, inclusive) and last (`None`: no upper bound).
     pub from: i64,

@@ -23,7 +23,7 @@ use crate::state::AppState;
 use crate::subscriptions::Subscription;
 
 /// What a refund answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 pub struct Refunded {
     pub invoice_id: InvoiceId,
     pub account_id: AccountId,

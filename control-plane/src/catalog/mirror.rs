@@ -47,7 +47,7 @@ pub async fn request(
 }
 
 /// Whether a plan's price is at the provider yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum MirrorStatus {
@@ -56,7 +56,7 @@ pub enum MirrorStatus {
 }
 
 /// One plan price and where it is at the provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct PlanPrice {
     pub lookup_key: String,
     #[sqlx(rename = "plan_key")]

@@ -67,7 +67,9 @@ use settle::{Settled, after_settle, charge, describe};
 pub use reconcile::reconcile;
 
 /// Where a checkout stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum CheckoutStatus {
@@ -105,7 +107,9 @@ impl CheckoutStatus {
 }
 
 /// Why a paid checkout bought nothing and was refunded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum RefundReason {
@@ -172,9 +176,10 @@ impl Checkout {
 }
 
 /// `POST /v1/checkout` as the customer sends it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
+    #[schema(example = "pro")]
     pub plan: String,
     #[serde(default)]
     pub payment_method: Option<PaymentMethodId>,

@@ -35,7 +35,7 @@ pub const RECONCILE_AFTER: TimeDelta = TimeDelta::hours(6);
 const READABLE: &[&str] = &["stripe", "simulated"];
 
 /// A dispute as billing_prod holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Dispute {
     pub id: DisputeId,
     pub provider: String,
@@ -286,7 +286,7 @@ pub async fn reconcile(state: &AppState, batch: i64) -> anyhow::Result<usize> {
 }
 
 /// `POST /panel/v1/disputes/{id}/resolve`: accept or contest (with evidence).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Resolution {
     Accept,

@@ -40,7 +40,9 @@ use crate::state::AppState;
 pub use policy::Policy;
 
 /// Where a case stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum CaseStatus {
@@ -70,7 +72,7 @@ pub enum EventKind {
 }
 
 /// A dunning case.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Case {
     pub id: Uuid,
     pub invoice_id: InvoiceId,
@@ -557,7 +559,7 @@ async fn refresh_account(
 }
 
 /// What the Dashboard shows of an account's dunning: its oldest open case.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Standing {
     pub level: i32,
     pub status: CaseStatus,

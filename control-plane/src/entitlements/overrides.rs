@@ -17,7 +17,9 @@ use crate::outbox;
 use crate::state::AppState;
 
 /// `grant` or `deny`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Mode {
@@ -26,7 +28,7 @@ pub enum Mode {
 }
 
 /// One override.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Override {
     pub id: OverrideId,
     pub feature_key: String,
@@ -40,8 +42,10 @@ pub struct Override {
 }
 
 /// What an agent asks for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 pub struct NewOverride {
+    /// A feature of the bundle.
+    #[schema(example = "sso")]
     pub feature: String,
     pub mode: Mode,
     #[serde(default)]

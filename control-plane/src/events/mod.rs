@@ -241,7 +241,7 @@ fn new_secret() -> String {
 }
 
 /// `POST /admin/v1/webhook-endpoints` as the operator sends it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewEndpoint {
     pub url: String,
@@ -251,7 +251,7 @@ pub struct NewEndpoint {
 }
 
 /// An endpoint as stored (its secret only in [`Created`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Endpoint {
     pub id: Uuid,
     pub url: String,
@@ -262,7 +262,8 @@ pub struct Endpoint {
 }
 
 /// A new endpoint and its secret, shown this once.
-#[derive(Debug, Clone, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize)]
+#[schema(as = WebhookEndpointCreated)]
 pub struct Created {
     #[serde(flatten)]
     pub endpoint: Endpoint,
@@ -306,7 +307,9 @@ pub async fn endpoints(state: &AppState) -> Result<Vec<Endpoint>> {
 }
 
 /// How a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum DeliveryStatus {
@@ -316,7 +319,7 @@ pub enum DeliveryStatus {
 }
 
 /// One delivery of the log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Delivery {
     pub id: Uuid,
     pub event_id: Uuid,

@@ -32,7 +32,9 @@ pub const CANCELED_CODE: &str = "setup_intent_canceled";
 pub const CARD_DIGITS_MIN: usize = 12;
 
 /// Where a payment method's set-up stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum PaymentMethodStatus {
@@ -94,9 +96,11 @@ pub struct PaymentMethod {
 }
 
 /// `POST /v1/payment-methods` as the customer sends it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddPaymentMethod {
+    /// The provider's payment method (`pm_…`), never a card number.
+    #[schema(example = "pm_card_visa")]
     pub payment_method: String,
     #[serde(default)]
     pub make_default: bool,
@@ -104,7 +108,7 @@ pub struct AddPaymentMethod {
 
 /// `POST /v1/payment-methods/paypal` as the customer sends it: the nonce Braintree's client
 /// SDK produced when the customer approved a billing agreement at PayPal.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddPaypal {
     pub nonce: String,

@@ -84,7 +84,7 @@ pub fn verify(header: Option<&str>, body: &[u8], secrets: &[String], now: i64) -
 }
 
 /// What a received event came to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Received {
     pub id: String,
     #[serde(rename = "type")]

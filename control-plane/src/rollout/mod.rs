@@ -23,7 +23,9 @@ use crate::error::{Error, Result};
 use crate::state::AppState;
 
 /// What a rollout action did (the audit's `action`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Action {
@@ -34,7 +36,7 @@ pub enum Action {
 }
 
 /// Which bundles serve: the stable one, and a canary on a share of the edges.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Rollout {
     pub stable_version: Option<i64>,
     pub canary_version: Option<i64>,
@@ -54,7 +56,7 @@ impl Rollout {
 }
 
 /// What an uploaded bundle holds, as the upload answers it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize)]
 pub struct Summary {
     pub version: u64,
     pub sha256: String,
@@ -66,7 +68,8 @@ pub struct Summary {
     pub tests: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize)]
+#[schema(as = BundlePlanPrice)]
 pub struct PlanPrice {
     pub key: String,
     pub price_minor: i64,
@@ -104,8 +107,9 @@ pub struct Uploaded {
 }
 
 /// A bundle's part in the rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = BundleRole)]
 pub enum Role {
     Stable,
     Canary,
@@ -113,7 +117,7 @@ pub enum Role {
 }
 
 /// A stored bundle, as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize)]
 pub struct Listed {
     pub version: i64,
     pub sha256: String,
@@ -144,7 +148,7 @@ pub enum Change {
 }
 
 /// An edge as the fleet view shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize)]
 pub struct Edge {
     pub edge_id: String,
     pub bundle_version: Option<i64>,
@@ -155,7 +159,7 @@ pub struct Edge {
 }
 
 /// One audit record.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct AuditEntry {
     pub action: Action,
     pub version: i64,

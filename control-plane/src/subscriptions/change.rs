@@ -34,7 +34,7 @@ use crate::state::AppState;
 use crate::{catalog, ledger, payment_methods};
 
 /// When a change applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum When {
     Now,
@@ -44,9 +44,10 @@ pub enum When {
 /// `POST /v1/subscriptions/{id}/preview-change` and `…/change` as the customer sends them: a
 /// new plan, new add-on quantities (key → quantity, 0 removes; add-ons not named stay as
 /// they are), or both.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePlan {
+    #[schema(example = "enterprise")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,7 +66,7 @@ pub struct PendingChange {
     pub terms: Terms,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Upgrade,
@@ -278,7 +279,7 @@ pub async fn preview(
 }
 
 /// How the on-session payment of a change's invoice went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "status")]
 pub enum ChangePayment {
     /// Nothing to pay now (a scheduled change, or credit covered it).

@@ -65,7 +65,7 @@ pub struct Sold {
 }
 
 /// `POST /v1/subscriptions/{id}/cancel` as the customer sends it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cancel {
     pub at_period_end: bool,
@@ -325,7 +325,7 @@ pub async fn cancel_by_agent(
 }
 
 /// How an agent's cancel settles the period the customer paid for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelRefund {
     /// Nothing is refunded (the default).

@@ -266,13 +266,13 @@ pub async fn for_edge(state: &AppState, account: AccountId) -> Result<AccountUsa
 }
 
 /// A customer's usage of every meter in the current period.
-#[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Serialize)]
 pub struct Usage {
     pub account: AccountId,
     pub meters: Vec<MeterUsage>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Serialize)]
 pub struct MeterUsage {
     pub meter: String,
     pub aggregation: &'static str,
@@ -282,7 +282,7 @@ pub struct MeterUsage {
 }
 
 /// `[start, end)`, RFC 3339.
-#[derive(Debug, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Serialize)]
 pub struct Period {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,

@@ -13,7 +13,7 @@ use super::{StoreError, Usage, lock};
 pub const REPLAY_CHUNK_EVENTS: usize = 1_000;
 
 /// What a replay did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ReplayReport {
     /// Entries stored in the log again (and removed from the dead-letter file).
     pub replayed: usize,

@@ -31,7 +31,7 @@ pub const BACKOFF_MS_MAX: u64 = 10_000;
 pub const REFUSALS_BEFORE_DEAD_LETTER: u32 = 3;
 
 /// How flushing goes, for `/v1/status` and the batch size.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, serde::Serialize)]
 pub struct FlushStatus {
     /// Events per batch now (halved while a refused batch is being narrowed down).
     pub batch_events_max: usize,

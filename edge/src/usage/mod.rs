@@ -195,7 +195,7 @@ impl UsageOptions {
 }
 
 /// The usage part of `GET /v1/status`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, serde::Serialize)]
 pub struct UsageStatus {
     pub pending_events: u64,
     pub pending_bytes: u64,
@@ -206,7 +206,7 @@ pub struct UsageStatus {
     pub flush: FlushStatus,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, serde::Serialize)]
 pub struct DeadLetterStatus {
     pub events: usize,
     pub bytes: u64,
