@@ -511,6 +511,24 @@ async fn a_paying_customers_answers_match_their_schemas() {
     h.finish().await;
 }
 
+/// The internal API's paths are the protocol's constants, which the edges call: a route's path
+/// is its annotation's, so the two are held equal here.
+#[test]
+fn the_internal_api_is_at_the_protocols_paths() {
+    use tollgate_protocol::internal_api as api;
+    let doc = serde_json::to_value(openapi::document(false, false)).expect("json");
+    for (path, method) in [
+        (api::FACTS_BATCH_PATH, "post"),
+        (api::BUNDLE_PATH, "get"),
+        (api::USAGE_PATH, "post"),
+        (api::LEASE_PATH, "post"),
+        (api::LEASE_RELEASE_PATH, "post"),
+        (api::CLOCK_PATH, "get"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path}");
+    }
+}
+
 #[test]
 fn development_routes_are_documented_only_where_mounted() {
     let paths = |dev, sim| {

@@ -1,8 +1,9 @@
 //! The edge's contract: an OpenAPI 3.1 document generated from the handlers' `#[utoipa::path]`
 //! annotations, served at `GET /openapi.json` (open, like `/healthz`).
 //!
-//! Every route [`crate::app`] answers is an operation here and nothing else is
-//! (`tests/openapi.rs` walks the router). [`complete`] adds what the layers of
+//! Every route [`crate::app`] answers is an operation here and nothing else is: the router
+//! registers each route with its operation (`utoipa_axum`'s `OpenApiRouter` and `routes!`), and
+//! `tests/openapi.rs` walks it against this document. [`complete`] adds what the layers of
 //! [`crate::router`] can answer on any operation: the service gate's 401 (when service tokens
 //! are configured), the operator gate's 401 and 403, and the body bound's 400 and 413. OFREP's
 //! routes answer their errors in OFREP's own body ([`OfrepError`], `application/json`); every
@@ -19,7 +20,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, ResponseBuilder};
 use utoipa::{OpenApi, ToSchema};
 
-use crate::{check, ofrep, ops, router, usage_api};
+use crate::{router, usage_api};
 
 /// Where the document is served.
 pub const PATH: &str = "/openapi.json";
@@ -36,22 +37,6 @@ pub const OPERATOR: &str = "operator";
         description = "The sidecar beside a product service: entitlement checks, OpenFeature (OFREP), usage, and its operator and health endpoints. Errors are RFC 9457 `application/problem+json` with a stable `code`, except OFREP's, which use OFREP's error body.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(
-        openapi_json,
-        check::check,
-        check::check_batch,
-        check::entitlements,
-        usage_api::post_usage,
-        usage_api::dead_letters,
-        usage_api::replay_dead_letters,
-        usage_api::discard_dead_letters,
-        ofrep::evaluate_flag,
-        ofrep::evaluate_all,
-        ops::status,
-        router::healthz,
-        ops::readyz,
-        ops::metrics,
-    ),
     components(schemas(Problem)),
     tags(
         (name = "checks", description = "What product services call (a service token when any is configured)."),
@@ -66,6 +51,8 @@ struct Contract;
 /// The edge's document.
 pub fn document() -> Document {
     let mut doc = Contract::openapi();
+    // The operations do not depend on the tokens; the routes are built only for their document.
+    doc.merge(router::routes(&crate::auth::Tokens::default()).into_openapi());
     complete(&mut doc);
     doc
 }

@@ -14,13 +14,15 @@
 
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::auth::Tokens;
 use crate::gate::{BoundedBodyLayer, GateLayer};
 use crate::problem::problem;
 use crate::state::EdgeState;
-use crate::usage_api::{self, dead_letters, discard_dead_letters, replay_dead_letters};
+use crate::usage_api;
 use crate::{auth, check, ofrep, ops};
 
 /// `GET /healthz` — the process answers.
@@ -30,36 +32,44 @@ pub(crate) async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(json!({ "status": "ok" }))
 }
 
-/// The edge's whole HTTP surface over `state` (tests drive it with `oneshot`).
-pub fn app(state: EdgeState) -> Router {
+/// Every route, registered with its operation (`routes!`: a route has the path of its
+/// handler's `#[utoipa::path]`), behind the gate `tokens` decide; what
+/// [`crate::openapi::document`] documents.
+pub(crate) fn routes(tokens: &Tokens) -> OpenApiRouter<EdgeState> {
     // What product services call: a service token when any is configured.
-    let service = Router::new()
-        .route("/v1/check", get(check::check).post(check::check_batch))
-        .route("/v1/usage", post(usage_api::post_usage))
-        .route("/v1/accounts/{id}/entitlements", get(check::entitlements))
-        .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep::evaluate_flag))
-        .route("/ofrep/v1/evaluate/flags", post(ofrep::evaluate_all))
+    let service = OpenApiRouter::new()
+        .routes(routes!(check::check, check::check_batch))
+        .routes(routes!(usage_api::post_usage))
+        .routes(routes!(check::entitlements))
+        .routes(routes!(ofrep::evaluate_flag))
+        .routes(routes!(ofrep::evaluate_all))
         .route_layer(GateLayer::new({
-            let tokens = state.tokens.clone();
+            let tokens = tokens.clone();
             move |req: &axum::extract::Request| auth::service(&tokens, req.headers())
         }));
     // What operators call: an operator token, always.
-    let operator = Router::new()
-        .route("/v1/dead-letter", get(dead_letters))
-        .route("/v1/dead-letter/replay", post(replay_dead_letters))
-        .route("/v1/dead-letter/discard", post(discard_dead_letters))
+    let operator = OpenApiRouter::new()
+        .routes(routes!(usage_api::dead_letters))
+        .routes(routes!(usage_api::replay_dead_letters))
+        .routes(routes!(usage_api::discard_dead_letters))
         .route_layer(GateLayer::new({
-            let tokens = state.tokens.clone();
+            let tokens = tokens.clone();
             move |req: &axum::extract::Request| auth::operator(&tokens, req.headers())
         }));
-    Router::new()
+    OpenApiRouter::new()
         .merge(service)
         .merge(operator)
-        .route("/v1/status", get(ops::status))
-        .route("/healthz", get(healthz))
-        .route(crate::openapi::PATH, get(crate::openapi::openapi_json))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+        .routes(routes!(ops::status))
+        .routes(routes!(healthz))
+        .routes(routes!(crate::openapi::openapi_json))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+}
+
+/// The edge's whole HTTP surface over `state` (tests drive it with `oneshot`).
+pub fn app(state: EdgeState) -> Router {
+    let (router, _) = routes(&state.tokens).split_for_parts();
+    router
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "route_not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             problem(

@@ -2,14 +2,14 @@
 //! bundles, the rollout, the fleet and the audit. Each handler extracts, calls one service
 //! function and renders.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use super::extract::Platform;
 use super::openapi::IdempotencyHeader;
@@ -25,37 +25,24 @@ use crate::ids::InvoiceId;
 use crate::rollout::{self, Change};
 use crate::state::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/admin/v1/bundles",
-            post(upload)
-                .layer(DefaultBodyLimit::max(
-                    tollgate_rules::bundle::BUNDLE_BYTES_MAX,
-                ))
-                .get(list),
-        )
-        .route("/admin/v1/bundles/{version}/activate", post(activate))
-        .route("/admin/v1/bundles/{version}/promote", post(promote))
-        .route("/admin/v1/rollback", post(rollback))
-        .route("/admin/v1/edges", get(edges))
-        .route("/admin/v1/audit", get(audit))
-        .route("/admin/v1/catalog/prices", get(prices))
-        .route(
-            "/admin/v1/invoices/{id}/credit-notes",
-            post(issue_credit_note),
-        )
-        .route(
-            "/admin/v1/webhook-endpoints",
-            post(add_webhook_endpoint).get(webhook_endpoints),
-        )
-        .route("/admin/v1/webhook-deliveries", get(webhook_deliveries))
-        .route("/admin/v1/agents", post(create_agent).get(list_agents))
-        .route("/admin/v1/agents/{id}/revoke", post(revoke_agent))
-        .route(
-            "/admin/v1/webhook-deliveries/{id}/replay",
-            post(replay_webhook_delivery),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(upload).layer(DefaultBodyLimit::max(
+            tollgate_rules::bundle::BUNDLE_BYTES_MAX,
+        )))
+        .routes(routes!(list))
+        .routes(routes!(activate))
+        .routes(routes!(promote))
+        .routes(routes!(rollback))
+        .routes(routes!(edges))
+        .routes(routes!(audit))
+        .routes(routes!(prices))
+        .routes(routes!(issue_credit_note))
+        .routes(routes!(add_webhook_endpoint, webhook_endpoints))
+        .routes(routes!(webhook_deliveries))
+        .routes(routes!(create_agent, list_agents))
+        .routes(routes!(revoke_agent))
+        .routes(routes!(replay_webhook_delivery))
 }
 
 fn change(c: Change) -> Value {

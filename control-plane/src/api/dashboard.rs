@@ -1,12 +1,12 @@
 //! The Dashboard's routes (`/v1`): what a customer's API token may do with its own account.
 //! Each handler extracts, calls one service function and renders.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::Customer;
 use super::openapi::IdempotencyHeader;
@@ -28,48 +28,36 @@ use crate::subscriptions::change::{self, ChangePayment, ChangePlan};
 use crate::subscriptions::{self, Cancel};
 use crate::{accounts, catalog, usage};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/plans", get(list_plans))
-        .route("/v1/accounts", post(sign_up))
-        .route("/v1/account", get(get_account).patch(update_account))
-        .route("/v1/account/contacts", get(list_contacts).post(add_contact))
-        .route("/v1/account/contacts/{id}", delete(remove_contact))
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{id}", delete(revoke_token))
-        .route("/v1/payment-methods/{id}", delete(remove_payment_method))
-        .route(
-            "/v1/payment-methods/{id}/default",
-            post(make_default_payment_method),
-        )
-        .route(
-            "/v1/payment-methods",
-            post(add_payment_method).get(list_payment_methods),
-        )
-        .route("/v1/payment-methods/paypal", post(add_paypal))
-        .route(
-            "/v1/payment-methods/{id}/confirm",
-            post(confirm_payment_method),
-        )
-        .route("/v1/checkout", post(start_checkout))
-        .route("/v1/checkout/{id}", get(get_checkout))
-        .route("/v1/checkout/{id}/confirm", post(confirm_checkout))
-        .route("/v1/checkout/{id}/cancel", post(cancel_checkout))
-        .route("/v1/subscriptions", get(list_subscriptions))
-        .route("/v1/subscriptions/{id}/cancel", post(cancel_subscription))
-        .route(
-            "/v1/subscriptions/{id}/preview-change",
-            post(preview_change),
-        )
-        .route("/v1/subscriptions/{id}/change", post(change_plan))
-        .route("/v1/subscriptions/{id}/resume", post(resume_subscription))
-        .route("/v1/usage", get(account_usage))
-        .route("/v1/invoices", get(list_invoices))
-        .route("/v1/invoices/{id}", get(get_invoice))
-        .route("/v1/invoices/{id}/pdf", get(invoice_pdf))
-        .route("/v1/invoices/{id}/credit-notes", get(invoice_credit_notes))
-        .route("/v1/invoices/{id}/pay", post(pay_invoice))
-        .route("/v1/invoices/{id}/confirm", post(confirm_invoice_payment))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_plans))
+        .routes(routes!(sign_up))
+        .routes(routes!(get_account, update_account))
+        .routes(routes!(list_contacts, add_contact))
+        .routes(routes!(remove_contact))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(remove_payment_method))
+        .routes(routes!(make_default_payment_method))
+        .routes(routes!(add_payment_method, list_payment_methods))
+        .routes(routes!(add_paypal))
+        .routes(routes!(confirm_payment_method))
+        .routes(routes!(start_checkout))
+        .routes(routes!(get_checkout))
+        .routes(routes!(confirm_checkout))
+        .routes(routes!(cancel_checkout))
+        .routes(routes!(list_subscriptions))
+        .routes(routes!(cancel_subscription))
+        .routes(routes!(preview_change))
+        .routes(routes!(change_plan))
+        .routes(routes!(resume_subscription))
+        .routes(routes!(account_usage))
+        .routes(routes!(list_invoices))
+        .routes(routes!(get_invoice))
+        .routes(routes!(invoice_pdf))
+        .routes(routes!(invoice_credit_notes))
+        .routes(routes!(pay_invoice))
+        .routes(routes!(confirm_invoice_payment))
 }
 
 /// `GET /v1/plans` — public: what can be bought.

@@ -7,31 +7,25 @@
 //!   disputes a simulated payment; `POST /dev/v1/simulator/disputes/{id} {status}` moves the
 //!   dispute on (`under_review`, `won`, `lost`). Each is applied as its webhook would be.
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::devtools;
 use crate::error::Result;
 use crate::http::{Json, Path};
 use crate::state::AppState;
 
-pub fn routes(with_simulator: bool) -> Router<AppState> {
-    let dev = Router::new()
-        .route("/dev/v1/clock", get(clock))
-        .route("/dev/v1/clock/advance", post(advance));
+pub fn routes(with_simulator: bool) -> OpenApiRouter<AppState> {
+    let dev = OpenApiRouter::new()
+        .routes(routes!(clock))
+        .routes(routes!(advance));
     if with_simulator {
-        dev.route(
-            "/dev/v1/simulator/intents/{id}/authenticate",
-            post(authenticate),
-        )
-        .route(
-            "/dev/v1/simulator/payments/{id}/dispute",
-            post(open_dispute),
-        )
-        .route("/dev/v1/simulator/disputes/{id}", post(update_dispute))
+        dev.routes(routes!(authenticate))
+            .routes(routes!(open_dispute))
+            .routes(routes!(update_dispute))
     } else {
         dev
     }

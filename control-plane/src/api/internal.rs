@@ -1,16 +1,16 @@
 //! The internal API edges call (`/internal/v1`, edge token): facts, bundles, fleet status,
 //! usage and quota leases. Each handler extracts, calls one service function and renders.
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use tollgate_protocol::internal_api::{self, BundleQuery, EdgeStatus};
 use tollgate_protocol::usage::{
     AccountUsage, LeaseGrant, LeaseRelease, LeaseRequest, UsageAck, UsageBatch,
 };
 use tollgate_protocol::{AccountFacts, FactsBatch, FactsRequest};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use super::extract::Edge;
 use super::openapi::IdempotencyHeader;
@@ -22,20 +22,17 @@ use crate::rollout::{self, ForEdge};
 use crate::state::AppState;
 use crate::{devtools, entitlements, usage};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/internal/v1/accounts/{id}/facts", get(facts))
-        .route(internal_api::FACTS_BATCH_PATH, post(facts_batch))
-        .route(internal_api::BUNDLE_PATH, get(bundle))
-        .route("/internal/v1/edges/{edge_id}/status", post(edge_status))
-        .route(
-            internal_api::USAGE_PATH,
-            post(ingest_usage).layer(DefaultBodyLimit::max(usage::BODY_BYTES_MAX)),
-        )
-        .route(internal_api::LEASE_PATH, post(lease))
-        .route(internal_api::LEASE_RELEASE_PATH, post(release))
-        .route("/internal/v1/accounts/{id}/usage", get(account_usage))
-        .route(internal_api::CLOCK_PATH, get(clock))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(facts))
+        .routes(routes!(facts_batch))
+        .routes(routes!(bundle))
+        .routes(routes!(edge_status))
+        .routes(routes!(ingest_usage).layer(DefaultBodyLimit::max(usage::BODY_BYTES_MAX)))
+        .routes(routes!(lease))
+        .routes(routes!(release))
+        .routes(routes!(account_usage))
+        .routes(routes!(clock))
 }
 
 /// `GET /internal/v1/clock` — edges in development follow its offset.

@@ -20,31 +20,40 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::{Error, Kind};
 use crate::health;
 use crate::http::extract::BODY_BYTES_MAX;
 use crate::state::AppState;
 
-/// Every route of the control plane.
-pub fn app(state: AppState) -> Router {
-    let mut router = Router::new()
+/// The routes registered together with their operations (`routes!`: a route has the path of
+/// its handler's `#[utoipa::path]`): every router but the panel's, which
+/// [`openapi`] lists and `tests/openapi.rs` holds to its router.
+pub(crate) fn documented(dev_mode: bool, with_simulator: bool) -> OpenApiRouter<AppState> {
+    let mut router = OpenApiRouter::new()
         .merge(dashboard::routes())
         .merge(internal::routes())
         .merge(admin::routes())
-        .merge(panel::routes())
-        .merge(panel_web::routes())
         .merge(webhooks::routes())
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route(openapi::PATH, get(openapi::openapi_json));
-    if state.dev_mode {
-        router = router.merge(dev::routes(state.simulator.is_some()));
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::openapi_json));
+    if dev_mode {
+        router = router.merge(dev::routes(with_simulator));
     }
     router
+}
+
+/// Every route of the control plane.
+pub fn app(state: AppState) -> Router {
+    let (router, _) = documented(state.dev_mode, state.simulator.is_some()).split_for_parts();
+    router
+        .merge(panel::routes())
+        .merge(panel_web::routes())
         .fallback(|| async { Error::new(Kind::NotFound, "route_not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             Error::new(

@@ -1,10 +1,12 @@
 //! The control plane's contract: an OpenAPI 3.1 document generated from the handlers'
 //! `#[utoipa::path]` annotations, served at `GET /openapi.json` (no token).
 //!
-//! * Every route [`super::app`] answers is an operation here and nothing else is:
+//! * Every route [`super::app`] answers is an operation here and nothing else is. The routers
+//!   register each route with its operation (`utoipa_axum`'s `OpenApiRouter` and `routes!`:
+//!   the path is the annotation's), so a route cannot exist without its operation; the
+//!   NinjaPanel's router is a plain axum one, whose operations [`Contract`] lists. Either way
 //!   `tests/openapi.rs` walks the real router and fails on a route missing from the document
-//!   or an operation the router does not answer. A new route needs its annotation and its
-//!   entry in [`Contract`]'s `paths`.
+//!   or an operation the router does not answer.
 //! * An operation's problem responses (`application/problem+json`, [`Problem`]) come from two
 //!   places: what its handler annotates (the domain's 402, 409, 410, 503 …), and what its
 //!   extractors always can, added by [`complete`]: a token (401; an agent's role, 403; the
@@ -30,7 +32,7 @@ use utoipa::openapi::{
 };
 use utoipa::{IntoParams, OpenApi};
 
-use super::{admin, dashboard, dev, internal, panel, panel_web, webhooks};
+use super::{panel, panel_web};
 use crate::state::AppState;
 
 /// Where the document is served.
@@ -72,43 +74,9 @@ pub struct IdempotencyHeader {
         description = "The Dashboard (`/v1`, a customer's API token), the NinjaPanel (`/panel/v1`, an agent token), the admin API (`/admin/v1`), the internal API edges call (`/internal/v1`), provider webhooks and the operational endpoints. Every error is RFC 9457 `application/problem+json` with a stable `code`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
+    // The NinjaPanel's router is a plain one (its routes are being added to elsewhere): its
+    // operations are listed here. Every other router registers routes with operations.
     paths(
-        openapi_json,
-        super::healthz,
-        super::readyz,
-        super::metrics,
-        dashboard::list_plans,
-        dashboard::sign_up,
-        dashboard::get_account,
-        dashboard::update_account,
-        dashboard::list_contacts,
-        dashboard::add_contact,
-        dashboard::remove_contact,
-        dashboard::list_tokens,
-        dashboard::create_token,
-        dashboard::revoke_token,
-        dashboard::remove_payment_method,
-        dashboard::make_default_payment_method,
-        dashboard::add_payment_method,
-        dashboard::list_payment_methods,
-        dashboard::add_paypal,
-        dashboard::confirm_payment_method,
-        dashboard::start_checkout,
-        dashboard::get_checkout,
-        dashboard::confirm_checkout,
-        dashboard::cancel_checkout,
-        dashboard::list_subscriptions,
-        dashboard::cancel_subscription,
-        dashboard::preview_change,
-        dashboard::change_plan,
-        dashboard::resume_subscription,
-        dashboard::account_usage,
-        dashboard::list_invoices,
-        dashboard::get_invoice,
-        dashboard::invoice_pdf,
-        dashboard::invoice_credit_notes,
-        dashboard::pay_invoice,
-        dashboard::confirm_invoice_payment,
         panel::search,
         panel::account,
         panel::timeline,
@@ -134,34 +102,6 @@ pub struct IdempotencyHeader {
         panel_web::search,
         panel_web::account,
         panel_web::act,
-        admin::upload,
-        admin::list,
-        admin::activate,
-        admin::promote,
-        admin::rollback,
-        admin::edges,
-        admin::audit,
-        admin::prices,
-        admin::issue_credit_note,
-        admin::add_webhook_endpoint,
-        admin::webhook_endpoints,
-        admin::webhook_deliveries,
-        admin::create_agent,
-        admin::list_agents,
-        admin::revoke_agent,
-        admin::replay_webhook_delivery,
-        internal::facts,
-        internal::facts_batch,
-        internal::bundle,
-        internal::edge_status,
-        internal::ingest_usage,
-        internal::lease,
-        internal::release,
-        internal::account_usage,
-        internal::clock,
-        webhooks::stripe,
-        webhooks::braintree,
-        webhooks::braintree_challenge,
     ),
     components(schemas(Problem)),
     tags(
@@ -176,23 +116,10 @@ pub struct IdempotencyHeader {
 )]
 struct Contract;
 
-#[derive(OpenApi)]
-#[openapi(paths(dev::clock, dev::advance))]
-struct DevClock;
-
-#[derive(OpenApi)]
-#[openapi(paths(dev::authenticate, dev::open_dispute, dev::update_dispute))]
-struct DevSimulator;
-
 /// The document of a control plane in `dev_mode`, `with_simulator` or not: exactly its routes.
 pub fn document(dev_mode: bool, with_simulator: bool) -> Document {
     let mut doc = Contract::openapi();
-    if dev_mode {
-        doc.merge(DevClock::openapi());
-        if with_simulator {
-            doc.merge(DevSimulator::openapi());
-        }
-    }
+    doc.merge(super::documented(dev_mode, with_simulator).into_openapi());
     complete(&mut doc);
     doc
 }

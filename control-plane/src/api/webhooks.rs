@@ -1,23 +1,22 @@
 //! Webhooks the payment providers send (`/webhooks/…`): no token, the provider's signature
 //! instead. Each handler hands the raw body and the signature to its domain.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::views::{json as reply, value};
 use crate::error::{Error, Result};
 use crate::provider_events;
 use crate::state::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/webhooks/stripe", post(stripe)).route(
-        "/webhooks/braintree",
-        post(braintree).get(braintree_challenge),
-    )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(stripe))
+        .routes(routes!(braintree, braintree_challenge))
 }
 
 /// `POST /webhooks/stripe` — `Stripe-Signature` verified, stored once, applied.
