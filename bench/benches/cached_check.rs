@@ -20,7 +20,7 @@ use tollgate_protocol::AccountId;
 const KEYS: usize = 100_000;
 const GROUP: &str = "cached_check";
 
-/// Polls a future once: on a cache hit `EdgeState::entry` never awaits.
+/// Polls a future once: on a cache hit the edge's `decide` never awaits.
 fn ready<F: Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);
     match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
@@ -46,9 +46,6 @@ fn main() -> anyhow::Result<()> {
         .rules
         .load_full()
         .ok_or_else(|| anyhow::anyhow!("rules"))?;
-    let seats = view
-        .feature_index("seats")
-        .ok_or_else(|| anyhow::anyhow!("seats"))?;
     let raw: moka::sync::Cache<AccountId, Arc<u64>> = moka::sync::Cache::new(2 * KEYS as u64);
     for (i, k) in keys.iter().enumerate() {
         raw.insert(*k, Arc::new(i as u64));
@@ -67,20 +64,16 @@ fn main() -> anyhow::Result<()> {
     group.bench_function("edge_cached_check", |b| {
         b.iter(|| {
             i = (i + 1) % KEYS;
-            let e = ready(state.entry(keys[i], &view)).ok()?;
-            let d = &e.decisions[seats];
-            Some(black_box(tollgate_edge::CheckResponse {
-                allowed: d.allowed,
-                feature: Cow::Borrowed("seats"),
-                limit: d.limit,
-                usage: None,
-                remaining: None,
-                reason: d.reason,
-                version: e.version(),
-                bundle_version: e.bundle_version,
-                stale: state.is_stale(),
-            }))
-            .map(|r| r.allowed)
+            // The edge's own check core, as `GET /v1/check` calls it.
+            let r = ready(tollgate_edge::decide(
+                &state,
+                &view,
+                keys[i],
+                Cow::Borrowed("seats"),
+                1,
+            ))
+            .ok()?;
+            Some(black_box(r).allowed)
         })
     });
     group.finish();

@@ -204,8 +204,10 @@ pub fn run(args: &[String], out_path: &str) -> anyhow::Result<()> {
          | measured from | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---:|---:|---:|---:|\n{}{}\n\
          \"response\" starts when the control plane's answer arrived (the change was committed before it \
          answered: a lower bound); \"request\" starts before the request was sent (an upper bound).\n\n\
-         The edge's own `tollgate_edge_propagation_milliseconds` histogram (commit time carried in the \
-         change event → applied to the cache), cumulative, for the same run (events that updated a cached account):\n\n\
+         The edge's own `tollgate_edge_propagation_milliseconds` histogram, cumulative, for the same run \
+         (events that updated a cached account). It starts at the **publish** time the change event carries \
+         (`committed_at_ms`: stamped when the control plane publishes, after the commit and the outbox relay), \
+         so it leaves out commit → publish; the rows above start at the commit.\n\n\
          | bucket | events |\n|---|---:|\n{hist}",
         row("response (commit) → edge answer", &lower),
         row("request sent → edge answer", &upper),

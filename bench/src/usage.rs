@@ -6,9 +6,10 @@
 //! ```
 //!
 //! * `usage-edge`: events/s one edge acknowledges durably (`POST /v1/usage` → 202 after group
-//!   commit + fdatasync), 32 concurrent clients, batch sizes 1, 100 and 1000, against one
-//!   writer appending the same number of bytes per batch to a file on the same disk and
-//!   `fdatasync`ing after each batch.
+//!   commit + fdatasync), 32 concurrent clients, batch sizes 1, 100 and 1000, against the same
+//!   32 clients handing the same bytes per batch to one committer thread that appends every
+//!   queued batch and `fdatasync`s once per group, as the edge's log does (the physical limit
+//!   at that concurrency); one writer syncing after each batch is shown too.
 //! * `usage-ingest`: events/s into billing_prod through the control plane's ingest (dedup
 //!   table, partitioned events, incremental aggregates, one statement per 1,000-event batch)
 //!   against a plain `COPY` of the same rows into the same partitioned events table.
@@ -70,6 +71,71 @@ fn raw_fsync(bytes: usize, secs: u64) -> anyhow::Result<f64> {
     Ok(rate)
 }
 
+/// `clients` threads each hand `bytes` per batch to one committer, which appends every batch
+/// queued, `fdatasync`s once for the group, then acknowledges each — the edge's group commit
+/// with nothing else (no HTTP, no JSON, no framing work), for `secs`. Returns (batches/s,
+/// fsyncs/s).
+fn raw_group_commit(bytes: usize, clients: usize, secs: u64) -> anyhow::Result<(f64, f64)> {
+    use std::sync::mpsc;
+    let dir = scratch("raw-group")?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))?;
+    let (tx, rx) = mpsc::channel::<(Vec<u8>, mpsc::SyncSender<()>)>();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let committer = std::thread::spawn(move || -> anyhow::Result<u64> {
+        let mut groups = 0u64;
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                group.push(more);
+            }
+            for (buf, _) in &group {
+                file.write_all(buf)?;
+            }
+            file.sync_data()?;
+            groups += 1;
+            for (_, ack) in group {
+                let _ = ack.send(());
+            }
+        }
+        Ok(groups)
+    });
+    let batches = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..clients)
+        .map(|_| {
+            let (tx, batches) = (tx.clone(), batches.clone());
+            std::thread::spawn(move || {
+                let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+                while Instant::now() < deadline {
+                    if tx.send((vec![0x5au8; bytes], ack_tx.clone())).is_err() {
+                        return;
+                    }
+                    if ack_rx.recv().is_err() {
+                        return;
+                    }
+                    batches.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    for w in writers {
+        let _ = w.join();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let groups = committer
+        .join()
+        .map_err(|_| anyhow::anyhow!("committer panicked"))??;
+    std::fs::remove_dir_all(dir)?;
+    Ok((
+        batches.load(Ordering::Relaxed) as f64 / elapsed,
+        groups as f64 / elapsed,
+    ))
+}
+
 fn event_json(account: &str, i: u64) -> serde_json::Value {
     json!({"id": format!("bench-{i}"), "account": account, "meter": "api_calls", "quantity": 1})
 }
@@ -92,25 +158,30 @@ pub fn edge(args: &[String], out_path: &str) -> anyhow::Result<()> {
     let event_bytes = postcard::to_allocvec(&sample)?.len() + crate_log_header();
     let mut rows = String::new();
     for batch in BATCHES {
-        let raw = raw_fsync(batch * event_bytes, secs)? * batch as f64;
+        let single = raw_fsync(batch * event_bytes, secs)? * batch as f64;
+        let (grouped, raw_groups) = raw_group_commit(batch * event_bytes, CLIENTS, secs)?;
+        let raw = grouped * batch as f64;
         let (edge, groups) = runtime.block_on(edge_run(&account, batch, secs))?;
         let _ = writeln!(
             rows,
-            "| {batch} | {raw:.0} | {edge:.0} | {:.2} | {groups:.0} |",
+            "| {batch} | {single:.0} | {raw:.0} | {raw_groups:.0} | {edge:.0} | {groups:.0} | {:.2} |",
             edge / raw
         );
-        eprintln!("batch {batch}: raw {raw:.0} events/s, edge {edge:.0} events/s");
+        eprintln!("batch {batch}: raw group commit {raw:.0} events/s, edge {edge:.0} events/s");
     }
     let report = format!(
         "# Usage at the edge: durably acknowledged events/s\n\n\
          Command: `cargo run --release -p tollgate-bench -- usage-edge --secs {secs}`\n\n\
          Edge: the real router and usage log in this process (demo rules), {CLIENTS} concurrent HTTP clients on \
          loopback posting JSON batches; an event counts when its request got 202 (after group commit + \
-         fdatasync). Baseline: one writer appending the same bytes per batch ({event_bytes} B per event, as \
-         the log frames them) to a file on the same disk and calling fdatasync after each batch. \
-         {secs} s per cell; the flusher has no control plane to send to (it backs off), so only ingest is measured.\n\n\
-         | batch size | raw append+fdatasync events/s | edge 202 events/s | ratio | edge fsyncs/s |\n\
-         |---:|---:|---:|---:|---:|\n{rows}"
+         fdatasync). Baseline, same concurrency and grouping: the same {CLIENTS} clients (threads) hand the same \
+         bytes per batch ({event_bytes} B per event, as the log frames them) to one committer that appends every \
+         queued batch to a file on the same disk and calls fdatasync once per group, then acknowledges them — \
+         the edge's group commit without HTTP, JSON or framing. The ratio is edge ÷ that. One writer syncing \
+         after each batch is shown for reference. {secs} s per cell; the flusher has no control plane to send \
+         to (it backs off), so only ingest is measured.\n\n\
+         | batch size | one writer, fdatasync per batch, events/s | {CLIENTS} writers, group commit, events/s | its fsyncs/s | edge 202 events/s | edge fsyncs/s | ratio edge ÷ group commit |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n{rows}"
     );
     std::fs::write(out_path, &report)?;
     println!("{report}");
@@ -195,6 +266,18 @@ pub fn ingest(args: &[String], out_path: &str) -> anyhow::Result<()> {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
             .execute(&admin)
             .await?;
+        // What the server says, not what it is assumed to do.
+        let settings: Vec<(String, String)> = sqlx::query_as(
+            "SELECT name, setting FROM pg_settings
+             WHERE name IN ('fsync', 'synchronous_commit', 'wal_sync_method') ORDER BY name",
+        )
+        .fetch_all(&admin)
+        .await?;
+        let durability = settings
+            .iter()
+            .map(|(k, v)| format!("`{k} = {v}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let result = ingest_run(&format!("{server}/{db}"), batches).await;
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
@@ -206,7 +289,7 @@ pub fn ingest(args: &[String], out_path: &str) -> anyhow::Result<()> {
             "# Usage into billing_prod: ingest vs COPY\n\n\
              Command: `cargo run --release -p tollgate-bench -- usage-ingest --batches {batches}`\n\n\
              {events} events ({batches} batches of 1,000, 100 accounts, one `sum` meter) on this machine's PostgreSQL \
-             (fsync on), one connection, batches one after another. Ingest is `tollgate_control_plane::usage::ingest`: \
+             ({durability}, as the server reported them), one connection, batches one after another. Ingest is `tollgate_control_plane::usage::ingest`: \
              one statement per batch that deduplicates by event id, stores the raw events (partitioned by month) and \
              upserts the aggregates. The baseline is `COPY` of the same rows (binary-free text format) into the same \
              partitioned `usage_events` table, one `COPY` per batch, no dedup, no aggregates.\n\n\

@@ -49,8 +49,8 @@ fn check_params(raw: Option<&str>) -> CheckParams<'_> {
 }
 
 /// Decides one (account, feature) under the bundle in force; the shared core of every check
-/// endpoint. Errors are (status, code, detail).
-pub(crate) async fn decide<'a>(
+/// endpoint (and what the benchmarks time). Errors are (status, code, detail).
+pub async fn decide<'a>(
     state: &EdgeState,
     view: &Arc<cache::RulesView>,
     account: AccountId,

@@ -61,7 +61,7 @@ pub mod config;
 // `run(config)`: restore, start the background tasks, serve until SIGTERM.
 mod run;
 
-pub use check::QUANTITY_RULE;
+pub use check::{QUANTITY_RULE, decide};
 pub use clock::now_ms;
 pub use gate::{DRAIN_BYTES_MAX, REQUEST_BODY_BYTES_MAX};
 pub use router::app;

@@ -108,7 +108,7 @@ impl EdgeMetrics {
         ]);
         registry.register(
             "propagation_milliseconds",
-            "Control-plane commit to edge apply, ms",
+            "Control-plane publish (after the commit) to edge apply, ms",
             propagation_ms.clone(),
         );
         let bundle_installs = Counter::default();
