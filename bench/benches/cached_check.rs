@@ -5,9 +5,9 @@
 //! cargo bench -p tollgate-bench --bench cached_check
 //! ```
 //!
-//! "Cached check" is everything `GET /v1/check` does on a hit except HTTP and JSON:
-//! `EdgeState::entry` (moka get, negative-TTL test, hit metric), the decision lookup and the
-//! response struct. Both sides cycle through the same 100k account ids.
+//! "Cached check" is everything `GET /v1/check` does on a hit except HTTP and JSON: the edge's
+//! own `tollgate_edge::decide` (the cache entry, the decision, the limit rule, the metrics and
+//! the response). Both sides cycle through the same 100k account ids.
 
 use std::borrow::Cow;
 use std::hint::black_box;
@@ -96,9 +96,9 @@ fn main() -> anyhow::Result<()> {
         "# Cached check vs raw moka get (criterion)\n\n\
          Command: `cargo bench -p tollgate-bench --bench cached_check`\n\n\
          In-process, one thread, {KEYS} cached accounts (demo bundle, half `pro`, half `free`) cycled \
-         in the same order by both sides. \"Cached check\" is `EdgeState::entry` (moka get, negative-TTL \
-         test, hit metric) + the decision + the response struct: everything of `GET /v1/check` on a hit but \
-         HTTP and JSON. Criterion's estimates (100 samples each):\n\n\
+         in the same order by both sides. \"Cached check\" is the edge's own `tollgate_edge::decide` (the \
+         cache entry, the decision, the limit rule, the metrics and the response): everything of \
+         `GET /v1/check` on a hit but HTTP and JSON. Criterion's estimates (100 samples each):\n\n\
          | | raw moka get | cached check | ratio |\n|---|---:|---:|---:|\n\
          | mean | {raw_mean:.1} ns | {check_mean:.1} ns | {:.2} |\n\
          | median | {raw_median:.1} ns | {check_median:.1} ns | {:.2} |\n",

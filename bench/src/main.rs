@@ -343,8 +343,8 @@ fn cache_bench(out_path: &str) -> anyhow::Result<()> {
     let report = format!(
         "# Edge cache: cached-check cost and memory\n\nCommand: `cargo run --release -p tollgate-bench -- cache`\n\n\
          In-process, one thread, 100k cached accounts cycled 20 times, median of 3 rounds. \"Cached check\" is \
-         `EdgeState::entry` (moka get, negative-TTL test, metrics) plus reading the decision and building the \
-         response struct — everything of `GET /v1/check` but HTTP and JSON. The baseline is a raw `moka::sync` \
+         the edge's own `tollgate_edge::decide` for `seats` (the cache entry, the decision, the limit rule, \
+         the check metrics and the response) — everything of `GET /v1/check` but HTTP and JSON. The baseline is a raw `moka::sync` \
          get over the same keys in the same run. (Timed with `Instant`, not criterion.)\n\n\
          | raw moka get | cached check | ratio |\n|---:|---:|---:|\n| {raw_ns:.0} ns | {check_ns:.0} ns | {:.2} |\n\n\
          Resident memory added by cached accounts (pro plan facts, 4 decisions each, demo bundle):\n\n\
