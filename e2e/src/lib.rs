@@ -575,6 +575,32 @@ impl Stack {
         self.edges.first().map_or("", |e| e.url.as_str())
     }
 
+    /// Posts usage `events` (a JSON array) to the first edge; it must answer 202.
+    pub async fn post_usage(&self, events: &Value) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .post(format!("{}/v1/usage", self.edge_url()))
+            .json(events)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().as_u16() == 202, "usage: {}", r.status());
+        Ok(())
+    }
+
+    /// Waits until the control plane shows `value` for the customer's first meter
+    /// (`GET /v1/usage`): the edge's usage reached billing_prod.
+    pub async fn await_usage(&self, customer: &Customer, value: i64) -> anyhow::Result<()> {
+        let token = Some(customer.token.as_str());
+        poll("usage stored", Duration::from_secs(30), || async {
+            let (_, u) = self
+                .cp(reqwest::Method::GET, "/v1/usage", token, None, None)
+                .await
+                .ok()?;
+            (u["meters"][0]["value"].as_i64() == Some(value)).then_some(())
+        })
+        .await
+    }
+
     async fn drop_dbs(&mut self) {
         if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", pg_server_url())).await
         {

@@ -28,21 +28,8 @@ async fn run(stack: &Stack) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, q)| json!({"id": format!("e{i}"), "account": customer.account, "meter": "api_calls", "quantity": q}))
         .collect();
-    let r = stack
-        .http
-        .post(format!("{}/v1/usage", stack.edge_url()))
-        .json(&events)
-        .send()
-        .await?;
-    anyhow::ensure!(r.status().as_u16() == 202, "usage: {}", r.status());
-    poll("usage stored", Duration::from_secs(30), || async {
-        let (_, u) = stack
-            .cp(reqwest::Method::GET, "/v1/usage", token, None, None)
-            .await
-            .ok()?;
-        (u["meters"][0]["value"].as_i64() == Some(100_250)).then_some(())
-    })
-    .await?;
+    stack.post_usage(&json!(events)).await?;
+    stack.await_usage(&customer, 100_250).await?;
     // The edge counts its unacknowledged events until the flush's ack arrives: wait for it.
     poll("edge usage", Duration::from_secs(30), || async {
         (edge_usage(stack, &customer.account).await == Some(100_250)).then_some(())
@@ -91,13 +78,9 @@ async fn run(stack: &Stack) -> anyhow::Result<()> {
     );
     anyhow::ensure!(invoice["total_minor"] == 3400 && invoice["amount_paid_minor"] == 3400);
     // Usage from now on counts in the new period, on the edge and in the control plane.
-    let r = stack
-        .http
-        .post(format!("{}/v1/usage", stack.edge_url()))
-        .json(&json!([{"id": "next-1", "account": customer.account, "meter": "api_calls", "quantity": 7}]))
-        .send()
+    stack
+        .post_usage(&json!([{"id": "next-1", "account": customer.account, "meter": "api_calls", "quantity": 7}]))
         .await?;
-    anyhow::ensure!(r.status().as_u16() == 202);
     poll("new period usage", Duration::from_secs(30), || async {
         let (_, u) = stack
             .cp(reqwest::Method::GET, "/v1/usage", token, None, None)

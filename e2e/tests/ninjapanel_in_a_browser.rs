@@ -5,11 +5,10 @@
 //! and the credit go to `.tollgate/screenshots/` and each is checked for the text it shows.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde_json::{Value, json};
+use tollgate_e2e::Stack;
 use tollgate_e2e::browser::{Browser, png_size};
-use tollgate_e2e::{Stack, poll};
 
 #[tokio::test]
 async fn an_agent_finds_an_account_reads_it_and_issues_a_credit_in_the_browser() {
@@ -55,21 +54,8 @@ async fn run(stack: &Stack) -> anyhow::Result<()> {
     let events: Vec<Value> = (0..3)
         .map(|i| json!({ "id": format!("u{i}"), "account": customer.account, "meter": "api_calls", "quantity": 411 }))
         .collect();
-    let r = stack
-        .http
-        .post(format!("{}/v1/usage", stack.edge_url()))
-        .json(&events)
-        .send()
-        .await?;
-    anyhow::ensure!(r.status().as_u16() == 202, "usage: {}", r.status());
-    poll("usage stored", Duration::from_secs(30), || async {
-        let (_, u) = stack
-            .cp(reqwest::Method::GET, "/v1/usage", token, None, None)
-            .await
-            .ok()?;
-        (u["meters"][0]["value"].as_i64() == Some(1233)).then_some(())
-    })
-    .await?;
+    stack.post_usage(&json!(events)).await?;
+    stack.await_usage(&customer, 1233).await?;
     let admin = agent(stack, "ninja@support.example", "billing_admin").await?;
     let viewer = agent(stack, "reader@support.example", "viewer").await?;
 

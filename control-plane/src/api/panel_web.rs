@@ -101,15 +101,20 @@ fn page(name: &str, ctx: minijinja::Value) -> Response {
     }
 }
 
-/// The agent token of the request's cookie, if any.
-fn token(headers: &HeaderMap) -> Option<&str> {
+/// The value of the request's cookie `name`, if any and not blank.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .find_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))
         .filter(|t| !t.is_empty())
+}
+
+/// The agent token of the request's cookie, if any.
+fn token(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, COOKIE)
 }
 
 /// The logged-in agent, or the login page.
@@ -186,13 +191,7 @@ const FLASH: &str = "tg_flash";
 
 /// What the page says about the last write: `(done, error)`.
 fn flash(headers: &HeaderMap) -> (Option<String>, Option<String>) {
-    let raw = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(FLASH)?.strip_prefix('='));
-    let Some(raw) = raw else {
+    let Some(raw) = cookie(headers, FLASH) else {
         return (None, None);
     };
     let mut done = None;
@@ -205,6 +204,14 @@ fn flash(headers: &HeaderMap) -> (Option<String>, Option<String>) {
         }
     }
     (done, error)
+}
+
+/// The flash was shown: the response clears its cookie.
+fn flash_shown(r: &mut Response) {
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static("tg_flash=; Path=/panel; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
 }
 
 /// A redirect to `to` that leaves `(kind, message)` for the next page.
@@ -351,12 +358,7 @@ async fn search(
         error => error.or(flashed.clone()) },
     );
     if flashed.is_some() {
-        r.headers_mut().append(
-            header::SET_COOKIE,
-            HeaderValue::from_static(
-                "tg_flash=; Path=/panel; HttpOnly; SameSite=Strict; Max-Age=0",
-            ),
-        );
+        flash_shown(&mut r);
     }
     r
 }
@@ -440,12 +442,7 @@ async fn account(
         },
     );
     if done.is_some() || error.is_some() {
-        r.headers_mut().append(
-            header::SET_COOKIE,
-            HeaderValue::from_static(
-                "tg_flash=; Path=/panel; HttpOnly; SameSite=Strict; Max-Age=0",
-            ),
-        );
+        flash_shown(&mut r);
     }
     r
 }
