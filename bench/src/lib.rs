@@ -21,6 +21,15 @@ pub fn edge_state(accounts: &[AccountId], capacity: u64) -> anyhow::Result<EdgeS
         Duration::from_millis(100),
         L2::default(),
     )?;
+    edge_state_on(upstream, accounts, capacity)
+}
+
+/// [`edge_state`] with a given upstream (a real control plane answers what is not cached).
+pub fn edge_state_on(
+    upstream: Upstream,
+    accounts: &[AccountId],
+    capacity: u64,
+) -> anyhow::Result<EdgeState> {
     let mut opts = tollgate_edge::state::EdgeOptions::new("bench");
     opts.cache_limits = CacheLimits {
         entries_max: capacity,

@@ -11,12 +11,14 @@
 //! `../shared/BASELINES.md`.
 
 mod billing;
+mod peers;
 mod propagation;
 mod usage;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
@@ -29,6 +31,8 @@ use tollgate_rules::host::RulesEngine;
 
 /// Accounts pre-filled in the edge cache and cycled through by wrk.
 const ACCOUNTS: usize = 10_000;
+/// Real customers of the control plane the metered checks go to.
+const METERED_ACCOUNTS: usize = 200;
 const CONNECTIONS: [u32; 2] = [1, 64];
 /// Alternating measurement rounds per connection count.
 const ROUNDS: usize = 3;
@@ -171,43 +175,31 @@ fn pin_self_to_cpu1() {
 
 /// Accounts materialised per measurement pass.
 const MATERIALISE_ACCOUNTS: usize = 20_000;
+/// Measurement passes of `materialise` (each engine once per pass, in the same order).
+const MATERIALISE_ROUNDS: usize = 31;
 
 /// `materialise`: accounts' decisions computed through the compiled WebAssembly module (fresh
 /// store per account, and one instance reused across a batch) against the reference
 /// interpreter, for the same demo rules and the same facts, in one run.
 fn materialise(out_path: &str) -> anyhow::Result<()> {
     use std::time::Instant;
-    use tollgate_protocol::FeatureOverride;
-    use tollgate_rules::{facts::fact_vector, interp};
+    use tollgate_rules::interp;
+    // regorus builds `anyhow` errors internally; with RUST_BACKTRACE set (as this machine's
+    // environment has it) each would capture a backtrace, a cost no production user pays.
+    // SAFETY of set_var: single-threaded here, before any runtime or thread starts.
+    unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     let program = tollgate_rules::demo_program();
     let loaded = RulesEngine::new()?.load_program(&program)?;
-    let plans = ["free", "pro", "enterprise"];
-    let statuses = [
-        SubscriptionStatus::Active,
-        SubscriptionStatus::PastDue,
-        SubscriptionStatus::Trialing,
-    ];
-    let vectors: Vec<_> = (0..MATERIALISE_ACCOUNTS)
-        .map(|i| {
-            let mut f = AccountFacts::new(AccountId(uuid::Uuid::now_v7()), 1);
-            f.subscription = Some(SubscriptionFacts {
-                plan: plans[i % 3].into(),
-                status: statuses[i % 3],
-                current_period_end_ms: 0,
-                billing_anchor_ms: None,
-            });
-            f.days_past_due = (i % 11) as i64;
-            f.dunning_level = (i % 5) as i64;
-            if i % 7 == 0 {
-                f.overrides
-                    .insert("sso".into(), FeatureOverride::Grant { limit: None });
-            }
-            fact_vector(&program, &f, 1_700_000_000_000)
-        })
-        .collect();
+    let vectors = materialise_facts(&program);
+    let mut rego = peers::Rego::demo()?;
+    let rego_inputs: Vec<_> = vectors
+        .iter()
+        .map(|v| peers::Rego::input(&program, v))
+        .collect::<Result<_, _>>()?;
     let rate = |secs: f64| MATERIALISE_ACCOUNTS as f64 / secs;
     let mut rows = Vec::new();
-    for _round in 0..3 {
+    let mut rego_rate = 0.0;
+    for round in 0..MATERIALISE_ROUNDS {
         let t = Instant::now();
         let interp_out: Vec<_> = vectors
             .iter()
@@ -223,35 +215,176 @@ fn materialise(out_path: &str) -> anyhow::Result<()> {
             .map(|v| loaded.evaluate(v))
             .collect::<Result<_, _>>()?;
         let single_rate = rate(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let fresh: Vec<_> = vectors
+            .iter()
+            .map(|v| loaded.evaluate_fresh(v))
+            .collect::<Result<_, _>>()?;
+        let fresh_rate = rate(t.elapsed().as_secs_f64());
+        // regorus is three orders of magnitude slower: one round of it (seconds) is enough.
+        if round == 0 {
+            let t = Instant::now();
+            let mut rego_out = Vec::with_capacity(vectors.len());
+            for input in &rego_inputs {
+                rego_out.push(rego.evaluate(input)?);
+            }
+            rego_rate = rate(t.elapsed().as_secs_f64());
+            for (i, want) in interp_out.iter().enumerate() {
+                anyhow::ensure!(
+                    &rego.decisions(&rego_out[i])? == want,
+                    "regorus disagrees on account {i}: interpreter {want:?}, regorus {:?}",
+                    rego_out[i]
+                );
+            }
+        }
         // Decided alike: every account's whole decision vector (allowed, limit, reason of each
         // feature), not a digest of it.
         for (i, want) in interp_out.iter().enumerate() {
             anyhow::ensure!(
-                &batch[i] == want && &single[i] == want,
-                "engines disagree on account {i}: interpreter {want:?}, batch {:?}, single {:?}",
+                &batch[i] == want && &single[i] == want && &fresh[i] == want,
+                "engines disagree on account {i}: interpreter {want:?}, batch {:?}, single {:?}, \
+                 fresh {:?}",
                 batch[i],
-                single[i]
+                single[i],
+                fresh[i]
             );
         }
-        rows.push((interp_rate, batch_rate, single_rate));
+        rows.push([interp_rate, batch_rate, single_rate, fresh_rate, rego_rate]);
     }
-    rows.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let (i, b, s1) = rows[rows.len() / 2];
+    let med = |k: usize| median(&rows.iter().map(|r| r[k]).collect::<Vec<_>>());
+    let (i, b, s1, f1, r1) = (med(0), med(1), med(2), med(3), rego_rate);
+    // Each engine's ratio is the median of its per-round ratios (rounds are milliseconds long
+    // here and move with the machine; a ratio within a round compares like with like).
+    let ratio = |k: usize| median(&rows.iter().map(|r| r[k] / r[0]).collect::<Vec<_>>());
+    let spread = |k: usize| {
+        let mut v: Vec<f64> = rows.iter().map(|r| r[k] / r[0]).collect();
+        v.sort_by(f64::total_cmp);
+        format!("{:.2}–{:.2}", v[0], v[v.len() - 1])
+    };
+    let per_call = loaded.batch_max();
+    let (batch_rounds, single_rounds) = (spread(1), spread(2));
     let report = format!(
         "# Materialising decisions: WebAssembly vs the reference interpreter\n\n\
          Command: `cargo run --release -p tollgate-bench -- materialise`\n\n\
-         {MATERIALISE_ACCOUNTS} accounts (mixed plans, statuses, dunning levels, overrides), the demo rules \
+         {MATERIALISE_ACCOUNTS} accounts (mixed plans, statuses, dunning levels, add-on packs, bans, grant and deny overrides, metered usage), the demo rules \
          (`rules/examples/demo.tg`: 4 features, 3 plans, 1 add-on, 3 rules), same facts for every engine, \
-         one thread, release profile, median of 3 rounds. Every round checks that the engines' decision vectors (each feature's allowed, limit and reason, every account) are equal.\n\n\
-         | engine | accounts/s | vs interpreter |\n|---|---:|---:|\n\
+         one thread, release profile, {MATERIALISE_ROUNDS} rounds (regorus: the first only). Every round checks that the engines' decision vectors (each feature's allowed, limit and reason, every account) are equal.\n\n\
+         | engine | accounts/s (median) | vs interpreter: median of the rounds' ratios (range) |\n|---|---:|---:|\n\
          | reference interpreter (native Rust) | {i:.0} | 1.00 |\n\
-         | WebAssembly, one instance per batch (refuelled per account) | {b:.0} | {:.2} |\n\
-         | WebAssembly, fresh `Store` + instance per account | {s1:.0} | {:.2} |\n",
-        b / i,
-        s1 / i
+         | WebAssembly batch: one instance, {per_call} accounts per call into the module | {b:.0} | {:.2} ({batch_rounds}) |\n\
+         | WebAssembly single account on a kept instance (the edge's fill: memory rewritten whole, one call) | {s1:.0} | {:.2} ({single_rounds}) |\n\
+         | WebAssembly single account, fresh `Store` + instance (reference) | {f1:.0} | {:.2} |\n\
+         | peer: regorus {} (Rego interpreter), `bench/peers/regorus/demo.rego`, one engine, `set_input` + `eval_rule` per account | {r1:.0} | {:.2} |\n\n\
+         The regorus input is each account's fact vector with its slots named, built before timing (a \
+         user of regorus would also pay for building it); its decisions are checked against the \
+         interpreter's for every account, like the other engines'.\n",
+        ratio(1),
+        ratio(2),
+        ratio(3),
+        peers::REGORUS_VERSION,
+        r1 / i
     );
     std::fs::write(out_path, &report)?;
     println!("{report}");
+    Ok(())
+}
+
+/// The materialise harness's accounts: mixed plans, statuses, dunning, add-ons, bans,
+/// overrides and metered usage, as fact vectors of the demo program.
+fn materialise_facts(program: &tollgate_rules::ir::Program) -> Vec<tollgate_rules::ir::FactVector> {
+    use tollgate_protocol::FeatureOverride;
+    use tollgate_rules::facts::fact_vector;
+    let plans = ["free", "pro", "enterprise"];
+    let statuses = [
+        SubscriptionStatus::Active,
+        SubscriptionStatus::PastDue,
+        SubscriptionStatus::Trialing,
+    ];
+    (0..MATERIALISE_ACCOUNTS)
+        .map(|i| {
+            let mut f = AccountFacts::new(AccountId(uuid::Uuid::now_v7()), 1);
+            f.subscription = Some(SubscriptionFacts {
+                plan: plans[i % 3].into(),
+                status: statuses[i % 3],
+                current_period_end_ms: 0,
+                billing_anchor_ms: None,
+            });
+            f.days_past_due = (i % 11) as i64;
+            f.dunning_level = (i % 5) as i64;
+            if i % 7 == 0 {
+                f.overrides
+                    .insert("sso".into(), FeatureOverride::Grant { limit: None });
+            }
+            if i % 9 == 0 {
+                f.overrides.insert("exports".into(), FeatureOverride::Deny);
+            }
+            if i % 4 == 0 {
+                f.addons.insert("extra_seats".into(), (i % 3) as i64 + 1);
+            }
+            if i % 13 == 0 {
+                f.standing = tollgate_protocol::AccountStanding::Banned;
+            }
+            let mut v = fact_vector(program, &f, 1_700_000_000_000);
+            // Metered usage, as the edge adds it from its usage store.
+            v.set(
+                tollgate_rules::ir::Fact::Usage(3),
+                program.shape(),
+                (i as i64 * 37) % 200_000,
+            );
+            v
+        })
+        .collect()
+}
+
+/// `profile-materialise ENGINE [--secs N]`: one engine (`interp`, `batch`, `single`, `fresh`)
+/// over the materialise accounts in a loop, for a profiler to sample (`perf record`).
+fn profile_materialise(args: &[String]) -> anyhow::Result<()> {
+    let engine = args
+        .first()
+        .context("engine: interp | batch | single | fresh")?
+        .clone();
+    let secs: u64 = match args.get(1).map(String::as_str) {
+        Some("--secs") => args.get(2).context("--secs N")?.parse()?,
+        _ => 10,
+    };
+    let program = tollgate_rules::demo_program();
+    let loaded = RulesEngine::new()?.load_program(&program)?;
+    let vectors = materialise_facts(&program);
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut accounts = 0u64;
+    while std::time::Instant::now() < deadline {
+        match engine.as_str() {
+            // Every engine keeps its accounts' decisions until the pass ends, as the
+            // materialise table's rows do.
+            "interp" => {
+                let out: Vec<_> = vectors
+                    .iter()
+                    .map(|v| tollgate_rules::interp::evaluate(&program, v))
+                    .collect();
+                std::hint::black_box(out);
+            }
+            "batch" => {
+                std::hint::black_box(loaded.evaluate_batch(&vectors)?);
+            }
+            "single" => {
+                let out: Vec<_> = vectors
+                    .iter()
+                    .map(|v| loaded.evaluate(v))
+                    .collect::<Result<_, _>>()?;
+                std::hint::black_box(out);
+            }
+            "fresh" => {
+                let out: Vec<_> = vectors
+                    .iter()
+                    .map(|v| loaded.evaluate_fresh(v))
+                    .collect::<Result<_, _>>()?;
+                std::hint::black_box(out);
+            }
+            other => bail!("unknown engine {other}"),
+        }
+        accounts += vectors.len() as u64;
+    }
+    println!("{engine}: {:.0} accounts/s", accounts as f64 / secs as f64);
     Ok(())
 }
 
@@ -377,6 +510,9 @@ fn main() -> anyhow::Result<()> {
             concat!(env!("CARGO_MANIFEST_DIR"), "/results/propagation.md"),
         );
     }
+    if args.first().map(String::as_str) == Some("profile-materialise") {
+        return profile_materialise(&args[1..]);
+    }
     if args.first().map(String::as_str) == Some("materialise") {
         return materialise(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -401,6 +537,14 @@ fn main() -> anyhow::Result<()> {
             other => bail!("unknown argument {other}"),
         }
     }
+    // The real control plane next to this binary (target/release after `cargo build
+    // --release --workspace --bins`) answers the edge's fills, usage reads and leases.
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("bench binary dir")?
+        .to_owned();
+    // SAFETY of set_var: single-threaded here, before any runtime or thread starts.
+    unsafe { std::env::set_var("TOLLGATE_BIN_DIR", &bin_dir) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -409,26 +553,67 @@ fn main() -> anyhow::Result<()> {
     let accounts: Vec<AccountId> = (0..ACCOUNTS)
         .map(|_| AccountId(uuid::Uuid::now_v7()))
         .collect();
+    let (stack, metered) = runtime.block_on(async {
+        let stack = tollgate_e2e::Stack::start(&[], &[]).await?;
+        let mut metered = Vec::new();
+        for i in 0..METERED_ACCOUNTS {
+            let c = stack
+                .sign_up(&format!("bench-metered-{i}@example.com"))
+                .await?;
+            stack.buy(&c, "pro").await?;
+            metered.push(c.account);
+        }
+        anyhow::Ok((stack, metered))
+    })?;
+    // The control plane shares CPU 0 with wrk, away from the edge on CPU 1.
+    let _ = Command::new("taskset")
+        .args(["-a", "-p", "-c", "0", &stack.cp.pid().to_string()])
+        .output();
     let features = ["sso", "seats", "api_calls", "exports"];
     let paths_file = std::env::temp_dir().join("tollgate-bench-paths.txt");
     let mut paths = String::new();
     for (i, a) in accounts.iter().enumerate() {
-        let _ = writeln!(
-            paths,
-            "/v1/check?account={a}&feature={}",
-            features[i % features.len()]
-        );
+        let feature = features[i % features.len()];
+        // The metered quarter goes to real customers of the control plane: the check reads
+        // their usage and spends this edge's lease of their quota.
+        let account = if feature == "api_calls" {
+            metered[i % metered.len()].clone()
+        } else {
+            a.to_string()
+        };
+        let _ = writeln!(paths, "/v1/check?account={account}&feature={feature}");
     }
     std::fs::write(&paths_file, paths)?;
     let paths_file = paths_file.display().to_string();
+    let scratch = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/bench-scratch")
+        .join(format!("edge-check-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&scratch)?;
 
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (bare_addr, edge_addr) = runtime.block_on(async {
         let bare_addr = serve(Router::new().route("/v1/check", get(bare))).await?;
-        let edge_addr = serve(tollgate_edge::app(edge_state(
-            &accounts,
-            2 * ACCOUNTS as u64,
-        )?))
-        .await?;
+        let upstream = tollgate_edge::upstream::Upstream::new(
+            &stack.cp_url,
+            secrecy::SecretString::from(tollgate_e2e::EDGE_TOKEN.to_owned()),
+            Duration::from_secs(2),
+            tollgate_edge::upstream::L2::default(),
+        )?;
+        let state = tollgate_bench::edge_state_on(upstream, &accounts, 2 * ACCOUNTS as u64)?;
+        // The edge's own usage store and flusher, as `tollgate-edge` opens them.
+        let usage = tollgate_edge::usage::Usage::open(
+            &tollgate_edge::usage::UsageOptions::in_data_dir(&scratch, 256 << 20, 64 << 20),
+            state.meters_fn(),
+            state.metrics.usage.clone(),
+        )?;
+        let _ = state.usage.set(usage.clone());
+        tokio::spawn(tollgate_edge::usage::flush_loop(
+            state.clone(),
+            usage,
+            Duration::from_millis(1_000),
+            shutdown_rx,
+        ));
+        let edge_addr = serve(tollgate_edge::app(state)).await?;
         anyhow::Ok((bare_addr, edge_addr))
     })?;
 
@@ -478,10 +663,19 @@ fn main() -> anyhow::Result<()> {
             b.rps, e.rps
         );
     }
+    let _ = shutdown_tx.send(true);
+    runtime.block_on(stack.shutdown());
+    let _ = std::fs::remove_dir_all(&scratch);
     let report = format!(
-        "# Edge check vs bare axum handler\n\nCommand: `cargo run --release -p tollgate-bench -- edge-check --secs {secs}`\n\n\
+        "# Edge check vs bare axum handler\n\nCommand: `cargo build --release --workspace --bins && cargo run --release -p tollgate-bench -- edge-check --secs {secs}`\n\n\
          Both servers in one process on a one-worker tokio runtime pinned to CPU 1; `wrk -t1` pinned to CPU 0; \
-         {ACCOUNTS} cached accounts cycled through, features mixed. Release profile for both. \
+         {ACCOUNTS} paths cycled through, features mixed (`sso`, `seats`, `api_calls`, `exports`). The edge is the real one: \
+         the demo bundle, a cache of {ACCOUNTS} accounts, its usage store (log on this disk, flusher) and a real control plane \
+         (release binary, fresh PostgreSQL databases, pinned to CPU 0 with wrk) as its upstream. The metered quarter of the \
+         requests (`api_calls`) goes to {METERED_ACCOUNTS} real customers on `pro`: each check reads the account's usage \
+         (refreshed from the control plane when older than 5 s) and spends this edge's lease of the quota (a lease \
+         transaction at the control plane per 100 units), as in production. The bare handler parses the same query and \
+         returns a JSON body of the same shape. Release profile for both. \
          {ROUNDS} alternating rounds of {secs} s per side and connection count; medians reported.\n\n{table}"
     );
     std::fs::write(&out_path, &report)?;

@@ -85,6 +85,11 @@ impl Proc {
         })
     }
 
+    /// The child's process id (e.g. to pin it to a CPU).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

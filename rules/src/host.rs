@@ -2,12 +2,18 @@
 //!
 //! One [`RulesEngine`] per process (a wasmtime `Engine` with fuel metering); one
 //! [`LoadedRules`] per bundle: the module is validated and compiled once, checked against the
-//! contract in [`crate::wasm`] (no imports, the expected exports, layout sizes matching the
-//! manifest), and pre-linked into an `InstancePre`. Every evaluation gets a fresh `Store` with a
-//! memory cap and a fuel budget, so a module that loops forever, grows memory or traps is
-//! stopped with a typed [`HostError`] and cannot affect the next evaluation. A batch reuses one
-//! store and instance (instantiation, not the call, dominates a one-shot evaluation), refuelled
-//! per account.
+//! contract in [`crate::wasm`] (no imports and no state but its memory, the expected exports,
+//! layout sizes matching the manifest), and pre-linked into an `InstancePre`. Every call runs
+//! under a memory cap and a fuel budget, so a module that loops forever, grows memory or traps
+//! is stopped with a typed [`HostError`]; the instance it ran in is dropped.
+//!
+//! Instances are reused, and that is safe by construction: a module holds no state but its
+//! memory (the load refuses globals, tables, data and element segments), and before every
+//! call the host writes that memory whole — facts, decision slots filled with `0xff`, zeros
+//! past the last record. So an evaluation on a kept instance sees exactly what a fresh one
+//! would, at the cost of a call instead of an instantiation. A single evaluation takes one of
+//! up to [`IDLE_INSTANCES_MAX`] kept one-record instances; a batch grows one instance's memory
+//! to [`crate::wasm::BATCH_ACCOUNTS_MAX`] records and evaluates that many accounts per call.
 //!
 //! Module bytes are always compiled from source form here: `Module::deserialize` of untrusted
 //! bytes is never used.
@@ -17,8 +23,13 @@ use wasmtime::{
     PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc,
 };
 
+use std::sync::Mutex;
+
 use crate::ir::{FactVector, Limit, RawDecision, ReasonCode, Shape};
-use crate::wasm::{ABI_VERSION, DECISION_BYTES, FACTS_OFFSET, PAGE_BYTES, decisions_offset};
+use crate::wasm::{
+    ABI_VERSION, BATCH_ACCOUNTS_MAX, DECISION_BYTES, FACTS_OFFSET, PAGE_BYTES, PAGE_SIZE_LOG2,
+    decisions_offset, record_bytes,
+};
 
 /// Fuel for one account's evaluation; generated modules use a few thousand units for the demo
 /// rules, so this leaves room for large rule sets while stopping runaway loops fast.
@@ -30,6 +41,9 @@ pub const MEMORY_BYTES_MAX: usize = 16 * PAGE_BYTES as usize;
 pub const POOL_INSTANCES: u32 = 256;
 /// Module bytes accepted at most.
 pub const MODULE_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// One-record instances a [`LoadedRules`] keeps for single evaluations, at most (about the
+/// number of threads that evaluate at once; more are instantiated and dropped).
+pub const IDLE_INSTANCES_MAX: usize = 16;
 
 /// Why a module was refused or an evaluation failed. None is retryable with the same module.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +89,8 @@ impl RulesEngine {
     pub fn new() -> Result<Self, HostError> {
         let mut config = Config::new();
         config.consume_fuel(true);
+        // Modules have 1-byte pages, so a memory is exactly one record (see crate::wasm).
+        config.wasm_custom_page_sizes(true);
         // Instances come from a pre-reserved pool: creating a `Store` and an instance per
         // evaluation is then a few microseconds instead of an mmap/munmap of a fresh linear
         // memory. Each slot's memory is capped at MEMORY_BYTES_MAX, with a small reservation
@@ -114,14 +130,19 @@ impl RulesEngine {
                 import.name()
             )));
         }
+        only_stateless_sections(bytes)?;
         let linker = Linker::new(&self.engine);
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| HostError::Contract(format!("{e:#}")))?;
-        let rules = LoadedRules {
+        let record = record_bytes(shape);
+        let mut rules = LoadedRules {
             engine: self.engine.clone(),
             pre,
             shape,
+            record: usize::try_from(record).unwrap_or(usize::MAX),
+            batch_max: 1,
+            idle: Mutex::new(Vec::new()),
         };
         // Instantiate once to check the exports and the layout it declares.
         let mut inst = rules.instantiate()?;
@@ -139,14 +160,61 @@ impl RulesEngine {
                 shape.features
             )));
         }
-        let needed = decisions_offset(shape) + DECISION_BYTES * shape.features as u64;
-        if (inst.memory.data_size(&inst.store) as u64) < needed {
+        let ty = inst.memory.ty(&inst.store);
+        let size = inst.memory.data_size(&inst.store) as u64;
+        if ty.page_size_log2() != PAGE_SIZE_LOG2 as u8 || size != record {
             return Err(HostError::Contract(format!(
-                "memory smaller than the {needed} bytes the layout needs"
+                "memory is {size} bytes in pages of 2^{} bytes; the layout needs exactly {record} \
+                 bytes in 1-byte pages",
+                ty.page_size_log2()
             )));
         }
+        let declared_max = ty.maximum().unwrap_or(record);
+        let fits = (MEMORY_BYTES_MAX as u64).min(declared_max) / record.max(1);
+        rules.batch_max = usize::try_from(fits.min(BATCH_ACCOUNTS_MAX)).unwrap_or(1);
+        if rules.batch_max == 0 {
+            return Err(HostError::Contract(format!(
+                "a record of {record} bytes does not fit the {MEMORY_BYTES_MAX}-byte memory cap"
+            )));
+        }
+        rules.release(inst);
         Ok(rules)
     }
+}
+
+/// Refuses a module with anything an instance could keep state in besides its memory
+/// (globals, tables, data or element segments) or run at instantiation (a start function):
+/// the emitter writes none, and their absence is what lets a host reuse an instance whose
+/// memory it overwrites whole.
+fn only_stateless_sections(bytes: &[u8]) -> Result<(), HostError> {
+    use wasmparser::Payload as P;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| HostError::Compile(e.to_string()))?;
+        let refused = match payload {
+            P::Version { .. }
+            | P::TypeSection(_)
+            | P::FunctionSection(_)
+            | P::MemorySection(_)
+            | P::ExportSection(_)
+            | P::CodeSectionStart { .. }
+            | P::CodeSectionEntry(_)
+            | P::CustomSection(_)
+            | P::End(_) => None,
+            P::ImportSection(_) => Some("imports"),
+            P::TableSection(_) => Some("a table"),
+            P::GlobalSection(_) => Some("globals"),
+            P::StartSection { .. } => Some("a start function"),
+            P::ElementSection(_) => Some("element segments"),
+            P::DataCountSection { .. } | P::DataSection(_) => Some("data segments"),
+            _ => Some("a section outside the contract"),
+        };
+        if let Some(what) = refused {
+            return Err(HostError::Contract(format!(
+                "module has {what} (modules hold no state but their memory)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A verified module ready to evaluate.
@@ -154,14 +222,20 @@ pub struct LoadedRules {
     engine: Engine,
     pre: InstancePre<StoreLimits>,
     shape: Shape,
+    /// Bytes of one account's record ([`record_bytes`]).
+    record: usize,
+    /// Accounts per `evaluate_batch` call.
+    batch_max: usize,
+    /// One-record instances between single evaluations.
+    idle: Mutex<Vec<Instantiated>>,
 }
 
 /// One instantiated module with its store.
-pub struct Instantiated {
+struct Instantiated {
     store: Store<StoreLimits>,
     instance: Instance,
     memory: Memory,
-    evaluate: TypedFunc<(), i32>,
+    evaluate_batch: TypedFunc<i32, i32>,
 }
 
 impl Instantiated {
@@ -177,9 +251,43 @@ impl Instantiated {
     }
 }
 
+/// A decision's four slots as the module wrote them, checked.
+#[inline]
+fn decode(c: &[u8]) -> Result<RawDecision, HostError> {
+    let word = |i: usize| {
+        let b: [u8; 8] = c[i * 8..i * 8 + 8].try_into().unwrap_or([0xff; 8]);
+        i64::from_le_bytes(b)
+    };
+    let allowed = match word(0) {
+        0 => false,
+        1 => true,
+        other => return Err(HostError::BadOutput(format!("allowed = {other}"))),
+    };
+    let limit = Limit::from_slots(word(1), word(2)).ok_or_else(|| {
+        HostError::BadOutput(format!("limit kind {}, value {}", word(1), word(2)))
+    })?;
+    if !allowed && limit != Limit::None {
+        return Err(HostError::BadOutput(format!(
+            "a denial with a limit ({limit:?})"
+        )));
+    }
+    let reason = ReasonCode::from_code(word(3))
+        .ok_or_else(|| HostError::BadOutput(format!("reason = {}", word(3))))?;
+    Ok(RawDecision {
+        allowed,
+        limit,
+        reason,
+    })
+}
+
 impl LoadedRules {
     pub fn shape(&self) -> Shape {
         self.shape
+    }
+
+    /// Accounts one call into the module evaluates at most.
+    pub fn batch_max(&self) -> usize {
+        self.batch_max
     }
 
     fn instantiate(&self) -> Result<Instantiated, HostError> {
@@ -199,84 +307,143 @@ impl LoadedRules {
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| HostError::Contract("no exported memory".into()))?;
-        let evaluate = instance
-            .get_typed_func::<(), i32>(&mut store, "evaluate")
-            .map_err(|e| HostError::Contract(format!("export evaluate: {e:#}")))?;
+        let evaluate_batch = instance
+            .get_typed_func::<i32, i32>(&mut store, "evaluate_batch")
+            .map_err(|e| HostError::Contract(format!("export evaluate_batch: {e:#}")))?;
         Ok(Instantiated {
             store,
             instance,
             memory,
-            evaluate,
+            evaluate_batch,
         })
     }
 
-    fn run(
+    /// An instance of one record: a kept one, else a new one.
+    fn acquire(&self) -> Result<Instantiated, HostError> {
+        let kept = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match kept {
+            Some(inst) => Ok(inst),
+            None => self.instantiate(),
+        }
+    }
+
+    /// Keeps a one-record instance that evaluated without error for the next evaluation.
+    fn release(&self, inst: Instantiated) {
+        if inst.memory.data_size(&inst.store) != self.record {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_INSTANCES_MAX {
+            idle.push(inst);
+        }
+    }
+
+    /// Evaluates `facts` (at most as many accounts as the instance's memory holds records) in
+    /// one call. Before it the host writes the whole memory: each record's facts, its decision
+    /// slots filled with `0xff` (a decision the module leaves unwritten is refused, never an
+    /// earlier account's), every byte past the last record zeroed. So nothing of an earlier
+    /// call reaches this one, even on a reused instance.
+    fn run_chunk(
         &self,
         inst: &mut Instantiated,
-        facts: &FactVector,
-    ) -> Result<Vec<RawDecision>, HostError> {
-        if facts.0.len() != FactVector::len_for(self.shape) {
+        facts: &[FactVector],
+        out: &mut Vec<Vec<RawDecision>>,
+    ) -> Result<(), HostError> {
+        let want = FactVector::len_for(self.shape);
+        if let Some(bad) = facts.iter().find(|f| f.0.len() != want) {
             return Err(HostError::Contract(format!(
-                "{} fact slots given, the program needs {}",
-                facts.0.len(),
-                FactVector::len_for(self.shape)
+                "{} fact slots given, the program needs {want}",
+                bad.0.len()
             )));
         }
-        let bytes: Vec<u8> = facts.0.iter().flat_map(|v| v.to_le_bytes()).collect();
-        inst.memory
-            .write(&mut inst.store, FACTS_OFFSET as usize, &bytes)
-            .map_err(|e| HostError::Contract(format!("facts do not fit: {e}")))?;
+        let record = self.record;
+        let split = decisions_offset(self.shape) as usize;
+        let used = record * facts.len();
+        let data = inst.memory.data_mut(&mut inst.store);
+        if data.len() < used {
+            return Err(HostError::Contract(format!(
+                "{} accounts do not fit a memory of {} bytes",
+                facts.len(),
+                data.len()
+            )));
+        }
+        let (records, rest) = data.split_at_mut(used);
+        for (rec, f) in records.chunks_exact_mut(record).zip(facts) {
+            let (slots, decisions) = rec.split_at_mut(split);
+            for (slot, v) in slots[FACTS_OFFSET as usize..].chunks_exact_mut(8).zip(&f.0) {
+                slot.copy_from_slice(&v.to_le_bytes());
+            }
+            decisions.fill(0xff);
+        }
+        rest.fill(0);
+        let count = i32::try_from(facts.len())
+            .map_err(|_| HostError::Contract("too many accounts for one call".into()))?;
         inst.store
-            .set_fuel(FUEL_PER_EVALUATION)
+            .set_fuel(FUEL_PER_EVALUATION.saturating_mul(facts.len() as u64))
             .map_err(|e| HostError::Trap(format!("{e:#}")))?;
-        let status = inst.evaluate.call(&mut inst.store, ()).map_err(classify)?;
+        let status = inst
+            .evaluate_batch
+            .call(&mut inst.store, count)
+            .map_err(classify)?;
         if status != 0 {
             return Err(HostError::BadOutput(format!("evaluate returned {status}")));
         }
-        let mut raw = vec![0u8; DECISION_BYTES as usize * self.shape.features];
-        inst.memory
-            .read(&inst.store, decisions_offset(self.shape) as usize, &mut raw)
-            .map_err(|e| HostError::BadOutput(e.to_string()))?;
-        raw.chunks_exact(DECISION_BYTES as usize)
-            .map(|c| {
-                let word = |i: usize| {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&c[i * 8..i * 8 + 8]);
-                    i64::from_le_bytes(b)
-                };
-                let allowed = match word(0) {
-                    0 => false,
-                    1 => true,
-                    other => return Err(HostError::BadOutput(format!("allowed = {other}"))),
-                };
-                let limit = Limit::from_slots(word(1), word(2)).ok_or_else(|| {
-                    HostError::BadOutput(format!("limit kind {}, value {}", word(1), word(2)))
-                })?;
-                if !allowed && limit != Limit::None {
-                    return Err(HostError::BadOutput(format!(
-                        "a denial with a limit ({limit:?})"
-                    )));
-                }
-                let reason = ReasonCode::from_code(word(3))
-                    .ok_or_else(|| HostError::BadOutput(format!("reason = {}", word(3))))?;
-                Ok(RawDecision {
-                    allowed,
-                    limit,
-                    reason,
-                })
-            })
-            .collect()
+        let data = inst.memory.data(&inst.store);
+        if data.len() < used {
+            return Err(HostError::BadOutput("the module shrank its memory".into()));
+        }
+        let features = self.shape.features;
+        for rec in data[..used].chunks_exact(record) {
+            let mut decisions = Vec::with_capacity(features);
+            for slots in rec[split..].chunks_exact(DECISION_BYTES as usize) {
+                decisions.push(decode(slots)?);
+            }
+            out.push(decisions);
+        }
+        Ok(())
     }
 
-    /// Decides every feature for one account (fresh store: full isolation).
+    /// Decides every feature for one account. The instance is one kept from an earlier
+    /// evaluation when there is one (its whole memory is rewritten first, and modules hold no
+    /// other state: see [`crate::wasm`]); one that failed is dropped, never reused.
     pub fn evaluate(&self, facts: &FactVector) -> Result<Vec<RawDecision>, HostError> {
-        let mut inst = self.instantiate()?;
-        self.run(&mut inst, facts)
+        let mut inst = self.acquire()?;
+        let mut out = Vec::with_capacity(1);
+        self.run_chunk(&mut inst, std::slice::from_ref(facts), &mut out)?;
+        self.release(inst);
+        out.pop()
+            .ok_or_else(|| HostError::BadOutput("no decisions".into()))
     }
 
-    /// Decides many accounts with one instance, refuelled per account. A trap stops the batch.
-    pub fn evaluate_batch(&self, facts: &[FactVector]) -> Result<Vec<Vec<RawDecision>>, HostError> {
+    /// Decides every feature for one account in a fresh store and instance (the cost of an
+    /// evaluation that reuses nothing; kept for comparison).
+    pub fn evaluate_fresh(&self, facts: &FactVector) -> Result<Vec<RawDecision>, HostError> {
         let mut inst = self.instantiate()?;
-        facts.iter().map(|f| self.run(&mut inst, f)).collect()
+        let mut out = Vec::with_capacity(1);
+        self.run_chunk(&mut inst, std::slice::from_ref(facts), &mut out)?;
+        out.pop()
+            .ok_or_else(|| HostError::BadOutput("no decisions".into()))
+    }
+
+    /// Decides many accounts: one instance whose memory is grown to [`Self::batch_max`]
+    /// records, one call into the module per that many accounts (fuel for all of them). A
+    /// trap stops the batch.
+    pub fn evaluate_batch(&self, facts: &[FactVector]) -> Result<Vec<Vec<RawDecision>>, HostError> {
+        let mut out = Vec::with_capacity(facts.len());
+        if facts.is_empty() {
+            return Ok(out);
+        }
+        let mut inst = self.instantiate()?;
+        let per_call = self.batch_max.min(facts.len());
+        let grow = (per_call - 1) * self.record;
+        if grow > 0 {
+            inst.memory
+                .grow(&mut inst.store, grow as u64)
+                .map_err(|_| HostError::Memory)?;
+        }
+        for chunk in facts.chunks(per_call) {
+            self.run_chunk(&mut inst, chunk, &mut out)?;
+        }
+        Ok(out)
     }
 }

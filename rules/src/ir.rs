@@ -452,8 +452,13 @@ impl ReasonCode {
         Self::Override,
     ];
 
+    /// The reason with this number. `ALL` is in number order (a test holds it), so this is an
+    /// index, not a search: hosts decode every decision of every account with it.
     pub fn from_code(code: i64) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| *r as i64 == code)
+        usize::try_from(code)
+            .ok()
+            .and_then(|i| Self::ALL.get(i))
+            .copied()
     }
 
     /// The name the rule language and messages use (`granted_by_plan`).
@@ -652,4 +657,20 @@ pub struct RawDecision {
     /// Always [`Limit::None`] when denied.
     pub limit: Limit,
     pub reason: ReasonCode,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReasonCode;
+
+    #[test]
+    fn every_reason_decodes_from_its_number_and_nothing_else_does() {
+        for (i, r) in ReasonCode::ALL.into_iter().enumerate() {
+            assert_eq!(r as i64, i as i64, "ALL is in number order");
+            assert_eq!(ReasonCode::from_code(r as i64), Some(r));
+        }
+        for bad in [-1, ReasonCode::ALL.len() as i64, i64::MIN, i64::MAX] {
+            assert_eq!(ReasonCode::from_code(bad), None);
+        }
+    }
 }

@@ -7,14 +7,16 @@
 //! enable (see the crate docs), never into a release build.
 
 use wasm_encoder::{
-    BlockType, CodeSection, EntityType, ExportKind, ExportSection, Function, FunctionSection,
-    ImportSection, Instruction as I, MemArg, MemorySection, MemoryType, Module, TypeSection,
-    ValType,
+    BlockType, CodeSection, ConstExpr, EntityType, ExportKind, ExportSection, Function,
+    FunctionSection, GlobalSection, GlobalType, ImportSection, Instruction as I, MemArg,
+    MemorySection, MemoryType, Module, TypeSection, ValType,
 };
 
 use crate::bundle::{MODULE_PART, UnsignedBundle, sha256_hex};
-use crate::ir::{FactVector, Shape};
-use crate::wasm::{ABI_VERSION, decisions_offset};
+use crate::ir::{Fact, FactVector, ReasonCode, Shape};
+use crate::wasm::{
+    ABI_VERSION, BATCH_ACCOUNTS_MAX, PAGE_SIZE_LOG2, decisions_offset, record_bytes,
+};
 
 /// How a module misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +31,14 @@ pub enum Hostile {
     Garbage,
     /// The module imports a host function (refused at load).
     Imports,
+    /// `evaluate` writes a grant for plan 0 and nothing for any other plan: on a reused
+    /// instance it would answer another plan with the previous account's grant, if the host
+    /// let that stay in memory.
+    GrantsOnlyPlanZero,
+    /// The module declares a mutable global, state that would outlive a call (refused at load).
+    MutableGlobal,
+    /// The memory has 64 KiB pages, so it is larger than a record (refused at load).
+    LargePages,
 }
 
 /// A module for `shape` whose `evaluate` behaves as `kind`.
@@ -43,7 +53,7 @@ pub fn hostile_module(kind: Hostile, shape: Shape) -> Vec<u8> {
         ],
         Hostile::GrowMemory => vec![
             I::Loop(BlockType::Empty),
-            I::I32Const(16),
+            I::I32Const(1 << 20),
             I::MemoryGrow(0),
             I::Drop,
             I::Br(0),
@@ -63,11 +73,40 @@ pub fn hostile_module(kind: Hostile, shape: Shape) -> Vec<u8> {
             I::I32Const(0),
             I::End,
         ],
-        Hostile::Imports => vec![I::I32Const(0), I::End],
+        Hostile::GrantsOnlyPlanZero => {
+            let at = |offset: u64| MemArg {
+                offset,
+                align: 3,
+                memory_index: 0,
+            };
+            let out = decisions_offset(shape);
+            let mut body = vec![
+                I::I32Const(0),
+                I::I64Load(at(8 * Fact::Plan.slot(shape) as u64)),
+                I::I64Eqz,
+                I::If(BlockType::Empty),
+            ];
+            for (slot, value) in [1, 0, 0, ReasonCode::GrantedByPlan as i64]
+                .into_iter()
+                .enumerate()
+            {
+                body.extend([
+                    I::I32Const(0),
+                    I::I64Const(value),
+                    I::I64Store(at(out + 8 * slot as u64)),
+                ]);
+            }
+            body.extend([I::End, I::I32Const(0), I::End]);
+            body
+        }
+        Hostile::Imports | Hostile::MutableGlobal | Hostile::LargePages => {
+            vec![I::I32Const(0), I::End]
+        }
     };
     let import = kind == Hostile::Imports;
     let mut types = TypeSection::new();
     types.ty().function([], [ValType::I32]);
+    types.ty().function([ValType::I32], [ValType::I32]);
     let mut imports = ImportSection::new();
     if import {
         imports.import("env", "now", EntityType::Function(0));
@@ -77,26 +116,48 @@ pub fn hostile_module(kind: Hostile, shape: Shape) -> Vec<u8> {
     for _ in 0..4 {
         functions.function(0);
     }
-    let pages = crate::wasm::memory_pages(shape);
+    // `evaluate_batch`, with the same body (it ignores its count).
+    functions.function(1);
+    let record = record_bytes(shape);
     let mut memories = MemorySection::new();
     let maximum = if kind == Hostile::GrowMemory {
         None
     } else {
-        Some(pages)
+        Some(record * BATCH_ACCOUNTS_MAX)
     };
-    memories.memory(MemoryType {
-        minimum: pages,
-        maximum,
-        memory64: false,
-        shared: false,
-        page_size_log2: None,
+    memories.memory(if kind == Hostile::LargePages {
+        MemoryType {
+            minimum: 1,
+            maximum: Some(1),
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        }
+    } else {
+        MemoryType {
+            minimum: record,
+            maximum,
+            memory64: false,
+            shared: false,
+            page_size_log2: Some(PAGE_SIZE_LOG2),
+        }
     });
+    let mut globals = GlobalSection::new();
+    globals.global(
+        GlobalType {
+            val_type: ValType::I64,
+            mutable: true,
+            shared: false,
+        },
+        &ConstExpr::i64_const(0),
+    );
     let mut exports = ExportSection::new();
     exports.export("memory", ExportKind::Memory, 0);
     exports.export("evaluate", ExportKind::Func, base);
     exports.export("abi_version", ExportKind::Func, base + 1);
     exports.export("facts_len", ExportKind::Func, base + 2);
     exports.export("features_len", ExportKind::Func, base + 3);
+    exports.export("evaluate_batch", ExportKind::Func, base + 4);
     let mut code = CodeSection::new();
     let mut evaluate = Function::new([]);
     for i in &body {
@@ -114,6 +175,7 @@ pub fn hostile_module(kind: Hostile, shape: Shape) -> Vec<u8> {
         f.instruction(&I::End);
         code.function(&f);
     }
+    code.function(&evaluate);
     let mut m = Module::new();
     m.section(&types);
     if import {
@@ -121,6 +183,9 @@ pub fn hostile_module(kind: Hostile, shape: Shape) -> Vec<u8> {
     }
     m.section(&functions);
     m.section(&memories);
+    if kind == Hostile::MutableGlobal {
+        m.section(&globals);
+    }
     m.section(&exports);
     m.section(&code);
     m.finish()

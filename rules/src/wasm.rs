@@ -2,8 +2,17 @@
 //!
 //! # Module contract (memory layout and calling convention), ABI version [`ABI_VERSION`]
 //!
-//! * **No imports** (no WASI, no host functions). One memory, exported as `memory`, sized to
-//!   fit the layout below, with a maximum equal to its minimum (the module cannot grow it).
+//! * **No imports** (no WASI, no host functions), and nothing but types, functions, one
+//!   memory, exports and code: no globals, tables, data or element segments, start function
+//!   (the host refuses any), so an instance holds no state but its memory.
+//! * **Memory**: exported as `memory`, with 1-byte pages ([`PAGE_SIZE_LOG2`], the
+//!   custom-page-sizes proposal): its minimum is exactly one **record**
+//!   ([`record_bytes`]), its maximum [`BATCH_ACCOUNTS_MAX`] records. The module never grows it;
+//!   a host grows it to evaluate several accounts per call. A host that overwrites the whole
+//!   memory before each call therefore gives every evaluation a state that depends on its own
+//!   facts only, even when it reuses the instance.
+//! * **Records**: account `i` of a call has its record at `i × record_bytes`; inside a record
+//!   the layout is:
 //! * **Facts** at byte offset [`FACTS_OFFSET`] (0): `FactVector::len_for(shape)` little-endian
 //!   `i64` slots in the order documented on [`crate::ir::FactVector`] (an override's limit is
 //!   two slots, kind and value, as in decisions).
@@ -20,7 +29,9 @@
 //!   No limit, unlimited and every finite `i64` are distinct (no value doubles as a
 //!   sentinel). A denied decision has kind none. The host refuses any other combination
 //!   ([`crate::ir::Limit::from_slots`]).
-//! * Exports `evaluate: [] -> [i32]`: reads the facts, writes every decision, returns 0. Also
+//! * Exports `evaluate_batch: [count: i32] -> [i32]`: for each of the first `count` records,
+//!   reads the facts and writes every decision; returns 0 (a `count` past the memory traps on
+//!   the first access out of bounds). `evaluate: [] -> [i32]` is `evaluate_batch(1)`. Also
 //!   `abi_version: [] -> [i32]` returning [`ABI_VERSION`], `facts_len: [] -> [i32]` and
 //!   `features_len: [] -> [i32]`, so a host can check the module matches the manifest.
 //! * Pure: the same facts always give the same decisions. Integer arithmetic saturates like
@@ -45,25 +56,36 @@ use crate::ir::{
     Program, ReasonCode, Shape, SubStatus, Target, override_limit_slots,
 };
 
-/// Version 2: decisions carry the limit as kind and value (version 1 had one slot in which
-/// `i64::MIN` meant both "no limit" and "unlimited").
-pub const ABI_VERSION: i32 = 2;
+/// Version 3: `evaluate_batch` evaluates many accounts per call, each in its own record, and
+/// memory has 1-byte pages sized to exactly one record (version 2 had one account per call and
+/// 64 KiB pages; version 1 had one slot in which `i64::MIN` meant both "no limit" and
+/// "unlimited").
+pub const ABI_VERSION: i32 = 3;
 pub const FACTS_OFFSET: u64 = 0;
 /// Bytes per decision: allowed, limit kind, limit value, reason.
 pub const DECISION_BYTES: u64 = 32;
+/// Bytes of a 64 KiB WebAssembly page (the host's reservations are counted in them).
 pub const PAGE_BYTES: u64 = 65_536;
+/// `log2` of the module memory's page size: 1-byte pages, so the memory can be exactly one
+/// record long.
+pub const PAGE_SIZE_LOG2: u32 = 0;
+/// Accounts one `evaluate_batch` call takes at most: the memory's declared maximum is this
+/// many records.
+pub const BATCH_ACCOUNTS_MAX: u64 = 64;
 /// Upper bounds the compiler enforces so a module stays small.
 pub const FEATURES_MAX: usize = 1_024;
 pub const ADDONS_MAX: usize = 256;
 pub const PLANS_MAX: usize = 1_024;
 
+/// Where a record's decisions start, from the record's start.
 pub fn decisions_offset(shape: Shape) -> u64 {
     FACTS_OFFSET + 8 * FactVector::len_for(shape) as u64
 }
 
-pub fn memory_pages(shape: Shape) -> u64 {
-    let end = decisions_offset(shape) + DECISION_BYTES * shape.features as u64;
-    end.div_ceil(PAGE_BYTES).max(1)
+/// Bytes of one account's record: its facts, then its decisions. Account `i` of a batch has
+/// its record at `i × record_bytes`.
+pub fn record_bytes(shape: Shape) -> u64 {
+    decisions_offset(shape) + DECISION_BYTES * shape.features as u64
 }
 
 /// Why a program cannot be emitted.
@@ -105,22 +127,29 @@ const F_EVALUATE: u32 = 7;
 const F_ABI: u32 = 8;
 const F_FACTS_LEN: u32 = 9;
 const F_FEATURES_LEN: u32 = 10;
+const F_EVALUATE_BATCH: u32 = 11;
 
 // Types.
 const T_SAT: u32 = 0; // (i64, i64) -> i64
 const T_CONST: u32 = 1; // () -> i32
 const T_EXT: u32 = 2; // (i64, i32, i64, i32) -> (i64, i32)
 const T_EXT_CMP: u32 = 3; // (i64, i32, i64, i32) -> i32
+const T_BATCH: u32 = 4; // (i32) -> i32
 
-// Locals of `evaluate`.
-const L_PLAN: u32 = 0;
-const L_GRANTS: u32 = 1; // i64 0/1: the subscription status grants
-const L_TMP: u32 = 2;
-const L_TMP2: u32 = 3;
-const L_QTY: u32 = 4;
-const L_INF: u32 = 5; // i32: the +∞ flag of the last value stored
+// Locals of `evaluate_batch` (its parameter first).
+const L_COUNT: u32 = 0; // i32 parameter: accounts to evaluate
+const L_PLAN: u32 = 1;
+const L_GRANTS: u32 = 2; // i64 0/1: the subscription status grants
+const L_TMP: u32 = 3;
+const L_TMP2: u32 = 4;
+const L_QTY: u32 = 5;
+const L_INF: u32 = 6; // i32: the +∞ flag of the last value stored
+const L_INDEX: u32 = 7; // i32: the account being evaluated
+const L_BASE: u32 = 8; // i32: its record's byte offset
 const I64_LOCALS: u32 = 5;
-const I32_LOCALS: u32 = 1;
+const I32_LOCALS: u32 = 3;
+// Then four i64 locals per feature: its decision's slots while the account is evaluated.
+const L_DECISIONS: u32 = 9;
 
 fn mem(offset: u64) -> MemArg {
     MemArg {
@@ -140,6 +169,12 @@ struct Emitter<'a> {
 impl Emitter<'_> {
     fn ins(&mut self, i: &I<'_>) {
         self.f.instruction(i);
+    }
+
+    /// Pushes the address every access adds its constant offset to: the current account's
+    /// record.
+    fn addr_base(&mut self) {
+        self.ins(&I::LocalGet(L_BASE));
     }
 
     fn fact_addr(&self, fact: Fact) -> u64 {
@@ -162,24 +197,48 @@ impl Emitter<'_> {
         self.allowed_addr(feature) + 24
     }
 
-    /// Pushes the i64 at a constant address.
+    /// The local that holds the decision slot at `addr` while an account is evaluated
+    /// (decisions live in locals and are written to memory once, at the end).
+    fn decision_local(&self, addr: u64) -> u32 {
+        L_DECISIONS + ((addr - self.out) / 8) as u32
+    }
+
+    /// Pushes the i64 at a constant address of the record: a fact from memory, a decision
+    /// slot from its local.
     fn load(&mut self, addr: u64) {
-        self.ins(&I::I32Const(0));
-        self.ins(&I::I64Load(mem(addr)));
+        if addr >= self.out {
+            self.ins(&I::LocalGet(self.decision_local(addr)));
+        } else {
+            self.addr_base();
+            self.ins(&I::I64Load(mem(addr)));
+        }
     }
 
-    /// Stores a constant.
+    /// Pops the value on the stack into the decision slot at `addr`.
+    fn set_decision(&mut self, addr: u64) {
+        self.ins(&I::LocalSet(self.decision_local(addr)));
+    }
+
+    /// Stores a constant in a decision slot.
     fn store_const(&mut self, addr: u64, value: i64) {
-        self.ins(&I::I32Const(0));
         self.ins(&I::I64Const(value));
-        self.ins(&I::I64Store(mem(addr)));
+        self.set_decision(addr);
     }
 
-    /// Stores a local.
+    /// Stores a local in a decision slot.
     fn store_local(&mut self, addr: u64, local: u32) {
-        self.ins(&I::I32Const(0));
         self.ins(&I::LocalGet(local));
-        self.ins(&I::I64Store(mem(addr)));
+        self.set_decision(addr);
+    }
+
+    /// Writes every decision slot's local to the record, once per account.
+    fn write_decisions(&mut self) {
+        for slot in 0..4 * self.shape.features as u64 {
+            let addr = self.out + 8 * slot;
+            self.addr_base();
+            self.ins(&I::LocalGet(self.decision_local(addr)));
+            self.ins(&I::I64Store(mem(addr)));
+        }
     }
 
     fn store_limit_const(&mut self, feature: usize, limit: Limit) {
@@ -191,12 +250,11 @@ impl Emitter<'_> {
     /// Stores the value in `L_TMP` / `L_INF` (an extended integer) as the feature's limit:
     /// unlimited when +∞, else finite.
     fn store_limit_value(&mut self, feature: usize) {
-        self.ins(&I::I32Const(0));
         self.ins(&I::I64Const(LIMIT_KIND_UNLIMITED));
         self.ins(&I::I64Const(LIMIT_KIND_FINITE));
         self.ins(&I::LocalGet(L_INF));
         self.ins(&I::Select);
-        self.ins(&I::I64Store(mem(self.kind_addr(feature))));
+        self.set_decision(self.kind_addr(feature));
         // The value of +∞ is 0, as a non-finite kind's value slot must be.
         self.store_local(self.limit_addr(feature), L_TMP);
     }
@@ -418,7 +476,6 @@ impl Emitter<'_> {
                         self.ins(&I::Select);
                         self.ins(&I::LocalSet(L_TMP));
                         // value = unlimited ? 0 : finite ? sat_add(value, tmp2) : tmp2
-                        self.ins(&I::I32Const(0)); // store address
                         self.ins(&I::I64Const(0));
                         self.load(self.limit_addr(f));
                         self.ins(&I::LocalGet(L_TMP2));
@@ -428,14 +485,13 @@ impl Emitter<'_> {
                         self.ins(&I::Select);
                         self.kind_is(L_TMP, LIMIT_KIND_UNLIMITED);
                         self.ins(&I::Select);
-                        self.ins(&I::I64Store(mem(self.limit_addr(f))));
+                        self.set_decision(self.limit_addr(f));
                         // kind = unlimited stays unlimited, anything else becomes finite
-                        self.ins(&I::I32Const(0));
                         self.ins(&I::I64Const(LIMIT_KIND_UNLIMITED));
                         self.ins(&I::I64Const(LIMIT_KIND_FINITE));
                         self.kind_is(L_TMP, LIMIT_KIND_UNLIMITED);
                         self.ins(&I::Select);
-                        self.ins(&I::I64Store(mem(self.kind_addr(f))));
+                        self.set_decision(self.kind_addr(f));
                         // reason = allowed ? reason : granted_by_addon
                         self.allowed(f);
                         self.ins(&I::I32Eqz);
@@ -505,7 +561,6 @@ impl Emitter<'_> {
                     self.ins(&I::LocalSet(L_TMP));
                     self.load(self.limit_addr(f));
                     self.ins(&I::LocalSet(L_TMP2));
-                    self.ins(&I::I32Const(0)); // store address
                     self.ins(&I::LocalGet(L_TMP2)); // min(limit, usage) = limit < usage ? limit : usage
                     self.ins(&I::LocalGet(L_TMP));
                     self.ins(&I::LocalGet(L_TMP2));
@@ -517,7 +572,7 @@ impl Emitter<'_> {
                     self.ins(&I::I64Const(LIMIT_KIND_FINITE));
                     self.ins(&I::I64Eq);
                     self.ins(&I::Select);
-                    self.ins(&I::I64Store(mem(self.limit_addr(f))));
+                    self.set_decision(self.limit_addr(f));
                     self.store_const(self.kind_addr(f), LIMIT_KIND_FINITE);
                     self.store_const(self.reason_addr(f), *reason as i64);
                     self.ins(&I::End);
@@ -559,7 +614,6 @@ impl Emitter<'_> {
             // unlimited as given, anything else none; the value only when finite.
             self.load(kind_at);
             self.ins(&I::LocalSet(L_TMP2));
-            self.ins(&I::I32Const(0));
             self.ins(&I::I64Const(LIMIT_KIND_FINITE));
             self.ins(&I::I64Const(LIMIT_KIND_UNLIMITED));
             self.ins(&I::I64Const(LIMIT_KIND_NONE));
@@ -567,13 +621,12 @@ impl Emitter<'_> {
             self.ins(&I::Select);
             self.kind_is(L_TMP2, LIMIT_KIND_FINITE);
             self.ins(&I::Select);
-            self.ins(&I::I64Store(mem(self.kind_addr(f))));
-            self.ins(&I::I32Const(0));
+            self.set_decision(self.kind_addr(f));
             self.load(value_at);
             self.ins(&I::I64Const(0));
             self.kind_is(L_TMP2, LIMIT_KIND_FINITE);
             self.ins(&I::Select);
-            self.ins(&I::I64Store(mem(self.limit_addr(f))));
+            self.set_decision(self.limit_addr(f));
             self.store_const(self.reason_addr(f), ReasonCode::Override as i64);
             self.ins(&I::End);
             self.ins(&I::End);
@@ -819,21 +872,23 @@ pub fn emit(program: &Program) -> Result<Vec<u8>, EmitError> {
     types.ty().function([], [ValType::I32]); // T_CONST
     types.ty().function(ext, [ValType::I64, ValType::I32]); // T_EXT
     types.ty().function(ext, [ValType::I32]); // T_EXT_CMP
+    types.ty().function([ValType::I32], [ValType::I32]); // T_BATCH
     let mut functions = FunctionSection::new();
     // In function index order (F_*).
     for ty in [
         T_SAT, T_SAT, T_SAT, T_EXT, T_EXT, T_EXT, T_EXT_CMP, T_CONST, T_CONST, T_CONST, T_CONST,
+        T_BATCH,
     ] {
         functions.function(ty);
     }
-    let pages = memory_pages(shape);
+    let record = record_bytes(shape);
     let mut memories = MemorySection::new();
     memories.memory(MemoryType {
-        minimum: pages,
-        maximum: Some(pages),
+        minimum: record,
+        maximum: Some(record * BATCH_ACCOUNTS_MAX),
         memory64: false,
         shared: false,
-        page_size_log2: None,
+        page_size_log2: Some(PAGE_SIZE_LOG2),
     });
     let mut exports = ExportSection::new();
     exports.export("memory", ExportKind::Memory, 0);
@@ -841,19 +896,50 @@ pub fn emit(program: &Program) -> Result<Vec<u8>, EmitError> {
     exports.export("abi_version", ExportKind::Func, F_ABI);
     exports.export("facts_len", ExportKind::Func, F_FACTS_LEN);
     exports.export("features_len", ExportKind::Func, F_FEATURES_LEN);
+    exports.export("evaluate_batch", ExportKind::Func, F_EVALUATE_BATCH);
 
     let mut e = Emitter {
         program,
         shape,
         out: decisions_offset(shape),
-        f: Function::new([(I64_LOCALS, ValType::I64), (I32_LOCALS, ValType::I32)]),
+        f: Function::new([
+            (I64_LOCALS, ValType::I64),
+            (I32_LOCALS, ValType::I32),
+            (4 * shape.features as u32, ValType::I64),
+        ]),
     };
+    // for (index = 0; index < count; index++) { base = index × record; <one account> }
+    let record_i32 = i32::try_from(record).unwrap_or(i32::MAX);
+    e.ins(&I::Block(BlockType::Empty));
+    e.ins(&I::Loop(BlockType::Empty));
+    e.ins(&I::LocalGet(L_INDEX));
+    e.ins(&I::LocalGet(L_COUNT));
+    e.ins(&I::I32GeS);
+    e.ins(&I::BrIf(1));
+    e.ins(&I::LocalGet(L_INDEX));
+    e.ins(&I::I32Const(record_i32));
+    e.ins(&I::I32Mul);
+    e.ins(&I::LocalSet(L_BASE));
     e.base();
     e.addons();
     e.rules();
     e.overrides();
+    e.write_decisions();
+    e.ins(&I::LocalGet(L_INDEX));
+    e.ins(&I::I32Const(1));
+    e.ins(&I::I32Add);
+    e.ins(&I::LocalSet(L_INDEX));
+    e.ins(&I::Br(0));
+    e.ins(&I::End);
+    e.ins(&I::End);
     e.ins(&I::I32Const(0));
     e.ins(&I::End);
+
+    // `evaluate` is a batch of one.
+    let mut single = Function::new([]);
+    single.instruction(&I::I32Const(1));
+    single.instruction(&I::Call(F_EVALUATE_BATCH));
+    single.instruction(&I::End);
 
     let mut code = CodeSection::new();
     code.function(&sat_add_sub(false));
@@ -863,7 +949,7 @@ pub fn emit(program: &Program) -> Result<Vec<u8>, EmitError> {
     code.function(&ext_sub());
     code.function(&ext_mul());
     code.function(&ext_cmp());
-    code.function(&e.f);
+    code.function(&single);
     code.function(&const_i32(ABI_VERSION));
     code.function(&const_i32(
         i32::try_from(FactVector::len_for(shape)).unwrap_or(i32::MAX),
@@ -871,6 +957,7 @@ pub fn emit(program: &Program) -> Result<Vec<u8>, EmitError> {
     code.function(&const_i32(
         i32::try_from(shape.features).unwrap_or(i32::MAX),
     ));
+    code.function(&e.f);
 
     let mut module = Module::new();
     module.section(&types);

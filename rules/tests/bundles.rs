@@ -286,13 +286,16 @@ fn wrong_magic_or_format_is_refused() {
         bundle::verify(&future, &trusting(&[&key])),
         Err(BundleError::UnsupportedFormat(v)) if v == FORMAT_VERSION + 1
     ));
-    // A bundle of the format before limits were typed is refused, not misread.
-    let mut old = signed.clone();
-    old[8..12].copy_from_slice(&1u32.to_le_bytes());
-    assert!(matches!(
-        bundle::verify(&old, &trusting(&[&key])),
-        Err(BundleError::UnsupportedFormat(1))
-    ));
+    // Bundles of the formats before limits were typed (1) and before ABI 3 modules (2) are
+    // refused, not misread.
+    for format in [1u32, 2] {
+        let mut old = signed.clone();
+        old[8..12].copy_from_slice(&format.to_le_bytes());
+        assert!(matches!(
+            bundle::verify(&old, &trusting(&[&key])),
+            Err(BundleError::UnsupportedFormat(v)) if v == format
+        ));
+    }
     assert!(UnsignedBundle::decode(&signed).is_err());
 }
 

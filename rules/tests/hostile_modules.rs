@@ -1,7 +1,8 @@
 //! Modules that break the rules are contained and refused with a typed error: endless loops
 //! run out of fuel, memory growth hits the cap, traps are reported, garbage output is refused,
-//! imports and wrong layouts are refused at load time. The same engine keeps serving a good
-//! module afterwards.
+//! imports, state besides memory and wrong layouts are refused at load time, and a reused
+//! instance never answers with an earlier account's decisions. The same engine keeps serving a
+//! good module afterwards.
 
 use tollgate_rules::host::{HostError, RulesEngine};
 use tollgate_rules::ir::{Fact, FactVector, Feature, FeatureKind, Program, Shape};
@@ -91,6 +92,12 @@ fn imports_wrong_layouts_and_junk_are_refused_at_load() {
         engine.load(&hostile_module(Hostile::Trap, shape()), other_shape),
         Err(HostError::Contract(_))
     ));
+    // State that would outlive a call, and a memory larger than one record, are refused: an
+    // instance can then be reused safely.
+    for kind in [Hostile::MutableGlobal, Hostile::LargePages] {
+        let err = load(kind).map(|_| ()).expect_err("refused");
+        assert!(matches!(err, HostError::Contract(_)), "{kind:?}: {err:?}");
+    }
     assert!(matches!(
         engine.load(b"\0asm\x01\0\0\0garbage", shape()),
         Err(HostError::Compile(_))
@@ -99,4 +106,38 @@ fn imports_wrong_layouts_and_junk_are_refused_at_load() {
         engine.load(&vec![0u8; 9 * 1024 * 1024], shape()),
         Err(HostError::TooLarge(_))
     ));
+}
+
+#[test]
+fn a_reused_instance_never_answers_with_the_previous_accounts_decisions() {
+    // A module that writes decisions for plan 0 only would, on an instance whose memory kept
+    // the last call's decisions, grant an account on another plan what the plan-0 account
+    // before it was granted. The host fills every decision slot before each call, so the
+    // other plan's evaluation is refused instead, on every reuse, single or batched.
+    let module = load(Hostile::GrantsOnlyPlanZero).expect("loads");
+    let mut plan_zero = facts();
+    plan_zero.set(Fact::Plan, shape(), 0);
+    let no_plan = facts();
+    for _ in 0..3 {
+        assert!(module.evaluate(&plan_zero).expect("plan 0 is granted")[0].allowed);
+        let err = module.evaluate(&no_plan).expect_err("nothing written");
+        assert!(matches!(err, HostError::BadOutput(_)), "{err:?}");
+    }
+    let batch: Vec<FactVector> = (0..100)
+        .map(|i| {
+            if i % 2 == 0 {
+                plan_zero.clone()
+            } else {
+                no_plan.clone()
+            }
+        })
+        .collect();
+    let err = module.evaluate_batch(&batch).expect_err("refused");
+    assert!(matches!(err, HostError::BadOutput(_)), "{err:?}");
+    // It writes the first record only (it ignores the count): the other 99 are refused too,
+    // though each is a plan-0 account, rather than answered from anything left in memory.
+    let err = module
+        .evaluate_batch(&vec![plan_zero.clone(); 100])
+        .expect_err("records past the first are never written");
+    assert!(matches!(err, HostError::BadOutput(_)), "{err:?}");
 }

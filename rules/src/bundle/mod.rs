@@ -84,11 +84,11 @@ pub use keys::{KEY_ID_CHARS_MAX, PublicKey, SigningKey, TrustedKeys, is_valid_ke
 
 /// Largest bundle file accepted or built.
 pub const BUNDLE_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Version of this layout, in the file header and the manifest. Version 2: limits are
-/// [`ir::Limit`] values (none, finite, unlimited) in the manifest and the program, and the
-/// module follows ABI 2; a version-1 bundle (one `i64` for both "none" and "unlimited") is
-/// refused as `UnsupportedFormat(1)` rather than misread.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version of this layout, in the file header and the manifest. Version 3: the module follows
+/// ABI 3 (batched evaluation, 1-byte pages, no state but its memory). Version 2 (ABI 2 modules)
+/// and version 1 (one `i64` for both "none" and "unlimited") are refused as
+/// `UnsupportedFormat` rather than misread: rebuild them from their source.
+pub const FORMAT_VERSION: u32 = 3;
 /// Magic of a signed bundle file.
 pub const SIGNED_MAGIC: &[u8; 8] = b"TGBUNDLE";
 /// Magic of an unsigned bundle file (`tollgate-rules compile` output).
