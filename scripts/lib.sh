@@ -486,6 +486,121 @@ tg_ensure_redis() {
 
 tg_stop_redis() { tg_stop_pid redis redis-server 20; }
 
+# ---- Redis Cluster (tests) ----------------------------------------------------
+# Three masters on loopback (no replicas), for the tests that run the change streams and L2
+# on a cluster (e2e/tests/redis_cluster_sharded_stream.rs). Each node keeps its config
+# (redis.conf, nodes.conf) and append-only file under .tollgate/redis-cluster/<port>/, so a
+# node killed and started again from its redis.conf (as that test does) comes back with its
+# writes and its place in the cluster.
+: "${TOLLGATE_REDIS_CLUSTER_PORTS:=7001 7002 7003}"
+export TOLLGATE_REDIS_CLUSTER_PORTS
+
+tg__redis_cluster_urls() {
+  local port urls=()
+  for port in $TOLLGATE_REDIS_CLUSTER_PORTS; do urls+=("redis://127.0.0.1:$port"); done
+  (IFS=,; printf '%s\n' "${urls[*]}")
+}
+
+# tg__redis_cluster_info PORT FIELD -> prints FIELD of CLUSTER INFO (empty if no answer).
+tg__redis_cluster_info() {
+  timeout 5 redis-cli -h 127.0.0.1 -p "$1" cluster info 2>/dev/null |
+    tr -d '\r' | sed -n "s/^$2://p"
+}
+
+tg__redis_cluster_ok() {
+  local port
+  for port in $TOLLGATE_REDIS_CLUSTER_PORTS; do
+    [[ "$(tg__redis_cluster_info "$port" cluster_state)" == ok ]] || return 1
+  done
+}
+
+# Starts (if not running) a 3-master Redis Cluster on TOLLGATE_REDIS_CLUSTER_PORTS, creates
+# the cluster when its nodes are new, waits for cluster_state:ok on every node, and exports
+# TOLLGATE_TEST_REDIS_CLUSTER_URLS.
+tg_ensure_redis_cluster() {
+  command -v redis-cli >/dev/null 2>&1 || tg__apt_install redis-tools
+  command -v redis-server >/dev/null 2>&1 || tg__apt_install redis-server
+  TOLLGATE_TEST_REDIS_CLUSTER_URLS="$(tg__redis_cluster_urls)"
+  export TOLLGATE_TEST_REDIS_CLUSTER_URLS
+  if tg__redis_cluster_ok; then
+    tg_log "redis cluster: using $TOLLGATE_TEST_REDIS_CLUSTER_URLS"
+    return 0
+  fi
+  tg_state_dirs
+  local port dir log started=0 rc
+  for port in $TOLLGATE_REDIS_CLUSTER_PORTS; do
+    if tg__redis_answers "redis://127.0.0.1:$port"; then
+      [[ "$(tg__redis_cluster_info "$port" cluster_enabled)" != 0 ]] ||
+        tg_die "127.0.0.1:$port answers but is not a cluster node: set TOLLGATE_REDIS_CLUSTER_PORTS to free ports"
+      continue
+    fi
+    dir="$TG_STATE/redis-cluster/$port"
+    log="$TG_LOG_DIR/redis-cluster-$port.log"
+    mkdir -p "$dir"
+    cat >"$dir/redis.conf" <<CONF
+port $port
+bind 127.0.0.1
+cluster-enabled yes
+cluster-config-file nodes.conf
+cluster-node-timeout 2000
+cluster-require-full-coverage no
+appendonly yes
+appendfsync everysec
+save ""
+dir $dir
+pidfile $(tg_pidfile "redis-cluster-$port")
+logfile $log
+daemonize yes
+CONF
+    tg_log "redis cluster: starting node 127.0.0.1:$port (log: .tollgate/log/redis-cluster-$port.log)"
+    rc=0
+    redis-server "$dir/redis.conf" </dev/null >>"$log" 2>&1 || rc=$?
+    if ((rc != 0)); then
+      tg_log_tail "$log"
+      tg_die "redis-server (cluster node $port) failed to start"
+    fi
+    started=1
+  done
+  local i
+  for port in $TOLLGATE_REDIS_CLUSTER_PORTS; do
+    for ((i = 0; i < 100; i++)); do
+      tg__redis_answers "redis://127.0.0.1:$port" && break
+      sleep 0.2
+    done
+    tg__redis_answers "redis://127.0.0.1:$port" || tg_die "cluster node 127.0.0.1:$port does not answer"
+  done
+  ((started)) && tg__mark_started redis-cluster
+  # New nodes (each knows only itself, no slots): form the cluster. Nodes that already
+  # formed one (restarted from their nodes.conf) only need to agree again.
+  local known new=1 nodes=()
+  for port in $TOLLGATE_REDIS_CLUSTER_PORTS; do
+    known="$(tg__redis_cluster_info "$port" cluster_known_nodes)"
+    [[ "$known" == 1 && "$(tg__redis_cluster_info "$port" cluster_slots_assigned)" == 0 ]] || new=0
+    nodes+=("127.0.0.1:$port")
+  done
+  if ((new)); then
+    tg_log "redis cluster: creating it (${nodes[*]}, 3 masters, no replicas)"
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes \
+      >>"$TG_LOG_DIR/redis-cluster-create.log" 2>&1 ||
+      { tg_log_tail "$TG_LOG_DIR/redis-cluster-create.log"; tg_die "redis-cli --cluster create failed"; }
+  fi
+  for ((i = 0; i < 150; i++)); do
+    if tg__redis_cluster_ok; then
+      tg_log "redis cluster: ok ($TOLLGATE_TEST_REDIS_CLUSTER_URLS)"
+      return 0
+    fi
+    sleep 0.2
+  done
+  tg_die "the redis cluster on ports $TOLLGATE_REDIS_CLUSTER_PORTS never reached cluster_state:ok (a half-formed one: stop its nodes and remove .tollgate/redis-cluster)"
+}
+
+tg_stop_redis_cluster() {
+  local port
+  for port in $TOLLGATE_REDIS_CLUSTER_PORTS; do
+    tg_stop_pid "redis-cluster-$port" redis-server 20
+  done
+}
+
 # ---- localstripe --------------------------------------------------------------
 TG_VENV="$TG_ROOT/.venv"
 
@@ -645,6 +760,7 @@ tg_stop_started() {
     case "${TG_STARTED[$i]}" in
     postgres) tg_stop_postgres ;;
     redis) tg_stop_redis ;;
+    redis-cluster) tg_stop_redis_cluster ;;
     localstripe) tg_stop_localstripe ;;
     esac
   done

@@ -14,7 +14,7 @@ use crate::billing::pass::{self, Due, Summary};
 use crate::clock::ManualClock;
 use crate::config::Config;
 use crate::money::{self, Currency};
-use crate::run::{Deps, STARTUP_WAIT_SECS, build_state, connect_databases, connect_redis};
+use crate::run::{Deps, STARTUP_WAIT_SECS, build_state, connect_databases, connect_redis_to};
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +99,8 @@ pub async fn billing_pass(config: &Config, cmd: &BillingPass) -> anyhow::Result<
             "--as-of {as_of} is after the control plane's clock ({now}): a pass cannot bill the future"
         );
     }
-    let redis = connect_redis(&config.redis_url, Duration::from_secs(STARTUP_WAIT_SECS)).await?;
+    let redis =
+        connect_redis_to(&config.redis.target, Duration::from_secs(STARTUP_WAIT_SECS)).await?;
     let state = build_state(
         config,
         Deps {

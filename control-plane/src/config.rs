@@ -6,8 +6,10 @@
 //! | `TOLLGATE_CF_DATABASE_URL` | cf_prod PostgreSQL URL | `postgres://postgres@127.0.0.1:5432/tollgate_cf` |
 //! | `TOLLGATE_BILLING_DATABASE_URL` | billing_prod PostgreSQL URL | `postgres://postgres@127.0.0.1:5432/tollgate_billing` |
 //! | `TOLLGATE_DB_POOL_SIZE` | connections per database pool | `16` |
-//! | `TOLLGATE_REDIS_URL` | Redis (change stream, L2 facts) | `redis://127.0.0.1:6379` |
-//! | `TOLLGATE_REDIS_KEY_PREFIX` | prefix of the change stream and L2 keys (every edge's must match) | `tollgate` |
+//! | `TOLLGATE_REDIS_URL` | Redis (change streams, L2 facts) | `redis://127.0.0.1:6379` |
+//! | `TOLLGATE_REDIS_CLUSTER_URLS` | a Redis Cluster instead: some of its nodes, comma-separated `redis://` URLs | none |
+//! | `TOLLGATE_REDIS_KEY_PREFIX` | prefix of the change streams and L2 keys (every edge's must match) | `tollgate` |
+//! | `TOLLGATE_REDIS_STREAM_SHARDS` | change-stream shards, 1 ..= 1024 (every edge's must match; fixed for a prefix) — see `tollgate_settings::redis` | `1` |
 //! | `TOLLGATE_EDGE_TOKEN` | shared secret edges present on `/internal/v1`; at least 24 characters (8 in dev mode) | required |
 //! | `TOLLGATE_TOKEN_SECRET` | HMAC key that derives Dashboard API tokens; at least 32 characters (8 in dev mode) | required |
 //! | `TOLLGATE_ADMIN_TOKEN` | token platform engineers present on `/admin/v1`; at least 24 characters (8 in dev mode) | required |
@@ -46,8 +48,8 @@ pub struct Config {
     pub cf_database_url: String,
     pub billing_database_url: String,
     pub db_pool_size: u32,
-    pub redis_url: String,
-    pub redis_key_prefix: String,
+    /// One Redis or a cluster, and the key names (prefix, stream shards) under it.
+    pub redis: tollgate_settings::redis::RedisSettings,
     pub edge_token: SecretString,
     pub token_secret: SecretString,
     pub admin_token: SecretString,
@@ -144,11 +146,7 @@ impl Config {
                 "postgres://postgres@127.0.0.1:5432/tollgate_billing",
             ),
             db_pool_size: r.parse("db_pool_size", 16),
-            redis_url: r.string("redis_url", "redis://127.0.0.1:6379"),
-            redis_key_prefix: r.string(
-                "redis_key_prefix",
-                tollgate_protocol::redis_keys::DEFAULT_PREFIX,
-            ),
+            redis: tollgate_settings::redis::RedisSettings::read(&mut r),
             edge_token: r.required_secret("edge_token"),
             token_secret: r.required_secret("token_secret"),
             admin_token: r.required_secret("admin_token"),
@@ -274,12 +272,6 @@ impl Config {
             if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
                 r.error(format!("TOLLGATE_{key} must be a postgres:// URL"));
             }
-        }
-        if !tollgate_protocol::redis_keys::Keys::valid_prefix(&cfg.redis_key_prefix) {
-            r.error("TOLLGATE_REDIS_KEY_PREFIX must be 1-64 characters of A-Z a-z 0-9 _ . -");
-        }
-        if !cfg.redis_url.starts_with("redis://") {
-            r.error("TOLLGATE_REDIS_URL must be a redis:// URL");
         }
         r.finish()?;
         Ok(cfg)

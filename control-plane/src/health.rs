@@ -12,7 +12,9 @@ pub struct Readiness {
     pub redis: bool,
 }
 
-/// Pings cf, billing and Redis.
+/// Pings cf, billing and Redis (on a cluster, PING goes to every master: one down makes the
+/// control plane unready, as a single Redis down does; publishes to its shards wait in the
+/// outbox meanwhile).
 pub async fn readiness(state: &AppState) -> Readiness {
     let cf = sqlx::query("SELECT 1").execute(&state.cf).await.is_ok();
     let billing = sqlx::query("SELECT 1")

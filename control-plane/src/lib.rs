@@ -64,5 +64,5 @@ pub use api::app;
 pub use run::run;
 pub use run::{
     BILLING_MIGRATOR, CF_MIGRATOR, Deps, GatewayWrapper, MAINTENANCE_INTERVAL_MS,
-    STARTUP_WAIT_SECS, build_state, connect_redis, shutdown_signal,
+    STARTUP_WAIT_SECS, build_state, connect_redis, connect_redis_to, shutdown_signal,
 };

@@ -9,6 +9,8 @@ use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
+use tollgate_protocol::redis_conn::RedisClient;
+use tollgate_protocol::redis_keys::RedisTarget;
 
 use crate::clock::{Clock, OffsetClock, SystemClock};
 use crate::config::Config;
@@ -109,7 +111,7 @@ fn billing_consumers() -> Consumers<BillingOutbox> {
 pub struct Deps {
     pub cf: PgPool,
     pub billing: PgPool,
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: tollgate_protocol::redis_conn::RedisConn,
     pub clock: Arc<dyn Clock>,
     /// Wraps the configured gateway (tests: stalls, failures after charging).
     pub wrap_gateway: Option<GatewayWrapper>,
@@ -186,7 +188,7 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
         mail_from: config.mail_from.clone(),
         public_url: config.public_url.clone(),
         outbox_retention: chrono::TimeDelta::hours(config.outbox_retention_hours),
-        redis_keys: tollgate_protocol::redis_keys::Keys::new(&config.redis_key_prefix),
+        redis_keys: config.redis.keys.clone(),
         metrics: Metrics::new(),
         outbox_wake: Notify::new(),
         consumers: consumers(),
@@ -195,18 +197,27 @@ pub fn build_state(config: &Config, deps: Deps) -> anyhow::Result<AppState> {
     })))
 }
 
-/// Connects to Redis, retrying for up to `wait` (Redis may start after us).
+/// Connects to one Redis server at `url`, retrying for up to `wait` (Redis may start after us).
 pub async fn connect_redis(
     url: &str,
     wait: Duration,
-) -> anyhow::Result<redis::aio::ConnectionManager> {
-    let client = redis::Client::open(url).context("redis url")?;
+) -> anyhow::Result<tollgate_protocol::redis_conn::RedisConn> {
+    connect_redis_to(&RedisTarget::Single(url.to_owned()), wait).await
+}
+
+/// Connects to one Redis server or a cluster, retrying for up to `wait` (Redis may start after
+/// us; a cluster connects once one of its nodes answers with the slot map).
+pub async fn connect_redis_to(
+    target: &RedisTarget,
+    wait: Duration,
+) -> anyhow::Result<tollgate_protocol::redis_conn::RedisConn> {
+    let client = RedisClient::open(target).context("redis url")?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        match redis::aio::ConnectionManager::new(client.clone()).await {
+        match client.shared().await {
             Ok(c) => return Ok(c),
             Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "redis not reachable yet; retrying");
+                tracing::warn!(error = %e, cluster = client.is_cluster(), "redis not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => return Err(e).context("redis unreachable"),
@@ -263,7 +274,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .context("seed demo catalog")?;
         tracing::info!("demo catalog seeded");
     }
-    let redis = connect_redis(&config.redis_url, Duration::from_secs(STARTUP_WAIT_SECS)).await?;
+    let redis =
+        connect_redis_to(&config.redis.target, Duration::from_secs(STARTUP_WAIT_SECS)).await?;
     let state = build_state(
         &config,
         Deps {

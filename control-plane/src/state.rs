@@ -21,9 +21,10 @@ pub struct Inner {
     pub cf: PgPool,
     /// billing_prod: schedules, usage (and later invoices, ledger).
     pub billing: PgPool,
-    /// Reconnects by itself; the relay retries publishing while Redis is away.
-    pub redis: redis::aio::ConnectionManager,
-    /// The change stream's and L2's key names (`TOLLGATE_REDIS_KEY_PREFIX`).
+    /// One server or a cluster; reconnects by itself; the relay retries publishing while Redis
+    /// (or the node of an account's shard) is away.
+    pub redis: tollgate_protocol::redis_conn::RedisConn,
+    /// The change streams' and L2's key names (`TOLLGATE_REDIS_KEY_PREFIX`, stream shards).
     pub redis_keys: tollgate_protocol::redis_keys::Keys,
     /// Cards (Stripe, or the simulator in development).
     pub gateway: Arc<dyn PaymentGateway>,

@@ -93,8 +93,9 @@ async fn facts_are_published_to_the_stream_and_l2_only_after_they_change() {
     let facts: serde_json::Value = serde_json::from_str(&l2).expect("json");
     assert_eq!(facts["version"], 1);
     // The stream holds an event for this account.
+    let id: tollgate_protocol::AccountId = account.parse().expect("id");
     let entries: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(h.state.redis_keys.stream())
+        .arg(h.state.redis_keys.stream_of(&id))
         .arg("+")
         .arg("-")
         .arg("COUNT")
@@ -111,7 +112,6 @@ async fn facts_are_published_to_the_stream_and_l2_only_after_they_change() {
     assert_eq!(ours, 1, "one publish for one change");
     // A recompute with unchanged facts publishes nothing more.
     let mut conn = h.state.cf.acquire().await.expect("conn");
-    let id: tollgate_protocol::AccountId = account.parse().expect("id");
     tollgate_control_plane::outbox::account_changed(&mut conn, id, h.clock.now())
         .await
         .expect("enqueue");
@@ -158,15 +158,16 @@ async fn a_redis_restored_from_an_older_snapshot_is_repaired_with_what_changed_s
         0,
         "Redis holds everything published: nothing to repair"
     );
-    // Redis comes back from a snapshot taken before v2: the stream is older, L2 holds v1.
+    // Redis comes back from a snapshot taken before v2: the account's shard stream is older,
+    // L2 holds v1.
     let _: i64 = redis::cmd("DEL")
-        .arg(h.state.redis_keys.stream())
+        .arg(h.state.redis_keys.stream_of(&id))
         .query_async(&mut redis)
         .await
         .expect("del");
     let old_id = format!("{}-0", chrono::Utc::now().timestamp_millis() - 10_000);
     let _: String = redis::cmd("XADD")
-        .arg(h.state.redis_keys.stream())
+        .arg(h.state.redis_keys.stream_of(&id))
         .arg(&old_id)
         .arg("event")
         .arg("{}")

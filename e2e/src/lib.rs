@@ -1,5 +1,6 @@
 //! Harness for end-to-end tests: real binaries (`target/debug/tollgate-*`, built by
-//! `scripts/test` before the tests run), fresh databases on the real PostgreSQL, the real Redis.
+//! `scripts/test` before the tests run), fresh databases on the real PostgreSQL, the real Redis
+//! (or the test Redis Cluster `scripts/test` starts: [`Stack::start_on_cluster`], [`ClusterNode`]).
 //!
 //! Processes are killed when their [`Proc`] drops, databases dropped by [`Stack::shutdown`].
 
@@ -27,6 +28,22 @@ pub fn pg_server_url() -> String {
 
 pub fn redis_url() -> String {
     std::env::var("TOLLGATE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The nodes of the test Redis Cluster (`TOLLGATE_TEST_REDIS_CLUSTER_URLS`, comma-separated,
+/// exported by `scripts/test` after `tg_ensure_redis_cluster` started it).
+pub fn redis_cluster_urls() -> anyhow::Result<Vec<String>> {
+    let list = std::env::var("TOLLGATE_TEST_REDIS_CLUSTER_URLS").map_err(|_| {
+        anyhow::anyhow!(
+            "TOLLGATE_TEST_REDIS_CLUSTER_URLS must list the test Redis Cluster's nodes: run scripts/test (it starts one on 127.0.0.1:7001-7003)"
+        )
+    })?;
+    Ok(list
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Where cargo put the binaries: `TOLLGATE_BIN_DIR` when set (the benchmarks point it at
@@ -185,6 +202,144 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// A node of the test Redis Cluster (started by `scripts/test` from its `redis.conf`, with an
+/// append-only file): found by the slots it serves, killed and started again from the same
+/// config file (same port, data directory and cluster identity), as a crashed node restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// `127.0.0.1:7001`.
+    pub addr: String,
+    /// Slot ranges it serves, inclusive.
+    pub slots: Vec<(u16, u16)>,
+}
+
+/// A plain (not cluster) connection to one node.
+async fn node_conn(addr: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://{addr}"))?;
+    Ok(client.get_multiplexed_async_connection().await?)
+}
+
+impl ClusterNode {
+    /// The cluster's masters and their slots, as `CLUSTER NODES` on the first node of `urls`
+    /// that answers reports them.
+    pub async fn masters(urls: &[String]) -> anyhow::Result<Vec<ClusterNode>> {
+        let mut last = None;
+        for url in urls {
+            let addr = url.trim_start_matches("redis://").trim_end_matches('/');
+            let text: anyhow::Result<String> = async {
+                let mut c = node_conn(addr).await?;
+                Ok(redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut c)
+                    .await?)
+            }
+            .await;
+            match text {
+                Ok(text) => return Ok(Self::parse_nodes(&text)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no cluster node given")))
+    }
+
+    fn parse_nodes(text: &str) -> Vec<ClusterNode> {
+        text.lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 8 || !f[2].contains("master") {
+                    return None;
+                }
+                let addr = f[1].split('@').next()?.to_owned();
+                let slots = f[8..]
+                    .iter()
+                    .filter(|r| !r.starts_with('['))
+                    .filter_map(|r| match r.split_once('-') {
+                        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                        None => r.parse().ok().map(|a| (a, a)),
+                    })
+                    .collect();
+                Some(ClusterNode { addr, slots })
+            })
+            .collect()
+    }
+
+    /// Whether this node serves `slot`.
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+    }
+
+    /// The hash slot of `key` (`CLUSTER KEYSLOT`, asked of this node).
+    pub async fn slot_of(&self, key: &str) -> anyhow::Result<u16> {
+        let mut c = node_conn(&self.addr).await?;
+        Ok(redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut c)
+            .await?)
+    }
+
+    /// The node's pid and the config file it was started from (`INFO server`).
+    async fn process(&self) -> anyhow::Result<(u32, String)> {
+        let mut c = node_conn(&self.addr).await?;
+        let info: String = redis::cmd("INFO").arg("server").query_async(&mut c).await?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_owned())
+        };
+        let pid = field("process_id")
+            .and_then(|p| p.parse().ok())
+            .context("INFO server: process_id")?;
+        let config = field("config_file").filter(|c| !c.is_empty()).context(
+            "the node was started without a config file: start the cluster with scripts/test",
+        )?;
+        Ok((pid, config))
+    }
+
+    /// SIGKILLs the node (a crash) and waits until its port refuses; returns the config file
+    /// to [`ClusterNode::start`] it again from.
+    pub async fn kill(&self) -> anyhow::Result<String> {
+        let (pid, config) = self.process().await?;
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .context("kill")?;
+        anyhow::ensure!(status.success(), "kill -KILL {pid} failed");
+        let addr = self.addr.clone();
+        poll("the node to be down", Duration::from_secs(10), || async {
+            std::net::TcpStream::connect(&addr).is_err().then_some(())
+        })
+        .await?;
+        Ok(config)
+    }
+
+    /// Starts the node from `config` (it daemonizes) and waits until it answers and the
+    /// cluster is `ok` again from its side.
+    pub async fn start(&self, config: &str) -> anyhow::Result<()> {
+        let status = Command::new("redis-server")
+            .arg(config)
+            .stdin(Stdio::null())
+            .status()
+            .context("spawn redis-server")?;
+        anyhow::ensure!(status.success(), "redis-server {config} failed: {status}");
+        let addr = self.addr.clone();
+        poll(
+            "the node back, cluster_state:ok",
+            Duration::from_secs(30),
+            || async {
+                let mut c = node_conn(&addr).await.ok()?;
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut c)
+                    .await
+                    .ok()?;
+                info.contains("cluster_state:ok").then_some(())
+            },
+        )
+        .await
+    }
+}
+
 /// Polls `f` until it yields `Some`, or fails after `deadline`.
 pub async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> anyhow::Result<T>
 where
@@ -261,7 +416,9 @@ pub struct Stack {
     cp_env: Vec<(&'static str, String)>,
     pub edges: Vec<Edge>,
     pub key: SigningKey,
-    pub redis_url: String,
+    /// Where the control plane and the edges find Redis (`TOLLGATE_REDIS_URL`, or
+    /// `TOLLGATE_REDIS_CLUSTER_URLS` and `TOLLGATE_REDIS_STREAM_SHARDS`).
+    redis_env: Vec<(&'static str, String)>,
     tag: String,
     dbs: Vec<String>,
 }
@@ -291,6 +448,30 @@ impl Stack {
         edge_ids: &[&str],
         redis: String,
     ) -> anyhow::Result<Stack> {
+        Self::start_on(cp_env, edge_ids, vec![("TOLLGATE_REDIS_URL", redis)]).await
+    }
+
+    /// [`Stack::start`] against a Redis Cluster of these nodes, the change stream split into
+    /// `shards`.
+    pub async fn start_on_cluster(
+        cp_env: &[(&'static str, String)],
+        edge_ids: &[&str],
+        nodes: &[String],
+        shards: u16,
+    ) -> anyhow::Result<Stack> {
+        let env = vec![
+            ("TOLLGATE_REDIS_CLUSTER_URLS", nodes.join(",")),
+            ("TOLLGATE_REDIS_STREAM_SHARDS", shards.to_string()),
+        ];
+        Self::start_on(cp_env, edge_ids, env).await
+    }
+
+    /// [`Stack::start`] with this Redis environment for the control plane and the edges.
+    async fn start_on(
+        cp_env: &[(&'static str, String)],
+        edge_ids: &[&str],
+        redis_env: Vec<(&'static str, String)>,
+    ) -> anyhow::Result<Stack> {
         let server = pg_server_url();
         let mut admin = PgConnection::connect(&format!("{server}/postgres"))
             .await
@@ -312,8 +493,7 @@ impl Stack {
                 "TOLLGATE_BILLING_DATABASE_URL",
                 format!("{server}/{}", dbs[1]),
             ),
-            ("TOLLGATE_REDIS_URL", redis.clone()),
-            // A stream and L2 keys of this stack's own: stacks and tests share one Redis.
+            // Streams and L2 keys of this stack's own: stacks and tests share one Redis.
             ("TOLLGATE_REDIS_KEY_PREFIX", format!("tg-e2e-{tag}")),
             ("TOLLGATE_EDGE_TOKEN", EDGE_TOKEN.to_owned()),
             ("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
@@ -322,6 +502,7 @@ impl Stack {
             ("TOLLGATE_DEV_MODE", "true".to_owned()),
             ("TOLLGATE_RELAY_POLL_MS", "200".to_owned()),
         ];
+        env.extend(redis_env.iter().cloned());
         env.extend(cp_env.iter().cloned());
         let cp = Proc::spawn("control-plane", "tollgate-control-plane", &env)?;
         let http = reqwest::Client::builder()
@@ -334,7 +515,7 @@ impl Stack {
             cp_env: env,
             edges: Vec::new(),
             key,
-            redis_url: redis,
+            redis_env,
             tag,
             dbs,
         };
@@ -565,14 +746,19 @@ impl Stack {
             // The shortest budget allowed: the stream's block time plus its response
             // margin, so an idle follower never turns answers stale.
             ("TOLLGATE_EDGE_FRESHNESS_BUDGET_MS", "3000".to_owned()),
-            ("TOLLGATE_REDIS_URL", self.redis_url.clone()),
-            ("TOLLGATE_REDIS_KEY_PREFIX", format!("tg-e2e-{}", self.tag)),
+            ("TOLLGATE_REDIS_KEY_PREFIX", self.redis_prefix()),
             ("TOLLGATE_EDGE_DATA_DIR", dir.display().to_string()),
             // Development stacks: the edge follows the control plane's development clock.
             ("TOLLGATE_EDGE_FOLLOW_CLOCK", "true".to_owned()),
         ];
+        env.extend(self.redis_env.iter().cloned());
         env.extend(extra.iter().cloned());
         Proc::spawn(&format!("edge-{id}"), "tollgate-edge", &env)
+    }
+
+    /// The Redis key prefix of this stack (`TOLLGATE_REDIS_KEY_PREFIX`).
+    pub fn redis_prefix(&self) -> String {
+        format!("tg-e2e-{}", self.tag)
     }
 
     /// The first edge's URL.

@@ -5,8 +5,8 @@
 //!
 //! The last good bundle is kept on disk (`<data_dir>/bundle.tgb`, replaced durably through
 //! [`durable::replace`]: a temporary file, fsynced, renamed, the directory fsynced), and so are the facts of the cached accounts
-//! (`<data_dir>/facts.jsonl`, every few seconds and at shutdown, with the change-stream position
-//! they are current to), so a restart with the control plane and Redis both down still answers
+//! (`<data_dir>/facts.jsonl`, every few seconds and at shutdown, with the position in each
+//! change-stream shard they are current to), so a restart with the control plane and Redis both down still answers
 //! — with `stale: true` until the follower has read every change made since that position
 //! (see [`crate::stream`]), so a grant revoked while the edge was down is never answered as
 //! fresh.
@@ -212,23 +212,30 @@ pub async fn follow(
 /// File holding the facts of the accounts this edge had cached (JSON lines).
 pub const FACTS_FILE: &str = "facts.jsonl";
 
-/// The first line of the facts file: which change-stream position the facts are current to.
+/// The first line of the facts file: which position in each change-stream shard the facts are
+/// current to.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FactsHeader {
     pub format: u32,
-    /// The last change-stream id applied before the facts were read (`None`: the follower
-    /// had read nothing; a restore then revalidates instead of resuming).
+    /// Format 3: per stream shard (index = shard), the last change-stream id applied before
+    /// the facts were read (`None`: that shard's follower had read nothing). A restore resumes
+    /// each shard from its position when there is one per configured shard; with another
+    /// shard count, nothing is resumed and restored accounts are revalidated.
+    #[serde(default)]
+    pub stream_ids: Vec<Option<String>>,
+    /// Format 2 (one unsharded stream, no longer followed): read, never resumed from.
+    #[serde(default, skip_serializing)]
     pub stream_id: Option<String>,
     pub saved_at_ms: i64,
 }
 
-/// The facts file format that carries a [`FactsHeader`].
-pub const FACTS_FORMAT: u32 = 2;
+/// The facts file format that carries a [`FactsHeader`] with per-shard positions.
+pub const FACTS_FORMAT: u32 = 3;
 
 /// Writes the facts of every cached account (not unknown ones) durably
 /// ([`durable::replace_with`]: temp file, fsync, rename, fsync dir). The header's stream
-/// position is read *before* the facts: every change after it is replayed at restore (facts
+/// positions are read *before* the facts: every change after it is replayed at restore (facts
 /// only move forward, so replaying one already in is harmless), none before it is missed.
 /// Returns how many accounts were written.
 pub fn persist_facts(state: &EdgeState, dir: &Path) -> std::io::Result<usize> {
@@ -242,9 +249,12 @@ pub fn persist_facts_on(fs: &dyn Fs, state: &EdgeState, dir: &Path) -> std::io::
         format: FACTS_FORMAT,
         // Restored entries not confirmed yet are not current to any position: without one, the
         // next start revalidates instead of resuming.
-        stream_id: state
-            .stream_position()
-            .filter(|_| !state.restored_waiting()),
+        stream_ids: if state.restored_waiting() {
+            vec![None; usize::from(state.shards())]
+        } else {
+            state.stream_positions()
+        },
+        stream_id: None,
         saved_at_ms: crate::clock::now_ms(),
     };
     let mut n = 0;
@@ -269,8 +279,9 @@ pub struct Restored {
     pub accounts: usize,
     /// Unreadable lines, counted and skipped.
     pub skipped: usize,
-    /// The stream position the facts are current to (the follower resumes there).
-    pub stream_id: Option<String>,
+    /// Per stream shard, the position the facts are current to (its follower resumes there);
+    /// empty when the file holds none usable (an older format, another shard count).
+    pub stream_ids: Vec<Option<String>>,
 }
 
 /// Refills the cache from the saved facts (after the bundle is installed), so a restart with
@@ -291,7 +302,9 @@ pub fn restore_facts(state: &EdgeState, dir: &Path) -> Restored {
         && let Ok(header) = serde_json::from_str::<FactsHeader>(first)
     {
         lines.next();
-        out.stream_id = header.stream_id.filter(|_| header.format == FACTS_FORMAT);
+        if header.format == FACTS_FORMAT && header.stream_ids.len() == usize::from(state.shards()) {
+            out.stream_ids = header.stream_ids;
+        }
     }
     for line in lines {
         match serde_json::from_str::<tollgate_protocol::AccountFacts>(line) {
@@ -303,8 +316,8 @@ pub fn restore_facts(state: &EdgeState, dir: &Path) -> Restored {
             Err(_) => out.skipped += 1,
         }
     }
-    state.set_stream_position(out.stream_id.clone());
-    tracing::info!(restored = out.accounts, skipped = out.skipped, stream_id = ?out.stream_id, "cached facts restored from disk");
+    state.set_stream_positions(out.stream_ids.clone());
+    tracing::info!(restored = out.accounts, skipped = out.skipped, stream_ids = ?out.stream_ids, "cached facts restored from disk");
     out
 }
 

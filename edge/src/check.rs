@@ -66,7 +66,7 @@ pub async fn decide<'a>(
     };
     let mut resp = match state.entry(account, view).await {
         Ok(entry) => {
-            let stale = state.entry_stale(&entry);
+            let stale = state.entry_stale(&account, &entry);
             // An entry of an older bundle answers from that bundle (its own index) until the
             // background pass re-materialises it; a feature that bundle lacks makes this one
             // re-materialise now.
@@ -359,7 +359,7 @@ pub(crate) async fn entitlements(
     let (entry, stale) = match state.entry(account, &view).await {
         // Every feature of the bundle in force is listed: the entry is brought to it first.
         Ok(e) => {
-            let stale = state.entry_stale(&e);
+            let stale = state.entry_stale(&account, &e);
             let e = if e.generation == view.generation {
                 e
             } else {

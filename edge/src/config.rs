@@ -6,8 +6,10 @@
 //! | `TOLLGATE_EDGE_ID` | this edge's id (fleet status, canary selection) | `edge-1` |
 //! | `TOLLGATE_CONTROL_PLANE_URL` | control plane base URL | `http://127.0.0.1:7700` |
 //! | `TOLLGATE_EDGE_TOKEN` | token presented to the control plane's internal API | required |
-//! | `TOLLGATE_REDIS_URL` | Redis (change stream, L2 facts) | `redis://127.0.0.1:6379` |
-//! | `TOLLGATE_REDIS_KEY_PREFIX` | prefix of the change stream and L2 keys (the control plane's must match) | `tollgate` |
+//! | `TOLLGATE_REDIS_URL` | Redis (change streams, L2 facts) | `redis://127.0.0.1:6379` |
+//! | `TOLLGATE_REDIS_CLUSTER_URLS` | a Redis Cluster instead: some of its nodes, comma-separated `redis://` URLs | none |
+//! | `TOLLGATE_REDIS_KEY_PREFIX` | prefix of the change streams and L2 keys (the control plane's must match) | `tollgate` |
+//! | `TOLLGATE_REDIS_STREAM_SHARDS` | change-stream shards, 1 ..= 1024; the edge follows every one (the control plane's must match) — see `tollgate_settings::redis` | `1` |
 //! | `TOLLGATE_EDGE_SERVICE_TOKENS` | comma-separated tokens product services must send (`Authorization: Bearer`) for checks, OFREP and usage; none: open (bind loopback). At least 16 characters each | none |
 //! | `TOLLGATE_EDGE_OPERATOR_TOKENS` | comma-separated tokens for the dead-letter API; none: that API is refused. At least 16 characters each | none |
 //! | `TOLLGATE_EDGE_FILLS_CONCURRENT_MAX` | control-plane fill requests in flight at most | `32` |
@@ -36,8 +38,8 @@ pub struct Config {
     pub edge_id: String,
     pub control_plane_url: String,
     pub edge_token: SecretString,
-    pub redis_url: String,
-    pub redis_key_prefix: String,
+    /// One Redis or a cluster, and the key names (prefix, stream shards) under it.
+    pub redis: tollgate_settings::redis::RedisSettings,
     pub tokens: crate::auth::Tokens,
     pub fill_limits: crate::upstream::FillLimits,
     pub data_dir: PathBuf,
@@ -63,11 +65,7 @@ impl Config {
             edge_id: r.string("edge_id", "edge-1"),
             control_plane_url: r.string("control_plane_url", "http://127.0.0.1:7700"),
             edge_token: r.required_secret("edge_token"),
-            redis_url: r.string("redis_url", "redis://127.0.0.1:6379"),
-            redis_key_prefix: r.string(
-                "redis_key_prefix",
-                tollgate_protocol::redis_keys::DEFAULT_PREFIX,
-            ),
+            redis: tollgate_settings::redis::RedisSettings::read(&mut r),
             tokens: crate::auth::Tokens {
                 service: token_list(
                     &mut r,
@@ -112,9 +110,6 @@ impl Config {
         if cfg.usage_buffer_bytes_max < 4096 {
             r.error("TOLLGATE_EDGE_USAGE_BUFFER_BYTES_MAX must be at least 4096");
         }
-        if !tollgate_protocol::redis_keys::Keys::valid_prefix(&cfg.redis_key_prefix) {
-            r.error("TOLLGATE_REDIS_KEY_PREFIX must be 1-64 characters of A-Z a-z 0-9 _ . -");
-        }
         if cfg.fill_limits.concurrent_max == 0 || cfg.fill_limits.per_second_max == 0 {
             r.error("TOLLGATE_EDGE_FILLS_CONCURRENT_MAX and TOLLGATE_EDGE_FILLS_PER_SECOND_MAX must be positive");
         }
@@ -140,9 +135,6 @@ impl Config {
             && !cfg.control_plane_url.starts_with("https://")
         {
             r.error("TOLLGATE_CONTROL_PLANE_URL must be an http(s) URL");
-        }
-        if !cfg.redis_url.starts_with("redis://") {
-            r.error("TOLLGATE_REDIS_URL must be a redis:// URL");
         }
         if cfg.cache_entries_max == 0 {
             r.error("TOLLGATE_EDGE_CACHE_ENTRIES_MAX must be positive");

@@ -329,7 +329,8 @@ pub struct EdgeStatusView {
     pub bundle_version: Option<u64>,
     pub stale: bool,
     pub restored_unconfirmed: bool,
-    pub stream_position: Option<String>,
+    /// Per change-stream shard (index = shard), the last entry applied.
+    pub stream_positions: Vec<Option<String>>,
     pub cached_accounts: u64,
     /// `null` on an edge without a usage store.
     pub usage: Option<crate::usage::UsageStatus>,

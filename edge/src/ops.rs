@@ -29,7 +29,7 @@ pub(crate) async fn status(
         "bundle_version": state.bundle_version(),
         "stale": state.is_stale(),
         "restored_unconfirmed": state.restored_waiting(),
-        "stream_position": state.stream_position(),
+        "stream_positions": state.stream_positions(),
         "cached_accounts": state.cache.entry_count(),
         "usage": state.usage.get().map(|u| u.status()),
     });

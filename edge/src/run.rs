@@ -13,8 +13,9 @@ use crate::state::{self, EdgeState};
 use crate::upstream::{L2, Upstream};
 use crate::{bundles, router, stream, usage};
 
-/// How often cached accounts are refetched from the control plane while the change stream is
-/// unavailable (Redis down): freshness degrades to this interval instead of stopping.
+/// How often cached accounts are refetched from the control plane while their change-stream
+/// shard is unavailable (Redis, or the shard's node, down): freshness degrades to this
+/// interval instead of stopping.
 pub const STALE_POLL_MS: u64 = 2_000;
 
 async fn poll_while_stale(state: EdgeState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -23,15 +24,18 @@ async fn poll_while_stale(state: EdgeState, mut shutdown: tokio::sync::watch::Re
             _ = tokio::time::sleep(Duration::from_millis(STALE_POLL_MS)) => {}
             _ = shutdown.changed() => return,
         }
+        // Only the accounts of shards whose stream is unavailable (their node down) are
+        // refetched, and restored entries not confirmed yet.
         if state.is_stale() || state.restored_waiting() {
-            state.revalidate_all().await;
+            state.revalidate_shards(|s| state.shard_stale(s)).await;
         }
     }
 }
 
 /// Runs the edge until SIGTERM / Ctrl-C.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let redis = redis::Client::open(config.redis_url.as_str()).context("redis url")?;
+    let redis = tollgate_protocol::redis_conn::RedisClient::open(&config.redis.target)
+        .context("redis url")?;
     // L2 connects in the background: a Redis that is down at boot only sends misses to the
     // control plane until it answers.
     let l2 = L2::default();
@@ -42,9 +46,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         l2.clone(),
     )?
     .with_fill_limits(config.fill_limits)
-    .with_redis_keys(tollgate_protocol::redis_keys::Keys::new(
-        &config.redis_key_prefix,
-    ));
+    .with_redis_keys(config.redis.keys.clone());
     let state = EdgeState::new(
         state::EdgeOptions {
             edge_id: config.edge_id.clone(),

@@ -24,8 +24,9 @@ pub struct Inner {
     pub rules: ArcSwapOption<RulesView>,
     rules_generation: AtomicU64,
     pub upstream: Upstream,
-    /// Last successful change-stream read (unix ms); answers are stale past the budget.
-    pub stream_ok_at_ms: AtomicI64,
+    /// Per stream shard, its last successful change-stream read (unix ms); answers for the
+    /// shard's accounts are stale past the budget.
+    stream_ok_at_ms: Box<[AtomicI64]>,
     pub freshness_budget_ms: i64,
     pub negative_ttl_ms: u64,
     pub metrics: EdgeMetrics,
@@ -34,9 +35,13 @@ pub struct Inner {
     pub usage: std::sync::OnceLock<Arc<Usage>>,
     /// Who may call which routes.
     pub tokens: crate::auth::Tokens,
-    /// The last change-stream id applied (saved with the facts snapshot, resumed from).
-    stream_position: std::sync::Mutex<Option<String>>,
-    /// Restored entries are current: the follower caught up from the snapshot's position.
+    /// Per stream shard, the last change-stream id applied (saved with the facts snapshot,
+    /// resumed from).
+    stream_positions: std::sync::Mutex<Vec<Option<String>>>,
+    /// Per stream shard, whether its follower caught up from the snapshot's position.
+    shards_caught_up: std::sync::Mutex<Vec<bool>>,
+    /// Restored entries are current: every shard's follower caught up from the snapshot's
+    /// position.
     restored_confirmed: AtomicBool,
     /// Restored entries not confirmed by a refetch yet (counted by each revalidation).
     restored_left: AtomicU64,
@@ -121,40 +126,112 @@ impl std::ops::Deref for EdgeState {
 
 impl EdgeState {
     pub fn new(opts: EdgeOptions, upstream: Upstream) -> Self {
+        let shards = usize::from(upstream.keys().shards());
         Self(Arc::new(Inner {
             edge_id: opts.edge_id,
             cache: AccountCache::new(opts.cache_limits),
             rules: ArcSwapOption::empty(),
             rules_generation: AtomicU64::new(0),
             upstream,
-            stream_ok_at_ms: AtomicI64::new(0),
+            stream_ok_at_ms: (0..shards).map(|_| AtomicI64::new(0)).collect(),
             freshness_budget_ms: i64::try_from(opts.freshness_budget_ms).unwrap_or(i64::MAX),
             negative_ttl_ms: opts.negative_ttl_ms,
             metrics: EdgeMetrics::new(),
             denials: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(DENIALS_MAX)),
             usage: std::sync::OnceLock::new(),
             tokens: opts.tokens,
-            stream_position: std::sync::Mutex::new(None),
+            stream_positions: std::sync::Mutex::new(vec![None; shards]),
+            shards_caught_up: std::sync::Mutex::new(vec![false; shards]),
             restored_confirmed: AtomicBool::new(false),
             restored_left: AtomicU64::new(0),
             l2_distrusted_until_ms: AtomicI64::new(0),
         }))
     }
 
-    /// The last change-stream id applied, if any.
-    pub fn stream_position(&self) -> Option<String> {
-        self.stream_position
+    /// How many change-stream shards this edge follows.
+    pub fn shards(&self) -> u16 {
+        self.upstream.keys().shards()
+    }
+
+    /// Per shard, the last change-stream id applied, if any.
+    pub fn stream_positions(&self) -> Vec<Option<String>> {
+        self.stream_positions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
-    /// Records the last change-stream id applied (the follower, and a restore).
-    pub fn set_stream_position(&self, id: Option<String>) {
-        *self
-            .stream_position
+    /// The last change-stream id applied on `shard`, if any.
+    pub fn stream_position(&self, shard: u16) -> Option<String> {
+        self.stream_positions
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = id;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(usize::from(shard))
+            .cloned()
+            .flatten()
+    }
+
+    /// Records the last change-stream id applied on `shard` (its follower).
+    pub fn set_stream_position(&self, shard: u16, id: Option<String>) {
+        if let Some(p) = self
+            .stream_positions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(usize::from(shard))
+        {
+            *p = id;
+        }
+    }
+
+    /// Records every shard's position at once (a restore); positions of another shard count
+    /// (an older snapshot) are dropped: nothing is resumed from them.
+    pub fn set_stream_positions(&self, ids: Vec<Option<String>>) {
+        let mut positions = self
+            .stream_positions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ids.len() == positions.len() {
+            *positions = ids;
+        } else {
+            positions.iter_mut().for_each(|p| *p = None);
+        }
+    }
+
+    /// `shard`'s follower read from the snapshot's position to its stream's end without a gap;
+    /// once every shard's has, restored entries are current.
+    pub fn shard_caught_up(&self, shard: u16) {
+        let all = {
+            let mut done = self
+                .shards_caught_up
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(d) = done.get_mut(usize::from(shard)) {
+                *d = true;
+            }
+            done.iter().all(|d| *d)
+        };
+        if all && !self.restored_confirmed() {
+            self.confirm_restored();
+            tracing::info!(
+                "every stream shard caught up from the saved positions: restored facts are current"
+            );
+        }
+    }
+
+    /// A successful read of `shard`'s stream just now.
+    pub fn mark_stream_read(&self, shard: u16) {
+        if let Some(at) = self.stream_ok_at_ms.get(usize::from(shard)) {
+            at.store(crate::clock::now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `shard`'s stream has not been read successfully within the freshness budget.
+    pub fn shard_stale(&self, shard: u16) -> bool {
+        self.stream_ok_at_ms
+            .get(usize::from(shard))
+            .is_none_or(|at| {
+                crate::clock::now_ms() - at.load(Ordering::Relaxed) > self.freshness_budget_ms
+            })
     }
 
     /// Whether restored entries are known to be current.
@@ -190,10 +267,12 @@ impl EdgeState {
         crate::clock::now_ms() >= self.l2_distrusted_until_ms.load(Ordering::Relaxed)
     }
 
-    /// Whether an answer from this entry is stale: the change stream is silent past the
-    /// budget, or the entry was restored and not confirmed since.
-    pub fn entry_stale(&self, entry: &Entry) -> bool {
-        self.is_stale() || (entry.restored && !self.restored_confirmed())
+    /// Whether an answer from `account`'s entry is stale: its shard's change stream is silent
+    /// past the budget (the other shards' do not matter to it), or the entry was restored and
+    /// not confirmed since.
+    pub fn entry_stale(&self, account: &AccountId, entry: &Entry) -> bool {
+        self.shard_stale(self.upstream.keys().shard_of(account))
+            || (entry.restored && !self.restored_confirmed())
     }
 
     /// Swaps in a verified, self-tested bundle atomically; cached entries re-materialise
@@ -235,11 +314,27 @@ impl EdgeState {
     /// restored entry). Used after a gap, when events may have been lost, and periodically
     /// while the stream is unavailable.
     pub async fn revalidate_all(&self) {
+        self.revalidate_where(|_| true).await;
+    }
+
+    /// [`Self::revalidate_all`] for the cached accounts of the shards `stale` says (a shard
+    /// whose stream is unavailable, or had a gap), plus restored entries not confirmed yet.
+    pub async fn revalidate_shards(&self, stale: impl Fn(u16) -> bool) {
+        let keys = self.upstream.keys().clone();
+        let waiting = !self.restored_confirmed();
+        self.revalidate_where(|a| {
+            stale(keys.shard_of(a)) || (waiting && self.cache.get(a).is_some_and(|e| e.restored))
+        })
+        .await;
+    }
+
+    async fn revalidate_where(&self, pick: impl Fn(&AccountId) -> bool) {
         let Some(view) = self.rules.load_full() else {
             return;
         };
         let (mut refreshed, mut failed) = (0u64, 0u64);
-        let accounts = self.cache.accounts();
+        let mut accounts = self.cache.accounts();
+        accounts.retain(|a| pick(a));
         for chunk in accounts.chunks(tollgate_protocol::FACTS_BATCH_MAX) {
             match self.upstream.facts_many(chunk, false).await {
                 Ok(found) => {
@@ -259,7 +354,9 @@ impl EdgeState {
         }
         self.metrics.revalidated_accounts.inc_by(refreshed);
         if !self.restored_confirmed() {
-            let left = accounts
+            let left = self
+                .cache
+                .accounts()
                 .iter()
                 .filter(|a| self.cache.get(a).is_some_and(|e| e.restored))
                 .count();
@@ -379,11 +476,10 @@ impl EdgeState {
         self.rules.load().as_ref().map(|v| v.bundle_version)
     }
 
-    /// Answers are stale when the change stream has not been read successfully within the
-    /// freshness budget (Redis down, or never reached).
+    /// Some answers are stale: a change-stream shard has not been read successfully within
+    /// the freshness budget (Redis or its node down, or never reached).
     pub fn is_stale(&self) -> bool {
-        crate::clock::now_ms() - self.stream_ok_at_ms.load(Ordering::Relaxed)
-            > self.freshness_budget_ms
+        (0..self.shards()).any(|s| self.shard_stale(s))
     }
 
     pub fn apply_change(&self, ev: ChangeEvent) {

@@ -1,24 +1,32 @@
-//! Follows the Redis change stream and applies each event to the cache.
+//! Follows the Redis change stream — one follower task per stream shard (see
+//! `tollgate_protocol::redis_keys`: accounts are spread over the shards by a hash of their id)
+//! — and applies each event to the cache.
 //!
-//! Where it starts: at the position saved with the facts snapshot when the edge restored one
-//! (every change made while the edge was down is then read and applied), else at the stream's
-//! newest id (the cache is empty, so nothing older matters). It resumes from the last id it
-//! applied after any error or reconnect.
+//! Each shard's follower has its own connection ([`RedisClient::dedicated`]: its blocking
+//! `XREAD` would stall anything multiplexed beside it), so on a Redis Cluster each reads from
+//! the node owning its shard, and a node that is down stops only its own shards: their
+//! accounts answer `stale` and are refetched from the control plane (`run.rs`'s poller) until
+//! the node is back, while the other shards keep flowing.
 //!
-//! Gaps: when the stream no longer holds what follows that id — trimmed past it, Redis flushed,
-//! recreated, or restored from a snapshot older than what the edge already read — the edge
-//! cannot know what it missed. It revalidates every cached account from the control plane, and
-//! stops trusting the Redis L2 copy for [`L2_DISTRUST_MS`] (a Redis that lost writes holds old
-//! facts there too, until the control plane repairs it).
+//! Where a shard's follower starts: at the shard's position saved with the facts snapshot when
+//! the edge restored one (every change made while the edge was down is then read and applied),
+//! else at the shard stream's newest id (the cache is empty, so nothing older matters). It
+//! resumes from the last id it applied after any error or reconnect.
 //!
-//! Restored facts answer `stale: true` until they are known to be current: the follower read
-//! from the saved position up to the stream's end with no gap (then every change since the
-//! snapshot was applied), or the account was refetched.
+//! Gaps: when a shard's stream no longer holds what follows that id — trimmed past it, Redis
+//! flushed, recreated, or restored from a snapshot older than what the edge already read — the
+//! edge cannot know what it missed. It revalidates the shard's cached accounts from the control
+//! plane, and stops trusting the Redis L2 copy for [`L2_DISTRUST_MS`] (a Redis that lost writes
+//! holds old facts there too, until the control plane repairs it).
+//!
+//! Restored facts answer `stale: true` until they are known to be current: every shard's
+//! follower read from its saved position up to its stream's end with no gap (then every change
+//! since the snapshot was applied), or the account was refetched.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::streams::{StreamReadOptions, StreamReadReply};
+use tollgate_protocol::redis_conn::{RedisClient, RedisConn};
 use tollgate_protocol::{ChangeEvent, redis_keys};
 
 use crate::state::EdgeState;
@@ -32,14 +40,11 @@ pub const RETRY_DELAY_MS_MIN: u64 = 100;
 /// Retry delays double up to this while Redis stays away.
 pub const RETRY_DELAY_MS_MAX: u64 = 5_000;
 
-/// A dedicated connection: a blocking XREAD must not stall the L2 reads that share the
+/// A connection of its own: a blocking XREAD must not stall the L2 reads that share the
 /// multiplexed connection, and it needs a response timeout longer than its block.
-async fn connect(client: &redis::Client) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(
-        Duration::from_millis(BLOCK_MS as u64 + RESPONSE_MARGIN_MS),
-    ));
+async fn connect(client: &RedisClient) -> redis::RedisResult<RedisConn> {
     client
-        .get_multiplexed_async_connection_with_config(&config)
+        .dedicated(Duration::from_millis(BLOCK_MS as u64 + RESPONSE_MARGIN_MS))
         .await
 }
 
@@ -50,7 +55,7 @@ pub const L2_DISTRUST_MS: i64 = 30_000;
 /// The id of the first entry at or after `id`, if any (`XRANGE key id + COUNT 1`): `Some(id)`
 /// itself when the stream still holds the last entry this edge applied.
 async fn first_at_or_after(
-    redis: &mut redis::aio::MultiplexedConnection,
+    redis: &mut RedisConn,
     stream_key: &str,
     id: &str,
 ) -> redis::RedisResult<Option<String>> {
@@ -80,17 +85,41 @@ pub fn stream_id_after(a: &str, b: &str) -> bool {
 /// How much longer than the XREAD block a reply may take before the connection is presumed dead.
 pub const RESPONSE_MARGIN_MS: u64 = 2_000;
 
+/// Follows every shard of the change stream (one task each) until `shutdown`.
 pub async fn follow(
     state: EdgeState,
-    client: redis::Client,
+    client: RedisClient,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let tasks: Vec<_> = (0..state.shards())
+        .map(|shard| {
+            tokio::spawn(follow_shard(
+                state.clone(),
+                client.clone(),
+                shard,
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// Follows one shard's stream (see the module doc).
+pub async fn follow_shard(
+    state: EdgeState,
+    client: RedisClient,
+    shard: u16,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let stream_key = state.upstream.keys().stream();
-    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    let keys = state.upstream.keys().clone();
+    let stream_key = keys.stream(shard);
+    let mut conn: Option<RedisConn> = None;
     // Resume where the restored snapshot stopped, when there is one.
-    let mut last_id: Option<String> = state.stream_position();
-    // Restored entries become current once the follower has read from their position to the
-    // stream's end without a gap.
+    let mut last_id: Option<String> = state.stream_position(shard);
+    // Restored entries become current once every shard's follower has read from its position
+    // to its stream's end without a gap.
     let mut confirming = last_id.is_some() && !state.restored_confirmed();
     // The stream state of the last gap acted on (the first id after the last one applied): a
     // gap that persists (stream still missing, nothing newer to read) is acted on once, and
@@ -126,7 +155,7 @@ pub async fn follow(
                     last_id = Some(id.clone());
                     // What is cached from now on is current to this position: fills fetch the
                     // current facts, and every later change is read from here.
-                    state.set_stream_position(Some(id.clone()));
+                    state.set_stream_position(shard, Some(id.clone()));
                     id
                 }
             };
@@ -150,13 +179,13 @@ pub async fn follow(
                 if found.as_deref() == Some(from.as_str()) {
                     last_gap = None;
                 } else if last_gap.as_ref() != Some(&found) {
-                    tracing::warn!(last_applied = %from, next = ?found, "change stream gap: revalidating every cached account");
+                    tracing::warn!(shard, last_applied = %from, next = ?found, "change stream gap: revalidating the shard's cached accounts");
                     state.metrics.stream_gaps.inc();
                     state.distrust_l2_for(L2_DISTRUST_MS);
                     // What was restored cannot be confirmed by reading on: only refetches can.
                     confirming = false;
                     let st = state.clone();
-                    tokio::spawn(async move { st.revalidate_all().await });
+                    tokio::spawn(async move { st.revalidate_shards(|s| s == shard).await });
                     last_gap = Some(found);
                 }
             }
@@ -176,23 +205,21 @@ pub async fn follow(
                 }
             }
             if read > 0 {
-                state.set_stream_position(last_id.clone());
+                state.set_stream_position(shard, last_id.clone());
             }
             // Fewer than a full read: this edge has applied everything up to the stream's end.
             if confirming && read < READ_COUNT_MAX {
                 confirming = false;
-                state.confirm_restored();
-                tracing::info!(position = ?last_id, "caught up from the saved stream position: restored facts are current");
+                tracing::info!(shard, position = ?last_id, "caught up from the saved stream position");
+                state.shard_caught_up(shard);
             }
-            state
-                .stream_ok_at_ms
-                .store(crate::clock::now_ms(), Ordering::Relaxed);
+            state.mark_stream_read(shard);
             Ok::<(), redis::RedisError>(())
         };
         tokio::select! {
             r = step => {
                 if let Err(e) = r {
-                    tracing::warn!(error = %e, "change stream read failed; reconnecting");
+                    tracing::warn!(shard, error = %e, "change stream read failed; reconnecting");
                     conn = None;
                     tokio::time::sleep(Duration::from_millis(retry_ms)).await;
                     retry_ms = (retry_ms * 2).min(RETRY_DELAY_MS_MAX);

@@ -1,9 +1,14 @@
 //! Where facts come from on a miss: Redis L2 first, then the control plane's internal API.
+//!
+//! L2 is one server or a Redis Cluster (`tollgate_protocol::redis_conn`); each account's copy
+//! sits in its stream shard's hash slot, so a batch reads one `MGET` per shard, and a shard
+//! whose node is down only sends its own accounts to the control plane.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use tollgate_protocol::redis_conn::{RedisClient, RedisConn};
 use tollgate_protocol::usage::{
     AccountUsage, LeaseGrant, LeaseRelease, LeaseRequest, UsageAck, UsageBatch,
 };
@@ -105,36 +110,36 @@ pub enum FillSource {
     ControlPlane,
 }
 
-/// The Redis L2 connection, present once Redis has been reached: at start, or later by
-/// [`L2::connect`] retrying in the background when Redis was down at boot.
+/// The Redis L2 connection (one server or a cluster), present once Redis has been reached: at
+/// start, or later by [`L2::connect`] retrying in the background when Redis was down at boot.
 #[derive(Clone, Default)]
-pub struct L2(Arc<OnceLock<redis::aio::ConnectionManager>>);
+pub struct L2(Arc<OnceLock<RedisConn>>);
 
 /// Longest pause between two attempts to reach Redis for the L2 connection.
 pub const L2_RETRY_MS_MAX: u64 = 5_000;
 
 impl L2 {
     /// An L2 that is already connected.
-    pub fn connected(conn: redis::aio::ConnectionManager) -> Self {
+    pub fn connected(conn: RedisConn) -> Self {
         let l2 = Self::default();
         let _ = l2.0.set(conn);
         l2
     }
 
-    pub fn get(&self) -> Option<redis::aio::ConnectionManager> {
+    pub fn get(&self) -> Option<RedisConn> {
         self.0.get().cloned()
     }
 
     /// Connects, retrying with capped exponential backoff until Redis answers or `shutdown`
-    /// fires. The connection manager reconnects by itself afterwards.
+    /// fires. The connection reconnects by itself afterwards.
     pub async fn connect(
         &self,
-        client: redis::Client,
+        client: RedisClient,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut pause = Duration::from_millis(50);
         loop {
-            match redis::aio::ConnectionManager::new(client.clone()).await {
+            match client.shared().await {
                 Ok(conn) => {
                     let _ = self.0.set(conn);
                     tracing::info!("redis L2 connected");
@@ -271,7 +276,7 @@ impl Upstream {
         Ok((Some(facts), FillSource::ControlPlane))
     }
 
-    /// Facts of several accounts: one L2 `MGET` (unless `use_l2` is false), then one
+    /// Facts of several accounts: one L2 `MGET` per stream shard (unless `use_l2` is false), then one
     /// control-plane request per [`tollgate_protocol::FACTS_BATCH_MAX`] accounts L2 did not
     /// hold. `None`: the account does not exist.
     pub async fn facts_many(
@@ -321,26 +326,41 @@ impl Upstream {
         serde_json::from_str(&raw?).ok()
     }
 
-    /// L2 copies of several accounts in one `MGET`; any Redis problem is a miss for all.
+    /// L2 copies of several accounts: one `MGET` per stream shard (a shard's facts share one
+    /// hash slot; on a cluster a multi-key command must stay in one), sent together; any Redis
+    /// problem is a miss for that shard's accounts.
     async fn l2_many(&self, accounts: &[AccountId]) -> Vec<Option<AccountFacts>> {
-        let none = || vec![None; accounts.len()];
-        let Some(mut redis) = self.l2.get() else {
-            return none();
+        let mut out = vec![None; accounts.len()];
+        let Some(redis) = self.l2.get() else {
+            return out;
         };
-        if accounts.is_empty() {
-            return Vec::new();
+        let mut by_shard: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+        for (i, a) in accounts.iter().enumerate() {
+            by_shard.entry(self.keys.shard_of(a)).or_default().push(i);
         }
-        let mut cmd = redis::cmd("MGET");
-        for a in accounts {
-            cmd.arg(self.keys.facts(a));
+        let reads = by_shard.into_values().map(|idx| {
+            let mut redis = redis.clone();
+            let mut cmd = redis::cmd("MGET");
+            for &i in &idx {
+                cmd.arg(self.keys.facts(&accounts[i]));
+            }
+            async move {
+                let raw = cmd.query_async::<Vec<Option<String>>>(&mut redis).await;
+                (idx, raw)
+            }
+        });
+        for (idx, raw) in futures::future::join_all(reads).await {
+            match raw {
+                Ok(raw) if raw.len() == idx.len() => {
+                    for (i, r) in idx.into_iter().zip(raw) {
+                        out[i] = r.and_then(|r| serde_json::from_str(&r).ok());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "L2 read failed: those accounts miss"),
+            }
         }
-        match cmd.query_async::<Vec<Option<String>>>(&mut redis).await {
-            Ok(raw) if raw.len() == accounts.len() => raw
-                .into_iter()
-                .map(|r| r.and_then(|r| serde_json::from_str(&r).ok()))
-                .collect(),
-            _ => none(),
-        }
+        out
     }
 
     /// Sends a batch of usage events; `Ok` only when the control plane acknowledged all of

@@ -18,6 +18,11 @@ fn demo() -> String {
 }
 
 fn state() -> EdgeState {
+    state_sharded(1)
+}
+
+/// An edge following `shards` change-stream shards.
+fn state_sharded(shards: u16) -> EdgeState {
     // No control plane is needed: these tests drive installation directly.
     let upstream = Upstream::new(
         "http://127.0.0.1:9",
@@ -25,7 +30,8 @@ fn state() -> EdgeState {
         Duration::from_millis(100),
         L2::default(),
     )
-    .expect("upstream");
+    .expect("upstream")
+    .with_redis_keys(tollgate_protocol::redis_keys::Keys::sharded("tg", shards));
     let mut opts = tollgate_edge::state::EdgeOptions::new("edge-test");
     opts.cache_limits = CacheLimits {
         entries_max: 100,
@@ -131,8 +137,8 @@ fn cached_facts_survive_a_restart_with_everything_behind_the_edge_down() {
     let bytes = good.sign(&key);
     bundles::persist(&dir, &bytes).expect("persist bundle");
 
-    // A running edge holding one pro account.
-    let before = state();
+    // A running edge holding one pro account, following three stream shards.
+    let before = state_sharded(3);
     bundles::install(&before, &engine, &trusted, &bytes).expect("install");
     let id = AccountId::new_v7();
     let mut facts = AccountFacts::new(id, 4);
@@ -145,28 +151,32 @@ fn cached_facts_survive_a_restart_with_everything_behind_the_edge_down() {
     let view = before.rules.load_full().expect("rules");
     before.cache.begin_fill(id);
     before.cache.finish_fill(id, Some(facts), &view);
-    before.set_stream_position(Some("1700000000000-3".into()));
+    let positions = vec![
+        Some("1700000000000-3".to_owned()),
+        None,
+        Some("1700000000500-0".to_owned()),
+    ];
+    for (shard, p) in (0..3).zip(&positions) {
+        before.set_stream_position(shard, p.clone());
+    }
     assert_eq!(bundles::persist_facts(&before, &dir).expect("snapshot"), 1);
 
     // Restart: no control plane (the upstream is a closed port), no Redis.
-    let after = state();
+    let after = state_sharded(3);
     assert_eq!(
         bundles::load_persisted(&after, &engine, &trusted, &dir),
         Some(6)
     );
     let restored = bundles::restore_facts(&after, &dir);
     assert_eq!(
-        (
-            restored.accounts,
-            restored.skipped,
-            restored.stream_id.as_deref()
-        ),
-        (1, 0, Some("1700000000000-3")),
-        "the follower resumes where the snapshot was current"
+        (restored.accounts, restored.skipped, &restored.stream_ids),
+        (1, 0, &positions),
+        "each shard's follower resumes where the snapshot was current"
     );
-    assert_eq!(after.stream_position().as_deref(), Some("1700000000000-3"));
+    assert_eq!(after.stream_positions(), positions);
+    assert_eq!(after.stream_position(2).as_deref(), Some("1700000000500-0"));
     let entry = after.cache.get(&id).expect("restored");
-    assert!(entry.restored && after.entry_stale(&entry));
+    assert!(entry.restored && after.entry_stale(&id, &entry));
     let seats = after
         .rules
         .load_full()
@@ -181,6 +191,37 @@ fn cached_facts_survive_a_restart_with_everything_behind_the_edge_down() {
         after.is_stale(),
         "answers from disk are stale until the change stream is read"
     );
+    // Confirmed only once every shard's follower has caught up, not the first.
+    for shard in 0..3 {
+        after.mark_stream_read(shard);
+    }
+    after.shard_caught_up(0);
+    after.shard_caught_up(2);
+    assert!(after.entry_stale(&id, &entry), "shard 1 has not caught up");
+    after.shard_caught_up(1);
+    assert!(!after.entry_stale(&id, &entry), "every shard caught up");
+
+    // An edge configured with another shard count resumes nothing from that file: the
+    // positions belong to other streams.
+    let other = state_sharded(4);
+    bundles::load_persisted(&other, &engine, &trusted, &dir);
+    let restored = bundles::restore_facts(&other, &dir);
+    assert_eq!((restored.accounts, restored.stream_ids.len()), (1, 0));
+    assert_eq!(other.stream_positions(), vec![None; 4]);
+
+    // A file of the unsharded format (2) restores its facts without a position.
+    let text = std::fs::read_to_string(dir.join(bundles::FACTS_FILE)).expect("facts");
+    let body = text.split_once('\n').expect("header").1;
+    std::fs::write(
+        dir.join(bundles::FACTS_FILE),
+        format!("{{\"format\":2,\"stream_id\":\"1700000000000-3\",\"saved_at_ms\":1}}\n{body}"),
+    )
+    .expect("old file");
+    let old = state_sharded(1);
+    bundles::load_persisted(&old, &engine, &trusted, &dir);
+    let restored = bundles::restore_facts(&old, &dir);
+    assert_eq!((restored.accounts, restored.stream_ids.len()), (1, 0));
+    assert_eq!(old.stream_positions(), vec![None]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -214,8 +255,12 @@ fn a_crash_mid_write_leaves_the_edge_with_what_it_can_trust() {
     .expect("facts");
     let restored = bundles::restore_facts(&st, &dir);
     assert_eq!(
-        (restored.accounts, restored.skipped, restored.stream_id),
-        (1, 1, None),
+        (
+            restored.accounts,
+            restored.skipped,
+            restored.stream_ids.len()
+        ),
+        (1, 1, 0),
         "an older edge's file (no header) restores without a position"
     );
     assert_eq!(st.cache.get(&id).expect("restored").version(), 3);

@@ -16,6 +16,7 @@ use serde_json::Value;
 use tollgate_edge::cache::CacheLimits;
 use tollgate_edge::state::{EdgeOptions, EdgeState};
 use tollgate_edge::upstream::{L2, Upstream};
+use tollgate_protocol::redis_conn::{RedisClient, RedisConn};
 use tollgate_protocol::{
     AccountFacts, AccountId, AccountStanding, ChangeEvent, SubscriptionFacts, SubscriptionStatus,
     redis_keys,
@@ -416,7 +417,7 @@ async fn batch_checks_entitlements_and_recent_denials() {
 struct Following {
     state: EdgeState,
     store: Store,
-    redis: redis::aio::ConnectionManager,
+    redis: RedisConn,
     follower: tokio::task::JoinHandle<()>,
     account: AccountId,
     uri: String,
@@ -429,10 +430,8 @@ impl Following {
     async fn start() -> Following {
         let url = std::env::var("TOLLGATE_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let client = redis::Client::open(url).expect("url");
-        let redis = redis::aio::ConnectionManager::new(client.clone())
-            .await
-            .expect("redis");
+        let client = RedisClient::Single(redis::Client::open(url).expect("url"));
+        let redis = client.shared().await.expect("redis");
         let keys = own_keys();
         // Make sure the stream exists, so the follower starts from a real id.
         Self::publish_to(&redis, &keys, &facts(AccountId::new_v7(), 1, None)).await;
@@ -471,18 +470,14 @@ impl Following {
         f
     }
 
-    async fn publish_to(
-        redis: &redis::aio::ConnectionManager,
-        keys: &redis_keys::Keys,
-        facts: &AccountFacts,
-    ) {
+    async fn publish_to(redis: &RedisConn, keys: &redis_keys::Keys, facts: &AccountFacts) {
         let ev = ChangeEvent {
             facts: facts.clone(),
             committed_at_ms: tollgate_edge::now_ms(),
         };
         let mut conn = redis.clone();
         let _: String = redis::cmd("XADD")
-            .arg(keys.stream())
+            .arg(keys.stream_of(&facts.account_id))
             .arg("*")
             .arg(redis_keys::CHANGE_FIELD)
             .arg(serde_json::to_string(&ev).expect("json"))
@@ -535,7 +530,7 @@ async fn a_stream_gap_makes_the_edge_revalidate_what_it_holds() {
         .insert(f.account, facts(f.account, 2, None));
     let mut conn = f.redis.clone();
     let _: i64 = redis::cmd("DEL")
-        .arg(f.keys().stream())
+        .arg(f.keys().stream(0))
         .query_async(&mut conn)
         .await
         .expect("del");
@@ -558,7 +553,7 @@ async fn misses_read_the_l2_once_a_redis_that_was_down_at_boot_comes_up() {
     let l2 = L2::default();
     let (state, store, hits) = edge(l2.clone()).await;
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let client = redis::Client::open(url).expect("url");
+    let client = RedisClient::Single(redis::Client::open(url).expect("url"));
     let connector = tokio::spawn({
         let l2 = l2.clone();
         async move { l2.connect(client.clone(), stop_rx).await }
@@ -731,10 +726,9 @@ async fn a_restarted_edge_never_answers_a_grant_revoked_while_it_was_down_as_fre
     .await;
     let restored = tollgate_edge::bundles::restore_facts(&after, &dir);
     assert_eq!(restored.accounts, 1);
-    after.stream_ok_at_ms.store(
-        tollgate_edge::now_ms(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    for shard in 0..after.shards() {
+        after.mark_stream_read(shard);
+    }
     let (_, _, v) = call(&after, Method::GET, &f.uri).await;
     assert_eq!(
         (v["allowed"].as_bool(), v["stale"].as_bool()),
@@ -746,7 +740,7 @@ async fn a_restarted_edge_never_answers_a_grant_revoked_while_it_was_down_as_fre
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let follower = tokio::spawn(tollgate_edge::stream::follow(
         after.clone(),
-        redis::Client::open(url).expect("url"),
+        RedisClient::Single(redis::Client::open(url).expect("url")),
         stop_rx,
     ));
     let deadline = tokio::time::Instant::now() + STREAM_DEADLINE;
@@ -776,7 +770,7 @@ async fn after_a_stream_gap_fills_skip_the_l2_copy() {
     // Redis lost writes: the stream is gone, and an L2 copy is older than the control plane.
     let mut conn = f.redis.clone();
     let _: i64 = redis::cmd("DEL")
-        .arg(f.keys().stream())
+        .arg(f.keys().stream(0))
         .query_async(&mut conn)
         .await
         .expect("del");
@@ -884,4 +878,128 @@ async fn right_after_a_bundle_swap_an_entry_answers_by_its_own_bundle_or_remater
         (Some("beta"), Some(true)),
         "{v}"
     );
+}
+
+/// Polls `account`'s `sso` check on `state` until `done` holds; returns that answer.
+async fn until_on(
+    state: &EdgeState,
+    account: AccountId,
+    done: impl Fn(&Value) -> bool,
+    what: &str,
+) -> Value {
+    let uri = format!("/v1/check?account={account}&feature=sso");
+    let deadline = tokio::time::Instant::now() + STREAM_DEADLINE;
+    loop {
+        let (_, _, v) = call(state, Method::GET, &uri).await;
+        if done(&v) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {v}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_edge_resumes_every_stream_shard_from_its_saved_position() {
+    let url = std::env::var("TOLLGATE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let client = RedisClient::Single(redis::Client::open(url).expect("url"));
+    let redis = client.shared().await.expect("redis");
+    let keys = redis_keys::Keys::sharded(
+        &format!("tg-edge-test-{}", uuid::Uuid::now_v7().simple()),
+        3,
+    );
+    // One pro account on each of the three shards, each shard's stream holding its v1.
+    let mut accounts: Vec<Option<AccountId>> = vec![None; 3];
+    while accounts.iter().any(Option::is_none) {
+        let a = AccountId::new_v7();
+        accounts[usize::from(keys.shard_of(&a))].get_or_insert(a);
+    }
+    let accounts: Vec<AccountId> = accounts.into_iter().flatten().collect();
+    for a in &accounts {
+        Following::publish_to(&redis, &keys, &facts(*a, 1, Some("pro"))).await;
+    }
+    let (before, store, _) = edge_with(
+        L2::default(),
+        keys.clone(),
+        tollgate_edge::auth::Tokens::default(),
+    )
+    .await;
+    for a in &accounts {
+        store
+            .lock()
+            .expect("store")
+            .insert(*a, facts(*a, 1, Some("pro")));
+    }
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn(tollgate_edge::stream::follow(
+        before.clone(),
+        client.clone(),
+        stop_rx,
+    ));
+    for a in &accounts {
+        until_on(
+            &before,
+            *a,
+            |v| v["allowed"] == true && v["stale"] == false,
+            "a fresh grant on every shard",
+        )
+        .await;
+    }
+    // Every shard's follower has a position of its own stream.
+    let positions = before.stream_positions();
+    assert!(positions.iter().all(Option::is_some), "{positions:?}");
+    let dir = std::env::temp_dir().join(format!("tollgate-edge-shards-{}", uuid::Uuid::now_v7()));
+    tollgate_edge::bundles::persist_facts(&before, &dir).expect("snapshot");
+    let _ = stop.send(true);
+    follower.abort();
+
+    // While the edge is down, the accounts of shards 0 and 2 lose their plan; only the stream
+    // says so (the stub control plane keeps answering v1: a revalidation would not tell).
+    for a in [accounts[0], accounts[2]] {
+        Following::publish_to(&redis, &keys, &facts(a, 2, None)).await;
+    }
+    let (after, _, hits) = edge_with(
+        L2::default(),
+        keys.clone(),
+        tollgate_edge::auth::Tokens::default(),
+    )
+    .await;
+    let restored = tollgate_edge::bundles::restore_facts(&after, &dir);
+    assert_eq!(restored.accounts, 3);
+    assert_eq!(
+        after.stream_positions(),
+        positions,
+        "one position per shard"
+    );
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn(tollgate_edge::stream::follow(
+        after.clone(),
+        client.clone(),
+        stop_rx,
+    ));
+    for (i, a) in accounts.iter().enumerate() {
+        let want_allowed = i == 1;
+        let v = until_on(
+            &after,
+            *a,
+            |v| {
+                assert!(
+                    !(v["allowed"] == true && v["stale"] == false && i != 1),
+                    "a revoked grant answered as fresh: {v}"
+                );
+                v["allowed"] == want_allowed && v["stale"] == false
+            },
+            "every shard resumed and caught up",
+        )
+        .await;
+        assert_eq!(v["version"], if want_allowed { 1 } else { 2 }, "{v}");
+    }
+    assert_eq!(
+        *hits.lock().expect("hits"),
+        0,
+        "the changes came from the streams, not the control plane"
+    );
+    follower.abort();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,7 +7,8 @@
 //!   commit time, so an edge can measure propagation.
 //! * [`Decision`] / [`Reason`] — what a check answers for one feature; [`check`] — the edge's
 //!   check API as product services call it.
-//! * The Redis key names both sides agree on ([`redis_keys`]); the internal API's paths, bodies
+//! * The Redis key names and stream shards both sides agree on ([`redis_keys`]), and how both
+//!   connect to one Redis or a Redis Cluster (`redis_conn`, feature `redis`); the internal API's paths, bodies
 //!   and edge-id rule ([`internal_api`]); canary membership by edge id ([`canary`]).
 //! * [`problem`] — the RFC 9457 error body every API answers.
 //! * [`usage`] — meters, usage events, the batches edges flush and their acknowledgements,
@@ -24,6 +25,8 @@ pub mod canary;
 pub mod check;
 pub mod internal_api;
 pub mod problem;
+#[cfg(feature = "redis")]
+pub mod redis_conn;
 pub mod redis_keys;
 pub mod usage;
 

@@ -14,6 +14,8 @@ use std::str::FromStr;
 
 use secrecy::SecretString;
 
+pub mod redis;
+
 pub const ENV_PREFIX: &str = "TOLLGATE_";
 /// Environment variable naming the optional TOML file.
 pub const CONFIG_FILE_ENV: &str = "TOLLGATE_CONFIG";

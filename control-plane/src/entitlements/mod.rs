@@ -123,7 +123,7 @@ pub async fn on_recompute(conn: &mut PgConnection, d: &Delivery) -> anyhow::Resu
 }
 
 /// The consumer of `entitlements.publish`: the account's current facts go to Redis, and the
-/// stream id they went out under is recorded.
+/// shard stream and id they went out under are recorded.
 pub async fn on_publish(
     state: &AppState,
     conn: &mut PgConnection,
@@ -133,8 +133,8 @@ pub async fn on_publish(
     let Some(facts) = store::stored_facts(conn, ev.account_id).await? else {
         return Ok(());
     };
-    if let Some(id) = publish::publish(state, &facts).await? {
-        store::record_published(conn, ev.account_id, id).await?;
+    if let Some((shard, id)) = publish::publish(state, &facts).await? {
+        store::record_published(conn, ev.account_id, shard, id).await?;
     }
     Ok(())
 }

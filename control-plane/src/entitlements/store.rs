@@ -61,43 +61,51 @@ pub async fn store_facts(
     .map(drop)
 }
 
-/// Records the stream id an account's facts were just published under, in the relay's
-/// transaction (never moving it back).
+/// Records the shard stream and id an account's facts were just published under, in the
+/// relay's transaction (never moving it back within a shard's stream).
 pub async fn record_published(
     conn: &mut PgConnection,
     account: AccountId,
+    shard: u16,
     id: StreamId,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE entitlement_facts SET published_stream_ms = $2, published_stream_seq = $3
+        "UPDATE entitlement_facts
+            SET published_stream_shard = $4, published_stream_ms = $2, published_stream_seq = $3
           WHERE account_id = $1
-            AND (published_stream_ms IS NULL
+            AND (published_stream_shard IS DISTINCT FROM $4
                  OR (published_stream_ms, published_stream_seq) < ($2, $3))",
     )
     .bind(account.0)
     .bind(id.ms)
     .bind(id.seq)
+    .bind(i32::from(shard))
     .execute(conn)
     .await
     .map(drop)
 }
 
-/// The newest stream id any account was published under.
-pub async fn newest_published(conn: &mut PgConnection) -> sqlx::Result<Option<StreamId>> {
+/// The newest stream id any account of `shard` was published under.
+pub async fn newest_published(
+    conn: &mut PgConnection,
+    shard: u16,
+) -> sqlx::Result<Option<StreamId>> {
     let row: Option<(i64, i64)> = sqlx::query_as(
         "SELECT published_stream_ms, published_stream_seq FROM entitlement_facts
-          WHERE published_stream_ms IS NOT NULL
+          WHERE published_stream_shard = $1
           ORDER BY published_stream_ms DESC, published_stream_seq DESC LIMIT 1",
     )
+    .bind(i32::from(shard))
     .fetch_optional(conn)
     .await?;
     Ok(row.map(|(ms, seq)| StreamId { ms, seq }))
 }
 
-/// Enqueues a publish of every account published after `after` (unless one is queued
-/// already); returns how many.
+/// Enqueues a publish of every account of `shard` published after `after` (unless one is
+/// queued already); returns how many.
 pub async fn republish_after(
     conn: &mut PgConnection,
+    shard: u16,
     after: StreamId,
     now: DateTime<Utc>,
 ) -> sqlx::Result<u64> {
@@ -105,7 +113,8 @@ pub async fn republish_after(
         "INSERT INTO outbox (id, topic, payload, created_at, available_at)
          SELECT gen_random_uuid(), $1, jsonb_build_object('account_id', f.account_id), $2, $2
            FROM entitlement_facts f
-          WHERE (f.published_stream_ms, f.published_stream_seq) > ($3, $4)
+          WHERE f.published_stream_shard = $5
+            AND (f.published_stream_ms, f.published_stream_seq) > ($3, $4)
             AND NOT EXISTS (
                 SELECT 1 FROM outbox o
                  WHERE o.processed_at IS NULL AND o.topic = $1
@@ -115,6 +124,7 @@ pub async fn republish_after(
     .bind(now)
     .bind(after.ms)
     .bind(after.seq)
+    .bind(i32::from(shard))
     .execute(conn)
     .await
     .map(|r| r.rows_affected())

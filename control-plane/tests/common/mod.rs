@@ -139,10 +139,12 @@ impl Harness {
         let public = key.public().to_file_string();
         let words: Vec<&str> = public.split_whitespace().collect();
         let trusted = format!("{}:{}", words[1], words[2]);
-        // A stream and L2 keys of its own: tests share one Redis.
+        // Streams and L2 keys of its own: tests share one Redis. Four stream shards, so every
+        // test publishes through the sharded keys.
         let prefix = format!("tg-test-{}", uuid::Uuid::now_v7().simple());
         let mut pairs = vec![
             ("redis_key_prefix", prefix.as_str()),
+            ("redis_stream_shards", "4"),
             ("edge_token", "test-edge-token"),
             ("token_secret", "test-token-secret"),
             ("admin_token", "test-admin-token"),
