@@ -20,6 +20,10 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+/// The edge's allocator: the edge runs in this process (see `tollgate_edge::Allocator`).
+#[global_allocator]
+static GLOBAL: tollgate_edge::Allocator = tollgate_edge::Allocator;
+
 use anyhow::{Context, bail};
 use axum::Router;
 use axum::extract::Query;

@@ -146,6 +146,13 @@ pub fn edge(args: &[String], out_path: &str) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let account = AccountId::new_v7().to_string();
+    // `--edge-only BATCH`: the edge side alone at one batch size, for a profiler.
+    let edge_only: usize = arg(args, "--edge-only", 0)?;
+    if edge_only > 0 {
+        let (edge, groups) = runtime.block_on(edge_run(&account, edge_only, secs))?;
+        println!("edge, batch {edge_only}: {edge:.0} events/s, {groups:.0} fsyncs/s");
+        return Ok(());
+    }
     // The bytes one stored event takes in the log, for the raw baseline.
     let sample = UsageEvent {
         id: "bench-1000000".into(),

@@ -67,3 +67,8 @@ pub use gate::{DRAIN_BYTES_MAX, REQUEST_BODY_BYTES_MAX};
 pub use router::app;
 pub use run::{STALE_POLL_MS, run};
 pub use tollgate_protocol::check::{BATCH_CHECKS_MAX, BatchCheck, BatchRequest, CheckResponse};
+
+/// The allocator the edge binary runs with (and the benchmarks that run an edge in process):
+/// mimalloc's per-thread heaps. Under glibc's malloc the usage path spent about half its CPU in
+/// malloc/free and their arena locks (`bench/results/profiles/usage-edge-*.svg`).
+pub use mimalloc::MiMalloc as Allocator;

@@ -2,6 +2,9 @@
 //! `tollgate_edge::config`.
 
 use tollgate_edge::config::Config;
+
+#[global_allocator]
+static GLOBAL: tollgate_edge::Allocator = tollgate_edge::Allocator;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
