@@ -56,6 +56,20 @@ pub struct Refusal {
     pub detail: String,
 }
 
+/// One accepted event of a 202 answer (`openapi::AcceptedEvent`).
+#[derive(serde::Serialize)]
+struct Accepted<'a> {
+    id: &'a str,
+    index: usize,
+}
+
+/// The 202 answer (`openapi::UsageAnswer`).
+#[derive(serde::Serialize)]
+struct Acks<'a> {
+    accepted: Vec<Accepted<'a>>,
+    rejected: &'a [Refusal],
+}
+
 fn refuse(index: usize, code: &'static str, detail: impl Into<String>) -> Refusal {
     Refusal {
         index,
@@ -526,20 +540,23 @@ pub async fn post_usage(
                 .usage
                 .events_accepted
                 .inc_by(valid.len() as u64);
-            let mut accepted: Vec<(usize, &str)> = indices
+            let mut accepted: Vec<Accepted<'_>> = indices
                 .iter()
                 .zip(&valid)
-                .map(|(i, e)| (*i, e.id.as_str()))
-                .chain(repeats.iter().map(|(i, id)| (*i, id.as_str())))
+                .map(|(i, e)| Accepted {
+                    id: &e.id,
+                    index: *i,
+                })
+                .chain(repeats.iter().map(|(i, id)| Accepted { id, index: *i }))
                 .collect();
-            accepted.sort_unstable();
-            let accepted: Vec<Value> = accepted
-                .into_iter()
-                .map(|(i, id)| json!({ "index": i, "id": id }))
-                .collect();
+            accepted.sort_unstable_by_key(|a| a.index);
+            // Serialized straight from borrowed fields (no JSON tree per event).
             (
                 StatusCode::ACCEPTED,
-                axum::Json(json!({ "accepted": accepted, "rejected": rejected })),
+                axum::Json(Acks {
+                    accepted,
+                    rejected: &rejected,
+                }),
             )
                 .into_response()
         }
