@@ -2,6 +2,7 @@
 //! `TOLLGATE_TEST_CHROMEDRIVER`, installed by `scripts/test`): the few commands a page test
 //! needs — open a URL, find an element by CSS selector, type, click, read text, screenshot.
 
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -27,7 +28,11 @@ impl Browser {
              Debian's chromium and chromium-driver) or point it at a chromedriver",
         )?;
         let port = crate::free_port()?;
+        // Its own process group, which the Chromium it starts joins: dropping the browser
+        // kills the whole group, so no Chromium outlives a test (killing chromedriver alone
+        // left them running, reparented to init).
         let driver = Command::new(&driver_path)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -208,6 +213,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
