@@ -11,6 +11,18 @@ use tollgate_protocol::{
 };
 use tollgate_rules::host::RulesEngine;
 
+/// Points `tollgate_e2e::Stack` at the release binaries next to this one (`target/release`
+/// after `cargo build --release --workspace --bins`). Call before any thread starts.
+pub fn use_release_binaries() -> anyhow::Result<()> {
+    let dir = std::env::current_exe()?
+        .parent()
+        .context("bench binary dir")?
+        .to_owned();
+    // SAFETY of set_var: the callers run it first thing, before any runtime or thread starts.
+    unsafe { std::env::set_var("TOLLGATE_BIN_DIR", &dir) };
+    Ok(())
+}
+
 /// An edge state with the demo bundle (WebAssembly) installed and `accounts` cached, half on
 /// `pro` and half on `free`. Its upstream is never reached.
 pub fn edge_state(accounts: &[AccountId], capacity: u64) -> anyhow::Result<EdgeState> {

@@ -200,39 +200,36 @@ fn materialise(out_path: &str) -> anyhow::Result<()> {
         .iter()
         .map(|v| peers::Rego::input(&program, v))
         .collect::<Result<_, _>>()?;
-    let rate = |secs: f64| MATERIALISE_ACCOUNTS as f64 / secs;
     let mut rows = Vec::new();
     let mut rego_rate = 0.0;
     for round in 0..MATERIALISE_ROUNDS {
-        let t = Instant::now();
-        let interp_out: Vec<_> = vectors
-            .iter()
-            .map(|v| interp::evaluate(&program, v))
-            .collect();
-        let interp_rate = rate(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let batch = loaded.evaluate_batch(&vectors)?;
-        let batch_rate = rate(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let single: Vec<_> = vectors
-            .iter()
-            .map(|v| loaded.evaluate(v))
-            .collect::<Result<_, _>>()?;
-        let single_rate = rate(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let fresh: Vec<_> = vectors
-            .iter()
-            .map(|v| loaded.evaluate_fresh(v))
-            .collect::<Result<_, _>>()?;
-        let fresh_rate = rate(t.elapsed().as_secs_f64());
+        let (interp_out, interp_rate) = timed(&mut || {
+            Ok(vectors
+                .iter()
+                .map(|v| interp::evaluate(&program, v))
+                .collect::<Vec<_>>())
+        })?;
+        let (batch, batch_rate) = timed(&mut || Ok(loaded.evaluate_batch(&vectors)?))?;
+        let (single, single_rate) = timed(&mut || {
+            Ok(vectors
+                .iter()
+                .map(|v| loaded.evaluate(v))
+                .collect::<Result<Vec<_>, _>>()?)
+        })?;
+        let (fresh, fresh_rate) = timed(&mut || {
+            Ok(vectors
+                .iter()
+                .map(|v| loaded.evaluate_fresh(v))
+                .collect::<Result<Vec<_>, _>>()?)
+        })?;
         // regorus is three orders of magnitude slower: one round of it (seconds) is enough.
         if round == 0 {
-            let t = Instant::now();
-            let mut rego_out = Vec::with_capacity(vectors.len());
-            for input in &rego_inputs {
-                rego_out.push(rego.evaluate(input)?);
-            }
-            rego_rate = rate(t.elapsed().as_secs_f64());
+            let started = Instant::now();
+            let rego_out = rego_inputs
+                .iter()
+                .map(|input| rego.evaluate(input))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            rego_rate = MATERIALISE_ACCOUNTS as f64 / started.elapsed().as_secs_f64();
             for (i, want) in interp_out.iter().enumerate() {
                 anyhow::ensure!(
                     &rego.decisions(&rego_out[i])? == want,
@@ -347,10 +344,7 @@ fn profile_materialise(args: &[String]) -> anyhow::Result<()> {
         .first()
         .context("engine: interp | batch | single | fresh")?
         .clone();
-    let secs: u64 = match args.get(1).map(String::as_str) {
-        Some("--secs") => args.get(2).context("--secs N")?.parse()?,
-        _ => 10,
-    };
+    let secs: u64 = usage::arg(args, "--secs", 10)?;
     let program = tollgate_rules::demo_program();
     let loaded = RulesEngine::new()?.load_program(&program)?;
     let vectors = materialise_facts(&program);
@@ -390,6 +384,16 @@ fn profile_materialise(args: &[String]) -> anyhow::Result<()> {
     }
     println!("{engine}: {:.0} accounts/s", accounts as f64 / secs as f64);
     Ok(())
+}
+
+/// Runs one engine's pass over the materialise accounts: its output and accounts/s.
+fn timed<T>(run: &mut dyn FnMut() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)> {
+    let started = std::time::Instant::now();
+    let out = run()?;
+    Ok((
+        out,
+        MATERIALISE_ACCOUNTS as f64 / started.elapsed().as_secs_f64(),
+    ))
 }
 
 /// Resident set size of this process in bytes (Linux `/proc/self/statm`).
@@ -541,14 +545,8 @@ fn main() -> anyhow::Result<()> {
             other => bail!("unknown argument {other}"),
         }
     }
-    // The real control plane next to this binary (target/release after `cargo build
-    // --release --workspace --bins`) answers the edge's fills, usage reads and leases.
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .context("bench binary dir")?
-        .to_owned();
-    // SAFETY of set_var: single-threaded here, before any runtime or thread starts.
-    unsafe { std::env::set_var("TOLLGATE_BIN_DIR", &bin_dir) };
+    // The real control plane (release binary) answers the edge's fills, usage reads and leases.
+    tollgate_bench::use_release_binaries()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -589,10 +587,7 @@ fn main() -> anyhow::Result<()> {
     }
     std::fs::write(&paths_file, paths)?;
     let paths_file = paths_file.display().to_string();
-    let scratch = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/bench-scratch")
-        .join(format!("edge-check-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&scratch)?;
+    let scratch = usage::scratch("edge-check")?;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (bare_addr, edge_addr) = runtime.block_on(async {
@@ -605,12 +600,11 @@ fn main() -> anyhow::Result<()> {
         )?;
         let state = tollgate_bench::edge_state_on(upstream, &accounts, 2 * ACCOUNTS as u64)?;
         // The edge's own usage store and flusher, as `tollgate-edge` opens them.
-        let usage = tollgate_edge::usage::Usage::open(
-            &tollgate_edge::usage::UsageOptions::in_data_dir(&scratch, 256 << 20, 64 << 20),
-            state.meters_fn(),
-            state.metrics.usage.clone(),
-        )?;
-        let _ = state.usage.set(usage.clone());
+        let usage = state.open_usage(&tollgate_edge::usage::UsageOptions::in_data_dir(
+            &scratch,
+            256 << 20,
+            64 << 20,
+        ))?;
         tokio::spawn(tollgate_edge::usage::flush_loop(
             state.clone(),
             usage,

@@ -161,13 +161,7 @@ pub fn run(args: &[String], out_path: &str) -> anyhow::Result<()> {
         }
     }
     ensure!(changes >= 2, "--changes must be at least 2");
-    // The real binaries next to this one (target/release after `cargo build --release`).
-    let dir = std::env::current_exe()?
-        .parent()
-        .context("bench binary dir")?
-        .to_owned();
-    // SAFETY of set_var: single-threaded here, before any runtime or thread starts.
-    unsafe { std::env::set_var("TOLLGATE_BIN_DIR", &dir) };
+    tollgate_bench::use_release_binaries()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -42,7 +42,7 @@ pub(crate) fn arg<T: std::str::FromStr>(
     }
 }
 
-fn scratch(name: &str) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn scratch(name: &str) -> anyhow::Result<std::path::PathBuf> {
     // Under the target dir: the same disk as a real edge's data dir on this machine.
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../target/bench-scratch")
@@ -205,12 +205,11 @@ fn crate_log_header() -> usize {
 async fn edge_run(account: &str, batch: usize, secs: u64) -> anyhow::Result<(f64, f64)> {
     let dir = scratch("edge")?;
     let state = tollgate_bench::edge_state(&[], 16)?;
-    let usage = tollgate_edge::usage::Usage::open(
-        &tollgate_edge::usage::UsageOptions::in_data_dir(&dir, 8 << 30, 64 << 20),
-        state.meters_fn(),
-        state.metrics.usage.clone(),
-    )?;
-    let _ = state.usage.set(usage.clone());
+    let usage = state.open_usage(&tollgate_edge::usage::UsageOptions::in_data_dir(
+        &dir,
+        8 << 30,
+        64 << 20,
+    ))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {

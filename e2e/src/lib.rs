@@ -576,6 +576,21 @@ impl Stack {
         })
     }
 
+    /// Cancels subscription `sub` at once (not at the period's end); fails unless it answers 200.
+    pub async fn cancel_now(&self, customer: &Customer, sub: &str) -> anyhow::Result<()> {
+        let (status, body) = self
+            .cp(
+                reqwest::Method::POST,
+                &format!("/v1/subscriptions/{sub}/cancel"),
+                Some(&customer.token),
+                None,
+                Some(serde_json::json!({"at_period_end": false})),
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "cancel {sub}: {status} {body}");
+        Ok(())
+    }
+
     /// Buys `plan` with a card that needs no authentication (added on first use); returns the
     /// subscription id.
     pub async fn buy(&self, customer: &Customer, plan: &str) -> anyhow::Result<String> {

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tollgate_e2e::Stack;
 
 #[tokio::test]
@@ -33,16 +33,7 @@ async fn walk(stack: &mut Stack) -> anyhow::Result<()> {
     .await?;
     // A crash: no shutdown snapshot.
     stack.kill_edge(0);
-    let (status, body) = stack
-        .cp(
-            reqwest::Method::POST,
-            &format!("/v1/subscriptions/{sub}/cancel"),
-            Some(&customer.token),
-            None,
-            Some(json!({"at_period_end": false})),
-        )
-        .await?;
-    anyhow::ensure!(status == 200, "cancel: {status} {body}");
+    stack.cancel_now(&customer, &sub).await?;
     stack.restart_edge(0).await?;
     let ready = Instant::now();
     let mut answers: Vec<Value> = Vec::new();

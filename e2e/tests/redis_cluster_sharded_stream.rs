@@ -10,8 +10,7 @@
 
 use std::time::Duration;
 
-use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tollgate_e2e::{ClusterNode, Customer, EDGE_TOKEN, Stack, poll};
 use tollgate_protocol::redis_conn::{RedisClient, RedisConn};
 use tollgate_protocol::redis_keys::{Keys, RedisTarget};
@@ -108,9 +107,9 @@ async fn walk(stack: &mut Stack, nodes: &[String]) -> anyhow::Result<()> {
 
     // The node owning A's (and C's) shard crashes. Meanwhile A cancels, C buys, B cancels.
     let config = a.node.kill().await?;
-    cancel(stack, &a.customer, &sub_a).await?;
+    stack.cancel_now(&a.customer, &sub_a).await?;
     stack.buy(&c.customer, "pro").await?;
-    cancel(stack, &b.customer, &sub_b).await?;
+    stack.cancel_now(&b.customer, &sub_b).await?;
     // B's shard is on a live node: its change flows through the stream, fresh.
     await_fresh(stack, &b, false).await?;
     // A's and C's arrive from the control plane, marked stale: their shard cannot be read.
@@ -170,20 +169,6 @@ async fn walk(stack: &mut Stack, nodes: &[String]) -> anyhow::Result<()> {
         positions == usize::from(SHARDS),
         "one position per shard: {status}"
     );
-    Ok(())
-}
-
-async fn cancel(stack: &Stack, customer: &Customer, sub: &str) -> anyhow::Result<()> {
-    let (status, body) = stack
-        .cp(
-            Method::POST,
-            &format!("/v1/subscriptions/{sub}/cancel"),
-            Some(&customer.token),
-            None,
-            Some(json!({"at_period_end": false})),
-        )
-        .await?;
-    anyhow::ensure!(status == 200, "cancel: {status} {body}");
     Ok(())
 }
 

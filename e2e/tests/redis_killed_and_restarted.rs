@@ -2,8 +2,6 @@
 //! says `stale` and polls the control plane; the control plane's outbox keeps the publishes
 //! and retries them; when Redis returns, the edge notices the recreated stream and revalidates.
 
-use reqwest::Method;
-use serde_json::json;
 use tollgate_e2e::{PrivateRedis, Stack};
 
 #[tokio::test]
@@ -22,17 +20,7 @@ async fn walk(stack: &Stack, redis: &mut PrivateRedis) -> anyhow::Result<()> {
 
     // Redis dies. A change happens meanwhile.
     redis.kill();
-    let cancel = json!({"at_period_end": false});
-    let (status, body) = stack
-        .cp(
-            Method::POST,
-            &format!("/v1/subscriptions/{sub}/cancel"),
-            Some(&customer.token),
-            None,
-            Some(cancel),
-        )
-        .await?;
-    anyhow::ensure!(status == 200, "{body}");
+    stack.cancel_now(&customer, &sub).await?;
     // The edge degrades to polling the control plane: the change still arrives, marked stale.
     stack.await_check(account, "sso", false).await?;
     let v = stack.check(account, "sso").await?;

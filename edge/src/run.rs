@@ -68,17 +68,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let restored = bundles::restore_facts(&state, &config.data_dir);
     state.set_restored(restored.accounts as u64);
     // Usage recovered from disk is flushed as soon as the control plane answers.
-    let usage = usage::Usage::open(
-        &usage::UsageOptions::in_data_dir(
+    let usage = state
+        .open_usage(&usage::UsageOptions::in_data_dir(
             &config.data_dir,
             config.usage_buffer_bytes_max,
             config.usage_dead_letter_bytes_max,
-        ),
-        state.meters_fn(),
-        state.metrics.usage.clone(),
-    )
-    .context("usage log")?;
-    let _ = state.usage.set(usage.clone());
+        ))
+        .context("usage log")?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(usage::flush_loop(
         state.clone(),

@@ -415,6 +415,17 @@ impl EdgeState {
             .billing_anchor_ms
     }
 
+    /// Opens (recovering) this edge's usage store with its meters and metrics, and makes it
+    /// the store checks and `POST /v1/usage` use. Returns it for the flusher.
+    pub fn open_usage(
+        &self,
+        opts: &crate::usage::UsageOptions,
+    ) -> Result<Arc<Usage>, crate::usage_log::LogError> {
+        let usage = Usage::open(opts, self.meters_fn(), self.metrics.usage.clone())?;
+        let _ = self.usage.set(usage.clone());
+        Ok(usage)
+    }
+
     /// [`Self::meter`] and [`Self::billing_anchor`] as a function for the usage store, holding
     /// the state weakly (the store is part of the state: a strong reference would keep both
     /// alive forever).

@@ -492,15 +492,7 @@ impl Following {
 
     /// Polls the account's `sso` check until `done` holds; returns that answer.
     async fn until(&self, done: impl Fn(&Value) -> bool, what: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + STREAM_DEADLINE;
-        loop {
-            let (_, _, v) = call(&self.state, Method::GET, &self.uri).await;
-            if done(&v) {
-                return v;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{what}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_on(&self.state, self.account, done, what).await
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tollgate_edge::auth::Tokens;
 use tollgate_edge::state::{EdgeOptions, EdgeState};
 use tollgate_edge::upstream::{L2, Upstream};
-use tollgate_edge::usage::{Usage, UsageOptions};
+use tollgate_edge::usage::UsageOptions;
 use tollgate_protocol::usage::{
     AccountUsage, LeaseGrant, LeaseRequest, MeterAggregate, MeterPeriod, UsageAck, UsageBatch,
 };
@@ -152,13 +152,9 @@ fn target() -> &'static (tokio::runtime::Runtime, String, reqwest::Client) {
             state.install_rules(1, program, loaded);
             let dir = std::env::temp_dir()
                 .join(format!("tollgate-edge-property-{}", uuid::Uuid::now_v7()));
-            let store = Usage::open(
-                &UsageOptions::in_data_dir(&dir, 64 << 20, 1 << 20),
-                state.meters_fn(),
-                state.metrics.usage.clone(),
-            )
-            .expect("usage");
-            let _ = state.usage.set(store.clone());
+            let store = state
+                .open_usage(&UsageOptions::in_data_dir(&dir, 64 << 20, 1 << 20))
+                .expect("usage");
             let (_stop, stop_rx) = tokio::sync::watch::channel(false);
             std::mem::forget(_stop);
             tokio::spawn(tollgate_edge::usage::flush_loop(

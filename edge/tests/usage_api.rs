@@ -18,7 +18,7 @@ use tollgate_edge::cache::CacheLimits;
 use tollgate_edge::durable::{FaultyFs, Fs, FsOp};
 use tollgate_edge::state::{EdgeOptions, EdgeState};
 use tollgate_edge::upstream::{L2, Upstream};
-use tollgate_edge::usage::{Usage, UsageOptions};
+use tollgate_edge::usage::UsageOptions;
 use tollgate_protocol::usage::{
     AccountUsage, LeaseGrant, LeaseRelease, LeaseRequest, MeterAggregate, MeterPeriod,
     RejectedEvent, UsageAck, UsageBatch, UsageEvent,
@@ -289,11 +289,7 @@ async fn edge_with(dir: std::path::PathBuf, cp: Arc<Cp>, setup: Setup) -> Edge {
     // A restarted edge may find the previous one's writer still closing the log: retry.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let usage = loop {
-        match Usage::open(
-            &usage_options(&dir, &setup),
-            state.meters_fn(),
-            state.metrics.usage.clone(),
-        ) {
+        match state.open_usage(&usage_options(&dir, &setup)) {
             Ok(u) => break u,
             Err(e) => {
                 assert!(tokio::time::Instant::now() < deadline, "usage log: {e}");
@@ -301,7 +297,6 @@ async fn edge_with(dir: std::path::PathBuf, cp: Arc<Cp>, setup: Setup) -> Edge {
             }
         }
     };
-    let _ = state.usage.set(usage.clone());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(tollgate_edge::usage::flush_loop(
         state.clone(),

@@ -64,6 +64,8 @@ pub const ABI_VERSION: i32 = 3;
 pub const FACTS_OFFSET: u64 = 0;
 /// Bytes per decision: allowed, limit kind, limit value, reason.
 pub const DECISION_BYTES: u64 = 32;
+/// `i64` slots per decision.
+const DECISION_SLOTS: u64 = DECISION_BYTES / 8;
 /// Bytes of a 64 KiB WebAssembly page (the host's reservations are counted in them).
 pub const PAGE_BYTES: u64 = 65_536;
 /// `log2` of the module memory's page size: 1-byte pages, so the memory can be exactly one
@@ -148,7 +150,7 @@ const L_INDEX: u32 = 7; // i32: the account being evaluated
 const L_BASE: u32 = 8; // i32: its record's byte offset
 const I64_LOCALS: u32 = 5;
 const I32_LOCALS: u32 = 3;
-// Then four i64 locals per feature: its decision's slots while the account is evaluated.
+// Then DECISION_SLOTS i64 locals per feature: its decision while the account is evaluated.
 const L_DECISIONS: u32 = 9;
 
 fn mem(offset: u64) -> MemArg {
@@ -233,7 +235,7 @@ impl Emitter<'_> {
 
     /// Writes every decision slot's local to the record, once per account.
     fn write_decisions(&mut self) {
-        for slot in 0..4 * self.shape.features as u64 {
+        for slot in 0..DECISION_SLOTS * self.shape.features as u64 {
             let addr = self.out + 8 * slot;
             self.addr_base();
             self.ins(&I::LocalGet(self.decision_local(addr)));
@@ -905,7 +907,10 @@ pub fn emit(program: &Program) -> Result<Vec<u8>, EmitError> {
         f: Function::new([
             (I64_LOCALS, ValType::I64),
             (I32_LOCALS, ValType::I32),
-            (4 * shape.features as u32, ValType::I64),
+            (
+                (DECISION_SLOTS * shape.features as u64) as u32,
+                ValType::I64,
+            ),
         ]),
     };
     // for (index = 0; index < count; index++) { base = index × record; <one account> }

@@ -141,3 +141,16 @@ fn a_reused_instance_never_answers_with_the_previous_accounts_decisions() {
         .expect_err("records past the first are never written");
     assert!(matches!(err, HostError::BadOutput(_)), "{err:?}");
 }
+
+#[test]
+fn an_endless_loop_in_a_batch_runs_out_of_fuel_too() {
+    // One call evaluates many accounts with the fuel of all of them: a loop in it is still
+    // stopped, and the module's next batch is refused the same way (no instance carries on).
+    let loaded = load(Hostile::EndlessLoop).expect("loads");
+    for _ in 0..2 {
+        let err = loaded
+            .evaluate_batch(&vec![facts(); 3])
+            .expect_err("contained");
+        assert!(matches!(err, HostError::OutOfFuel), "{err:?}");
+    }
+}

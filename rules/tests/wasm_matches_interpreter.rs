@@ -476,3 +476,28 @@ fn unlimited_arithmetic_follows_the_documented_table() {
     assert!(cmp(CmpOp::Lt, Const(i64::MAX), Unlimited));
     assert!(!cmp(CmpOp::Eq, Const(0), Unlimited));
 }
+
+#[test]
+fn threads_sharing_kept_instances_each_get_their_own_accounts_decisions() {
+    // Eight threads evaluate different accounts on one loaded module at once, taking and
+    // returning kept instances: every answer is the interpreter's for that thread's account.
+    let engine = RulesEngine::new().expect("engine");
+    let program = gen_program(7);
+    let loaded = engine.load_program(&program).expect("load");
+    let facts: Vec<FactVector> = (0..64).map(|i| gen_facts(&program, 1_000 + i)).collect();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (loaded, program, facts) = (&loaded, &program, &facts);
+            s.spawn(move || {
+                for round in 0..200 {
+                    let f = &facts[(t * 7 + round) % facts.len()];
+                    assert_eq!(
+                        loaded.evaluate(f).expect("evaluate"),
+                        interp::evaluate(program, f),
+                        "thread {t}, round {round}"
+                    );
+                }
+            });
+        }
+    });
+}
