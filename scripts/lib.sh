@@ -514,6 +514,35 @@ tg__redis_cluster_ok() {
   done
 }
 
+# Stops the cluster's running nodes when any of them runs from a config file that no longer
+# exists (started from a checkout since deleted, e.g. an earlier clean clone): such a node can
+# be neither restarted by the tests nor trusted to be this checkout's, so the cluster is
+# recreated here from scratch.
+tg__redis_cluster_drop_orphans() {
+  local port cfg orphaned=0 i
+  for port in $TOLLGATE_REDIS_CLUSTER_PORTS; do
+    tg__redis_answers "redis://127.0.0.1:$port" || continue
+    cfg="$(redis-cli -p "$port" INFO server 2>/dev/null | tr -d '\r' | sed -n 's/^config_file://p')"
+    if [[ -n "$cfg" && ! -f "$cfg" ]]; then
+      tg_log "redis cluster: node 127.0.0.1:$port runs from $cfg, which is gone"
+      orphaned=1
+    fi
+  done
+  ((orphaned)) || return 0
+  tg_log "redis cluster: stopping its nodes to start them again from this checkout"
+  for port in $TOLLGATE_REDIS_CLUSTER_PORTS; do
+    redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
+  done
+  for port in $TOLLGATE_REDIS_CLUSTER_PORTS; do
+    for ((i = 0; i < 100; i++)); do
+      tg__redis_answers "redis://127.0.0.1:$port" || break
+      sleep 0.1
+    done
+    tg__redis_answers "redis://127.0.0.1:$port" && tg_die "cluster node 127.0.0.1:$port does not stop"
+  done
+  return 0
+}
+
 # Starts (if not running) a 3-master Redis Cluster on TOLLGATE_REDIS_CLUSTER_PORTS, creates
 # the cluster when its nodes are new, waits for cluster_state:ok on every node, and exports
 # TOLLGATE_TEST_REDIS_CLUSTER_URLS.
@@ -522,6 +551,7 @@ tg_ensure_redis_cluster() {
   command -v redis-server >/dev/null 2>&1 || tg__apt_install redis-server
   TOLLGATE_TEST_REDIS_CLUSTER_URLS="$(tg__redis_cluster_urls)"
   export TOLLGATE_TEST_REDIS_CLUSTER_URLS
+  tg__redis_cluster_drop_orphans
   if tg__redis_cluster_ok; then
     tg_log "redis cluster: using $TOLLGATE_TEST_REDIS_CLUSTER_URLS"
     return 0
