@@ -82,3 +82,10 @@ pub fn pro_facts(id: AccountId) -> AccountFacts {
     });
     f
 }
+
+/// The median of `values` (the upper one of an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}

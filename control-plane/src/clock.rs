@@ -33,6 +33,12 @@ pub trait Clock: Send + Sync + 'static {
     fn follow_offset_ms(&self, _ms: i64) {}
 }
 
+/// The wall clock in unix microseconds, for latency metrics only (propagation: a change
+/// written here → an edge applying it): never business time, which comes from a [`Clock`].
+pub fn wall_us() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
 /// The shared development clock's offset, ms (0 before the first advance).
 pub async fn load_offset(cf: &sqlx::PgPool) -> sqlx::Result<i64> {
     let ms: Option<i64> = sqlx::query_scalar("SELECT offset_ms FROM dev_clock WHERE id = 1")

@@ -6,6 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use tollgate_protocol::PROPAGATION_BUCKETS_MS;
 
 pub use crate::outbox::Topic;
 
@@ -33,6 +34,8 @@ pub struct Metrics {
     pub outbox_failures: Family<TopicLabels, Counter>,
     pub checkouts: Family<CheckoutLabels, Counter>,
     pub facts_published: Counter,
+    /// A change written (its transaction, before the commit) → its facts published to Redis.
+    pub change_publish_ms: Histogram,
     /// Times Redis was found holding less than was published (and repaired).
     pub redis_repairs: Counter,
     /// Processed outbox rows and inbox ids deleted past the retention window.
@@ -121,6 +124,12 @@ impl Metrics {
             "Account facts published to the change stream",
             facts_published.clone(),
         );
+        let change_publish_ms = Histogram::new(PROPAGATION_BUCKETS_MS.iter().copied());
+        registry.register(
+            "change_publish_milliseconds",
+            "A change written (in its transaction, before the commit: a checkout, a cancel, a ban, a dunning step) to its account's facts published to the change stream, ms",
+            change_publish_ms.clone(),
+        );
         let redis_repairs = Counter::default();
         registry.register(
             "redis_repairs",
@@ -140,6 +149,7 @@ impl Metrics {
             outbox_failures,
             checkouts,
             facts_published,
+            change_publish_ms,
             redis_repairs,
             outbox_pruned,
             usage,

@@ -48,6 +48,15 @@ fn consumers() -> Consumers<AppState> {
         })
 }
 
+/// cf_prod's outbox topics on the way to the edges: a change's facts recomputed, then published.
+const FACTS_TOPICS: &[Topic] = &[Topic::EntitlementsRecompute, Topic::EntitlementsPublish];
+const FACTS_LANE: outbox::Lane = outbox::Lane::only("facts", FACTS_TOPICS);
+const CF_OTHER_LANE: outbox::Lane = outbox::Lane::except("cf", FACTS_TOPICS);
+/// billing_prod's dunning snapshots for cf (a step's facts and bans follow from them).
+const DUNNING_TOPICS: &[Topic] = &[Topic::BillingDunningChanged];
+const DUNNING_LANE: outbox::Lane = outbox::Lane::only("dunning", DUNNING_TOPICS);
+const BILLING_OTHER_LANE: outbox::Lane = outbox::Lane::except("billing", DUNNING_TOPICS);
+
 /// The consumers of billing_prod's outbox (they run in its relay's billing transaction).
 fn billing_consumers() -> Consumers<BillingOutbox> {
     Consumers::default()
@@ -293,14 +302,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let poll = Duration::from_millis(config.relay_poll_ms);
+    // One loop per lane: what the edges wait for never queues behind billing work.
     let relay = tokio::spawn(outbox::run_relay(
         state.clone(),
-        Duration::from_millis(config.relay_poll_ms),
+        CF_OTHER_LANE,
+        poll,
+        shutdown_rx.clone(),
+    ));
+    let facts_relay = tokio::spawn(outbox::run_relay(
+        state.clone(),
+        FACTS_LANE,
+        poll,
         shutdown_rx.clone(),
     ));
     let billing_relay = tokio::spawn(outbox::run_relay(
         BillingOutbox(state.clone()),
-        Duration::from_millis(config.relay_poll_ms),
+        BILLING_OTHER_LANE,
+        poll,
+        shutdown_rx.clone(),
+    ));
+    let dunning_relay = tokio::spawn(outbox::run_relay(
+        BillingOutbox(state.clone()),
+        DUNNING_LANE,
+        poll,
         shutdown_rx.clone(),
     ));
     let maintenance = tokio::spawn(run_maintenance_loop(state.clone(), shutdown_rx.clone()));
@@ -317,7 +342,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("serve")?;
     let _ = shutdown_tx.send(true);
-    let _ = tokio::join!(relay, billing_relay, maintenance, webhooks, mails);
+    let _ = tokio::join!(
+        relay,
+        facts_relay,
+        billing_relay,
+        dunning_relay,
+        maintenance,
+        webhooks,
+        mails
+    );
     tracing::info!("control plane stopped");
     Ok(())
 }

@@ -296,3 +296,112 @@ async fn delivered_outbox_rows_and_inbox_ids_are_pruned_after_the_retention_wind
     );
     h.finish().await;
 }
+
+#[tokio::test]
+async fn the_facts_lane_never_waits_behind_other_topics_and_carries_the_change_time() {
+    let h = Harness::new().await;
+    let (account, _) = h.sign_up("lanes@example.com").await;
+    let id: tollgate_protocol::AccountId = account.parse().expect("id");
+    h.drain_outbox().await;
+    let now = h.clock.now();
+    // A billing schedule claimed first (older) and failing, then a change of the account.
+    let mut conn = h.state.cf.acquire().await.expect("conn");
+    let bad = json!({
+        "subscription_id": uuid::Uuid::now_v7(), "account_id": id.0, "plan_key": "pro",
+        "amount_minor": -1, "currency": "USD", "interval": "month", "next_bill_at": null,
+        "status": "active", "revision": 1
+    });
+    let schedule = outbox::enqueue(&mut conn, outbox::Topic::BillingSchedule, &bad, now)
+        .await
+        .expect("enqueue schedule");
+    sqlx::query("UPDATE accounts SET standing = 'banned' WHERE id = $1")
+        .bind(id.0)
+        .execute(&mut *conn)
+        .await
+        .expect("ban");
+    let written_us = chrono::Utc::now().timestamp_micros();
+    outbox::account_changed(&mut conn, id, now)
+        .await
+        .expect("enqueue change");
+    drop(conn);
+
+    let facts = outbox::Lane::only(
+        "facts",
+        &[
+            outbox::Topic::EntitlementsRecompute,
+            outbox::Topic::EntitlementsPublish,
+        ],
+    );
+    let rest = outbox::Lane::except(
+        "rest",
+        &[
+            outbox::Topic::EntitlementsRecompute,
+            outbox::Topic::EntitlementsPublish,
+        ],
+    );
+    // The facts lane takes the recompute, then the publish it enqueued; never the schedule.
+    assert_eq!(
+        outbox::relay_lane_once(&h.state, facts)
+            .await
+            .expect("relay"),
+        1
+    );
+    assert_eq!(
+        outbox::relay_lane_once(&h.state, facts)
+            .await
+            .expect("relay"),
+        1
+    );
+    assert_eq!(
+        outbox::relay_lane_once(&h.state, facts)
+            .await
+            .expect("relay"),
+        0
+    );
+    let attempts: (i32,) = sqlx::query_as("SELECT attempts FROM outbox WHERE id = $1")
+        .bind(schedule)
+        .fetch_one(&h.state.cf)
+        .await
+        .expect("schedule row");
+    assert_eq!(attempts.0, 0, "the facts lane left the schedule alone");
+    // The rest takes the schedule (which fails and waits for its retry), nothing of facts.
+    assert_eq!(
+        outbox::relay_lane_once(&h.state, rest)
+            .await
+            .expect("relay"),
+        1
+    );
+    assert_eq!(
+        outbox::relay_lane_once(&h.state, rest)
+            .await
+            .expect("relay"),
+        0
+    );
+
+    // The published change event says when the change was written (before the relay ran).
+    let mut redis = h.state.redis.clone();
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(h.state.redis_keys.stream_of(&id))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .expect("xrevrange");
+    let event: tollgate_protocol::ChangeEvent =
+        serde_json::from_str(&entries.ids[0].get::<String>("event").expect("event field"))
+            .expect("change event");
+    assert_eq!(event.facts.account_id, id);
+    assert_eq!(
+        event.facts.standing,
+        tollgate_protocol::AccountStanding::Banned
+    );
+    let changed = event.changed_at_us.expect("the change's time");
+    assert!(
+        changed >= written_us && changed <= event.committed_at_ms * 1_000 + 999,
+        "written {written_us} <= changed {changed} <= published {}",
+        event.committed_at_ms
+    );
+    h.finish().await;
+}

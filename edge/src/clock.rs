@@ -18,6 +18,15 @@ pub fn now_ms() -> i64 {
         .saturating_add(OFFSET_MS.load(Ordering::Relaxed))
 }
 
+/// The wall clock in unix microseconds, without the followed development offset: for latency
+/// metrics only (a change's propagation is measured between the control plane's wall clock and
+/// this one).
+pub fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
 /// Follows the control plane's development clock offset (never backwards).
 pub fn follow(offset_ms: i64) {
     OFFSET_MS.fetch_max(offset_ms, Ordering::Relaxed);

@@ -103,12 +103,11 @@ impl EdgeMetrics {
             "Change-stream events that updated a cached account",
             changes_applied.clone(),
         );
-        let propagation_ms = Histogram::new([
-            1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0,
-        ]);
+        let propagation_ms =
+            Histogram::new(tollgate_protocol::PROPAGATION_BUCKETS_MS.iter().copied());
         registry.register(
             "propagation_milliseconds",
-            "Control-plane publish (after the commit) to edge apply, ms",
+            "A change written in the control plane (its transaction, before the commit) to this edge applying it to a cached account, ms (wall clocks; events without the change's time, such as republished facts, are counted from their publish)",
             propagation_ms.clone(),
         );
         let bundle_installs = Counter::default();

@@ -497,11 +497,16 @@ impl EdgeState {
         let Some(view) = self.rules.load_full() else {
             return;
         };
-        let lag_ms = crate::clock::now_ms() - ev.committed_at_ms;
-        self.metrics.stream_lag_ms.set(lag_ms.max(0));
+        // Wall clocks, not the followed development clock (an advance would count as lag).
+        let now_us = crate::clock::wall_us();
+        let since_publish_ms = now_us / 1_000 - ev.committed_at_ms;
+        self.metrics.stream_lag_ms.set(since_publish_ms.max(0));
+        let since_change_us = now_us - ev.changed_at_us.unwrap_or(ev.committed_at_ms * 1_000);
         if self.cache.apply(ev.facts, &view) {
             self.metrics.changes_applied.inc();
-            self.metrics.propagation_ms.observe(lag_ms.max(0) as f64);
+            self.metrics
+                .propagation_ms
+                .observe(since_change_us.max(0) as f64 / 1e3);
         }
     }
 

@@ -215,7 +215,19 @@ pub struct ChangeEvent {
     /// When the control plane published the change, after its commit (unix ms, wall clock),
     /// for propagation metrics.
     pub committed_at_ms: i64,
+    /// When the change that produced these facts was written in the control plane (unix µs,
+    /// wall clock): in the change's own transaction — a checkout, a cancel, a ban, a dunning
+    /// step — just before it committed. Propagation is measured from here. Absent when there
+    /// is no such change (facts republished by a repair, or an older control plane).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at_us: Option<i64>,
 }
+
+/// Buckets (ms) of the propagation histograms: the control plane's change → publish and the
+/// edge's change → applied. Fine below 5 ms, where the bound is.
+pub const PROPAGATION_BUCKETS_MS: [f64; 16] = [
+    0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0,
+];
 
 /// Most accounts one [`FactsRequest`] may name.
 pub const FACTS_BATCH_MAX: usize = 256;
@@ -261,6 +273,7 @@ mod tests {
                 )]),
             },
             committed_at_ms: 1,
+            changed_at_us: Some(999),
         };
         let json = serde_json::to_string(&ev).expect("serialize");
         assert!(json.contains("\"past_due\""), "{json}");

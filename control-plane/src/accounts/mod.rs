@@ -94,7 +94,11 @@ pub async fn on_dunning_changed(state: &AppState, d: &outbox::Delivery) -> anyho
     };
     use crate::events::{self, EventType};
     let account = Some(ev.account_id);
-    events::record(&mut tx, EventType::DunningChanged, account, &ev, d.now).await?;
+    let event = crate::dunning::DunningChanged {
+        changed_at_us: None,
+        ..ev.clone()
+    };
+    events::record(&mut tx, EventType::DunningChanged, account, &event, d.now).await?;
     let why = serde_json::json!({ "account_id": ev.account_id, "reason": "bad_debt",
                                   "bad_debt_minor": ev.state.bad_debt_minor });
     match (before.as_str(), after.as_str()) {
@@ -109,7 +113,8 @@ pub async fn on_dunning_changed(state: &AppState, d: &outbox::Delivery) -> anyho
     if let Some(step) = &ev.step {
         crate::mail::queue(&mut tx, state, ev.account_id, step, d.now).await?;
     }
-    outbox::account_changed(&mut tx, ev.account_id, d.now).await?;
+    let changed_at_us = ev.changed_at_us.unwrap_or_else(crate::clock::wall_us);
+    outbox::account_changed_at(&mut tx, ev.account_id, d.now, changed_at_us).await?;
     tx.commit().await?;
     state.outbox_wake.notify_one();
     tracing::info!(account_id = %ev.account_id, level = ev.state.level, bad_debt_minor = ev.state.bad_debt_minor, "dunning applied");

@@ -114,6 +114,10 @@ pub struct DunningChanged {
     /// The step that made this snapshot, when the customer is told about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<Step>,
+    /// When the snapshot was written (wall clock, unix µs), for propagation metrics: the
+    /// edges measure a dunning step from here (not part of the webhook event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at_us: Option<i64>,
 }
 
 /// What a customer is told at a step of dunning.
@@ -551,6 +555,7 @@ async fn refresh_account(
             version,
             state,
             step,
+            changed_at_us: Some(crate::clock::wall_us()),
         },
         now,
     )

@@ -133,7 +133,7 @@ pub async fn on_publish(
     let Some(facts) = store::stored_facts(conn, ev.account_id).await? else {
         return Ok(());
     };
-    if let Some((shard, id)) = publish::publish(state, &facts).await? {
+    if let Some((shard, id)) = publish::publish(state, &facts, ev.changed_at_us).await? {
         store::record_published(conn, ev.account_id, shard, id).await?;
     }
     Ok(())

@@ -45,15 +45,18 @@ return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', ARGV[5], ARGV[4]
 ";
 
 /// Publishes facts to the account's shard stream and its L2 copy; returns the shard and the
-/// stream entry's id.
+/// stream entry's id. `changed_at_us` is when the change behind them was written (wall clock,
+/// unix µs), carried to the edges and observed in `tollgate_cp_change_publish_milliseconds`.
 pub async fn publish(
     state: &AppState,
     facts: &AccountFacts,
+    changed_at_us: Option<i64>,
 ) -> anyhow::Result<Option<(u16, StreamId)>> {
     let facts_json = serde_json::to_string(facts)?;
     let event = ChangeEvent {
         facts: facts.clone(),
         committed_at_ms: chrono::Utc::now().timestamp_millis(),
+        changed_at_us,
     };
     let event_json = serde_json::to_string(&event)?;
     let keys = &state.redis_keys;
@@ -74,6 +77,10 @@ pub async fn publish(
         .query_async(&mut redis)
         .await?;
     state.metrics.facts_published.inc();
+    if let Some(at) = changed_at_us {
+        let lag_ms = (crate::clock::wall_us() - at).max(0) as f64 / 1e3;
+        state.metrics.change_publish_ms.observe(lag_ms);
+    }
     Ok(StreamId::parse(&id).map(|id| (shard, id)))
 }
 

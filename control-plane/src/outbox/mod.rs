@@ -52,7 +52,7 @@ use tokio::sync::Notify;
 
 use crate::ids::{AccountId, EventId};
 
-pub use relay::{relay_once, run_relay};
+pub use relay::{Lane, relay_lane_once, relay_once, run_relay};
 
 /// `NOTIFY` channel the relay listens on.
 pub const NOTIFY_CHANNEL: &str = "tollgate_outbox";
@@ -151,6 +151,10 @@ pub async fn enqueue(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AccountEvent {
     pub account_id: AccountId,
+    /// When the change was written (wall clock, unix µs; [`crate::clock::wall_us`]), carried
+    /// to the change event the edges measure propagation from (`ChangeEvent::changed_at_us`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at_us: Option<i64>,
 }
 
 /// Announces, in the caller's transaction, that something deciding an account's entitlements
@@ -160,11 +164,23 @@ pub async fn account_changed(
     account: AccountId,
     now: DateTime<Utc>,
 ) -> sqlx::Result<EventId> {
+    account_changed_at(conn, account, now, crate::clock::wall_us()).await
+}
+
+/// [`account_changed`] for a change written earlier elsewhere (a dunning step in billing):
+/// propagation is measured from `changed_at_us` (wall clock, unix µs).
+pub async fn account_changed_at(
+    conn: &mut PgConnection,
+    account: AccountId,
+    now: DateTime<Utc>,
+    changed_at_us: i64,
+) -> sqlx::Result<EventId> {
     enqueue(
         conn,
         Topic::EntitlementsRecompute,
         &AccountEvent {
             account_id: account,
+            changed_at_us: Some(changed_at_us),
         },
         now,
     )

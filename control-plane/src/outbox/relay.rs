@@ -21,19 +21,71 @@ struct Claimed {
     attempts: i32,
 }
 
-/// Claims and applies one batch. Returns how many rows were handled (0 = nothing due).
+/// Which topics one relay loop claims. A process runs one loop per lane over the same table,
+/// so a change the edges wait for (a few milliseconds of work) never queues behind slower
+/// work of other topics claimed first (a billing schedule's invoice, a burst of renewals).
+/// Lanes split topics, never one topic, so each topic's rows are still taken in order.
+#[derive(Debug, Clone, Copy)]
+pub struct Lane {
+    pub name: &'static str,
+    topics: &'static [Topic],
+    /// The lane claims every topic *but* `topics`.
+    except: bool,
+}
+
+impl Lane {
+    /// Every topic.
+    pub const ALL: Lane = Lane {
+        name: "all",
+        topics: &[],
+        except: true,
+    };
+
+    /// Only `topics`.
+    pub const fn only(name: &'static str, topics: &'static [Topic]) -> Self {
+        Self {
+            name,
+            topics,
+            except: false,
+        }
+    }
+
+    /// Every topic but `topics` (the rest next to [`Lane::only`] the same list).
+    pub const fn except(name: &'static str, topics: &'static [Topic]) -> Self {
+        Self {
+            name,
+            topics,
+            except: true,
+        }
+    }
+
+    fn topic_names(&self) -> Vec<&'static str> {
+        self.topics.iter().map(|t| t.as_str()).collect()
+    }
+}
+
+/// Claims and applies one batch of any topic. Returns how many rows were handled (0 = nothing
+/// due).
 pub async fn relay_once<H: Host>(host: &H) -> anyhow::Result<usize> {
+    relay_lane_once(host, Lane::ALL).await
+}
+
+/// Claims and applies one batch of `lane`'s topics. Returns how many rows were handled.
+pub async fn relay_lane_once<H: Host>(host: &H, lane: Lane) -> anyhow::Result<usize> {
     let now = host.now();
     let mut tx = host.pool().begin().await?;
     let rows: Vec<Claimed> = sqlx::query_as(
         "SELECT id, topic, payload, attempts FROM outbox
          WHERE processed_at IS NULL AND available_at <= $1
+           AND (topic = ANY($3)) <> $4
          ORDER BY available_at, id
          LIMIT $2
          FOR UPDATE SKIP LOCKED",
     )
     .bind(now)
     .bind(CLAIM_BATCH_MAX)
+    .bind(lane.topic_names())
+    .bind(lane.except)
     .fetch_all(&mut *tx)
     .await?;
     let n = rows.len();
@@ -92,6 +144,7 @@ pub async fn relay_once<H: Host>(host: &H) -> anyhow::Result<usize> {
 /// poll interval (which also picks up rows whose backoff ended).
 pub async fn run_relay<H: Host>(
     host: H,
+    lane: Lane,
     poll: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -112,10 +165,12 @@ pub async fn run_relay<H: Host>(
         if *shutdown.borrow() {
             return;
         }
-        match relay_once(&host).await {
+        match relay_lane_once(&host, lane).await {
             Ok(n) if n > 0 => continue,
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "outbox relay pass failed"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), lane = lane.name, "outbox relay pass failed");
+            }
         }
         let notified = async {
             match listener.as_mut() {
