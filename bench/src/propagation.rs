@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo build --release --workspace --bins
-//! cargo run --release -p tollgate-bench -- propagation [--changes 1000] [--bans 100] [--dunning 20]
+//! cargo run --release -p tollgate-bench -- propagation [--changes 1000] [--bans 100] [--dunning 7]
 //! ```
 //!
 //! A change made by a request is timed by the client: `t0` just before the request is sent,
@@ -346,18 +346,18 @@ async fn renewal_in(stack: &Stack, customer: &Customer) -> anyhow::Result<i64> {
     Ok((end - time(&clock["now"])?).num_seconds())
 }
 
-/// `accounts` customers on `pro`, subscribed an hour apart on the development clock, whose
-/// default card then declines. The clock is then moved to ten minutes past each one's renewal
+/// `accounts` customers on `pro`, subscribed 3 h apart on the development clock, whose
+/// default card then declines. The clock is then moved to 2 h past each one's renewal
 /// in turn: each move makes exactly one renewal fail and the billing worker opens its dunning
 /// case (level 1, the subscription past due) — one dunning step at a time, written by the
 /// worker, not by a request of this client, so only the histograms time it. Each step is
 /// waited for at the control plane and then at the edge (every change published meanwhile
 /// applied) before the next. The first retries are a day after each failure, so within the
-/// `accounts` hours of the walk (≤ 23) no other step happens.
+/// 3 × `accounts` hours of the walk (≤ 21) no other step happens.
 async fn dunning_steps(stack: &Stack, accounts: usize) -> anyhow::Result<Phase> {
     ensure!(
-        (1..=23).contains(&accounts),
-        "--dunning must be 1 to 23 (one step an hour, before the first retries a day later)"
+        (1..=7).contains(&accounts),
+        "--dunning must be 1 to 7 (one step every 3 h, before the first retries a day later)"
     );
     let mut customers = Vec::with_capacity(accounts);
     for n in 0..accounts {
@@ -375,13 +375,13 @@ async fn dunning_steps(stack: &Stack, accounts: usize) -> anyhow::Result<Phase> 
             .await?;
         ensure!(status == 201, "failing card: {status} {body}");
         customers.push(customer);
-        advance(stack, 3_600).await?;
+        advance(stack, 3 * 3_600).await?;
     }
     let before = histograms(stack).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     for customer in &customers {
         let (cp0, edge0) = histograms(stack).await?;
-        advance(stack, renewal_in(stack, customer).await? + 600).await?;
+        advance(stack, renewal_in(stack, customer).await? + 2 * 3_600).await?;
         loop {
             let (_, a) = stack
                 .cp(
@@ -434,7 +434,7 @@ async fn advance(stack: &Stack, seconds: i64) -> anyhow::Result<()> {
 pub fn run(args: &[String], out_path: &str) -> anyhow::Result<()> {
     let mut changes = 1_000usize;
     let mut bans_n = 100usize;
-    let mut dunning_n = 20usize;
+    let mut dunning_n = 7usize;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -512,7 +512,7 @@ fn report(phases: &[Phase], changes: usize, bans: usize, dunning: usize) -> Stri
          and an immediate cancel (deny), one at a time;\n\
          * **panel ban / unban**: {bans} customers on `pro`, each banned then unbanned by a support agent \
          through the NinjaPanel (`POST /panel/v1/accounts/{{id}}/ban`, audited with a reason), one at a time;\n\
-         * **dunning step**: {dunning} customers on `pro`, subscribed an hour apart, whose card then declines; \
+         * **dunning step**: {dunning} customers on `pro`, subscribed 3 h apart, whose card then declines; \
          the development clock is moved past each one's renewal in turn, so each move fails exactly one renewal \
          and the billing worker opens its dunning case (level 1, past due): one step at a time, written by the \
          worker rather than by a request, so only the processes time it.\n\n\
