@@ -109,7 +109,7 @@ async fn applied_dispute(
             "the payment is not one Tollgate booked",
         ));
     }
-    state.billing_outbox_wake.notify_one();
+    state.billing_outbox_wake.notify_waiters();
     crate::disputes::find(state, provider, id)
         .await?
         .map(|(d, _)| d)

@@ -53,8 +53,8 @@ pub async fn run(state: &AppState) -> anyhow::Result<usize> {
         tracing::debug!(pruned, "outbox rows and inbox ids past retention deleted");
     }
     if changed > 0 {
-        state.outbox_wake.notify_one();
-        state.billing_outbox_wake.notify_one();
+        state.outbox_wake.notify_waiters();
+        state.billing_outbox_wake.notify_waiters();
     }
     Ok(changed)
 }

@@ -62,13 +62,14 @@ pub struct Inner {
     /// How long processed outbox rows and inbox ids are kept.
     pub outbox_retention: chrono::TimeDelta,
     pub metrics: Metrics,
-    /// Wakes the outbox relay (besides PostgreSQL NOTIFY) after in-process writes.
+    /// Wakes every lane of the outbox relay (besides PostgreSQL NOTIFY) after in-process writes:
+    /// `notify_waiters`, since one wake-up must reach every lane.
     pub outbox_wake: Notify,
     /// The consumer of each outbox topic (registered by the process, see `run`).
     pub consumers: Consumers<AppState>,
     /// The consumers of billing_prod's outbox.
     pub billing_consumers: Consumers<BillingOutbox>,
-    /// Wakes billing_prod's relay.
+    /// Wakes every lane of billing_prod's relay (`notify_waiters`).
     pub billing_outbox_wake: Notify,
 }
 

@@ -116,7 +116,7 @@ pub async fn on_dunning_changed(state: &AppState, d: &outbox::Delivery) -> anyho
     let changed_at_us = ev.changed_at_us.unwrap_or_else(crate::clock::wall_us);
     outbox::account_changed_at(&mut tx, ev.account_id, d.now, changed_at_us).await?;
     tx.commit().await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
     tracing::info!(account_id = %ev.account_id, level = ev.state.level, bad_debt_minor = ev.state.bad_debt_minor, "dunning applied");
     Ok(())
 }
@@ -291,7 +291,7 @@ async fn create(
     let record = SignUpRecord { account, token_id };
     attempt.complete(&mut tx, &Ok(record.clone())).await?;
     tx.commit().await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
     tracing::info!(account_id = %id, "account created");
     Ok(record)
 }

@@ -60,7 +60,7 @@ pub async fn set_banned(
         Ok(Effect::new(snapshot(&before), snapshot(&after), after))
     })
     .await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
     Ok(out)
 }
 

@@ -591,6 +591,6 @@ pub async fn settle_payment(state: &AppState, pi: &str) -> anyhow::Result<bool> 
         anyhow::bail!("provider unavailable: {e}");
     }
     record(state, &a, Ok(outcome)).await?;
-    state.billing_outbox_wake.notify_one();
+    state.billing_outbox_wake.notify_waiters();
     Ok(true)
 }

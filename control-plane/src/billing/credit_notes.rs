@@ -177,7 +177,7 @@ pub async fn issue(
             tx.commit().await?;
             if !issued.replayed {
                 // A note that settles the invoice announced it on billing's outbox.
-                state.billing_outbox_wake.notify_one();
+                state.billing_outbox_wake.notify_waiters();
                 tracing::info!(credit_note = %issued.note.number, invoice_id = %invoice, amount_minor = issued.note.amount_minor, issued_by, "credit note issued");
             }
             Ok(issued)

@@ -130,7 +130,7 @@ async fn proceed(
         .await
         .map_err(Error::internal)?;
     let answer = answer(state, account, id, collected).await;
-    state.billing_outbox_wake.notify_one();
+    state.billing_outbox_wake.notify_waiters();
     attempt.store(&state.cf, answer).await
 }
 
@@ -259,6 +259,6 @@ pub async fn confirm(state: &AppState, account: AccountId, id: InvoiceId) -> Res
     let collected = charges::record(state, &a, Ok(outcome))
         .await
         .map_err(Error::internal)?;
-    state.billing_outbox_wake.notify_one();
+    state.billing_outbox_wake.notify_waiters();
     answer(state, account, id, collected).await
 }

@@ -79,7 +79,7 @@ pub async fn void_invoice(state: &AppState, w: &Write<'_>, id: InvoiceId) -> Res
         Ok(e)
     })
     .await?;
-    state.billing_outbox_wake.notify_one();
+    state.billing_outbox_wake.notify_waiters();
     tracing::info!(invoice_id = %id, agent = %w.agent.email, "invoice voided");
     Ok(inv)
 }

@@ -323,7 +323,7 @@ pub async fn start(
                 let mut tx = state.cf.begin().await?;
                 attempt.complete(&mut tx, &answer).await?;
                 tx.commit().await?;
-                state.outbox_wake.notify_one();
+                state.outbox_wake.notify_waiters();
                 answer
             }
             Some(Reserved::Pending(c)) => pay(state, attempt, &c).await,

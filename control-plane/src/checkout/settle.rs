@@ -311,7 +311,7 @@ pub async fn after_settle(state: &AppState, refunding: Option<CheckoutId>) {
     {
         tracing::warn!(checkout_id = %id, error = %e, "refund not done yet; the reconciler retries");
     }
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
 }
 
 /// Step 2 for a pending checkout: the provider's PaymentIntent, created (or, on a repeat,

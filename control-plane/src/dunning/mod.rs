@@ -447,7 +447,7 @@ pub async fn on_payment_method_added(state: &AppState, d: &Delivery) -> anyhow::
     }
     refresh_account(&mut tx, ev.account_id, None, d.now).await?;
     tx.commit().await?;
-    state.billing_outbox_wake.notify_one();
+    state.billing_outbox_wake.notify_waiters();
     Ok(())
 }
 
@@ -496,7 +496,7 @@ pub async fn retry_now(
         Ok(e)
     })
     .await?;
-    state.billing_outbox_wake.notify_one();
+    state.billing_outbox_wake.notify_waiters();
     Ok(out)
 }
 

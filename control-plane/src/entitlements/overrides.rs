@@ -119,7 +119,7 @@ pub async fn add(
         Ok(Effect::new(json!(before), json!(o), o))
     })
     .await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
     Ok(out)
 }
 
@@ -151,7 +151,7 @@ pub async fn remove(
         Ok(Effect::new(json!(before), json!(after), after))
     })
     .await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
     Ok(out)
 }
 
@@ -242,7 +242,7 @@ pub async fn expire_due(state: &AppState, batch: i64) -> anyhow::Result<usize> {
     }
     tx.commit().await?;
     if !expired.is_empty() {
-        state.outbox_wake.notify_one();
+        state.outbox_wake.notify_waiters();
     }
     Ok(expired.len())
 }

@@ -165,6 +165,11 @@ pub async fn run_relay<H: Host>(
         if *shutdown.borrow() {
             return;
         }
+        // Registered before the pass: a wake-up while it runs (`notify_waiters`, which every
+        // lane of the process hears) is not lost.
+        let woken = host.wake().notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         match relay_lane_once(&host, lane).await {
             Ok(n) if n > 0 => continue,
             Ok(_) => {}
@@ -185,7 +190,7 @@ pub async fn run_relay<H: Host>(
         };
         tokio::select! {
             _ = notified => {}
-            _ = host.wake().notified() => {}
+            _ = woken => {}
             _ = tokio::time::sleep(poll) => {}
             _ = shutdown.changed() => return,
         }

@@ -529,7 +529,7 @@ pub async fn settle_setup(state: &AppState, setup_intent_id: &str) -> Result<boo
     let mut tx = state.cf.begin().await?;
     let pm = apply_setup(&mut tx, account, id, &outcome, state.clock.now()).await?;
     tx.commit().await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
     tracing::info!(payment_method_id = %id, status = ?pm.status, "set-up settled from a provider webhook");
     Ok(true)
 }

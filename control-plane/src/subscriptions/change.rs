@@ -329,7 +329,7 @@ pub async fn change(
             apply(tx, &sub, input, InvoiceId(resource), now).await
         },
         async |attempt, reserved| {
-            state.outbox_wake.notify_one();
+            state.outbox_wake.notify_waiters();
             let invoice_id = InvoiceId(attempt.resource());
             let (sub, proration) = match reserved {
                 Some(r) => r,
@@ -480,7 +480,7 @@ pub async fn change_by_agent(
             Ok(e)
         })
         .await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
     let invoice = open_invoice(state, &sub, proration.as_ref(), invoice_id).await?;
     Ok(AgentChanged {
         subscription: sub,
@@ -541,6 +541,6 @@ pub async fn resume(
     let sub = store::resume(&mut tx, id).await?;
     announce(&mut tx, &sub, None, now).await?;
     tx.commit().await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
     Ok(sub)
 }

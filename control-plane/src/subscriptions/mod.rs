@@ -294,7 +294,7 @@ pub async fn cancel(
         }
     };
     tx.commit().await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
     tracing::info!(account_id = %account, subscription_id = %id, at_period_end = cmd.at_period_end, "subscription cancel");
     Ok(sub)
 }
@@ -320,7 +320,7 @@ pub async fn cancel_by_agent(
         Ok(e)
     })
     .await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
     Ok(out)
 }
 
@@ -521,7 +521,7 @@ pub async fn on_invoice_paid(state: &AppState, d: &crate::outbox::Delivery) -> a
     };
     announce(&mut tx, &resumed, started, now).await?;
     tx.commit().await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
     tracing::info!(subscription_id = %id, from = sub.status.as_str(), "subscription active again: its invoice was paid or voided");
     Ok(())
 }
@@ -553,7 +553,7 @@ pub async fn on_invoice_uncollectible(
     };
     announce(&mut tx, &sub, None, d.now).await?;
     tx.commit().await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
     tracing::warn!(subscription_id = %id, invoice_id = %ev.invoice_id, status = sub.status.as_str(), "subscription ended by dunning: its invoice is uncollectible");
     Ok(())
 }
@@ -576,7 +576,7 @@ async fn set_status_if(
     let sub = store::set_status(&mut tx, id, to).await?;
     announce(&mut tx, &sub, None, now).await?;
     tx.commit().await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
     tracing::info!(subscription_id = %id, from = from.as_str(), to = to.as_str(), "subscription status");
     Ok(())
 }
@@ -624,7 +624,7 @@ pub async fn extend_trial(
         Ok(e)
     })
     .await?;
-    state.outbox_wake.notify_one();
+    state.outbox_wake.notify_waiters();
     Ok(out)
 }
 
