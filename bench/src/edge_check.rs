@@ -198,9 +198,21 @@ pub fn path_target(edge: &RealEdge, i: usize) -> (String, &'static str) {
 pub const FEATURES: [&str; 4] = ["sso", "seats", "api_calls", "exports"];
 
 impl RealEdge {
-    /// Starts it. Call after [`tollgate_bench::use_release_binaries`], on a runtime whose
-    /// threads [`pin_self_to_cpu1`] has pinned.
-    pub fn start(runtime: &tokio::runtime::Runtime, name: &str) -> anyhow::Result<Self> {
+    /// The one-worker runtime serving it, this process pinned to CPU 1, the control plane's
+    /// release binary, and the edge started on that runtime. Call first thing (it sets the
+    /// binaries' directory before any thread starts).
+    pub fn start_pinned(name: &str) -> anyhow::Result<(tokio::runtime::Runtime, Self)> {
+        tollgate_bench::use_release_binaries()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        pin_self_to_cpu1();
+        let edge = Self::start(&runtime, name)?;
+        Ok((runtime, edge))
+    }
+
+    fn start(runtime: &tokio::runtime::Runtime, name: &str) -> anyhow::Result<Self> {
         let accounts: Vec<AccountId> = (0..ACCOUNTS)
             .map(|_| AccountId(uuid::Uuid::now_v7()))
             .collect();
@@ -285,13 +297,7 @@ pub fn run(args: &[String], out_path: &str) -> anyhow::Result<()> {
         }
     }
     // The real control plane (release binary) answers the edge's fills, usage reads and leases.
-    tollgate_bench::use_release_binaries()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    pin_self_to_cpu1();
-    let edge = RealEdge::start(&runtime, "edge-check")?;
+    let (runtime, edge) = RealEdge::start_pinned("edge-check")?;
     let paths_file = requests_file(
         "paths",
         (0..ACCOUNTS).map(|i| {

@@ -24,8 +24,8 @@ use serde_json::Value;
 use tollgate_bench::median;
 
 use crate::edge_check::{
-    ACCOUNTS, CONNECTIONS, ROUNDS, RealEdge, WrkResult, median_run, path_target, pin_self_to_cpu1,
-    requests_file, run_wrk,
+    ACCOUNTS, CONNECTIONS, ROUNDS, RealEdge, WrkResult, median_run, path_target, requests_file,
+    run_wrk,
 };
 
 /// The Unleash Edge release measured (the last on crates.io).
@@ -63,7 +63,11 @@ struct UnleashEdge {
 }
 
 impl UnleashEdge {
-    fn start(binary: &str, bootstrap_file: &str) -> anyhow::Result<Self> {
+    fn start(
+        runtime: &tokio::runtime::Runtime,
+        binary: &str,
+        bootstrap_file: &str,
+    ) -> anyhow::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let pinned = Command::new("taskset").arg("--version").output().is_ok();
         let mut cmd = if pinned {
@@ -105,7 +109,7 @@ impl UnleashEdge {
             if let Some(status) = edge.child.try_wait()? {
                 bail!("unleash-edge exited: {status}");
             }
-            if http_get(edge.addr, "/internal-backstage/health", None)
+            if get_json(runtime, edge.addr, "/internal-backstage/health", None)
                 .is_ok_and(|(status, _)| status == 200)
             {
                 return Ok(edge);
@@ -126,48 +130,31 @@ impl Drop for UnleashEdge {
     }
 }
 
-/// One blocking HTTP/1.1 GET (the harness's own checks of what each server answers, outside
-/// the measurement).
-fn http_get(
+/// A GET and its JSON body (`Null` when it has none): the harness's own checks of what each
+/// server answers, outside the measurement.
+fn get_json(
+    runtime: &tokio::runtime::Runtime,
     addr: SocketAddr,
     path: &str,
     authorization: Option<&str>,
-) -> anyhow::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let auth = authorization
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("status line")?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, body.to_owned()))
+) -> anyhow::Result<(u16, Value)> {
+    runtime.block_on(async {
+        let mut req = reqwest::Client::new()
+            .get(format!("http://{addr}{path}"))
+            .timeout(Duration::from_secs(5));
+        if let Some(a) = authorization {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    })
 }
 
-/// What Unleash Edge answers for `user`: feature → (enabled, the variant's payload).
-fn unleash_answers(
-    unleash: &UnleashEdge,
-    user: &str,
-) -> anyhow::Result<Vec<(String, bool, Option<String>)>> {
-    let (status, body) = http_get(
-        unleash.addr,
-        &format!("/api/frontend/all?userId={user}"),
-        Some(FRONTEND_TOKEN),
-    )?;
-    ensure!(status == 200, "unleash /api/frontend/all: {status} {body}");
-    // The body may come chunked: take the JSON object between the first `{` and the last `}`.
-    let json = &body[body.find('{').context("json")?..=body.rfind('}').context("json")?];
-    let v: Value = serde_json::from_str(json)?;
+/// What Unleash Edge answered for a user (`/api/frontend/all`): feature → (enabled, the
+/// variant's payload).
+fn unleash_answers(v: &Value) -> anyhow::Result<Vec<(String, bool, Option<String>)>> {
     let mut out = Vec::new();
     for t in v["toggles"].as_array().context("toggles")? {
         out.push((
@@ -182,9 +169,7 @@ fn unleash_answers(
 
 /// Tollgate's `GET /v1/accounts/{id}/entitlements` body as [`unleash_answers`] reads Unleash:
 /// feature → (allowed, the limit of a limit or metered feature).
-fn tollgate_answers(body: &str) -> anyhow::Result<Vec<(String, bool, Option<String>)>> {
-    let json = &body[body.find('{').context("json")?..=body.rfind('}').context("json")?];
-    let v: Value = serde_json::from_str(json)?;
+fn tollgate_answers(v: &Value) -> anyhow::Result<Vec<(String, bool, Option<String>)>> {
     let mut out = Vec::new();
     for f in v["features"].as_array().context("features")? {
         let limit = match f["kind"].as_str() {
@@ -219,13 +204,7 @@ pub fn run(args: &[String], out_path: &str) -> anyhow::Result<()> {
             other => bail!("unknown argument {other}"),
         }
     }
-    tollgate_bench::use_release_binaries()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    pin_self_to_cpu1();
-    let edge = RealEdge::start(&runtime, "edge-peers")?;
+    let (runtime, edge) = RealEdge::start_pinned("edge-peers")?;
 
     // The same users on both: `tollgate_bench::edge_state_on` caches even accounts on `pro`,
     // odd ones on `free`; the metered customers are on `pro`.
@@ -245,11 +224,18 @@ pub fn run(args: &[String], out_path: &str) -> anyhow::Result<()> {
         .collect();
     let scratch = std::env::temp_dir().join("tollgate-bench-unleash.json");
     std::fs::write(&scratch, serde_json::to_vec(&bootstrap(&pro, &free)?)?)?;
-    let unleash = UnleashEdge::start(&binary, &scratch.display().to_string())?;
+    let unleash = UnleashEdge::start(&runtime, &binary, &scratch.display().to_string())?;
 
     // Both answer the same: a `pro` and a `free` user's four features.
     for (user, plan) in [(&pro[0], "pro"), (&free[0], "free")] {
-        let answers = unleash_answers(&unleash, user)?;
+        let (status, body) = get_json(
+            &runtime,
+            unleash.addr,
+            &format!("/api/frontend/all?userId={user}"),
+            Some(FRONTEND_TOKEN),
+        )?;
+        ensure!(status == 200, "unleash /api/frontend/all: {status} {body}");
+        let answers = unleash_answers(&body)?;
         let expected: Vec<(String, bool, Option<String>)> = if plan == "pro" {
             vec![
                 ("api_calls".into(), true, Some("100000".into())),
@@ -269,7 +255,8 @@ pub fn run(args: &[String], out_path: &str) -> anyhow::Result<()> {
             answers == expected,
             "unleash-edge answers {plan} user {user} with {answers:?}"
         );
-        let (status, body) = http_get(
+        let (status, body) = get_json(
+            &runtime,
             edge.addr,
             &format!("/v1/accounts/{user}/entitlements"),
             None,

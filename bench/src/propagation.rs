@@ -232,16 +232,7 @@ impl Phase {
 /// A customer with a card, held by the edge (as it would be for a customer using the product).
 async fn customer_with_card(stack: &Stack, email: &str) -> anyhow::Result<Customer> {
     let customer = stack.sign_up(email).await?;
-    let (status, body) = stack
-        .cp(
-            Method::POST,
-            "/v1/payment-methods",
-            Some(&customer.token),
-            Some(&format!("pm-{}", uuid::Uuid::new_v4().simple())),
-            Some(json!({ "payment_method": "pm_card_visa" })),
-        )
-        .await?;
-    ensure!(status == 201, "card: {status} {body}");
+    stack.add_card(&customer, "pm_card_visa", false).await?;
     until_edge(&stack.http, stack.edge_url(), &customer.account, false).await?;
     Ok(customer)
 }
@@ -364,24 +355,19 @@ async fn dunning_steps(stack: &Stack, accounts: usize) -> anyhow::Result<Phase> 
         let customer = stack
             .customer_on(&format!("dunning-{n}@example.com"), "pro", "sso")
             .await?;
-        let (status, body) = stack
-            .cp(
-                Method::POST,
-                "/v1/payment-methods",
-                Some(&customer.token),
-                Some(&format!("failing-{}", uuid::Uuid::new_v4().simple())),
-                Some(json!({"payment_method": "pm_card_chargeCustomerFail", "make_default": true})),
-            )
+        stack
+            .add_card(&customer, "pm_card_chargeCustomerFail", true)
             .await?;
-        ensure!(status == 201, "failing card: {status} {body}");
         customers.push(customer);
-        advance(stack, 3 * 3_600).await?;
+        stack.advance_clock(3 * 3_600).await?;
     }
     let before = histograms(stack).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     for customer in &customers {
         let (cp0, edge0) = histograms(stack).await?;
-        advance(stack, renewal_in(stack, customer).await? + 2 * 3_600).await?;
+        stack
+            .advance_clock(renewal_in(stack, customer).await? + 2 * 3_600)
+            .await?;
         loop {
             let (_, a) = stack
                 .cp(
@@ -415,20 +401,6 @@ async fn dunning_steps(stack: &Stack, accounts: usize) -> anyhow::Result<Phase> 
         }
     }
     Phase::since(stack, "dunning step", Vec::new(), before).await
-}
-
-async fn advance(stack: &Stack, seconds: i64) -> anyhow::Result<()> {
-    let (status, body) = stack
-        .cp(
-            Method::POST,
-            "/dev/v1/clock/advance",
-            None,
-            None,
-            Some(json!({ "seconds": seconds })),
-        )
-        .await?;
-    ensure!(status == 200, "advance {seconds} s: {status} {body}");
-    Ok(())
 }
 
 pub fn run(args: &[String], out_path: &str) -> anyhow::Result<()> {

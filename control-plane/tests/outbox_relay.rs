@@ -339,25 +339,12 @@ async fn the_facts_lane_never_waits_behind_other_topics_and_carries_the_change_t
             outbox::Topic::EntitlementsPublish,
         ],
     );
+    let state = &h.state;
+    let pass = |lane| async move { outbox::relay_lane_once(state, lane).await.expect("relay") };
     // The facts lane takes the recompute, then the publish it enqueued; never the schedule.
-    assert_eq!(
-        outbox::relay_lane_once(&h.state, facts)
-            .await
-            .expect("relay"),
-        1
-    );
-    assert_eq!(
-        outbox::relay_lane_once(&h.state, facts)
-            .await
-            .expect("relay"),
-        1
-    );
-    assert_eq!(
-        outbox::relay_lane_once(&h.state, facts)
-            .await
-            .expect("relay"),
-        0
-    );
+    assert_eq!(pass(facts).await, 1);
+    assert_eq!(pass(facts).await, 1);
+    assert_eq!(pass(facts).await, 0);
     let attempts: (i32,) = sqlx::query_as("SELECT attempts FROM outbox WHERE id = $1")
         .bind(schedule)
         .fetch_one(&h.state.cf)
@@ -365,18 +352,8 @@ async fn the_facts_lane_never_waits_behind_other_topics_and_carries_the_change_t
         .expect("schedule row");
     assert_eq!(attempts.0, 0, "the facts lane left the schedule alone");
     // The rest takes the schedule (which fails and waits for its retry), nothing of facts.
-    assert_eq!(
-        outbox::relay_lane_once(&h.state, rest)
-            .await
-            .expect("relay"),
-        1
-    );
-    assert_eq!(
-        outbox::relay_lane_once(&h.state, rest)
-            .await
-            .expect("relay"),
-        0
-    );
+    assert_eq!(pass(rest).await, 1);
+    assert_eq!(pass(rest).await, 0);
 
     // The published change event says when the change was written (before the relay ran).
     let mut redis = h.state.redis.clone();

@@ -591,6 +591,47 @@ impl Stack {
         Ok(())
     }
 
+    /// Moves the development clock `seconds` on (every process follows; the time-driven
+    /// transitions run at once); fails unless it answers 200.
+    pub async fn advance_clock(&self, seconds: i64) -> anyhow::Result<()> {
+        let (status, body) = self
+            .cp(
+                reqwest::Method::POST,
+                "/dev/v1/clock/advance",
+                None,
+                None,
+                Some(serde_json::json!({ "seconds": seconds })),
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "advance {seconds} s: {status} {body}");
+        Ok(())
+    }
+
+    /// Adds the test payment method `payment_method` (`pm_card_visa`,
+    /// `pm_card_chargeCustomerFail`, …) to `customer`, as the default when `make_default`;
+    /// fails unless it answers 201.
+    pub async fn add_card(
+        &self,
+        customer: &Customer,
+        payment_method: &str,
+        make_default: bool,
+    ) -> anyhow::Result<()> {
+        let (status, body) = self
+            .cp(
+                reqwest::Method::POST,
+                "/v1/payment-methods",
+                Some(&customer.token),
+                Some(&format!("pm-{}", uuid::Uuid::new_v4().simple())),
+                Some(serde_json::json!({
+                    "payment_method": payment_method,
+                    "make_default": make_default,
+                })),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "{payment_method}: {status} {body}");
+        Ok(())
+    }
+
     /// Buys `plan` with a card that needs no authentication (added on first use); returns the
     /// subscription id.
     pub async fn buy(&self, customer: &Customer, plan: &str) -> anyhow::Result<String> {

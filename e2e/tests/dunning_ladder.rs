@@ -105,20 +105,6 @@ async fn start_receiver() -> anyhow::Result<(Receiver, String)> {
     Ok((r, url))
 }
 
-async fn advance(stack: &Stack, seconds: i64) -> anyhow::Result<()> {
-    let (status, body) = stack
-        .cp(
-            reqwest::Method::POST,
-            "/dev/v1/clock/advance",
-            None,
-            None,
-            Some(json!({ "seconds": seconds })),
-        )
-        .await?;
-    anyhow::ensure!(status == 200, "advance: {status} {body}");
-    Ok(())
-}
-
 async fn account(stack: &Stack, token: &str) -> Value {
     stack
         .cp(reqwest::Method::GET, "/v1/account", Some(token), None, None)
@@ -158,19 +144,12 @@ async fn walk(stack: &Stack, smtp: &Smtp) -> anyhow::Result<()> {
         .customer_on("ladder@example.com", "pro", "exports")
         .await?;
     let token = customer.token.as_str();
-    let (status, body) = stack
-        .cp(
-            reqwest::Method::POST,
-            "/v1/payment-methods",
-            Some(token),
-            Some("failing-card"),
-            Some(json!({"payment_method": "pm_card_chargeCustomerFail", "make_default": true})),
-        )
+    stack
+        .add_card(&customer, "pm_card_chargeCustomerFail", true)
         .await?;
-    anyhow::ensure!(status == 201, "failing card: {status} {body}");
 
     // A month and two hours on: the renewal is declined, level 1, nothing degraded yet.
-    advance(stack, 31 * 86_400 + 7_200).await?;
+    stack.advance_clock(31 * 86_400 + 7_200).await?;
     poll("dunning level 1", Duration::from_secs(60), || async {
         let a = account(stack, token).await;
         (a["dunning"]["level"] == 1).then_some(())
@@ -180,7 +159,7 @@ async fn walk(stack: &Stack, smtp: &Smtp) -> anyhow::Result<()> {
 
     // Eight days later: five retries have failed (days 1, 2, 3, 5, 7), level 3; past seven
     // days the rules deny exports, and level 3 caps metered features at their usage.
-    advance(stack, 8 * 86_400).await?;
+    stack.advance_clock(8 * 86_400).await?;
     poll("dunning level 3", Duration::from_secs(60), || async {
         let a = account(stack, token).await;
         (a["dunning"]["level"] == 3 && a["dunning"]["days_past_due"] == 8).then_some(())
@@ -200,7 +179,7 @@ async fn walk(stack: &Stack, smtp: &Smtp) -> anyhow::Result<()> {
     .await?;
 
     // Past the fourteenth day the last retry fails: written off, banned, everything denied.
-    advance(stack, 7 * 86_400).await?;
+    stack.advance_clock(7 * 86_400).await?;
     poll("banned for bad debt", Duration::from_secs(60), || async {
         let a = account(stack, token).await;
         (a["standing"] == "banned" && a["payment_method_required"] == true).then_some(())
