@@ -382,3 +382,58 @@ async fn the_facts_lane_never_waits_behind_other_topics_and_carries_the_change_t
     );
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_change_enqueued_by_the_previous_version_without_its_time_is_still_published() {
+    let h = Harness::new().await;
+    let (account, _) = h.sign_up("old-row@example.com").await;
+    let id: tollgate_protocol::AccountId = account.parse().expect("id");
+    h.drain_outbox().await;
+    // A change, announced with the payload an older control plane wrote: the account alone.
+    let mut conn = h.state.cf.acquire().await.expect("conn");
+    sqlx::query("UPDATE accounts SET standing = 'banned' WHERE id = $1")
+        .bind(id.0)
+        .execute(&mut *conn)
+        .await
+        .expect("ban");
+    let row = outbox::enqueue(
+        &mut conn,
+        outbox::Topic::EntitlementsRecompute,
+        &json!({ "account_id": id.0 }),
+        h.clock.now(),
+    )
+    .await
+    .expect("enqueue");
+    drop(conn);
+    h.drain_outbox().await;
+    let (processed, attempts): (bool, i32) =
+        sqlx::query_as("SELECT processed_at IS NOT NULL, attempts FROM outbox WHERE id = $1")
+            .bind(row)
+            .fetch_one(&h.state.cf)
+            .await
+            .expect("outbox row");
+    assert_eq!(
+        (processed, attempts),
+        (true, 1),
+        "the old row was applied on its first attempt"
+    );
+    let mut redis = h.state.redis.clone();
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(h.state.redis_keys.stream_of(&id))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .expect("xrevrange");
+    let event: tollgate_protocol::ChangeEvent =
+        serde_json::from_str(&entries.ids[0].get::<String>("event").expect("event field"))
+            .expect("change event");
+    assert_eq!(
+        (event.facts.account_id, event.facts.standing),
+        (id, tollgate_protocol::AccountStanding::Banned)
+    );
+    assert_eq!(event.changed_at_us, None, "no change time was carried");
+    h.finish().await;
+}

@@ -498,10 +498,14 @@ impl EdgeState {
             return;
         };
         // Wall clocks, not the followed development clock (an advance would count as lag).
+        // The event's times are another process's word, for metrics only: saturating.
         let now_us = crate::clock::wall_us();
-        let since_publish_ms = now_us / 1_000 - ev.committed_at_ms;
+        let since_publish_ms = (now_us / 1_000).saturating_sub(ev.committed_at_ms);
         self.metrics.stream_lag_ms.set(since_publish_ms.max(0));
-        let since_change_us = now_us - ev.changed_at_us.unwrap_or(ev.committed_at_ms * 1_000);
+        let changed_at_us = ev
+            .changed_at_us
+            .unwrap_or(ev.committed_at_ms.saturating_mul(1_000));
+        let since_change_us = now_us.saturating_sub(changed_at_us);
         if self.cache.apply(ev.facts, &view) {
             self.metrics.changes_applied.inc();
             self.metrics

@@ -1006,3 +1006,39 @@ async fn a_restarted_edge_resumes_every_stream_shard_from_its_saved_position() {
     follower.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_change_event_with_absurd_times_is_applied_and_stops_nothing() {
+    let (state, store, _) = edge(L2::default()).await;
+    let account = AccountId::new_v7();
+    store
+        .lock()
+        .expect("store")
+        .insert(account, facts(account, 1, Some("free")));
+    let uri = format!("/v1/check?account={account}&feature=sso");
+    let (_, _, v) = call(&state, Method::GET, &uri).await;
+    assert_eq!(v["allowed"], false);
+    // A stream entry from a broken writer, or a Redis restored from who knows what: the times
+    // are for metrics only, so the change still applies and the follower carries on.
+    for (version, committed_at_ms, changed_at_us) in [
+        (2, i64::MAX, Some(i64::MIN)),
+        (3, i64::MIN, None),
+        (4, -1, Some(i64::MAX)),
+    ] {
+        state.apply_change(ChangeEvent {
+            facts: facts(
+                account,
+                version,
+                Some(if version % 2 == 0 { "pro" } else { "free" }),
+            ),
+            committed_at_ms,
+            changed_at_us,
+        });
+        let (_, _, v) = call(&state, Method::GET, &uri).await;
+        assert_eq!(
+            (v["allowed"].as_bool(), v["version"].as_i64()),
+            (Some(version % 2 == 0), Some(version)),
+            "{v}"
+        );
+    }
+}

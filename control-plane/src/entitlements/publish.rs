@@ -78,7 +78,7 @@ pub async fn publish(
         .await?;
     state.metrics.facts_published.inc();
     if let Some(at) = changed_at_us {
-        let lag_ms = (crate::clock::wall_us() - at).max(0) as f64 / 1e3;
+        let lag_ms = crate::clock::wall_us().saturating_sub(at).max(0) as f64 / 1e3;
         state.metrics.change_publish_ms.observe(lag_ms);
     }
     Ok(StreamId::parse(&id).map(|id| (shard, id)))
