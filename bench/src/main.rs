@@ -256,20 +256,22 @@ fn cache_bench(out_path: &str) -> anyhow::Result<()> {
     let mut memory = String::new();
     let mut keep = Vec::new();
     for n in [100_000usize, 1_000_000] {
-        let before = rss_bytes()?;
+        // The keys exist before the baseline: the cache's own copies are what is counted.
         let ids: Vec<AccountId> = (0..n).map(|_| AccountId(uuid::Uuid::now_v7())).collect();
+        let before = rss_bytes()?;
         let st = edge_state(&[], 2 * n as u64)?;
         let v = st.rules.load_full().context("rules")?;
         for id in &ids {
             st.cache.begin_fill(*id);
             st.cache.finish_fill(*id, Some(pro_facts(*id)), &v);
         }
-        let _ = st.cache.accounts().len(); // let moka apply its pending writes
         let after = rss_bytes()?;
+        anyhow::ensure!(st.cache.entry_count() == n as u64, "every account cached");
         let per = (after.saturating_sub(before)) as f64 / n as f64;
+        let estimated = st.cache.estimated_bytes() as f64 / n as f64;
         let _ = writeln!(
             memory,
-            "| {n} | {:.0} MiB | {per:.0} B |",
+            "| {n} | {:.0} MiB | {per:.0} B | {estimated:.0} B |",
             (after.saturating_sub(before)) as f64 / 1_048_576.0
         );
         // Kept alive, so the next measurement does not reuse this memory.
@@ -332,8 +334,10 @@ fn cache_bench(out_path: &str) -> anyhow::Result<()> {
          the check metrics and the response) — everything of `GET /v1/check` but HTTP and JSON. The baseline is a raw `moka::sync` \
          get over the same keys in the same run. (Timed with `Instant`, not criterion.)\n\n\
          | raw moka get | cached check | ratio |\n|---:|---:|---:|\n| {raw_ns:.0} ns | {check_ns:.0} ns | {:.2} |\n\n\
-         Resident memory added by cached accounts (pro plan facts, 4 decisions each, demo bundle):\n\n\
-         | accounts | RSS added | per account |\n|---:|---:|---:|\n{memory}",
+         Resident memory added by cached accounts (pro plan facts, 4 decisions each, demo bundle; the edge's \
+         state, rules and module included, the keys allocated before), and the cache's own estimate \
+         (`Entry::estimated_bytes`, what its byte bound counts):\n\n\
+         | accounts | RSS added | per account | estimated per account |\n|---:|---:|---:|---:|\n{memory}",
         check_ns / raw_ns
     );
     std::fs::write(out_path, &report)?;

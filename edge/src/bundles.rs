@@ -262,7 +262,7 @@ pub fn persist_facts_on(fs: &dyn Fs, state: &EdgeState, dir: &Path) -> std::io::
         serde_json::to_writer(&mut *out, &header)?;
         out.write_all(b"\n")?;
         for account in state.cache.accounts() {
-            if let Some(facts) = state.cache.get(&account).and_then(|e| e.facts.clone()) {
+            if let Some(facts) = state.cache.peek(&account).and_then(|e| e.facts()) {
                 serde_json::to_writer(&mut *out, &facts)?;
                 out.write_all(b"\n")?;
                 n += 1;

@@ -4,6 +4,12 @@
 //! swap a background pass re-materialises them from their facts, without refetching; checks
 //! keep answering from the previous decisions meanwhile.
 //!
+//! Memory: an entry is one allocation of about 150 bytes (the facts in a compact form, the plan
+//! name interned, add-ons and overrides boxed only when present) plus its decisions packed at
+//! 9 bytes each; the table is sharded `hashbrown` tables of `Arc<Entry>` (one pointer a slot),
+//! evicting by CLOCK (a referenced bit per entry, set by reads, cleared by the hand). Both bounds,
+//! entries and estimated bytes, hold per shard, so they hold in total.
+//!
 //! Fill races: a fetch from L2 / the control plane may return facts older than a change event
 //! that arrives while it is in flight. The stream follower therefore also records events for
 //! accounts with a fetch in flight ([`AccountCache::begin_fill`]), and a fill inserts the
@@ -11,17 +17,31 @@
 //! WebAssembly evaluation runs outside it, and publishing re-checks that nothing newer landed
 //! in between (if something did, the loser evaluates again or steps aside).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
-use moka::sync::Cache;
-use tollgate_protocol::{AccountFacts, AccountId, Decision};
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as Slot;
+use tollgate_protocol::{
+    AccountFacts, AccountId, AccountStanding, Decision, FeatureOverride, Reason, SubscriptionFacts,
+    SubscriptionStatus,
+};
 use tollgate_rules::facts::{decision, fact_vector};
 use tollgate_rules::host::LoadedRules;
 use tollgate_rules::interp;
 use tollgate_rules::ir::Program;
+
+/// What an entry keeps of the view it was materialised under, shared by all of them: reading
+/// an entry of an older bundle goes through its own bundle's feature index.
+struct Stamp {
+    generation: u64,
+    bundle_version: u64,
+    /// Feature key → index in `program.features` (and in an entry's decisions).
+    index: HashMap<String, usize>,
+}
 
 /// The rule bundle in force: its program, its loaded WebAssembly module, a feature index and a
 /// generation number that changes with every install.
@@ -32,33 +52,32 @@ pub struct RulesView {
     /// it fails at run time, logged and counted).
     pub rules: LoadedRules,
     pub generation: u64,
-    /// Feature key → index in `program.features` (and in an entry's decisions). Shared with
-    /// the entries materialised under this view, so an entry of an older bundle is read by
-    /// its own bundle's index.
-    index: Arc<HashMap<String, usize>>,
+    stamp: Arc<Stamp>,
 }
 
 impl RulesView {
     pub fn new(bundle_version: u64, program: Program, rules: LoadedRules, generation: u64) -> Self {
-        let index = Arc::new(
-            program
-                .features
-                .iter()
-                .enumerate()
-                .map(|(i, f)| (f.key.clone(), i))
-                .collect(),
-        );
+        let index = program
+            .features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.key.clone(), i))
+            .collect();
         Self {
             bundle_version,
             program,
             rules,
             generation,
-            index,
+            stamp: Arc::new(Stamp {
+                generation,
+                bundle_version,
+                index,
+            }),
         }
     }
 
     pub fn feature_index(&self, key: &str) -> Option<usize> {
-        self.index.get(key).copied()
+        self.stamp.index.get(key).copied()
     }
 
     /// Materialises every feature's decision for one account through the module. The module
@@ -75,60 +94,318 @@ impl RulesView {
     }
 }
 
+/// Every [`Reason`], at the position [`reason_code`] gives it.
+const REASONS: [Reason; 13] = [
+    Reason::GrantedByPlan,
+    Reason::DeniedNotInPlan,
+    Reason::DeniedNoSubscription,
+    Reason::DeniedBanned,
+    Reason::GrantedByAddon,
+    Reason::GrantedByRule,
+    Reason::DeniedByRule,
+    Reason::DeniedPastDue,
+    Reason::CappedByRule,
+    Reason::Override,
+    Reason::UnknownAccount,
+    Reason::Fallback,
+    Reason::DeniedQuotaExceeded,
+];
+
+/// A reason's position in [`REASONS`] (exhaustive: a new reason does not compile until it has
+/// one).
+fn reason_code(r: Reason) -> u8 {
+    match r {
+        Reason::GrantedByPlan => 0,
+        Reason::DeniedNotInPlan => 1,
+        Reason::DeniedNoSubscription => 2,
+        Reason::DeniedBanned => 3,
+        Reason::GrantedByAddon => 4,
+        Reason::GrantedByRule => 5,
+        Reason::DeniedByRule => 6,
+        Reason::DeniedPastDue => 7,
+        Reason::CappedByRule => 8,
+        Reason::Override => 9,
+        Reason::UnknownAccount => 10,
+        Reason::Fallback => 11,
+        Reason::DeniedQuotaExceeded => 12,
+    }
+}
+
+const ALLOWED: u8 = 1;
+const HAS_LIMIT: u8 = 2;
+
+/// A decision in 9 bytes: the limit (little-endian, meaningful with [`HAS_LIMIT`]) and a tag:
+/// bit 0 allowed, bit 1 has a limit, bits 2.. the reason's code.
+#[derive(Debug, Clone, Copy)]
+struct Packed([u8; 9]);
+
+impl Packed {
+    fn pack(d: &Decision) -> Self {
+        let mut b = [0u8; 9];
+        b[..8].copy_from_slice(&d.limit.unwrap_or(0).to_le_bytes());
+        let allowed = if d.allowed { ALLOWED } else { 0 };
+        let has_limit = if d.limit.is_some() { HAS_LIMIT } else { 0 };
+        b[8] = allowed | has_limit | (reason_code(d.reason) << 2);
+        Self(b)
+    }
+
+    fn unpack(self) -> Decision {
+        let tag = self.0[8];
+        let mut limit = [0u8; 8];
+        limit.copy_from_slice(&self.0[..8]);
+        Decision {
+            allowed: tag & ALLOWED != 0,
+            limit: (tag & HAS_LIMIT != 0).then(|| i64::from_le_bytes(limit)),
+            // Only `pack` writes tags, from a real reason.
+            reason: REASONS
+                .get(usize::from(tag >> 2))
+                .copied()
+                .unwrap_or(Reason::Fallback),
+        }
+    }
+}
+
+/// Distinct plan names interned at most (a catalog has a handful; past this, names are stored
+/// per entry).
+const PLANS_INTERNED_MAX: usize = 4096;
+
+/// The plan name, shared by every entry on that plan.
+fn intern_plan(plan: &str) -> Arc<str> {
+    static PLANS: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
+    let mut plans = PLANS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(p) = plans.get(plan) {
+        return p.clone();
+    }
+    let p: Arc<str> = Arc::from(plan);
+    if plans.len() < PLANS_INTERNED_MAX {
+        plans.insert(p.clone());
+    }
+    p
+}
+
+/// The subscription part of stored facts.
+#[derive(Debug)]
+struct StoredSubscription {
+    plan: Arc<str>,
+    current_period_end_ms: i64,
+    billing_anchor_ms: Option<i64>,
+    status: SubscriptionStatus,
+}
+
+/// Add-ons and overrides: most accounts have neither, so they live behind one optional box.
+#[derive(Debug)]
+struct Extras {
+    addons: BTreeMap<String, i64>,
+    overrides: BTreeMap<String, FeatureOverride>,
+}
+
+/// An account's facts without its id (the entry has it), compact.
+#[derive(Debug)]
+struct StoredFacts {
+    version: i64,
+    dunning_level: i64,
+    days_past_due: i64,
+    subscription: Option<StoredSubscription>,
+    extras: Option<Box<Extras>>,
+    standing: AccountStanding,
+}
+
+impl StoredFacts {
+    fn store(f: AccountFacts) -> Self {
+        let extras = (!f.addons.is_empty() || !f.overrides.is_empty()).then(|| {
+            Box::new(Extras {
+                addons: f.addons,
+                overrides: f.overrides,
+            })
+        });
+        Self {
+            version: f.version,
+            dunning_level: f.dunning_level,
+            days_past_due: f.days_past_due,
+            subscription: f.subscription.map(|s| StoredSubscription {
+                plan: intern_plan(&s.plan),
+                current_period_end_ms: s.current_period_end_ms,
+                billing_anchor_ms: s.billing_anchor_ms,
+                status: s.status,
+            }),
+            extras,
+            standing: f.standing,
+        }
+    }
+
+    fn load(&self, account_id: AccountId) -> AccountFacts {
+        AccountFacts {
+            account_id,
+            version: self.version,
+            standing: self.standing,
+            subscription: self.subscription.as_ref().map(|s| SubscriptionFacts {
+                plan: s.plan.to_string(),
+                status: s.status,
+                current_period_end_ms: s.current_period_end_ms,
+                billing_anchor_ms: s.billing_anchor_ms,
+            }),
+            dunning_level: self.dunning_level,
+            days_past_due: self.days_past_due,
+            addons: self
+                .extras
+                .as_ref()
+                .map(|x| x.addons.clone())
+                .unwrap_or_default(),
+            overrides: self
+                .extras
+                .as_ref()
+                .map(|x| x.overrides.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Heap bytes beyond the entry itself (the interned plan name is counted per entry, a
+    /// slight overestimate).
+    fn heap_bytes(&self) -> usize {
+        let plan = self.subscription.as_ref().map_or(0, |s| s.plan.len());
+        let extras = self.extras.as_ref().map_or(0, |x| {
+            // A BTreeMap node per entry, roughly: key, value and the tree's own links.
+            let addons: usize = x.addons.keys().map(|k| k.len() + 48).sum();
+            let overrides: usize = x.overrides.keys().map(|k| k.len() + 64).sum();
+            std::mem::size_of::<Extras>() + addons + overrides
+        });
+        plan + extras
+    }
+}
+
+/// Milliseconds on a monotonic clock since the first call in this process.
+fn monotonic_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// One cached account.
 #[derive(Debug)]
 pub struct Entry {
+    account_id: AccountId,
     /// `None`: the control plane says the account does not exist.
-    pub facts: Option<AccountFacts>,
-    pub decisions: Vec<Decision>,
-    pub generation: u64,
-    /// The rule bundle the decisions came from.
-    pub bundle_version: u64,
-    pub filled_at: Instant,
+    facts: Option<StoredFacts>,
+    decisions: Box<[Packed]>,
+    stamp: Arc<Stamp>,
+    filled_at_ms: u64,
     /// Restored from the facts snapshot at start and not confirmed since: its answers are
     /// stale until the follower catches up from the snapshot's stream position, or the
     /// account is refetched or changes.
-    pub restored: bool,
-    /// The feature index of the bundle the decisions came from.
-    index: Arc<HashMap<String, usize>>,
+    restored: bool,
+    /// Read since the eviction hand last passed (CLOCK).
+    referenced: AtomicBool,
 }
+
+impl std::fmt::Debug for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stamp")
+            .field("generation", &self.generation)
+            .field("bundle_version", &self.bundle_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bytes the estimate adds per entry for what it does not see: the `Arc` header, the table slot
+/// (a pointer and a control byte, at the table's load factor), the allocator's size classes
+/// and pages. Measured: the `cache` bench's resident bytes per account at 1M (271 B) minus the
+/// entry's own part (183 B for a pro account: the struct, 4 packed decisions, its plan name).
+pub const ENTRY_OVERHEAD_BYTES: u64 = 88;
 
 impl Entry {
     /// An estimate of the memory this entry holds: the struct, its decisions, the facts' heap
     /// parts, plus [`ENTRY_OVERHEAD_BYTES`] for the cache's own bookkeeping.
     pub fn estimated_bytes(&self) -> u64 {
-        let facts = self.facts.as_ref().map_or(0, |f| {
-            let plan = f.subscription.as_ref().map_or(0, |s| s.plan.capacity());
-            // A BTreeMap node per entry, roughly: key, value and the tree's own links.
-            let addons: usize = f.addons.keys().map(|k| k.capacity() + 48).sum();
-            let overrides: usize = f.overrides.keys().map(|k| k.capacity() + 64).sum();
-            std::mem::size_of::<AccountFacts>() + plan + addons + overrides
-        });
-        let decisions = self.decisions.capacity() * std::mem::size_of::<Decision>();
+        let facts = self.facts.as_ref().map_or(0, StoredFacts::heap_bytes);
+        let decisions = self.decisions.len() * std::mem::size_of::<Packed>();
         (std::mem::size_of::<Self>() + facts + decisions) as u64 + ENTRY_OVERHEAD_BYTES
     }
 
+    pub fn account_id(&self) -> AccountId {
+        self.account_id
+    }
+
+    /// The facts' version (0: an unknown account).
     pub fn version(&self) -> i64 {
         self.facts.as_ref().map_or(0, |f| f.version)
+    }
+
+    /// Whether the account exists (`false`: the control plane said it does not).
+    pub fn has_facts(&self) -> bool {
+        self.facts.is_some()
+    }
+
+    /// The facts the decisions were evaluated from (`None`: unknown account), rebuilt.
+    pub fn facts(&self) -> Option<AccountFacts> {
+        self.facts.as_ref().map(|f| f.load(self.account_id))
+    }
+
+    /// The subscription's billing anchor, if it has one.
+    pub fn billing_anchor_ms(&self) -> Option<i64> {
+        self.facts
+            .as_ref()?
+            .subscription
+            .as_ref()?
+            .billing_anchor_ms
+    }
+
+    /// The rules generation the decisions came from.
+    pub fn generation(&self) -> u64 {
+        self.stamp.generation
+    }
+
+    /// The rule bundle the decisions came from.
+    pub fn bundle_version(&self) -> u64 {
+        self.stamp.bundle_version
+    }
+
+    /// See the field: restored from the snapshot and not confirmed since.
+    pub fn restored(&self) -> bool {
+        self.restored
+    }
+
+    /// Milliseconds since this entry was evaluated.
+    pub fn age_ms(&self) -> u64 {
+        monotonic_ms().saturating_sub(self.filled_at_ms)
     }
 
     /// The decision for `feature` in the bundle this entry was materialised under (which may
     /// be older than the one in force, until the background pass reaches it); `None` when
     /// that bundle has no such feature.
-    pub fn decision(&self, feature: &str) -> Option<&Decision> {
-        self.decisions.get(*self.index.get(feature)?)
+    pub fn decision(&self, feature: &str) -> Option<Decision> {
+        self.decision_at(*self.stamp.index.get(feature)?)
     }
 
-    pub fn materialise(facts: Option<AccountFacts>, view: &RulesView) -> Self {
-        let decisions = facts.as_ref().map(|f| view.decide(f)).unwrap_or_default();
+    /// The decision at `index` of the entry's own bundle.
+    pub fn decision_at(&self, index: usize) -> Option<Decision> {
+        self.decisions.get(index).map(|p| p.unpack())
+    }
+
+    /// How many decisions the entry holds (0: unknown account).
+    pub fn decision_count(&self) -> usize {
+        self.decisions.len()
+    }
+
+    /// Evaluates `facts` (`None`: an unknown account) under `view`.
+    pub fn materialise(
+        account_id: AccountId,
+        facts: Option<AccountFacts>,
+        view: &RulesView,
+    ) -> Self {
+        let decisions = facts
+            .as_ref()
+            .map(|f| view.decide(f).iter().map(Packed::pack).collect())
+            .unwrap_or_default();
         Self {
-            facts,
+            account_id,
+            facts: facts.map(StoredFacts::store),
             decisions,
-            generation: view.generation,
-            bundle_version: view.bundle_version,
-            filled_at: Instant::now(),
+            stamp: view.stamp.clone(),
+            filled_at_ms: monotonic_ms(),
             restored: false,
-            index: view.index.clone(),
+            referenced: AtomicBool::new(false),
         }
     }
 }
@@ -158,12 +435,29 @@ pub struct CacheLimits {
     pub bytes_max: u64,
 }
 
-/// Bookkeeping the estimate adds per entry for moka's own node, its key and the `Arc`
-/// (measured: the `cache` bench's resident bytes per account minus the entry's own estimate).
-pub const ENTRY_OVERHEAD_BYTES: u64 = 320;
+/// At most this many shards.
+const SHARDS_MAX: u64 = 64;
+/// A shard holds at least this many entries of the bound (fewer shards for small caches, so
+/// the per-shard share of the bounds stays meaningful).
+const SHARD_ENTRIES_MIN: u64 = 4096;
+
+/// One shard: a table of entries keyed by their account, its estimated bytes, and the CLOCK
+/// hand (a bucket index).
+#[derive(Default)]
+struct Shard {
+    table: HashTable<Arc<Entry>>,
+    bytes: u64,
+    hand: usize,
+}
 
 pub struct AccountCache {
-    entries: Cache<AccountId, Arc<Entry>>,
+    shards: Box<[RwLock<Shard>]>,
+    hasher: hashbrown::DefaultHashBuilder,
+    /// Each shard's share of the bounds (so the totals hold).
+    shard_entries_max: u64,
+    shard_bytes_max: u64,
+    entries: AtomicU64,
+    bytes: AtomicU64,
     /// Accounts with a fill in flight. Concurrent misses for one account share one fetch.
     in_flight: Mutex<HashMap<AccountId, InFlight>>,
 }
@@ -176,46 +470,163 @@ fn newer(a: Option<AccountFacts>, b: Option<AccountFacts>) -> Option<AccountFact
 }
 
 impl AccountCache {
-    /// Both bounds through one moka weight: an entry weighs its estimated bytes, but never less
-    /// than `bytes_max / entries_max`, and the capacity is `bytes_max`. So the total weight
-    /// stays under `bytes_max` (the byte bound) and at most `entries_max` entries fit (each
-    /// weighs at least a `1 / entries_max` share).
+    /// Both bounds hold per shard: each shard may hold `entries_max / shards` entries and
+    /// `bytes_max / shards` estimated bytes. Accounts hash evenly, so the totals reach close
+    /// to the bounds before evicting.
     pub fn new(limits: CacheLimits) -> Self {
-        let floor = (limits.bytes_max / limits.entries_max.max(1)).max(1);
+        let shards = (limits.entries_max / SHARD_ENTRIES_MIN)
+            .clamp(1, SHARDS_MAX)
+            .next_power_of_two()
+            .min(SHARDS_MAX);
         Self {
-            entries: Cache::builder()
-                .max_capacity(limits.bytes_max)
-                .weigher(move |_, e: &Arc<Entry>| {
-                    u32::try_from(e.estimated_bytes().max(floor)).unwrap_or(u32::MAX)
-                })
-                .build(),
+            shards: (0..shards).map(|_| RwLock::default()).collect(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            shard_entries_max: (limits.entries_max / shards).max(1),
+            shard_bytes_max: limits.bytes_max / shards,
+            entries: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
             in_flight: Mutex::new(HashMap::new()),
         }
     }
 
+    fn hash(&self, account: &AccountId) -> u64 {
+        self.hasher.hash_one(account)
+    }
+
+    /// The shard of a hash: bits the table itself does not use for buckets or tags.
+    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+        // `shards.len()` is a power of two.
+        &self.shards[(hash >> 32) as usize & (self.shards.len() - 1)]
+    }
+
+    /// The entry, marked as read (for eviction).
     pub fn get(&self, account: &AccountId) -> Option<Arc<Entry>> {
-        self.entries.get(account)
+        let e = self.peek(account)?;
+        if !e.referenced.load(Ordering::Relaxed) {
+            e.referenced.store(true, Ordering::Relaxed);
+        }
+        Some(e)
+    }
+
+    /// The entry, without marking it as read.
+    pub fn peek(&self, account: &AccountId) -> Option<Arc<Entry>> {
+        let hash = self.hash(account);
+        let shard = self
+            .shard(hash)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard
+            .table
+            .find(hash, |e| e.account_id == *account)
+            .cloned()
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.entries.entry_count()
+        self.entries.load(Ordering::Relaxed)
     }
 
-    /// The weighted size: estimated bytes, each entry counted at least at its floor share.
-    pub fn weighted_size(&self) -> u64 {
-        self.entries.weighted_size()
+    /// The estimated bytes of every cached entry.
+    pub fn estimated_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Applies pending inserts and evictions now (moka does this lazily; tests and metrics).
-    pub fn run_pending_tasks(&self) {
-        self.entries.run_pending_tasks();
+    /// How many shards the bounds are split over.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Inserts or replaces the entry of its account (counted as read: the waiters of a fill
+    /// read it next), then evicts until the shard is within its bounds. An entry heavier than
+    /// a shard's whole byte share is not kept (nor an older entry of its account): evicting
+    /// the rest of the shard for it would not make it fit.
+    fn insert(&self, entry: Arc<Entry>) {
+        let hash = self.hash(&entry.account_id);
+        let mut shard = self
+            .shard(hash)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let shard = &mut *shard;
+        let added = entry.estimated_bytes();
+        let account = entry.account_id;
+        if added > self.shard_bytes_max {
+            if let Ok(old) = shard.table.find_entry(hash, |e| e.account_id == account) {
+                let (gone, _) = old.remove();
+                self.forget(shard, &gone);
+            }
+            return;
+        }
+        entry.referenced.store(true, Ordering::Relaxed);
+        let hasher = &self.hasher;
+        let kept = match shard.table.entry(
+            hash,
+            |e| e.account_id == account,
+            |e| hasher.hash_one(e.account_id),
+        ) {
+            Slot::Occupied(mut o) => {
+                let old = std::mem::replace(o.get_mut(), entry);
+                let removed = old.estimated_bytes();
+                shard.bytes = shard.bytes.saturating_sub(removed);
+                self.bytes.fetch_sub(removed, Ordering::Relaxed);
+                o.bucket_index()
+            }
+            Slot::Vacant(v) => {
+                self.entries.fetch_add(1, Ordering::Relaxed);
+                v.insert(entry).bucket_index()
+            }
+        };
+        shard.bytes += added;
+        self.bytes.fetch_add(added, Ordering::Relaxed);
+        self.evict(shard, kept);
+    }
+
+    /// CLOCK: the hand walks the buckets; a referenced entry loses its bit and stays, an
+    /// unreferenced one goes, until the shard is within both bounds. `keep` (the entry just
+    /// written, which fits the shard's byte share by itself) stays; should readers keep
+    /// re-marking entries faster than the hand clears them, the walk still ends after two
+    /// sweeps and the entry just written goes instead.
+    fn evict(&self, shard: &mut Shard, keep: usize) {
+        let over = |s: &Shard| {
+            s.table.len() as u64 > self.shard_entries_max || s.bytes > self.shard_bytes_max
+        };
+        let buckets = shard.table.num_buckets();
+        // One sweep clears every bit, the next finds every entry unreferenced.
+        let mut steps = 2 * buckets + 1;
+        while over(shard) && steps > 0 && shard.table.len() > 1 {
+            steps -= 1;
+            let i = shard.hand % buckets;
+            shard.hand = i + 1;
+            if i == keep {
+                continue;
+            }
+            match shard.table.get_bucket(i) {
+                Some(e) if !e.referenced.swap(false, Ordering::Relaxed) => {}
+                _ => continue,
+            }
+            if let Ok(slot) = shard.table.get_bucket_entry(i) {
+                let (gone, _) = slot.remove();
+                self.forget(shard, &gone);
+            }
+        }
+        if over(shard)
+            && let Ok(slot) = shard.table.get_bucket_entry(keep)
+        {
+            let (gone, _) = slot.remove();
+            self.forget(shard, &gone);
+        }
+    }
+
+    fn forget(&self, shard: &mut Shard, gone: &Entry) {
+        let bytes = gone.estimated_bytes();
+        shard.bytes = shard.bytes.saturating_sub(bytes);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.entries.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, InFlight>> {
         // A panic while holding this lock leaves only a map of hints behind; keep going.
         self.in_flight
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Starts a fill, or joins the one in flight for this account.
@@ -250,22 +661,22 @@ impl AccountCache {
             let candidate = {
                 let in_flight = self.lock();
                 let seen = in_flight.get(&account).and_then(|f| f.newest.clone());
-                let current = self.entries.get(&account).and_then(|e| e.facts.clone());
+                let current = self.peek(&account).and_then(|e| e.facts());
                 newer(newer(best.take(), seen), current)
             };
             // ... evaluate them outside it (WebAssembly: the follower and other fills go on) ...
-            let entry = Arc::new(Entry::materialise(candidate.clone(), view));
+            let entry = Arc::new(Entry::materialise(account, candidate.clone(), view));
             // ... and publish unless something newer arrived meanwhile (then go again).
             let mut in_flight = self.lock();
             let seen = in_flight
                 .get(&account)
                 .and_then(|f| f.newest.as_ref())
                 .map(|f| f.version);
-            let current = self.entries.get(&account).map(|e| e.version());
+            let current = self.peek(&account).map(|e| e.version());
             if seen.is_none_or(|v| v <= entry.version())
                 && current.is_none_or(|v| v <= entry.version())
             {
-                self.entries.insert(account, entry.clone());
+                self.insert(entry.clone());
                 // Only now end the fill: dropping it wakes the waiters, who read the cache.
                 in_flight.remove(&account);
                 return entry;
@@ -290,16 +701,16 @@ impl AccountCache {
             if let Some(f) = in_flight.get_mut(&account) {
                 f.newest = newer(f.newest.take(), Some(facts.clone()));
             }
-            match self.entries.get(&account) {
+            match self.peek(&account) {
                 Some(e) if e.version() < version => {}
                 _ => return false,
             }
         }
-        let entry = Arc::new(Entry::materialise(Some(facts), view));
+        let entry = Arc::new(Entry::materialise(account, Some(facts), view));
         let _guard = self.lock();
-        match self.entries.get(&account) {
+        match self.peek(&account) {
             Some(e) if e.version() < version => {
-                self.entries.insert(account, entry);
+                self.insert(entry);
                 true
             }
             _ => false,
@@ -313,16 +724,16 @@ impl AccountCache {
         if !matches!(self.begin_fill(account), Fill::Leader) {
             return false;
         }
-        if self.entries.contains_key(&account) {
+        if self.peek(&account).is_some() {
             self.abort_fill(account);
             return false;
         }
         let entry = Arc::new(Entry {
             restored: true,
-            ..Entry::materialise(Some(facts), view)
+            ..Entry::materialise(account, Some(facts), view)
         });
         let mut in_flight = self.lock();
-        self.entries.insert(account, entry);
+        self.insert(entry);
         in_flight.remove(&account);
         true
     }
@@ -333,15 +744,15 @@ impl AccountCache {
         let account = facts.account_id;
         let confirms =
             |e: &Entry| e.version() < facts.version || (e.restored && e.version() == facts.version);
-        match self.entries.get(&account) {
+        match self.peek(&account) {
             Some(e) if confirms(&e) => {}
             _ => return false,
         }
-        let entry = Arc::new(Entry::materialise(Some(facts.clone()), view));
+        let entry = Arc::new(Entry::materialise(account, Some(facts.clone()), view));
         let _guard = self.lock();
-        match self.entries.get(&account) {
+        match self.peek(&account) {
             Some(e) if confirms(&e) => {
-                self.entries.insert(account, entry);
+                self.insert(entry);
                 true
             }
             _ => false,
@@ -352,18 +763,18 @@ impl AccountCache {
     /// result replaces the entry only if nobody replaced it meanwhile (a newer event or fill is
     /// already evaluated under the new rules).
     pub fn rematerialise(&self, account: AccountId, view: &RulesView) -> Option<Arc<Entry>> {
-        let current = self.entries.get(&account)?;
-        if current.generation == view.generation {
+        let current = self.peek(&account)?;
+        if current.generation() == view.generation {
             return Some(current);
         }
         let fresh = Arc::new(Entry {
             restored: current.restored,
-            ..Entry::materialise(current.facts.clone(), view)
+            ..Entry::materialise(account, current.facts(), view)
         });
         let _guard = self.lock();
-        match self.entries.get(&account) {
+        match self.peek(&account) {
             Some(now) if Arc::ptr_eq(&now, &current) => {
-                self.entries.insert(account, fresh.clone());
+                self.insert(fresh.clone());
                 Some(fresh)
             }
             other => other,
@@ -372,7 +783,12 @@ impl AccountCache {
 
     /// The accounts currently cached.
     pub fn accounts(&self) -> Vec<AccountId> {
-        self.entries.iter().map(|(k, _)| *k).collect()
+        let mut out = Vec::with_capacity(usize::try_from(self.entry_count()).unwrap_or(0));
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            out.extend(shard.table.iter().map(|e| e.account_id));
+        }
+        out
     }
 }
 
@@ -403,7 +819,6 @@ mod tests {
         for v in 1..=1_000 {
             fill(&cache, &view, facts(AccountId::new_v7(), v, Some("pro")));
         }
-        cache.run_pending_tasks();
         let n = cache.entry_count();
         assert!((1..=100).contains(&n), "{n} entries cached");
     }
@@ -411,7 +826,8 @@ mod tests {
     #[test]
     fn the_cache_holds_at_most_bytes_max_of_entries() {
         let view = demo_view();
-        let one = Entry::materialise(Some(facts(AccountId::new_v7(), 1, Some("pro"))), &view);
+        let id = AccountId::new_v7();
+        let one = Entry::materialise(id, Some(facts(id, 1, Some("pro"))), &view);
         let each = one.estimated_bytes();
         assert!(each > ENTRY_OVERHEAD_BYTES, "{each}");
         // Room for 50 such entries by bytes, 10,000 by count: bytes bind.
@@ -428,11 +844,10 @@ mod tests {
             }
             fill(&cache, &view, f);
         }
-        cache.run_pending_tasks();
         assert!(
-            cache.weighted_size() <= bytes_max,
+            cache.estimated_bytes() <= bytes_max,
             "{} > {bytes_max}",
-            cache.weighted_size()
+            cache.estimated_bytes()
         );
         let n = cache.entry_count();
         assert!((1..=50).contains(&n), "{n} entries cached");
@@ -476,7 +891,7 @@ mod tests {
         let entry = cache.finish_fill(id, Some(facts(id, 2, None)), &view);
         assert_eq!(entry.version(), 3);
         let sso = view.feature_index("sso").expect("sso");
-        assert!(entry.decisions[sso].allowed);
+        assert!(entry.decision_at(sso).is_some_and(|d| d.allowed));
     }
 
     #[test]
@@ -495,7 +910,8 @@ mod tests {
         assert!(cache.apply(facts(id, 6, None), &view));
         let e = cache.get(&id).expect("cached");
         assert_eq!(e.version(), 6);
-        assert!(!e.decisions[view.feature_index("sso").expect("sso")].allowed);
+        let sso = view.feature_index("sso").expect("sso");
+        assert!(e.decision_at(sso).is_some_and(|d| !d.allowed));
     }
 
     #[test]
@@ -505,8 +921,166 @@ mod tests {
         let id = AccountId::new_v7();
         cache.begin_fill(id);
         let e = cache.finish_fill(id, None, &view);
-        assert_eq!((e.version(), e.decisions.len()), (0, 0));
+        assert_eq!((e.version(), e.decision_count()), (0, 0));
         // The account is created later: its first event replaces the negative entry.
         assert!(cache.apply(facts(id, 1, None), &view));
+    }
+
+    #[test]
+    fn packed_decisions_round_trip_every_reason_and_extreme_limits() {
+        for reason in REASONS {
+            assert_eq!(REASONS[usize::from(reason_code(reason))], reason);
+            for allowed in [false, true] {
+                for limit in [None, Some(0), Some(-1), Some(i64::MIN), Some(i64::MAX)] {
+                    let d = Decision {
+                        allowed,
+                        limit,
+                        reason,
+                    };
+                    assert_eq!(Packed::pack(&d).unpack(), d);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stored_facts_come_back_exactly_as_given() {
+        let view = demo_view();
+        let id = AccountId::new_v7();
+        let mut rich = facts(id, i64::MAX, Some("pro-ünïcode-plan"));
+        rich.standing = AccountStanding::Banned;
+        rich.dunning_level = i64::MIN;
+        rich.days_past_due = -3;
+        if let Some(s) = rich.subscription.as_mut() {
+            s.status = SubscriptionStatus::PastDue;
+            s.current_period_end_ms = i64::MIN;
+            s.billing_anchor_ms = Some(i64::MAX);
+        }
+        rich.addons.insert("extra_seats".into(), 5);
+        rich.overrides.insert(
+            "sso".into(),
+            FeatureOverride::Grant {
+                limit: Some(i64::MAX),
+            },
+        );
+        rich.overrides
+            .insert("audit_log".into(), FeatureOverride::Deny);
+        for f in [rich, facts(id, 1, None), facts(id, 2, Some("pro"))] {
+            let e = Entry::materialise(id, Some(f.clone()), &view);
+            assert_eq!(e.facts(), Some(f.clone()));
+            assert_eq!(e.version(), f.version);
+            assert_eq!(
+                e.billing_anchor_ms(),
+                f.subscription.as_ref().and_then(|s| s.billing_anchor_ms)
+            );
+            // The packed decisions are the module's, unchanged.
+            let want = view.decide(&f);
+            let got: Vec<_> = (0..e.decision_count())
+                .filter_map(|i| e.decision_at(i))
+                .collect();
+            assert_eq!(got, want);
+        }
+        let unknown = Entry::materialise(id, None, &view);
+        assert_eq!((unknown.facts(), unknown.has_facts()), (None, false));
+    }
+
+    #[test]
+    fn a_pro_entry_stays_compact() {
+        let view = demo_view();
+        let id = AccountId::new_v7();
+        let e = Entry::materialise(id, Some(facts(id, 1, Some("pro"))), &view);
+        // One allocation for the entry, one for its decisions, a slot in the table: the
+        // `cache` bench measures the resident bytes; this keeps the layout from creeping.
+        assert!(
+            std::mem::size_of::<Entry>() <= 144,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+        assert!(e.estimated_bytes() <= 300, "{}", e.estimated_bytes());
+    }
+
+    #[test]
+    fn an_account_read_often_survives_a_stream_of_one_off_accounts() {
+        let view = demo_view();
+        let cache = AccountCache::new(limits(100));
+        let hot = AccountId::new_v7();
+        fill(&cache, &view, facts(hot, 1, Some("pro")));
+        for v in 1..=2_000 {
+            assert!(cache.get(&hot).is_some(), "evicted after {v} one-off fills");
+            fill(&cache, &view, facts(AccountId::new_v7(), v, Some("pro")));
+        }
+        assert!(cache.entry_count() <= 100);
+    }
+
+    #[test]
+    fn an_entry_over_the_whole_byte_bound_is_not_kept_and_evicts_nothing() {
+        let view = demo_view();
+        let id = AccountId::new_v7();
+        let small = Entry::materialise(id, Some(facts(id, 1, Some("pro"))), &view);
+        let cache = AccountCache::new(CacheLimits {
+            entries_max: 10,
+            bytes_max: small.estimated_bytes() * 3,
+        });
+        let others: Vec<AccountId> = (0..3).map(|_| AccountId::new_v7()).collect();
+        for a in &others {
+            fill(&cache, &view, facts(*a, 1, Some("pro")));
+        }
+        let huge = AccountId::new_v7();
+        fill(&cache, &view, facts(huge, 1, Some("pro")));
+        let mut f = facts(huge, 2, Some("pro"));
+        f.addons
+            .insert("x".repeat(small.estimated_bytes() as usize * 4), 1);
+        // A change makes the cached account too heavy: its older entry goes too.
+        cache.apply(f.clone(), &view);
+        assert!(cache.peek(&huge).is_none());
+        cache.begin_fill(huge);
+        let entry = cache.finish_fill(huge, Some(f), &view);
+        assert_eq!(entry.version(), 2, "the caller still gets its answer");
+        assert!(
+            cache.peek(&huge).is_none(),
+            "but it is not cached, nor its older version"
+        );
+        let kept = others.iter().filter(|a| cache.peek(a).is_some()).count();
+        assert!(kept >= 2, "the small entries stay: {kept} of 3");
+        assert!(cache.estimated_bytes() <= small.estimated_bytes() * 3);
+        assert_eq!(cache.entry_count(), kept as u64);
+    }
+
+    #[test]
+    fn the_bounds_hold_in_total_across_shards_and_threads() {
+        let view = demo_view();
+        let limits = CacheLimits {
+            entries_max: 4 * SHARD_ENTRIES_MIN,
+            bytes_max: u64::MAX / 2,
+        };
+        let cache = AccountCache::new(limits);
+        assert_eq!(cache.shard_count(), 4);
+        let ids: Vec<AccountId> = (0..3 * limits.entries_max)
+            .map(|_| AccountId::new_v7())
+            .collect();
+        std::thread::scope(|s| {
+            for part in ids.chunks(ids.len() / 4) {
+                let (cache, view) = (&cache, &view);
+                s.spawn(move || {
+                    for (i, id) in part.iter().enumerate() {
+                        fill(cache, view, facts(*id, 1, Some("pro")));
+                        // Readers race the writers on the same shards.
+                        let _ = cache.get(&part[i / 2]);
+                    }
+                });
+            }
+        });
+        let n = cache.entry_count();
+        assert!(n <= limits.entries_max, "{n}");
+        // Evenly hashed: close to the bound, not far under it.
+        assert!(n >= limits.entries_max * 9 / 10, "{n}");
+        assert_eq!(cache.accounts().len() as u64, n);
+        let bytes: u64 = cache
+            .accounts()
+            .iter()
+            .filter_map(|a| cache.peek(a))
+            .map(|e| e.estimated_bytes())
+            .sum();
+        assert_eq!(cache.estimated_bytes(), bytes);
     }
 }

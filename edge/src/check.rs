@@ -71,7 +71,7 @@ pub async fn decide<'a>(
             // background pass re-materialises it; a feature that bundle lacks makes this one
             // re-materialise now.
             let entry = match entry.decision(&feature) {
-                None if entry.facts.is_some() && entry.generation != view.generation => {
+                None if entry.has_facts() && entry.generation() != view.generation => {
                     state.cache.rematerialise(account, view).unwrap_or(entry)
                 }
                 _ => entry,
@@ -85,7 +85,7 @@ pub async fn decide<'a>(
                     remaining: None,
                     reason: d.reason,
                     version: entry.version(),
-                    bundle_version: entry.bundle_version,
+                    bundle_version: entry.bundle_version(),
                     stale,
                 },
                 None => CheckResponse {
@@ -96,7 +96,7 @@ pub async fn decide<'a>(
                     remaining: None,
                     reason: Reason::UnknownAccount,
                     version: 0,
-                    bundle_version: entry.bundle_version,
+                    bundle_version: entry.bundle_version(),
                     stale,
                 },
             }
@@ -360,7 +360,7 @@ pub(crate) async fn entitlements(
         // Every feature of the bundle in force is listed: the entry is brought to it first.
         Ok(e) => {
             let stale = state.entry_stale(&account, &e);
-            let e = if e.generation == view.generation {
+            let e = if e.generation() == view.generation {
                 e
             } else {
                 state.cache.rematerialise(account, &view).unwrap_or(e)
@@ -373,7 +373,7 @@ pub(crate) async fn entitlements(
     let mut stale = stale;
     for (i, f) in view.program.features.iter().enumerate() {
         let kind = f.kind.as_str();
-        features.push(match entry.as_ref().and_then(|e| e.decisions.get(i)) {
+        features.push(match entry.as_ref().and_then(|e| e.decision_at(i)) {
             Some(d) => {
                 let mut v = json!({ "feature": f.key, "kind": kind, "allowed": d.allowed, "limit": d.limit, "reason": d.reason });
                 if let (Some(spec), Some(limit)) = (f.meter.as_ref(), d.limit) {
@@ -392,7 +392,7 @@ pub(crate) async fn entitlements(
                 }
                 v
             }
-            None if entry.as_ref().is_some_and(|e| e.facts.is_none()) => {
+            None if entry.as_ref().is_some_and(|e| !e.has_facts()) => {
                 json!({ "feature": f.key, "kind": kind, "allowed": false, "limit": null, "reason": Reason::UnknownAccount })
             }
             None => json!({ "feature": f.key, "kind": kind, "allowed": f.fail_open, "limit": null, "reason": Reason::Fallback }),
@@ -401,7 +401,7 @@ pub(crate) async fn entitlements(
     axum::Json(json!({
         "account": account,
         "version": entry.as_ref().map_or(0, |e| e.version()),
-        "bundle_version": entry.as_ref().map_or(view.bundle_version, |e| e.bundle_version),
+        "bundle_version": entry.as_ref().map_or(view.bundle_version, |e| e.bundle_version()),
         "stale": stale,
         "features": features,
     }))

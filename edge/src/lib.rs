@@ -1,6 +1,6 @@
 //! Tollgate's edge sidecar: answers product services' entitlement checks from memory.
 //!
-//! Check path: moka cache of account → materialised decisions. A miss reads the Redis L2
+//! Check path: a sharded in-memory cache of account → materialised decisions ([`cache`]). A miss reads the Redis L2
 //! copy, then the control plane's internal API. The Redis change stream keeps cached accounts
 //! current (see [`stream`]). Decisions are materialised when facts or the rule bundle change,
 //! by the bundle's WebAssembly module (see [`bundles`]); the check path never enters it.

@@ -80,7 +80,7 @@ pub(crate) async fn metrics(State(state): State<EdgeState>) -> Response {
     state
         .metrics
         .cached_bytes
-        .set(i64::try_from(state.cache.weighted_size()).unwrap_or(i64::MAX));
+        .set(i64::try_from(state.cache.estimated_bytes()).unwrap_or(i64::MAX));
     if let Some(usage) = state.usage.get() {
         usage.refresh_gauges();
     }

@@ -272,7 +272,7 @@ impl EdgeState {
     /// not confirmed since.
     pub fn entry_stale(&self, account: &AccountId, entry: &Entry) -> bool {
         self.shard_stale(self.upstream.keys().shard_of(account))
-            || (entry.restored && !self.restored_confirmed())
+            || (entry.restored() && !self.restored_confirmed())
     }
 
     /// Swaps in a verified, self-tested bundle atomically; cached entries re-materialise
@@ -323,7 +323,7 @@ impl EdgeState {
         let keys = self.upstream.keys().clone();
         let waiting = !self.restored_confirmed();
         self.revalidate_where(|a| {
-            stale(keys.shard_of(a)) || (waiting && self.cache.get(a).is_some_and(|e| e.restored))
+            stale(keys.shard_of(a)) || (waiting && self.cache.peek(a).is_some_and(|e| e.restored()))
         })
         .await;
     }
@@ -358,7 +358,7 @@ impl EdgeState {
                 .cache
                 .accounts()
                 .iter()
-                .filter(|a| self.cache.get(a).is_some_and(|e| e.restored))
+                .filter(|a| self.cache.peek(a).is_some_and(|e| e.restored()))
                 .count();
             self.restored_left.store(left as u64, Ordering::Relaxed);
         }
@@ -406,13 +406,7 @@ impl EdgeState {
     /// The billing anchor of the account's subscription, from the facts this edge holds:
     /// monthly and yearly meters count in its periods (`None`: calendar periods).
     pub fn billing_anchor(&self, account: AccountId) -> Option<i64> {
-        let entry = self.cache.get(&account)?;
-        entry
-            .facts
-            .as_ref()?
-            .subscription
-            .as_ref()?
-            .billing_anchor_ms
+        self.cache.get(&account)?.billing_anchor_ms()
     }
 
     /// Opens (recovering) this edge's usage store with its meters and metrics, and makes it
@@ -572,7 +566,7 @@ impl EdgeState {
 
     /// Whether a cached "unknown account" entry is past its TTL.
     fn expired_negative(&self, e: &Entry) -> bool {
-        e.facts.is_none() && e.filled_at.elapsed().as_millis() > u128::from(self.negative_ttl_ms)
+        !e.has_facts() && e.age_ms() > self.negative_ttl_ms
     }
 
     /// The cached entry for an account, filling it on a miss.

@@ -364,7 +364,7 @@ fn event(
     // The one validation every side runs: what passes here, the control plane never refuses
     // for its shape.
     validate_event(&event).map_err(|e| refuse(index, e.code(), e.to_string()))?;
-    if state.cache.get(&account).is_some_and(|e| e.facts.is_none()) {
+    if state.cache.get(&account).is_some_and(|e| !e.has_facts()) {
         return Err(refuse(
             index,
             "unknown_account",

@@ -176,7 +176,7 @@ fn cached_facts_survive_a_restart_with_everything_behind_the_edge_down() {
     assert_eq!(after.stream_positions(), positions);
     assert_eq!(after.stream_position(2).as_deref(), Some("1700000000500-0"));
     let entry = after.cache.get(&id).expect("restored");
-    assert!(entry.restored && after.entry_stale(&id, &entry));
+    assert!(entry.restored() && after.entry_stale(&id, &entry));
     let seats = after
         .rules
         .load_full()
@@ -184,7 +184,10 @@ fn cached_facts_survive_a_restart_with_everything_behind_the_edge_down() {
         .feature_index("seats")
         .expect("seats");
     assert_eq!(
-        (entry.version(), entry.decisions[seats].limit),
+        (
+            entry.version(),
+            entry.decision_at(seats).and_then(|d| d.limit)
+        ),
         (4, Some(10))
     );
     assert!(

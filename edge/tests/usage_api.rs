@@ -894,7 +894,6 @@ async fn evicting_an_account_from_the_cache_keeps_its_unflushed_usage() {
         )
         .await;
     }
-    e.state.cache.run_pending_tasks();
     assert!(e.state.cache.get(&account).is_none(), "still cached");
     // Refilled on the next check: the usage stored here is still counted (and still queued).
     let (_, _, v) = call(&e.state, Method::GET, &uri, None, Value::Null).await;
