@@ -34,8 +34,8 @@ pub static BILLING_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrat
 /// The consumer of each outbox topic: the outbox knows no domain, the process wires them.
 fn consumers() -> Consumers<AppState> {
     Consumers::default()
-        .on(Topic::EntitlementsRecompute, |_, conn, d| {
-            Box::pin(entitlements::on_recompute(conn, d))
+        .on(Topic::EntitlementsRecompute, |state, conn, d| {
+            Box::pin(entitlements::on_recompute(state, conn, d))
         })
         .on(Topic::EntitlementsPublish, |state, conn, d| {
             Box::pin(entitlements::on_publish(state, conn, d))

@@ -341,8 +341,8 @@ async fn the_facts_lane_never_waits_behind_other_topics_and_carries_the_change_t
     );
     let state = &h.state;
     let pass = |lane| async move { outbox::relay_lane_once(state, lane).await.expect("relay") };
-    // The facts lane takes the recompute, then the publish it enqueued; never the schedule.
-    assert_eq!(pass(facts).await, 1);
+    // The facts lane takes the recompute (and publishes it right after it commits, so its
+    // publish row is done too); never the schedule.
     assert_eq!(pass(facts).await, 1);
     assert_eq!(pass(facts).await, 0);
     let attempts: (i32,) = sqlx::query_as("SELECT attempts FROM outbox WHERE id = $1")
@@ -435,5 +435,158 @@ async fn a_change_enqueued_by_the_previous_version_without_its_time_is_still_pub
         (id, tollgate_protocol::AccountStanding::Banned)
     );
     assert_eq!(event.changed_at_us, None, "no change time was carried");
+    h.finish().await;
+}
+
+/// The change events of `id` in its shard stream, oldest first, with their stream ids.
+async fn events_of(
+    h: &Harness,
+    id: &tollgate_protocol::AccountId,
+) -> Vec<(String, tollgate_protocol::ChangeEvent)> {
+    let mut redis = h.state.redis.clone();
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(h.state.redis_keys.stream_of(id))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await
+        .expect("xrange");
+    entries
+        .ids
+        .iter()
+        .filter_map(|e| {
+            let ev: tollgate_protocol::ChangeEvent =
+                serde_json::from_str(&e.get::<String>("event")?).ok()?;
+            (ev.facts.account_id == *id).then(|| (e.id.clone(), ev))
+        })
+        .collect()
+}
+
+async fn ban_directly(h: &Harness, id: tollgate_protocol::AccountId) {
+    let mut conn = h.state.cf.acquire().await.expect("conn");
+    sqlx::query("UPDATE accounts SET standing = 'banned' WHERE id = $1")
+        .bind(id.0)
+        .execute(&mut *conn)
+        .await
+        .expect("ban");
+    outbox::account_changed(&mut conn, id, h.clock.now())
+        .await
+        .expect("enqueue change");
+}
+
+async fn pending_publishes(h: &Harness) -> i64 {
+    h.count(
+        "SELECT count(*) FROM outbox WHERE topic = 'entitlements.publish' AND processed_at IS NULL",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn recomputed_changes_reach_the_stream_in_the_relay_pass_that_recomputed_them_once() {
+    let h = Harness::new().await;
+    let mut ids = Vec::new();
+    for email in ["fast-1@example.com", "fast-2@example.com"] {
+        let (account, _) = h.sign_up(email).await;
+        ids.push(account.parse::<tollgate_protocol::AccountId>().expect("id"));
+    }
+    h.drain_outbox().await;
+    let before: Vec<usize> = {
+        let mut n = Vec::new();
+        for id in &ids {
+            n.push(events_of(&h, id).await.len());
+        }
+        n
+    };
+    // Two changes, one pass of two rows: each is published right after the pass commits.
+    for id in &ids {
+        ban_directly(&h, *id).await;
+    }
+    assert_eq!(relay_once(&h.state).await.expect("relay"), 2);
+    for (id, before) in ids.iter().zip(before) {
+        let events = events_of(&h, id).await;
+        assert_eq!(events.len(), before + 1, "published once, in that pass");
+        let (stream_id, event) = events.last().expect("published");
+        assert_eq!(
+            event.facts.standing,
+            tollgate_protocol::AccountStanding::Banned
+        );
+        // The position is recorded for repairs, as the relay's publish records it.
+        let (ms, seq): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT published_stream_ms, published_stream_seq FROM entitlement_facts WHERE account_id = $1",
+        )
+        .bind(id.0)
+        .fetch_one(&h.state.cf)
+        .await
+        .expect("facts row");
+        assert_eq!(
+            format!("{}-{}", ms.expect("ms"), seq.expect("seq")),
+            *stream_id
+        );
+    }
+    // The durable publish rows are done: nothing is left to relay, even once they would be due.
+    assert_eq!(pending_publishes(&h).await, 0);
+    h.clock
+        .advance(tollgate_control_plane::entitlements::PUBLISH_FALLBACK_AFTER);
+    assert_eq!(relay_once(&h.state).await.expect("relay"), 0);
+    for id in &ids {
+        assert_eq!(
+            events_of(&h, id).await.last().map(|e| e.1.facts.version),
+            Some(2)
+        );
+    }
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_publish_whose_fast_path_failed_is_relayed_once_its_fallback_falls_due() {
+    let h = Harness::new().await;
+    let (account, _) = h.sign_up("fast-fail@example.com").await;
+    let id: tollgate_protocol::AccountId = account.parse().expect("id");
+    h.drain_outbox().await;
+    // The shard stream's key holds a string: every XADD to it fails (WRONGTYPE).
+    let mut redis = h.state.redis.clone();
+    let stream = h.state.redis_keys.stream_of(&id);
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut redis)
+        .await
+        .expect("del");
+    let _: () = redis::cmd("SET")
+        .arg(&stream)
+        .arg("not a stream")
+        .query_async(&mut redis)
+        .await
+        .expect("set");
+    ban_directly(&h, id).await;
+    assert_eq!(
+        relay_once(&h.state).await.expect("relay"),
+        1,
+        "the recompute commits"
+    );
+    assert_eq!(
+        pending_publishes(&h).await,
+        1,
+        "the failed fast path left its row"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut redis)
+        .await
+        .expect("del");
+    assert_eq!(
+        relay_once(&h.state).await.expect("relay"),
+        0,
+        "not before its fallback delay"
+    );
+    h.clock
+        .advance(tollgate_control_plane::entitlements::PUBLISH_FALLBACK_AFTER);
+    assert_eq!(relay_once(&h.state).await.expect("relay"), 1);
+    let events = events_of(&h, &id).await;
+    assert_eq!(events.len(), 1, "published once, by the relay");
+    assert_eq!(
+        events[0].1.facts.standing,
+        tollgate_protocol::AccountStanding::Banned
+    );
+    assert_eq!(pending_publishes(&h).await, 0);
     h.finish().await;
 }

@@ -112,14 +112,73 @@ pub async fn recompute(
 }
 
 /// The consumer of `entitlements.recompute`: new facts are stored and their publication
-/// enqueued, in the relay's transaction.
-pub async fn on_recompute(conn: &mut PgConnection, d: &Delivery) -> anyhow::Result<()> {
+/// enqueued, in the relay's transaction; once that commits, they are published at once
+/// ([`publish_now`]) rather than by a second relay pass over the publish row.
+pub async fn on_recompute(
+    state: &AppState,
+    conn: &mut PgConnection,
+    d: &Delivery,
+) -> anyhow::Result<()> {
     let ev: AccountEvent = d.payload()?;
     if let Some((facts, true)) = recompute(conn, ev.account_id, d.now).await? {
         tracing::debug!(account_id = %ev.account_id, version = facts.version, "facts changed");
-        outbox::enqueue(conn, Topic::EntitlementsPublish, &ev, d.now).await?;
+        let row = outbox::enqueue_fallback(
+            conn,
+            Topic::EntitlementsPublish,
+            &ev,
+            d.now,
+            PUBLISH_FALLBACK_AFTER,
+        )
+        .await?;
+        d.after_commit(Box::pin(publish_now(
+            state.clone(),
+            row,
+            facts,
+            ev.changed_at_us,
+        )));
     }
     Ok(())
+}
+
+/// How long a publish row waits for its fast path ([`publish_now`]) before the relay takes it:
+/// a publish is late by this much only when the fast path failed or its process died.
+pub const PUBLISH_FALLBACK_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+
+/// The fast path of a publish, run right after the recompute committed `facts`: publishes
+/// them and marks their publish row (`row`) delivered. On any failure (Redis down, the
+/// database gone) it stops and the row stays: the relay publishes the current facts once it
+/// falls due ([`PUBLISH_FALLBACK_AFTER`]), with its backoff after. A publish both here and by
+/// the relay is harmless: edges and the L2 copy keep the highest version.
+async fn publish_now(
+    state: AppState,
+    row: crate::ids::EventId,
+    facts: AccountFacts,
+    changed_at_us: Option<i64>,
+) {
+    let published = match publish::publish(&state, &facts, changed_at_us).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(account_id = %facts.account_id, error = %format!("{e:#}"), "publish failed; the outbox retries it");
+            return;
+        }
+    };
+    let marked: sqlx::Result<bool> = async {
+        let mut tx = state.cf.begin().await?;
+        let marked = outbox::mark_processed(&mut tx, row, state.clock.now()).await?;
+        if let Some((shard, id)) = published {
+            store::record_published(&mut tx, facts.account_id, shard, id).await?;
+        }
+        tx.commit().await?;
+        Ok(marked)
+    }
+    .await;
+    match marked {
+        Ok(true) => outbox::Host::count(&state, Topic::EntitlementsPublish, true),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(account_id = %facts.account_id, error = %e, "published; recording it failed, the outbox publishes again");
+        }
+    }
 }
 
 /// The consumer of `entitlements.publish`: the account's current facts go to Redis, and the

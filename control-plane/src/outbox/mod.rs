@@ -10,9 +10,15 @@
 //! retried with exponential backoff (`attempts`, `available_at`, `last_error` record why);
 //! nothing is dropped. Processed rows are pruned after the retention window ([`retention`]).
 //!
+//! A consumer may also hand back a fast path to run once its transaction commits
+//! ([`Delivery::after_commit`]) for work it enqueued durably as a row due a little later
+//! ([`enqueue_fallback`]): the fast path does it at once and marks that row processed
+//! ([`mark_processed`]); the relay does it only if the fast path did not.
+//!
 //! Topics ([`Topic`]):
 //! * `entitlements.recompute` `{account_id}` — recompute the account's facts; bumps the version
-//!   if they changed and enqueues `entitlements.publish` in the same transaction.
+//!   if they changed and enqueues `entitlements.publish` in the same transaction (as a
+//!   fallback: right after the commit the consumer's fast path publishes them itself).
 //! * `entitlements.publish` `{account_id}` — publish the account's *current* facts to Redis
 //!   (stream + L2). Runs only after the facts committed; at-least-once (edges keep the highest
 //!   version, so a repeat is harmless).
@@ -134,16 +140,47 @@ pub async fn enqueue(
 ) -> sqlx::Result<EventId> {
     let id = EventId::new_v7();
     let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    // The row and the wake-up in one round trip (a data-modifying CTE runs to completion).
     sqlx::query(
-        "INSERT INTO outbox (id, topic, payload, created_at, available_at) VALUES ($1, $2, $3, $4, $4)",
+        "WITH queued AS (
+            INSERT INTO outbox (id, topic, payload, created_at, available_at)
+            VALUES ($1, $2, $3, $4, $4) RETURNING id)
+         SELECT pg_notify($5, '') FROM queued",
     )
     .bind(id)
     .bind(topic)
     .bind(payload)
     .bind(now)
+    .bind(NOTIFY_CHANNEL)
     .execute(&mut *conn)
     .await?;
-    notify(conn).await?;
+    Ok(id)
+}
+
+/// Writes an outbox row that falls due only `after` from now, without waking the relay: the
+/// durable twin of work a fast path does right after the commit ([`Delivery::after_commit`]).
+/// The relay takes it if the fast path did not mark it done by then (the process died, the
+/// fast path failed); until then no relay of any replica races the fast path for it.
+pub async fn enqueue_fallback(
+    conn: &mut PgConnection,
+    topic: Topic,
+    payload: &impl Serialize,
+    now: DateTime<Utc>,
+    after: chrono::TimeDelta,
+) -> sqlx::Result<EventId> {
+    let id = EventId::new_v7();
+    let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO outbox (id, topic, payload, created_at, available_at)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(topic)
+    .bind(payload)
+    .bind(now)
+    .bind(now + after)
+    .execute(&mut *conn)
+    .await?;
     Ok(id)
 }
 
@@ -187,6 +224,24 @@ pub async fn account_changed_at(
     .await
 }
 
+/// Marks a row delivered outside the relay (a fast path did its work); `false` when the relay
+/// (or another fast path) got there first.
+pub async fn mark_processed(
+    conn: &mut PgConnection,
+    id: EventId,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE outbox SET processed_at = $2, attempts = attempts + 1
+          WHERE id = $1 AND processed_at IS NULL",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Wakes the relays (delivered when the caller's transaction commits).
 pub async fn notify(conn: &mut PgConnection) -> sqlx::Result<()> {
     sqlx::query("SELECT pg_notify($1, '')")
@@ -197,16 +252,57 @@ pub async fn notify(conn: &mut PgConnection) -> sqlx::Result<()> {
 }
 
 /// One row handed to its consumer.
-#[derive(Debug, Clone)]
 pub struct Delivery {
     pub id: EventId,
     pub topic: Topic,
     pub payload: Value,
     /// The relay's clock when it claimed the row.
     pub now: DateTime<Utc>,
+    after_commit: std::sync::Mutex<Vec<BoxFuture<'static, ()>>>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("id", &self.id)
+            .field("topic", &self.topic)
+            .field("payload", &self.payload)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Delivery {
+    pub fn new(id: EventId, topic: Topic, payload: Value, now: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            topic,
+            payload,
+            now,
+            after_commit: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Work to run once the relay's transaction has committed this delivery's writes (and only
+    /// then: dropped if the delivery fails or the commit does). For a fast path only: the
+    /// same work must also be durable in the outbox, since the process may die before it runs
+    /// or it may fail.
+    pub fn after_commit(&self, work: BoxFuture<'static, ()>) {
+        self.after_commit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(work);
+    }
+
+    fn take_after_commit(&self) -> Vec<BoxFuture<'static, ()>> {
+        std::mem::take(
+            &mut *self
+                .after_commit
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     /// The payload as the topic's type.
     pub fn payload<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
         serde_json::from_value(self.payload.clone())
