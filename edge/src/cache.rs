@@ -535,8 +535,9 @@ impl AccountCache {
         self.shards.len()
     }
 
-    /// Inserts or replaces the entry of its account (counted as read: the waiters of a fill
-    /// read it next), then evicts until the shard is within its bounds. An entry heavier than
+    /// Inserts or replaces the entry of its account, then evicts until the shard is within its
+    /// bounds. A new entry starts unreferenced (CLOCK): a stream of one-off accounts cannot
+    /// push out the ones read again and again. An entry heavier than
     /// a shard's whole byte share is not kept (nor an older entry of its account): evicting
     /// the rest of the shard for it would not make it fit.
     fn insert(&self, entry: Arc<Entry>) {
@@ -555,7 +556,6 @@ impl AccountCache {
             }
             return;
         }
-        entry.referenced.store(true, Ordering::Relaxed);
         let hasher = &self.hasher;
         let kept = match shard.table.entry(
             hash,

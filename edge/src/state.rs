@@ -404,9 +404,10 @@ impl EdgeState {
     }
 
     /// The billing anchor of the account's subscription, from the facts this edge holds:
-    /// monthly and yearly meters count in its periods (`None`: calendar periods).
+    /// monthly and yearly meters count in its periods (`None`: calendar periods). Not a read of
+    /// the account for eviction: the usage path asks it for every event it counts.
     pub fn billing_anchor(&self, account: AccountId) -> Option<i64> {
-        self.cache.get(&account)?.billing_anchor_ms()
+        self.cache.peek(&account)?.billing_anchor_ms()
     }
 
     /// Opens (recovering) this edge's usage store with its meters and metrics, and makes it

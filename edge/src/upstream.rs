@@ -390,10 +390,17 @@ impl Upstream {
         Ok(())
     }
 
-    /// An account's current-period aggregates.
-    pub async fn account_usage(&self, account: AccountId) -> Result<AccountUsage, UpstreamError> {
+    /// An account's current-period aggregates: `Ok(None)` when the account does not exist.
+    pub async fn account_usage(
+        &self,
+        account: AccountId,
+    ) -> Result<Option<AccountUsage>, UpstreamError> {
         let req = self.request(reqwest::Method::GET, &internal_api::usage_path(&account));
-        Self::json(Self::send(req).await?, "usage").await
+        let resp = Self::send(req).await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Self::json(resp, "usage").await.map(Some)
     }
 
     /// The bundle meant for this edge: `Ok(None)` when `etag` is still current (304) or no

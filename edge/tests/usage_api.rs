@@ -47,6 +47,10 @@ struct Cp {
     /// Lease requests received with what each was granted, and units given back.
     leases: Mutex<Vec<(LeaseRequest, i64)>>,
     released: Mutex<Vec<LeaseRelease>>,
+    /// `GET /internal/v1/accounts/{id}/usage` requests received.
+    usage_reads: AtomicU32,
+    /// Accounts whose usage answer holds no aggregate at all.
+    no_aggregates: Mutex<HashSet<AccountId>>,
 }
 
 impl Cp {
@@ -142,11 +146,26 @@ async fn stub_usage(
 async fn stub_account_usage(
     State(cp): State<Arc<Cp>>,
     Path(id): Path<AccountId>,
-) -> axum::Json<AccountUsage> {
+) -> axum::response::Response {
+    cp.usage_reads.fetch_add(1, Ordering::SeqCst);
+    if cp.unknown.lock().expect("unknown").contains(&id) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let aggregates = if cp
+        .no_aggregates
+        .lock()
+        .expect("no aggregates")
+        .contains(&id)
+    {
+        Vec::new()
+    } else {
+        vec![cp.aggregate(id)]
+    };
     axum::Json(AccountUsage {
         account: id,
-        aggregates: vec![cp.aggregate(id)],
+        aggregates,
     })
+    .into_response()
 }
 
 /// As the control plane does: the units leased out start at the aggregate, and a grant never
@@ -1648,4 +1667,49 @@ async fn the_ofrep_bulk_etag_changes_when_the_quota_is_used_up() {
     );
     assert_eq!(api(&v)["variant"], "denied", "{v}");
     assert_ne!(new_tag.as_deref(), Some(tag.as_str()));
+}
+
+#[tokio::test]
+async fn an_account_without_usage_upstream_is_asked_for_it_once_per_ttl_not_at_every_check() {
+    let cp = Arc::new(Cp::default());
+    let (stranger, silent) = (AccountId::new_v7(), AccountId::new_v7());
+    for a in [stranger, silent] {
+        pro(&cp, a);
+    }
+    // The control plane says it does not know one; for the other it counts nothing yet.
+    cp.unknown.lock().expect("unknown").insert(stranger);
+    cp.no_aggregates
+        .lock()
+        .expect("no aggregates")
+        .insert(silent);
+    let e = edge(temp_dir("usage-ttl"), 1 << 20, cp.clone()).await;
+    for account in [stranger, silent] {
+        let before = cp.usage_reads.load(Ordering::SeqCst);
+        for _ in 0..5 {
+            let (status, _, v) = call(
+                &e.state,
+                Method::GET,
+                &format!("/v1/accounts/{account}/entitlements"),
+                None,
+                Value::Null,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{v}");
+            let calls = v["features"]
+                .as_array()
+                .and_then(|f| f.iter().find(|f| f["feature"] == "api_calls"))
+                .cloned()
+                .unwrap_or_default();
+            assert_eq!(
+                (calls["usage"].as_i64(), calls["allowed"].as_bool()),
+                (Some(0), Some(true)),
+                "{v}"
+            );
+        }
+        assert_eq!(
+            cp.usage_reads.load(Ordering::SeqCst) - before,
+            1,
+            "one usage read for five views of the same account"
+        );
+    }
 }

@@ -88,16 +88,34 @@ impl Usage {
         spec: &MeterSpec,
     ) -> (i64, bool) {
         let now = crate::clock::now_ms();
-        let start = self
+        let (start, end) = self
             .counters
-            .period_start(account, meter, now)
-            .unwrap_or_else(|| spec.period.bounds(now).0);
+            .period_bounds(account, meter, now)
+            .unwrap_or_else(|| spec.period.bounds(now));
         let local = self.pending(account, meter, start);
         let aggregate = match self.fresh_aggregate(account, meter, now) {
             Some(a) => Some(a),
             None => match upstream.account_usage(account).await {
                 Ok(all) => {
-                    self.remember(all.aggregates);
+                    let all = all.map(|u| u.aggregates).unwrap_or_default();
+                    // No aggregate of this period (an account the control plane does not
+                    // know, a meter it does not count yet): nothing used there, remembered
+                    // for the TTL like an answer, so checks do not ask again each time.
+                    let nothing = MeterAggregate {
+                        account,
+                        meter: meter.to_owned(),
+                        period_start_ms: start,
+                        period_end_ms: end,
+                        value: 0,
+                        events: 0,
+                    };
+                    // Only when the answer has nothing at all of the meter: an aggregate of
+                    // another period start (billing anchors seen differently) is not "zero".
+                    let answered = all.iter().any(|a| a.meter == meter);
+                    self.remember(all);
+                    if !answered {
+                        self.remember([nothing]);
+                    }
                     // Remembered even when older than the TTL allows: take it from the answer.
                     self.fresh_aggregate(account, meter, now)
                 }

@@ -71,7 +71,18 @@ pub(super) type MetersFn =
 impl Counters {
     /// Start of the period of `account`'s `meter` holding `ts` (0 for an unknown meter).
     pub(super) fn period_start(&self, account: AccountId, meter: &str, ts: i64) -> Option<i64> {
-        (self.meters)(account, meter).map(|(m, anchor)| m.period.bounds_for(anchor, ts).0)
+        self.period_bounds(account, meter, ts)
+            .map(|(start, _)| start)
+    }
+
+    /// The bounds of the account's period of `meter` holding `ts` (its billing anchor's).
+    pub(super) fn period_bounds(
+        &self,
+        account: AccountId,
+        meter: &str,
+        ts: i64,
+    ) -> Option<(i64, i64)> {
+        (self.meters)(account, meter).map(|(m, anchor)| m.period.bounds_for(anchor, ts))
     }
 
     pub(super) fn key(&self, account: AccountId, meter: &str, ts: i64) -> PendingKey {
