@@ -49,6 +49,8 @@ struct Cp {
     released: Mutex<Vec<LeaseRelease>>,
     /// `GET /internal/v1/accounts/{id}/usage` requests received.
     usage_reads: AtomicU32,
+    /// Lease requests received, granted or not.
+    lease_attempts: AtomicU32,
     /// Accounts whose usage answer holds no aggregate at all.
     no_aggregates: Mutex<HashSet<AccountId>>,
 }
@@ -173,7 +175,11 @@ async fn stub_account_usage(
 async fn stub_lease(
     State(cp): State<Arc<Cp>>,
     axum::Json(req): axum::Json<LeaseRequest>,
-) -> axum::Json<LeaseGrant> {
+) -> axum::response::Response {
+    cp.lease_attempts.fetch_add(1, Ordering::SeqCst);
+    if cp.unknown.lock().expect("unknown").contains(&req.account) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let seed = cp.aggregate(req.account).value;
     let mut leases = cp.leases.lock().expect("leases");
     let leased = seed + leases.iter().map(|(_, g)| g).sum::<i64>()
@@ -195,6 +201,7 @@ async fn stub_lease(
         granted,
         leased: leased + granted,
     })
+    .into_response()
 }
 
 async fn stub_release(
@@ -1712,4 +1719,28 @@ async fn an_account_without_usage_upstream_is_asked_for_it_once_per_ttl_not_at_e
             "one usage read for five views of the same account"
         );
     }
+}
+
+#[tokio::test]
+async fn a_lease_the_control_plane_refused_is_not_asked_again_at_every_check() {
+    let cp = Arc::new(Cp::default());
+    let stranger = AccountId::new_v7();
+    pro(&cp, stranger);
+    cp.unknown.lock().expect("unknown").insert(stranger);
+    let e = edge(temp_dir("lease-retry"), 1 << 20, cp.clone()).await;
+    let uri = format!("/v1/check?account={stranger}&feature=api_calls");
+    for _ in 0..5 {
+        let (status, _, v) = call(&e.state, Method::GET, &uri, None, Value::Null).await;
+        // No lease: the check compares the usage it read (none) with the quota.
+        assert_eq!(
+            (status, v["allowed"].as_bool()),
+            (StatusCode::OK, Some(true)),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        cp.lease_attempts.load(Ordering::SeqCst),
+        1,
+        "one lease request for five checks within a second"
+    );
 }

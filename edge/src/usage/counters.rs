@@ -59,6 +59,9 @@ impl Pending {
 pub(super) struct Counters {
     pub(super) pending: Mutex<HashMap<PendingKey, Pending>>,
     pub(super) leases: Mutex<HashMap<PendingKey, Lease>>,
+    /// Keys whose last lease request failed, and when: not asked again before
+    /// [`super::leases::LEASE_RETRY_MS`] (bounded like the leases).
+    pub(super) lease_failures: Mutex<HashMap<PendingKey, std::time::Instant>>,
     /// The meters of the bundle in force and the accounts' billing anchors (for periods).
     pub(super) meters: Box<MetersFn>,
 }

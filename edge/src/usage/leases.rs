@@ -40,6 +40,11 @@ pub const LEASE_IDLE_MS: u64 = 60_000;
 pub const SWEEP_MS: u64 = 10_000;
 /// How long an exhausted quota is trusted before the control plane is asked again, ms.
 pub const EXHAUSTED_RECHECK_MS: u64 = 1_000;
+/// After a lease request for a key failed (the control plane unreachable, or it does not know
+/// the account), checks of that key compare the last aggregate without asking again for this
+/// long: a down or refusing control plane costs one request per key and second, not one per
+/// check.
+pub const LEASE_RETRY_MS: u64 = 1_000;
 
 impl Usage {
     /// Whether `quantity` more units of a `sum` meter fit the account's quota, served from this
@@ -108,6 +113,13 @@ impl Usage {
         if !self.lease_room(account, meter, start) {
             return None;
         }
+        let key = (account, meter.to_owned(), start);
+        let failed_recently = lock(&self.counters.lease_failures)
+            .get(&key)
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(LEASE_RETRY_MS));
+        if failed_recently {
+            return None;
+        }
         let req = LeaseRequest {
             account,
             meter: meter.to_owned(),
@@ -119,11 +131,19 @@ impl Usage {
         };
         match upstream.lease(&req).await {
             Ok(grant) => {
+                lock(&self.counters.lease_failures).remove(&key);
                 let l = self.add_grant((account, meter, start), limit, need, grant.granted);
                 Some(l.remaining() >= quantity)
             }
             Err(e) => {
                 tracing::warn!(account_id = %account, meter, error = %e, "quota lease unavailable; comparing the last aggregate");
+                let mut failures = lock(&self.counters.lease_failures);
+                if failures.len() >= LEASES_MAX {
+                    failures.retain(|_, t| t.elapsed() < Duration::from_millis(LEASE_RETRY_MS));
+                }
+                if failures.len() < LEASES_MAX {
+                    failures.insert(key, Instant::now());
+                }
                 None
             }
         }

@@ -290,6 +290,7 @@ impl Usage {
         let counters = Arc::new(Counters {
             pending: Mutex::default(),
             leases: Mutex::default(),
+            lease_failures: Mutex::default(),
             meters: Box::new(meters),
         });
         // Replayed from the log's memory, not copied: it may hold up to the buffer bound.
