@@ -24,8 +24,8 @@ use serde_json::Value;
 use tollgate_bench::median;
 
 use crate::edge_check::{
-    ACCOUNTS, CONNECTIONS, ROUNDS, RealEdge, WrkResult, median_run, path_target, requests_file,
-    run_wrk,
+    ACCOUNTS, CONNECTIONS, METERED_ACCOUNTS, ROUNDS, RealEdge, WrkResult, median_run, path_target,
+    requests_file, run_wrk,
 };
 
 /// The Unleash Edge release measured (the last on crates.io).
@@ -280,6 +280,15 @@ pub fn run(args: &[String], out_path: &str) -> anyhow::Result<()> {
     let file = |name: &str, f: &dyn Fn(String, &str) -> String| {
         requests_file(&format!("peers-{name}"), lines(f).into_iter())
     };
+    // Every answer with all four features holds the metered one, whose usage and lease the
+    // edge asks of the control plane: those go to the real customers (the other cached
+    // accounts exist only in the edge's cache, which no real edge would hold).
+    let customers = |name: &str, f: &dyn Fn(&str) -> String| {
+        requests_file(
+            &format!("peers-{name}"),
+            (0..ACCOUNTS).map(|i| f(&edge.metered[i % edge.metered.len()])),
+        )
+    };
     let ofrep = |a: &str| format!(r#"{{"context":{{"targetingKey":"{a}"}}}}"#);
     let single = [
         Side {
@@ -311,13 +320,13 @@ pub fn run(args: &[String], out_path: &str) -> anyhow::Result<()> {
         Side {
             label: "Unleash Edge `GET /api/frontend?userId=`",
             addr: unleash.addr,
-            requests: file("unleash-all", &|a, _| format!("/api/frontend?userId={a}"))?,
+            requests: customers("unleash-all", &|a| format!("/api/frontend?userId={a}"))?,
             authorization: Some(FRONTEND_TOKEN),
         },
         Side {
             label: "Tollgate `GET /v1/accounts/{id}/entitlements`",
             addr: edge.addr,
-            requests: file("entitlements", &|a, _| {
+            requests: customers("entitlements", &|a| {
                 format!("/v1/accounts/{a}/entitlements")
             })?,
             authorization: None,
@@ -325,8 +334,8 @@ pub fn run(args: &[String], out_path: &str) -> anyhow::Result<()> {
         Side {
             label: "Tollgate OFREP bulk `POST /ofrep/v1/evaluate/flags`",
             addr: edge.addr,
-            requests: file("ofrep-bulk", &|a, _| {
-                format!("POST\t/ofrep/v1/evaluate/flags\t{}", ofrep(&a))
+            requests: customers("ofrep-bulk", &|a| {
+                format!("POST\t/ofrep/v1/evaluate/flags\t{}", ofrep(a))
             })?,
             authorization: None,
         },
@@ -386,7 +395,9 @@ pub fn run(args: &[String], out_path: &str) -> anyhow::Result<()> {
         "# Edge checks vs Unleash Edge\n\n\
          Command: `cargo install unleash-edge@{UNLEASH_EDGE_VERSION} --locked --no-default-features && cargo build --release --workspace --bins && cargo run --release -p tollgate-bench -- edge-peers --secs {secs}`\n\n\
          The same {ACCOUNTS} users on both servers (half `pro`, half `free`, the metered quarter of the requests to \
-         real `pro` customers), cycled through with the four features mixed (`sso`, `seats`, `api_calls`, `exports`). \
+         real `pro` customers), cycled through with the four features mixed (`sso`, `seats`, `api_calls`, `exports`); \
+         the all-four questions go to the {METERED_ACCOUNTS} real `pro` customers on both (each such answer holds the metered \
+         feature, whose usage and lease Tollgate asks of the control plane, which knows only real customers). \
          Unleash Edge {UNLEASH_EDGE_VERSION} (crates.io, release, `offline` mode, `TOKIO_WORKER_THREADS=1`) is pinned to \
          CPU 1 and serves its frontend API from `bench/peers/unleash/features.json` (the four features as Unleash \
          strategies with `userId IN` constraints and limit variants; the `@pro` / `@free` lists filled with the same \
