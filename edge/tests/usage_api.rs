@@ -1744,3 +1744,40 @@ async fn a_lease_the_control_plane_refused_is_not_asked_again_at_every_check() {
         "one lease request for five checks within a second"
     );
 }
+
+#[tokio::test]
+async fn concurrent_checks_of_an_account_share_one_usage_read() {
+    let cp = Arc::new(Cp::default());
+    let account = AccountId::new_v7();
+    pro(&cp, account);
+    let e = edge(temp_dir("usage-coalesce"), 1 << 20, cp.clone()).await;
+    // Cached first (its fill is another request), with no aggregate yet.
+    let (status, _, _) = call(
+        &e.state,
+        Method::GET,
+        &format!("/v1/check?account={account}&feature=sso"),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let uri = format!("/v1/accounts/{account}/entitlements");
+    let views = futures::future::join_all(
+        (0..20).map(|_| call(&e.state, Method::GET, &uri, None, Value::Null)),
+    )
+    .await;
+    for (status, _, v) in &views {
+        assert_eq!(*status, StatusCode::OK, "{v}");
+        let calls = v["features"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["feature"] == "api_calls"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(calls["usage"].as_i64(), Some(0), "{v}");
+    }
+    assert_eq!(
+        cp.usage_reads.load(Ordering::SeqCst),
+        1,
+        "twenty views at once, one usage read"
+    );
+}

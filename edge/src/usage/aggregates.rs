@@ -17,6 +17,23 @@ use super::counters::Pending;
 pub const AGGREGATE_TTL_MS: u64 = 5_000;
 /// Aggregates held at most (one per account and meter; least recently used go first).
 pub const AGGREGATES_MAX: u64 = 100_000;
+/// How long a check waits for another check's fetch of the same account's aggregates before
+/// answering from the last one it holds (stale).
+pub const AGGREGATE_WAIT_MS: u64 = 2_000;
+
+/// Ends a fetch of an account's aggregates however it ends (answered, failed, or the request
+/// dropped mid-way): the waiters wake and read what it left.
+struct Fetching<'a> {
+    usage: &'a Usage,
+    account: AccountId,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        super::lock(&self.usage.fetching).remove(&self.account);
+    }
+}
 
 #[derive(Clone)]
 pub(super) struct Aggregate {
@@ -92,42 +109,73 @@ impl Usage {
             .counters
             .period_bounds(account, meter, now)
             .unwrap_or_else(|| spec.period.bounds(now));
-        let local = self.pending(account, meter, start);
-        let aggregate = match self.fresh_aggregate(account, meter, now) {
-            Some(a) => Some(a),
-            None => match upstream.account_usage(account).await {
+        if let Some(a) = self.fresh_aggregate(account, meter, now) {
+            let local = self.pending(account, meter, start);
+            return (combine(spec, Some(a), start, local), false);
+        }
+        // One fetch per account at a time: a burst of checks of an account whose aggregate
+        // just aged out costs one request, not one each.
+        let leader = {
+            let mut fetching = super::lock(&self.fetching);
+            match fetching.get(&account) {
+                Some(rx) => Err(rx.clone()),
+                None => {
+                    let (done, rx) = tokio::sync::watch::channel(());
+                    fetching.insert(account, rx);
+                    Ok(Fetching {
+                        usage: self,
+                        account,
+                        _done: done,
+                    })
+                }
+            }
+        };
+        let fresh = match leader {
+            Err(mut rx) => {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(AGGREGATE_WAIT_MS), rx.changed())
+                        .await;
+                self.fresh_aggregate(account, meter, now)
+            }
+            Ok(_fetching) => match upstream.account_usage(account).await {
                 Ok(all) => {
                     let all = all.map(|u| u.aggregates).unwrap_or_default();
-                    // No aggregate of this period (an account the control plane does not
-                    // know, a meter it does not count yet): nothing used there, remembered
-                    // for the TTL like an answer, so checks do not ask again each time.
-                    let nothing = MeterAggregate {
-                        account,
-                        meter: meter.to_owned(),
-                        period_start_ms: start,
-                        period_end_ms: end,
-                        value: 0,
-                        events: 0,
-                    };
-                    // Only when the answer has nothing at all of the meter: an aggregate of
-                    // another period start (billing anchors seen differently) is not "zero".
+                    // Only when the answer has nothing at all of the meter (an account the
+                    // control plane does not know, a meter it does not count yet): nothing
+                    // used, remembered for the TTL like an answer, so checks do not ask
+                    // again each time. An aggregate of another period start (billing anchors
+                    // seen differently) is not "zero".
                     let answered = all.iter().any(|a| a.meter == meter);
                     self.remember(all);
                     if !answered {
-                        self.remember([nothing]);
+                        self.remember([MeterAggregate {
+                            account,
+                            meter: meter.to_owned(),
+                            period_start_ms: start,
+                            period_end_ms: end,
+                            value: 0,
+                            events: 0,
+                        }]);
                     }
                     // Remembered even when older than the TTL allows: take it from the answer.
                     self.fresh_aggregate(account, meter, now)
                 }
                 Err(e) => {
-                    // The last aggregate however old (stale), plus what this edge added since.
                     tracing::debug!(account_id = %account, error = %e, "usage aggregate unavailable; using the last one");
-                    let last = self.last_aggregate(account, meter, now).map(|(a, _)| a);
-                    return (combine(spec, last, start, local), true);
+                    None
                 }
             },
         };
-        (combine(spec, aggregate, start, local), false)
+        let local = self.pending(account, meter, start);
+        match fresh {
+            Some(a) => (combine(spec, Some(a), start, local), false),
+            // The fetch failed (here or for the check waited for): the last aggregate however
+            // old (stale), plus what this edge added since.
+            None => {
+                let last = self.last_aggregate(account, meter, now).map(|(a, _)| a);
+                (combine(spec, last, start, local), true)
+            }
+        }
     }
 }
 

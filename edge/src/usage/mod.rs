@@ -220,6 +220,9 @@ pub struct Usage {
     writer: mpsc::Sender<AppendRequest>,
     counters: Arc<Counters>,
     aggregates: moka::sync::Cache<(AccountId, String), Aggregate>,
+    /// Accounts whose aggregates are being fetched: concurrent checks of one of them wait for
+    /// that fetch (dropping its sender, when it ends, wakes them) instead of each asking.
+    fetching: Mutex<std::collections::HashMap<AccountId, tokio::sync::watch::Receiver<()>>>,
     dead: Arc<Mutex<DeadLetter>>,
     flush: Mutex<FlushStatus>,
     failed: Arc<AtomicBool>,
@@ -315,6 +318,7 @@ impl Usage {
                 .max_capacity(AGGREGATES_MAX)
                 .time_to_idle(Duration::from_secs(600))
                 .build(),
+            fetching: Mutex::default(),
             dead: Arc::new(Mutex::new(dead)),
             flush: Mutex::new(FlushStatus {
                 batch_events_max: FLUSH_EVENTS_MAX,
