@@ -1693,24 +1693,11 @@ async fn an_account_without_usage_upstream_is_asked_for_it_once_per_ttl_not_at_e
     for account in [stranger, silent] {
         let before = cp.usage_reads.load(Ordering::SeqCst);
         for _ in 0..5 {
-            let (status, _, v) = call(
-                &e.state,
-                Method::GET,
-                &format!("/v1/accounts/{account}/entitlements"),
-                None,
-                Value::Null,
-            )
-            .await;
-            assert_eq!(status, StatusCode::OK, "{v}");
-            let calls = v["features"]
-                .as_array()
-                .and_then(|f| f.iter().find(|f| f["feature"] == "api_calls"))
-                .cloned()
-                .unwrap_or_default();
+            let calls = listed(&entitlements(&e, account).await, "api_calls");
             assert_eq!(
                 (calls["usage"].as_i64(), calls["allowed"].as_bool()),
                 (Some(0), Some(true)),
-                "{v}"
+                "{calls}"
             );
         }
         assert_eq!(
@@ -1761,19 +1748,9 @@ async fn concurrent_checks_of_an_account_share_one_usage_read() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let uri = format!("/v1/accounts/{account}/entitlements");
-    let views = futures::future::join_all(
-        (0..20).map(|_| call(&e.state, Method::GET, &uri, None, Value::Null)),
-    )
-    .await;
-    for (status, _, v) in &views {
-        assert_eq!(*status, StatusCode::OK, "{v}");
-        let calls = v["features"]
-            .as_array()
-            .and_then(|f| f.iter().find(|f| f["feature"] == "api_calls"))
-            .cloned()
-            .unwrap_or_default();
-        assert_eq!(calls["usage"].as_i64(), Some(0), "{v}");
+    let views = futures::future::join_all((0..20).map(|_| entitlements(&e, account))).await;
+    for v in &views {
+        assert_eq!(listed(v, "api_calls")["usage"].as_i64(), Some(0), "{v}");
     }
     assert_eq!(
         cp.usage_reads.load(Ordering::SeqCst),
