@@ -36,6 +36,7 @@ use tollgate_rules::ir::Program;
 
 /// What an entry keeps of the view it was materialised under, shared by all of them: reading
 /// an entry of an older bundle goes through its own bundle's feature index.
+#[derive(Debug)]
 struct Stamp {
     generation: u64,
     bundle_version: u64,
@@ -299,15 +300,6 @@ pub struct Entry {
     referenced: AtomicBool,
 }
 
-impl std::fmt::Debug for Stamp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stamp")
-            .field("generation", &self.generation)
-            .field("bundle_version", &self.bundle_version)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Bytes the estimate adds per entry for what it does not see: the `Arc` header, the table slot
 /// (a pointer and a control byte, at the table's load factor), the allocator's size classes
 /// and pages. Measured: the `cache` bench's resident bytes per account at 1M (271 B) minus the
@@ -376,6 +368,17 @@ impl Entry {
     /// that bundle has no such feature.
     pub fn decision(&self, feature: &str) -> Option<Decision> {
         self.decision_at(*self.stamp.index.get(feature)?)
+    }
+
+    /// The decision for `feature`, at `index` in `view`'s features: read by that index when
+    /// the entry was materialised under `view` (the usual case, no lookup by name), else by
+    /// its own bundle's index.
+    pub fn decision_in(&self, view: &RulesView, index: usize, feature: &str) -> Option<Decision> {
+        if self.stamp.generation == view.generation {
+            self.decision_at(index)
+        } else {
+            self.decision(feature)
+        }
     }
 
     /// The decision at `index` of the entry's own bundle.

@@ -70,13 +70,13 @@ pub async fn decide<'a>(
             // An entry of an older bundle answers from that bundle (its own index) until the
             // background pass re-materialises it; a feature that bundle lacks makes this one
             // re-materialise now.
-            let entry = match entry.decision(&feature) {
+            let entry = match entry.decision_in(view, index, &feature) {
                 None if entry.has_facts() && entry.generation() != view.generation => {
                     state.cache.rematerialise(account, view).unwrap_or(entry)
                 }
                 _ => entry,
             };
-            match entry.decision(&feature) {
+            match entry.decision_in(view, index, &feature) {
                 Some(d) => CheckResponse {
                     allowed: d.allowed,
                     feature,

@@ -138,23 +138,7 @@ pub async fn enqueue(
     payload: &impl Serialize,
     now: DateTime<Utc>,
 ) -> sqlx::Result<EventId> {
-    let id = EventId::new_v7();
-    let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    // The row and the wake-up in one round trip (a data-modifying CTE runs to completion).
-    sqlx::query(
-        "WITH queued AS (
-            INSERT INTO outbox (id, topic, payload, created_at, available_at)
-            VALUES ($1, $2, $3, $4, $4) RETURNING id)
-         SELECT pg_notify($5, '') FROM queued",
-    )
-    .bind(id)
-    .bind(topic)
-    .bind(payload)
-    .bind(now)
-    .bind(NOTIFY_CHANNEL)
-    .execute(&mut *conn)
-    .await?;
-    Ok(id)
+    insert(conn, topic, payload, now, now, true).await
 }
 
 /// Writes an outbox row that falls due only `after` from now, without waking the relay: the
@@ -168,19 +152,40 @@ pub async fn enqueue_fallback(
     now: DateTime<Utc>,
     after: chrono::TimeDelta,
 ) -> sqlx::Result<EventId> {
+    insert(conn, topic, payload, now, now + after, false).await
+}
+
+/// One outbox row due at `available_at`; with `wake`, its `NOTIFY` in the same round trip (a
+/// data-modifying CTE runs to completion).
+async fn insert(
+    conn: &mut PgConnection,
+    topic: Topic,
+    payload: &impl Serialize,
+    now: DateTime<Utc>,
+    available_at: DateTime<Utc>,
+    wake: bool,
+) -> sqlx::Result<EventId> {
     let id = EventId::new_v7();
     let payload = serde_json::to_value(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query(
+    let sql = if wake {
+        "WITH queued AS (
+            INSERT INTO outbox (id, topic, payload, created_at, available_at)
+            VALUES ($1, $2, $3, $4, $5) RETURNING id)
+         SELECT pg_notify($6, '') FROM queued"
+    } else {
         "INSERT INTO outbox (id, topic, payload, created_at, available_at)
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(id)
-    .bind(topic)
-    .bind(payload)
-    .bind(now)
-    .bind(now + after)
-    .execute(&mut *conn)
-    .await?;
+         VALUES ($1, $2, $3, $4, $5)"
+    };
+    let mut query = sqlx::query(sql)
+        .bind(id)
+        .bind(topic)
+        .bind(payload)
+        .bind(now)
+        .bind(available_at);
+    if wake {
+        query = query.bind(NOTIFY_CHANNEL);
+    }
+    query.execute(&mut *conn).await?;
     Ok(id)
 }
 
