@@ -93,6 +93,27 @@ impl RulesView {
         });
         raw.into_iter().map(decision).collect()
     }
+
+    /// [`Self::decide`] for many accounts, in their order: one call into the module per
+    /// [`LoadedRules::batch_max`] of them (a bundle swap re-materialises the cache this way).
+    /// Should the module fail, the interpreter answers for all of them, logged.
+    pub fn decide_many(&self, facts: &[&AccountFacts]) -> Vec<Vec<Decision>> {
+        let now_ms = crate::clock::now_ms();
+        let vectors: Vec<_> = facts
+            .iter()
+            .map(|f| fact_vector(&self.program, f, now_ms))
+            .collect();
+        let raw = self.rules.evaluate_batch(&vectors).unwrap_or_else(|e| {
+            tracing::error!(accounts = facts.len(), error = %e, "rule module failed on a batch; interpreter answers");
+            vectors
+                .iter()
+                .map(|v| interp::evaluate(&self.program, v))
+                .collect()
+        });
+        raw.into_iter()
+            .map(|r| r.into_iter().map(decision).collect())
+            .collect()
+    }
 }
 
 /// Every [`Reason`], at the position [`reason_code`] gives it.
@@ -397,10 +418,19 @@ impl Entry {
         facts: Option<AccountFacts>,
         view: &RulesView,
     ) -> Self {
-        let decisions = facts
-            .as_ref()
-            .map(|f| view.decide(f).iter().map(Packed::pack).collect())
-            .unwrap_or_default();
+        let decisions = facts.as_ref().map(|f| view.decide(f)).unwrap_or_default();
+        Self::decided(account_id, facts, &decisions, view)
+    }
+
+    /// An entry of `facts` with the `decisions` `view` made of them (none for an unknown
+    /// account).
+    fn decided(
+        account_id: AccountId,
+        facts: Option<AccountFacts>,
+        decisions: &[Decision],
+        view: &RulesView,
+    ) -> Self {
+        let decisions = decisions.iter().map(Packed::pack).collect();
         Self {
             account_id,
             facts: facts.map(StoredFacts::store),
@@ -784,6 +814,45 @@ impl AccountCache {
         }
     }
 
+    /// [`Self::rematerialise`] for many accounts, their decisions made by one call into the
+    /// module per [`LoadedRules::batch_max`] of them; returns how many of them are cached
+    /// (under `view` now, or replaced meanwhile by a newer event or fill).
+    pub fn rematerialise_many(&self, accounts: &[AccountId], view: &RulesView) -> usize {
+        let mut cached = 0;
+        let mut stale = Vec::with_capacity(accounts.len());
+        for account in accounts {
+            if let Some(entry) = self.peek(account) {
+                cached += 1;
+                if entry.generation() != view.generation {
+                    stale.push(entry);
+                }
+            }
+        }
+        let facts: Vec<Option<AccountFacts>> = stale.iter().map(|e| e.facts()).collect();
+        let mut decided = {
+            let known: Vec<&AccountFacts> = facts.iter().flatten().collect();
+            view.decide_many(&known).into_iter()
+        };
+        for (current, facts) in stale.iter().zip(facts) {
+            let decisions = match facts {
+                Some(_) => decided.next().unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let fresh = Arc::new(Entry {
+                restored: current.restored,
+                ..Entry::decided(current.account_id, facts, &decisions, view)
+            });
+            let _guard = self.lock();
+            if self
+                .peek(&current.account_id)
+                .is_some_and(|now| Arc::ptr_eq(&now, current))
+            {
+                self.insert(fresh);
+            }
+        }
+        cached
+    }
+
     /// The accounts currently cached.
     pub fn accounts(&self) -> Vec<AccountId> {
         let mut out = Vec::with_capacity(usize::try_from(self.entry_count()).unwrap_or(0));
@@ -1085,5 +1154,104 @@ mod tests {
             .map(|e| e.estimated_bytes())
             .sum();
         assert_eq!(cache.estimated_bytes(), bytes);
+    }
+
+    #[test]
+    fn a_bundle_swap_rematerialises_every_entry_in_batches_as_one_by_one() {
+        // 150 accounts (three calls of the module's batch of 64) of every plan, plus unknown
+        // ones, under the demo; then a bundle where free has 7 seats.
+        let old = demo_view();
+        let mut program = tollgate_rules::demo_program();
+        let seats = old.feature_index("seats").expect("seats") as u32;
+        let free = program
+            .plans
+            .iter_mut()
+            .find(|p| p.key == "free")
+            .expect("free");
+        free.grants
+            .iter_mut()
+            .find(|g| g.feature == seats)
+            .expect("free grants seats")
+            .limit = tollgate_rules::ir::Limit::Finite(7);
+        let rules = tollgate_rules::host::RulesEngine::new()
+            .expect("engine")
+            .load_program(&program)
+            .expect("loads");
+        let new = RulesView::new(2, program, rules, 2);
+        let cache = AccountCache::new(limits(1_000));
+        let plans = [Some("free"), Some("pro"), Some("enterprise"), None];
+        let mut accounts = Vec::new();
+        for i in 0..150 {
+            let id = AccountId::new_v7();
+            if i % 10 == 9 {
+                cache.begin_fill(id);
+                cache.finish_fill(id, None, &old);
+            } else {
+                fill(&cache, &old, facts(id, 1, plans[i % plans.len()]));
+            }
+            accounts.push(id);
+        }
+        // One is already under the new bundle: it is left as it is.
+        let already = cache.rematerialise(accounts[0], &new).expect("cached");
+        let absent = AccountId::new_v7();
+        accounts.push(absent);
+        assert_eq!(cache.rematerialise_many(&accounts, &new), 150);
+        assert!(Arc::ptr_eq(
+            &cache.peek(&accounts[0]).expect("cached"),
+            &already
+        ));
+        assert!(cache.peek(&absent).is_none(), "nothing is added");
+        let mut free_seats = 0;
+        for id in &accounts[..150] {
+            let entry = cache.peek(id).expect("still cached");
+            assert_eq!(entry.generation(), 2);
+            let want: Vec<Decision> = entry.facts().map(|f| new.decide(&f)).unwrap_or_default();
+            let got: Vec<Decision> = (0..entry.decision_count())
+                .map(|i| entry.decision_at(i).expect("decided"))
+                .collect();
+            assert_eq!(got, want, "{id}");
+            let is_free = entry
+                .facts()
+                .and_then(|f| f.subscription)
+                .is_some_and(|s| s.plan == "free");
+            if is_free {
+                assert_eq!(got[seats as usize].limit, Some(7));
+                free_seats += 1;
+            }
+        }
+        assert!(free_seats > 30, "{free_seats} free accounts checked");
+    }
+
+    #[test]
+    fn a_batch_the_module_fails_is_decided_by_the_interpreter() {
+        use tollgate_rules::testkit::{Hostile, hostile_module};
+        let program = tollgate_rules::demo_program();
+        let broken = tollgate_rules::host::RulesEngine::new()
+            .expect("engine")
+            .load(
+                &hostile_module(Hostile::Garbage, program.shape()),
+                program.shape(),
+            )
+            .expect("garbage output is only found when it runs");
+        let view = RulesView::new(1, program.clone(), broken, 1);
+        let all: Vec<AccountFacts> = ["free", "pro", "enterprise"]
+            .iter()
+            .map(|p| facts(AccountId::new_v7(), 1, Some(p)))
+            .collect();
+        let refs: Vec<&AccountFacts> = all.iter().collect();
+        let got = view.decide_many(&refs);
+        let now_ms = crate::clock::now_ms();
+        let want: Vec<Vec<Decision>> = all
+            .iter()
+            .map(|f| {
+                tollgate_rules::interp::evaluate(&program, &fact_vector(&program, f, now_ms))
+                    .into_iter()
+                    .map(decision)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(got, want);
+        let pro_sso = &got[1][view.feature_index("sso").expect("sso")];
+        assert!(pro_sso.allowed, "pro has sso, as the interpreter says");
     }
 }

@@ -96,6 +96,9 @@ pub struct Denial {
 
 /// Longest a request waits for another request's fill of the same account.
 pub const COALESCED_WAIT_MS_MAX: u64 = 10_000;
+/// Accounts a bundle swap re-materialises at a time: their fact vectors are built together
+/// and evaluated in calls of the module's batch size (64 accounts for the demo rules).
+pub const REMATERIALISE_BATCH: usize = 256;
 
 struct FillGuard<'a> {
     cache: &'a AccountCache,
@@ -290,16 +293,14 @@ impl EdgeState {
 
     /// Re-evaluates every cached account under the current bundle (run off the request path
     /// after a swap; checks keep answering from the previous decisions until their account is
-    /// done).
+    /// done), [`REMATERIALISE_BATCH`] accounts at a time through the module's batch path.
     pub fn rematerialise_all(&self) {
         let Some(view) = self.rules.load_full() else {
             return;
         };
         let mut done = 0u64;
-        for account in self.cache.accounts() {
-            if self.cache.rematerialise(account, &view).is_some() {
-                done += 1;
-            }
+        for chunk in self.cache.accounts().chunks(REMATERIALISE_BATCH) {
+            done += self.cache.rematerialise_many(chunk, &view) as u64;
         }
         tracing::info!(
             bundle_version = view.bundle_version,

@@ -1,11 +1,16 @@
 //! Runs compiled rule modules under wasmtime, contained.
 //!
-//! One [`RulesEngine`] per process (a wasmtime `Engine` with fuel metering); one
+//! One [`RulesEngine`] per process (a wasmtime `Engine` with epoch interruption); one
 //! [`LoadedRules`] per bundle: the module is validated and compiled once, checked against the
 //! contract in [`crate::wasm`] (no imports and no state but its memory, the expected exports,
 //! layout sizes matching the manifest), and pre-linked into an `InstancePre`. Every call runs
-//! under a memory cap and a fuel budget, so a module that loops forever, grows memory or traps
-//! is stopped with a typed [`HostError`]; the instance it ran in is dropped.
+//! under a memory cap and a deadline ([`CALL_DEADLINE`]), so a module that loops forever, grows
+//! memory or traps is stopped with a typed [`HostError`]; the instance it ran in is dropped.
+//!
+//! The deadline is counted in epochs, not fuel: a thread of the engine's own advances its
+//! epoch every [`EPOCH_TICK`], and compiled code checks it only at function entries and loop
+//! headers. Fuel counts every basic block, which cost the batch path about a seventh of its
+//! time (`bench/results/materialise.md`); an epoch check is one load and compare per account.
 //!
 //! Instances are reused, and that is safe by construction: a module holds no state but its
 //! memory (the load refuses globals, tables, data and element segments), and before every
@@ -25,15 +30,21 @@ use wasmtime::{
 
 use std::sync::Mutex;
 
-use crate::ir::{FactVector, Limit, RawDecision, ReasonCode, Shape};
+use crate::ir::{FactVector, LIMIT_KIND_NONE, Limit, RawDecision, ReasonCode, Shape};
 use crate::wasm::{
     ABI_VERSION, BATCH_ACCOUNTS_MAX, DECISION_BYTES, FACTS_OFFSET, PAGE_BYTES, PAGE_SIZE_LOG2,
     decisions_offset, record_bytes,
 };
 
-/// Fuel for one account's evaluation; generated modules use a few thousand units for the demo
-/// rules, so this leaves room for large rule sets while stopping runaway loops fast.
-pub const FUEL_PER_EVALUATION: u64 = 10_000_000;
+/// How often the engine's epoch advances: the granularity of the deadline.
+pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+/// Epochs one call into a module may run for. A batch call of the demo rules takes
+/// microseconds, so this stops a runaway loop within [`CALL_DEADLINE`] while a call that is
+/// merely descheduled on a loaded machine is left alone.
+pub const CALL_DEADLINE_TICKS: u64 = 50;
+/// The wall time after which a call into a module is stopped, at most (one tick more).
+pub const CALL_DEADLINE: std::time::Duration =
+    EPOCH_TICK.saturating_mul(CALL_DEADLINE_TICKS as u32);
 /// Linear memory a module may have at most.
 pub const MEMORY_BYTES_MAX: usize = 16 * PAGE_BYTES as usize;
 /// Instances (hence stores evaluating at once) the pool holds; evaluation is synchronous and
@@ -54,8 +65,8 @@ pub enum HostError {
     Compile(String),
     #[error("module breaks the contract: {0}")]
     Contract(String),
-    #[error("evaluation ran out of fuel (endless loop?)")]
-    OutOfFuel,
+    #[error("evaluation ran past its deadline of {} ms (endless loop?)", CALL_DEADLINE.as_millis())]
+    DeadlineExceeded,
     #[error("module exceeded its memory limit")]
     Memory,
     #[error("module trapped: {0}")]
@@ -66,7 +77,7 @@ pub enum HostError {
 
 fn classify(err: wasmtime::Error) -> HostError {
     match err.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => HostError::OutOfFuel,
+        Some(Trap::Interrupt) => HostError::DeadlineExceeded,
         Some(t) => HostError::Trap(t.to_string()),
         None => {
             let text = format!("{err:#}");
@@ -88,7 +99,10 @@ pub struct RulesEngine {
 impl RulesEngine {
     pub fn new() -> Result<Self, HostError> {
         let mut config = Config::new();
-        config.consume_fuel(true);
+        config.epoch_interruption(true);
+        // The extended-integer helpers are small and called in every rule's condition:
+        // inlined, a call costs nothing.
+        config.compiler_inlining(wasmtime::Inlining::Yes);
         // Modules have 1-byte pages, so a memory is exactly one record (see crate::wasm).
         config.wasm_custom_page_sizes(true);
         // Instances come from a pre-reserved pool: creating a `Store` and an instance per
@@ -107,6 +121,7 @@ impl RulesEngine {
         config.memory_reservation(MEMORY_BYTES_MAX as u64);
         config.memory_guard_size(PAGE_BYTES);
         let engine = Engine::new(&config).map_err(|e| HostError::Compile(format!("{e:#}")))?;
+        spawn_epoch_ticker(&engine)?;
         Ok(Self { engine })
     }
 
@@ -182,6 +197,23 @@ impl RulesEngine {
     }
 }
 
+/// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine (any clone of it)
+/// lives; the thread ends at the first tick after the last clone is dropped.
+fn spawn_epoch_ticker(engine: &Engine) -> Result<(), HostError> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("rules-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .map(drop)
+        .map_err(|e| HostError::Compile(format!("epoch thread: {e}")))
+}
+
 /// Refuses a module with anything an instance could keep state in besides its memory
 /// (globals, tables, data or element segments) or run at instantiation (a start function):
 /// the emitter writes none, and their absence is what lets a host reuse an instance whose
@@ -244,11 +276,48 @@ impl Instantiated {
             .instance
             .get_typed_func::<(), i32>(&mut self.store, name)
             .map_err(|e| HostError::Contract(format!("export {name}: {e:#}")))?;
-        self.store
-            .set_fuel(FUEL_PER_EVALUATION)
-            .map_err(|e| HostError::Trap(format!("{e:#}")))?;
+        self.store.set_epoch_deadline(CALL_DEADLINE_TICKS);
         f.call(&mut self.store, ()).map_err(classify)
     }
+}
+
+/// [`decode`] for a well-formed decision, `None` for any other: the per-decision path of a
+/// batch (branch-light, no error built), with [`decode`] run only to say what was wrong.
+#[inline(always)]
+fn decode_valid(c: &[u8]) -> Option<RawDecision> {
+    let word = |i: usize| {
+        let b: [u8; 8] = c[i * 8..i * 8 + 8].try_into().unwrap_or([0xff; 8]);
+        i64::from_le_bytes(b)
+    };
+    let (allowed, kind, value) = (word(0), word(1), word(2));
+    let limit = Limit::from_slots(kind, value)?;
+    let reason = ReasonCode::from_code(word(3))?;
+    // allowed is 0 or 1, and a denial carries no limit.
+    if (allowed as u64) > 1 || (allowed == 0 && kind != LIMIT_KIND_NONE) {
+        return None;
+    }
+    Some(RawDecision {
+        allowed: allowed == 1,
+        limit,
+        reason,
+    })
+}
+
+/// Stands in for a decision that did not decode, in a record that is then refused whole.
+const PLACEHOLDER: RawDecision = RawDecision {
+    allowed: false,
+    limit: Limit::None,
+    reason: ReasonCode::DeniedNoSubscription,
+};
+
+/// Why a record's decisions (`slots`, every feature's) were refused: the first that
+/// [`decode`] refuses.
+#[cold]
+fn refusal(slots: &[u8]) -> HostError {
+    slots
+        .chunks_exact(DECISION_BYTES as usize)
+        .find_map(|c| decode(c).err())
+        .unwrap_or_else(|| HostError::BadOutput("a decision the fast decode refused".into()))
 }
 
 /// A decision's four slots as the module wrote them, checked.
@@ -300,9 +369,8 @@ impl LoadedRules {
             .build();
         let mut store = Store::new(&self.engine, limits);
         store.limiter(|l| l);
-        store
-            .set_fuel(FUEL_PER_EVALUATION)
-            .map_err(|e| HostError::Trap(format!("{e:#}")))?;
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(CALL_DEADLINE_TICKS);
         let instance = self.pre.instantiate(&mut store).map_err(classify)?;
         let memory = instance
             .get_memory(&mut store, "memory")
@@ -373,14 +441,15 @@ impl LoadedRules {
             for (slot, v) in slots[FACTS_OFFSET as usize..].chunks_exact_mut(8).zip(&f.0) {
                 slot.copy_from_slice(&v.to_le_bytes());
             }
-            decisions.fill(0xff);
+            // Fixed-size stores, not a memset call per record.
+            for slot in decisions.chunks_exact_mut(8) {
+                slot.copy_from_slice(&[0xff; 8]);
+            }
         }
         rest.fill(0);
         let count = i32::try_from(facts.len())
             .map_err(|_| HostError::Contract("too many accounts for one call".into()))?;
-        inst.store
-            .set_fuel(FUEL_PER_EVALUATION.saturating_mul(facts.len() as u64))
-            .map_err(|e| HostError::Trap(format!("{e:#}")))?;
+        inst.store.set_epoch_deadline(CALL_DEADLINE_TICKS);
         let status = inst
             .evaluate_batch
             .call(&mut inst.store, count)
@@ -394,10 +463,23 @@ impl LoadedRules {
         }
         let features = self.shape.features;
         for rec in data[..used].chunks_exact(record) {
-            let mut decisions = Vec::with_capacity(features);
-            for slots in rec[split..].chunks_exact(DECISION_BYTES as usize) {
-                decisions.push(decode(slots)?);
+            // Collected from an exact-size iterator: one allocation, no capacity checks. A
+            // slot that does not decode leaves a placeholder and marks the record bad; the
+            // checked decode then says what was wrong.
+            let mut bad = false;
+            let decisions: Vec<RawDecision> = rec[split..]
+                .chunks_exact(DECISION_BYTES as usize)
+                .map(|slots| {
+                    decode_valid(slots).unwrap_or_else(|| {
+                        bad = true;
+                        PLACEHOLDER
+                    })
+                })
+                .collect();
+            if bad {
+                return Err(refusal(&rec[split..]));
             }
+            debug_assert_eq!(decisions.len(), features);
             out.push(decisions);
         }
         Ok(())
@@ -426,7 +508,7 @@ impl LoadedRules {
     }
 
     /// Decides many accounts: one instance whose memory is grown to [`Self::batch_max`]
-    /// records, one call into the module per that many accounts (fuel for all of them). A
+    /// records, one call into the module per that many accounts (each call under its own deadline). A
     /// trap stops the batch.
     pub fn evaluate_batch(&self, facts: &[FactVector]) -> Result<Vec<Vec<RawDecision>>, HostError> {
         let mut out = Vec::with_capacity(facts.len());

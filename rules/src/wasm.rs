@@ -280,34 +280,60 @@ impl Emitter<'_> {
         self.ins(&I::I64Ne);
     }
 
+    /// Whether an integer expression can only be finite: then it is evaluated as a plain
+    /// `i64` ([`Self::finite_int`]), without the +∞ flag and the extended-integer helpers.
+    fn is_finite(&self, e: &IntExpr) -> bool {
+        match e {
+            IntExpr::Const(_) | IntExpr::Fact(_) => true,
+            IntExpr::Unlimited => false,
+            // Past the last feature a limit reads as the constant 0.
+            IntExpr::LimitOf(f) => *f as usize >= self.shape.features,
+            // Finite operands give a finite result (saturating): see `ExtInt::arith`.
+            IntExpr::Arith(_, a, b) => self.is_finite(a) && self.is_finite(b),
+        }
+    }
+
+    /// Pushes the `i64` of an expression [`Self::is_finite`] holds for.
+    fn finite_int(&mut self, e: &IntExpr) {
+        match e {
+            IntExpr::Const(v) => self.ins(&I::I64Const(*v)),
+            IntExpr::Fact(f) => self.load(self.fact_addr(*f)),
+            IntExpr::Arith(op, a, b) => {
+                self.finite_int(a);
+                self.finite_int(b);
+                self.ins(&I::Call(match op {
+                    ArithOp::Add => F_SAT_ADD,
+                    ArithOp::Sub => F_SAT_SUB,
+                    ArithOp::Mul => F_SAT_MUL,
+                }));
+            }
+            IntExpr::LimitOf(_) | IntExpr::Unlimited => self.ins(&I::I64Const(0)),
+        }
+    }
+
     /// Pushes an extended integer: the `i64` (0 for +∞), then the `i32` +∞ flag.
     fn int(&mut self, e: &IntExpr) {
         match e {
-            IntExpr::Const(v) => {
-                self.ins(&I::I64Const(*v));
+            IntExpr::Const(_) | IntExpr::Fact(_) => {
+                self.finite_int(e);
+                self.ins(&I::I32Const(0));
+            }
+            _ if self.is_finite(e) => {
+                self.finite_int(e);
                 self.ins(&I::I32Const(0));
             }
             IntExpr::Unlimited => {
                 self.ins(&I::I64Const(0));
                 self.ins(&I::I32Const(1));
             }
-            IntExpr::Fact(f) => {
-                self.load(self.fact_addr(*f));
-                self.ins(&I::I32Const(0));
-            }
+            // Within the features (else finite, above): the value slot is 0 for no limit and
+            // for unlimited, so no limit reads as 0, unlimited as +∞.
             IntExpr::LimitOf(f) => {
                 let f = *f as usize;
-                if f < self.shape.features {
-                    // The value slot is 0 for no limit and for unlimited: no limit reads as
-                    // 0, unlimited as +∞.
-                    self.load(self.limit_addr(f));
-                    self.load(self.kind_addr(f));
-                    self.ins(&I::I64Const(LIMIT_KIND_UNLIMITED));
-                    self.ins(&I::I64Eq);
-                } else {
-                    self.ins(&I::I64Const(0));
-                    self.ins(&I::I32Const(0));
-                }
+                self.load(self.limit_addr(f));
+                self.load(self.kind_addr(f));
+                self.ins(&I::I64Const(LIMIT_KIND_UNLIMITED));
+                self.ins(&I::I64Eq);
             }
             IntExpr::Arith(op, a, b) => {
                 self.int(a);
@@ -326,6 +352,18 @@ impl Emitter<'_> {
     fn boolean(&mut self, e: &BoolExpr) {
         match e {
             BoolExpr::Const(b) => self.ins(&I::I32Const(i32::from(*b))),
+            BoolExpr::Cmp(op, a, b) if self.is_finite(a) && self.is_finite(b) => {
+                self.finite_int(a);
+                self.finite_int(b);
+                self.ins(&match op {
+                    CmpOp::Eq => I::I64Eq,
+                    CmpOp::Ne => I::I64Ne,
+                    CmpOp::Lt => I::I64LtS,
+                    CmpOp::Le => I::I64LeS,
+                    CmpOp::Gt => I::I64GtS,
+                    CmpOp::Ge => I::I64GeS,
+                });
+            }
             BoolExpr::Cmp(op, a, b) => {
                 self.int(a);
                 self.int(b);

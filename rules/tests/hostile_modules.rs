@@ -1,5 +1,5 @@
 //! Modules that break the rules are contained and refused with a typed error: endless loops
-//! run out of fuel, memory growth hits the cap, traps are reported, garbage output is refused,
+//! are stopped at their deadline, memory growth hits the cap, traps are reported, garbage output is refused,
 //! imports, state besides memory and wrong layouts are refused at load time, and a reused
 //! instance never answers with an earlier account's decisions. The same engine keeps serving a
 //! good module afterwards.
@@ -27,11 +27,26 @@ fn load(kind: Hostile) -> Result<tollgate_rules::host::LoadedRules, HostError> {
 }
 
 #[test]
-fn an_endless_loop_runs_out_of_fuel() {
+fn an_endless_loop_is_stopped_at_its_deadline() {
     let loaded = load(Hostile::EndlessLoop).expect("loads: the loop only runs in evaluate");
     assert!(matches!(
         loaded.evaluate(&facts()),
-        Err(HostError::OutOfFuel)
+        Err(HostError::DeadlineExceeded)
+    ));
+}
+
+#[test]
+fn the_deadline_holds_after_the_engine_that_loaded_the_module_is_dropped() {
+    // The epoch advances for as long as any clone of the engine lives: loaded rules keep one,
+    // so dropping the `RulesEngine` must not leave their calls without a deadline (a hang).
+    let engine = RulesEngine::new().expect("engine");
+    let loaded = engine
+        .load(&hostile_module(Hostile::EndlessLoop, shape()), shape())
+        .expect("loads");
+    drop(engine);
+    assert!(matches!(
+        loaded.evaluate(&facts()),
+        Err(HostError::DeadlineExceeded)
     ));
 }
 
@@ -143,14 +158,14 @@ fn a_reused_instance_never_answers_with_the_previous_accounts_decisions() {
 }
 
 #[test]
-fn an_endless_loop_in_a_batch_runs_out_of_fuel_too() {
-    // One call evaluates many accounts with the fuel of all of them: a loop in it is still
-    // stopped, and the module's next batch is refused the same way (no instance carries on).
+fn an_endless_loop_in_a_batch_is_stopped_too() {
+    // One call evaluates many accounts under one deadline: a loop in it is still stopped, and
+    // the module's next batch is refused the same way (no instance carries on).
     let loaded = load(Hostile::EndlessLoop).expect("loads");
     for _ in 0..2 {
         let err = loaded
             .evaluate_batch(&vec![facts(); 3])
             .expect_err("contained");
-        assert!(matches!(err, HostError::OutOfFuel), "{err:?}");
+        assert!(matches!(err, HostError::DeadlineExceeded), "{err:?}");
     }
 }
