@@ -42,7 +42,7 @@ pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10)
 /// microseconds, so this stops a runaway loop within [`CALL_DEADLINE`] while a call that is
 /// merely descheduled on a loaded machine is left alone.
 pub const CALL_DEADLINE_TICKS: u64 = 50;
-/// The wall time after which a call into a module is stopped, at most (one tick more).
+/// The wall time a call into a module may run before it is stopped (to within one tick).
 pub const CALL_DEADLINE: std::time::Duration =
     EPOCH_TICK.saturating_mul(CALL_DEADLINE_TICKS as u32);
 /// Linear memory a module may have at most.
@@ -441,10 +441,7 @@ impl LoadedRules {
             for (slot, v) in slots[FACTS_OFFSET as usize..].chunks_exact_mut(8).zip(&f.0) {
                 slot.copy_from_slice(&v.to_le_bytes());
             }
-            // Fixed-size stores, not a memset call per record.
-            for slot in decisions.chunks_exact_mut(8) {
-                slot.copy_from_slice(&[0xff; 8]);
-            }
+            decisions.fill(0xff);
         }
         rest.fill(0);
         let count = i32::try_from(facts.len())
@@ -508,8 +505,8 @@ impl LoadedRules {
     }
 
     /// Decides many accounts: one instance whose memory is grown to [`Self::batch_max`]
-    /// records, one call into the module per that many accounts (each call under its own deadline). A
-    /// trap stops the batch.
+    /// records, one call into the module per that many accounts, each call under its own
+    /// deadline. A trap stops the batch.
     pub fn evaluate_batch(&self, facts: &[FactVector]) -> Result<Vec<Vec<RawDecision>>, HostError> {
         let mut out = Vec::with_capacity(facts.len());
         if facts.is_empty() {
