@@ -290,19 +290,26 @@ pub fn ingest(args: &[String], out_path: &str) -> anyhow::Result<()> {
         )))
         .execute(&admin)
         .await;
-        let (ingest_rate, copy_rate, events) = result?;
+        let rounds = result?;
+        let events = rounds.events;
+        let median = tollgate_bench::median;
+        let (ingest_rate, copy_rate) = (median(&rounds.ingest), median(&rounds.copy));
+        let mut sorted = rounds.ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let (ratio, low, high) = (median(&rounds.ratios), sorted[0], sorted[sorted.len() - 1]);
         let report = format!(
             "# Usage into billing_prod: ingest vs COPY\n\n\
              Command: `cargo run --release -p tollgate-bench -- usage-ingest --batches {batches}`\n\n\
-             {events} events ({batches} batches of 1,000, 100 accounts, one `sum` meter) on this machine's PostgreSQL \
-             ({durability}, as the server reported them), one connection, batches one after another. Ingest is `tollgate_control_plane::usage::ingest`: \
+             {events} events in all ({batches} batches of 1,000 per side, 100 accounts, one `sum` meter; {INGEST_ROUNDS} rounds, each side running its share of the batches in each, \
+             the side that goes first alternating) on this machine's PostgreSQL \
+             ({durability}, as the server reported them), one connection, batches one after another. Events/s are the medians of the rounds; \
+             the ratio is the median of the rounds' ratios, with their range. Ingest is `tollgate_control_plane::usage::ingest`: \
              one statement per batch that deduplicates by event id, stores the raw events (partitioned by month) and \
              upserts the aggregates. The baseline is `COPY` of the same rows (binary-free text format) into the same \
              partitioned `usage_events` table, one `COPY` per batch, no dedup, no aggregates.\n\n\
-             | | events/s | ratio |\n|---|---:|---:|\n\
+             | | events/s | ratio (range) |\n|---|---:|---:|\n\
              | COPY (baseline) | {copy_rate:.0} | 1.00 |\n\
-             | ingest | {ingest_rate:.0} | {:.2} |\n",
-            ingest_rate / copy_rate
+             | ingest | {ingest_rate:.0} | {ratio:.2} ({low:.2}–{high:.2}) |\n"
         );
         std::fs::write(out_path, &report)?;
         println!("{report}");
@@ -330,7 +337,20 @@ fn make_batch(b: usize, now_ms: i64) -> UsageBatch {
     }
 }
 
-async fn ingest_run(url: &str, batches: usize) -> anyhow::Result<(f64, f64, usize)> {
+/// Rounds of `usage-ingest`: each runs both sides for a share of the batches, the side that
+/// goes first alternating (the tables grow as the run goes on, and passes seconds apart move
+/// with the machine).
+const INGEST_ROUNDS: usize = 5;
+
+/// One side's events/s per round, and the ratio ingest ÷ COPY per round.
+struct IngestRounds {
+    ingest: Vec<f64>,
+    copy: Vec<f64>,
+    ratios: Vec<f64>,
+    events: usize,
+}
+
+async fn ingest_run(url: &str, batches: usize) -> anyhow::Result<IngestRounds> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(url)
@@ -340,61 +360,90 @@ async fn ingest_run(url: &str, batches: usize) -> anyhow::Result<(f64, f64, usiz
     tollgate_control_plane::usage::ensure_partitions(&pool, now).await?;
     let meters = meters();
     let now_ms = now.timestamp_millis();
-    let data: Vec<UsageBatch> = (0..batches).map(|b| make_batch(b, now_ms)).collect();
-    let copies: Vec<UsageBatch> = (0..batches)
-        .map(|b| make_batch(b + batches, now_ms))
-        .collect();
-
-    let started = Instant::now();
-    for batch in &data {
-        tollgate_control_plane::usage::ingest(
-            &pool,
-            &meters,
-            &|_| Some(None),
-            batch,
-            now,
-            chrono::TimeDelta::hours(1),
-        )
-        .await?;
-    }
-    let ingest_rate = (batches * 1000) as f64 / started.elapsed().as_secs_f64();
-
-    let mut conn = pool.acquire().await?;
+    let per_round = batches.div_ceil(INGEST_ROUNDS).max(1);
     let period_start = chrono::DateTime::from_timestamp_millis(MeterPeriod::Month.bounds(now_ms).0)
         .context("period")?
         .to_rfc3339();
-    let started = Instant::now();
-    for batch in &copies {
-        let mut text = String::with_capacity(batch.events.len() * 200);
-        for e in &batch.events {
-            let _ = writeln!(
-                text,
-                "{}\t{}\t{}\t{}\t{}\t{period_start}\t{{}}\tbench\t{}\t{}\tf",
-                e.id,
-                e.account,
-                e.meter,
-                e.quantity,
-                now.to_rfc3339(),
-                batch.batch_id,
-                now.to_rfc3339(),
-            );
+    let mut out = IngestRounds {
+        ingest: Vec::new(),
+        copy: Vec::new(),
+        ratios: Vec::new(),
+        events: 0,
+    };
+    let mut next = 0;
+    for round in 0..INGEST_ROUNDS {
+        let mut make = || {
+            let made: Vec<UsageBatch> = (next..next + per_round)
+                .map(|b| make_batch(b, now_ms))
+                .collect();
+            next += per_round;
+            made
+        };
+        let (data, copies) = (make(), make());
+        let (mut ingest_rate, mut copy_rate) = (0.0, 0.0);
+        for side in [round % 2, 1 - round % 2] {
+            let started = Instant::now();
+            if side == 0 {
+                for batch in &data {
+                    tollgate_control_plane::usage::ingest(
+                        &pool,
+                        &meters,
+                        &|_| Some(None),
+                        batch,
+                        now,
+                        chrono::TimeDelta::hours(1),
+                    )
+                    .await?;
+                }
+                ingest_rate = (per_round * 1000) as f64 / started.elapsed().as_secs_f64();
+            } else {
+                let mut conn = pool.acquire().await?;
+                for batch in &copies {
+                    copy_batch(&mut conn, batch, now, &period_start).await?;
+                }
+                copy_rate = (per_round * 1000) as f64 / started.elapsed().as_secs_f64();
+            }
         }
-        let mut copy = conn
-            .copy_in_raw(
-                "COPY usage_events (event_id, account_id, meter, quantity, occurred_at, period_start, \
-                 properties, edge_id, batch_id, received_at, late) FROM STDIN",
-            )
-            .await?;
-        copy.send(text.into_bytes()).await?;
-        copy.finish().await?;
+        out.ingest.push(ingest_rate);
+        out.copy.push(copy_rate);
+        out.ratios.push(ingest_rate / copy_rate);
+        out.events += 2 * per_round * 1000;
     }
-    let copy_rate = (batches * 1000) as f64 / started.elapsed().as_secs_f64();
     let (stored,): (i64,) = sqlx::query_as("SELECT count(*) FROM usage_events")
-        .fetch_one(&mut *conn)
+        .fetch_one(&pool)
         .await?;
-    anyhow::ensure!(
-        stored as usize == 2 * batches * 1000,
-        "{stored} rows stored"
-    );
-    Ok((ingest_rate, copy_rate, batches * 1000))
+    anyhow::ensure!(stored as usize == out.events, "{stored} rows stored");
+    Ok(out)
+}
+
+/// `COPY` of one batch's rows into `usage_events`, as ingest would store them.
+async fn copy_batch(
+    conn: &mut sqlx::PgConnection,
+    batch: &UsageBatch,
+    now: chrono::DateTime<chrono::Utc>,
+    period_start: &str,
+) -> anyhow::Result<()> {
+    let mut text = String::with_capacity(batch.events.len() * 200);
+    for e in &batch.events {
+        let _ = writeln!(
+            text,
+            "{}\t{}\t{}\t{}\t{}\t{period_start}\t{{}}\tbench\t{}\t{}\tf",
+            e.id,
+            e.account,
+            e.meter,
+            e.quantity,
+            now.to_rfc3339(),
+            batch.batch_id,
+            now.to_rfc3339(),
+        );
+    }
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY usage_events (event_id, account_id, meter, quantity, occurred_at, period_start, \
+             properties, edge_id, batch_id, received_at, late) FROM STDIN",
+        )
+        .await?;
+    copy.send(text.into_bytes()).await?;
+    copy.finish().await?;
+    Ok(())
 }
