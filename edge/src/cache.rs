@@ -834,8 +834,10 @@ impl AccountCache {
             view.decide_many(&known).into_iter()
         };
         for (current, facts) in stale.iter().zip(facts) {
-            let decisions = match facts {
-                Some(_) => decided.next().unwrap_or_default(),
+            // decide_many answers every account it is given; should it not, the account is
+            // decided on its own rather than cached without decisions.
+            let decisions = match &facts {
+                Some(f) => decided.next().unwrap_or_else(|| view.decide(f)),
                 None => Vec::new(),
             };
             let fresh = Arc::new(Entry {
