@@ -44,8 +44,10 @@ fn materialise(out_path: &str) -> anyhow::Result<()> {
         .iter()
         .map(|v| peers::Rego::input(&program, v))
         .collect::<Result<_, _>>()?;
-    // One untimed pass of every engine first: the first call into a pool slot, the first
-    // allocations of each output size and cold caches land there, not in round 1.
+    // One untimed pass of the interpreter, the single-account and the batch path first (the
+    // fresh-store path pays its cold start on every account anyway, regorus runs one round
+    // only): the first call into a pool slot, the first allocations of each output size and
+    // cold caches land there, not in round 1.
     for v in &vectors {
         std::hint::black_box(interp::evaluate(&program, v));
         std::hint::black_box(loaded.evaluate(v)?);
@@ -108,11 +110,8 @@ fn materialise(out_path: &str) -> anyhow::Result<()> {
     // Each engine's ratio is the median of its per-round ratios (rounds are milliseconds long
     // here and move with the machine; a ratio within a round compares like with like).
     let ratio = |k: usize| median(&rows.iter().map(|r| r[k] / r[0]).collect::<Vec<_>>());
-    let spread = |k: usize| {
-        let mut v: Vec<f64> = rows.iter().map(|r| r[k] / r[0]).collect();
-        v.sort_by(f64::total_cmp);
-        format!("{:.2}–{:.2}", v[0], v[v.len() - 1])
-    };
+    let spread =
+        |k: usize| tollgate_bench::range(&rows.iter().map(|r| r[k] / r[0]).collect::<Vec<_>>());
     let per_call = loaded.batch_max();
     let (batch_rounds, single_rounds) = (spread(1), spread(2));
     let report = format!(
@@ -120,7 +119,7 @@ fn materialise(out_path: &str) -> anyhow::Result<()> {
          Command: `cargo run --release -p tollgate-bench -- materialise`\n\n\
          {MATERIALISE_ACCOUNTS} accounts (mixed plans, statuses, dunning levels, add-on packs, bans, grant and deny overrides, metered usage), the demo rules \
          (`rules/examples/demo.tg`: 4 features, 3 plans, 1 add-on, 3 rules), same facts for every engine, \
-         one thread, release profile, one untimed warm-up pass of each engine, then {MATERIALISE_ROUNDS} rounds (regorus: the first only). Every round checks that the engines' decision vectors (each feature's allowed, limit and reason, every account) are equal.\n\n\
+         one thread, release profile, one untimed warm-up pass of the interpreter, the single-account and the batch path, then {MATERIALISE_ROUNDS} rounds (regorus: the first only). Every round checks that the engines' decision vectors (each feature's allowed, limit and reason, every account) are equal.\n\n\
          | engine | accounts/s (median) | vs interpreter: median of the rounds' ratios (range) |\n|---|---:|---:|\n\
          | reference interpreter (native Rust) | {i:.0} | 1.00 |\n\
          | WebAssembly batch: one instance, {per_call} accounts per call into the module | {b:.0} | {:.2} ({batch_rounds}) |\n\

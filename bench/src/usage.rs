@@ -261,7 +261,7 @@ fn meters() -> std::collections::HashMap<String, MeterSpec> {
 }
 
 pub fn ingest(args: &[String], out_path: &str) -> anyhow::Result<()> {
-    let batches: usize = arg(args, "--batches", 50)?;
+    let batches: usize = arg(args, "--batches", 60)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -291,12 +291,13 @@ pub fn ingest(args: &[String], out_path: &str) -> anyhow::Result<()> {
         .execute(&admin)
         .await;
         let rounds = result?;
-        let events = rounds.events;
+        let batches = rounds.per_round * INGEST_ROUNDS;
+        let events = 2 * batches * 1000;
         let median = tollgate_bench::median;
-        let (ingest_rate, copy_rate) = (median(&rounds.ingest), median(&rounds.copy));
-        let mut sorted = rounds.ratios.clone();
-        sorted.sort_by(f64::total_cmp);
-        let (ratio, low, high) = (median(&rounds.ratios), sorted[0], sorted[sorted.len() - 1]);
+        let side = |f: fn(&(f64, f64)) -> f64| rounds.rates.iter().map(f).collect::<Vec<_>>();
+        let (ingest_rate, copy_rate) = (median(&side(|r| r.0)), median(&side(|r| r.1)));
+        let ratios = side(|r| r.0 / r.1);
+        let (ratio, spread) = (median(&ratios), tollgate_bench::range(&ratios));
         let report = format!(
             "# Usage into billing_prod: ingest vs COPY\n\n\
              Command: `cargo run --release -p tollgate-bench -- usage-ingest --batches {batches}`\n\n\
@@ -309,7 +310,7 @@ pub fn ingest(args: &[String], out_path: &str) -> anyhow::Result<()> {
              partitioned `usage_events` table, one `COPY` per batch, no dedup, no aggregates.\n\n\
              | | events/s | ratio (range) |\n|---|---:|---:|\n\
              | COPY (baseline) | {copy_rate:.0} | 1.00 |\n\
-             | ingest | {ingest_rate:.0} | {ratio:.2} ({low:.2}–{high:.2}) |\n"
+             | ingest | {ingest_rate:.0} | {ratio:.2} ({spread}) |\n"
         );
         std::fs::write(out_path, &report)?;
         println!("{report}");
@@ -338,19 +339,22 @@ fn make_batch(b: usize, now_ms: i64) -> UsageBatch {
 }
 
 /// Rounds of `usage-ingest`: each runs both sides for a share of the batches, the side that
-/// goes first alternating (the tables grow as the run goes on, and passes seconds apart move
-/// with the machine).
-const INGEST_ROUNDS: usize = 5;
+/// goes first alternating (even, so each side goes first as often; the tables grow as the run
+/// goes on, and passes seconds apart move with the machine).
+const INGEST_ROUNDS: usize = 6;
 
-/// One side's events/s per round, and the ratio ingest ÷ COPY per round.
+/// Each round's events/s: (ingest, COPY).
 struct IngestRounds {
-    ingest: Vec<f64>,
-    copy: Vec<f64>,
-    ratios: Vec<f64>,
-    events: usize,
+    rates: Vec<(f64, f64)>,
+    /// Batches of 1,000 events each side ran per round.
+    per_round: usize,
 }
 
 async fn ingest_run(url: &str, batches: usize) -> anyhow::Result<IngestRounds> {
+    anyhow::ensure!(
+        batches >= INGEST_ROUNDS,
+        "--batches: at least {INGEST_ROUNDS}"
+    );
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(url)
@@ -360,16 +364,12 @@ async fn ingest_run(url: &str, batches: usize) -> anyhow::Result<IngestRounds> {
     tollgate_control_plane::usage::ensure_partitions(&pool, now).await?;
     let meters = meters();
     let now_ms = now.timestamp_millis();
-    let per_round = batches.div_ceil(INGEST_ROUNDS).max(1);
+    let per_round = batches / INGEST_ROUNDS;
     let period_start = chrono::DateTime::from_timestamp_millis(MeterPeriod::Month.bounds(now_ms).0)
         .context("period")?
         .to_rfc3339();
-    let mut out = IngestRounds {
-        ingest: Vec::new(),
-        copy: Vec::new(),
-        ratios: Vec::new(),
-        events: 0,
-    };
+    let now_text = now.to_rfc3339();
+    let mut rates = Vec::new();
     let mut next = 0;
     for round in 0..INGEST_ROUNDS {
         let mut make = || {
@@ -382,8 +382,8 @@ async fn ingest_run(url: &str, batches: usize) -> anyhow::Result<IngestRounds> {
         let (data, copies) = (make(), make());
         let (mut ingest_rate, mut copy_rate) = (0.0, 0.0);
         for side in [round % 2, 1 - round % 2] {
-            let started = Instant::now();
             if side == 0 {
+                let started = Instant::now();
                 for batch in &data {
                     tollgate_control_plane::usage::ingest(
                         &pool,
@@ -398,43 +398,39 @@ async fn ingest_run(url: &str, batches: usize) -> anyhow::Result<IngestRounds> {
                 ingest_rate = (per_round * 1000) as f64 / started.elapsed().as_secs_f64();
             } else {
                 let mut conn = pool.acquire().await?;
+                let started = Instant::now();
                 for batch in &copies {
-                    copy_batch(&mut conn, batch, now, &period_start).await?;
+                    copy_batch(&mut conn, batch, &now_text, &period_start).await?;
                 }
                 copy_rate = (per_round * 1000) as f64 / started.elapsed().as_secs_f64();
             }
         }
-        out.ingest.push(ingest_rate);
-        out.copy.push(copy_rate);
-        out.ratios.push(ingest_rate / copy_rate);
-        out.events += 2 * per_round * 1000;
+        rates.push((ingest_rate, copy_rate));
     }
     let (stored,): (i64,) = sqlx::query_as("SELECT count(*) FROM usage_events")
         .fetch_one(&pool)
         .await?;
-    anyhow::ensure!(stored as usize == out.events, "{stored} rows stored");
-    Ok(out)
+    let events = 2 * INGEST_ROUNDS * per_round * 1000;
+    anyhow::ensure!(
+        stored as usize == events,
+        "{stored} rows stored, {events} sent"
+    );
+    Ok(IngestRounds { rates, per_round })
 }
 
 /// `COPY` of one batch's rows into `usage_events`, as ingest would store them.
 async fn copy_batch(
     conn: &mut sqlx::PgConnection,
     batch: &UsageBatch,
-    now: chrono::DateTime<chrono::Utc>,
+    now: &str,
     period_start: &str,
 ) -> anyhow::Result<()> {
     let mut text = String::with_capacity(batch.events.len() * 200);
     for e in &batch.events {
         let _ = writeln!(
             text,
-            "{}\t{}\t{}\t{}\t{}\t{period_start}\t{{}}\tbench\t{}\t{}\tf",
-            e.id,
-            e.account,
-            e.meter,
-            e.quantity,
-            now.to_rfc3339(),
-            batch.batch_id,
-            now.to_rfc3339(),
+            "{}\t{}\t{}\t{}\t{now}\t{period_start}\t{{}}\tbench\t{}\t{now}\tf",
+            e.id, e.account, e.meter, e.quantity, batch.batch_id,
         );
     }
     let mut copy = conn

@@ -526,3 +526,65 @@ impl LoadedRules {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{LIMIT_KIND_FINITE, LIMIT_KIND_UNLIMITED};
+
+    fn slots(words: [i64; 4]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn well_formed_decisions_decode_and_every_malformed_one_is_refused_with_its_reason() {
+        let granted = slots([
+            1,
+            LIMIT_KIND_FINITE,
+            i64::MIN,
+            ReasonCode::GrantedByPlan as i64,
+        ]);
+        let want = RawDecision {
+            allowed: true,
+            limit: Limit::Finite(i64::MIN),
+            reason: ReasonCode::GrantedByPlan,
+        };
+        assert_eq!(decode_valid(&granted), Some(want));
+        assert_eq!(decode(&granted).ok(), Some(want));
+        let unlimited = slots([1, LIMIT_KIND_UNLIMITED, 0, ReasonCode::Override as i64]);
+        assert_eq!(
+            decode_valid(&unlimited).map(|d| d.limit),
+            Some(Limit::Unlimited)
+        );
+        let denied = slots([0, LIMIT_KIND_NONE, 0, ReasonCode::DeniedBanned as i64]);
+        assert_eq!(decode_valid(&denied).map(|d| d.allowed), Some(false));
+        let reason = ReasonCode::GrantedByPlan as i64;
+        for (words, says) in [
+            ([2, LIMIT_KIND_NONE, 0, reason], "allowed = 2"),
+            ([-1, LIMIT_KIND_NONE, 0, reason], "allowed = -1"),
+            ([1, 7, 0, reason], "limit kind 7, value 0"),
+            (
+                [1, LIMIT_KIND_UNLIMITED, 5, reason],
+                "limit kind 2, value 5",
+            ),
+            ([1, LIMIT_KIND_NONE, 3, reason], "limit kind 0, value 3"),
+            ([0, LIMIT_KIND_FINITE, 3, reason], "a denial with a limit"),
+            (
+                [1, LIMIT_KIND_NONE, 0, i64::MAX],
+                "reason = 9223372036854775807",
+            ),
+            ([1, LIMIT_KIND_NONE, 0, -1], "reason = -1"),
+        ] {
+            let bad = slots(words);
+            // The fast decode and the checked one agree on what is refused.
+            assert_eq!(decode_valid(&bad), None, "{words:?}");
+            assert!(decode(&bad).is_err(), "{words:?}");
+            // The refused decision is found behind a good one of the same record.
+            let record = [denied.clone(), bad].concat();
+            let HostError::BadOutput(message) = refusal(&record) else {
+                panic!("{words:?}: not BadOutput");
+            };
+            assert!(message.contains(says), "{words:?}: {message}");
+        }
+    }
+}

@@ -314,28 +314,20 @@ impl Emitter<'_> {
     /// Pushes an extended integer: the `i64` (0 for +∞), then the `i32` +∞ flag.
     fn int(&mut self, e: &IntExpr) {
         match e {
-            IntExpr::Const(_) | IntExpr::Fact(_) => {
-                self.finite_int(e);
-                self.ins(&I::I32Const(0));
-            }
-            _ if self.is_finite(e) => {
-                self.finite_int(e);
-                self.ins(&I::I32Const(0));
-            }
             IntExpr::Unlimited => {
                 self.ins(&I::I64Const(0));
                 self.ins(&I::I32Const(1));
             }
-            // Within the features (else finite, above): the value slot is 0 for no limit and
-            // for unlimited, so no limit reads as 0, unlimited as +∞.
-            IntExpr::LimitOf(f) => {
+            // Within the features (past them it is finite, below): the value slot is 0 for no
+            // limit and for unlimited, so no limit reads as 0, unlimited as +∞.
+            IntExpr::LimitOf(f) if !self.is_finite(e) => {
                 let f = *f as usize;
                 self.load(self.limit_addr(f));
                 self.load(self.kind_addr(f));
                 self.ins(&I::I64Const(LIMIT_KIND_UNLIMITED));
                 self.ins(&I::I64Eq);
             }
-            IntExpr::Arith(op, a, b) => {
+            IntExpr::Arith(op, a, b) if !self.is_finite(e) => {
                 self.int(a);
                 self.int(b);
                 let f = match op {
@@ -344,6 +336,11 @@ impl Emitter<'_> {
                     ArithOp::Mul => F_EXT_MUL,
                 };
                 self.ins(&I::Call(f));
+            }
+            // Constants, facts, limits past the last feature, arithmetic of finite values.
+            _ => {
+                self.finite_int(e);
+                self.ins(&I::I32Const(0));
             }
         }
     }
